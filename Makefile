@@ -1,0 +1,56 @@
+# pinrelay: `make run` starts a relay, `make test` runs every check.
+# Everything is installed into .venv from constraints.txt (pinned), so a fresh
+# machine gets what CI got.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DATA   ?= data
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint types pytest bench soak format clean lock
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/pinrelay serve --data $(DATA)
+
+test: install lint types pytest
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+types: install
+	$(VENV)/bin/mypy
+
+pytest: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+format: install
+	$(VENV)/bin/ruff check --fix src tests bench
+	$(VENV)/bin/ruff format src tests bench
+
+# Benchmarks install their peers (Mosquitto) from Debian's packages when missing.
+bench: install
+	@command -v mosquitto >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  mosquitto mosquitto-clients >/dev/null; }
+	$(PY) -m bench.run_all
+
+# Long soaks and storms, kept out of `make test`.
+soak: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+# Refresh the pins after changing dependencies in pyproject.toml.
+lock: install
+	$(PY) -m pip freeze --exclude-editable | grep -v '^pinrelay' > constraints.txt
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

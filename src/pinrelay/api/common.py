@@ -1,0 +1,162 @@
+"""What every route needs: the relay, authentication and body decoding."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pinrelay.core.errors import ErrorCode, LimitExceeded, PinrelayError, RemoteProtocolError
+from pinrelay.core.ids import hash_secret, is_pin, secret_matches
+from pinrelay.core.model import Device, Scope
+
+if TYPE_CHECKING:
+    from pinrelay.relay import Relay
+
+T = TypeVar("T")
+_encoder = msgspec.json.Encoder()
+
+#: Largest request body: a full batch of full-size messages fits.
+MAX_BODY = 8 * 1024 * 1024
+
+
+class RateLimited(PinrelayError):
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+def relay_of(request: Request) -> Relay:
+    relay: Relay = request.app.state.relay
+    return relay
+
+
+def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        _encoder.encode(value), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise PinrelayError("send 'Authorization: Bearer <key>'", ErrorCode.UNAUTHORIZED)
+    return credentials.strip()
+
+
+def _source(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+def _check_limited(relay: Relay, keys: tuple[str, ...]) -> None:
+    now = relay.clock()
+    wait = max(relay.auth_limiter.retry_after(k, now) for k in keys)
+    if wait > 0:
+        raise RateLimited("too many failed authentications; retry later", wait)
+
+
+def _auth_failed(relay: Relay, keys: tuple[str, ...], detail: str) -> PinrelayError:
+    now = relay.clock()
+    for k in keys:
+        relay.auth_limiter.failed(k, now)
+    relay.metrics.auth_failures.labels("api").inc()
+    return PinrelayError(detail, ErrorCode.UNAUTHORIZED)
+
+
+async def require_key(request: Request, *scopes: Scope) -> str:
+    """Authenticate an API key with one of ``scopes`` (admin always passes).
+
+    Returns the key's id ("admin" for the admin key), which scopes idempotency keys.
+    """
+    relay = relay_of(request)
+    source = _source(request)
+    _check_limited(relay, (source,))
+    presented = _bearer(request)
+    if relay.admin_key_hash is not None and secret_matches(presented, relay.admin_key_hash):
+        return "admin"
+    key = await relay.store.find_key(hash_secret(presented))
+    if key is None or key.revoked or not secret_matches(presented, key.key_hash):
+        raise _auth_failed(relay, (source,), "unknown or revoked API key")
+    if key.scope is not Scope.ADMIN and key.scope not in scopes:
+        wanted = " or ".join(s.value for s in scopes) or "admin"
+        raise PinrelayError(
+            f"this key has scope '{key.scope.value}'; this needs {wanted}", ErrorCode.FORBIDDEN
+        )
+    return key.id
+
+
+def path_pin(request: Request) -> str:
+    pin = str(request.path_params["pin"])
+    if not is_pin(pin):
+        raise RemoteProtocolError(
+            "a PIN is 8 upper-case hexadecimal digits, e.g. 2A0B6EE0", ErrorCode.NOT_FOUND
+        )
+    return pin
+
+
+async def require_device(request: Request) -> Device:
+    """Authenticate a device by its token (the long-poll inbox)."""
+    relay = relay_of(request)
+    pin = path_pin(request)
+    keys = (_source(request), pin)
+    _check_limited(relay, keys)
+    token = _bearer(request)
+    device = await relay.store.get_device(pin)
+    if device is None or not secret_matches(token, device.token_hash):
+        raise _auth_failed(relay, keys, "unknown PIN or wrong token")
+    relay.auth_limiter.succeeded(pin)
+    return device
+
+
+async def read_body(request: Request, limit: int = MAX_BODY, optional: bool = False) -> bytes:
+    """The request body, bounded; ``optional``: an absent body is b"" (no content type needed)."""
+    ctype = request.headers.get("content-type", "")
+    absent = request.headers.get("content-length", "0") == "0"
+    if optional and not ctype and absent and "transfer-encoding" not in request.headers:
+        return b""
+    media = ctype.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise PinrelayError("send the body as application/json", ErrorCode.UNSUPPORTED_MEDIA)
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise LimitExceeded(f"body is {length} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise LimitExceeded(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode(body: bytes, type_: type[T]) -> T:
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        raise RemoteProtocolError(str(exc), ErrorCode.INVALID) from None
+    except msgspec.DecodeError as exc:
+        raise RemoteProtocolError(f"malformed JSON: {exc}", ErrorCode.BAD_REQUEST) from None
+
+
+def fingerprint(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RemoteProtocolError(f"'{name}' must be an integer", ErrorCode.INVALID) from None
+    if not lo <= value <= hi:
+        raise RemoteProtocolError(f"'{name}' must be between {lo} and {hi}", ErrorCode.INVALID)
+    return value

@@ -1,0 +1,58 @@
+"""Long-poll fallback for devices that cannot hold a WebSocket (PROTOCOL, "Inbox")."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from pinrelay import delivery
+from pinrelay.api.common import decode, json_response, query_int, read_body, relay_of
+from pinrelay.api.common import require_device as authenticate_device
+from pinrelay.api.schemas import AckBody, Inbox
+
+MAX_WAIT_S = 60
+MAX_LIMIT = 1000
+
+
+async def inbox(request: Request) -> Response:
+    device = await authenticate_device(request)
+    relay = relay_of(request)
+    after = query_int(request, "after", 0, 0, 2**53 - 1)
+    wait = query_int(request, "wait", 0, 0, MAX_WAIT_S)
+    limit = query_int(request, "limit", 100, 1, MAX_LIMIT)
+    messages = await delivery.fetch(relay.store, device.pin, after, limit, relay.clock())
+    if not messages and wait > 0:
+        arrived = asyncio.Event()
+        relay.router.add_waiter(device.pin, arrived.set)
+        try:
+            # Re-read after registering: a push between the read and here is not missed.
+            messages = await delivery.fetch(relay.store, device.pin, after, limit, relay.clock())
+            if not messages:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), timeout=wait)
+                messages = await delivery.fetch(
+                    relay.store, device.pin, after, limit, relay.clock()
+                )
+        finally:
+            relay.router.remove_waiter(device.pin, arrived.set)
+    relay.metrics.delivered.inc(len(messages))
+    cursor = messages[-1].cursor if messages else after
+    return json_response(Inbox(messages=[delivery.msg_frame(m) for m in messages], cursor=cursor))
+
+
+async def ack(request: Request) -> Response:
+    device = await authenticate_device(request)
+    relay = relay_of(request)
+    body = decode(await read_body(request, limit=1024), AckBody)
+    await delivery.acknowledge(relay.store, device.pin, body.cursor, device.last_cursor)
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/v1/devices/{pin}/inbox", inbox, methods=["GET"]),
+    Route("/v1/devices/{pin}/ack", ack, methods=["POST"]),
+]

@@ -1,0 +1,156 @@
+"""Pushing messages: one device, or a batch in one transaction."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from pinrelay.api.common import (
+    decode,
+    fingerprint,
+    json_response,
+    path_pin,
+    read_body,
+    relay_of,
+    require_key,
+)
+from pinrelay.api.schemas import BatchItemResult, BatchResult, PushResult
+from pinrelay.core.errors import ErrorCode, LimitExceeded, PinrelayError, RemoteProtocolError
+from pinrelay.core.ids import new_message_id
+from pinrelay.core.model import (
+    Accepted,
+    Batch,
+    BatchItem,
+    NewMessage,
+    PushFields,
+    Scope,
+    check_push,
+)
+from pinrelay.core.timefmt import rfc3339
+from pinrelay.relay import Relay
+from pinrelay.store.base import DROPPED_OFFLINE, IdempotencyKey, Rejected
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def _idempotency(request: Request, key_id: str, body: bytes) -> IdempotencyKey | None:
+    value = request.headers.get("idempotency-key")
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY:
+        raise RemoteProtocolError(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", ErrorCode.INVALID
+        )
+    # Scoped by API key and route: two tenants' keys never collide.
+    return IdempotencyKey(f"{key_id} {request.url.path} {value}", fingerprint(body))
+
+
+def _new_message(relay: Relay, pin: str, fields: PushFields, now: float) -> NewMessage:
+    ttl = fields.ttl if fields.ttl > 0 else relay.config.limits.ttl0_grace_s
+    now_ms = int(now * 1000)
+    return NewMessage(
+        pin=pin,
+        id=new_message_id(now, os.urandom),
+        data=bytes(fields.data),
+        topic=fields.topic,
+        urgency=fields.urgency,
+        sent_at_ms=now_ms,
+        expires_at_ms=now_ms + int(ttl * 1000),
+    )
+
+
+async def _store(
+    relay: Relay, items: Sequence[tuple[str, PushFields]], idem: IdempotencyKey | None
+) -> list[Accepted | Rejected]:
+    """Store the items; a ttl=0 message for an offline device is dropped, not stored.
+
+    ttl=0 means "deliver only if the device is online now" (PROTOCOL, "ttl").  The
+    drop is passed to the store as a Rejected so an idempotent replay repeats it.
+    """
+    now = relay.clock()
+    batch: list[NewMessage | Rejected] = []
+    for pin, fields in items:
+        draft = _new_message(relay, pin, fields, now)
+        if fields.ttl == 0 and not relay.router.is_online(pin):
+            batch.append(Rejected(pin, DROPPED_OFFLINE, draft.id))
+        else:
+            batch.append(draft)
+    results, replay = await relay.store.append(batch, idem)
+    if not replay:
+        woken = set()
+        for result in results:
+            if isinstance(result, Accepted):
+                relay.metrics.accepted.labels("push").inc()
+                if result.pin not in woken:
+                    woken.add(result.pin)
+                    relay.router.wake(result.pin)
+            elif result.reason == DROPPED_OFFLINE:
+                relay.metrics.dropped.inc()
+    return results
+
+
+def _item_result(pin: str, result: Accepted | Rejected) -> BatchItemResult:
+    if isinstance(result, Accepted):
+        return BatchItemResult(
+            to=pin,
+            status=201,
+            id=result.id,
+            cursor=result.cursor,
+            expires_at=rfc3339(result.expires_at_ms),
+        )
+    if result.reason == DROPPED_OFFLINE:
+        return BatchItemResult(to=pin, status=201, id=result.id, dropped=True)
+    return BatchItemResult(to=pin, status=404, error=f"no device with PIN {pin}")
+
+
+async def push_one(request: Request) -> Response:
+    key_id = await require_key(request, Scope.PUSH)
+    relay = relay_of(request)
+    pin = path_pin(request)
+    body = await read_body(request, limit=relay.config.limits.max_data_bytes + 64 * 1024)
+    fields = decode(body, PushFields)
+    check_push(fields, relay.config.limits)
+    if await relay.store.get_device(pin) is None:
+        raise PinrelayError(f"no device with PIN {pin}", ErrorCode.NOT_FOUND)
+    [result] = await _store(relay, [(pin, fields)], _idempotency(request, key_id, body))
+    item = _item_result(pin, result)
+    if item.status == 404:
+        raise PinrelayError(f"no device with PIN {pin}", ErrorCode.NOT_FOUND)
+    assert item.id is not None
+    return json_response(
+        PushResult(
+            id=item.id, cursor=item.cursor, expires_at=item.expires_at, dropped=item.dropped
+        ),
+        status=201,
+    )
+
+
+async def push_batch(request: Request) -> Response:
+    key_id = await require_key(request, Scope.PUSH)
+    relay = relay_of(request)
+    limits = relay.config.limits
+    body = await read_body(request)
+    batch = decode(body, Batch)
+    if len(batch.messages) > limits.max_batch:
+        raise LimitExceeded(
+            f"{len(batch.messages)} messages in one batch; the limit is {limits.max_batch}"
+        )
+    for n, item in enumerate(batch.messages):
+        try:
+            check_push(item, limits)
+        except PinrelayError as exc:
+            raise type(exc)(f"messages[{n}]: {exc.detail}", exc.code) from None
+    items: list[tuple[str, BatchItem]] = [(m.to, m) for m in batch.messages]
+    results = await _store(relay, items, _idempotency(request, key_id, body))
+    out = [_item_result(pin, r) for (pin, _), r in zip(items, results, strict=True)]
+    return json_response(BatchResult(results=out))
+
+
+routes = [
+    Route("/v1/devices/{pin}/messages", push_one, methods=["POST"]),
+    Route("/v1/messages", push_batch, methods=["POST"]),
+]

@@ -1,0 +1,81 @@
+"""RFC 9457 problem details for every error the API returns."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pinrelay.core.errors import ErrorCode, Overloaded, PinrelayError
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+_STATUS_CODES = {e.status: e for e in ErrorCode if e is not ErrorCode.REPLACED}
+
+
+class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A problem+json body (RFC 9457 §3)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+def problem(
+    code: ErrorCode, detail: str, *, instance: str | None = None, retry_after: float | None = None
+) -> Response:
+    body = msgspec.json.encode(
+        Problem(
+            type=code.problem_type,
+            title=code.title,
+            status=code.status,
+            detail=detail,
+            instance=instance,
+        )
+    )
+    headers = {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+    if code is ErrorCode.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = 'Bearer realm="pinrelay"'
+    return Response(body, status_code=code.status, media_type=PROBLEM_JSON, headers=headers)
+
+
+async def on_pinrelay_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PinrelayError)
+    retry = exc.retry_after if isinstance(exc, Overloaded) else None
+    if exc.code is ErrorCode.RATE_LIMITED:
+        retry = getattr(exc, "retry_after", 1.0)
+    return problem(exc.code, exc.detail, instance=request.url.path, retry_after=retry)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        body = msgspec.json.encode(
+            Problem(
+                type="https://pinrelay.dev/problems/method_not_allowed",
+                title="Method not allowed",
+                status=405,
+                detail=f"{request.method} is not allowed on {request.url.path}",
+            )
+        )
+        return Response(body, status_code=405, media_type=PROBLEM_JSON, headers=exc.headers)
+    code = _STATUS_CODES.get(exc.status_code, ErrorCode.BAD_REQUEST)
+    return problem(code, str(exc.detail), instance=request.url.path)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(ErrorCode.INTERNAL, "internal error; see the relay's log")
+
+
+async def on_client_gone(request: Request, exc: Exception) -> Response:
+    # The client hung up mid-body: nothing was stored and nobody reads the answer.
+    return Response(status_code=400)

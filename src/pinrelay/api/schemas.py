@@ -1,0 +1,108 @@
+"""Request and response bodies; the OpenAPI components are generated from these."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+from pinrelay.core.frames import Cursor, Msg
+
+Label = Annotated[str, Meta(min_length=1, max_length=200)]
+KeyName = Annotated[str, Meta(min_length=1, max_length=100)]
+
+
+class Info(Struct, kw_only=True):
+    version: str
+    node: str
+    region: str
+    link_urls: list[str]
+
+
+class Health(Struct, kw_only=True):
+    status: str
+
+
+class DeviceCreate(Struct, kw_only=True, forbid_unknown_fields=True):
+    label: Label | None = None
+
+
+class DeviceCreated(Struct, kw_only=True):
+    pin: str
+    token: str
+    label: str | None
+    created_at: str
+    link_urls: list[str]
+
+
+class DeviceView(Struct, kw_only=True):
+    pin: str
+    label: str | None
+    created_at: str
+    last_seen: str | None
+    online: bool
+    backlog: int
+    last_cursor: int
+    acked_cursor: int
+
+
+class TokenRotated(Struct, kw_only=True):
+    pin: str
+    token: str
+
+
+class PushResult(Struct, kw_only=True):
+    id: str
+    #: cursor and expires_at are null when a ttl=0 message was dropped (device offline).
+    cursor: int | None
+    expires_at: str | None
+    dropped: bool = False
+
+
+class BatchItemResult(Struct, kw_only=True):
+    to: str
+    status: int
+    id: str | None = None
+    cursor: int | None = None
+    expires_at: str | None = None
+    dropped: bool = False
+    error: str | None = None
+
+
+class BatchResult(Struct, kw_only=True):
+    results: list[BatchItemResult]
+
+
+class KeyCreate(Struct, kw_only=True, forbid_unknown_fields=True):
+    name: KeyName
+    scope: Literal["push", "devices", "admin"]
+
+
+class KeyCreated(Struct, kw_only=True):
+    id: str
+    name: str
+    scope: str
+    key: str
+    created_at: str
+
+
+class KeyView(Struct, kw_only=True):
+    id: str
+    name: str
+    scope: str
+    created_at: str
+    revoked: bool
+
+
+class KeyList(Struct, kw_only=True):
+    keys: list[KeyView]
+
+
+class Inbox(Struct, kw_only=True):
+    messages: list[Msg]
+    #: The cursor to pass as ``after`` next time (and to ack when done).
+    cursor: int
+
+
+class AckBody(Struct, kw_only=True, forbid_unknown_fields=True):
+    cursor: Cursor

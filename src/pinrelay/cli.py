@@ -1,0 +1,363 @@
+"""The ``pinrelay`` command: thin over relay.py and client/ (DESIGN, "CLI").
+
+Every command that prints data has ``--json``; every error is one readable line
+on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pinrelay import __version__
+from pinrelay.client.device import Device, LinkRefused, Message
+from pinrelay.client.http import ApiError, RelayClient
+
+app = typer.Typer(
+    help="pinrelay: durable push to devices over a WebSocket link.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+device_app = typer.Typer(help="Create, show, delete devices; rotate their tokens.")
+key_app = typer.Typer(help="Create, list and revoke API keys (needs the admin key).")
+app.add_typer(device_app, name="device", no_args_is_help=True)
+app.add_typer(key_app, name="key", no_args_is_help=True)
+
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_URL = "http://127.0.0.1:7780"
+UrlOpt = Annotated[str, typer.Option("--url", envvar="PINRELAY_URL", help="The relay's HTTP API.")]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        envvar="PINRELAY_KEY",
+        help="API key; default: $PINRELAY_ADMIN_KEY, else ./data/admin.key.",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _key(key: str | None) -> str:
+    if key:
+        return key
+    env = os.environ.get("PINRELAY_ADMIN_KEY")
+    if env:
+        return env
+    path = Path("data") / "admin.key"
+    if path.exists():
+        return path.read_text().strip()
+    fail("no API key: pass --key, set PINRELAY_KEY, or run where data/admin.key is")
+
+
+def _client(url: str, key: str | None) -> RelayClient:
+    return RelayClient(url, _key(key))
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as exc:
+        fail(exc.detail if exc.status == 0 else f"{exc.status} {exc.detail}")
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.flush()
+
+
+def _print_record(value: dict[str, Any], title: str | None = None) -> None:
+    table = Table(show_header=False, title=title, title_justify="left", box=None)
+    table.add_column(style="bold cyan")
+    table.add_column()
+    for k, v in value.items():
+        table.add_row(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+    out.print(table)
+
+
+# --- serve ----------------------------------------------------------------------
+@app.command()
+def serve(
+    data: Annotated[Path, typer.Option(help="Folder for the database and admin key.")] = Path(
+        "data"
+    ),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP API port.")] = 7780,
+    link_port: Annotated[int, typer.Option(help="Device link (WebSocket) port.")] = 7781,
+    public_host: Annotated[
+        str | None, typer.Option(help="Host name devices use in link URLs.")
+    ] = None,
+    node: Annotated[str, typer.Option(help="This relay's name.")] = "node-1",
+    region: Annotated[str, typer.Option(help="This relay's region.")] = "local",
+    heartbeat: Annotated[float, typer.Option(help="Seconds of silence before a ping.")] = 30.0,
+    max_links: Annotated[
+        int, typer.Option(help="Most links to hold (0: the open-file limit allows).")
+    ] = 0,
+    max_data: Annotated[int, typer.Option(help="Largest message data, bytes.")] = 4096,
+    max_ttl: Annotated[int, typer.Option(help="Largest ttl, seconds.")] = 30 * 24 * 3600,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run a relay on the embedded SQLite store."""
+    from pinrelay.config import RelayConfig, admin_key_from
+    from pinrelay.core.model import Limits
+    from pinrelay.relay import Relay
+    from pinrelay.relay import serve as run_relay
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        admin_key, key_path = admin_key_from(data)
+    except OSError as exc:
+        fail(f"cannot use data folder {data}: {exc}")
+    config = RelayConfig(
+        data=data,
+        host=host,
+        port=port,
+        link_port=link_port,
+        public_host=public_host,
+        node=node,
+        region=region,
+        heartbeat_s=heartbeat,
+        max_links=max_links,
+        limits=Limits(max_data_bytes=max_data, max_ttl_s=max_ttl),
+        admin_key=admin_key,
+    )
+
+    def ready(relay: Relay) -> None:
+        out.print(f"[bold green]pinrelay {__version__}[/] relay [bold]{node}[/] is up")
+        out.print(f"  HTTP API   http://{public_host or host}:{port}  (OpenAPI: /openapi.json)")
+        out.print(f"  device link {config.link_url}")
+        out.print(f"  data        {data.resolve()}")
+        where = f"in {key_path}" if key_path else "from $PINRELAY_ADMIN_KEY"
+        out.print(f"  admin key   {where}")
+        out.print(f"  capacity    {relay.max_links} links")
+        sys.stdout.flush()
+
+    try:
+        import uvloop
+
+        uvloop.run(run_relay(config, on_ready=ready))
+    except OSError as exc:
+        fail(f"cannot start: {exc}")
+
+
+# --- info -----------------------------------------------------------------------
+@app.command()
+def info(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Show a relay's version and link URLs (no key needed)."""
+    result = _call(RelayClient(url).info)
+    _print_json(result) if as_json else _print_record(result)
+
+
+# --- devices --------------------------------------------------------------------
+@device_app.command("create")
+def device_create(
+    label: Annotated[str | None, typer.Option(help="A name to remember it by.")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a device; prints its PIN and token (the token is shown only once)."""
+    with _client(url, key) as c:
+        result = _call(c.create_device, label)
+    _print_json(result) if as_json else _print_record(result, "device created")
+
+
+@device_app.command("show")
+def device_show(
+    pin: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Show a device: online, backlog, last seen."""
+    with _client(url, key) as c:
+        result = _call(c.show_device, pin)
+    _print_json(result) if as_json else _print_record(result)
+
+
+@device_app.command("delete")
+def device_delete(
+    pin: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Delete a device and all its messages."""
+    with _client(url, key) as c:
+        _call(c.delete_device, pin)
+    _print_json({"pin": pin, "deleted": True}) if as_json else out.print(f"deleted {pin}")
+
+
+@device_app.command("rotate")
+def device_rotate(
+    pin: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Give a device a new token; links using the old one are closed."""
+    with _client(url, key) as c:
+        result = _call(c.rotate_token, pin)
+    _print_json(result) if as_json else _print_record(result, "token rotated")
+
+
+# --- keys -----------------------------------------------------------------------
+@key_app.command("create")
+def key_create(
+    name: Annotated[str, typer.Option(help="What the key is for.")],
+    scope: Annotated[str, typer.Option(help="push, devices or admin.")] = "push",
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API key (shown only once; stored hashed)."""
+    if scope not in ("push", "devices", "admin"):
+        fail(f"--scope must be push, devices or admin, not {scope!r}")
+    with _client(url, key) as c:
+        result = _call(c.create_key, name, scope)
+    _print_json(result) if as_json else _print_record(result, "key created")
+
+
+@key_app.command("list")
+def key_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """List API keys (never their secrets)."""
+    with _client(url, key) as c:
+        keys = _call(c.list_keys)
+    if as_json:
+        _print_json(keys)
+        return
+    table = Table("id", "name", "scope", "created", "revoked")
+    for k in keys:
+        table.add_row(k["id"], k["name"], k["scope"], k["created_at"], str(k["revoked"]))
+    out.print(table)
+
+
+@key_app.command("revoke")
+def key_revoke(
+    key_id: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Revoke an API key: it stops working at once."""
+    with _client(url, key) as c:
+        _call(c.revoke_key, key_id)
+    _print_json({"id": key_id, "revoked": True}) if as_json else out.print(f"revoked {key_id}")
+
+
+# --- push / listen --------------------------------------------------------------
+@app.command()
+def push(
+    pin: str,
+    data: Annotated[str, typer.Option(help="The message: any JSON value.")],
+    ttl: Annotated[int, typer.Option(help="Seconds to keep it (0: only if online now).")] = 86400,
+    topic: Annotated[str | None, typer.Option(help="Replaces an undelivered one.")] = None,
+    urgency: Annotated[str | None, typer.Option(help="very-low, low, normal, high.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key.")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Push a message to a device; returns once it is stored on disk."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        fail(f"--data is not JSON: {exc}")
+    with _client(url, key) as c:
+        result = _call(
+            c.push,
+            pin,
+            value,
+            ttl=ttl,
+            topic=topic,
+            urgency=urgency,
+            idempotency_key=idempotency_key,
+        )
+    _print_json(result) if as_json else _print_record(result, "stored")
+
+
+@app.command()
+def listen(
+    pin: Annotated[str, typer.Option(help="The device's PIN.")],
+    token: Annotated[str, typer.Option(envvar="PINRELAY_TOKEN", help="The device's token.")],
+    url: UrlOpt = DEFAULT_URL,
+    cursor: Annotated[int, typer.Option(help="Resume after this cursor.")] = 0,
+    count: Annotated[int, typer.Option(help="Stop after this many messages (0: never).")] = 0,
+    inbox: Annotated[bool, typer.Option(help="Long-poll instead of a WebSocket.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Link as a device and print messages as they arrive (each is acknowledged)."""
+    received = 0
+
+    async def main() -> None:
+        done = asyncio.Event()
+
+        def on_message(m: Message) -> None:
+            nonlocal received
+            received += 1
+            if as_json:
+                _print_json(
+                    {
+                        "id": m.id,
+                        "cursor": m.cursor,
+                        "kind": m.kind,
+                        "data": m.data,
+                        "topic": m.topic,
+                        "urgency": m.urgency,
+                        "sent_at": m.sent_at,
+                        "expires_at": m.expires_at,
+                    }
+                )
+            else:
+                out.print(
+                    f"[dim]{m.sent_at}[/] [bold]#{m.cursor}[/] {json.dumps(m.data)}"
+                    + (f" [cyan]topic={m.topic}[/]" if m.topic else ""),
+                    highlight=False,
+                )
+            if count and received >= count:
+                done.set()
+
+        device = Device(pin, token, on_message, url=url, cursor=cursor, inbox=inbox)
+        runner = asyncio.create_task(device.run())
+        stopper = asyncio.create_task(done.wait())
+        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        await device.stop()
+        stopper.cancel()
+        # Give the last ack a moment to reach the relay, then stop waiting.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(runner), 1.0)
+        if runner.done():
+            runner.result()
+        else:
+            runner.cancel()
+
+    if not as_json:
+        err.print(f"listening as {pin} on {url} (Ctrl-C to stop)", highlight=False)
+    try:
+        asyncio.run(main())
+    except LinkRefused as exc:
+        fail(f"the relay refused the link: {exc}")
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def version() -> None:
+    """Print pinrelay's version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The async device SDK: link, receive, acknowledge, reconnect (PROTOCOL.md).
+
+``Device.run()`` keeps one link open.  It hands each message to the application
+callback once, in cursor order, and acknowledges it only after the callback
+returned, so a crash in between means redelivery, never loss.  Redelivered
+messages (same cursor or id) are acknowledged and not handed over again.
+
+When a link drops it reconnects with exponential back-off and full jitter,
+honouring a ``drain`` frame's ``retry_after_ms``, and rotates through every link
+URL it knows (failover).  With ``inbox=True`` it long-polls the HTTP inbox
+instead of holding a WebSocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import msgspec
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from pinrelay.core import frames
+
+log = logging.getLogger(__name__)
+
+#: Close and error codes after which retrying cannot help.
+FATAL_STATUSES = frozenset({400, 401, 403, 404, 422})
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    cursor: int
+    kind: str
+    data: Any
+    topic: str | None
+    urgency: str
+    sent_at: str
+    expires_at: str
+    sender: str | None
+
+
+class LinkRefused(Exception):
+    """The relay refused the device (bad token, unknown PIN, bad cursor): fatal."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code} ({status}): {message}")
+        self.status = status
+        self.code = code
+
+
+class _Retry(Exception):
+    def __init__(self, delay: float | None) -> None:
+        super().__init__(delay)
+        self.delay = delay
+
+
+Callback = Callable[[Message], Awaitable[None] | None]
+
+
+class Device:
+    def __init__(
+        self,
+        pin: str,
+        token: str,
+        on_message: Callback,
+        *,
+        url: str | None = None,
+        link_urls: list[str] | None = None,
+        cursor: int = 0,
+        window: int | None = None,
+        inbox: bool = False,
+        backoff_base: float = 0.25,
+        backoff_max: float = 30.0,
+        remember_ids: int = 10_000,
+        on_link: Callable[[frames.Welcome], None] | None = None,
+    ) -> None:
+        if url is None and not link_urls:
+            raise ValueError("give the relay's HTTP url, or link_urls")
+        self.pin = pin
+        self.token = token
+        self.url = url.rstrip("/") if url else None
+        self.link_urls = list(link_urls or [])
+        #: The last cursor handed to the application (and acknowledged).
+        self.cursor = cursor
+        self.window = window
+        self.inbox = inbox
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.links_opened = 0
+        self.duplicates = 0
+        self._on_message = on_message
+        self._on_link = on_link
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._remember = remember_ids
+        self._stopping = asyncio.Event()
+        self._attempt = 0
+        self._next_url = 0
+        self._ws: ClientConnection | None = None
+        #: The last cursor sent in an ack on the current link.
+        self._acked = cursor
+
+    # --- public --------------------------------------------------------------
+    async def run(self) -> None:
+        """Receive until :meth:`stop`; raises :class:`LinkRefused` when refused for good."""
+        while not self._stopping.is_set():
+            delay: float | None = None
+            try:
+                if self.inbox:
+                    await self._poll_inbox()
+                else:
+                    await self._link_once()
+            except LinkRefused:
+                raise
+            except _Retry as retry:
+                delay = retry.delay
+            except (OSError, websockets.WebSocketException, httpx.HTTPError, TimeoutError) as exc:
+                log.debug("link to relay lost: %r", exc)
+            if self._stopping.is_set():
+                break
+            if delay is None:
+                # Full jitter (AWS architecture blog): spreads a reconnect storm.
+                cap = min(self.backoff_max, self.backoff_base * 2**self._attempt)
+                delay = random.uniform(0, cap)
+            self._attempt += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def stop(self) -> None:
+        """Stop receiving; what the application has seen is acknowledged first."""
+        self._stopping.set()
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                if self.cursor > self._acked:
+                    await self._ack(ws)
+            await ws.close()
+
+    async def _ack(self, ws: ClientConnection) -> None:
+        cursor = self.cursor
+        await ws.send(frames.encode(frames.Ack(cursor=cursor)).decode())
+        self._acked = max(self._acked, cursor)
+
+    # --- receiving -----------------------------------------------------------
+    async def _deliver(self, f: frames.Msg) -> bool:
+        """Hand a message to the application unless it is a duplicate."""
+        if f.cursor <= self.cursor or f.id in self._seen:
+            self.duplicates += 1
+            return False
+        message = Message(
+            id=f.id,
+            cursor=f.cursor,
+            kind=f.kind,
+            data=msgspec.json.decode(f.data),
+            topic=f.topic,
+            urgency=f.urgency,
+            sent_at=f.sent_at,
+            expires_at=f.expires_at,
+            sender=f.sender,
+        )
+        result = self._on_message(message)
+        if inspect.isawaitable(result):
+            await result
+        self.cursor = f.cursor
+        self._seen[f.id] = None
+        if len(self._seen) > self._remember:
+            self._seen.popitem(last=False)
+        return True
+
+    async def _resolve_urls(self) -> list[str]:
+        if self.url is not None and (not self.link_urls or self._attempt % 4 == 3):
+            async with httpx.AsyncClient(timeout=10) as http:
+                response = await http.get(f"{self.url}/v1/info")
+                response.raise_for_status()
+                self.link_urls = list(response.json()["link_urls"]) or self.link_urls
+        return self.link_urls
+
+    async def _link_once(self) -> None:
+        urls = await self._resolve_urls()
+        url = urls[self._next_url % len(urls)]
+        self._next_url += 1  # the next attempt tries the next relay (failover)
+        async with connect(url, ping_interval=None, open_timeout=10, max_size=2**20) as ws:
+            self._ws = ws
+            try:
+                await self._session(ws)
+            finally:
+                self._ws = None
+
+    async def _session(self, ws: ClientConnection) -> None:
+        hello = frames.Hello(pin=self.pin, token=self.token, cursor=self.cursor, window=self.window)
+        await ws.send(frames.encode(hello).decode())
+        first = frames.decode_server(await asyncio.wait_for(ws.recv(), 15))
+        if isinstance(first, frames.Error):
+            raise self._refusal(first)
+        if not isinstance(first, frames.Welcome):
+            raise _Retry(None)
+        self.cursor = max(self.cursor, first.cursor)
+        self._acked = self.cursor  # hello.cursor acknowledged it (PROTOCOL "hello")
+        self.links_opened += 1
+        self._attempt = 0
+        if self._on_link is not None:
+            self._on_link(first)
+        unacked = 0
+        ack_every = max(1, first.window // 4)
+        while True:
+            try:
+                if unacked:
+                    raw = await asyncio.wait_for(ws.recv(), 0.005)
+                else:
+                    raw = await ws.recv()
+            except TimeoutError:
+                await self._ack(ws)
+                unacked = 0
+                continue
+            except websockets.ConnectionClosed:
+                return
+            frame = frames.decode_server(raw)
+            if isinstance(frame, frames.Msg):
+                await self._deliver(frame)
+                unacked += 1
+                if unacked >= ack_every:
+                    await self._ack(ws)
+                    unacked = 0
+            elif isinstance(frame, frames.Drain):
+                raise _Retry(frame.retry_after_ms / 1000)
+            elif isinstance(frame, frames.Error):
+                raise self._refusal(frame)
+
+    def _refusal(self, error: frames.Error) -> Exception:
+        if error.status in FATAL_STATUSES and error.code != "replaced":
+            return LinkRefused(error.status, error.code, error.message)
+        retry = error.retry_after_ms / 1000 if error.retry_after_ms else None
+        if error.code == "replaced":
+            # Another link for this device took over: that is the application's
+            # choice, so stop instead of fighting it.
+            self._stopping.set()
+        return _Retry(retry)
+
+    # --- long-poll fallback --------------------------------------------------
+    async def _poll_inbox(self) -> None:
+        if self.url is None:
+            raise ValueError("inbox mode needs the relay's HTTP url")
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=45) as http:
+            while not self._stopping.is_set():
+                response = await http.get(
+                    f"/v1/devices/{self.pin}/inbox", params={"after": self.cursor, "wait": 25}
+                )
+                if response.status_code != 200:
+                    self._http_refusal(response)
+                self._attempt = 0
+                batch = _inbox_decoder.decode(response.content)
+                for f in batch.messages:
+                    await self._deliver(f)
+                if batch.messages:
+                    ack = await http.post(
+                        f"/v1/devices/{self.pin}/ack", json={"cursor": self.cursor}
+                    )
+                    if ack.status_code != 204:
+                        self._http_refusal(ack)
+
+    def _http_refusal(self, response: httpx.Response) -> None:
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = {}
+        code = str(problem.get("type", "")).rsplit("/", 1)[-1] or "http"
+        detail = str(problem.get("detail", response.reason_phrase))
+        if response.status_code in FATAL_STATUSES:
+            raise LinkRefused(response.status_code, code, detail)
+        retry = response.headers.get("retry-after")
+        raise _Retry(float(retry) if retry and retry.isdigit() else None)
+
+
+class _InboxBody(msgspec.Struct):
+    messages: list[frames.Msg]
+    cursor: int
+
+
+_inbox_decoder = msgspec.json.Decoder(_InboxBody)

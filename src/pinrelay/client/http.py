@@ -1,0 +1,111 @@
+"""A small synchronous client for the HTTP API (used by the CLI and tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class ApiError(Exception):
+    """An error answer from the relay, with its problem+json fields."""
+
+    def __init__(self, status: int, detail: str, problem: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.problem = problem or {}
+
+
+class RelayClient:
+    def __init__(self, url: str, key: str | None = None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RelayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ApiError(0, f"cannot reach the relay at {self.url}: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+                detail = str(problem.get("detail") or problem.get("title"))
+            except ValueError:
+                problem, detail = None, response.text.strip() or response.reason_phrase
+            raise ApiError(response.status_code, detail, problem)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def info(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/v1/info")
+        return result
+
+    def create_device(self, label: str | None = None) -> dict[str, Any]:
+        body = {"label": label} if label is not None else {}
+        result: dict[str, Any] = self.request("POST", "/v1/devices", json=body)
+        return result
+
+    def show_device(self, pin: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/devices/{pin}")
+        return result
+
+    def delete_device(self, pin: str) -> None:
+        self.request("DELETE", f"/v1/devices/{pin}")
+
+    def rotate_token(self, pin: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/devices/{pin}/token")
+        return result
+
+    def push(
+        self,
+        pin: str,
+        data: Any,
+        *,
+        ttl: int,
+        topic: str | None = None,
+        urgency: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"data": data, "ttl": ttl}
+        if topic is not None:
+            body["topic"] = topic
+        if urgency is not None:
+            body["urgency"] = urgency
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        result: dict[str, Any] = self.request(
+            "POST", f"/v1/devices/{pin}/messages", json=body, headers=headers
+        )
+        return result
+
+    def push_batch(
+        self, messages: list[dict[str, Any]], idempotency_key: str | None = None
+    ) -> list[dict[str, Any]]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        result = self.request("POST", "/v1/messages", json={"messages": messages}, headers=headers)
+        items: list[dict[str, Any]] = result["results"]
+        return items
+
+    def create_key(self, name: str, scope: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "POST", "/v1/keys", json={"name": name, "scope": scope}
+        )
+        return result
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        keys: list[dict[str, Any]] = self.request("GET", "/v1/keys")["keys"]
+        return keys
+
+    def revoke_key(self, key_id: str) -> None:
+        self.request("DELETE", f"/v1/keys/{key_id}")

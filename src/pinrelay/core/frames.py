@@ -1,0 +1,103 @@
+"""Link frames: JSON text frames, each an object with a ``type`` tag.
+
+One msgspec Struct per frame, named after its tag (docs/PROTOCOL.md, "Frames").
+Evolution rule: a new field always gets a default, and decoders ignore fields
+they do not know, so old clients keep working with newer relays.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta, Raw, Struct
+
+#: Cursor: per-device sequence number, strictly increasing, starting at 1.
+Cursor = Annotated[int, Meta(ge=0, le=2**53 - 1)]
+#: Window a client may ask for; the relay caps it (see link.max_window).
+WindowSize = Annotated[int, Meta(ge=1, le=4096)]
+
+
+class Hello(Struct, tag="hello", tag_field="type", kw_only=True):
+    """Client → relay, first frame: who I am and where I left off."""
+
+    pin: str
+    token: str
+    cursor: Cursor = 0
+    window: WindowSize | None = None
+    client: str | None = None
+
+
+class Ack(Struct, tag="ack", tag_field="type", kw_only=True):
+    """Client → relay: every message up to ``cursor`` is done (cumulative)."""
+
+    cursor: Cursor
+
+
+class Welcome(Struct, tag="welcome", tag_field="type", kw_only=True):
+    """Relay → client: the link is open; ``cursor`` is where delivery resumes after."""
+
+    session: str
+    pin: str
+    cursor: int
+    window: int
+    heartbeat_s: int
+    max_frame: int
+    node: str
+    region: str
+    version: str
+
+
+class Msg(Struct, tag="msg", tag_field="type", kw_only=True):
+    """Relay → client: one message.  ``data`` is the pushed JSON value, verbatim."""
+
+    id: str
+    cursor: int
+    kind: str
+    data: Raw
+    topic: str | None
+    urgency: str
+    sent_at: str
+    expires_at: str
+    sender: str | None = msgspec.field(default=None, name="from")
+
+
+class Error(Struct, tag="error", tag_field="type", kw_only=True):
+    """Relay → client: what went wrong; the relay closes with 4000 + ``status``."""
+
+    code: str
+    status: int
+    message: str
+    retry_after_ms: int | None = None
+
+
+class Drain(Struct, tag="drain", tag_field="type", kw_only=True):
+    """Relay → client: go away and come back after ``retry_after_ms`` (± jitter)."""
+
+    reason: str
+    retry_after_ms: int
+    alternates: list[str] = msgspec.field(default_factory=list)
+
+
+ClientFrame = Hello | Ack
+ServerFrame = Welcome | Msg | Error | Drain
+
+_encoder = msgspec.json.Encoder()
+_client_decoder: msgspec.json.Decoder[Hello | Ack] = msgspec.json.Decoder(ClientFrame)
+_server_decoder: msgspec.json.Decoder[Welcome | Msg | Error | Drain] = msgspec.json.Decoder(
+    ServerFrame
+)
+Buffer = str | bytes | bytearray | memoryview
+
+
+def encode(frame: ClientFrame | ServerFrame) -> bytes:
+    return _encoder.encode(frame)
+
+
+def decode_client(data: Buffer) -> ClientFrame:
+    """Decode a client frame; raises msgspec.DecodeError / ValidationError."""
+    return _client_decoder.decode(data)
+
+
+def decode_server(data: Buffer) -> ServerFrame:
+    return _server_decoder.decode(data)

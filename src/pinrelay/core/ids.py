@@ -1,0 +1,62 @@
+"""Identifiers: PINs, message ids, secrets and their hashes.
+
+Randomness is passed in (``rand(n) -> n bytes``) so tests can fix it; callers in
+I/O layers pass :func:`os.urandom`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Callable
+
+Rand = Callable[[int], bytes]
+
+PIN_RE = re.compile(r"^[0-9A-F]{8}$")
+#: Crockford base32, as ULID uses: sortable, no I/L/O/U.
+_B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+MSG_ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+
+
+def new_pin(rand: Rand) -> str:
+    """A random PIN: 8 upper-case hex digits (32 bits), as BlackBerry PINs were."""
+    return rand(4).hex().upper()
+
+
+def is_pin(value: str) -> bool:
+    return PIN_RE.fullmatch(value) is not None
+
+
+def new_message_id(now: float, rand: Rand) -> str:
+    """A ULID: 48-bit millisecond time + 80 random bits, 26 Crockford base32 chars.
+
+    Globally unique (80 random bits per millisecond) and sortable by creation time,
+    which the JetStream engine relies on for stream-wide de-duplication.
+    """
+    value = (int(now * 1000) & ((1 << 48) - 1)) << 80 | int.from_bytes(rand(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_B32[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_secret(rand: Rand, nbytes: int = 24) -> str:
+    """A URL-safe secret (device token, API key body)."""
+    return base64.urlsafe_b64encode(rand(nbytes)).decode().rstrip("=")
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex of a secret.
+
+    Secrets are 192 random bits, so a fast unsalted hash is enough: there is no
+    dictionary to attack, and lookups by hash stay O(1).
+    """
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_matches(secret: str, stored_hash: str) -> bool:
+    """Constant-time comparison of a presented secret with a stored hash."""
+    return hmac.compare_digest(hash_secret(secret), stored_hash)

@@ -1,0 +1,135 @@
+"""Messages and devices as the store and the edges share them."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Raw, Struct
+
+from pinrelay.core.errors import ErrorCode, LimitExceeded, RemoteProtocolError
+
+TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+Urgency = Literal["very-low", "low", "normal", "high"]
+Topic = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+Pin = Annotated[str, Meta(pattern=r"^[0-9A-F]{8}$")]
+Ttl = Annotated[int, Meta(ge=0)]
+
+
+class Scope(enum.Enum):
+    """What an API key may do.  ``admin`` implies the others."""
+
+    PUSH = "push"
+    DEVICES = "devices"
+    ADMIN = "admin"
+
+
+class PushFields(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of a push (``POST /v1/devices/{pin}/messages``)."""
+
+    data: Raw
+    ttl: Ttl
+    topic: Topic | None = None
+    urgency: Urgency = "normal"
+
+
+class BatchItem(PushFields, kw_only=True, forbid_unknown_fields=True):
+    to: Pin
+
+
+class Batch(Struct, kw_only=True, forbid_unknown_fields=True):
+    messages: Annotated[list[BatchItem], Meta(min_length=1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds every edge enforces (configurable, see config.py)."""
+
+    max_data_bytes: int = 4096
+    max_ttl_s: int = 30 * 24 * 3600
+    max_batch: int = 1000
+    #: ttl=0 ("only if online now") still needs a moment to cross the link.
+    ttl0_grace_s: float = 5.0
+
+
+def check_push(fields: PushFields, limits: Limits) -> None:
+    """Bounds that depend on configuration (the schema checks the rest)."""
+    if len(fields.data) > limits.max_data_bytes:
+        raise LimitExceeded(
+            f"data is {len(fields.data)} bytes encoded; the limit is {limits.max_data_bytes}"
+        )
+    if fields.ttl > limits.max_ttl_s:
+        raise RemoteProtocolError(
+            f"ttl {fields.ttl} exceeds the maximum of {limits.max_ttl_s} s", ErrorCode.INVALID
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message accepted by an edge, not yet given a cursor."""
+
+    pin: str
+    id: str
+    data: bytes
+    topic: str | None
+    urgency: str
+    sent_at_ms: int
+    expires_at_ms: int
+    kind: str = "push"
+    sender: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A durable message with its per-device cursor."""
+
+    pin: str
+    cursor: int
+    id: str
+    data: bytes
+    topic: str | None
+    urgency: str
+    sent_at_ms: int
+    expires_at_ms: int
+    kind: str = "push"
+    sender: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The store's answer for one appended message."""
+
+    id: str
+    pin: str
+    cursor: int
+    expires_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    pin: str
+    token_hash: str
+    label: str | None
+    created_ms: int
+    last_seen_ms: int | None
+    #: Highest cursor handed out so far (0: none yet).
+    last_cursor: int
+    #: Highest cursor the device acknowledged.
+    acked_cursor: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    scope: Scope
+    key_hash: str
+    created_ms: int
+    revoked: bool
+
+
+def raw_json(value: object) -> Raw:
+    return Raw(msgspec.json.encode(value))

@@ -1,0 +1,399 @@
+"""The link server (docs/PROTOCOL.md).
+
+One :class:`LinkProtocol` per TCP connection wraps websockets' sans-I/O
+``ServerProtocol`` (handshake, framing, ping/pong, close) and our own
+:class:`~pinrelay.core.session.ServerSession` (frame order, heartbeats).  There is
+no task per connection: bytes arrive in ``data_received``, frames go out with
+``transport.write``; one timer task walks all links for heartbeats.  Short tasks
+run only for authentication and for reading the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State as WsState
+from websockets.server import ServerProtocol
+
+from pinrelay import __version__
+from pinrelay.core import frames
+from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.ids import new_secret, secret_matches
+from pinrelay.core.model import StoredMessage
+from pinrelay.core.ratelimit import FailureLimiter
+from pinrelay.core.session import (
+    AckReceived,
+    Failure,
+    HelloReceived,
+    ServerSession,
+    Tick,
+)
+from pinrelay.delivery import Delivery, msg_frame
+from pinrelay.metrics import Metrics
+from pinrelay.router.local import LocalRouter
+from pinrelay.store.base import Store
+
+log = logging.getLogger(__name__)
+# websockets logs every close at INFO: one line per link is noise at 20k links.
+_ws_log = logging.getLogger("pinrelay.link.ws")
+_ws_log.setLevel(logging.WARNING)
+
+LINK_PATH = "/v1/link"
+#: A closing link that does not finish the close handshake is dropped after this.
+CLOSE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    heartbeat_s: float = 30.0
+    hello_timeout_s: float = 10.0
+    default_window: int = 64
+    max_window: int = 1024
+    #: Largest frame a client may send; hello and ack frames are tiny.
+    max_frame: int = 16 * 1024
+    max_links: int = 10_000
+    node: str = "node-1"
+    region: str = "local"
+    #: How long after a drain clients are asked to wait, spread by jitter.
+    drain_retry_ms: int = 2_000
+    drain_jitter_ms: int = 8_000
+
+
+class LinkProtocol(asyncio.Protocol):
+    __slots__ = (
+        "_close_timer",
+        "delivery",
+        "peer",
+        "pin",
+        "server",
+        "session",
+        "transport",
+        "ws",
+    )
+
+    def __init__(self, server: LinkServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.ws = ServerProtocol(max_size=server.config.max_frame, logger=_ws_log)
+        self.session = ServerSession(
+            server.clock(),
+            hello_timeout=server.config.hello_timeout_s,
+            heartbeat_s=server.config.heartbeat_s,
+        )
+        self.pin: str | None = None
+        self.delivery: Delivery | None = None
+        self.peer = "?"
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol ----------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else "?"
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if isinstance(event, Request):
+                self._handshake(event)
+            elif isinstance(event, Frame):
+                self._frame(event)
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        self.ws.receive_eof()
+        self._flush()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self.session.close()
+        if self.delivery is not None:
+            self.delivery.close()
+            self.server.metrics.links_open.dec()
+        if self.pin is not None:
+            self.server.router.detach(self.pin, self)
+            self.server.touch(self.pin)
+
+    def pause_writing(self) -> None:
+        if self.delivery is not None:
+            self.delivery.paused = True
+
+    def resume_writing(self) -> None:
+        if self.delivery is not None:
+            self.delivery.paused = False
+            self.delivery.wake()
+
+    # --- WebSocket events ----------------------------------------------------
+    def _handshake(self, request: Request) -> None:
+        server = self.server
+        if request.path.split("?", 1)[0] != LINK_PATH:
+            response = self.ws.reject(404, f"The device link is at {LINK_PATH}\n")
+        elif server.draining:
+            server.metrics.links_refused.inc()
+            response = self.ws.reject(503, "Relay is shutting down; retry later\n")
+            response.headers["Retry-After"] = str(server.config.drain_retry_ms // 1000 + 1)
+        elif len(server.connections) > server.config.max_links:
+            server.metrics.links_refused.inc()
+            response = self.ws.reject(503, "Relay is at its link capacity; retry later\n")
+            response.headers["Retry-After"] = "5"
+        else:
+            response = self.ws.accept(request)
+        self.ws.send_response(response)
+
+    def _frame(self, frame: Frame) -> None:
+        now = self.server.clock()
+        if frame.opcode is Opcode.TEXT:
+            event = self.session.receive(frame.data, now)
+            if isinstance(event, AckReceived):
+                self._ack(event.cursor)
+            elif isinstance(event, HelloReceived):
+                self.server.spawn(self._authenticate(event.hello))
+            elif isinstance(event, Failure):
+                self._fail(event)
+        elif frame.opcode is Opcode.BINARY:
+            self._fail(self.session.fail(ErrorCode.BAD_REQUEST, "frames are JSON text"))
+        elif frame.opcode is Opcode.PONG:
+            self.session.received_pong(now)
+        elif frame.opcode is Opcode.PING:
+            self.session.received_pong(now)  # any traffic proves the peer alive
+
+    def _ack(self, cursor: int) -> None:
+        if self.delivery is None:
+            return
+        try:
+            self.delivery.ack(cursor)
+        except PinrelayError as exc:
+            self._fail(self.session.fail(exc.code, exc.detail))
+
+    async def _authenticate(self, hello: frames.Hello) -> None:
+        server = self.server
+        now = server.clock()
+        limiter = server.auth_limiter
+        wait = max(limiter.retry_after(self.peer, now), limiter.retry_after(hello.pin, now))
+        if wait > 0:
+            self._fail(
+                self.session.fail(
+                    ErrorCode.RATE_LIMITED,
+                    "too many failed authentications; retry later",
+                    retry_after_ms=int(wait * 1000) + 1,
+                )
+            )
+            self._flush()
+            return
+        device = await server.store.get_device(hello.pin)
+        if self.transport is None or self.transport.is_closing():
+            return
+        if device is None or not secret_matches(hello.token, device.token_hash):
+            # One answer for an unknown PIN and a wrong token: no PIN enumeration.
+            limiter.failed(self.peer, now)
+            limiter.failed(hello.pin, now)
+            server.metrics.auth_failures.labels("link").inc()
+            self._fail(self.session.fail(ErrorCode.UNAUTHORIZED, "unknown PIN or wrong token"))
+            self._flush()
+            return
+        if hello.cursor > device.last_cursor:
+            self._fail(
+                self.session.fail(
+                    ErrorCode.INVALID,
+                    f"cursor {hello.cursor} is ahead of the device's last message "
+                    f"({device.last_cursor})",
+                )
+            )
+            self._flush()
+            return
+        limiter.succeeded(hello.pin)
+        window = min(hello.window or server.config.default_window, server.config.max_window)
+        # hello.cursor says the client is done with everything up to it (PROTOCOL "hello").
+        acked = max(hello.cursor, device.acked_cursor)
+        self.pin = device.pin
+        self.delivery = Delivery(
+            server.store,
+            device.pin,
+            acked=acked,
+            window=window,
+            send=self._send_message,
+            clock=server.clock,
+            metrics=server.metrics,
+        )
+        server.metrics.links_open.inc()
+        server.router.attach(device.pin, self)
+        self._send(
+            self.session.accept(
+                frames.Welcome(
+                    session=new_secret(os.urandom, 12),
+                    pin=device.pin,
+                    cursor=acked,
+                    window=window,
+                    heartbeat_s=int(server.config.heartbeat_s),
+                    max_frame=server.config.max_frame,
+                    node=server.config.node,
+                    region=server.config.region,
+                    version=__version__,
+                )
+            )
+        )
+        if acked > device.acked_cursor:
+            server.spawn(server.store.ack(device.pin, acked))
+        server.touch(device.pin)
+        self.delivery.wake()
+
+    # --- sending -------------------------------------------------------------
+    def _send_message(self, m: StoredMessage) -> None:
+        self._send(frames.encode(msg_frame(m)))
+
+    def _send(self, data: bytes) -> None:
+        if self.ws.state is WsState.OPEN:
+            self.ws.send_text(data)
+            self._flush()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            else:
+                # The sans-I/O core asks for EOF: the close handshake is over.
+                transport.close()
+                return
+        if self.ws.close_expected() and self._close_timer is None:
+            self._close_timer = asyncio.get_running_loop().call_later(
+                CLOSE_TIMEOUT, transport.abort
+            )
+
+    def _fail(self, failure: Failure) -> None:
+        self._send(failure.frame)
+        self._close(failure.code.close_code, failure.detail)
+
+    def _close(self, code: int, reason: str) -> None:
+        if self.ws.state is WsState.OPEN:
+            self.ws.send_close(code, reason[:120])
+            self._flush()
+        elif self.transport is not None and self.ws.state is WsState.CONNECTING:
+            self.transport.abort()
+
+    # --- called by the router and the server ---------------------------------
+    def wake(self) -> None:
+        if self.delivery is not None:
+            self.delivery.wake()
+
+    def kick(self, code: ErrorCode, detail: str) -> None:
+        self._fail(self.session.fail(code, detail))
+
+    def tick(self, now: float) -> None:
+        due = self.session.tick(now)
+        if due is Tick.NOTHING:
+            return
+        if due is Tick.SEND_PING:
+            if self.ws.state is WsState.OPEN:
+                self.ws.send_ping(b"")
+                self._flush()
+        elif due is Tick.HELLO_TIMEOUT:
+            self._fail(self.session.fail(ErrorCode.HELLO_TIMEOUT, "no hello in time"))
+        elif due is Tick.DEAD and self.transport is not None:
+            self.transport.abort()
+
+    def drain(self, reason: str, retry_after_ms: int, alternates: list[str]) -> None:
+        self._send(
+            frames.encode(
+                frames.Drain(reason=reason, retry_after_ms=retry_after_ms, alternates=alternates)
+            )
+        )
+        self.session.close()
+        self._close(1001, reason)
+
+
+class LinkServer:
+    """All links of one relay process, and the timer that walks them."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        router: LocalRouter,
+        config: LinkConfig,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        auth_limiter: FailureLimiter,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.auth_limiter = auth_limiter
+        self.connections: set[LinkProtocol] = set()
+        self.draining = False
+        self._server: asyncio.Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        metrics.links_capacity.set(config.max_links)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("link task failed", exc_info=task.exception())
+
+    def touch(self, pin: str) -> None:
+        self.spawn(self.store.touch_device(pin, int(self.clock() * 1000)))
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: LinkProtocol(self), host, port, backlog=4096, reuse_address=True
+        )
+        self._ticker = loop.create_task(self._tick_forever())
+        sock = self._server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    async def _tick_forever(self) -> None:
+        # One timer for all links; resolution a tenth of the heartbeat (max 2 s).
+        interval = max(0.05, min(2.0, self.config.heartbeat_s / 10))
+        while True:
+            await asyncio.sleep(interval)
+            now = self.clock()
+            for link in list(self.connections):
+                link.tick(now)
+
+    async def drain(self, reason: str = "shutdown", alternates: list[str] | None = None) -> None:
+        """Tell every link to go away and come back later, spread over time."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        cfg = self.config
+        for link in list(self.connections):
+            delay = cfg.drain_retry_ms + random.randint(0, cfg.drain_jitter_ms)
+            link.drain(reason, delay, alternates or [])
+        deadline = self.clock() + CLOSE_TIMEOUT
+        while self.connections and self.clock() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for link in list(self.connections):
+            if link.transport is not None:
+                link.transport.abort()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()

@@ -1,0 +1,107 @@
+"""The storage contract every engine fulfils (tests/store/test_contract.py).
+
+The link, the API and delivery talk only to this protocol, so the JetStream
+engine fits without changes to them.  "Durable" means: when an awaited write
+returns, the data survives a crash of the process and of the machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pinrelay.core.errors import PinrelayError
+from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
+
+
+class StoreClosed(PinrelayError):
+    """The store is closed or failing; the caller should answer 503."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """One item of an append that was not stored, and why."""
+
+    pin: str
+    reason: str
+    id: str | None = None
+
+
+#: The reason of a ttl=0 message that was not stored because its device was offline.
+DROPPED_OFFLINE = "dropped: ttl is 0 and the device is offline"
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """Scopes an ``Idempotency-Key`` header and fingerprints the request body."""
+
+    key: str
+    fingerprint: str
+
+
+#: Called after each commit with (seconds it took, writes in the batch).
+CommitObserver = Callable[[float, int], None]
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # --- devices -------------------------------------------------------------
+    async def create_device(
+        self, pin: str, token_hash: str, label: str | None, now_ms: int
+    ) -> Device | None:
+        """Create a device; None if the PIN is taken."""
+        ...
+
+    async def get_device(self, pin: str) -> Device | None: ...
+
+    async def delete_device(self, pin: str) -> bool:
+        """Delete a device and all its messages; False if there was none."""
+        ...
+
+    async def set_token(self, pin: str, token_hash: str) -> bool: ...
+
+    async def touch_device(self, pin: str, now_ms: int) -> None: ...
+
+    async def backlog(self, pin: str, now_ms: int) -> int:
+        """Unexpired messages stored for ``pin``."""
+        ...
+
+    # --- API keys ------------------------------------------------------------
+    async def create_key(self, key: ApiKey) -> None: ...
+
+    async def find_key(self, key_hash: str) -> ApiKey | None: ...
+
+    async def list_keys(self) -> list[ApiKey]: ...
+
+    async def revoke_key(self, key_id: str) -> bool: ...
+
+    # --- messages ------------------------------------------------------------
+    async def append(
+        self, messages: Sequence[NewMessage | Rejected], idem: IdempotencyKey | None = None
+    ) -> tuple[list[Accepted | Rejected], bool]:
+        """Store messages atomically, each after the last of its device.
+
+        Returns one result per message, in order (a Rejected given passes
+        through, so an idempotent replay repeats what the edge did not store),
+        and whether it is a replay: when ``idem`` names a key seen before,
+        nothing is stored and the first call's results come back (a different
+        fingerprint raises CONFLICT).  A message
+        with a topic replaces its device's stored message with that topic.
+        """
+        ...
+
+    async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
+        """Up to ``limit`` unexpired messages with cursor > ``after``, in order."""
+        ...
+
+    async def ack(self, pin: str, cursor: int) -> None:
+        """The device is done with every message up to ``cursor``: forget them."""
+        ...
+
+    async def sweep(self, now_ms: int, limit: int = 1000) -> int:
+        """Delete up to ``limit`` expired messages; how many went."""
+        ...
