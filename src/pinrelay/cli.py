@@ -108,9 +108,15 @@ def serve(
     node: Annotated[str, typer.Option(help="This relay's name.")] = "node-1",
     region: Annotated[str, typer.Option(help="This relay's region.")] = "local",
     heartbeat: Annotated[float, typer.Option(help="Seconds of silence before a ping.")] = 30.0,
+    hello_timeout: Annotated[
+        float, typer.Option(help="Seconds a new link has to say hello.")
+    ] = 10.0,
     max_links: Annotated[
         int, typer.Option(help="Most links to hold (0: the open-file limit allows).")
     ] = 0,
+    sweep_interval: Annotated[
+        float, typer.Option(help="Seconds between sweeps of expired messages.")
+    ] = 5.0,
     max_data: Annotated[int, typer.Option(help="Largest message data, bytes.")] = 4096,
     max_ttl: Annotated[int, typer.Option(help="Largest ttl, seconds.")] = 30 * 24 * 3600,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
@@ -137,6 +143,8 @@ def serve(
         node=node,
         region=region,
         heartbeat_s=heartbeat,
+        hello_timeout_s=hello_timeout,
+        sweep_interval_s=sweep_interval,
         max_links=max_links,
         limits=Limits(max_data_bytes=max_data, max_ttl_s=max_ttl),
         admin_key=admin_key,

@@ -141,11 +141,12 @@ def decode(body: bytes, type_: type[T]) -> T:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         raise RemoteProtocolError(str(exc), ErrorCode.INVALID) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
         raise RemoteProtocolError(f"malformed JSON: {exc}", ErrorCode.BAD_REQUEST) from None
 
 
 def fingerprint(body: bytes) -> str:
+    """Identifies a request body, so an Idempotency-Key reused for another is caught."""
     return hashlib.sha256(body).hexdigest()
 
 

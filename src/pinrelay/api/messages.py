@@ -46,7 +46,11 @@ def _idempotency(request: Request, key_id: str, body: bytes) -> IdempotencyKey |
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", ErrorCode.INVALID
         )
     # Scoped by API key and route: two tenants' keys never collide.
-    return IdempotencyKey(f"{key_id} {request.url.path} {value}", fingerprint(body))
+    return IdempotencyKey(
+        f"{key_id} {request.url.path} {value}",
+        fingerprint(body),
+        int(relay_of(request).clock() * 1000),
+    )
 
 
 def _new_message(relay: Relay, pin: str, fields: PushFields, now: float) -> NewMessage:

@@ -95,8 +95,11 @@ def encode(frame: ClientFrame | ServerFrame) -> bytes:
 
 
 def decode_client(data: Buffer) -> ClientFrame:
-    """Decode a client frame; raises msgspec.DecodeError / ValidationError."""
-    return _client_decoder.decode(data)
+    """Decode a client frame; raises msgspec.DecodeError / ValidationError only."""
+    try:
+        return _client_decoder.decode(data)
+    except (RecursionError, UnicodeError) as exc:
+        raise msgspec.DecodeError(f"undecodable frame: {type(exc).__name__}") from None
 
 
 def decode_server(data: Buffer) -> ServerFrame:

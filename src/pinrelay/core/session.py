@@ -108,7 +108,8 @@ class ServerSession:
             frame = frames.decode_client(data)
         except msgspec.ValidationError as exc:
             return self.fail(ErrorCode.INVALID, f"invalid frame: {exc}")
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
+            # RecursionError: absurdly deep nesting; UnicodeError: lone surrogates.
             return self.fail(ErrorCode.BAD_REQUEST, f"malformed frame: {exc}")
         if not isinstance(frame, _LEGAL[self.state]):
             tag = type(frame).__name__.lower()

@@ -38,6 +38,8 @@ class IdempotencyKey:
 
     key: str
     fingerprint: str
+    #: When the key was first used; it is remembered 24 h from then.
+    created_ms: int
 
 
 #: Called after each commit with (seconds it took, writes in the batch).

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -242,11 +243,17 @@ class SqliteStore:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The database holds token hashes: create it private to the relay's user
+        # (SQLite gives the -wal and -shm files the main file's mode).
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         wconn = connect(self.path)
-        migrate(wconn)
+        try:
+            migrate(wconn)
+        except BaseException:
+            wconn.close()
+            raise
         self._reader = connect(self.path)
         self._writer = _Writer(wconn, self._observer)
-        # The database holds token hashes: keep it private to the relay's user.
         for suffix in ("", "-wal", "-shm"):
             p = Path(str(self.path) + suffix)
             if p.exists():
@@ -379,7 +386,6 @@ class SqliteStore:
     async def append(
         self, messages: Sequence[NewMessage | Rejected], idem: IdempotencyKey | None = None
     ) -> tuple[list[Accepted | Rejected], bool]:
-        now_ms = next((m.sent_at_ms for m in messages if isinstance(m, NewMessage)), 0)
 
         def write(c: sqlite3.Connection) -> tuple[list[_Result], bool]:
             if idem is not None:
@@ -402,7 +408,7 @@ class SqliteStore:
                         idem.key,
                         idem.fingerprint,
                         _results_enc.encode(results),
-                        now_ms,
+                        idem.created_ms,
                     ),
                 )
             return results, False
@@ -453,7 +459,7 @@ def _append_one(c: sqlite3.Connection, m: NewMessage | Rejected) -> _Result:
         (m.pin,),
     ).fetchone()
     if row is None:
-        return _Result(pin=m.pin, reason="unknown device")
+        return _Result(pin=m.pin, id=m.id, reason="unknown device")
     cursor = int(row[0])
     if m.topic is not None:
         # DESIGN, "Expiry and collapse": the newer message replaces the stored one.

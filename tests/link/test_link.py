@@ -1,0 +1,297 @@
+"""The device link against a real relay process on 127.0.0.1 (docs/PROTOCOL.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+import msgspec
+import pytest
+import websockets
+
+from pinrelay.core import frames
+from tests.conftest import RelayFactory
+from tests.linkclient import closed_with, error_then_close, link, raw_link, recv, send
+from tests.relayproc import TIMEOUT_FACTOR, RelayProc
+
+
+def push(
+    relay: RelayProc, pin: str, data: object, *, ttl: int = 3600, **fields: str
+) -> dict[str, object]:
+    with relay.client() as c:
+        return c.push(pin, data, ttl=ttl, **fields)
+
+
+class TestHello:
+    async def test_welcome_then_backlog_in_order(self, relay: RelayProc) -> None:
+        device = relay.create_device()
+        for n in range(5):
+            push(relay, device["pin"], {"n": n})
+        ws, welcome = await link(relay, device)
+        assert welcome.pin == device["pin"]
+        assert welcome.heartbeat_s > 0
+        assert welcome.window == 64
+        got = [await recv(ws) for _ in range(5)]
+        assert all(isinstance(m, frames.Msg) for m in got)
+        msgs = [m for m in got if isinstance(m, frames.Msg)]
+        assert [msgspec.json.decode(m.data) for m in msgs] == [{"n": n} for n in range(5)]
+        assert [m.cursor for m in msgs] == [1, 2, 3, 4, 5]
+        await send(ws, frames.Ack(cursor=5))
+        await asyncio.sleep(0.3)
+        with relay.client() as c:
+            shown = c.show_device(device["pin"])
+        assert shown["backlog"] == 0
+        assert shown["acked_cursor"] == 5
+        assert shown["online"] is True
+        await ws.close()
+
+    async def test_live_push_arrives(self, relay: RelayProc) -> None:
+        device = relay.create_device()
+        ws, _ = await link(relay, device)
+        push(relay, device["pin"], "live", topic="news", urgency="high")
+        m = await recv(ws)
+        assert isinstance(m, frames.Msg)
+        assert (m.topic, m.urgency, bytes(m.data)) == ("news", "high", b'"live"')
+        await ws.close()
+
+    async def test_frame_before_hello_is_refused(self, relay: RelayProc) -> None:
+        ws = await raw_link(relay)
+        await send(ws, frames.Ack(cursor=1))
+        error, code = await error_then_close(ws)
+        assert (error.code, error.status, code) == ("bad_request", 400, 4400)
+
+    @pytest.mark.parametrize(
+        "payload",
+        ["not json", '{"type":"nope"}', '{"type":"hello"}', "[]", '{"type":"hello","pin":1}'],
+    )
+    async def test_malformed_hello(self, relay: RelayProc, payload: str) -> None:
+        ws = await raw_link(relay)
+        await ws.send(payload)
+        error, code = await error_then_close(ws)
+        assert error.status in (400, 422)
+        assert code == 4000 + error.status
+
+    async def test_binary_frame_is_refused(self, relay: RelayProc) -> None:
+        ws = await raw_link(relay)
+        await ws.send(b'{"type":"ack","cursor":0}')
+        _, code = await error_then_close(ws)
+        assert code == 4400
+
+    async def test_wrong_token_and_unknown_pin_look_the_same(self, relay: RelayProc) -> None:
+        device = relay.create_device()
+        answers = []
+        for pin, token in ((device["pin"], "wrong"), ("0BADF00D", device["token"])):
+            ws = await raw_link(relay)
+            await send(ws, frames.Hello(pin=pin, token=token))
+            error, code = await error_then_close(ws)
+            answers.append((error.code, error.message, code))
+        assert answers[0] == answers[1] == ("unauthorized", "unknown PIN or wrong token", 4401)
+
+    async def test_failed_auth_is_rate_limited_per_pin(self, relay: RelayProc) -> None:
+        device = relay.create_device()
+        codes = []
+        for _ in range(11):
+            ws = await raw_link(relay)
+            await send(ws, frames.Hello(pin=device["pin"], token="guess"))
+            _, code = await error_then_close(ws)
+            codes.append(code)
+        assert codes[:10] == [4401] * 10
+        assert codes[10] == 4429
+        # Even the right token waits now: the PIN is slowed down, not guessed.
+        ws = await raw_link(relay)
+        await send(ws, frames.Hello(pin=device["pin"], token=device["token"]))
+        error, code = await error_then_close(ws)
+        assert code == 4429 and error.retry_after_ms is not None and error.retry_after_ms > 0
+
+    async def test_cursor_ahead_of_device_is_refused(self, relay: RelayProc) -> None:
+        device = relay.create_device()
+        push(relay, device["pin"], 1)
+        ws = await raw_link(relay)
+        await send(ws, frames.Hello(pin=device["pin"], token=device["token"], cursor=2))
+        error, code = await error_then_close(ws)
+        assert (error.code, code) == ("invalid", 4422)
+
+    async def test_hello_cursor_acknowledges(self, relay: RelayProc) -> None:
+        device = relay.create_device()
+        for n in range(3):
+            push(relay, device["pin"], n)
+        ws, welcome = await link(relay, device, cursor=2)
+        assert welcome.cursor == 2
+        m = await recv(ws)
+        assert isinstance(m, frames.Msg) and m.cursor == 3
+        await ws.close()
+
+    async def test_unknown_path_and_plain_http(self, relay: RelayProc) -> None:
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await websockets.connect(f"ws://127.0.0.1:{relay.link_port}/nope")
+        assert info.value.response.status_code == 404
+
+
+class TestWindowAndAcks:
+    async def test_never_more_than_window_in_flight(self, relay: RelayProc) -> None:
+        device = relay.create_device()
+        for n in range(6):
+            push(relay, device["pin"], n)
+        ws, welcome = await link(relay, device, window=2)
+        assert welcome.window == 2
+        first = [await recv(ws) for _ in range(2)]
+        with pytest.raises(TimeoutError):
+            await recv(ws, timeout=0.5)
+        assert [m.cursor for m in first if isinstance(m, frames.Msg)] == [1, 2]
+        await send(ws, frames.Ack(cursor=1))
+        m = await recv(ws)
+        assert isinstance(m, frames.Msg) and m.cursor == 3
+        await ws.close()
+
+    async def test_unacked_are_redelivered_in_order(self, relay: RelayProc) -> None:
+        device = relay.create_device()
+        for n in range(4):
+            push(relay, device["pin"], n)
+        ws, _ = await link(relay, device)
+        got = [await recv(ws) for _ in range(4)]
+        await send(ws, frames.Ack(cursor=2))
+        await asyncio.sleep(0.3)
+        await ws.close()
+        ws, welcome = await link(relay, device)
+        assert welcome.cursor == 2
+        again = [await recv(ws) for _ in range(2)]
+        assert [m.cursor for m in again if isinstance(m, frames.Msg)] == [3, 4]
+        assert [m.id for m in again if isinstance(m, frames.Msg)] == [
+            m.id for m in got[2:] if isinstance(m, frames.Msg)
+        ]
+        await ws.close()
+
+    async def test_ack_beyond_sent_is_a_protocol_error(self, relay: RelayProc) -> None:
+        device = relay.create_device()
+        ws, _ = await link(relay, device)
+        await send(ws, frames.Ack(cursor=7))
+        error, code = await error_then_close(ws)
+        assert (error.code, code) == ("invalid", 4422)
+
+    async def test_second_frame_type_in_open_state(self, relay: RelayProc) -> None:
+        device = relay.create_device()
+        ws, _ = await link(relay, device)
+        await send(ws, frames.Hello(pin=device["pin"], token=device["token"]))
+        _, code = await error_then_close(ws)
+        assert code == 4400
+
+
+class TestLinkOwnership:
+    async def test_second_link_replaces_the_first(self, relay: RelayProc) -> None:
+        device = relay.create_device()
+        first, _ = await link(relay, device)
+        second, _ = await link(relay, device)
+        error, code = await error_then_close(first)
+        assert (error.code, code) == ("replaced", 4409)
+        push(relay, device["pin"], "to the new link")
+        m = await recv(second)
+        assert isinstance(m, frames.Msg)
+        await second.close()
+
+    async def test_token_rotation_closes_the_link(self, relay: RelayProc) -> None:
+        device = relay.create_device()
+        ws, _ = await link(relay, device)
+        with relay.client() as c:
+            rotated = c.rotate_token(device["pin"])
+        error, code = await error_then_close(ws)
+        assert (error.code, code) == ("unauthorized", 4401)
+        stale = await raw_link(relay)
+        await send(stale, frames.Hello(pin=device["pin"], token=device["token"]))
+        _, code = await error_then_close(stale)
+        assert code == 4401
+        fresh, _ = await link(relay, {"pin": device["pin"], "token": rotated["token"]})
+        await fresh.close()
+
+    async def test_deleting_the_device_closes_the_link(self, relay: RelayProc) -> None:
+        device = relay.create_device()
+        ws, _ = await link(relay, device)
+        with relay.client() as c:
+            c.delete_device(device["pin"])
+        error, code = await error_then_close(ws)
+        assert (error.code, code) == ("not_found", 4404)
+
+
+class TestShutdownAndCapacity:
+    async def test_sigterm_drains_every_link(self, relay: RelayProc) -> None:
+        devices = [relay.create_device() for _ in range(3)]
+        links = [(await link(relay, d))[0] for d in devices]
+        stopping = asyncio.get_running_loop().run_in_executor(None, relay.terminate)
+        for ws in links:
+            drain = await recv(ws)
+            assert isinstance(drain, frames.Drain)
+            assert drain.reason == "shutdown"
+            assert drain.retry_after_ms >= 1000
+            assert await closed_with(ws) == 1001
+        assert await stopping == 0
+
+    async def test_links_beyond_capacity_get_503(self, relay_factory: RelayFactory) -> None:
+        relay = relay_factory(extra=["--max-links", "2"])
+        devices = [relay.create_device() for _ in range(2)]
+        held = [(await link(relay, d))[0] for d in devices]
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await websockets.connect(relay.link_url, open_timeout=5)
+        assert info.value.response.status_code == 503
+        assert info.value.response.headers["Retry-After"]
+        for ws in held:
+            await ws.close()
+
+
+class TestTimers:
+    async def test_hello_timeout(self, relay_factory: RelayFactory) -> None:
+        relay = relay_factory(extra=["--hello-timeout", "0.5"])
+        ws = await raw_link(relay)
+        error, code = await error_then_close(ws)
+        assert (error.code, code) == ("hello_timeout", 4408)
+
+    async def test_silent_link_is_dropped(self, relay_factory: RelayFactory) -> None:
+        relay = relay_factory(extra=["--heartbeat", "0.5"])
+        device = relay.create_device()
+        # A raw socket that completes the handshake and hello, then never answers pings.
+        from websockets.client import ClientProtocol
+        from websockets.uri import parse_uri
+
+        proto = ClientProtocol(parse_uri(relay.link_url))
+        sock = socket.create_connection(("127.0.0.1", relay.link_port))
+        try:
+            proto.send_request(proto.connect())
+            for chunk in proto.data_to_send():
+                sock.sendall(chunk)
+            proto.receive_data(sock.recv(65536))
+            proto.send_text(frames.encode(frames.Hello(pin=device["pin"], token=device["token"])))
+            for chunk in proto.data_to_send():
+                sock.sendall(chunk)
+            sock.settimeout(5 * TIMEOUT_FACTOR)
+            started = asyncio.get_running_loop().time()
+            while sock.recv(65536):  # welcome, pings ... then EOF
+                pass
+            elapsed = asyncio.get_running_loop().time() - started
+            assert elapsed < 4 * TIMEOUT_FACTOR
+        finally:
+            sock.close()
+
+    async def test_answering_pings_keeps_the_link(self, relay_factory: RelayFactory) -> None:
+        relay = relay_factory(extra=["--heartbeat", "0.3"])
+        device = relay.create_device()
+        ws, _ = await link(relay, device)
+        await asyncio.sleep(1.5)  # the client library answers pings by itself
+        push(relay, device["pin"], "still here")
+        m = await recv(ws)
+        assert isinstance(m, frames.Msg)
+        await ws.close()
+
+
+async def test_metrics_count_links_and_messages(relay: RelayProc) -> None:
+    device = relay.create_device()
+    push(relay, device["pin"], 1)
+    ws, _ = await link(relay, device)
+    await recv(ws)
+    await send(ws, frames.Ack(cursor=1))
+    await asyncio.sleep(0.3)
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{relay.url}/metrics")).text
+    assert "pinrelay_links_open 1.0" in text
+    assert 'pinrelay_messages_accepted_total{kind="push"} 1.0' in text
+    assert "pinrelay_messages_delivered_total 1.0" in text
+    assert "pinrelay_messages_acked_total 1.0" in text
+    await ws.close()

@@ -1,0 +1,244 @@
+"""SQLite engine specifics: schema, file mode, WAL, and crash durability."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pinrelay.core.model import Device, NewMessage, StoredMessage
+from pinrelay.store.sqlite import MIGRATIONS, SqliteStore, connect, migrate
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+PIN = "0A0A0A0A"
+NOW = 1_700_000_000_000
+FAR = NOW + 365 * 24 * 3_600_000
+
+
+def query(path: Path, sql: str) -> object:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "pinrelay.db"
+
+
+async def open_store(path: Path) -> SqliteStore:
+    s = SqliteStore(path)
+    await s.open()
+    return s
+
+
+class TestSchema:
+    async def test_migration_sets_user_version(self, db_path: Path) -> None:
+        s = await open_store(db_path)
+        await s.close()
+        assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS)
+        tables = set()
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+                tables.add(name)
+        assert {"devices", "messages", "api_keys", "idempotency"} <= tables
+
+    async def test_reopen_keeps_version(self, db_path: Path) -> None:
+        for _ in range(3):
+            s = await open_store(db_path)
+            await s.close()
+        assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS)
+
+    def test_migrate_returns_version(self) -> None:
+        with contextlib.closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
+            assert migrate(conn) == len(MIGRATIONS)
+            assert migrate(conn) == len(MIGRATIONS)
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+    async def test_newer_schema_refused(self, db_path: Path) -> None:
+        db_path.parent.mkdir(parents=True)
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
+            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+            conn.commit()
+        s = SqliteStore(db_path)
+        try:
+            with pytest.raises(RuntimeError, match="newer"):
+                await s.open()
+        finally:
+            await s.close()
+        assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS) + 1
+
+    def test_connect_pragmas(self, db_path: Path) -> None:
+        db_path.parent.mkdir(parents=True)
+        with contextlib.closing(connect(db_path)) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+            assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+            assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10000
+
+
+def file_mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def existing_db_files(db_path: Path) -> list[Path]:
+    return [p for p in (Path(f"{db_path}{sfx}") for sfx in ("", "-wal", "-shm")) if p.exists()]
+
+
+class TestFiles:
+    async def test_creates_parent_directory(self, tmp_path: Path) -> None:
+        path = tmp_path / "a" / "b" / "pinrelay.db"
+        s = await open_store(path)
+        await s.close()
+        assert existing_db_files(path)[0] == path
+
+    @pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+    async def test_db_file_mode_0600(self, db_path: Path) -> None:
+        s = await open_store(db_path)
+        try:
+            assert await s.create_device(PIN, "h", None, NOW) is not None
+            files = existing_db_files(db_path)
+            assert db_path in files
+            for p in files:
+                assert file_mode(p) == 0o600, p
+        finally:
+            await s.close()
+        assert file_mode(db_path) == 0o600
+
+    async def test_wal_journal_mode(self, db_path: Path) -> None:
+        s = await open_store(db_path)
+        try:
+            assert await s.create_device(PIN, "h", None, NOW) is not None
+            assert query(db_path, "PRAGMA journal_mode") == "wal"
+            assert Path(f"{db_path}-wal") in existing_db_files(db_path)
+        finally:
+            await s.close()
+
+    async def test_commit_observer(self, db_path: Path) -> None:
+        seen: list[tuple[float, int]] = []
+        s = SqliteStore(db_path, observer=lambda secs, n: seen.append((secs, n)))
+        await s.open()
+        try:
+            await s.create_device(PIN, "h", None, NOW)
+            await asyncio.gather(*(s.touch_device(PIN, NOW + i) for i in range(20)))
+        finally:
+            await s.close()
+        assert sum(n for _, n in seen) == 21
+        assert all(secs >= 0 and n >= 1 for secs, n in seen)
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from pinrelay.core.model import Device, NewMessage, StoredMessage
+    from pinrelay.store.sqlite import SqliteStore
+
+    async def main(path, pin, n, now, far):
+        store = SqliteStore(Path(path))
+        await store.open()
+        for i in range(n):
+            m = NewMessage(
+                pin=pin, id=f"CRASH{i:021d}", data=b'{"n":%d}' % i, topic=None,
+                urgency="normal", sent_at_ms=now, expires_at_ms=far,
+            )
+            (result,), _ = await store.append([m])
+            print(result.cursor, flush=True)
+        await store.close()
+
+    path, pin, n, now, far = sys.argv[2:7]
+    asyncio.run(main(path, pin, int(n), int(now), int(far)))
+    """
+)
+
+
+async def _create_device(db_path: Path) -> None:
+    s = await open_store(db_path)
+    try:
+        assert await s.create_device(PIN, "h", None, NOW) is not None
+    finally:
+        await s.close()
+
+
+async def _read_back(db_path: Path, limit: int) -> tuple[list[StoredMessage], Device | None]:
+    s = await open_store(db_path)
+    try:
+        return await s.read(PIN, 0, limit, NOW), await s.get_device(PIN)
+    finally:
+        await s.close()
+
+
+def run_child_and_kill(db_path: Path, total: int, kill_after: int, rng: random.Random) -> list[int]:
+    """Run the appending child, SIGKILL it after ``kill_after`` lines or more; its cursors."""
+    printed: list[int] = []
+    args = [str(SRC), str(db_path), PIN, str(total), str(NOW), str(FAR)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        while len(printed) < kill_after:
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail(f"child exited early ({proc.wait()}): {proc.stderr.read()}")
+            printed.append(int(line))
+        time.sleep(rng.random() * 0.005)  # a random moment, maybe mid-commit
+        os.kill(proc.pid, signal.SIGKILL)
+        # Lines still in the pipe were printed, so acknowledged, before the kill.
+        printed += [int(x) for x in proc.stdout.read().split()]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert proc.returncode == -signal.SIGKILL
+    return printed
+
+
+class TestCrashDurability:
+    def test_every_acknowledged_append_survives_sigkill(self, db_path: Path) -> None:
+        asyncio.run(_create_device(db_path))
+        total = 5000
+        seed = random.randrange(2**32)
+        rng = random.Random(seed)
+        printed = run_child_and_kill(db_path, total, rng.randint(50, 400), rng)
+
+        assert len(printed) < total, f"seed={seed}: the child finished before the kill"
+        assert printed == list(range(1, len(printed) + 1)), f"seed={seed}"
+        stored, dev = asyncio.run(_read_back(db_path, total + 1))
+        missing = sorted(set(printed) - {m.cursor for m in stored})
+        assert not missing, f"seed={seed}: acknowledged but lost: {missing[:20]}"
+        assert dev is not None
+        assert dev.last_cursor >= printed[-1]
+        for m in stored:
+            assert m.data == b'{"n":%d}' % (m.cursor - 1)
+
+
+def test_newmessage_is_what_the_child_builds() -> None:
+    # Keeps the child script honest if NewMessage grows required fields.
+    NewMessage(
+        pin=PIN,
+        id="CRASH" + "0" * 21,
+        data=b"{}",
+        topic=None,
+        urgency="normal",
+        sent_at_ms=NOW,
+        expires_at_ms=FAR,
+    )
