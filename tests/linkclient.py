@@ -56,3 +56,44 @@ async def error_then_close(ws: ClientConnection) -> tuple[frames.Error, int | No
     frame = await recv(ws)
     assert isinstance(frame, frames.Error), frame
     return frame, await closed_with(ws)
+
+
+class RawLink:
+    """A WebSocket client on a plain socket, for what a library would not do:
+    several frames in one TCP write, or never answering pings."""
+
+    def __init__(self, relay: RelayProc) -> None:
+        import socket
+
+        from websockets.client import ClientProtocol
+        from websockets.uri import parse_uri
+
+        self.proto = ClientProtocol(parse_uri(relay.link_url), max_size=2**20)
+        self.sock = socket.create_connection(("127.0.0.1", relay.link_port))
+        self.sock.settimeout(5 * TIMEOUT_FACTOR)
+        self.proto.send_request(self.proto.connect())
+        self._flush()
+        while self.proto.handshake_exc is None and not self.proto.events_received():
+            self.proto.receive_data(self.sock.recv(65536))
+
+    def _flush(self) -> None:
+        self.sock.sendall(b"".join(self.proto.data_to_send()))
+
+    def send_texts(self, *frames_: bytes) -> None:
+        """Every frame in one TCP write."""
+        for f in frames_:
+            self.proto.send_text(f)
+        self._flush()
+
+    def read_until_closed(self) -> list[Any]:
+        """Every frame until the relay closes the TCP connection."""
+        from websockets.frames import Frame
+
+        got: list[Any] = []
+        while data := self.sock.recv(65536):
+            self.proto.receive_data(data)
+            got.extend(e for e in self.proto.events_received() if isinstance(e, Frame))
+        return got
+
+    def close(self) -> None:
+        self.sock.close()

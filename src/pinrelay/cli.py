@@ -118,6 +118,9 @@ def serve(
         float, typer.Option(help="Seconds between sweeps of expired messages.")
     ] = 5.0,
     max_data: Annotated[int, typer.Option(help="Largest message data, bytes.")] = 4096,
+    auth_failure_limit: Annotated[
+        int, typer.Option(help="Failed authentications per source or PIN per minute.")
+    ] = 10,
     max_ttl: Annotated[int, typer.Option(help="Largest ttl, seconds.")] = 30 * 24 * 3600,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
@@ -145,6 +148,7 @@ def serve(
         heartbeat_s=heartbeat,
         hello_timeout_s=hello_timeout,
         sweep_interval_s=sweep_interval,
+        auth_failure_limit=auth_failure_limit,
         max_links=max_links,
         limits=Limits(max_data_bytes=max_data, max_ttl_s=max_ttl),
         admin_key=admin_key,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,12 +31,19 @@ class RelayConfig:
     #: 0: as many as the open-file limit allows.
     max_links: int = 0
     sweep_interval_s: float = 5.0
+    #: Failed authentications per source (and per PIN) per minute before 429.
+    auth_failure_limit: int = 10
     limits: Limits = field(default_factory=Limits)
     admin_key: str | None = None
 
     @property
     def link_url(self) -> str:
-        return f"ws://{self.public_host or self.host}:{self.link_port}/v1/link"
+        host = self.public_host or self.host
+        if host in ("0.0.0.0", "::", ""):  # a wildcard is no address to connect to
+            host = socket.getfqdn()
+        if ":" in host:
+            host = f"[{host}]"
+        return f"ws://{host}:{self.link_port}/v1/link"
 
 
 def raise_fd_limit() -> int:

@@ -46,11 +46,14 @@ async def fetch(store: Store, pin: str, after: int, limit: int, now: float) -> l
 
 
 async def acknowledge(store: Store, pin: str, cursor: int, last_cursor: int) -> None:
-    """A cumulative ack from a device; a cursor never handed out is refused."""
+    """A cumulative ack from a device; a cursor never handed out is refused.
+
+    The body is well formed but contradicts the device's state: 409, not 422.
+    """
     if cursor > last_cursor:
         raise RemoteProtocolError(
             f"cursor {cursor} is beyond the device's last message ({last_cursor})",
-            ErrorCode.INVALID,
+            ErrorCode.CONFLICT,
         )
     await store.ack(pin, cursor)
 

@@ -42,9 +42,10 @@ class Relay:
             Path(config.data) / "pinrelay.db", observer=self.metrics.observe_commit
         )
         self.router = LocalRouter()
-        self.auth_limiter = FailureLimiter()
+        self.auth_limiter = FailureLimiter(limit=config.auth_failure_limit)
         self.admin_key_hash = hash_secret(config.admin_key) if config.admin_key else None
-        self.max_links = config.max_links or raise_fd_limit()
+        fd_links = raise_fd_limit()
+        self.max_links = min(config.max_links, fd_links) if config.max_links else fd_links
         self.link = LinkServer(
             store=self.store,
             router=self.router,

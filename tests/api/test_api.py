@@ -236,7 +236,7 @@ class TestBatch:
         a = new_device(api)
         ok = {"to": a["pin"], "data": 1, "ttl": 60}
         assert_problem(api.post("/v1/messages", json={"messages": []}), 422)
-        assert_problem(api.post("/v1/messages", json={"messages": [ok] * 1001}), 413)
+        assert_problem(api.post("/v1/messages", json={"messages": [ok] * 1001}), 422)
         bad = [ok, {**ok, "ttl": -5}]
         assert_problem(api.post("/v1/messages", json={"messages": bad}), 422)
         big = [ok, {**ok, "data": "y" * 5000}]
@@ -285,7 +285,7 @@ class TestInbox:
         assert_problem(httpx.get(f"{url}/inbox", headers={"Authorization": "Bearer x"}), 401)
         assert_problem(httpx.get(f"{url}/inbox", params={"wait": 61}, headers=dev), 422)
         assert_problem(httpx.get(f"{url}/inbox", params={"after": "x"}, headers=dev), 422)
-        assert_problem(httpx.post(f"{url}/ack", json={"cursor": 5}, headers=dev), 422)
+        assert_problem(httpx.post(f"{url}/ack", json={"cursor": 5}, headers=dev), 409)
         assert_problem(httpx.post(f"{url}/ack", json={"cursor": -1}, headers=dev), 422)
         # An API key is not a device token.
         assert_problem(httpx.get(f"{url}/inbox", headers=relay.admin_headers()), 401)

@@ -291,7 +291,7 @@ welcomes = st.builds(
     pin=texts,
     cursor=ints,
     window=ints,
-    heartbeat_s=ints,
+    heartbeat_s=st.floats(min_value=0, max_value=86_400, allow_nan=False),
     max_frame=ints,
     node=texts,
     region=texts,

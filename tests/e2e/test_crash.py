@@ -200,9 +200,11 @@ async def test_sigkill_loses_nothing_and_duplicates_nothing(
     cursors = [m.cursor for m in received]
     assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
     missing = required - set(ids)
-    assert not missing, f"{len(missing)} accepted messages never arrived: " + repr(
-        sorted((ledger.accepted[m]["n"], ledger.accepted[m]) for m in missing)[:10]
-    ) + f" last received cursor {cursors[-1] if cursors else None}"
+    assert not missing, (
+        f"{len(missing)} accepted messages never arrived: "
+        + repr(sorted((ledger.accepted[m]["n"], ledger.accepted[m]) for m in missing)[:10])
+        + f" last received cursor {cursors[-1] if cursors else None}"
+    )
     assert not set(ids) & ledger.replaced, "a replaced topic message was delivered"
     assert not set(ids) & ledger.expired, "an expired message was delivered"
     assert not late, f"{len(late)} messages arrived after their expiry"

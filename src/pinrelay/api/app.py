@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -19,21 +20,42 @@ if TYPE_CHECKING:
     from pinrelay.relay import Relay
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def one_route_per_path(routes: list[Route]) -> list[Route]:
+    """Join routes that share a path, so a 405 lists every method in ``Allow``."""
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for route in routes:
+        for method in route.methods or ():
+            by_path.setdefault(route.path, {})[method] = route.endpoint
+    joined = []
+    for path, handlers in by_path.items():
+
+        async def dispatch(request: Request, handlers: dict[str, Endpoint] = handlers) -> Response:
+            return await handlers[request.method](request)
+
+        joined.append(Route(path, dispatch, methods=list(handlers)))
+    return joined
+
+
 def build_app(relay: Relay) -> Starlette:
-    document = openapi.build()
+    document = openapi.build(relay.config.limits)
 
     async def openapi_json(request: Request) -> Response:
         return json_response(document)
 
     app = Starlette(
-        routes=[
-            *info.routes,
-            *devices.routes,
-            *messages.routes,
-            *inbox.routes,
-            *keys.routes,
-            Route("/openapi.json", openapi_json, methods=["GET"]),
-        ],
+        routes=one_route_per_path(
+            [
+                *info.routes,
+                *devices.routes,
+                *messages.routes,
+                *inbox.routes,
+                *keys.routes,
+                Route("/openapi.json", openapi_json, methods=["GET"]),
+            ]
+        ),
         exception_handlers={
             ClientDisconnect: on_client_gone,
             PinrelayError: on_pinrelay_error,

@@ -51,7 +51,8 @@ def _bearer(request: Request) -> str:
 
 
 def _source(request: Request) -> str:
-    return request.client.host if request.client else "?"
+    # Namespaced: failures on the link do not lock a source out of the API.
+    return "api " + (request.client.host if request.client else "?")
 
 
 def _check_limited(relay: Relay, keys: tuple[str, ...]) -> None:
@@ -150,13 +151,20 @@ def fingerprint(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+def whole_number(value: float, name: str) -> int:
+    """An integral number as int (5.0 is an integer to JSON Schema); 5.5 is refused."""
+    if not float(value).is_integer():
+        raise RemoteProtocolError(f"'{name}' must be a whole number", ErrorCode.INVALID)
+    return int(value)
+
+
 def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
-    except ValueError:
+        value = int(raw) if raw.lstrip("-").isdigit() else whole_number(float(raw), name)
+    except (ValueError, OverflowError):
         raise RemoteProtocolError(f"'{name}' must be an integer", ErrorCode.INVALID) from None
     if not lo <= value <= hi:
         raise RemoteProtocolError(f"'{name}' must be between {lo} and {hi}", ErrorCode.INVALID)

@@ -10,9 +10,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from pinrelay import delivery
-from pinrelay.api.common import decode, json_response, query_int, read_body, relay_of
+from pinrelay.api.common import (
+    decode,
+    json_response,
+    query_int,
+    read_body,
+    relay_of,
+    whole_number,
+)
 from pinrelay.api.common import require_device as authenticate_device
-from pinrelay.api.schemas import AckBody, Inbox
+from pinrelay.api.schemas import AckBodyWire, Inbox
 
 MAX_WAIT_S = 60
 MAX_LIMIT = 1000
@@ -47,8 +54,9 @@ async def inbox(request: Request) -> Response:
 async def ack(request: Request) -> Response:
     device = await authenticate_device(request)
     relay = relay_of(request)
-    body = decode(await read_body(request, limit=1024), AckBody)
-    await delivery.acknowledge(relay.store, device.pin, body.cursor, device.last_cursor)
+    body = decode(await read_body(request, limit=1024), AckBodyWire)
+    cursor = whole_number(body.cursor, "cursor")
+    await delivery.acknowledge(relay.store, device.pin, cursor, device.last_cursor)
     return Response(status_code=204)
 
 

@@ -19,7 +19,7 @@ from pinrelay.api.common import (
     require_key,
 )
 from pinrelay.api.schemas import BatchItemResult, BatchResult, PushResult
-from pinrelay.core.errors import ErrorCode, LimitExceeded, PinrelayError, RemoteProtocolError
+from pinrelay.core.errors import ErrorCode, PinrelayError, RemoteProtocolError
 from pinrelay.core.ids import new_message_id
 from pinrelay.core.model import (
     Accepted,
@@ -32,7 +32,7 @@ from pinrelay.core.model import (
 )
 from pinrelay.core.timefmt import rfc3339
 from pinrelay.relay import Relay
-from pinrelay.store.base import DROPPED_OFFLINE, IdempotencyKey, Rejected
+from pinrelay.store.base import DROPPED_OFFLINE, UNKNOWN_DEVICE, IdempotencyKey, Rejected
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -54,7 +54,7 @@ def _idempotency(request: Request, key_id: str, body: bytes) -> IdempotencyKey |
 
 
 def _new_message(relay: Relay, pin: str, fields: PushFields, now: float) -> NewMessage:
-    ttl = fields.ttl if fields.ttl > 0 else relay.config.limits.ttl0_grace_s
+    ttl = fields.ttl or relay.config.limits.ttl0_grace_s
     now_ms = int(now * 1000)
     return NewMessage(
         pin=pin,
@@ -80,7 +80,10 @@ async def _store(
     for pin, fields in items:
         draft = _new_message(relay, pin, fields, now)
         if fields.ttl == 0 and not relay.router.is_online(pin):
-            batch.append(Rejected(pin, DROPPED_OFFLINE, draft.id))
+            if await relay.store.get_device(pin) is None:
+                batch.append(Rejected(pin, UNKNOWN_DEVICE, draft.id))
+            else:
+                batch.append(Rejected(pin, DROPPED_OFFLINE, draft.id))
         else:
             batch.append(draft)
     results, replay = await relay.store.append(batch, idem)
@@ -140,8 +143,9 @@ async def push_batch(request: Request) -> Response:
     body = await read_body(request)
     batch = decode(body, Batch)
     if len(batch.messages) > limits.max_batch:
-        raise LimitExceeded(
-            f"{len(batch.messages)} messages in one batch; the limit is {limits.max_batch}"
+        raise RemoteProtocolError(
+            f"{len(batch.messages)} messages in one batch; the limit is {limits.max_batch}",
+            ErrorCode.INVALID,
         )
     for n, item in enumerate(batch.messages):
         try:

@@ -13,7 +13,7 @@ import msgspec
 from pinrelay import __version__
 from pinrelay.api import schemas
 from pinrelay.api.problems import Problem
-from pinrelay.core.model import Batch, PushFields
+from pinrelay.core.model import Batch, Limits, PushFields
 
 _REF = "#/components/schemas/{name}"
 
@@ -28,7 +28,8 @@ _ERRORS = {
     401: "Missing or wrong credentials",
     403: "The key lacks the scope",
     404: "No such device or key",
-    409: "Conflict (Idempotency-Key reused with another body)",
+    409: "Conflicts with the current state (an Idempotency-Key reused with another body;"
+    " an ack beyond the device's last message)",
     413: "Payload or body too large",
     415: "Body is not application/json",
     422: "Body failed validation",
@@ -43,6 +44,7 @@ def _op(
     errors: tuple[int, ...],
     *,
     body: str | None = None,
+    body_required: bool = True,
     auth: bool = True,
     params: list[dict[str, Any]] | None = None,
     tag: str,
@@ -57,7 +59,7 @@ def _op(
         responses["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if body is not None:
-        op["requestBody"] = {"required": True, "content": _json(body)}
+        op["requestBody"] = {"required": body_required, "content": _json(body)}
     if params:
         op["parameters"] = params
     if not auth:
@@ -94,7 +96,7 @@ AUTH_ERRORS = (401, 403, 429, 503)
 BODY_ERRORS = (400, 413, 415, 422)
 
 
-def build() -> dict[str, Any]:
+def build(limits: Limits) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [
             Problem,
@@ -116,6 +118,10 @@ def build() -> dict[str, Any]:
         ],
         ref_template=_REF,
     )
+    # The configured bounds belong in the contract, so clients can check them first.
+    for name in ("PushFields", "BatchItem"):
+        components[name]["properties"]["ttl"]["maximum"] = limits.max_ttl_s
+    components["Batch"]["properties"]["messages"]["maxItems"] = limits.max_batch
     paths: dict[str, dict[str, Any]] = {
         "/v1/info": {
             "get": _op(
@@ -142,6 +148,7 @@ def build() -> dict[str, Any]:
                 (201, "Created", "DeviceCreated"),
                 (*AUTH_ERRORS, *BODY_ERRORS, 409),
                 body="DeviceCreate",
+                body_required=False,
                 tag="devices",
             )
         },
@@ -208,7 +215,7 @@ def build() -> dict[str, Any]:
             "post": _op(
                 "Acknowledge every message up to a cursor (device token as bearer)",
                 (204, "Acknowledged", None),
-                (401, 404, 429, 503, *BODY_ERRORS),
+                (401, 404, 409, 429, 503, *BODY_ERRORS),
                 body="AckBody",
                 params=[_PIN],
                 tag="inbox",

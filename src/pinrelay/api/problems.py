@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pinrelay.core.errors import ErrorCode, Overloaded, PinrelayError
+from pinrelay.core.errors import ErrorCode, PinrelayError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -49,9 +49,9 @@ def problem(
 
 async def on_pinrelay_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PinrelayError)
-    retry = exc.retry_after if isinstance(exc, Overloaded) else None
-    if exc.code is ErrorCode.RATE_LIMITED:
-        retry = getattr(exc, "retry_after", 1.0)
+    retry: float | None = getattr(exc, "retry_after", None)
+    if retry is None and exc.code in (ErrorCode.OVERLOADED, ErrorCode.RATE_LIMITED):
+        retry = 1.0  # 429 and 503 always say when to come back (RFC 9110 §10.2.3)
     return problem(exc.code, exc.detail, instance=request.url.path, retry_after=retry)
 
 

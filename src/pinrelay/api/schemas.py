@@ -106,3 +106,9 @@ class Inbox(Struct, kw_only=True):
 
 class AckBody(Struct, kw_only=True, forbid_unknown_fields=True):
     cursor: Cursor
+
+
+class AckBodyWire(Struct, kw_only=True, forbid_unknown_fields=True):
+    """AckBody as decoded: JSON Schema's "integer" admits 5.0, so the API does too."""
+
+    cursor: Annotated[float, Meta(ge=0, le=2**53 - 1)]

@@ -188,12 +188,20 @@ class Device:
         urls = await self._resolve_urls()
         url = urls[self._next_url % len(urls)]
         self._next_url += 1  # the next attempt tries the next relay (failover)
-        async with connect(url, ping_interval=None, open_timeout=10, max_size=2**20) as ws:
-            self._ws = ws
-            try:
-                await self._session(ws)
-            finally:
-                self._ws = None
+        try:
+            ws = await connect(url, ping_interval=None, open_timeout=10, max_size=2**20)
+        except websockets.InvalidStatus as exc:
+            # 503 at capacity or while draining: come back when told, plus jitter.
+            retry = exc.response.headers.get("Retry-After", "")
+            if retry.isdigit():
+                raise _Retry(int(retry) * random.uniform(1.0, 1.5)) from None
+            raise
+        self._ws = ws
+        try:
+            await self._session(ws)
+        finally:
+            self._ws = None
+            await ws.close()
 
     async def _session(self, ws: ClientConnection) -> None:
         hello = frames.Hello(pin=self.pin, token=self.token, cursor=self.cursor, window=self.window)
@@ -223,7 +231,10 @@ class Device:
                 continue
             except websockets.ConnectionClosed:
                 return
-            frame = frames.decode_server(raw)
+            try:
+                frame = frames.decode_server(raw)
+            except msgspec.ValidationError:
+                continue  # a frame type or field newer than this SDK (PROTOCOL "Evolution")
             if isinstance(frame, frames.Msg):
                 await self._deliver(frame)
                 unacked += 1

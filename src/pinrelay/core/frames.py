@@ -41,7 +41,7 @@ class Welcome(Struct, tag="welcome", tag_field="type", kw_only=True):
     pin: str
     cursor: int
     window: int
-    heartbeat_s: int
+    heartbeat_s: float
     max_frame: int
     node: str
     region: str

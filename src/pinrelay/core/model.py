@@ -16,7 +16,8 @@ TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 Urgency = Literal["very-low", "low", "normal", "high"]
 Topic = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 Pin = Annotated[str, Meta(pattern=r"^[0-9A-F]{8}$")]
-Ttl = Annotated[int, Meta(ge=0)]
+#: Seconds; a number, so 60.0 is as good as 60 (JSON Schema's "integer" admits both).
+Ttl = Annotated[float, Meta(ge=0)]
 
 
 class Scope(enum.Enum):

@@ -30,6 +30,7 @@ from pinrelay.core.ids import new_secret, secret_matches
 from pinrelay.core.model import StoredMessage
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.core.session import (
+    AUTHENTICATING,
     AckReceived,
     Failure,
     HelloReceived,
@@ -82,7 +83,9 @@ class LinkProtocol(asyncio.Protocol):
     def __init__(self, server: LinkServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.ws = ServerProtocol(max_size=server.config.max_frame, logger=_ws_log)
+        # Frames up to 4x max_frame are read and refused with an error frame (4413);
+        # beyond that the WebSocket core fails the link with 1009 without reading on.
+        self.ws = ServerProtocol(max_size=4 * server.config.max_frame, logger=_ws_log)
         self.session = ServerSession(
             server.clock(),
             hello_timeout=server.config.hello_timeout_s,
@@ -156,6 +159,11 @@ class LinkProtocol(asyncio.Protocol):
     def _frame(self, frame: Frame) -> None:
         now = self.server.clock()
         if frame.opcode is Opcode.TEXT:
+            if len(frame.data) > self.server.config.max_frame:
+                limit = self.server.config.max_frame
+                detail = f"frame of {len(frame.data)} bytes; the limit is {limit}"
+                self._fail(self.session.fail(ErrorCode.TOO_LARGE, detail))
+                return
             event = self.session.receive(frame.data, now)
             if isinstance(event, AckReceived):
                 self._ack(event.cursor)
@@ -179,10 +187,32 @@ class LinkProtocol(asyncio.Protocol):
             self._fail(self.session.fail(exc.code, exc.detail))
 
     async def _authenticate(self, hello: frames.Hello) -> None:
+        try:
+            await self._check_hello(hello)
+        except Exception:
+            log.exception("authenticating %s failed", hello.pin)
+            if self.session.state is AUTHENTICATING:
+                self._fail(
+                    self.session.fail(
+                        ErrorCode.OVERLOADED, "relay cannot serve this link now", 1000
+                    )
+                )
+
+    def _still_authenticating(self) -> bool:
+        """After an await: the link may have failed, timed out or drained meanwhile."""
+        transport = self.transport
+        return (
+            self.session.state is AUTHENTICATING
+            and transport is not None
+            and not transport.is_closing()
+        )
+
+    async def _check_hello(self, hello: frames.Hello) -> None:
         server = self.server
         now = server.clock()
         limiter = server.auth_limiter
-        wait = max(limiter.retry_after(self.peer, now), limiter.retry_after(hello.pin, now))
+        source = "link " + self.peer
+        wait = max(limiter.retry_after(source, now), limiter.retry_after(hello.pin, now))
         if wait > 0:
             self._fail(
                 self.session.fail(
@@ -194,11 +224,11 @@ class LinkProtocol(asyncio.Protocol):
             self._flush()
             return
         device = await server.store.get_device(hello.pin)
-        if self.transport is None or self.transport.is_closing():
+        if not self._still_authenticating():
             return
         if device is None or not secret_matches(hello.token, device.token_hash):
             # One answer for an unknown PIN and a wrong token: no PIN enumeration.
-            limiter.failed(self.peer, now)
+            limiter.failed(source, now)
             limiter.failed(hello.pin, now)
             server.metrics.auth_failures.labels("link").inc()
             self._fail(self.session.fail(ErrorCode.UNAUTHORIZED, "unknown PIN or wrong token"))
@@ -237,7 +267,7 @@ class LinkProtocol(asyncio.Protocol):
                     pin=device.pin,
                     cursor=acked,
                     window=window,
-                    heartbeat_s=int(server.config.heartbeat_s),
+                    heartbeat_s=server.config.heartbeat_s,
                     max_frame=server.config.max_frame,
                     node=server.config.node,
                     region=server.config.region,
@@ -281,7 +311,9 @@ class LinkProtocol(asyncio.Protocol):
 
     def _close(self, code: int, reason: str) -> None:
         if self.ws.state is WsState.OPEN:
-            self.ws.send_close(code, reason[:120])
+            # A close reason fits in 123 bytes (RFC 6455 §5.5): cut bytes, not characters.
+            short = reason.encode()[:123].decode(errors="ignore")
+            self.ws.send_close(code, short)
             self._flush()
         elif self.transport is not None and self.ws.state is WsState.CONNECTING:
             self.transport.abort()

@@ -11,12 +11,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pinrelay.core.errors import PinrelayError
+from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 
 
 class StoreClosed(PinrelayError):
-    """The store is closed or failing; the caller should answer 503."""
+    """The store is closed or failing: nothing was stored; answer 503, retry later."""
+
+    code = ErrorCode.OVERLOADED
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,8 @@ class Rejected:
     id: str | None = None
 
 
+#: The reason of a message for a PIN that has no device.
+UNKNOWN_DEVICE = "unknown device"
 #: The reason of a ttl=0 message that was not stored because its device was offline.
 DROPPED_OFFLINE = "dropped: ttl is 0 and the device is offline"
 

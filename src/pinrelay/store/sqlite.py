@@ -29,7 +29,13 @@ import msgspec
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, Scope, StoredMessage
-from pinrelay.store.base import CommitObserver, IdempotencyKey, Rejected, StoreClosed
+from pinrelay.store.base import (
+    UNKNOWN_DEVICE,
+    CommitObserver,
+    IdempotencyKey,
+    Rejected,
+    StoreClosed,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -272,7 +278,7 @@ class SqliteStore:
     async def _write(self, write: Callable[[sqlite3.Connection], T]) -> T:
         writer = self._writer
         if writer is None or not writer.is_alive():
-            raise StoreClosed("store is closed", ErrorCode.OVERLOADED)
+            raise StoreClosed("store is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         writer.queue.put((write, fut, loop))
@@ -280,7 +286,7 @@ class SqliteStore:
 
     def _read(self) -> sqlite3.Connection:
         if self._reader is None:
-            raise StoreClosed("store is closed", ErrorCode.OVERLOADED)
+            raise StoreClosed("store is closed")
         return self._reader
 
     # --- devices -------------------------------------------------------------
@@ -459,7 +465,7 @@ def _append_one(c: sqlite3.Connection, m: NewMessage | Rejected) -> _Result:
         (m.pin,),
     ).fetchone()
     if row is None:
-        return _Result(pin=m.pin, id=m.id, reason="unknown device")
+        return _Result(pin=m.pin, id=m.id, reason=UNKNOWN_DEVICE)
     cursor = int(row[0])
     if m.topic is not None:
         # DESIGN, "Expiry and collapse": the newer message replaces the stored one.

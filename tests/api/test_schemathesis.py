@@ -1,0 +1,72 @@
+"""The HTTP API against its own OpenAPI document, with schemathesis (a real outside
+tool, run as its CLI): no 5xx, every response matches the schema, every route."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import RelayFactory
+
+
+def test_api_conforms_to_its_openapi_document(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    # Negative cases send no or wrong keys on purpose: lift the per-source limit
+    # so they meet 401, not 429.
+    relay = relay_factory(extra=["--auth-failure-limit", "1000000"])
+    # Inbox routes take a device token, not an API key: give them a real device,
+    # and the push routes a real PIN, so both reach their 2xx paths too.
+    device, target = relay.create_device("inbox"), relay.create_device("push")
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        f"""
+headers = {{ Authorization = "Bearer {relay.admin_key}" }}
+
+[[operations]]
+include-path = "/v1/devices/{{pin}}/inbox"
+headers = {{ Authorization = "Bearer {device["token"]}" }}
+# A long-poll holds each case up to a minute; the wait itself is tested elsewhere.
+parameters = {{ pin = "{device["pin"]}", wait = 0 }}
+
+[[operations]]
+include-path = "/v1/devices/{{pin}}/ack"
+headers = {{ Authorization = "Bearer {device["token"]}" }}
+parameters = {{ pin = "{device["pin"]}" }}
+
+[[operations]]
+include-path = "/v1/devices/{{pin}}/messages"
+parameters = {{ pin = "{target["pin"]}" }}
+"""
+    )
+    st = Path(sys.executable).parent / "st"
+    examples = os.environ.get("PINRELAY_SCHEMATHESIS_EXAMPLES", "40")
+    result = subprocess.run(
+        [
+            str(st),
+            "--config-file",
+            str(config),
+            "run",
+            f"{relay.url}/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            examples,
+            "--seed",
+            "20261123",
+            "--report-dir",
+            str(tmp_path / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    out = result.stdout
+    assert result.returncode == 0, out[-6000:] + result.stderr[-2000:]
+    assert "Selected: 14/14" in out and "Tested: 14" in out, out[-3000:]
+    assert "Authentication failed" not in out, out[-3000:]
+    summary = next(line for line in out.splitlines() if " generated, " in line)
+    generated, passed = (int(part.split()[0]) for part in summary.split(",")[:2])
+    assert generated >= 500 and passed == generated, summary

@@ -1,0 +1,142 @@
+"""One test per bug found in review, so none comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import httpx
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.frames import Opcode
+
+from pinrelay.client.device import Device, Message
+from pinrelay.core import frames
+from tests.conftest import RelayFactory
+from tests.linkclient import RawLink, error_then_close, link, raw_link, recv, send
+from tests.relayproc import RelayProc, free_port
+
+
+async def test_non_ascii_close_reason_fits_a_control_frame(relay: RelayProc) -> None:
+    ws = await raw_link(relay)
+    await ws.send(json.dumps({"type": "é" * 100}))
+    error, code = await error_then_close(ws)
+    assert code == 4000 + error.status  # not 1006: the close frame was well formed
+
+
+async def test_failed_hello_does_not_replace_a_healthy_link(relay: RelayProc) -> None:
+    device = relay.create_device()
+    healthy, _ = await link(relay, device)
+    hello = frames.encode(frames.Hello(pin=device["pin"], token=device["token"]))
+    bad = RawLink(relay)
+    try:
+        # hello and a premature ack in one TCP write: the link fails before auth ends.
+        bad.send_texts(hello, frames.encode(frames.Ack(cursor=0)))
+        texts = [
+            f for f in await asyncio.to_thread(bad.read_until_closed) if f.opcode is Opcode.TEXT
+        ]
+        assert [frames.decode_server(f.data).__class__ for f in texts] == [frames.Error]
+    finally:
+        bad.close()
+    with relay.client() as c:
+        c.push(device["pin"], "still mine", ttl=60)
+    m = await recv(healthy)
+    assert isinstance(m, frames.Msg)
+    await healthy.close()
+
+
+async def test_oversized_frame_gets_an_error_frame(relay: RelayProc) -> None:
+    ws = await raw_link(relay)
+    await ws.send(json.dumps({"type": "hello", "pin": "x" * 20_000, "token": "t"}))
+    error, code = await error_then_close(ws)
+    assert (error.code, code) == ("too_large", 4413)
+
+
+async def test_batch_ttl0_to_unknown_pin_is_404(relay: RelayProc) -> None:
+    with relay.client() as c:
+        [result] = c.push_batch([{"to": "0BADF00D", "data": 1, "ttl": 0}])
+    assert result["status"] == 404
+
+
+async def test_link_auth_failures_do_not_lock_out_the_api(relay: RelayProc) -> None:
+    for _ in range(11):
+        ws = await raw_link(relay)
+        await send(ws, frames.Hello(pin="0BADF00D", token="nope"))
+        await error_then_close(ws)
+    async with httpx.AsyncClient(headers=relay.admin_headers()) as http:
+        r = await http.get(f"{relay.url}/v1/keys")
+    assert r.status_code == 200
+
+
+async def test_sdk_honours_retry_after_at_capacity(relay_factory: RelayFactory) -> None:
+    relay = relay_factory(extra=["--max-links", "1"])
+    holder_dev, waiting_dev = relay.create_device(), relay.create_device()
+    holder, _ = await link(relay, holder_dev)
+    sdk = Device(
+        waiting_dev["pin"], waiting_dev["token"], lambda m: None, url=relay.url, backoff_base=0.05
+    )
+    task = asyncio.create_task(sdk.run())
+    await asyncio.sleep(3)
+    await sdk.stop()
+    task.cancel()
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{relay.url}/metrics")).text
+    # Retry-After: 5 was honoured: one refusal in 3 s, not one per 50 ms back-off.
+    assert "pinrelay_links_refused_total 1.0" in metrics
+    await holder.close()
+
+
+async def test_sdk_ignores_frame_types_it_does_not_know() -> None:
+    """Forward compatibility (PROTOCOL "Evolution"), against a scripted peer."""
+    port = free_port()
+
+    async def peer(ws: ServerConnection) -> None:
+        await ws.recv()  # hello
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "welcome",
+                    "session": "s",
+                    "pin": "0A0B0C0D",
+                    "cursor": 0,
+                    "window": 8,
+                    "heartbeat_s": 30,
+                    "max_frame": 16384,
+                    "node": "n",
+                    "region": "r",
+                    "version": "9.9",
+                    "future_field": True,
+                }
+            )
+        )
+        await ws.send(json.dumps({"type": "receipt-v9", "whatever": [1, 2]}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "msg",
+                    "id": "01M8367V4GTQNAZ16WY4GNMH0X",
+                    "cursor": 1,
+                    "kind": "push",
+                    "data": {"ok": True},
+                    "topic": None,
+                    "urgency": "normal",
+                    "sent_at": "2026-11-23T03:12:21.648Z",
+                    "expires_at": "2099-01-01T00:00:00.000Z",
+                }
+            )
+        )
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.recv()
+
+    got: list[Message] = []
+    async with serve(peer, "127.0.0.1", port):
+        sdk = Device("0A0B0C0D", "t", got.append, link_urls=[f"ws://127.0.0.1:{port}/v1/link"])
+        task = asyncio.create_task(sdk.run())
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.05)
+        await sdk.stop()
+        task.cancel()
+    assert [m.data for m in got] == [{"ok": True}]
