@@ -51,6 +51,7 @@ class Metrics:
         self.backlog = Gauge(
             "pinrelay_backlog_messages", "Messages stored and not yet acknowledged", registry=r
         )
+        self.devices = Gauge("pinrelay_devices", "Devices registered", registry=r)
 
     def observe_commit(self, seconds: float, writes: int) -> None:
         self.commit_seconds.observe(seconds)

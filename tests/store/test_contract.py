@@ -9,7 +9,7 @@ import pytest
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, NewMessage, Scope, StoredMessage
-from pinrelay.store.base import IdempotencyKey, Rejected, Store, StoreClosed
+from pinrelay.store.base import IdempotencyKey, Rejected, Store, StoreClosed, StoreStats
 
 from .conftest import Reopen
 
@@ -433,6 +433,15 @@ class TestBacklogAndSweep:
         assert [data_n(m) for m in await read_all(store, B, NOW)] == [4]
         assert await store.sweep(NOW + 2 * HOUR) == 2
         assert await read_all(store, A, 0) == []
+
+    async def test_stats_count_devices_and_stored_messages(self, store: Store) -> None:
+        assert await store.stats() == StoreStats(devices=0, messages=0)
+        await add_devices(store, A, B)
+        await append_ok(store, msg(A, 1), msg(A, 2), msg(B, 3))
+        assert await store.stats() == StoreStats(devices=2, messages=3)
+        await store.ack(A, 1)
+        await store.delete_device(B)
+        assert await store.stats() == StoreStats(devices=1, messages=1)
 
     async def test_sweep_limit(self, store: Store) -> None:
         await add_devices(store, A)

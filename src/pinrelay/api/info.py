@@ -39,6 +39,9 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     relay = relay_of(request)
+    stats = await relay.store.stats()
+    relay.metrics.backlog.set(stats.messages)
+    relay.metrics.devices.set(stats.devices)
     return Response(generate_latest(relay.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

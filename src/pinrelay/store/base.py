@@ -46,6 +46,13 @@ class IdempotencyKey:
     created_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    devices: int
+    #: Stored, not yet acknowledged (expired ones until they are swept).
+    messages: int
+
+
 #: Called after each commit with (seconds it took, writes in the batch).
 CommitObserver = Callable[[float, int], None]
 
@@ -110,4 +117,8 @@ class Store(Protocol):
 
     async def sweep(self, now_ms: int, limit: int = 1000) -> int:
         """Delete up to ``limit`` expired messages; how many went."""
+        ...
+
+    async def stats(self) -> StoreStats:
+        """Counts for metrics; may take a while on a large store, never blocks the loop."""
         ...

@@ -35,6 +35,7 @@ from pinrelay.store.base import (
     IdempotencyKey,
     Rejected,
     StoreClosed,
+    StoreStats,
 )
 
 log = logging.getLogger(__name__)
@@ -455,6 +456,20 @@ class SqliteStore:
             return int(n)
 
         return await self._write(write)
+
+    async def stats(self) -> StoreStats:
+        self._read()  # raises when closed
+        return await asyncio.to_thread(_count, self.path)
+
+
+def _count(path: Path) -> StoreStats:
+    conn = sqlite3.connect(path)
+    try:
+        devices = conn.execute("SELECT count(*) FROM devices").fetchone()[0]
+        messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        return StoreStats(int(devices), int(messages))
+    finally:
+        conn.close()
 
 
 def _append_one(c: sqlite3.Connection, m: NewMessage | Rejected) -> _Result:

@@ -1,0 +1,51 @@
+"""The README's five-minute tour, run as written against a fresh relay.
+
+The tour's commands are taken from README.md itself (every ```sh block under "A
+five-minute tour"), so a tour that stops working fails here.  The relay runs in
+the tour's folder like `make run` would, on free ports that PINRELAY_URL names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import RelayFactory
+from tests.relayproc import TIMEOUT_FACTOR
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def tour_commands() -> str:
+    text = README.read_text()
+    section = text.split("## A five-minute tour", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    assert len(blocks) >= 4, "the tour lost its commands"
+    return "\n".join(re.sub(r"^ {3}", "", b, flags=re.M) for b in blocks)
+
+
+def test_readme_tour(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    venv = Path(sys.executable).parent.parent
+    (tmp_path / ".venv").symlink_to(venv)
+    relay = relay_factory("data", admin_key=None, cwd=tmp_path)
+    assert (tmp_path / "data" / "admin.key").exists()
+    script = "set -euo pipefail\n" + tour_commands()
+    env = {**os.environ, "PINRELAY_URL": relay.url}
+    env.pop("PINRELAY_ADMIN_KEY", None)
+    env.pop("PINRELAY_KEY", None)
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120 * TIMEOUT_FACTOR,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert '{"text": "hello"}' in out and '{"text": "second"}' in out, out
+    assert re.search(r"backlog\s+0\b", out), out
+    assert re.search(r"acked_cursor\s+2\b", out), out
