@@ -337,7 +337,17 @@ def listen(
             if count and received >= count:
                 done.set()
 
-        device = Device(pin, token, on_message, url=url, cursor=cursor, inbox=inbox)
+        def on_link(welcome: Any) -> None:
+            if not as_json:
+                err.print(
+                    f"[dim]linked to {welcome.node} ({welcome.region}),"
+                    f" resuming after cursor {welcome.cursor}[/]",
+                    highlight=False,
+                )
+
+        device = Device(
+            pin, token, on_message, url=url, cursor=cursor, inbox=inbox, on_link=on_link
+        )
         runner = asyncio.create_task(device.run())
         stopper = asyncio.create_task(done.wait())
         await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -362,9 +372,9 @@ def listen(
 
 
 @app.command()
-def version() -> None:
+def version(as_json: JsonOpt = False) -> None:
     """Print pinrelay's version."""
-    out.print(__version__)
+    _print_json({"version": __version__}) if as_json else out.print(__version__)
 
 
 def main() -> None:

@@ -1,0 +1,126 @@
+"""The `pinrelay` command as a user runs it: --json everywhere, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import RelayFactory
+from tests.relayproc import RelayProc, free_port
+
+
+def run(
+    *args: str, key: str | None = None, url: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PINRELAY_")}
+    if key is not None:
+        env["PINRELAY_KEY"] = key
+    if url is not None:
+        env["PINRELAY_URL"] = url
+    return subprocess.run(
+        [sys.executable, "-m", "pinrelay.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def ok_json(relay: RelayProc, *args: str) -> Any:
+    r = run(*args, "--json", key=relay.admin_key, url=relay.url)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], contains: str) -> None:
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    # One error line, last: a command may have said what it was doing before it.
+    assert len(errors) == 1 and lines[-1] == errors[0], r.stderr
+    assert contains in errors[0], errors[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_every_data_command_speaks_json(relay: RelayProc) -> None:
+    assert ok_json(relay, "version")["version"]
+    assert ok_json(relay, "info")["link_urls"] == [relay.link_url]
+    device = ok_json(relay, "device", "create", "--label", "cli")
+    pin = device["pin"]
+    pushed = ok_json(relay, "push", pin, "--data", '{"a": 1}', "--ttl", "60", "--topic", "t")
+    assert pushed["cursor"] == 1
+    shown = ok_json(relay, "device", "show", pin)
+    assert (shown["backlog"], shown["label"]) == (1, "cli")
+    r = run(
+        "listen", "--pin", pin, "--token", device["token"], "--count", "1", "--json", url=relay.url
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[0])
+    assert (got["data"], got["cursor"], got["topic"]) == ({"a": 1}, 1, "t")
+    assert ok_json(relay, "device", "show", pin)["backlog"] == 0
+    rotated = ok_json(relay, "device", "rotate", pin)
+    assert rotated["token"] != device["token"]
+    key = ok_json(relay, "key", "create", "--name", "app", "--scope", "push")
+    assert key["key"].startswith("prk_")
+    assert [k["name"] for k in ok_json(relay, "key", "list")] == ["app"]
+    assert ok_json(relay, "key", "revoke", key["id"]) == {"id": key["id"], "revoked": True}
+    assert ok_json(relay, "device", "delete", pin) == {"pin": pin, "deleted": True}
+
+
+def test_errors_are_one_readable_line(relay: RelayProc) -> None:
+    one_line_error(run("device", "create", key="wrong", url=relay.url), "401")
+    one_line_error(run("device", "show", "0BADF00D", key=relay.admin_key, url=relay.url), "404")
+    one_line_error(run("push", "0BADF00D", "--data", "{nope", key="k", url=relay.url), "not JSON")
+    one_line_error(
+        run("key", "create", "--name", "x", "--scope", "root", key="k", url=relay.url), "--scope"
+    )
+    device = relay.create_device()
+    one_line_error(
+        run("listen", "--pin", device["pin"], "--token", "bad", url=relay.url), "unauthorized"
+    )
+    one_line_error(run("info", url=f"http://127.0.0.1:{free_port()}"), "cannot reach")
+
+
+def test_no_key_anywhere(tmp_path: Path, relay: RelayProc) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PINRELAY_")}
+    r = subprocess.run(
+        [sys.executable, "-m", "pinrelay.cli", "device", "create", "--url", relay.url],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    one_line_error(r, "no API key")
+
+
+def test_serve_on_a_busy_port_fails_cleanly(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run(
+            "serve",
+            "--data",
+            str(tmp_path / "d"),
+            "--port",
+            str(free_port()),
+            "--link-port",
+            str(port),
+            timeout=30,
+        )
+    one_line_error(r, "cannot start")
+
+
+def test_serve_prints_where_things_are(relay_factory: RelayFactory) -> None:
+    relay = relay_factory("data", admin_key=None)
+    out = relay.output().replace("\n", " ")
+    assert f"http://127.0.0.1:{relay.port}" in out
+    assert relay.link_url in out
+    assert "admin.key" in out
+    assert "capacity" in out
