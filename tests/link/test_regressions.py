@@ -93,6 +93,7 @@ async def test_sdk_ignores_frame_types_it_does_not_know() -> None:
 
     async def peer(ws: ServerConnection) -> None:
         await ws.recv()  # hello
+        await ws.send(json.dumps({"type": "hint-v9", "before": "welcome"}))
         await ws.send(
             json.dumps(
                 {

@@ -206,7 +206,7 @@ class Device:
     async def _session(self, ws: ClientConnection) -> None:
         hello = frames.Hello(pin=self.pin, token=self.token, cursor=self.cursor, window=self.window)
         await ws.send(frames.encode(hello).decode())
-        first = frames.decode_server(await asyncio.wait_for(ws.recv(), 15))
+        first = await self._first_frame(ws)
         if isinstance(first, frames.Error):
             raise self._refusal(first)
         if not isinstance(first, frames.Welcome):
@@ -246,10 +246,22 @@ class Device:
             elif isinstance(frame, frames.Error):
                 raise self._refusal(frame)
 
+    async def _first_frame(self, ws: ClientConnection) -> frames.ServerFrame:
+        """The answer to hello, skipping frame types newer than this SDK."""
+        async with asyncio.timeout(15):
+            while True:
+                try:
+                    return frames.decode_server(await ws.recv())
+                except msgspec.ValidationError:
+                    continue
+
     def _refusal(self, error: frames.Error) -> Exception:
         if error.status in FATAL_STATUSES and error.code != "replaced":
             return LinkRefused(error.status, error.code, error.message)
-        retry = error.retry_after_ms / 1000 if error.retry_after_ms else None
+        # The relay's delay plus jitter, so refused links do not all return at once.
+        retry = (
+            error.retry_after_ms / 1000 * random.uniform(1, 1.5) if error.retry_after_ms else None
+        )
         if error.code == "replaced":
             # Another link for this device took over: that is the application's
             # choice, so stop instead of fighting it.
