@@ -1,6 +1,6 @@
 """DESIGN guarantees 1 and "Delivery", end to end, with SIGKILL at random moments.
 
-A real relay process, a real SQLite file, the real SDK.  10,000 pushes (singles
+A real relay process, a real SQLite file, the real SDK.  10,000 pushes (100,000 in the soak; singles
 and batches, some with topics, some with short TTLs).  While the device listens,
 the relay is killed with SIGKILL again and again and restarted on the same data.
 At the end every accepted, unexpired, unreplaced message reached the application
@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 
 from pinrelay.client.device import Device, Message
 from pinrelay.core.timefmt import parse_rfc3339
 from tests.conftest import RelayFactory
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc
 
-TOTAL = 10_000
-OFFLINE = 2_000  # pushed before the device links: topics collapse, short TTLs expire
 TOPICS = 40
 
 
@@ -122,14 +121,11 @@ async def push_range(
             n += 1
 
 
-MIN_KILLS = 5
-
-
-async def killer(relay: RelayProc, stop: asyncio.Event, kills: list[float]) -> None:
-    """Kill and restart until told to stop, and at least MIN_KILLS times (kills after
-    the last push still hit the device mid-delivery)."""
+async def killer(relay: RelayProc, stop: asyncio.Event, kills: list[float], min_kills: int) -> None:
+    """Kill and restart until told to stop, and at least ``min_kills`` times (kills
+    after the last push still hit the device mid-delivery)."""
     rng = random.Random(7)
-    while not stop.is_set() or len(kills) < MIN_KILLS:
+    while not stop.is_set() or len(kills) < min_kills:
         await asyncio.sleep(rng.uniform(0.2, 1.0))
         relay.kill()
         kills.append(time.monotonic())
@@ -139,6 +135,18 @@ async def killer(relay: RelayProc, stop: asyncio.Event, kills: list[float]) -> N
 async def test_sigkill_loses_nothing_and_duplicates_nothing(
     relay_factory: RelayFactory,
 ) -> None:
+    await crash_run(relay_factory, total=10_000, offline=2_000, min_kills=5)
+
+
+@pytest.mark.slow
+async def test_soak_sigkill_100k(relay_factory: RelayFactory) -> None:
+    """`make soak`: ten times the messages, at least 30 kills."""
+    await crash_run(relay_factory, total=100_000, offline=10_000, min_kills=30)
+
+
+async def crash_run(relay_factory: RelayFactory, total: int, offline: int, min_kills: int) -> None:
+    """Push ``total`` messages (``offline`` of them before the device links) while the
+    relay is SIGKILLed at least ``min_kills`` times; check the guarantees."""
     relay = relay_factory()
     device = relay.create_device("crash-test")
     pin = device["pin"]
@@ -147,7 +155,7 @@ async def test_sigkill_loses_nothing_and_duplicates_nothing(
     pusher = Pusher(relay, pin)
 
     # Phase 1, device offline: topics collapse and short TTLs run out unseen.
-    await push_range(pusher, ledger, 0, OFFLINE, rng, offline=True)
+    await push_range(pusher, ledger, 0, offline, rng, offline=True)
     await asyncio.sleep(1.5)  # every ttl=1 message is now expired
     ledger.live_topic_last.clear()
 
@@ -166,9 +174,9 @@ async def test_sigkill_loses_nothing_and_duplicates_nothing(
     listening = asyncio.create_task(sdk.run())
     stop = asyncio.Event()
     kills: list[float] = []
-    chaos = asyncio.create_task(killer(relay, stop, kills))
+    chaos = asyncio.create_task(killer(relay, stop, kills, min_kills))
     try:
-        await push_range(pusher, ledger, OFFLINE, TOTAL, rng, offline=False)
+        await push_range(pusher, ledger, offline, total, rng, offline=False)
     finally:
         stop.set()
         await chaos
@@ -178,7 +186,7 @@ async def test_sigkill_loses_nothing_and_duplicates_nothing(
     # Every live-phase topic message may have been replaced before delivery except
     # the last of each topic; everything else must arrive.
     live_ids = ledger.order[
-        ledger.order.index(next(m for m in ledger.order if ledger.accepted[m]["n"] == OFFLINE)) :
+        ledger.order.index(next(m for m in ledger.order if ledger.accepted[m]["n"] == offline)) :
     ]
     last_of_topic = set(ledger.live_topic_last.values())
     optional = {
@@ -195,7 +203,7 @@ async def test_sigkill_loses_nothing_and_duplicates_nothing(
     await pusher.http.aclose()
 
     ids = [m.id for m in received]
-    assert len(kills) >= MIN_KILLS, f"the relay was killed only {len(kills)} times"
+    assert len(kills) >= min_kills, f"the relay was killed only {len(kills)} times"
     assert len(ids) == len(set(ids)), "the application saw a message twice"
     cursors = [m.cursor for m in received]
     assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
@@ -212,7 +220,7 @@ async def test_sigkill_loses_nothing_and_duplicates_nothing(
     # Per-device order is acceptance order (one pusher, sequential requests).
     accepted_rank = {m: i for i, m in enumerate(ledger.order)}
     assert [accepted_rank[m] for m in ids] == sorted(accepted_rank[m] for m in ids)
-    assert len(ledger.accepted) == TOTAL
+    assert len(ledger.accepted) == total
     # Nothing unacknowledged was dropped: the relay keeps nothing back either.
     with relay.client() as c:
         shown = c.show_device(pin)
