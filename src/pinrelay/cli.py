@@ -164,12 +164,23 @@ def serve(
         out.print(f"  capacity    {relay.max_links} links")
         sys.stdout.flush()
 
+    profile_to = os.environ.get("PINRELAY_PROFILE")  # a developer's switch: cProfile
+    profiler = None
+    if profile_to:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         import uvloop
 
         uvloop.run(run_relay(config, on_ready=ready))
     except OSError as exc:
         fail(f"cannot start: {exc}")
+    finally:
+        if profiler is not None and profile_to:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
 
 
 # --- info -----------------------------------------------------------------------

@@ -58,8 +58,45 @@ async def acknowledge(store: Store, pin: str, cursor: int, last_cursor: int) -> 
     await store.ack(pin, cursor)
 
 
+class AckWriter:
+    """Acks of every link of a relay, written to the store together.
+
+    A cumulative ack only needs its newest cursor per device, and losing one in a
+    crash only means a redelivery the SDK drops: so acks are coalesced across
+    devices into one ``Store.ack_many`` per burst (docs/DECISIONS.md, "Acks").
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, pin: str, cursor: int) -> None:
+        if cursor > self._pending.get(pin, 0):
+            self._pending[pin] = cursor
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, {}
+                await self.store.ack_many(list(batch.items()))
+        except Exception:
+            log.exception("storing acks failed (those messages will be redelivered)")
+            self._pending.clear()
+        finally:
+            self._task = None
+
+
 class Delivery:
-    """Feeds one link: at most ``window`` unacked messages, in cursor order."""
+    """Feeds one link: at most ``window`` unacked messages, in cursor order.
+
+    Two ways in: the pump reads the store after ``window.sent`` (on link, after a
+    gap, when room opens); and the hand-off, for messages just committed, when the
+    delivery is caught up: they are exactly the next ones, because commits wake
+    devices in cursor order, so they go out with no read at all.
+    """
 
     def __init__(
         self,
@@ -68,9 +105,10 @@ class Delivery:
         *,
         acked: int,
         window: int,
-        send: Callable[[StoredMessage], None],
+        send: Callable[[list[StoredMessage]], None],
         clock: Clock,
         metrics: Metrics,
+        acks: AckWriter,
     ) -> None:
         self.store = store
         self.pin = pin
@@ -78,17 +116,35 @@ class Delivery:
         self._send = send
         self._clock = clock
         self._metrics = metrics
+        self._acks = acks
         self._pump_task: asyncio.Task[None] | None = None
         self._again = False
-        self._ack_target = acked
-        self._ack_task: asyncio.Task[None] | None = None
+        #: True while the store holds nothing after ``window.sent`` (as far as we know).
+        self._caught_up = False
         self.closed = False
         #: While the transport's buffer is full the pump waits (resume() restarts it).
         self.paused = False
 
-    def wake(self) -> None:
-        """New messages may be stored, or room opened up: pump when possible."""
-        if self.closed or self.paused:
+    def wake(self, fresh: list[StoredMessage] | None = None) -> None:
+        """Messages were stored (``fresh``: just committed, in cursor order), or room
+        opened up: send them now if they are the next ones, else pump the store."""
+        if self.closed:
+            return
+        if (
+            fresh
+            and self._caught_up
+            and self._pump_task is None
+            and not self.paused
+            and fresh[0].cursor > self.window.sent
+            and len(fresh) <= self.window.room
+        ):
+            for message in fresh:
+                self.window.sent_one(message.cursor)
+            self._send(fresh)
+            self._metrics.delivered.inc(len(fresh))
+            return
+        self._caught_up = False
+        if self.paused:
             return
         if self._pump_task is not None:
             self._again = True
@@ -100,16 +156,17 @@ class Delivery:
             while True:
                 self._again = False
                 while not self.closed and not self.paused and self.window.room:
-                    batch = await fetch(
-                        self.store, self.pin, self.window.sent, self.window.room, self._clock()
-                    )
+                    room = self.window.room
+                    batch = await fetch(self.store, self.pin, self.window.sent, room, self._clock())
                     if self.closed:
                         return
-                    for message in batch:
-                        self.window.sent_one(message.cursor)
-                        self._send(message)
-                    self._metrics.delivered.inc(len(batch))
-                    if len(batch) == 0:
+                    if batch:
+                        for message in batch:
+                            self.window.sent_one(message.cursor)
+                        self._send(batch)  # one write for the whole batch
+                        self._metrics.delivered.inc(len(batch))
+                    if len(batch) < room:
+                        self._caught_up = True  # drained; until the next wake-up
                         break
                 if not self._again or self.closed:
                     return
@@ -124,23 +181,9 @@ class Delivery:
         if not self.window.ack(cursor):
             return
         self._metrics.acked.inc(in_flight - self.window.in_flight)
-        self._ack_target = cursor
-        if self._ack_task is None:
-            self._ack_task = asyncio.get_running_loop().create_task(self._flush_acks())
-        self.wake()
-
-    async def _flush_acks(self) -> None:
-        # Coalesce: one store write per burst of acks, for the newest cursor.
-        try:
-            done = 0
-            while done < self._ack_target:
-                target = self._ack_target
-                await self.store.ack(self.pin, target)
-                done = target
-        except Exception:
-            log.exception("storing ack for %s failed (it will be redelivered)", self.pin)
-        finally:
-            self._ack_task = None
+        self._acks.submit(self.pin, cursor)
+        if not self._caught_up:
+            self.wake()  # room opened and the store may hold more
 
     def close(self) -> None:
         self.closed = True

@@ -19,6 +19,7 @@ class Metrics:
         self.accepted = Counter(
             "pinrelay_messages_accepted", "Messages stored durably", ["kind"], registry=r
         )
+        self.accepted_push = self.accepted.labels("push")
         self.delivered = Counter(
             "pinrelay_messages_delivered", "Messages written to a device link or inbox", registry=r
         )

@@ -20,7 +20,7 @@ from pinrelay.api.common import (
 )
 from pinrelay.api.schemas import BatchItemResult, BatchResult, PushResult
 from pinrelay.core.errors import ErrorCode, PinrelayError, RemoteProtocolError
-from pinrelay.core.ids import new_message_id
+from pinrelay.core.ids import RandomPool, new_message_id
 from pinrelay.core.model import (
     Accepted,
     Batch,
@@ -28,6 +28,7 @@ from pinrelay.core.model import (
     NewMessage,
     PushFields,
     Scope,
+    StoredMessage,
     check_push,
 )
 from pinrelay.core.timefmt import rfc3339
@@ -35,6 +36,8 @@ from pinrelay.relay import Relay
 from pinrelay.store.base import DROPPED_OFFLINE, UNKNOWN_DEVICE, IdempotencyKey, Rejected
 
 MAX_IDEMPOTENCY_KEY = 255
+#: Message ids need uniqueness, not secrecy, but come from the OS's CSPRNG anyway.
+_ids_random = RandomPool(os.urandom)
 
 
 def _idempotency(request: Request, key_id: str, body: bytes) -> IdempotencyKey | None:
@@ -58,7 +61,7 @@ def _new_message(relay: Relay, pin: str, fields: PushFields, now: float) -> NewM
     now_ms = int(now * 1000)
     return NewMessage(
         pin=pin,
-        id=new_message_id(now, os.urandom),
+        id=new_message_id(now, _ids_random),
         data=bytes(fields.data),
         topic=fields.topic,
         urgency=fields.urgency,
@@ -77,6 +80,7 @@ async def _store(
     """
     now = relay.clock()
     batch: list[NewMessage | Rejected] = []
+    drafts: dict[str, NewMessage] = {}
     for pin, fields in items:
         draft = _new_message(relay, pin, fields, now)
         if fields.ttl == 0 and not relay.router.is_online(pin):
@@ -86,18 +90,35 @@ async def _store(
                 batch.append(Rejected(pin, DROPPED_OFFLINE, draft.id))
         else:
             batch.append(draft)
+            drafts[draft.id] = draft
     results, replay = await relay.store.append(batch, idem)
     if not replay:
-        woken = set()
+        # Wake each device once, with what it got, in cursor order (DESIGN "router").
+        fresh: dict[str, list[StoredMessage]] = {}
         for result in results:
             if isinstance(result, Accepted):
-                relay.metrics.accepted.labels("push").inc()
-                if result.pin not in woken:
-                    woken.add(result.pin)
-                    relay.router.wake(result.pin)
+                fresh.setdefault(result.pin, []).append(stored(drafts[result.id], result.cursor))
             elif result.reason == DROPPED_OFFLINE:
                 relay.metrics.dropped.inc()
+        for pin, messages in fresh.items():
+            relay.router.wake(pin, messages)
+        relay.metrics.accepted_push.inc(sum(isinstance(r, Accepted) for r in results))
     return results
+
+
+def stored(m: NewMessage, cursor: int) -> StoredMessage:
+    return StoredMessage(
+        m.pin,
+        cursor,
+        m.id,
+        m.data,
+        m.topic,
+        m.urgency,
+        m.sent_at_ms,
+        m.expires_at_ms,
+        m.kind,
+        m.sender,
+    )
 
 
 def _item_result(pin: str, result: Accepted | Rejected) -> BatchItemResult:

@@ -18,6 +18,27 @@ PIN_RE = re.compile(r"^[0-9A-F]{8}$")
 #: Crockford base32, as ULID uses: sortable, no I/L/O/U.
 _B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 MSG_ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+_PAIRS = [a + b for a in _B32 for b in _B32]
+_SHIFTS = range(120, -1, -10)
+
+
+class RandomPool:
+    """``os.urandom`` read 4 KiB at a time: one syscall per ~400 message ids."""
+
+    __slots__ = ("_buf", "_pos", "_source")
+
+    def __init__(self, source: Rand, size: int = 4096) -> None:
+        self._source = source
+        self._buf = source(size)
+        self._pos = 0
+
+    def __call__(self, n: int) -> bytes:
+        if self._pos + n > len(self._buf):
+            self._buf = self._source(max(len(self._buf), n))
+            self._pos = 0
+        out = self._buf[self._pos : self._pos + n]
+        self._pos += n
+        return out
 
 
 def new_pin(rand: Rand) -> str:
@@ -36,11 +57,8 @@ def new_message_id(now: float, rand: Rand) -> str:
     which the JetStream engine relies on for stream-wide de-duplication.
     """
     value = (int(now * 1000) & ((1 << 48) - 1)) << 80 | int.from_bytes(rand(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_B32[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    # 26 digits = 13 pairs of 10 bits, each looked up at once (a hot path: one per push).
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def new_secret(rand: Rand, nbytes: int = 24) -> str:

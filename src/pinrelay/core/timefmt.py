@@ -9,10 +9,21 @@ def to_ms(now: float) -> int:
     return int(now * 1000)
 
 
+_seconds: dict[int, str] = {}
+
+
 def rfc3339(ms: int) -> str:
     """``2026-11-23T03:04:05.678Z`` for a Unix time in milliseconds."""
-    dt = _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    # Every message carries two timestamps and most share their second with the
+    # previous message: format each second once (a bounded cache).
+    sec, milli = divmod(ms, 1000)
+    prefix = _seconds.get(sec)
+    if prefix is None:
+        if len(_seconds) > 4096:
+            _seconds.clear()
+        dt = _dt.datetime.fromtimestamp(sec, tz=_dt.UTC)
+        prefix = _seconds[sec] = dt.strftime("%Y-%m-%dT%H:%M:%S.")
+    return f"{prefix}{milli:03d}Z"
 
 
 def parse_rfc3339(text: str) -> int:

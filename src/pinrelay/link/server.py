@@ -37,7 +37,7 @@ from pinrelay.core.session import (
     ServerSession,
     Tick,
 )
-from pinrelay.delivery import Delivery, msg_frame
+from pinrelay.delivery import AckWriter, Delivery, msg_frame
 from pinrelay.metrics import Metrics
 from pinrelay.router.local import LocalRouter
 from pinrelay.store.base import Store
@@ -254,9 +254,10 @@ class LinkProtocol(asyncio.Protocol):
             device.pin,
             acked=acked,
             window=window,
-            send=self._send_message,
+            send=self._send_messages,
             clock=server.clock,
             metrics=server.metrics,
+            acks=server.acks,
         )
         server.metrics.links_open.inc()
         server.router.attach(device.pin, self)
@@ -276,13 +277,16 @@ class LinkProtocol(asyncio.Protocol):
             )
         )
         if acked > device.acked_cursor:
-            server.spawn(server.store.ack(device.pin, acked))
+            server.acks.submit(device.pin, acked)
         server.touch(device.pin)
         self.delivery.wake()
 
     # --- sending -------------------------------------------------------------
-    def _send_message(self, m: StoredMessage) -> None:
-        self._send(frames.encode(msg_frame(m)))
+    def _send_messages(self, batch: list[StoredMessage]) -> None:
+        if self.ws.state is WsState.OPEN:
+            for m in batch:
+                self.ws.send_text(frames.encode(msg_frame(m)))
+            self._flush()
 
     def _send(self, data: bytes) -> None:
         if self.ws.state is WsState.OPEN:
@@ -293,11 +297,13 @@ class LinkProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        for chunk in self.ws.data_to_send():
-            if chunk:
-                transport.write(chunk)
-            else:
-                # The sans-I/O core asks for EOF: the close handshake is over.
+        chunks = self.ws.data_to_send()
+        if chunks:
+            eof = not chunks[-1]  # the sans-I/O core asks for EOF: the close is done
+            data = b"".join(chunks)
+            if data:
+                transport.write(data)  # one write (one syscall) for every queued frame
+            if eof:
                 transport.close()
                 return
         if self.ws.close_expected() and self._close_timer is None:
@@ -319,9 +325,9 @@ class LinkProtocol(asyncio.Protocol):
             self.transport.abort()
 
     # --- called by the router and the server ---------------------------------
-    def wake(self) -> None:
+    def wake(self, fresh: list[StoredMessage] | None = None) -> None:
         if self.delivery is not None:
-            self.delivery.wake()
+            self.delivery.wake(fresh)
 
     def kick(self, code: ErrorCode, detail: str) -> None:
         self._fail(self.session.fail(code, detail))
@@ -369,6 +375,7 @@ class LinkServer:
         self.clock = clock
         self.auth_limiter = auth_limiter
         self.connections: set[LinkProtocol] = set()
+        self.acks = AckWriter(store)
         self.draining = False
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None

@@ -6,13 +6,14 @@ from collections.abc import Callable
 from typing import Protocol
 
 from pinrelay.core.errors import ErrorCode
+from pinrelay.core.model import StoredMessage
 
 
 class Linked(Protocol):
     """What the router needs of a device's link."""
 
-    def wake(self) -> None:
-        """New messages may be stored for the device."""
+    def wake(self, fresh: list[StoredMessage] | None = None) -> None:
+        """New messages may be stored for the device (``fresh``: just committed)."""
 
     def kick(self, code: ErrorCode, detail: str) -> None:
         """Close the link: send an error frame, then close with ``code.close_code``."""
@@ -51,10 +52,10 @@ class LocalRouter:
             if not waiters:
                 del self._waiters[pin]
 
-    def wake(self, pin: str) -> None:
+    def wake(self, pin: str, fresh: list[StoredMessage] | None = None) -> None:
         link = self._links.get(pin)
         if link is not None:
-            link.wake()
+            link.wake(fresh)
         for waiter in list(self._waiters.get(pin, ())):
             waiter()
 

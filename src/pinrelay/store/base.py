@@ -115,6 +115,10 @@ class Store(Protocol):
         """The device is done with every message up to ``cursor``: forget them."""
         ...
 
+    async def ack_many(self, acks: Sequence[tuple[str, int]]) -> None:
+        """:meth:`ack` for many devices at once (one write where the engine can)."""
+        ...
+
     async def sweep(self, now_ms: int, limit: int = 1000) -> int:
         """Delete up to ``limit`` expired messages; how many went."""
         ...

@@ -406,7 +406,7 @@ class SqliteStore:
                             ErrorCode.CONFLICT,
                         )
                     return _results_dec.decode(row[1]), True
-            results = [_append_one(c, m) for m in messages]
+            results = _append_all(c, messages)
             if idem is not None:
                 c.execute(
                     "INSERT INTO idempotency (key, fingerprint, result, created_ms)"
@@ -434,11 +434,13 @@ class SqliteStore:
         return [_row_to_message(r) for r in rows]
 
     async def ack(self, pin: str, cursor: int) -> None:
+        await self.ack_many([(pin, cursor)])
+
+    async def ack_many(self, acks: Sequence[tuple[str, int]]) -> None:
         def write(c: sqlite3.Connection) -> None:
-            c.execute("DELETE FROM messages WHERE pin = ? AND cursor <= ?", (pin, cursor))
-            c.execute(
-                "UPDATE devices SET acked_cursor = max(acked_cursor, ?) WHERE pin = ?",
-                (cursor, pin),
+            c.executemany("DELETE FROM messages WHERE pin = ? AND cursor <= ?", acks)
+            c.executemany(
+                "UPDATE devices SET acked_cursor = max(acked_cursor, ?2) WHERE pin = ?1", acks
             )
 
         await self._write(write)
@@ -472,32 +474,51 @@ def _count(path: Path) -> StoreStats:
         conn.close()
 
 
-def _append_one(c: sqlite3.Connection, m: NewMessage | Rejected) -> _Result:
-    if isinstance(m, Rejected):
-        return _Result(pin=m.pin, id=m.id, reason=m.reason)
-    row = c.execute(
-        "UPDATE devices SET last_cursor = last_cursor + 1 WHERE pin = ? RETURNING last_cursor",
-        (m.pin,),
-    ).fetchone()
-    if row is None:
-        return _Result(pin=m.pin, id=m.id, reason=UNKNOWN_DEVICE)
-    cursor = int(row[0])
-    if m.topic is not None:
-        # DESIGN, "Expiry and collapse": the newer message replaces the stored one.
-        c.execute("DELETE FROM messages WHERE pin = ? AND topic = ?", (m.pin, m.topic))
-    c.execute(
-        _INSERT_SQL,
-        (
-            m.pin,
-            cursor,
-            m.id,
-            m.data,
-            m.topic,
-            m.urgency,
-            m.sent_at_ms,
-            m.expires_at_ms,
-            m.kind,
-            m.sender,
-        ),
-    )
-    return _Result(pin=m.pin, id=m.id, cursor=cursor, expires_ms=m.expires_at_ms)
+def _append_all(c: sqlite3.Connection, messages: Sequence[NewMessage | Rejected]) -> list[_Result]:
+    """Append in order; one cursor update per device, one INSERT statement for all."""
+    wanted: dict[str, int] = {}
+    for m in messages:
+        if isinstance(m, NewMessage):
+            wanted[m.pin] = wanted.get(m.pin, 0) + 1
+    next_cursor: dict[str, int] = {}
+    for pin, count in wanted.items():
+        row = c.execute(
+            "UPDATE devices SET last_cursor = last_cursor + ? WHERE pin = ? RETURNING last_cursor",
+            (count, pin),
+        ).fetchone()
+        if row is not None:
+            next_cursor[pin] = int(row[0]) - count + 1
+    results: list[_Result] = []
+    rows: list[tuple[object, ...]] = []
+    for m in messages:
+        if isinstance(m, Rejected):
+            results.append(_Result(pin=m.pin, id=m.id, reason=m.reason))
+            continue
+        cursor = next_cursor.get(m.pin)
+        if cursor is None:
+            results.append(_Result(pin=m.pin, id=m.id, reason=UNKNOWN_DEVICE))
+            continue
+        next_cursor[m.pin] = cursor + 1
+        if m.topic is not None:
+            # DESIGN, "Expiry and collapse": the newer message replaces the stored one
+            # (including one earlier in this batch, so flush the rows queued so far).
+            c.executemany(_INSERT_SQL, rows)
+            rows.clear()
+            c.execute("DELETE FROM messages WHERE pin = ? AND topic = ?", (m.pin, m.topic))
+        rows.append(
+            (
+                m.pin,
+                cursor,
+                m.id,
+                m.data,
+                m.topic,
+                m.urgency,
+                m.sent_at_ms,
+                m.expires_at_ms,
+                m.kind,
+                m.sender,
+            )
+        )
+        results.append(_Result(pin=m.pin, id=m.id, cursor=cursor, expires_ms=m.expires_at_ms))
+    c.executemany(_INSERT_SQL, rows)
+    return results
