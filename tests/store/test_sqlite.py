@@ -242,3 +242,57 @@ def test_newmessage_is_what_the_child_builds() -> None:
         sent_at_ms=NOW,
         expires_at_ms=FAR,
     )
+
+
+class TestDenseCursors:
+    """SQLite's own guarantee, stronger than the contract's: per device 1, 2, 3..."""
+
+    async def test_cursors_count_per_device_from_1(self, db_path: Path) -> None:
+        store = await open_store(db_path)
+        try:
+            for pin in (PIN, "0B0B0B0B"):
+                assert await store.create_device(pin, "h", None, NOW) is not None
+            batch = [
+                NewMessage(p, f"01DENSE{i:019d}", b"{}", None, "normal", NOW, FAR)
+                for i, p in enumerate([PIN, "0B0B0B0B", PIN, "0B0B0B0B", PIN])
+            ]
+            results, _ = await store.append(batch)
+            assert [(r.pin, getattr(r, "cursor", None)) for r in results] == [
+                (PIN, 1),
+                ("0B0B0B0B", 1),
+                (PIN, 2),
+                ("0B0B0B0B", 2),
+                (PIN, 3),
+            ]
+            (r,), _ = await store.append(
+                [NewMessage(PIN, "01DENSE-last", b"{}", None, "normal", NOW, FAR)]
+            )
+            assert getattr(r, "cursor", None) == 4
+            dev = await store.get_device(PIN)
+            assert dev is not None
+            assert dev.last_cursor == 4
+        finally:
+            await store.close()
+
+
+async def test_acks_commit_without_fsync_appends_with(tmp_path: Path) -> None:
+    """docs/DECISIONS.md "Acks without fsync": a group of acks only is committed with
+    synchronous=NORMAL; any group holding an append goes back to FULL."""
+    store = SqliteStore(tmp_path / "pinrelay.db")
+    await store.open()
+    try:
+        writer = store._writer
+        assert writer is not None
+
+        def level() -> int:
+            assert writer is not None
+            return int(writer.conn.execute("PRAGMA synchronous").fetchone()[0])
+
+        await store.create_device("0A0A0A0A", "h", None, 1)
+        assert level() == 2  # FULL
+        await store.ack_many([("0A0A0A0A", 0)])
+        assert (writer.synced, level()) == (False, 1)  # NORMAL
+        await store.append([NewMessage("0A0A0A0A", "01ID", b"1", None, "normal", 1, 10**13)])
+        assert (writer.synced, level()) == (True, 2)
+    finally:
+        await store.close()

@@ -112,7 +112,11 @@ class Store(Protocol):
         ...
 
     async def ack(self, pin: str, cursor: int) -> None:
-        """The device is done with every message up to ``cursor``: forget them."""
+        """The device is done with every message up to ``cursor``: forget them.
+
+        Unlike appends, an ack need not survive a crash: a forgotten ack only
+        means a redelivery, which clients drop as a duplicate.
+        """
         ...
 
     async def ack_many(self, acks: Sequence[tuple[str, int]]) -> None:

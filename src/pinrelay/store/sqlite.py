@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 
@@ -41,6 +41,15 @@ from pinrelay.store.base import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Write = Callable[[sqlite3.Connection], Any]
+
+
+class _Job(NamedTuple):
+    write: Write
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    #: False for writes whose loss in a crash is harmless (acks, last seen).
+    durable: bool
+
 
 #: Schema migrations, applied in order; PRAGMA user_version counts those applied.
 MIGRATIONS: list[str] = [
@@ -165,10 +174,10 @@ class _Writer(threading.Thread):
         super().__init__(name="pinrelay-sqlite-writer", daemon=True)
         self.conn = conn
         self.observer = observer
-        self.queue: queue.SimpleQueue[
-            tuple[Write, asyncio.Future[Any], asyncio.AbstractEventLoop] | None
-        ] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.failed: BaseException | None = None
+        #: Whether the connection's synchronous setting is FULL (connect() sets it).
+        self.synced = True
 
     def run(self) -> None:
         while True:
@@ -190,15 +199,20 @@ class _Writer(threading.Thread):
             if stop:
                 return
 
-    def _commit(
-        self, batch: list[tuple[Write, asyncio.Future[Any], asyncio.AbstractEventLoop]]
-    ) -> None:
+    def _commit(self, batch: list[_Job]) -> None:
         conn = self.conn
         outcomes: list[tuple[bool, Any]] = []
         started = time.perf_counter()
         try:
+            # A group with nothing that must survive a crash commits without fsync:
+            # in WAL mode it stays ordered and consistent, and the next durable
+            # commit's fsync covers it (docs/DECISIONS.md, "Acks without fsync").
+            durable = any(job.durable for job in batch)
+            if durable is not self.synced:
+                conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self.synced = durable
             conn.execute("BEGIN IMMEDIATE")
-            for write, _, _ in batch:
+            for write, _, _, _ in batch:
                 conn.execute("SAVEPOINT w")
                 try:
                     outcomes.append((True, write(conn)))
@@ -216,7 +230,7 @@ class _Writer(threading.Thread):
         if self.observer is not None:
             self.observer(time.perf_counter() - started, len(batch))
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for (_, fut, loop), (ok, value) in zip(batch, outcomes, strict=True):
+        for (_, fut, loop, _), (ok, value) in zip(batch, outcomes, strict=True):
             by_loop.setdefault(loop, []).append((fut, ok, value))
         for loop, answers in by_loop.items():
             with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
@@ -276,13 +290,13 @@ class SqliteStore:
             self._reader.close()
             self._reader = None
 
-    async def _write(self, write: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, write: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
         writer = self._writer
         if writer is None or not writer.is_alive():
             raise StoreClosed("store is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        writer.queue.put((write, fut, loop))
+        writer.queue.put(_Job(write, fut, loop, durable))
         return await fut
 
     def _read(self) -> sqlite3.Connection:
@@ -336,7 +350,7 @@ class SqliteStore:
         def write(c: sqlite3.Connection) -> None:
             c.execute("UPDATE devices SET last_seen_ms = ? WHERE pin = ?", (now_ms, pin))
 
-        await self._write(write)
+        await self._write(write, durable=False)
 
     async def backlog(self, pin: str, now_ms: int) -> int:
         row = (
@@ -443,7 +457,8 @@ class SqliteStore:
                 "UPDATE devices SET acked_cursor = max(acked_cursor, ?2) WHERE pin = ?1", acks
             )
 
-        await self._write(write)
+        # An ack lost in a crash means a redelivery, which clients drop: no fsync.
+        await self._write(write, durable=False)
 
     async def sweep(self, now_ms: int, limit: int = 1000) -> int:
         def write(c: sqlite3.Connection) -> int:
