@@ -2,40 +2,93 @@
 
 To run the contract against another engine, add its name to the ``store``
 fixture's ``params`` and a branch to :func:`make_store`.
+
+The ``jetstream`` engine runs against a real 3-node nats-server cluster on
+127.0.0.1 (:func:`nats_cluster`, one per session, started only when a JetStream
+test runs).  Each test gets its own stream, subject prefix and buckets, named
+after its ``tmp_path``, and deletes them afterwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
 from pinrelay.store.base import Store
+from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.store.sqlite import SqliteStore
+from tests.natsproc import NatsCluster
 
 ENGINE = pytest.StashKey[str]()
+SERVERS = pytest.StashKey[list[str]]()
 Reopen = Callable[[], Awaitable[Store]]
 
 
-def make_store(engine: str, directory: Path) -> Store:
+class JetStreamNames(TypedDict):
+    stream: str
+    subject_prefix: str
+    bucket_prefix: str
+
+
+def jetstream_names(directory: Path) -> JetStreamNames:
+    """A namespace of its own for the store kept "under" ``directory``."""
+    tag = hashlib.sha256(str(directory).encode()).hexdigest()[:12]
+    return JetStreamNames(stream=f"PR_{tag}", subject_prefix=f"d{tag}", bucket_prefix=f"pr_{tag}")
+
+
+def make_store(engine: str, directory: Path, servers: Sequence[str] = ()) -> Store:
     """A new, unopened store of ``engine`` keeping its data under ``directory``."""
     if engine == "sqlite":
         return SqliteStore(directory / "pinrelay.db")
+    if engine == "jetstream":
+        assert servers, "the jetstream engine needs the nats_cluster fixture"
+        return JetStreamStore(list(servers), replicas=3, **jetstream_names(directory))
     raise ValueError(f"unknown store engine {engine!r}")
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(scope="session")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """Three clustered nats-server processes with JetStream, stopped by pid at the end."""
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def destroy_jetstream(servers: Sequence[str], directory: Path) -> None:
+    """Delete the stream and buckets of the store kept under ``directory``."""
+    s = JetStreamStore(list(servers), replicas=3, **jetstream_names(directory))
+    await s.open()
+    try:
+        await s.destroy()
+    finally:
+        await s.close()
+
+
+@pytest.fixture(params=["sqlite", "jetstream"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """An opened store on ``tmp_path``; closed after the test, whatever happens."""
     engine: str = request.param
     request.node.stash[ENGINE] = engine
-    s = make_store(engine, tmp_path)
+    servers: list[str] = []
+    if engine == "jetstream":
+        cluster: NatsCluster = request.getfixturevalue("nats_cluster")
+        servers = cluster.urls
+    request.node.stash[SERVERS] = servers
+    s = make_store(engine, tmp_path, servers)
     await s.open()
     try:
         yield s
     finally:
         await s.close()
+        if engine == "jetstream":
+            await destroy_jetstream(servers, tmp_path)
 
 
 @pytest.fixture
@@ -46,7 +99,7 @@ async def reopen(
     opened: list[Store] = []
 
     async def _reopen() -> Store:
-        s = make_store(request.node.stash[ENGINE], tmp_path)
+        s = make_store(request.node.stash[ENGINE], tmp_path, request.node.stash[SERVERS])
         opened.append(s)
         await s.open()
         return s

@@ -1,8 +1,16 @@
-"""The Store contract: every engine must pass this suite (see conftest.store)."""
+"""The Store contract: every engine must pass this suite (see conftest.store).
+
+Cursors: a message's cursor is positive and strictly greater than every cursor its
+device was given before (across batches, relays and restarts).  Cursors are not
+dense and not counted per device: the JetStream engine uses the stream sequence,
+so another device's message leaves a gap.  The SQLite engine's per-device 1, 2, 3...
+is its own guarantee (tests/store/test_sqlite.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 
 import pytest
@@ -62,6 +70,18 @@ async def append_ok(store: Store, *messages: NewMessage) -> list[Accepted]:
     accepted = [r for r in results if isinstance(r, Accepted)]
     assert len(accepted) == len(messages), results
     return accepted
+
+
+def increasing(cursors: list[int]) -> bool:
+    """Positive and strictly increasing."""
+    return all(c > 0 for c in cursors) and all(a < b for a, b in itertools.pairwise(cursors))
+
+
+def per_pin(results: list[Accepted]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for r in results:
+        out.setdefault(r.pin, []).append(r.cursor)
+    return out
 
 
 async def read_all(store: Store, pin: str, now_ms: int = NOW) -> list[StoredMessage]:
@@ -207,34 +227,44 @@ class TestKeys:
 
 
 class TestAppend:
-    async def test_cursors_start_at_1_and_increase(self, store: Store) -> None:
+    async def test_cursors_increase(self, store: Store) -> None:
         await add_devices(store, A)
         first = await append_ok(store, msg(A, 1), msg(A, 2), msg(A, 3))
         second = await append_ok(store, msg(A, 4))
-        assert [r.cursor for r in first + second] == [1, 2, 3, 4]
+        cursors = [r.cursor for r in first + second]
+        assert increasing(cursors)
         dev = await store.get_device(A)
         assert dev is not None
-        assert dev.last_cursor == 4
+        assert dev.last_cursor == cursors[-1]
+        assert [m.cursor for m in await read_all(store, A)] == cursors
 
-    async def test_cursors_are_per_device(self, store: Store) -> None:
+    async def test_cursors_increase_per_device(self, store: Store) -> None:
         await add_devices(store, A, B)
         results = await append_ok(store, msg(A, 1), msg(B, 2), msg(A, 3), msg(B, 4), msg(A, 5))
-        assert [(r.pin, r.cursor) for r in results] == [(A, 1), (B, 1), (A, 2), (B, 2), (A, 3)]
+        assert [r.pin for r in results] == [A, B, A, B, A]
+        cursors = per_pin(results)
+        assert all(increasing(c) for c in cursors.values())
+        for pin in (A, B):
+            assert [m.cursor for m in await read_all(store, pin)] == cursors[pin]
+            dev = await store.get_device(pin)
+            assert dev is not None
+            assert dev.last_cursor == cursors[pin][-1]
 
     async def test_accepted_echoes_message(self, store: Store) -> None:
         await add_devices(store, A)
         m = msg(A, 1, ttl_ms=123)
         (result,) = await append_ok(store, m)
-        assert result == Accepted(id=m.id, pin=A, cursor=1, expires_at_ms=NOW + 123)
+        assert result.cursor >= 1
+        assert result == Accepted(id=m.id, pin=A, cursor=result.cursor, expires_at_ms=NOW + 123)
 
     async def test_stored_message_keeps_every_field(self, store: Store) -> None:
         await add_devices(store, A)
         m = msg(A, 7, topic="t", urgency="high", kind="message", sender=B)
-        await append_ok(store, m)
+        (accepted,) = await append_ok(store, m)
         (stored,) = await read_all(store, A)
         assert stored == StoredMessage(
             pin=A,
-            cursor=1,
+            cursor=accepted.cursor,
             id=m.id,
             data=b'{"n":7}',
             topic="t",
@@ -255,11 +285,9 @@ class TestAppend:
         assert isinstance(rejected, Rejected)
         assert rejected.pin == UNKNOWN
         assert rejected.reason
-        assert [(r.pin, r.cursor) for r in results if isinstance(r, Accepted)] == [
-            (A, 1),
-            (B, 1),
-            (A, 2),
-        ]
+        accepted = [r for r in results if isinstance(r, Accepted)]
+        assert [r.pin for r in accepted] == [A, B, A]
+        assert increasing(per_pin(accepted)[A])
         assert [data_n(m) for m in await read_all(store, A)] == [1, 4]
         assert [data_n(m) for m in await read_all(store, B)] == [3]
         assert await read_all(store, UNKNOWN) == []
@@ -284,37 +312,37 @@ class TestAppend:
 class TestTopics:
     async def test_topic_replaces_same_topic_same_device(self, store: Store) -> None:
         await add_devices(store, A)
-        await append_ok(store, msg(A, 1, topic="score"), msg(A, 2))
+        _, second = await append_ok(store, msg(A, 1, topic="score"), msg(A, 2))
         (new,) = await append_ok(store, msg(A, 3, topic="score"))
-        assert new.cursor == 3
+        assert new.cursor > second.cursor
         stored = await read_all(store, A)
-        assert [(m.cursor, data_n(m)) for m in stored] == [(2, 2), (3, 3)]
+        assert [(m.cursor, data_n(m)) for m in stored] == [(second.cursor, 2), (new.cursor, 3)]
         assert await store.backlog(A, NOW) == 2
 
     async def test_topic_leaves_other_topics_and_devices(self, store: Store) -> None:
         await add_devices(store, A, B)
-        await append_ok(
+        first = await append_ok(
             store,
             msg(A, 1, topic="score"),
             msg(A, 2, topic="weather"),
             msg(B, 3, topic="score"),
             msg(A, 4),
         )
-        await append_ok(store, msg(A, 5, topic="score"))
+        (last,) = await append_ok(store, msg(A, 5, topic="score"))
         assert [(m.cursor, data_n(m), m.topic) for m in await read_all(store, A)] == [
-            (2, 2, "weather"),
-            (3, 4, None),
-            (4, 5, "score"),
+            (first[1].cursor, 2, "weather"),
+            (first[3].cursor, 4, None),
+            (last.cursor, 5, "score"),
         ]
-        assert [(m.cursor, data_n(m)) for m in await read_all(store, B)] == [(1, 3)]
+        assert [(m.cursor, data_n(m)) for m in await read_all(store, B)] == [(first[2].cursor, 3)]
 
     async def test_replacement_within_one_batch(self, store: Store) -> None:
         await add_devices(store, A)
         results = await append_ok(
             store, msg(A, 1, topic="t"), msg(A, 2, topic="t"), msg(A, 3, topic="t")
         )
-        assert [r.cursor for r in results] == [1, 2, 3]
-        assert [(m.cursor, data_n(m)) for m in await read_all(store, A)] == [(3, 3)]
+        assert increasing([r.cursor for r in results])
+        assert [(m.cursor, data_n(m)) for m in await read_all(store, A)] == [(results[2].cursor, 3)]
 
     async def test_untopiced_messages_never_collapse(self, store: Store) -> None:
         await add_devices(store, A)
@@ -328,23 +356,23 @@ class TestTopics:
 class TestRead:
     async def test_after_and_limit(self, store: Store) -> None:
         await add_devices(store, A)
-        await append_ok(store, *(msg(A, i) for i in range(1, 11)))
-        assert [m.cursor for m in await store.read(A, 0, 3, NOW)] == [1, 2, 3]
-        assert [m.cursor for m in await store.read(A, 3, 3, NOW)] == [4, 5, 6]
-        assert [m.cursor for m in await store.read(A, 8, 100, NOW)] == [9, 10]
-        assert await store.read(A, 10, 100, NOW) == []
+        c = [r.cursor for r in await append_ok(store, *(msg(A, i) for i in range(1, 11)))]
+        assert [m.cursor for m in await store.read(A, 0, 3, NOW)] == c[0:3]
+        assert [m.cursor for m in await store.read(A, c[2], 3, NOW)] == c[3:6]
+        assert [m.cursor for m in await store.read(A, c[7], 100, NOW)] == c[8:10]
+        assert await store.read(A, c[9], 100, NOW) == []
         assert await store.read(A, 0, 0, NOW) == []
         assert [data_n(m) for m in await read_all(store, A)] == list(range(1, 11))
 
     async def test_read_pages_cover_everything_once(self, store: Store) -> None:
         await add_devices(store, A)
-        await append_ok(store, *(msg(A, i) for i in range(25)))
+        c = [r.cursor for r in await append_ok(store, *(msg(A, i) for i in range(25)))]
         seen: list[int] = []
         after = 0
         while page := await store.read(A, after, 7, NOW):
             seen += [m.cursor for m in page]
             after = page[-1].cursor
-        assert seen == list(range(1, 26))
+        assert seen == c
 
     async def test_read_unknown_device(self, store: Store) -> None:
         assert await store.read(UNKNOWN, 0, 10, NOW) == []
@@ -366,44 +394,60 @@ class TestRead:
 
     async def test_limit_counts_only_unexpired(self, store: Store) -> None:
         await add_devices(store, A)
-        await append_ok(store, msg(A, 1, ttl_ms=1), msg(A, 2, ttl_ms=1), msg(A, 3), msg(A, 4))
-        assert [m.cursor for m in await store.read(A, 0, 2, NOW + 5)] == [3, 4]
+        c = await append_ok(store, msg(A, 1, ttl_ms=1), msg(A, 2, ttl_ms=1), msg(A, 3), msg(A, 4))
+        assert [m.cursor for m in await store.read(A, 0, 2, NOW + 5)] == [c[2].cursor, c[3].cursor]
 
 
 class TestAck:
     async def test_ack_forgets_up_to_cursor(self, store: Store) -> None:
         await add_devices(store, A, B)
-        await append_ok(store, *(msg(A, i) for i in range(1, 6)), msg(B, 100))
-        await store.ack(A, 3)
-        assert [m.cursor for m in await read_all(store, A)] == [4, 5]
+        *c, _ = await append_ok(store, *(msg(A, i) for i in range(1, 6)), msg(B, 100))
+        await store.ack(A, c[2].cursor)
+        assert [m.cursor for m in await read_all(store, A)] == [c[3].cursor, c[4].cursor]
         assert await store.backlog(A, NOW) == 2
         assert len(await read_all(store, B)) == 1
         dev = await store.get_device(A)
         assert dev is not None
-        assert dev.acked_cursor == 3
-        assert dev.last_cursor == 5
+        assert dev.acked_cursor == c[2].cursor
+        assert dev.last_cursor == c[4].cursor
 
     async def test_ack_never_moves_backwards(self, store: Store) -> None:
         await add_devices(store, A)
-        await append_ok(store, *(msg(A, i) for i in range(1, 6)))
-        await store.ack(A, 4)
-        await store.ack(A, 2)
+        c = [r.cursor for r in await append_ok(store, *(msg(A, i) for i in range(1, 6)))]
+        await store.ack(A, c[3])
+        await store.ack(A, c[1])
         dev = await store.get_device(A)
         assert dev is not None
-        assert dev.acked_cursor == 4
-        assert [m.cursor for m in await read_all(store, A)] == [5]
+        assert dev.acked_cursor == c[3]
+        assert [m.cursor for m in await read_all(store, A)] == [c[4]]
 
     async def test_ack_then_append_continues_cursor(self, store: Store) -> None:
         await add_devices(store, A)
-        await append_ok(store, msg(A, 1), msg(A, 2))
-        await store.ack(A, 2)
+        _, second = await append_ok(store, msg(A, 1), msg(A, 2))
+        await store.ack(A, second.cursor)
         (r,) = await append_ok(store, msg(A, 3))
-        assert r.cursor == 3
-        assert [m.cursor for m in await read_all(store, A)] == [3]
+        assert r.cursor > second.cursor
+        assert [m.cursor for m in await read_all(store, A)] == [r.cursor]
 
     async def test_ack_unknown_device_is_harmless(self, store: Store) -> None:
         await store.ack(UNKNOWN, 5)
         assert await store.get_device(UNKNOWN) is None
+
+
+class TestAckMany:
+    async def test_acks_many_devices_at_once(self, store: Store) -> None:
+        await add_devices(store, A, B, C)
+        c = await append_ok(store, msg(A, 1), msg(A, 2), msg(B, 3), msg(B, 4), msg(C, 5))
+        await store.ack_many([(A, c[0].cursor), (B, c[3].cursor), (UNKNOWN, 9)])
+        assert [data_n(m) for m in await read_all(store, A)] == [2]
+        assert await read_all(store, B) == []
+        assert [data_n(m) for m in await read_all(store, C)] == [5]
+        a, b = await store.get_device(A), await store.get_device(B)
+        assert a is not None and b is not None
+        assert (a.acked_cursor, b.acked_cursor) == (c[0].cursor, c[3].cursor)
+        await store.ack_many([(A, 0)])  # never moves an acked cursor back
+        a = await store.get_device(A)
+        assert a is not None and a.acked_cursor == c[0].cursor
 
 
 class TestBacklogAndSweep:
@@ -437,9 +481,9 @@ class TestBacklogAndSweep:
     async def test_stats_count_devices_and_stored_messages(self, store: Store) -> None:
         assert await store.stats() == StoreStats(devices=0, messages=0)
         await add_devices(store, A, B)
-        await append_ok(store, msg(A, 1), msg(A, 2), msg(B, 3))
+        first, *_ = await append_ok(store, msg(A, 1), msg(A, 2), msg(B, 3))
         assert await store.stats() == StoreStats(devices=2, messages=3)
-        await store.ack(A, 1)
+        await store.ack(A, first.cursor)
         await store.delete_device(B)
         assert await store.stats() == StoreStats(devices=1, messages=1)
 
@@ -462,7 +506,9 @@ class TestRejectedPassThrough:
         results, replay = await store.append([msg(A, 1), dropped, msg(A, 2)])
         assert replay is False
         assert results[1] == dropped
-        assert [(r.pin, r.cursor) for r in results if isinstance(r, Accepted)] == [(A, 1), (A, 2)]
+        accepted = [r for r in results if isinstance(r, Accepted)]
+        assert [r.pin for r in accepted] == [A, A]
+        assert increasing([r.cursor for r in accepted])
         assert await read_all(store, B) == []
         dev = await store.get_device(B)
         assert dev is not None
@@ -498,7 +544,7 @@ class TestIdempotency:
         assert [data_n(m) for m in await read_all(store, A)] == [1, 3]
         dev = await store.get_device(A)
         assert dev is not None
-        assert dev.last_cursor == 2
+        assert dev.last_cursor == max(r.cursor for r in first if isinstance(r, Accepted))
 
     async def test_replay_even_with_different_messages(self, store: Store) -> None:
         # The fingerprint, not the messages, decides whether it is the same request.
@@ -542,14 +588,15 @@ class TestIdempotency:
         r1, p1 = await store.append([msg(A, 1)], IdempotencyKey("key-1", "fp", NOW))
         r2, p2 = await store.append([msg(A, 2)], IdempotencyKey("key-2", "fp", NOW))
         assert (p1, p2) == (False, False)
-        assert [r.cursor for r in r1 + r2 if isinstance(r, Accepted)] == [1, 2]
+        assert increasing([r.cursor for r in r1 + r2 if isinstance(r, Accepted)])
 
     async def test_without_key_never_replays(self, store: Store) -> None:
         await add_devices(store, A)
         m = msg(A, 1)
-        await append_ok(store, m)
-        await append_ok(store, m)
-        assert [x.cursor for x in await read_all(store, A)] == [1, 2]
+        (r1,) = await append_ok(store, m)
+        (r2,) = await append_ok(store, m)
+        assert r1.cursor < r2.cursor
+        assert [x.cursor for x in await read_all(store, A)] == [r1.cursor, r2.cursor]
 
     async def test_concurrent_same_key_stores_once(self, store: Store) -> None:
         await add_devices(store, A)
@@ -573,9 +620,13 @@ class TestConcurrency:
             (r,) = results
             assert isinstance(r, Accepted)
             cursors.append(r.cursor)
-        assert sorted(cursors) == list(range(1, 201))
+        assert len(set(cursors)) == 200
+        assert increasing(sorted(cursors))
         stored = await read_all(store, A)
-        assert [m.cursor for m in stored] == list(range(1, 201))
+        assert [m.cursor for m in stored] == sorted(cursors)
+        dev = await store.get_device(A)
+        assert dev is not None
+        assert dev.last_cursor == max(cursors)
         by_id = {m.id: m.cursor for m in stored}
         for results, _ in outcomes:
             (r,) = results
@@ -591,8 +642,9 @@ class TestConcurrency:
             (r,) = results
             assert isinstance(r, Accepted)
             per_pin[r.pin].append(r.cursor)
-        for cursors in per_pin.values():
-            assert sorted(cursors) == list(range(1, 31))
+        for pin, cursors in per_pin.items():
+            assert len(set(cursors)) == 30
+            assert [m.cursor for m in await read_all(store, pin)] == sorted(cursors)
 
     async def test_concurrent_mixed_writes(self, store: Store) -> None:
         await add_devices(store, A)
@@ -616,7 +668,9 @@ class TestLifecycle:
         idem = IdempotencyKey("key-1", "fp", NOW)
         first, _ = await store.append([msg(A, 1, topic="t"), msg(A, 2), msg(B, 3)], idem)
         await append_ok(store, msg(A, 4, topic="t"), msg(A, 5))
-        await store.ack(A, 2)
+        second_a = first[1]
+        assert isinstance(second_a, Accepted)
+        await store.ack(A, second_a.cursor)
         before_a, before_b = await store.get_device(A), await store.get_device(B)
         msgs_a, msgs_b = await read_all(store, A), await read_all(store, B)
         keys = await store.list_keys()
@@ -626,7 +680,7 @@ class TestLifecycle:
         assert await again.get_device(A) == before_a
         assert await again.get_device(B) == before_b
         assert before_a is not None
-        assert before_a.acked_cursor == 2
+        assert before_a.acked_cursor == second_a.cursor
         assert before_a.last_seen_ms == NOW + 7
         assert await read_all(again, A) == msgs_a
         assert [data_n(m) for m in msgs_a] == [4, 5]
@@ -636,7 +690,8 @@ class TestLifecycle:
         replayed, replay = await again.append([msg(A, 1)], idem)
         assert (replayed, replay) == (first, True)
         (r,) = await append_ok(again, msg(A, 6))
-        assert r.cursor == 5
+        assert before_a.last_cursor == msgs_a[-1].cursor
+        assert r.cursor > before_a.last_cursor
 
     async def test_close_is_idempotent(self, store: Store) -> None:
         await store.close()

@@ -1,0 +1,346 @@
+"""JetStream engine specifics, on real nats-server processes (see conftest.nats_cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.js.api import StorageType, StreamConfig
+
+from pinrelay.core.model import Accepted, NewMessage
+from pinrelay.store.base import IdempotencyKey, Rejected, StoreClosed
+from pinrelay.store.jetstream import JetStreamStore, _atomic_chunks, ttl_seconds
+from tests.natsproc import NatsCluster
+
+from .conftest import jetstream_names
+from .test_contract import NOW, A, B, add_devices, data_n, msg, read_all
+
+OpenStore = Callable[..., Awaitable[JetStreamStore]]
+
+
+@pytest.fixture
+async def open_store(nats_cluster: NatsCluster, tmp_path: Path) -> AsyncIterator[OpenStore]:
+    """Open JetStream stores on the session cluster, in this test's own namespace."""
+    opened: list[JetStreamStore] = []
+
+    async def _open(**options: Any) -> JetStreamStore:
+        s = JetStreamStore(nats_cluster.urls, **jetstream_names(tmp_path), **options)
+        opened.append(s)
+        await s.open()
+        return s
+
+    try:
+        yield _open
+    finally:
+        for s in opened:
+            await s.close()
+        cleanup = JetStreamStore(nats_cluster.urls, **jetstream_names(tmp_path))
+        await cleanup.open()
+        await cleanup.destroy()
+        await cleanup.close()
+
+
+async def subject_counts(servers: list[str], stream: str, subjects: str) -> dict[str, int]:
+    nc = await nats.connect(servers)
+    try:
+        body = json.dumps({"subjects_filter": subjects}).encode()
+        resp = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", body, 5)).data)
+        counts: dict[str, int] = resp["state"].get("subjects") or {}
+        return counts
+    finally:
+        await nc.close()
+
+
+class TestReadYourWrite:
+    @pytest.mark.parametrize("direct_reads", [False, True], ids=["leader", "direct"])
+    async def test_read_right_after_append_sees_it(
+        self, open_store: OpenStore, direct_reads: bool
+    ) -> None:
+        store = await open_store(direct_reads=direct_reads)
+        await add_devices(store, A)
+        after = 0
+        for i in range(200):
+            results, _ = await store.append([msg(A, i)])
+            (r,) = results
+            assert isinstance(r, Accepted)
+            page = await store.read(A, after, 10, NOW)
+            assert [m.cursor for m in page] == [r.cursor], f"append {i} not read back"
+            after = r.cursor
+        assert await store.backlog(A, NOW) == 200
+        print(f"direct_reads={direct_reads}: {store.direct_fallbacks} reads went to the leader")
+
+    async def test_direct_reads_pass_a_backlog_page_by_page(self, open_store: OpenStore) -> None:
+        store = await open_store(direct_reads=True)
+        await add_devices(store, A)
+        batch = [msg(A, i) for i in range(1001)]  # more than one atomic batch
+        results, _ = await store.append(batch)
+        cursors = [r.cursor for r in results if isinstance(r, Accepted)]
+        assert len(cursors) == 1001
+        seen: list[int] = []
+        after = 0
+        while page := await store.read(A, after, 128, NOW):
+            seen += [m.cursor for m in page]
+            after = page[-1].cursor
+        assert seen == cursors
+
+
+class TestLastCursor:
+    async def test_a_read_raises_a_last_cursor_its_append_never_raised(
+        self, open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A relay that dies between the publish and the device update.
+        store = await open_store()
+        await add_devices(store, A)
+
+        async def dies_first(pin: str, seq: int) -> None:
+            pass
+
+        monkeypatch.setattr(store, "_raise_last_cursor", dies_first)
+        results, _ = await store.append([msg(A, 1)])
+        monkeypatch.undo()
+        (r,) = results
+        assert isinstance(r, Accepted)
+        dev = await store.get_device(A)
+        assert dev is not None
+        assert dev.last_cursor == 0
+        (m,) = await store.read(A, 0, 10, NOW)
+        assert m.cursor == r.cursor
+        dev = await store.get_device(A)
+        assert dev is not None
+        assert dev.last_cursor == r.cursor
+
+
+class TestIdempotentRetry:
+    @pytest.mark.parametrize("size", [1, 3], ids=["single", "atomic-batch"])
+    async def test_retry_after_a_failure_past_the_publish_stores_nothing_twice(
+        self, open_store: OpenStore, monkeypatch: pytest.MonkeyPatch, size: int
+    ) -> None:
+        # The publish was stored, then the relay failed (as if its ack were lost).
+        store = await open_store()
+        await add_devices(store, A)
+        idem = IdempotencyKey("retry-1", "fp", NOW)
+        batch = [msg(A, i) for i in range(size)]
+
+        async def fails(pin: str, seq: int) -> None:
+            raise StoreClosed("cluster went away")
+
+        monkeypatch.setattr(store, "_raise_last_cursor", fails)
+        with pytest.raises(StoreClosed):
+            await store.append(batch, idem)
+        monkeypatch.undo()
+        results, replay = await store.append(batch, idem)
+        assert replay is False  # the first attempt never finished: this one did
+        stored = await read_all(store, A)
+        assert [m.id for m in stored] == [m.id for m in batch]
+        assert [m.cursor for m in stored] == [r.cursor for r in results if isinstance(r, Accepted)]
+        again, replay = await store.append(batch, idem)
+        assert (again, replay) == (results, True)
+
+
+class TestHeaders:
+    async def test_topic_rollup_touches_only_its_subject(self, open_store: OpenStore) -> None:
+        store = await open_store()
+        await add_devices(store, A, B)
+        await store.append(
+            [
+                msg(A, 1),
+                msg(A, 2, topic="score"),
+                msg(A, 3, topic="weather"),
+                msg(B, 4, topic="score"),
+            ]
+        )
+        await store.append([msg(A, 5, topic="score")])
+        p = store.prefix
+        counts = await subject_counts(store.servers, store.stream, f"{p}.>")
+        assert counts == {
+            f"{p}.{A}.m": 1,
+            f"{p}.{A}.t.score": 1,
+            f"{p}.{A}.t.weather": 1,
+            f"{p}.{B}.t.score": 1,
+        }
+        assert [data_n(m) for m in await read_all(store, A)] == [1, 3, 5]
+        assert [data_n(m) for m in await read_all(store, B)] == [4]
+
+    async def test_no_caller_header_ever_reaches_a_publish(self, open_store: OpenStore) -> None:
+        store = await open_store()
+        await add_devices(store, A, B)
+        await store.append([msg(B, 0)])
+        nc = store._nc
+        assert nc is not None
+        sent: list[tuple[str, dict[str, str]]] = []
+        real_request, real_publish = nc.request, nc.publish
+
+        async def request(subject: str, payload: bytes = b"", *args: Any, **kw: Any) -> Any:
+            sent.append((subject, dict(kw.get("headers") or {})))
+            return await real_request(subject, payload, *args, **kw)
+
+        async def publish(subject: str, payload: bytes = b"", *args: Any, **kw: Any) -> None:
+            sent.append((subject, dict(kw.get("headers") or {})))
+            await real_publish(subject, payload, *args, **kw)
+
+        nc.request = request  # type: ignore[method-assign]
+        nc.publish = publish  # type: ignore[method-assign]
+        hostile = b'{"Nats-Rollup":"all"}'
+        evil_topic = NewMessage(A, "01EVIL", hostile, "x\r\nNats-Rollup: all", "high", NOW, NOW + 1)
+        results, _ = await store.append(
+            [
+                msg(A, 1, topic="t", sender="Nats-Rollup: all"),
+                msg(A, 2, kind="Nats-Rollup: all"),
+                evil_topic,
+                msg(A, 3, topic="t"),
+            ]
+        )
+        assert isinstance(results[2], Rejected)
+        allowed = {
+            "Nats-Msg-Id",
+            "Nats-TTL",
+            "Nats-Rollup",
+            "Nats-Batch-Id",
+            "Nats-Batch-Sequence",
+            "Nats-Batch-Commit",
+            "Nats-Expected-Last-Subject-Sequence",
+        }
+        published = [(s, h) for s, h in sent if s.startswith(f"{store.prefix}.")]
+        assert published
+        for subject, headers in published:
+            assert set(headers) <= allowed, headers
+            if "Nats-Rollup" in headers:
+                assert headers["Nats-Rollup"] == "sub"
+                assert ".t." in subject
+        # B's message is still there: nothing rolled up the stream.
+        assert [data_n(m) for m in await read_all(store, B)] == [0]
+
+    def test_ttl_is_whole_seconds_at_least_one(self) -> None:
+        def life(ms: int) -> NewMessage:
+            return NewMessage(A, "x", b"", None, "normal", NOW, NOW + ms)
+
+        assert ttl_seconds(life(0), 0) == 1
+        assert ttl_seconds(life(1), 0) == 1
+        assert ttl_seconds(life(1000), 0) == 1
+        assert ttl_seconds(life(1001), 0) == 2
+        assert ttl_seconds(life(1001), 2) == 4
+
+    def test_atomic_chunks_split_repeated_topics(self) -> None:
+        def item(i: int, subject: str, rollup: bool) -> tuple[int, str, bytes, dict[str, str]]:
+            return (i, subject, b"", {"Nats-Rollup": "sub"} if rollup else {})
+
+        items = [
+            item(0, "d.A.t.x", True),
+            item(1, "d.A.m", False),
+            item(2, "d.B.t.x", True),
+            item(3, "d.A.t.x", True),
+            item(4, "d.A.m", False),
+        ]
+        chunks = _atomic_chunks(items)
+        assert [(start, [i[0] for i in c]) for start, c in chunks] == [(0, [0, 1, 2]), (3, [3, 4])]
+        many = [item(i, "d.A.m", False) for i in range(2500)]
+        assert [len(c) for _, c in _atomic_chunks(many)] == [1000, 1000, 500]
+
+
+class TestOpen:
+    async def test_open_adopts_an_existing_stream(
+        self, open_store: OpenStore, nats_cluster: NatsCluster, tmp_path: Path
+    ) -> None:
+        names = jetstream_names(tmp_path)
+        nc = await nats.connect(nats_cluster.urls)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(
+                StreamConfig(
+                    name=names["stream"],
+                    subjects=[f"{names['subject_prefix']}.>"],
+                    storage=StorageType.FILE,
+                    num_replicas=3,
+                )
+            )
+        finally:
+            await nc.close()
+        store = await open_store()
+        await add_devices(store, A)
+        await store.append([msg(A, 1, topic="t"), msg(A, 2, topic="t")])
+        assert [data_n(m) for m in await read_all(store, A)] == [2]
+        # Opening again is harmless.
+        again = await open_store()
+        assert [data_n(m) for m in await read_all(again, A)] == [2]
+
+    async def test_unreachable_cluster_is_store_closed(self) -> None:
+        store = JetStreamStore("nats://127.0.0.1:1", connect_timeout=1.0)
+        with pytest.raises(StoreClosed):
+            await store.open()
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Any:
+    """A cluster of its own, for a test that kills nodes."""
+    cluster = NatsCluster(tmp_path / "nats")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def stream_leader(servers: list[str], stream: str) -> str:
+    nc = await nats.connect(servers)
+    try:
+        info = await nc.jetstream().stream_info(stream)
+        assert info.cluster is not None
+        return str(info.cluster.leader or "")
+    finally:
+        await nc.close()
+
+
+class TestLeaderLoss:
+    async def test_sigkill_of_the_stream_leader_loses_no_acknowledged_append(
+        self, own_cluster: NatsCluster, tmp_path: Path
+    ) -> None:
+        names = jetstream_names(tmp_path)
+        store = JetStreamStore(own_cluster.urls, retry_for=1.0, idem_lease_s=1.0, **names)
+        await store.open()
+        try:
+            await add_devices(store, A, B)
+            acked: dict[str, int] = {}  # message id -> cursor
+            retried = 0
+            killed_at: float | None = None
+            after_kill = 0
+            i = 0
+            leader = await stream_leader(own_cluster.urls, names["stream"])
+            deadline = time.monotonic() + 60
+            while after_kill < 30 and time.monotonic() < deadline:
+                if i == 40:
+                    own_cluster.node(leader).kill()
+                    killed_at = time.monotonic()
+                batch = [msg(A, i), msg(B, i)]
+                idem = IdempotencyKey(f"kill-{i}", "fp", NOW)
+                while True:
+                    try:
+                        results, _ = await store.append(batch, idem)
+                        break
+                    except StoreClosed:
+                        retried += 1
+                        await asyncio.sleep(0.1)
+                for r in results:
+                    assert isinstance(r, Accepted)
+                    acked[r.id] = r.cursor
+                if killed_at is not None:
+                    after_kill += 1
+                i += 1
+            assert after_kill == 30, "appends did not resume after the leader was killed"
+            print(f"killed {leader}: {retried} appends raised StoreClosed and were retried")
+            new_leader = await stream_leader(own_cluster.urls, names["stream"])
+            assert new_leader
+            assert new_leader != leader
+            stored = {m.id: m.cursor for pin in (A, B) for m in await read_all(store, pin)}
+            assert stored == acked  # every acknowledged append, each exactly once
+            counts = {pin: len(await read_all(store, pin)) for pin in (A, B)}
+            assert counts == {A: i, B: i}
+        finally:
+            with contextlib.suppress(Exception):
+                await store.close()
