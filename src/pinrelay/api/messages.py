@@ -97,28 +97,15 @@ async def _store(
         fresh: dict[str, list[StoredMessage]] = {}
         for result in results:
             if isinstance(result, Accepted):
-                fresh.setdefault(result.pin, []).append(stored(drafts[result.id], result.cursor))
+                fresh.setdefault(result.pin, []).append(
+                    drafts[result.id].with_cursor(result.cursor)
+                )
             elif result.reason == DROPPED_OFFLINE:
                 relay.metrics.dropped.inc()
         for pin, messages in fresh.items():
             relay.router.wake(pin, messages)
         relay.metrics.accepted_push.inc(sum(isinstance(r, Accepted) for r in results))
     return results
-
-
-def stored(m: NewMessage, cursor: int) -> StoredMessage:
-    return StoredMessage(
-        m.pin,
-        cursor,
-        m.id,
-        m.data,
-        m.topic,
-        m.urgency,
-        m.sent_at_ms,
-        m.expires_at_ms,
-        m.kind,
-        m.sender,
-    )
 
 
 def _item_result(pin: str, result: Accepted | Rejected) -> BatchItemResult:

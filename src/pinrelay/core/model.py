@@ -82,6 +82,21 @@ class NewMessage:
     kind: str = "push"
     sender: str | None = None
 
+    def with_cursor(self, cursor: int) -> StoredMessage:
+        """The message as stored once the store gave it ``cursor``."""
+        return StoredMessage(
+            self.pin,
+            cursor,
+            self.id,
+            self.data,
+            self.topic,
+            self.urgency,
+            self.sent_at_ms,
+            self.expires_at_ms,
+            self.kind,
+            self.sender,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
