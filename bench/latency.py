@@ -1,0 +1,427 @@
+"""Push → device latency at half the peak push rate.
+
+1. A relay, D linked devices (default 100) in one bench.linkgen process that acks
+   as it reads.
+2. Ramp: single pushes (POST /v1/devices/{pin}/messages) in closed loops on 1, 2,
+   4, ... keep-alive connections, a few seconds each; the best rate is the peak.
+3. Paced: pushes at ``--fraction`` of the peak (¼, then ½, the target's rate: one
+   phase per fraction), at fixed intervals (open loop: a slow answer does not
+   delay the next push), round-robin over the devices.
+   Each message carries ``time.time()`` taken just before its POST is written;
+   the device's process subtracts it from ``time.time()`` when the frame arrives
+   (same machine, same clock).  Reported: p50/p90/p99/p99.9/max of that, and of
+   the push's HTTP answer (stored and fsynced).
+
+Target (the issue): p99 < 10 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.common import (
+    Child,
+    OtherLoad,
+    RelayProcess,
+    console,
+    cpu_seconds,
+    create_devices,
+    machine,
+    md_table,
+    module_argv,
+    percentile,
+    print_table,
+    progress,
+    run_dir,
+    run_main,
+    source_addresses,
+    stop_all,
+    timed_phase,
+    wait_machine_quiet,
+    wait_quiet,
+    write_credentials,
+    write_section,
+)
+from bench.rawhttp import Connection
+
+MODULE = "bench.latency"
+
+
+@dataclass
+class Phase:
+    """One paced phase at a fixed push rate."""
+
+    number: int
+    fraction: float
+    rate: float
+    sent: int = 0
+    seconds: float = 0.0
+    max_lag_ms: float = 0.0
+    late: int = 0
+    cpu_s: float = 0.0
+    generator_cpu_s: float = 0.0
+    delivery: list[float] = field(default_factory=list)
+    answer: list[float] = field(default_factory=list)
+    errors: int = 0
+    other_cores: float = float("nan")
+    #: The relay's store commits during the phase (its /metrics histograms).
+    commits: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    ramp: list[tuple[int, float]] = field(default_factory=list)
+    peak: float = 0.0
+    phases: list[Phase] = field(default_factory=list)
+
+
+def push_request(conn: Connection, pin: str, phase: int) -> bytes:
+    """A push whose data carries ``time.time()`` now and its phase (0: not measured)."""
+    data = b'{"t":%.6f,"p":%d}' % (time.time(), phase) if phase else b'{"p":0}'
+    return conn.request_bytes(
+        "POST", f"/v1/devices/{pin}/messages", b'{"data":%s,"ttl":3600}' % data
+    )
+
+
+async def closed_loop(
+    conn: Connection, pins: list[str], deadline: float, counter: list[int]
+) -> int:
+    """Push one message after another until ``deadline``; returns how many."""
+    done = 0
+    while time.perf_counter() < deadline:
+        counter[0] += 1
+        status, body = await conn.send(push_request(conn, pins[counter[0] % len(pins)], 0))
+        if status != 201:
+            raise RuntimeError(f"push: {status} {body[:200]!r}")
+        done += 1
+    return done
+
+
+async def ramp(
+    relay: RelayProcess, conns: list[Connection], pins: list[str], levels: list[int], seconds: float
+) -> list[tuple[int, float]]:
+    results: list[tuple[int, float]] = []
+    counter = [0]
+    with progress() as bar:
+        task = bar.add_task("ramp", total=len(levels))
+        for level in levels:
+            started = time.perf_counter()
+            deadline = started + seconds
+            done = await asyncio.gather(
+                *(closed_loop(c, pins, deadline, counter) for c in conns[:level])
+            )
+            results.append((level, sum(done) / (time.perf_counter() - started)))
+            bar.advance(task)
+            await wait_quiet(relay.pid, timeout=5.0)
+    return results
+
+
+async def paced(
+    relay: RelayProcess,
+    device_pid: int,
+    conns: list[Connection],
+    pins: list[str],
+    seconds: float,
+    phase: Phase,
+) -> None:
+    rate = phase.rate
+    total = max(1, round(rate * seconds))
+    free: asyncio.Queue[Connection] = asyncio.Queue()
+    for conn in conns:
+        free.put_nowait(conn)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(conn: Connection, index: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            status, _ = await conn.send(push_request(conn, pins[index % len(pins)], phase.number))
+            if status != 201:
+                phase.errors += 1
+            else:
+                phase.answer.append(time.perf_counter() - t0)
+        finally:
+            free.put_nowait(conn)
+
+    other = OtherLoad([relay.pid, device_pid])
+    generators0 = cpu_seconds(os.getpid()) + cpu_seconds(device_pid)
+    cpu0 = relay.cpu()
+    start = time.perf_counter()
+    with timed_phase(f"paced at {rate:,.0f}/s", seconds) as update:
+        for i in range(total):
+            target = start + i / rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            conn = await free.get()
+            lag = time.perf_counter() - target
+            if lag > 0.005:
+                phase.late += 1
+            phase.max_lag_ms = max(phase.max_lag_ms, lag * 1000)
+            task = asyncio.get_running_loop().create_task(one(conn, i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            if i % 256 == 0:
+                update(time.perf_counter() - start)
+        await asyncio.gather(*tasks)
+    phase.seconds = time.perf_counter() - start
+    phase.cpu_s = relay.cpu() - cpu0
+    phase.generator_cpu_s = cpu_seconds(os.getpid()) + cpu_seconds(device_pid) - generators0
+    phase.sent = total
+    phase.other_cores = other.cores()
+
+
+async def commit_metrics(conn: Connection) -> dict[str, float]:
+    """Counters of the relay's commit histograms (GET /metrics); {} if not there."""
+    status, body = await conn.send(conn.request_bytes("GET", "/metrics", b""))
+    if status != 200:
+        return {}
+    values: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line.startswith(("pinrelay_store_commit_seconds", "pinrelay_store_commit_batch")):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                values[name] = float(value)
+    return values
+
+
+def commit_summary(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    commits = delta("pinrelay_store_commit_seconds_count")
+    if commits <= 0:
+        return {}
+    bucket = 'pinrelay_store_commit_seconds_bucket{{le="{}"}}'
+    return {
+        "commits": commits,
+        "writes_per_commit": delta("pinrelay_store_commit_batch_sum") / commits,
+        "mean_ms": delta("pinrelay_store_commit_seconds_sum") / commits * 1000,
+        "over_5ms": 1 - delta(bucket.format("0.005")) / commits,
+        "over_10ms": 1 - delta(bucket.format("0.01")) / commits,
+    }
+
+
+def read_latencies(path: Path) -> dict[int, list[float]]:
+    return {int(k): [float(x) for x in v] for k, v in json.loads(path.read_text()).items()}
+
+
+async def measure(args: argparse.Namespace, logs: Path) -> Result:
+    result = Result()
+    relay = RelayProcess(logs, max_links=args.devices + 100)
+    child: Child | None = None
+    conns: list[Connection] = []
+    try:
+        await relay.start()
+        with progress() as bar:
+            creds = await create_devices(relay, args.devices, progress=bar)
+        pins = [pin for pin, _ in creds]
+        out = logs / "latencies.json"
+        child = Child(
+            "linkgen",
+            module_argv(
+                "bench.linkgen",
+                "--port",
+                str(relay.link_port),
+                "--creds",
+                str(write_credentials(logs / "creds.json", creds)),
+                "--sources",
+                source_addresses(1)[0],
+                "--mode",
+                "latency",
+                "--latency-out",
+                str(out),
+                "--max-seconds",
+                "3600",
+            ),
+            logs,
+        )
+        await child.start()
+        ready = await child.expect("ready", 120)
+        if ready["failed"]:
+            raise RuntimeError(f"{ready['failed']} links failed")
+        levels = [int(x) for x in args.ramp_levels.split(",")]
+        conns = [
+            await Connection("127.0.0.1", relay.port, relay.admin_key).open()
+            for _ in range(max(max(levels), args.connections) + 1)
+        ]
+        if args.rate:
+            rates = [(0.0, args.rate)]
+        else:
+            result.ramp = await ramp(relay, conns, pins, levels, args.ramp_seconds)
+            result.peak = max(rate for _, rate in result.ramp)
+            rates = [(f, result.peak * f) for f in args.fractions]
+        for number, (fraction, rate) in enumerate(rates, start=1):
+            phase = Phase(number, fraction, rate)
+            result.phases.append(phase)
+            received_before = int((await child.request("stats", "stats"))["received"])
+            metrics0 = await commit_metrics(conns[-1])
+            await paced(relay, child.pid, conns[: args.connections], pins, args.seconds, phase)
+            phase.commits = commit_summary(metrics0, await commit_metrics(conns[-1]))
+            # Wait until the device process has every paced message.
+            want = received_before + phase.sent - phase.errors
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if int((await child.request("stats", "stats"))["received"]) >= want:
+                    break
+                await asyncio.sleep(0.2)
+            await wait_quiet(relay.pid, timeout=10.0)
+        await child.stop()
+        latencies = read_latencies(out)
+        for phase in result.phases:
+            phase.delivery = sorted(latencies.get(phase.number, []))
+            phase.answer.sort()
+    finally:
+        for conn in conns:
+            await conn.close()
+        if child is not None:
+            await stop_all([child])
+        relay.stop()
+        relay.remove_data()
+    return result
+
+
+def ms(values: list[float], p: float) -> str:
+    return f"{percentile(values, p) * 1000:.2f}"
+
+
+def report(args: argparse.Namespace, r: Result) -> None:
+    ramp_rows = [[str(level), f"{rate:,.0f}"] for level, rate in r.ramp]
+    headers = [
+        "rate",
+        "measured",
+        "samples",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+    ]
+    rows: list[list[str]] = []
+    facts: list[str] = []
+    if r.peak:
+        facts.append(f"- Peak single-push rate (ramp): {r.peak:,.0f}/s.")
+    for ph in r.phases:
+        rate = f"{ph.rate:,.0f}/s" + (f" ({ph.fraction:g} of peak)" if ph.fraction else "")
+        for label, values in (
+            ("push → device (msg read)", ph.delivery),
+            ("push → HTTP 201 (fsynced)", ph.answer),
+        ):
+            rows.append(
+                [
+                    rate,
+                    label,
+                    f"{len(values):,}",
+                    ms(values, 50),
+                    ms(values, 90),
+                    ms(values, 99),
+                    ms(values, 99.9),
+                    f"{values[-1] * 1000:.2f}" if values else "n/a",
+                ]
+            )
+        p99 = percentile(ph.delivery, 99) * 1000
+        verdict = "meets" if p99 < 10 else "misses"
+        achieved = ph.sent / ph.seconds if ph.seconds else 0.0
+        facts.append(
+            f"- At {rate}: achieved {achieved:,.0f}/s over {ph.seconds:.1f} s, {ph.sent:,} "
+            f"pushes, {ph.errors} errors; {ph.late:,} sent more than 5 ms after their slot "
+            f"(max lag {ph.max_lag_ms:.1f} ms); relay CPU {ph.cpu_s / ph.seconds * 100:.0f} % "
+            f"of a core ({ph.cpu_s / max(1, ph.sent) * 1e6:.0f} µs per push); pusher + device "
+            f"process {ph.generator_cpu_s / ph.seconds * 100:.0f} % of a core; other processes "
+            f"{ph.other_cores:.2f} cores. **p99 push → device {p99:.2f} ms** ({verdict} the "
+            "target of < 10 ms)."
+        )
+        c = ph.commits
+        if c:
+            facts.append(
+                f"  Store meanwhile: {c['commits']:,.0f} group commits, "
+                f"{c['writes_per_commit']:.1f} writes each, {c['mean_ms']:.2f} ms on average "
+                f"(fsync included); {c['over_5ms'] * 100:.1f} % took over 5 ms, "
+                f"{c['over_10ms'] * 100:.1f} % over 10 ms."
+            )
+    console.print()
+    if ramp_rows:
+        print_table("Ramp: single pushes, closed loop", ["connections", "pushes/s"], ramp_rows)
+    print_table("Latency at paced rates", headers, rows)
+    for line in facts:
+        console.print(line)
+    if args.no_results:
+        return
+    m = machine()
+    body = "\n".join(
+        [
+            f"{args.devices:,} linked devices (one bench.linkgen process, acking as it reads). "
+            "Ramp: closed-loop single pushes (POST /v1/devices/{pin}/messages) on 1, 2, 4, ... "
+            f"keep-alive connections for {args.ramp_seconds:g} s each; then pushes paced at "
+            f"{', '.join(f'{f:g}' for f in args.fractions)} of the peak for {args.seconds:g} s "
+            f"each, on up to {args.connections} connections. Latency: `time.time()` just "
+            "before the POST is written, carried in the message, subtracted from `time.time()` "
+            "when the device process reads the frame. Relay, pusher and device process share "
+            f"{m['nproc']} CPUs.",
+            "",
+            md_table(["connections", "pushes/s"], ramp_rows) if ramp_rows else "",
+            "",
+            md_table(headers, rows),
+            "",
+            *facts,
+        ]
+    )
+    path = write_section(MODULE, "Push → device latency (bench.latency)", body)
+    console.print(f"[green]wrote[/] {path}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.latency",
+        description="Push → device latency at half the peak push rate.",
+    )
+    parser.add_argument("--quick", action="store_true", help="50 devices, short ramp, 5 s paced")
+    parser.add_argument("--devices", type=int, default=None, help="default 100")
+    parser.add_argument("--ramp-levels", default="1,2,4,8,16,32,64", help="connections per step")
+    parser.add_argument("--ramp-seconds", type=float, default=None, help="per step (default 3)")
+    parser.add_argument(
+        "--fraction",
+        default="0.25,0.5",
+        help="of the peak rate; a comma-separated list runs one phase each",
+    )
+    parser.add_argument("--rate", type=float, default=0.0, help="pushes/s (skips the ramp)")
+    parser.add_argument("--seconds", type=float, default=None, help="paced phase (default 20)")
+    parser.add_argument("--connections", type=int, default=64, help="for the paced phase")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=120.0,
+        help="first wait up to this many s for the machine to be idle (0: don't)",
+    )
+    parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.devices is None:
+        args.devices = 50 if args.quick else 100
+    if args.ramp_seconds is None:
+        args.ramp_seconds = 1.5 if args.quick else 3.0
+    if args.seconds is None:
+        args.seconds = 5.0 if args.quick else 20.0
+    args.fractions = [float(f) for f in str(args.fraction).split(",") if f]
+    return args
+
+
+async def main(argv: list[str] | None = None) -> Result:
+    args = parse_args(argv)
+    logs = run_dir("latency")
+    if args.wait_quiet > 0:
+        await wait_machine_quiet(args.wait_quiet)
+    console.print(f"[bold]bench.latency[/]: {args.devices} devices; logs in {logs}")
+    result = await measure(args, logs)
+    report(args, result)
+    return result
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        run_main(main())
