@@ -48,10 +48,11 @@ def build_app(relay: Relay) -> Starlette:
     app = Starlette(
         routes=one_route_per_path(
             [
-                *info.routes,
-                *devices.routes,
+                # Starlette tries routes in order: the hot ones first.
                 *messages.routes,
                 *inbox.routes,
+                *devices.routes,
+                *info.routes,
                 *keys.routes,
                 Route("/openapi.json", openapi_json, methods=["GET"]),
             ]
