@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from pinrelay.api import devices, inbox, info, keys, messages, openapi
 from pinrelay.api.common import json_response
@@ -39,7 +40,45 @@ def one_route_per_path(routes: list[Route]) -> list[Route]:
     return joined
 
 
-def build_app(relay: Relay) -> Starlette:
+class PushFastPath:
+    """ASGI entry: ``POST`` pushes go straight to their handler.
+
+    Starlette's middleware and route scan cost a push more than its handler does;
+    this calls the same handlers and the same error handlers, and passes every other
+    request to the Starlette app (docs/DECISIONS.md, "Push fast path").
+    """
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler, pin = None, None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path == "/v1/messages":
+                handler = messages.push_batch
+            elif path.startswith("/v1/devices/") and path.endswith("/messages"):
+                pin = path[len("/v1/devices/") : -len("/messages")]
+                if "/" not in pin:
+                    handler = messages.push_one
+        if handler is None:
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.app
+        scope["path_params"] = {"pin": pin} if pin is not None else {}
+        request = Request(scope, receive)
+        try:
+            response = await handler(request)
+        except PinrelayError as exc:
+            response = await on_pinrelay_error(request, exc)
+        except ClientDisconnect as exc:
+            response = await on_client_gone(request, exc)
+        except Exception as exc:
+            response = await on_unexpected(request, exc)
+        await response(scope, receive, send)
+
+
+def build_app(relay: Relay) -> PushFastPath:
     document = openapi.build(relay.config.limits)
 
     async def openapi_json(request: Request) -> Response:
@@ -65,4 +104,4 @@ def build_app(relay: Relay) -> Starlette:
         },
     )
     app.state.relay = relay
-    return app
+    return PushFastPath(app)
