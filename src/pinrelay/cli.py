@@ -105,7 +105,22 @@ def serve(
     public_host: Annotated[
         str | None, typer.Option(help="Host name devices use in link URLs.")
     ] = None,
-    node: Annotated[str, typer.Option(help="This relay's name.")] = "node-1",
+    node: Annotated[
+        str,
+        typer.Option(
+            "--node-id",
+            "--node",
+            help="This relay's name, unique in a cluster (letters, digits, - and _).",
+        ),
+    ] = "node-1",
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="nats://h1:4222,nats://h2:4222,...: run on that NATS JetStream cluster "
+            "(several relays share it); default: the embedded SQLite store under --data.",
+            show_default=False,
+        ),
+    ] = None,
     region: Annotated[str, typer.Option(help="This relay's region.")] = "local",
     heartbeat: Annotated[float, typer.Option(help="Seconds of silence before a ping.")] = 30.0,
     hello_timeout: Annotated[
@@ -115,7 +130,10 @@ def serve(
         int, typer.Option(help="Most links to hold (0: the open-file limit allows).")
     ] = 0,
     sweep_interval: Annotated[
-        float, typer.Option(help="Seconds between sweeps of expired messages.")
+        float,
+        typer.Option(
+            help="Seconds between sweeps of expired messages (SQLite; JetStream uses TTLs)."
+        ),
     ] = 5.0,
     max_data: Annotated[int, typer.Option(help="Largest message data, bytes.")] = 4096,
     auth_failure_limit: Annotated[
@@ -124,8 +142,9 @@ def serve(
     max_ttl: Annotated[int, typer.Option(help="Largest ttl, seconds.")] = 30 * 24 * 3600,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
-    """Run a relay on the embedded SQLite store."""
-    from pinrelay.config import RelayConfig, admin_key_from
+    """Run a relay on the embedded SQLite store, or on a NATS JetStream cluster (--store)."""
+    from pinrelay.config import NODE_ID_RE, RelayConfig, admin_key_from, nats_urls
+    from pinrelay.core.errors import PinrelayError
     from pinrelay.core.model import Limits
     from pinrelay.relay import Relay
     from pinrelay.relay import serve as run_relay
@@ -133,6 +152,12 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not NODE_ID_RE.match(node):
+        fail(f"--node-id {node!r}: use 1 to 64 letters, digits, '-' or '_'")
+    try:
+        urls = nats_urls(store)
+    except ValueError as exc:
+        fail(str(exc))
     try:
         admin_key, key_path = admin_key_from(data)
     except OSError as exc:
@@ -152,13 +177,17 @@ def serve(
         max_links=max_links,
         limits=Limits(max_data_bytes=max_data, max_ttl_s=max_ttl),
         admin_key=admin_key,
+        store=",".join(urls) if urls else None,
     )
 
     def ready(relay: Relay) -> None:
         out.print(f"[bold green]pinrelay {__version__}[/] relay [bold]{node}[/] is up")
         out.print(f"  HTTP API   http://{public_host or host}:{port}  (OpenAPI: /openapi.json)")
         out.print(f"  device link {config.link_url}")
-        out.print(f"  data        {data.resolve()}")
+        if urls:
+            out.print(f"  store       NATS JetStream at {', '.join(urls)} (region {region})")
+        else:
+            out.print(f"  data        {data.resolve()}")
         where = f"in {key_path}" if key_path else "from $PINRELAY_ADMIN_KEY"
         out.print(f"  admin key   {where}")
         out.print(f"  capacity    {relay.max_links} links")
@@ -177,6 +206,8 @@ def serve(
         uvloop.run(run_relay(config, on_ready=ready))
     except OSError as exc:
         fail(f"cannot start: {exc}")
+    except PinrelayError as exc:  # the store cannot be reached or set up
+        fail(f"cannot start: {exc.detail}")
     finally:
         if profiler is not None and profile_to:
             profiler.disable()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import socket
 from dataclasses import dataclass, field
@@ -35,15 +36,52 @@ class RelayConfig:
     auth_failure_limit: int = 10
     limits: Limits = field(default_factory=Limits)
     admin_key: str | None = None
+    #: None: the embedded SQLite store under ``data``.  ``nats://h1:p1,nats://h2:p2``:
+    #: the JetStream engine on that NATS cluster (several relays share it).
+    store: str | None = None
+    #: Cluster mode: how often this relay refreshes its record among the live relays,
+    #: and how long the record lives without a refresh.
+    relay_heartbeat_s: float = 2.0
+    relay_ttl_s: float = 6.0
 
     @property
-    def link_url(self) -> str:
+    def nats_urls(self) -> list[str] | None:
+        """The NATS servers of ``store``, or None for the embedded store."""
+        return nats_urls(self.store)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._public_host()}:{self.port}"
+
+    def _public_host(self) -> str:
         host = self.public_host or self.host
         if host in ("0.0.0.0", "::", ""):  # a wildcard is no address to connect to
             host = socket.getfqdn()
         if ":" in host:
             host = f"[{host}]"
-        return f"ws://{host}:{self.link_port}/v1/link"
+        return host
+
+    @property
+    def link_url(self) -> str:
+        return f"ws://{self._public_host()}:{self.link_port}/v1/link"
+
+
+#: A node id names NATS subjects and KV keys: one token, no dots or wildcards.
+NODE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def nats_urls(store: str | None) -> list[str] | None:
+    """``nats://h1:p1,nats://h2:p2`` as a list; None for the embedded store.
+
+    Raises ValueError for anything that is neither empty nor a list of nats:// (or
+    tls://) URLs.
+    """
+    if not store:
+        return None
+    urls = [u.strip() for u in store.split(",") if u.strip()]
+    if not urls or not all(u.startswith(("nats://", "tls://")) for u in urls):
+        raise ValueError(f"--store takes nats://host:port URLs separated by commas, not {store!r}")
+    return urls
 
 
 def raise_fd_limit() -> int:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import random
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,10 +22,15 @@ from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.link.server import LinkConfig, LinkServer
 from pinrelay.metrics import Metrics
 from pinrelay.router.local import LocalRouter
+from pinrelay.router.nats import NatsRouter
 from pinrelay.store.base import Store
+from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.store.sqlite import SqliteStore
 
 log = logging.getLogger("pinrelay")
+
+#: How long the store may be unreachable before links are drained.
+STORE_GRACE_S = 2.0
 
 
 class Relay:
@@ -38,10 +46,28 @@ class Relay:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
-        self.store: Store = store or SqliteStore(
-            Path(config.data) / "pinrelay.db", observer=self.metrics.observe_commit
+        urls = config.nats_urls
+        self.store: Store = store or (
+            SqliteStore(Path(config.data) / "pinrelay.db", observer=self.metrics.observe_commit)
+            if urls is None
+            else JetStreamStore(urls, name=f"pinrelay-{config.node}")
         )
-        self.router = LocalRouter()
+        self.router: LocalRouter = (
+            LocalRouter()
+            if not isinstance(self.store, JetStreamStore)
+            else NatsRouter(
+                node=config.node,
+                region=config.region,
+                link_url=config.link_url,
+                http_url=config.http_url,
+                bucket_prefix=self.store.bucket_prefix,
+                subject_prefix=self.store.bucket_prefix,
+                replicas=self.store.replicas,
+                heartbeat_s=config.relay_heartbeat_s,
+                ttl_s=config.relay_ttl_s,
+                clock=clock,
+            )
+        )
         self.auth_limiter = FailureLimiter(limit=config.auth_failure_limit)
         self.admin_key_hash = hash_secret(config.admin_key) if config.admin_key else None
         fd_links = raise_fd_limit()
@@ -64,16 +90,55 @@ class Relay:
         )
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def link_urls(self) -> list[str]:
+        """Every live relay's link URL, this one's first."""
+        if isinstance(self.router, NatsRouter):
+            return self.router.link_urls
         return [self.config.link_url]
 
     async def start(self) -> None:
         await self.store.open()
+        loop = asyncio.get_running_loop()
+        if isinstance(self.router, NatsRouter) and isinstance(self.store, JetStreamStore):
+            await self.router.start(*self.store.connection)
+            self._watchdog = loop.create_task(self._watch_store())
+        else:
+            # JetStream expires messages by itself (Nats-TTL) and reads skip expired
+            # ones; its sweep walks the stream one request per message: not every 5 s.
+            self._sweeper = loop.create_task(self._sweep_forever())
         await self.link.start(self.config.host, self.config.link_port)
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         self.ready = True
+
+    async def _watch_store(self) -> None:
+        """When the store stays away, send every link to another relay (``drain``).
+
+        A NATS client that loses its server reconnects to another one within a moment;
+        only an outage longer than ``STORE_GRACE_S`` drains links (once per outage),
+        so losing one NATS node does not start a reconnect storm.
+        """
+        down_since: float | None = None
+        drained = False
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            if self.store.healthy():
+                if down_since is not None:
+                    log.warning("store available again after %.1f s", now - down_since)
+                down_since, drained = None, False
+                continue
+            if down_since is None:
+                down_since = now
+            if not drained and self.ready and now - down_since >= STORE_GRACE_S:
+                drained = True
+                alternates = [u for u in self.link_urls if u != self.config.link_url]
+                log.warning("store unavailable: draining %d links", len(self.link.connections))
+                cfg = self.link.config
+                for link in list(self.link.connections):
+                    delay = cfg.drain_retry_ms + random.randint(0, cfg.drain_jitter_ms)
+                    link.drain("store unavailable", delay, alternates)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -90,9 +155,13 @@ class Relay:
     async def stop(self) -> None:
         """Graceful: drain links (clients come back later, spread), then close."""
         self.ready = False
-        await self.link.drain("shutdown")
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._watchdog):
+            if task is not None:
+                task.cancel()
+        alternates = [u for u in self.link_urls if u != self.config.link_url]
+        await self.link.drain("shutdown", alternates)
+        if isinstance(self.router, NatsRouter):
+            await self.router.stop()
         await self.link.close()
         await self.store.close()
 
@@ -105,9 +174,17 @@ class _Server(uvicorn.Server):
         yield
 
 
+#: How long the event loop may wait for the GIL while the SQLite writer thread runs
+#: Python code; CPython's default (5 ms) shows up directly in push latency.
+GIL_SWITCH_INTERVAL_S = 0.0005
+#: CPython's defaults are (700, 10, 10).
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
 async def serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None = None) -> None:
     from pinrelay.api.app import build_app
 
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     relay = Relay(config)
     await relay.start()
     app = build_app(relay)
@@ -136,6 +213,12 @@ async def serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None = N
         await relay.stop()
         http.result()
         raise SystemExit(f"HTTP API could not listen on {config.host}:{config.port}")
+    # What exists now (modules, the app, the store) lives as long as the process:
+    # keep it out of every collection, and collect young objects less often, so a
+    # full collection does not stall every link at once (latency tail).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     if on_ready is not None:
         on_ready(relay)
     await stop.wait()

@@ -34,6 +34,8 @@ async def readyz(request: Request) -> Response:
     relay = relay_of(request)
     if not relay.ready:
         return problem(ErrorCode.OVERLOADED, "relay is starting or draining", retry_after=2)
+    if not relay.store.healthy():
+        return problem(ErrorCode.OVERLOADED, "the store is unavailable", retry_after=2)
     return json_response(Health(status="ready"))
 
 

@@ -62,6 +62,10 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    def healthy(self) -> bool:
+        """Whether the store can take writes now (``/readyz``; cheap, no I/O)."""
+        ...
+
     # --- devices -------------------------------------------------------------
     async def create_device(
         self, pin: str, token_hash: str, label: str | None, now_ms: int

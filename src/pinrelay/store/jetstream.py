@@ -108,6 +108,7 @@ _ERR_NO_MESSAGE = 10037
 _ERR_WRONG_LAST_SEQ = (10071, 10164)
 _ERR_BATCH_DUPLICATE_ID = 10201
 _ERR_STREAM_NAME_IN_USE = 10058
+_ERR_NO_PEERS = 10005
 
 #: Errors that mean "the cluster cannot answer right now": retried, then StoreClosed.
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -363,6 +364,10 @@ class JetStreamStore:
                     reconnect_time_wait=1,
                     max_reconnect_attempts=-1,
                     allow_reconnect=True,
+                    # One line per event, not nats-py's traceback per reconnect attempt.
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
                 ),
                 self.connect_timeout,
             )
@@ -370,18 +375,48 @@ class JetStreamStore:
             with contextlib.suppress(Exception):
                 await nc.close()
             raise StoreClosed(f"cannot connect to NATS at {self.servers}: {exc!r}") from exc
+        js = nc.jetstream(timeout=max(self.request_timeout, 10.0))
+        deadline = time.monotonic() + self.connect_timeout
         try:
-            js = nc.jetstream(timeout=max(self.request_timeout, 10.0))
-            await self._ensure_stream(js)
-            buckets = [await self._ensure_bucket(js, b) for b in self.bucket_names()]
+            while True:
+                try:
+                    await self._ensure_stream(js)
+                    buckets = [await self._ensure_bucket(js, b) for b in self.bucket_names()]
+                    break
+                except (TimeoutError, nats.errors.Error) as exc:
+                    # A cluster that just started may not know its peers yet ("no
+                    # suitable peers for placement"), or be electing: try again.
+                    retry = isinstance(exc, _TRANSIENT) or (
+                        isinstance(exc, nats.js.errors.APIError)
+                        and (exc.err_code == _ERR_NO_PEERS or (exc.code or 0) >= 500)
+                    )
+                    if not retry or time.monotonic() > deadline:
+                        raise
+                    log.info("setting up JetStream: %r; retrying", exc)
+                    await asyncio.sleep(0.5)
         except (TimeoutError, nats.errors.Error) as exc:
             await nc.close()
-            raise StoreClosed(f"cannot set up JetStream ({self.stream}): {exc!r}") from exc
+            detail = exc.description if isinstance(exc, nats.js.errors.APIError) else None
+            raise StoreClosed(
+                f"cannot set up JetStream ({self.stream}): {detail or repr(exc)}"
+            ) from exc
         except BaseException:
             await nc.close()
             raise
         self._nc, self._js = nc, js
         self._kv = _Buckets(*buckets)
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("NATS: %r", exc)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("NATS connection lost; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        nc = self._nc
+        log.warning(
+            "NATS connection back (%s)", nc.connected_url.netloc if nc and nc.connected_url else "?"
+        )
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         config = StreamConfig(
@@ -438,6 +473,17 @@ class JetStreamStore:
                 await nc.drain()
             if not nc.is_closed:
                 await nc.close()
+
+    def healthy(self) -> bool:
+        """Connected to a NATS server (a lost connection reconnects by itself)."""
+        nc = self._nc
+        return nc is not None and nc.is_connected and self._kv is not None
+
+    @property
+    def connection(self) -> tuple[NATS, JetStreamContext]:
+        """The store's NATS connection, shared with the router (raises StoreClosed)."""
+        nc, js, _ = self._conn()
+        return nc, js
 
     def _conn(self) -> tuple[NATS, JetStreamContext, _Buckets]:
         nc, js, kv = self._nc, self._js, self._kv

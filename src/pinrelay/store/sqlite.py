@@ -290,6 +290,10 @@ class SqliteStore:
             self._reader.close()
             self._reader = None
 
+    def healthy(self) -> bool:
+        writer = self._writer
+        return writer is not None and writer.is_alive()
+
     async def _write(self, write: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
         writer = self._writer
         if writer is None or not writer.is_alive():
