@@ -101,6 +101,13 @@ class RelayProc:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def wait_output(self, text: str, timeout: float = 10.0) -> str:
+        """The relay's output once it holds ``text`` (its banner follows readiness)."""
+        deadline = time.monotonic() + timeout * TIMEOUT_FACTOR
+        while text not in self.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.output()
+
     @property
     def pid(self) -> int:
         assert self.proc is not None

@@ -119,7 +119,7 @@ def test_serve_on_a_busy_port_fails_cleanly(tmp_path: Path) -> None:
 
 def test_serve_prints_where_things_are(relay_factory: RelayFactory) -> None:
     relay = relay_factory("data", admin_key=None)
-    out = relay.output().replace("\n", " ")
+    out = relay.wait_output("capacity").replace("\n", " ")
     assert f"http://127.0.0.1:{relay.port}" in out
     assert relay.link_url in out
     assert "admin.key" in out

@@ -316,7 +316,7 @@ class TestOperations:
         key = path.read_text().strip()
         r = httpx.get(f"{relay.url}/v1/keys", headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200
-        assert str(path) in relay.output().replace("\n", "")  # printed at start
+        assert str(path) in relay.wait_output("capacity").replace("\n", "")  # the banner
 
     def test_expired_messages_are_swept(self, relay_factory: RelayFactory) -> None:
         relay = relay_factory(extra=["--sweep-interval", "0.2"])
