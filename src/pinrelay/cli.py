@@ -32,7 +32,9 @@ app = typer.Typer(
 device_app = typer.Typer(help="Create, show, delete devices; rotate their tokens.")
 key_app = typer.Typer(help="Create, list and revoke API keys (needs the admin key).")
 app.add_typer(device_app, name="device", no_args_is_help=True)
+cluster_app = typer.Typer(help="A local cluster: NATS JetStream nodes and relays on one host.")
 app.add_typer(key_app, name="key", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster", no_args_is_help=True)
 
 out = Console()
 err = Console(stderr=True)
@@ -411,6 +413,123 @@ def listen(
         fail(f"the relay refused the link: {exc}")
     except KeyboardInterrupt:
         pass
+
+
+# --- cluster --------------------------------------------------------------------
+ClusterDataOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data",
+        envvar="PINRELAY_CLUSTER_DATA",
+        help="The cluster's folder: cluster.json, admin.key, one folder per node.",
+    ),
+]
+DEFAULT_CLUSTER_DATA = Path("cluster-data")
+
+
+def _node_table(rows: list[dict[str, Any]], *, state: bool) -> Table:
+    """Nodes as a table; ``state``: with their state and links (`cluster status`)."""
+    extra = ["state", "links"] if state else []
+    table = Table("node", "pid", *extra, "endpoints", "data")
+    colors = {"alive": "green", "dead": "red"}
+    for r in rows:
+        ends = "\n".join(r[k] for k in ("url", "link_url", "monitor") if r.get(k))
+        cells = [r["name"], str(r["pid"] or "-")]
+        if state:
+            st = r["state"]
+            links = "-" if r.get("links") is None else str(r["links"])
+            cells += [f"[{colors.get(st, 'yellow')}]{st}[/]", links]
+        table.add_row(*cells, ends, r["dir"])
+    return table
+
+
+@cluster_app.command("up")
+def cluster_up(
+    relays: Annotated[int, typer.Option(help="How many relays.")] = 3,
+    nats: Annotated[int, typer.Option(help="How many nats-server nodes (at least 3).")] = 3,
+    data: ClusterDataOpt = DEFAULT_CLUSTER_DATA,
+    host: Annotated[str, typer.Option(help="Address every node listens on.")] = "127.0.0.1",
+    as_json: JsonOpt = False,
+) -> None:
+    """Start NATS JetStream nodes and relays; print their endpoints; stop all on Ctrl-C.
+
+    Nodes restarted with `cluster start` while this runs are stopped by it too.
+    """
+    from pinrelay import cluster
+
+    def ready(c: cluster.Cluster) -> None:
+        ends = cluster.endpoints(c)
+        if as_json:
+            _print_json(ends)
+            return
+        out.print(f"[bold green]pinrelay cluster[/] is up in [bold]{ends['data']}[/]")
+        out.print(_node_table([*ends["nats"], *ends["relays"]], state=False))
+        out.print(f"  store      {ends['store']}")
+        out.print(f"  admin key  {ends['admin_key']}")
+        out.print("  Ctrl-C stops every node.")
+        sys.stdout.flush()
+
+    try:
+        left = cluster.up(data, relays, nats, host, ready)
+    except cluster.ClusterError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot start the cluster: {exc}")
+    if left:
+        fail(f"these pids would not stop: {', '.join(map(str, left))}")
+    if not as_json:
+        err.print("cluster stopped", highlight=False)
+
+
+@cluster_app.command("status")
+def cluster_status(data: ClusterDataOpt = DEFAULT_CLUSTER_DATA, as_json: JsonOpt = False) -> None:
+    """Each relay and NATS node: pid, ports, state, links; who leads each stream."""
+    from pinrelay import cluster
+
+    try:
+        result = cluster.status(data)
+    except cluster.ClusterError as exc:
+        fail(str(exc))
+    if as_json:
+        _print_json(result)
+        return
+    sup = result["supervisor_pid"]
+    owner = f" (cluster up: pid {sup})" if sup else ""
+    out.print(f"cluster in [bold]{result['data']}[/]{owner}")
+    out.print(_node_table([*result["nats"], *result["relays"]], state=True))
+    if result["streams"]:
+        table = Table("stream", "leader", "messages", "replicas (lag)")
+        for s in result["streams"]:
+            reps = ", ".join(
+                f"{p['name']}{'' if p['current'] else ' (behind)'} {p['lag']}"
+                for p in s["replicas"]
+            )
+            table.add_row(s["name"], s["leader"] or "-", str(s["messages"]), reps)
+        out.print(table)
+    else:
+        out.print("streams: no NATS node reachable, or no stream yet")
+
+
+@cluster_app.command("start")
+def cluster_start(
+    node: Annotated[str, typer.Argument(help="The node to restart: n1, relay-2, ...")],
+    data: ClusterDataOpt = DEFAULT_CLUSTER_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restart one stopped node with its recorded ports and data, in the background.
+
+    A node started so while `cluster up` runs is stopped when `cluster up` stops.
+    """
+    from pinrelay import cluster
+
+    try:
+        c = cluster.start_node(data, node)
+    except cluster.ClusterError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot start {node}: {exc}")
+    pid = c.node(node).pid
+    _print_json({"name": node, "pid": pid}) if as_json else out.print(f"{node} started, pid {pid}")
 
 
 @app.command()
