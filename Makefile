@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DATA   ?= data
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint types pytest bench soak format clean lock
+.PHONY: install run test lint types pytest bench soak chaos format clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench: install
 # Long soaks and storms, kept out of `make test`.
 soak: install
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+# Ten minutes of relays and NATS nodes killed at random under load (issue 5).
+chaos: install
+	$(PY) -m pytest -q -m chaos $(PYTEST_ARGS)
 
 # Refresh the pins after changing dependencies in pyproject.toml.
 lock: install

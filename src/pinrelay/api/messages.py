@@ -94,12 +94,17 @@ async def _store(
     results, replay = await relay.store.append(batch, idem)
     if not replay:
         # Wake each device once, with what it got, in cursor order (DESIGN "router").
-        fresh: dict[str, list[StoredMessage]] = {}
+        # None: the store answered with a message this request did not build (an
+        # idempotent takeover): no hand-off, the link reads the store.
+        fresh: dict[str, list[StoredMessage] | None] = {}
         for result in results:
             if isinstance(result, Accepted):
-                fresh.setdefault(result.pin, []).append(
-                    drafts[result.id].with_cursor(result.cursor)
-                )
+                built = drafts.get(result.id)
+                got = fresh.setdefault(result.pin, [])
+                if built is None:
+                    fresh[result.pin] = None
+                elif got is not None:
+                    got.append(built.with_cursor(result.cursor))
             elif result.reason == DROPPED_OFFLINE:
                 relay.metrics.dropped.inc()
         for pin, messages in fresh.items():

@@ -836,6 +836,11 @@ class JetStreamStore:
             delay = min(delay * 2, 0.2)
         try:
             results = await self._append(messages, owned.nonce)
+            if owned is not mine:
+                # A takeover reuses the first attempt's Nats-Msg-Ids with new message
+                # ids: what the first attempt stored was de-duplicated, so answer with
+                # what the stream holds, not with our ids (found by the chaos test).
+                results = await self._as_stored(results)
         except BaseException:
             # Let the next attempt take over at once (it reuses our nonce, so nothing
             # stored here is stored twice).  Best effort: the cluster may be away.
@@ -855,6 +860,22 @@ class JetStreamStore:
             if ok:
                 break
         return _to_results(results), False
+
+    async def _as_stored(self, results: list[_Result]) -> list[_Result]:
+        """Each accepted result with the id and expiry of the message at its cursor."""
+        out = []
+        for r in results:
+            if r.reason is None and r.cursor:
+                resp = await self._request(
+                    f"STREAM.MSG.GET.{self.stream}", {"seq": r.cursor}, "read"
+                )
+                if _api_error(resp) is None:
+                    message = resp["message"]
+                    stored = _decode(r.cursor, base64.b64decode(message.get("data") or b""))
+                    if stored is not None:
+                        r = msgspec.structs.replace(r, id=stored.id, expires_ms=stored.expires_ms)
+            out.append(r)
+        return out
 
     async def _append(self, messages: Sequence[NewMessage | Rejected], nonce: str) -> list[_Result]:
         pins = sorted({m.pin for m in messages if isinstance(m, NewMessage)})
