@@ -15,6 +15,7 @@ timeout); nothing is ever killed by name.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import datetime as dt
@@ -732,3 +733,14 @@ def fmt(value: float, digits: int = 1) -> str:
     if value != value:  # NaN
         return "n/a"
     return f"{value:,.{digits}f}"
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark takes: --wait-quiet and --no-results."""
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=120.0,
+        help="first wait up to this many s for the machine to be idle (0: don't)",
+    )
+    parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")

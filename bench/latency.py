@@ -30,6 +30,7 @@ from bench.common import (
     Child,
     OtherLoad,
     RelayProcess,
+    add_common_args,
     console,
     cpu_seconds,
     create_devices,
@@ -393,13 +394,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=0.0, help="pushes/s (skips the ramp)")
     parser.add_argument("--seconds", type=float, default=None, help="paced phase (default 20)")
     parser.add_argument("--connections", type=int, default=64, help="for the paced phase")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=120.0,
-        help="first wait up to this many s for the machine to be idle (0: don't)",
-    )
-    parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    add_common_args(parser)
     args = parser.parse_args(argv)
     if args.devices is None:
         args.devices = 50 if args.quick else 100

@@ -31,6 +31,7 @@ from bench.common import (
     Child,
     OtherLoad,
     RelayProcess,
+    add_common_args,
     console,
     create_devices,
     fmt,
@@ -468,13 +469,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-process", type=int, default=5000, help="links per generator")
     parser.add_argument("--per-source", type=int, default=5000, help="links per source address")
     parser.add_argument("--concurrency", type=int, default=50, help="device creations at once")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=120.0,
-        help="first wait up to this many s for the machine to be idle (0: don't)",
-    )
-    parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    add_common_args(parser)
     args = parser.parse_args(argv)
     if args.links is None:
         args.links = 2000 if args.quick else 15_000

@@ -44,6 +44,7 @@ from bench.common import (
     MosquittoProcess,
     OtherLoad,
     RelayProcess,
+    add_common_args,
     console,
     cpu_seconds,
     create_devices,
@@ -533,13 +534,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sub-processes", type=int, default=2, help="bench.mqttgen processes")
     parser.add_argument("--skip-mosquitto", action="store_true", help="pinrelay only")
     parser.add_argument("--timeout", type=float, default=600.0, help="per run, seconds")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=120.0,
-        help="first wait up to this many s for the machine to be idle (0: don't)",
-    )
-    parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    add_common_args(parser)
     args = parser.parse_args(argv)
     if args.devices is None:
         args.devices = 200 if args.quick else 1000
