@@ -143,6 +143,36 @@ class TestIdempotentRetry:
         again, replay = await store.append(batch, idem)
         assert (again, replay) == (results, True)
 
+    @pytest.mark.parametrize("size", [1, 3], ids=["single", "atomic-batch"])
+    async def test_takeover_answers_with_the_first_attempts_ids_even_once_acked(
+        self, open_store: OpenStore, monkeypatch: pytest.MonkeyPatch, size: int
+    ) -> None:
+        # The relay answering the first attempt died after the publish; the device
+        # received and acked the messages; the client's retry (through another relay,
+        # so with fresh ids) must be answered with the ids the device got.
+        store = await open_store()
+        await add_devices(store, A)
+        idem = IdempotencyKey("retry-2", "fp", NOW)
+        first = [msg(A, i) for i in range(size)]
+
+        async def fails(pin: str, seq: int) -> None:
+            raise StoreClosed("relay died")
+
+        monkeypatch.setattr(store, "_raise_last_cursor", fails)
+        with pytest.raises(StoreClosed):
+            await store.append(first, idem)
+        monkeypatch.undo()
+        delivered = await read_all(store, A)
+        assert [m.id for m in delivered] == [m.id for m in first]
+        await store.ack(A, delivered[-1].cursor)
+        retry = [msg(A, i) for i in range(size)]  # same request, ids chosen anew
+        results, replay = await store.append(retry, idem)
+        assert replay is False
+        assert [(r.id, r.cursor) for r in results if isinstance(r, Accepted)] == [
+            (m.id, m.cursor) for m in delivered
+        ]
+        assert await read_all(store, A) == []  # nothing stored twice
+
 
 class TestHeaders:
     async def test_topic_rollup_touches_only_its_subject(self, open_store: OpenStore) -> None:

@@ -170,12 +170,24 @@ class _Result(msgspec.Struct, array_like=True):
     reason: str | None = None
 
 
+class _Planned(msgspec.Struct, array_like=True):
+    """What a first attempt chose for one message: a takeover must publish the same."""
+
+    id: str | None
+    sent_ms: int = 0
+    expires_ms: int = 0
+
+
 class _IdemRec(msgspec.Struct, omit_defaults=True):
     fingerprint: str
     nonce: str
     started_s: float
     done: bool = False
     results: list[_Result] = []
+    #: The first attempt's ids and times, one per message: a takeover publishes
+    #: exactly what its owner did, so whichever copy JetStream keeps, the answer's
+    #: ids are the stored ones (even once the device acked them and they are gone).
+    planned: list[_Planned] = []
 
 
 _msg_enc = msgspec.msgpack.Encoder()
@@ -222,6 +234,20 @@ def _to_results(results: list[_Result]) -> list[Accepted | Rejected]:
         else Accepted(r.id or "", r.pin, r.cursor, r.expires_ms)
         for r in results
     ]
+
+
+def _as_planned(
+    messages: Sequence[NewMessage | Rejected], planned: list[_Planned]
+) -> list[NewMessage | Rejected]:
+    """``messages`` with the ids and times a first attempt chose for them."""
+    if len(planned) != len(messages):  # same fingerprint, so only a corrupt record
+        raise StoreClosed("idempotency record does not match its request")
+    out: list[NewMessage | Rejected] = []
+    for m, p in zip(messages, planned, strict=True):
+        if isinstance(m, NewMessage) and p.id is not None:
+            m = dataclasses.replace(m, id=p.id, sent_at_ms=p.sent_ms, expires_at_ms=p.expires_ms)
+        out.append(m)
+    return out
 
 
 def _api_error(resp: dict[str, Any]) -> tuple[int, int, str] | None:
@@ -805,7 +831,13 @@ class JetStreamStore:
     ) -> tuple[list[Accepted | Rejected], bool]:
         _, _, kv = self._conn()
         key = _hash_key(idem.key)
-        mine = _IdemRec(idem.fingerprint, uuid.uuid4().hex, time.time())
+        planned = [
+            _Planned(m.id, m.sent_at_ms, m.expires_at_ms)
+            if isinstance(m, NewMessage)
+            else _Planned(m.id)
+            for m in messages
+        ]
+        mine = _IdemRec(idem.fingerprint, uuid.uuid4().hex, time.time(), planned=planned)
         delay = 0.01
         while True:
             if await self._kv_create(kv.idem, key, _json_enc.encode(mine)):
@@ -835,12 +867,12 @@ class JetStreamStore:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
         try:
-            results = await self._append(messages, owned.nonce)
             if owned is not mine:
-                # A takeover reuses the first attempt's Nats-Msg-Ids with new message
-                # ids: what the first attempt stored was de-duplicated, so answer with
-                # what the stream holds, not with our ids (found by the chaos test).
-                results = await self._as_stored(results)
+                # A takeover reuses the first attempt's Nats-Msg-Ids, so what that
+                # attempt stored is de-duplicated: publish (and answer with) its ids,
+                # never ours (found by the chaos test).
+                messages = _as_planned(messages, owned.planned)
+            results = await self._append(messages, owned.nonce)
         except BaseException:
             # Let the next attempt take over at once (it reuses our nonce, so nothing
             # stored here is stored twice).  Best effort: the cluster may be away.
@@ -860,22 +892,6 @@ class JetStreamStore:
             if ok:
                 break
         return _to_results(results), False
-
-    async def _as_stored(self, results: list[_Result]) -> list[_Result]:
-        """Each accepted result with the id and expiry of the message at its cursor."""
-        out = []
-        for r in results:
-            if r.reason is None and r.cursor:
-                resp = await self._request(
-                    f"STREAM.MSG.GET.{self.stream}", {"seq": r.cursor}, "read"
-                )
-                if _api_error(resp) is None:
-                    message = resp["message"]
-                    stored = _decode(r.cursor, base64.b64decode(message.get("data") or b""))
-                    if stored is not None:
-                        r = msgspec.structs.replace(r, id=stored.id, expires_ms=stored.expires_ms)
-            out.append(r)
-        return out
 
     async def _append(self, messages: Sequence[NewMessage | Rejected], nonce: str) -> list[_Result]:
         pins = sorted({m.pin for m in messages if isinstance(m, NewMessage)})
@@ -937,7 +953,14 @@ class JetStreamStore:
         await asyncio.gather(*(self._raise_last_cursor(p, s) for p, s in highest.items()))
         return [r for r in results if r is not None]
 
-    async def _publish_one(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
+    async def _publish_one(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str],
+        *,
+        expect_duplicate: bool = False,
+    ) -> int:
         nc, _, _ = self._conn()
 
         async def op() -> int:
@@ -954,6 +977,8 @@ class JetStreamStore:
                 raise StoreClosed(f"publish refused: {err[2]}")
             # A retry after a lost acknowledgement answers duplicate=true with the
             # original sequence: stored once, and we learn where.
+            if expect_duplicate and not resp.get("duplicate"):
+                log.error("a batch thought stored was stored again at %s", resp["seq"])
             return int(resp["seq"])
 
         return await self._retry(op, "publish")
@@ -1010,7 +1035,13 @@ class JetStreamStore:
                     if k is not None:
                         first = seq - k
                         return list(range(first, first + len(chunk)))
-        raise StoreClosed("a committed batch could not be found again; retry")
+        # Not in the stream any more: the device acked it.  Each message of the batch
+        # was registered under its Nats-Msg-Id, and a lone publish with that id is
+        # answered duplicate=true with its sequence and stores nothing.
+        return [
+            await self._publish_one(subject, payload, headers, expect_duplicate=True)
+            for _, subject, payload, headers in chunk
+        ]
 
     async def _raise_last_cursor(self, pin: str, seq: int) -> None:
         """Raise the device's last_cursor to at least ``seq`` (coalesced per device)."""
