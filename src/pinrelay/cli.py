@@ -124,6 +124,14 @@ def serve(
         ),
     ] = None,
     region: Annotated[str, typer.Option(help="This relay's region.")] = "local",
+    partitions: Annotated[
+        int,
+        typer.Option(
+            help="With --store: spread devices over this many streams (1-64), so more "
+            "than one NATS node leads message traffic. Every relay of a cluster must use "
+            "the same count, and it cannot change once messages are stored."
+        ),
+    ] = 1,
     heartbeat: Annotated[float, typer.Option(help="Seconds of silence before a ping.")] = 30.0,
     hello_timeout: Annotated[
         float, typer.Option(help="Seconds a new link has to say hello.")
@@ -156,6 +164,8 @@ def serve(
     )
     if not NODE_ID_RE.match(node):
         fail(f"--node-id {node!r}: use 1 to 64 letters, digits, '-' or '_'")
+    if not 1 <= partitions <= 64:
+        fail(f"--partitions {partitions}: use 1 to 64")
     try:
         urls = nats_urls(store)
     except ValueError as exc:
@@ -180,6 +190,7 @@ def serve(
         limits=Limits(max_data_bytes=max_data, max_ttl_s=max_ttl),
         admin_key=admin_key,
         store=",".join(urls) if urls else None,
+        partitions=partitions,
     )
 
     def ready(relay: Relay) -> None:
@@ -449,6 +460,9 @@ def cluster_up(
     nats: Annotated[int, typer.Option(help="How many nats-server nodes (at least 3).")] = 3,
     data: ClusterDataOpt = DEFAULT_CLUSTER_DATA,
     host: Annotated[str, typer.Option(help="Address every node listens on.")] = "127.0.0.1",
+    partitions: Annotated[
+        int, typer.Option(help="Streams the relays spread devices over (serve --partitions).")
+    ] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Start NATS JetStream nodes and relays; print their endpoints; stop all on Ctrl-C.
@@ -470,7 +484,7 @@ def cluster_up(
         sys.stdout.flush()
 
     try:
-        left = cluster.up(data, relays, nats, host, ready)
+        left = cluster.up(data, relays, nats, host, ready, partitions=partitions)
     except cluster.ClusterError as exc:
         fail(str(exc))
     except OSError as exc:

@@ -84,6 +84,8 @@ class Cluster:
     relays: list[RelayNode] = field(default_factory=list)
     #: The ``cluster up`` process that owns the nodes (None once it stopped).
     supervisor_pid: int | None = None
+    #: Streams the relays spread devices over (``serve --partitions``).
+    partitions: int = 1
 
     @property
     def connect_host(self) -> str:
@@ -123,6 +125,7 @@ def load(data: Path) -> Cluster:
             nats=[NatsNode(**n) for n in raw["nats"]],
             relays=[RelayNode(**r) for r in raw["relays"]],
             supervisor_pid=raw.get("supervisor_pid"),
+            partitions=int(raw.get("partitions", 1)),
         )
     except FileNotFoundError:
         raise ClusterError(f"no cluster in {data}: {path} does not exist") from None
@@ -220,8 +223,10 @@ def link_url(cluster: Cluster, node: RelayNode) -> str:
 
 
 # --- plan -----------------------------------------------------------------------
-def plan(data: Path, relays: int, nats: int, host: str) -> Cluster:
+def plan(data: Path, relays: int, nats: int, host: str, partitions: int = 1) -> Cluster:
     """The cluster to start in ``data``: ports recorded there are kept while free."""
+    if not 1 <= partitions <= 64:
+        raise ClusterError("--partitions must be 1 to 64")
     if nats < MIN_NATS:
         raise ClusterError(f"--nats must be at least {MIN_NATS} (streams keep 3 replicas)")
     if relays < 1:
@@ -238,13 +243,18 @@ def plan(data: Path, relays: int, nats: int, host: str) -> Cluster:
     recorded: dict[str, dict[str, Any]] = {}
     if old is not None:
         recorded = {n.name: asdict(n) for n in old.nodes()}
+        if old.partitions != partitions:
+            raise ClusterError(
+                f"the cluster in {data} keeps its messages in {old.partitions} partition(s); "
+                f"--partitions {partitions} would need a migration (or a new --data)"
+            )
     taken: set[int] = set()
 
     def port(name: str, what: str) -> int:
         return free_port(host, taken, recorded.get(name, {}).get(what))
 
     key_kind: Literal["env", "file"] = "env" if os.environ.get("PINRELAY_ADMIN_KEY") else "file"
-    cluster = Cluster(data=str(data), host=host, admin_key=key_kind)
+    cluster = Cluster(data=str(data), host=host, admin_key=key_kind, partitions=partitions)
     for i in range(1, nats + 1):
         name = f"n{i}"
         cluster.nats.append(
@@ -326,6 +336,8 @@ def spawn(cluster: Cluster, node: NatsNode | RelayNode, key: str) -> subprocess.
             cluster.store,
             "--node-id",
             node.name,
+            "--partitions",
+            str(cluster.partitions),
             "--data",
             node.dir,
             "--host",
@@ -618,6 +630,7 @@ def endpoints(cluster: Cluster) -> dict[str, Any]:
         "data": cluster.data,
         "pid": cluster.supervisor_pid,
         "store": cluster.store,
+        "partitions": cluster.partitions,
         "admin_key": "$PINRELAY_ADMIN_KEY" if cluster.admin_key == "env" else str(key_file),
         "nats": [
             {
@@ -661,13 +674,14 @@ def up(
     host: str,
     on_ready: Callable[[Cluster], None],
     timeout: float = READY_TIMEOUT_S,
+    partitions: int = 1,
 ) -> list[int]:
     """Start the cluster, call ``on_ready``, run until SIGTERM/SIGINT, stop it all.
 
     Returns the pids that would not stop (normally none).
     """
     data.mkdir(parents=True, exist_ok=True)
-    cluster = plan(data, relays, nats, host)
+    cluster = plan(data, relays, nats, host, partitions)
     key = admin_key(cluster)
     cluster.supervisor_pid = os.getpid()
     own: dict[int, subprocess.Popen[bytes]] = {}

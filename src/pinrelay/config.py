@@ -39,6 +39,8 @@ class RelayConfig:
     #: None: the embedded SQLite store under ``data``.  ``nats://h1:p1,nats://h2:p2``:
     #: the JetStream engine on that NATS cluster (several relays share it).
     store: str | None = None
+    #: JetStream only: devices spread over this many streams (fixed once data exists).
+    partitions: int = 1
     #: Cluster mode: how often this relay refreshes its record among the live relays,
     #: and how long the record lives without a refresh.
     relay_heartbeat_s: float = 2.0

@@ -50,7 +50,7 @@ class Relay:
         self.store: Store = store or (
             SqliteStore(Path(config.data) / "pinrelay.db", observer=self.metrics.observe_commit)
             if urls is None
-            else JetStreamStore(urls, name=f"pinrelay-{config.node}")
+            else JetStreamStore(urls, name=f"pinrelay-{config.node}", partitions=config.partitions)
         )
         self.router: LocalRouter = (
             LocalRouter()

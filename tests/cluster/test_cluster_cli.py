@@ -114,7 +114,8 @@ async def push_and_receive(data: Path, relays: list[dict[str, Any]], key: str) -
     return got
 
 
-UP_ARGS = ["--relays", "2", "--nats", "3", "--data"]
+# Two partitions: the relays spread devices over two streams (serve --partitions).
+UP_ARGS = ["--relays", "2", "--nats", "3", "--partitions", "2", "--data"]
 
 
 def test_cluster_up_status_start_and_stop(tmp_path: Path) -> None:
@@ -132,6 +133,7 @@ def test_cluster_up_status_start_and_stop(tmp_path: Path) -> None:
         assert ends["pid"] == up.pid
         assert [n["name"] for n in ends["nats"]] == ["n1", "n2", "n3"]
         assert [r["name"] for r in ends["relays"]] == ["relay-1", "relay-2"]
+        assert ends["partitions"] == 2
         key_file = data / "admin.key"
         assert ends["admin_key"] == str(key_file)
         assert key_file.stat().st_mode & 0o777 == 0o600
@@ -144,8 +146,10 @@ def test_cluster_up_status_start_and_stop(tmp_path: Path) -> None:
         status = cli_json("cluster", "status", "--data", str(data))
         assert set(states(status).values()) == {"alive"}
         assert status["supervisor_pid"] == up.pid
-        stream = next(s for s in status["streams"] if s["name"] == "PINRELAY")
-        assert stream["leader"] in ("n1", "n2", "n3")
+        streams = {s["name"]: s for s in status["streams"]}
+        assert "PINRELAY" not in streams
+        for name in ("PINRELAY_0", "PINRELAY_1"):
+            assert streams[name]["leader"] in ("n1", "n2", "n3")
 
         # SIGKILL one NATS node by its recorded pid: dead; `cluster start` revives it.
         n2 = next(n for n in status["nats"] if n["name"] == "n2")
@@ -186,3 +190,5 @@ def test_cluster_errors_are_one_line(tmp_path: Path) -> None:
     assert "no cluster in" in done.stderr and done.stderr.count("\n") == 1
     done = cli("cluster", "up", "--nats", "1", "--data", str(tmp_path))
     assert done.returncode != 0 and "--nats must be at least 3" in done.stderr
+    done = cli("cluster", "up", "--partitions", "0", "--data", str(tmp_path))
+    assert done.returncode != 0 and "--partitions must be 1 to 64" in done.stderr

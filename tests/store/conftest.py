@@ -26,6 +26,8 @@ from tests.natsproc import NatsCluster
 ENGINE = pytest.StashKey[str]()
 SERVERS = pytest.StashKey[list[str]]()
 Reopen = Callable[[], Awaitable[Store]]
+#: The JetStream engines: one stream, and devices spread over three.
+PARTITIONS = {"jetstream": 1, "jetstream-p3": 3}
 
 
 class JetStreamNames(TypedDict):
@@ -44,9 +46,14 @@ def make_store(engine: str, directory: Path, servers: Sequence[str] = ()) -> Sto
     """A new, unopened store of ``engine`` keeping its data under ``directory``."""
     if engine == "sqlite":
         return SqliteStore(directory / "pinrelay.db")
-    if engine == "jetstream":
+    if engine in PARTITIONS:
         assert servers, "the jetstream engine needs the nats_cluster fixture"
-        return JetStreamStore(list(servers), replicas=3, **jetstream_names(directory))
+        return JetStreamStore(
+            list(servers),
+            replicas=3,
+            partitions=PARTITIONS[engine],
+            **jetstream_names(directory),
+        )
     raise ValueError(f"unknown store engine {engine!r}")
 
 
@@ -61,9 +68,10 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
         cluster.stop()
 
 
-async def destroy_jetstream(servers: Sequence[str], directory: Path) -> None:
-    """Delete the stream and buckets of the store kept under ``directory``."""
-    s = JetStreamStore(list(servers), replicas=3, **jetstream_names(directory))
+async def destroy_jetstream(servers: Sequence[str], directory: Path, engine: str) -> None:
+    """Delete the streams and buckets of the store kept under ``directory``."""
+    s = make_store(engine, directory, servers)
+    assert isinstance(s, JetStreamStore)
     await s.open()
     try:
         await s.destroy()
@@ -71,13 +79,13 @@ async def destroy_jetstream(servers: Sequence[str], directory: Path) -> None:
         await s.close()
 
 
-@pytest.fixture(params=["sqlite", "jetstream"])
+@pytest.fixture(params=["sqlite", *PARTITIONS])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """An opened store on ``tmp_path``; closed after the test, whatever happens."""
     engine: str = request.param
     request.node.stash[ENGINE] = engine
     servers: list[str] = []
-    if engine == "jetstream":
+    if engine in PARTITIONS:
         cluster: NatsCluster = request.getfixturevalue("nats_cluster")
         servers = cluster.urls
     request.node.stash[SERVERS] = servers
@@ -87,8 +95,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield s
     finally:
         await s.close()
-        if engine == "jetstream":
-            await destroy_jetstream(servers, tmp_path)
+        if engine in PARTITIONS:
+            await destroy_jetstream(servers, tmp_path, engine)
 
 
 @pytest.fixture

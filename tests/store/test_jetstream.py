@@ -20,7 +20,7 @@ from pinrelay.store.jetstream import JetStreamStore, _atomic_chunks, ttl_seconds
 from tests.natsproc import NatsCluster
 
 from .conftest import jetstream_names
-from .test_contract import NOW, A, B, add_devices, data_n, msg, read_all
+from .test_contract import NOW, A, B, add_devices, append_ok, data_n, msg, read_all
 
 OpenStore = Callable[..., Awaitable[JetStreamStore]]
 
@@ -41,7 +41,11 @@ async def open_store(nats_cluster: NatsCluster, tmp_path: Path) -> AsyncIterator
     finally:
         for s in opened:
             await s.close()
-        cleanup = JetStreamStore(nats_cluster.urls, **jetstream_names(tmp_path))
+        # With the layout the test's first store made (a partition count is fixed).
+        partitions = opened[0].partitions if opened else 1
+        cleanup = JetStreamStore(
+            nats_cluster.urls, partitions=partitions, **jetstream_names(tmp_path)
+        )
         await cleanup.open()
         await cleanup.destroy()
         await cleanup.close()
@@ -304,6 +308,49 @@ class TestOpen:
         store = JetStreamStore("nats://127.0.0.1:1", connect_timeout=1.0)
         with pytest.raises(StoreClosed):
             await store.open()
+
+
+class TestPartitions:
+    async def test_devices_spread_over_the_streams_and_a_batch_reaches_all(
+        self, open_store: OpenStore
+    ) -> None:
+        store = await open_store(partitions=3)
+        pins = [f"{n:08X}" for n in range(0xA0, 0xA0 + 30)]
+        await add_devices(store, *pins)
+        # One batch for every device, twice each, one of them with a topic.
+        batch = [msg(pin, n, topic="t" if n else None) for n in range(2) for pin in pins]
+        await append_ok(store, *batch)
+        for pin in pins:
+            assert [data_n(m) for m in await read_all(store, pin)] == [0, 1]
+        counts = {
+            name: sum((await subject_counts(store.servers, name, ">")).values())
+            for name in store.streams
+        }
+        assert set(counts) == {f"{store.stream}_{p}" for p in range(3)}
+        assert all(c > 0 for c in counts.values()), counts
+        assert sum(counts.values()) == 60
+        assert (await store.stats()).messages == 60
+        # Cursors are per stream, so only the device's own order holds.
+        first = pins[0]
+        got = await read_all(store, first)
+        await store.ack(first, got[0].cursor)
+        assert [data_n(m) for m in await read_all(store, first)] == [1]
+
+    async def test_another_partition_count_on_the_same_subjects_is_refused(
+        self, open_store: OpenStore
+    ) -> None:
+        store = await open_store(partitions=3)
+        await add_devices(store, A)
+        await append_ok(store, msg(A, 1))
+        for other in (1, 2, 4):
+            with pytest.raises(StoreClosed, match="migration"):
+                await open_store(partitions=other)
+        assert [data_n(m) for m in await read_all(store, A)] == [1]  # nothing changed
+
+    def test_partitions_are_bounded(self) -> None:
+        for bad in (0, 65):
+            with pytest.raises(ValueError, match="partitions"):
+                JetStreamStore("nats://127.0.0.1:1", partitions=bad)
 
 
 @pytest.fixture

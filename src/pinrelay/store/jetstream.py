@@ -8,6 +8,12 @@ Layout (all names configurable, so several relays or tests can share a cluster):
   (and only that subject).  The payload carries every field, including
   ``expires_at_ms``; ``Nats-TTL`` (whole seconds, at least 1) only lets JetStream
   collect it: the reader decides expiry by ``expires_at_ms``.
+- Partitions (opt-in, ``partitions`` K > 1): devices are spread over K streams
+  ``<stream>_<p>`` on ``<prefix>.<p>.>``, p = crc32(PIN) mod K, so K stream leaders
+  (spread over the NATS nodes) share the message traffic.  Each stream records K in
+  its metadata, and a store opened with another K on the same subjects is refused: a
+  cursor is a sequence of one stream, so changing K is a migration.  A push batch is
+  atomic within each partition, not across them.
 - A message's cursor is its stream sequence: strictly increasing per device across
   relays and failovers, with gaps (other devices' messages, collapsed topics), so
   not SQLite's per-device 1, 2, 3 (the contract promises only "increasing").  The
@@ -57,6 +63,7 @@ import math
 import re
 import time
 import uuid
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -97,6 +104,10 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 IDEMPOTENCY_LEASE_S = 30.0
 #: The server's limit on one atomic batch.
 MAX_ATOMIC_BATCH = 1000
+#: Most streams one store spreads devices over.
+MAX_PARTITIONS = 64
+#: Stream metadata key recording the partition count the stream was made for.
+PARTITIONS_META = "pinrelay.partitions"
 #: Purges in flight at once for one ack_many.
 ACK_CONCURRENCY = 32
 #: Largest batch asked of one Direct Get.
@@ -335,9 +346,14 @@ class JetStreamStore:
         idem_lease_s: float = IDEMPOTENCY_LEASE_S,
         connect_timeout: float = 10.0,
         name: str = "pinrelay",
+        partitions: int = 1,
     ) -> None:
+        if not 1 <= partitions <= MAX_PARTITIONS:
+            raise ValueError(f"partitions must be 1 to {MAX_PARTITIONS}, not {partitions}")
         self.servers = [servers] if isinstance(servers, str) else list(servers)
         self.stream = stream
+        #: Devices are spread over this many streams by a hash of the PIN (opt-in).
+        self.partitions = partitions
         self.prefix = subject_prefix
         self.bucket_prefix = bucket_prefix
         self.replicas = replicas
@@ -361,7 +377,7 @@ class JetStreamStore:
         self._locks = _KeyedLocks()
         self._last_written: dict[str, int] = {}
         self._last_wanted: dict[str, int] = {}
-        self._sweep_from = 0
+        self._sweep_from: dict[str, int] = {}
         #: Direct reads that a lagging follower sent to the leader (for metrics).
         self.direct_fallbacks = 0
 
@@ -370,11 +386,30 @@ class JetStreamStore:
         p = self.bucket_prefix
         return [f"{p}_devices", f"{p}_keys", f"{p}_keyhash", f"{p}_idem"]
 
+    def partition(self, pin: str) -> int:
+        """The partition of ``pin``: fixed for the life of the device."""
+        return zlib.crc32(pin.encode()) % self.partitions if self.partitions > 1 else 0
+
+    def stream_name(self, part: int) -> str:
+        return self.stream if self.partitions == 1 else f"{self.stream}_{part}"
+
+    def _part_prefix(self, part: int) -> str:
+        return self.prefix if self.partitions == 1 else f"{self.prefix}.{part}"
+
+    @property
+    def streams(self) -> list[str]:
+        """The message streams, partition 0 first."""
+        return [self.stream_name(p) for p in range(self.partitions)]
+
+    def _stream_of(self, pin: str) -> str:
+        return self.stream_name(self.partition(pin))
+
     def _filter(self, pin: str) -> str:
-        return f"{self.prefix}.{pin}.>"
+        return f"{self._part_prefix(self.partition(pin))}.{pin}.>"
 
     def _subject(self, pin: str, topic: str | None) -> str:
-        return f"{self.prefix}.{pin}.m" if topic is None else f"{self.prefix}.{pin}.t.{topic}"
+        base = f"{self._part_prefix(self.partition(pin))}.{pin}"
+        return f"{base}.m" if topic is None else f"{base}.t.{topic}"
 
     # --- lifecycle ---------------------------------------------------------------
     async def open(self) -> None:
@@ -406,7 +441,7 @@ class JetStreamStore:
         try:
             while True:
                 try:
-                    await self._ensure_stream(js)
+                    await self._ensure_streams(nc, js)
                     buckets = [await self._ensure_bucket(js, b) for b in self.bucket_names()]
                     break
                 except (TimeoutError, nats.errors.Error) as exc:
@@ -444,10 +479,45 @@ class JetStreamStore:
             "NATS connection back (%s)", nc.connected_url.netloc if nc and nc.connected_url else "?"
         )
 
-    async def _ensure_stream(self, js: JetStreamContext) -> None:
+    async def _ensure_streams(self, nc: NATS, js: JetStreamContext) -> None:
+        """Create or check every partition's stream, after checking the layout.
+
+        A cursor is a sequence of one stream, so the partition count of a cluster's
+        data is fixed: a relay started with another count is refused, not let loose
+        on the same subjects.
+        """
+        resp = json.loads(
+            (
+                await nc.request(
+                    "$JS.API.STREAM.NAMES",
+                    json.dumps({"subject": f"{self.prefix}.>"}).encode(),
+                    timeout=self.request_timeout,
+                )
+            ).data
+        )
+        err = _api_error(resp)
+        if err is not None:
+            raise nats.js.errors.APIError(code=err[0], err_code=err[1], description=err[2])
+        found = set(resp.get("streams") or [])
+        strangers = sorted(found - set(self.streams))
+        if strangers:
+            raise StoreClosed(
+                f"subjects {self.prefix}.> are already stored by {', '.join(strangers)}: "
+                f"another partition count ({self.partitions} asked) or another stream name "
+                "uses them; changing --partitions is a migration, not a setting"
+            )
+        atomic = True
+        for part in range(self.partitions):
+            atomic = await self._ensure_stream(js, part) and atomic
+        # Atomic batch publish needs nats-server 2.12+; older servers drop the flag.
+        self._atomic = self._want_atomic and atomic
+
+    async def _ensure_stream(self, js: JetStreamContext, part: int) -> bool:
+        """Create or adopt one stream; whether it takes atomic batches."""
+        name = self.stream_name(part)
         config = StreamConfig(
-            name=self.stream,
-            subjects=[f"{self.prefix}.>"],
+            name=name,
+            subjects=[f"{self._part_prefix(part)}.>"],
             storage=StorageType.FILE,
             num_replicas=self.replicas,
             allow_rollup_hdrs=True,
@@ -455,6 +525,7 @@ class JetStreamStore:
             allow_direct=True,
             allow_atomic=self._want_atomic or None,
             duplicate_window=120.0,
+            metadata={PARTITIONS_META: str(self.partitions)},
         )
         try:
             info = await js.add_stream(config)
@@ -462,8 +533,14 @@ class JetStreamStore:
             if exc.err_code != _ERR_STREAM_NAME_IN_USE:
                 raise
             # An operator's (or an older relay's) stream: keep it, switch on what we need.
-            info = await js.stream_info(self.stream)
+            info = await js.stream_info(name)
             have = info.config
+            made_for = (have.metadata or {}).get(PARTITIONS_META, str(self.partitions))
+            if made_for != str(self.partitions):
+                raise StoreClosed(
+                    f"stream {name} was made for {made_for} partitions, not "
+                    f"{self.partitions}: changing --partitions is a migration, not a setting"
+                ) from exc
             if not (have.allow_rollup_hdrs and have.allow_msg_ttl and have.allow_direct) or (
                 self._want_atomic and not have.allow_atomic
             ):
@@ -473,8 +550,7 @@ class JetStreamStore:
                 if self._want_atomic:
                     have.allow_atomic = True
                 info = await js.update_stream(have)
-        # Atomic batch publish needs nats-server 2.12+; older servers drop the flag.
-        self._atomic = bool(self._want_atomic and info.config.allow_atomic)
+        return bool(info.config.allow_atomic)
 
     async def _ensure_bucket(self, js: JetStreamContext, bucket: str) -> KeyValue:
         config = KeyValueConfig(
@@ -932,20 +1008,30 @@ class JetStreamStore:
                 headers["Nats-Rollup"] = "sub"
             outgoing.append((i, self._subject(m.pin, m.topic), payload, headers))
 
-        seqs: list[int] = []
+        seq_of: dict[int, int] = {}
         if self._atomic and len(outgoing) > 1:
-            for start, chunk in _atomic_chunks(outgoing):
-                if len(chunk) == 1:
-                    _, subject, payload, headers = chunk[0]
-                    seqs.append(await self._publish_one(subject, payload, headers))
-                else:
-                    seqs += await self._publish_atomic(chunk, f"{nonce}-{start}", devices)
+            # An atomic batch goes to one stream: one group per partition, each in the
+            # order given (so per device), and chunked.
+            groups: dict[int, list[_Outgoing]] = {}
+            for item in outgoing:
+                m = messages[item[0]]
+                assert isinstance(m, NewMessage)
+                groups.setdefault(self.partition(m.pin), []).append(item)
+            for part, group in sorted(groups.items()):
+                for start, chunk in _atomic_chunks(group):
+                    if len(chunk) == 1:
+                        i, subject, payload, headers = chunk[0]
+                        seq_of[i] = await self._publish_one(subject, payload, headers)
+                        continue
+                    batch_id = f"{nonce}-{start}" if part == 0 else f"{nonce}-{part}-{start}"
+                    seqs = await self._publish_atomic(chunk, batch_id, devices)
+                    seq_of.update(zip((c[0] for c in chunk), seqs, strict=True))
         else:
-            for _, subject, payload, headers in outgoing:
-                seqs.append(await self._publish_one(subject, payload, headers))
+            for i, subject, payload, headers in outgoing:
+                seq_of[i] = await self._publish_one(subject, payload, headers)
 
         highest: dict[str, int] = {}
-        for (i, _, _, _), seq in zip(outgoing, seqs, strict=True):
+        for i, seq in seq_of.items():
             m = messages[i]
             assert isinstance(m, NewMessage)
             results[i] = _Result(pin=m.pin, id=m.id, cursor=seq, expires_ms=m.expires_at_ms)
@@ -1024,11 +1110,12 @@ class JetStreamStore:
     ) -> list[int]:
         """Sequences of a batch already committed: an atomic batch is contiguous."""
         origins = {headers["Nats-Msg-Id"]: k for k, (_, _, _, headers) in enumerate(chunk)}
-        cut = len(self.prefix) + 1
-        pins = {subject[cut:].split(".", 1)[0] for _, subject, _, _ in chunk}
+        # <prefix>[.<partition>].<PIN>.…
+        at = self.prefix.count(".") + (2 if self.partitions > 1 else 1)
+        pins = {subject.split(".")[at] for _, subject, _, _ in chunk}
         for pin in sorted(pins):
             rec = devices[pin]
-            scan = self._scan_leader(self._filter(pin), rec.acked_cursor + 1)
+            scan = self._scan_leader(self._stream_of(pin), self._filter(pin), rec.acked_cursor + 1)
             async with contextlib.aclosing(scan):
                 async for seq, m in scan:
                     k = origins.get(m.origin)
@@ -1105,11 +1192,11 @@ class JetStreamStore:
         self, pin: str, start: int, rec: _DeviceRec, hint: int = MAX_DIRECT_BATCH
     ) -> AsyncGenerator[tuple[int, _Msg], None]:
         """The device's stored messages from sequence ``start`` on, in order."""
-        subject = self._filter(pin)
+        subject, stream = self._filter(pin), self._stream_of(pin)
         if self.direct_reads:
             while True:
                 items, exhausted = await self._direct_batch(
-                    subject, start, min(max(hint, 1), MAX_DIRECT_BATCH)
+                    stream, subject, start, min(max(hint, 1), MAX_DIRECT_BATCH)
                 )
                 for seq, m in items:
                     yield seq, m
@@ -1122,19 +1209,19 @@ class JetStreamStore:
                     return
                 self.direct_fallbacks += 1
                 break  # it lags: ask the leader for the rest
-        scan = self._scan_leader(subject, start)
+        scan = self._scan_leader(stream, subject, start)
         async with contextlib.aclosing(scan):
             async for item in scan:
                 yield item
 
     async def _scan_leader(
-        self, subject: str, start: int
+        self, stream: str, subject: str, start: int
     ) -> AsyncGenerator[tuple[int, _Msg], None]:
         """One message per request from the stream leader: read-your-write."""
         seq = start
         while True:
             resp = await self._request(
-                f"STREAM.MSG.GET.{self.stream}", {"seq": seq, "next_by_subj": subject}, "read"
+                f"STREAM.MSG.GET.{stream}", {"seq": seq, "next_by_subj": subject}, "read"
             )
             err = _api_error(resp)
             if err is not None:
@@ -1149,7 +1236,7 @@ class JetStreamStore:
             seq = got + 1
 
     async def _direct_batch(
-        self, subject: str, start: int, batch: int
+        self, stream: str, subject: str, start: int, batch: int
     ) -> tuple[list[tuple[int, _Msg]], bool]:
         """One batched Direct Get: (messages, whether the responder had no more)."""
         nc, _, _ = self._conn()
@@ -1160,7 +1247,7 @@ class JetStreamStore:
             try:
                 body = {"seq": start, "next_by_subj": subject, "batch": batch}
                 await nc.publish(
-                    f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(body).encode(), reply=inbox
+                    f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), reply=inbox
                 )
                 items: list[tuple[int, _Msg]] = []
                 while True:
@@ -1190,7 +1277,7 @@ class JetStreamStore:
         body: dict[str, Any] = {"filter": self._filter(pin)}
         if keep_from is not None:
             body["seq"] = keep_from
-        resp = await self._request(f"STREAM.PURGE.{self.stream}", body, "purge")
+        resp = await self._request(f"STREAM.PURGE.{self._stream_of(pin)}", body, "purge")
         err = _api_error(resp)
         if err is not None:
             raise StoreClosed(f"purge: {err[2]}")
@@ -1241,33 +1328,43 @@ class JetStreamStore:
         stopped, so on a large stream one call covers a window, not everything.
         """
         self._conn()
-        info = await self._request(f"STREAM.INFO.{self.stream}", {}, "info")
+        deleted = 0
+        for part in range(self.partitions):
+            if deleted >= limit:
+                break
+            deleted += await self._sweep_stream(part, now_ms, limit - deleted)
+        return deleted
+
+    async def _sweep_stream(self, part: int, now_ms: int, limit: int) -> int:
+        stream = self.stream_name(part)
+        info = await self._request(f"STREAM.INFO.{stream}", {}, "info")
         state = info.get("state", {})
         first, last_seq = int(state.get("first_seq", 0)), int(state.get("last_seq", 0))
-        start = self._sweep_from if first <= self._sweep_from <= last_seq else first
+        resume = self._sweep_from.get(stream, 0)
+        start = resume if first <= resume <= last_seq else first
         deleted = scanned = 0
         next_from = 0
-        scan = self._scan_leader(f"{self.prefix}.>", start)
+        scan = self._scan_leader(stream, f"{self._part_prefix(part)}.>", start)
         async with contextlib.aclosing(scan):
             async for seq, m in scan:
                 scanned += 1
                 next_from = seq + 1
                 if m.expires_ms <= now_ms:
                     body = {"seq": seq, "no_erase": True}
-                    resp = await self._request(f"STREAM.MSG.DELETE.{self.stream}", body, "delete")
+                    resp = await self._request(f"STREAM.MSG.DELETE.{stream}", body, "delete")
                     if _api_error(resp) is None:
                         deleted += 1
                 if deleted >= limit or scanned >= self.sweep_scan:
                     break
             else:
                 next_from = 0  # reached the end: the next sweep starts from the first
-        self._sweep_from = next_from
+        self._sweep_from[stream] = next_from
         return deleted
 
     async def stats(self) -> StoreStats:
         _, _, kv = self._conn()
-        info = await self._request(f"STREAM.INFO.{self.stream}", {}, "info")
-        messages = int(info.get("state", {}).get("messages", 0))
+        infos = [await self._request(f"STREAM.INFO.{n}", {}, "info") for n in self.streams]
+        messages = sum(int(i.get("state", {}).get("messages", 0)) for i in infos)
         devices = await self._kv_count(kv.devices)
         return StoreStats(devices=devices, messages=messages)
 
@@ -1275,6 +1372,6 @@ class JetStreamStore:
     async def destroy(self) -> None:
         """Delete the stream and the buckets (tests, `cluster` tooling)."""
         _, js, _ = self._conn()
-        for name in [self.stream, *(f"KV_{b}" for b in self.bucket_names())]:
+        for name in [*self.streams, *(f"KV_{b}" for b in self.bucket_names())]:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await js.delete_stream(name)
