@@ -16,7 +16,7 @@ from types import FrameType
 
 from bench.common import console
 
-BENCHMARKS = ("link_memory", "throughput", "latency")
+BENCHMARKS = ("link_memory", "throughput", "latency", "cluster_throughput")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
