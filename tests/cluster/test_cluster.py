@@ -125,6 +125,37 @@ def test_device_links_to_another_relay_at_once(start_relay: StartRelay) -> None:
     asyncio.run(run())
 
 
+def test_a_long_poll_on_one_relay_is_woken_by_a_push_through_another(
+    start_relay: StartRelay,
+) -> None:
+    a, b = start_relay("a6"), start_relay("b6")
+    device = a.create_device("polls B")
+    pin, auth = device["pin"], {"Authorization": f"Bearer {device['token']}"}
+
+    async def run() -> tuple[dict[str, Any], float, dict[str, Any]]:
+        async with httpx.AsyncClient(timeout=30) as http:
+            poll = asyncio.create_task(
+                http.get(f"{b.url}/v1/devices/{pin}/inbox?wait=30", headers=auth)
+            )
+            await asyncio.sleep(0.5)  # the poll is waiting on B
+            assert not poll.done()
+            pushed = await http.post(
+                f"{a.url}/v1/devices/{pin}/messages",
+                json={"data": {"via": "A"}, "ttl": 60},
+                headers=a.admin_headers(),
+            )
+            assert pushed.status_code == 201, pushed.text
+            at = time.monotonic()
+            answer = await poll
+            return pushed.json(), time.monotonic() - at, answer.json()
+
+    pushed, took, answer = asyncio.run(run())
+    assert [m["id"] for m in answer["messages"]] == [pushed["id"]]
+    assert answer["cursor"] == pushed["cursor"]
+    # Woken through NATS, not found by the waiter's 5 s recheck of the store.
+    assert took < 3.0, f"the poll on B answered {took:.1f} s after the push"
+
+
 def test_a_link_on_another_relay_replaces_the_first_and_kicks_reach_it(
     start_relay: StartRelay,
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,11 +37,17 @@ async def inbox(request: Request) -> Response:
         arrived = asyncio.Event()
         relay.router.add_waiter(device.pin, arrived.set)
         try:
+            await relay.router.waiter_ready(device.pin)
             # Re-read after registering: a push between the read and here is not missed.
             messages = await delivery.fetch(relay.store, device.pin, after, limit, relay.clock())
-            if not messages:
+            deadline = time.monotonic() + wait
+            # In a cluster a wake-up can be lost (a relay dies between its append and
+            # the wake); the recheck bounds how late such a message is.
+            step = relay.router.waiter_recheck_s or wait
+            while not messages and (left := deadline - time.monotonic()) > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), timeout=wait)
+                    await asyncio.wait_for(arrived.wait(), timeout=min(left, step))
+                arrived.clear()  # before the read: a wake-up during it is kept
                 messages = await delivery.fetch(
                     relay.store, device.pin, after, limit, relay.clock()
                 )

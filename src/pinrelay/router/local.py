@@ -45,6 +45,12 @@ class LocalRouter:
         """A long-poll request waiting for the device's next message."""
         self._waiters.setdefault(pin, set()).add(waiter)
 
+    async def waiter_ready(self, pin: str) -> None:
+        """Return once a push through any relay would wake the device's waiters."""
+
+    #: Long-poll waiters re-read the store this often (None: wake-ups are never missed).
+    waiter_recheck_s: float | None = None
+
     def remove_waiter(self, pin: str, waiter: Callable[[], None]) -> None:
         waiters = self._waiters.get(pin)
         if waiters is not None:

@@ -17,6 +17,11 @@ plus:
   (``<subjects>.node.<node>.kick``).  A link on another node that a new link
   replaces is kicked with the route revision it wrote, so a kick that arrives late
   never closes a newer link.
+- **Long-poll waiters.**  A relay holding an inbox long-poll for a device subscribes
+  to ``<subjects>.poll.<PIN>`` while it waits; a wake for a device with no route is
+  published there too, so NATS carries it to whichever relays have a waiter (and
+  drops it when none has).  Waiters also re-read the store every
+  ``waiter_recheck_s``, which bounds the delay of a wake-up lost with a dying relay.
 - **Live relays.**  Each relay puts its record (node, region, link URL, HTTP URL)
   in ``<prefix>_relays``, a bucket whose entries live ``ttl`` seconds, every
   ``heartbeat`` seconds, and reads everyone's back: :attr:`link_urls`.
@@ -132,10 +137,16 @@ class NatsRouter(LocalRouter):
         #: Wake-ups and kicks sent to and received from other nodes (tests, metrics).
         self.remote_wakes_sent = 0
         self.remote_wakes_received = 0
+        #: Per PIN with a long-poll waiting here: its poll subscription, being made.
+        self._polls: dict[str, asyncio.Task[Subscription | None]] = {}
+        self.waiter_recheck_s = 5.0
 
     # --- lifecycle -----------------------------------------------------------
     def subject(self, node: str, what: str) -> str:
         return f"{self.subject_prefix}.node.{node}.{what}"
+
+    def poll_subject(self, pin: str) -> str:
+        return f"{self.subject_prefix}.poll.{pin}"
 
     async def start(self, nc: NATS, js: JetStreamContext) -> None:
         self._nc, self._js = nc, js
@@ -195,7 +206,7 @@ class NatsRouter(LocalRouter):
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._polls.values()]:
             task.cancel()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -362,6 +373,45 @@ class NatsRouter(LocalRouter):
                 log.warning("watching routes failed (retrying): %r", exc)
             await asyncio.sleep(1.0)
 
+    # --- long-poll waiters ---------------------------------------------------------
+    def add_waiter(self, pin: str, waiter: Callable[[], None]) -> None:
+        super().add_waiter(pin, waiter)
+        if pin not in self._polls and self._nc is not None:
+            self._polls[pin] = asyncio.get_running_loop().create_task(self._poll_subscribe(pin))
+
+    async def _poll_subscribe(self, pin: str) -> Subscription | None:
+        nc = self._nc
+        if nc is None:
+            return None
+        try:
+            sub = await nc.subscribe(self.poll_subject(pin), cb=self._on_poll)
+            await nc.flush(timeout=2)  # the server has our interest before we read
+            return sub
+        except Exception as exc:  # the waiter still rechecks the store
+            log.warning("subscribing to wake-ups for %s failed: %r", pin, exc)
+            return None
+
+    async def waiter_ready(self, pin: str) -> None:
+        task = self._polls.get(pin)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def remove_waiter(self, pin: str, waiter: Callable[[], None]) -> None:
+        super().remove_waiter(pin, waiter)
+        if pin not in self._waiters and (task := self._polls.pop(pin, None)) is not None:
+            self._spawn(self._poll_unsubscribe(task))
+
+    async def _poll_unsubscribe(self, task: asyncio.Task[Subscription | None]) -> None:
+        sub = await task
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _on_poll(self, msg: Msg) -> None:
+        pin = msg.subject.rsplit(".", 1)[-1]
+        self.remote_wakes_received += 1
+        LocalRouter.wake(self, pin, None)
+
     # --- wake-ups and kicks ------------------------------------------------------
     def wake(self, pin: str, fresh: list[StoredMessage] | None = None) -> None:
         super().wake(pin, fresh if self.handoff else None)
@@ -374,7 +424,11 @@ class NatsRouter(LocalRouter):
         except Exception as exc:
             log.warning("looking up the route of %s failed: %r", pin, exc)
             return
-        if node is None or node == self.node:
+        if node is None:
+            # Not linked anywhere: maybe long-polling somewhere.
+            await self._publish(self.poll_subject(pin), b"")
+            return
+        if node == self.node:
             return
         self._outbox.setdefault(node, set()).add(pin)
         if not self._flush_scheduled:
@@ -390,13 +444,16 @@ class NatsRouter(LocalRouter):
             self._spawn(self._send(node, "wake", "\n".join(sorted(pins)).encode()))
 
     async def _send(self, node: str, what: str, payload: bytes) -> None:
+        await self._publish(self.subject(node, what), payload)
+
+    async def _publish(self, subject: str, payload: bytes) -> None:
         nc = self._nc
         if nc is None:
             return
         try:
-            await nc.publish(self.subject(node, what), payload)
+            await nc.publish(subject, payload)
         except Exception as exc:
-            log.warning("sending %s to %s failed: %r", what, node, exc)
+            log.warning("publishing to %s failed: %r", subject, exc)
 
     async def _on_wake(self, msg: Msg) -> None:
         for pin in msg.data.decode(errors="replace").split("\n"):
