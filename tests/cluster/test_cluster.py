@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,33 +23,11 @@ import pytest
 from pinrelay.client.device import Device, LinkRefused, Message
 from pinrelay.core import frames
 from pinrelay.relay import STORE_GRACE_S
+from tests.cluster.conftest import StartRelay
 from tests.conftest import RelayFactory
 from tests.linkclient import link, recv, send
 from tests.natsproc import NatsCluster, NatsNode
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc
-
-StartRelay = Callable[..., RelayProc]
-
-
-@pytest.fixture(scope="module")
-def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path_factory.mktemp("nats"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture
-def start_relay(relay_factory: RelayFactory, nats: NatsCluster) -> StartRelay:
-    """A relay on the module's NATS cluster, named ``node`` (its --node-id)."""
-
-    def start(node: str, name: str | None = None) -> RelayProc:
-        store = ",".join(nats.urls)
-        return relay_factory(name or node, extra=["--store", store, "--node-id", node])
-
-    return start
 
 
 def info(relay: RelayProc) -> dict[str, Any]:

@@ -1,0 +1,35 @@
+"""Fixtures of the cluster tests: a NATS cluster per module, relays on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.conftest import RelayFactory
+from tests.natsproc import NatsCluster
+from tests.relayproc import RelayProc
+
+StartRelay = Callable[..., RelayProc]
+
+
+@pytest.fixture(scope="module")
+def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """Three clustered nats-server processes, stopped by pid after the module."""
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def start_relay(relay_factory: RelayFactory, nats: NatsCluster) -> StartRelay:
+    """A relay on the module's NATS cluster, named ``node`` (its --node-id)."""
+
+    def start(node: str, name: str | None = None) -> RelayProc:
+        store = ",".join(nats.urls)
+        return relay_factory(name or node, extra=["--store", store, "--node-id", node])
+
+    return start
