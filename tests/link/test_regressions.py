@@ -141,3 +141,41 @@ async def test_sdk_ignores_frame_types_it_does_not_know() -> None:
         await sdk.stop()
         task.cancel()
     assert [m.data for m in got] == [{"ok": True}]
+
+
+async def test_last_seen_is_written_soon_after_a_hello_and_after_a_close(
+    relay: RelayProc,
+) -> None:
+    # Last-seen writes are coalesced and rate-limited (a reconnect storm must not
+    # spend the store on them), but they still land within a moment.
+    devices = [relay.create_device() for _ in range(3)]
+    with relay.client() as c:
+        assert all(c.show_device(d["pin"])["last_seen"] is None for d in devices)
+    links = [(await link(relay, d))[0] for d in devices]
+
+    async def seen() -> list[str | None]:
+        with relay.client() as c:
+            return [
+                (await asyncio.to_thread(c.show_device, d["pin"]))["last_seen"] for d in devices
+            ]
+
+    for _ in range(100):
+        first = await seen()
+        if all(first):
+            break
+        await asyncio.sleep(0.05)
+    assert all(first), first
+    await asyncio.sleep(0.01)
+    for ws in links:
+        await ws.close()
+
+    def moved_on(later: list[str | None]) -> bool:
+        # RFC 3339 in UTC with milliseconds: later instants sort later as strings.
+        return all(b is not None and b > str(a) for a, b in zip(first, later, strict=True))
+
+    for _ in range(100):
+        later = await seen()
+        if moved_on(later):
+            break
+        await asyncio.sleep(0.05)
+    assert moved_on(later), (first, later)

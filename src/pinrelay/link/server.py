@@ -11,6 +11,7 @@ run only for authentication and for reading the store.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import random
@@ -50,6 +51,8 @@ _ws_log.setLevel(logging.WARNING)
 LINK_PATH = "/v1/link"
 #: A closing link that does not finish the close handshake is dropped after this.
 CLOSE_TIMEOUT = 5.0
+#: Last-seen writes per second, at most (see LinkServer.touch).
+TOUCH_RATE = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +282,8 @@ class LinkProtocol(asyncio.Protocol):
         if acked > device.acked_cursor:
             server.acks.submit(device.pin, acked)
         server.touch(device.pin)
-        self.delivery.wake()
+        if not server.router.wakes_after_attach:
+            self.delivery.wake()
 
     # --- sending -------------------------------------------------------------
     def _send_messages(self, batch: list[StoredMessage]) -> None:
@@ -380,6 +384,9 @@ class LinkServer:
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Last-seen times not written yet, oldest first (see touch).
+        self._touches: dict[str, int] = {}
+        self._touching: asyncio.Task[None] | None = None
         metrics.links_capacity.set(config.max_links)
 
     def spawn(self, coro: Any) -> None:
@@ -393,7 +400,34 @@ class LinkServer:
             log.error("link task failed", exc_info=task.exception())
 
     def touch(self, pin: str) -> None:
-        self.spawn(self.store.touch_device(pin, int(self.clock() * 1000)))
+        """Record that the device was seen; written soon, at most TOUCH_RATE a second.
+
+        Last-seen is bookkeeping: a reconnect storm must not spend the store's
+        capacity on it (in a cluster each write is a replicated KV update) while
+        hellos and pushes wait (DECISIONS 24).
+        """
+        self._touches[pin] = int(self.clock() * 1000)
+        if self._touching is None:
+            self._touching = asyncio.get_running_loop().create_task(self._write_touches())
+
+    async def _write_touches(self) -> None:
+        per_step = max(1, TOUCH_RATE // 10)
+        try:
+            while self._touches:
+                batch = list(itertools.islice(self._touches.items(), per_step))
+                for pin, _ in batch:
+                    del self._touches[pin]
+                done = await asyncio.gather(
+                    *(self.store.touch_device(pin, ms) for pin, ms in batch),
+                    return_exceptions=True,
+                )
+                failed = [r for r in done if isinstance(r, BaseException)]
+                if failed:
+                    log.warning("%d last-seen writes failed: %r", len(failed), failed[0])
+                if self._touches:
+                    await asyncio.sleep(0.1)
+        finally:
+            self._touching = None
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -434,5 +468,5 @@ class LinkServer:
                 link.transport.abort()
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
+        for task in [*self._tasks, *([self._touching] if self._touching else [])]:
             task.cancel()

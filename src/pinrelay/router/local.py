@@ -48,6 +48,10 @@ class LocalRouter:
     async def waiter_ready(self, pin: str) -> None:
         """Return once a push through any relay would wake the device's waiters."""
 
+    #: Whether :meth:`attach` wakes the link itself once it is routed (so the link
+    #: need not read its backlog before that as well).
+    wakes_after_attach = False
+
     #: Long-poll waiters re-read the store this often (None: wake-ups are never missed).
     waiter_recheck_s: float | None = None
 

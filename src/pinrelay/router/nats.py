@@ -140,6 +140,8 @@ class NatsRouter(LocalRouter):
         #: Per PIN with a long-poll waiting here: its poll subscription, being made.
         self._polls: dict[str, asyncio.Task[Subscription | None]] = {}
         self.waiter_recheck_s = 5.0
+        # _claim reads the backlog once the route is written: one read per link.
+        self.wakes_after_attach = True
 
     # --- lifecycle -----------------------------------------------------------
     def subject(self, node: str, what: str) -> str:
