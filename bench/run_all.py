@@ -16,7 +16,13 @@ from types import FrameType
 
 from bench.common import console
 
-BENCHMARKS = ("link_memory", "throughput", "latency", "cluster_throughput")
+BENCHMARKS = (
+    "link_memory",
+    "throughput",
+    "latency",
+    "cluster_throughput",
+    "cluster_failover",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
