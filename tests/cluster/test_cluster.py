@@ -423,3 +423,24 @@ def test_a_relay_without_its_store_refuses_pushes_and_drains_links(
     finally:
         with contextlib.suppress(Exception):
             cluster.stop()
+
+
+def test_relays_started_together_on_a_fresh_cluster_all_come_up(tmp_path: Path) -> None:
+    # They race to create the same buckets while JetStream is still placing them.
+    cluster = NatsCluster(tmp_path / "nats")
+    relays = [
+        RelayProc(tmp_path / f"r{i}", extra=["--store", "", "--node-id", f"fresh{i}"])
+        for i in range(3)
+    ]
+    try:
+        cluster.start()
+        for r in relays:
+            r.extra[1] = ",".join(cluster.urls)
+            r.start(wait=False)
+        for r in relays:
+            r.wait_ready(40 * TIMEOUT_FACTOR)
+        wait_for("every relay listed", lambda: len(info(relays[0])["link_urls"]) == 3)
+    finally:
+        for r in relays:
+            r.kill()
+        cluster.stop()

@@ -55,6 +55,8 @@ from nats.js.kv import KeyValue
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import StoredMessage
 from pinrelay.router.local import Linked, LocalRouter
+from pinrelay.store.base import StoreClosed
+from pinrelay.store.jetstream import setup_may_retry
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +152,26 @@ class NatsRouter(LocalRouter):
     def poll_subject(self, pin: str) -> str:
         return f"{self.subject_prefix}.poll.{pin}"
 
-    async def start(self, nc: NATS, js: JetStreamContext) -> None:
+    async def start(self, nc: NATS, js: JetStreamContext, setup_timeout: float = 20.0) -> None:
+        """Create or check the buckets, subscribe, announce this relay.
+
+        Relays started together on a fresh cluster race to create the buckets while
+        JetStream places them: a timeout or "no peers" is retried, as the store's
+        ``open`` does, for up to ``setup_timeout`` seconds.
+        """
         self._nc, self._js = nc, js
-        self._routes = await self._bucket(js, f"{self.bucket_prefix}_routes", None)
-        self._relays = await self._bucket(js, f"{self.bucket_prefix}_relays", self.ttl_s)
-        await self._check_unique(self._relays)
+        deadline = time.monotonic() + setup_timeout
+        while True:
+            try:
+                self._routes = await self._bucket(js, f"{self.bucket_prefix}_routes", None)
+                self._relays = await self._bucket(js, f"{self.bucket_prefix}_relays", self.ttl_s)
+                await self._check_unique(self._relays)
+                break
+            except (TimeoutError, nats.errors.Error) as exc:
+                if not setup_may_retry(exc) or time.monotonic() > deadline:
+                    raise StoreClosed(f"cannot set up the route buckets: {exc!r}") from exc
+                log.info("setting up the route buckets: %r; retrying", exc)
+                await asyncio.sleep(0.5)
         self._subs = [
             await nc.subscribe(self.subject(self.node, "wake"), cb=self._on_wake),
             await nc.subscribe(self.subject(self.node, "kick"), cb=self._on_kick),

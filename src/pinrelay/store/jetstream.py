@@ -99,9 +99,11 @@ T = TypeVar("T")
 #: How long an Idempotency-Key is remembered (the idem bucket's max age).
 IDEMPOTENCY_TTL_S = 24 * 3600
 #: A pending idempotency record older than this is taken over by the next caller
-#: (its owner died); the takeover reuses the owner's Nats-Msg-Ids, so JetStream's
-#: duplicate window (2 min) keeps a half-finished batch from being stored twice.
-IDEMPOTENCY_LEASE_S = 30.0
+#: (its owner died, or failed and could not say so while the KV leader was away).
+#: The takeover publishes exactly the owner's messages under the owner's
+#: Nats-Msg-Ids, so even an owner still at work is harmless: JetStream's duplicate
+#: window (2 min) stores each once.  Short, because a retry waits this long at most.
+IDEMPOTENCY_LEASE_S = 5.0
 #: The server's limit on one atomic batch.
 MAX_ATOMIC_BATCH = 1000
 #: Most streams one store spreads devices over.
@@ -207,6 +209,18 @@ _json_enc = msgspec.json.Encoder()
 _device_dec = msgspec.json.Decoder(_DeviceRec)
 _key_dec = msgspec.json.Decoder(_KeyRec)
 _idem_dec = msgspec.json.Decoder(_IdemRec)
+
+
+def setup_may_retry(exc: BaseException) -> bool:
+    """Whether creating a stream or bucket failed only for now.
+
+    A cluster that just started may not know its peers yet ("no suitable peers for
+    placement"), or be electing a leader: try again.
+    """
+    return isinstance(exc, (TimeoutError, *_TRANSIENT)) or (
+        isinstance(exc, nats.js.errors.APIError)
+        and (exc.err_code == _ERR_NO_PEERS or (exc.code or 0) >= 500)
+    )
 
 
 def ttl_seconds(m: NewMessage, grace_s: int) -> int:
@@ -445,13 +459,7 @@ class JetStreamStore:
                     buckets = [await self._ensure_bucket(js, b) for b in self.bucket_names()]
                     break
                 except (TimeoutError, nats.errors.Error) as exc:
-                    # A cluster that just started may not know its peers yet ("no
-                    # suitable peers for placement"), or be electing: try again.
-                    retry = isinstance(exc, _TRANSIENT) or (
-                        isinstance(exc, nats.js.errors.APIError)
-                        and (exc.err_code == _ERR_NO_PEERS or (exc.code or 0) >= 500)
-                    )
-                    if not retry or time.monotonic() > deadline:
+                    if not setup_may_retry(exc) or time.monotonic() > deadline:
                         raise
                     log.info("setting up JetStream: %r; retrying", exc)
                     await asyncio.sleep(0.5)
