@@ -44,6 +44,7 @@ from bench.common import (
     run_main,
     source_addresses,
     stop_all,
+    thread_cpu,
     timed_phase,
     wait_machine_quiet,
     wait_quiet,
@@ -67,6 +68,8 @@ class Phase:
     max_lag_ms: float = 0.0
     late: int = 0
     cpu_s: float = 0.0
+    #: Of cpu_s: the event loop's thread (the main one), the rest is the writer's.
+    loop_cpu_s: float = 0.0
     generator_cpu_s: float = 0.0
     delivery: list[float] = field(default_factory=list)
     answer: list[float] = field(default_factory=list)
@@ -153,6 +156,7 @@ async def paced(
     other = OtherLoad([relay.pid, device_pid])
     generators0 = cpu_seconds(os.getpid()) + cpu_seconds(device_pid)
     cpu0 = relay.cpu()
+    loop0 = thread_cpu(relay.pid).get(relay.pid, 0.0)
     start = time.perf_counter()
     with timed_phase(f"paced at {rate:,.0f}/s", seconds) as update:
         for i in range(total):
@@ -173,6 +177,7 @@ async def paced(
         await asyncio.gather(*tasks)
     phase.seconds = time.perf_counter() - start
     phase.cpu_s = relay.cpu() - cpu0
+    phase.loop_cpu_s = thread_cpu(relay.pid).get(relay.pid, 0.0) - loop0
     phase.generator_cpu_s = cpu_seconds(os.getpid()) + cpu_seconds(device_pid) - generators0
     phase.sent = total
     phase.other_cores = other.cores()
@@ -333,7 +338,9 @@ def report(args: argparse.Namespace, r: Result) -> None:
             f"- At {rate}: achieved {achieved:,.0f}/s over {ph.seconds:.1f} s, {ph.sent:,} "
             f"pushes, {ph.errors} errors; {ph.late:,} sent more than 5 ms after their slot "
             f"(max lag {ph.max_lag_ms:.1f} ms); relay CPU {ph.cpu_s / ph.seconds * 100:.0f} % "
-            f"of a core ({ph.cpu_s / max(1, ph.sent) * 1e6:.0f} µs per push); pusher + device "
+            f"of a core ({ph.cpu_s / max(1, ph.sent) * 1e6:.0f} µs per push, of which the event "
+            f"loop's thread {ph.loop_cpu_s / max(1, ph.sent) * 1e6:.0f} µs, "
+            f"{ph.loop_cpu_s / ph.seconds * 100:.0f} % of a core); pusher + device "
             f"process {ph.generator_cpu_s / ph.seconds * 100:.0f} % of a core; other processes "
             f"{ph.other_cores:.2f} cores. **p99 push → device {p99:.2f} ms** ({verdict} the "
             "target of < 10 ms)."
