@@ -447,6 +447,8 @@ class Run:
     other_cores: float = float("nan")
     #: CPU of the kernel's threads meanwhile (part of other_cores): journal, writeback.
     kthreads_cpu_s: float = float("nan")
+    #: Relays + nats-servers CPU µs per message, by quarter of the messages delivered.
+    quarters_us: list[float] = field(default_factory=list)
     #: Bare runs: publishes in flight (0: a relay run).
     window: int = 0
     unacked: int = 0
@@ -530,6 +532,8 @@ async def run_throughput(args: argparse.Namespace, logs: Path, kind: str, round_
         other = OtherLoad([*system.relay_pids, *system.nats_pids, *(c.pid for c in children)])
         relay0, nats0 = system.relay_cpu(), system.nats_cpu()
         kthreads0 = kernel_threads_cpu()
+        samples: list[tuple[int, float]] = [(0, relay0 + sum(nats0))]
+        sampler = asyncio.ensure_future(sample_cpu(system, children, samples))
         t0 = time.time()
         delivered = asyncio.ensure_future(
             wait_delivered(children, args.messages, f"{kind} #{round_no}", args.timeout)
@@ -539,10 +543,16 @@ async def run_throughput(args: argparse.Namespace, logs: Path, kind: str, round_
         except BaseException:
             delivered.cancel()
             raise
-        run.push_s = time.time() - t0
-        t_end = await delivered
+        finally:
+            run.push_s = time.time() - t0
+        try:
+            t_end = await delivered
+        finally:
+            sampler.cancel()
         run.wall_s = t_end - t0
         await system.wait_quiet()
+        samples.append((args.messages, system.relay_cpu() + sum(system.nats_cpu())))
+        run.quarters_us = by_quarter(samples, args.messages)
         run.other_cores = other.cores()
         run.kthreads_cpu_s = kernel_threads_cpu() - kthreads0
         run.relay_cpu_s = system.relay_cpu() - relay0
@@ -622,6 +632,28 @@ async def run_bare(
             with contextlib.suppress(Exception):
                 await nc.close()
         cluster.stop()
+
+
+async def sample_cpu(
+    system: System, children: Sequence[Child], samples: list[tuple[int, float]]
+) -> None:
+    """(messages received so far, relays + nats-servers CPU s), every 0.25 s."""
+    while True:
+        await asyncio.sleep(0.25)
+        received = sum(int(c.latest.get("progress", {}).get("received", 0)) for c in children)
+        samples.append((received, system.relay_cpu() + sum(system.nats_cpu())))
+
+
+def by_quarter(samples: Sequence[tuple[int, float]], total: int) -> list[float]:
+    """CPU µs per message delivered in each quarter of the run (does the cost grow?)."""
+    out: list[float] = []
+    last_n, last_cpu = samples[0]
+    for q in range(1, 5):
+        target = total * q // 4
+        n, cpu = next(((n, c) for n, c in samples if n >= target), samples[-1])
+        out.append((cpu - last_cpu) / (n - last_n) * 1e6 if n > last_n else float("nan"))
+        last_n, last_cpu = n, cpu
+    return out
 
 
 # --- 3: memory per route / per stream subject ---------------------------------------
@@ -764,6 +796,7 @@ HEADERS = [
     "NATS CPU µs/msg (n1 / n2 / n3)",
     "NATS CPU µs/msg",
     "relays + NATS µs/msg",
+    "the same by quarter delivered",
     "load generator CPU s",
     "other processes, cores",
     "of which kernel threads µs/msg",
@@ -788,6 +821,7 @@ def row(run: Run) -> list[str]:
         by_node,
         fmt(run.nats_us) if run.nats_cpu_by_node else "-",
         "-" if run.bare else f"{run.total_us:.1f}",
+        " / ".join(fmt(q, 0) for q in run.quarters_us) or "-",
         f"{run.client_cpu_s:.2f}",
         f"{run.other_cores:.2f}",
         f"{run.kthreads_us:.0f}",
@@ -813,6 +847,7 @@ def median_row(system: str, runs: Sequence[Run]) -> list[str]:
         "",
         f"{med(runs, 'nats_us'):.1f}" if cluster else "-",
         "-" if bare else f"{med(runs, 'total_us'):.1f}",
+        "",
         f"{med(runs, 'client_cpu_s'):.2f}",
         "",
         f"{med(runs, 'kthreads_us'):.0f}",
@@ -978,7 +1013,10 @@ def report(args: argparse.Namespace, runs: list[Run], memory: Memory | None) -> 
             "JetStream: acknowledged by a quorum). CPU: utime+stime from /proc, from the "
             "first push until every relay and nats-server went quiet after the last "
             "message; relays summed (2 for the cluster), NATS summed over the 3 servers "
-            "(and per server). other processes: CPU the rest of the machine used "
+            "(and per server). by quarter delivered: relays + NATS CPU per message "
+            "delivered in each quarter of the run (sampled every 0.25 s), to see whether "
+            "the cost per message grows as the run goes on. other processes: CPU the rest "
+            "of the machine used "
             "meanwhile, in cores (another benchmark may have been running); of which kernel "
             "threads: the CPU of the kernel's own threads (children of kthreadd: the ext4 "
             "journal, writeback), where some of an fsync's work is done, per message. "
