@@ -262,12 +262,22 @@ class NatsCluster:
             try:
                 leaders = {(n.jsz().get("meta_cluster") or {}).get("leader") for n in self.nodes}
                 if len(leaders) == 1 and None not in leaders and "" not in leaders:
+                    self.check_sync()
                     return
                 last = leaders
             except httpx.HTTPError as exc:
                 last = exc
             await asyncio.sleep(0.2)
         raise RuntimeError(f"JetStream cluster not ready in {timeout} s: {last}")
+
+    def check_sync(self) -> None:
+        """Each server says (GET /varz) that it fsyncs as its config asks."""
+        for node in self.nodes:
+            r = httpx.get(f"http://{LOOPBACK}:{node.http_port}/varz", timeout=2.0)
+            r.raise_for_status()
+            config = (r.json().get("jetstream") or {}).get("config") or {}
+            if bool(config.get("sync_always")) != (self.sync == "always"):
+                raise RuntimeError(f"{node.name}: sync_always is {config.get('sync_always')}")
 
     def cpu(self) -> list[float]:
         return [cpu_seconds(p) for p in self.pids]
@@ -447,8 +457,9 @@ class Run:
     other_cores: float = float("nan")
     #: CPU of the kernel's threads meanwhile (part of other_cores): journal, writeback.
     kthreads_cpu_s: float = float("nan")
-    #: Relays + nats-servers CPU µs per message, by quarter of the messages delivered.
-    quarters_us: list[float] = field(default_factory=list)
+    #: Relays' and nats-servers' CPU µs per message, by quarter of the messages delivered.
+    quarters_relay_us: list[float] = field(default_factory=list)
+    quarters_nats_us: list[float] = field(default_factory=list)
     #: Bare runs: publishes in flight (0: a relay run).
     window: int = 0
     unacked: int = 0
@@ -532,7 +543,7 @@ async def run_throughput(args: argparse.Namespace, logs: Path, kind: str, round_
         other = OtherLoad([*system.relay_pids, *system.nats_pids, *(c.pid for c in children)])
         relay0, nats0 = system.relay_cpu(), system.nats_cpu()
         kthreads0 = kernel_threads_cpu()
-        samples: list[tuple[int, float]] = [(0, relay0 + sum(nats0))]
+        samples: list[tuple[int, float, float]] = [(0, relay0, sum(nats0))]
         sampler = asyncio.ensure_future(sample_cpu(system, children, samples))
         t0 = time.time()
         delivered = asyncio.ensure_future(
@@ -551,8 +562,9 @@ async def run_throughput(args: argparse.Namespace, logs: Path, kind: str, round_
             sampler.cancel()
         run.wall_s = t_end - t0
         await system.wait_quiet()
-        samples.append((args.messages, system.relay_cpu() + sum(system.nats_cpu())))
-        run.quarters_us = by_quarter(samples, args.messages)
+        samples.append((args.messages, system.relay_cpu(), sum(system.nats_cpu())))
+        run.quarters_relay_us = by_quarter([(n, r) for n, r, _ in samples], args.messages)
+        run.quarters_nats_us = by_quarter([(n, c) for n, _, c in samples], args.messages)
         run.other_cores = other.cores()
         run.kthreads_cpu_s = kernel_threads_cpu() - kthreads0
         run.relay_cpu_s = system.relay_cpu() - relay0
@@ -635,13 +647,13 @@ async def run_bare(
 
 
 async def sample_cpu(
-    system: System, children: Sequence[Child], samples: list[tuple[int, float]]
+    system: System, children: Sequence[Child], samples: list[tuple[int, float, float]]
 ) -> None:
-    """(messages received so far, relays + nats-servers CPU s), every 0.25 s."""
+    """(messages received so far, relays CPU s, nats-servers CPU s), every 0.25 s."""
     while True:
         await asyncio.sleep(0.25)
         received = sum(int(c.latest.get("progress", {}).get("received", 0)) for c in children)
-        samples.append((received, system.relay_cpu() + sum(system.nats_cpu())))
+        samples.append((received, system.relay_cpu(), sum(system.nats_cpu())))
 
 
 def by_quarter(samples: Sequence[tuple[int, float]], total: int) -> list[float]:
@@ -796,7 +808,8 @@ HEADERS = [
     "NATS CPU µs/msg (n1 / n2 / n3)",
     "NATS CPU µs/msg",
     "relays + NATS µs/msg",
-    "the same by quarter delivered",
+    "by quarter delivered: relays µs/msg",
+    "by quarter delivered: NATS µs/msg",
     "load generator CPU s",
     "other processes, cores",
     "of which kernel threads µs/msg",
@@ -821,7 +834,10 @@ def row(run: Run) -> list[str]:
         by_node,
         fmt(run.nats_us) if run.nats_cpu_by_node else "-",
         "-" if run.bare else f"{run.total_us:.1f}",
-        " / ".join(fmt(q, 0) for q in run.quarters_us) or "-",
+        " / ".join(fmt(q, 0) for q in run.quarters_relay_us) or "-",
+        " / ".join(fmt(q, 0) for q in run.quarters_nats_us)
+        if not run.bare and run.nats_cpu_by_node
+        else "-",
         f"{run.client_cpu_s:.2f}",
         f"{run.other_cores:.2f}",
         f"{run.kthreads_us:.0f}",
@@ -847,6 +863,7 @@ def median_row(system: str, runs: Sequence[Run]) -> list[str]:
         "",
         f"{med(runs, 'nats_us'):.1f}" if cluster else "-",
         "-" if bare else f"{med(runs, 'total_us'):.1f}",
+        "",
         "",
         f"{med(runs, 'client_cpu_s'):.2f}",
         "",
@@ -1013,9 +1030,10 @@ def report(args: argparse.Namespace, runs: list[Run], memory: Memory | None) -> 
             "JetStream: acknowledged by a quorum). CPU: utime+stime from /proc, from the "
             "first push until every relay and nats-server went quiet after the last "
             "message; relays summed (2 for the cluster), NATS summed over the 3 servers "
-            "(and per server). by quarter delivered: relays + NATS CPU per message "
-            "delivered in each quarter of the run (sampled every 0.25 s), to see whether "
-            "the cost per message grows as the run goes on. other processes: CPU the rest "
+            "(and per server). by quarter delivered: the relays' and the nats-servers' CPU "
+            "per message delivered in each quarter of the run (sampled every 0.25 s), to "
+            "see whether the cost per message grows as the run goes on. other processes: "
+            "CPU the rest "
             "of the machine used "
             "meanwhile, in cores (another benchmark may have been running); of which kernel "
             "threads: the CPU of the kernel's own threads (children of kthreadd: the ext4 "
@@ -1105,6 +1123,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-process", type=int, default=5000, help="links per linkgen")
     parser.add_argument("--settle", type=float, default=10.0, help="s before each RSS read")
     parser.add_argument(
+        "--systems",
+        default="sqlite,default,always",
+        help="relay runs, comma-separated: sqlite, default (cluster, sync default), always",
+    )
+    parser.add_argument(
         "--bare-windows",
         default="256,1",
         help="bare nats-py publisher runs (JetStream alone, both syncs), one per number of "
@@ -1129,6 +1152,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
     args.bare_windows = [int(w) for w in args.bare_windows.split(",") if w.strip()]
+    args.systems = {w.strip() for w in args.systems.split(",") if w.strip()}
+    if args.systems - set(TAGS.values()):
+        parser.error(f"--systems: unknown {', '.join(sorted(args.systems - set(TAGS.values())))}")
     if args.memory_devices is None:
         args.memory_devices = 2_000 if args.quick else 10_000
     if args.memory_devices + 1000 > FD_CAP - 300:
@@ -1146,7 +1172,9 @@ async def main(argv: list[str] | None = None) -> tuple[list[Run], Memory | None]
     )
     runs: list[Run] = []
     memory: Memory | None = None
-    order: list[tuple[str, int, bool]] = [(k, 0, k == ALWAYS) for k in RELAY_KINDS]
+    order: list[tuple[str, int, bool]] = [
+        (k, 0, k == ALWAYS) for k in RELAY_KINDS if TAGS[k] in args.systems
+    ]
     for window in args.bare_windows:
         order += [
             (bare_kind(window, False), window, False),
