@@ -132,6 +132,14 @@ def serve(
             "the same count, and it cannot change once messages are stored."
         ),
     ] = 1,
+    leader_reads: Annotated[
+        bool,
+        typer.Option(
+            "--leader-reads",
+            help="With --store: read backlogs from each stream's leader, one request per "
+            "message, instead of batched Direct Get from any replica.",
+        ),
+    ] = False,
     heartbeat: Annotated[float, typer.Option(help="Seconds of silence before a ping.")] = 30.0,
     hello_timeout: Annotated[
         float, typer.Option(help="Seconds a new link has to say hello.")
@@ -191,6 +199,7 @@ def serve(
         admin_key=admin_key,
         store=",".join(urls) if urls else None,
         partitions=partitions,
+        direct_reads=not leader_reads,
     )
 
     def ready(relay: Relay) -> None:

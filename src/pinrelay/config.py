@@ -41,6 +41,9 @@ class RelayConfig:
     store: str | None = None
     #: JetStream only: devices spread over this many streams (fixed once data exists).
     partitions: int = 1
+    #: JetStream only: read backlogs with batched Direct Get (any replica, checked
+    #: against the device's last cursor), not one leader request per message.
+    direct_reads: bool = True
     #: Cluster mode: how often this relay refreshes its record among the live relays,
     #: and how long the record lives without a refresh.
     relay_heartbeat_s: float = 2.0

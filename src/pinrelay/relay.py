@@ -50,7 +50,12 @@ class Relay:
         self.store: Store = store or (
             SqliteStore(Path(config.data) / "pinrelay.db", observer=self.metrics.observe_commit)
             if urls is None
-            else JetStreamStore(urls, name=f"pinrelay-{config.node}", partitions=config.partitions)
+            else JetStreamStore(
+                urls,
+                name=f"pinrelay-{config.node}",
+                partitions=config.partitions,
+                direct_reads=config.direct_reads,
+            )
         )
         self.router: LocalRouter = (
             LocalRouter()

@@ -48,10 +48,13 @@ def make_store(engine: str, directory: Path, servers: Sequence[str] = ()) -> Sto
         return SqliteStore(directory / "pinrelay.db")
     if engine in PARTITIONS:
         assert servers, "the jetstream engine needs the nats_cluster fixture"
+        # The partitioned engine also reads the way relays do by default (batched
+        # Direct Get); the single-stream one reads from the leader.
         return JetStreamStore(
             list(servers),
             replicas=3,
             partitions=PARTITIONS[engine],
+            direct_reads=PARTITIONS[engine] > 1,
             **jetstream_names(directory),
         )
     raise ValueError(f"unknown store engine {engine!r}")
