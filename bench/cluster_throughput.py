@@ -73,6 +73,7 @@ from nats.js.api import StorageType, StreamConfig
 from bench.common import (
     CLK_TCK,
     LOOPBACK,
+    ROOT,
     Child,
     OtherLoad,
     RelayProcess,
@@ -1023,7 +1024,13 @@ def report(args: argparse.Namespace, runs: list[Run], memory: Memory | None) -> 
             f"{min(args.messages, args.serial_messages):,} messages), to see JetStream's "
             "own cost of each `sync_interval`. Runs rotate (SQLite, cluster default, "
             f"cluster always, bare runs; the order shifts each round), {args.rounds} "
-            "round(s), each on fresh processes and data.",
+            "round(s), each on fresh processes and data."
+            + (
+                " Every relay ran a copy of src/ taken when the benchmark started (the "
+                "Source line's first state), whatever changed in src/ meanwhile."
+                if args.pin_source
+                else ""
+            ),
             "",
             "wall s: first push to last message received (acked as read). pushes answered "
             "s: until the last push was answered (SQLite: committed and fsynced; "
@@ -1080,6 +1087,17 @@ def report(args: argparse.Namespace, runs: list[Run], memory: Memory | None) -> 
         "\n".join(sections),
     )
     console.print(f"[green]wrote[/] {path}")
+
+
+def pin_source(logs: Path) -> Path:
+    """Copy src/ as it is now into the log folder; every relay of this run imports that
+    copy (PYTHONPATH comes before the editable install), so all runs measure the same
+    code even if src/ changes while the benchmark runs."""
+    dest = logs / "src"
+    shutil.copytree(ROOT / "src", dest, ignore=shutil.ignore_patterns("__pycache__"))
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(dest) + (os.pathsep + old if old else "")
+    return dest
 
 
 def save(logs: Path, runs: Sequence[Run], memory: Memory | None) -> None:
@@ -1142,6 +1160,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--idle", type=float, default=30.0, help="memory: last RSS read this many s later"
     )
+    parser.add_argument(
+        "--no-pin-source",
+        dest="pin_source",
+        action="store_false",
+        help="relays import src/ as it is when each starts, not a copy taken at the start",
+    )
     parser.add_argument("--skip-throughput", action="store_true", help="memory only")
     parser.add_argument("--skip-memory", action="store_true", help="throughput only")
     parser.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
@@ -1167,6 +1191,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def main(argv: list[str] | None = None) -> tuple[list[Run], Memory | None]:
     args = parse_args(argv)
     logs = run_dir("cluster_throughput")
+    if args.pin_source:
+        pin_source(logs)
     console.print(
         f"[bold]bench.cluster_throughput[/]: {args.messages:,} messages to {args.devices:,} "
         f"devices, {args.rounds} round(s) of SQLite / cluster sync default / always; "
