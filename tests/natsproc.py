@@ -7,6 +7,7 @@ Each node gets free ports, its own store directory and its own process group
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +164,14 @@ class NatsCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+@contextlib.contextmanager
+def running_cluster(directory: Path) -> Iterator[NatsCluster]:
+    """A started :class:`NatsCluster` under ``directory``, stopped by pid on exit."""
+    cluster = NatsCluster(directory)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.conftest import RelayFactory
-from tests.natsproc import NatsCluster
+from tests.natsproc import NatsCluster, running_cluster
 from tests.relayproc import RelayProc
 
 StartRelay = Callable[..., RelayProc]
@@ -16,12 +16,8 @@ StartRelay = Callable[..., RelayProc]
 @pytest.fixture(scope="module")
 def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     """Three clustered nats-server processes, stopped by pid after the module."""
-    cluster = NatsCluster(tmp_path_factory.mktemp("nats"))
-    try:
-        cluster.start()
+    with running_cluster(tmp_path_factory.mktemp("nats")) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture

@@ -45,6 +45,11 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 10.0) -> flo
     return time.monotonic() - start
 
 
+def all_delivered(accepted: dict[str, list[str]], received: dict[str, list[Message]]) -> bool:
+    """Whether every device received (at least) every id accepted for it."""
+    return all({m.id for m in received[pin]} >= set(ids) for pin, ids in accepted.items())
+
+
 async def until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> float:
     start = time.monotonic()
     deadline = start + timeout * TIMEOUT_FACTOR
@@ -279,13 +284,11 @@ def test_relay_failover_delivers_everything_exactly_once(start_relay: StartRelay
             stop.set()
             await asyncio.gather(*pushers)
 
-            def all_delivered() -> bool:
-                return all(
-                    {m.id for m in ledger.received[pin]} >= set(ids)
-                    for pin, ids in ledger.accepted.items()
-                )
-
-            await until("every accepted message delivered", all_delivered, timeout=20)
+            await until(
+                "every accepted message delivered",
+                lambda: all_delivered(ledger.accepted, ledger.received),
+                timeout=20,
+            )
             await asyncio.sleep(0.3)  # a duplicate would show up now
         finally:
             for s in sdks:

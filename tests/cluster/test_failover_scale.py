@@ -21,7 +21,7 @@ import httpx
 from pinrelay.client.device import Device, Message
 from pinrelay.core import frames
 from tests.cluster.conftest import StartRelay
-from tests.cluster.test_cluster import info, until, wait_for
+from tests.cluster.test_cluster import all_delivered, info, until, wait_for
 from tests.relayproc import RelayProc
 
 DEVICES = 500
@@ -143,13 +143,11 @@ def test_500_devices_survive_the_loss_of_one_of_three_relays(start_relay: StartR
             stop.set()
             await asyncio.gather(*pushers)
 
-            def all_delivered() -> bool:
-                return all(
-                    {m.id for m in ledger.received[pin]} >= set(ids)
-                    for pin, ids in ledger.accepted.items()
-                )
-
-            await until("every accepted message delivered", all_delivered, timeout=60)
+            await until(
+                "every accepted message delivered",
+                lambda: all_delivered(ledger.accepted, ledger.received),
+                timeout=60,
+            )
             await asyncio.sleep(0.5)  # a duplicate would show up now
         finally:
             for s in sdks:

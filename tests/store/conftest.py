@@ -21,7 +21,7 @@ import pytest
 from pinrelay.store.base import Store
 from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.store.sqlite import SqliteStore
-from tests.natsproc import NatsCluster
+from tests.natsproc import NatsCluster, running_cluster
 
 ENGINE = pytest.StashKey[str]()
 SERVERS = pytest.StashKey[list[str]]()
@@ -63,12 +63,8 @@ def make_store(engine: str, directory: Path, servers: Sequence[str] = ()) -> Sto
 @pytest.fixture(scope="session")
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     """Three clustered nats-server processes with JetStream, stopped by pid at the end."""
-    cluster = NatsCluster(tmp_path_factory.mktemp("nats"))
-    try:
-        cluster.start()
+    with running_cluster(tmp_path_factory.mktemp("nats")) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 async def destroy_jetstream(servers: Sequence[str], directory: Path, engine: str) -> None:
