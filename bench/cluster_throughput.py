@@ -1089,12 +1089,18 @@ def report(args: argparse.Namespace, runs: list[Run], memory: Memory | None) -> 
     console.print(f"[green]wrote[/] {path}")
 
 
-def pin_source(logs: Path) -> Path:
-    """Copy src/ as it is now into the log folder; every relay of this run imports that
+def pin_source() -> Path:
+    """Copy src/ as it is now to a temporary folder (outside the repository, where mypy
+    and pytest would find a second ``pinrelay``); every relay of this run imports that
     copy (PYTHONPATH comes before the editable install), so all runs measure the same
-    code even if src/ changes while the benchmark runs."""
-    dest = logs / "src"
-    shutil.copytree(ROOT / "src", dest, ignore=shutil.ignore_patterns("__pycache__"))
+    code even if src/ changes while the benchmark runs.  The caller removes it."""
+    dest = Path(tempfile.mkdtemp(prefix="pinrelay-bench-src-"))
+    shutil.copytree(
+        ROOT / "src",
+        dest,
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+        dirs_exist_ok=True,
+    )
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(dest) + (os.pathsep + old if old else "")
     return dest
@@ -1191,8 +1197,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def main(argv: list[str] | None = None) -> tuple[list[Run], Memory | None]:
     args = parse_args(argv)
     logs = run_dir("cluster_throughput")
-    if args.pin_source:
-        pin_source(logs)
+    pinned = pin_source() if args.pin_source else None
+    try:
+        return await measure(args, logs)
+    finally:
+        if pinned is not None:
+            shutil.rmtree(pinned, ignore_errors=True)
+
+
+async def measure(args: argparse.Namespace, logs: Path) -> tuple[list[Run], Memory | None]:
     console.print(
         f"[bold]bench.cluster_throughput[/]: {args.messages:,} messages to {args.devices:,} "
         f"devices, {args.rounds} round(s) of SQLite / cluster sync default / always; "
