@@ -479,6 +479,8 @@ class JetStreamStore:
         log.debug("NATS: %r", exc)
 
     async def _on_disconnected(self) -> None:
+        if self._nc is None:  # our own close(): not news
+            return
         log.warning("NATS connection lost; reconnecting")
 
     async def _on_reconnected(self) -> None:
