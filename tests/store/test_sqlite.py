@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Device, NewMessage, StoredMessage
+from pinrelay.store.base import IdempotencyKey
 from pinrelay.store.sqlite import MIGRATIONS, SqliteStore, connect, migrate
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -296,3 +298,35 @@ async def test_acks_commit_without_fsync_appends_with(tmp_path: Path) -> None:
         assert (writer.synced, level()) == (True, 2)
     finally:
         await store.close()
+
+
+async def test_a_failing_write_fails_alone_in_its_group(db_path: Path) -> None:
+    # Writes in one group run without a SAVEPOINT each; when one fails the group is
+    # run again write by write, so the others still commit and the failing one
+    # leaves nothing behind.
+    groups: list[int] = []
+    s = SqliteStore(db_path, observer=lambda secs, n: groups.append(n))
+    await s.open()
+    try:
+        await s.create_device(PIN, "h", None, NOW)
+        key = IdempotencyKey("k", "first", NOW)
+        await s.append([NewMessage(PIN, "01FIRST", b"{}", None, "normal", NOW, FAR)], key)
+        clash = IdempotencyKey("k", "other", NOW)
+        outcomes = await asyncio.gather(
+            *(
+                s.append(
+                    [NewMessage(PIN, f"01M{i:03d}", b"{}", None, "normal", NOW, FAR)],
+                    clash if i == 25 else None,
+                )
+                for i in range(50)
+            ),
+            return_exceptions=True,
+        )
+        stored = [m.id for m in await s.read(PIN, 0, 100, NOW)]
+    finally:
+        await s.close()
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(failed) == 1 and isinstance(failed[0], PinrelayError)
+    assert failed[0].code is ErrorCode.CONFLICT
+    assert stored == ["01FIRST", *(f"01M{i:03d}" for i in range(50) if i != 25)]
+    assert max(groups) > 1, "the appends never shared a group: the test proves nothing"

@@ -1,8 +1,9 @@
 """Embedded engine: SQLite in WAL mode, one writer thread with group commit.
 
 Writes are queued to a single writer thread.  It takes everything queued while
-the previous commit was syncing, runs each write in its own SAVEPOINT (a failing
-write rolls back alone), and commits them in one transaction with one fsync
+the previous commit was syncing, runs them in one transaction (should one fail, the
+group is rolled back and run again with a SAVEPOINT per write, so a failing write
+rolls back alone), and commits them with one fsync
 (``synchronous=FULL``: a commit survives power loss, not just a crash).  Each
 awaiting caller is answered only after that commit (DESIGN, "Durable acceptance").
 
@@ -199,6 +200,17 @@ class _Writer(threading.Thread):
             if stop:
                 return
 
+    @staticmethod
+    def _isolated(conn: sqlite3.Connection, write: Callable[[sqlite3.Connection], Any]) -> Any:
+        conn.execute("SAVEPOINT w")
+        try:
+            result = (True, write(conn))
+        except Exception as exc:
+            conn.execute("ROLLBACK TO w")
+            result = (False, exc)
+        conn.execute("RELEASE w")
+        return result
+
     def _commit(self, batch: list[_Job]) -> None:
         conn = self.conn
         outcomes: list[tuple[bool, Any]] = []
@@ -212,15 +224,17 @@ class _Writer(threading.Thread):
                 conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self.synced = durable
             conn.execute("BEGIN IMMEDIATE")
-            for write, _, _, _ in batch:
-                conn.execute("SAVEPOINT w")
-                try:
-                    outcomes.append((True, write(conn)))
-                    conn.execute("RELEASE w")
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO w")
-                    conn.execute("RELEASE w")
-                    outcomes.append((False, exc))
+            try:
+                # Optimistic: no SAVEPOINT per write.  Every statement is a release and
+                # re-acquisition of the GIL, which a busy event loop makes this thread
+                # wait for; writes rarely fail.
+                outcomes = [(True, write(conn)) for write, _, _, _ in batch]
+            except Exception:
+                # One failed: undo the group, then run each in its own SAVEPOINT so
+                # only the failing write fails.
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                outcomes = [self._isolated(conn, write) for write, _, _, _ in batch]
             conn.execute("COMMIT")
         except BaseException as exc:
             log.exception("sqlite commit failed")
