@@ -83,8 +83,8 @@ from bench.common import (
     create_devices,
     fmt,
     free_port,
+    linkgen_argv,
     md_table,
-    module_argv,
     print_table,
     progress,
     rss_kb,
@@ -514,20 +514,8 @@ async def run_throughput(args: argparse.Namespace, logs: Path, kind: str, round_
                 break
             relay = relays[i % len(relays)]
             path = write_credentials(logs / f"creds-{tag}-{i}.json", creds[first:last])
-            argv = module_argv(
-                "bench.linkgen",
-                "--port",
-                str(relay.link_port),
-                "--creds",
-                str(path),
-                "--sources",
-                sources[i],
-                "--mode",
-                "recv",
-                "--expect",
-                str(sum(counts[first:last])),
-                "--max-seconds",
-                "3600",
+            argv = linkgen_argv(
+                relay.link_port, path, sources[i], "recv", "--expect", str(sum(counts[first:last]))
             )
             children.append(Child(f"linkgen-{tag}-{i}", argv, logs))
         for child in children:
@@ -759,19 +747,7 @@ async def run_memory(args: argparse.Namespace, logs: Path) -> Memory:
                 path = write_credentials(logs / f"creds-memory-{i}.json", part)
                 child = Child(
                     f"linkgen-memory-{i}",
-                    module_argv(
-                        "bench.linkgen",
-                        "--port",
-                        str(target.link_port),
-                        "--creds",
-                        str(path),
-                        "--sources",
-                        sources[i],
-                        "--mode",
-                        "idle",
-                        "--max-seconds",
-                        "7200",
-                    ),
+                    linkgen_argv(target.link_port, path, sources[i], "idle", max_seconds=7200),
                     logs,
                 )
                 child.on_event = on_event

@@ -627,6 +627,31 @@ def module_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def linkgen_argv(
+    link_port: int,
+    creds: Path,
+    sources: str,
+    mode: str,
+    *extra: str,
+    max_seconds: int = 3600,
+) -> list[str]:
+    """The command line of one bench.linkgen process (``extra``: its other options)."""
+    return module_argv(
+        "bench.linkgen",
+        "--port",
+        str(link_port),
+        "--creds",
+        str(creds),
+        "--sources",
+        sources,
+        "--mode",
+        mode,
+        *extra,
+        "--max-seconds",
+        str(max_seconds),
+    )
+
+
 # --- progress and tables ---------------------------------------------------------
 def progress() -> Progress:
     return Progress(

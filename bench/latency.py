@@ -43,9 +43,9 @@ from bench.common import (
     console,
     cpu_seconds,
     create_devices,
+    linkgen_argv,
     machine,
     md_table,
-    module_argv,
     percentile,
     print_table,
     progress,
@@ -263,20 +263,13 @@ async def measure(args: argparse.Namespace, logs: Path) -> Result:
         out = logs / "latencies.json"
         child = Child(
             "linkgen",
-            module_argv(
-                "bench.linkgen",
-                "--port",
-                str(relay.link_port),
-                "--creds",
-                str(write_credentials(logs / "creds.json", creds)),
-                "--sources",
+            linkgen_argv(
+                relay.link_port,
+                write_credentials(logs / "creds.json", creds),
                 source_addresses(1)[0],
-                "--mode",
                 "latency",
                 "--latency-out",
                 str(out),
-                "--max-seconds",
-                "3600",
             ),
             logs,
         )

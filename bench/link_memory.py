@@ -35,9 +35,9 @@ from bench.common import (
     console,
     create_devices,
     fmt,
+    linkgen_argv,
     machine,
     md_table,
-    module_argv,
     open_files,
     print_table,
     progress,
@@ -124,18 +124,12 @@ class Fleet:
     def _child(self, i: int, relay: RelayProcess, on_event: Any) -> Child:
         child = Child(
             f"linkgen{i}-r{self.round}",
-            module_argv(
-                "bench.linkgen",
-                "--port",
-                str(relay.link_port),
-                "--creds",
-                str(self.creds_files[i]),
-                "--sources",
+            linkgen_argv(
+                relay.link_port,
+                self.creds_files[i],
                 ",".join(self.sources[i]),
-                "--mode",
                 "idle",
-                "--max-seconds",
-                "7200",
+                max_seconds=7200,
             ),
             self.logs,
         )

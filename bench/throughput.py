@@ -48,6 +48,7 @@ from bench.common import (
     console,
     cpu_seconds,
     create_devices,
+    linkgen_argv,
     machine,
     md_table,
     module_argv,
@@ -161,20 +162,13 @@ async def run_pinrelay(args: argparse.Namespace, logs: Path, round_no: int) -> R
             path = write_credentials(
                 logs / f"creds-r{round_no}-{i}.json", creds[part.start : part.stop]
             )
-            argv = module_argv(
-                "bench.linkgen",
-                "--port",
-                str(relay.link_port),
-                "--creds",
-                str(path),
-                "--sources",
+            argv = linkgen_argv(
+                relay.link_port,
+                path,
                 sources[i],
-                "--mode",
                 "recv",
                 "--expect",
                 str(sum(counts[part.start : part.stop])),
-                "--max-seconds",
-                "3600",
             )
             if args.window:
                 argv += ["--window", str(args.window)]
