@@ -65,7 +65,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from nats.js.api import StorageType, StreamConfig
@@ -99,7 +98,13 @@ from bench.common import (
     write_section,
 )
 from bench.rawhttp import Connection
-from bench.throughput import count_unacked, per_device_counts, self_cpu, wait_delivered
+from bench.throughput import (
+    batch_bodies,
+    count_unacked,
+    per_device_counts,
+    self_cpu,
+    wait_delivered,
+)
 from pinrelay.cluster import nats_server_binary
 
 MODULE = "bench.cluster_throughput"
@@ -384,27 +389,6 @@ class System:
 
 
 # --- pushing ---------------------------------------------------------------------
-class _Item(msgspec.Struct):
-    to: str
-    data: dict[str, int]
-    ttl: int
-
-
-class _Batch(msgspec.Struct):
-    messages: list[_Item]
-
-
-def batch_bodies(pins: Sequence[str], messages: int, batch: int) -> list[tuple[bytes, int]]:
-    """Message i → pins[i mod len(pins)], ``batch`` per body; (body, count) pairs."""
-    encoder = msgspec.json.Encoder()
-    out: list[tuple[bytes, int]] = []
-    for start in range(0, messages, batch):
-        stop = min(start + batch, messages)
-        items = [_Item(to=pins[i % len(pins)], data={"n": i}, ttl=3600) for i in range(start, stop)]
-        out.append((encoder.encode(_Batch(items)), stop - start))
-    return out
-
-
 async def open_pushers(relays: Sequence[RelayProcess], count: int) -> list[Connection]:
     """``count`` keep-alive connections, spread over the relays round-robin."""
     conns = []

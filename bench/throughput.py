@@ -148,6 +148,17 @@ class _Batch(msgspec.Struct):
     messages: list[_Item]
 
 
+def batch_bodies(pins: Sequence[str], messages: int, batch: int) -> list[tuple[bytes, int]]:
+    """Message i → pins[i mod len(pins)], ``batch`` per body; (body, count) pairs."""
+    encoder = msgspec.json.Encoder()
+    out: list[tuple[bytes, int]] = []
+    for start in range(0, messages, batch):
+        stop = min(start + batch, messages)
+        items = [_Item(to=pins[i % len(pins)], data={"n": i}, ttl=3600) for i in range(start, stop)]
+        out.append((encoder.encode(_Batch(items)), stop - start))
+    return out
+
+
 async def run_pinrelay(args: argparse.Namespace, logs: Path, round_no: int) -> Run:
     relay = RelayProcess(logs, max_links=args.devices + 100, name=f"relay-r{round_no}")
     children: list[Child] = []
@@ -181,27 +192,13 @@ async def run_pinrelay(args: argparse.Namespace, logs: Path, round_no: int) -> R
                 raise RuntimeError(f"{child.name}: {ready['failed']} links failed")
 
         pins = [pin for pin, _ in creds]
-        encoder = msgspec.json.Encoder()
         conns = [
             await Connection("127.0.0.1", relay.port, relay.admin_key).open()
             for _ in range(args.pushers)
         ]
-        requests = [
-            conns[0].request_bytes(
-                "POST",
-                "/v1/messages",
-                encoder.encode(
-                    _Batch(
-                        [
-                            _Item(to=pins[i % args.devices], data={"n": i}, ttl=3600)
-                            for i in range(start, min(start + args.batch, args.messages))
-                        ]
-                    )
-                ),
-            )
-            for start in range(0, args.messages, args.batch)
-        ]
-        sizes = [min(args.batch, args.messages - s) for s in range(0, args.messages, args.batch)]
+        bodies = batch_bodies(pins, args.messages, args.batch)
+        requests = [conns[0].request_bytes("POST", "/v1/messages", b) for b, _ in bodies]
+        sizes = [n for _, n in bodies]
         await wait_quiet(relay.pid, timeout=10.0)
         next_batch = 0
 
