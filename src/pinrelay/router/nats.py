@@ -48,7 +48,6 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -56,11 +55,9 @@ from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import StoredMessage
 from pinrelay.router.local import Linked, LocalRouter
 from pinrelay.store.base import StoreClosed
-from pinrelay.store.jetstream import setup_may_retry
+from pinrelay.store.jetstream import ensure_bucket, setup_may_retry
 
 log = logging.getLogger(__name__)
-
-_ERR_STREAM_NAME_IN_USE = 10058
 
 
 class NodeIdInUse(PinrelayError):
@@ -163,8 +160,12 @@ class NatsRouter(LocalRouter):
         deadline = time.monotonic() + setup_timeout
         while True:
             try:
-                self._routes = await self._bucket(js, f"{self.bucket_prefix}_routes", None)
-                self._relays = await self._bucket(js, f"{self.bucket_prefix}_relays", self.ttl_s)
+                self._routes = await ensure_bucket(
+                    js, f"{self.bucket_prefix}_routes", self.replicas, None
+                )
+                self._relays = await ensure_bucket(
+                    js, f"{self.bucket_prefix}_relays", self.replicas, self.ttl_s
+                )
                 await self._check_unique(self._relays)
                 break
             except (TimeoutError, nats.errors.Error) as exc:
@@ -197,22 +198,6 @@ class NatsRouter(LocalRouter):
                     f"node id {self.node!r} is in use by a live relay at {other.http_url}; "
                     "give each relay its own --node-id"
                 )
-
-    async def _bucket(self, js: JetStreamContext, name: str, ttl: float | None) -> KeyValue:
-        config = KeyValueConfig(
-            bucket=name,
-            history=1,
-            storage=StorageType.FILE,
-            replicas=self.replicas,
-            direct=False,
-            ttl=ttl,
-        )
-        try:
-            return await js.create_key_value(config)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != _ERR_STREAM_NAME_IN_USE:
-                raise
-            return await js.key_value(name)
 
     async def stop(self) -> None:
         """Leave the live list at once (best effort) and stop listening."""

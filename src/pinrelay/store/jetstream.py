@@ -223,6 +223,26 @@ def setup_may_retry(exc: BaseException) -> bool:
     )
 
 
+async def ensure_bucket(
+    js: JetStreamContext, name: str, replicas: int, ttl: float | None
+) -> KeyValue:
+    """Create a KV bucket (file storage, history 1, reads on its leader) or adopt it."""
+    config = KeyValueConfig(
+        bucket=name,
+        history=1,
+        storage=StorageType.FILE,
+        replicas=replicas,
+        direct=False,
+        ttl=ttl,
+    )
+    try:
+        return await js.create_key_value(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != _ERR_STREAM_NAME_IN_USE:
+            raise
+        return await js.key_value(name)
+
+
 def ttl_seconds(m: NewMessage, grace_s: int) -> int:
     """JetStream's TTL for ``m``: whole seconds, at least 1, never shorter than its life."""
     life_ms = max(0, m.expires_at_ms - m.sent_at_ms)
@@ -456,7 +476,15 @@ class JetStreamStore:
             while True:
                 try:
                     await self._ensure_streams(nc, js)
-                    buckets = [await self._ensure_bucket(js, b) for b in self.bucket_names()]
+                    buckets = [
+                        await ensure_bucket(
+                            js,
+                            b,
+                            self.replicas,
+                            float(IDEMPOTENCY_TTL_S) if b.endswith("_idem") else None,
+                        )
+                        for b in self.bucket_names()
+                    ]
                     break
                 except (TimeoutError, nats.errors.Error) as exc:
                     if not setup_may_retry(exc) or time.monotonic() > deadline:
@@ -561,22 +589,6 @@ class JetStreamStore:
                     have.allow_atomic = True
                 info = await js.update_stream(have)
         return bool(info.config.allow_atomic)
-
-    async def _ensure_bucket(self, js: JetStreamContext, bucket: str) -> KeyValue:
-        config = KeyValueConfig(
-            bucket=bucket,
-            history=1,
-            storage=StorageType.FILE,
-            replicas=self.replicas,
-            direct=False,
-            ttl=float(IDEMPOTENCY_TTL_S) if bucket.endswith("_idem") else None,
-        )
-        try:
-            return await js.create_key_value(config)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != _ERR_STREAM_NAME_IN_USE:
-                raise
-            return await js.key_value(bucket)
 
     async def close(self) -> None:
         nc, self._nc, self._js, self._kv = self._nc, None, None, None
