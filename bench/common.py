@@ -111,6 +111,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (a relay's store writer, say)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                out.extend(int(x) for x in (task / "children").read_text().split())
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of a process and of its children still running."""
+    total = cpu_seconds(pid)
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError, ValueError):
+            total += cpu_seconds(child)
+    return total
+
+
 def system_busy_seconds() -> float:
     """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
@@ -125,7 +144,7 @@ class OtherLoad:
     """
 
     def __init__(self, pids: Sequence[int]) -> None:
-        self.pids = [*pids, os.getpid()]
+        self.pids = [*pids, *(c for p in pids for c in child_pids(p)), os.getpid()]
         self._t0 = time.monotonic()
         self._busy0 = system_busy_seconds()
         self._ours0 = self._ours()
@@ -194,10 +213,10 @@ async def wait_quiet(
     group commits) is counted, the idle time after it hardly.
     """
     deadline = time.monotonic() + timeout
-    last = cpu_seconds(pid)
+    last = tree_cpu_seconds(pid)
     while time.monotonic() < deadline:
         await asyncio.sleep(interval)
-        now = cpu_seconds(pid)
+        now = tree_cpu_seconds(pid)
         if now - last < busy_below * interval:
             return now
         last = now
@@ -359,7 +378,8 @@ class RelayProcess:
             shutil.rmtree(self.data, ignore_errors=True)
 
     def cpu(self) -> float:
-        return cpu_seconds(self.pid)
+        """CPU seconds of the relay and of its children (the SQLite store's writer)."""
+        return tree_cpu_seconds(self.pid)
 
     def rss(self) -> int:
         return rss_kb(self.pid)

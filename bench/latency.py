@@ -77,8 +77,10 @@ class Phase:
     max_lag_ms: float = 0.0
     late: int = 0
     cpu_s: float = 0.0
-    #: Of cpu_s: the event loop's thread (the main one), the rest is the writer's.
+    #: Of cpu_s: the event loop's thread (the main one), and the store's writer
+    #: process (the rest: the relay's other threads).
     loop_cpu_s: float = 0.0
+    writer_cpu_s: float = 0.0
     generator_cpu_s: float = 0.0
     delivery: list[float] = field(default_factory=list)
     answer: list[float] = field(default_factory=list)
@@ -188,6 +190,7 @@ async def paced(
     other = OtherLoad([relay.pid, device_pid])
     generators0 = cpu_seconds(os.getpid()) + cpu_seconds(device_pid)
     cpu0 = relay.cpu()
+    writer0 = cpu0 - cpu_seconds(relay.pid)
     loop0 = thread_cpu(relay.pid).get(relay.pid, 0.0)
     start = time.perf_counter()
     with timed_phase(f"paced at {rate:,.0f}/s", seconds) as update:
@@ -208,7 +211,9 @@ async def paced(
                 update(time.perf_counter() - start)
         await asyncio.gather(*tasks)
     phase.seconds = time.perf_counter() - start
-    phase.cpu_s = relay.cpu() - cpu0
+    cpu1 = relay.cpu()
+    phase.cpu_s = cpu1 - cpu0
+    phase.writer_cpu_s = cpu1 - cpu_seconds(relay.pid) - writer0
     phase.loop_cpu_s = thread_cpu(relay.pid).get(relay.pid, 0.0) - loop0
     phase.generator_cpu_s = cpu_seconds(os.getpid()) + cpu_seconds(device_pid) - generators0
     phase.sent = total
@@ -368,7 +373,9 @@ def report(args: argparse.Namespace, r: Result) -> None:
             f"(max lag {ph.max_lag_ms:.1f} ms); relay CPU {ph.cpu_s / ph.seconds * 100:.0f} % "
             f"of a core ({ph.cpu_s / max(1, ph.sent) * 1e6:.0f} µs per push, of which the event "
             f"loop's thread {ph.loop_cpu_s / max(1, ph.sent) * 1e6:.0f} µs, "
-            f"{ph.loop_cpu_s / ph.seconds * 100:.0f} % of a core); pusher + device "
+            f"{ph.loop_cpu_s / ph.seconds * 100:.0f} % of a core, and the store's writer "
+            f"process {ph.writer_cpu_s / max(1, ph.sent) * 1e6:.0f} µs, "
+            f"{ph.writer_cpu_s / ph.seconds * 100:.0f} % of a core); pusher + device "
             f"process {ph.generator_cpu_s / ph.seconds * 100:.0f} % of a core; other processes "
             f"{ph.other_cores:.2f} cores. **p99 push → device {p99:.2f} ms** ({verdict} the "
             "target of < 10 ms)."

@@ -240,9 +240,9 @@ async def run_pinrelay(args: argparse.Namespace, logs: Path, round_no: int) -> R
             client_cpu,
             unacked,
             loop_s=delta.get(relay.pid, 0.0),
-            # Python 3.11 does not name native threads: the rest is the SQLite writer
-            # (the thread pool and libuv's workers stay idle here).
-            writer_s=sum(v for k, v in delta.items() if k != relay.pid),
+            # The rest is the SQLite writer process (the relay's thread pool and
+            # libuv's workers stay idle here).
+            writer_s=cpu1 - cpu0 - delta.get(relay.pid, 0.0),
             other_cores=other_cores,
         )
     finally:
@@ -394,7 +394,7 @@ HEADERS = [
     "pushes answered s",
     "server CPU s",
     "server CPU µs/msg",
-    "of which loop / other threads µs",
+    "of which loop / writer µs",
     "load generator CPU s",
     "other processes, cores",
     "unacked after",
@@ -474,9 +474,9 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
             "wall s: first push to last message received (acked as read). pushes answered s: "
             "until the last push was answered (pinrelay: stored and fsynced; Mosquitto: "
             "PUBACK). server CPU: utime+stime of the relay or of Mosquitto from the first push "
-            "until it went quiet after the last message; for pinrelay also split by thread: "
-            "the event loop's thread (HTTP, links, reads) and the other threads (the SQLite "
-            "writer's group commits). "
+            "until it went quiet after the last message (for pinrelay with its SQLite writer "
+            "process), also split: the event loop's thread (HTTP, links, reads) and the rest, "
+            "which is the writer process's group commits. "
             "unacked after: messages not acknowledged in the store once the run was over. "
             "Mosquitto's run is bound by its paho-mqtt load generators (see their CPU), "
             "so its msgs/s is not Mosquitto's limit. other processes: CPU the rest of the "

@@ -1,11 +1,10 @@
-"""Embedded engine: SQLite in WAL mode, one writer thread with group commit.
+"""Embedded engine: SQLite in WAL mode, one writer process with group commit.
 
-Writes are queued to a single writer thread.  It takes everything queued while
-the previous commit was syncing, runs them in one transaction (should one fail, the
-group is rolled back and run again with a SAVEPOINT per write, so a failing write
-rolls back alone), and commits them with one fsync
-(``synchronous=FULL``: a commit survives power loss, not just a crash).  Each
-awaiting caller is answered only after that commit (DESIGN, "Durable acceptance").
+Writes go to the store's writer, a child process (store/sqlite_writer.py): it
+takes everything that arrived while the previous commit was syncing, runs it in one
+transaction and commits it with one fsync (``synchronous=FULL``: a commit survives
+power loss, not just a crash).  Each awaiting caller is answered only after that
+commit (DESIGN, "Durable acceptance").
 
 Reads run on the event-loop thread on their own connection: in WAL mode they
 never wait for the writer, and a read of one window of messages takes tens of
@@ -18,39 +17,21 @@ import asyncio
 import contextlib
 import logging
 import os
-import queue
+import socket
 import sqlite3
-import threading
-import time
-from collections.abc import Callable, Sequence
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
-
-import msgspec
+from typing import Any, cast
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, Scope, StoredMessage
-from pinrelay.store.base import (
-    UNKNOWN_DEVICE,
-    CommitObserver,
-    IdempotencyKey,
-    Rejected,
-    StoreClosed,
-    StoreStats,
-)
+from pinrelay.store import sqlite_ops as ops
+from pinrelay.store.base import CommitObserver, IdempotencyKey, Rejected, StoreClosed, StoreStats
+from pinrelay.store.sqlite_writer import frame, frames
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-Write = Callable[[sqlite3.Connection], Any]
-
-
-class _Job(NamedTuple):
-    write: Write
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-    #: False for writes whose loss in a crash is harmless (acks, last seen).
-    durable: bool
-
 
 #: Schema migrations, applied in order; PRAGMA user_version counts those applied.
 MIGRATIONS: list[str] = [
@@ -97,33 +78,13 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-#: How long an Idempotency-Key is remembered.
-IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
-#: Writes per transaction at most, so one commit never grows without bound.
-MAX_GROUP = 512
-
-
-class _Result(msgspec.Struct, array_like=True):
-    """An append result as kept for idempotent replays."""
-
-    pin: str
-    id: str | None = None
-    cursor: int = 0
-    expires_ms: int = 0
-    reason: str | None = None
-
-
-_results_enc = msgspec.msgpack.Encoder()
-_results_dec = msgspec.msgpack.Decoder(list[_Result])
-
 _READ_SQL = (
     "SELECT pin, cursor, id, data, topic, urgency, sent_ms, expires_ms, kind, sender"
     " FROM messages WHERE pin = ? AND cursor > ? AND expires_ms > ? ORDER BY cursor LIMIT ?"
 )
-_INSERT_SQL = (
-    "INSERT INTO messages (pin, cursor, id, data, topic, urgency, sent_ms, expires_ms, kind,"
-    " sender) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+#: How long the writer process may take to start, or to finish once asked to stop.
+WRITER_START_S = 30.0
+WRITER_STOP_S = 30.0
 
 
 def _row_to_message(row: tuple[Any, ...]) -> StoredMessage:
@@ -168,97 +129,88 @@ def migrate(conn: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
-class _Writer(threading.Thread):
-    """The one thread that writes.  Group commit: one fsync for many writes."""
+def _error(value: Any) -> Exception:
+    kind, detail, code = value
+    if kind == "pinrelay":
+        return PinrelayError(detail, ErrorCode[code])
+    if kind == "integrity":
+        return sqlite3.IntegrityError(detail)
+    return StoreClosed(detail)
 
-    def __init__(self, conn: sqlite3.Connection, observer: CommitObserver | None) -> None:
-        super().__init__(name="pinrelay-sqlite-writer", daemon=True)
-        self.conn = conn
+
+class _WriterLink(asyncio.Protocol):
+    """The relay's end of the socket to its writer process."""
+
+    def __init__(self, observer: CommitObserver | None) -> None:
         self.observer = observer
-        self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self.failed: BaseException | None = None
-        #: Whether the connection's synchronous setting is FULL (connect() sets it).
-        self.synced = True
+        self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.seq = 0
+        self.buf = bytearray()
+        self.out: list[bytes] = []
+        self.lost = False
+        #: Whether the last commit was fsynced (tests read it).
+        self.last_synced = True
 
-    def run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < MAX_GROUP:
-                try:
-                    nxt = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._commit(batch)
-            if stop:
-                return
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
-    @staticmethod
-    def _isolated(conn: sqlite3.Connection, write: Callable[[sqlite3.Connection], Any]) -> Any:
-        conn.execute("SAVEPOINT w")
-        try:
-            result = (True, write(conn))
-        except Exception as exc:
-            conn.execute("ROLLBACK TO w")
-            result = (False, exc)
-        conn.execute("RELEASE w")
-        return result
+    def send(self, op: ops.AnyOp) -> asyncio.Future[Any]:
+        if self.lost or self.transport is None:
+            raise StoreClosed("store is closed")
+        self.seq += 1
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[self.seq] = fut
+        # One socket write per turn of the loop for everything asked in that turn.
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.out.append(frame(ops.encoder.encode(ops.Request(self.seq, op))))
+        return fut
 
-    def _commit(self, batch: list[_Job]) -> None:
-        conn = self.conn
-        outcomes: list[tuple[bool, Any]] = []
-        started = time.perf_counter()
-        try:
-            # A group with nothing that must survive a crash commits without fsync:
-            # in WAL mode it stays ordered and consistent, and the next durable
-            # commit's fsync covers it (docs/DECISIONS.md, "Acks without fsync").
-            durable = any(job.durable for job in batch)
-            if durable is not self.synced:
-                conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-                self.synced = durable
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Optimistic: no SAVEPOINT per write.  Every statement is a release and
-                # re-acquisition of the GIL, which a busy event loop makes this thread
-                # wait for; writes rarely fail.
-                outcomes = [(True, write(conn)) for write, _, _, _ in batch]
-            except Exception:
-                # One failed: undo the group, then run each in its own SAVEPOINT so
-                # only the failing write fails.
-                conn.execute("ROLLBACK")
-                conn.execute("BEGIN IMMEDIATE")
-                outcomes = [self._isolated(conn, write) for write, _, _, _ in batch]
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            log.exception("sqlite commit failed")
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            outcomes = [(False, StoreClosed(f"commit failed: {exc}"))] * len(batch)
-        if self.observer is not None:
-            self.observer(time.perf_counter() - started, len(batch))
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for (_, fut, loop, _), (ok, value) in zip(batch, outcomes, strict=True):
-            by_loop.setdefault(loop, []).append((fut, ok, value))
-        for loop, answers in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
-                loop.call_soon_threadsafe(_resolve, answers)
+    def _flush(self) -> None:
+        out, self.out = self.out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        for payload in frames(self.buf):
+            reply = ops.reply_decoder.decode(payload)
+            if not self.ready.done():
+                self.ready.set_result(None)
+                continue
+            if reply.writes:
+                self.last_synced = reply.synced
+                if self.observer is not None:
+                    self.observer(reply.commit_s, reply.writes)
+            for answer in reply.answers:
+                fut = self.pending.pop(answer.seq, None)
+                if fut is None or fut.done():
+                    continue
+                if answer.ok:
+                    fut.set_result(answer.value)
+                else:
+                    fut.set_exception(_error(answer.value))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        gone = StoreClosed("the store's writer process has ended")
+        if not self.ready.done():
+            self.ready.set_exception(gone)
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(gone)
 
 
-def _resolve(answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for fut, ok, value in answers:
-        if fut.done():
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+def _spawn_writer(path: Path, fd: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    argv = [sys.executable, "-m", "pinrelay.store.sqlite_writer", str(fd), str(path)]
+    argv.append(str(os.getpid()))
+    return subprocess.Popen(argv, pass_fds=(fd,), stdin=subprocess.DEVNULL, env=env)
 
 
 class SqliteStore:
@@ -267,55 +219,86 @@ class SqliteStore:
     def __init__(self, path: Path, observer: CommitObserver | None = None) -> None:
         self.path = path
         self._observer = observer
-        self._writer: _Writer | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._link: _WriterLink | None = None
         self._reader: sqlite3.Connection | None = None
 
     # --- lifecycle -----------------------------------------------------------
     async def open(self) -> None:
         await asyncio.to_thread(self._open)
-        assert self._writer is not None
-        self._writer.start()
+        try:
+            await self._start_writer()
+        except BaseException:
+            await self.close()
+            raise
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # The database holds token hashes: create it private to the relay's user
         # (SQLite gives the -wal and -shm files the main file's mode).
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        wconn = connect(self.path)
+        conn = connect(self.path)
         try:
-            migrate(wconn)
-        except BaseException:
-            wconn.close()
-            raise
+            migrate(conn)
+        finally:
+            conn.close()
         self._reader = connect(self.path)
-        self._writer = _Writer(wconn, self._observer)
         for suffix in ("", "-wal", "-shm"):
             p = Path(str(self.path) + suffix)
             if p.exists():
                 p.chmod(0o600)
 
+    async def _start_writer(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            # Forked from the loop's thread, on purpose: it lives as long as the relay,
+            # and PR_SET_PDEATHSIG fires when the thread that forked the child ends.
+            self._proc = _spawn_writer(self.path, theirs.fileno())
+        finally:
+            theirs.close()
+        loop = asyncio.get_running_loop()
+        _, self._link = await loop.create_unix_connection(
+            lambda: _WriterLink(self._observer), sock=ours
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(self._link.ready), WRITER_START_S)
+        except TimeoutError:
+            raise StoreClosed("the store's writer process did not start") from None
+
     async def close(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.queue.put(None)
-            await asyncio.to_thread(writer.join)
-            writer.conn.close()
+        link, self._link = self._link, None
+        proc, self._proc = self._proc, None
+        if link is not None:
+            with contextlib.suppress(PinrelayError, TimeoutError):
+                if not link.lost:
+                    await asyncio.wait_for(link.send(ops.Stop()), WRITER_STOP_S)
+            if link.transport is not None:
+                link.transport.close()
+        if proc is not None:
+            try:
+                await asyncio.to_thread(proc.wait, WRITER_STOP_S)
+            except subprocess.TimeoutExpired:
+                log.warning("the store's writer process did not stop; killing it")
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
         if self._reader is not None:
             self._reader.close()
             self._reader = None
 
-    def healthy(self) -> bool:
-        writer = self._writer
-        return writer is not None and writer.is_alive()
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's pid (for tests and benchmarks)."""
+        return None if self._proc is None else self._proc.pid
 
-    async def _write(self, write: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
-        writer = self._writer
-        if writer is None or not writer.is_alive():
+    def healthy(self) -> bool:
+        link, proc = self._link, self._proc
+        return link is not None and not link.lost and proc is not None and proc.poll() is None
+
+    async def _write(self, op: ops.AnyOp) -> Any:
+        link = self._link
+        if link is None:
             raise StoreClosed("store is closed")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        writer.queue.put(_Job(write, fut, loop, durable))
-        return await fut
+        return await link.send(op)
 
     def _read(self) -> sqlite3.Connection:
         if self._reader is None:
@@ -326,15 +309,7 @@ class SqliteStore:
     async def create_device(
         self, pin: str, token_hash: str, label: str | None, now_ms: int
     ) -> Device | None:
-        def write(c: sqlite3.Connection) -> bool:
-            cur = c.execute(
-                "INSERT OR IGNORE INTO devices (pin, token_hash, label, created_ms)"
-                " VALUES (?, ?, ?, ?)",
-                (pin, token_hash, label, now_ms),
-            )
-            return cur.rowcount == 1
-
-        if not await self._write(write):
+        if not await self._write(ops.CreateDevice(pin, token_hash, label, now_ms)):
             return None
         return Device(pin, token_hash, label, now_ms, None, 0, 0)
 
@@ -351,24 +326,13 @@ class SqliteStore:
         return None if row is None else _row_to_device(row)
 
     async def delete_device(self, pin: str) -> bool:
-        def write(c: sqlite3.Connection) -> bool:
-            c.execute("DELETE FROM messages WHERE pin = ?", (pin,))
-            return c.execute("DELETE FROM devices WHERE pin = ?", (pin,)).rowcount == 1
-
-        return await self._write(write)
+        return bool(await self._write(ops.DeleteDevice(pin)))
 
     async def set_token(self, pin: str, token_hash: str) -> bool:
-        def write(c: sqlite3.Connection) -> bool:
-            sql = "UPDATE devices SET token_hash = ? WHERE pin = ?"
-            return c.execute(sql, (token_hash, pin)).rowcount == 1
-
-        return await self._write(write)
+        return bool(await self._write(ops.SetToken(pin, token_hash)))
 
     async def touch_device(self, pin: str, now_ms: int) -> None:
-        def write(c: sqlite3.Connection) -> None:
-            c.execute("UPDATE devices SET last_seen_ms = ? WHERE pin = ?", (now_ms, pin))
-
-        await self._write(write, durable=False)
+        await self._write(ops.TouchDevice(pin, now_ms))
 
     async def backlog(self, pin: str, now_ms: int) -> int:
         row = (
@@ -382,14 +346,11 @@ class SqliteStore:
 
     # --- keys ----------------------------------------------------------------
     async def create_key(self, key: ApiKey) -> None:
-        def write(c: sqlite3.Connection) -> None:
-            c.execute(
-                "INSERT INTO api_keys (id, name, scope, key_hash, created_ms, revoked)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (key.id, key.name, key.scope.value, key.key_hash, key.created_ms, int(key.revoked)),
+        await self._write(
+            ops.CreateKey(
+                key.id, key.name, key.scope.value, key.key_hash, key.created_ms, key.revoked
             )
-
-        await self._write(write)
+        )
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
         row = (
@@ -415,51 +376,37 @@ class SqliteStore:
         return [_row_to_key(r) for r in rows]
 
     async def revoke_key(self, key_id: str) -> bool:
-        def write(c: sqlite3.Connection) -> bool:
-            sql = "UPDATE api_keys SET revoked = 1 WHERE id = ? AND revoked = 0"
-            return c.execute(sql, (key_id,)).rowcount == 1
+        return bool(await self._write(ops.RevokeKey(key_id)))
 
-        return await self._write(write)
-
-    # --- messages ------------------------------------------------------------
     async def append(
         self, messages: Sequence[NewMessage | Rejected], idem: IdempotencyKey | None = None
     ) -> tuple[list[Accepted | Rejected], bool]:
-
-        def write(c: sqlite3.Connection) -> tuple[list[_Result], bool]:
-            if idem is not None:
-                row = c.execute(
-                    "SELECT fingerprint, result FROM idempotency WHERE key = ?", (idem.key,)
-                ).fetchone()
-                if row is not None:
-                    if row[0] != idem.fingerprint:
-                        raise PinrelayError(
-                            "Idempotency-Key was used with a different request",
-                            ErrorCode.CONFLICT,
-                        )
-                    return _results_dec.decode(row[1]), True
-            results = _append_all(c, messages)
-            if idem is not None:
-                c.execute(
-                    "INSERT INTO idempotency (key, fingerprint, result, created_ms)"
-                    " VALUES (?, ?, ?, ?)",
-                    (
-                        idem.key,
-                        idem.fingerprint,
-                        _results_enc.encode(results),
-                        idem.created_ms,
-                    ),
-                )
-            return results, False
-
-        results, replay = await self._write(write)
-        out: list[Accepted | Rejected] = [
-            Rejected(r.pin, r.reason, r.id)
-            if r.reason is not None
-            else Accepted(r.id or "", r.pin, r.cursor, r.expires_ms)
-            for r in results
+        items = [
+            ops.Item(m.pin, m.id, m.reason)
+            if isinstance(m, Rejected)
+            else ops.Item(
+                m.pin,
+                m.id,
+                None,
+                m.data,
+                m.topic,
+                m.urgency,
+                m.sent_at_ms,
+                m.expires_at_ms,
+                m.kind,
+                m.sender,
+            )
+            for m in messages
         ]
-        return out, replay
+        key = None if idem is None else (idem.key, idem.fingerprint, idem.created_ms)
+        raw, replay = await self._write(ops.Append(items, key))
+        out: list[Accepted | Rejected] = []
+        for pin, id_, cursor, expires_ms, reason in raw:
+            if reason is not None:
+                out.append(Rejected(pin, reason, id_))
+            else:
+                out.append(Accepted(id_ or "", pin, cursor, expires_ms))
+        return out, bool(replay)
 
     async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
         rows = self._read().execute(_READ_SQL, (pin, after, now_ms, limit)).fetchall()
@@ -469,28 +416,10 @@ class SqliteStore:
         await self.ack_many([(pin, cursor)])
 
     async def ack_many(self, acks: Sequence[tuple[str, int]]) -> None:
-        def write(c: sqlite3.Connection) -> None:
-            c.executemany("DELETE FROM messages WHERE pin = ? AND cursor <= ?", acks)
-            c.executemany(
-                "UPDATE devices SET acked_cursor = max(acked_cursor, ?2) WHERE pin = ?1", acks
-            )
-
-        # An ack lost in a crash means a redelivery, which clients drop: no fsync.
-        await self._write(write, durable=False)
+        await self._write(ops.AckMany(list(acks)))
 
     async def sweep(self, now_ms: int, limit: int = 1000) -> int:
-        def write(c: sqlite3.Connection) -> int:
-            n = c.execute(
-                "DELETE FROM messages WHERE (pin, cursor) IN (SELECT pin, cursor FROM messages"
-                " WHERE expires_ms <= ? LIMIT ?)",
-                (now_ms, limit),
-            ).rowcount
-            c.execute(
-                "DELETE FROM idempotency WHERE created_ms <= ?", (now_ms - IDEMPOTENCY_TTL_MS,)
-            )
-            return int(n)
-
-        return await self._write(write)
+        return int(await self._write(ops.Sweep(now_ms, limit)))
 
     async def stats(self) -> StoreStats:
         self._read()  # raises when closed
@@ -505,53 +434,3 @@ def _count(path: Path) -> StoreStats:
         return StoreStats(int(devices), int(messages))
     finally:
         conn.close()
-
-
-def _append_all(c: sqlite3.Connection, messages: Sequence[NewMessage | Rejected]) -> list[_Result]:
-    """Append in order; one cursor update per device, one INSERT statement for all."""
-    wanted: dict[str, int] = {}
-    for m in messages:
-        if isinstance(m, NewMessage):
-            wanted[m.pin] = wanted.get(m.pin, 0) + 1
-    next_cursor: dict[str, int] = {}
-    for pin, count in wanted.items():
-        row = c.execute(
-            "UPDATE devices SET last_cursor = last_cursor + ? WHERE pin = ? RETURNING last_cursor",
-            (count, pin),
-        ).fetchone()
-        if row is not None:
-            next_cursor[pin] = int(row[0]) - count + 1
-    results: list[_Result] = []
-    rows: list[tuple[object, ...]] = []
-    for m in messages:
-        if isinstance(m, Rejected):
-            results.append(_Result(pin=m.pin, id=m.id, reason=m.reason))
-            continue
-        cursor = next_cursor.get(m.pin)
-        if cursor is None:
-            results.append(_Result(pin=m.pin, id=m.id, reason=UNKNOWN_DEVICE))
-            continue
-        next_cursor[m.pin] = cursor + 1
-        if m.topic is not None:
-            # DESIGN, "Expiry and collapse": the newer message replaces the stored one
-            # (including one earlier in this batch, so flush the rows queued so far).
-            c.executemany(_INSERT_SQL, rows)
-            rows.clear()
-            c.execute("DELETE FROM messages WHERE pin = ? AND topic = ?", (m.pin, m.topic))
-        rows.append(
-            (
-                m.pin,
-                cursor,
-                m.id,
-                m.data,
-                m.topic,
-                m.urgency,
-                m.sent_at_ms,
-                m.expires_at_ms,
-                m.kind,
-                m.sender,
-            )
-        )
-        results.append(_Result(pin=m.pin, id=m.id, cursor=cursor, expires_ms=m.expires_at_ms))
-    c.executemany(_INSERT_SQL, rows)
-    return results

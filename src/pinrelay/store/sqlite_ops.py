@@ -1,0 +1,278 @@
+"""The SQLite engine's writes, as values: what the relay sends its writer process.
+
+Each write is a msgspec struct (tagged, so one decoder reads any of them) whose
+``run`` applies it to the writer's connection inside the group's transaction.
+The relay encodes them with :data:`encoder`; the writer process decodes them with
+:data:`decoder` (store/sqlite_writer.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, ClassVar
+
+import msgspec
+
+from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.store.base import UNKNOWN_DEVICE
+
+#: How long an Idempotency-Key is remembered.
+IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
+
+_INSERT_SQL = (
+    "INSERT INTO messages (pin, cursor, id, data, topic, urgency, sent_ms, expires_ms, kind,"
+    " sender) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class Result(msgspec.Struct, array_like=True):
+    """One appended message's outcome, as answered and as kept for idempotent replays."""
+
+    pin: str
+    id: str | None = None
+    cursor: int = 0
+    expires_ms: int = 0
+    reason: str | None = None
+
+
+_results_enc = msgspec.msgpack.Encoder()
+_results_dec = msgspec.msgpack.Decoder(list[Result])
+
+
+class Op(msgspec.Struct, array_like=True, tag=True):
+    #: False for writes whose loss in a crash is harmless (acks, last seen).
+    durable: ClassVar[bool] = True
+
+    def run(self, c: sqlite3.Connection) -> Any:
+        raise NotImplementedError
+
+
+class CreateDevice(Op, tag="cd"):
+    pin: str
+    token_hash: str
+    label: str | None
+    now_ms: int
+
+    def run(self, c: sqlite3.Connection) -> bool:
+        cur = c.execute(
+            "INSERT OR IGNORE INTO devices (pin, token_hash, label, created_ms)"
+            " VALUES (?, ?, ?, ?)",
+            (self.pin, self.token_hash, self.label, self.now_ms),
+        )
+        return cur.rowcount == 1
+
+
+class DeleteDevice(Op, tag="dd"):
+    pin: str
+
+    def run(self, c: sqlite3.Connection) -> bool:
+        c.execute("DELETE FROM messages WHERE pin = ?", (self.pin,))
+        return c.execute("DELETE FROM devices WHERE pin = ?", (self.pin,)).rowcount == 1
+
+
+class SetToken(Op, tag="st"):
+    pin: str
+    token_hash: str
+
+    def run(self, c: sqlite3.Connection) -> bool:
+        sql = "UPDATE devices SET token_hash = ? WHERE pin = ?"
+        return c.execute(sql, (self.token_hash, self.pin)).rowcount == 1
+
+
+class TouchDevice(Op, tag="td"):
+    durable: ClassVar[bool] = False
+    pin: str
+    now_ms: int
+
+    def run(self, c: sqlite3.Connection) -> None:
+        c.execute("UPDATE devices SET last_seen_ms = ? WHERE pin = ?", (self.now_ms, self.pin))
+
+
+class CreateKey(Op, tag="ck"):
+    id: str
+    name: str
+    scope: str
+    key_hash: str
+    created_ms: int
+    revoked: bool
+
+    def run(self, c: sqlite3.Connection) -> None:
+        c.execute(
+            "INSERT INTO api_keys (id, name, scope, key_hash, created_ms, revoked)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (self.id, self.name, self.scope, self.key_hash, self.created_ms, int(self.revoked)),
+        )
+
+
+class RevokeKey(Op, tag="rk"):
+    key_id: str
+
+    def run(self, c: sqlite3.Connection) -> bool:
+        sql = "UPDATE api_keys SET revoked = 1 WHERE id = ? AND revoked = 0"
+        return c.execute(sql, (self.key_id,)).rowcount == 1
+
+
+class AckMany(Op, tag="ak"):
+    # An ack lost in a crash means a redelivery, which clients drop: no fsync.
+    durable: ClassVar[bool] = False
+    acks: list[tuple[str, int]]
+
+    def run(self, c: sqlite3.Connection) -> None:
+        c.executemany("DELETE FROM messages WHERE pin = ? AND cursor <= ?", self.acks)
+        c.executemany(
+            "UPDATE devices SET acked_cursor = max(acked_cursor, ?2) WHERE pin = ?1", self.acks
+        )
+
+
+class Sweep(Op, tag="sw"):
+    now_ms: int
+    limit: int
+
+    def run(self, c: sqlite3.Connection) -> int:
+        n = c.execute(
+            "DELETE FROM messages WHERE (pin, cursor) IN (SELECT pin, cursor FROM messages"
+            " WHERE expires_ms <= ? LIMIT ?)",
+            (self.now_ms, self.limit),
+        ).rowcount
+        c.execute(
+            "DELETE FROM idempotency WHERE created_ms <= ?", (self.now_ms - IDEMPOTENCY_TTL_MS,)
+        )
+        return int(n)
+
+
+class Item(msgspec.Struct, array_like=True):
+    """One message of an append: stored if ``reason`` is None, else passed through."""
+
+    pin: str
+    id: str | None
+    reason: str | None = None
+    data: bytes = b""
+    topic: str | None = None
+    urgency: str = "normal"
+    sent_ms: int = 0
+    expires_ms: int = 0
+    kind: str = "push"
+    sender: str | None = None
+
+
+class Append(Op, tag="ap"):
+    items: list[Item]
+    #: Idempotency: (key, fingerprint, created_ms), or None.
+    idem: tuple[str, str, int] | None = None
+
+    def run(self, c: sqlite3.Connection) -> tuple[list[Result], bool]:
+        idem = self.idem
+        if idem is not None:
+            row = c.execute(
+                "SELECT fingerprint, result FROM idempotency WHERE key = ?", (idem[0],)
+            ).fetchone()
+            if row is not None:
+                if row[0] != idem[1]:
+                    raise PinrelayError(
+                        "Idempotency-Key was used with a different request", ErrorCode.CONFLICT
+                    )
+                return _results_dec.decode(row[1]), True
+        results = _append_all(c, self.items)
+        if idem is not None:
+            c.execute(
+                "INSERT INTO idempotency (key, fingerprint, result, created_ms)"
+                " VALUES (?, ?, ?, ?)",
+                (idem[0], idem[1], _results_enc.encode(results), idem[2]),
+            )
+        return results, False
+
+
+class Stop(Op, tag="stop"):
+    """Not a write: the writer commits what came before, answers, and exits."""
+
+
+AnyOp = (
+    CreateDevice
+    | DeleteDevice
+    | SetToken
+    | TouchDevice
+    | CreateKey
+    | RevokeKey
+    | AckMany
+    | Sweep
+    | Append
+    | Stop
+)
+
+
+class Request(msgspec.Struct, array_like=True):
+    seq: int
+    op: AnyOp
+
+
+class Answer(msgspec.Struct, array_like=True):
+    seq: int
+    ok: bool
+    #: The op's result, or (error kind, detail, error code) when not ok.
+    value: Any
+
+
+class Reply(msgspec.Struct, array_like=True):
+    """The writer's answer to one group: how long its commit took, and each write's."""
+
+    commit_s: float
+    #: Writes committed (a Stop is answered but is not one).
+    writes: int
+    #: Whether that commit was fsynced (synchronous=FULL), not only ordered.
+    synced: bool
+    answers: list[Answer]
+
+
+request_decoder = msgspec.msgpack.Decoder(Request)
+reply_decoder = msgspec.msgpack.Decoder(Reply)
+encoder = msgspec.msgpack.Encoder()
+
+
+def _append_all(c: sqlite3.Connection, items: list[Item]) -> list[Result]:
+    """Append in order; one cursor update per device, one INSERT statement for all."""
+    wanted: dict[str, int] = {}
+    for m in items:
+        if m.reason is None:
+            wanted[m.pin] = wanted.get(m.pin, 0) + 1
+    next_cursor: dict[str, int] = {}
+    for pin, count in wanted.items():
+        row = c.execute(
+            "UPDATE devices SET last_cursor = last_cursor + ? WHERE pin = ? RETURNING last_cursor",
+            (count, pin),
+        ).fetchone()
+        if row is not None:
+            next_cursor[pin] = int(row[0]) - count + 1
+    results: list[Result] = []
+    rows: list[tuple[object, ...]] = []
+    for m in items:
+        if m.reason is not None:
+            results.append(Result(pin=m.pin, id=m.id, reason=m.reason))
+            continue
+        cursor = next_cursor.get(m.pin)
+        if cursor is None:
+            results.append(Result(pin=m.pin, id=m.id, reason=UNKNOWN_DEVICE))
+            continue
+        next_cursor[m.pin] = cursor + 1
+        if m.topic is not None:
+            # DESIGN, "Expiry and collapse": the newer message replaces the stored one
+            # (including one earlier in this batch, so flush the rows queued so far).
+            c.executemany(_INSERT_SQL, rows)
+            rows.clear()
+            c.execute("DELETE FROM messages WHERE pin = ? AND topic = ?", (m.pin, m.topic))
+        rows.append(
+            (
+                m.pin,
+                cursor,
+                m.id,
+                m.data,
+                m.topic,
+                m.urgency,
+                m.sent_ms,
+                m.expires_ms,
+                m.kind,
+                m.sender,
+            )
+        )
+        results.append(Result(pin=m.pin, id=m.id, cursor=cursor, expires_ms=m.expires_ms))
+    c.executemany(_INSERT_SQL, rows)
+    return results

@@ -1,0 +1,190 @@
+"""The SQLite engine's writer: a child process of the relay, one per store.
+
+Why a process and not a thread: every SQLite statement releases the GIL, and a
+writer thread then waits for a busy event loop to give it back, up to the switch
+interval, at every statement.  Measured, that made a group commit of 0.2 ms of
+disk time take 1.3 ms, and the writer the bottleneck at half the peak push rate
+(docs/DECISIONS.md, "A writer process").  A process has a GIL of its own.
+
+The relay and its writer talk over a socket pair in frames: a 4-byte big-endian
+length, then msgpack.  The relay sends :class:`~pinrelay.store.sqlite_ops.Request`
+frames; the writer reads everything that has arrived, runs it as one transaction
+(should one write fail, the group is run again with a SAVEPOINT per write, so it
+fails alone), commits with one fsync (``synchronous=FULL``; a group of acks and
+last-seen updates only commits without), and answers the whole group in one
+:class:`~pinrelay.store.sqlite_ops.Reply` frame.  While it syncs, the next group
+gathers in the socket's buffer: that is the group commit.
+
+It exits when the relay sends ``Stop`` (after committing what came before), when
+the socket closes, or, on Linux, as soon as the relay dies (PR_SET_PDEATHSIG), so
+a relay killed with SIGKILL leaves nothing behind, as its thread used to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from pinrelay.core.errors import PinrelayError
+from pinrelay.store.sqlite_ops import Answer, Op, Reply, Stop, encoder, request_decoder
+
+log = logging.getLogger("pinrelay.store.sqlite_writer")
+
+#: Writes per transaction at most, so one commit never grows without bound.
+MAX_GROUP = 512
+_LENGTH = struct.Struct(">I")
+_PR_SET_PDEATHSIG = 1
+
+
+def frame(payload: bytes) -> bytes:
+    return _LENGTH.pack(len(payload)) + payload
+
+
+def frames(buf: bytearray) -> list[bytearray]:
+    """Take the complete frames off the start of ``buf``."""
+    out = []
+    at = 0
+    while len(buf) - at >= 4:
+        (size,) = _LENGTH.unpack_from(buf, at)
+        if len(buf) - at - 4 < size:
+            break
+        out.append(buf[at + 4 : at + 4 + size])
+        at += 4 + size
+    del buf[:at]
+    return out
+
+
+def error_value(exc: BaseException) -> tuple[str, str, str | None]:
+    """How a failed write travels back: (kind, detail, error code)."""
+    if isinstance(exc, PinrelayError):
+        return ("pinrelay", exc.detail, exc.code.name)
+    if isinstance(exc, sqlite3.IntegrityError):
+        return ("integrity", str(exc), None)
+    return ("closed", f"{type(exc).__name__}: {exc}", None)
+
+
+class Writer:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        #: Whether the connection's synchronous setting is FULL (connect() sets it).
+        self.synced = True
+
+    @staticmethod
+    def _isolated(conn: sqlite3.Connection, op: Op) -> tuple[bool, Any]:
+        conn.execute("SAVEPOINT w")
+        try:
+            result: tuple[bool, Any] = (True, op.run(conn))
+        except Exception as exc:
+            conn.execute("ROLLBACK TO w")
+            result = (False, error_value(exc))
+        conn.execute("RELEASE w")
+        return result
+
+    def commit(self, ops: list[Op]) -> tuple[float, list[tuple[bool, Any]]]:
+        """Run ``ops`` in one transaction; (seconds, one (ok, value) per op)."""
+        conn = self.conn
+        started = time.perf_counter()
+        try:
+            # A group with nothing that must survive a crash commits without fsync:
+            # in WAL mode it stays ordered and consistent, and the next durable
+            # commit's fsync covers it (docs/DECISIONS.md, "Acks without fsync").
+            durable = any(op.durable for op in ops)
+            if durable is not self.synced:
+                conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self.synced = durable
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Optimistic: writes rarely fail, and a SAVEPOINT each costs statements.
+                outcomes: list[tuple[bool, Any]] = [(True, op.run(conn)) for op in ops]
+            except Exception:
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                outcomes = [self._isolated(conn, op) for op in ops]
+            conn.execute("COMMIT")
+        except Exception as exc:
+            log.exception("sqlite commit failed")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failed = ("closed", f"commit failed: {exc}", None)
+            outcomes = [(False, failed)] * len(ops)
+        return time.perf_counter() - started, outcomes
+
+
+def serve(sock: socket.socket, writer: Writer) -> None:
+    """Answer groups of writes until Stop or until the relay's end closes."""
+    sock.sendall(frame(encoder.encode(Reply(0.0, 0, True, []))))  # ready
+    buf = bytearray()
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return
+        buf += chunk
+        requests = [request_decoder.decode(f) for f in frames(buf)]
+        for start in range(0, len(requests), MAX_GROUP):
+            group = requests[start : start + MAX_GROUP]
+            stop = next((i for i, r in enumerate(group) if isinstance(r.op, Stop)), None)
+            writes = group if stop is None else group[:stop]
+            answers: list[Answer] = []
+            seconds = 0.0
+            if writes:
+                seconds, outcomes = writer.commit([r.op for r in writes])
+                answers = [
+                    Answer(r.seq, ok, value)
+                    for r, (ok, value) in zip(writes, outcomes, strict=True)
+                ]
+            if stop is not None:
+                answers.append(Answer(group[stop].seq, True, None))
+            sock.sendall(frame(encoder.encode(Reply(seconds, len(writes), writer.synced, answers))))
+            if stop is not None:
+                return
+
+
+def _die_with_parent(parent: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the relay died before prctl took effect
+        os._exit(1)
+
+
+def main(argv: list[str]) -> int:
+    fd, path, parent = int(argv[0]), Path(argv[1]), int(argv[2])
+    _die_with_parent(parent)
+    # Ctrl-C in a terminal reaches the whole process group: the relay decides when
+    # its writer stops, after the last write it accepted.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from pinrelay.store.sqlite import connect
+
+    sock = socket.socket(fileno=fd)
+    conn = connect(path)
+    try:
+        serve(sock, Writer(conn))
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    except msgspec.DecodeError:
+        log.exception("bad frame from the relay")
+        return 2
+    finally:
+        conn.close()
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
