@@ -188,6 +188,7 @@ GC_THRESHOLDS = (20_000, 20, 20)
 
 async def serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None = None) -> None:
     from pinrelay.api.app import build_app
+    from pinrelay.api.httpproto import HttpProtocol
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     relay = Relay(config)
@@ -199,7 +200,7 @@ async def serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None = N
             host=config.host,
             port=config.port,
             loop="none",
-            http="httptools",
+            http=HttpProtocol,
             lifespan="off",
             log_level="warning",
             access_log=False,

@@ -126,11 +126,14 @@ def serve(sock: socket.socket, writer: Writer) -> None:
     """Answer groups of writes until Stop or until the relay's end closes."""
     sock.sendall(frame(encoder.encode(Reply(0.0, 0, True, []))))  # ready
     buf = bytearray()
+    # recv_into one buffer: recv(n) allocates (mmap) n bytes each call, then shrinks.
+    chunk = bytearray(1 << 20)
+    view = memoryview(chunk)
     while True:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
+        n = sock.recv_into(chunk)
+        if not n:
             return
-        buf += chunk
+        buf += view[:n]
         requests = [request_decoder.decode(f) for f in frames(buf)]
         for start in range(0, len(requests), MAX_GROUP):
             group = requests[start : start + MAX_GROUP]
