@@ -179,8 +179,9 @@ class _Server(uvicorn.Server):
         yield
 
 
-#: How long the event loop may wait for the GIL while the SQLite writer thread runs
-#: Python code; CPython's default (5 ms) shows up directly in push latency.
+#: How long the event loop may wait for the GIL while another thread runs Python code
+#: (the thread pool: store set-up, metrics counts); CPython's default (5 ms) would show
+#: up directly in push latency.  The SQLite writer is a process (DECISIONS 26).
 GIL_SWITCH_INTERVAL_S = 0.0005
 #: CPython's defaults are (700, 10, 10).
 GC_THRESHOLDS = (20_000, 20, 20)

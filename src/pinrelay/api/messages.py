@@ -134,8 +134,8 @@ async def push_one(request: Request) -> Response:
     body = await read_body(request, limit=relay.config.limits.max_data_bytes + 64 * 1024)
     fields = decode(body, PushFields)
     check_push(fields, relay.config.limits)
-    # No read of the device first: the append refuses an unknown PIN by itself, and a
-    # read on the loop's thread waits for the GIL while the writer thread commits.
+    # No read of the device first: the append refuses an unknown PIN by itself, so a
+    # push costs the loop no extra query.
     [result] = await _store(relay, [(pin, fields)], _idempotency(request, key_id, body))
     item = _item_result(pin, result)
     if item.status == 404:
