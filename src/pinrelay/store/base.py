@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 
@@ -34,6 +36,26 @@ class Rejected:
 UNKNOWN_DEVICE = "unknown device"
 #: The reason of a ttl=0 message that was not stored because its device was offline.
 DROPPED_OFFLINE = "dropped: ttl is 0 and the device is offline"
+
+
+class AppendResult(msgspec.Struct, array_like=True):
+    """One appended message's outcome as engines keep it (for idempotent replays) and
+    pass it around: stored (``cursor``) or not (``reason``)."""
+
+    pin: str
+    id: str | None = None
+    cursor: int = 0
+    expires_ms: int = 0
+    reason: str | None = None
+
+
+def to_results(results: Sequence[AppendResult]) -> list[Accepted | Rejected]:
+    return [
+        Rejected(r.pin, r.reason, r.id)
+        if r.reason is not None
+        else Accepted(r.id or "", r.pin, r.cursor, r.expires_ms)
+        for r in results
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,10 +87,12 @@ from pinrelay.core.model import (
 )
 from pinrelay.store.base import (
     UNKNOWN_DEVICE,
+    AppendResult,
     IdempotencyKey,
     Rejected,
     StoreClosed,
     StoreStats,
+    to_results,
 )
 
 log = logging.getLogger(__name__)
@@ -175,14 +177,6 @@ class _KeyRec(msgspec.Struct):
     revoked: bool = False
 
 
-class _Result(msgspec.Struct, array_like=True):
-    pin: str
-    id: str | None = None
-    cursor: int = 0
-    expires_ms: int = 0
-    reason: str | None = None
-
-
 class _Planned(msgspec.Struct, array_like=True):
     """What a first attempt chose for one message: a takeover must publish the same."""
 
@@ -196,7 +190,7 @@ class _IdemRec(msgspec.Struct, omit_defaults=True):
     nonce: str
     started_s: float
     done: bool = False
-    results: list[_Result] = []
+    results: list[AppendResult] = []
     #: The first attempt's ids and times, one per message: a takeover publishes
     #: exactly what its owner did, so whichever copy JetStream keeps, the answer's
     #: ids are the stored ones (even once the device acked them and they are gone).
@@ -270,15 +264,6 @@ def _to_device(pin: str, r: _DeviceRec) -> Device:
 
 def _to_key(r: _KeyRec) -> ApiKey:
     return ApiKey(r.id, r.name, Scope(r.scope), r.key_hash, r.created_ms, r.revoked)
-
-
-def _to_results(results: list[_Result]) -> list[Accepted | Rejected]:
-    return [
-        Rejected(r.pin, r.reason, r.id)
-        if r.reason is not None
-        else Accepted(r.id or "", r.pin, r.cursor, r.expires_ms)
-        for r in results
-    ]
 
 
 def _as_planned(
@@ -921,7 +906,7 @@ class JetStreamStore:
             return [], False
         if idem is None:
             results = await self._append(messages, uuid.uuid4().hex)
-            return _to_results(results), False
+            return to_results(results), False
         return await self._append_idempotent(messages, idem)
 
     async def _append_idempotent(
@@ -954,7 +939,7 @@ class JetStreamStore:
                     "Idempotency-Key was used with a different request", ErrorCode.CONFLICT
                 )
             if rec.done:
-                return _to_results(rec.results), True
+                return to_results(rec.results), True
             if time.time() - rec.started_s > self.idem_lease_s:
                 # Its owner died or gave up: take over with the same nonce.
                 takeover = msgspec.structs.replace(rec, started_s=time.time())
@@ -989,24 +974,26 @@ class JetStreamStore:
                 ok = await self._kv_update(kv.idem, key, _json_enc.encode(done), got[1])
             if ok:
                 break
-        return _to_results(results), False
+        return to_results(results), False
 
-    async def _append(self, messages: Sequence[NewMessage | Rejected], nonce: str) -> list[_Result]:
+    async def _append(
+        self, messages: Sequence[NewMessage | Rejected], nonce: str
+    ) -> list[AppendResult]:
         pins = sorted({m.pin for m in messages if isinstance(m, NewMessage)})
         found = await asyncio.gather(*(self._device(p) for p in pins))
         devices = {p: got[0] for p, got in zip(pins, found, strict=True) if got is not None}
-        results: list[_Result | None] = []
+        results: list[AppendResult | None] = []
         outgoing: list[_Outgoing] = []
         for i, m in enumerate(messages):
             if isinstance(m, Rejected):
-                results.append(_Result(pin=m.pin, id=m.id, reason=m.reason))
+                results.append(AppendResult(pin=m.pin, id=m.id, reason=m.reason))
                 continue
             rec = devices.get(m.pin)
             if rec is None:
-                results.append(_Result(pin=m.pin, id=m.id, reason=UNKNOWN_DEVICE))
+                results.append(AppendResult(pin=m.pin, id=m.id, reason=UNKNOWN_DEVICE))
                 continue
             if m.topic is not None and not TOPIC_RE.match(m.topic):
-                results.append(_Result(pin=m.pin, id=m.id, reason="invalid topic"))
+                results.append(AppendResult(pin=m.pin, id=m.id, reason="invalid topic"))
                 continue
             results.append(None)
             origin = f"{nonce}.{i}"
@@ -1056,7 +1043,7 @@ class JetStreamStore:
         for i, seq in seq_of.items():
             m = messages[i]
             assert isinstance(m, NewMessage)
-            results[i] = _Result(pin=m.pin, id=m.id, cursor=seq, expires_ms=m.expires_at_ms)
+            results[i] = AppendResult(pin=m.pin, id=m.id, cursor=seq, expires_ms=m.expires_at_ms)
             highest[m.pin] = max(highest.get(m.pin, 0), seq)
         await asyncio.gather(*(self._raise_last_cursor(p, s) for p, s in highest.items()))
         return [r for r in results if r is not None]

@@ -25,10 +25,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
+
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, Scope, StoredMessage
 from pinrelay.store import sqlite_ops as ops
-from pinrelay.store.base import CommitObserver, IdempotencyKey, Rejected, StoreClosed, StoreStats
+from pinrelay.store.base import (
+    AppendResult,
+    CommitObserver,
+    IdempotencyKey,
+    Rejected,
+    StoreClosed,
+    StoreStats,
+    to_results,
+)
 from pinrelay.store.sqlite_writer import frame, frames
 
 log = logging.getLogger(__name__)
@@ -400,13 +410,7 @@ class SqliteStore:
         ]
         key = None if idem is None else (idem.key, idem.fingerprint, idem.created_ms)
         raw, replay = await self._write(ops.Append(items, key))
-        out: list[Accepted | Rejected] = []
-        for pin, id_, cursor, expires_ms, reason in raw:
-            if reason is not None:
-                out.append(Rejected(pin, reason, id_))
-            else:
-                out.append(Accepted(id_ or "", pin, cursor, expires_ms))
-        return out, bool(replay)
+        return to_results(msgspec.convert(raw, list[AppendResult])), bool(replay)
 
     async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
         rows = self._read().execute(_READ_SQL, (pin, after, now_ms, limit)).fetchall()

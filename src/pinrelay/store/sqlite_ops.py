@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
-from pinrelay.store.base import UNKNOWN_DEVICE
+from pinrelay.store.base import UNKNOWN_DEVICE, AppendResult
 
 #: How long an Idempotency-Key is remembered.
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
@@ -25,18 +25,8 @@ _INSERT_SQL = (
 )
 
 
-class Result(msgspec.Struct, array_like=True):
-    """One appended message's outcome, as answered and as kept for idempotent replays."""
-
-    pin: str
-    id: str | None = None
-    cursor: int = 0
-    expires_ms: int = 0
-    reason: str | None = None
-
-
 _results_enc = msgspec.msgpack.Encoder()
-_results_dec = msgspec.msgpack.Decoder(list[Result])
+_results_dec = msgspec.msgpack.Decoder(list[AppendResult])
 
 
 class Op(msgspec.Struct, array_like=True, tag=True):
@@ -160,7 +150,7 @@ class Append(Op, tag="ap"):
     #: Idempotency: (key, fingerprint, created_ms), or None.
     idem: tuple[str, str, int] | None = None
 
-    def run(self, c: sqlite3.Connection) -> tuple[list[Result], bool]:
+    def run(self, c: sqlite3.Connection) -> tuple[list[AppendResult], bool]:
         idem = self.idem
         if idem is not None:
             row = c.execute(
@@ -228,7 +218,7 @@ reply_decoder = msgspec.msgpack.Decoder(Reply)
 encoder = msgspec.msgpack.Encoder()
 
 
-def _append_all(c: sqlite3.Connection, items: list[Item]) -> list[Result]:
+def _append_all(c: sqlite3.Connection, items: list[Item]) -> list[AppendResult]:
     """Append in order; one cursor update per device, one INSERT statement for all."""
     wanted: dict[str, int] = {}
     for m in items:
@@ -242,15 +232,15 @@ def _append_all(c: sqlite3.Connection, items: list[Item]) -> list[Result]:
         ).fetchone()
         if row is not None:
             next_cursor[pin] = int(row[0]) - count + 1
-    results: list[Result] = []
+    results: list[AppendResult] = []
     rows: list[tuple[object, ...]] = []
     for m in items:
         if m.reason is not None:
-            results.append(Result(pin=m.pin, id=m.id, reason=m.reason))
+            results.append(AppendResult(pin=m.pin, id=m.id, reason=m.reason))
             continue
         cursor = next_cursor.get(m.pin)
         if cursor is None:
-            results.append(Result(pin=m.pin, id=m.id, reason=UNKNOWN_DEVICE))
+            results.append(AppendResult(pin=m.pin, id=m.id, reason=UNKNOWN_DEVICE))
             continue
         next_cursor[m.pin] = cursor + 1
         if m.topic is not None:
@@ -273,6 +263,6 @@ def _append_all(c: sqlite3.Connection, items: list[Item]) -> list[Result]:
                 m.sender,
             )
         )
-        results.append(Result(pin=m.pin, id=m.id, cursor=cursor, expires_ms=m.expires_ms))
+        results.append(AppendResult(pin=m.pin, id=m.id, cursor=cursor, expires_ms=m.expires_ms))
     c.executemany(_INSERT_SQL, rows)
     return results
