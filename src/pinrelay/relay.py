@@ -189,7 +189,7 @@ GC_THRESHOLDS = (20_000, 20, 20)
 
 async def serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None = None) -> None:
     from pinrelay.api.app import build_app
-    from pinrelay.api.httpproto import HttpProtocol
+    from pinrelay.api.httpproto import http_protocol
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     relay = Relay(config)
@@ -201,7 +201,7 @@ async def serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None = N
             host=config.host,
             port=config.port,
             loop="none",
-            http=HttpProtocol,
+            http=http_protocol(relay),
             lifespan="off",
             log_level="warning",
             access_log=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -36,23 +37,46 @@ def relay_of(request: Request) -> Relay:
     return relay
 
 
+class Call:
+    """What a handler reads of one HTTP request.
+
+    Built from Starlette's Request, or straight from the HTTP parser for the push
+    route (api/httpproto.py); ``headers`` are looked up by lower-case name.
+    """
+
+    __slots__ = ("client_host", "headers", "path", "relay")
+
+    def __init__(
+        self, relay: Relay, path: str, headers: Mapping[str, str], client_host: str | None
+    ) -> None:
+        self.relay = relay
+        self.path = path
+        self.headers = headers
+        self.client_host = client_host
+
+
+def call_of(request: Request) -> Call:
+    client = request.client
+    return Call(relay_of(request), request.url.path, request.headers, client and client.host)
+
+
 def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
         _encoder.encode(value), status_code=status, media_type="application/json", headers=headers
     )
 
 
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
+def _bearer(headers: Mapping[str, str]) -> str:
+    header = headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
         raise PinrelayError("send 'Authorization: Bearer <key>'", ErrorCode.UNAUTHORIZED)
     return credentials.strip()
 
 
-def _source(request: Request) -> str:
+def _source(client_host: str | None) -> str:
     # Namespaced: failures on the link do not lock a source out of the API.
-    return "api " + (request.client.host if request.client else "?")
+    return "api " + (client_host or "?")
 
 
 def _check_limited(relay: Relay, keys: tuple[str, ...]) -> None:
@@ -71,14 +95,18 @@ def _auth_failed(relay: Relay, keys: tuple[str, ...], detail: str) -> PinrelayEr
 
 
 async def require_key(request: Request, *scopes: Scope) -> str:
+    return await authenticate(call_of(request), *scopes)
+
+
+async def authenticate(call: Call, *scopes: Scope) -> str:
     """Authenticate an API key with one of ``scopes`` (admin always passes).
 
     Returns the key's id ("admin" for the admin key), which scopes idempotency keys.
     """
-    relay = relay_of(request)
-    source = _source(request)
+    relay = call.relay
+    source = _source(call.client_host)
     _check_limited(relay, (source,))
-    presented = _bearer(request)
+    presented = _bearer(call.headers)
     if relay.admin_key_hash is not None and secret_matches(presented, relay.admin_key_hash):
         return "admin"
     key = await relay.store.find_key(hash_secret(presented))
@@ -93,7 +121,10 @@ async def require_key(request: Request, *scopes: Scope) -> str:
 
 
 def path_pin(request: Request) -> str:
-    pin = str(request.path_params["pin"])
+    return checked_pin(str(request.path_params["pin"]))
+
+
+def checked_pin(pin: str) -> str:
     if not is_pin(pin):
         raise RemoteProtocolError(
             "a PIN is 8 upper-case hexadecimal digits, e.g. 2A0B6EE0", ErrorCode.NOT_FOUND
@@ -105,9 +136,9 @@ async def require_device(request: Request) -> Device:
     """Authenticate a device by its token (the long-poll inbox)."""
     relay = relay_of(request)
     pin = path_pin(request)
-    keys = (_source(request), pin)
+    keys = (_source(request.client and request.client.host), pin)
     _check_limited(relay, keys)
-    token = _bearer(request)
+    token = _bearer(request.headers)
     device = await relay.store.get_device(pin)
     if device is None or not secret_matches(token, device.token_hash):
         raise _auth_failed(relay, keys, "unknown PIN or wrong token")
@@ -117,24 +148,34 @@ async def require_device(request: Request) -> Device:
 
 async def read_body(request: Request, limit: int = MAX_BODY, optional: bool = False) -> bytes:
     """The request body, bounded; ``optional``: an absent body is b"" (no content type needed)."""
-    ctype = request.headers.get("content-type", "")
-    absent = request.headers.get("content-length", "0") == "0"
-    if optional and not ctype and absent and "transfer-encoding" not in request.headers:
+    headers = request.headers
+    absent = headers.get("content-length", "0") == "0"
+    no_type = not headers.get("content-type")
+    if optional and no_type and absent and "transfer-encoding" not in headers:
         return b""
-    media = ctype.split(";", 1)[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise PinrelayError("send the body as application/json", ErrorCode.UNSUPPORTED_MEDIA)
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise LimitExceeded(f"body is {length} bytes; the limit is {limit}")
+    check_body_headers(headers, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise LimitExceeded(f"body exceeds the limit of {limit} bytes")
+            raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def check_body_headers(headers: Mapping[str, str], limit: int) -> None:
+    """A JSON body no longer than ``limit`` as far as the headers tell, before it is read."""
+    media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise PinrelayError("send the body as application/json", ErrorCode.UNSUPPORTED_MEDIA)
+    length = headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise LimitExceeded(f"body is {length} bytes; the limit is {limit}")
+
+
+def too_large(limit: int) -> LimitExceeded:
+    return LimitExceeded(f"body exceeds the limit of {limit} bytes")
 
 
 def decode(body: bytes, type_: type[T]) -> T:

@@ -1,17 +1,40 @@
-"""uvicorn's httptools protocol, with a response written in one send.
+"""uvicorn's httptools protocol, with a response written in one send and a push path
+of its own.
 
 uvicorn writes a response's status line and headers, then its body, in two
 ``transport.write`` calls: two syscalls, and two segments the client must read.
 Here the writes made in one turn of the event loop are joined and sent together
 at its end (docs/DECISIONS.md, "A writer process", has the measurement).
+
+``POST /v1/devices/{pin}/messages`` skips ASGI: the parser's callbacks fill a
+``PushCycle`` and its task calls the push handler and writes the answer itself.
+ASGI's scope, receive/send messages, the proxy-headers middleware and Starlette's
+Request and Response cost a push more than its handler (DECISIONS 27).  Whatever
+the push path does not take (a pipelined request, ``Expect: 100-continue``,
+HTTP/1.0, ``X-Forwarded-For``, an odd URL) goes through ASGI as before.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from pinrelay.api.common import Call, check_body_headers, too_large
+from pinrelay.api.messages import push_body_limit, push_one_call
+from pinrelay.api.problems import PROBLEM_JSON, error_parts, problem_parts
+from pinrelay.core.errors import ErrorCode, PinrelayError
+
+if TYPE_CHECKING:
+    from pinrelay.relay import Relay
+
+log = logging.getLogger(__name__)
+_PREFIX = b"/v1/devices/"
+_SUFFIX = b"/messages"
+_JSON = b"application/json"
+_PROBLEM = PROBLEM_JSON.encode()
 
 
 class CoalescingTransport:
@@ -51,7 +74,198 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+def push_pin(url: bytes) -> str | None:
+    """The PIN of a ``/v1/devices/{pin}/messages`` URL the push path takes, else None."""
+    path, _, _ = url.partition(b"?")
+    if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
+        return None
+    pin = path[len(_PREFIX) : -len(_SUFFIX)]
+    if not pin or b"/" in pin or b"%" in pin or b"#" in url:
+        return None
+    return pin.decode("latin-1")
+
+
+class _Gone(Exception):
+    """The client hung up before its body arrived: nobody reads an answer."""
+
+
+class PushCycle:
+    """One push request on the push path.
+
+    uvicorn's protocol reads a few attributes of whatever request is in progress
+    (``response_complete``, ``keep_alive``, ``disconnected``, ``message_event``):
+    they mean here what they mean on its own cycles.
+    """
+
+    __slots__ = (
+        "_waiter",
+        "body",
+        "call",
+        "complete",
+        "disconnected",
+        "keep_alive",
+        "limit",
+        "over",
+        "pin",
+        "protocol",
+        "response_complete",
+    )
+
+    def __init__(self, protocol: HttpProtocol, call: Call, pin: str, keep_alive: bool) -> None:
+        self.protocol = protocol
+        self.call = call
+        self.pin = pin
+        self.keep_alive = keep_alive
+        self.limit = push_body_limit(call.relay)
+        self.body = bytearray()
+        self.complete = False
+        self.over = False
+        self.disconnected = False
+        self.response_complete = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def message_event(self) -> PushCycle:
+        return self  # connection_lost calls message_event.set(): see set()
+
+    # --- the parser's side -----------------------------------------------------
+    def feed(self, chunk: bytes) -> None:
+        if self.over or self.response_complete:
+            return
+        if len(self.body) + len(chunk) > self.limit:
+            self.over = True  # answered 413; the rest of the body is read and dropped
+            self.body = bytearray()
+            self.set()
+        else:
+            self.body += chunk
+
+    def finish(self) -> None:
+        self.complete = True
+        self.set()
+
+    def set(self) -> None:
+        """Wake the handler waiting for the body (it arrived, or the client left)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- the handler's side ----------------------------------------------------
+    async def read(self) -> bytes:
+        check_body_headers(self.call.headers, self.limit)
+        if not (self.complete or self.over or self.disconnected):
+            self._waiter = self.protocol.loop.create_future()
+            await self._waiter
+        if self.disconnected:
+            raise _Gone
+        if self.over:
+            raise too_large(self.limit)
+        return bytes(self.body)
+
+    async def run(self) -> None:
+        status, ctype = 201, _JSON
+        headers: dict[str, str] = {}
+        try:
+            body = await push_one_call(self.call, self.pin, self.read)
+        except _Gone:
+            return
+        except PinrelayError as exc:
+            status, ctype = exc.code.status, _PROBLEM
+            body, headers = error_parts(exc, self.call.path)
+        except Exception:
+            log.exception("unhandled error on POST %s", self.call.path)
+            status, ctype = 500, _PROBLEM
+            body, headers = problem_parts(ErrorCode.INTERNAL, "internal error; see the relay's log")
+        protocol = self.protocol
+        if protocol.flow.write_paused and not self.disconnected:
+            await protocol.flow.drain()
+        if not self.disconnected:
+            self._respond(status, ctype, body, headers)
+
+    def _respond(self, status: int, ctype: bytes, body: bytes, headers: dict[str, str]) -> None:
+        protocol = self.protocol
+        out = [STATUS_LINE[status]]
+        for name, value in protocol.server_state.default_headers:
+            out += (name, b": ", value, b"\r\n")
+        out.append(b"content-type: %s\r\ncontent-length: %d\r\n" % (ctype, len(body)))
+        for key, text in headers.items():
+            out.append(b"%s: %s\r\n" % (key.lower().encode("latin-1"), text.encode("latin-1")))
+        if not self.keep_alive:
+            out.append(b"connection: close\r\n")
+        out += (b"\r\n", body)
+        transport = protocol.transport
+        transport.write(b"".join(out))
+        self.response_complete = True
+        if not self.keep_alive:
+            transport.close()
+        protocol.on_response_complete()
+
+
 class HttpProtocol(HttpToolsProtocol):
+    #: The relay whose pushes take the push path; None: everything goes through ASGI.
+    relay: ClassVar[Relay | None] = None
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         wrapped = CoalescingTransport(transport, self.loop)
         super().connection_made(wrapped)  # type: ignore[arg-type]
+
+    def on_headers_complete(self) -> None:
+        cycle = self._push_cycle()
+        if cycle is None:
+            super().on_headers_complete()
+            return
+        self.cycle = cycle  # type: ignore[assignment]
+        task = self.loop.create_task(cycle.run())
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    def _push_cycle(self) -> PushCycle | None:
+        relay = self.relay
+        parser = self.parser
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if (
+            relay is None
+            or busy  # pipelined: uvicorn queues it behind the one in progress
+            or self.expect_100_continue
+            or parser.get_method() != b"POST"
+            or parser.get_http_version() != "1.1"
+            or parser.should_upgrade()
+            or self.limit_concurrency is not None
+        ):
+            return None
+        pin = push_pin(self.url)
+        if pin is None:
+            return None
+        headers: dict[str, str] = {}
+        for name, value in self.headers:
+            key = name.decode("latin-1")
+            if key not in headers:  # the first of repeated headers, as Starlette reads
+                headers[key] = value.decode("latin-1")
+        if "x-forwarded-for" in headers:  # uvicorn's middleware decides who the client is
+            return None
+        path = self.url.partition(b"?")[0].decode("latin-1")
+        call = Call(relay, path, headers, self.client[0] if self.client else None)
+        return PushCycle(self, call, pin, keep_alive=parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if isinstance(cycle, PushCycle):
+            cycle.feed(body)
+        else:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self.cycle
+        if isinstance(cycle, PushCycle):
+            cycle.finish()
+        else:
+            super().on_message_complete()
+
+
+def http_protocol(relay: Relay) -> type[HttpProtocol]:
+    """The protocol class uvicorn builds for every connection of ``relay``'s API."""
+
+    class RelayHttpProtocol(HttpProtocol):
+        pass
+
+    RelayHttpProtocol.relay = relay
+    return RelayHttpProtocol

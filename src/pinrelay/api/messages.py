@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from pinrelay.api.common import (
+    Call,
+    authenticate,
+    call_of,
+    checked_pin,
     decode,
     fingerprint,
     json_response,
-    path_pin,
     read_body,
-    relay_of,
-    require_key,
 )
 from pinrelay.api.schemas import BatchItemResult, BatchResult, PushResult
 from pinrelay.core.errors import ErrorCode, PinrelayError, RemoteProtocolError
@@ -38,10 +40,16 @@ from pinrelay.store.base import DROPPED_OFFLINE, UNKNOWN_DEVICE, IdempotencyKey,
 MAX_IDEMPOTENCY_KEY = 255
 #: Message ids need uniqueness, not secrecy, but come from the OS's CSPRNG anyway.
 _ids_random = RandomPool(os.urandom)
+_encoder = msgspec.json.Encoder()
 
 
-def _idempotency(request: Request, key_id: str, body: bytes) -> IdempotencyKey | None:
-    value = request.headers.get("idempotency-key")
+def push_body_limit(relay: Relay) -> int:
+    """A single push's body: its data, and room for the other fields."""
+    return relay.config.limits.max_data_bytes + 64 * 1024
+
+
+def _idempotency(call: Call, key_id: str, body: bytes) -> IdempotencyKey | None:
+    value = call.headers.get("idempotency-key")
     if value is None:
         return None
     if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY:
@@ -50,9 +58,7 @@ def _idempotency(request: Request, key_id: str, body: bytes) -> IdempotencyKey |
         )
     # Scoped by API key and route: two tenants' keys never collide.
     return IdempotencyKey(
-        f"{key_id} {request.url.path} {value}",
-        fingerprint(body),
-        int(relay_of(request).clock() * 1000),
+        f"{key_id} {call.path} {value}", fingerprint(body), int(call.relay.clock() * 1000)
     )
 
 
@@ -127,31 +133,43 @@ def _item_result(pin: str, result: Accepted | Rejected) -> BatchItemResult:
     return BatchItemResult(to=pin, status=404, error=f"no device with PIN {pin}")
 
 
-async def push_one(request: Request) -> Response:
-    key_id = await require_key(request, Scope.PUSH)
-    relay = relay_of(request)
-    pin = path_pin(request)
-    body = await read_body(request, limit=relay.config.limits.max_data_bytes + 64 * 1024)
+async def push_one_call(call: Call, pin: str, read: Callable[[], Awaitable[bytes]]) -> bytes:
+    """``POST /v1/devices/{pin}/messages``: the 201 answer's body; errors are raised.
+
+    ``read`` gives the request body, bounded by ``push_body_limit``.  Starlette's
+    route and the HTTP protocol's own push path (api/httpproto.py) both call this.
+    """
+    key_id = await authenticate(call, Scope.PUSH)
+    relay = call.relay
+    pin = checked_pin(pin)
+    body = await read()
     fields = decode(body, PushFields)
     check_push(fields, relay.config.limits)
     # No read of the device first: the append refuses an unknown PIN by itself, so a
     # push costs the loop no extra query.
-    [result] = await _store(relay, [(pin, fields)], _idempotency(request, key_id, body))
+    [result] = await _store(relay, [(pin, fields)], _idempotency(call, key_id, body))
     item = _item_result(pin, result)
     if item.status == 404:
         raise PinrelayError(f"no device with PIN {pin}", ErrorCode.NOT_FOUND)
     assert item.id is not None
-    return json_response(
-        PushResult(
-            id=item.id, cursor=item.cursor, expires_at=item.expires_at, dropped=item.dropped
-        ),
-        status=201,
+    return _encoder.encode(
+        PushResult(id=item.id, cursor=item.cursor, expires_at=item.expires_at, dropped=item.dropped)
     )
 
 
+async def push_one(request: Request) -> Response:
+    call = call_of(request)
+    limit = push_body_limit(call.relay)
+    body = await push_one_call(
+        call, str(request.path_params["pin"]), lambda: read_body(request, limit=limit)
+    )
+    return Response(body, status_code=201, media_type="application/json")
+
+
 async def push_batch(request: Request) -> Response:
-    key_id = await require_key(request, Scope.PUSH)
-    relay = relay_of(request)
+    call = call_of(request)
+    key_id = await authenticate(call, Scope.PUSH)
+    relay = call.relay
     limits = relay.config.limits
     body = await read_body(request)
     batch = decode(body, Batch)
@@ -166,7 +184,7 @@ async def push_batch(request: Request) -> Response:
         except PinrelayError as exc:
             raise type(exc)(f"messages[{n}]: {exc.detail}", exc.code) from None
     items: list[tuple[str, BatchItem]] = [(m.to, m) for m in batch.messages]
-    results = await _store(relay, items, _idempotency(request, key_id, body))
+    results = await _store(relay, items, _idempotency(call, key_id, body))
     out = [_item_result(pin, r) for (pin, _), r in zip(items, results, strict=True)]
     return json_response(BatchResult(results=out))
 

@@ -27,9 +27,10 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     instance: str | None = None
 
 
-def problem(
+def problem_parts(
     code: ErrorCode, detail: str, *, instance: str | None = None, retry_after: float | None = None
-) -> Response:
+) -> tuple[bytes, dict[str, str]]:
+    """A problem's body and the headers that go with it."""
     body = msgspec.json.encode(
         Problem(
             type=code.problem_type,
@@ -44,15 +45,28 @@ def problem(
         headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
     if code is ErrorCode.UNAUTHORIZED:
         headers["WWW-Authenticate"] = 'Bearer realm="pinrelay"'
+    return body, headers
+
+
+def problem(
+    code: ErrorCode, detail: str, *, instance: str | None = None, retry_after: float | None = None
+) -> Response:
+    body, headers = problem_parts(code, detail, instance=instance, retry_after=retry_after)
     return Response(body, status_code=code.status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def error_parts(exc: PinrelayError, path: str) -> tuple[bytes, dict[str, str]]:
+    """The problem for an error raised by a handler, as body and headers."""
+    retry: float | None = getattr(exc, "retry_after", None)
+    if retry is None and exc.code in (ErrorCode.OVERLOADED, ErrorCode.RATE_LIMITED):
+        retry = 1.0  # 429 and 503 always say when to come back (RFC 9110 §10.2.3)
+    return problem_parts(exc.code, exc.detail, instance=path, retry_after=retry)
 
 
 async def on_pinrelay_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PinrelayError)
-    retry: float | None = getattr(exc, "retry_after", None)
-    if retry is None and exc.code in (ErrorCode.OVERLOADED, ErrorCode.RATE_LIMITED):
-        retry = 1.0  # 429 and 503 always say when to come back (RFC 9110 §10.2.3)
-    return problem(exc.code, exc.detail, instance=request.url.path, retry_after=retry)
+    body, headers = error_parts(exc, request.url.path)
+    return Response(body, status_code=exc.code.status, media_type=PROBLEM_JSON, headers=headers)
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
