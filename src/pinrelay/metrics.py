@@ -2,7 +2,38 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class _Incrementable(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class Tally:
+    """A counter on the push path, kept as a plain int until the next scrape.
+
+    prometheus_client takes a lock at every ``inc``; a push made three of them.
+    """
+
+    __slots__ = ("_counter", "count")
+
+    def __init__(self, counter: _Incrementable) -> None:
+        self._counter = counter
+        self.count = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.count += amount
+
+    def fold(self) -> None:
+        if self.count:
+            self._counter.inc(self.count)
+            self.count = 0
+
+
+#: Commit observations kept before they are folded into the histograms.
+_COMMITS_KEPT = 1024
 
 
 class Metrics:
@@ -19,12 +50,16 @@ class Metrics:
         self.accepted = Counter(
             "pinrelay_messages_accepted", "Messages stored durably", ["kind"], registry=r
         )
-        self.accepted_push = self.accepted.labels("push")
-        self.delivered = Counter(
-            "pinrelay_messages_delivered", "Messages written to a device link or inbox", registry=r
+        self.accepted_push = Tally(self.accepted.labels("push"))
+        self.delivered = Tally(
+            Counter(
+                "pinrelay_messages_delivered",
+                "Messages written to a device link or inbox",
+                registry=r,
+            )
         )
-        self.acked = Counter(
-            "pinrelay_messages_acked", "Messages acknowledged by devices", registry=r
+        self.acked = Tally(
+            Counter("pinrelay_messages_acked", "Messages acknowledged by devices", registry=r)
         )
         self.expired = Counter(
             "pinrelay_messages_expired", "Messages swept after their TTL", registry=r
@@ -54,6 +89,22 @@ class Metrics:
         )
         self.devices = Gauge("pinrelay_devices", "Devices registered", registry=r)
 
+        self._commits: list[tuple[float, int]] = []
+
     def observe_commit(self, seconds: float, writes: int) -> None:
-        self.commit_seconds.observe(seconds)
-        self.commit_batch.observe(writes)
+        self._commits.append((seconds, writes))
+        if len(self._commits) >= _COMMITS_KEPT:
+            self._fold_commits()
+
+    def _fold_commits(self) -> None:
+        commits, self._commits = self._commits, []
+        for seconds, writes in commits:
+            self.commit_seconds.observe(seconds)
+            self.commit_batch.observe(writes)
+
+    def exposition(self) -> bytes:
+        """The text format for ``/metrics``, with every tally folded in first."""
+        for tally in (self.accepted_push, self.delivered, self.acked):
+            tally.fold()
+        self._fold_commits()
+        return generate_latest(self.registry)

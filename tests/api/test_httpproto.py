@@ -73,3 +73,13 @@ def test_a_relay_answers_keep_alive_requests_through_it(relay: RelayProc) -> Non
         for _ in range(50):
             assert http.get("/v1/info").json()["version"]
             assert http.get("/healthz").status_code == 200
+
+
+async def test_write_now_keeps_order_behind_deferred_writes() -> None:
+    async with _pair() as (transport, reader):
+        transport.write_now(b"first;")  # nothing waits: straight to the socket
+        assert transport.get_write_buffer_size() == 0
+        transport.write(b"deferred;")
+        transport.write_now(b"after")  # must not overtake what waits for the turn's end
+        await asyncio.sleep(0)
+        assert await reader.readexactly(20) == b"first;deferred;after"

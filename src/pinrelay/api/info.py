@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -44,7 +44,7 @@ async def metrics(request: Request) -> Response:
     stats = await relay.store.stats()
     relay.metrics.backlog.set(stats.messages)
     relay.metrics.devices.set(stats.devices)
-    return Response(generate_latest(relay.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(relay.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 routes = [

@@ -154,7 +154,9 @@ class _WriterLink(asyncio.Protocol):
     def __init__(self, observer: CommitObserver | None) -> None:
         self.observer = observer
         self.transport: asyncio.Transport | None = None
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Kept: asyncio.get_running_loop() costs a getpid() syscall each call.
+        self.loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = self.loop.create_future()
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.seq = 0
         self.buf = bytearray()
@@ -170,11 +172,11 @@ class _WriterLink(asyncio.Protocol):
         if self.lost or self.transport is None:
             raise StoreClosed("store is closed")
         self.seq += 1
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = self.loop.create_future()
         self.pending[self.seq] = fut
         # One socket write per turn of the loop for everything asked in that turn.
         if not self.out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.loop.call_soon(self._flush)
         self.out.append(frame(ops.encoder.encode(ops.Request(self.seq, op))))
         return fut
 
