@@ -104,7 +104,8 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text format for ``/metrics``, with every tally folded in first."""
-        for tally in (self.accepted_push, self.delivered, self.acked):
-            tally.fold()
+        for value in vars(self).values():
+            if isinstance(value, Tally):  # every one, including any added later
+                value.fold()
         self._fold_commits()
         return generate_latest(self.registry)
