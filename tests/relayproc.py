@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,10 +20,39 @@ from pinrelay.client.http import RelayClient
 TIMEOUT_FACTOR = float(os.environ.get("PINRELAY_TEST_TIMEOUT_FACTOR", "1"))
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_FIRST = max(1024, _EPHEMERAL_LOW - 12_000)
+#: Ports handed out in this session: two servers of one test never get the same one.
+_picked: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range.
+
+    A port from ``bind(0)`` is an ephemeral one: between the pick and the server's
+    bind, any outgoing connection (a NATS route, a relay's NATS client) may take it
+    as its source port, and the server fails with "address already in use".
+    """
+    if len(_picked) > (_EPHEMERAL_LOW - _FIRST) // 2:
+        _picked.clear()
+    while True:
+        port = random.randint(_FIRST, _EPHEMERAL_LOW - 1)
+        if port in _picked:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _picked.add(port)
+        return port
 
 
 class RelayProc:
