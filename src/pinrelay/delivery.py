@@ -25,6 +25,9 @@ from pinrelay.store.base import Store
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
+#: How long acks wait to be written together (DECISIONS 28).
+ACK_DELAY_S = 0.01
+
 
 def msg_frame(m: StoredMessage) -> frames.Msg:
     """The ``msg`` frame for a stored message (the link and the inbox send the same)."""
@@ -63,30 +66,54 @@ class AckWriter:
 
     A cumulative ack only needs its newest cursor per device, and losing one in a
     crash only means a redelivery the SDK drops: so acks are coalesced across
-    devices into one ``Store.ack_many`` per burst (docs/DECISIONS.md, "Acks").
+    devices, and held up to ``delay`` seconds, into one ``Store.ack_many``
+    (docs/DECISIONS.md, "Acks"; 28 for the delay).  Without the delay, paced
+    pushes to online devices each cost a store round trip of their own for the ack.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, delay: float = ACK_DELAY_S) -> None:
         self.store = store
+        self.delay = delay
         self._pending: dict[str, int] = {}
+        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
     def submit(self, pin: str, cursor: int) -> None:
         if cursor > self._pending.get(pin, 0):
             self._pending[pin] = cursor
-        if self._task is None:
+        if self._timer is None and self._task is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        if self._task is None and self._pending:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         try:
-            while self._pending:
-                batch, self._pending = self._pending, {}
-                await self.store.ack_many(list(batch.items()))
+            batch, self._pending = self._pending, {}
+            await self.store.ack_many(list(batch.items()))
         except Exception:
             log.exception("storing acks failed (those messages will be redelivered)")
-            self._pending.clear()
         finally:
             self._task = None
+            # What came in meanwhile waits its own delay: looping here at once would
+            # go back to a round trip per ack at a steady trickle.
+            if self._pending and self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self.delay, self._start)
+
+    async def flush(self) -> None:
+        """Write what is pending now (before the store closes)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._pending or self._task is not None:
+            if self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self._run())
+            await asyncio.shield(self._task)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
 
 class Delivery:

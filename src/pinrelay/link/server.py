@@ -11,6 +11,7 @@ run only for authentication and for reading the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -470,3 +471,5 @@ class LinkServer:
             self._server.close()
         for task in [*self._tasks, *([self._touching] if self._touching else [])]:
             task.cancel()
+        with contextlib.suppress(Exception):
+            await self.acks.flush()
