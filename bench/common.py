@@ -625,8 +625,12 @@ async def stop_all(children: Sequence[Child], timeout: float = 15.0) -> None:
 T = TypeVar("T")
 
 
-def run_main(main: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run, with SIGTERM cancelling the main task so every ``finally`` runs."""
+def run_main(main: Coroutine[Any, Any, T], *, fast_loop: bool = False) -> T:
+    """asyncio.run, with SIGTERM cancelling the main task so every ``finally`` runs.
+
+    ``fast_loop``: on uvloop, for a bench whose own process generates load (its CPU
+    is taken from the relay being measured).
+    """
 
     async def guarded() -> T:
         task = asyncio.current_task()
@@ -634,6 +638,10 @@ def run_main(main: Coroutine[Any, Any, T]) -> T:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         return await main
 
+    if fast_loop:
+        import uvloop
+
+        return uvloop.run(guarded())
     return asyncio.run(guarded())
 
 

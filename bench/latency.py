@@ -481,4 +481,4 @@ async def main(argv: list[str] | None = None) -> Result:
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        run_main(main())
+        run_main(main(), fast_loop=True)

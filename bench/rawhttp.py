@@ -3,17 +3,67 @@
 httpx costs a few hundred microseconds of client CPU per request; on a 2-core
 machine that CPU is taken from the relay being measured.  This client writes a
 pre-built request and reads one Content-Length response, nothing more (the relay
-always answers with Content-Length).
+always answers with Content-Length).  It is a bare ``asyncio.Protocol``: asyncio's
+streams (readuntil, then readexactly) cost the pusher about twice the CPU per
+request, and the pusher shares the machine with the relay (DECISIONS 28).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 
 class HttpError(Exception):
     pass
+
+
+class _Response(asyncio.Protocol):
+    """Reads responses into the waiting future, one at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        waiter = self.waiter
+        if waiter is None:
+            return
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(buf[:end])
+        at = head.lower().find(b"\r\ncontent-length:")
+        if at < 0:
+            self.waiter = None
+            waiter.set_exception(HttpError(f"no Content-Length in response: {head[:200]!r}"))
+            return
+        stop = head.find(b"\r\n", at + 2)
+        length = int(head[at + 17 : stop if stop >= 0 else len(head)])
+        total = end + 4 + length
+        if len(buf) < total:
+            return
+        body = bytes(buf[end + 4 : total])
+        del buf[:total]
+        self.waiter = None
+        if not waiter.done():
+            waiter.set_result((int(head[9:12]), body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(HttpError(f"connection lost: {exc!r}"))
+
+    def eof_received(self) -> bool | None:
+        self.closed = True
+        return None
 
 
 class Connection:
@@ -21,11 +71,11 @@ class Connection:
         self.host = host
         self.port = port
         self._head = f"Host: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._proto: _Response | None = None
 
     async def open(self) -> Connection:
-        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        loop = asyncio.get_running_loop()
+        _, self._proto = await loop.create_connection(_Response, self.host, self.port)
         return self
 
     def request_bytes(self, method: str, path: str, body: bytes) -> bytes:
@@ -36,32 +86,24 @@ class Connection:
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
         """Send a request built by :meth:`request_bytes`; returns (status, body)."""
-        if self._reader is None or self._writer is None or self._reader.at_eof():
+        proto = self._proto
+        if proto is None or proto.closed or proto.transport is None:
             # The relay closes idle keep-alive connections (uvicorn: after 5 s).
             await self.close()
             await self.open()
-        assert self._reader is not None and self._writer is not None
-        self._writer.write(request)
-        head = await self._reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-                break
-        else:
-            raise HttpError(f"no Content-Length in response: {head[:200]!r}")
-        body = await self._reader.readexactly(length) if length else b""
-        return status, body
+            proto = self._proto
+            assert proto is not None and proto.transport is not None
+        if proto.waiter is not None:
+            raise HttpError("one request at a time per connection")
+        waiter: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        proto.waiter = waiter
+        proto.transport.write(request)
+        return await waiter
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         return await self.send(self.request_bytes("POST", path, body))
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(OSError):
-                await self._writer.wait_closed()
-            self._writer = None
-            self._reader = None
+        proto, self._proto = self._proto, None
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
