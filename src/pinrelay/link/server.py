@@ -40,6 +40,7 @@ from pinrelay.core.session import (
     Tick,
 )
 from pinrelay.delivery import AckWriter, Delivery, msg_frame
+from pinrelay.link.wireframes import client_text_frames, text_frame, whole_frames
 from pinrelay.metrics import Metrics
 from pinrelay.router.local import LocalRouter
 from pinrelay.store.base import Store
@@ -75,6 +76,7 @@ class LinkConfig:
 class LinkProtocol(asyncio.Protocol):
     __slots__ = (
         "_close_timer",
+        "_fast",
         "delivery",
         "peer",
         "pin",
@@ -99,6 +101,9 @@ class LinkProtocol(asyncio.Protocol):
         self.delivery: Delivery | None = None
         self.peer = "?"
         self._close_timer: asyncio.TimerHandle | None = None
+        #: While True, websockets' parser stands at a frame boundary of an open
+        #: link, and runs of whole text frames may skip it (link/wireframes.py).
+        self._fast = False
 
     # --- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -109,12 +114,34 @@ class LinkProtocol(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        whole = False
+        if self._fast:
+            texts = client_text_frames(data, self.server.config.max_frame)
+            if texts is not None:
+                now = self.server.clock()
+                for payload, stop in texts:
+                    self._text(payload, now)
+                    if self.ws.state is not WsState.OPEN:
+                        # We are closing: websockets takes the rest, as it would have.
+                        self._fast = False
+                        self._parse(data[stop:], False)
+                        return
+                return
+            whole = whole_frames(data)
+        self._parse(data, whole)
+
+    def _parse(self, data: bytes, whole: bool) -> None:
+        """websockets' parser: everything but runs of plain text frames."""
         self.ws.receive_data(data)
         for event in self.ws.events_received():
             if isinstance(event, Request):
                 self._handshake(event)
+                # A client waits for the 101 before its first frame: if the request
+                # ended this chunk, the parser now stands at a frame boundary.
+                whole = data.endswith(b"\r\n\r\n")
             elif isinstance(event, Frame):
                 self._frame(event)
+        self._fast = whole and self.ws.state is WsState.OPEN
         self._flush()
 
     def eof_received(self) -> bool | None:
@@ -163,24 +190,27 @@ class LinkProtocol(asyncio.Protocol):
     def _frame(self, frame: Frame) -> None:
         now = self.server.clock()
         if frame.opcode is Opcode.TEXT:
-            if len(frame.data) > self.server.config.max_frame:
-                limit = self.server.config.max_frame
-                detail = f"frame of {len(frame.data)} bytes; the limit is {limit}"
-                self._fail(self.session.fail(ErrorCode.TOO_LARGE, detail))
-                return
-            event = self.session.receive(frame.data, now)
-            if isinstance(event, AckReceived):
-                self._ack(event.cursor)
-            elif isinstance(event, HelloReceived):
-                self.server.spawn(self._authenticate(event.hello))
-            elif isinstance(event, Failure):
-                self._fail(event)
+            self._text(bytes(frame.data), now)
         elif frame.opcode is Opcode.BINARY:
             self._fail(self.session.fail(ErrorCode.BAD_REQUEST, "frames are JSON text"))
         elif frame.opcode is Opcode.PONG:
             self.session.received_pong(now)
         elif frame.opcode is Opcode.PING:
             self.session.received_pong(now)  # any traffic proves the peer alive
+
+    def _text(self, data: bytes, now: float) -> None:
+        if len(data) > self.server.config.max_frame:
+            limit = self.server.config.max_frame
+            detail = f"frame of {len(data)} bytes; the limit is {limit}"
+            self._fail(self.session.fail(ErrorCode.TOO_LARGE, detail))
+            return
+        event = self.session.receive(data, now)
+        if isinstance(event, AckReceived):
+            self._ack(event.cursor)
+        elif isinstance(event, HelloReceived):
+            self.server.spawn(self._authenticate(event.hello))
+        elif isinstance(event, Failure):
+            self._fail(event)
 
     def _ack(self, cursor: int) -> None:
         if self.delivery is None:
@@ -288,10 +318,12 @@ class LinkProtocol(asyncio.Protocol):
 
     # --- sending -------------------------------------------------------------
     def _send_messages(self, batch: list[StoredMessage]) -> None:
-        if self.ws.state is WsState.OPEN:
-            for m in batch:
-                self.ws.send_text(frames.encode(msg_frame(m)))
-            self._flush()
+        transport = self.transport
+        if self.ws.state is WsState.OPEN and transport is not None:
+            self._flush()  # whatever websockets queued goes first (as a rule, nothing)
+            if not transport.is_closing():
+                # Built by hand, all in one write (link/wireframes.py).
+                transport.write(b"".join([text_frame(frames.encode(msg_frame(m))) for m in batch]))
 
     def _send(self, data: bytes) -> None:
         if self.ws.state is WsState.OPEN:
