@@ -93,7 +93,7 @@ async def test_split_frames_and_pings_between_acks_on_a_real_link(relay: RelayPr
         await asyncio.sleep(0.1)
         raw.sock.sendall(hello_frame[3:])
         got = await asyncio.to_thread(frames_of, raw, 4)
-        kinds = [json.loads(f.data)["type"] for f in got]
+        kinds = [json.loads(bytes(f.data))["type"] for f in got]
         assert kinds == ["welcome", "msg", "msg", "msg"]
         ack = [client(Opcode.TEXT, b'{"type":"ack","cursor":%d}' % n) for n in (1, 2, 3)]
         raw.sock.sendall(ack[0] + client(Opcode.PING, b"hi"))
@@ -110,6 +110,6 @@ async def test_split_frames_and_pings_between_acks_on_a_real_link(relay: RelayPr
             assert c.show_device(device["pin"])["acked_cursor"] == 3
             c.push(device["pin"], {"n": 3}, ttl=600)
         (last,) = await asyncio.to_thread(frames_of, raw, 1)
-        assert json.loads(last.data)["cursor"] == 4
+        assert json.loads(bytes(last.data))["cursor"] == 4
     finally:
         raw.close()
