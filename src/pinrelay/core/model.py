@@ -68,8 +68,7 @@ def check_push(fields: PushFields, limits: Limits) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class NewMessage:
+class NewMessage(Struct, frozen=True):
     """A message accepted by an edge, not yet given a cursor."""
 
     pin: str
@@ -98,8 +97,7 @@ class NewMessage:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
+class StoredMessage(Struct, frozen=True):
     """A durable message with its per-device cursor."""
 
     pin: str
@@ -114,8 +112,7 @@ class StoredMessage:
     sender: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(Struct, frozen=True):
     """The store's answer for one appended message."""
 
     id: str

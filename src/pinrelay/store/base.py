@@ -23,8 +23,7 @@ class StoreClosed(PinrelayError):
     code = ErrorCode.OVERLOADED
 
 
-@dataclass(frozen=True, slots=True)
-class Rejected:
+class Rejected(msgspec.Struct, frozen=True):
     """One item of an append that was not stored, and why."""
 
     pin: str

@@ -275,7 +275,9 @@ def _as_planned(
     out: list[NewMessage | Rejected] = []
     for m, p in zip(messages, planned, strict=True):
         if isinstance(m, NewMessage) and p.id is not None:
-            m = dataclasses.replace(m, id=p.id, sent_at_ms=p.sent_ms, expires_at_ms=p.expires_ms)
+            m = msgspec.structs.replace(
+                m, id=p.id, sent_at_ms=p.sent_ms, expires_at_ms=p.expires_ms
+            )
         out.append(m)
     return out
 
