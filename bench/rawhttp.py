@@ -42,7 +42,8 @@ class _Response(asyncio.Protocol):
         at = head.lower().find(b"\r\ncontent-length:")
         if at < 0:
             self.waiter = None
-            waiter.set_exception(HttpError(f"no Content-Length in response: {head[:200]!r}"))
+            if not waiter.done():
+                waiter.set_exception(HttpError(f"no Content-Length in response: {head[:200]!r}"))
             return
         stop = head.find(b"\r\n", at + 2)
         length = int(head[at + 17 : stop if stop >= 0 else len(head)])
@@ -98,7 +99,13 @@ class Connection:
         waiter: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         proto.waiter = waiter
         proto.transport.write(request)
-        return await waiter
+        try:
+            return await waiter
+        except BaseException:
+            # Cancelled or failed: whatever arrives later would answer the next request.
+            proto.waiter = None
+            await self.close()
+            raise
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         return await self.send(self.request_bytes("POST", path, body))

@@ -108,9 +108,15 @@ class AckWriter:
             self._timer.cancel()
             self._timer = None
         while self._pending or self._task is not None:
-            if self._task is None:
-                self._task = asyncio.get_running_loop().create_task(self._run())
-            await asyncio.shield(self._task)
+            task = self._task
+            if task is None:
+                task = self._task = asyncio.get_running_loop().create_task(self._run())
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # we were cancelled, not the write
+                # The write itself was cancelled: a failed batch, as in _run.
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None

@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
+from pinrelay.core.ratelimit import FailureLimiter
+from pinrelay.link.server import LinkConfig, LinkProtocol, LinkServer
 from pinrelay.link.wireframes import client_text_frames, text_frame, whole_frames
+from pinrelay.metrics import Metrics
+from pinrelay.router.local import LocalRouter
+from pinrelay.store.sqlite import SqliteStore
 from tests.linkclient import RawLink
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc
 
@@ -113,3 +121,119 @@ async def test_split_frames_and_pings_between_acks_on_a_real_link(relay: RelayPr
         assert json.loads(bytes(last.data))["cursor"] == 4
     finally:
         raw.close()
+
+
+# --- the bypass's bookkeeping, on a LinkServer in this process (real sockets, a
+# real SQLite store): whether websockets' parser stands at a frame boundary.
+
+
+@pytest.fixture
+async def link_server(tmp_path: Path) -> AsyncIterator[LinkServer]:
+    store = SqliteStore(tmp_path / "pinrelay.db")
+    await store.open()
+    server = LinkServer(
+        store=store,
+        router=LocalRouter(),
+        config=LinkConfig(),
+        metrics=Metrics(),
+        clock=time.time,
+        auth_limiter=FailureLimiter(),
+    )
+    try:
+        yield server
+    finally:
+        await server.close()
+        await store.close()
+
+
+async def open_link(
+    server: LinkServer, first: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, LinkProtocol]:
+    """A WebSocket handshake by hand, ``first`` sent in the same write as the request."""
+    port = await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET /v1/link HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n" + first
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5 * TIMEOUT_FACTOR)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    (link,) = server.connections
+    return reader, writer, link
+
+
+async def settle(link: LinkProtocol, want: bool) -> bool:
+    for _ in range(100):
+        if link._fast is want:
+            break
+        await asyncio.sleep(0.01)
+    return link._fast
+
+
+async def test_the_bypass_comes_back_once_the_parser_is_on_a_boundary_again(
+    link_server: LinkServer,
+) -> None:
+    reader, writer, link = await open_link(link_server)
+    try:
+        assert await settle(link, True)  # the request ended its chunk
+        ping = client(Opcode.PING, b"hello")
+        writer.write(ping[:3])  # the parser is now inside a frame
+        await writer.drain()
+        assert not await settle(link, False)
+        writer.write(ping[3:] + ping)  # the rest, then a whole frame: on a boundary
+        await writer.drain()
+        assert await settle(link, True)
+        pongs = await asyncio.wait_for(reader.readexactly(2 * 7), 5 * TIMEOUT_FACTOR)
+        assert pongs == 2 * text_pong(b"hello")
+    finally:
+        writer.close()
+
+
+async def test_frames_in_the_same_write_as_the_request_are_counted(
+    link_server: LinkServer,
+) -> None:
+    # A ping whose mask is a blank line: the request's write ends in "\r\n\r\n" while
+    # the parser is inside the ping.
+    mask = b"\r\n\r\n"
+    ping = bytes([0x89, 0x80 | 4]) + mask + bytes(b ^ m for b, m in zip(b"ping", mask, strict=True))
+    reader, writer, link = await open_link(link_server, first=ping[:6])
+    try:
+        assert not await settle(link, False)
+        writer.write(ping[6:])
+        await writer.drain()
+        assert await settle(link, True)
+        pong = await asyncio.wait_for(reader.readexactly(6), 5 * TIMEOUT_FACTOR)
+        assert pong == text_pong(b"ping")
+    finally:
+        writer.close()
+
+
+async def test_a_fragmented_message_fails_the_link(link_server: LinkServer) -> None:
+    """Even when its first fragment is whole JSON, and even with the bypass on."""
+    reader, writer, link = await open_link(link_server)
+    try:
+        assert await settle(link, True)
+        # (Both fragments in one write would be websockets' to refuse: 1002.)
+        writer.write(client(Opcode.TEXT, b'{"type":"ack","cursor":0}', fin=False))
+        first, error = await server_frame(reader)
+        assert first == 0x81
+        assert json.loads(error)["code"] == "bad_request"
+        assert "fragmented" in json.loads(error)["message"]
+        first, close = await server_frame(reader)
+        assert first == 0x88 and int.from_bytes(close[:2], "big") == 4400
+    finally:
+        writer.close()
+
+
+def text_pong(payload: bytes) -> bytes:
+    return Frame(Opcode.PONG, payload).serialize(mask=False, extensions=[])
+
+
+async def server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """(first byte, payload) of one unmasked frame under 64 KiB."""
+    head = await asyncio.wait_for(reader.readexactly(2), 5 * TIMEOUT_FACTOR)
+    n = head[1]
+    if n == 126:
+        n = int.from_bytes(await reader.readexactly(2), "big")
+    return head[0], await asyncio.wait_for(reader.readexactly(n), 5 * TIMEOUT_FACTOR)

@@ -53,6 +53,8 @@ _ws_log.setLevel(logging.WARNING)
 LINK_PATH = "/v1/link"
 #: A closing link that does not finish the close handshake is dropped after this.
 CLOSE_TIMEOUT = 5.0
+#: How long a closing link server waits for the acks it still holds to be stored.
+ACK_FLUSH_TIMEOUT = 2.0
 #: Last-seen writes per second, at most (see LinkServer.touch).
 TOUCH_RATE = 500
 
@@ -77,6 +79,7 @@ class LinkProtocol(asyncio.Protocol):
     __slots__ = (
         "_close_timer",
         "_fast",
+        "_unparsed",
         "delivery",
         "peer",
         "pin",
@@ -101,8 +104,11 @@ class LinkProtocol(asyncio.Protocol):
         self.delivery: Delivery | None = None
         self.peer = "?"
         self._close_timer: asyncio.TimerHandle | None = None
-        #: While True, websockets' parser stands at a frame boundary of an open
-        #: link, and runs of whole text frames may skip it (link/wireframes.py).
+        #: What websockets' parser was given since it last stood at a frame boundary
+        #: (before the handshake: since the connection began); None once unknown.
+        self._unparsed: bytes | None = b""
+        #: The parser stands at a boundary of an open link, outside a fragmented
+        #: message: runs of whole text frames may skip it (link/wireframes.py).
         self._fast = False
 
     # --- asyncio.Protocol ----------------------------------------------------
@@ -114,7 +120,6 @@ class LinkProtocol(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        whole = False
         if self._fast:
             texts = client_text_frames(data, self.server.config.max_frame)
             if texts is not None:
@@ -123,25 +128,38 @@ class LinkProtocol(asyncio.Protocol):
                     self._text(payload, now)
                     if self.ws.state is not WsState.OPEN:
                         # We are closing: websockets takes the rest, as it would have.
-                        self._fast = False
-                        self._parse(data[stop:], False)
+                        self._parse(data[stop:])
                         return
                 return
-            whole = whole_frames(data)
-        self._parse(data, whole)
+        self._parse(data)
 
-    def _parse(self, data: bytes, whole: bool) -> None:
+    def _parse(self, data: bytes) -> None:
         """websockets' parser: everything but runs of plain text frames."""
+        unparsed = self._unparsed
+        if unparsed is not None:
+            unparsed += data
         self.ws.receive_data(data)
         for event in self.ws.events_received():
             if isinstance(event, Request):
                 self._handshake(event)
-                # A client waits for the 101 before its first frame: if the request
-                # ended this chunk, the parser now stands at a frame boundary.
-                whole = data.endswith(b"\r\n\r\n")
+                if unparsed is not None:
+                    # The request ends at its first blank line; frames may follow.
+                    end = unparsed.find(b"\r\n\r\n")
+                    unparsed = unparsed[end + 4 :] if end >= 0 else None
             elif isinstance(event, Frame):
                 self._frame(event)
-        self._fast = whole and self.ws.state is WsState.OPEN
+        state = self.ws.state
+        fast = False
+        if unparsed is not None:
+            if state is WsState.OPEN and whole_frames(unparsed):
+                unparsed = b""
+                fast = self.ws.current_size is None
+            elif state is WsState.CLOSING or state is WsState.CLOSED:
+                unparsed = None
+            elif len(unparsed) > 4 * self.server.config.max_frame + 14:
+                unparsed = None  # a frame websockets will refuse anyway: stop counting
+        self._unparsed = unparsed
+        self._fast = fast
         self._flush()
 
     def eof_received(self) -> bool | None:
@@ -189,8 +207,13 @@ class LinkProtocol(asyncio.Protocol):
 
     def _frame(self, frame: Frame) -> None:
         now = self.server.clock()
-        if frame.opcode is Opcode.TEXT:
+        if frame.opcode is Opcode.TEXT and frame.fin:
             self._text(bytes(frame.data), now)
+        elif frame.opcode is Opcode.TEXT or frame.opcode is Opcode.CONT:
+            # PROTOCOL: each frame is one unfragmented message (a first fragment that
+            # happened to be whole JSON must not pass for the message).
+            detail = "fragmented messages are not accepted: send each frame whole"
+            self._fail(self.session.fail(ErrorCode.BAD_REQUEST, detail))
         elif frame.opcode is Opcode.BINARY:
             self._fail(self.session.fail(ErrorCode.BAD_REQUEST, "frames are JSON text"))
         elif frame.opcode is Opcode.PONG:
@@ -503,5 +526,6 @@ class LinkServer:
             self._server.close()
         for task in [*self._tasks, *([self._touching] if self._touching else [])]:
             task.cancel()
+        # Bounded: a store too slow to take them only costs redeliveries (DECISIONS 28).
         with contextlib.suppress(Exception):
-            await self.acks.flush()
+            await asyncio.wait_for(self.acks.flush(), ACK_FLUSH_TIMEOUT)
