@@ -17,6 +17,14 @@
    pushed message waits for one such sync, and a slow sync holds up every push that
    arrives meanwhile: the disk's own tail is a floor under the relay's.
 
+5. CPUs, in the paced phases (not in the ramp, so the peak is what free scheduling
+   gives): the relay's event loop is pinned to the first CPU, the pusher (this
+   process) and the device process to the others; the store's writer is left where
+   the kernel puts it.  The load generators stand in for other machines: on the
+   loop's core they take whole scheduler slices from it (``--no-pin`` to see it).
+   Their own delays still count against the relay: the push's timestamp is taken
+   before its write, the device's when it reads the frame.
+
 Phases repeat (``--repeats``, rotating through the fractions), because these shared
 machines' disks and CPUs drift between runs; the verdict uses the median p99.
 
@@ -97,6 +105,8 @@ class Result:
     ramp: list[tuple[int, float]] = field(default_factory=list)
     peak: float = 0.0
     phases: list[Phase] = field(default_factory=list)
+    #: "CPU 0 / CPUs 1": the relay's loop / the load generators in the paced phases.
+    pinned: str = ""
 
 
 def disk_probe(directory: Path, count: int = 2000, block: int = 4096) -> list[float]:
@@ -118,6 +128,25 @@ def disk_probe(directory: Path, count: int = 2000, block: int = 4096) -> list[fl
         os.close(fd)
         path.unlink(missing_ok=True)
     return sorted(out)
+
+
+def pin_cores(relay_pid: int, device_pid: int) -> str:
+    """The relay's event loop on CPU 0; this process (the pusher) and the device
+    process on the others; the store's writer where the kernel puts it.
+
+    The load generators stand in for other machines.  Sharing the loop's core, they
+    take whole scheduler slices from it while catching up on their schedule, which
+    shows up as the relay's tail latency (docs/DECISIONS.md, 28).
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return ""
+    loop, others = {cpus[0]}, set(cpus[1:])
+    os.sched_setaffinity(relay_pid, loop)  # the main thread only (its tid is the pid)
+    os.sched_setaffinity(device_pid, others)
+    os.sched_setaffinity(0, others)
+    rest = ",".join(map(str, sorted(others)))
+    return f"CPU {cpus[0]} / CPU{'s' if len(others) > 1 else ''} {rest}"
 
 
 def push_request(conn: Connection, pin: str, phase: int) -> bytes:
@@ -294,6 +323,8 @@ async def measure(args: argparse.Namespace, logs: Path) -> Result:
             result.peak = max(rate for _, rate in result.ramp)
             rates = [(f, result.peak * f) for f in args.fractions]
         rates = rates * args.repeats
+        if args.pin:
+            result.pinned = pin_cores(relay.pid, child.pid)
         for number, (fraction, rate) in enumerate(rates, start=1):
             phase = Phase(number, fraction, rate)
             result.phases.append(phase)
@@ -344,7 +375,13 @@ def report(args: argparse.Namespace, r: Result) -> None:
     rows: list[list[str]] = []
     facts: list[str] = []
     if r.peak:
-        facts.append(f"- Peak single-push rate (ramp): {r.peak:,.0f}/s.")
+        facts.append(f"- Peak single-push rate (ramp, nothing pinned): {r.peak:,.0f}/s.")
+    if r.pinned:
+        loop, generators = r.pinned.split(" / ")
+        facts.append(
+            f"- Paced phases: the relay's event loop pinned to {loop}, the pusher and the "
+            f"device process to {generators}; the store's writer unpinned."
+        )
     for ph in r.phases:
         rate = f"{ph.rate:,.0f}/s" + (f" ({ph.fraction:g} of peak)" if ph.fraction else "")
         for label, values in (
@@ -421,7 +458,14 @@ def report(args: argparse.Namespace, r: Result) -> None:
             "in the relay's data folder measure the disk. Latency: `time.time()` just "
             "before the POST is written, carried in the message, subtracted from `time.time()` "
             "when the device process reads the frame. Relay, pusher and device process share "
-            f"{m['nproc']} CPUs.",
+            f"{m['nproc']} CPUs"
+            + (
+                f"; in the paced phases the relay's event loop is pinned to "
+                f"{r.pinned.split(' / ')[0]}, the pusher and the device process to "
+                f"{r.pinned.split(' / ')[1]}."
+                if r.pinned
+                else "."
+            ),
             "",
             md_table(["connections", "pushes/s"], ramp_rows) if ramp_rows else "",
             "",
@@ -451,6 +495,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=0.0, help="pushes/s (skips the ramp)")
     parser.add_argument("--seconds", type=float, default=None, help="paced phase (default 20)")
     parser.add_argument("--connections", type=int, default=64, help="for the paced phase")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="paced phases: leave the relay's loop and the load generators unpinned",
+    )
     parser.add_argument(
         "--repeats", type=int, default=None, help="rounds of the paced phases (default 3)"
     )
