@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import websockets
@@ -86,13 +87,20 @@ class RawLink:
         self._flush()
 
     def read_until_closed(self) -> list[Any]:
-        """Every frame until the relay closes the TCP connection."""
+        """Every frame until the relay closes the TCP connection.
+
+        The client's side of the close handshake is sent, as a client would: without
+        it the relay waits CLOSE_TIMEOUT (5 s) before it drops the connection, as long
+        as this socket's own timeout.
+        """
         from websockets.frames import Frame
 
         got: list[Any] = []
         while data := self.sock.recv(65536):
             self.proto.receive_data(data)
             got.extend(e for e in self.proto.events_received() if isinstance(e, Frame))
+            with contextlib.suppress(OSError):
+                self._flush()
         return got
 
     def close(self) -> None:

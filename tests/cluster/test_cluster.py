@@ -281,6 +281,16 @@ def test_relay_failover_delivers_everything_exactly_once(start_relay: StartRelay
             a.kill()
             killed = time.monotonic()
             await asyncio.sleep(2.5)
+            # A push through the survivor can take a few seconds while JetStream fails
+            # over (DECISIONS: single-push failover tail): wait for one per moved device.
+            await until(
+                "a push accepted after the kill for every moved device",
+                lambda: all(
+                    any(ledger.sent_at[m] > killed for m in ledger.accepted.get(pin, []))
+                    for pin in on_a
+                ),
+                timeout=15,
+            )
             stop.set()
             await asyncio.gather(*pushers)
 
