@@ -104,10 +104,10 @@ class AckWriter:
 
     async def flush(self) -> None:
         """Write what is pending now (before the store closes)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         while self._pending or self._task is not None:
+            if self._timer is not None:  # no waiting out the delay
+                self._timer.cancel()
+                self._timer = None
             task = self._task
             if task is None:
                 task = self._task = asyncio.get_running_loop().create_task(self._run())
@@ -117,9 +117,6 @@ class AckWriter:
                 if not task.cancelled():
                     raise  # we were cancelled, not the write
                 # The write itself was cancelled: a failed batch, as in _run.
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
 
 
 class Delivery:
