@@ -16,8 +16,8 @@ from typing import Any
 
 import uvicorn
 
+from pinrelay.auth import Authenticator
 from pinrelay.config import RelayConfig, raise_fd_limit
-from pinrelay.core.ids import hash_secret
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.link.server import LinkConfig, LinkServer
 from pinrelay.metrics import Metrics
@@ -73,8 +73,13 @@ class Relay:
                 clock=clock,
             )
         )
-        self.auth_limiter = FailureLimiter(limit=config.auth_failure_limit)
-        self.admin_key_hash = hash_secret(config.admin_key) if config.admin_key else None
+        self.auth = Authenticator(
+            self.store,
+            FailureLimiter(limit=config.auth_failure_limit),
+            self.metrics,
+            clock,
+            config.admin_key,
+        )
         fd_links = raise_fd_limit()
         self.max_links = min(config.max_links, fd_links) if config.max_links else fd_links
         self.link = LinkServer(
@@ -91,7 +96,7 @@ class Relay:
             ),
             metrics=self.metrics,
             clock=clock,
-            auth_limiter=self.auth_limiter,
+            auth=self.auth,
         )
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
+from pinrelay.auth import Authenticator
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.link.server import LinkConfig, LinkProtocol, LinkServer
 from pinrelay.link.wireframes import client_text_frames, text_frame, whole_frames
@@ -131,13 +132,14 @@ async def test_split_frames_and_pings_between_acks_on_a_real_link(relay: RelayPr
 async def link_server(tmp_path: Path) -> AsyncIterator[LinkServer]:
     store = SqliteStore(tmp_path / "pinrelay.db")
     await store.open()
+    metrics = Metrics()
     server = LinkServer(
         store=store,
         router=LocalRouter(),
         config=LinkConfig(),
-        metrics=Metrics(),
+        metrics=metrics,
         clock=time.time,
-        auth_limiter=FailureLimiter(),
+        auth=Authenticator(store, FailureLimiter(), metrics, time.time, None),
     )
     try:
         yield server

@@ -10,9 +10,10 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from pinrelay.auth import DevicePrincipal, KeyPrincipal, bearer
 from pinrelay.core.errors import ErrorCode, LimitExceeded, PinrelayError, RemoteProtocolError
-from pinrelay.core.ids import hash_secret, is_pin, secret_matches
-from pinrelay.core.model import Device, Scope
+from pinrelay.core.ids import is_pin
+from pinrelay.core.model import Scope
 
 if TYPE_CHECKING:
     from pinrelay.relay import Relay
@@ -22,14 +23,6 @@ _encoder = msgspec.json.Encoder()
 
 #: Largest request body: a full batch of full-size messages fits.
 MAX_BODY = 8 * 1024 * 1024
-
-
-class RateLimited(PinrelayError):
-    code = ErrorCode.RATE_LIMITED
-
-    def __init__(self, detail: str, retry_after: float) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
 
 
 def relay_of(request: Request) -> Relay:
@@ -66,58 +59,19 @@ def json_response(value: Any, status: int = 200, headers: dict[str, str] | None 
     )
 
 
-def _bearer(headers: Mapping[str, str]) -> str:
-    header = headers.get("authorization", "")
-    scheme, _, credentials = header.partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        raise PinrelayError("send 'Authorization: Bearer <key>'", ErrorCode.UNAUTHORIZED)
-    return credentials.strip()
-
-
 def _source(client_host: str | None) -> str:
-    # Namespaced: failures on the link do not lock a source out of the API.
+    # Namespaced by edge: failures on the link do not lock a source out of the API.
     return "api " + (client_host or "?")
 
 
-def _check_limited(relay: Relay, keys: tuple[str, ...]) -> None:
-    now = relay.clock()
-    wait = max(relay.auth_limiter.retry_after(k, now) for k in keys)
-    if wait > 0:
-        raise RateLimited("too many failed authentications; retry later", wait)
-
-
-def _auth_failed(relay: Relay, keys: tuple[str, ...], detail: str) -> PinrelayError:
-    now = relay.clock()
-    for k in keys:
-        relay.auth_limiter.failed(k, now)
-    relay.metrics.auth_failures.labels("api").inc()
-    return PinrelayError(detail, ErrorCode.UNAUTHORIZED)
-
-
-async def require_key(request: Request, *scopes: Scope) -> str:
+async def require_key(request: Request, *scopes: Scope) -> KeyPrincipal:
     return await authenticate(call_of(request), *scopes)
 
 
-async def authenticate(call: Call, *scopes: Scope) -> str:
-    """Authenticate an API key with one of ``scopes`` (admin always passes).
-
-    Returns the key's id ("admin" for the admin key), which scopes idempotency keys.
-    """
-    relay = call.relay
-    source = _source(call.client_host)
-    _check_limited(relay, (source,))
-    presented = _bearer(call.headers)
-    if relay.admin_key_hash is not None and secret_matches(presented, relay.admin_key_hash):
-        return "admin"
-    key = await relay.store.find_key(hash_secret(presented))
-    if key is None or key.revoked or not secret_matches(presented, key.key_hash):
-        raise _auth_failed(relay, (source,), "unknown or revoked API key")
-    if key.scope is not Scope.ADMIN and key.scope not in scopes:
-        wanted = " or ".join(s.value for s in scopes) or "admin"
-        raise PinrelayError(
-            f"this key has scope '{key.scope.value}'; this needs {wanted}", ErrorCode.FORBIDDEN
-        )
-    return key.id
+async def authenticate(call: Call, *scopes: Scope) -> KeyPrincipal:
+    """The caller's API key, which must allow one of ``scopes`` (admin always does)."""
+    presented = bearer(call.headers.get("authorization"))
+    return await call.relay.auth.api_key(presented, _source(call.client_host), *scopes)
 
 
 def path_pin(request: Request) -> str:
@@ -132,18 +86,12 @@ def checked_pin(pin: str) -> str:
     return pin
 
 
-async def require_device(request: Request) -> Device:
-    """Authenticate a device by its token (the long-poll inbox)."""
-    relay = relay_of(request)
+async def require_device(request: Request) -> DevicePrincipal:
+    """The device of ``/v1/devices/{pin}/…``, authenticated by its token (the inbox)."""
     pin = path_pin(request)
-    keys = (_source(request.client and request.client.host), pin)
-    _check_limited(relay, keys)
-    token = _bearer(request.headers)
-    device = await relay.store.get_device(pin)
-    if device is None or not secret_matches(token, device.token_hash):
-        raise _auth_failed(relay, keys, "unknown PIN or wrong token")
-    relay.auth_limiter.succeeded(pin)
-    return device
+    client = request.client
+    token = bearer(request.headers.get("authorization"))
+    return await relay_of(request).auth.device(pin, token, _source(client and client.host))
 
 
 async def read_body(request: Request, limit: int = MAX_BODY, optional: bool = False) -> bytes:

@@ -27,7 +27,7 @@ MAX_LIMIT = 1000
 
 
 async def inbox(request: Request) -> Response:
-    device = await authenticate_device(request)
+    device = (await authenticate_device(request)).device
     relay = relay_of(request)
     after = query_int(request, "after", 0, 0, 2**53 - 1)
     wait = query_int(request, "wait", 0, 0, MAX_WAIT_S)
@@ -59,7 +59,7 @@ async def inbox(request: Request) -> Response:
 
 
 async def ack(request: Request) -> Response:
-    device = await authenticate_device(request)
+    device = (await authenticate_device(request)).device
     relay = relay_of(request)
     body = decode(await read_body(request, limit=1024), AckBodyWire)
     cursor = whole_number(body.cursor, "cursor")

@@ -139,7 +139,7 @@ async def push_one_call(call: Call, pin: str, read: Callable[[], Awaitable[bytes
     ``read`` gives the request body, bounded by ``push_body_limit``.  Starlette's
     route and the HTTP protocol's own push path (api/httpproto.py) both call this.
     """
-    key_id = await authenticate(call, Scope.PUSH)
+    key_id = (await authenticate(call, Scope.PUSH)).key_id
     relay = call.relay
     pin = checked_pin(pin)
     body = await read()
@@ -168,7 +168,7 @@ async def push_one(request: Request) -> Response:
 
 async def push_batch(request: Request) -> Response:
     call = call_of(request)
-    key_id = await authenticate(call, Scope.PUSH)
+    key_id = (await authenticate(call, Scope.PUSH)).key_id
     relay = call.relay
     limits = relay.config.limits
     body = await read_body(request)

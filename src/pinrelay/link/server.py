@@ -26,11 +26,11 @@ from websockets.protocol import State as WsState
 from websockets.server import ServerProtocol
 
 from pinrelay import __version__
+from pinrelay.auth import Authenticator, RateLimited
 from pinrelay.core import frames
 from pinrelay.core.errors import ErrorCode, PinrelayError
-from pinrelay.core.ids import new_secret, secret_matches
+from pinrelay.core.ids import new_secret
 from pinrelay.core.model import StoredMessage
-from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.core.session import (
     AUTHENTICATING,
     AckReceived,
@@ -266,31 +266,30 @@ class LinkProtocol(asyncio.Protocol):
 
     async def _check_hello(self, hello: frames.Hello) -> None:
         server = self.server
-        now = server.clock()
-        limiter = server.auth_limiter
-        source = "link " + self.peer
-        wait = max(limiter.retry_after(source, now), limiter.retry_after(hello.pin, now))
-        if wait > 0:
-            self._fail(
-                self.session.fail(
-                    ErrorCode.RATE_LIMITED,
-                    "too many failed authentications; retry later",
-                    retry_after_ms=int(wait * 1000) + 1,
+        try:
+            principal = await server.auth.device(hello.pin, hello.token, "link " + self.peer)
+        except RateLimited as exc:
+            if self._still_authenticating():
+                self._fail(
+                    self.session.fail(
+                        ErrorCode.RATE_LIMITED,
+                        exc.detail,
+                        retry_after_ms=int(exc.retry_after * 1000) + 1,
+                    )
                 )
-            )
-            self._flush()
+                self._flush()
             return
-        device = await server.store.get_device(hello.pin)
+        except PinrelayError as exc:
+            if exc.code is not ErrorCode.UNAUTHORIZED:
+                raise
+            # One answer for an unknown PIN and a wrong token: no PIN enumeration.
+            if self._still_authenticating():
+                self._fail(self.session.fail(ErrorCode.UNAUTHORIZED, exc.detail))
+                self._flush()
+            return
         if not self._still_authenticating():
             return
-        if device is None or not secret_matches(hello.token, device.token_hash):
-            # One answer for an unknown PIN and a wrong token: no PIN enumeration.
-            limiter.failed(source, now)
-            limiter.failed(hello.pin, now)
-            server.metrics.auth_failures.labels("link").inc()
-            self._fail(self.session.fail(ErrorCode.UNAUTHORIZED, "unknown PIN or wrong token"))
-            self._flush()
-            return
+        device = principal.device
         if hello.cursor > device.last_cursor:
             self._fail(
                 self.session.fail(
@@ -301,7 +300,6 @@ class LinkProtocol(asyncio.Protocol):
             )
             self._flush()
             return
-        limiter.succeeded(hello.pin)
         window = min(hello.window or server.config.default_window, server.config.max_window)
         # hello.cursor says the client is done with everything up to it (PROTOCOL "hello").
         acked = max(hello.cursor, device.acked_cursor)
@@ -426,14 +424,14 @@ class LinkServer:
         config: LinkConfig,
         metrics: Metrics,
         clock: Callable[[], float],
-        auth_limiter: FailureLimiter,
+        auth: Authenticator,
     ) -> None:
         self.store = store
         self.router = router
         self.config = config
         self.metrics = metrics
         self.clock = clock
-        self.auth_limiter = auth_limiter
+        self.auth = auth
         self.connections: set[LinkProtocol] = set()
         self.acks = AckWriter(store)
         self.draining = False

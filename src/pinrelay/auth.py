@@ -1,0 +1,141 @@
+"""Who is calling: every edge authenticates here and gets a :data:`Principal`.
+
+An API key yields a :class:`KeyPrincipal` (its id, scope and tenant); a device's
+token yields a :class:`DevicePrincipal`.  The link, the inbox and every HTTP route
+call :class:`Authenticator`, so the failure limits, the answers (one answer for an
+unknown PIN and a wrong token: no PIN enumeration) and the metrics are the same on
+every edge.  Idempotency keys, quotas and audit hang off the principal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.ids import hash_secret, is_pin, secret_matches
+from pinrelay.core.model import Device, Scope
+from pinrelay.core.ratelimit import FailureLimiter
+from pinrelay.metrics import Metrics
+from pinrelay.store.base import Store
+
+#: Every principal belongs to one tenant; until tenants exist, to this one.
+DEFAULT_TENANT = "default"
+#: The id of the relay's own admin key (from config, not the store).
+ADMIN_KEY_ID = "admin"
+
+
+class RateLimited(PinrelayError):
+    """Too many failures or requests: 429 with Retry-After (``retry_after`` seconds)."""
+
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPrincipal:
+    """An application server or operator holding an API key."""
+
+    key_id: str
+    scope: Scope
+    tenant: str = DEFAULT_TENANT
+
+    def allows(self, *scopes: Scope) -> bool:
+        """Whether this key may do what needs one of ``scopes`` (admin may do all)."""
+        return self.scope is Scope.ADMIN or self.scope in scopes
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePrincipal:
+    """A device holding its token; ``device`` is its record as read at login."""
+
+    device: Device
+    tenant: str = DEFAULT_TENANT
+
+    @property
+    def pin(self) -> str:
+        return self.device.pin
+
+
+Principal = KeyPrincipal | DevicePrincipal
+
+
+def bearer(authorization: str | None) -> str:
+    """The credentials of an ``Authorization: Bearer …`` header, or UNAUTHORIZED."""
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise PinrelayError("send 'Authorization: Bearer <key>'", ErrorCode.UNAUTHORIZED)
+    return credentials.strip()
+
+
+class Authenticator:
+    """Checks API keys and device tokens against the store, with failure limits.
+
+    ``source`` names where a request comes from, edge included ("api 10.0.0.7",
+    "link 10.0.0.7"), so failures on one edge do not lock a source out of another.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        limiter: FailureLimiter,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        admin_key: str | None,
+    ) -> None:
+        self.store = store
+        self.limiter = limiter
+        self.metrics = metrics
+        self.clock = clock
+        self._admin_hash = hash_secret(admin_key) if admin_key else None
+
+    def _check_limited(self, *keys: str) -> None:
+        now = self.clock()
+        wait = max(self.limiter.retry_after(k, now) for k in keys)
+        if wait > 0:
+            raise RateLimited("too many failed authentications; retry later", wait)
+
+    def _failed(self, edge: str, keys: tuple[str, ...], detail: str) -> PinrelayError:
+        now = self.clock()
+        for k in keys:
+            self.limiter.failed(k, now)
+        self.metrics.auth_failures.labels(edge).inc()
+        return PinrelayError(detail, ErrorCode.UNAUTHORIZED)
+
+    async def api_key(self, presented: str, source: str, *scopes: Scope) -> KeyPrincipal:
+        """The key's principal if it may do what needs one of ``scopes``.
+
+        Raises UNAUTHORIZED (unknown or revoked), FORBIDDEN (scope) or RATE_LIMITED.
+        """
+        self._check_limited(source)
+        if self._admin_hash is not None and secret_matches(presented, self._admin_hash):
+            return KeyPrincipal(ADMIN_KEY_ID, Scope.ADMIN)
+        key = await self.store.find_key(hash_secret(presented))
+        if key is None or key.revoked or not secret_matches(presented, key.key_hash):
+            raise self._failed("api", (source,), "unknown or revoked API key")
+        principal = KeyPrincipal(key.id, key.scope)
+        if not principal.allows(*scopes):
+            wanted = " or ".join(s.value for s in scopes) or "admin"
+            raise PinrelayError(
+                f"this key has scope '{key.scope.value}'; this needs {wanted}", ErrorCode.FORBIDDEN
+            )
+        return principal
+
+    async def device(self, pin: str, token: str, source: str) -> DevicePrincipal:
+        """The device's principal if ``token`` is its token.
+
+        Raises UNAUTHORIZED with one answer for a malformed or unknown PIN and a
+        wrong token, or RATE_LIMITED.  A malformed PIN never becomes a limiter key
+        (its memory stays bounded by what a PIN can be).
+        """
+        edge = source.partition(" ")[0]
+        keys = (source, pin) if is_pin(pin) else (source,)
+        self._check_limited(*keys)
+        device = await self.store.get_device(pin) if len(keys) == 2 else None
+        if device is None or not secret_matches(token, device.token_hash):
+            raise self._failed(edge, keys, "unknown PIN or wrong token")
+        self.limiter.succeeded(pin)
+        return DevicePrincipal(device)
