@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from pinrelay.core import frames
+from pinrelay.core import frames, strictjson
 from pinrelay.core.errors import ErrorCode, RemoteProtocolError
 from pinrelay.core.model import StoredMessage
 from pinrelay.core.timefmt import rfc3339
@@ -35,7 +35,8 @@ def msg_frame(m: StoredMessage) -> frames.Msg:
         id=m.id,
         cursor=m.cursor,
         kind=m.kind,
-        data=msgspec.Raw(m.data),
+        # Stored by an older version, a message may not be UTF-8: never a bad text frame.
+        data=msgspec.Raw(strictjson.valid_utf8(m.data)),
         topic=m.topic,
         urgency=m.urgency,
         sent_at=rfc3339(m.sent_at_ms),

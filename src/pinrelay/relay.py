@@ -19,8 +19,10 @@ import uvicorn
 from pinrelay.auth import Authenticator
 from pinrelay.config import RelayConfig, raise_fd_limit
 from pinrelay.core.ratelimit import FailureLimiter
+from pinrelay.ingest import Ingest
 from pinrelay.link.server import LinkConfig, LinkServer
 from pinrelay.metrics import Metrics
+from pinrelay.router.base import Router
 from pinrelay.router.local import LocalRouter
 from pinrelay.router.nats import NatsRouter
 from pinrelay.store.base import Store
@@ -40,39 +42,41 @@ class Relay:
         self,
         config: RelayConfig,
         *,
-        store: Store | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
-        urls = config.nats_urls
-        self.store: Store = store or (
-            SqliteStore(Path(config.data) / "pinrelay.db", observer=self.metrics.observe_commit)
-            if urls is None
-            else JetStreamStore(
-                urls,
+        self.store: Store
+        self.router: Router
+        #: Cluster mode: JetStream expires messages itself and the store can go away.
+        self.clustered = config.nats_urls is not None
+        if config.nats_urls is None:
+            db = Path(config.data) / "pinrelay.db"
+            self.store = SqliteStore(db, observer=self.metrics.observe_commit)
+            self.router = LocalRouter(config.link_url)
+        else:
+            js = JetStreamStore(
+                config.nats_urls,
                 name=f"pinrelay-{config.node}",
                 partitions=config.partitions,
                 direct_reads=config.direct_reads,
             )
-        )
-        self.router: LocalRouter = (
-            LocalRouter()
-            if not isinstance(self.store, JetStreamStore)
-            else NatsRouter(
+            self.store = js
+            self.router = NatsRouter(
                 node=config.node,
                 region=config.region,
                 link_url=config.link_url,
                 http_url=config.http_url,
-                bucket_prefix=self.store.bucket_prefix,
-                subject_prefix=self.store.bucket_prefix,
-                replicas=self.store.replicas,
+                bucket_prefix=js.bucket_prefix,
+                subject_prefix=js.bucket_prefix,
+                replicas=js.replicas,
                 heartbeat_s=config.relay_heartbeat_s,
                 ttl_s=config.relay_ttl_s,
                 clock=clock,
+                connection=lambda: js.connection,
             )
-        )
+        self.ingest = Ingest(self.store, self.router, clock, config.limits, self.metrics)
         self.auth = Authenticator(
             self.store,
             FailureLimiter(limit=config.auth_failure_limit),
@@ -105,15 +109,13 @@ class Relay:
     @property
     def link_urls(self) -> list[str]:
         """Every live relay's link URL, this one's first."""
-        if isinstance(self.router, NatsRouter):
-            return self.router.link_urls
-        return [self.config.link_url]
+        return self.router.link_urls
 
     async def start(self) -> None:
         await self.store.open()
         loop = asyncio.get_running_loop()
-        if isinstance(self.router, NatsRouter) and isinstance(self.store, JetStreamStore):
-            await self.router.start(*self.store.connection)
+        await self.router.start()
+        if self.clustered:
             self._watchdog = loop.create_task(self._watch_store())
         else:
             # JetStream expires messages by itself (Nats-TTL) and reads skip expired
@@ -170,8 +172,7 @@ class Relay:
                 task.cancel()
         alternates = [u for u in self.link_urls if u != self.config.link_url]
         await self.link.drain("shutdown", alternates)
-        if isinstance(self.router, NatsRouter):
-            await self.router.stop()
+        await self.router.stop()
         await self.link.close()
         await self.store.close()
 

@@ -20,6 +20,7 @@ CORE_MODULES = [
     "pinrelay.core.window",
     "pinrelay.core.session",
     "pinrelay.core.timefmt",
+    "pinrelay.core.strictjson",
 ]
 FORBIDDEN = ["asyncio", "sqlite3", "socket", "starlette", "uvicorn", "websockets", "nats"]
 

@@ -57,10 +57,8 @@ class PushFastPath:
             path: str = scope["path"]
             if path == "/v1/messages":
                 handler = messages.push_batch
-            elif path.startswith("/v1/devices/") and path.endswith("/messages"):
-                pin = path[len("/v1/devices/") : -len("/messages")]
-                if "/" not in pin:
-                    handler = messages.push_one
+            elif (pin := messages.push_path_pin(path)) is not None:
+                handler = messages.push_one
         if handler is None:
             await self.app(scope, receive, send)
             return

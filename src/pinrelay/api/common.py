@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pinrelay.auth import DevicePrincipal, KeyPrincipal, bearer
+from pinrelay.core import strictjson
 from pinrelay.core.errors import ErrorCode, LimitExceeded, PinrelayError, RemoteProtocolError
 from pinrelay.core.ids import is_pin
 from pinrelay.core.model import Scope
@@ -114,12 +115,28 @@ async def read_body(request: Request, limit: int = MAX_BODY, optional: bool = Fa
 
 def check_body_headers(headers: Mapping[str, str], limit: int) -> None:
     """A JSON body no longer than ``limit`` as far as the headers tell, before it is read."""
-    media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    media, _, params = headers.get("content-type", "").partition(";")
+    media = media.strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise PinrelayError("send the body as application/json", ErrorCode.UNSUPPORTED_MEDIA)
+    if params:
+        _check_charset(params)
     length = headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise LimitExceeded(f"body is {length} bytes; the limit is {limit}")
+
+
+def _check_charset(params: str) -> None:
+    """JSON is UTF-8 (RFC 8259 §8.1): any other declared charset is refused, not
+    silently read as UTF-8."""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+            if charset not in ("utf-8", "utf8"):
+                raise PinrelayError(
+                    f"charset {charset!r}: send JSON as UTF-8", ErrorCode.UNSUPPORTED_MEDIA
+                )
 
 
 def too_large(limit: int) -> LimitExceeded:
@@ -127,6 +144,12 @@ def too_large(limit: int) -> LimitExceeded:
 
 
 def decode(body: bytes, type_: type[T]) -> T:
+    """A JSON body as ``type_``: 400 if malformed, not UTF-8 or with a repeated key
+    (core/strictjson.py), 422 if it does not fit the schema."""
+    try:
+        strictjson.check(body)
+    except strictjson.StrictJsonError as exc:
+        raise RemoteProtocolError(str(exc), ErrorCode.BAD_REQUEST) from None
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from pinrelay.api.common import Call, check_body_headers, too_large
-from pinrelay.api.messages import push_body_limit, push_one_call
+from pinrelay.api.messages import push_body_limit, push_one_call, push_path_pin
 from pinrelay.api.problems import PROBLEM_JSON, error_parts, problem_parts
 from pinrelay.core.errors import ErrorCode, PinrelayError
 
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from pinrelay.relay import Relay
 
 log = logging.getLogger(__name__)
-_PREFIX = b"/v1/devices/"
-_SUFFIX = b"/messages"
 _JSON = b"application/json"
 _PROBLEM = PROBLEM_JSON.encode()
 
@@ -82,14 +80,12 @@ class CoalescingTransport:
 
 
 def push_pin(url: bytes) -> str | None:
-    """The PIN of a ``/v1/devices/{pin}/messages`` URL the push path takes, else None."""
+    """The PIN of a push URL the push path takes, else None (an escaped or odd URL
+    goes through Starlette, which decodes it)."""
     path, _, _ = url.partition(b"?")
-    if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
+    if b"%" in path or b"#" in url:
         return None
-    pin = path[len(_PREFIX) : -len(_SUFFIX)]
-    if not pin or b"/" in pin or b"%" in pin or b"#" in url:
-        return None
-    return pin.decode("latin-1")
+    return push_path_pin(path.decode("latin-1"))
 
 
 class _Gone(Exception):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
@@ -22,25 +22,37 @@ from pinrelay.api.common import (
 )
 from pinrelay.api.schemas import BatchItemResult, BatchResult, PushResult
 from pinrelay.core.errors import ErrorCode, PinrelayError, RemoteProtocolError
-from pinrelay.core.ids import RandomPool, new_message_id
 from pinrelay.core.model import (
     Accepted,
     Batch,
-    BatchItem,
-    NewMessage,
     PushFields,
     Scope,
-    StoredMessage,
     check_push,
 )
 from pinrelay.core.timefmt import rfc3339
-from pinrelay.relay import Relay
-from pinrelay.store.base import DROPPED_OFFLINE, UNKNOWN_DEVICE, IdempotencyKey, Rejected
+from pinrelay.ingest import Draft
+from pinrelay.store.base import DROPPED_OFFLINE, IdempotencyKey, Rejected
+
+if TYPE_CHECKING:
+    from pinrelay.relay import Relay
 
 MAX_IDEMPOTENCY_KEY = 255
-#: Message ids need uniqueness, not secrecy, but come from the OS's CSPRNG anyway.
-_ids_random = RandomPool(os.urandom)
 _encoder = msgspec.json.Encoder()
+_PUSH_PREFIX = "/v1/devices/"
+_PUSH_SUFFIX = "/messages"
+
+
+def push_path_pin(path: str) -> str | None:
+    """The ``{pin}`` of a ``/v1/devices/{pin}/messages`` path, else None.
+
+    The one parser of the push URL: Starlette's route, the ASGI fast path and the
+    HTTP protocol's own push path (api/httpproto.py) all use it.  Whether the PIN
+    is well formed is the handler's question (404 problem), not the router's.
+    """
+    if not (path.startswith(_PUSH_PREFIX) and path.endswith(_PUSH_SUFFIX)):
+        return None
+    pin = path[len(_PUSH_PREFIX) : -len(_PUSH_SUFFIX)]
+    return pin if pin and "/" not in pin else None
 
 
 def push_body_limit(relay: Relay) -> int:
@@ -62,61 +74,10 @@ def _idempotency(call: Call, key_id: str, body: bytes) -> IdempotencyKey | None:
     )
 
 
-def _new_message(relay: Relay, pin: str, fields: PushFields, now: float) -> NewMessage:
-    ttl = fields.ttl or relay.config.limits.ttl0_grace_s
-    now_ms = int(now * 1000)
-    return NewMessage(
-        pin=pin,
-        id=new_message_id(now, _ids_random),
-        data=bytes(fields.data),
-        topic=fields.topic,
-        urgency=fields.urgency,
-        sent_at_ms=now_ms,
-        expires_at_ms=now_ms + int(ttl * 1000),
+def _draft(pin: str, fields: PushFields) -> Draft:
+    return Draft(
+        to=pin, data=bytes(fields.data), ttl=fields.ttl, topic=fields.topic, urgency=fields.urgency
     )
-
-
-async def _store(
-    relay: Relay, items: Sequence[tuple[str, PushFields]], idem: IdempotencyKey | None
-) -> list[Accepted | Rejected]:
-    """Store the items; a ttl=0 message for an offline device is dropped, not stored.
-
-    ttl=0 means "deliver only if the device is online now" (PROTOCOL, "ttl").  The
-    drop is passed to the store as a Rejected so an idempotent replay repeats it.
-    """
-    now = relay.clock()
-    batch: list[NewMessage | Rejected] = []
-    drafts: dict[str, NewMessage] = {}
-    for pin, fields in items:
-        draft = _new_message(relay, pin, fields, now)
-        if fields.ttl == 0 and not relay.router.is_online(pin):
-            if await relay.store.get_device(pin) is None:
-                batch.append(Rejected(pin, UNKNOWN_DEVICE, draft.id))
-            else:
-                batch.append(Rejected(pin, DROPPED_OFFLINE, draft.id))
-        else:
-            batch.append(draft)
-            drafts[draft.id] = draft
-    results, replay = await relay.store.append(batch, idem)
-    if not replay:
-        # Wake each device once, with what it got, in cursor order (DESIGN "router").
-        # None: the store answered with a message this request did not build (an
-        # idempotent takeover): no hand-off, the link reads the store.
-        fresh: dict[str, list[StoredMessage] | None] = {}
-        for result in results:
-            if isinstance(result, Accepted):
-                built = drafts.get(result.id)
-                got = fresh.setdefault(result.pin, [])
-                if built is None:
-                    fresh[result.pin] = None
-                elif got is not None:
-                    got.append(built.with_cursor(result.cursor))
-            elif result.reason == DROPPED_OFFLINE:
-                relay.metrics.dropped.inc()
-        for pin, messages in fresh.items():
-            relay.router.wake(pin, messages)
-        relay.metrics.accepted_push.inc(sum(isinstance(r, Accepted) for r in results))
-    return results
 
 
 def _item_result(pin: str, result: Accepted | Rejected) -> BatchItemResult:
@@ -147,7 +108,7 @@ async def push_one_call(call: Call, pin: str, read: Callable[[], Awaitable[bytes
     check_push(fields, relay.config.limits)
     # No read of the device first: the append refuses an unknown PIN by itself, so a
     # push costs the loop no extra query.
-    [result] = await _store(relay, [(pin, fields)], _idempotency(call, key_id, body))
+    [result] = await relay.ingest.accept([_draft(pin, fields)], _idempotency(call, key_id, body))
     item = _item_result(pin, result)
     if item.status == 404:
         raise PinrelayError(f"no device with PIN {pin}", ErrorCode.NOT_FOUND)
@@ -183,9 +144,9 @@ async def push_batch(request: Request) -> Response:
             check_push(item, limits)
         except PinrelayError as exc:
             raise type(exc)(f"messages[{n}]: {exc.detail}", exc.code) from None
-    items: list[tuple[str, BatchItem]] = [(m.to, m) for m in batch.messages]
-    results = await _store(relay, items, _idempotency(call, key_id, body))
-    out = [_item_result(pin, r) for (pin, _), r in zip(items, results, strict=True)]
+    drafts = [_draft(m.to, m) for m in batch.messages]
+    results = await relay.ingest.accept(drafts, _idempotency(call, key_id, body))
+    out = [_item_result(d.to, r) for d, r in zip(drafts, results, strict=True)]
     return json_response(BatchResult(results=out))
 
 

@@ -42,7 +42,7 @@ from pinrelay.core.session import (
 from pinrelay.delivery import AckWriter, Delivery, msg_frame
 from pinrelay.link.wireframes import client_text_frames, text_frame, whole_frames
 from pinrelay.metrics import Metrics
-from pinrelay.router.local import LocalRouter
+from pinrelay.router.base import Router
 from pinrelay.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -420,7 +420,7 @@ class LinkServer:
         self,
         *,
         store: Store,
-        router: LocalRouter,
+        router: Router,
         config: LinkConfig,
         metrics: Metrics,
         clock: Callable[[], float],

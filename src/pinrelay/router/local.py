@@ -3,29 +3,52 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
 from pinrelay.core.errors import ErrorCode
 from pinrelay.core.model import StoredMessage
-
-
-class Linked(Protocol):
-    """What the router needs of a device's link."""
-
-    def wake(self, fresh: list[StoredMessage] | None = None) -> None:
-        """New messages may be stored for the device (``fresh``: just committed)."""
-
-    def kick(self, code: ErrorCode, detail: str) -> None:
-        """Close the link: send an error frame, then close with ``code.close_code``."""
+from pinrelay.router.base import Linked
 
 
 class LocalRouter:
-    def __init__(self) -> None:
+    """The :class:`~pinrelay.router.base.Router` of a single relay.
+
+    The NATS router keeps one of these for the links and waiters it holds, and uses
+    only its public methods (:meth:`link`, :meth:`take`, :meth:`has_waiters`).
+    """
+
+    #: Whether :meth:`attach` wakes the link itself once it is routed.
+    wakes_after_attach = False
+    #: Long-poll waiters re-read the store this often (None: wake-ups are never missed).
+    waiter_recheck_s: float | None = None
+
+    def __init__(self, link_url: str = "") -> None:
+        self._link_url = link_url
         self._links: dict[str, Linked] = {}
         self._waiters: dict[str, set[Callable[[], None]]] = {}
 
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    @property
+    def link_urls(self) -> list[str]:
+        return [self._link_url]
+
     def __len__(self) -> int:
         return len(self._links)
+
+    def link(self, pin: str) -> Linked | None:
+        """The device's link, if it is linked to this relay."""
+        return self._links.get(pin)
+
+    def take(self, pin: str) -> Linked | None:
+        """Forget the device's link (without closing it) and return it."""
+        return self._links.pop(pin, None)
+
+    def has_waiters(self, pin: str) -> bool:
+        return pin in self._waiters
 
     def attach(self, pin: str, link: Linked) -> None:
         """Make ``link`` the device's link; a previous one is closed (PROTOCOL "Replaced")."""
@@ -47,13 +70,6 @@ class LocalRouter:
 
     async def waiter_ready(self, pin: str) -> None:
         """Return once a push through any relay would wake the device's waiters."""
-
-    #: Whether :meth:`attach` wakes the link itself once it is routed (so the link
-    #: need not read its backlog before that as well).
-    wakes_after_attach = False
-
-    #: Long-poll waiters re-read the store this often (None: wake-ups are never missed).
-    waiter_recheck_s: float | None = None
 
     def remove_waiter(self, pin: str, waiter: Callable[[], None]) -> None:
         waiters = self._waiters.get(pin)

@@ -1,7 +1,7 @@
 """Cluster router: devices linked to any relay of a NATS cluster (DESIGN, "router").
 
-Same interface as :class:`LocalRouter` (it is one, for the links this relay holds),
-plus:
+A :class:`~pinrelay.router.base.Router`; the links and waiters this relay holds live
+in a :class:`LocalRouter` it keeps (used through its public methods only), plus:
 
 - **Routes.**  The device → node route lives in a KV bucket (``<prefix>_routes``,
   key PIN, value node id).  A link's attach writes it, its detach removes it if it
@@ -53,7 +53,8 @@ from nats.js.kv import KeyValue
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import StoredMessage
-from pinrelay.router.local import Linked, LocalRouter
+from pinrelay.router.base import Linked
+from pinrelay.router.local import LocalRouter
 from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream import ensure_bucket, setup_may_retry
 
@@ -90,7 +91,7 @@ _kick_dec = msgspec.json.Decoder(_Kick)
 _enc = msgspec.json.Encoder()
 
 
-class NatsRouter(LocalRouter):
+class NatsRouter:
     def __init__(
         self,
         *,
@@ -105,8 +106,12 @@ class NatsRouter(LocalRouter):
         ttl_s: float = 6.0,
         handoff: bool = False,
         clock: Callable[[], float] = time.time,
+        connection: Callable[[], tuple[NATS, JetStreamContext]] | None = None,
     ) -> None:
-        super().__init__()
+        #: The links and long-poll waiters held by this relay.
+        self.local = LocalRouter(link_url)
+        #: Where start() gets its NATS connection (the store's, in a relay).
+        self._connection = connection
         self.node = node
         self.region = region
         self.own = RelayRecord(node=node, region=region, link_url=link_url, http_url=http_url, at=0)
@@ -138,7 +143,7 @@ class NatsRouter(LocalRouter):
         self.remote_wakes_received = 0
         #: Per PIN with a long-poll waiting here: its poll subscription, being made.
         self._polls: dict[str, asyncio.Task[Subscription | None]] = {}
-        self.waiter_recheck_s = 5.0
+        self.waiter_recheck_s: float | None = 5.0
         # _claim reads the backlog once the route is written: one read per link.
         self.wakes_after_attach = True
 
@@ -149,13 +154,18 @@ class NatsRouter(LocalRouter):
     def poll_subject(self, pin: str) -> str:
         return f"{self.subject_prefix}.poll.{pin}"
 
-    async def start(self, nc: NATS, js: JetStreamContext, setup_timeout: float = 20.0) -> None:
+    def __len__(self) -> int:
+        return len(self.local)
+
+    async def start(self, setup_timeout: float = 20.0) -> None:
         """Create or check the buckets, subscribe, announce this relay.
 
         Relays started together on a fresh cluster race to create the buckets while
         JetStream places them: a timeout or "no peers" is retried, as the store's
         ``open`` does, for up to ``setup_timeout`` seconds.
         """
+        assert self._connection is not None, "a NatsRouter needs a connection to start"
+        nc, js = self._connection()
         self._nc, self._js = nc, js
         deadline = time.monotonic() + setup_timeout
         while True:
@@ -245,8 +255,9 @@ class NatsRouter(LocalRouter):
         """
         js = self._js
         assert js is not None
-        prefix = f"$KV.{relays._name}."
-        info = await js.stream_info(f"KV_{relays._name}", subjects_filter=f"{prefix}>")
+        bucket = f"{self.bucket_prefix}_relays"
+        prefix = f"$KV.{bucket}."
+        info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
         keys = [s.removeprefix(prefix) for s in (info.state.subjects or {})]
         peers: dict[str, RelayRecord] = {}
         now = self.clock()
@@ -279,7 +290,7 @@ class NatsRouter(LocalRouter):
 
     # --- routes ----------------------------------------------------------------
     def attach(self, pin: str, link: Linked) -> None:
-        super().attach(pin, link)
+        self.local.attach(pin, link)
         self._revs.pop(pin, None)
         self._spawn(self._claim(pin, link))
 
@@ -295,9 +306,9 @@ class NatsRouter(LocalRouter):
                 if old.value:
                     old_node, old_rev = old.value.decode(), old.revision or 0
             rev = await routes.put(pin, self.node.encode())
-            if self._links.get(pin) is link:
+            if self.local.link(pin) is link:
                 self._revs[pin] = rev
-            elif pin not in self._links:
+            elif self.local.link(pin) is None:
                 await self._release(pin, rev)  # detached while we wrote: undo
             if old_node is not None and old_node != self.node:
                 kick = _Kick(
@@ -310,12 +321,12 @@ class NatsRouter(LocalRouter):
         except Exception as exc:
             log.warning("writing the route of %s failed: %r", pin, exc)
         # A push accepted before the route was readable found no route: read again.
-        if self._links.get(pin) is link:
+        if self.local.link(pin) is link:
             link.wake(None)
 
     def detach(self, pin: str, link: Linked) -> None:
-        ours = self._links.get(pin) is link
-        super().detach(pin, link)
+        ours = self.local.link(pin) is link
+        self.local.detach(pin, link)
         if ours:
             rev = self._revs.pop(pin, None)
             if rev is not None:
@@ -324,7 +335,7 @@ class NatsRouter(LocalRouter):
     async def _release(self, pin: str, rev: int) -> None:
         routes = self._routes
         assert routes is not None
-        if pin in self._links:
+        if self.local.link(pin) is not None:
             return
         # Only if nobody wrote it since (compare-and-set on our revision).
         with contextlib.suppress(nats.js.errors.APIError, nats.errors.Error):
@@ -347,7 +358,7 @@ class NatsRouter(LocalRouter):
         The routes of other relays come from a watch on the route bucket, so this is
         approximate: a link made a moment ago elsewhere may read as offline.
         """
-        if super().is_online(pin):
+        if self.local.is_online(pin):
             return True
         node = self._remote.get(pin)
         return node is not None and node != self.node and node in self.peers
@@ -379,7 +390,7 @@ class NatsRouter(LocalRouter):
 
     # --- long-poll waiters ---------------------------------------------------------
     def add_waiter(self, pin: str, waiter: Callable[[], None]) -> None:
-        super().add_waiter(pin, waiter)
+        self.local.add_waiter(pin, waiter)
         if pin not in self._polls and self._nc is not None:
             self._polls[pin] = asyncio.get_running_loop().create_task(self._poll_subscribe(pin))
 
@@ -401,8 +412,8 @@ class NatsRouter(LocalRouter):
             await asyncio.shield(task)
 
     def remove_waiter(self, pin: str, waiter: Callable[[], None]) -> None:
-        super().remove_waiter(pin, waiter)
-        if pin not in self._waiters and (task := self._polls.pop(pin, None)) is not None:
+        self.local.remove_waiter(pin, waiter)
+        if not self.local.has_waiters(pin) and (task := self._polls.pop(pin, None)) is not None:
             self._spawn(self._poll_unsubscribe(task))
 
     async def _poll_unsubscribe(self, task: asyncio.Task[Subscription | None]) -> None:
@@ -414,12 +425,12 @@ class NatsRouter(LocalRouter):
     async def _on_poll(self, msg: Msg) -> None:
         pin = msg.subject.rsplit(".", 1)[-1]
         self.remote_wakes_received += 1
-        LocalRouter.wake(self, pin, None)
+        self.local.wake(pin, None)
 
     # --- wake-ups and kicks ------------------------------------------------------
     def wake(self, pin: str, fresh: list[StoredMessage] | None = None) -> None:
-        super().wake(pin, fresh if self.handoff else None)
-        if pin not in self._links:
+        self.local.wake(pin, fresh if self.handoff else None)
+        if self.local.link(pin) is None:
             self._spawn(self._wake_remote(pin))
 
     async def _wake_remote(self, pin: str) -> None:
@@ -463,11 +474,11 @@ class NatsRouter(LocalRouter):
         for pin in msg.data.decode(errors="replace").split("\n"):
             if pin:
                 self.remote_wakes_received += 1
-                LocalRouter.wake(self, pin, None)
+                self.local.wake(pin, None)
 
     def kick(self, pin: str, code: ErrorCode, detail: str) -> None:
-        if pin in self._links:
-            super().kick(pin, code, detail)
+        if self.local.link(pin) is not None:
+            self.local.kick(pin, code, detail)
             rev = self._revs.pop(pin, None)
             if rev is not None:
                 self._spawn(self._release(pin, rev))
@@ -490,14 +501,14 @@ class NatsRouter(LocalRouter):
         except (msgspec.DecodeError, KeyError):
             log.warning("ignoring a malformed kick: %r", msg.data[:200])
             return
-        link = self._links.get(kick.pin)
+        link = self.local.link(kick.pin)
         if link is None:
             return
         if kick.rev is not None:
             mine = self._revs.get(kick.pin)
             if mine is None or mine > kick.rev:
                 return  # a newer link than the one that was replaced
-        del self._links[kick.pin]
+        self.local.take(kick.pin)
         rev = self._revs.pop(kick.pin, None)
         link.kick(code, kick.detail)
         if kick.rev is None and rev is not None:
