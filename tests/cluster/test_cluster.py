@@ -451,7 +451,7 @@ def test_relays_started_together_on_a_fresh_cluster_all_come_up(tmp_path: Path) 
             r.extra[1] = ",".join(cluster.urls)
             r.start(wait=False)
         for r in relays:
-            r.wait_ready(40 * TIMEOUT_FACTOR)
+            r.wait_ready(40)
         wait_for("every relay listed", lambda: len(info(relays[0])["link_urls"]) == 3)
     finally:
         for r in relays:
