@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from pinrelay.testing.wait import wait_until
 from tests.conftest import RelayFactory
 from tests.relayproc import RelayProc
 
@@ -263,6 +263,8 @@ class TestInbox:
 
         async def scenario() -> httpx.Response:
             waiting = asyncio.create_task(poll())
+            # No signal that the poll is parked at the relay: give it a moment, in
+            # which it must not answer (nothing to deliver yet).
             await asyncio.sleep(0.5)
             assert not waiting.done()
             await asyncio.to_thread(
@@ -325,6 +327,11 @@ class TestOperations:
             api.post(f"/v1/devices/{d['pin']}/messages", json={"data": 1, "ttl": 1})
             api.post(f"/v1/devices/{d['pin']}/messages", json={"data": 2, "ttl": 60})
             assert backlog(api, d["pin"]) == 2
-            time.sleep(1.6)
+            wait_until(
+                lambda: "pinrelay_messages_expired_total 0.0" not in api.get("/metrics").text,
+                10.0,
+                0.1,
+                "the ttl=1 message swept",
+            )
             assert backlog(api, d["pin"]) == 1
             assert "pinrelay_messages_expired_total 1.0" in api.get("/metrics").text

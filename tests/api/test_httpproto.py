@@ -47,7 +47,7 @@ async def test_writes_of_one_turn_go_out_together_in_order() -> None:
         transport.write(b"")
         transport.write(b"body")
         assert transport.get_write_buffer_size() == len(b"HTTP/1.1 200 OK\r\n\r\nbody")
-        await asyncio.sleep(0)  # the end of this turn of the loop
+        await asyncio.sleep(0)  # the end of this turn of the loop (what the test is about)
         transport.write(b"; next")
         assert await reader.readexactly(29) == b"HTTP/1.1 200 OK\r\n\r\nbody; next"
 
@@ -81,5 +81,5 @@ async def test_write_now_keeps_order_behind_deferred_writes() -> None:
         assert transport.get_write_buffer_size() == 0
         transport.write(b"deferred;")
         transport.write_now(b"after")  # must not overtake what waits for the turn's end
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the end of this turn of the loop (what the test is about)
         assert await reader.readexactly(20) == b"first;deferred;after"

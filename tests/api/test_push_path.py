@@ -178,7 +178,7 @@ def test_a_body_in_pieces_and_a_chunked_body(relay: RelayProc, api: httpx.Client
     request = push(pin, b'{"data":"slow","ttl":60}', "pra_test_admin_key")
     head, _, body = request.partition(b"\r\n\r\n")
     raw.send(head + b"\r\n\r\n" + body[:7])
-    time.sleep(0.3)  # the handler has authenticated and waits for the rest
+    time.sleep(0.3)  # pacing: the rest comes in a later read (what the test is about)
     raw.send(body[7:])
     assert raw.answer()[0] == 201
 
@@ -189,7 +189,7 @@ def test_a_body_in_pieces_and_a_chunked_body(relay: RelayProc, api: httpx.Client
     )
     first, rest = b'{"dat', b'a":[1],"ttl":9}'
     raw.send(chunked + b"%x\r\n%s\r\n" % (len(first), first))
-    time.sleep(0.1)
+    time.sleep(0.1)  # pacing: the second chunk comes in a later read
     raw.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest))
     status, _, answer = raw.answer()
     assert status == 201, answer
@@ -231,8 +231,9 @@ def test_a_client_that_leaves_mid_body_stores_nothing(relay: RelayProc, api: htt
         conn = Raw(relay.port)
         request = push(pin, b'{"data":"never finished","ttl":60}', "pra_test_admin_key")
         conn.send(request[:-5])
-        time.sleep(0.05)
+        time.sleep(0.05)  # pacing: the relay reads the partial body before the client leaves
         conn.close()
+    # Nothing must be stored: a window in which a cut-off body would (wrongly) be.
     time.sleep(0.3)
     assert backlog(api, pin) == 0
     r = api.post(f"/v1/devices/{pin}/messages", json={"data": 1, "ttl": 60})

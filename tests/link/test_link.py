@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import msgspec
@@ -11,9 +13,24 @@ import pytest
 import websockets
 
 from pinrelay.core import frames
+from pinrelay.testing.wait import wait_until_async
 from tests.conftest import RelayFactory
 from tests.linkclient import closed_with, error_then_close, link, raw_link, recv, send
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc
+
+
+async def wait_shown(
+    relay: RelayProc, pin: str, check: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """GET the device until ``check`` holds for what it shows (an ack is written
+    asynchronously); what it shows then."""
+
+    def shown() -> dict[str, Any] | None:
+        with relay.client() as c:
+            device = c.show_device(pin)
+        return device if check(device) else None
+
+    return await wait_until_async(shown, 5.0, 0.05, f"device {pin} as expected")
 
 
 def push(
@@ -38,9 +55,7 @@ class TestHello:
         assert [msgspec.json.decode(m.data) for m in msgs] == [{"n": n} for n in range(5)]
         assert [m.cursor for m in msgs] == [1, 2, 3, 4, 5]
         await send(ws, frames.Ack(cursor=5))
-        await asyncio.sleep(0.3)
-        with relay.client() as c:
-            shown = c.show_device(device["pin"])
+        shown = await wait_shown(relay, device["pin"], lambda d: d["acked_cursor"] >= 5)
         assert shown["backlog"] == 0
         assert shown["acked_cursor"] == 5
         assert shown["online"] is True
@@ -151,7 +166,7 @@ class TestWindowAndAcks:
         ws, _ = await link(relay, device)
         got = [await recv(ws) for _ in range(4)]
         await send(ws, frames.Ack(cursor=2))
-        await asyncio.sleep(0.3)
+        await wait_shown(relay, device["pin"], lambda d: d["acked_cursor"] >= 2)
         await ws.close()
         ws, welcome = await link(relay, device)
         assert welcome.cursor == 2
@@ -274,7 +289,9 @@ class TestTimers:
         relay = relay_factory(extra=["--heartbeat", "0.3"])
         device = relay.create_device()
         ws, _ = await link(relay, device)
-        await asyncio.sleep(1.5)  # the client library answers pings by itself
+        # Waits out several heartbeats (what the test is about); the client library
+        # answers the pings by itself.
+        await asyncio.sleep(1.5)
         push(relay, device["pin"], "still here")
         m = await recv(ws)
         assert isinstance(m, frames.Msg)
@@ -287,9 +304,13 @@ async def test_metrics_count_links_and_messages(relay: RelayProc) -> None:
     ws, _ = await link(relay, device)
     await recv(ws)
     await send(ws, frames.Ack(cursor=1))
-    await asyncio.sleep(0.3)
-    async with httpx.AsyncClient() as http:
-        text = (await http.get(f"{relay.url}/metrics")).text
+
+    async def acked() -> str | None:
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"{relay.url}/metrics")).text
+        return text if "pinrelay_messages_acked_total 0.0" not in text else None
+
+    text = await wait_until_async(acked, 5.0, 0.05, "the ack counted")
     assert "pinrelay_links_open 1.0" in text
     assert 'pinrelay_messages_accepted_total{kind="push"} 1.0' in text
     assert "pinrelay_messages_delivered_total 1.0" in text

@@ -13,6 +13,7 @@ from websockets.frames import Opcode
 
 from pinrelay.client.device import Device, Message
 from pinrelay.core import frames
+from pinrelay.testing.wait import wait_until_async
 from tests.conftest import RelayFactory
 from tests.linkclient import RawLink, error_then_close, link, raw_link, recv, send
 from tests.relayproc import RelayProc, free_port
@@ -77,13 +78,25 @@ async def test_sdk_honours_retry_after_at_capacity(relay_factory: RelayFactory) 
         waiting_dev["pin"], waiting_dev["token"], lambda m: None, url=relay.url, backoff_base=0.05
     )
     task = asyncio.create_task(sdk.run())
-    await asyncio.sleep(3)
+
+    async def metrics() -> str:
+        async with httpx.AsyncClient() as http:
+            return (await http.get(f"{relay.url}/metrics")).text
+
+    async def refused() -> bool:
+        lines = (await metrics()).splitlines()
+        return any(x.startswith("pinrelay_links_refused_total ") for x in lines) and (
+            "pinrelay_links_refused_total 0.0" not in lines
+        )
+
+    await wait_until_async(refused, 10.0, 0.05, "the SDK's link refused at capacity")
+    # Proves a retry does NOT come within this window: Retry-After is 5 s, the SDK's
+    # own back-off 50 ms.
+    await asyncio.sleep(2.5)
     await sdk.stop()
     task.cancel()
-    async with httpx.AsyncClient() as http:
-        metrics = (await http.get(f"{relay.url}/metrics")).text
-    # Retry-After: 5 was honoured: one refusal in 3 s, not one per 50 ms back-off.
-    assert "pinrelay_links_refused_total 1.0" in metrics
+    # Retry-After: 5 was honoured: one refusal in 2.5 s, not one per 50 ms back-off.
+    assert "pinrelay_links_refused_total 1.0" in await metrics()
     await holder.close()
 
 
@@ -134,10 +147,7 @@ async def test_sdk_ignores_frame_types_it_does_not_know() -> None:
     async with serve(peer, "127.0.0.1", port):
         sdk = Device("0A0B0C0D", "t", got.append, link_urls=[f"ws://127.0.0.1:{port}/v1/link"])
         task = asyncio.create_task(sdk.run())
-        for _ in range(100):
-            if got:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda: got, 5.0, 0.05, "the msg after unknown frames")
         await sdk.stop()
         task.cancel()
     assert [m.data for m in got] == [{"ok": True}]
@@ -159,13 +169,13 @@ async def test_last_seen_is_written_soon_after_a_hello_and_after_a_close(
                 (await asyncio.to_thread(c.show_device, d["pin"]))["last_seen"] for d in devices
             ]
 
-    for _ in range(100):
-        first = await seen()
-        if all(first):
-            break
-        await asyncio.sleep(0.05)
+    async def all_seen() -> list[str | None] | None:
+        now = await seen()
+        return now if all(now) else None
+
+    first = await wait_until_async(all_seen, 5.0, 0.05, "last_seen after the hellos")
     assert all(first), first
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # so the closes' last_seen is a later millisecond
     for ws in links:
         await ws.close()
 
@@ -173,9 +183,11 @@ async def test_last_seen_is_written_soon_after_a_hello_and_after_a_close(
         # RFC 3339 in UTC with milliseconds: later instants sort later as strings.
         return all(b is not None and b > str(a) for a, b in zip(first, later, strict=True))
 
-    for _ in range(100):
-        later = await seen()
-        if moved_on(later):
-            break
-        await asyncio.sleep(0.05)
+    async def seen_later() -> list[str | None] | None:
+        now = await seen()
+        return now if moved_on(now) else None
+
+    later = await wait_until_async(
+        seen_later, 5.0, 0.05, lambda: f"last_seen moved on after the closes (first {first})"
+    )
     assert moved_on(later), (first, later)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from pinrelay.link.wireframes import client_text_frames, text_frame, whole_frame
 from pinrelay.metrics import Metrics
 from pinrelay.router.local import LocalRouter
 from pinrelay.store.sqlite import SqliteStore
+from pinrelay.testing.wait import wait_until_async
 from tests.linkclient import RawLink
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc
 
@@ -99,7 +101,7 @@ async def test_split_frames_and_pings_between_acks_on_a_real_link(relay: RelayPr
         hello = json.dumps({"type": "hello", "pin": device["pin"], "token": device["token"]})
         hello_frame = client(Opcode.TEXT, hello.encode())
         raw.sock.sendall(hello_frame[:3])  # a header cut short
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # pacing: the rest comes in a later read
         raw.sock.sendall(hello_frame[3:])
         got = await asyncio.to_thread(frames_of, raw, 4)
         kinds = [json.loads(bytes(f.data))["type"] for f in got]
@@ -109,13 +111,13 @@ async def test_split_frames_and_pings_between_acks_on_a_real_link(relay: RelayPr
         pong = await asyncio.to_thread(frames_of, raw, 1)
         assert [(f.opcode, f.data) for f in pong] == [(Opcode.PONG, b"hi")]
         raw.sock.sendall(ack[1][:7])
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # pacing: the rest comes in a later read
         raw.sock.sendall(ack[1][7:] + ack[2])
         with relay.client() as c:
-            for _ in range(50):
-                if c.show_device(device["pin"])["acked_cursor"] == 3:
-                    break
-                await asyncio.sleep(0.1)
+            with contextlib.suppress(TimeoutError):
+                await wait_until_async(
+                    lambda: c.show_device(device["pin"])["acked_cursor"] == 3, 5.0, 0.1
+                )
             assert c.show_device(device["pin"])["acked_cursor"] == 3
             c.push(device["pin"], {"n": 3}, ttl=600)
         (last,) = await asyncio.to_thread(frames_of, raw, 1)
@@ -166,10 +168,9 @@ async def open_link(
 
 
 async def settle(link: LinkProtocol, want: bool) -> bool:
-    for _ in range(100):
-        if link._fast is want:
-            break
-        await asyncio.sleep(0.01)
+    """``link._fast`` once it is ``want`` (or what it is after a second)."""
+    with contextlib.suppress(TimeoutError):
+        await wait_until_async(lambda: link._fast is want, 1.0, 0.01)
     return link._fast
 
 

@@ -38,7 +38,7 @@ def _timeout_error(
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float = 10.0,
     interval: float = 0.05,
     message: Message = "condition not met",
@@ -46,9 +46,9 @@ def wait_until(
     ignore: tuple[type[BaseException], ...] = (),
 ) -> T:
     """Call ``predicate`` every ``interval`` s until it returns a true value, and
-    return that value; after ``timeout`` * :data:`TIMEOUT_FACTOR` s raise
-    :class:`TimeoutError` with ``message`` (a string, or a function giving one then)
-    and the last value seen.
+    return that value (a predicate may return what it waited for, or None); after
+    ``timeout`` * :data:`TIMEOUT_FACTOR` s raise :class:`TimeoutError` with
+    ``message`` (a string, or a function giving one then) and the last value seen.
 
     Exceptions of the types in ``ignore`` count as "not yet" (a server restarting).
     The predicate is called at least once, and once more at the deadline.
@@ -73,7 +73,7 @@ def wait_until(
 
 @overload
 async def wait_until_async(
-    predicate: Callable[[], Awaitable[T]],
+    predicate: Callable[[], Awaitable[T | None]],
     timeout: float = ...,
     interval: float = ...,
     message: Message = ...,
@@ -84,7 +84,7 @@ async def wait_until_async(
 
 @overload
 async def wait_until_async(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float = ...,
     interval: float = ...,
     message: Message = ...,
