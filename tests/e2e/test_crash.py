@@ -10,6 +10,7 @@ exactly once and in cursor order, and nothing replaced or expired did.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import pytest
 
 from pinrelay.client.device import Device, Message
 from pinrelay.core.timefmt import parse_rfc3339
+from pinrelay.testing.wait import wait_until_async
 from tests.conftest import RelayFactory
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc
 
@@ -61,7 +63,7 @@ class Pusher:
                 pass
             self.retries += 1
             assert time.monotonic() < deadline, "relay did not come back"
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # retry interval while the relay restarts
 
     async def single(self, n: int, fields: dict[str, Any]) -> dict[str, Any]:
         body = {"data": {"n": n}, **fields}
@@ -126,7 +128,7 @@ async def killer(relay: RelayProc, stop: asyncio.Event, kills: list[float], min_
     after the last push still hit the device mid-delivery)."""
     rng = random.Random(7)
     while not stop.is_set() or len(kills) < min_kills:
-        await asyncio.sleep(rng.uniform(0.2, 1.0))
+        await asyncio.sleep(rng.uniform(0.2, 1.0))  # a random moment for the next kill
         relay.kill()
         kills.append(time.monotonic())
         await asyncio.to_thread(relay.start)
@@ -156,7 +158,8 @@ async def crash_run(relay_factory: RelayFactory, total: int, offline: int, min_k
 
     # Phase 1, device offline: topics collapse and short TTLs run out unseen.
     await push_range(pusher, ledger, 0, offline, rng, offline=True)
-    await asyncio.sleep(1.5)  # every ttl=1 message is now expired
+    # Waits out the ttl=1 messages (what the phase is about): all expired by now.
+    await asyncio.sleep(1.5)
     ledger.live_topic_last.clear()
 
     # Phase 2: the device listens while the relay is SIGKILLed at random moments.
@@ -195,9 +198,8 @@ async def crash_run(relay_factory: RelayFactory, total: int, offline: int, min_k
         if ledger.accepted[m].get("topic") is not None and m not in last_of_topic
     }
     required = set(ledger.accepted) - ledger.replaced - ledger.expired - optional
-    deadline = time.monotonic() + 60 * TIMEOUT_FACTOR
-    while time.monotonic() < deadline and not required <= {m.id for m in received}:
-        await asyncio.sleep(0.2)
+    with contextlib.suppress(TimeoutError):  # the asserts below say what is missing
+        await wait_until_async(lambda: required <= {m.id for m in received}, 60.0, 0.2)
     await sdk.stop()
     listening.cancel()
     await pusher.http.aclose()

@@ -11,6 +11,7 @@ import pytest
 from pinrelay.core.model import NewMessage
 from pinrelay.delivery import AckWriter
 from pinrelay.store.sqlite import SqliteStore
+from pinrelay.testing.wait import wait_until_async
 
 NOW = 1_700_000_000_000
 FAR = NOW + 365 * 24 * 3_600_000
@@ -62,7 +63,11 @@ async def test_acks_within_the_delay_become_one_write(store: CountingStore) -> N
     acks.submit(PINS[0], 3)  # older than what is pending: no effect
     assert store.ack_calls == []  # nothing before the delay
     assert [await acked(store, pin) for pin in PINS] == [0, 0, 0, 0]
-    await asyncio.sleep(DELAY * 4)
+
+    async def all_acked() -> bool:
+        return [await acked(store, pin) for pin in PINS] == [5, 5, 5, 5]
+
+    await wait_until_async(all_acked, 5.0, DELAY / 5, "every ack written")
     assert store.ack_calls == [[(pin, 5) for pin in PINS]]
     assert [await acked(store, pin) for pin in PINS] == [5, 5, 5, 5]
     assert await store.backlog(PINS[0], NOW) == 5
@@ -72,7 +77,7 @@ async def test_a_steady_trickle_is_not_a_write_per_ack(store: CountingStore) -> 
     acks = AckWriter(store, delay=DELAY)
     for cursor in range(1, 11):
         acks.submit(PINS[cursor % 2], cursor)
-        await asyncio.sleep(DELAY / 5)
+        await asyncio.sleep(DELAY / 5)  # pacing: a trickle, five acks per delay
     await acks.flush()
     # Ten acks over about two delays: a handful of writes, not ten.
     assert 1 <= len(store.ack_calls) <= 4, store.ack_calls

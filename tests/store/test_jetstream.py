@@ -402,7 +402,7 @@ class TestLeaderLoss:
                         break
                     except StoreClosed:
                         retried += 1
-                        await asyncio.sleep(0.1)
+                        await asyncio.sleep(0.1)  # retry interval while the stream elects
                 for r in results:
                     assert isinstance(r, Accepted)
                     acked[r.id] = r.cursor

@@ -8,7 +8,6 @@ import contextlib
 import os
 import random
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ import pytest
 from pinrelay.core.model import NewMessage
 from pinrelay.store.base import StoreClosed
 from pinrelay.store.sqlite import SqliteStore
+from pinrelay.testing.wait import wait_until, wait_until_async
 from tests.relayproc import RelayProc
 
 PIN = "0B0B0B0B"
@@ -46,9 +46,8 @@ def alive(pid: int) -> bool:
 
 
 def wait_dead(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: not alive(pid), timeout, 0.02)
     return not alive(pid)
 
 
@@ -76,9 +75,12 @@ async def test_a_relay_whose_writer_died_is_not_ready_and_refuses_pushes(
     (writer,) = children(relay.pid)
     os.kill(writer, signal.SIGKILL)
     async with httpx.AsyncClient(base_url=relay.url, headers=relay.admin_headers()) as http:
-        deadline = time.monotonic() + 10
-        while (await http.get("/readyz")).status_code == 200 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+
+        async def not_ready() -> bool:
+            return (await http.get("/readyz")).status_code != 200
+
+        with contextlib.suppress(TimeoutError):
+            await wait_until_async(not_ready, 10.0, 0.05)
         ready = await http.get("/readyz")
         push = await http.post(f"/v1/devices/{pin}/messages", json={"data": 1, "ttl": 60})
     assert ready.status_code == 503
@@ -111,7 +113,7 @@ async def test_every_acknowledged_append_survives_a_writer_sigkill(db_path: Path
             acknowledged.append(m.id)
 
     tasks = [asyncio.create_task(appender()) for _ in range(16)]
-    await asyncio.sleep(rng.uniform(0.3, 1.0))
+    await asyncio.sleep(rng.uniform(0.3, 1.0))  # load for a random while, then the kill
     writer = store.writer_pid
     assert writer is not None
     os.kill(writer, signal.SIGKILL)
