@@ -29,6 +29,7 @@ import pytest
 
 from pinrelay.client.device import Device, Message
 from pinrelay.core import frames
+from pinrelay.testing.wait import wait_until_async
 from tests.natsproc import NatsCluster, NatsNode
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc
 
@@ -96,10 +97,10 @@ async def pusher(
             if time.monotonic() > deadline:
                 ledger.gave_up[pin].add(key)
                 break
-            await asyncio.sleep(random.uniform(0.1, 0.3))
+            await asyncio.sleep(random.uniform(0.1, 0.3))  # retry interval
         if tries > 1:
             ledger.retried += 1
-        await asyncio.sleep(PUSH_GAP_S)
+        await asyncio.sleep(PUSH_GAP_S)  # pacing the load
 
 
 async def restart_relay(relay: RelayProc) -> None:
@@ -112,7 +113,7 @@ async def restart_relay(relay: RelayProc) -> None:
             if attempt == 4:
                 raise
             relay.kill()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # back-off before the next attempt
 
 
 async def chaos(
@@ -128,15 +129,15 @@ async def chaos(
     while True:
         wait = random.uniform(*kill_every)
         if time.monotonic() + wait > end:
-            await asyncio.sleep(max(0.0, end - time.monotonic()))
+            await asyncio.sleep(max(0.0, end - time.monotonic()))  # the chaos schedule
             return
-        await asyncio.sleep(wait)
+        await asyncio.sleep(wait)  # the chaos schedule: the next kill
         victims: list[RelayProc | NatsNode] = [*relays, *cluster.nodes]
         victim = random.choice(victims)
         name = victim.name if isinstance(victim, NatsNode) else victim.data.name
         ledger.kills.append(name)
         victim.kill()
-        await asyncio.sleep(random.uniform(2.0, 4.0))
+        await asyncio.sleep(random.uniform(2.0, 4.0))  # the victim stays down a while
         if isinstance(victim, NatsNode):
             victim.start()
             await asyncio.to_thread(cluster.wait_ready, 30.0)
@@ -221,10 +222,9 @@ def chaos_run(
             http = httpx.AsyncClient(headers=relays[0].admin_headers(), timeout=10)
             pushers: list[asyncio.Task[None]] = []
             try:
-                deadline = time.monotonic() + 20 * TIMEOUT_FACTOR
-                while not all(ledger.links.values()):
-                    assert time.monotonic() < deadline, "not every device linked"
-                    await asyncio.sleep(0.05)
+                await wait_until_async(
+                    lambda: all(ledger.links.values()), 20.0, 0.05, "every device linked"
+                )
                 pushers = [
                     asyncio.create_task(pusher(d["pin"], relays, http, ledger, stop)) for d in made
                 ]
@@ -239,9 +239,8 @@ def chaos_run(
                         for pin, ids in ledger.accepted.items()
                     )
 
-                deadline = settle + settle_s * TIMEOUT_FACTOR
-                while not delivered() and time.monotonic() < deadline:
-                    await asyncio.sleep(0.1)
+                with contextlib.suppress(TimeoutError):  # check() says what is missing
+                    await wait_until_async(delivered, settle_s, 0.1)
                 settled = time.monotonic() - settle
                 await asyncio.sleep(1.0)  # a duplicate would show up now
                 return settled

@@ -23,6 +23,7 @@ import pytest
 from pinrelay.client.device import Device, LinkRefused, Message
 from pinrelay.core import frames
 from pinrelay.relay import STORE_GRACE_S
+from pinrelay.testing.wait import wait_until, wait_until_async
 from tests.cluster.conftest import StartRelay
 from tests.conftest import RelayFactory
 from tests.linkclient import link, recv, send
@@ -36,12 +37,9 @@ def info(relay: RelayProc) -> dict[str, Any]:
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 10.0) -> float:
-    """Poll ``check`` until true; the seconds it took."""
+    """Poll ``check`` until true (:func:`wait_until`); the seconds it took."""
     start = time.monotonic()
-    deadline = start + timeout * TIMEOUT_FACTOR
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    wait_until(check, timeout, 0.05, what)
     return time.monotonic() - start
 
 
@@ -51,11 +49,9 @@ def all_delivered(accepted: dict[str, list[str]], received: dict[str, list[Messa
 
 
 async def until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> float:
+    """:func:`wait_for` in a running loop."""
     start = time.monotonic()
-    deadline = start + timeout * TIMEOUT_FACTOR
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+    await wait_until_async(check, timeout, 0.02, what)
     return time.monotonic() - start
 
 
@@ -120,7 +116,9 @@ def test_a_long_poll_on_one_relay_is_woken_by_a_push_through_another(
             poll = asyncio.create_task(
                 http.get(f"{b.url}/v1/devices/{pin}/inbox?wait=30", headers=auth)
             )
-            await asyncio.sleep(0.5)  # the poll is waiting on B
+            # No signal that the poll is parked at B: give it a moment, in which it
+            # must not answer (nothing to deliver yet).
+            await asyncio.sleep(0.5)
             assert not poll.done()
             pushed = await http.post(
                 f"{a.url}/v1/devices/{pin}/messages",
@@ -219,7 +217,7 @@ async def pusher(
         except httpx.HTTPError:
             # It may have been stored before the relay died: allowed, not required.
             ledger.maybe.setdefault(pin, set())
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # pacing: retry through the next relay
             continue
         if r.status_code == 201:
             mid = r.json()["id"]
@@ -228,7 +226,7 @@ async def pusher(
             n += 1
         else:
             assert r.status_code >= 500, r.text
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # pacing the load
 
 
 def test_relay_failover_delivers_everything_exactly_once(start_relay: StartRelay) -> None:
@@ -276,11 +274,10 @@ def test_relay_failover_delivers_everything_exactly_once(start_relay: StartRelay
                 asyncio.create_task(pusher(d["pin"], relays, clients, ledger, stop, i))
                 for i, d in enumerate(devices)
             ]
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.5)  # pacing: the load runs a while before the kill
             on_a = {pin for pin, ns in nodes.items() if ns[-1] == "a2"}
             a.kill()
             killed = time.monotonic()
-            await asyncio.sleep(2.5)
             # A push through the survivor can take a few seconds while JetStream fails
             # over (DECISIONS: single-push failover tail): wait for one per moved device.
             await until(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import selectors
@@ -17,6 +18,7 @@ from pinrelay.client.device import Device, Message
 from pinrelay.client.http import RelayClient
 from pinrelay.cluster import pid_alive
 from pinrelay.core import frames
+from pinrelay.testing.wait import wait_until, wait_until_async
 from tests.relayproc import TIMEOUT_FACTOR
 
 
@@ -70,10 +72,10 @@ def states(status: dict[str, Any]) -> dict[str, str]:
 
 
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout * TIMEOUT_FACTOR
-    while (left := [p for p in pids if pid_alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
+    """The pids still alive once none is, or after ``timeout``."""
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: not any(pid_alive(p) for p in pids), timeout, 0.05)
+    return [p for p in pids if pid_alive(p)]
 
 
 async def push_and_receive(data: Path, relays: list[dict[str, Any]], key: str) -> list[Message]:
@@ -99,8 +101,7 @@ async def push_and_receive(data: Path, relays: list[dict[str, Any]], key: str) -
     )
     runner = asyncio.create_task(d.run())
     try:
-        while not linked:
-            await asyncio.sleep(0.02)
+        await wait_until_async(lambda: linked, 10.0, 0.02, "the link to relay 2")
         assert linked[0].node == "relay-2"
         with RelayClient(relays[0]["url"], key) as c:
             c.push(device["pin"], {"text": "while linked"}, ttl=60)

@@ -6,6 +6,7 @@ back and catches up."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 
 from pinrelay.client.device import Device, Message
+from pinrelay.testing.wait import wait_until, wait_until_async
 from tests.conftest import RelayFactory
 from tests.natsproc import NatsCluster, NatsNode
 from tests.relayproc import TIMEOUT_FACTOR
@@ -31,17 +33,17 @@ def stream_detail(node: NatsNode) -> dict[str, Any] | None:
 
 
 def leader_of(cluster: NatsCluster) -> NatsNode:
-    deadline = time.monotonic() + 15 * TIMEOUT_FACTOR
-    while time.monotonic() < deadline:
+    def leader() -> NatsNode | None:
         for node in cluster.nodes:
             if not node.alive:
                 continue
             detail = stream_detail(node)
-            leader = ((detail or {}).get("cluster") or {}).get("leader")
-            if leader:
-                return cluster.node(leader)
-        time.sleep(0.2)
-    raise AssertionError("no stream leader")
+            name = ((detail or {}).get("cluster") or {}).get("leader")
+            if name:
+                return cluster.node(name)
+        return None
+
+    return wait_until(leader, 15.0, 0.2, f"a leader of stream {STREAM}", ignore=(httpx.HTTPError,))
 
 
 def test_stream_leader_loss_loses_no_accepted_push(
@@ -80,7 +82,7 @@ def test_stream_leader_loss_loses_no_accepted_push(
                     else:
                         assert r.status_code == 503, r.text
                         assert r.headers["retry-after"]
-                        await asyncio.sleep(0.05)
+                        await asyncio.sleep(0.05)  # pacing: retry while the stream elects
                     n += 1
                 return killed_at
 
@@ -91,23 +93,29 @@ def test_stream_leader_loss_loses_no_accepted_push(
         assert statuses.get(503, 0) + statuses.get(0, 0) >= 1, statuses
         # The killed node comes back on its own data and catches up.
         leader.start()
-        deadline = time.monotonic() + 30 * TIMEOUT_FACTOR
-        caught_up = False
-        while time.monotonic() < deadline and not caught_up:
+        state: dict[str, Any] = {}
+
+        def caught_up() -> bool:
+            nonlocal state
             detail = stream_detail(leader) if leader.alive else None
             state = (detail or {}).get("state") or {}
-            caught_up = state.get("messages", -1) == len(accepted)
-            time.sleep(0.3)
-        assert caught_up, f"the restarted node holds {state}, not {len(accepted)} messages"
+            return bool(state.get("messages", -1) == len(accepted))
+
+        wait_until(
+            caught_up,
+            30.0,
+            0.3,
+            lambda: f"the restarted node holds {state}, not {len(accepted)} messages",
+            ignore=(httpx.HTTPError,),
+        )
 
         got: list[Message] = []
 
         async def drain() -> None:
             sdk = Device(device["pin"], device["token"], got.append, url=relay.url)
             task = asyncio.create_task(sdk.run())
-            end = time.monotonic() + 30 * TIMEOUT_FACTOR
-            while time.monotonic() < end and len(got) < len(accepted):
-                await asyncio.sleep(0.1)
+            with contextlib.suppress(TimeoutError):  # the asserts below say what is missing
+                await wait_until_async(lambda: len(got) >= len(accepted), 30.0, 0.1)
             await sdk.stop()
             task.cancel()
 
