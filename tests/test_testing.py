@@ -90,6 +90,8 @@ def test_free_port_is_below_the_ephemeral_range_and_not_repeated() -> None:
     assert len(set(picked)) == len(picked)
     assert all(1024 <= p < low for p in picked)
     assert all(port_free("127.0.0.1", p) for p in picked)
+    with pytest.raises(OSError):
+        free_port("192.0.2.1")  # not an address of this machine: an error, not a loop
 
 
 def test_pinrelay_testing_imports_without_pytest() -> None:

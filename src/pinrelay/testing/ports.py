@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import random
 import socket
 from pathlib import Path
@@ -51,7 +52,9 @@ def free_port(host: str = LOOPBACK) -> int:
         with socket.socket() as s:
             try:
                 s.bind((host, port))
-            except OSError:
-                continue
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue
+                raise  # not a busy port (a host that is not this machine's): no retry
         _picked.add(port)
         return port
