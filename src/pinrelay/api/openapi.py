@@ -24,14 +24,15 @@ def _json(name: str) -> dict[str, Any]:
 
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": _REF.format(name="Problem")}}}
 _ERRORS = {
-    400: "Malformed JSON",
+    400: "Malformed JSON: not JSON, not valid UTF-8 (data included), or a key repeated in"
+    " an object",
     401: "Missing or wrong credentials",
     403: "The key lacks the scope",
     404: "No such device or key",
     409: "Conflicts with the current state (an Idempotency-Key reused with another body;"
     " an ack beyond the device's last message)",
     413: "Payload or body too large",
-    415: "Body is not application/json",
+    415: "Body is not application/json, or declares a charset other than UTF-8",
     422: "Body failed validation",
     429: "Too many failed authentications",
     503: "Relay starting, draining or unable to store",
@@ -120,7 +121,12 @@ def build(limits: Limits) -> dict[str, Any]:
     )
     # The configured bounds belong in the contract, so clients can check them first.
     for name in ("PushFields", "BatchItem"):
-        components[name]["properties"]["ttl"]["maximum"] = limits.max_ttl_s
+        ttl = components[name]["properties"]["ttl"]
+        ttl["maximum"] = limits.max_ttl_s
+        ttl["description"] = (
+            "Seconds the message is kept; a fraction is rounded up to a whole second. "
+            "0: deliver only if the device is online now."
+        )
     components["Batch"]["properties"]["messages"]["maxItems"] = limits.max_batch
     paths: dict[str, dict[str, Any]] = {
         "/v1/info": {
