@@ -10,8 +10,9 @@
    connect and send nothing, a quarter drip a push's headers at one byte a second,
    a quarter send a push's headers and never its body, a quarter the same on a route
    served by Starlette.  A connection the relay closes is opened again at once, as
-   an attacker would.  Reported: the relay's RSS and open files, how many
-   connections it closed, and how long they lived.
+   an attacker would (after a second if it was refused at the cap).  The relay's
+   HTTP cap is set above ``--slow`` so that it holds them all.  Reported: the relay's
+   RSS and open files, how many connections it closed, and how long they lived.
 """
 
 from __future__ import annotations
@@ -68,6 +69,18 @@ class Phase:
     opened: int = 0
     lifetimes: list[float] = field(default_factory=list)
     other_cores: float = float("nan")
+
+
+class Relay(RelayProcess):
+    """The bench's relay, with its HTTP connection cap set."""
+
+    def __init__(self, logs: Path, http_cap: int) -> None:
+        super().__init__(logs)
+        self.http_cap = http_cap
+
+    @property
+    def argv(self) -> list[str]:
+        return [*super().argv, "--http-max-connections", str(self.http_cap)]
 
 
 class Pusher:
@@ -173,8 +186,12 @@ async def slow_one(port: int, kind: int, pin: str, key: str, phase: Phase) -> No
                         break
         except ConnectionError:
             pass
-        phase.lifetimes.append(time.monotonic() - t0)
-        writer.close()
+        finally:
+            writer.close()
+        lived = time.monotonic() - t0
+        phase.lifetimes.append(lived)
+        if lived < 0.5:  # refused at the cap (503): come back after Retry-After
+            await asyncio.sleep(1.0)
 
 
 async def run_phase(
@@ -201,7 +218,7 @@ async def run_phase(
 async def measure(args: argparse.Namespace, logs: Path) -> list[Phase]:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    relay = RelayProcess(logs)
+    relay = Relay(logs, args.http_cap)
     await relay.start()
     phases: list[Phase] = []
     try:
@@ -316,6 +333,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--header-mib", type=int, default=256, help="MiB each tries to send")
     parser.add_argument("--slow", type=int, default=2000, help="slow or idle connections")
     parser.add_argument("--seconds", type=float, default=20.0, help="each phase without end")
+    parser.add_argument(
+        "--http-cap",
+        type=int,
+        default=3000,
+        help="the relay's --http-max-connections: above --slow, so that it holds them all",
+    )
     parser.add_argument("--push-interval", type=float, default=0.02, help="seconds")
     add_common_args(parser)
     return parser.parse_args(argv)
