@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import resource
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,7 +195,7 @@ async def slow_one(port: int, kind: int, pin: str, key: str, phase: Phase) -> No
 
 
 async def run_phase(
-    relay: RelayProcess, pusher: Pusher, phase: Phase, attack: Awaitable[object]
+    relay: RelayProcess, pusher: Pusher, phase: Phase, attack: Callable[[], Awaitable[object]]
 ) -> None:
     await asyncio.sleep(1.0)  # a quiet second for the baseline
     phase.rss_before_kb = phase.rss_peak_kb = rss_kb(relay.pid)
@@ -205,7 +205,7 @@ async def run_phase(
     await asyncio.sleep(0)  # the first sample before the attack
     pusher.phase = phase
     try:
-        await attack
+        await attack()
     finally:
         pusher.phase = None
         stop.set()
@@ -231,15 +231,19 @@ async def measure(args: argparse.Namespace, logs: Path) -> list[Phase]:
         pushing = asyncio.create_task(pusher.run())
 
         quiet = Phase("no attack")
-        await run_phase(relay, pusher, quiet, asyncio.ensure_future(asyncio.sleep(args.seconds)))
+        await run_phase(relay, pusher, quiet, lambda: asyncio.sleep(args.seconds))
         phases.append(quiet)
 
         large = Phase(f"{args.large} unfinished {args.header_mib} MiB headers")
         console.print(f"[bold]{large.name}[/]")
-        attack = asyncio.gather(
-            *(large_header(relay.port, args.header_mib, large) for _ in range(args.large))
+        await run_phase(
+            relay,
+            pusher,
+            large,
+            lambda: asyncio.gather(
+                *(large_header(relay.port, args.header_mib, large) for _ in range(args.large))
+            ),
         )
-        await run_phase(relay, pusher, large, attack)
         phases.append(large)
 
         slow = Phase(f"{args.slow:,} slow or idle connections")
@@ -260,7 +264,7 @@ async def measure(args: argparse.Namespace, logs: Path) -> list[Phase]:
                 await asyncio.gather(*holders, return_exceptions=True)
                 bar.update(task, completed=round(args.seconds))
 
-            await run_phase(relay, pusher, slow, asyncio.ensure_future(slow_attack()))
+            await run_phase(relay, pusher, slow, slow_attack)
         phases.append(slow)
         pushing.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -19,8 +19,9 @@ for the push path and for everything that goes to Starlette alike.  The rules:
    unfinished header whole, however long.
 5. A ``Content-Length`` over ``max_body`` is answered 413 before the body is read.
 6. Every refusal is problem+json with ``Connection: close``, then a lingering close:
-   the write side is shut and what the client still sends is read and dropped for up
-   to ``LINGER_S``, so a client still writing reads the answer instead of a reset.
+   the write side is shut and what the client still sends is read and dropped, up to
+   ``LINGER_S`` and ``LINGER_BYTES``, so a client still writing reads the answer
+   instead of a reset.
    At most ``MAX_LINGERING`` connections linger; beyond that they close at once.
 
 Deadlines are numbers on each connection; one timer per server walks them every
@@ -44,8 +45,10 @@ if TYPE_CHECKING:
 
 #: The request line alone (method, target, version), bytes; longer: 414.
 MAX_REQUEST_LINE = 8 * 1024
-#: How long a refused connection is read and dropped before it is closed.
+#: How long, and how many bytes, a refused connection is read and dropped before it
+#: is closed (whichever comes first).
 LINGER_S = 2.0
+LINGER_BYTES = 2 * 1024 * 1024
 #: Connections lingering at once (they hold a file each, out of the relay's reserve).
 MAX_LINGERING = 128
 #: ``Retry-After`` of a 503 at the connection cap, seconds.

@@ -24,6 +24,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from pinrelay.api.common import Call, check_body_headers, too_large
 from pinrelay.api.httpbounds import (
+    LINGER_BYTES,
     MAX_REQUEST_LINE,
     RETRY_AFTER_S,
     HttpBounds,
@@ -259,8 +260,13 @@ class HttpProtocol(HttpToolsProtocol):
         if bounds is None:
             super().data_received(data)
             return
+        if self._refused:  # lingering: dropped, up to LINGER_BYTES (rule 6)
+            self._head_bytes += len(data)
+            if self._head_bytes > LINGER_BYTES and not self.transport.is_closing():
+                self.transport.close()
+            return
         max_head = bounds.limits.max_head
-        while not self._refused:  # a refused connection's bytes are dropped (rule 6)
+        while not self._refused:
             if self._in_head:
                 room = max_head - self._head_bytes
                 piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
@@ -283,12 +289,16 @@ class HttpProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.close()
 
+    def _unsupported_upgrade_warning(self) -> None:
+        pass  # no WebSocket on the API port: an upgrade is a plain request, not a log line
+
     def _refuse(self, code: ErrorCode, detail: str, retry_after: float | None = None) -> None:
         """Answer ``code`` and close: after a lingering read when possible (rule 6)."""
         if self._refused:
             return
         self._refused = True
         self.deadline = None
+        self._head_bytes = 0  # from now on: the bytes dropped while lingering
         transport = self.transport
         if transport.is_closing():
             return
