@@ -23,15 +23,6 @@ from tests.conftest import RelayFactory
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc
 
 KEY = "pra_test_admin_key"
-#: Small bounds, so the tests run in seconds.
-FAST = [
-    "--http-header-timeout",
-    "1",
-    "--http-body-timeout",
-    "1",
-    "--http-keepalive-timeout",
-    "1",
-]
 
 
 @pytest.fixture(autouse=True)
@@ -97,45 +88,57 @@ def push_request(pin: str, body: bytes, length: int | None = None) -> bytes:
 async def test_idle_and_slow_connections_are_closed_and_pushes_still_answer(
     relay_factory: RelayFactory,
 ) -> None:
-    relay = relay_factory(extra=[*FAST, "--http-max-connections", "3000"])
+    timeout = 3
+    relay = relay_factory(
+        extra=[
+            *("--http-header-timeout", str(timeout), "--http-body-timeout", str(timeout)),
+            *("--http-max-connections", "3000"),
+        ]
+    )
     pin = relay.create_device()["pin"]
     n = 2000
     loop = asyncio.get_running_loop()
     started = loop.time()
     closed_at: list[float] = []
+    lifetimes: list[float] = []
     stop = asyncio.Event()
 
+    opened = 0
+
     async def hold(kind: int) -> None:
+        nonlocal opened
+        t0 = loop.time()  # the relay's clock starts later, at its accept
         reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-        if kind == 1:  # headers dripped one byte at a time, never finished
-            head = push_request(pin, b"{}")
-        elif kind == 2:  # a push whose body never arrives (the push path)
-            writer.write(push_request(pin, b"", length=100))
-        elif kind == 3:  # a key creation whose body never arrives (Starlette)
-            writer.write(
-                b"POST /v1/keys HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer %s\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n" % KEY.encode()
-            )
-        # kind 0: connects and sends nothing
+        opened += 1
         try:
-            i = 0
-            while True:
-                if kind == 1:
+            if kind == 1:  # headers dripped, two bytes a second, never finished
+                head = push_request(pin, b"{}")
+                for i in range(len(head) - 1):
+                    if reader.at_eof() or writer.transport.is_closing():
+                        break
                     writer.write(head[i : i + 1])
-                    i += 1
-                try:
-                    data = await asyncio.wait_for(reader.read(65536), 0.2)
-                except TimeoutError:
-                    continue
-                if not data:
-                    break
+                    await asyncio.sleep(0.5)
+            else:
+                if kind == 2:  # a push whose body never arrives (the push path)
+                    writer.write(push_request(pin, b"", length=100))
+                elif kind == 3:  # a key creation whose body never arrives (Starlette)
+                    writer.write(
+                        b"POST /v1/keys HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer %s\r\n"
+                        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                        % KEY.encode()
+                    )
+                # kind 0 connects and sends nothing; each waits for the relay to close
+                while await reader.read(65536):
+                    pass
         except ConnectionError:
             pass
         closed_at.append(loop.time() - started)
+        lifetimes.append(loop.time() - t0)
         writer.close()
 
     holders = [asyncio.create_task(hold(i % 4)) for i in range(n)]
     latencies: list[float] = []
+    held: list[int] = []  # connections open at each push
 
     async def pushes() -> None:
         async with httpx.AsyncClient(base_url=relay.url, timeout=10) as http:
@@ -147,12 +150,15 @@ async def test_idle_and_slow_connections_are_closed_and_pushes_still_answer(
                     headers={"Authorization": f"Bearer {KEY}"},
                 )
                 latencies.append(time.perf_counter() - t0)
+                held.append(opened - len(closed_at))
                 assert r.status_code == 201
                 await asyncio.sleep(0.1)
 
+    while opened < n and loop.time() < started + 10 * TIMEOUT_FACTOR:
+        await asyncio.sleep(0.05)
     pusher = asyncio.create_task(pushes())
-    # Header and body timeouts of 1 s: all closed well within a few seconds.
-    deadline = loop.time() + 8 * TIMEOUT_FACTOR
+    # All closed by their header or body timeout, within a few seconds.
+    deadline = loop.time() + (timeout + 8) * TIMEOUT_FACTOR
     while len(closed_at) < n and loop.time() < deadline:
         await asyncio.sleep(0.1)
     stop.set()
@@ -161,8 +167,10 @@ async def test_idle_and_slow_connections_are_closed_and_pushes_still_answer(
         task.cancel()
     await asyncio.gather(*holders, return_exceptions=True)
     assert len(closed_at) == n, f"{n - len(closed_at)} of {n} connections still open"
-    assert max(closed_at) < 6 * TIMEOUT_FACTOR
+    assert timeout - 0.1 < min(lifetimes), min(lifetimes)
+    assert max(lifetimes) < timeout + 2 * TIMEOUT_FACTOR, max(lifetimes)
     assert len(latencies) >= 5
+    assert sum(h >= n // 2 for h in held) >= 3, held  # pushes while most were held
     assert max(latencies) < 1.0 * TIMEOUT_FACTOR, sorted(latencies)[-5:]
 
 
