@@ -231,6 +231,17 @@ def serve(
         fail(f"--node-id {node!r}: use 1 to 64 letters, digits, '-' or '_'")
     if not 1 <= partitions <= 64:
         fail(f"--partitions {partitions}: use 1 to 64")
+    if http_max_connections is not None and http_max_connections < 1:
+        fail(f"--http-max-connections {http_max_connections}: use 1 or more")
+    if http_max_header_bytes is not None and http_max_header_bytes < 1024:
+        fail(f"--http-max-header-bytes {http_max_header_bytes}: use 1024 or more")
+    for flag, seconds in (
+        ("--http-header-timeout", http_header_timeout),
+        ("--http-body-timeout", http_body_timeout),
+        ("--http-keepalive-timeout", http_keepalive_timeout),
+    ):
+        if seconds is not None and not seconds > 0:
+            fail(f"{flag} {seconds:g}: use more than 0 seconds")
     try:
         urls = nats_urls(store)
     except ValueError as exc:

@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import RelayFactory
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc
+from tests.test_cli import one_line_error, run
 
 KEY = "pra_test_admin_key"
 
@@ -301,3 +302,19 @@ def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(relay: RelayProc) -> 
 def test_x_forwarded_for_from_a_named_proxy_is_believed(relay_factory: RelayFactory) -> None:
     relay = relay_factory(extra=["--forwarded-allow-ips", "127.0.0.1"])
     assert set(_failures_until_limited(relay)) == {401}
+
+
+# --- the settings ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--http-max-connections", "0"),
+        ("--http-max-header-bytes", "100"),
+        ("--http-header-timeout", "0"),
+        ("--http-body-timeout", "-1"),
+        ("--http-keepalive-timeout", "0"),
+    ],
+)
+def test_serve_refuses_bounds_that_cannot_work(tmp_path: Path, flag: str, value: str) -> None:
+    r = run("serve", "--data", str(tmp_path / "d"), flag, value, timeout=30)
+    one_line_error(r, flag)
