@@ -386,7 +386,7 @@ class HttpProtocol(HttpToolsProtocol):
             key = name.decode("latin-1")
             if key not in headers:  # the first of repeated headers, as Starlette reads
                 headers[key] = value.decode("latin-1")
-        if "x-forwarded-for" in headers:  # uvicorn's middleware decides who the client is
+        if "x-forwarded-for" in headers:  # a trusted proxy's: uvicorn's middleware reads it
             return None
         path = self.url.partition(b"?")[0].decode("latin-1")
         call = Call(relay, path, headers, self.client[0] if self.client else None)
