@@ -96,6 +96,11 @@ def _print_record(value: dict[str, Any], title: str | None = None) -> None:
 
 
 # --- serve ----------------------------------------------------------------------
+def _given(**options: Any) -> dict[str, Any]:
+    """The options given on the command line (not None): the rest keep their defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 @app.command()
 def serve(
     data: Annotated[Path, typer.Option(help="Folder for the database and admin key.")] = Path(
@@ -158,6 +163,58 @@ def serve(
         int, typer.Option(help="Failed authentications per source or PIN per minute.")
     ] = 10,
     max_ttl: Annotated[int, typer.Option(help="Largest ttl, seconds.")] = 30 * 24 * 3600,
+    http_max_connections: Annotated[
+        int | None,
+        typer.Option(
+            help="HTTP API connections held at once; more get 503 + Retry-After. They "
+            "come out of the open-file limit apart from the links. (default: 1024)",
+            show_default=False,
+        ),
+    ] = None,
+    http_header_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a request has for its request line and headers. (default: 5)",
+            show_default=False,
+        ),
+    ] = None,
+    http_body_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a request has for its body, once its headers are in. (default: 10)",
+            show_default=False,
+        ),
+    ] = None,
+    http_keepalive_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds an idle kept-alive HTTP connection is held. (default: 5)",
+            show_default=False,
+        ),
+    ] = None,
+    http_max_header_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="Largest request line and headers together, bytes; more get 431. (default: 16384)",
+            show_default=False,
+        ),
+    ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxies (addresses or networks, comma-separated; * for any) whose "
+            "X-Forwarded-For and X-Forwarded-Proto are believed. (default: none)",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_public: Annotated[
+        bool,
+        typer.Option(
+            "--metrics-public",
+            help="Serve /metrics to anyone; without it, /metrics needs the admin key.",
+            show_default=False,
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run a relay on the embedded SQLite store, or on a NATS JetStream cluster (--store)."""
@@ -174,6 +231,17 @@ def serve(
         fail(f"--node-id {node!r}: use 1 to 64 letters, digits, '-' or '_'")
     if not 1 <= partitions <= 64:
         fail(f"--partitions {partitions}: use 1 to 64")
+    if http_max_connections is not None and http_max_connections < 1:
+        fail(f"--http-max-connections {http_max_connections}: use 1 or more")
+    if http_max_header_bytes is not None and http_max_header_bytes < 1024:
+        fail(f"--http-max-header-bytes {http_max_header_bytes}: use 1024 or more")
+    for flag, seconds in (
+        ("--http-header-timeout", http_header_timeout),
+        ("--http-body-timeout", http_body_timeout),
+        ("--http-keepalive-timeout", http_keepalive_timeout),
+    ):
+        if seconds is not None and not seconds > 0:
+            fail(f"{flag} {seconds:g}: use more than 0 seconds")
     try:
         urls = nats_urls(store)
     except ValueError as exc:
@@ -200,6 +268,15 @@ def serve(
         store=",".join(urls) if urls else None,
         partitions=partitions,
         direct_reads=not leader_reads,
+        **_given(  # the defaults live in RelayConfig
+            http_max_connections=http_max_connections,
+            http_header_timeout_s=http_header_timeout,
+            http_body_timeout_s=http_body_timeout,
+            http_keepalive_timeout_s=http_keepalive_timeout,
+            http_max_header_bytes=http_max_header_bytes,
+            forwarded_allow_ips=forwarded_allow_ips,
+            metrics_public=metrics_public or None,
+        ),
     )
 
     def ready(relay: Relay) -> None:

@@ -363,9 +363,11 @@ def spawn(cluster: Cluster, node: NatsNode | RelayNode, key: str) -> subprocess.
     return proc
 
 
-def _get(url: str, timeout: float = 1.0) -> httpx.Response | None:
+def _get(
+    url: str, timeout: float = 1.0, headers: dict[str, str] | None = None
+) -> httpx.Response | None:
     try:
-        return httpx.get(url, timeout=timeout)
+        return httpx.get(url, timeout=timeout, headers=headers)
     except httpx.HTTPError:
         return None
 
@@ -533,7 +535,11 @@ def stop_cluster(
 
 # --- status ---------------------------------------------------------------------
 def relay_links(cluster: Cluster, node: RelayNode) -> int | None:
-    r = _get(f"{relay_url(cluster, node)}/metrics")
+    try:
+        auth = {"Authorization": f"Bearer {admin_key(cluster)}"}  # /metrics needs it
+    except (ClusterError, OSError):
+        return None
+    r = _get(f"{relay_url(cluster, node)}/metrics", headers=auth)
     if r is None or r.status_code != 200:
         return None
     for line in r.text.splitlines():

@@ -84,7 +84,9 @@ class Relay:
             clock,
             config.admin_key,
         )
-        fd_links = raise_fd_limit()
+        # Links and HTTP connections each have their share of the open-file limit, so
+        # neither can starve the other (api/httpbounds.py, rule 1).
+        fd_links = max(16, raise_fd_limit() - config.http_max_connections)
         self.max_links = min(config.max_links, fd_links) if config.max_links else fd_links
         self.link = LinkServer(
             store=self.store,
@@ -208,7 +210,13 @@ async def serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None = N
             port=config.port,
             loop="none",
             http=http_protocol(relay),
+            ws="none",  # no WebSocket on the API: the link has its own port
             lifespan="off",
+            # Forwarded headers only from the proxies the operator names (none by
+            # default: uvicorn's own default trusts 127.0.0.1, any local process).
+            proxy_headers=bool(config.forwarded_allow_ips),
+            forwarded_allow_ips=config.forwarded_allow_ips or None,
+            # Keep-alive and every other HTTP bound: HttpProtocol (api/httpbounds.py).
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=5,

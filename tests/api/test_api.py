@@ -297,7 +297,7 @@ class TestOperations:
         assert info["link_urls"] == [relay.link_url] and info["version"]
         assert httpx.get(f"{relay.url}/healthz").json() == {"status": "ok"}
         assert httpx.get(f"{relay.url}/readyz").status_code == 200
-        metrics = httpx.get(f"{relay.url}/metrics").text
+        metrics = httpx.get(f"{relay.url}/metrics", headers=relay.admin_headers()).text
         for name in (
             "pinrelay_links_open",
             "pinrelay_store_commit_seconds_bucket",

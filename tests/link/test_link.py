@@ -289,7 +289,7 @@ async def test_metrics_count_links_and_messages(relay: RelayProc) -> None:
     await send(ws, frames.Ack(cursor=1))
     await asyncio.sleep(0.3)
     async with httpx.AsyncClient() as http:
-        text = (await http.get(f"{relay.url}/metrics")).text
+        text = (await http.get(f"{relay.url}/metrics", headers=relay.admin_headers())).text
     assert "pinrelay_links_open 1.0" in text
     assert 'pinrelay_messages_accepted_total{kind="push"} 1.0' in text
     assert "pinrelay_messages_delivered_total 1.0" in text

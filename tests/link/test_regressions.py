@@ -81,7 +81,7 @@ async def test_sdk_honours_retry_after_at_capacity(relay_factory: RelayFactory) 
     await sdk.stop()
     task.cancel()
     async with httpx.AsyncClient() as http:
-        metrics = (await http.get(f"{relay.url}/metrics")).text
+        metrics = (await http.get(f"{relay.url}/metrics", headers=relay.admin_headers())).text
     # Retry-After: 5 was honoured: one refusal in 3 s, not one per 50 ms back-off.
     assert "pinrelay_links_refused_total 1.0" in metrics
     await holder.close()

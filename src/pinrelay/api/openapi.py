@@ -32,10 +32,12 @@ _ERRORS = {
     409: "Conflicts with the current state (an Idempotency-Key reused with another body;"
     " an ack beyond the device's last message)",
     413: "Payload or body too large",
+    414: "Request line longer than 8 KiB",
     415: "Body is not application/json, or declares a charset other than UTF-8",
     422: "Body failed validation",
     429: "Too many failed authentications",
-    503: "Relay starting, draining or unable to store",
+    431: "Request line and headers longer than the relay's limit (16 KiB by default)",
+    503: "Relay starting, draining, unable to store, or holding all the HTTP connections it may",
 }
 
 
@@ -54,7 +56,9 @@ def _op(
     responses: dict[str, Any] = {str(status): {"description": description}}
     if schema is not None:
         responses[str(status)]["content"] = _json(schema)
-    for code in errors:
+    # Any request may meet the HTTP bounds (api/httpbounds.py): 414, 431, and 503 at the
+    # connection cap.
+    for code in (*errors, *(c for c in (414, 431, 503) if c not in errors)):
         responses[str(code)] = {"description": _ERRORS[code], "content": _PROBLEM}
     if 401 in errors:
         responses["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
