@@ -245,8 +245,9 @@ class NatsRouter(LocalRouter):
         """
         js = self._js
         assert js is not None
-        prefix = f"$KV.{relays._name}."
-        info = await js.stream_info(f"KV_{relays._name}", subjects_filter=f"{prefix}>")
+        bucket = f"{self.bucket_prefix}_relays"  # as start() made it
+        prefix = f"$KV.{bucket}."
+        info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
         keys = [s.removeprefix(prefix) for s in (info.state.subjects or {})]
         peers: dict[str, RelayRecord] = {}
         now = self.clock()
