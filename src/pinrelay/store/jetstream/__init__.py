@@ -10,7 +10,8 @@ to the Store protocol:
 - ``api``: raw JetStream API calls (requests, publishes, batched Direct Get), retried;
 - ``records``: the stored message and KV records, with their codecs;
 - ``kv``: KV get and compare-and-set, on the bucket's leader;
-- ``devices``: device records and API keys;
+- ``devices``: device records (compare-and-set, last_cursor);
+- ``keys``: API keys and their hash index;
 - ``idempotency``: Idempotency-Key leases;
 - ``appends``: publishing (headers, atomic batches, last_cursor);
 - ``reads``: reading a backlog (leader or batched Direct Get);

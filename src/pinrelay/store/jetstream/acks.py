@@ -52,7 +52,7 @@ class Acker:
         got = await self.devices.get(pin)
         if got is None:
             return
-        if cursor > got[0].acked_cursor:
+        if cursor > got.rec.acked_cursor:
             # Keeps every sequence >= cursor + 1 of this device's subjects only.
             await self.purge(pin, cursor + 1)
 

@@ -101,7 +101,7 @@ class Appender:
         """Publish ``messages`` with ids under ``nonce``: one result per message."""
         pins = sorted({m.pin for m in messages if isinstance(m, NewMessage)})
         found = await asyncio.gather(*(self.devices.get(p) for p in pins))
-        devices = {p: got[0] for p, got in zip(pins, found, strict=True) if got is not None}
+        devices = {p: got.rec for p, got in zip(pins, found, strict=True) if got is not None}
         results: list[AppendResult | None] = []
         outgoing: list[Outgoing] = []
         for i, m in enumerate(messages):

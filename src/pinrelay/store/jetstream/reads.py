@@ -41,7 +41,7 @@ class Reader:
         got = await self.devices.get(pin)
         if got is None or limit <= 0:
             return []
-        rec = got[0]
+        rec = got.rec
         out: list[StoredMessage] = []
         scan = self.scan(pin, max(after, rec.acked_cursor) + 1, rec, limit)
         async with contextlib.aclosing(scan):
@@ -76,7 +76,7 @@ class Reader:
         got = await self.devices.get(pin)
         if got is None:
             return 0
-        rec = got[0]
+        rec = got.rec
         n = 0
         async for _, m in self.scan(pin, rec.acked_cursor + 1, rec):
             if m.gen == rec.gen and m.expires_ms > now_ms:

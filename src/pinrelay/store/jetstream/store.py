@@ -2,7 +2,7 @@
 
 It holds the options and the connection's life (open, close, health) and hands
 each protocol call to the part that owns it: :class:`~.devices.Devices` and
-:class:`~.devices.Keys` (KV records), :class:`~.appends.Appender` (with
+:class:`~.keys.Keys` (KV records), :class:`~.appends.Appender` (with
 :class:`~.idempotency.Leases` for an Idempotency-Key), :class:`~.reads.Reader`,
 :class:`~.acks.Acker`.  They share one :class:`~.api.Api` (the connection, retries
 and the error boundary) and one :class:`~.layout.Layout` (names).
@@ -15,7 +15,6 @@ import logging
 import uuid
 from collections.abc import Sequence
 
-import msgspec
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
@@ -26,12 +25,13 @@ from pinrelay.store.jetstream import setup
 from pinrelay.store.jetstream.acks import Acker
 from pinrelay.store.jetstream.api import Api, refused
 from pinrelay.store.jetstream.appends import Appender
-from pinrelay.store.jetstream.devices import Devices, Keys
+from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_LEASE_S, Leases
+from pinrelay.store.jetstream.keys import Keys
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import Layout
 from pinrelay.store.jetstream.reads import Reader
-from pinrelay.store.jetstream.records import DeviceRec, to_device
+from pinrelay.store.jetstream.records import to_device
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class JetStreamStore:
 
     async def get_device(self, pin: str) -> Device | None:
         got = await self.devices.get(pin)
-        return None if got is None else to_device(pin, got[0])
+        return None if got is None else to_device(pin, got.rec)
 
     async def delete_device(self, pin: str) -> bool:
         if not await self.devices.remove(pin):
@@ -175,24 +175,10 @@ class JetStreamStore:
         return True
 
     async def set_token(self, pin: str, token_hash: str) -> bool:
-        def change(r: DeviceRec) -> DeviceRec | None:
-            return (
-                None
-                if r.token_hash == token_hash
-                else msgspec.structs.replace(r, token_hash=token_hash)
-            )
-
-        return await self.devices.update(pin, change) is not None
+        return await self.devices.set_token(pin, token_hash)
 
     async def touch_device(self, pin: str, now_ms: int) -> None:
-        def change(r: DeviceRec) -> DeviceRec | None:
-            return (
-                None
-                if r.last_seen_ms == now_ms
-                else msgspec.structs.replace(r, last_seen_ms=now_ms)
-            )
-
-        await self.devices.update(pin, change)
+        await self.devices.touch(pin, now_ms)
 
     async def backlog(self, pin: str, now_ms: int) -> int:
         return await self.reader.backlog(pin, now_ms)
