@@ -89,7 +89,7 @@ MIGRATIONS: list[str] = [
 ]
 
 _READ_SQL = (
-    "SELECT pin, cursor, id, data, topic, urgency, sent_ms, expires_ms, kind, sender"
+    "SELECT pin, id, data, topic, urgency, sent_ms, expires_ms, kind, sender, cursor"
     " FROM messages WHERE pin = ? AND cursor > ? AND expires_ms > ? ORDER BY cursor LIMIT ?"
 )
 #: How long the writer process may take to start, or to finish once asked to stop.

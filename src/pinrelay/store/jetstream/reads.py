@@ -51,7 +51,6 @@ class Reader:
                 out.append(
                     StoredMessage(
                         pin,
-                        seq,
                         m.id,
                         m.data,
                         m.topic,
@@ -60,6 +59,7 @@ class Reader:
                         m.expires_ms,
                         m.kind,
                         m.sender,
+                        cursor=seq,
                     )
                 )
                 if len(out) >= limit:
