@@ -42,6 +42,9 @@ from pinrelay.config import admin_key_from
 CLUSTER_FILE = "cluster.json"
 #: Held (briefly) by ``cluster start`` while it checks and starts a node.
 CLUSTER_LOCK = "cluster.lock"
+#: How long taking a node's lock waits out a probe (``lockfile.holder`` locks for a
+#: moment to see whether anyone else does).
+PROBE_WAIT_S = 0.5
 CLUSTER_NAME = "pinrelay"
 #: The JetStream engine keeps three replicas of every stream and bucket.
 MIN_NATS = 3
@@ -192,6 +195,14 @@ def node_lock(node: NatsNode | RelayNode) -> Path:
 def node_holder(node: NatsNode | RelayNode) -> int | None:
     """The pid of the process running ``node`` (0: unknown), None when none runs."""
     return lockfile.holder(node_lock(node))
+
+
+def running_pid(node: NatsNode | RelayNode) -> int | None:
+    """The pid running ``node``: the recorded one while it is that node, else the
+    lock holder's (cluster.json may have lost it); None when the node is down."""
+    if node_alive(node):
+        return node.pid
+    return node_holder(node) or None
 
 
 def nats_server_binary() -> str:
@@ -348,7 +359,9 @@ def spawn(cluster: Cluster, node: NatsNode | RelayNode, key: str) -> subprocess.
         cmd = [nats_server_binary(), "-c", str(node.config)]
         # nats-server knows nothing of our locks: it inherits this one and holds it
         # for its life without knowing (lockfile, rule 1).
-        lock = lockfile.acquire(node_lock(node), node.name, "; it is running already")
+        lock = lockfile.acquire(
+            node_lock(node), node.name, "; it is running already", wait_s=PROBE_WAIT_S
+        )
     else:
         env["PINRELAY_ADMIN_KEY"] = key
         cmd = [
@@ -567,11 +580,11 @@ def stop_cluster(
     nats_pids: dict[int, subprocess.Popen[bytes] | None] = {}
     if cluster is not None:
         for r in cluster.relays:
-            if r.pid and node_alive(r):
-                relay_pids[r.pid] = own.get(r.pid)
+            if pid := running_pid(r):
+                relay_pids[pid] = own.get(pid)
         for n in cluster.nats:
-            if n.pid and node_alive(n):
-                nats_pids[n.pid] = own.get(n.pid)
+            if pid := running_pid(n):
+                nats_pids[pid] = own.get(pid)
     for pid, proc in own.items():
         if pid not in relay_pids and pid not in nats_pids:
             nats_pids[pid] = proc
@@ -633,7 +646,10 @@ def status(data: Path) -> dict[str, Any]:
     nats_rows: list[dict[str, Any]] = []
     live_nats: list[NatsNode] = []
     for n in cluster.nats:
-        running = node_alive(n)
+        # The lock knows a node cluster.json lost (lockfile; probed only when the
+        # recorded pid is not that node).
+        n.pid = running_pid(n) or n.pid
+        running = node_alive(n) or node_holder(n) is not None
         healthy = running and nats_healthy(cluster, n)
         if healthy:
             live_nats.append(n)
@@ -653,7 +669,8 @@ def status(data: Path) -> dict[str, Any]:
         )
     relay_rows: list[dict[str, Any]] = []
     for r in cluster.relays:
-        running = node_alive(r)
+        r.pid = running_pid(r) or r.pid
+        running = node_alive(r) or node_holder(r) is not None
         ready = running and relay_ready(cluster, r)
         relay_rows.append(
             {

@@ -203,7 +203,8 @@ async def serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None = N
     # folder"): held until this process ends; raises lockfile.Locked, one line.
     data = Path(config.data)
     hint = "; stop that relay, or give this one its own --data"
-    lock = acquire_lock(data / FOLDER_LOCK, f"data folder {data}", hint)
+    # (wait_s: `cluster status` may probe the lock for a moment.)
+    lock = acquire_lock(data / FOLDER_LOCK, f"data folder {data}", hint, wait_s=0.5)
     try:
         await _serve(config, on_ready)
     finally:

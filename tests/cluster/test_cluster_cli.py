@@ -244,6 +244,10 @@ def test_start_refuses_a_node_whose_lock_is_held(tmp_path: Path) -> None:
     save(plan(data, relays=1, nats=3, host="127.0.0.1"))
     try:
         with lockfile.acquire(data / "n1" / lockfile.FOLDER_LOCK, "n1"):
+            # status believes the lock over cluster.json too (no NATS answers here)
+            status = cli_json("cluster", "status", "--data", str(data))
+            n1 = next(n for n in status["nats"] if n["name"] == "n1")
+            assert (n1["pid"], n1["state"]) == (os.getpid(), "unhealthy")
             done = cli("cluster", "start", "n1", "--data", str(data))
         assert done.returncode != 0
         assert f"n1 is running already (pid {os.getpid()})" in done.stderr
