@@ -21,6 +21,8 @@ from pinrelay.config import RelayConfig, raise_fd_limit
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.ingest import Ingest
 from pinrelay.link.server import LinkConfig, LinkServer
+from pinrelay.lockfile import FOLDER_LOCK
+from pinrelay.lockfile import acquire as acquire_lock
 from pinrelay.metrics import Metrics
 from pinrelay.router.base import Router
 from pinrelay.router.local import LocalRouter
@@ -196,10 +198,23 @@ GC_THRESHOLDS = (20_000, 20, 20)
 
 
 async def serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None = None) -> None:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    # One relay per data folder, whatever its engine (OPERATIONS, "One relay per data
+    # folder"): held until this process ends; raises lockfile.Locked, one line.
+    data = Path(config.data)
+    hint = "; stop that relay, or give this one its own --data"
+    # (wait_s: `cluster status` may probe the lock for a moment.)
+    lock = acquire_lock(data / FOLDER_LOCK, f"data folder {data}", hint, wait_s=0.5)
+    try:
+        await _serve(config, on_ready)
+    finally:
+        lock.release()
+
+
+async def _serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None) -> None:
     from pinrelay.api.app import build_app
     from pinrelay.api.httpproto import http_protocol
 
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     relay = Relay(config)
     await relay.start()
     app = build_app(relay)
