@@ -169,7 +169,8 @@ async def test_idle_and_slow_connections_are_closed_and_pushes_still_answer(
     await asyncio.gather(*holders, return_exceptions=True)
     assert len(closed_at) == n, f"{n - len(closed_at)} of {n} connections still open"
     assert timeout - 0.1 < min(lifetimes), min(lifetimes)
-    assert max(lifetimes) < timeout + 2 * TIMEOUT_FACTOR, max(lifetimes)
+    # The client measures on a loop busy with 2,000 sockets: a second of slack for it.
+    assert max(lifetimes) < timeout + 3 * TIMEOUT_FACTOR, max(lifetimes)
     assert len(latencies) >= 5
     assert sum(h >= n // 2 for h in held) >= 3, held  # pushes while most were held
     assert max(latencies) < 1.0 * TIMEOUT_FACTOR, sorted(latencies)[-5:]
