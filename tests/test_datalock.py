@@ -20,10 +20,13 @@ from tests.relayproc import TIMEOUT_FACTOR, RelayProc, free_port
 from tests.test_cli import one_line_error, run
 
 
-def serve_beside(relay: RelayProc, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def serve_beside(
+    relay: RelayProc, timeout: float = 30, admin_key: str | None = "pra_second_relay_key"
+) -> subprocess.CompletedProcess[str]:
     """`pinrelay serve` on ``relay``'s data folder, on ports of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PINRELAY_")}
-    env["PINRELAY_ADMIN_KEY"] = "pra_second_relay_key"
+    if admin_key is not None:
+        env["PINRELAY_ADMIN_KEY"] = admin_key
     argv = ["serve", "--data", str(relay.data), "--port", str(free_port())]
     argv += ["--link-port", str(free_port()), "--log-level", "warning"]
     return subprocess.run(
@@ -69,6 +72,14 @@ def test_second_serve_on_a_folder_in_use_refuses_and_the_first_keeps_its_data(
         assert c.push(device["pin"], {"n": 2}, ttl=60)["cursor"] == 2
     assert listen_once(relay, device)["data"] == {"n": 1}
     assert listen_once(relay, device)["data"] == {"n": 2}
+
+
+def test_a_refused_serve_writes_nothing_in_the_folder(relay: RelayProc) -> None:
+    # The first relay takes its key from the environment: no admin.key in its folder.
+    assert not (relay.data / "admin.key").exists()
+    second = serve_beside(relay, admin_key=None)
+    one_line_error(second, f"data folder {relay.data} is in use by pid {relay.pid}")
+    assert not (relay.data / "admin.key").exists()
 
 
 def test_a_sigkilled_relay_leaves_no_stale_lock(

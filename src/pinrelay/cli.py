@@ -275,6 +275,12 @@ def serve(
         urls = nats_urls(store)
     except ValueError as exc:
         fail(str(exc))
+    from pinrelay.relay import lock_data_folder
+
+    try:  # before anything is written there (admin.key)
+        lock = lock_data_folder(data)
+    except OSError as exc:
+        fail(f"cannot start: {exc}")
     try:
         admin_key, key_path = admin_key_from(data)
     except OSError as exc:
@@ -331,7 +337,7 @@ def serve(
     try:
         import uvloop
 
-        uvloop.run(run_relay(config, on_ready=ready))
+        uvloop.run(run_relay(config, on_ready=ready, lock=lock))
     except OSError as exc:
         fail(f"cannot start: {exc}")
     except PinrelayError as exc:  # the store cannot be reached or set up

@@ -21,7 +21,7 @@ from pinrelay.config import RelayConfig, raise_fd_limit
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.ingest import Ingest
 from pinrelay.link.server import LinkConfig, LinkServer
-from pinrelay.lockfile import FOLDER_LOCK
+from pinrelay.lockfile import FOLDER_LOCK, Lock
 from pinrelay.lockfile import acquire as acquire_lock
 from pinrelay.metrics import Metrics
 from pinrelay.router.base import Router
@@ -197,18 +197,28 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 GC_THRESHOLDS = (20_000, 20, 20)
 
 
-async def serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None = None) -> None:
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    # One relay per data folder, whatever its engine (OPERATIONS, "One relay per data
-    # folder"): held until this process ends; raises lockfile.Locked, one line.
-    data = Path(config.data)
+def lock_data_folder(data: Path) -> Lock:
+    """One relay per data folder, whatever its engine (OPERATIONS, "One relay per data
+    folder"): held until this process ends; raises lockfile.Locked, one line."""
     hint = "; stop that relay, or give this one its own --data"
     # (wait_s: `cluster status` may probe the lock for a moment.)
-    lock = acquire_lock(data / FOLDER_LOCK, f"data folder {data}", hint, wait_s=0.5)
+    return acquire_lock(data / FOLDER_LOCK, f"data folder {data}", hint, wait_s=0.5)
+
+
+async def serve(
+    config: RelayConfig,
+    on_ready: Callable[[Relay], Any] | None = None,
+    *,
+    lock: Lock | None = None,
+) -> None:
+    """Run a relay until SIGTERM or SIGINT.  ``lock``: the data folder's, if the caller
+    took it already (the CLI does, before it writes anything there)."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    held = lock or lock_data_folder(Path(config.data))
     try:
         await _serve(config, on_ready)
     finally:
-        lock.release()
+        held.release()
 
 
 async def _serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None) -> None:
