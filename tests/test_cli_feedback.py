@@ -16,6 +16,7 @@ from typing import Any
 
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc, free_port
 from tests.test_cli import ok_json, one_line_error, run
+from tests.test_datalock import listen_once
 
 ATTEMPT_FAILED = re.compile(
     r"^attempt (\d+) failed: connection refused .*; next attempt at \d\d:\d\d:\d\d \(in [\d.]+ s\)$"
@@ -130,19 +131,7 @@ def test_a_pin_in_lower_case_works(relay: RelayProc) -> None:
     pushed = ok_json(relay, "push", lower, "--data", '{"a": 1}', "--ttl", "60")
     assert pushed["cursor"] == 1
     assert ok_json(relay, "device", "show", f" {lower} ")["pin"] == pin
-    r = run(
-        "listen",
-        "--pin",
-        lower,
-        "--token",
-        device["token"],
-        "--count",
-        "1",
-        "--json",
-        url=relay.url,
-    )
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.splitlines()[0])["data"] == {"a": 1}
+    assert listen_once(relay, {"pin": lower, "token": device["token"]})["data"] == {"a": 1}
     assert ok_json(relay, "device", "rotate", lower)["pin"] == pin
     one_line_error(
         run("device", "show", "0xBADF00", key=relay.admin_key, url=relay.url),
