@@ -40,6 +40,7 @@ from pinrelay.core.session import (
     AckReceived,
     Failure,
     HelloReceived,
+    PingReceived,
     ServerSession,
     Tick,
 )
@@ -295,6 +296,8 @@ class LinkProtocol(asyncio.Protocol):
         event = self.session.receive(data, now)
         if isinstance(event, AckReceived):
             self._ack(event.cursor)
+        elif isinstance(event, PingReceived):
+            self._send(event.pong)
         elif isinstance(event, HelloReceived):
             self.server.spawn(self._authenticate(event.hello))
         elif isinstance(event, Failure):
