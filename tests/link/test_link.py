@@ -99,7 +99,8 @@ class TestHello:
             codes.append(code)
         assert codes[:10] == [4401] * 10
         assert codes[10] == 4429
-        # Even the right token waits now: the PIN is slowed down, not guessed.
+        # Even the right token waits now, from this source: the source and PIN are
+        # slowed down (other sources are not: test_regressions).
         ws = await raw_link(relay)
         await send(ws, frames.Hello(pin=device["pin"], token=device["token"]))
         error, code = await error_then_close(ws)
