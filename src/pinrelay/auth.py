@@ -23,7 +23,7 @@ from pinrelay.store.base import Store
 DEFAULT_TENANT = "default"
 #: The id of the relay's own admin key (from config, not the store).
 ADMIN_KEY_ID = "admin"
-#: A source may fail this many times more than a source with one PIN (DECISIONS 29).
+#: A source may fail this many times more than a source with one PIN (DECISIONS 31).
 SOURCE_FACTOR = 10
 
 
@@ -81,7 +81,7 @@ class Authenticator:
 
     Failures count per source (``SOURCE_FACTOR`` times the limiter's limit) and per
     source and PIN (the limiter's limit), never per PIN alone: nobody's failures
-    lock a device's right token out from another source (DECISIONS 29).
+    lock a device's right token out from another source (DECISIONS 31).
     """
 
     def __init__(

@@ -85,7 +85,7 @@ class TestAuth:
         assert backlog(api, device["pin"]) == 1
 
     def test_failed_auth_rate_limited_per_source(self, relay: RelayProc) -> None:
-        # 10 x --auth-failure-limit per source (DECISIONS 29); one client, one source.
+        # 10 x --auth-failure-limit per source (DECISIONS 31); one client, one source.
         bad = {"Authorization": "Bearer guess"}
         with httpx.Client() as c:
             statuses = [c.get(f"{relay.url}/v1/keys", headers=bad).status_code for _ in range(100)]

@@ -1,4 +1,4 @@
-"""FailureLimiter: a leaky bucket per key, bounded in count and bytes (DECISIONS 29)."""
+"""FailureLimiter: a leaky bucket per key, bounded in count and bytes (DECISIONS 31)."""
 
 from __future__ import annotations
 
