@@ -228,7 +228,7 @@ class LinkProtocol(asyncio.Protocol):
         "Flow control").  tick() closes a link whose buffer stops draining.
         """
         transport = self.transport
-        if transport is not None:
+        if transport is not None and not transport.is_closing():
             transport.pause_reading()
             self._stalled_at = self.server.clock()
             self._stalled_size = _unsent(transport)
