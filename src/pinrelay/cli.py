@@ -189,7 +189,8 @@ def serve(
     ] = 5.0,
     max_data: Annotated[int, typer.Option(help="Largest message data, bytes.")] = 4096,
     auth_failure_limit: Annotated[
-        int, typer.Option(help="Failed authentications per source or PIN per minute.")
+        int,
+        typer.Option(help="Failed authentications per source and PIN per minute (source: 10x)."),
     ] = 10,
     max_ttl: Annotated[int, typer.Option(help="Largest ttl, seconds.")] = 30 * 24 * 3600,
     http_max_connections: Annotated[

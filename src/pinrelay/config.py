@@ -32,7 +32,8 @@ class RelayConfig:
     #: 0: as many as the open-file limit allows.
     max_links: int = 0
     sweep_interval_s: float = 5.0
-    #: Failed authentications per source (and per PIN) per minute before 429.
+    #: Failed authentications per source and PIN per minute before 429 (per source:
+    #: 10 times as many; DECISIONS 31).
     auth_failure_limit: int = 10
     limits: Limits = field(default_factory=Limits)
     admin_key: str | None = None
