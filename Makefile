@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DATA   ?= data
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint types pytest bench soak chaos format clean lock
+.PHONY: install run test lint types pytest bench soak chaos fuzz format clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,15 @@ bench: install
 # Long soaks and storms, kept out of `make test`.
 soak: install
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+# The HTTP bad-input battery, the link frame fuzzer and schemathesis, much longer than
+# in `make test` (20,000 examples each, random seeds; about 30 minutes).
+FUZZ_EXAMPLES ?= 20000
+fuzz: install
+	PINRELAY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) PINRELAY_FUZZ_RANDOM=1 \
+	PINRELAY_SCHEMATHESIS_EXAMPLES=2000 \
+	$(PY) -m pytest -q -o timeout=7200 \
+	  tests/api/test_fuzz_http.py tests/link/test_fuzz_link.py tests/api/test_schemathesis.py $(PYTEST_ARGS)
 
 # Ten minutes of relays and NATS nodes killed at random under load (issue 5).
 chaos: install

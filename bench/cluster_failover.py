@@ -981,7 +981,7 @@ class BarePublisher:
 
 async def nats_connect(c: LocalCluster, name: str) -> NATS:
     nc = NATS()
-    # As the relay's store connects (src/pinrelay/store/jetstream.py).
+    # As the relay's store connects (src/pinrelay/store/jetstream/setup.py).
     await nc.connect(
         c.nats_urls,
         name=name,

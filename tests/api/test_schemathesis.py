@@ -59,7 +59,7 @@ parameters = {{ pin = "{target["pin"]}" }}
         ],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=240 if int(examples) <= 100 else 7200,
         cwd=tmp_path,
         env={**os.environ, "NO_COLOR": "1"},
     )

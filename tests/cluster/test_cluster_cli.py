@@ -14,21 +14,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pinrelay import lockfile
 from pinrelay.client.device import Device, Message
 from pinrelay.client.http import RelayClient
-from pinrelay.cluster import pid_alive
+from pinrelay.cluster import pid_alive, plan, save
 from pinrelay.core import frames
 from pinrelay.testing.wait import wait_until, wait_until_async
 from tests.relayproc import TIMEOUT_FACTOR
 
 
-def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, timeout: float = 60.0, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PINRELAY_ADMIN_KEY"}
+    env["COLUMNS"] = "80"
     return subprocess.run(
         [sys.executable, "-m", "pinrelay.cli", *args],
         capture_output=True,
         text=True,
         env=env,
+        cwd=cwd,
         timeout=timeout * TIMEOUT_FACTOR,
     )
 
@@ -65,6 +70,33 @@ def recorded_pids(data: Path) -> list[int]:
     except (OSError, ValueError):
         return []
     return [n["pid"] for n in [*c["nats"], *c["relays"]] if n["pid"]]
+
+
+def forget_pid(data: Path, name: str) -> None:
+    """Drop a node's pid from cluster.json, as a lost update between two commands can."""
+    path = data / "cluster.json"
+    c = json.loads(path.read_text())
+    for n in [*c["nats"], *c["relays"]]:
+        if n["name"] == name:
+            n["pid"] = None
+    path.write_text(json.dumps(c))
+
+
+def check_status_text(data: Path, status: dict[str, Any]) -> None:
+    """`cluster status` fits 80 columns and shows every port of every node."""
+    text = cli("cluster", "status", "--data", data.name, cwd=data.parent)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80, text.stdout
+    rows = {line.split()[0]: line for line in lines if line.strip()}
+    for n in status["nats"]:
+        for what in ("port", "cluster_port", "http_port"):
+            assert f" {n[what]}" in rows[n["name"]], (n, text.stdout)
+    for r in status["relays"]:
+        assert f"http {r['port']}  link {r['link_port']}" in rows[r["name"]], text.stdout
+    first = status["relays"][0]["port"]
+    assert f"--url http://127.0.0.1:{first}" in text.stdout
+    assert f'--key "$(cat {data.name}/admin.key)"' in text.stdout
 
 
 def states(status: dict[str, Any]) -> dict[str, str]:
@@ -166,6 +198,18 @@ def test_cluster_up_status_start_and_stop(tmp_path: Path) -> None:
         # Starting a running node is one readable error.
         again = cli("cluster", "start", "n2", "--data", str(data))
         assert again.returncode != 0 and "running already" in again.stderr
+        check_status_text(data, status)
+        # The node's lock, not cluster.json, says whether it runs: with its pid lost
+        # from cluster.json, `cluster start` still refuses, and records the pid again.
+        relay2 = next(r for r in status["relays"] if r["name"] == "relay-2")
+        for name, pid in (("n2", started["pid"]), ("relay-2", relay2["pid"])):
+            forget_pid(data, name)
+            again = cli("cluster", "start", name, "--data", str(data))
+            assert again.returncode != 0
+            assert f"{name} is running already (pid {pid})" in again.stderr
+            assert again.stderr.count("\n") == 1, again.stderr
+        status = cli_json("cluster", "status", "--data", str(data))
+        assert set(states(status).values()) == {"alive"}
 
         # SIGTERM `cluster up`: every recorded pid is gone, the restarted n2 too.
         pids = recorded_pids(data)
@@ -183,6 +227,37 @@ def test_cluster_up_status_start_and_stop(tmp_path: Path) -> None:
         for pipe in (up.stdout, up.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def test_status_of_a_stopped_cluster_fits_80_columns(tmp_path: Path) -> None:
+    data = tmp_path / "c"
+    data.mkdir()
+    save(plan(data, relays=3, nats=3, host="127.0.0.1"))
+    status = cli_json("cluster", "status", "--data", str(data))
+    assert set(states(status).values()) == {"dead"}
+    check_status_text(data, status)
+
+
+def test_start_refuses_a_node_whose_lock_is_held(tmp_path: Path) -> None:
+    """Whoever holds a node's lock runs it, whatever cluster.json says."""
+    data = tmp_path / "c"
+    data.mkdir()
+    save(plan(data, relays=1, nats=3, host="127.0.0.1"))
+    try:
+        with lockfile.acquire(data / "n1" / lockfile.FOLDER_LOCK, "n1"):
+            # status believes the lock over cluster.json too (no NATS answers here)
+            status = cli_json("cluster", "status", "--data", str(data))
+            n1 = next(n for n in status["nats"] if n["name"] == "n1")
+            assert (n1["pid"], n1["state"]) == (os.getpid(), "unhealthy")
+            done = cli("cluster", "start", "n1", "--data", str(data))
+        assert done.returncode != 0
+        assert f"n1 is running already (pid {os.getpid()})" in done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert recorded_pids(data) == [os.getpid()]  # recorded again
+    finally:
+        for pid in recorded_pids(data):
+            if pid != os.getpid() and pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_cluster_errors_are_one_line(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pinrelay.core import frames
-from pinrelay.core.frames import Ack, Drain, Error, Hello, Msg, Welcome
+from pinrelay.core.frames import Ack, Drain, Error, Hello, Msg, Ping, Pong, Welcome
 
 PIN = "0A1B2C3D"
 ULID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
@@ -96,6 +96,10 @@ ENCODE_VECTORS: list[tuple[frames.ClientFrame | frames.ServerFrame, bytes]] = [
         b'{"type":"drain","reason":"rebalance","retry_after_ms":0,'
         b'"alternates":["wss://a","wss://b"]}',
     ),
+    (Ping(), b'{"type":"ping","id":null}'),
+    (Ping(id="7"), b'{"type":"ping","id":"7"}'),
+    (Pong(), b'{"type":"pong","id":null}'),
+    (Pong(id="7"), b'{"type":"pong","id":"7"}'),
 ]
 
 
@@ -113,7 +117,7 @@ def test_encode_vector_decodes_back(
     frame: frames.ClientFrame | frames.ServerFrame, wire: bytes
 ) -> None:
     decoded: frames.ClientFrame | frames.ServerFrame
-    if isinstance(frame, Hello | Ack):
+    if isinstance(frame, Hello | Ack | Ping):
         decoded = frames.decode_client(wire)
     else:
         decoded = frames.decode_server(wire)
@@ -195,9 +199,17 @@ class TestDecodeClient:
         with pytest.raises(msgspec.DecodeError):
             frames.decode_client(wire)
 
+    def test_ping_id_is_at_most_64_characters(self) -> None:
+        assert frames.decode_client('{"type":"ping","id":"%s"}' % ("é" * 64)) == Ping(id="é" * 64)
+        assert frames.decode_client('{"type":"ping"}') == Ping()
+        with pytest.raises(msgspec.ValidationError):
+            frames.decode_client('{"type":"ping","id":"%s"}' % ("x" * 65))
+        with pytest.raises(msgspec.ValidationError):
+            frames.decode_client('{"type":"ping","id":7}')
+
     def test_server_frames_are_not_client_frames(self) -> None:
         for frame, wire in ENCODE_VECTORS:
-            if not isinstance(frame, Hello | Ack):
+            if not isinstance(frame, Hello | Ack | Ping):
                 with pytest.raises(msgspec.ValidationError):
                     frames.decode_client(wire)
 
@@ -285,6 +297,8 @@ hellos = st.builds(
     client=opt_texts,
 )
 acks = st.builds(Ack, cursor=cursors)
+pings = st.builds(Ping, id=st.none() | st.text(max_size=64))
+pongs = st.builds(Pong, id=opt_texts)
 welcomes = st.builds(
     Welcome,
     session=texts,
@@ -313,14 +327,14 @@ errors = st.builds(Error, code=texts, status=ints, message=texts, retry_after_ms
 drains = st.builds(Drain, reason=texts, retry_after_ms=ints, alternates=st.lists(texts, max_size=4))
 
 
-@given(hellos | acks)
+@given(hellos | acks | pings)
 def test_client_frame_round_trip(frame: frames.ClientFrame) -> None:
     wire = frames.encode(frame)
     assert frames.decode_client(wire) == frame
     assert frames.decode_client(wire.decode()) == frame
 
 
-@given(welcomes | errors | drains)
+@given(welcomes | errors | drains | pongs)
 def test_server_frame_round_trip(frame: frames.ServerFrame) -> None:
     assert frames.decode_server(frames.encode(frame)) == frame
 
@@ -355,9 +369,11 @@ fuzz_inputs = (
     st.binary(max_size=200)
     | st.text(max_size=200)
     | json_values.map(json.dumps)
-    | st.sampled_from(["hello", "ack", "msg", "welcome", ""]).flatmap(_frame_like).map(json.dumps)
-    | (hellos | acks).map(frames.encode)
-    | (hellos | acks).map(frames.encode).map(lambda b: b[: len(b) // 2])
+    | st.sampled_from(["hello", "ack", "ping", "msg", "welcome", ""])
+    .flatmap(_frame_like)
+    .map(json.dumps)
+    | (hellos | acks | pings).map(frames.encode)
+    | (hellos | acks | pings).map(frames.encode).map(lambda b: b[: len(b) // 2])
 )
 
 
@@ -367,7 +383,7 @@ def test_decode_client_returns_frame_or_raises_msgspec_errors(data: str | bytes)
         frame = frames.decode_client(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return
-    assert isinstance(frame, Hello | Ack)
+    assert isinstance(frame, Hello | Ack | Ping)
 
 
 def test_decode_client_lone_surrogate_raises_decode_error() -> None:

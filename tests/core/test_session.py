@@ -17,6 +17,7 @@ from pinrelay.core.session import (
     AckReceived,
     Failure,
     HelloReceived,
+    PingReceived,
     ServerSession,
     State,
     Tick,
@@ -29,6 +30,7 @@ HEARTBEAT = 30.0
 
 HELLO = frames.encode(frames.Hello(pin="0A1B2C3D", token="tok", cursor=5, window=32))
 ACK = frames.encode(frames.Ack(cursor=3))
+PING = frames.encode(frames.Ping(id="p1"))
 WELCOME = frames.Welcome(
     session="s1",
     pin="0A1B2C3D",
@@ -131,7 +133,7 @@ class TestHelloFirst:
 class TestAuthenticating:
     """Rule 2: while the token is checked, any frame fails the link."""
 
-    @pytest.mark.parametrize("wire", [HELLO, ACK])
+    @pytest.mark.parametrize("wire", [HELLO, ACK, PING])
     def test_valid_frames_fail_bad_request(self, wire: bytes) -> None:
         s = authenticating()
         assert_failure(s.receive(wire, T0 + 1), ErrorCode.BAD_REQUEST, s)
@@ -182,6 +184,28 @@ class TestAccept:
     def test_ack_with_unknown_fields_is_received(self) -> None:
         s = opened()
         assert s.receive(b'{"type":"ack","cursor":9,"x":[1]}', T0) == AckReceived(9)
+
+    def test_open_ping_is_answered_with_pong(self) -> None:
+        s = opened()
+        assert s.receive(PING, T0 + 1) == PingReceived(b'{"type":"pong","id":"p1"}')
+        assert s.receive(b'{"type":"ping"}', T0 + 1) == PingReceived(b'{"type":"pong","id":null}')
+        assert s.state is State.OPEN
+
+    def test_ping_counts_as_traffic(self) -> None:
+        s = opened()
+        s.receive(PING, T0 + HEARTBEAT - 1)
+        assert s.tick(T0 + HEARTBEAT) is Tick.NOTHING
+        assert s.tick(T0 + 2 * HEARTBEAT - 1) is Tick.SEND_PING
+
+    def test_ping_before_hello_fails_bad_request(self) -> None:
+        s = new_session()
+        f = assert_failure(s.receive(PING, T0 + 1), ErrorCode.BAD_REQUEST, s)
+        assert "'ping' frame not allowed in state await_hello" in f.detail
+
+    def test_ping_id_over_64_characters_fails_invalid(self) -> None:
+        s = opened()
+        wire = frames.encode(frames.Ping(id="x" * 65))
+        assert_failure(s.receive(wire, T0 + 1), ErrorCode.INVALID, s)
 
     def test_open_hello_fails_bad_request(self) -> None:
         s = opened()
@@ -363,7 +387,7 @@ class TestPongResets:
 
 # --- state machine -------------------------------------------------------------
 
-Kind = Literal["hello", "ack", "malformed", "invalid", "any"]
+Kind = Literal["hello", "ack", "ping", "malformed", "invalid", "any"]
 
 _json: st.SearchStrategy[Any] = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=10),
@@ -379,6 +403,7 @@ _hello_frames = st.builds(
     client=st.none() | st.text(max_size=10),
 )
 _ack_frames = st.builds(frames.Ack, cursor=st.integers(0, 2**53 - 1))
+_ping_frames = st.builds(frames.Ping, id=st.none() | st.text(max_size=64))
 _malformed = st.sampled_from(GARBAGE) | st.binary(max_size=30).map(lambda b: b"}" + b)
 _invalid = (
     st.sampled_from(WRONG_TYPED)
@@ -397,6 +422,7 @@ labelled_frames: st.SearchStrategy[tuple[Kind, str | bytes]] = st.one_of(
     _hello_frames.map(lambda f: ("hello", frames.encode(f))),
     _hello_frames.map(lambda f: ("hello", frames.encode(f).decode())),
     _ack_frames.map(lambda f: ("ack", frames.encode(f))),
+    _ping_frames.map(lambda f: ("ping", frames.encode(f))),
     _malformed.map(lambda b: ("malformed", b)),
     _invalid.map(lambda b: ("invalid", b)),
     _any.map(lambda b: ("any", b)),
@@ -448,7 +474,9 @@ class SessionMachine(RuleBasedStateMachine):
         event = self.session.receive(wire, self.now)
         self.last_rx = self.now
         self.ping_at = None
-        assert event is None or isinstance(event, HelloReceived | AckReceived | Failure)
+        assert event is None or isinstance(
+            event, HelloReceived | AckReceived | PingReceived | Failure
+        )
         if self.state is State.CLOSED:
             assert event is None
             return
@@ -458,7 +486,7 @@ class SessionMachine(RuleBasedStateMachine):
                 assert self.state is State.AWAIT_HELLO
                 assert frames.decode_client(wire) == event.hello
                 self.state = State.AUTHENTICATING
-            elif isinstance(event, AckReceived):
+            elif isinstance(event, AckReceived | PingReceived):
                 assert self.state is State.OPEN
             else:
                 self._expect_failure(event, None)
@@ -476,6 +504,10 @@ class SessionMachine(RuleBasedStateMachine):
             ack = frames.decode_client(wire)
             assert isinstance(ack, frames.Ack)
             assert event.cursor == ack.cursor
+        elif kind == "ping" and self.state is State.OPEN:
+            ping = frames.decode_client(wire)
+            assert isinstance(ping, frames.Ping)
+            assert event == PingReceived(frames.encode(frames.Pong(id=ping.id)))
         else:
             self._expect_failure(event, ErrorCode.BAD_REQUEST)
 

@@ -11,11 +11,12 @@ import httpx
 import msgspec
 import pytest
 import websockets
+from websockets.frames import Frame, Opcode
 
 from pinrelay.core import frames
 from pinrelay.testing.wait import wait_until_async
 from tests.conftest import RelayFactory
-from tests.linkclient import closed_with, error_then_close, link, raw_link, recv, send
+from tests.linkclient import RawLink, closed_with, error_then_close, link, raw_link, recv, send
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc
 
 
@@ -113,7 +114,8 @@ class TestHello:
             codes.append(code)
         assert codes[:10] == [4401] * 10
         assert codes[10] == 4429
-        # Even the right token waits now: the PIN is slowed down, not guessed.
+        # Even the right token waits now, from this source: the source and PIN are
+        # slowed down (other sources are not: test_regressions).
         ws = await raw_link(relay)
         await send(ws, frames.Hello(pin=device["pin"], token=device["token"]))
         error, code = await error_then_close(ws)
@@ -259,6 +261,27 @@ class TestTimers:
         error, code = await error_then_close(ws)
         assert (error.code, code) == ("hello_timeout", 4408)
 
+    async def test_hello_timeout_is_what_it_says(self, relay_factory: RelayFactory) -> None:
+        """Counted from the TCP connect, to within 0.3 s (it fired with the heartbeat
+        walk, every 2 s at the default heartbeat: 10 s came out as 10-12 s).  Two
+        links a second apart: on a 2 s walk at most one of them can be on time."""
+        relay = relay_factory(extra=["--hello-timeout", "1"])
+
+        async def timed() -> tuple[float, str, int | None]:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            ws = await raw_link(relay)
+            error, code = await error_then_close(ws)
+            return loop.time() - started, error.code, code
+
+        async def later() -> tuple[float, str, int | None]:
+            await asyncio.sleep(1.0)
+            return await timed()
+
+        for elapsed, error, code in await asyncio.gather(timed(), later()):
+            assert (error, code) == ("hello_timeout", 4408)
+            assert 1.0 <= elapsed < 1.0 + 0.3 * TIMEOUT_FACTOR, elapsed
+
     async def test_silent_link_is_dropped(self, relay_factory: RelayFactory) -> None:
         relay = relay_factory(extra=["--heartbeat", "0.5"])
         device = relay.create_device()
@@ -298,6 +321,63 @@ class TestTimers:
         await ws.close()
 
 
+class TestApplicationPing:
+    """PROTOCOL "Heartbeats": a ping frame for clients whose library hides pings."""
+
+    async def test_ping_is_answered_with_pong(self, relay: RelayProc) -> None:
+        device = relay.create_device()
+        ws, _ = await link(relay, device)
+        await send(ws, frames.Ping(id="n-1"))
+        assert await recv(ws) == frames.Pong(id="n-1")
+        await send(ws, {"type": "ping"})
+        assert await recv(ws) == frames.Pong(id=None)
+        push(relay, device["pin"], "after pings")
+        m = await recv(ws)
+        assert isinstance(m, frames.Msg)
+        await ws.close()
+
+    async def test_ping_before_welcome_is_refused(self, relay: RelayProc) -> None:
+        ws = await raw_link(relay)
+        await send(ws, frames.Ping())
+        error, code = await error_then_close(ws)
+        assert (error.code, code) == ("bad_request", 4400)
+
+    async def test_ping_keeps_a_link_alive_without_websocket_pongs(
+        self, relay_factory: RelayFactory
+    ) -> None:
+        """A client that never answers WebSocket pings but sends ping frames stays
+        linked past 2 x heartbeat_s."""
+        relay = relay_factory(extra=["--heartbeat", "0.3"])
+        device = relay.create_device()
+        raw = RawLink(relay)
+        try:
+            raw.send_texts(frames.encode(frames.Hello(pin=device["pin"], token=device["token"])))
+            texts: list[frames.ServerFrame] = []
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 1.5
+            n = 0
+            while loop.time() < end:
+                n += 1
+                raw.send_texts(frames.encode(frames.Ping(id=str(n))))
+                texts += await asyncio.to_thread(_texts, raw)
+                await asyncio.sleep(0.1)
+            assert isinstance(texts[0], frames.Welcome)
+            assert texts[1:] == [frames.Pong(id=str(i)) for i in range(1, n + 1)]
+        finally:
+            raw.close()
+
+
+def _texts(raw: RawLink) -> list[frames.ServerFrame]:
+    """The text frames of one read (WebSocket pings are left unanswered)."""
+    raw.proto.receive_data(raw.sock.recv(65536))
+    raw.proto.data_to_send()  # the pongs websockets queued: dropped, never sent
+    return [
+        frames.decode_server(e.data)
+        for e in raw.proto.events_received()
+        if isinstance(e, Frame) and e.opcode is Opcode.TEXT
+    ]
+
+
 async def test_metrics_count_links_and_messages(relay: RelayProc) -> None:
     device = relay.create_device()
     push(relay, device["pin"], 1)
@@ -306,7 +386,7 @@ async def test_metrics_count_links_and_messages(relay: RelayProc) -> None:
     await send(ws, frames.Ack(cursor=1))
 
     async def acked() -> str | None:
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(headers=relay.admin_headers()) as http:
             text = (await http.get(f"{relay.url}/metrics")).text
         return text if "pinrelay_messages_acked_total 0.0" not in text else None
 

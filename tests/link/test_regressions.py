@@ -8,6 +8,7 @@ import json
 
 import httpx
 import websockets
+from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Opcode
 
@@ -15,7 +16,7 @@ from pinrelay.client.device import Device, Message
 from pinrelay.core import frames
 from pinrelay.testing.wait import wait_until_async
 from tests.conftest import RelayFactory
-from tests.linkclient import RawLink, error_then_close, link, raw_link, recv, send
+from tests.linkclient import RawLink, closed_with, error_then_close, link, raw_link, recv, send
 from tests.relayproc import RelayProc, free_port
 
 
@@ -80,7 +81,7 @@ async def test_sdk_honours_retry_after_at_capacity(relay_factory: RelayFactory) 
     task = asyncio.create_task(sdk.run())
 
     async def metrics() -> str:
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(headers=relay.admin_headers()) as http:
             return (await http.get(f"{relay.url}/metrics")).text
 
     async def refused() -> bool:
@@ -191,3 +192,33 @@ async def test_last_seen_is_written_soon_after_a_hello_and_after_a_close(
         seen_later, 5.0, 0.05, lambda: f"last_seen moved on after the closes (first {first})"
     )
     assert moved_on(later), (first, later)
+
+
+async def test_wrong_hellos_from_one_source_do_not_lock_the_device_out(relay: RelayProc) -> None:
+    """Issue 11, hole 6: ten wrong hellos from anywhere locked the right token out for
+    60 s.  Failures count per source and per source + PIN, never per PIN alone."""
+    device = relay.create_device()
+
+    async def hello_from(source: str, token: str) -> tuple[str, int | None]:
+        ws = await connect(
+            relay.link_url, ping_interval=None, open_timeout=10, local_addr=(source, 0)
+        )
+        await send(ws, frames.Hello(pin=device["pin"], token=token))
+        frame = await recv(ws)
+        if isinstance(frame, frames.Welcome):
+            await ws.close()
+            return "welcome", None
+        assert isinstance(frame, frames.Error), frame
+        return frame.code, await closed_with(ws)
+
+    wrong = [await hello_from("127.0.0.2", "guess") for _ in range(11)]
+    assert wrong == [("unauthorized", 4401)] * 10 + [("rate_limited", 4429)]
+    assert await hello_from("127.0.0.3", device["token"]) == ("welcome", None)
+    # The attacker's source and PIN stay limited, even with the right token.
+    assert await hello_from("127.0.0.2", device["token"]) == ("rate_limited", 4429)
+    # Other PINs from that source still get an answer: its own limit is 100.
+    other = relay.create_device()
+    ws = await connect(relay.link_url, open_timeout=10, local_addr=("127.0.0.2", 0))
+    await send(ws, frames.Hello(pin=other["pin"], token=other["token"]))
+    assert isinstance(await recv(ws), frames.Welcome)
+    await ws.close()

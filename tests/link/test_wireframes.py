@@ -240,3 +240,28 @@ async def server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     if n == 126:
         n = int.from_bytes(await reader.readexactly(2), "big")
     return head[0], await asyncio.wait_for(reader.readexactly(n), 5 * TIMEOUT_FACTOR)
+
+
+@pytest.mark.parametrize("path", ["bypass", "parser"])
+async def test_invalid_utf8_in_a_text_frame_fails_the_link_with_1007(
+    link_server: LinkServer, path: str
+) -> None:
+    """As websockets' own connections refuse it (RFC 6455 §8.1), whichever path reads
+    the frame: the bypass (a run of whole text frames) or websockets' parser (here:
+    the frame follows a ping in the same write)."""
+    reader, writer, link = await open_link(link_server)
+    try:
+        assert await settle(link, True)
+        bad = client(Opcode.TEXT, b'{"type":"hello","pin":"\xc3(","token":"t"}')
+        writer.write(bad if path == "bypass" else client(Opcode.PING, b"") + bad)
+        await writer.drain()
+        first, payload = await server_frame(reader)
+        if path == "parser":
+            assert first == 0x8A  # the pong comes first
+            first, payload = await server_frame(reader)
+        assert first == 0x88
+        assert int.from_bytes(payload[:2], "big") == 1007
+        assert payload[2:] == b"invalid continuation byte at position 23"
+        assert await asyncio.wait_for(reader.read(), 5 * TIMEOUT_FACTOR) == b""  # closed
+    finally:
+        writer.close()

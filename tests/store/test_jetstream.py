@@ -16,7 +16,8 @@ from nats.js.api import StorageType, StreamConfig
 
 from pinrelay.core.model import Accepted, NewMessage
 from pinrelay.store.base import IdempotencyKey, Rejected, StoreClosed
-from pinrelay.store.jetstream import JetStreamStore, _atomic_chunks, ttl_seconds
+from pinrelay.store.jetstream import JetStreamStore, ttl_seconds
+from pinrelay.store.jetstream.appends import Outgoing, atomic_chunks
 from tests.natsproc import NatsCluster
 
 from .conftest import jetstream_names
@@ -106,7 +107,7 @@ class TestLastCursor:
         async def dies_first(pin: str, seq: int) -> None:
             pass
 
-        monkeypatch.setattr(store, "_raise_last_cursor", dies_first)
+        monkeypatch.setattr(store.devices, "raise_last_cursor", dies_first)
         results, _ = await store.append([msg(A, 1)])
         monkeypatch.undo()
         (r,) = results
@@ -135,7 +136,7 @@ class TestIdempotentRetry:
         async def fails(pin: str, seq: int) -> None:
             raise StoreClosed("cluster went away")
 
-        monkeypatch.setattr(store, "_raise_last_cursor", fails)
+        monkeypatch.setattr(store.devices, "raise_last_cursor", fails)
         with pytest.raises(StoreClosed):
             await store.append(batch, idem)
         monkeypatch.undo()
@@ -162,7 +163,7 @@ class TestIdempotentRetry:
         async def fails(pin: str, seq: int) -> None:
             raise StoreClosed("relay died")
 
-        monkeypatch.setattr(store, "_raise_last_cursor", fails)
+        monkeypatch.setattr(store.devices, "raise_last_cursor", fails)
         with pytest.raises(StoreClosed):
             await store.append(first, idem)
         monkeypatch.undo()
@@ -206,8 +207,7 @@ class TestHeaders:
         store = await open_store()
         await add_devices(store, A, B)
         await store.append([msg(B, 0)])
-        nc = store._nc
-        assert nc is not None
+        nc, _ = store.connection
         sent: list[tuple[str, dict[str, str]]] = []
         real_request, real_publish = nc.request, nc.publish
 
@@ -262,8 +262,8 @@ class TestHeaders:
         assert ttl_seconds(life(1001), 2) == 4
 
     def test_atomic_chunks_split_repeated_topics(self) -> None:
-        def item(i: int, subject: str, rollup: bool) -> tuple[int, str, bytes, dict[str, str]]:
-            return (i, subject, b"", {"Nats-Rollup": "sub"} if rollup else {})
+        def item(i: int, subject: str, rollup: bool) -> Outgoing:
+            return Outgoing(i, subject, b"", {"Nats-Rollup": "sub"} if rollup else {})
 
         items = [
             item(0, "d.A.t.x", True),
@@ -272,10 +272,11 @@ class TestHeaders:
             item(3, "d.A.t.x", True),
             item(4, "d.A.m", False),
         ]
-        chunks = _atomic_chunks(items)
-        assert [(start, [i[0] for i in c]) for start, c in chunks] == [(0, [0, 1, 2]), (3, [3, 4])]
+        chunks = atomic_chunks(items)
+        got = [(start, [i.position for i in c]) for start, c in chunks]
+        assert got == [(0, [0, 1, 2]), (3, [3, 4])]
         many = [item(i, "d.A.m", False) for i in range(2500)]
-        assert [len(c) for _, c in _atomic_chunks(many)] == [1000, 1000, 500]
+        assert [len(c) for _, c in atomic_chunks(many)] == [1000, 1000, 500]
 
 
 class TestOpen:

@@ -101,5 +101,8 @@ def build_app(relay: Relay) -> PushFastPath:
             Exception: on_unexpected,
         },
     )
+    # A redirect to add or drop a trailing slash would be built from the client's Host
+    # header (an open redirect through a cache or a proxy): such a path is a 404.
+    app.router.redirect_slashes = False
     app.state.relay = relay
     return PushFastPath(app)

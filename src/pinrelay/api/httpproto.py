@@ -23,6 +23,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from pinrelay.api.common import Call, check_body_headers, too_large
+from pinrelay.api.httpbounds import (
+    LINGER_BYTES,
+    MAX_REQUEST_LINE,
+    RETRY_AFTER_S,
+    HttpBounds,
+    HttpLimits,
+    refusal,
+)
 from pinrelay.api.messages import push_body_limit, push_one_call, push_path_pin
 from pinrelay.api.problems import PROBLEM_JSON, error_parts, problem_parts
 from pinrelay.core.errors import ErrorCode, PinrelayError
@@ -206,15 +214,143 @@ class PushCycle:
 
 
 class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's protocol with the push path and the bounds of api/httpbounds.py."""
+
     transport: CoalescingTransport  # type: ignore[assignment]
     #: The relay whose pushes take the push path; None: everything goes through ASGI.
     relay: ClassVar[Relay | None] = None
+    #: The server's connections and their limits; None: unbounded (uvicorn's own).
+    bounds: ClassVar[HttpBounds | None] = None
+
+    # Per connection (httpbounds rules 2 and 4): bytes of the head being read, whether
+    # a head is being read (not a body), and whether the connection was refused.
+    deadline: float | None = None
+    _head_bytes = 0
+    _in_head = True
+    _refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         wrapped = CoalescingTransport(transport, self.loop)
         super().connection_made(wrapped)  # type: ignore[arg-type]
+        bounds = self.bounds
+        if bounds is None:
+            return
+        if not bounds.admit(self, self.loop):  # rule 1
+            self._refuse(
+                ErrorCode.OVERLOADED,
+                "the relay holds as many HTTP connections as it may; retry later",
+                retry_after=RETRY_AFTER_S,
+            )
+            return
+        self.timeout_keep_alive = bounds.limits.keepalive_s  # type: ignore[assignment]
+        self.deadline = self.loop.time() + bounds.limits.header_timeout_s
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.bounds is not None:
+            self.bounds.release(self)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser no more of one head than ``max_head`` bytes (rule 4)."""
+        bounds = self.bounds
+        if bounds is None:
+            super().data_received(data)
+            return
+        if self._refused:  # lingering: dropped, up to LINGER_BYTES (rule 6)
+            self._head_bytes += len(data)
+            if self._head_bytes > LINGER_BYTES and not self.transport.is_closing():
+                self.transport.close()
+            return
+        max_head = bounds.limits.max_head
+        while not self._refused:
+            if self._in_head:
+                room = max_head - self._head_bytes
+                piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
+                self._head_bytes += len(piece)
+            else:
+                piece, data = data, b""
+            if piece:
+                super().data_received(piece)
+            if not data or self._refused or self.transport.is_closing():
+                return
+            if self._in_head and self._head_bytes >= max_head:
+                self._refuse(
+                    ErrorCode.HEADERS_TOO_LARGE,
+                    f"the request line and headers exceed {max_head} bytes",
+                )
+
+    def expire(self) -> None:
+        """A deadline passed (rules 2 and 6): close, as if the client had left."""
+        self.deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        pass  # no WebSocket on the API port: an upgrade is a plain request, not a log line
+
+    def _refuse(self, code: ErrorCode, detail: str, retry_after: float | None = None) -> None:
+        """Answer ``code`` and close: after a lingering read when possible (rule 6)."""
+        if self._refused:
+            return
+        self._refused = True
+        self.deadline = None
+        self._head_bytes = 0  # from now on: the bytes dropped while lingering
+        transport = self.transport
+        if transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # A pipelined head refused behind a request still being answered: the
+            # answer in progress cannot be followed by this one; close.
+            cycle.disconnected = True
+            transport.close()
+            return
+        transport.write(refusal(code, detail, self.server_state.default_headers, retry_after))
+        transport.flush()
+        self.flow.resume_reading()
+        bounds = self.bounds
+        if bounds is not None and transport.can_write_eof() and bounds.linger(self, self.loop):
+            transport.write_eof()
+        else:
+            transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        bounds = self.bounds
+        if bounds is not None and self.deadline is None:  # rule 2, a later request
+            self.deadline = self.loop.time() + bounds.limits.header_timeout_s
+
+    def on_url(self, url: bytes) -> None:
+        if self._refused:
+            return
+        super().on_url(url)
+        if len(self.url) > MAX_REQUEST_LINE and self.bounds is not None:
+            self._refuse(
+                ErrorCode.URI_TOO_LONG, f"the request target exceeds {MAX_REQUEST_LINE} bytes"
+            )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._refused:
+            super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        bounds = self.bounds
+        if bounds is not None:
+            self._in_head = False
+            self._head_bytes = 0
+            max_body = bounds.limits.max_body
+            for name, value in self.headers:
+                if name == b"content-length":
+                    if value.isdigit() and int(value) > max_body:  # rule 5
+                        self._refuse(
+                            ErrorCode.TOO_LARGE,
+                            f"body is {int(value)} bytes; the limit is {max_body}",
+                        )
+                        return
+                    break
+            self.deadline = self.loop.time() + bounds.limits.body_timeout_s
         cycle = self._push_cycle()
         if cycle is None:
             super().on_headers_complete()
@@ -246,13 +382,15 @@ class HttpProtocol(HttpToolsProtocol):
             key = name.decode("latin-1")
             if key not in headers:  # the first of repeated headers, as Starlette reads
                 headers[key] = value.decode("latin-1")
-        if "x-forwarded-for" in headers:  # uvicorn's middleware decides who the client is
+        if "x-forwarded-for" in headers:  # a trusted proxy's: uvicorn's middleware reads it
             return None
         path = self.url.partition(b"?")[0].decode("latin-1")
         call = Call(relay, path, headers, self.client[0] if self.client else None)
         return PushCycle(self, call, pin, keep_alive=parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
+        if self._refused:
+            return
         cycle = self.cycle
         if isinstance(cycle, PushCycle):
             cycle.feed(body)
@@ -260,6 +398,10 @@ class HttpProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        self._in_head = True  # what follows is the next request's head
+        self.deadline = None  # the handler takes its time (rule 2)
         cycle = self.cycle
         if isinstance(cycle, PushCycle):
             cycle.finish()
@@ -274,4 +416,5 @@ def http_protocol(relay: Relay) -> type[HttpProtocol]:
         pass
 
     RelayHttpProtocol.relay = relay
+    RelayHttpProtocol.bounds = HttpBounds(HttpLimits.of(relay.config))
     return RelayHttpProtocol

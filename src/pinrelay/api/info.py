@@ -1,4 +1,5 @@
-"""Unauthenticated routes: info, health, readiness, metrics."""
+"""Info, health and readiness (unauthenticated), and metrics (admin key, unless
+the relay runs with ``--metrics-public``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from pinrelay import __version__
-from pinrelay.api.common import json_response, relay_of
+from pinrelay.api.common import json_response, relay_of, require_key
 from pinrelay.api.problems import problem
 from pinrelay.api.schemas import Health, Info
 from pinrelay.core.errors import ErrorCode
@@ -41,6 +42,8 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     relay = relay_of(request)
+    if not relay.config.metrics_public:
+        await require_key(request)  # no scope named: the admin key (or an admin-scope key)
     stats = await relay.store.stats()
     relay.metrics.backlog.set(stats.messages)
     relay.metrics.devices.set(stats.devices)

@@ -24,17 +24,20 @@ def _json(name: str) -> dict[str, Any]:
 
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": _REF.format(name="Problem")}}}
 _ERRORS = {
-    400: "Malformed JSON",
+    400: "Malformed JSON: not JSON, not valid UTF-8 (data included), or a key repeated in"
+    " an object",
     401: "Missing or wrong credentials",
     403: "The key lacks the scope",
     404: "No such device or key",
     409: "Conflicts with the current state (an Idempotency-Key reused with another body;"
     " an ack beyond the device's last message)",
     413: "Payload or body too large",
-    415: "Body is not application/json",
+    414: "Request line longer than 8 KiB",
+    415: "Body is not application/json, or declares a charset other than UTF-8",
     422: "Body failed validation",
     429: "Too many failed authentications",
-    503: "Relay starting, draining or unable to store",
+    431: "Request line and headers longer than the relay's limit (16 KiB by default)",
+    503: "Relay starting, draining, unable to store, or holding all the HTTP connections it may",
 }
 
 
@@ -53,7 +56,9 @@ def _op(
     responses: dict[str, Any] = {str(status): {"description": description}}
     if schema is not None:
         responses[str(status)]["content"] = _json(schema)
-    for code in errors:
+    # Any request may meet the HTTP bounds (api/httpbounds.py): 414, 431, and 503 at the
+    # connection cap.
+    for code in (*errors, *(c for c in (414, 431, 503) if c not in errors)):
         responses[str(code)] = {"description": _ERRORS[code], "content": _PROBLEM}
     if 401 in errors:
         responses["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
@@ -120,7 +125,12 @@ def build(limits: Limits) -> dict[str, Any]:
     )
     # The configured bounds belong in the contract, so clients can check them first.
     for name in ("PushFields", "BatchItem"):
-        components[name]["properties"]["ttl"]["maximum"] = limits.max_ttl_s
+        ttl = components[name]["properties"]["ttl"]
+        ttl["maximum"] = limits.max_ttl_s
+        ttl["description"] = (
+            "Seconds the message is kept; a fraction is rounded up to a whole second. "
+            "0: deliver only if the device is online now."
+        )
     components["Batch"]["properties"]["messages"]["maxItems"] = limits.max_batch
     paths: dict[str, dict[str, Any]] = {
         "/v1/info": {

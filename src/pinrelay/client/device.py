@@ -9,6 +9,12 @@ When a link drops it reconnects with exponential back-off and full jitter,
 honouring a ``drain`` frame's ``retry_after_ms``, and rotates through every link
 URL it knows (failover).  With ``inbox=True`` it long-polls the HTTP inbox
 instead of holding a WebSocket.
+
+``on_event`` hears what the link is doing, so an application (the CLI) can say
+it: :class:`Connecting` before each attempt, :class:`Retrying` with the reason
+and the time of the next attempt whenever one failed or a link dropped, and
+:class:`Listening` once the relay said ``welcome`` (the inbox: answered a poll).
+The SDK itself never prints.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import inspect
 import logging
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -49,6 +56,68 @@ class Message:
     sender: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Connecting:
+    """An attempt to link (or to poll the inbox) starts."""
+
+    url: str
+    #: 1 for the first attempt after a link was up (or at start), 2 after one failed...
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retrying:
+    """An attempt failed, or a link dropped: the next attempt comes at ``retry_at``."""
+
+    attempt: int
+    #: One readable line: "connection refused", "drain: shutdown", ...
+    reason: str
+    delay_s: float
+    #: Wall-clock time (seconds since the epoch) of the next attempt.
+    retry_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """The relay accepted the device: ``welcome`` on a link, or a first inbox answer."""
+
+    url: str
+    node: str | None
+    region: str | None
+    cursor: int
+
+
+LinkEvent = Connecting | Retrying | Listening
+
+
+def describe(exc: BaseException) -> str:
+    """Why an attempt failed, in one line a user can act on."""
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if any(isinstance(c, ConnectionRefusedError) for c in chain) or (
+        isinstance(exc, httpx.ConnectError) and "refused" in str(exc).lower()
+    ):
+        return "connection refused (is the relay running?)"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect: {exc}"
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code} from {exc.request.url}"
+    if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
+        return "timed out"
+    if isinstance(exc, websockets.InvalidStatus):
+        return f"HTTP {exc.response.status_code} on the link"
+    if isinstance(exc, websockets.ConnectionClosed):
+        rcvd = exc.rcvd
+        if rcvd is None:
+            return "the link closed without a close frame"
+        return f"the link closed ({rcvd.code}{' ' + rcvd.reason if rcvd.reason else ''})"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class LinkRefused(Exception):
     """The relay refused the device (bad token, unknown PIN, bad cursor): fatal."""
 
@@ -59,9 +128,10 @@ class LinkRefused(Exception):
 
 
 class _Retry(Exception):
-    def __init__(self, delay: float | None) -> None:
-        super().__init__(delay)
+    def __init__(self, delay: float | None, reason: str) -> None:
+        super().__init__(delay, reason)
         self.delay = delay
+        self.reason = reason
 
 
 Callback = Callable[[Message], Awaitable[None] | None]
@@ -83,6 +153,7 @@ class Device:
         backoff_max: float = 30.0,
         remember_ids: int = 10_000,
         on_link: Callable[[frames.Welcome], None] | None = None,
+        on_event: Callable[[LinkEvent], None] | None = None,
     ) -> None:
         if url is None and not link_urls:
             raise ValueError("give the relay's HTTP url, or link_urls")
@@ -100,6 +171,7 @@ class Device:
         self.duplicates = 0
         self._on_message = on_message
         self._on_link = on_link
+        self._on_event = on_event
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._remember = remember_ids
         self._stopping = asyncio.Event()
@@ -114,17 +186,20 @@ class Device:
         """Receive until :meth:`stop`; raises :class:`LinkRefused` when refused for good."""
         while not self._stopping.is_set():
             delay: float | None = None
+            self._emit(Connecting(self._target(), self._attempt + 1))
             try:
                 if self.inbox:
                     await self._poll_inbox()
                 else:
                     await self._link_once()
+                reason = "the link closed"
             except LinkRefused:
                 raise
             except _Retry as retry:
-                delay = retry.delay
+                delay, reason = retry.delay, retry.reason
             except (OSError, websockets.WebSocketException, httpx.HTTPError, TimeoutError) as exc:
                 log.debug("link to relay lost: %r", exc)
+                reason = describe(exc)
             if self._stopping.is_set():
                 break
             if delay is None:
@@ -132,8 +207,19 @@ class Device:
                 cap = min(self.backoff_max, self.backoff_base * 2**self._attempt)
                 delay = random.uniform(0, cap)
             self._attempt += 1
+            self._emit(Retrying(self._attempt, reason, delay, time.time() + delay))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def _emit(self, event: LinkEvent) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def _target(self) -> str:
+        """Where the next attempt goes: the relay's HTTP url, else the next link URL."""
+        if self.url is not None and (self.inbox or not self.link_urls):
+            return self.url
+        return self.link_urls[self._next_url % len(self.link_urls)]
 
     async def stop(self) -> None:
         """Stop receiving; what the application has seen is acknowledged first."""
@@ -194,29 +280,31 @@ class Device:
             # 503 at capacity or while draining: come back when told, plus jitter.
             retry = exc.response.headers.get("Retry-After", "")
             if retry.isdigit():
-                raise _Retry(int(retry) * random.uniform(1.0, 1.5)) from None
+                reason = f"HTTP {exc.response.status_code} on the link, retry after {retry} s"
+                raise _Retry(int(retry) * random.uniform(1.0, 1.5), reason) from None
             raise
         self._ws = ws
         try:
-            await self._session(ws)
+            await self._session(ws, url)
         finally:
             self._ws = None
             await ws.close()
 
-    async def _session(self, ws: ClientConnection) -> None:
+    async def _session(self, ws: ClientConnection, url: str) -> None:
         hello = frames.Hello(pin=self.pin, token=self.token, cursor=self.cursor, window=self.window)
         await ws.send(frames.encode(hello).decode())
         first = await self._first_frame(ws)
         if isinstance(first, frames.Error):
             raise self._refusal(first)
         if not isinstance(first, frames.Welcome):
-            raise _Retry(None)
+            raise _Retry(None, f"the relay answered hello with {type(first).__name__}")
         self.cursor = max(self.cursor, first.cursor)
         self._acked = self.cursor  # hello.cursor acknowledged it (PROTOCOL "hello")
         self.links_opened += 1
         self._attempt = 0
         if self._on_link is not None:
             self._on_link(first)
+        self._emit(Listening(url, first.node, first.region, self.cursor))
         unacked = 0
         ack_every = max(1, first.window // 4)
         while True:
@@ -229,8 +317,8 @@ class Device:
                 await self._ack(ws)
                 unacked = 0
                 continue
-            except websockets.ConnectionClosed:
-                return
+            except websockets.ConnectionClosed as exc:
+                raise _Retry(None, describe(exc)) from None
             try:
                 frame = frames.decode_server(raw)
             except msgspec.ValidationError:
@@ -242,7 +330,7 @@ class Device:
                     await self._ack(ws)
                     unacked = 0
             elif isinstance(frame, frames.Drain):
-                raise _Retry(frame.retry_after_ms / 1000)
+                raise _Retry(frame.retry_after_ms / 1000, f"drain: {frame.reason}")
             elif isinstance(frame, frames.Error):
                 raise self._refusal(frame)
 
@@ -266,7 +354,7 @@ class Device:
             # Another link for this device took over: that is the application's
             # choice, so stop instead of fighting it.
             self._stopping.set()
-        return _Retry(retry)
+        return _Retry(retry, f"{error.code} ({error.status}): {error.message}")
 
     # --- long-poll fallback --------------------------------------------------
     async def _poll_inbox(self) -> None:
@@ -274,13 +362,20 @@ class Device:
             raise ValueError("inbox mode needs the relay's HTTP url")
         headers = {"Authorization": f"Bearer {self.token}"}
         async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=45) as http:
+            listening = False
             while not self._stopping.is_set():
+                # The first poll does not wait: it says at once whether the relay
+                # accepts the device (Listening), and hands over the backlog.
                 response = await http.get(
-                    f"/v1/devices/{self.pin}/inbox", params={"after": self.cursor, "wait": 25}
+                    f"/v1/devices/{self.pin}/inbox",
+                    params={"after": self.cursor, "wait": 25 if listening else 0},
                 )
                 if response.status_code != 200:
                     self._http_refusal(response)
                 self._attempt = 0
+                if not listening:
+                    listening = True
+                    self._emit(Listening(self.url, None, None, self.cursor))
                 batch = _inbox_decoder.decode(response.content)
                 for f in batch.messages:
                     await self._deliver(f)
@@ -301,7 +396,8 @@ class Device:
         if response.status_code in FATAL_STATUSES:
             raise LinkRefused(response.status_code, code, detail)
         retry = response.headers.get("retry-after")
-        raise _Retry(float(retry) if retry and retry.isdigit() else None)
+        reason = f"HTTP {response.status_code} from the inbox: {detail}"
+        raise _Retry(float(retry) if retry and retry.isdigit() else None, reason)
 
 
 class _InboxBody(msgspec.Struct):

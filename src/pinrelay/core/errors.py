@@ -30,9 +30,11 @@ class ErrorCode(enum.Enum):
     CONFLICT = ("conflict", 409, "Conflicts with the current state")
     REPLACED = ("replaced", 409, "Replaced by a newer link for this device")
     TOO_LARGE = ("too_large", 413, "Payload too large")
+    URI_TOO_LONG = ("uri_too_long", 414, "Request line too long")
     UNSUPPORTED_MEDIA = ("unsupported_media_type", 415, "Body must be application/json")
     INVALID = ("invalid", 422, "Request failed validation")
     RATE_LIMITED = ("rate_limited", 429, "Too many requests")
+    HEADERS_TOO_LARGE = ("headers_too_large", 431, "Request header fields too large")
     INTERNAL = ("internal", 500, "Internal error")
     OVERLOADED = ("overloaded", 503, "Relay overloaded or shutting down")
 

@@ -16,6 +16,8 @@ from msgspec import Meta, Raw, Struct
 Cursor = Annotated[int, Meta(ge=0, le=2**53 - 1)]
 #: Window a client may ask for; the relay caps it (see link.max_window).
 WindowSize = Annotated[int, Meta(ge=1, le=4096)]
+#: What a ``ping`` may carry for its ``pong`` to echo: short, so pongs stay small.
+PingId = Annotated[str, Meta(max_length=64)]
 
 
 class Hello(Struct, tag="hello", tag_field="type", kw_only=True):
@@ -32,6 +34,20 @@ class Ack(Struct, tag="ack", tag_field="type", kw_only=True):
     """Client → relay: every message up to ``cursor`` is done (cumulative)."""
 
     cursor: Cursor
+
+
+class Ping(Struct, tag="ping", tag_field="type", kw_only=True):
+    """Client → relay, on an open link: answer with ``pong`` (PROTOCOL "Heartbeats").
+
+    For clients whose WebSocket library hides control frames (browsers)."""
+
+    id: PingId | None = None
+
+
+class Pong(Struct, tag="pong", tag_field="type", kw_only=True):
+    """Relay → client: the answer to ``ping``, with its ``id``."""
+
+    id: str | None = None
 
 
 class Welcome(Struct, tag="welcome", tag_field="type", kw_only=True):
@@ -79,12 +95,12 @@ class Drain(Struct, tag="drain", tag_field="type", kw_only=True):
     alternates: list[str] = msgspec.field(default_factory=list)
 
 
-ClientFrame = Hello | Ack
-ServerFrame = Welcome | Msg | Error | Drain
+ClientFrame = Hello | Ack | Ping
+ServerFrame = Welcome | Msg | Error | Drain | Pong
 
 _encoder = msgspec.json.Encoder()
-_client_decoder: msgspec.json.Decoder[Hello | Ack] = msgspec.json.Decoder(ClientFrame)
-_server_decoder: msgspec.json.Decoder[Welcome | Msg | Error | Drain] = msgspec.json.Decoder(
+_client_decoder: msgspec.json.Decoder[Hello | Ack | Ping] = msgspec.json.Decoder(ClientFrame)
+_server_decoder: msgspec.json.Decoder[Welcome | Msg | Error | Drain | Pong] = msgspec.json.Decoder(
     ServerFrame
 )
 Buffer = str | bytes | bytearray | memoryview

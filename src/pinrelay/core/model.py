@@ -70,8 +70,13 @@ def check_push(fields: PushFields, limits: Limits) -> None:
         )
 
 
-class NewMessage(Struct, frozen=True):
-    """A message accepted by an edge, not yet given a cursor."""
+class Message(Struct, frozen=True):
+    """A message as every part of the relay shares it: one struct, so a new field is
+    one edit here (and one in each engine's storage format).
+
+    An edge's message (ingest) has no cursor yet (0); the store gives it one, the
+    device's next (:meth:`with_cursor`), and reads return it with that cursor.
+    """
 
     pin: str
     id: str
@@ -82,36 +87,18 @@ class NewMessage(Struct, frozen=True):
     expires_at_ms: int
     kind: str = "push"
     sender: str | None = None
+    #: The device's cursor of this message (0: not stored yet).
+    cursor: int = 0
 
-    def with_cursor(self, cursor: int) -> StoredMessage:
+    def with_cursor(self, cursor: int) -> Message:
         """The message as stored once the store gave it ``cursor``."""
-        return StoredMessage(
-            self.pin,
-            cursor,
-            self.id,
-            self.data,
-            self.topic,
-            self.urgency,
-            self.sent_at_ms,
-            self.expires_at_ms,
-            self.kind,
-            self.sender,
-        )
+        return msgspec.structs.replace(self, cursor=cursor)
 
 
-class StoredMessage(Struct, frozen=True):
-    """A durable message with its per-device cursor."""
-
-    pin: str
-    cursor: int
-    id: str
-    data: bytes
-    topic: str | None
-    urgency: str
-    sent_at_ms: int
-    expires_at_ms: int
-    kind: str = "push"
-    sender: str | None = None
+#: A message an edge accepted, before the store gives it a cursor.
+NewMessage = Message
+#: A durable message with its per-device cursor.
+StoredMessage = Message
 
 
 class Accepted(Struct, frozen=True):

@@ -1,45 +1,102 @@
-"""Slowing down repeated authentication failures (DESIGN, "Bad input").
+"""Slowing down repeated authentication failures (DESIGN, "Bad input"; DECISIONS 31).
 
-A key (a source address, a PIN) that fails ``limit`` times within ``period``
-seconds is refused until the oldest of those failures ages out.  One device
-guessing tokens is slowed down; the rest of the relay is not.
+Each key (a source address; a source address and a PIN) may fail ``limit`` times
+in a burst, then once every ``period / limit`` seconds: a leaky bucket, kept as one
+number per key, the time at which the key's bucket is empty again (the "theoretical
+arrival time" of GCRA).  A key that stops failing is forgotten once its bucket is
+empty.
+
+Memory is bounded by count and by bytes, whatever the keys: a key longer than
+``MAX_KEY`` characters is kept as a 32-character digest, and past ``max_keys`` keys
+or ``max_bytes`` the keys that failed least recently are forgotten first.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+import hashlib
+from collections import OrderedDict
+
+#: Keys longer than this are stored as a digest: a limiter key costs at most
+#: MAX_KEY characters whatever a caller hands it.
+MAX_KEY = 96
+#: What one key costs besides its characters (the float, the ordered dict's
+#: entry, the str header), rounded up from tracemalloc: 189 bytes a key of 30 characters.
+ENTRY_OVERHEAD = 192
+
+
+def _bounded(key: str) -> str:
+    if len(key) <= MAX_KEY:
+        return key
+    return "#" + hashlib.blake2b(key.encode(errors="replace"), digest_size=16).hexdigest()
 
 
 class FailureLimiter:
-    __slots__ = ("_failures", "limit", "max_keys", "period")
+    __slots__ = ("_bytes", "_empty_at", "limit", "max_bytes", "max_keys", "period")
 
-    def __init__(self, limit: int = 10, period: float = 60.0, max_keys: int = 100_000) -> None:
+    def __init__(
+        self,
+        limit: int = 10,
+        period: float = 60.0,
+        max_keys: int = 50_000,
+        max_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
         self.limit = limit
         self.period = period
         self.max_keys = max_keys
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self.max_bytes = max_bytes
+        #: key -> when its bucket is empty again; least recently failed first.
+        self._empty_at: OrderedDict[str, float] = OrderedDict()
+        self._bytes = 0
 
-    def retry_after(self, key: str, now: float) -> float:
-        """Seconds until ``key`` may try again (0: it may now)."""
-        times = self._failures.get(key)
-        if times is None:
-            return 0.0
-        while times and times[0] <= now - self.period:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-            return 0.0
-        if len(times) < self.limit:
-            return 0.0
-        return times[0] + self.period - now
+    def __len__(self) -> int:
+        return len(self._empty_at)
 
-    def failed(self, key: str, now: float) -> None:
-        times = self._failures.get(key)
-        if times is None:
-            times = self._failures[key] = deque(maxlen=self.limit)
-            if len(self._failures) > self.max_keys:  # bound memory: forget the oldest key
-                self._failures.popitem(last=False)
-        times.append(now)
+    @property
+    def bytes(self) -> int:
+        """What the keys cost, as counted against ``max_bytes``."""
+        return self._bytes
+
+    def retry_after(self, key: str, now: float, limit: int | None = None) -> float:
+        """Seconds until ``key`` may try again (0: it may now).
+
+        ``limit``: this key's allowance, if not the limiter's; pass the same one to
+        :meth:`failed` for the same key.
+        """
+        empty_at = self._empty_at.get(_bounded(key))
+        if empty_at is None:
+            return 0.0
+        step = self.period / (limit or self.limit)
+        # Full after ``limit`` failures: the bucket then empties ``period`` from now.
+        wait = empty_at - now - (self.period - step)
+        return wait if wait > 1e-6 else 0.0  # not a rounding error's worth
+
+    def failed(self, key: str, now: float, limit: int | None = None) -> None:
+        key = _bounded(key)
+        step = self.period / (limit or self.limit)
+        empty_at = self._empty_at.pop(key, None)
+        if empty_at is None:
+            self._bytes += len(key) + ENTRY_OVERHEAD
+            empty_at = now
+        self._empty_at[key] = max(empty_at, now) + step
+        self._forget(now)
 
     def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
+        key = _bounded(key)
+        if self._empty_at.pop(key, None) is not None:
+            self._bytes -= len(key) + ENTRY_OVERHEAD
+
+    def _forget(self, now: float) -> None:
+        """Drop keys whose bucket is empty (two at most: amortized), then the least
+        recently failed ones while over a bound."""
+        items = self._empty_at
+        for _ in range(2):
+            first = next(iter(items.items()), None)
+            if first is None or first[1] > now:
+                break
+            self._drop_first()
+        while len(items) > self.max_keys or self._bytes > self.max_bytes:
+            self._drop_first()
+
+    def _drop_first(self) -> None:
+        key, _ = self._empty_at.popitem(last=False)
+        self._bytes -= len(key) + ENTRY_OVERHEAD

@@ -8,8 +8,9 @@ Theory of operation (docs/PROTOCOL.md, "Session"):
 2. A hello moves the link to ``AUTHENTICATING`` while the I/O layer checks the
    token.  Frames that arrive before the answer fail the link: a client waits for
    ``welcome``.
-3. :meth:`ServerSession.accept` sends ``welcome`` and moves to ``OPEN``, where only
-   ``ack`` frames are legal.
+3. :meth:`ServerSession.accept` sends ``welcome`` and moves to ``OPEN``, where
+   ``ack`` and ``ping`` frames are legal; a ``ping`` is answered with ``pong``.
+   Before ``welcome`` a ``ping`` is as illegal as any frame but ``hello``.
 4. :meth:`ServerSession.fail` sends an ``error`` frame and moves to ``CLOSED``; the
    I/O layer then closes the WebSocket with ``code.close_code``.
 
@@ -49,6 +50,13 @@ class AckReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class PingReceived:
+    """The link must send ``pong`` (a ``pong`` frame echoing the ping's ``id``)."""
+
+    pong: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Failure:
     """The link must send ``frame`` and close with ``code.close_code``."""
 
@@ -57,7 +65,7 @@ class Failure:
     frame: bytes
 
 
-Event = HelloReceived | AckReceived | Failure
+Event = HelloReceived | AckReceived | PingReceived | Failure
 
 
 class Tick(enum.Enum):
@@ -73,7 +81,7 @@ class Tick(enum.Enum):
 _LEGAL: dict[State, tuple[type[frames.ClientFrame], ...]] = {
     AWAIT_HELLO: (frames.Hello,),
     AUTHENTICATING: (),
-    OPEN: (frames.Ack,),
+    OPEN: (frames.Ack, frames.Ping),
     CLOSED: (),
 }
 
@@ -119,6 +127,8 @@ class ServerSession:
         if isinstance(frame, frames.Hello):
             self.state = AUTHENTICATING
             return HelloReceived(frame)
+        if isinstance(frame, frames.Ping):
+            return PingReceived(frames.encode(frames.Pong(id=frame.id)))
         return AckReceived(frame.cursor)
 
     def received_pong(self, now: float) -> None:

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import logging
 import os
 import random
+import sys
+import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State as WsState
 from websockets.server import ServerProtocol
@@ -33,9 +36,11 @@ from pinrelay.core.ids import new_secret
 from pinrelay.core.model import StoredMessage
 from pinrelay.core.session import (
     AUTHENTICATING,
+    AWAIT_HELLO,
     AckReceived,
     Failure,
     HelloReceived,
+    PingReceived,
     ServerSession,
     Tick,
 )
@@ -57,6 +62,13 @@ CLOSE_TIMEOUT = 5.0
 ACK_FLUSH_TIMEOUT = 2.0
 #: Last-seen writes per second, at most (see LinkServer.touch).
 TOUCH_RATE = 500
+#: A link's outgoing buffer above this: the relay stops reading from the link and
+#: stops delivering to it, until the buffer is back under WRITE_LOW (PROTOCOL
+#: "Flow control"; the memory bound in OPERATIONS "Memory per link").
+WRITE_HIGH = 64 * 1024
+WRITE_LOW = 16 * 1024
+#: retry_after_ms of the error that closes a link which does not read.
+STALL_RETRY_MS = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +87,27 @@ class LinkConfig:
     drain_jitter_ms: int = 8_000
 
 
+def _unsent(transport: asyncio.Transport) -> int:
+    """Bytes written to the link that its client has not taken yet: our buffer, and
+    the kernel's send queue (SIOCOUTQ).  The kernel's share shrinks as the client
+    reads; ours only once the kernel has room for a whole chunk, seconds later on a
+    slow reader with large socket buffers."""
+    size = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            size += int.from_bytes(queued, sys.byteorder)
+    return size
+
+
 class LinkProtocol(asyncio.Protocol):
     __slots__ = (
         "_close_timer",
         "_fast",
+        "_hello_timer",
+        "_stalled_at",
+        "_stalled_size",
         "_unparsed",
         "delivery",
         "peer",
@@ -110,14 +139,24 @@ class LinkProtocol(asyncio.Protocol):
         #: The parser stands at a boundary of an open link, outside a fragmented
         #: message: runs of whole text frames may skip it (link/wireframes.py).
         self._fast = False
+        self._hello_timer: asyncio.TimerHandle | None = None
+        #: While the outgoing buffer is over WRITE_HIGH: since when it has not
+        #: shrunk, and its size then (None: not paused).
+        self._stalled_at: float | None = None
+        self._stalled_size = 0
 
     # --- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
         self.server.connections.add(self)
+        # Its own timer, not the heartbeat walk (up to 2 s late): PROTOCOL "Session".
+        self._hello_timer = asyncio.get_running_loop().call_later(
+            self.server.config.hello_timeout_s, self._hello_due
+        )
 
     def data_received(self, data: bytes) -> None:
         if self._fast:
@@ -171,6 +210,8 @@ class LinkProtocol(asyncio.Protocol):
         self.server.connections.discard(self)
         if self._close_timer is not None:
             self._close_timer.cancel()
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
         self.session.close()
         if self.delivery is not None:
             self.delivery.close()
@@ -180,10 +221,25 @@ class LinkProtocol(asyncio.Protocol):
             self.server.touch(self.pin)
 
     def pause_writing(self) -> None:
+        """The outgoing buffer passed WRITE_HIGH: stop reading and delivering.
+
+        Whatever the client sends while it does not read stays in the kernel's
+        buffers, not in ours: no pong, no error frame is produced for it (PROTOCOL
+        "Flow control").  tick() closes a link whose buffer stops draining.
+        """
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+            self._stalled_at = self.server.clock()
+            self._stalled_size = _unsent(transport)
         if self.delivery is not None:
             self.delivery.paused = True
 
     def resume_writing(self) -> None:
+        self._stalled_at = None
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
         if self.delivery is not None:
             self.delivery.paused = False
             self.delivery.wake()
@@ -222,6 +278,16 @@ class LinkProtocol(asyncio.Protocol):
             self.session.received_pong(now)  # any traffic proves the peer alive
 
     def _text(self, data: bytes, now: float) -> None:
+        if not data.isascii():
+            try:
+                data.decode()
+            except UnicodeDecodeError as exc:
+                # RFC 6455 §8.1: fail the connection with 1007, as websockets' own
+                # connections do (websockets.asyncio.connection), on either path.
+                self.session.close()
+                self.ws.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+                self._flush()
+                return
         if len(data) > self.server.config.max_frame:
             limit = self.server.config.max_frame
             detail = f"frame of {len(data)} bytes; the limit is {limit}"
@@ -230,6 +296,8 @@ class LinkProtocol(asyncio.Protocol):
         event = self.session.receive(data, now)
         if isinstance(event, AckReceived):
             self._ack(event.cursor)
+        elif isinstance(event, PingReceived):
+            self._send(event.pong)
         elif isinstance(event, HelloReceived):
             self.server.spawn(self._authenticate(event.hello))
         elif isinstance(event, Failure):
@@ -300,6 +368,9 @@ class LinkProtocol(asyncio.Protocol):
             )
             self._flush()
             return
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
         window = min(hello.window or server.config.default_window, server.config.max_window)
         # hello.cursor says the client is done with everything up to it (PROTOCOL "hello").
         acked = max(hello.cursor, device.acked_cursor)
@@ -390,7 +461,36 @@ class LinkProtocol(asyncio.Protocol):
     def kick(self, code: ErrorCode, detail: str) -> None:
         self._fail(self.session.fail(code, detail))
 
+    def _hello_due(self) -> None:
+        self._hello_timer = None
+        if self.session.state is AWAIT_HELLO or self.session.state is AUTHENTICATING:
+            self._fail(self.session.fail(ErrorCode.HELLO_TIMEOUT, "no hello in time"))
+
+    def _stalled(self, now: float) -> bool:
+        """Whether the outgoing buffer has stayed over WRITE_HIGH without shrinking for
+        ``heartbeat_s``: the client does not read (PROTOCOL "Flow control")."""
+        transport = self.transport
+        if self._stalled_at is None or transport is None:
+            return False
+        size = _unsent(transport)
+        if size < self._stalled_size:
+            # The client reads, slowly: that proves it alive as a pong would.
+            self._stalled_at, self._stalled_size = now, size
+            self.session.received_pong(now)
+            return False
+        return now - self._stalled_at >= self.server.config.heartbeat_s
+
     def tick(self, now: float) -> None:
+        if self._stalled(now) and self.ws.state is WsState.OPEN:
+            waiting = self._stalled_size
+            self._fail(
+                self.session.fail(
+                    ErrorCode.RATE_LIMITED,
+                    f"the client does not read: {waiting} bytes wait for it",
+                    retry_after_ms=STALL_RETRY_MS,
+                )
+            )
+            return
         due = self.session.tick(now)
         if due is Tick.NOTHING:
             return

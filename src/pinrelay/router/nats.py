@@ -255,7 +255,7 @@ class NatsRouter:
         """
         js = self._js
         assert js is not None
-        bucket = f"{self.bucket_prefix}_relays"
+        bucket = f"{self.bucket_prefix}_relays"  # as start() made it
         prefix = f"$KV.{bucket}."
         info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
         keys = [s.removeprefix(prefix) for s in (info.state.subjects or {})]

@@ -27,6 +27,7 @@ from typing import Any, cast
 
 import msgspec
 
+from pinrelay import lockfile
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, Scope, StoredMessage
 from pinrelay.store import sqlite_ops as ops
@@ -89,12 +90,14 @@ MIGRATIONS: list[str] = [
 ]
 
 _READ_SQL = (
-    "SELECT pin, cursor, id, data, topic, urgency, sent_ms, expires_ms, kind, sender"
+    "SELECT pin, id, data, topic, urgency, sent_ms, expires_ms, kind, sender, cursor"
     " FROM messages WHERE pin = ? AND cursor > ? AND expires_ms > ? ORDER BY cursor LIMIT ?"
 )
 #: How long the writer process may take to start, or to finish once asked to stop.
 WRITER_START_S = 30.0
 WRITER_STOP_S = 30.0
+#: How long :meth:`SqliteStore.open` waits for the database's lock.
+LOCK_WAIT_S = 2.0
 
 
 def _row_to_message(row: tuple[Any, ...]) -> StoredMessage:
@@ -216,13 +219,22 @@ class _WriterLink(asyncio.Protocol):
                 fut.set_exception(gone)
 
 
-def _spawn_writer(path: Path, fd: int) -> subprocess.Popen[bytes]:
+def _spawn_writer(path: Path, fd: int, lock_fd: int) -> subprocess.Popen[bytes]:
+    """The writer gets the socket and, without using it, the store's lock: the lock
+    lasts until both processes have ended (lockfile, rule 1)."""
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     argv = [sys.executable, "-m", "pinrelay.store.sqlite_writer", str(fd), str(path)]
     argv.append(str(os.getpid()))
-    return subprocess.Popen(argv, pass_fds=(fd,), stdin=subprocess.DEVNULL, env=env)
+    return subprocess.Popen(argv, pass_fds=(fd, lock_fd), stdin=subprocess.DEVNULL, env=env)
+
+
+def lock_path(path: Path) -> Path:
+    """The store's lock file: beside the database file the path leads to (symlinks
+    resolved), so two paths to one database meet at one lock."""
+    real = path.resolve()
+    return real.with_name(real.name + ".lock")
 
 
 class SqliteStore:
@@ -234,11 +246,12 @@ class SqliteStore:
         self._proc: subprocess.Popen[bytes] | None = None
         self._link: _WriterLink | None = None
         self._reader: sqlite3.Connection | None = None
+        self._lock: lockfile.Lock | None = None
 
     # --- lifecycle -----------------------------------------------------------
     async def open(self) -> None:
-        await asyncio.to_thread(self._open)
         try:
+            await asyncio.to_thread(self._open)
             await self._start_writer()
         except BaseException:
             await self.close()
@@ -246,6 +259,12 @@ class SqliteStore:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One store per database file (SQLite lets two writers take turns, and each
+        # would hand out cursors and forget acknowledged messages for itself).  The
+        # wait: the writer of a relay killed a moment ago may still be on its way out.
+        self._lock = lockfile.acquire(
+            lock_path(self.path), f"database {self.path}", wait_s=LOCK_WAIT_S
+        )
         # The database holds token hashes: create it private to the relay's user
         # (SQLite gives the -wal and -shm files the main file's mode).
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -265,7 +284,8 @@ class SqliteStore:
         try:
             # Forked from the loop's thread, on purpose: it lives as long as the relay,
             # and PR_SET_PDEATHSIG fires when the thread that forked the child ends.
-            self._proc = _spawn_writer(self.path, theirs.fileno())
+            assert self._lock is not None
+            self._proc = _spawn_writer(self.path, theirs.fileno(), self._lock.fileno())
         finally:
             theirs.close()
         loop = asyncio.get_running_loop()
@@ -296,6 +316,9 @@ class SqliteStore:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def writer_pid(self) -> int | None:

@@ -34,6 +34,7 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     die_with_parent: bool = False,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own session (its own process group, no terminal, so a
     Ctrl-C reaches only the parent), stdin from /dev/null, stdout and stderr
@@ -41,6 +42,7 @@ def spawn(
 
     ``die_with_parent``: SIGKILL the child when the parent dies (tests, benchmarks);
     not for a child that must outlive its parent (``pinrelay cluster start``).
+    ``pass_fds``: descriptors the child inherits (a lock it holds for its life).
     """
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -52,6 +54,7 @@ def spawn(
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
             preexec_fn=_die_with_parent if die_with_parent else None,
         )
 

@@ -1,0 +1,228 @@
+"""Appending: a device's messages published to its stream, in order, exactly once.
+
+Headers sent with a publish are built here and only here: a caller's headers are
+never forwarded (``Nats-Rollup: all`` from anyone would wipe the stream).
+
+- ``Nats-Msg-Id`` is ``<nonce>.<index in the append>``, not the message id: one
+  append retries its own publishes safely (JetStream answers a duplicate with the
+  first sequence), an idempotent retry reuses the first attempt's nonce, and two
+  separate appends of the same message are two messages, as the contract says.
+- ``Nats-TTL`` (whole seconds, at least 1) only lets JetStream collect a message;
+  the reader decides expiry by the payload's ``expires_ms``.
+- With ``allow_atomic`` (nats-server 2.12+) up to 1,000 messages go in one atomic
+  batch publish (all stored or none); a longer batch is several atomic batches,
+  each durable on its own, and a batch is atomic within each partition, not across
+  them.  Without it (an older server) messages are published one by one.
+- After the publish is acknowledged, each device's ``last_cursor`` is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from pinrelay.core.model import TOPIC_RE, NewMessage
+from pinrelay.store.base import UNKNOWN_DEVICE, AppendResult, Rejected, StoreClosed
+from pinrelay.store.jetstream.api import Api
+from pinrelay.store.jetstream.devices import Devices
+from pinrelay.store.jetstream.errors import ApiError
+from pinrelay.store.jetstream.layout import Layout
+from pinrelay.store.jetstream.reads import Reader
+from pinrelay.store.jetstream.records import DeviceRec, Msg, msg_enc
+
+log = logging.getLogger(__name__)
+
+#: The server's limit on one atomic batch.
+MAX_ATOMIC_BATCH = 1000
+
+
+class Outgoing(NamedTuple):
+    """One message ready to publish: its position in the append, subject, payload, headers."""
+
+    position: int
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+
+
+def ttl_seconds(m: NewMessage, grace_s: int) -> int:
+    """JetStream's TTL for ``m``: whole seconds, at least 1, never shorter than its life."""
+    life_ms = max(0, m.expires_at_ms - m.sent_at_ms)
+    return max(1, math.ceil(life_ms / 1000)) + grace_s
+
+
+def atomic_chunks(outgoing: list[Outgoing]) -> list[tuple[int, list[Outgoing]]]:
+    """Split a batch into atomic batches the server takes: (index of the first, batch).
+
+    At most 1,000 messages each, and a topic subject at most once per batch: the
+    server refuses ("batch rollup sub invalid") a batch that rolls up a subject it
+    also wrote.  A batch that repeats a topic of one device is therefore stored as
+    several atomic batches, each durable on its own, in order.
+    """
+    chunks: list[tuple[int, list[Outgoing]]] = []
+    current: list[Outgoing] = []
+    rolled: set[str] = set()
+    start = 0
+    for n, item in enumerate(outgoing):
+        rollup = "Nats-Rollup" in item.headers
+        repeat = rollup and item.subject in rolled
+        if current and (len(current) >= MAX_ATOMIC_BATCH or repeat):
+            chunks.append((start, current))
+            current, rolled, start = [], set(), n
+        current.append(item)
+        if rollup:
+            rolled.add(item.subject)
+    if current:
+        chunks.append((start, current))
+    return chunks
+
+
+class Appender:
+    """Publishes an append's messages and raises their devices' last_cursor."""
+
+    def __init__(
+        self, api: Api, layout: Layout, devices: Devices, reader: Reader, ttl_grace_s: int
+    ) -> None:
+        self.api = api
+        self.layout = layout
+        self.devices = devices
+        self.reader = reader
+        self.ttl_grace_s = ttl_grace_s
+        #: Atomic batch publish, when every stream takes it (set by the store's open).
+        self.atomic = False
+
+    async def append(
+        self, messages: Sequence[NewMessage | Rejected], nonce: str
+    ) -> list[AppendResult]:
+        """Publish ``messages`` with ids under ``nonce``: one result per message."""
+        pins = sorted({m.pin for m in messages if isinstance(m, NewMessage)})
+        found = await asyncio.gather(*(self.devices.get(p) for p in pins))
+        devices = {p: got.rec for p, got in zip(pins, found, strict=True) if got is not None}
+        results: list[AppendResult | None] = []
+        outgoing: list[Outgoing] = []
+        for i, m in enumerate(messages):
+            if isinstance(m, Rejected):
+                results.append(AppendResult(pin=m.pin, id=m.id, reason=m.reason))
+                continue
+            rec = devices.get(m.pin)
+            if rec is None:
+                results.append(AppendResult(pin=m.pin, id=m.id, reason=UNKNOWN_DEVICE))
+                continue
+            if m.topic is not None and not TOPIC_RE.match(m.topic):
+                results.append(AppendResult(pin=m.pin, id=m.id, reason="invalid topic"))
+                continue
+            results.append(None)
+            outgoing.append(self._outgoing(i, m, rec, nonce))
+
+        seq_of: dict[int, int] = {}
+        if self.atomic and len(outgoing) > 1:
+            # An atomic batch goes to one stream: one group per partition, each in the
+            # order given (so per device), and chunked.
+            groups: dict[int, list[Outgoing]] = {}
+            for item in outgoing:
+                part = self.layout.partition(messages[item.position].pin)
+                groups.setdefault(part, []).append(item)
+            for part, group in sorted(groups.items()):
+                for start, chunk in atomic_chunks(group):
+                    if len(chunk) == 1:
+                        seq_of[chunk[0].position] = await self._publish_one(chunk[0])
+                        continue
+                    batch_id = f"{nonce}-{start}" if part == 0 else f"{nonce}-{part}-{start}"
+                    seqs = await self._publish_atomic(chunk, batch_id, devices)
+                    seq_of.update(zip((c.position for c in chunk), seqs, strict=True))
+        else:
+            for item in outgoing:
+                seq_of[item.position] = await self._publish_one(item)
+
+        highest: dict[str, int] = {}
+        for i, seq in seq_of.items():
+            m = messages[i]
+            assert isinstance(m, NewMessage)
+            results[i] = AppendResult(pin=m.pin, id=m.id, cursor=seq, expires_ms=m.expires_at_ms)
+            highest[m.pin] = max(highest.get(m.pin, 0), seq)
+        await asyncio.gather(*(self.devices.raise_last_cursor(p, s) for p, s in highest.items()))
+        return [r for r in results if r is not None]
+
+    def _outgoing(self, i: int, m: NewMessage, rec: DeviceRec, nonce: str) -> Outgoing:
+        origin = f"{nonce}.{i}"
+        payload = msg_enc.encode(
+            Msg(
+                m.id,
+                m.data,
+                m.topic,
+                m.urgency,
+                m.sent_at_ms,
+                m.expires_at_ms,
+                m.kind,
+                m.sender,
+                rec.gen,
+                origin,
+            )
+        )
+        # Built here, never from a caller: see the module docstring.
+        headers = {"Nats-Msg-Id": origin, "Nats-TTL": str(ttl_seconds(m, self.ttl_grace_s))}
+        if m.topic is not None:
+            headers["Nats-Rollup"] = "sub"
+        return Outgoing(i, self.layout.subject(m.pin, m.topic), payload, headers)
+
+    async def _publish_one(self, item: Outgoing, *, expect_duplicate: bool = False) -> int:
+        async def op() -> int:
+            resp = await self.api.publish(item.subject, item.payload, item.headers)
+            # A retry after a lost acknowledgement answers duplicate=true with the
+            # original sequence: stored once, and we learn where.
+            if expect_duplicate and not resp.get("duplicate"):
+                log.error("a batch thought stored was stored again at %s", resp["seq"])
+            return int(resp["seq"])
+
+        return await self.api.call(op, "publish")
+
+    async def _publish_atomic(
+        self, chunk: list[Outgoing], batch_id: str, devices: dict[str, DeviceRec]
+    ) -> list[int]:
+        last = len(chunk)
+
+        async def op() -> list[int]:
+            for n, item in enumerate(chunk, 1):
+                hdrs = {**item.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)}
+                if n < last:
+                    await self.api.send(item.subject, item.payload, hdrs)
+                    continue
+                hdrs["Nats-Batch-Commit"] = "1"
+                try:
+                    resp = await self.api.publish(item.subject, item.payload, hdrs)
+                except ApiError as err:
+                    if err.batch_duplicate:
+                        # An earlier attempt was committed, its acknowledgement lost.
+                        return await self._find_batch(chunk, devices)
+                    raise
+                top, count = int(resp["seq"]), int(resp.get("count", last))
+                if count != last:
+                    raise StoreClosed(f"atomic batch stored {count} of {last}")
+                return list(range(top - last + 1, top + 1))
+            raise AssertionError("unreachable")
+
+        return await self.api.call(op, "atomic publish")
+
+    async def _find_batch(self, chunk: list[Outgoing], devices: dict[str, DeviceRec]) -> list[int]:
+        """Sequences of a batch already committed: an atomic batch is contiguous."""
+        origins = {item.headers["Nats-Msg-Id"]: k for k, item in enumerate(chunk)}
+        pins = {self.layout.pin_of(item.subject) for item in chunk}
+        for pin in sorted(pins):
+            rec = devices[pin]
+            scan = self.reader.scan_leader(
+                self.layout.stream_of(pin), self.layout.filter(pin), rec.acked_cursor + 1
+            )
+            async with contextlib.aclosing(scan):
+                async for seq, m in scan:
+                    k = origins.get(m.origin)
+                    if k is not None:
+                        first = seq - k
+                        return list(range(first, first + len(chunk)))
+        # Not in the stream any more: the device acked it.  Each message of the batch
+        # was registered under its Nats-Msg-Id, and a lone publish with that id is
+        # answered duplicate=true with its sequence and stores nothing.
+        return [await self._publish_one(item, expect_duplicate=True) for item in chunk]

@@ -1,0 +1,130 @@
+"""KV buckets, read and written on their leader with compare-and-set.
+
+Raw JetStream requests rather than nats-py's ``KeyValue``: a read goes to the
+bucket's leader (``STREAM.MSG.GET`` with ``last_by_subj``; the buckets have no
+direct gets), listing uses the leader's stream info rather than a consumer (which
+may sit on a lagging follower), and a write is a publish with
+``Nats-Expected-Last-Subject-Sequence``: the revision it read, or 0 for "absent".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+
+from pinrelay.store.jetstream.api import Api, not_found
+from pinrelay.store.jetstream.errors import ApiError
+from pinrelay.store.jetstream.layout import Bucket
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    """A key's latest value and the revision a compare-and-set must name."""
+
+    value: bytes
+    revision: int
+
+
+class Kv:
+    """Get, compare-and-set, list, remove and count keys of the store's buckets."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    async def get(self, bucket: Bucket, key: str) -> Entry | None:
+        """The latest value and revision of ``key``, from the bucket's leader."""
+        body = {"last_by_subj": bucket.subject(key)}
+        resp = await self.api.request_unless(
+            f"STREAM.MSG.GET.{bucket.stream}", body, f"read {bucket.name}", not_found
+        )
+        if resp is None:
+            return None
+        message = resp["message"]
+        hdrs = message.get("hdrs")
+        if hdrs:
+            raw = base64.b64decode(hdrs)
+            if b"KV-Operation: DEL" in raw or b"KV-Operation: PURGE" in raw:
+                return None
+        return Entry(base64.b64decode(message.get("data") or b""), int(message["seq"]))
+
+    async def put(self, bucket: Bucket, key: str, value: bytes, revision: int) -> bool:
+        """Write ``key`` if its latest revision is ``revision`` (0: absent); False if not.
+
+        A raw publish rather than ``KeyValue.create``: that one re-reads after a
+        conflict and raises when the winner's write is not applied yet.
+        """
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+
+        async def op() -> bool:
+            try:
+                await self.api.publish(bucket.subject(key), value, headers)
+            except ApiError as err:
+                if err.wrong_last_sequence:
+                    return False
+                raise
+            return True
+
+        return await self.api.call(op, f"write {bucket.name}")
+
+    async def create(self, bucket: Bucket, key: str, value: bytes) -> bool:
+        """Create ``key``; False if it exists."""
+        return await self.put(bucket, key, value, 0)
+
+    async def update(self, bucket: Bucket, key: str, value: bytes, revision: int) -> bool:
+        """Compare-and-set; False if ``key`` moved past ``revision``."""
+        return await self.put(bucket, key, value, revision)
+
+    async def keys(self, bucket: Bucket) -> list[str]:
+        """The bucket's keys, from its leader.
+
+        Not ``KeyValue.keys()``: that reads through an ephemeral consumer, which may
+        sit on a lagging follower.  Removed keys leave no subject (see :meth:`remove`).
+        """
+        keys: list[str] = []
+        while True:
+            body = {"subjects_filter": f"{bucket.prefix}>", "offset": len(keys)}
+            resp = await self.api.request(
+                f"STREAM.INFO.{bucket.stream}", body, f"list {bucket.name}"
+            )
+            subjects = resp.get("state", {}).get("subjects") or {}
+            keys += [s.removeprefix(bucket.prefix) for s in subjects]
+            if not subjects or len(keys) >= int(resp.get("total", 0)):
+                return keys
+
+    async def remove(self, bucket: Bucket, key: str) -> None:
+        """Remove every revision of ``key`` and leave no marker behind.
+
+        A purge of the subject rather than a KV delete: a delete marker would keep the
+        subject (and the key count) alive.  A compare-and-set racing with it fails, as
+        the subject's last sequence changed.
+        """
+        body = {"filter": bucket.subject(key)}
+        await self.api.request(f"STREAM.PURGE.{bucket.stream}", body, f"remove from {bucket.name}")
+
+    async def count(self, bucket: Bucket) -> int:
+        resp = await self.api.request(f"STREAM.INFO.{bucket.stream}", {}, f"count {bucket.name}")
+        return int(resp.get("state", {}).get("num_subjects", 0))
+
+
+class KeyedLocks:
+    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

@@ -1,0 +1,105 @@
+"""Where everything lives: stream, subject and bucket names (pure, no I/O).
+
+One file-storage stream on ``<prefix>.>``; a message for device D is stored on
+``<prefix>.D.m``, or ``<prefix>.D.t.<topic>`` (rolled up per topic).  With K > 1
+partitions, devices are spread over K streams ``<stream>_<p>`` on
+``<prefix>.<p>.>``, p = crc32(PIN) mod K.  The KV buckets are
+``<bucket_prefix>_devices``, ``_keys``, ``_keyhash`` and ``_idem``.  Every name is
+configurable, so several relays or tests can share a cluster.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+#: Most streams one store spreads devices over.
+MAX_PARTITIONS = 64
+#: Stream metadata key recording the partition count the stream was made for.
+PARTITIONS_META = "pinrelay.partitions"
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A KV bucket, by name (kept here, never read back from nats-py's objects)."""
+
+    name: str
+
+    @property
+    def stream(self) -> str:
+        """The stream behind the bucket."""
+        return f"KV_{self.name}"
+
+    @property
+    def prefix(self) -> str:
+        """The subject prefix of its keys."""
+        return f"$KV.{self.name}."
+
+    def subject(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    devices: Bucket
+    keys: Bucket
+    keyhash: Bucket
+    idem: Bucket
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The names of one store's streams, subjects and buckets."""
+
+    stream: str
+    prefix: str
+    partitions: int
+    bucket_prefix: str
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.partitions <= MAX_PARTITIONS:
+            raise ValueError(f"partitions must be 1 to {MAX_PARTITIONS}, not {self.partitions}")
+
+    @property
+    def buckets(self) -> Buckets:
+        p = self.bucket_prefix
+        return Buckets(
+            Bucket(f"{p}_devices"), Bucket(f"{p}_keys"), Bucket(f"{p}_keyhash"), Bucket(f"{p}_idem")
+        )
+
+    def bucket_names(self) -> list[str]:
+        b = self.buckets
+        return [b.devices.name, b.keys.name, b.keyhash.name, b.idem.name]
+
+    def partition(self, pin: str) -> int:
+        """The partition of ``pin``: fixed for the life of the device."""
+        return zlib.crc32(pin.encode()) % self.partitions if self.partitions > 1 else 0
+
+    def stream_name(self, part: int) -> str:
+        return self.stream if self.partitions == 1 else f"{self.stream}_{part}"
+
+    def part_prefix(self, part: int) -> str:
+        """The subject prefix of one partition's stream."""
+        return self.prefix if self.partitions == 1 else f"{self.prefix}.{part}"
+
+    @property
+    def streams(self) -> list[str]:
+        """The message streams, partition 0 first."""
+        return [self.stream_name(p) for p in range(self.partitions)]
+
+    def stream_of(self, pin: str) -> str:
+        return self.stream_name(self.partition(pin))
+
+    def filter(self, pin: str) -> str:
+        """Every subject of ``pin``'s messages."""
+        return f"{self.part_prefix(self.partition(pin))}.{pin}.>"
+
+    def subject(self, pin: str, topic: str | None) -> str:
+        """Where a message for ``pin`` is published (a topic gets its own subject)."""
+        base = f"{self.part_prefix(self.partition(pin))}.{pin}"
+        return f"{base}.m" if topic is None else f"{base}.t.{topic}"
+
+    def pin_of(self, subject: str) -> str:
+        """The PIN in a message subject: ``<prefix>[.<partition>].<PIN>.…``."""
+        at = self.prefix.count(".") + (2 if self.partitions > 1 else 1)
+        return subject.split(".")[at]

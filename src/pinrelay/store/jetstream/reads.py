@@ -1,0 +1,143 @@
+"""Reading a device's backlog: from the stream leader, or batched Direct Get.
+
+Direct Get on an R3 stream is answered by followers and may lag an acknowledged
+publish (issue 5).  By default every read goes to the stream leader
+(``STREAM.MSG.GET`` with ``next_by_subj``, one message per request): correct, at
+~1 ms per message.  ``direct_reads=True`` uses batched Direct Get and trusts a
+follower's "no more messages" only when it has reached the device's
+``last_cursor`` (which an append raises before it returns); otherwise that read
+falls back to the leader (counted in ``direct_fallbacks``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import AsyncGenerator
+
+from pinrelay.core.model import StoredMessage
+from pinrelay.store.jetstream.api import Api, not_found
+from pinrelay.store.jetstream.devices import Devices
+from pinrelay.store.jetstream.layout import Layout
+from pinrelay.store.jetstream.records import DeviceRec, Msg, decode_msg
+
+#: Largest batch asked of one Direct Get.
+MAX_DIRECT_BATCH = 1000
+
+
+class Reader:
+    """A device's stored messages, in order."""
+
+    def __init__(self, api: Api, layout: Layout, devices: Devices, direct_reads: bool) -> None:
+        self.api = api
+        self.layout = layout
+        self.devices = devices
+        self.direct_reads = direct_reads
+        #: Direct reads that a lagging follower sent to the leader (for metrics).
+        self.direct_fallbacks = 0
+
+    async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
+        """See :meth:`pinrelay.store.base.Store.read`."""
+        got = await self.devices.get(pin)
+        if got is None or limit <= 0:
+            return []
+        rec = got.rec
+        out: list[StoredMessage] = []
+        scan = self.scan(pin, max(after, rec.acked_cursor) + 1, rec, limit)
+        async with contextlib.aclosing(scan):
+            async for seq, m in scan:
+                if m.gen != rec.gen or m.expires_ms <= now_ms:
+                    continue
+                out.append(
+                    StoredMessage(
+                        pin,
+                        m.id,
+                        m.data,
+                        m.topic,
+                        m.urgency,
+                        m.sent_ms,
+                        m.expires_ms,
+                        m.kind,
+                        m.sender,
+                        cursor=seq,
+                    )
+                )
+                if len(out) >= limit:
+                    break
+        if out and out[-1].cursor > rec.last_cursor:
+            # An append stored it but has not raised last_cursor yet (or its relay died
+            # in between): raise it now, so an ack of what we hand out is never refused
+            # as "beyond the device's last message".
+            await self.devices.raise_last_cursor(pin, out[-1].cursor)
+        return out
+
+    async def backlog(self, pin: str, now_ms: int) -> int:
+        """See :meth:`pinrelay.store.base.Store.backlog`."""
+        got = await self.devices.get(pin)
+        if got is None:
+            return 0
+        rec = got.rec
+        n = 0
+        async for _, m in self.scan(pin, rec.acked_cursor + 1, rec):
+            if m.gen == rec.gen and m.expires_ms > now_ms:
+                n += 1
+        return n
+
+    async def scan(
+        self, pin: str, start: int, rec: DeviceRec, hint: int = MAX_DIRECT_BATCH
+    ) -> AsyncGenerator[tuple[int, Msg], None]:
+        """The device's stored messages from sequence ``start`` on, in order."""
+        subject, stream = self.layout.filter(pin), self.layout.stream_of(pin)
+        if self.direct_reads:
+            while True:
+                items, exhausted = await self._direct_batch(
+                    stream, subject, start, min(max(hint, 1), MAX_DIRECT_BATCH)
+                )
+                for seq, m in items:
+                    yield seq, m
+                    start = seq + 1
+                if not exhausted:
+                    continue
+                # A follower's "no more" is only trusted once it has reached the
+                # device's last_cursor, which every append raises before returning.
+                if start - 1 >= rec.last_cursor:
+                    return
+                self.direct_fallbacks += 1
+                break  # it lags: ask the leader for the rest
+        scan = self.scan_leader(stream, subject, start)
+        async with contextlib.aclosing(scan):
+            async for item in scan:
+                yield item
+
+    async def scan_leader(
+        self, stream: str, subject: str, start: int
+    ) -> AsyncGenerator[tuple[int, Msg], None]:
+        """One message per request from the stream leader: read-your-write."""
+        seq = start
+        while True:
+            resp = await self.api.request_unless(
+                f"STREAM.MSG.GET.{stream}",
+                {"seq": seq, "next_by_subj": subject},
+                "read",
+                not_found,
+            )
+            if resp is None:
+                return
+            message = resp["message"]
+            got = int(message["seq"])
+            decoded = decode_msg(got, base64.b64decode(message.get("data") or b""))
+            if decoded is not None:
+                yield got, decoded
+            seq = got + 1
+
+    async def _direct_batch(
+        self, stream: str, subject: str, start: int, batch: int
+    ) -> tuple[list[tuple[int, Msg]], bool]:
+        """One batched Direct Get: (messages, whether the responder had no more)."""
+
+        async def op() -> tuple[list[tuple[int, Msg]], bool]:
+            raw, exhausted = await self.api.direct_batch(stream, subject, start, batch)
+            items = [(seq, m) for seq, data in raw if (m := decode_msg(seq, data)) is not None]
+            return items, exhausted
+
+        return await self.api.call(op, "direct read")

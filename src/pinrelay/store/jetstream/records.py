@@ -1,0 +1,137 @@
+"""What the engine stores: a message's payload and the KV records, with their codecs.
+
+Messages are msgpack (compact, on the hot path); KV records are JSON, so an
+operator can read them with ``nats kv get``.  Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+
+import msgspec
+
+from pinrelay.core.model import ApiKey, Device, NewMessage, Scope
+from pinrelay.store.base import AppendResult, Rejected, StoreClosed
+
+log = logging.getLogger(__name__)
+
+#: PINs and key ids used as subject tokens and KV keys: nothing NATS would split on.
+SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class Msg(msgspec.Struct, array_like=True):
+    """A stored message's payload (msgpack)."""
+
+    id: str
+    data: bytes
+    topic: str | None
+    urgency: str
+    sent_ms: int
+    expires_ms: int
+    kind: str
+    sender: str | None
+    #: The device incarnation it was stored for (a recreated device never sees it).
+    gen: str
+    #: ``<append nonce>.<index>``: finds a batch again after a lost acknowledgement.
+    origin: str
+
+
+class DeviceRec(msgspec.Struct, omit_defaults=True):
+    token_hash: str
+    created_ms: int
+    gen: str
+    label: str | None = None
+    last_seen_ms: int | None = None
+    last_cursor: int = 0
+    acked_cursor: int = 0
+
+
+class KeyRec(msgspec.Struct):
+    id: str
+    name: str
+    scope: str
+    key_hash: str
+    created_ms: int
+    revoked: bool = False
+
+
+class Planned(msgspec.Struct, array_like=True):
+    """What a first attempt chose for one message: a takeover must publish the same."""
+
+    id: str | None
+    sent_ms: int = 0
+    expires_ms: int = 0
+
+
+class IdemRec(msgspec.Struct, omit_defaults=True):
+    fingerprint: str
+    nonce: str
+    started_s: float
+    done: bool = False
+    results: list[AppendResult] = []
+    #: The first attempt's ids and times, one per message: a takeover publishes
+    #: exactly what its owner did, so whichever copy JetStream keeps, the answer's
+    #: ids are the stored ones (even once the device acked them and they are gone).
+    planned: list[Planned] = []
+
+
+msg_enc = msgspec.msgpack.Encoder()
+json_enc = msgspec.json.Encoder()
+_msg_dec = msgspec.msgpack.Decoder(Msg)
+device_dec = msgspec.json.Decoder(DeviceRec)
+key_dec = msgspec.json.Decoder(KeyRec)
+idem_dec = msgspec.json.Decoder(IdemRec)
+
+
+def decode_msg(seq: int, payload: bytes) -> Msg | None:
+    """A stored message, or None (logged) for something else published on our subjects."""
+    try:
+        return _msg_dec.decode(payload)
+    except msgspec.DecodeError:
+        log.warning("skipping sequence %d: not a pinrelay message", seq)
+        return None
+
+
+def hash_key(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def to_device(pin: str, r: DeviceRec) -> Device:
+    return Device(
+        pin, r.token_hash, r.label, r.created_ms, r.last_seen_ms, r.last_cursor, r.acked_cursor
+    )
+
+
+def to_key(r: KeyRec) -> ApiKey:
+    return ApiKey(r.id, r.name, Scope(r.scope), r.key_hash, r.created_ms, r.revoked)
+
+
+def key_rec(key: ApiKey) -> KeyRec:
+    return KeyRec(key.id, key.name, key.scope.value, key.key_hash, key.created_ms, key.revoked)
+
+
+def plan(messages: Sequence[NewMessage | Rejected]) -> list[Planned]:
+    """The ids and times a first attempt chose, one per message."""
+    return [
+        Planned(m.id, m.sent_at_ms, m.expires_at_ms) if isinstance(m, NewMessage) else Planned(m.id)
+        for m in messages
+    ]
+
+
+def as_planned(
+    messages: Sequence[NewMessage | Rejected], planned: list[Planned]
+) -> list[NewMessage | Rejected]:
+    """``messages`` with the ids and times a first attempt chose for them."""
+    if len(planned) != len(messages):  # same fingerprint, so only a corrupt record
+        raise StoreClosed("idempotency record does not match its request")
+    out: list[NewMessage | Rejected] = []
+    for m, p in zip(messages, planned, strict=True):
+        if isinstance(m, NewMessage) and p.id is not None:
+            m = msgspec.structs.replace(
+                m, id=p.id, sent_at_ms=p.sent_ms, expires_at_ms=p.expires_ms
+            )
+        out.append(m)
+    return out

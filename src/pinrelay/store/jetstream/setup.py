@@ -1,0 +1,184 @@
+"""Connecting, and creating or checking the streams and KV buckets (``open``).
+
+Idempotent: an existing stream (an operator's, or an older relay's) is adopted and
+has what the engine needs switched on.  A cursor is a sequence of one stream, so
+the partition count of a cluster's data is fixed: each stream records it in its
+metadata, and a store opened with another count on the same subjects is refused
+(changing it is a migration).  A cluster that just started may not know its peers
+or have a leader yet: set-up is retried (:func:`~.errors.setup_may_retry`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from pinrelay.store.base import StoreClosed
+from pinrelay.store.jetstream import api
+from pinrelay.store.jetstream.errors import ApiError, name_in_use, setup_may_retry
+from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_TTL_S
+from pinrelay.store.jetstream.layout import PARTITIONS_META, Layout
+
+log = logging.getLogger(__name__)
+
+
+async def connect(
+    servers: Sequence[str],
+    name: str,
+    timeout: float,
+    error_cb: Callable[[Exception], Awaitable[None]],
+    disconnected_cb: Callable[[], Awaitable[None]],
+    reconnected_cb: Callable[[], Awaitable[None]],
+) -> NATS:
+    """A connection that reconnects for ever once made; the first connect is bounded."""
+    nc = NATS()
+    try:
+        await asyncio.wait_for(
+            nc.connect(
+                list(servers),
+                name=name,
+                connect_timeout=2,
+                reconnect_time_wait=1,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                # One line per event, not nats-py's traceback per reconnect attempt.
+                error_cb=error_cb,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+            ),
+            timeout,
+        )
+    except Exception as exc:  # connect raises a variety of errors
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise StoreClosed(f"cannot connect to NATS at {list(servers)}: {exc!r}") from exc
+    return nc
+
+
+async def ensure_bucket(
+    js: JetStreamContext, name: str, replicas: int, ttl: float | None
+) -> KeyValue:
+    """Create a KV bucket (file storage, history 1, reads on its leader) or adopt it."""
+    config = KeyValueConfig(
+        bucket=name,
+        history=1,
+        storage=StorageType.FILE,
+        replicas=replicas,
+        direct=False,
+        ttl=ttl,
+    )
+    try:
+        return await js.create_key_value(config)
+    except nats.js.errors.BadRequestError as exc:
+        if not name_in_use(exc):
+            raise
+        return await js.key_value(name)
+
+
+class Setup:
+    """Creates or checks one store's streams and buckets."""
+
+    def __init__(
+        self, layout: Layout, replicas: int, want_atomic: bool, request_timeout: float
+    ) -> None:
+        self.layout = layout
+        self.replicas = replicas
+        self.want_atomic = want_atomic
+        self.request_timeout = request_timeout
+
+    async def run(self, nc: NATS, js: JetStreamContext, timeout: float) -> bool:
+        """Set everything up, retrying for ``timeout`` s; whether appends may be atomic.
+
+        Raises StoreClosed when it cannot (the caller closes ``nc``).
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    atomic = await self._ensure_streams(nc, js)
+                    for b in self.layout.bucket_names():
+                        ttl = float(IDEMPOTENCY_TTL_S) if b.endswith("_idem") else None
+                        await ensure_bucket(js, b, self.replicas, ttl)
+                    return atomic
+                except (TimeoutError, nats.errors.Error, ApiError) as exc:
+                    if not setup_may_retry(exc) or time.monotonic() > deadline:
+                        raise
+                    log.info("setting up JetStream: %r; retrying", exc)
+                    await asyncio.sleep(0.5)
+        except (TimeoutError, nats.errors.Error, ApiError) as exc:
+            if isinstance(exc, nats.js.errors.APIError):
+                exc = ApiError.of(exc)
+            detail = exc.description if isinstance(exc, ApiError) else None
+            raise StoreClosed(
+                f"cannot set up JetStream ({self.layout.stream}): {detail or repr(exc)}"
+            ) from exc
+
+    async def _ensure_streams(self, nc: NATS, js: JetStreamContext) -> bool:
+        """Create or check every partition's stream, after checking the layout."""
+        layout = self.layout
+        body = {"subject": f"{layout.prefix}.>"}
+        resp = await api.ask(nc, "STREAM.NAMES", body, self.request_timeout)
+        found = set(resp.get("streams") or [])
+        strangers = sorted(found - set(layout.streams))
+        if strangers:
+            raise StoreClosed(
+                f"subjects {layout.prefix}.> are already stored by {', '.join(strangers)}: "
+                f"another partition count ({layout.partitions} asked) or another stream name "
+                "uses them; changing --partitions is a migration, not a setting"
+            )
+        atomic = True
+        for part in range(layout.partitions):
+            atomic = await self._ensure_stream(js, part) and atomic
+        # Atomic batch publish needs nats-server 2.12+; older servers drop the flag.
+        return self.want_atomic and atomic
+
+    async def _ensure_stream(self, js: JetStreamContext, part: int) -> bool:
+        """Create or adopt one stream; whether it takes atomic batches."""
+        layout = self.layout
+        name = layout.stream_name(part)
+        config = StreamConfig(
+            name=name,
+            subjects=[f"{layout.part_prefix(part)}.>"],
+            storage=StorageType.FILE,
+            num_replicas=self.replicas,
+            allow_rollup_hdrs=True,
+            allow_msg_ttl=True,
+            allow_direct=True,
+            allow_atomic=self.want_atomic or None,
+            duplicate_window=120.0,
+            metadata={PARTITIONS_META: str(layout.partitions)},
+        )
+        try:
+            info = await js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if not name_in_use(exc):
+                raise
+            # An operator's (or an older relay's) stream: keep it, switch on what we need.
+            info = await js.stream_info(name)
+            have = info.config
+            made_for = (have.metadata or {}).get(PARTITIONS_META, str(layout.partitions))
+            if made_for != str(layout.partitions):
+                raise StoreClosed(
+                    f"stream {name} was made for {made_for} partitions, not "
+                    f"{layout.partitions}: changing --partitions is a migration, not a setting"
+                ) from exc
+            if not (have.allow_rollup_hdrs and have.allow_msg_ttl and have.allow_direct) or (
+                self.want_atomic and not have.allow_atomic
+            ):
+                have.allow_rollup_hdrs = True
+                have.allow_msg_ttl = True
+                have.allow_direct = True
+                if self.want_atomic:
+                    have.allow_atomic = True
+                info = await js.update_stream(have)
+        return bool(info.config.allow_atomic)

@@ -1,0 +1,241 @@
+"""JetStreamStore: the Store protocol over the parts of this package.
+
+It holds the options and the connection's life (open, close, health) and hands
+each protocol call to the part that owns it: :class:`~.devices.Devices` and
+:class:`~.keys.Keys` (KV records), :class:`~.appends.Appender` (with
+:class:`~.idempotency.Leases` for an Idempotency-Key), :class:`~.reads.Reader`,
+:class:`~.acks.Acker`.  They share one :class:`~.api.Api` (the connection, retries
+and the error boundary) and one :class:`~.layout.Layout` (names).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.client import JetStreamContext
+
+from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
+from pinrelay.store.base import IdempotencyKey, Rejected, StoreClosed, StoreStats, to_results
+from pinrelay.store.jetstream import setup
+from pinrelay.store.jetstream.acks import Acker
+from pinrelay.store.jetstream.api import Api, refused
+from pinrelay.store.jetstream.appends import Appender
+from pinrelay.store.jetstream.devices import Devices
+from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_LEASE_S, Leases
+from pinrelay.store.jetstream.keys import Keys
+from pinrelay.store.jetstream.kv import Kv
+from pinrelay.store.jetstream.layout import Layout
+from pinrelay.store.jetstream.reads import Reader
+from pinrelay.store.jetstream.records import to_device
+
+log = logging.getLogger(__name__)
+
+
+class JetStreamStore:
+    """The cluster engine: one JetStream stream (or one per partition) plus four KV buckets."""
+
+    def __init__(
+        self,
+        servers: str | Sequence[str],
+        *,
+        stream: str = "PINRELAY",
+        subject_prefix: str = "dev",
+        bucket_prefix: str = "pinrelay",
+        replicas: int = 3,
+        direct_reads: bool = False,
+        request_timeout: float = 2.0,
+        retry_for: float = 3.0,
+        ttl_grace_s: int = 2,
+        sweep_scan: int = 1_000,
+        atomic: bool = True,
+        idem_lease_s: float = IDEMPOTENCY_LEASE_S,
+        connect_timeout: float = 10.0,
+        name: str = "pinrelay",
+        partitions: int = 1,
+    ) -> None:
+        self.layout = Layout(stream, subject_prefix, partitions, bucket_prefix)
+        self.servers = [servers] if isinstance(servers, str) else list(servers)
+        self.stream = stream
+        #: Devices are spread over this many streams by a hash of the PIN (opt-in).
+        self.partitions = partitions
+        self.prefix = subject_prefix
+        self.bucket_prefix = bucket_prefix
+        self.replicas = replicas
+        self.request_timeout = request_timeout
+        self.name = name
+        #: How long open() tries to reach a server at all.
+        self.connect_timeout = connect_timeout
+        self._want_atomic = atomic
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        buckets = self.layout.buckets
+        self.api = Api(request_timeout, retry_for)
+        kv = Kv(self.api)
+        self.devices = Devices(kv, buckets)
+        self.keys = Keys(kv, buckets)
+        self.leases = Leases(kv, buckets.idem, idem_lease_s)
+        self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
+        self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
+        self.acker = Acker(self.api, self.layout, self.devices, self.reader, sweep_scan)
+
+    # --- names -----------------------------------------------------------------
+    @property
+    def streams(self) -> list[str]:
+        """The message streams, partition 0 first."""
+        return self.layout.streams
+
+    def bucket_names(self) -> list[str]:
+        return self.layout.bucket_names()
+
+    @property
+    def direct_fallbacks(self) -> int:
+        """Direct reads that a lagging follower sent to the leader (for metrics)."""
+        return self.reader.direct_fallbacks
+
+    # --- lifecycle ---------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect, then create or check the streams and the buckets (idempotent)."""
+        nc = await setup.connect(
+            self.servers,
+            self.name,
+            self.connect_timeout,
+            self._on_error,
+            self._on_disconnected,
+            self._on_reconnected,
+        )
+        js = nc.jetstream(timeout=max(self.request_timeout, 10.0))
+        layout = setup.Setup(self.layout, self.replicas, self._want_atomic, self.request_timeout)
+        try:
+            atomic = await layout.run(nc, js, self.connect_timeout)
+        except BaseException:
+            await nc.close()
+            raise
+        self.appender.atomic = atomic
+        self._nc, self._js = nc, js
+        self.api.attach(nc)
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("NATS: %r", exc)
+
+    async def _on_disconnected(self) -> None:
+        if self._nc is None:  # our own close(): not news
+            return
+        log.warning("NATS connection lost; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        nc = self._nc
+        log.warning(
+            "NATS connection back (%s)", nc.connected_url.netloc if nc and nc.connected_url else "?"
+        )
+
+    async def close(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        self.api.attach(None)
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+            if not nc.is_closed:
+                await nc.close()
+
+    def healthy(self) -> bool:
+        """Connected to a NATS server (a lost connection reconnects by itself)."""
+        nc = self._nc
+        return nc is not None and nc.is_connected
+
+    @property
+    def connection(self) -> tuple[NATS, JetStreamContext]:
+        """The store's NATS connection, shared with the router (raises StoreClosed)."""
+        nc, js = self._nc, self._js
+        if nc is None or js is None or nc.is_closed:
+            raise StoreClosed("store is closed")
+        return nc, js
+
+    # --- devices -------------------------------------------------------------------
+    async def create_device(
+        self, pin: str, token_hash: str, label: str | None, now_ms: int
+    ) -> Device | None:
+        rec = await self.devices.create(pin, token_hash, label, now_ms)
+        return None if rec is None else to_device(pin, rec)
+
+    async def get_device(self, pin: str) -> Device | None:
+        got = await self.devices.get(pin)
+        return None if got is None else to_device(pin, got.rec)
+
+    async def delete_device(self, pin: str) -> bool:
+        if not await self.devices.remove(pin):
+            return False
+        # Messages stored meanwhile carry the old gen: no later device with this PIN sees them.
+        await self.acker.purge(pin, None)
+        self.devices.forget(pin)
+        return True
+
+    async def set_token(self, pin: str, token_hash: str) -> bool:
+        return await self.devices.set_token(pin, token_hash)
+
+    async def touch_device(self, pin: str, now_ms: int) -> None:
+        await self.devices.touch(pin, now_ms)
+
+    async def backlog(self, pin: str, now_ms: int) -> int:
+        return await self.reader.backlog(pin, now_ms)
+
+    # --- keys --------------------------------------------------------------------
+    async def create_key(self, key: ApiKey) -> None:
+        await self.keys.create(key)
+
+    async def find_key(self, key_hash: str) -> ApiKey | None:
+        return await self.keys.find(key_hash)
+
+    async def list_keys(self) -> list[ApiKey]:
+        return await self.keys.all()
+
+    async def revoke_key(self, key_id: str) -> bool:
+        return await self.keys.revoke(key_id)
+
+    # --- messages --------------------------------------------------------------------
+    async def append(
+        self, messages: Sequence[NewMessage | Rejected], idem: IdempotencyKey | None = None
+    ) -> tuple[list[Accepted | Rejected], bool]:
+        """Store ``messages``; see :meth:`pinrelay.store.base.Store.append` and
+        :mod:`.appends` (atomicity) and :mod:`.idempotency` (a retried request)."""
+        self.api.check_open()
+        if not messages:
+            return [], False
+        if idem is None:
+            results = await self.appender.append(messages, uuid.uuid4().hex)
+            return to_results(results), False
+        results, replay = await self.leases.run(messages, idem, self.appender.append)
+        return to_results(results), replay
+
+    async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
+        return await self.reader.read(pin, after, limit, now_ms)
+
+    async def ack(self, pin: str, cursor: int) -> None:
+        await self.acker.ack(pin, cursor)
+
+    async def ack_many(self, acks: Sequence[tuple[str, int]]) -> None:
+        await self.acker.ack_many(acks)
+
+    async def sweep(self, now_ms: int, limit: int = 1000) -> int:
+        return await self.acker.sweep(now_ms, limit)
+
+    async def stats(self) -> StoreStats:
+        self.api.check_open()
+        messages = 0
+        for name in self.streams:
+            info = await self.api.request_unless(f"STREAM.INFO.{name}", {}, "info", refused)
+            messages += int((info or {}).get("state", {}).get("messages", 0))
+        devices = await self.devices.kv.count(self.layout.buckets.devices)
+        return StoreStats(devices=devices, messages=messages)
+
+    # --- housekeeping for tests and tools -------------------------------------------------
+    async def destroy(self) -> None:
+        """Delete the streams and the buckets (tests, `cluster` tooling)."""
+        _, js = self.connection
+        for name in [*self.streams, *(f"KV_{b}" for b in self.bucket_names())]:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(name)
