@@ -118,7 +118,7 @@ async def test_idle_and_slow_connections_are_closed_and_pushes_still_answer(
                     if reader.at_eof() or writer.transport.is_closing():
                         break
                     writer.write(head[i : i + 1])
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(0.5)  # pacing: the drip is the attack
             else:
                 if kind == 2:  # a push whose body never arrives (the push path)
                     writer.write(push_request(pin, b"", length=100))
@@ -153,15 +153,15 @@ async def test_idle_and_slow_connections_are_closed_and_pushes_still_answer(
                 latencies.append(time.perf_counter() - t0)
                 held.append(opened - len(closed_at))
                 assert r.status_code == 201
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # pacing the pushes
 
     while opened < n and loop.time() < started + 10 * TIMEOUT_FACTOR:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # poll interval
     pusher = asyncio.create_task(pushes())
     # All closed by their header or body timeout, within a few seconds.
     deadline = loop.time() + (timeout + 8) * TIMEOUT_FACTOR
     while len(closed_at) < n and loop.time() < deadline:
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # poll interval
     stop.set()
     await pusher
     for task in holders:
@@ -188,7 +188,7 @@ def test_above_the_connection_cap_a_connection_gets_503(relay_factory: RelayFact
                 status, headers, _ = answer(sock)
             if status == 503 or time.monotonic() > deadline:
                 break
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll interval
         assert status == 503
         assert int(headers["retry-after"]) >= 1
         assert headers["connection"] == "close"
@@ -204,7 +204,7 @@ def test_above_the_connection_cap_a_connection_gets_503(relay_factory: RelayFact
             status, _, _ = answer(sock)
         if status == 200:
             break
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll interval
     assert status == 200
 
 

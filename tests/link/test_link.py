@@ -275,7 +275,7 @@ class TestTimers:
             return loop.time() - started, error.code, code
 
         async def later() -> tuple[float, str, int | None]:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # the second link a second later (what the test is about)
             return await timed()
 
         for elapsed, error, code in await asyncio.gather(timed(), later()):
@@ -360,7 +360,7 @@ class TestApplicationPing:
                 n += 1
                 raw.send_texts(frames.encode(frames.Ping(id=str(n))))
                 texts += await asyncio.to_thread(_texts, raw)
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # pacing the pings
             assert isinstance(texts[0], frames.Welcome)
             assert texts[1:] == [frames.Pong(id=str(i)) for i in range(1, n + 1)]
         finally:
