@@ -272,6 +272,8 @@ def serve(
     ):
         if seconds is not None and not seconds > 0:
             fail(f"{flag} {seconds:g}: use more than 0 seconds")
+    if auth_failure_limit < 1:
+        fail(f"--auth-failure-limit {auth_failure_limit}: use 1 or more")
     try:
         urls = nats_urls(store)
     except ValueError as exc:

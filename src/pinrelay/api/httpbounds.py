@@ -10,13 +10,17 @@ for the push path and for everything that goes to Starlette alike.  The rules:
 2. A request has ``header_timeout_s`` for its request line and headers, counted from
    the connection (first request) or from its first byte (later ones), then
    ``body_timeout_s`` for its whole body.  Past either, the connection is closed.
-   Once the body is in, there is no deadline: the handler takes its time (long-poll).
+   Once the body is in, there is no deadline: the handler takes its time (long-poll);
+   but while the client does not read its answer (writing paused), it has
+   ``body_timeout_s`` to start again, then the connection is aborted.
 3. Between requests, an idle connection is closed after ``keepalive_s`` (uvicorn's
    keep-alive timer).
 4. The request line and headers together are at most ``max_head`` bytes (431), the
    request line alone at most ``MAX_REQUEST_LINE`` (414).  The parser is never fed
    more of one head than that, so no connection buffers more: httptools keeps an
-   unfinished header whole, however long.
+   unfinished header whole, however long.  At most ``MAX_PIPELINED`` requests
+   (api/httpproto.py) wait behind the one being answered; one more closes the
+   connection (uvicorn would queue every request of a read, thousands from 256 KiB).
 5. A ``Content-Length`` over ``max_body`` is answered 413 before the body is read.
 6. Every refusal is problem+json with ``Connection: close``, then a lingering close:
    the write side is shut and what the client still sends is read and dropped, up to

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from pinrelay.relay import Relay
 
 log = logging.getLogger(__name__)
+#: Requests a client may queue behind the one being answered (HTTP/1.1 pipelining).
+MAX_PIPELINED = 8
 _JSON = b"application/json"
 _PROBLEM = PROBLEM_JSON.encode()
 
@@ -280,10 +282,32 @@ class HttpProtocol(HttpToolsProtocol):
                 )
 
     def expire(self) -> None:
-        """A deadline passed (rules 2 and 6): close, as if the client had left."""
+        """A deadline passed (rules 2 and 6): close, as if the client had left.
+
+        Aborted, not closed, when answers wait unsent: a client that does not read
+        would otherwise hold its connection (and its slot under the cap) for good.
+        """
         self.deadline = None
-        if not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport.get_write_buffer_size() > 0:
+            transport.abort()
+        elif not transport.is_closing():
+            transport.close()
+
+    _deadline_before_pause: float | None = None
+
+    def pause_writing(self) -> None:
+        """The client stopped reading: it gets ``body_timeout_s`` to read again."""
+        super().pause_writing()
+        bounds = self.bounds
+        if bounds is not None and not self._refused:
+            self._deadline_before_pause = self.deadline
+            self.deadline = self.loop.time() + bounds.limits.body_timeout_s
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.bounds is not None and not self._refused:
+            self.deadline = self._deadline_before_pause
 
     def _unsupported_upgrade_warning(self) -> None:
         pass  # no WebSocket on the API port: an upgrade is a plain request, not a log line
@@ -337,6 +361,11 @@ class HttpProtocol(HttpToolsProtocol):
         if self._refused:
             return
         bounds = self.bounds
+        if bounds is not None and len(self.pipeline) >= MAX_PIPELINED:
+            # Queued requests cost memory until answered, and one read may hold
+            # thousands: a client may have a few in flight, not more (rule 4).
+            self._refuse(ErrorCode.RATE_LIMITED, "too many pipelined requests")
+            return
         if bounds is not None:
             self._in_head = False
             self._head_bytes = 0

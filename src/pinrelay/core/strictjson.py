@@ -50,7 +50,7 @@ def check(body: bytes) -> None:
     try:
         _decoder.decode(text)
     except RecursionError:
-        return
+        raise StrictJsonError("the body is nested too deeply") from None
     except StrictJsonError:
         raise
     except ValueError:
