@@ -73,6 +73,32 @@ def test_batch_refuses_and_stores_nothing(api: httpx.Client, body: bytes) -> Non
     assert backlog(api, good) == 0 and backlog(api, bad) == 0
 
 
+@pytest.mark.parametrize(
+    ("envelope", "status"),
+    [
+        (b'{"messages":[%s],"messages":[%s]}', 400),
+        (b'{"m\\u0065ssages":[%s]}', 400),
+        (b'{"messages":[%s]}', 200),
+    ],
+)
+def test_batch_envelope_key_once(api: httpx.Client, envelope: bytes, status: int) -> None:
+    pin = new_device(api)["pin"]
+    item = b'{"to":"%s","data":{"messages":1},"ttl":60}' % pin.encode()
+    body = envelope.replace(b"%s", item)
+    r = api.post("/v1/messages", content=body, headers=JSON)
+    assert r.status_code == status, r.text
+    assert backlog(api, pin) == (1 if status == 200 else 0)
+
+
+def test_batch_item_over_the_limit_is_refused_before_it_is_checked(api: httpx.Client) -> None:
+    pin = new_device(api)["pin"]
+    nested = b"[]," * 200_000  # a value the stdlib scanner takes long to build
+    item = b'{"to":"%s","data":[%s[]],"ttl":60}' % (pin.encode(), nested)
+    r = api.post("/v1/messages", content=b'{"messages":[%s]}' % item, headers=JSON)
+    assert_problem(r, 413, "too_large")
+    assert backlog(api, pin) == 0
+
+
 def test_duplicate_scope_makes_no_admin_key(api: httpx.Client) -> None:
     before = api.get("/v1/keys").json()
     body = b'{"name":"sneaky","scope":"push","scope":"admin"}'

@@ -143,13 +143,20 @@ def too_large(limit: int) -> LimitExceeded:
     return LimitExceeded(f"body exceeds the limit of {limit} bytes")
 
 
-def decode(body: bytes, type_: type[T]) -> T:
-    """A JSON body as ``type_``: 400 if malformed, not UTF-8 or with a repeated key
-    (core/strictjson.py), 422 if it does not fit the schema."""
+def strict(body: bytes, where: str = "") -> None:
+    """400 if ``body`` is not UTF-8 or repeats a key (core/strictjson.py)."""
     try:
         strictjson.check(body)
     except strictjson.StrictJsonError as exc:
-        raise RemoteProtocolError(str(exc), ErrorCode.BAD_REQUEST) from None
+        raise RemoteProtocolError(where + str(exc), ErrorCode.BAD_REQUEST) from None
+
+
+def decode(body: bytes, type_: type[T], *, checked: bool = False) -> T:
+    """A JSON body as ``type_``: 400 if malformed, not UTF-8 or with a repeated key
+    (core/strictjson.py; ``checked``: the caller did that already), 422 if it does not
+    fit the schema."""
+    if not checked:
+        strict(body)
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
