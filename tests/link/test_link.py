@@ -14,7 +14,8 @@ import websockets
 from websockets.frames import Frame, Opcode
 
 from pinrelay.core import frames
-from pinrelay.testing.wait import wait_until_async
+from pinrelay.link.server import REFUSAL_SLACK
+from pinrelay.testing.wait import wait_until, wait_until_async
 from tests.conftest import RelayFactory
 from tests.linkclient import RawLink, closed_with, error_then_close, link, raw_link, recv, send
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc
@@ -252,6 +253,35 @@ class TestShutdownAndCapacity:
         assert info.value.response.headers["Retry-After"]
         for ws in held:
             await ws.close()
+
+    def test_connections_that_never_upgrade_are_bounded(self, relay_factory: RelayFactory) -> None:
+        """Past the cap and its slack for 503s, a connection is dropped on accept: idle
+        sockets cannot take the descriptors kept for the HTTP API (PROTOCOL "Capacity")."""
+        relay = relay_factory(extra=["--max-links", "2", "--hello-timeout", "30"])
+        socks = [
+            socket.create_connection(("127.0.0.1", relay.link_port))
+            for _ in range(2 + REFUSAL_SLACK + 20)
+        ]
+        try:
+
+            def dropped(s: socket.socket) -> bool:
+                s.setblocking(False)
+                try:
+                    return s.recv(1) == b""
+                except BlockingIOError:
+                    return False
+                except ConnectionResetError:
+                    return True
+
+            gone = wait_until(
+                lambda: n if (n := sum(map(dropped, socks))) >= 20 else None,
+                timeout=10,
+                message="connections past the cap dropped",
+            )
+            assert gone <= 20 + 1  # the first 2 + REFUSAL_SLACK are held for their 503
+        finally:
+            for s in socks:
+                s.close()
 
 
 class TestTimers:

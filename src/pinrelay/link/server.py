@@ -60,6 +60,9 @@ LINK_PATH = "/v1/link"
 CLOSE_TIMEOUT = 5.0
 #: How long a closing link server waits for the acks it still holds to be stored.
 ACK_FLUSH_TIMEOUT = 2.0
+#: Connections past ``max_links`` that still get a 503 at the upgrade; more are
+#: dropped on accept.
+REFUSAL_SLACK = 128
 #: Last-seen writes per second, at most (see LinkServer.touch).
 TOUCH_RATE = 500
 #: A link's outgoing buffer above this: the relay stops reading from the link and
@@ -152,7 +155,14 @@ class LinkProtocol(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
-        self.server.connections.add(self)
+        server = self.server
+        if len(server.connections) >= server.config.max_links + REFUSAL_SLACK:
+            # Past the cap even the 503 at the upgrade would take descriptors kept for
+            # the HTTP API and the store: drop it now (PROTOCOL "Capacity").
+            server.metrics.links_refused.inc()
+            self.transport.abort()
+            return
+        server.connections.add(self)
         # Its own timer, not the heartbeat walk (up to 2 s late): PROTOCOL "Session".
         self._hello_timer = asyncio.get_running_loop().call_later(
             self.server.config.hello_timeout_s, self._hello_due
