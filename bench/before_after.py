@@ -3,12 +3,12 @@
 pinrelay run), alternating relays built from two source trees.
 
 The relays, their writer and the device load generator are subprocesses that import
-``pinrelay`` from ``PYTHONPATH``; this script sets it to ``--before`` or ``--after``
-(default: this checkout's ``src``) for each run, and alternates them round by round
-(A B, B A, A B, …) so that the machine's drift falls on both.  Make the "before"
-tree with ``git worktree add --detach ../before <commit>``.
+``pinrelay`` from ``PYTHONPATH``; this script sets it to the ``src`` of a temporary
+git worktree of ``--before`` (a commit), or to this checkout's ``src`` as it is, for
+each run, and alternates them round by round (A B, B A, A B, …) so that the
+machine's drift falls on both.  The worktree is removed at the end.
 
-    python -m bench.before_after --before ../before/src [--rounds 3] [--rate 3000]
+    python -m bench.before_after --before 02d9263 [--rounds 3] [--rate 3000]
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from bench.common import (
     print_table,
     run_dir,
     run_main,
+    source_state,
     wait_machine_quiet,
     write_section,
 )
@@ -84,8 +87,7 @@ async def one(side: str, src: Path, args: argparse.Namespace, n: int) -> Sample:
 
 async def main(argv: list[str] | None = None) -> list[Sample]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", type=Path, required=True, help="src/ of the old tree")
-    parser.add_argument("--after", type=Path, default=ROOT / "src", help="src/ of the new tree")
+    parser.add_argument("--before", required=True, help="the old tree: a git commit")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=3000.0, help="single pushes/s")
     parser.add_argument("--seconds", type=float, default=15.0, help="paced phase")
@@ -93,12 +95,30 @@ async def main(argv: list[str] | None = None) -> list[Sample]:
     parser.add_argument("--messages", type=int, default=40_000, help="batch throughput run")
     add_common_args(parser)
     args = parser.parse_args(argv)
-    sides = {"before": args.before.resolve(), "after": args.after.resolve()}
-    for side, src in sides.items():
-        if not (src / "pinrelay" / "__init__.py").is_file():
-            parser.error(f"--{side} {src}: no pinrelay package there")
     if args.wait_quiet > 0:
         await wait_machine_quiet(args.wait_quiet)
+    with tempfile.TemporaryDirectory(prefix="pinrelay-before-") as tmp:
+        tree = Path(tmp) / "tree"
+        git("worktree", "add", "--detach", str(tree), args.before)
+        try:
+            commit = git("rev-parse", "--short", args.before)
+            sides = {"before": tree / "src", "after": ROOT / "src"}
+            labels = {"before": f"`{commit}`", "after": source_state()}
+            samples = await alternate(args, sides)
+        finally:
+            git("worktree", "remove", "--force", str(tree))
+    report(args, labels, samples)
+    return samples
+
+
+def git(*argv: str) -> str:
+    done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"git {' '.join(argv)}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+async def alternate(args: argparse.Namespace, sides: dict[str, Path]) -> list[Sample]:
     saved = os.environ.get("PYTHONPATH")
     samples: list[Sample] = []
     try:
@@ -112,11 +132,10 @@ async def main(argv: list[str] | None = None) -> list[Sample]:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = saved
-    report(args, sides, samples)
     return samples
 
 
-def report(args: argparse.Namespace, sides: dict[str, Path], samples: list[Sample]) -> None:
+def report(args: argparse.Namespace, labels: dict[str, str], samples: list[Sample]) -> None:
     headers = [
         "round",
         "tree",
@@ -143,7 +162,7 @@ def report(args: argparse.Namespace, sides: dict[str, Path], samples: list[Sampl
                 fmt(s.batch_rate, 0),
             ]
         )
-    for side in sides:
+    for side in labels:
         mine = [s for s in samples if s.side == side]
         med = statistics.median
         rows.append(
@@ -167,7 +186,7 @@ def report(args: argparse.Namespace, sides: dict[str, Path], samples: list[Sampl
         f"{args.devices} linked devices (bench.latency's paced phase, pinned), then "
         f"{args.messages:,} messages in batches to 200 devices (bench.throughput's "
         f"pinrelay run), alternating the trees round by round.\n"
-        f"- before: `{sides['before']}`\n- after: `{sides['after']}`\n\n" + md_table(headers, rows)
+        f"- before: {labels['before']}\n- after: {labels['after']}\n\n" + md_table(headers, rows)
     )
     console.print(f"written to {write_section('bench.before_after', 'Before and after', body)}")
 
