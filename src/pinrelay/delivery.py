@@ -53,8 +53,10 @@ async def acknowledge(store: Store, pin: str, cursor: int, last_cursor: int) -> 
     """A cumulative ack from a device; a cursor never handed out is refused.
 
     The body is well formed but contradicts the device's state: 409, not 422.
+    ``last_cursor`` may lag (a cluster writes no record per message): only the
+    store's exact figure refuses.
     """
-    if cursor > last_cursor:
+    if cursor > last_cursor and cursor > (last_cursor := await store.last_cursor(pin)):
         raise RemoteProtocolError(
             f"cursor {cursor} is beyond the device's last message ({last_cursor})",
             ErrorCode.CONFLICT,

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from pinrelay.core.model import Accepted, NewMessage
-from pinrelay.store.base import IdempotencyKey, Rejected, StoreClosed
+from pinrelay.store.base import AppendResult, IdempotencyKey, Rejected, StoreClosed
 from pinrelay.store.jetstream import JetStreamStore, ttl_seconds
 from pinrelay.store.jetstream.appends import Outgoing, atomic_chunks
 from tests.natsproc import NatsCluster
@@ -97,29 +97,37 @@ class TestReadYourWrite:
 
 
 class TestLastCursor:
-    async def test_a_read_raises_a_last_cursor_its_append_never_raised(
-        self, open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+    async def test_no_record_write_per_message_yet_last_cursor_is_exact(
+        self, open_store: OpenStore
     ) -> None:
-        # A relay that dies between the publish and the device update.
         store = await open_store()
         await add_devices(store, A)
-
-        async def dies_first(pin: str, seq: int) -> None:
-            pass
-
-        monkeypatch.setattr(store.devices, "raise_last_cursor", dies_first)
-        results, _ = await store.append([msg(A, 1)])
-        monkeypatch.undo()
-        (r,) = results
-        assert isinstance(r, Accepted)
+        got = await store.devices.get_fresh(A)
+        assert got is not None
+        results, _ = await store.append([msg(A, 1), msg(A, 2)])
+        after = await store.devices.get_fresh(A)
+        assert after is not None
+        assert after.revision == got.revision  # the append wrote no device record
+        top = max(r.cursor for r in results if isinstance(r, Accepted))
+        assert await store.last_cursor(A) == top
+        # Once every message is acked and purged, the record keeps the figure.
+        await store.ack(A, top)
+        assert await read_all(store, A) == []
+        assert await store.last_cursor(A) == top
         dev = await store.get_device(A)
         assert dev is not None
-        assert dev.last_cursor == 0
-        (m,) = await store.read(A, 0, 10, NOW)
-        assert m.cursor == r.cursor
-        dev = await store.get_device(A)
-        assert dev is not None
-        assert dev.last_cursor == r.cursor
+        assert (dev.last_cursor, dev.acked_cursor) == (top, top)
+
+
+def fail_after_publish(store: JetStreamStore, monkeypatch: pytest.MonkeyPatch, why: str) -> None:
+    """The next appends are stored, then fail (as if the publish's answer were lost)."""
+    original = store.appender.append
+
+    async def fails(messages: Sequence[NewMessage | Rejected], nonce: str) -> list[AppendResult]:
+        await original(messages, nonce)
+        raise StoreClosed(why)
+
+    monkeypatch.setattr(store.appender, "append", fails)
 
 
 class TestIdempotentRetry:
@@ -133,10 +141,7 @@ class TestIdempotentRetry:
         idem = IdempotencyKey("retry-1", "fp", NOW)
         batch = [msg(A, i) for i in range(size)]
 
-        async def fails(pin: str, seq: int) -> None:
-            raise StoreClosed("cluster went away")
-
-        monkeypatch.setattr(store.devices, "raise_last_cursor", fails)
+        fail_after_publish(store, monkeypatch, "cluster went away")
         with pytest.raises(StoreClosed):
             await store.append(batch, idem)
         monkeypatch.undo()
@@ -160,10 +165,7 @@ class TestIdempotentRetry:
         idem = IdempotencyKey("retry-2", "fp", NOW)
         first = [msg(A, i) for i in range(size)]
 
-        async def fails(pin: str, seq: int) -> None:
-            raise StoreClosed("relay died")
-
-        monkeypatch.setattr(store.devices, "raise_last_cursor", fails)
+        fail_after_publish(store, monkeypatch, "relay died")
         with pytest.raises(StoreClosed):
             await store.append(first, idem)
         monkeypatch.undo()

@@ -66,7 +66,7 @@ async def show_device(request: Request) -> Response:
             last_seen=rfc3339(device.last_seen_ms) if device.last_seen_ms else None,
             online=relay.router.is_online(pin),
             backlog=await relay.store.backlog(pin, int(relay.clock() * 1000)),
-            last_cursor=device.last_cursor,
+            last_cursor=max(device.last_cursor, await relay.store.last_cursor(pin)),
             acked_cursor=device.acked_cursor,
         )
     )

@@ -117,7 +117,8 @@ class Device:
     label: str | None
     created_ms: int
     last_seen_ms: int | None
-    #: Highest cursor handed out so far (0: none yet).
+    #: Highest cursor stored so far (0: none yet).  The cluster engine gives a lower
+    #: bound here, cheaply; :meth:`pinrelay.store.base.Store.last_cursor` is exact.
     last_cursor: int
     #: Highest cursor the device acknowledged.
     acked_cursor: int

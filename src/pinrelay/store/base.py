@@ -108,6 +108,15 @@ class Store(Protocol):
         """Unexpired messages stored for ``pin``."""
         ...
 
+    async def last_cursor(self, pin: str) -> int:
+        """The highest cursor ever stored for ``pin`` (0: none, or no such device).
+
+        Exact, where ``Device.last_cursor`` may lag on an engine that writes no
+        device record per message; it may cost a read, so edges ask only when the
+        cheap value would refuse a cursor.
+        """
+        ...
+
     # --- API keys ------------------------------------------------------------
     async def create_key(self, key: ApiKey) -> None: ...
 

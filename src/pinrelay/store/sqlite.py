@@ -369,6 +369,10 @@ class SqliteStore:
     async def touch_device(self, pin: str, now_ms: int) -> None:
         await self._write(ops.TouchDevice(pin, now_ms))
 
+    async def last_cursor(self, pin: str) -> int:
+        device = await self.get_device(pin)
+        return 0 if device is None else device.last_cursor
+
     async def backlog(self, pin: str, now_ms: int) -> int:
         row = (
             self._read()

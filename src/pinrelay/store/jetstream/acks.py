@@ -1,16 +1,27 @@
 """How messages leave the stream: acks purge a device's subjects, sweeps expired ones.
 
-An ack purges the device's subjects up to the acked sequence (``STREAM.PURGE``
-with a filter and ``seq``: everything below it goes, only on those subjects), then
-raises the record's ``acked_cursor``.  JetStream has no multi-subject purge, so
-``ack_many`` is one purge per device, run concurrently.
+Writing an ack is a compare-and-set of the device record (``acked_cursor``, and
+``last_cursor`` raised to it, so a cursor handed out stays acceptable once its
+messages are gone) and then a purge of the device's subjects below it
+(``STREAM.PURGE`` with a filter and ``seq``).  JetStream has no multi-subject
+purge: a write is per device.
+
+:meth:`Acker.ack` writes at once (the inbox's HTTP ack).  :meth:`Acker.ack_many`
+(links' cumulative acks, coalesced by the relay's AckWriter) keeps the newest
+cursor of each device in memory, where reads see it at once, and writes it back
+``flush_s`` later, so a device that acks every message costs a write per
+``flush_s``, not per message (issue 12; DECISIONS).  A device this relay no longer
+follows (its link went away) is written at once.  An ack lost in a crash only means
+a redelivery, which the SDK drops (the Store contract allows it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -21,15 +32,25 @@ from pinrelay.store.jetstream.layout import Layout
 from pinrelay.store.jetstream.reads import Reader
 from pinrelay.store.jetstream.records import DeviceRec
 
-#: Purges in flight at once for one ack_many.
+log = logging.getLogger(__name__)
+
+#: Ack writes in flight at once.
 ACK_CONCURRENCY = 32
+#: How long a followed device's newest ack waits in memory before it is written.
+ACK_FLUSH_S = 5.0
 
 
 class Acker:
-    """Acks, purges and the expiry sweep."""
+    """Acks (held, then written), purges and the expiry sweep."""
 
     def __init__(
-        self, api: Api, layout: Layout, devices: Devices, reader: Reader, sweep_scan: int
+        self,
+        api: Api,
+        layout: Layout,
+        devices: Devices,
+        reader: Reader,
+        sweep_scan: int,
+        flush_s: float = ACK_FLUSH_S,
     ) -> None:
         self.api = api
         self.layout = layout
@@ -37,7 +58,23 @@ class Acker:
         self.reader = reader
         #: Messages one sweep looks at per stream, at most.
         self.sweep_scan = sweep_scan
+        self.flush_s = flush_s
         self._sweep_from: dict[str, int] = {}
+        #: Acks held in memory, not written yet: PIN → newest cursor.
+        self._held: dict[str, int] = {}
+        #: When each held ack was first held (monotonic seconds).
+        self._since: dict[str, float] = {}
+        #: Held acks to write at once.
+        self._soon: set[str] = set()
+        self._kick = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        #: Whether this relay follows the device (a link here): set by the feed.
+        self.followed: Callable[[str], bool] = lambda pin: False
+        reader.acked = self.held
+
+    def held(self, pin: str) -> int:
+        """The newest ack of ``pin`` held in memory (0: none)."""
+        return self._held.get(pin, 0)
 
     async def purge(self, pin: str, keep_from: int | None) -> int:
         """Remove ``pin``'s messages below ``keep_from`` (None: all); how many went."""
@@ -48,37 +85,105 @@ class Acker:
         return int(resp.get("purged", 0))
 
     async def ack(self, pin: str, cursor: int) -> None:
-        """See :meth:`pinrelay.store.base.Store.ack`."""
-        got = await self.devices.get(pin)
-        if got is None:
-            return
-        if cursor > got.rec.acked_cursor:
-            # Keeps every sequence >= cursor + 1 of this device's subjects only.
-            await self.purge(pin, cursor + 1)
+        """See :meth:`pinrelay.store.base.Store.ack`: written now."""
+        await self._write(pin, max(cursor, self._held.get(pin, 0)))
+
+    async def _write(self, pin: str, cursor: int) -> None:
+        """The record first, then the purge: a reader never finds messages gone while
+        the record still says they are unacknowledged (it would skip nothing, but a
+        hello with the acked cursor must stay acceptable)."""
+        before = 0
 
         def change(r: DeviceRec) -> DeviceRec | None:
-            return (
-                None
-                if r.acked_cursor >= cursor
-                else msgspec.structs.replace(r, acked_cursor=cursor)
+            nonlocal before
+            before = r.acked_cursor
+            if r.acked_cursor >= cursor:
+                return None
+            return msgspec.structs.replace(
+                r, acked_cursor=cursor, last_cursor=max(r.last_cursor, cursor)
             )
 
-        await self.devices.update(pin, change)
+        rec = await self.devices.update(pin, change)
+        if rec is not None and cursor > before:
+            # Keeps every sequence >= cursor + 1 of this device's subjects only.
+            await self.purge(pin, cursor + 1)
+        if self._held.get(pin, 0) <= cursor:
+            self._drop(pin)
+
+    def forget(self, pin: str) -> None:
+        """The device is gone: its held ack with it."""
+        self._drop(pin)
+
+    def _drop(self, pin: str) -> None:
+        self._held.pop(pin, None)
+        self._since.pop(pin, None)
+        self._soon.discard(pin)
 
     async def ack_many(self, acks: Sequence[tuple[str, int]]) -> None:
-        """:meth:`ack` for many devices: one purge per device (the highest cursor wins),
-        at most ``ACK_CONCURRENCY`` at a time."""
+        """Hold each device's newest cursor; write it ``flush_s`` later, or at once
+        for a device not followed here (see the module doc)."""
         self.api.check_open()
-        highest: dict[str, int] = {}
+        now = time.monotonic()
         for pin, cursor in acks:
-            highest[pin] = max(highest.get(pin, cursor), cursor)
+            if cursor <= self._held.get(pin, 0):
+                continue
+            self._held[pin] = cursor
+            self._since.setdefault(pin, now)
+            if not self.followed(pin):
+                self._soon.add(pin)
+        self._start()
+
+    def settle(self, pin: str) -> None:
+        """The device is not followed here any more: write its held ack now."""
+        if pin in self._held:
+            self._soon.add(pin)
+            self._start()
+
+    def _start(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_forever())
+        self._kick.set()
+
+    def _due(self, now: float) -> list[str]:
+        late = [p for p, t in self._since.items() if now - t >= self.flush_s]
+        return sorted(self._soon.union(late))
+
+    async def _write_forever(self) -> None:
+        while self._held:
+            self._kick.clear()
+            due = self._due(time.monotonic())
+            if not due:
+                wait = self.flush_s - (time.monotonic() - min(self._since.values()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), max(wait, 0.01))
+                continue
+            try:
+                await self._write_all(due)
+            except Exception as exc:  # the store is away: try again a little later
+                log.warning("writing acks failed (retrying): %r", exc)
+                await asyncio.sleep(min(self.flush_s, 1.0))
+
+    async def _write_all(self, pins: Sequence[str]) -> None:
         gate = asyncio.Semaphore(ACK_CONCURRENCY)
 
-        async def one(pin: str, cursor: int) -> None:
+        async def one(pin: str) -> None:
             async with gate:
-                await self.ack(pin, cursor)
+                cursor = self._held.get(pin)
+                if cursor is not None:
+                    self._soon.discard(pin)
+                    await self._write(pin, cursor)
 
-        await asyncio.gather(*(one(p, c) for p, c in highest.items()))
+        await asyncio.gather(*(one(p) for p in pins))
+
+    async def flush(self) -> None:
+        """Write every held ack now (before the store closes)."""
+        if self._held:
+            await self._write_all(sorted(self._held))
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writer
+            self._writer = None
 
     async def sweep(self, now_ms: int, limit: int) -> int:
         """Delete up to ``limit`` messages expired at ``now_ms``; how many went.

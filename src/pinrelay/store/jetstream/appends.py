@@ -13,7 +13,8 @@ never forwarded (``Nats-Rollup: all`` from anyone would wipe the stream).
   batch publish (all stored or none); a longer batch is several atomic batches,
   each durable on its own, and a batch is atomic within each partition, not across
   them.  Without it (an older server) messages are published one by one.
-- After the publish is acknowledged, each device's ``last_cursor`` is raised.
+- Nothing else is written per message: no device record (issue 12).  A device's
+  newest cursor is read from the stream when needed (``Reader.newest``).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def atomic_chunks(outgoing: list[Outgoing]) -> list[tuple[int, list[Outgoing]]]:
 
 
 class Appender:
-    """Publishes an append's messages and raises their devices' last_cursor."""
+    """Publishes an append's messages."""
 
     def __init__(
         self, api: Api, layout: Layout, devices: Devices, reader: Reader, ttl_grace_s: int
@@ -138,13 +139,10 @@ class Appender:
             for item in outgoing:
                 seq_of[item.position] = await self._publish_one(item)
 
-        highest: dict[str, int] = {}
         for i, seq in seq_of.items():
             m = messages[i]
             assert isinstance(m, NewMessage)
             results[i] = AppendResult(pin=m.pin, id=m.id, cursor=seq, expires_ms=m.expires_at_ms)
-            highest[m.pin] = max(highest.get(m.pin, 0), seq)
-        await asyncio.gather(*(self.devices.raise_last_cursor(p, s) for p, s in highest.items()))
         return [r for r in results if r is not None]
 
     def _outgoing(self, i: int, m: NewMessage, rec: DeviceRec, nonce: str) -> Outgoing:

@@ -2,9 +2,10 @@
 
 A device record (``<bucket_prefix>_devices``, PIN → JSON) carries a random
 ``gen``; each message carries its device's gen, and a read skips other gens, so a
-re-created PIN never sees its predecessor's messages.  ``last_cursor`` is raised
-after a publish is acknowledged (coalesced per device, :meth:`Devices.raise_last_cursor`)
-and by any read that finds a higher one; ``acked_cursor`` by an ack.
+re-created PIN never sees its predecessor's messages.  Records change rarely (a
+token, last seen, acks written back, see :mod:`.acks`): no write per message.
+Reads come from a cache kept right by a watch (:mod:`.watch`); a compare-and-set
+reads the leader.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pinrelay.store.jetstream.records import (
     device_dec,
     json_enc,
 )
+from pinrelay.store.jetstream.watch import Cached, RecordCache, Watch
 
 #: Compare-and-set attempts before a record is declared too busy.
 MAX_CAS_ATTEMPTS = 100
@@ -43,11 +45,24 @@ class Devices:
         self.kv = kv
         self.bucket = buckets.devices
         self._locks = KeyedLocks()
-        self._last_written: dict[str, int] = {}
-        self._last_wanted: dict[str, int] = {}
+        self.cache: RecordCache[DeviceRec] = RecordCache(device_dec.decode)
+        self.watch = Watch(self.bucket, self.cache)
 
     async def get(self, pin: str) -> FoundDevice | None:
-        """The record of ``pin`` and its revision; None if there is none."""
+        """The record of ``pin`` and its revision (cached); None if there is none."""
+        self.kv.api.check_open()
+        if not SAFE_TOKEN.match(pin):
+            return None
+
+        async def load() -> Cached[DeviceRec] | None:
+            got = await self.get_fresh(pin)
+            return None if got is None else Cached(got.rec, got.revision)
+
+        got = await self.cache.through(pin, load)
+        return None if got is None else FoundDevice(got.value, got.revision)
+
+    async def get_fresh(self, pin: str) -> FoundDevice | None:
+        """The record of ``pin`` from the bucket's leader (for a compare-and-set)."""
         self.kv.api.check_open()
         if not SAFE_TOKEN.match(pin):
             return None
@@ -64,11 +79,14 @@ class Devices:
         if not SAFE_TOKEN.match(pin):
             return None
         rec = DeviceRec(token_hash, now_ms, uuid.uuid4().hex, label)
-        if not await self.kv.create(self.bucket, pin, json_enc.encode(rec)):
+        revision = await self.kv.create(self.bucket, pin, json_enc.encode(rec))
+        if revision is None:
             # A create retried after a lost acknowledgement finds its own record.
-            got = await self.get(pin)
+            got = await self.get_fresh(pin)
             if got is None or got.rec.gen != rec.gen:
                 return None
+            revision = got.revision
+        self.cache.put(pin, rec, revision)
         return rec
 
     async def update(
@@ -81,14 +99,18 @@ class Devices:
         """
         async with self._locks.hold(pin):
             for _ in range(MAX_CAS_ATTEMPTS):
-                got = await self.get(pin)
+                got = await self.get_fresh(pin)
                 if got is None:
+                    self.cache.drop(pin)
                     return None
                 rec, revision = got
                 new = change(rec)
                 if new is None:
+                    self.cache.put(pin, rec, revision)
                     return rec
-                if await self.kv.update(self.bucket, pin, json_enc.encode(new), revision):
+                written = await self.kv.update(self.bucket, pin, json_enc.encode(new), revision)
+                if written is not None:
+                    self.cache.put(pin, new, written)
                     return new
             raise StoreClosed(f"device {pin}: too many concurrent updates")
 
@@ -119,35 +141,10 @@ class Devices:
     async def remove(self, pin: str) -> bool:
         """Remove the record of ``pin``; False if there was none (its messages stay)."""
         async with self._locks.hold(pin):
-            got = await self.get(pin)
+            got = await self.get_fresh(pin)
             if got is None:
+                self.cache.drop(pin)
                 return False
             await self.kv.remove(self.bucket, pin)
+            self.cache.drop(pin)
         return True
-
-    def forget(self, pin: str) -> None:
-        """Drop what is remembered about a removed device."""
-        self._last_written.pop(pin, None)
-
-    async def raise_last_cursor(self, pin: str, seq: int) -> None:
-        """Raise the device's last_cursor to at least ``seq`` (coalesced per device)."""
-        self._last_wanted[pin] = max(self._last_wanted.get(pin, 0), seq)
-        if self._last_written.get(pin, 0) >= seq:
-            return
-        async with self._locks.hold(f"last:{pin}"):
-            if self._last_written.get(pin, 0) >= seq:
-                return
-            target = self._last_wanted.get(pin, seq)
-
-            def change(r: DeviceRec) -> DeviceRec | None:
-                return (
-                    None
-                    if r.last_cursor >= target
-                    else msgspec.structs.replace(r, last_cursor=target)
-                )
-
-            await self.update(pin, change)
-            self._last_written[pin] = max(self._last_written.get(pin, 0), target)
-            if self._last_wanted.get(pin) == target:
-                self._last_wanted.pop(pin, None)
-                self._last_written.pop(pin, None)

@@ -1,5 +1,8 @@
 """API keys in their KV buckets: ``_keys`` (key id → JSON) and the index
-``_keyhash`` (sha256(key hash) → key id), so a request's key is found in two reads.
+``_keyhash`` (sha256(key hash) → key id), so a request's key is found in two reads,
+done once per relay: the index never changes, and key records are cached and kept
+right by a watch on ``_keys`` (:mod:`.watch`), so a revocation reaches every relay
+within the watch's lag.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pinrelay.store.jetstream.records import (
     key_rec,
     to_key,
 )
+from pinrelay.store.jetstream.watch import CACHE_SIZE, Cached, RecordCache, Watch
 
 
 class FoundKey(NamedTuple):
@@ -38,6 +42,10 @@ class Keys:
     def __init__(self, kv: Kv, buckets: Buckets) -> None:
         self.kv = kv
         self.buckets = buckets
+        self.cache: RecordCache[KeyRec] = RecordCache(key_dec.decode)
+        self.watch = Watch(buckets.keys, self.cache)
+        #: sha256(key hash) → key id: the index is written once and never changes.
+        self._ids: dict[str, str] = {}
 
     async def create(self, key: ApiKey) -> None:
         self.kv.api.check_open()
@@ -63,14 +71,30 @@ class Keys:
         return None if got is None else FoundKey(key_dec.decode(got.value), got.revision)
 
     async def find(self, key_hash: str) -> ApiKey | None:
+        """The key whose secret hashes to ``key_hash`` (cached; see the module doc)."""
         self.kv.api.check_open()
-        got = await self.kv.get(self.buckets.keyhash, hash_key(key_hash))
-        if got is None:
+        hashed = hash_key(key_hash)
+        key_id = self._ids.get(hashed)
+        if key_id is None:
+            got = await self.kv.get(self.buckets.keyhash, hashed)
+            if got is None:
+                return None  # not remembered: a wrong key must not fill the memory
+            key_id = got.value.decode()
+            if len(self._ids) >= CACHE_SIZE:
+                self._ids.pop(next(iter(self._ids)))
+            self._ids[hashed] = key_id
+        found = await self._cached(key_id)
+        if found is None or found.key_hash != key_hash:
             return None
-        found = await self.get(got.value.decode())
-        if found is None or found.rec.key_hash != key_hash:
-            return None
-        return to_key(found.rec)
+        return to_key(found)
+
+    async def _cached(self, key_id: str) -> KeyRec | None:
+        async def load() -> Cached[KeyRec] | None:
+            found = await self.get(key_id)
+            return None if found is None else Cached(found.rec, found.revision)
+
+        got = await self.cache.through(key_id, load)
+        return None if got is None else got.value
 
     async def all(self) -> list[ApiKey]:
         self.kv.api.check_open()
@@ -90,6 +114,10 @@ class Keys:
                 return False
             rec, revision = found
             new = msgspec.structs.replace(rec, revoked=True)
-            if await self.kv.update(self.buckets.keys, key_id, json_enc.encode(new), revision):
+            written = await self.kv.update(
+                self.buckets.keys, key_id, json_enc.encode(new), revision
+            )
+            if written is not None:
+                self.cache.put(key_id, new, written)
                 return True
         raise StoreClosed(f"key {key_id}: too many concurrent updates")

@@ -50,31 +50,32 @@ class Kv:
                 return None
         return Entry(base64.b64decode(message.get("data") or b""), int(message["seq"]))
 
-    async def put(self, bucket: Bucket, key: str, value: bytes, revision: int) -> bool:
-        """Write ``key`` if its latest revision is ``revision`` (0: absent); False if not.
+    async def put(self, bucket: Bucket, key: str, value: bytes, revision: int) -> int | None:
+        """Write ``key`` if its latest revision is ``revision`` (0: absent): the new
+        revision, or None if ``key`` moved on.
 
         A raw publish rather than ``KeyValue.create``: that one re-reads after a
         conflict and raises when the winner's write is not applied yet.
         """
         headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
 
-        async def op() -> bool:
+        async def op() -> int | None:
             try:
-                await self.api.publish(bucket.subject(key), value, headers)
+                resp = await self.api.publish(bucket.subject(key), value, headers)
             except ApiError as err:
                 if err.wrong_last_sequence:
-                    return False
+                    return None
                 raise
-            return True
+            return int(resp["seq"])
 
         return await self.api.call(op, f"write {bucket.name}")
 
-    async def create(self, bucket: Bucket, key: str, value: bytes) -> bool:
-        """Create ``key``; False if it exists."""
+    async def create(self, bucket: Bucket, key: str, value: bytes) -> int | None:
+        """Create ``key``: its revision, or None if it exists."""
         return await self.put(bucket, key, value, 0)
 
-    async def update(self, bucket: Bucket, key: str, value: bytes, revision: int) -> bool:
-        """Compare-and-set; False if ``key`` moved past ``revision``."""
+    async def update(self, bucket: Bucket, key: str, value: bytes, revision: int) -> int | None:
+        """Compare-and-set: the new revision, or None if ``key`` moved past ``revision``."""
         return await self.put(bucket, key, value, revision)
 
     async def keys(self, bucket: Bucket) -> list[str]:

@@ -1,19 +1,21 @@
 """Reading a device's backlog: from the stream leader, or batched Direct Get.
 
 Direct Get on an R3 stream is answered by followers and may lag an acknowledged
-publish (issue 5).  By default every read goes to the stream leader
+publish (issue 5).  Without ``direct_reads`` every read goes to the stream leader
 (``STREAM.MSG.GET`` with ``next_by_subj``, one message per request): correct, at
-~1 ms per message.  ``direct_reads=True`` uses batched Direct Get and trusts a
-follower's "no more messages" only when it has reached the device's
-``last_cursor`` (which an append raises before it returns); otherwise that read
-falls back to the leader (counted in ``direct_fallbacks``).
+~1 ms per message.  ``direct_reads=True`` (the relays' default) uses batched Direct
+Get and trusts a follower's "no more messages" only when it has reached the
+device's newest message as known when the read began: what this relay's feed
+delivered for a device it follows (:mod:`.feed`), else one leader lookup
+(``last_by_subj``); a follower that has not reached it sends the rest of the read
+to the leader (counted in ``direct_fallbacks``).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from pinrelay.core.model import StoredMessage
 from pinrelay.store.jetstream.api import Api, not_found
@@ -35,6 +37,28 @@ class Reader:
         self.direct_reads = direct_reads
         #: Direct reads that a lagging follower sent to the leader (for metrics).
         self.direct_fallbacks = 0
+        #: The newest cursor of a device known without a request (its feed), or 0.
+        self.known: Callable[[str], int] = lambda pin: 0
+        #: Acks held in memory and not written yet (:mod:`.acks`): cursor, or 0.
+        self.acked: Callable[[str], int] = lambda pin: 0
+
+    def acked_cursor(self, pin: str, rec: DeviceRec) -> int:
+        return max(rec.acked_cursor, self.acked(pin))
+
+    async def newest(self, pin: str) -> int:
+        """The cursor of ``pin``'s newest stored message (0: none), from the leader."""
+        body = {"last_by_subj": self.layout.filter(pin)}
+        stream = self.layout.stream_of(pin)
+        resp = await self.api.request_unless(f"STREAM.MSG.GET.{stream}", body, "read", not_found)
+        return 0 if resp is None else int(resp["message"]["seq"])
+
+    def _guard(self, pin: str) -> Callable[[], Awaitable[int]]:
+        """What a direct read of ``pin`` must reach before its "no more" is trusted."""
+
+        async def guard() -> int:
+            return self.known(pin) or await self.newest(pin)
+
+        return guard
 
     async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
         """See :meth:`pinrelay.store.base.Store.read`."""
@@ -43,7 +67,7 @@ class Reader:
             return []
         rec = got.rec
         out: list[StoredMessage] = []
-        scan = self.scan(pin, max(after, rec.acked_cursor) + 1, rec, limit)
+        scan = self.scan(pin, max(after, self.acked_cursor(pin, rec)) + 1, limit)
         async with contextlib.aclosing(scan):
             async for seq, m in scan:
                 if m.gen != rec.gen or m.expires_ms <= now_ms:
@@ -64,11 +88,6 @@ class Reader:
                 )
                 if len(out) >= limit:
                     break
-        if out and out[-1].cursor > rec.last_cursor:
-            # An append stored it but has not raised last_cursor yet (or its relay died
-            # in between): raise it now, so an ack of what we hand out is never refused
-            # as "beyond the device's last message".
-            await self.devices.raise_last_cursor(pin, out[-1].cursor)
         return out
 
     async def backlog(self, pin: str, now_ms: int) -> int:
@@ -78,16 +97,17 @@ class Reader:
             return 0
         rec = got.rec
         n = 0
-        async for _, m in self.scan(pin, rec.acked_cursor + 1, rec):
+        async for _, m in self.scan(pin, self.acked_cursor(pin, rec) + 1):
             if m.gen == rec.gen and m.expires_ms > now_ms:
                 n += 1
         return n
 
     async def scan(
-        self, pin: str, start: int, rec: DeviceRec, hint: int = MAX_DIRECT_BATCH
+        self, pin: str, start: int, hint: int = MAX_DIRECT_BATCH
     ) -> AsyncGenerator[tuple[int, Msg], None]:
         """The device's stored messages from sequence ``start`` on, in order."""
         subject, stream = self.layout.filter(pin), self.layout.stream_of(pin)
+        guard = self._guard(pin)
         if self.direct_reads:
             while True:
                 items, exhausted = await self._direct_batch(
@@ -99,8 +119,8 @@ class Reader:
                 if not exhausted:
                     continue
                 # A follower's "no more" is only trusted once it has reached the
-                # device's last_cursor, which every append raises before returning.
-                if start - 1 >= rec.last_cursor:
+                # device's newest message as known now (see the module doc).
+                if start - 1 >= await guard():
                     return
                 self.direct_fallbacks += 1
                 break  # it lags: ask the leader for the rest

@@ -15,6 +15,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 
+import msgspec
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
@@ -118,6 +119,12 @@ class JetStreamStore:
         self.appender.atomic = atomic
         self._nc, self._js = nc, js
         self.api.attach(nc)
+        try:
+            await self.devices.watch.start(js)
+            await self.keys.watch.start(js)
+        except Exception as exc:
+            await self.close()
+            raise StoreClosed(f"cannot watch the record buckets: {exc!r}") from exc
 
     async def _on_error(self, exc: Exception) -> None:
         log.debug("NATS: %r", exc)
@@ -134,6 +141,13 @@ class JetStreamStore:
         )
 
     async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await self.acker.flush()
+            except Exception as exc:  # a lost ack is a redelivery, not a loss
+                log.warning("writing held acks at close failed: %r", exc)
+        await self.devices.watch.stop()
+        await self.keys.watch.stop()
         nc, self._nc, self._js = self._nc, None, None
         self.api.attach(None)
         if nc is not None and not nc.is_closed:
@@ -164,14 +178,29 @@ class JetStreamStore:
 
     async def get_device(self, pin: str) -> Device | None:
         got = await self.devices.get(pin)
-        return None if got is None else to_device(pin, got.rec)
+        if got is None:
+            return None
+        rec = got.rec
+        acked = self.reader.acked_cursor(pin, rec)
+        if acked > rec.acked_cursor:  # held in memory, not written yet (.acks)
+            rec = msgspec.structs.replace(
+                rec, acked_cursor=acked, last_cursor=max(rec.last_cursor, acked)
+            )
+        return to_device(pin, rec)
+
+    async def last_cursor(self, pin: str) -> int:
+        got = await self.devices.get_fresh(pin)
+        if got is None:
+            return 0
+        newest = await self.reader.newest(pin)
+        return max(got.rec.last_cursor, self.reader.acked_cursor(pin, got.rec), newest)
 
     async def delete_device(self, pin: str) -> bool:
         if not await self.devices.remove(pin):
             return False
         # Messages stored meanwhile carry the old gen: no later device with this PIN sees them.
         await self.acker.purge(pin, None)
-        self.devices.forget(pin)
+        self.acker.forget(pin)
         return True
 
     async def set_token(self, pin: str, token_hash: str) -> bool:
