@@ -127,8 +127,9 @@ class Delivery:
 
     Two ways in: the pump reads the store after ``window.sent`` (on link, after a
     gap, when room opens); and the hand-off, for messages just committed, when the
-    delivery is caught up: they are exactly the next ones, because commits wake
-    devices in cursor order, so they go out with no read at all.
+    delivery is caught up: they are exactly the next ones, because they arrive in
+    cursor order with no gap (SQLite's commits wake devices in cursor order; the
+    cluster's feed follows the stream), so they go out with no read at all.
     """
 
     def __init__(
@@ -159,16 +160,21 @@ class Delivery:
         self.paused = False
 
     def wake(self, fresh: list[StoredMessage] | None = None) -> None:
-        """Messages were stored (``fresh``: just committed, in cursor order), or room
-        opened up: send them now if they are the next ones, else pump the store."""
+        """Messages were stored (``fresh``: just committed, in cursor order, with no
+        gap since the last ones handed over), or room opened up: send them now if
+        they are the next ones, else pump the store."""
         if self.closed:
             return
+        if fresh is not None:
+            # A read may have sent some already (the cluster's feed can lag a read).
+            fresh = [m for m in fresh if m.cursor > self.window.sent]
+            if not fresh:
+                return
         if (
             fresh
             and self._caught_up
             and self._pump_task is None
             and not self.paused
-            and fresh[0].cursor > self.window.sent
             and len(fresh) <= self.window.room
         ):
             for message in fresh:

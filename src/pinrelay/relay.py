@@ -77,6 +77,7 @@ class Relay:
                 ttl_s=config.relay_ttl_s,
                 clock=clock,
                 connection=lambda: js.connection,
+                feed=js.feed,
             )
         self.ingest = Ingest(self.store, self.router, clock, config.limits, self.metrics)
         self.auth = Authenticator(

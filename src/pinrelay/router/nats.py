@@ -3,34 +3,30 @@
 A :class:`~pinrelay.router.base.Router`; the links and waiters this relay holds live
 in a :class:`LocalRouter` it keeps (used through its public methods only), plus:
 
+- **New messages.**  The store's feed (:mod:`pinrelay.store.jetstream.feed`)
+  brings every relay every new message in stream order; this router follows the
+  devices it holds a link or a long-poll for, and hands their messages to them as
+  they arrive (``fresh``: in cursor order with no gap, so a caught-up link sends
+  them with no read).  A push's own wake-up (:meth:`wake`) therefore does nothing
+  here: the feed reaches the device wherever it is linked, with no route lookup.
 - **Routes.**  The device → node route lives in a KV bucket (``<prefix>_routes``,
-  key PIN, value node id).  A link's attach writes it, its detach removes it if it
-  is still ours (compare-and-set on the revision written).  Reads go to the bucket's
-  leader (no direct gets), so a route written before a push was accepted is seen by
-  the wake-up that follows that push.
-- **Wake-ups.**  A wake for a device linked here wakes its link; for a device linked
-  to another node it is a core NATS message on ``<subjects>.node.<node>.wake``
-  (PINs, one a line), and that node wakes its link with no ``fresh`` (it reads the
-  store).  A stale route only costs a wasted wake-up: after the route is written the
-  link reads its backlog again (:meth:`_claim`).
+  key PIN, value node id), for kicks and :meth:`is_online`.  A link's attach writes
+  it, its detach removes it if it is still ours (compare-and-set on the revision
+  written).
 - **Kicks.**  Token rotation and deletion kick the device's link wherever it is
   (``<subjects>.node.<node>.kick``).  A link on another node that a new link
   replaces is kicked with the route revision it wrote, so a kick that arrives late
   never closes a newer link.
-- **Long-poll waiters.**  A relay holding an inbox long-poll for a device subscribes
-  to ``<subjects>.poll.<PIN>`` while it waits; a wake for a device with no route is
-  published there too, so NATS carries it to whichever relays have a waiter (and
-  drops it when none has).  Waiters also re-read the store every
-  ``waiter_recheck_s``, which bounds the delay of a wake-up lost with a dying relay.
+- **Long-poll waiters.**  A relay holding an inbox long-poll follows the device
+  while it waits, so the feed wakes it.  Waiters also re-read the store every
+  ``waiter_recheck_s``, a safety net.
 - **Live relays.**  Each relay puts its record (node, region, link URL, HTTP URL)
   in ``<prefix>_relays``, a bucket whose entries live ``ttl`` seconds, every
   ``heartbeat`` seconds, and reads everyone's back: :attr:`link_urls`.
 
-Hand-off: with JetStream, wake-ups do not reach a link in cursor order (two appends
-in flight on one relay finish in any order, and other relays append too), and the
-Delivery's hand-off assumes they do: a hand-off of cursor 102 before 101 arrived
-would skip 101 for good.  So by default ``fresh`` is not passed on (``handoff``):
-every wake-up makes the link read the store, which is always right.
+Why not hand over what a push stored, as the single relay does: appends finish in
+any order (two in flight on one relay, others on other relays), and a hand-off of
+cursor 102 before 101 arrived would skip 101 for good.  The feed is in stream order.
 """
 
 from __future__ import annotations
@@ -57,6 +53,7 @@ from pinrelay.router.base import Linked
 from pinrelay.router.local import LocalRouter
 from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream import ensure_bucket, setup_may_retry
+from pinrelay.store.jetstream.feed import Feed
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +101,16 @@ class NatsRouter:
         replicas: int = 3,
         heartbeat_s: float = 2.0,
         ttl_s: float = 6.0,
-        handoff: bool = False,
         clock: Callable[[], float] = time.time,
         connection: Callable[[], tuple[NATS, JetStreamContext]] | None = None,
+        feed: Feed | None = None,
     ) -> None:
         #: The links and long-poll waiters held by this relay.
         self.local = LocalRouter(link_url)
         #: Where start() gets its NATS connection (the store's, in a relay).
         self._connection = connection
+        #: The store's feed of new messages (None: this router only routes and kicks).
+        self.feed = feed
         self.node = node
         self.region = region
         self.own = RelayRecord(node=node, region=region, link_url=link_url, http_url=http_url, at=0)
@@ -120,7 +119,6 @@ class NatsRouter:
         self.replicas = replicas
         self.heartbeat_s = heartbeat_s
         self.ttl_s = ttl_s
-        self.handoff = handoff
         self.clock = clock
         #: Route revision written for each link held here (once its write is done).
         self._revs: dict[str, int] = {}
@@ -136,16 +134,9 @@ class NatsRouter:
         self._watcher: asyncio.Task[None] | None = None
         #: Routes to other nodes, as last seen by the watch (for is_online).
         self._remote: dict[str, str] = {}
-        self._outbox: dict[str, set[str]] = {}
-        self._flush_scheduled = False
-        #: Wake-ups and kicks sent to and received from other nodes (tests, metrics).
-        self.remote_wakes_sent = 0
-        self.remote_wakes_received = 0
-        #: Per PIN with a long-poll waiting here: its poll subscription, being made.
-        self._polls: dict[str, asyncio.Task[Subscription | None]] = {}
         self.waiter_recheck_s: float | None = 5.0
-        # _claim reads the backlog once the route is written: one read per link.
-        self.wakes_after_attach = True
+        # A link reads its backlog at once: the feed, not the route, brings what follows.
+        self.wakes_after_attach = False
 
     # --- lifecycle -----------------------------------------------------------
     def subject(self, node: str, what: str) -> str:
@@ -183,10 +174,9 @@ class NatsRouter:
                     raise StoreClosed(f"cannot set up the route buckets: {exc!r}") from exc
                 log.info("setting up the route buckets: %r; retrying", exc)
                 await asyncio.sleep(0.5)
-        self._subs = [
-            await nc.subscribe(self.subject(self.node, "wake"), cb=self._on_wake),
-            await nc.subscribe(self.subject(self.node, "kick"), cb=self._on_kick),
-        ]
+        if self.feed is not None:
+            self.feed.deliver = self.local.wake
+        self._subs = [await nc.subscribe(self.subject(self.node, "kick"), cb=self._on_kick)]
         await self._beat()
         loop = asyncio.get_running_loop()
         self._heartbeat = loop.create_task(self._heartbeat_forever())
@@ -220,7 +210,9 @@ class NatsRouter:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        for task in [*self._tasks, *self._polls.values()]:
+        if self.feed is not None:
+            self.feed.deliver = None
+        for task in self._tasks:
             task.cancel()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -290,12 +282,23 @@ class NatsRouter:
 
     # --- routes ----------------------------------------------------------------
     def attach(self, pin: str, link: Linked) -> None:
+        replaced = self.local.link(pin)
+        if replaced is None or replaced is link:
+            self._follow(pin)  # a link replacing another here keeps its follow
         self.local.attach(pin, link)
         self._revs.pop(pin, None)
         self._spawn(self._claim(pin, link))
 
+    def _follow(self, pin: str) -> None:
+        if self.feed is not None:
+            self.feed.follow(pin)
+
+    def _unfollow(self, pin: str) -> None:
+        if self.feed is not None:
+            self.feed.unfollow(pin)
+
     async def _claim(self, pin: str, link: Linked) -> None:
-        """Write the route; kick the link it names elsewhere; then read the backlog again."""
+        """Write the route; kick the link it names elsewhere."""
         routes = self._routes
         assert routes is not None
         try:
@@ -320,14 +323,12 @@ class NatsRouter:
                 await self._send(old_node, "kick", _enc.encode(kick))
         except Exception as exc:
             log.warning("writing the route of %s failed: %r", pin, exc)
-        # A push accepted before the route was readable found no route: read again.
-        if self.local.link(pin) is link:
-            link.wake(None)
 
     def detach(self, pin: str, link: Linked) -> None:
         ours = self.local.link(pin) is link
         self.local.detach(pin, link)
         if ours:
+            self._unfollow(pin)
             rev = self._revs.pop(pin, None)
             if rev is not None:
                 self._spawn(self._release(pin, rev))
@@ -390,95 +391,33 @@ class NatsRouter:
 
     # --- long-poll waiters ---------------------------------------------------------
     def add_waiter(self, pin: str, waiter: Callable[[], None]) -> None:
+        self._follow(pin)
         self.local.add_waiter(pin, waiter)
-        if pin not in self._polls and self._nc is not None:
-            self._polls[pin] = asyncio.get_running_loop().create_task(self._poll_subscribe(pin))
-
-    async def _poll_subscribe(self, pin: str) -> Subscription | None:
-        nc = self._nc
-        if nc is None:
-            return None
-        try:
-            sub = await nc.subscribe(self.poll_subject(pin), cb=self._on_poll)
-            await nc.flush(timeout=2)  # the server has our interest before we read
-            return sub
-        except Exception as exc:  # the waiter still rechecks the store
-            log.warning("subscribing to wake-ups for %s failed: %r", pin, exc)
-            return None
 
     async def waiter_ready(self, pin: str) -> None:
-        task = self._polls.get(pin)
-        if task is not None:
-            await asyncio.shield(task)
+        """Following is immediate: the feed wakes this waiter from now on."""
 
     def remove_waiter(self, pin: str, waiter: Callable[[], None]) -> None:
         self.local.remove_waiter(pin, waiter)
-        if not self.local.has_waiters(pin) and (task := self._polls.pop(pin, None)) is not None:
-            self._spawn(self._poll_unsubscribe(task))
-
-    async def _poll_unsubscribe(self, task: asyncio.Task[Subscription | None]) -> None:
-        sub = await task
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    async def _on_poll(self, msg: Msg) -> None:
-        pin = msg.subject.rsplit(".", 1)[-1]
-        self.remote_wakes_received += 1
-        self.local.wake(pin, None)
+        self._unfollow(pin)
 
     # --- wake-ups and kicks ------------------------------------------------------
     def wake(self, pin: str, fresh: list[StoredMessage] | None = None) -> None:
-        self.local.wake(pin, fresh if self.handoff else None)
-        if self.local.link(pin) is None:
-            self._spawn(self._wake_remote(pin))
-
-    async def _wake_remote(self, pin: str) -> None:
-        try:
-            node = await self.route(pin)
-        except Exception as exc:
-            log.warning("looking up the route of %s failed: %r", pin, exc)
-            return
-        if node is None:
-            # Not linked anywhere: maybe long-polling somewhere.
-            await self._publish(self.poll_subject(pin), b"")
-            return
-        if node == self.node:
-            return
-        self._outbox.setdefault(node, set()).add(pin)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_outbox)
-
-    def _flush_outbox(self) -> None:
-        """One message per node for every wake-up gathered in this loop iteration."""
-        self._flush_scheduled = False
-        outbox, self._outbox = self._outbox, {}
-        for node, pins in outbox.items():
-            self.remote_wakes_sent += len(pins)
-            self._spawn(self._send(node, "wake", "\n".join(sorted(pins)).encode()))
+        """A push stored messages for ``pin``: the feed brings them (module doc)."""
 
     async def _send(self, node: str, what: str, payload: bytes) -> None:
-        await self._publish(self.subject(node, what), payload)
-
-    async def _publish(self, subject: str, payload: bytes) -> None:
         nc = self._nc
         if nc is None:
             return
         try:
-            await nc.publish(subject, payload)
+            await nc.publish(self.subject(node, what), payload)
         except Exception as exc:
-            log.warning("publishing to %s failed: %r", subject, exc)
-
-    async def _on_wake(self, msg: Msg) -> None:
-        for pin in msg.data.decode(errors="replace").split("\n"):
-            if pin:
-                self.remote_wakes_received += 1
-                self.local.wake(pin, None)
+            log.warning("sending a %s to %s failed: %r", what, node, exc)
 
     def kick(self, pin: str, code: ErrorCode, detail: str) -> None:
         if self.local.link(pin) is not None:
             self.local.kick(pin, code, detail)
+            self._unfollow(pin)
             rev = self._revs.pop(pin, None)
             if rev is not None:
                 self._spawn(self._release(pin, rev))
@@ -509,6 +448,7 @@ class NatsRouter:
             if mine is None or mine > kick.rev:
                 return  # a newer link than the one that was replaced
         self.local.take(kick.pin)
+        self._unfollow(kick.pin)
         rev = self._revs.pop(kick.pin, None)
         link.kick(code, kick.detail)
         if kick.rev is None and rev is not None:

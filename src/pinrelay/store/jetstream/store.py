@@ -27,6 +27,7 @@ from pinrelay.store.jetstream.acks import Acker
 from pinrelay.store.jetstream.api import Api, refused
 from pinrelay.store.jetstream.appends import Appender
 from pinrelay.store.jetstream.devices import Devices
+from pinrelay.store.jetstream.feed import Feed
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_LEASE_S, Leases
 from pinrelay.store.jetstream.keys import Keys
 from pinrelay.store.jetstream.kv import Kv
@@ -83,6 +84,11 @@ class JetStreamStore:
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
         self.acker = Acker(self.api, self.layout, self.devices, self.reader, sweep_scan)
+        #: New messages in stream order, for the devices this relay follows (the router).
+        self.feed = Feed(self.layout, self.devices.cache)
+        self.reader.known = self.feed.known
+        self.acker.followed = self.feed.followed
+        self.feed.on_unfollow = self.acker.settle
 
     # --- names -----------------------------------------------------------------
     @property
@@ -122,9 +128,10 @@ class JetStreamStore:
         try:
             await self.devices.watch.start(js)
             await self.keys.watch.start(js)
+            await self.feed.start(js)
         except Exception as exc:
             await self.close()
-            raise StoreClosed(f"cannot watch the record buckets: {exc!r}") from exc
+            raise StoreClosed(f"cannot follow the streams and buckets: {exc!r}") from exc
 
     async def _on_error(self, exc: Exception) -> None:
         log.debug("NATS: %r", exc)
@@ -146,6 +153,7 @@ class JetStreamStore:
                 await self.acker.flush()
             except Exception as exc:  # a lost ack is a redelivery, not a loss
                 log.warning("writing held acks at close failed: %r", exc)
+        await self.feed.stop()
         await self.devices.watch.stop()
         await self.keys.watch.stop()
         nc, self._nc, self._js = self._nc, None, None

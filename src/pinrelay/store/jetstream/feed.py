@@ -1,0 +1,172 @@
+"""The feed: every new message of the cluster, in stream order, to every relay.
+
+Before issue 12 a push was followed by a wake-up sent to the relay holding the
+device's link (a route lookup), which then read the message back (a Direct Get
+with its own inbox): two round trips and a read per message, and wake-ups that
+could arrive out of cursor order, so a read was always needed.  Now each relay
+follows every message stream with one ordered consumer (new messages only, no
+acks, in memory on the server; it resumes after the last sequence it delivered
+when a server or leader goes away).  For a device this relay *follows* (a link or
+a long-poll here) the message is handed to the router as it arrives: in stream
+order, so in cursor order for each device, with no gap, and with its payload, so
+an online device gets it with no read at all.  Messages of devices not followed
+here are dropped after one look at their subject.
+
+What a relay learns this way also guards reads (``Reader``): once followed, the
+newest cursor the feed delivered for a device is the point a batched Direct Get
+from a follower must reach before its "no more messages" is believed.
+
+Cost: every relay receives every message (about 25 µs of relay CPU each, measured
+in bench/RESULTS.md), so this suits a handful of relays; OPERATIONS.md has the
+sizing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from nats.aio.msg import Msg as NatsMsg
+from nats.js.api import DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from pinrelay.core.model import StoredMessage
+from pinrelay.store.jetstream.layout import Layout
+from pinrelay.store.jetstream.records import DeviceRec, decode_msg
+from pinrelay.store.jetstream.watch import RecordCache
+
+log = logging.getLogger(__name__)
+
+#: Seconds between the feed consumers' idle heartbeats; two missed ones re-create
+#: the consumer from where it stopped.
+FEED_HEARTBEAT_S = 1.0
+
+#: Called with a followed device's new messages in cursor order, or None when they
+#: could not be checked here (the link should read the store).
+Deliver = Callable[[str, list[StoredMessage] | None], None]
+
+
+class Feed:
+    """Follows the message streams; hands a followed device's messages to ``deliver``."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        devices: RecordCache[DeviceRec],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.layout = layout
+        self.devices = devices
+        self.clock = clock
+        self.deliver: Deliver | None = None
+        #: Called with a PIN no longer followed here (its held ack is written).
+        self.on_unfollow: Callable[[str], None] = lambda pin: None
+        #: PIN → how many followers (a link, long-polls) this relay has for it.
+        self._follows: dict[str, int] = {}
+        #: PIN → the newest cursor the feed delivered since it was followed.
+        self._fed: dict[str, int] = {}
+        self._pending: dict[str, list[StoredMessage] | None] = {}
+        self._scheduled = False
+        self._subs: list[JetStreamContext.PushSubscription] = []
+        #: Messages received, and of those for devices followed here (metrics, tests).
+        self.received = 0
+        self.handed = 0
+
+    async def start(self, js: JetStreamContext) -> None:
+        for part in range(self.layout.partitions):
+            self._subs.append(
+                await js.subscribe(
+                    f"{self.layout.part_prefix(part)}.>",
+                    stream=self.layout.stream_name(part),
+                    cb=self._on_msg,
+                    ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.NEW,
+                    idle_heartbeat=FEED_HEARTBEAT_S,
+                )
+            )
+
+    async def stop(self) -> None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    # --- interest ------------------------------------------------------------------
+    def follow(self, pin: str) -> None:
+        """From now on, hand ``pin``'s new messages over (call before reading its backlog)."""
+        self._follows[pin] = self._follows.get(pin, 0) + 1
+
+    def unfollow(self, pin: str) -> None:
+        n = self._follows.get(pin, 0) - 1
+        if n > 0:
+            self._follows[pin] = n
+            return
+        self._follows.pop(pin, None)
+        # What was fed while followed says nothing once messages may pass unseen.
+        self._fed.pop(pin, None)
+        self.on_unfollow(pin)
+
+    def followed(self, pin: str) -> bool:
+        return pin in self._follows
+
+    def known(self, pin: str) -> int:
+        """The newest cursor delivered for ``pin`` since it was followed (0: none)."""
+        return self._fed.get(pin, 0)
+
+    # --- messages ------------------------------------------------------------------
+    async def _on_msg(self, msg: NatsMsg) -> None:
+        self.received += 1
+        try:
+            pin = self.layout.pin_of(msg.subject)
+        except IndexError:
+            return  # not a device subject
+        if pin not in self._follows:
+            return
+        seq = msg.metadata.sequence.stream
+        m = decode_msg(seq, msg.data)
+        if m is None:
+            return
+        self._fed[pin] = max(self._fed.get(pin, 0), seq)
+        self.handed += 1
+        pending = self._pending.get(pin, [])
+        cached = self.devices.get(pin)
+        if cached is None or pending is None:
+            # The device's gen is not at hand (or an earlier message of this turn
+            # already sent it to the store): the link reads the store, which checks.
+            self._pending[pin] = None
+        elif m.gen == cached.value.gen and m.expires_ms > self.clock() * 1000:
+            pending.append(
+                StoredMessage(
+                    pin,
+                    m.id,
+                    m.data,
+                    m.topic,
+                    m.urgency,
+                    m.sent_ms,
+                    m.expires_ms,
+                    m.kind,
+                    m.sender,
+                    cursor=seq,
+                )
+            )
+            self._pending[pin] = pending
+        if not self._scheduled:
+            # Everything that arrived in this turn of the loop goes out together.
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        deliver = self.deliver
+        if deliver is None:
+            return
+        for pin, messages in pending.items():
+            if messages is None or messages:
+                try:
+                    deliver(pin, messages)
+                except Exception:
+                    log.exception("handing %s its new messages failed", pin)
