@@ -270,6 +270,23 @@ def pinrelay_command() -> list[str]:
     return [sys.executable, "-m", "pinrelay.cli"]
 
 
+@contextlib.contextmanager
+def pythonpath(src: Path | None) -> Iterator[None]:
+    """PYTHONPATH is ``src`` meanwhile (for the processes started then), if given."""
+    if src is None:
+        yield
+        return
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(src)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
 class RelayProcess:
     """``pinrelay serve`` on free loopback ports, in a fresh (or given) data folder:
     a :class:`pinrelay.testing.relayproc.RelayProc` started by :meth:`launch`."""
@@ -295,6 +312,8 @@ class RelayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.relay: RelayProc | None = None
         self.log_path = logs / f"{name}.log"
+        #: Where the relay imports ``pinrelay`` from (its PYTHONPATH), if not from ours.
+        self.src: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -323,7 +342,8 @@ class RelayProcess:
             command=pinrelay_command(),
         )
         self.port, self.link_port = self.relay.port, self.relay.link_port
-        self.proc = self.relay.launch()
+        with pythonpath(self.src):
+            self.proc = self.relay.launch()
         return self.proc
 
     async def start(self, timeout: float = 30.0) -> None:

@@ -37,6 +37,11 @@ log = logging.getLogger("pinrelay")
 STORE_GRACE_S = 2.0
 
 
+def nats_connection_name(node: str) -> str:
+    """The name of a relay's NATS connection: how the servers' ``/connz`` tells it."""
+    return f"pinrelay-{node}"
+
+
 class Relay:
     """Everything one relay process holds; the API reads it from ``app.state``."""
 
@@ -60,7 +65,7 @@ class Relay:
         else:
             js = JetStreamStore(
                 config.nats_urls,
-                name=f"pinrelay-{config.node}",
+                name=nats_connection_name(config.node),
                 partitions=config.partitions,
                 direct_reads=config.direct_reads,
             )
