@@ -2,8 +2,9 @@
 
 Three clustered ``nats-server`` processes and two relays on loopback (real processes,
 stopped by pid), :data:`DEVICES` SDK devices linked half to each relay.  Messages
-are pushed through relay A only, so half of them cross to relay B (a wake-up over
-NATS); every device receives and acknowledges everything.  Over that window the
+are pushed through relay A only, so half of them are delivered by relay B (each
+relay follows every message stream: the feed); every device receives and
+acknowledges everything.  Over that window the
 servers are asked, not the relays:
 
 - ``/connz`` on every node: ``in_msgs`` and ``out_msgs`` of the relays' connections
@@ -63,26 +64,28 @@ from tests.relayproc import RelayProc
 # goes over it.  (A 25 % margin would not: a quarter of 5 or 11 messages per message
 # lets a whole round trip through; once the figures are near 2, 25 % is 0.5.)  Lower
 # a budget to what the code measures (pytest -s) whenever a change makes it fall.
-# Set on the engine before issue 12's rewrite: lowest-highest of 8 runs in brackets
-# (one of them beside a busy core: the figures do not grow under load).
+# Before issue 12's rewrite the engine measured (lowest-highest of 8 runs): batch
+# 4.79-5.08 / 4.82-5.10 / 3.01-3.18, single 10.93-10.98 / 11.92-11.97 / 7.47-7.54.
+# After it, in brackets: a message is one publish (batched in an atomic batch or
+# alone), its acknowledgement, and one feed delivery to each of the two relays.
 
 #: Batch pushes (POST /v1/messages, 50 a batch): messages the relays sent to the NATS
-#: servers (requests, publishes, KV writes, wake-ups) per message.  [4.79-5.08]
-BATCH_RELAY_TO_SERVER = 5.6
-#: Batch pushes: messages the servers sent to the relays (replies, Direct Get answers,
-#: wake-ups, watch updates) per message.  [4.82-5.10]
-BATCH_SERVER_TO_RELAY = 5.6
+#: servers (requests, publishes, KV writes) per message.  [0.99]
+BATCH_RELAY_TO_SERVER = 1.5
+#: Batch pushes: messages the servers sent to the relays (replies, feed deliveries,
+#: watch updates) per message.  [1.99]
+BATCH_SERVER_TO_RELAY = 2.5
 #: Batch pushes: JetStream API requests ($JS.API.*, Direct Get included; not KV puts
-#: or stream publishes, which are in the relay->server figure) per message.  [3.01-3.18]
-BATCH_JS_API = 3.7
+#: or stream publishes, which are in the relay->server figure) per message.  [0.00]
+BATCH_JS_API = 0.5
 
 #: Single pushes (POST /v1/devices/{pin}/messages, 4 in flight): relay->server
-#: messages per message.  [10.93-10.98]
-SINGLE_RELAY_TO_SERVER = 11.5
-#: Single pushes: server->relay messages per message.  [11.92-11.97]
-SINGLE_SERVER_TO_RELAY = 12.5
-#: Single pushes: JetStream API requests per message.  [7.47-7.54]
-SINGLE_JS_API = 8.0
+#: messages per message.  [1.01]
+SINGLE_RELAY_TO_SERVER = 1.5
+#: Single pushes: server->relay messages per message.  [2.96]
+SINGLE_SERVER_TO_RELAY = 3.5
+#: Single pushes: JetStream API requests per message.  [0.00]
+SINGLE_JS_API = 0.5
 
 # --- the load --------------------------------------------------------------------------
 DEVICES = 20
@@ -199,8 +202,11 @@ class Snapshot:
     tap: Counter[str]
 
     @property
-    def activity(self) -> tuple[int, int, int]:
-        return self.to_server, self.to_relay, self.tap.total()
+    def activity(self) -> tuple[int, int]:
+        """What stops when the relays are done: what they send, and what the wiretap
+        sees them publish.  Not what the servers send them: the idle heartbeats of
+        their consumers (the message feed, the record watches) never stop."""
+        return self.to_server, sum(n for k, n in self.tap.items() if not k.startswith(SERVER_KINDS))
 
 
 @dataclass
@@ -407,10 +413,12 @@ async def measure(pair: Pair, cluster: NatsCluster, mode: str) -> tuple[dict[str
 
 def check(per: dict[str, float], budgets: dict[str, float]) -> None:
     """Each figure within its budget, once the count itself looks sound."""
-    # The wiretap saw what the relays sent (else its JetStream API count means little).
+    # The wiretap saw what the relays sent (else its JetStream API count means little),
+    # and more: the feed's deliveries carry the device subjects too.
     published, sent = per[TAPPED], per[TO_SERVER]
-    assert abs(published - sent) <= 0.05 * sent + 0.05, (published, sent)
-    assert per[TO_SERVER] >= 1, "less than one NATS message per push: the count is broken"
+    assert published >= 0.95 * sent - 0.05, (published, sent)
+    # One publish per push, less a little idle traffic subtracted too much.
+    assert per[TO_SERVER] >= 0.9, "less than one NATS message per push: the count is broken"
     over = {k: f"{per[k]:.2f} > {b}" for k, b in budgets.items() if per[k] > b}
     assert not over, f"NATS traffic per pushed message over budget: {over}"
 
