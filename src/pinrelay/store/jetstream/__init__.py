@@ -14,6 +14,7 @@ to the Store protocol:
 - ``keys``: API keys and their hash index;
 - ``idempotency``: Idempotency-Key leases;
 - ``appends``: publishing (headers, atomic batches, last_cursor);
+- ``group``: group commit, concurrent appends sharing atomic batches;
 - ``reads``: reading a backlog (leader or batched Direct Get);
 - ``acks``: acks (purges) and the expiry sweep;
 - ``store``: :class:`JetStreamStore` itself.

@@ -13,6 +13,9 @@ never forwarded (``Nats-Rollup: all`` from anyone would wipe the stream).
   batch publish (all stored or none); a longer batch is several atomic batches,
   each durable on its own, and a batch is atomic within each partition, not across
   them.  Without it (an older server) messages are published one by one.
+- Concurrent appends share atomic batches (group commit, :mod:`.group`) when the
+  store sets :attr:`Appender.grouped`; :meth:`Appender.publish_part` is an
+  append's partition published alone, which the group falls back to.
 - Nothing else is written per message: no device record (issue 12).  A device's
   newest cursor is read from the stream when needed (``Reader.newest``).
 """
@@ -23,8 +26,8 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple
 
 from pinrelay.core.model import TOPIC_RE, NewMessage
 from pinrelay.store.base import UNKNOWN_DEVICE, AppendResult, Rejected, StoreClosed
@@ -42,12 +45,19 @@ MAX_ATOMIC_BATCH = 1000
 
 
 class Outgoing(NamedTuple):
-    """One message ready to publish: its position in the append, subject, payload, headers."""
+    """One message ready to publish: its position in the append, subject, payload,
+    headers, and the partition (stream) it goes to."""
 
     position: int
     subject: str
     payload: bytes
     headers: dict[str, str]
+    part: int = 0
+
+
+#: Publishes one partition's messages of an append: (partition, messages, nonce,
+#: their devices) -> one sequence per message.
+PublishPart = Callable[[int, list[Outgoing], str, dict[str, DeviceRec]], Awaitable[list[int]]]
 
 
 def ttl_seconds(m: NewMessage, grace_s: int) -> int:
@@ -82,6 +92,19 @@ def atomic_chunks(outgoing: list[Outgoing]) -> list[tuple[int, list[Outgoing]]]:
     return chunks
 
 
+async def send_batch(api: Api, chunk: list[Outgoing], batch_id: str) -> dict[str, Any]:
+    """Send ``chunk`` as one atomic batch: the commit's answer (ApiError if refused)."""
+    last = len(chunk)
+    for n, item in enumerate(chunk, 1):
+        hdrs = {**item.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)}
+        if n < last:
+            await api.send(item.subject, item.payload, hdrs)
+        else:
+            hdrs["Nats-Batch-Commit"] = "1"
+            return await api.publish(item.subject, item.payload, hdrs)
+    raise ValueError("an empty batch")
+
+
 class Appender:
     """Publishes an append's messages."""
 
@@ -95,6 +118,9 @@ class Appender:
         self.ttl_grace_s = ttl_grace_s
         #: Atomic batch publish, when every stream takes it (set by the store's open).
         self.atomic = False
+        #: Group commit's publish (:class:`.group.GroupCommit`), set by the store;
+        #: None: each append publishes alone.
+        self.grouped: PublishPart | None = None
 
     async def append(
         self, messages: Sequence[NewMessage | Rejected], nonce: str
@@ -119,31 +145,47 @@ class Appender:
             results.append(None)
             outgoing.append(self._outgoing(i, m, rec, nonce))
 
-        seq_of: dict[int, int] = {}
-        if self.atomic and len(outgoing) > 1:
-            # An atomic batch goes to one stream: one group per partition, each in the
-            # order given (so per device), and chunked.
-            groups: dict[int, list[Outgoing]] = {}
-            for item in outgoing:
-                part = self.layout.partition(messages[item.position].pin)
-                groups.setdefault(part, []).append(item)
-            for part, group in sorted(groups.items()):
-                for start, chunk in atomic_chunks(group):
-                    if len(chunk) == 1:
-                        seq_of[chunk[0].position] = await self._publish_one(chunk[0])
-                        continue
-                    batch_id = f"{nonce}-{start}" if part == 0 else f"{nonce}-{part}-{start}"
-                    seqs = await self._publish_atomic(chunk, batch_id, devices)
-                    seq_of.update(zip((c.position for c in chunk), seqs, strict=True))
-        else:
-            for item in outgoing:
-                seq_of[item.position] = await self._publish_one(item)
+        seq_of = await self.publish(outgoing, nonce, devices)
 
         for i, seq in seq_of.items():
             m = messages[i]
             assert isinstance(m, NewMessage)
             results[i] = AppendResult(pin=m.pin, id=m.id, cursor=seq, expires_ms=m.expires_at_ms)
         return [r for r in results if r is not None]
+
+    async def publish(
+        self, outgoing: list[Outgoing], nonce: str, devices: dict[str, DeviceRec]
+    ) -> dict[int, int]:
+        """Publish an append's messages: {position: sequence}."""
+        seq_of: dict[int, int] = {}
+        if not self.atomic:
+            for item in outgoing:
+                seq_of[item.position] = await self._publish_one(item)
+            return seq_of
+        # An atomic batch goes to one stream: one group per partition, each in the
+        # order given (so per device).
+        parts: dict[int, list[Outgoing]] = {}
+        for item in outgoing:
+            parts.setdefault(item.part, []).append(item)
+        publish = self.grouped or self.publish_part
+        for part, items in sorted(parts.items()):
+            seqs = await publish(part, items, nonce, devices)
+            seq_of.update(zip((item.position for item in items), seqs, strict=True))
+        return seq_of
+
+    async def publish_part(
+        self, part: int, items: list[Outgoing], nonce: str, devices: dict[str, DeviceRec]
+    ) -> list[int]:
+        """One partition's messages of an append, alone: atomic chunks whose batch ids
+        come from ``nonce``, so a retry of the append finds what was committed."""
+        seqs: list[int] = []
+        for start, chunk in atomic_chunks(items):
+            if len(chunk) == 1:
+                seqs.append(await self._publish_one(chunk[0]))
+                continue
+            batch_id = f"{nonce}-{start}" if part == 0 else f"{nonce}-{part}-{start}"
+            seqs += await self._publish_atomic(chunk, batch_id, devices)
+        return seqs
 
     def _outgoing(self, i: int, m: NewMessage, rec: DeviceRec, nonce: str) -> Outgoing:
         origin = f"{nonce}.{i}"
@@ -165,7 +207,8 @@ class Appender:
         headers = {"Nats-Msg-Id": origin, "Nats-TTL": str(ttl_seconds(m, self.ttl_grace_s))}
         if m.topic is not None:
             headers["Nats-Rollup"] = "sub"
-        return Outgoing(i, self.layout.subject(m.pin, m.topic), payload, headers)
+        subject = self.layout.subject(m.pin, m.topic)
+        return Outgoing(i, subject, payload, headers, self.layout.partition(m.pin))
 
     async def _publish_one(self, item: Outgoing, *, expect_duplicate: bool = False) -> int:
         async def op() -> int:
@@ -184,24 +227,17 @@ class Appender:
         last = len(chunk)
 
         async def op() -> list[int]:
-            for n, item in enumerate(chunk, 1):
-                hdrs = {**item.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)}
-                if n < last:
-                    await self.api.send(item.subject, item.payload, hdrs)
-                    continue
-                hdrs["Nats-Batch-Commit"] = "1"
-                try:
-                    resp = await self.api.publish(item.subject, item.payload, hdrs)
-                except ApiError as err:
-                    if err.batch_duplicate:
-                        # An earlier attempt was committed, its acknowledgement lost.
-                        return await self._find_batch(chunk, devices)
-                    raise
-                top, count = int(resp["seq"]), int(resp.get("count", last))
-                if count != last:
-                    raise StoreClosed(f"atomic batch stored {count} of {last}")
-                return list(range(top - last + 1, top + 1))
-            raise AssertionError("unreachable")
+            try:
+                resp = await send_batch(self.api, chunk, batch_id)
+            except ApiError as err:
+                if err.batch_duplicate:
+                    # An earlier attempt was committed, its acknowledgement lost.
+                    return await self._find_batch(chunk, devices)
+                raise
+            top, count = int(resp["seq"]), int(resp.get("count", last))
+            if count != last:
+                raise StoreClosed(f"atomic batch stored {count} of {last}")
+            return list(range(top - last + 1, top + 1))
 
         return await self.api.call(op, "atomic publish")
 

@@ -95,7 +95,9 @@ class ApiError(Exception):
 
     @property
     def batch_duplicate(self) -> bool:
-        """An atomic batch with this id was committed before (its answer was lost)."""
+        """An atomic batch holds a message already stored (its Nats-Msg-Id was seen):
+        an earlier attempt was committed and its answer lost, or a takeover's message.
+        The whole batch is refused."""
         return self.err_code == BATCH_DUPLICATE_ID
 
 

@@ -3,7 +3,8 @@
 It holds the options and the connection's life (open, close, health) and hands
 each protocol call to the part that owns it: :class:`~.devices.Devices` and
 :class:`~.keys.Keys` (KV records), :class:`~.appends.Appender` (with
-:class:`~.idempotency.Leases` for an Idempotency-Key), :class:`~.reads.Reader`,
+:class:`~.idempotency.Leases` for an Idempotency-Key and
+:class:`~.group.GroupCommit` for concurrent appends), :class:`~.reads.Reader`,
 :class:`~.acks.Acker`.  They share one :class:`~.api.Api` (the connection, retries
 and the error boundary) and one :class:`~.layout.Layout` (names).
 """
@@ -28,6 +29,7 @@ from pinrelay.store.jetstream.api import Api, refused
 from pinrelay.store.jetstream.appends import Appender
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.feed import Feed
+from pinrelay.store.jetstream.group import GroupCommit
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_LEASE_S, Leases
 from pinrelay.store.jetstream.keys import Keys
 from pinrelay.store.jetstream.kv import Kv
@@ -59,6 +61,7 @@ class JetStreamStore:
         connect_timeout: float = 10.0,
         name: str = "pinrelay",
         partitions: int = 1,
+        group_commit: bool = True,
     ) -> None:
         self.layout = Layout(stream, subject_prefix, partitions, bucket_prefix)
         self.servers = [servers] if isinstance(servers, str) else list(servers)
@@ -83,6 +86,9 @@ class JetStreamStore:
         self.leases = Leases(kv, buckets.idem, idem_lease_s)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
+        #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
+        self.group = GroupCommit(self.api, self.appender.publish_part) if group_commit else None
+        self.appender.grouped = None if self.group is None else self.group.publish
         self.acker = Acker(self.api, self.layout, self.devices, self.reader, sweep_scan)
         #: New messages in stream order, for the devices this relay follows (the router).
         self.feed = Feed(self.layout, self.devices.cache)
