@@ -23,8 +23,8 @@ messages, a topic subject rolled up twice), and a group the server refuses anywa
 is published again caller by caller, alone, so only the faulty one fails: a
 message stored before (a takeover's, or this very group's after a lost commit
 acknowledgement: "batch contains duplicate message id") then finds its sequence as
-an append alone does.  A caller cancelled before its group is taken is left out;
-once taken, its messages go out with the rest (like a lost reply).
+an append alone does.  A caller cancelled before its batch is sent is left out;
+once sent, its messages are stored as those of a caller whose answer was lost.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def pack(entries: list[Entry]) -> list[list[Entry]]:
     size = 0
     rolled: set[str] = set()
     for entry in entries:
-        if len(atomic_chunks(entry.items)) > 1:
+        if len(entry.items) > 1 and len(atomic_chunks(entry.items)) > 1:
             units.append([entry])
             continue
         if current and (size + len(entry.items) > MAX_ATOMIC_BATCH or entry.rolled & rolled):
@@ -169,6 +169,7 @@ class GroupCommit:
 
     async def _unit(self, part: int, unit: list[Entry]) -> None:
         """One atomic batch's worth of entries: publish it, answer each caller."""
+        unit = [e for e in unit if not e.future.done()]  # not the cancelled
         if len(unit) > 1:
             try:
                 seqs = await self._commit([item for e in unit for item in e.items])
@@ -186,7 +187,7 @@ class GroupCommit:
                 return
             self.fallbacks += 1
         for entry in unit:
-            if entry.future.done():  # cancelled while its group was refused
+            if entry.future.done():  # cancelled meanwhile
                 continue
             try:
                 result: list[int] | BaseException = await self.alone(
