@@ -4,17 +4,12 @@ A real 3-node nats-server cluster on 127.0.0.1 (pinrelay.testing.natsproc); two
 JetStreamStores in this process on the same stream, one with ``group_commit`` (the
 default) and one without (every append publishes alone, as before).  D devices
 (default 64).  Each run sends M single-message appends through
-``JetStreamStore.append``:
+``JetStreamStore.append`` (one feed follows the stream, as in a relay):
 
 - closed loop: N callers (``--concurrency``), each appending as soon as its last
   append returned (message i of caller c to device (c + i) mod D);
 - paced (``--rate``): one append every 1/R s whatever the answers (open loop), at
   most 256 in flight, the way HTTP single pushes arrive at a relay.
-
-``--path lean`` measures the append as the concurrent change to appends.py makes it
-(device records from a cache, no ``last_cursor`` raised after the publish): both
-are patched out in this process, so what is left is the publish that group commit
-changes.  ``--path full`` is ``JetStreamStore.append`` of this tree as it is.
 
 Measured per run: wall time, appends/s, utime+stime (from /proc/<pid>/stat) of this
 process ("relay") and of the 3 nats-servers (summed), per message; the average
@@ -43,7 +38,6 @@ from pathlib import Path
 from bench.common import OtherLoad, cpu_seconds, fmt, percentile, print_table
 from pinrelay.core.model import NewMessage
 from pinrelay.store.jetstream import JetStreamStore
-from pinrelay.store.jetstream.devices import FoundDevice
 from pinrelay.testing.natsproc import NatsCluster
 
 #: A relay's typical small push.
@@ -85,23 +79,6 @@ class Run:
 def message(pin: str, n: int) -> NewMessage:
     now = int(time.time() * 1000)
     return NewMessage(pin, f"01BENCH{n:019d}", DATA, None, "normal", now, now + 3_600_000)
-
-
-def make_lean(store: JetStreamStore) -> None:
-    """Device records from a cache, no last_cursor raise (see the module docstring)."""
-    cache: dict[str, FoundDevice | None] = {}
-    fetch = store.devices.get
-
-    async def get(pin: str) -> FoundDevice | None:
-        if pin not in cache:
-            cache[pin] = await fetch(pin)
-        return cache[pin]
-
-    async def raise_last_cursor(pin: str, seq: int) -> None:
-        return None
-
-    store.devices.get = get  # type: ignore[method-assign]
-    store.devices.raise_last_cursor = raise_last_cursor  # type: ignore[method-assign]
 
 
 class Bench:
@@ -224,8 +201,9 @@ async def main(args: argparse.Namespace) -> None:
             }
             for s in stores.values():
                 await s.open()
-                if args.path == "lean":
-                    make_lean(s)
+            # Every store follows the streams (its feed); a relay has one feed, so
+            # one of the two stops following.  Both modes pay the same feed.
+            await stores["alone"].feed.stop()
             try:
                 pins = [f"{0xBE000000 + i:08X}" for i in range(args.devices)]
                 for pin in pins:
@@ -258,8 +236,7 @@ async def main(args: argparse.Namespace) -> None:
             mine = [r for r in runs if r.load == load and r.mode == mode]
             rows.append(row(f"{load} {mode} (median of {len(mine)})", mine))
     print_table(
-        f"Single-message appends ({args.path}) through JetStreamStore.append, "
-        f"{args.messages} per run, "
+        f"Single-message appends through JetStreamStore.append, {args.messages} per run, "
         f"{args.devices} devices, 3-node cluster, R3 file stream",
         HEADERS,
         rows,
@@ -276,12 +253,6 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, nargs="*", default=[1000.0], help="paced appends/s")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
-    p.add_argument(
-        "--path",
-        choices=["full", "lean"],
-        default="lean",
-        help="lean: cached devices, no last_cursor raise (see above)",
-    )
     return p.parse_args(argv)
 
 
