@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg as NatsMsg
@@ -29,6 +29,9 @@ from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream.errors import ApiError, Unavailable, nats_errors
 
 T = TypeVar("T")
+# msgspec, not the json module: every publish acknowledgement is decoded here.
+_enc = msgspec.json.Encoder().encode
+_dec = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 async def ask(nc: NATS, subject: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -36,8 +39,8 @@ async def ask(nc: NATS, subject: str, body: dict[str, Any], timeout: float) -> d
 
     Raises :class:`ApiError` for an error answer.
     """
-    msg = await nc.request(f"$JS.API.{subject}", json.dumps(body).encode(), timeout=timeout)
-    return ApiError.check(json.loads(msg.data))
+    msg = await nc.request(f"$JS.API.{subject}", _enc(body), timeout=timeout)
+    return ApiError.check(_dec(msg.data))
 
 
 def publish_answer(msg: NatsMsg) -> dict[str, Any]:
@@ -47,7 +50,7 @@ def publish_answer(msg: NatsMsg) -> dict[str, Any]:
     """
     if not msg.data and msg.headers and msg.headers.get("Status") == "503":
         raise nats.errors.NoRespondersError
-    return ApiError.check(json.loads(msg.data))
+    return ApiError.check(_dec(msg.data))
 
 
 class Api:
@@ -121,7 +124,7 @@ class Api:
         sub = await nc.subscribe(inbox)
         try:
             body = {"seq": start, "next_by_subj": subject, "batch": batch}
-            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), reply=inbox)
+            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", _enc(body), reply=inbox)
             items: list[tuple[int, bytes]] = []
             while True:
                 msg = await sub.next_msg(timeout=self.request_timeout)

@@ -94,18 +94,27 @@ class Devices:
     ) -> DeviceRec | None:
         """Apply ``change`` with compare-and-set; None if there is no device.
 
-        ``change`` returns None for "nothing to write".  A conflict (another relay
-        wrote in between) re-reads and tries again.
+        ``change`` returns None for "nothing to write".  The first attempt names the
+        cached revision (no read); a conflict (the cache lagged, or another relay
+        wrote in between) re-reads from the leader and tries again.
         """
         async with self._locks.hold(pin):
+            cached = self.cache.get(pin)
             for _ in range(MAX_CAS_ATTEMPTS):
-                got = await self.get_fresh(pin)
+                fresh = cached is None
+                if cached is not None:
+                    got: FoundDevice | None = FoundDevice(cached.value, cached.revision)
+                    cached = None
+                else:
+                    got = await self.get_fresh(pin)
                 if got is None:
                     self.cache.drop(pin)
                     return None
                 rec, revision = got
                 new = change(rec)
                 if new is None:
+                    if not fresh:
+                        continue  # "nothing to write" is only believed of the leader's copy
                     self.cache.put(pin, rec, revision)
                     return rec
                 written = await self.kv.update(self.bucket, pin, json_enc.encode(new), revision)
