@@ -174,6 +174,15 @@ def serve(
             "message, instead of batched Direct Get from any replica.",
         ),
     ] = False,
+    purge_acked: Annotated[
+        bool,
+        typer.Option(
+            "--purge-acked",
+            help="With --store: delete a device's acknowledged messages when its ack is "
+            "written, at about 110 µs of NATS CPU a message, instead of leaving them, "
+            "unreadable, until their TTL expires.",
+        ),
+    ] = False,
     heartbeat: Annotated[float, typer.Option(help="Seconds of silence before a ping.")] = 30.0,
     hello_timeout: Annotated[
         float, typer.Option(help="Seconds a new link has to say hello.")
@@ -306,6 +315,7 @@ def serve(
         store=",".join(urls) if urls else None,
         partitions=partitions,
         direct_reads=not leader_reads,
+        purge_acked=purge_acked,
         **_given(  # the defaults live in RelayConfig
             http_max_connections=http_max_connections,
             http_header_timeout_s=http_header_timeout,

@@ -45,6 +45,10 @@ class RelayConfig:
     #: JetStream only: read backlogs with batched Direct Get (any replica, checked
     #: against the device's last cursor), not one leader request per message.
     direct_reads: bool = True
+    #: JetStream only: purge a device's acknowledged messages when its ack is written
+    #: (about 110 µs of NATS CPU per message), instead of leaving them, unreadable, to
+    #: expire with their TTL (docs/DECISIONS.md, entry 34).
+    purge_acked: bool = False
     #: Cluster mode: how often this relay refreshes its record among the live relays,
     #: and how long the record lives without a refresh.
     relay_heartbeat_s: float = 2.0

@@ -85,7 +85,9 @@ class Metrics:
             registry=r,
         )
         self.backlog = Gauge(
-            "pinrelay_backlog_messages", "Messages stored and not yet acknowledged", registry=r
+            "pinrelay_backlog_messages",
+            "Messages stored (a cluster keeps acknowledged ones, unreadable, until they expire)",
+            registry=r,
         )
         self.devices = Gauge("pinrelay_devices", "Devices registered", registry=r)
 

@@ -68,6 +68,7 @@ class Relay:
                 name=nats_connection_name(config.node),
                 partitions=config.partitions,
                 direct_reads=config.direct_reads,
+                purge_acked=config.purge_acked,
             )
             self.store = js
             self.router = NatsRouter(

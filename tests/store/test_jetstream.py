@@ -18,6 +18,7 @@ from pinrelay.core.model import Accepted, NewMessage
 from pinrelay.store.base import AppendResult, IdempotencyKey, Rejected, StoreClosed
 from pinrelay.store.jetstream import JetStreamStore, ttl_seconds
 from pinrelay.store.jetstream.appends import Outgoing, atomic_chunks
+from pinrelay.testing.wait import wait_until_async
 from tests.natsproc import NatsCluster
 
 from .conftest import jetstream_names
@@ -117,6 +118,65 @@ class TestLastCursor:
         dev = await store.get_device(A)
         assert dev is not None
         assert (dev.last_cursor, dev.acked_cursor) == (top, top)
+
+
+class TestHeldAcks:
+    """A link's acks (ack_many): read at once, written later, messages left to their TTL."""
+
+    async def test_a_followed_devices_ack_is_held_then_written_and_purges_nothing(
+        self, open_store: OpenStore
+    ) -> None:
+        store = await open_store()
+        store.acker.flush_s = 0.3
+        await add_devices(store, A)
+        store.feed.follow(A)  # a link here: its acks are held
+        c = [r.cursor for r in await append_ok(store, msg(A, 1), msg(A, 2), msg(A, 3))]
+        await store.ack_many([(A, c[1])])
+        assert [m.cursor for m in await read_all(store, A)] == [c[2]]  # seen at once
+        assert await store.backlog(A, NOW) == 1
+        written = await store.devices.get_fresh(A)
+        assert written is not None and written.rec.acked_cursor == 0  # not yet
+
+        async def stored_ack() -> int:
+            got = await store.devices.get_fresh(A)
+            return got.rec.acked_cursor if got else -1
+
+        await wait_until_async(lambda: stored_ack(), 10, message="the held ack to be written")
+        assert await stored_ack() == c[1]
+        # Nothing was purged: the acked messages wait for their TTL, unreadable.
+        counts = await subject_counts(store.servers, store.stream, f"{store.prefix}.>")
+        assert sum(counts.values()) == 3
+        assert [m.cursor for m in await read_all(store, A)] == [c[2]]
+
+    async def test_a_device_no_longer_followed_is_written_at_once(
+        self, open_store: OpenStore
+    ) -> None:
+        store = await open_store()
+        store.acker.flush_s = 3600.0  # "later" is never, within this test
+        await add_devices(store, A)
+        store.feed.follow(A)
+        (r,) = await append_ok(store, msg(A, 1))
+        await store.ack_many([(A, r.cursor)])
+        store.feed.unfollow(A)  # the link closed
+
+        async def written() -> bool:
+            got = await store.devices.get_fresh(A)
+            return got is not None and got.rec.acked_cursor == r.cursor
+
+        await wait_until_async(written, 10, message="the ack to be written on unfollow")
+
+    async def test_purge_acked_purges_when_the_ack_is_written(self, open_store: OpenStore) -> None:
+        store = await open_store(purge_acked=True)
+        await add_devices(store, A)
+        c = [r.cursor for r in await append_ok(store, msg(A, 1), msg(A, 2))]
+        await store.ack_many([(A, c[0])])  # not followed: written at once
+
+        async def purged() -> bool:
+            counts = await subject_counts(store.servers, store.stream, f"{store.prefix}.>")
+            return sum(counts.values()) == 1
+
+        await wait_until_async(purged, 10, message="the acked message to be purged")
+        assert [m.cursor for m in await read_all(store, A)] == [c[1]]
 
 
 def fail_after_publish(store: JetStreamStore, monkeypatch: pytest.MonkeyPatch, why: str) -> None:

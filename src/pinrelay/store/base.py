@@ -70,7 +70,8 @@ class IdempotencyKey:
 @dataclass(frozen=True, slots=True)
 class StoreStats:
     devices: int
-    #: Stored, not yet acknowledged (expired ones until they are swept).
+    #: Stored: not yet acknowledged (expired ones until they are swept); the cluster
+    #: engine also counts acknowledged ones until their TTL removes them.
     messages: int
 
 

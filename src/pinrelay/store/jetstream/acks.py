@@ -1,10 +1,16 @@
-"""How messages leave the stream: acks purge a device's subjects, sweeps expired ones.
+"""Acks, and how messages leave the stream.
 
 Writing an ack is a compare-and-set of the device record (``acked_cursor``, and
 ``last_cursor`` raised to it, so a cursor handed out stays acceptable once its
-messages are gone) and then a purge of the device's subjects below it
-(``STREAM.PURGE`` with a filter and ``seq``).  JetStream has no multi-subject
-purge: a write is per device.
+messages are gone).  From then on reads and backlogs start after it: acknowledged
+messages are never delivered again, whether or not they are still stored.
+
+They are *removed* by JetStream when their ``Nats-TTL`` runs out, in bulk, about
+15 µs of NATS CPU a message (three nodes); removing one before that, by a purge of
+the device's subjects or a delete, costs about 110-200 µs, more than storing it
+(issue 12; DECISIONS 34).  So a link's acks remove nothing by default;
+``purge_acked`` purges the device's subjects below the ack when it is written (and
+:meth:`Acker.ack`, the inbox's explicit ack, always does, once per poll).
 
 :meth:`Acker.ack` writes at once (the inbox's HTTP ack).  :meth:`Acker.ack_many`
 (links' cumulative acks, coalesced by the relay's AckWriter) keeps the newest
@@ -51,6 +57,8 @@ class Acker:
         reader: Reader,
         sweep_scan: int,
         flush_s: float = ACK_FLUSH_S,
+        *,
+        purge_acked: bool = False,
     ) -> None:
         self.api = api
         self.layout = layout
@@ -59,6 +67,7 @@ class Acker:
         #: Messages one sweep looks at per stream, at most.
         self.sweep_scan = sweep_scan
         self.flush_s = flush_s
+        self.purge_acked = purge_acked
         self._sweep_from: dict[str, int] = {}
         #: Acks held in memory, not written yet: PIN → newest cursor.
         self._held: dict[str, int] = {}
@@ -85,10 +94,10 @@ class Acker:
         return int(resp.get("purged", 0))
 
     async def ack(self, pin: str, cursor: int) -> None:
-        """See :meth:`pinrelay.store.base.Store.ack`: written now."""
-        await self._write(pin, max(cursor, self._held.get(pin, 0)))
+        """See :meth:`pinrelay.store.base.Store.ack`: written now, and purged."""
+        await self._write(pin, max(cursor, self._held.get(pin, 0)), purge=True)
 
-    async def _write(self, pin: str, cursor: int) -> None:
+    async def _write(self, pin: str, cursor: int, *, purge: bool = False) -> None:
         """The record first, then the purge: a reader never finds messages gone while
         the record still says they are unacknowledged (it would skip nothing, but a
         hello with the acked cursor must stay acceptable)."""
@@ -104,7 +113,7 @@ class Acker:
             )
 
         rec = await self.devices.update(pin, change)
-        if rec is not None and cursor > before:
+        if rec is not None and cursor > before and (purge or self.purge_acked):
             # Keeps every sequence >= cursor + 1 of this device's subjects only.
             await self.purge(pin, cursor + 1)
         if self._held.get(pin, 0) <= cursor:

@@ -61,6 +61,7 @@ class JetStreamStore:
         connect_timeout: float = 10.0,
         name: str = "pinrelay",
         partitions: int = 1,
+        purge_acked: bool = False,
         group_commit: bool = True,
     ) -> None:
         self.layout = Layout(stream, subject_prefix, partitions, bucket_prefix)
@@ -89,7 +90,9 @@ class JetStreamStore:
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
         self.group = GroupCommit(self.api, self.appender.publish_part) if group_commit else None
         self.appender.grouped = None if self.group is None else self.group.publish
-        self.acker = Acker(self.api, self.layout, self.devices, self.reader, sweep_scan)
+        self.acker = Acker(
+            self.api, self.layout, self.devices, self.reader, sweep_scan, purge_acked=purge_acked
+        )
         #: New messages in stream order, for the devices this relay follows (the router).
         self.feed = Feed(self.layout, self.devices.cache)
         self.reader.known = self.feed.known
