@@ -142,9 +142,6 @@ class NatsRouter:
     def subject(self, node: str, what: str) -> str:
         return f"{self.subject_prefix}.node.{node}.{what}"
 
-    def poll_subject(self, pin: str) -> str:
-        return f"{self.subject_prefix}.poll.{pin}"
-
     def __len__(self) -> int:
         return len(self.local)
 
