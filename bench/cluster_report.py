@@ -339,7 +339,8 @@ def throughput_lines(args: argparse.Namespace, runs: Sequence[Run]) -> list[str]
                 f"{ratio(de, bd, 'nats_us'):.1f}x ({med(de, 'nats_us'):.0f} against "
                 f"{med(bd, 'nats_us'):.0f} µs; NATS messages to the servers per message "
                 f"{fmt(med(de, 'to_nats'), 2)} against {fmt(med(bd, 'to_nats'), 2)}): the "
-                "relays' reads, purges, KV updates and wake-ups, beyond the publish itself."
+                "rest is what the relays ask beyond the publish itself (each relay's feed of "
+                "every message, acks written back, reads on attach)."
             )
     return lines
 
