@@ -179,7 +179,7 @@ def serve(
         typer.Option(
             "--purge-acked",
             help="With --store: delete a device's acknowledged messages when its ack is "
-            "written, at about 110 µs of NATS CPU a message, instead of leaving them, "
+            "written, at about 130 µs of NATS CPU a message, instead of leaving them, "
             "unreadable, until their TTL expires.",
         ),
     ] = False,

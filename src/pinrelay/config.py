@@ -46,7 +46,7 @@ class RelayConfig:
     #: against the device's last cursor), not one leader request per message.
     direct_reads: bool = True
     #: JetStream only: purge a device's acknowledged messages when its ack is written
-    #: (about 110 µs of NATS CPU per message), instead of leaving them, unreadable, to
+    #: (about 130 µs of NATS CPU per message), instead of leaving them, unreadable, to
     #: expire with their TTL (docs/DECISIONS.md, entry 34).
     purge_acked: bool = False
     #: Cluster mode: how often this relay refreshes its record among the live relays,

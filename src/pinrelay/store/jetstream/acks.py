@@ -6,9 +6,9 @@ messages are gone).  From then on reads and backlogs start after it: acknowledge
 messages are never delivered again, whether or not they are still stored.
 
 They are *removed* by JetStream when their ``Nats-TTL`` runs out, in bulk, about
-15 µs of NATS CPU a message (three nodes); removing one before that, by a purge of
-the device's subjects or a delete, costs about 110-200 µs, more than storing it
-(issue 12; DECISIONS 34).  So a link's acks remove nothing by default;
+6-14 µs of NATS CPU a message (three nodes); removing one before that, by a purge of
+the device's subjects or a delete, costs about 130-230 µs, more than storing it
+(``bench.js_removal``; DECISIONS 34).  So a link's acks remove nothing by default;
 ``purge_acked`` purges the device's subjects below the ack when it is written (and
 :meth:`Acker.ack`, the inbox's explicit ack, always does, once per poll).
 
