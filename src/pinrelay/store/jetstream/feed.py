@@ -35,7 +35,7 @@ from nats.js.client import JetStreamContext
 
 from pinrelay.core.model import StoredMessage
 from pinrelay.store.jetstream.layout import Layout
-from pinrelay.store.jetstream.records import DeviceRec, decode_msg
+from pinrelay.store.jetstream.records import DeviceRec, decode_msg, stored
 from pinrelay.store.jetstream.watch import RecordCache
 
 log = logging.getLogger(__name__)
@@ -154,20 +154,7 @@ class Feed:
             # already sent it to the store): the link reads the store, which checks.
             self._pending[pin] = None
         elif m.gen == cached.value.gen and m.expires_ms > self.clock() * 1000:
-            pending.append(
-                StoredMessage(
-                    pin,
-                    m.id,
-                    m.data,
-                    m.topic,
-                    m.urgency,
-                    m.sent_ms,
-                    m.expires_ms,
-                    m.kind,
-                    m.sender,
-                    cursor=seq,
-                )
-            )
+            pending.append(stored(pin, seq, m))
             self._pending[pin] = pending
         if not self._scheduled:
             # Everything that arrived in this turn of the loop goes out together.

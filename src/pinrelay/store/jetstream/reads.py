@@ -21,7 +21,7 @@ from pinrelay.core.model import StoredMessage
 from pinrelay.store.jetstream.api import Api, not_found
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.layout import Layout
-from pinrelay.store.jetstream.records import DeviceRec, Msg, decode_msg
+from pinrelay.store.jetstream.records import DeviceRec, Msg, decode_msg, stored
 
 #: Largest batch asked of one Direct Get.
 MAX_DIRECT_BATCH = 1000
@@ -72,20 +72,7 @@ class Reader:
             async for seq, m in scan:
                 if m.gen != rec.gen or m.expires_ms <= now_ms:
                     continue
-                out.append(
-                    StoredMessage(
-                        pin,
-                        m.id,
-                        m.data,
-                        m.topic,
-                        m.urgency,
-                        m.sent_ms,
-                        m.expires_ms,
-                        m.kind,
-                        m.sender,
-                        cursor=seq,
-                    )
-                )
+                out.append(stored(pin, seq, m))
                 if len(out) >= limit:
                     break
         return out

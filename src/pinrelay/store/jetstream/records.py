@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from pinrelay.core.model import ApiKey, Device, NewMessage, Scope
+from pinrelay.core.model import ApiKey, Device, NewMessage, Scope, StoredMessage
 from pinrelay.store.base import AppendResult, Rejected, StoreClosed
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,13 @@ def decode_msg(seq: int, payload: bytes) -> Msg | None:
     except msgspec.DecodeError:
         log.warning("skipping sequence %d: not a pinrelay message", seq)
         return None
+
+
+def stored(pin: str, seq: int, m: Msg) -> StoredMessage:
+    """The message as the Store protocol hands it out; its cursor is its sequence."""
+    return StoredMessage(
+        pin, m.id, m.data, m.topic, m.urgency, m.sent_ms, m.expires_ms, m.kind, m.sender, seq
+    )
 
 
 def hash_key(value: str) -> str:
