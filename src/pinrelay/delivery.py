@@ -54,9 +54,9 @@ async def acknowledge(store: Store, pin: str, cursor: int, last_cursor: int) -> 
 
     The body is well formed but contradicts the device's state: 409, not 422.
     ``last_cursor`` may lag (a cluster writes no record per message): only the
-    store's exact figure refuses.
+    store's limit refuses.
     """
-    if cursor > last_cursor and cursor > (last_cursor := await store.last_cursor(pin)):
+    if cursor > last_cursor and cursor > (last_cursor := await store.cursor_limit(pin)):
         raise RemoteProtocolError(
             f"cursor {cursor} is beyond the device's last message ({last_cursor})",
             ErrorCode.CONFLICT,

@@ -60,10 +60,12 @@ def data_n(m: StoredMessage) -> int:
 
 
 async def last_cursor(store: Store, pin: str) -> int:
-    """The device's exact last cursor; the cheap one on its record is never above it."""
+    """The device's last cursor; the cheap one on its record is never above it, nor it
+    above the limit a client may name."""
     exact = await store.last_cursor(pin)
     dev = await store.get_device(pin)
     assert dev is None or dev.last_cursor <= exact
+    assert exact <= await store.cursor_limit(pin)
     return exact
 
 
@@ -488,6 +490,16 @@ class TestBacklogAndSweep:
         await store.ack(A, first.cursor)
         await store.delete_device(B)
         assert await store.stats() == StoreStats(devices=1, messages=1)
+
+    async def test_a_cursor_handed_out_stays_nameable_once_its_message_is_swept(
+        self, store: Store
+    ) -> None:
+        await add_devices(store, A)
+        (r,) = await append_ok(store, msg(A, 1, ttl_ms=10))
+        (m,) = await read_all(store, A)
+        assert await store.sweep(NOW + 10) == 1
+        assert await store.cursor_limit(A) >= m.cursor == r.cursor
+        assert await store.cursor_limit(UNKNOWN) == 0
 
     async def test_sweep_limit(self, store: Store) -> None:
         await add_devices(store, A)

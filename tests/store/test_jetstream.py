@@ -120,6 +120,35 @@ class TestLastCursor:
         assert (dev.last_cursor, dev.acked_cursor) == (top, top)
 
 
+class TestCachesAcrossRelays:
+    async def test_a_device_deleted_through_one_store_is_gone_from_anothers_cache(
+        self, open_store: OpenStore
+    ) -> None:
+        one, other = await open_store(), await open_store()
+        await add_devices(one, A)
+        assert await other.get_device(A) is not None  # now cached there
+        assert await one.delete_device(A)
+
+        async def gone() -> bool:
+            return await other.get_device(A) is None
+
+        await wait_until_async(gone, 10, message="the deletion to reach the other cache")
+
+    async def test_a_token_changed_through_one_store_reaches_anothers_cache(
+        self, open_store: OpenStore
+    ) -> None:
+        one, other = await open_store(), await open_store()
+        await add_devices(one, A)
+        assert await other.get_device(A) is not None
+        assert await one.set_token(A, "rotated")
+
+        async def rotated() -> bool:
+            dev = await other.get_device(A)
+            return dev is not None and dev.token_hash == "rotated"
+
+        await wait_until_async(rotated, 10, message="the new token to reach the other cache")
+
+
 class TestHeldAcks:
     """A link's acks (ack_many): read at once, written later, messages left to their TTL."""
 

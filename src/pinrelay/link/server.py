@@ -370,7 +370,7 @@ class LinkProtocol(asyncio.Protocol):
         device = principal.device
         if hello.cursor > device.last_cursor:
             # The cheap figure may lag (a cluster writes no record per message).
-            last = await server.store.last_cursor(device.pin)
+            last = await server.store.cursor_limit(device.pin)
             if not self._still_authenticating():
                 return
             if hello.cursor > last:

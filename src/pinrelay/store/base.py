@@ -110,11 +110,20 @@ class Store(Protocol):
         ...
 
     async def last_cursor(self, pin: str) -> int:
-        """The highest cursor ever stored for ``pin`` (0: none, or no such device).
+        """The highest cursor stored for ``pin`` as far as the store can tell (0: none).
 
-        Exact, where ``Device.last_cursor`` may lag on an engine that writes no
-        device record per message; it may cost a read, so edges ask only when the
-        cheap value would refuse a cursor.
+        Where ``Device.last_cursor`` may lag on an engine that writes no device record
+        per message; it may cost a read.  On the cluster engine a message that expired
+        unacknowledged may have had a higher one: see :meth:`cursor_limit`.
+        """
+        ...
+
+    async def cursor_limit(self, pin: str) -> int:
+        """The highest cursor ``pin``'s device may name (a hello, an ack).
+
+        At least every cursor ever handed out for it, and no cursor at or below it
+        can acknowledge a message stored later.  It may cost a read: edges ask only
+        when ``Device.last_cursor`` would refuse.
         """
         ...
 

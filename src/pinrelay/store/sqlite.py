@@ -373,6 +373,9 @@ class SqliteStore:
         device = await self.get_device(pin)
         return 0 if device is None else device.last_cursor
 
+    async def cursor_limit(self, pin: str) -> int:
+        return await self.last_cursor(pin)  # kept per device, never lowered
+
     async def backlog(self, pin: str, now_ms: int) -> int:
         row = (
             self._read()

@@ -32,6 +32,7 @@ from typing import Any
 
 import msgspec
 
+from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream.api import Api, refused
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.layout import Layout
@@ -67,6 +68,8 @@ class Acker:
         #: Messages one sweep looks at per stream, at most.
         self.sweep_scan = sweep_scan
         self.flush_s = flush_s
+        #: Set by :meth:`close`: no writer starts again.
+        self.closed = False
         self.purge_acked = purge_acked
         self._sweep_from: dict[str, int] = {}
         #: Acks held in memory, not written yet: PIN → newest cursor.
@@ -118,6 +121,8 @@ class Acker:
             await self.purge(pin, cursor + 1)
         if self._held.get(pin, 0) <= cursor:
             self._drop(pin)
+        elif pin in self._since:
+            self._since[pin] = time.monotonic()  # a newer ack waits its own delay
 
     def forget(self, pin: str) -> None:
         """The device is gone: its held ack with it."""
@@ -149,6 +154,8 @@ class Acker:
             self._start()
 
     def _start(self) -> None:
+        if self.closed:
+            return
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_forever())
         self._kick.set()
@@ -168,7 +175,12 @@ class Acker:
                 continue
             try:
                 await self._write_all(due)
-            except Exception as exc:  # the store is away: try again a little later
+            except StoreClosed:
+                if self.closed:
+                    return  # closed: what is still held is a redelivery, not a loss
+                log.warning("writing acks failed: the store is away (retrying)")
+                await asyncio.sleep(min(self.flush_s, 1.0))
+            except Exception as exc:
                 log.warning("writing acks failed (retrying): %r", exc)
                 await asyncio.sleep(min(self.flush_s, 1.0))
 
@@ -184,15 +196,19 @@ class Acker:
 
         await asyncio.gather(*(one(p) for p in pins))
 
-    async def flush(self) -> None:
-        """Write every held ack now (before the store closes)."""
-        if self._held:
-            await self._write_all(sorted(self._held))
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._writer
-            self._writer = None
+    async def close(self, *, flush: bool) -> None:
+        """Stop the writer, after writing every held ack if ``flush`` (the store is
+        still connected).  Later acks are not written."""
+        try:
+            if flush and self._held:
+                await self._write_all(sorted(self._held))
+        finally:
+            self.closed = True
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await writer
 
     async def sweep(self, now_ms: int, limit: int) -> int:
         """Delete up to ``limit`` messages expired at ``now_ms``; how many went.

@@ -256,7 +256,8 @@ class Appender:
                     if k is not None:
                         first = seq - k
                         return list(range(first, first + len(chunk)))
-        # Not in the stream any more: the device acked it.  Each message of the batch
+        # Not found after the acked cursor: acked (and purged, by the inbox or
+        # --purge-acked), or expired.  Each message of the batch
         # was registered under its Nats-Msg-Id, and a lone publish with that id is
         # answered duplicate=true with its sequence and stores nothing.
         return [await self._publish_one(item, expect_duplicate=True) for item in chunk]

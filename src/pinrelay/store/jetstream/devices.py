@@ -10,6 +10,7 @@ reads the leader.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from typing import NamedTuple
@@ -155,5 +156,7 @@ class Devices:
                 self.cache.drop(pin)
                 return False
             await self.kv.remove(self.bucket, pin)
-            self.cache.drop(pin)
+            self.cache.forget(pin)
+            with contextlib.suppress(Exception):  # best effort: see .watch
+                await self.watch.announce_removal(self.kv.api.nc, pin)
         return True

@@ -93,11 +93,20 @@ class Feed:
 
     async def start(self, js: JetStreamContext) -> None:
         for part in range(self.layout.partitions):
+            stream = self.layout.stream_name(part)
+            # nats-py re-creates an ordered consumer that has delivered nothing yet
+            # from sequence 1: what was stored before we started is skipped here, by
+            # sequence, rather than handed over again.
+            floor = (await js.stream_info(stream)).state.last_seq + 1
+
+            async def on_msg(msg: NatsMsg, floor: int = floor) -> None:
+                await self._on_msg(msg, floor)
+
             self._subs.append(
                 await js.subscribe(
                     f"{self.layout.part_prefix(part)}.>",
-                    stream=self.layout.stream_name(part),
-                    cb=self._on_msg,
+                    stream=stream,
+                    cb=on_msg,
                     ordered_consumer=True,
                     deliver_policy=DeliverPolicy.NEW,
                     idle_heartbeat=FEED_HEARTBEAT_S,
@@ -133,7 +142,20 @@ class Feed:
         return self._fed.get(pin, 0)
 
     # --- messages ------------------------------------------------------------------
-    async def _on_msg(self, msg: NatsMsg) -> None:
+    def resync(self) -> None:
+        """The feed may have dropped a message (a slow consumer): every followed
+        device reads the store once, so no hand-off can skip past what was lost."""
+        for pin in self._follows:
+            self._pending[pin] = None
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            # Everything that arrived in this turn of the loop goes out together.
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def _on_msg(self, msg: NatsMsg, floor: int = 0) -> None:
         self.received += 1
         try:
             pin = self.layout.pin_of(msg.subject)
@@ -142,6 +164,8 @@ class Feed:
         if pin not in self._follows:
             return
         seq = stream_sequence(msg)
+        if seq < floor:
+            return  # stored before the feed began (a consumer re-created from 1)
         m = decode_msg(seq, msg.data)
         if m is None:
             return
@@ -149,17 +173,22 @@ class Feed:
         self.handed += 1
         pending = self._pending.get(pin, [])
         cached = self.devices.get(pin)
-        if cached is None or pending is None:
-            # The device's gen is not at hand (or an earlier message of this turn
-            # already sent it to the store): the link reads the store, which checks.
+        if (
+            cached is None
+            or pending is None
+            or m.gen != cached.value.gen
+            or m.expires_ms <= self.clock() * 1000
+        ):
+            # Not sure here (the device's gen not at hand or changed, an earlier
+            # message of this turn already sent it to the store, expiry by another
+            # clock): the link reads the store, which decides.
             self._pending[pin] = None
-        elif m.gen == cached.value.gen and m.expires_ms > self.clock() * 1000:
+            if cached is not None and m.gen != cached.value.gen:
+                self.devices.drop(pin)  # the store reads the record again
+        else:
             pending.append(stored(pin, seq, m))
             self._pending[pin] = pending
-        if not self._scheduled:
-            # Everything that arrived in this turn of the loop goes out together.
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._schedule()
 
     def _flush(self) -> None:
         self._scheduled = False

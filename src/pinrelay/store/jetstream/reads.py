@@ -52,11 +52,11 @@ class Reader:
         resp = await self.api.request_unless(f"STREAM.MSG.GET.{stream}", body, "read", not_found)
         return 0 if resp is None else int(resp["message"]["seq"])
 
-    def _guard(self, pin: str) -> Callable[[], Awaitable[int]]:
+    def _guard(self, pin: str, trust_feed: bool) -> Callable[[], Awaitable[int]]:
         """What a direct read of ``pin`` must reach before its "no more" is trusted."""
 
         async def guard() -> int:
-            return self.known(pin) or await self.newest(pin)
+            return (self.known(pin) if trust_feed else 0) or await self.newest(pin)
 
         return guard
 
@@ -84,17 +84,21 @@ class Reader:
             return 0
         rec = got.rec
         n = 0
-        async for _, m in self.scan(pin, self.acked_cursor(pin, rec) + 1):
+        async for _, m in self.scan(pin, self.acked_cursor(pin, rec) + 1, trust_feed=False):
             if m.gen == rec.gen and m.expires_ms > now_ms:
                 n += 1
         return n
 
     async def scan(
-        self, pin: str, start: int, hint: int = MAX_DIRECT_BATCH
+        self, pin: str, start: int, hint: int = MAX_DIRECT_BATCH, *, trust_feed: bool = True
     ) -> AsyncGenerator[tuple[int, Msg], None]:
-        """The device's stored messages from sequence ``start`` on, in order."""
+        """The device's stored messages from sequence ``start`` on, in order.
+
+        ``trust_feed=False``: complete up to the leader's newest message even on a
+        relay following the device (whose feed may lag a push just answered).
+        """
         subject, stream = self.layout.filter(pin), self.layout.stream_of(pin)
-        guard = self._guard(pin)
+        guard = self._guard(pin, trust_feed)
         if self.direct_reads:
             while True:
                 items, exhausted = await self._direct_batch(

@@ -132,17 +132,23 @@ class JetStreamStore:
             await nc.close()
             raise
         self.appender.atomic = atomic
+        self.acker.closed = False
         self._nc, self._js = nc, js
         self.api.attach(nc)
         try:
-            await self.devices.watch.start(js)
-            await self.keys.watch.start(js)
+            await self.devices.watch.start(nc, js)
+            await self.keys.watch.start(nc, js)
             await self.feed.start(js)
         except Exception as exc:
             await self.close()
             raise StoreClosed(f"cannot follow the streams and buckets: {exc!r}") from exc
 
     async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            # A message dropped before our callback saw it: a feed delivery, perhaps.
+            log.warning("NATS: %r; every followed device reads the store", exc)
+            self.feed.resync()
+            return
         log.debug("NATS: %r", exc)
 
     async def _on_disconnected(self) -> None:
@@ -151,17 +157,20 @@ class JetStreamStore:
         log.warning("NATS connection lost; reconnecting")
 
     async def _on_reconnected(self) -> None:
+        # A removal announced while we were away is lost: read every record again.
+        self.devices.cache.clear()
+        self.keys.cache.clear()
         nc = self._nc
         log.warning(
             "NATS connection back (%s)", nc.connected_url.netloc if nc and nc.connected_url else "?"
         )
 
     async def close(self) -> None:
-        if self._nc is not None and not self._nc.is_closed:
-            try:
-                await self.acker.flush()
-            except Exception as exc:  # a lost ack is a redelivery, not a loss
-                log.warning("writing held acks at close failed: %r", exc)
+        connected = self._nc is not None and not self._nc.is_closed
+        try:
+            await self.acker.close(flush=connected)
+        except Exception as exc:  # a lost ack is a redelivery, not a loss
+            log.warning("writing held acks at close failed: %r", exc)
         await self.feed.stop()
         await self.devices.watch.stop()
         await self.keys.watch.stop()
@@ -211,6 +220,16 @@ class JetStreamStore:
             return 0
         newest = await self.reader.newest(pin)
         return max(got.rec.last_cursor, self.reader.acked_cursor(pin, got.rec), newest)
+
+    async def cursor_limit(self, pin: str) -> int:
+        """The last sequence of the device's stream: a message that expired
+        unacknowledged leaves no trace of its cursor, and a later one gets a higher
+        sequence than any now in the stream."""
+        if await self.devices.get(pin) is None:
+            return 0
+        stream = self.layout.stream_of(pin)
+        info = await self.api.request(f"STREAM.INFO.{stream}", {}, "info")
+        return int((info.get("state") or {}).get("last_seq", 0))
 
     async def delete_device(self, pin: str) -> bool:
         if not await self.devices.remove(pin):

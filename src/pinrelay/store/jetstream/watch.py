@@ -15,7 +15,11 @@ Why an entry is never stale for long:
   seconds while a leader is elected, which the relay's other writes wait out too);
 - a read that began before the watch was live, or during which the watch saw a
   change of that key, is returned but not cached (:meth:`RecordCache.begin`);
-- a change older than the cached revision is ignored (the leader read was newer).
+- a change older than the cached revision is ignored (the leader read was newer);
+- a removal is a purge of the key's subject, which writes nothing a watch could
+  see: the remover announces it on a core NATS subject every relay's cache listens
+  to (:meth:`Watch.announce_removal`), and a relay that lost its connection, and so
+  perhaps an announcement, empties its caches when it is back.
 
 Bounded: at most ``size`` entries, least recently used first out.
 """
@@ -29,7 +33,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg as NatsMsg
+from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
 
@@ -40,6 +46,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Cached records per cache, at most (each a few hundred bytes).
 CACHE_SIZE = 100_000
+#: What a removal counts as, for a read in flight: newer than anything it returns.
+REMOVED_REVISION = 1 << 62
 #: Seconds between the watch's idle heartbeats; two missed ones re-create it.
 WATCH_HEARTBEAT_S = 2.0
 
@@ -57,8 +65,10 @@ class RecordCache(Generic[T]):
         self.decode = decode
         self.size = size
         self._entries: OrderedDict[str, Cached[T]] = OrderedDict()
-        #: Keys being read now → the newest revision the watch saw meanwhile (0: none).
-        self._reading: dict[str, int] = {}
+        #: Keys being read now → [readers, newest revision the watch saw meanwhile].
+        self._reading: dict[str, list[int]] = {}
+        #: Bumped by :meth:`clear`: a read begun before it is not cached.
+        self._epoch = 0
         #: Whether the watch runs; entries are kept and used only while it does.
         self.live = False
         self.hits = 0
@@ -82,38 +92,44 @@ class RecordCache(Generic[T]):
         cached = self.get(key)
         if cached is not None:
             return cached
-        caching = self.begin(key)
+        token = self.begin(key)
         try:
             got = await load()
         except BaseException:
-            if caching:
-                self.abandon(key)
+            if token is not None:
+                self._end(key)
             raise
-        if caching:
-            self.fill(key, None if got is None else got.value, 0 if got is None else got.revision)
+        if token is not None:
+            value, revision = (None, 0) if got is None else (got.value, got.revision)
+            self.fill(key, value, revision, token)
         return got
 
-    def begin(self, key: str) -> bool:
-        """A leader read of ``key`` starts; False if its result must not be cached."""
+    def begin(self, key: str) -> int | None:
+        """A leader read of ``key`` starts: a token for :meth:`fill`, or None if its
+        result must not be cached."""
         if not self.live:
-            return False
-        self._reading.setdefault(key, 0)
-        return True
+            return None
+        reading = self._reading.setdefault(key, [0, 0])
+        reading[0] += 1
+        return self._epoch
 
-    def fill(self, key: str, value: T | None, revision: int) -> None:
+    def _end(self, key: str) -> int:
+        """One read of ``key`` is over: the newest revision seen while reads ran."""
+        reading = self._reading.get(key)
+        if reading is None:
+            return 0
+        reading[0] -= 1
+        if reading[0] <= 0:
+            del self._reading[key]
+        return reading[1]
+
+    def fill(self, key: str, value: T | None, revision: int, token: int) -> None:
         """The read begun with :meth:`begin` returned (value None: no such key)."""
-        seen = self._reading.pop(key, 0)
-        if not self.live or seen > revision:
+        seen = self._end(key)
+        if not self.live or token != self._epoch or seen > revision or value is None:
             self._entries.pop(key, None)  # changed while we read: read again next time
             return
-        if value is None:
-            self._entries.pop(key, None)
-            return
         self.put(key, value, revision)
-
-    def abandon(self, key: str) -> None:
-        """The read begun with :meth:`begin` failed."""
-        self._reading.pop(key, None)
 
     def put(self, key: str, value: T, revision: int) -> None:
         """A record this relay just wrote (the revision its write got)."""
@@ -130,10 +146,16 @@ class RecordCache(Generic[T]):
     def drop(self, key: str) -> None:
         self._entries.pop(key, None)
 
+    def forget(self, key: str) -> None:
+        """``key`` was removed (announced): drop it, and what reads in flight return."""
+        self._entries.pop(key, None)
+        if key in self._reading:
+            self._reading[key][1] = REMOVED_REVISION
+
     def changed(self, key: str, raw: bytes | None, revision: int) -> None:
         """The watch saw ``key`` written (``raw``) or removed (None) at ``revision``."""
         if key in self._reading:
-            self._reading[key] = max(self._reading[key], revision)
+            self._reading[key][1] = max(self._reading[key][1], revision)
         got = self._entries.get(key)
         if got is None or got.revision >= revision:
             return
@@ -148,6 +170,7 @@ class RecordCache(Generic[T]):
     def clear(self) -> None:
         self._entries.clear()
         self._reading.clear()
+        self._epoch += 1
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -163,6 +186,8 @@ class Follower(Protocol):
 
     def changed(self, key: str, raw: bytes | None, revision: int) -> None: ...
 
+    def forget(self, key: str) -> None: ...
+
     def clear(self) -> None: ...
 
 
@@ -173,9 +198,19 @@ class Watch:
         self.bucket = bucket
         self.follower = follower
         self._sub: JetStreamContext.PushSubscription | None = None
+        self._removals: Subscription | None = None
 
-    async def start(self, js: JetStreamContext) -> None:
+    @property
+    def removal_subject(self) -> str:
+        return f"_pinrelay.removed.{self.bucket.name}"
+
+    async def announce_removal(self, nc: NATS, key: str) -> None:
+        """Tell every relay's cache that ``key`` was removed (best effort; see above)."""
+        await nc.publish(self.removal_subject, key.encode())
+
+    async def start(self, nc: NATS, js: JetStreamContext) -> None:
         """Subscribe (an ordered consumer, new changes only), then switch the follower on."""
+        self._removals = await nc.subscribe(self.removal_subject, cb=self._on_removal)
         self._sub = await js.subscribe(
             f"{self.bucket.prefix}>",
             stream=self.bucket.stream,
@@ -190,10 +225,14 @@ class Watch:
     async def stop(self) -> None:
         self.follower.live = False
         self.follower.clear()
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        for sub in (self._sub, self._removals):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        self._sub = self._removals = None
+
+    async def _on_removal(self, msg: NatsMsg) -> None:
+        self.follower.forget(msg.data.decode(errors="replace"))
 
     async def _on_change(self, msg: NatsMsg) -> None:
         key = msg.subject.removeprefix(self.bucket.prefix)

@@ -1,0 +1,70 @@
+"""The per-relay record cache's rules (store/jetstream/watch.py), without a server."""
+
+from __future__ import annotations
+
+from pinrelay.store.jetstream.watch import RecordCache
+
+
+def cache() -> RecordCache[bytes]:
+    c: RecordCache[bytes] = RecordCache(lambda raw: raw, size=3)
+    c.live = True
+    return c
+
+
+def test_a_read_during_which_the_key_changed_is_not_cached() -> None:
+    c = cache()
+    token = c.begin("k")
+    assert token is not None
+    c.changed("k", b"new", 7)
+    c.fill("k", b"old", 5, token)
+    assert c.get("k") is None
+
+
+def test_two_reads_in_flight_and_a_removal_cache_neither() -> None:
+    c = cache()
+    first, second = c.begin("k"), c.begin("k")
+    assert first is not None and second is not None
+    c.forget("k")  # removed while both read
+    c.fill("k", None, 0, first)
+    c.fill("k", b"old", 5, second)  # answered late, from before the removal
+    assert c.get("k") is None
+
+
+def test_a_change_updates_a_cached_entry_and_an_older_one_is_ignored() -> None:
+    c = cache()
+    c.put("k", b"v1", 5)
+    c.changed("k", b"v0", 4)
+    got = c.get("k")
+    assert got is not None and got.value == b"v1"
+    c.changed("k", b"v2", 6)
+    got = c.get("k")
+    assert got is not None and (got.value, got.revision) == (b"v2", 6)
+    c.changed("k", None, 7)
+    assert c.get("k") is None
+
+
+def test_clear_drops_entries_and_reads_begun_before_it() -> None:
+    c = cache()
+    token = c.begin("k")
+    assert token is not None
+    c.clear()
+    c.fill("k", b"v", 5, token)
+    assert c.get("k") is None
+
+
+def test_bounded_least_recently_used_first_out() -> None:
+    c = cache()
+    for i, key in enumerate("abc"):
+        c.put(key, key.encode(), i + 1)
+    assert c.get("a") is not None  # a is now the most recent
+    c.put("d", b"d", 9)
+    assert c.get("b") is None
+    assert len(c) == 3
+
+
+def test_nothing_is_used_while_the_watch_is_not_live() -> None:
+    c = cache()
+    c.put("k", b"v", 1)
+    c.live = False
+    assert c.get("k") is None
+    assert c.begin("k") is None
