@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import OtherLoad, cpu_seconds, fmt, percentile, print_table
+from bench.common import OtherLoad, cpu_seconds, fmt, percentile, print_table, run_main
 from pinrelay.core.model import NewMessage
 from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.testing.natsproc import NatsCluster
@@ -258,9 +258,4 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     args = parse()
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(main(args))
-    else:
-        asyncio.run(main(args))
+    run_main(main(args), fast_loop=args.loop == "uvloop")

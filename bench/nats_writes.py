@@ -37,7 +37,7 @@ from typing import Any
 import nats.aio.transport
 from nats.aio.client import Client as NATS
 
-from bench.common import fmt, percentile, print_table
+from bench.common import fmt, percentile, print_table, run_main
 from pinrelay.testing.natsproc import NatsCluster
 
 PAYLOAD = b'{"id":"01BENCH","data":{"title":"build finished"},"ttl":3600}' * 3
@@ -237,9 +237,4 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     args = parse()
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(main(args))
-    else:
-        asyncio.run(main(args))
+    run_main(main(args), fast_loop=args.loop == "uvloop")

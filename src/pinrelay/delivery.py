@@ -49,16 +49,25 @@ async def fetch(store: Store, pin: str, after: int, limit: int, now: float) -> l
     return await store.read(pin, after, limit, int(now * 1000))
 
 
+async def beyond_limit(store: Store, pin: str, cursor: int, last_cursor: int) -> int | None:
+    """The device's cursor limit if ``cursor`` (a hello's, an ack's) is beyond it,
+    else None.  ``last_cursor``, the device record's, is cheap but may lag (a cluster
+    writes no record per message): only the store's limit refuses, asked only then."""
+    if cursor <= last_cursor:
+        return None
+    limit = await store.cursor_limit(pin)
+    return limit if cursor > limit else None
+
+
 async def acknowledge(store: Store, pin: str, cursor: int, last_cursor: int) -> None:
     """A cumulative ack from a device; a cursor never handed out is refused.
 
     The body is well formed but contradicts the device's state: 409, not 422.
-    ``last_cursor`` may lag (a cluster writes no record per message): only the
-    store's limit refuses.
     """
-    if cursor > last_cursor and cursor > (last_cursor := await store.cursor_limit(pin)):
+    limit = await beyond_limit(store, pin, cursor, last_cursor)
+    if limit is not None:
         raise RemoteProtocolError(
-            f"cursor {cursor} is beyond the device's last message ({last_cursor})",
+            f"cursor {cursor} is beyond the device's last message ({limit})",
             ErrorCode.CONFLICT,
         )
     await store.ack(pin, cursor)

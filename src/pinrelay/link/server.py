@@ -44,7 +44,7 @@ from pinrelay.core.session import (
     ServerSession,
     Tick,
 )
-from pinrelay.delivery import AckWriter, Delivery, msg_frame
+from pinrelay.delivery import AckWriter, Delivery, beyond_limit, msg_frame
 from pinrelay.link.wireframes import client_text_frames, text_frame, whole_frames
 from pinrelay.metrics import Metrics
 from pinrelay.router.base import Router
@@ -369,15 +369,14 @@ class LinkProtocol(asyncio.Protocol):
             return
         device = principal.device
         if hello.cursor > device.last_cursor:
-            # The cheap figure may lag (a cluster writes no record per message).
-            last = await server.store.cursor_limit(device.pin)
+            limit = await beyond_limit(server.store, device.pin, hello.cursor, device.last_cursor)
             if not self._still_authenticating():
                 return
-            if hello.cursor > last:
+            if limit is not None:
                 self._fail(
                     self.session.fail(
                         ErrorCode.INVALID,
-                        f"cursor {hello.cursor} is ahead of the device's last message ({last})",
+                        f"cursor {hello.cursor} is ahead of the device's last message ({limit})",
                     )
                 )
                 self._flush()
