@@ -15,6 +15,7 @@ import msgspec
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
+from pinrelay.core.social import Action, State, Transition
 
 
 class StoreClosed(PinrelayError):
@@ -74,6 +75,30 @@ class StoreStats:
     #: engine also counts acknowledged ones until their TTL removes them.
     messages: int
 
+
+class Contact(msgspec.Struct, frozen=True):
+    """One entry of a device's contacts (core/social.py)."""
+
+    pin: str
+    state: State
+    since_ms: int
+
+
+class Unread(msgspec.Struct, frozen=True):
+    """A chat message delivered to ``reader`` and not read yet: whom a ``read`` tells.
+
+    Kept until it is read or ``expires_ms``; ``group`` is the group it was sent to.
+    """
+
+    reader: str
+    id: str
+    sender: str
+    expires_ms: int
+    group: str | None = None
+
+
+#: Most entries a device's contacts may hold (an invitation to a stranger included).
+MAX_CONTACTS = 5000
 
 #: Called after each commit with (seconds it took, writes in the batch).
 CommitObserver = Callable[[float, int], None]
@@ -135,6 +160,40 @@ class Store(Protocol):
     async def list_keys(self) -> list[ApiKey]: ...
 
     async def revoke_key(self, key_id: str) -> bool: ...
+
+    # --- contacts (core/social.py) --------------------------------------------
+    async def contact_action(
+        self, actor: str, other: str, action: Action, now_ms: int
+    ) -> Transition:
+        """Apply ``actor``'s ``action`` about ``other`` to both entries, atomically
+        where the engine can; the transition applied.  Raises what
+        :func:`pinrelay.core.social.transition` raises (nothing written), and
+        CONFLICT when ``actor`` already holds MAX_CONTACTS entries."""
+        ...
+
+    async def contacts(self, owner: str) -> list[Contact]:
+        """``owner``'s entries, by PIN."""
+        ...
+
+    async def contact_state(self, owner: str, other: str) -> State | None:
+        """``owner``'s entry for ``other`` (a send's consent check: keep it cheap)."""
+        ...
+
+    # --- read receipts ---------------------------------------------------------
+    async def put_unread(self, entries: Sequence[Unread]) -> None:
+        """Remember delivered chat messages until they are read (durable)."""
+        ...
+
+    async def find_unread(self, reader: str, ids: Sequence[str], now_ms: int) -> list[Unread]:
+        """Those of ``ids`` delivered to ``reader`` and not read yet (unexpired).
+
+        They stay until :meth:`drop_unread`: the caller stores the read receipts
+        first, so a crash in between repeats a receipt rather than loses it."""
+        ...
+
+    async def drop_unread(self, reader: str, ids: Sequence[str]) -> None:
+        """Forget ``ids`` as unread (their read receipts are stored)."""
+        ...
 
     # --- messages ------------------------------------------------------------
     async def append(

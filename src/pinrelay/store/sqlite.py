@@ -30,14 +30,17 @@ import msgspec
 from pinrelay import lockfile
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, Scope, StoredMessage
+from pinrelay.core.social import Action, State, Transition
 from pinrelay.store import sqlite_ops as ops
 from pinrelay.store.base import (
     AppendResult,
     CommitObserver,
+    Contact,
     IdempotencyKey,
     Rejected,
     StoreClosed,
     StoreStats,
+    Unread,
     to_results,
 )
 from pinrelay.store.sqlite_writer import frame, frames
@@ -86,6 +89,24 @@ MIGRATIONS: list[str] = [
         created_ms INTEGER NOT NULL
     );
     CREATE INDEX idempotency_age ON idempotency (created_ms);
+    """,
+    """
+    CREATE TABLE contacts (
+        owner TEXT NOT NULL,
+        other TEXT NOT NULL,
+        state TEXT NOT NULL,
+        since_ms INTEGER NOT NULL,
+        PRIMARY KEY (owner, other)
+    ) WITHOUT ROWID;
+    CREATE TABLE unread (
+        reader TEXT NOT NULL,
+        id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        grp TEXT,
+        PRIMARY KEY (reader, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX unread_expiry ON unread (expires_ms);
     """,
 ]
 
@@ -419,6 +440,58 @@ class SqliteStore:
 
     async def revoke_key(self, key_id: str) -> bool:
         return bool(await self._write(ops.RevokeKey(key_id)))
+
+    # --- contacts and read receipts ---------------------------------------------
+    async def contact_action(
+        self, actor: str, other: str, action: Action, now_ms: int
+    ) -> Transition:
+        mine, theirs, notify = await self._write(
+            ops.ContactAction(actor, other, action.value, now_ms)
+        )
+        return Transition(mine, theirs, notify)
+
+    async def contacts(self, owner: str) -> list[Contact]:
+        rows = (
+            self._read()
+            .execute(
+                "SELECT other, state, since_ms FROM contacts WHERE owner = ? ORDER BY other",
+                (owner,),
+            )
+            .fetchall()
+        )
+        return [Contact(*row) for row in rows]
+
+    async def contact_state(self, owner: str, other: str) -> State | None:
+        row = (
+            self._read()
+            .execute("SELECT state FROM contacts WHERE owner = ? AND other = ?", (owner, other))
+            .fetchone()
+        )
+        return None if row is None else row[0]
+
+    async def put_unread(self, entries: Sequence[Unread]) -> None:
+        if entries:
+            await self._write(
+                ops.PutUnread([(e.reader, e.id, e.sender, e.expires_ms, e.group) for e in entries])
+            )
+
+    async def find_unread(self, reader: str, ids: Sequence[str], now_ms: int) -> list[Unread]:
+        if not ids:
+            return []
+        rows = (
+            self._read()
+            .execute(
+                "SELECT reader, id, sender, expires_ms, grp FROM unread WHERE reader = ?"
+                " AND id IN (SELECT value FROM json_each(?)) AND expires_ms > ?",
+                (reader, msgspec.json.encode(list(ids)).decode(), now_ms),
+            )
+            .fetchall()
+        )
+        return [Unread(*row) for row in rows]
+
+    async def drop_unread(self, reader: str, ids: Sequence[str]) -> None:
+        if ids:
+            await self._write(ops.DropUnread(reader, list(ids)))
 
     async def append(
         self, messages: Sequence[NewMessage | Rejected], idem: IdempotencyKey | None = None

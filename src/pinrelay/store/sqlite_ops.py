@@ -13,8 +13,9 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from pinrelay.core import social
 from pinrelay.core.errors import ErrorCode, PinrelayError
-from pinrelay.store.base import UNKNOWN_DEVICE, AppendResult
+from pinrelay.store.base import MAX_CONTACTS, UNKNOWN_DEVICE, AppendResult
 
 #: How long an Idempotency-Key is remembered.
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
@@ -57,6 +58,8 @@ class DeleteDevice(Op, tag="dd"):
 
     def run(self, c: sqlite3.Connection) -> bool:
         c.execute("DELETE FROM messages WHERE pin = ?", (self.pin,))
+        c.execute("DELETE FROM contacts WHERE owner = ?", (self.pin,))
+        c.execute("DELETE FROM unread WHERE reader = ?", (self.pin,))
         return c.execute("DELETE FROM devices WHERE pin = ?", (self.pin,)).rowcount == 1
 
 
@@ -127,7 +130,82 @@ class Sweep(Op, tag="sw"):
         c.execute(
             "DELETE FROM idempotency WHERE created_ms <= ?", (self.now_ms - IDEMPOTENCY_TTL_MS,)
         )
+        c.execute("DELETE FROM unread WHERE expires_ms <= ?", (self.now_ms,))
         return int(n)
+
+
+def _entry(c: sqlite3.Connection, owner: str, other: str) -> social.State | None:
+    row = c.execute(
+        "SELECT state FROM contacts WHERE owner = ? AND other = ?", (owner, other)
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def _set_entry(
+    c: sqlite3.Connection, owner: str, other: str, state: str | None, now_ms: int
+) -> None:
+    if state is None:
+        c.execute("DELETE FROM contacts WHERE owner = ? AND other = ?", (owner, other))
+    else:
+        c.execute(
+            "INSERT INTO contacts (owner, other, state, since_ms) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (owner, other) DO UPDATE SET state = excluded.state,"
+            " since_ms = CASE WHEN state = excluded.state THEN since_ms"
+            " ELSE excluded.since_ms END",
+            (owner, other, state, now_ms),
+        )
+
+
+class ContactAction(Op, tag="ca"):
+    """Both entries of a pair, read and written in one transaction (core/social.py)."""
+
+    actor: str
+    other: str
+    action: str
+    now_ms: int
+
+    def run(self, c: sqlite3.Connection) -> tuple[str | None, str | None, str | None]:
+        mine = _entry(c, self.actor, self.other)
+        theirs = _entry(c, self.other, self.actor)
+        exists = c.execute("SELECT 1 FROM devices WHERE pin = ?", (self.other,)).fetchone()
+        step = social.transition(social.Action(self.action), mine, theirs, exists is not None)
+        if mine is None and step.mine is not None:
+            (count,) = c.execute(
+                "SELECT count(*) FROM contacts WHERE owner = ?", (self.actor,)
+            ).fetchone()
+            if count >= MAX_CONTACTS:
+                raise PinrelayError(
+                    f"a device holds at most {MAX_CONTACTS} contacts", ErrorCode.CONFLICT
+                )
+        if step.mine != mine:
+            _set_entry(c, self.actor, self.other, step.mine, self.now_ms)
+        if step.theirs != theirs:
+            _set_entry(c, self.other, self.actor, step.theirs, self.now_ms)
+        return step.mine, step.theirs, step.notify
+
+
+class PutUnread(Op, tag="pu"):
+    #: (reader, id, sender, expires_ms, group)
+    entries: list[tuple[str, str, str, int, str | None]]
+
+    def run(self, c: sqlite3.Connection) -> None:
+        c.executemany(
+            "INSERT OR IGNORE INTO unread (reader, id, sender, expires_ms, grp)"
+            " VALUES (?, ?, ?, ?, ?)",
+            self.entries,
+        )
+
+
+class DropUnread(Op, tag="du"):
+    # A read receipt repeated after a crash is dropped by clients: no fsync.
+    durable: ClassVar[bool] = False
+    reader: str
+    ids: list[str]
+
+    def run(self, c: sqlite3.Connection) -> None:
+        c.executemany(
+            "DELETE FROM unread WHERE reader = ? AND id = ?", [(self.reader, i) for i in self.ids]
+        )
 
 
 class Item(msgspec.Struct, array_like=True):
@@ -186,6 +264,9 @@ AnyOp = (
     | AckMany
     | Sweep
     | Append
+    | ContactAction
+    | PutUnread
+    | DropUnread
     | Stop
 )
 

@@ -21,8 +21,18 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
+from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
-from pinrelay.store.base import IdempotencyKey, Rejected, StoreClosed, StoreStats, to_results
+from pinrelay.core.social import Action, State, Transition
+from pinrelay.store.base import (
+    Contact,
+    IdempotencyKey,
+    Rejected,
+    StoreClosed,
+    StoreStats,
+    Unread,
+    to_results,
+)
 from pinrelay.store.jetstream import setup
 from pinrelay.store.jetstream.acks import Acker
 from pinrelay.store.jetstream.api import Api, refused
@@ -38,6 +48,7 @@ from pinrelay.store.jetstream.reads import Reader
 from pinrelay.store.jetstream.records import to_device
 
 log = logging.getLogger(__name__)
+_NOT_YET = PinrelayError("contacts are not on the cluster engine yet", ErrorCode.INTERNAL)
 
 
 class JetStreamStore:
@@ -275,6 +286,27 @@ class JetStreamStore:
             return to_results(results), False
         results, replay = await self.leases.run(messages, idem, self.appender.append)
         return to_results(results), replay
+
+    # --- contacts and read receipts: not on this engine yet (issue 13, in progress) ---
+    async def contact_action(
+        self, actor: str, other: str, action: Action, now_ms: int
+    ) -> Transition:
+        raise _NOT_YET
+
+    async def contacts(self, owner: str) -> list[Contact]:
+        raise _NOT_YET
+
+    async def contact_state(self, owner: str, other: str) -> State | None:
+        raise _NOT_YET
+
+    async def put_unread(self, entries: Sequence[Unread]) -> None:
+        raise _NOT_YET
+
+    async def find_unread(self, reader: str, ids: Sequence[str], now_ms: int) -> list[Unread]:
+        raise _NOT_YET
+
+    async def drop_unread(self, reader: str, ids: Sequence[str]) -> None:
+        raise _NOT_YET
 
     async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
         return await self.reader.read(pin, after, limit, now_ms)
