@@ -202,6 +202,12 @@ def serve(
         typer.Option(help="Failed authentications per source and PIN per minute (source: 10x)."),
     ] = 10,
     max_ttl: Annotated[int, typer.Option(help="Largest ttl, seconds.")] = 30 * 24 * 3600,
+    invites_per_hour: Annotated[
+        int, typer.Option(help="Contact invitations a device may send per hour.")
+    ] = 20,
+    sends_per_minute: Annotated[
+        int, typer.Option(help="Chat messages a device may send per minute.")
+    ] = 600,
     http_max_connections: Annotated[
         int | None,
         typer.Option(
@@ -258,6 +264,7 @@ def serve(
 ) -> None:
     """Run a relay on the embedded SQLite store, or on a NATS JetStream cluster (--store)."""
     from pinrelay.config import NODE_ID_RE, RelayConfig, admin_key_from, nats_urls
+    from pinrelay.core.chat import ChatLimits
     from pinrelay.core.errors import PinrelayError
     from pinrelay.core.model import Limits
     from pinrelay.relay import Relay
@@ -281,8 +288,13 @@ def serve(
     ):
         if seconds is not None and not seconds > 0:
             fail(f"{flag} {seconds:g}: use more than 0 seconds")
-    if auth_failure_limit < 1:
-        fail(f"--auth-failure-limit {auth_failure_limit}: use 1 or more")
+    for flag, count in (
+        ("--auth-failure-limit", auth_failure_limit),
+        ("--invites-per-hour", invites_per_hour),
+        ("--sends-per-minute", sends_per_minute),
+    ):
+        if count < 1:
+            fail(f"{flag} {count}: use 1 or more")
     try:
         urls = nats_urls(store)
     except ValueError as exc:
@@ -311,6 +323,7 @@ def serve(
         auth_failure_limit=auth_failure_limit,
         max_links=max_links,
         limits=Limits(max_data_bytes=max_data, max_ttl_s=max_ttl),
+        chat=ChatLimits(invites_per_hour=invites_per_hour, sends_per_minute=sends_per_minute),
         admin_key=admin_key,
         store=",".join(urls) if urls else None,
         partitions=partitions,

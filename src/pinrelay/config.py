@@ -9,6 +9,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pinrelay.core.chat import ChatLimits
 from pinrelay.core.model import Limits
 
 #: File descriptors kept back for the store, the HTTP API and logs.
@@ -36,6 +37,7 @@ class RelayConfig:
     #: 10 times as many; DECISIONS 31).
     auth_failure_limit: int = 10
     limits: Limits = field(default_factory=Limits)
+    chat: ChatLimits = field(default_factory=ChatLimits)
     admin_key: str | None = None
     #: None: the embedded SQLite store under ``data``.  ``nats://h1:p1,nats://h2:p2``:
     #: the JetStream engine on that NATS cluster (several relays share it).

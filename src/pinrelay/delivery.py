@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
 from pinrelay.core import frames, strictjson
+from pinrelay.core.chat import Delivered, delivered
 from pinrelay.core.errors import ErrorCode, RemoteProtocolError
 from pinrelay.core.model import StoredMessage
 from pinrelay.core.timefmt import rfc3339
@@ -24,6 +26,10 @@ from pinrelay.store.base import Store
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
+#: Told of chat messages a device acknowledged, before the ack is stored (chat.py).
+OnAcked = Callable[[str, Sequence[Delivered]], Awaitable[None]]
+#: Messages read per step when an ack covers messages this delivery did not send.
+SETTLE_PAGE = 256
 
 #: How long acks wait to be written together (DECISIONS 28).
 ACK_DELAY_S = 0.01
@@ -59,17 +65,49 @@ async def beyond_limit(store: Store, pin: str, cursor: int, last_cursor: int) ->
     return limit if cursor > limit else None
 
 
-async def acknowledge(store: Store, pin: str, cursor: int, last_cursor: int) -> None:
+def chat_of(m: StoredMessage) -> Delivered | None:
+    return delivered(m.id, m.sender, m.data, m.cursor) if m.kind == "chat" else None
+
+
+async def settle(
+    store: Store, pin: str, after: int, upto: int, now: float, on_acked: OnAcked | None
+) -> None:
+    """Tell ``on_acked`` of the chat messages in (``after``, ``upto``]: an ack that
+    covers messages no delivery of this relay tracked (a hello's cursor, the inbox)."""
+    if on_acked is None:
+        return
+    while after < upto:
+        page = await fetch(store, pin, after, SETTLE_PAGE, now)
+        covered = [m for m in page if m.cursor <= upto]
+        chats = [c for m in covered if (c := chat_of(m)) is not None]
+        if chats:
+            await on_acked(pin, chats)
+        if len(covered) < SETTLE_PAGE:
+            return
+        after = covered[-1].cursor
+
+
+async def acknowledge(
+    store: Store,
+    pin: str,
+    cursor: int,
+    device_cursors: tuple[int, int],
+    now: float,
+    on_acked: OnAcked | None = None,
+) -> None:
     """A cumulative ack from a device; a cursor never handed out is refused.
 
-    The body is well formed but contradicts the device's state: 409, not 422.
+    ``device_cursors``: the device record's (last, acked) cursors.  The body is well
+    formed but contradicts the device's state: 409, not 422.
     """
+    last_cursor, acked_cursor = device_cursors
     limit = await beyond_limit(store, pin, cursor, last_cursor)
     if limit is not None:
         raise RemoteProtocolError(
             f"cursor {cursor} is beyond the device's last message ({limit})",
             ErrorCode.CONFLICT,
         )
+    await settle(store, pin, acked_cursor, cursor, now, on_acked)
     await store.ack(pin, cursor)
 
 
@@ -152,6 +190,8 @@ class Delivery:
         clock: Clock,
         metrics: Metrics,
         acks: AckWriter,
+        on_acked: OnAcked | None = None,
+        on_broken: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.pin = pin
@@ -167,6 +207,18 @@ class Delivery:
         self.closed = False
         #: While the transport's buffer is full the pump waits (resume() restarts it).
         self.paused = False
+        self._on_acked = on_acked
+        #: Chat messages sent and not acknowledged yet, in cursor order (at most a
+        #: window's worth, without their text).
+        self._chats: deque[Delivered] = deque()
+        #: Acks waiting for their receipts to be stored, in order: (cursor, chats).
+        self._settling: deque[tuple[int, list[Delivered]]] = deque()
+        self._settle_task: asyncio.Task[None] | None = None
+        #: Acked by a hello, sent by an earlier link: (after, upto].
+        self._settle_range: tuple[int, int] | None = None
+        #: Called when receipts could not be stored: the link must close, so that the
+        #: messages come again (with their receipts) rather than be acked without.
+        self._on_broken = on_broken
 
     def wake(self, fresh: list[StoredMessage] | None = None) -> None:
         """Messages were stored (``fresh``: just committed, in cursor order, with no
@@ -188,6 +240,7 @@ class Delivery:
         ):
             for message in fresh:
                 self.window.sent_one(message.cursor)
+            self._track(fresh)
             self._send(fresh)
             self._metrics.delivered.inc(len(fresh))
             return
@@ -211,6 +264,7 @@ class Delivery:
                     if batch:
                         for message in batch:
                             self.window.sent_one(message.cursor)
+                        self._track(batch)
                         self._send(batch)  # one write for the whole batch
                         self._metrics.delivered.inc(len(batch))
                     if len(batch) < room:
@@ -223,15 +277,61 @@ class Delivery:
         finally:
             self._pump_task = None
 
+    def _track(self, batch: list[StoredMessage]) -> None:
+        if self._on_acked is not None:
+            for message in batch:
+                if message.kind == "chat" and (chat := chat_of(message)) is not None:
+                    self._chats.append(chat)
+
     def ack(self, cursor: int) -> None:
         """A cumulative ack from the link; raises RemoteProtocolError if bogus."""
         in_flight = self.window.in_flight
         if not self.window.ack(cursor):
             return
         self._metrics.acked.inc(in_flight - self.window.in_flight)
-        self._acks.submit(self.pin, cursor)
+        chats = self._chats
+        covered: list[Delivered] = []
+        while chats and chats[0].cursor <= cursor:
+            covered.append(chats.popleft())
+        if covered or self._settling:
+            # Receipts first, then the ack: a crash in between repeats them.
+            self._settling.append((cursor, covered))
+            if self._settle_task is None:
+                self._settle_task = asyncio.get_running_loop().create_task(self._settle())
+        else:
+            self._acks.submit(self.pin, cursor)
         if not self._caught_up:
             self.wake()  # room opened and the store may hold more
+
+    def settle_from(self, after: int, upto: int) -> None:
+        """A hello acknowledged (``after``, ``upto``], sent by an earlier link: their
+        receipts, read from the store, then the ack."""
+        self._settle_range = (after, upto)
+        self._settling.append((upto, []))
+        if self._settle_task is None:
+            self._settle_task = asyncio.get_running_loop().create_task(self._settle())
+
+    async def _settle(self) -> None:
+        try:
+            span, self._settle_range = self._settle_range, None
+            if span is not None:
+                await settle(self.store, self.pin, span[0], span[1], self._clock(), self._on_acked)
+            while self._settling:
+                cursor, covered = self._settling[0]
+                if covered and self._on_acked is not None:
+                    await self._on_acked(self.pin, covered)
+                self._settling.popleft()
+                self._acks.submit(self.pin, cursor)
+        except Exception:
+            # Not stored: the ack is not either, so the messages come again later
+            # (on the next link) and their receipts with them.
+            log.exception("storing receipts for %s failed", self.pin)
+            self._settling.clear()
+            self.closed = True
+            if self._on_broken is not None:
+                self._on_broken()
+        finally:
+            self._settle_task = None
 
     def close(self) -> None:
         self.closed = True

@@ -14,10 +14,13 @@ import math
 import os
 from collections.abc import Callable, Sequence
 
+import msgspec
 from msgspec import Struct
 
+from pinrelay.core.chat import contact_data
 from pinrelay.core.ids import RandomPool, new_message_id
 from pinrelay.core.model import Accepted, Kind, Limits, NewMessage, StoredMessage
+from pinrelay.core.social import Action, Transition
 from pinrelay.metrics import Metrics
 from pinrelay.router.base import Router
 from pinrelay.store.base import DROPPED_OFFLINE, UNKNOWN_DEVICE, IdempotencyKey, Rejected, Store
@@ -89,6 +92,14 @@ class Ingest:
         "ttl"); the drop goes to the store as a Rejected so an idempotent replay
         repeats it.  Raises what the store raises (StoreClosed: nothing stored).
         """
+        results, _ = await self.accept_once(drafts, idem)
+        return results
+
+    async def accept_once(
+        self, drafts: Sequence[Draft], idem: IdempotencyKey | None = None
+    ) -> tuple[list[Accepted | Rejected], bool]:
+        """:meth:`accept`, and whether ``idem`` named an earlier call (a replay:
+        nothing was stored, the first call's results came back)."""
         now = self.clock()
         batch: list[NewMessage | Rejected] = []
         built: dict[str, NewMessage] = {}
@@ -104,7 +115,24 @@ class Ingest:
         results, replay = await self.store.append(batch, idem)
         if not replay:
             self._wake(results, built)
-        return results
+        return results, replay
+
+    async def contact(
+        self, actor: str, other: str, action: Action, notice_ttl_s: float
+    ) -> Transition:
+        """A contact action, with the ``contact`` notice it implies for ``other``
+        stored in the same write (Store.contact_action)."""
+        now = self.clock()
+        template = self._message(
+            Draft(to=other, data=b"", ttl=notice_ttl_s, kind="contact", sender=actor), now
+        )
+        step, accepted = await self.store.contact_action(
+            actor, other, action, int(now * 1000), template
+        )
+        if accepted is not None and step.notify is not None:
+            notice = msgspec.structs.replace(template, data=contact_data(step.notify))
+            self._wake([accepted], {notice.id: notice})
+        return step
 
     def _wake(self, results: list[Accepted | Rejected], built: dict[str, NewMessage]) -> None:
         """Wake each device once, with what it got, in cursor order (DESIGN "router").

@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from pinrelay.auth import Authenticator
+from pinrelay.chat import Chat
 from pinrelay.config import RelayConfig, raise_fd_limit
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.ingest import Ingest
@@ -86,6 +87,7 @@ class Relay:
                 feed=js.feed,
             )
         self.ingest = Ingest(self.store, self.router, clock, config.limits, self.metrics)
+        self.chat = Chat(self.ingest, clock, config.chat)
         self.auth = Authenticator(
             self.store,
             FailureLimiter(limit=config.auth_failure_limit),
@@ -112,6 +114,7 @@ class Relay:
             metrics=self.metrics,
             clock=clock,
             auth=self.auth,
+            chat=self.chat,
         )
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None

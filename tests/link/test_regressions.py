@@ -50,7 +50,7 @@ async def test_failed_hello_does_not_replace_a_healthy_link(relay: RelayProc) ->
 
 async def test_oversized_frame_gets_an_error_frame(relay: RelayProc) -> None:
     ws = await raw_link(relay)
-    await ws.send(json.dumps({"type": "hello", "pin": "x" * 20_000, "token": "t"}))
+    await ws.send(json.dumps({"type": "hello", "pin": "x" * 100_000, "token": "t"}))
     error, code = await error_then_close(ws)
     assert (error.code, code) == ("too_large", 4413)
 

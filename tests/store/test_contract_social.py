@@ -11,12 +11,13 @@ import asyncio
 
 import pytest
 
+from pinrelay.core.chat import contact_data
 from pinrelay.core.errors import ErrorCode, PinrelayError
-from pinrelay.core.social import Action
+from pinrelay.core.social import Action, Transition
 from pinrelay.store.base import Contact, Store, Unread
 
 from .conftest import Reopen
-from .test_contract import HOUR, NOW, UNKNOWN, A, B, C, add_devices
+from .test_contract import HOUR, NOW, UNKNOWN, A, B, C, add_devices, msg, read_all
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +27,16 @@ def _not_on_jetstream_yet(request: pytest.FixtureRequest) -> None:
         pytest.xfail("contacts are not on the cluster engine yet")
 
 
+async def act(store: Store, actor: str, other: str, action: Action, now_ms: int) -> Transition:
+    """An action with its notice; the notice is stored exactly when there is news."""
+    notice = msg(other, 0, kind="contact", sender=actor, sent_ms=now_ms)
+    step, accepted = await store.contact_action(actor, other, action, now_ms, notice)
+    assert (accepted is not None) == (step.notify is not None), (step, accepted)
+    if accepted is not None:
+        assert (accepted.id, accepted.pin) == (notice.id, other)
+    return step
+
+
 async def states(store: Store, owner: str) -> dict[str, str]:
     return {c.pin: c.state for c in await store.contacts(owner)}
 
@@ -33,26 +44,43 @@ async def states(store: Store, owner: str) -> dict[str, str]:
 class TestContacts:
     async def test_invite_then_accept(self, store: Store) -> None:
         await add_devices(store, A, B)
-        step = await store.contact_action(A, B, Action.INVITE, NOW)
+        step = await act(store, A, B, Action.INVITE, NOW)
         assert (step.mine, step.theirs, step.notify) == ("invited", "pending", "invited")
         assert await states(store, A) == {B: "invited"}
         assert await states(store, B) == {A: "pending"}
         assert await store.contact_state(B, A) == "pending"
-        step = await store.contact_action(B, A, Action.ACCEPT, NOW + 1)
+        step = await act(store, B, A, Action.ACCEPT, NOW + 1)
         assert (step.mine, step.theirs, step.notify) == ("accepted", "accepted", "accepted")
         assert await states(store, A) == {B: "accepted"}
         assert await states(store, B) == {A: "accepted"}
 
+    async def test_notices_are_stored_for_the_other_device(self, store: Store) -> None:
+        await add_devices(store, A, B)
+        await act(store, A, B, Action.INVITE, NOW)
+        await act(store, B, A, Action.ACCEPT, NOW)
+        (invited,) = await read_all(store, B)
+        (accepted,) = await read_all(store, A)
+        assert (invited.kind, invited.sender, invited.data) == (
+            "contact",
+            A,
+            contact_data("invited"),
+        )
+        assert (accepted.kind, accepted.sender, accepted.data) == (
+            "contact",
+            B,
+            contact_data("accepted"),
+        )
+
     async def test_invite_back_accepts(self, store: Store) -> None:
         await add_devices(store, A, B)
-        await store.contact_action(A, B, Action.INVITE, NOW)
-        step = await store.contact_action(B, A, Action.INVITE, NOW)
+        await act(store, A, B, Action.INVITE, NOW)
+        step = await act(store, B, A, Action.INVITE, NOW)
         assert step.mine == "accepted" and step.notify == "accepted"
         assert await store.contact_state(A, B) == "accepted"
 
     async def test_invite_unknown_pin_keeps_inviters_side_only(self, store: Store) -> None:
         await add_devices(store, A)
-        step = await store.contact_action(A, UNKNOWN, Action.INVITE, NOW)
+        step = await act(store, A, UNKNOWN, Action.INVITE, NOW)
         assert (step.mine, step.theirs, step.notify) == ("invited", None, None)
         assert await states(store, A) == {UNKNOWN: "invited"}
         assert await states(store, UNKNOWN) == {}
@@ -60,46 +88,46 @@ class TestContacts:
     async def test_accept_without_invitation_changes_nothing(self, store: Store) -> None:
         await add_devices(store, A, B)
         with pytest.raises(PinrelayError) as err:
-            await store.contact_action(A, B, Action.ACCEPT, NOW)
+            await act(store, A, B, Action.ACCEPT, NOW)
         assert err.value.code is ErrorCode.NOT_FOUND
         assert await states(store, A) == {} and await states(store, B) == {}
 
     async def test_decline_tells_nothing_and_keeps_the_inviters_entry(self, store: Store) -> None:
         await add_devices(store, A, B)
-        await store.contact_action(A, B, Action.INVITE, NOW)
-        step = await store.contact_action(B, A, Action.DECLINE, NOW)
+        await act(store, A, B, Action.INVITE, NOW)
+        step = await act(store, B, A, Action.DECLINE, NOW)
         assert step.notify is None and step.mine is None
         assert await states(store, B) == {}
         assert await states(store, A) == {B: "invited"}
 
     async def test_block_removes_and_hides(self, store: Store) -> None:
         await add_devices(store, A, B)
-        await store.contact_action(A, B, Action.INVITE, NOW)
-        await store.contact_action(B, A, Action.ACCEPT, NOW)
-        step = await store.contact_action(B, A, Action.BLOCK, NOW)
+        await act(store, A, B, Action.INVITE, NOW)
+        await act(store, B, A, Action.ACCEPT, NOW)
+        step = await act(store, B, A, Action.BLOCK, NOW)
         assert step.mine == "blocked"
         assert await states(store, B) == {A: "blocked"}
         assert await states(store, A) == {}
         # A's invitation now reaches nothing, and is answered as any other.
-        step = await store.contact_action(A, B, Action.INVITE, NOW)
+        step = await act(store, A, B, Action.INVITE, NOW)
         assert (step.mine, step.notify) == ("invited", None)
         assert await store.contact_state(B, A) == "blocked"
-        await store.contact_action(B, A, Action.UNBLOCK, NOW)
+        await act(store, B, A, Action.UNBLOCK, NOW)
         assert await store.contact_state(B, A) is None
 
     async def test_remove_removes_both_sides(self, store: Store) -> None:
         await add_devices(store, A, B)
-        await store.contact_action(A, B, Action.INVITE, NOW)
-        await store.contact_action(B, A, Action.ACCEPT, NOW)
-        await store.contact_action(A, B, Action.REMOVE, NOW)
+        await act(store, A, B, Action.INVITE, NOW)
+        await act(store, B, A, Action.ACCEPT, NOW)
+        await act(store, A, B, Action.REMOVE, NOW)
         assert await states(store, A) == {} and await states(store, B) == {}
         with pytest.raises(PinrelayError):
-            await store.contact_action(A, B, Action.REMOVE, NOW)
+            await act(store, A, B, Action.REMOVE, NOW)
 
     async def test_list_is_sorted_with_since(self, store: Store) -> None:
         await add_devices(store, A, B, C)
-        await store.contact_action(A, C, Action.INVITE, NOW)
-        await store.contact_action(A, B, Action.INVITE, NOW + 5)
+        await act(store, A, C, Action.INVITE, NOW)
+        await act(store, A, B, Action.INVITE, NOW + 5)
         assert await store.contacts(A) == [
             Contact(B, "invited", NOW + 5),
             Contact(C, "invited", NOW),
@@ -108,8 +136,8 @@ class TestContacts:
     async def test_concurrent_invites_both_ways_end_accepted_or_crossed(self, store: Store) -> None:
         await add_devices(store, A, B)
         await asyncio.gather(
-            store.contact_action(A, B, Action.INVITE, NOW),
-            store.contact_action(B, A, Action.INVITE, NOW),
+            act(store, A, B, Action.INVITE, NOW),
+            act(store, B, A, Action.INVITE, NOW),
         )
         a, b = await store.contact_state(A, B), await store.contact_state(B, A)
         # Either one saw the other's invitation (both accepted) or they crossed into a
@@ -122,14 +150,14 @@ class TestContacts:
 
     async def test_contacts_survive_reopen(self, store: Store, reopen: Reopen) -> None:
         await add_devices(store, A, B)
-        await store.contact_action(A, B, Action.INVITE, NOW)
+        await act(store, A, B, Action.INVITE, NOW)
         await store.close()
         again = await reopen()
         assert await states(again, B) == {A: "pending"}
 
     async def test_deleted_device_loses_its_contacts(self, store: Store) -> None:
         await add_devices(store, A, B)
-        await store.contact_action(A, B, Action.INVITE, NOW)
+        await act(store, A, B, Action.INVITE, NOW)
         assert await store.delete_device(A)
         assert await states(store, A) == {}
 

@@ -63,7 +63,14 @@ async def ack(request: Request) -> Response:
     relay = relay_of(request)
     body = decode(await read_body(request, limit=1024), AckBodyWire)
     cursor = whole_number(body.cursor, "cursor")
-    await delivery.acknowledge(relay.store, device.pin, cursor, device.last_cursor)
+    await delivery.acknowledge(
+        relay.store,
+        device.pin,
+        cursor,
+        (device.last_cursor, device.acked_cursor),
+        relay.clock(),
+        relay.chat.delivered,
+    )
     return Response(status_code=204)
 
 

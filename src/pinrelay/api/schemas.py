@@ -112,3 +112,48 @@ class AckBodyWire(Struct, kw_only=True, forbid_unknown_fields=True):
     """AckBody as decoded: JSON Schema's "integer" admits 5.0, so the API does too."""
 
     cursor: Annotated[float, Meta(ge=0, le=2**53 - 1)]
+
+
+# --- contacts and chat (PROTOCOL "Contacts", "Chat") --------------------------------
+PinField = Annotated[str, Meta(pattern=r"^[0-9A-F]{8}$")]
+
+
+class ContactInvite(Struct, kw_only=True, forbid_unknown_fields=True):
+    pin: PinField
+
+
+class ContactAnswer(Struct, kw_only=True):
+    pin: str
+    #: invited, pending, accepted, blocked; "declined" after a decline.
+    state: str
+
+
+class ContactView(Struct, kw_only=True):
+    pin: str
+    state: Literal["invited", "pending", "accepted", "blocked"]
+    since: str
+
+
+class ContactList(Struct, kw_only=True):
+    contacts: list[ContactView]
+
+
+class ChatSend(Struct, kw_only=True, forbid_unknown_fields=True):
+    to: str
+    text: str
+    client_id: str
+    ttl: float | None = None
+
+
+class ChatSent(Struct, kw_only=True):
+    id: str
+    to: str
+
+
+class ReadBody(Struct, kw_only=True, forbid_unknown_fields=True):
+    ids: Annotated[list[str], Meta(min_length=1, max_length=256)]
+
+
+class ReadDone(Struct, kw_only=True):
+    #: Read receipts stored: ids delivered to this device and not read before.
+    receipts: int

@@ -35,6 +35,7 @@ import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from pinrelay.client.chat import Outbox, Outgoing
 from pinrelay.core import frames
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class Device:
         remember_ids: int = 10_000,
         on_link: Callable[[frames.Welcome], None] | None = None,
         on_event: Callable[[LinkEvent], None] | None = None,
+        on_receipt: Callable[[str, str, str | None], None] | None = None,
     ) -> None:
         if url is None and not link_urls:
             raise ValueError("give the relay's HTTP url, or link_urls")
@@ -178,8 +180,71 @@ class Device:
         self._attempt = 0
         self._next_url = 0
         self._ws: ClientConnection | None = None
+        #: The current link said welcome (sends may go out on it).
+        self._linked = False
         #: The last cursor sent in an ack on the current link.
         self._acked = cursor
+        #: Chat messages this device sends (client/chat.py).
+        self.outbox = Outbox(remember_ids)
+        #: Told of every receipt as (message id, state, from): also those for messages
+        #: this SDK no longer holds a handle for (sent before a restart).
+        self._on_receipt = on_receipt
+        self._reads: list[str] = []
+
+    # --- chat ------------------------------------------------------------------
+    async def send(
+        self, to: str, text: str, *, ttl: float | None = None, client_id: str | None = None
+    ) -> Outgoing:
+        """Send a chat message to a contact's PIN or a group; its handle at once.
+
+        It goes out now if a link is up, else on the next link; a link that drops
+        before the relay answered sends it again (same client_id: stored once)."""
+        handle = Outgoing(to, text, ttl, client_id)
+        self.outbox.waiting[handle.client_id] = handle
+        ws = self._ws
+        if ws is not None and self._linked:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.send(_send_frame(handle))
+        return handle
+
+    async def read(self, *ids: str) -> None:
+        """Tell the senders these messages were read (a ``read`` frame; kept for the
+        next link if none is up)."""
+        self._reads.extend(ids)
+        ws = self._ws
+        if ws is not None and self._linked:
+            await self._flush_reads(ws)
+
+    async def _flush_reads(self, ws: ClientConnection) -> None:
+        while self._reads:
+            batch, self._reads = self._reads[:256], self._reads[256:]
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.send(frames.encode(frames.Read(ids=batch)).decode())
+
+    def _answer(self, frame: frames.Sent | frames.Unsent) -> None:
+        if isinstance(frame, frames.Sent):
+            handle = self.outbox.answered(frame.client_id, frame.id)
+            if handle is not None:
+                handle.move("sent")
+            return
+        handle = self.outbox.answered(frame.client_id, None)
+        if handle is None:
+            return
+        if frame.code == "rate_limited":
+            # Not refused for good: back in line, sent again on the next link.
+            self.outbox.waiting[handle.client_id] = handle
+            return
+        handle.code, handle.reason = frame.code, frame.message
+        handle.move("unsent")
+
+    def _receipt(self, message: Message) -> None:
+        data = message.data if isinstance(message.data, dict) else {}
+        message_id, state = str(data.get("id", "")), str(data.get("state", ""))
+        handle = self.outbox.by_id.get(message_id)
+        if handle is not None and state in ("delivered", "read", "failed"):
+            handle.move(state, message.sender)  # type: ignore[arg-type]
+        if self._on_receipt is not None:
+            self._on_receipt(message_id, state, message.sender)
 
     # --- public --------------------------------------------------------------
     async def run(self) -> None:
@@ -253,9 +318,12 @@ class Device:
             expires_at=f.expires_at,
             sender=f.sender,
         )
-        result = self._on_message(message)
-        if inspect.isawaitable(result):
-            await result
+        if message.kind == "receipt":
+            self._receipt(message)
+        else:
+            result = self._on_message(message)
+            if inspect.isawaitable(result):
+                await result
         self.cursor = f.cursor
         self._seen[f.id] = None
         if len(self._seen) > self._remember:
@@ -275,7 +343,9 @@ class Device:
         url = urls[self._next_url % len(urls)]
         self._next_url += 1  # the next attempt tries the next relay (failover)
         try:
-            ws = await connect(url, ping_interval=None, open_timeout=10, max_size=2**20)
+            ws = await connect(
+                url, ping_interval=None, open_timeout=10, max_size=2**20, max_queue=64
+            )
         except websockets.InvalidStatus as exc:
             # 503 at capacity or while draining: come back when told, plus jitter.
             retry = exc.response.headers.get("Retry-After", "")
@@ -288,6 +358,7 @@ class Device:
             await self._session(ws, url)
         finally:
             self._ws = None
+            self._linked = False
             await ws.close()
 
     async def _session(self, ws: ClientConnection, url: str) -> None:
@@ -305,6 +376,10 @@ class Device:
         if self._on_link is not None:
             self._on_link(first)
         self._emit(Listening(url, first.node, first.region, self.cursor))
+        self._linked = True
+        for handle in list(self.outbox.waiting.values()):
+            await ws.send(_send_frame(handle))  # unanswered: again, in send order
+        await self._flush_reads(ws)
         unacked = 0
         ack_every = max(1, first.window // 4)
         while True:
@@ -329,6 +404,8 @@ class Device:
                 if unacked >= ack_every:
                     await self._ack(ws)
                     unacked = 0
+            elif isinstance(frame, frames.Sent | frames.Unsent):
+                self._answer(frame)
             elif isinstance(frame, frames.Drain):
                 raise _Retry(frame.retry_after_ms / 1000, f"drain: {frame.reason}")
             elif isinstance(frame, frames.Error):
@@ -398,6 +475,11 @@ class Device:
         retry = response.headers.get("retry-after")
         reason = f"HTTP {response.status_code} from the inbox: {detail}"
         raise _Retry(float(retry) if retry and retry.isdigit() else None, reason)
+
+
+def _send_frame(handle: Outgoing) -> str:
+    frame = frames.Send(to=handle.to, text=handle.text, client_id=handle.client_id, ttl=handle.ttl)
+    return frames.encode(frame).decode()
 
 
 class _InboxBody(msgspec.Struct):

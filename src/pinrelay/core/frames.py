@@ -50,6 +50,42 @@ class Pong(Struct, tag="pong", tag_field="type", kw_only=True):
     id: str | None = None
 
 
+class Send(Struct, tag="send", tag_field="type", kw_only=True):
+    """Client → relay: a chat message to a contact or a group (PROTOCOL "Chat").
+
+    Only the types are checked here; sizes, the PIN and the ttl are the chat's to
+    check, and a ``send`` that breaks them is answered with ``unsent``, not an error.
+    """
+
+    to: str
+    text: str
+    client_id: str
+    ttl: float | None = None
+
+
+class Read(Struct, tag="read", tag_field="type", kw_only=True):
+    """Client → relay: the user read these chat messages (ids of ``msg`` frames)."""
+
+    ids: Annotated[list[str], Meta(min_length=1, max_length=256)]
+
+
+class Sent(Struct, tag="sent", tag_field="type", kw_only=True):
+    """Relay → client: the ``send`` with ``client_id`` is stored for every recipient."""
+
+    client_id: str
+    id: str
+    to: str
+
+
+class Unsent(Struct, tag="unsent", tag_field="type", kw_only=True):
+    """Relay → client: the ``send`` with ``client_id`` was refused; nothing was stored."""
+
+    client_id: str
+    code: str
+    message: str
+    retry_after_ms: int | None = None
+
+
 class Welcome(Struct, tag="welcome", tag_field="type", kw_only=True):
     """Relay → client: the link is open; ``cursor`` is where delivery resumes after."""
 
@@ -95,14 +131,12 @@ class Drain(Struct, tag="drain", tag_field="type", kw_only=True):
     alternates: list[str] = msgspec.field(default_factory=list)
 
 
-ClientFrame = Hello | Ack | Ping
-ServerFrame = Welcome | Msg | Error | Drain | Pong
+ClientFrame = Hello | Ack | Ping | Send | Read
+ServerFrame = Welcome | Msg | Error | Drain | Pong | Sent | Unsent
 
 _encoder = msgspec.json.Encoder()
-_client_decoder: msgspec.json.Decoder[Hello | Ack | Ping] = msgspec.json.Decoder(ClientFrame)
-_server_decoder: msgspec.json.Decoder[Welcome | Msg | Error | Drain | Pong] = msgspec.json.Decoder(
-    ServerFrame
-)
+_client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
+_server_decoder: msgspec.json.Decoder[ServerFrame] = msgspec.json.Decoder(ServerFrame)
 Buffer = str | bytes | bytearray | memoryview
 
 

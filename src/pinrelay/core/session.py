@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from pinrelay.core import frames
+from pinrelay.core import frames, strictjson
 from pinrelay.core.errors import ErrorCode
 
 
@@ -57,6 +57,13 @@ class PingReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class ChatReceived:
+    """A ``send`` or a ``read``: the link queues it behind the earlier ones."""
+
+    frame: frames.Send | frames.Read
+
+
+@dataclass(frozen=True, slots=True)
 class Failure:
     """The link must send ``frame`` and close with ``code.close_code``."""
 
@@ -65,7 +72,7 @@ class Failure:
     frame: bytes
 
 
-Event = HelloReceived | AckReceived | PingReceived | Failure
+Event = HelloReceived | AckReceived | PingReceived | ChatReceived | Failure
 
 
 class Tick(enum.Enum):
@@ -81,7 +88,7 @@ class Tick(enum.Enum):
 _LEGAL: dict[State, tuple[type[frames.ClientFrame], ...]] = {
     AWAIT_HELLO: (frames.Hello,),
     AUTHENTICATING: (),
-    OPEN: (frames.Ack, frames.Ping),
+    OPEN: (frames.Ack, frames.Ping, frames.Send, frames.Read),
     CLOSED: (),
 }
 
@@ -124,12 +131,19 @@ class ServerSession:
             return self.fail(
                 ErrorCode.BAD_REQUEST, f"'{tag}' frame not allowed in state {self.state.value}"
             )
+        if isinstance(frame, frames.Ack):
+            # The hot path: one integer field, where a repeated key changes nothing.
+            return AckReceived(frame.cursor)
+        try:
+            strictjson.check(data if isinstance(data, bytes | str) else bytes(data))
+        except strictjson.StrictJsonError as exc:
+            return self.fail(ErrorCode.BAD_REQUEST, f"malformed frame: {exc}")
         if isinstance(frame, frames.Hello):
             self.state = AUTHENTICATING
             return HelloReceived(frame)
         if isinstance(frame, frames.Ping):
             return PingReceived(frames.encode(frames.Pong(id=frame.id)))
-        return AckReceived(frame.cursor)
+        return ChatReceived(frame)
 
     def received_pong(self, now: float) -> None:
         self.last_rx = now

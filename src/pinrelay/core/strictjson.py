@@ -36,13 +36,14 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _decoder = json.JSONDecoder(object_pairs_hook=_unique)
 
 
-def check(body: bytes) -> None:
+def check(body: bytes | str) -> None:
     """Raise :class:`StrictJsonError` if ``body`` is not UTF-8 or repeats a key.
 
     Malformed JSON is not reported here: the caller's decoder says what is wrong.
     """
     try:
-        text = body.decode("utf-8")  # strict: refuses encoded surrogates too
+        # strict: refuses encoded surrogates too
+        text = body if isinstance(body, str) else body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise StrictJsonError(
             f"the body is not valid UTF-8 (byte {exc.start}: {exc.reason})"

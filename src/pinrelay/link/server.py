@@ -19,6 +19,7 @@ import os
 import random
 import sys
 import termios
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -30,7 +31,9 @@ from websockets.server import ServerProtocol
 
 from pinrelay import __version__
 from pinrelay.auth import Authenticator, RateLimited
+from pinrelay.chat import Chat
 from pinrelay.core import frames
+from pinrelay.core.chat import Refused
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.ids import new_secret
 from pinrelay.core.model import StoredMessage
@@ -38,6 +41,7 @@ from pinrelay.core.session import (
     AUTHENTICATING,
     AWAIT_HELLO,
     AckReceived,
+    ChatReceived,
     Failure,
     HelloReceived,
     PingReceived,
@@ -72,6 +76,10 @@ WRITE_HIGH = 64 * 1024
 WRITE_LOW = 16 * 1024
 #: retry_after_ms of the error that closes a link which does not read.
 STALL_RETRY_MS = 5_000
+#: ``send`` and ``read`` frames a link may have waiting for their turn, and their
+#: texts' bytes: past either, a ``send`` is answered ``unsent`` (rate_limited) at once.
+MAX_QUEUED_CHAT = 64
+MAX_QUEUED_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +88,10 @@ class LinkConfig:
     hello_timeout_s: float = 10.0
     default_window: int = 64
     max_window: int = 1024
-    #: Largest frame a client may send; hello and ack frames are tiny.
-    max_frame: int = 16 * 1024
+    #: Largest frame either side sends: a ``send`` with a 32 KiB text, each of its
+    #: characters escaped in two bytes at worst (core/chat.py), and the ``msg`` that
+    #: carries it, fit (PROTOCOL "Frames").
+    max_frame: int = 72 * 1024
     max_links: int = 10_000
     node: str = "node-1"
     region: str = "local"
@@ -90,7 +100,14 @@ class LinkConfig:
     drain_jitter_ms: int = 8_000
 
 
-def _unsent(transport: asyncio.Transport) -> int:
+def unsent(client_id: str, code: str, message: str, retry_after: float | None = None) -> bytes:
+    retry_ms = None if retry_after is None else int(retry_after * 1000) + 1
+    return frames.encode(
+        frames.Unsent(client_id=client_id, code=code, message=message, retry_after_ms=retry_ms)
+    )
+
+
+def _queued_bytes(transport: asyncio.Transport) -> int:
     """Bytes written to the link that its client has not taken yet: our buffer, and
     the kernel's send queue (SIOCOUTQ).  The kernel's share shrinks as the client
     reads; ours only once the kernel has room for a whole chunk, seconds later on a
@@ -106,6 +123,9 @@ def _unsent(transport: asyncio.Transport) -> int:
 
 class LinkProtocol(asyncio.Protocol):
     __slots__ = (
+        "_chat_bytes",
+        "_chat_queue",
+        "_chat_task",
         "_close_timer",
         "_fast",
         "_hello_timer",
@@ -147,6 +167,11 @@ class LinkProtocol(asyncio.Protocol):
         #: shrunk, and its size then (None: not paused).
         self._stalled_at: float | None = None
         self._stalled_size = 0
+        #: ``send`` and ``read`` frames in arrival order, handled one at a time so a
+        #: recipient sees one sender's messages in the order they were sent.
+        self._chat_queue: deque[frames.Send | frames.Read] = deque()
+        self._chat_bytes = 0
+        self._chat_task: asyncio.Task[None] | None = None
 
     # --- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -241,7 +266,7 @@ class LinkProtocol(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.pause_reading()
             self._stalled_at = self.server.clock()
-            self._stalled_size = _unsent(transport)
+            self._stalled_size = _queued_bytes(transport)
         if self.delivery is not None:
             self.delivery.paused = True
 
@@ -308,6 +333,8 @@ class LinkProtocol(asyncio.Protocol):
             self._ack(event.cursor)
         elif isinstance(event, PingReceived):
             self._send(event.pong)
+        elif isinstance(event, ChatReceived):
+            self._queue_chat(event.frame)
         elif isinstance(event, HelloReceived):
             self.server.spawn(self._authenticate(event.hello))
         elif isinstance(event, Failure):
@@ -320,6 +347,59 @@ class LinkProtocol(asyncio.Protocol):
             self.delivery.ack(cursor)
         except PinrelayError as exc:
             self._fail(self.session.fail(exc.code, exc.detail))
+
+    # --- chat ----------------------------------------------------------------
+    def _queue_chat(self, frame: frames.Send | frames.Read) -> None:
+        chat = self.server.chat
+        if self.pin is None or chat is None:
+            self._fail(self.session.fail(ErrorCode.NOT_FOUND, "this relay has no chat"))
+            return
+        size = len(frame.text) if isinstance(frame, frames.Send) else 0
+        queue = self._chat_queue
+        if len(queue) >= MAX_QUEUED_CHAT or self._chat_bytes + size > MAX_QUEUED_BYTES:
+            if isinstance(frame, frames.Send):
+                self._send(
+                    unsent(frame.client_id, "rate_limited", "too many sends wait for answers", 1.0)
+                )
+            return  # a read past the bound is dropped: reading again repeats it
+        queue.append(frame)
+        self._chat_bytes += size
+        if self._chat_task is None:
+            self._chat_task = asyncio.get_running_loop().create_task(self._run_chat(chat))
+
+    async def _run_chat(self, chat: Chat) -> None:
+        pin = self.pin
+        queue = self._chat_queue
+        try:
+            while queue and pin is not None and self.delivery is not None:
+                if self.delivery.closed:
+                    queue.clear()
+                    return
+                frame = queue[0]
+                if isinstance(frame, frames.Read):
+                    await chat.read(pin, frame.ids)
+                else:
+                    self._send(await self._chat_send(chat, pin, frame))
+                queue.popleft()
+                self._chat_bytes -= len(frame.text) if isinstance(frame, frames.Send) else 0
+        except Exception as exc:
+            # The store failed: nothing answered is lost; the client resends what was
+            # not answered (with its client_id: nothing is stored twice).
+            if not isinstance(exc, PinrelayError):
+                log.exception("chat on the link of %s failed", pin)
+            queue.clear()
+            self._chat_bytes = 0
+            self._fail(self.session.fail(ErrorCode.OVERLOADED, "cannot store now", 1000))
+        finally:
+            self._chat_task = None
+
+    @staticmethod
+    async def _chat_send(chat: Chat, pin: str, frame: frames.Send) -> bytes:
+        try:
+            sent = await chat.send(pin, frame.to, frame.text, frame.client_id, frame.ttl)
+        except Refused as exc:
+            return unsent(frame.client_id, exc.reason, exc.detail, exc.retry_after)
+        return frames.encode(frames.Sent(client_id=frame.client_id, id=sent.id, to=sent.to))
 
     async def _authenticate(self, hello: frames.Hello) -> None:
         try:
@@ -397,6 +477,8 @@ class LinkProtocol(asyncio.Protocol):
             clock=server.clock,
             metrics=server.metrics,
             acks=server.acks,
+            on_acked=server.chat.delivered if server.chat is not None else None,
+            on_broken=self._receipts_failed,
         )
         server.metrics.links_open.inc()
         server.router.attach(device.pin, self)
@@ -416,7 +498,8 @@ class LinkProtocol(asyncio.Protocol):
             )
         )
         if acked > device.acked_cursor:
-            server.acks.submit(device.pin, acked)
+            # Chat messages an earlier link delivered get their receipts, then the ack.
+            self.delivery.settle_from(device.acked_cursor, acked)
         server.touch(device.pin)
         if not server.router.wakes_after_attach:
             self.delivery.wake()
@@ -471,6 +554,9 @@ class LinkProtocol(asyncio.Protocol):
         if self.delivery is not None:
             self.delivery.wake(fresh)
 
+    def _receipts_failed(self) -> None:
+        self._fail(self.session.fail(ErrorCode.OVERLOADED, "cannot store receipts now", 1000))
+
     def kick(self, code: ErrorCode, detail: str) -> None:
         self._fail(self.session.fail(code, detail))
 
@@ -485,7 +571,7 @@ class LinkProtocol(asyncio.Protocol):
         transport = self.transport
         if self._stalled_at is None or transport is None:
             return False
-        size = _unsent(transport)
+        size = _queued_bytes(transport)
         if size < self._stalled_size:
             # The client reads, slowly: that proves it alive as a pong would.
             self._stalled_at, self._stalled_size = now, size
@@ -538,8 +624,10 @@ class LinkServer:
         metrics: Metrics,
         clock: Callable[[], float],
         auth: Authenticator,
+        chat: Chat | None = None,
     ) -> None:
         self.store = store
+        self.chat = chat
         self.router = router
         self.config = config
         self.metrics = metrics

@@ -163,10 +163,14 @@ class Store(Protocol):
 
     # --- contacts (core/social.py) --------------------------------------------
     async def contact_action(
-        self, actor: str, other: str, action: Action, now_ms: int
-    ) -> Transition:
-        """Apply ``actor``'s ``action`` about ``other`` to both entries, atomically
-        where the engine can; the transition applied.  Raises what
+        self, actor: str, other: str, action: Action, now_ms: int, notice: NewMessage
+    ) -> tuple[Transition, Accepted | None]:
+        """Apply ``actor``'s ``action`` about ``other`` to both entries and, when the
+        transition tells ``other`` something, append ``notice`` to it with
+        ``data = core.chat.contact_data(notify)`` (its Accepted, else None).
+
+        Atomic where the engine can be (SQLite: one transaction; so an invitation
+        costs one commit whether ``other`` exists or not).  Raises what
         :func:`pinrelay.core.social.transition` raises (nothing written), and
         CONFLICT when ``actor`` already holds MAX_CONTACTS entries."""
         ...

@@ -125,6 +125,21 @@ def _row_to_message(row: tuple[Any, ...]) -> StoredMessage:
     return StoredMessage(*row)
 
 
+def _item(m: NewMessage) -> ops.Item:
+    return ops.Item(
+        m.pin,
+        m.id,
+        None,
+        m.data,
+        m.topic,
+        m.urgency,
+        m.sent_at_ms,
+        m.expires_at_ms,
+        m.kind,
+        m.sender,
+    )
+
+
 def _row_to_device(row: tuple[Any, ...]) -> Device:
     return Device(*row)
 
@@ -443,12 +458,16 @@ class SqliteStore:
 
     # --- contacts and read receipts ---------------------------------------------
     async def contact_action(
-        self, actor: str, other: str, action: Action, now_ms: int
-    ) -> Transition:
-        mine, theirs, notify = await self._write(
-            ops.ContactAction(actor, other, action.value, now_ms)
+        self, actor: str, other: str, action: Action, now_ms: int, notice: NewMessage
+    ) -> tuple[Transition, Accepted | None]:
+        mine, theirs, notify, raw = await self._write(
+            ops.ContactAction(actor, other, action.value, now_ms, _item(notice))
         )
-        return Transition(mine, theirs, notify)
+        accepted = None
+        if raw is not None:
+            (result,) = to_results([msgspec.convert(raw, AppendResult)])
+            accepted = result if isinstance(result, Accepted) else None
+        return Transition(mine, theirs, notify), accepted
 
     async def contacts(self, owner: str) -> list[Contact]:
         rows = (
@@ -497,20 +516,7 @@ class SqliteStore:
         self, messages: Sequence[NewMessage | Rejected], idem: IdempotencyKey | None = None
     ) -> tuple[list[Accepted | Rejected], bool]:
         items = [
-            ops.Item(m.pin, m.id, m.reason)
-            if isinstance(m, Rejected)
-            else ops.Item(
-                m.pin,
-                m.id,
-                None,
-                m.data,
-                m.topic,
-                m.urgency,
-                m.sent_at_ms,
-                m.expires_at_ms,
-                m.kind,
-                m.sender,
-            )
+            ops.Item(m.pin, m.id, m.reason) if isinstance(m, Rejected) else _item(m)
             for m in messages
         ]
         key = None if idem is None else (idem.key, idem.fingerprint, idem.created_ms)

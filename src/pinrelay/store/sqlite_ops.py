@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from pinrelay.core import social
+from pinrelay.core import chat, social
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.store.base import MAX_CONTACTS, UNKNOWN_DEVICE, AppendResult
 
@@ -163,8 +163,12 @@ class ContactAction(Op, tag="ca"):
     other: str
     action: str
     now_ms: int
+    #: The notice to append to ``other`` if the transition tells it something.
+    notice: Item
 
-    def run(self, c: sqlite3.Connection) -> tuple[str | None, str | None, str | None]:
+    def run(
+        self, c: sqlite3.Connection
+    ) -> tuple[str | None, str | None, str | None, AppendResult | None]:
         mine = _entry(c, self.actor, self.other)
         theirs = _entry(c, self.other, self.actor)
         exists = c.execute("SELECT 1 FROM devices WHERE pin = ?", (self.other,)).fetchone()
@@ -181,7 +185,11 @@ class ContactAction(Op, tag="ca"):
             _set_entry(c, self.actor, self.other, step.mine, self.now_ms)
         if step.theirs != theirs:
             _set_entry(c, self.other, self.actor, step.theirs, self.now_ms)
-        return step.mine, step.theirs, step.notify
+        appended = None
+        if step.notify is not None:
+            notice = msgspec.structs.replace(self.notice, data=chat.contact_data(step.notify))
+            (appended,) = _append_all(c, [notice])
+        return step.mine, step.theirs, step.notify, appended
 
 
 class PutUnread(Op, tag="pu"):

@@ -289,8 +289,8 @@ class JetStreamStore:
 
     # --- contacts and read receipts: not on this engine yet (issue 13, in progress) ---
     async def contact_action(
-        self, actor: str, other: str, action: Action, now_ms: int
-    ) -> Transition:
+        self, actor: str, other: str, action: Action, now_ms: int, notice: NewMessage
+    ) -> tuple[Transition, Accepted | None]:
         raise _NOT_YET
 
     async def contacts(self, owner: str) -> list[Contact]:

@@ -1,0 +1,400 @@
+"""Contacts, chat and receipts against a real relay process (PROTOCOL "Contacts",
+"Chat"), driven by hand over the link and HTTP (no SDK), on the SQLite store.
+
+The cluster runs the same edges: tests/chat/test_chat_cluster.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from pinrelay.core import frames
+from tests.conftest import RelayFactory
+from tests.linkclient import error_then_close, link, recv, send
+from tests.relayproc import RelayProc
+
+Dev = dict[str, Any]
+
+
+def bearer(device: Dev) -> dict[str, str]:
+    return {"Authorization": f"Bearer {device['token']}"}
+
+
+def http(relay: RelayProc) -> httpx.Client:
+    return httpx.Client(base_url=relay.url, timeout=10)
+
+
+def invite(relay: RelayProc, inviter: Dev, pin: str) -> httpx.Response:
+    with http(relay) as c:
+        return c.post(
+            f"/v1/devices/{inviter['pin']}/contacts", json={"pin": pin}, headers=bearer(inviter)
+        )
+
+
+def accept(relay: RelayProc, invitee: Dev, inviter: Dev) -> httpx.Response:
+    with http(relay) as c:
+        return c.post(
+            f"/v1/devices/{invitee['pin']}/contacts/{inviter['pin']}/accept",
+            headers=bearer(invitee),
+        )
+
+
+def contacts(relay: RelayProc, device: Dev) -> dict[str, str]:
+    with http(relay) as c:
+        r = c.get(f"/v1/devices/{device['pin']}/contacts", headers=bearer(device))
+    assert r.status_code == 200, r.text
+    return {e["pin"]: e["state"] for e in r.json()["contacts"]}
+
+
+def befriend(relay: RelayProc, a: Dev, b: Dev) -> None:
+    assert invite(relay, a, b["pin"]).status_code == 202
+    assert accept(relay, b, a).status_code == 200
+
+
+async def next_msg(ws: ClientConnection, kind: str | None = None) -> frames.Msg:
+    """The next ``msg`` frame (acknowledging contact notices on the way, if skipped)."""
+    while True:
+        frame = await recv(ws)
+        if isinstance(frame, frames.Msg) and (kind is None or frame.kind == kind):
+            return frame
+        if isinstance(frame, frames.Msg):
+            await send(ws, frames.Ack(cursor=frame.cursor))
+
+
+async def answer(ws: ClientConnection) -> frames.Sent | frames.Unsent:
+    while True:
+        frame = await recv(ws)
+        if isinstance(frame, frames.Sent | frames.Unsent):
+            return frame
+
+
+def chat_send(to: str, text: str, client_id: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "send", "to": to, "text": text, "client_id": client_id, **extra}
+
+
+Links = Callable[..., Awaitable[tuple[ClientConnection, frames.Welcome]]]
+
+
+@pytest.fixture
+async def links() -> AsyncIterator[Links]:
+    """Open links; every one is closed at the end, even when the test fails."""
+    opened: list[ClientConnection] = []
+
+    async def make(
+        relay: RelayProc, device: Dev, **kwargs: Any
+    ) -> tuple[ClientConnection, frames.Welcome]:
+        ws, welcome = await link(relay, device, **kwargs)
+        opened.append(ws)
+        return ws, welcome
+
+    yield make
+    for ws in opened:
+        await ws.close()
+
+
+@pytest.fixture
+def pair(relay: RelayProc) -> tuple[Dev, Dev]:
+    a, b = relay.create_device(), relay.create_device()
+    befriend(relay, a, b)
+    return a, b
+
+
+class TestContacts:
+    async def test_invite_accept_notices_and_lists(self, links: Links, relay: RelayProc) -> None:
+        a, b = relay.create_device(), relay.create_device()
+        r = invite(relay, a, b["pin"])
+        assert (r.status_code, r.json()) == (202, {"pin": b["pin"], "state": "invited"})
+        assert contacts(relay, a) == {b["pin"]: "invited"}
+        assert contacts(relay, b) == {a["pin"]: "pending"}
+        ws_b, _ = await links(relay, b)
+        notice = await next_msg(ws_b, "contact")
+        assert (notice.sender, msgspec.json.decode(notice.data)) == (a["pin"], {"event": "invited"})
+        r = accept(relay, b, a)
+        assert (r.status_code, r.json()) == (200, {"pin": a["pin"], "state": "accepted"})
+        ws_a, _ = await links(relay, a)
+        notice = await next_msg(ws_a, "contact")
+        assert (notice.sender, msgspec.json.decode(notice.data)) == (
+            b["pin"],
+            {"event": "accepted"},
+        )
+        assert (
+            contacts(relay, a)
+            == {b["pin"]: "accepted"}
+            == {p: s for p, s in contacts(relay, a).items()}
+        )
+
+    def test_invite_answer_is_the_same_for_a_pin_with_no_device(self, relay: RelayProc) -> None:
+        a, b = relay.create_device(), relay.create_device()
+        nobody = "0" * 7 + ("1" if b["pin"][-1] != "1" else "2")
+        real, fake = invite(relay, a, b["pin"]), invite(relay, a, nobody)
+        assert real.status_code == fake.status_code == 202
+        assert real.content.replace(b["pin"].encode(), b"PIN") == fake.content.replace(
+            nobody.encode(), b"PIN"
+        )
+        skip = {"date", "content-length"}
+        assert {k: v for k, v in real.headers.items() if k not in skip} == {
+            k: v for k, v in fake.headers.items() if k not in skip
+        }
+        assert real.headers["content-length"] == fake.headers["content-length"]
+
+    def test_accept_without_invitation_is_404_and_changes_nothing(self, relay: RelayProc) -> None:
+        a, b = relay.create_device(), relay.create_device()
+        r = accept(relay, a, b)
+        assert r.status_code == 404
+        assert r.headers["content-type"] == "application/problem+json"
+        assert contacts(relay, a) == {} == contacts(relay, b)
+
+    def test_decline_block_unblock_remove(self, relay: RelayProc) -> None:
+        a, b = relay.create_device(), relay.create_device()
+        invite(relay, a, b["pin"])
+        with http(relay) as c:
+            r = c.post(f"/v1/devices/{b['pin']}/contacts/{a['pin']}/decline", headers=bearer(b))
+            assert (r.status_code, r.json()["state"]) == (200, "declined")
+            assert contacts(relay, b) == {}
+            r = c.post(f"/v1/devices/{b['pin']}/blocks", json={"pin": a["pin"]}, headers=bearer(b))
+            assert (r.status_code, r.json()["state"]) == (200, "blocked")
+            assert contacts(relay, b) == {a["pin"]: "blocked"}
+            r = c.delete(f"/v1/devices/{b['pin']}/blocks/{a['pin']}", headers=bearer(b))
+            assert r.status_code == 204
+            assert contacts(relay, b) == {}
+        befriend(relay, a, b)
+        with http(relay) as c:
+            r = c.delete(f"/v1/devices/{a['pin']}/contacts/{b['pin']}", headers=bearer(a))
+            assert r.status_code == 204
+        assert contacts(relay, a) == {} == contacts(relay, b)
+
+    def test_contacts_need_the_devices_own_token(self, relay: RelayProc) -> None:
+        a, b = relay.create_device(), relay.create_device()
+        with http(relay) as c:
+            r = c.post(
+                f"/v1/devices/{a['pin']}/contacts", json={"pin": b["pin"]}, headers=bearer(b)
+            )
+        assert r.status_code == 401
+        assert contacts(relay, a) == {} == contacts(relay, b)
+
+    def test_invitations_are_rate_limited(self, relay_factory: RelayFactory) -> None:
+        relay = relay_factory(extra=["--invites-per-hour", "3"])
+        a = relay.create_device()
+        pins = [f"{n:08X}" for n in range(1, 5)]
+        assert [invite(relay, a, p).status_code for p in pins[:3]] == [202, 202, 202]
+        r = invite(relay, a, pins[3])
+        assert r.status_code == 429
+        assert int(r.headers["retry-after"]) > 0
+        assert pins[3] not in contacts(relay, a)
+
+
+class TestSend:
+    async def test_send_receive_receipts(
+        self, links: Links, relay: RelayProc, pair: tuple[Dev, Dev]
+    ) -> None:
+        a, b = pair
+        ws_a, _ = await links(relay, a)
+        ws_b, _ = await links(relay, b)
+        await send(ws_a, chat_send(b["pin"], "hello ✓", "c1"))
+        sent = await answer(ws_a)
+        assert isinstance(sent, frames.Sent), sent
+        assert (sent.client_id, sent.to) == ("c1", b["pin"])
+        got = await next_msg(ws_b, "chat")
+        assert (got.id, got.sender) == (sent.id, a["pin"])
+        assert msgspec.json.decode(got.data) == {"text": "hello ✓", "group": None}
+        await send(ws_b, frames.Ack(cursor=got.cursor))
+        receipt = await next_msg(ws_a, "receipt")
+        assert receipt.sender == b["pin"]
+        assert msgspec.json.decode(receipt.data) == {"id": sent.id, "state": "delivered"}
+        await send(ws_a, frames.Ack(cursor=receipt.cursor))
+        # Read twice (and an id never delivered to b): one read receipt.
+        await send(ws_b, {"type": "read", "ids": [sent.id, "01ZZZZZZZZZZZZZZZZZZZZZZZZ"]})
+        await send(ws_b, {"type": "read", "ids": [sent.id]})
+        receipt = await next_msg(ws_a, "receipt")
+        assert msgspec.json.decode(receipt.data) == {"id": sent.id, "state": "read"}
+        await send(ws_a, frames.Ack(cursor=receipt.cursor))
+        # Nothing more: a third message proves the order and the absence of a duplicate.
+        await send(ws_a, chat_send(b["pin"], "again", "c2"))
+        assert isinstance(await answer(ws_a), frames.Sent)
+        got = await next_msg(ws_b, "chat")
+        await send(ws_b, frames.Ack(cursor=got.cursor))
+        receipt = await next_msg(ws_a, "receipt")
+        assert msgspec.json.decode(receipt.data)["state"] == "delivered"
+        assert msgspec.json.decode(receipt.data)["id"] != sent.id
+
+    async def test_delivered_receipt_when_acked_by_a_later_hello(
+        self, links: Links, relay: RelayProc, pair: tuple[Dev, Dev]
+    ) -> None:
+        a, b = pair
+        ws_a, _ = await links(relay, a)
+        await send(ws_a, chat_send(b["pin"], "while you were away", "c1"))
+        sent = await answer(ws_a)
+        assert isinstance(sent, frames.Sent)
+        ws_b, _ = await links(relay, b)
+        got = await next_msg(ws_b, "chat")
+        await ws_b.close()  # processed, but the link dropped before its ack
+        ws_b, welcome = await links(relay, b, cursor=got.cursor)
+        assert welcome.cursor == got.cursor
+        receipt = await next_msg(ws_a, "receipt")
+        assert msgspec.json.decode(receipt.data) == {"id": sent.id, "state": "delivered"}
+
+    async def test_strangers_and_blocked_senders_get_the_same_answer(
+        self, links: Links, relay: RelayProc, pair: tuple[Dev, Dev]
+    ) -> None:
+        a, b = pair
+        stranger = relay.create_device()
+        with http(relay) as c:
+            r = c.post(f"/v1/devices/{b['pin']}/blocks", json={"pin": a["pin"]}, headers=bearer(b))
+            assert r.status_code == 200
+        answers = []
+        for sender in (a, stranger):
+            ws, _ = await links(relay, sender)
+            await send(ws, chat_send(b["pin"], "hi", "x"))
+            got = await answer(ws)
+            assert isinstance(got, frames.Unsent), got
+            answers.append((got.code, got.message))
+        assert answers[0] == answers[1]
+        assert answers[0][0] == "not_contact"
+        with relay.client() as c:
+            assert c.show_device(b["pin"])["backlog"] == 1  # a's old invitation notice only
+
+    async def test_client_id_replay_stores_once(
+        self, links: Links, relay: RelayProc, pair: tuple[Dev, Dev]
+    ) -> None:
+        a, b = pair
+        ws_a, _ = await links(relay, a)
+        await send(ws_a, chat_send(b["pin"], "once", "same"))
+        first = await answer(ws_a)
+        await send(ws_a, chat_send(b["pin"], "once, edited", "same"))
+        second = await answer(ws_a)
+        assert isinstance(first, frames.Sent) and isinstance(second, frames.Sent)
+        assert first.id == second.id
+        with relay.client() as c:
+            before = c.show_device(b["pin"])["backlog"]
+        ws_b, _ = await links(relay, b)
+        chats = []
+        for _ in range(before):
+            m = await next_msg(ws_b)
+            if m.kind == "chat":
+                chats.append(msgspec.json.decode(m.data)["text"])
+        assert chats == ["once"]
+
+    async def test_pipelined_sends_are_stored_in_send_order(
+        self, links: Links, relay: RelayProc, pair: tuple[Dev, Dev]
+    ) -> None:
+        a, b = pair
+        ws_a, _ = await links(relay, a)
+        for n in range(50):
+            await send(ws_a, chat_send(b["pin"], f"m{n}", f"c{n}"))
+        answers = [await answer(ws_a) for _ in range(50)]
+        assert [x.client_id for x in answers] == [f"c{n}" for n in range(50)]
+        assert all(isinstance(x, frames.Sent) for x in answers)
+        ws_b, _ = await links(relay, b, window=100)
+        texts: list[str] = []
+        while len(texts) < 50:
+            m = await next_msg(ws_b, "chat")
+            texts.append(msgspec.json.decode(m.data)["text"])
+        assert texts == [f"m{n}" for n in range(50)]
+
+    async def test_bad_sends_are_answered_and_the_link_stays(
+        self, links: Links, relay: RelayProc, pair: tuple[Dev, Dev]
+    ) -> None:
+        a, b = pair
+        ws_a, _ = await links(relay, a)
+        cases = [
+            (chat_send(b["pin"], "x" * (32 * 1024 + 1), "big"), "too_large"),
+            (chat_send(b["pin"], "", "empty"), "invalid"),
+            (chat_send(b["pin"], "bell \x07", "ctl"), "invalid"),
+            (chat_send("not-a-pin", "hi", "to"), "invalid"),
+            (chat_send(b["pin"], "hi", "t" * 65), "invalid"),
+            (chat_send(b["pin"], "hi", "ttl", ttl=0), "invalid"),
+            (chat_send("GABCDEFGHJKMN", "hi", "grp"), "unknown_group"),
+        ]
+        for frame, code in cases:
+            await send(ws_a, frame)
+            got = await answer(ws_a)
+            assert isinstance(got, frames.Unsent), (frame["client_id"], got)
+            assert (got.client_id, got.code) == (frame["client_id"], code)
+        # The largest text, all escapes, fits the frame limit both ways.
+        text = '"\\' * (16 * 1024)
+        await send(ws_a, chat_send(b["pin"], text, "max"))
+        sent = await answer(ws_a)
+        assert isinstance(sent, frames.Sent), sent
+        ws_b, welcome = await links(relay, b)
+        assert welcome.max_frame >= len(json.dumps(chat_send(b["pin"], text, "x" * 64)))
+        delivered = await next_msg(ws_b, "chat")
+        assert msgspec.json.decode(delivered.data)["text"] == text
+
+    async def test_repeated_keys_in_a_send_fail_the_link(
+        self, links: Links, relay: RelayProc, pair: tuple[Dev, Dev]
+    ) -> None:
+        a, b = pair
+        ws_a, _ = await links(relay, a)
+        frame = '{"type":"send","to":"B","to":"A","text":"hi","client_id":"c"}'
+        await next_msg(ws_a, "contact")  # b's acceptance, first
+        await ws_a.send(frame.replace("B", b["pin"], 1).replace('"A"', f'"{a["pin"]}"'))
+        error, code = await error_then_close(ws_a)
+        assert (error.code, code) == ("bad_request", 4400)
+        with relay.client() as c:
+            assert c.show_device(b["pin"])["backlog"] == 1  # the invitation notice only
+
+
+class TestHttpChat:
+    def test_send_and_read_over_http(self, relay: RelayProc, pair: tuple[Dev, Dev]) -> None:
+        a, b = pair
+        with http(relay) as c:
+            body = {"to": b["pin"], "text": "over http", "client_id": "h1"}
+            r = c.post(f"/v1/devices/{a['pin']}/chat", json=body, headers=bearer(a))
+            assert r.status_code == 201, r.text
+            sent = r.json()
+            assert sent["to"] == b["pin"]
+            again = c.post(f"/v1/devices/{a['pin']}/chat", json=body, headers=bearer(a))
+            assert (again.status_code, again.json()["id"]) == (201, sent["id"])
+            inbox = c.get(f"/v1/devices/{b['pin']}/inbox", headers=bearer(b)).json()
+            chats = [m for m in inbox["messages"] if m["kind"] == "chat"]
+            assert [(m["id"], m["from"]) for m in chats] == [(sent["id"], a["pin"])]
+            r = c.post(
+                f"/v1/devices/{b['pin']}/ack", json={"cursor": inbox["cursor"]}, headers=bearer(b)
+            )
+            assert r.status_code == 204
+            r = c.post(
+                f"/v1/devices/{b['pin']}/read", json={"ids": [sent["id"]]}, headers=bearer(b)
+            )
+            assert (r.status_code, r.json()) == (200, {"receipts": 1})
+            got = c.get(f"/v1/devices/{a['pin']}/inbox", headers=bearer(a)).json()
+            receipts = [
+                json.loads(json.dumps(m["data"])) for m in got["messages"] if m["kind"] == "receipt"
+            ]
+            assert receipts == [
+                {"id": sent["id"], "state": "delivered"},
+                {"id": sent["id"], "state": "read"},
+            ]
+
+    @pytest.mark.parametrize(
+        ("body", "status"),
+        [
+            ({"to": "STRANGER", "text": "hi", "client_id": "s"}, 403),
+            ({"to": "PEER", "text": "x" * 40_000, "client_id": "big"}, 413),
+            ({"to": "PEER", "text": "hi", "client_id": ""}, 422),
+            ({"to": "GABCDEFGHJKMN", "text": "hi", "client_id": "g"}, 404),
+            ({"to": "PEER", "text": "hi"}, 422),
+        ],
+    )
+    def test_refusals_are_problems(
+        self, relay: RelayProc, pair: tuple[Dev, Dev], body: dict[str, Any], status: int
+    ) -> None:
+        a, b = pair
+        stranger = relay.create_device()
+        body = {
+            k: (b["pin"] if v == "PEER" else stranger["pin"] if v == "STRANGER" else v)
+            for k, v in body.items()
+        }
+        with http(relay) as c:
+            r = c.post(f"/v1/devices/{a['pin']}/chat", json=body, headers=bearer(a))
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        with relay.client() as c:
+            assert c.show_device(b["pin"])["backlog"] == 1
+            assert c.show_device(stranger["pin"])["backlog"] == 0
