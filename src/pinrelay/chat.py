@@ -118,6 +118,20 @@ class Chat:
         await self.store.drop_unread(reader, [u.id for u in found])
         return len(found)
 
+    async def expire(self, limit: int = 500) -> int:
+        """Chat messages that expired undelivered: a ``failed`` receipt to each sender,
+        then the message goes (a crash in between repeats the receipt); how many."""
+        now = self.clock()
+        expired = await self.store.expired_chats(int(now * 1000), limit)
+        if not expired:
+            return 0
+        receipts = [
+            self._receipt(m.pin, m.sender, m.id, "failed") for m in expired if m.sender is not None
+        ]
+        await self.ingest.accept(receipts)
+        await self.store.forget([(m.pin, m.cursor) for m in expired])
+        return len(expired)
+
     def _receipt(
         self, reader: str, sender: str, message_id: str, state: wire.ReceiptState
     ) -> Draft:

@@ -172,6 +172,7 @@ class Relay:
             try:
                 while True:
                     n = await self.store.sweep(int(self.clock() * 1000))
+                    n += await self.chat.expire()
                     self.metrics.expired.inc(n)
                     if n < 1000:
                         break

@@ -398,3 +398,23 @@ class TestHttpChat:
         with relay.client() as c:
             assert c.show_device(b["pin"])["backlog"] == 1
             assert c.show_device(stranger["pin"])["backlog"] == 0
+
+
+async def test_a_chat_that_expires_undelivered_fails(
+    relay_factory: RelayFactory, links: Links
+) -> None:
+    relay = relay_factory(extra=["--sweep-interval", "0.2"])
+    a, b = relay.create_device(), relay.create_device()
+    befriend(relay, a, b)
+    ws_a, _ = await links(relay, a)
+    await send(ws_a, chat_send(b["pin"], "into the void", "c1", ttl=1))
+    sent = await answer(ws_a)
+    assert isinstance(sent, frames.Sent)
+    receipt = await next_msg(ws_a, "receipt")
+    assert receipt.sender == b["pin"]
+    assert msgspec.json.decode(receipt.data) == {"id": sent.id, "state": "failed"}
+    ws_b, _ = await links(relay, b)
+    got = await next_msg(ws_b)
+    assert got.kind == "contact"  # never the expired chat
+    with relay.client() as c:
+        assert c.show_device(b["pin"])["backlog"] == 1  # the invitation notice, not acked

@@ -188,3 +188,24 @@ class TestUnread:
         await store.close()
         again = await reopen()
         assert await again.find_unread(B, ["01ID1"], NOW) == [entry]
+
+
+class TestExpiredChats:
+    async def test_sweep_leaves_expired_chats_until_forgotten(
+        self, store: Store, request: pytest.FixtureRequest
+    ) -> None:
+        await add_devices(store, A, B)
+        chat = msg(B, 1, kind="chat", sender=A, ttl_ms=10)
+        push = msg(B, 2, ttl_ms=10)
+        await store.append([chat, push])
+        later = NOW + 1000
+        await store.sweep(later)
+        expired = await store.expired_chats(later, 100)
+        if "sqlite" not in request.node.name:
+            assert expired == []  # expired by the engine itself (Nats-TTL)
+            return
+        assert [(m.id, m.sender, m.pin) for m in expired] == [(chat.id, A, B)]
+        assert await store.expired_chats(NOW, 100) == []  # not expired then
+        await store.forget([(m.pin, m.cursor) for m in expired])
+        assert await store.expired_chats(later, 100) == []
+        assert await store.read(B, 0, 10, NOW) == []

@@ -234,6 +234,16 @@ class Store(Protocol):
         """Delete up to ``limit`` expired messages; how many went."""
         ...
 
+    async def expired_chats(self, now_ms: int, limit: int) -> list[StoredMessage]:
+        """Up to ``limit`` chat messages expired unacknowledged at ``now_ms``, which
+        :meth:`sweep` leaves until :meth:`forget` (their senders get ``failed``
+        receipts first).  An engine whose messages expire by themselves returns []."""
+        ...
+
+    async def forget(self, keys: Sequence[tuple[str, int]]) -> None:
+        """Delete the messages at these (pin, cursor) keys."""
+        ...
+
     async def stats(self) -> StoreStats:
         """Counts for metrics; may take a while on a large store, never blocks the loop."""
         ...

@@ -536,6 +536,23 @@ class SqliteStore:
     async def sweep(self, now_ms: int, limit: int = 1000) -> int:
         return int(await self._write(ops.Sweep(now_ms, limit)))
 
+    async def expired_chats(self, now_ms: int, limit: int) -> list[StoredMessage]:
+        rows = (
+            self._read()
+            .execute(
+                "SELECT pin, id, data, topic, urgency, sent_ms, expires_ms, kind, sender, cursor"
+                " FROM messages WHERE expires_ms <= ? AND kind = 'chat' ORDER BY expires_ms"
+                " LIMIT ?",
+                (now_ms, limit),
+            )
+            .fetchall()
+        )
+        return [_row_to_message(r) for r in rows]
+
+    async def forget(self, keys: Sequence[tuple[str, int]]) -> None:
+        if keys:
+            await self._write(ops.Forget([(pin, cursor) for pin, cursor in keys]))
+
     async def stats(self) -> StoreStats:
         self._read()  # raises when closed
         return await asyncio.to_thread(_count, self.path)

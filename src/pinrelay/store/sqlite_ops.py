@@ -122,9 +122,10 @@ class Sweep(Op, tag="sw"):
     limit: int
 
     def run(self, c: sqlite3.Connection) -> int:
+        # Expired chat messages stay for expired_chats(): their senders are told first.
         n = c.execute(
             "DELETE FROM messages WHERE (pin, cursor) IN (SELECT pin, cursor FROM messages"
-            " WHERE expires_ms <= ? LIMIT ?)",
+            " WHERE expires_ms <= ? AND kind != 'chat' LIMIT ?)",
             (self.now_ms, self.limit),
         ).rowcount
         c.execute(
@@ -154,6 +155,13 @@ def _set_entry(
             " ELSE excluded.since_ms END",
             (owner, other, state, now_ms),
         )
+
+
+class Forget(Op, tag="fg"):
+    keys: list[tuple[str, int]]
+
+    def run(self, c: sqlite3.Connection) -> None:
+        c.executemany("DELETE FROM messages WHERE pin = ? AND cursor = ?", self.keys)
 
 
 class ContactAction(Op, tag="ca"):
@@ -273,6 +281,7 @@ AnyOp = (
     | Sweep
     | Append
     | ContactAction
+    | Forget
     | PutUnread
     | DropUnread
     | Stop

@@ -308,6 +308,14 @@ class JetStreamStore:
     async def drop_unread(self, reader: str, ids: Sequence[str]) -> None:
         raise _NOT_YET
 
+    async def expired_chats(self, now_ms: int, limit: int) -> list[StoredMessage]:
+        # Messages expire by themselves here (Nats-TTL): no failed receipts yet on the
+        # cluster engine (docs/PROTOCOL.md "Receipts" says so).
+        return []
+
+    async def forget(self, keys: Sequence[tuple[str, int]]) -> None:
+        await self.acker.delete(keys)
+
     async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
         return await self.reader.read(pin, after, limit, now_ms)
 
