@@ -37,11 +37,15 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests bench
 	$(VENV)/bin/ruff format src tests bench
 
-# Benchmarks install their peers (Mosquitto) from Debian's packages when missing.
+# Benchmarks install their peers (Mosquitto, Prosody with its SQLite driver) from
+# Debian's packages when missing.
 bench: install
 	@command -v mosquitto >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	  mosquitto mosquitto-clients >/dev/null; }
+	@{ command -v prosody >/dev/null 2>&1 && dpkg -s lua-dbi-sqlite3 >/dev/null 2>&1; } || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends prosody lua-dbi-sqlite3 >/dev/null; }
 	$(PY) -m bench.run_all
 
 # Long soaks and storms, kept out of `make test`.
