@@ -303,6 +303,12 @@ class Delivery:
         if not self._caught_up:
             self.wake()  # room opened and the store may hold more
 
+    async def settled(self) -> None:
+        """Until the acks received so far are settled (their receipts stored): a
+        ``read`` after an ack must find what that ack delivered."""
+        while self._settle_task is not None:
+            await asyncio.shield(self._settle_task)
+
     def settle_from(self, after: int, upto: int) -> None:
         """A hello acknowledged (``after``, ``upto``], sent by an earlier link: their
         receipts, read from the store, then the ack."""

@@ -190,6 +190,7 @@ class Device:
         #: this SDK no longer holds a handle for (sent before a restart).
         self._on_receipt = on_receipt
         self._reads: list[str] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- chat ------------------------------------------------------------------
     async def send(
@@ -216,6 +217,10 @@ class Device:
             await self._flush_reads(ws)
 
     async def _flush_reads(self, ws: ClientConnection) -> None:
+        if self._reads and self.cursor > self._acked:
+            # Ack first: a message is read receipted once its delivery is stored.
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._ack(ws)
         while self._reads:
             batch, self._reads = self._reads[:256], self._reads[256:]
             with contextlib.suppress(websockets.ConnectionClosed):
@@ -231,11 +236,20 @@ class Device:
         if handle is None:
             return
         if frame.code == "rate_limited":
-            # Not refused for good: back in line, sent again on the next link.
+            # Not refused for good: sent again when the relay says (same client_id).
             self.outbox.waiting[handle.client_id] = handle
+            delay = (frame.retry_after_ms or 1000) / 1000
+            asyncio.get_running_loop().call_later(delay, self._resend, handle)
             return
         handle.code, handle.reason = frame.code, frame.message
         handle.move("unsent")
+
+    def _resend(self, handle: Outgoing) -> None:
+        ws = self._ws
+        if ws is not None and self._linked and handle.client_id in self.outbox.waiting:
+            task = asyncio.get_running_loop().create_task(_send_quietly(ws, _send_frame(handle)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _receipt(self, message: Message) -> None:
         data = message.data if isinstance(message.data, dict) else {}
@@ -475,6 +489,11 @@ class Device:
         retry = response.headers.get("retry-after")
         reason = f"HTTP {response.status_code} from the inbox: {detail}"
         raise _Retry(float(retry) if retry and retry.isdigit() else None, reason)
+
+
+async def _send_quietly(ws: ClientConnection, data: str) -> None:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        await ws.send(data)  # a link that closed meanwhile: the next one sends it
 
 
 def _send_frame(handle: Outgoing) -> str:

@@ -77,9 +77,13 @@ WRITE_LOW = 16 * 1024
 #: retry_after_ms of the error that closes a link which does not read.
 STALL_RETRY_MS = 5_000
 #: ``send`` and ``read`` frames a link may have waiting for their turn, and their
-#: texts' bytes: past either, a ``send`` is answered ``unsent`` (rate_limited) at once.
+#: texts' bytes: past either the relay stops reading the link until the queue is half
+#: empty (what the client sends meanwhile waits in the kernel's buffers), so a
+#: pipelining client is slowed, never refused out of order.
 MAX_QUEUED_CHAT = 64
 MAX_QUEUED_BYTES = 256 * 1024
+#: What one read from the socket (uvloop: 256 KiB) can add past those bounds, at most.
+QUEUE_HARD_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,7 @@ def _queued_bytes(transport: asyncio.Transport) -> int:
 class LinkProtocol(asyncio.Protocol):
     __slots__ = (
         "_chat_bytes",
+        "_chat_full",
         "_chat_queue",
         "_chat_task",
         "_close_timer",
@@ -172,6 +177,8 @@ class LinkProtocol(asyncio.Protocol):
         self._chat_queue: deque[frames.Send | frames.Read] = deque()
         self._chat_bytes = 0
         self._chat_task: asyncio.Task[None] | None = None
+        #: Reading is paused because the chat queue is full.
+        self._chat_full = False
 
     # --- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -270,11 +277,16 @@ class LinkProtocol(asyncio.Protocol):
         if self.delivery is not None:
             self.delivery.paused = True
 
+    def _resume_reading(self) -> None:
+        """Read again, unless the other reason to pause (writes, chat) still holds."""
+        transport = self.transport
+        paused = self._stalled_at is not None or self._chat_full
+        if not paused and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
     def resume_writing(self) -> None:
         self._stalled_at = None
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.resume_reading()
+        self._resume_reading()
         if self.delivery is not None:
             self.delivery.paused = False
             self.delivery.wake()
@@ -356,14 +368,17 @@ class LinkProtocol(asyncio.Protocol):
             return
         size = len(frame.text) if isinstance(frame, frames.Send) else 0
         queue = self._chat_queue
-        if len(queue) >= MAX_QUEUED_CHAT or self._chat_bytes + size > MAX_QUEUED_BYTES:
-            if isinstance(frame, frames.Send):
-                self._send(
-                    unsent(frame.client_id, "rate_limited", "too many sends wait for answers", 1.0)
-                )
-            return  # a read past the bound is dropped: reading again repeats it
+        if len(queue) >= QUEUE_HARD_LIMIT:
+            detail = "too many sends wait for answers"
+            self._fail(self.session.fail(ErrorCode.RATE_LIMITED, detail, STALL_RETRY_MS))
+            return
         queue.append(frame)
         self._chat_bytes += size
+        transport = self.transport
+        full = len(queue) >= MAX_QUEUED_CHAT or self._chat_bytes >= MAX_QUEUED_BYTES
+        if full and not self._chat_full and transport is not None and not transport.is_closing():
+            self._chat_full = True
+            transport.pause_reading()
         if self._chat_task is None:
             self._chat_task = asyncio.get_running_loop().create_task(self._run_chat(chat))
 
@@ -377,11 +392,15 @@ class LinkProtocol(asyncio.Protocol):
                     return
                 frame = queue[0]
                 if isinstance(frame, frames.Read):
+                    await self.delivery.settled()  # the acks sent before it, first
                     await chat.read(pin, frame.ids)
                 else:
                     self._send(await self._chat_send(chat, pin, frame))
                 queue.popleft()
                 self._chat_bytes -= len(frame.text) if isinstance(frame, frames.Send) else 0
+                if self._chat_full and len(queue) <= MAX_QUEUED_CHAT // 2:
+                    self._chat_full = False
+                    self._resume_reading()
         except Exception as exc:
             # The store failed: nothing answered is lost; the client resends what was
             # not answered (with its client_id: nothing is stored twice).
