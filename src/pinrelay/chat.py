@@ -14,15 +14,18 @@ states only move forward).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pinrelay.core import chat as wire
-from pinrelay.core.chat import ChatLimits, Delivered, Refused
+from pinrelay.core.chat import ChatLimits, Delivered, Refused, new_group_id
+from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.ids import new_message_id
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.core.social import Action, Transition, may_send
 from pinrelay.ingest import Draft, Ingest
-from pinrelay.store.base import IdempotencyKey, Rejected, Unread
+from pinrelay.store.base import MAX_GROUP, Group, IdempotencyKey, Rejected, Unread
 
 #: How long a client_id is remembered (as an Idempotency-Key is).
 CLIENT_ID_TTL_MS = 24 * 3600 * 1000
@@ -37,6 +40,10 @@ class SentMessage:
     to: str
     #: An earlier send with the same client_id: nothing was stored this time.
     replay: bool = False
+
+
+def _no_group() -> PinrelayError:
+    return PinrelayError("no such group (or you are not in it)", ErrorCode.NOT_FOUND)
 
 
 class Chat:
@@ -69,27 +76,109 @@ class Chat:
     async def send(
         self, sender: str, to: str, text: str, client_id: str, ttl: float | None
     ) -> SentMessage:
-        """Store a chat message for its recipient; raises :class:`Refused`."""
+        """Store a chat message for its recipient, or for every other member of a
+        group in one write with one id; raises :class:`Refused`."""
         ttl = wire.check_send(to, text, client_id, ttl, self.ingest.limits.max_ttl_s)
-        if wire.is_group_id(to):
-            raise Refused("unknown_group", "no such group")
         now = self.clock()
         wait = self._sends.retry_after(sender, now)
         if wait > 0:
             raise Refused("rate_limited", "sending too fast; slow down", wait)
-        # A block is answered as a stranger is: the sender cannot tell them apart.
-        if to == sender or not may_send(await self.store.contact_state(to, sender)):
-            raise Refused("not_contact", f"{to} is not a contact that accepted you")
+        if wire.is_group_id(to):
+            group = await self.store.get_group(to)
+            if group is None or sender not in group.members:
+                raise Refused("unknown_group", "no such group (or you are not in it)")
+            recipients = [m for m in group.members if m != sender]
+            data = wire.chat_data(text, to)
+        else:
+            # A block is answered as a stranger is: the sender cannot tell them apart.
+            if to == sender or not may_send(await self.store.contact_state(to, sender)):
+                raise Refused("not_contact", f"{to} is not a contact that accepted you")
+            recipients, data = [to], wire.chat_data(text)
         idem = IdempotencyKey(f"chat {sender} {client_id}", _SEND_FINGERPRINT, int(now * 1000))
-        draft = Draft(to=to, data=wire.chat_data(text), ttl=ttl, kind="chat", sender=sender)
-        results, replay = await self.ingest.accept_once([draft], idem)
-        result = results[0]
-        if isinstance(result, Rejected):
+        message_id = new_message_id(now, os.urandom)
+        drafts = [
+            Draft(to=r, data=data, ttl=ttl, kind="chat", sender=sender, id=message_id)
+            for r in recipients
+        ]
+        results, replay = await self.ingest.accept_once(drafts, idem)
+        stored = [r for r in results if not isinstance(r, Rejected)]
+        if not stored and not wire.is_group_id(to):
             # The recipient's device was deleted since it accepted.
             raise Refused("not_contact", f"{to} is not a contact that accepted you")
         if not replay:
             self._sends.failed(sender, now)
-        return SentMessage(result.id, to, replay)
+        return SentMessage(stored[0].id if stored else message_id, to, replay)
+
+    # --- groups --------------------------------------------------------------
+    async def create_group(
+        self, creator: str, name: str, members: Sequence[str]
+    ) -> tuple[Group, list[str]]:
+        """A new group of ``creator`` and those of ``members`` who are its accepted
+        contacts; the group, and the PINs left out.  Members are told."""
+        wanted = list(dict.fromkeys(m for m in members if m != creator))
+        if len(wanted) + 1 > MAX_GROUP:
+            raise PinrelayError(f"a group has at most {MAX_GROUP} members", ErrorCode.INVALID)
+        added, ignored = await self._contacts_of(creator, wanted)
+        now = self.clock()
+        group = Group(
+            new_group_id(os.urandom), name, creator, sorted([creator, *added]), int(now * 1000)
+        )
+        await self.store.create_group(group)
+        await self._tell_added(group, added)
+        return group, ignored
+
+    async def add_members(
+        self, actor: str, group_id: str, members: Sequence[str]
+    ) -> tuple[Group, list[str]]:
+        group = await self._own_group(actor, group_id)
+        wanted = [m for m in dict.fromkeys(members) if m not in group.members]
+        added, ignored = await self._contacts_of(actor, wanted)
+        changed = await self.store.change_members(group_id, added, [])
+        if changed is None:
+            raise _no_group()
+        await self._tell_added(changed, added)
+        return changed, ignored
+
+    async def remove_member(self, actor: str, group_id: str, member: str) -> None:
+        group = await self._own_group(actor, group_id)
+        if member not in group.members:
+            raise PinrelayError(f"{member} is not in the group", ErrorCode.NOT_FOUND)
+        await self.store.change_members(group_id, [], [member])
+
+    async def leave(self, member: str, group_id: str) -> None:
+        group = await self.store.get_group(group_id)
+        if group is None or member not in group.members:
+            raise _no_group()
+        await self.store.change_members(group_id, [], [member])
+
+    async def _own_group(self, actor: str, group_id: str) -> Group:
+        group = await self.store.get_group(group_id)
+        if group is None or actor not in group.members:
+            raise _no_group()
+        if group.creator != actor:
+            raise PinrelayError("only the group's creator may do that", ErrorCode.FORBIDDEN)
+        return group
+
+    async def _contacts_of(self, owner: str, pins: Sequence[str]) -> tuple[list[str], list[str]]:
+        accepted = {c.pin for c in await self.store.contacts(owner) if c.state == "accepted"}
+        return [p for p in pins if p in accepted], [p for p in pins if p not in accepted]
+
+    async def _tell_added(self, group: Group, added: Sequence[str]) -> None:
+        if not added:
+            return
+        data = wire.contact_data("group_added", group.id, group.name)
+        await self.ingest.accept(
+            [
+                Draft(
+                    to=m,
+                    data=data,
+                    ttl=self.limits.notice_ttl_s,
+                    kind="contact",
+                    sender=group.creator,
+                )
+                for m in added
+            ]
+        )
 
     # --- receipts ------------------------------------------------------------
     async def delivered(self, reader: str, chats: Sequence[Delivered]) -> None:

@@ -45,6 +45,9 @@ class Draft(Struct, frozen=True, kw_only=True):
     topic: str | None = None
     urgency: str = "normal"
     sender: str | None = None
+    #: The message id, when the edge gives one (a group message: the same for every
+    #: member's copy, so each member's receipts name what the sender was told).
+    id: str | None = None
 
 
 def expiry_ms(now_ms: int, ttl: float, ttl0_grace_s: float) -> int:
@@ -73,7 +76,7 @@ class Ingest:
         now_ms = int(now * 1000)
         return NewMessage(
             pin=draft.to,
-            id=new_message_id(now, _ids_random),
+            id=draft.id or new_message_id(now, _ids_random),
             data=draft.data,
             topic=draft.topic,
             urgency=draft.urgency,
@@ -102,7 +105,7 @@ class Ingest:
         nothing was stored, the first call's results came back)."""
         now = self.clock()
         batch: list[NewMessage | Rejected] = []
-        built: dict[str, NewMessage] = {}
+        built: dict[tuple[str, str], NewMessage] = {}
         for draft in drafts:
             message = self._message(draft, now)
             if draft.ttl == 0 and not self.router.is_online(draft.to):
@@ -111,7 +114,7 @@ class Ingest:
                 batch.append(Rejected(draft.to, reason, message.id))
             else:
                 batch.append(message)
-                built[message.id] = message
+                built[message.pin, message.id] = message
         results, replay = await self.store.append(batch, idem)
         if not replay:
             self._wake(results, built)
@@ -131,10 +134,12 @@ class Ingest:
         )
         if accepted is not None and step.notify is not None:
             notice = msgspec.structs.replace(template, data=contact_data(step.notify))
-            self._wake([accepted], {notice.id: notice})
+            self._wake([accepted], {(other, notice.id): notice})
         return step
 
-    def _wake(self, results: list[Accepted | Rejected], built: dict[str, NewMessage]) -> None:
+    def _wake(
+        self, results: list[Accepted | Rejected], built: dict[tuple[str, str], NewMessage]
+    ) -> None:
         """Wake each device once, with what it got, in cursor order (DESIGN "router").
 
         None: the store answered with a message this call did not build (an
@@ -145,7 +150,7 @@ class Ingest:
         for result in results:
             if isinstance(result, Accepted):
                 accepted += 1
-                message = built.get(result.id)
+                message = built.get((result.pin, result.id))
                 got = fresh.setdefault(result.pin, [])
                 if message is None:
                     fresh[result.pin] = None

@@ -7,7 +7,6 @@ The cluster runs the same edges: tests/chat/test_chat_cluster.py.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -16,8 +15,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from pinrelay.core import frames
+from tests.chat.conftest import Links
 from tests.conftest import RelayFactory
-from tests.linkclient import error_then_close, link, recv, send
+from tests.linkclient import error_then_close, recv, send
 from tests.relayproc import RelayProc
 
 Dev = dict[str, Any]
@@ -77,26 +77,6 @@ async def answer(ws: ClientConnection) -> frames.Sent | frames.Unsent:
 
 def chat_send(to: str, text: str, client_id: str, **extra: Any) -> dict[str, Any]:
     return {"type": "send", "to": to, "text": text, "client_id": client_id, **extra}
-
-
-Links = Callable[..., Awaitable[tuple[ClientConnection, frames.Welcome]]]
-
-
-@pytest.fixture
-async def links() -> AsyncIterator[Links]:
-    """Open links; every one is closed at the end, even when the test fails."""
-    opened: list[ClientConnection] = []
-
-    async def make(
-        relay: RelayProc, device: Dev, **kwargs: Any
-    ) -> tuple[ClientConnection, frames.Welcome]:
-        ws, welcome = await link(relay, device, **kwargs)
-        opened.append(ws)
-        return ws, welcome
-
-    yield make
-    for ws in opened:
-        await ws.close()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from pinrelay.core.chat import contact_data
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.social import Action, Transition
-from pinrelay.store.base import Contact, Store, Unread
+from pinrelay.store.base import MAX_GROUP, Contact, Group, Store, Unread
 
 from .conftest import Reopen
 from .test_contract import HOUR, NOW, UNKNOWN, A, B, C, add_devices, msg, read_all
@@ -209,3 +209,40 @@ class TestExpiredChats:
         await store.forget([(m.pin, m.cursor) for m in expired])
         assert await store.expired_chats(later, 100) == []
         assert await store.read(B, 0, 10, NOW) == []
+
+
+class TestGroups:
+    async def test_create_get_change_list(self, store: Store) -> None:
+        await add_devices(store, A, B, C)
+        group = Group("G0000000000AB", "team", A, [A, B], NOW)
+        await store.create_group(group)
+        assert await store.get_group("G0000000000AB") == group
+        assert await store.get_group("G0000000000ZZ") is None
+        changed = await store.change_members("G0000000000AB", [C], [B])
+        assert changed is not None and changed.members == [A, C]
+        assert [g.id for g in await store.groups_of(C)] == ["G0000000000AB"]
+        assert await store.groups_of(B) == []
+        assert await store.change_members("G0000000000ZZ", [B], []) is None
+
+    async def test_last_member_leaving_deletes_the_group(self, store: Store) -> None:
+        await add_devices(store, A)
+        await store.create_group(Group("G0000000000AC", "solo", A, [A], NOW))
+        await store.change_members("G0000000000AC", [], [A])
+        assert await store.get_group("G0000000000AC") is None
+
+    async def test_more_than_max_members_is_refused(self, store: Store) -> None:
+        await add_devices(store, A)
+        members = [f"{n:08X}" for n in range(1, MAX_GROUP + 1)]
+        await store.create_group(Group("G0000000000AD", "big", A, members, NOW))
+        with pytest.raises(PinrelayError) as err:
+            await store.change_members("G0000000000AD", ["FFFFFFFF"], [])
+        assert err.value.code is ErrorCode.CONFLICT
+        group = await store.get_group("G0000000000AD")
+        assert group is not None and len(group.members) == MAX_GROUP
+
+    async def test_deleted_device_leaves_its_groups(self, store: Store) -> None:
+        await add_devices(store, A, B)
+        await store.create_group(Group("G0000000000AE", "pair", A, [A, B], NOW))
+        assert await store.delete_device(B)
+        group = await store.get_group("G0000000000AE")
+        assert group is not None and group.members == [A]

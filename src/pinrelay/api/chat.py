@@ -26,12 +26,18 @@ from pinrelay.api.schemas import (
     ContactInvite,
     ContactList,
     ContactView,
+    GroupCreate,
+    GroupList,
+    GroupMembers,
+    GroupView,
     ReadBody,
     ReadDone,
 )
-from pinrelay.core.chat import MAX_TEXT
+from pinrelay.core.chat import MAX_TEXT, is_group_id
+from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.social import Action
 from pinrelay.core.timefmt import rfc3339
+from pinrelay.store.base import Group
 
 #: A send's body: the largest text with every character escaped, and the rest.
 CHAT_BODY_LIMIT = 2 * MAX_TEXT + 4096
@@ -106,6 +112,61 @@ async def read(request: Request) -> Response:
     return json_response(ReadDone(receipts=receipts))
 
 
+def _group_view(group: Group, ignored: list[str] | None = None) -> GroupView:
+    return GroupView(
+        group=group.id,
+        name=group.name,
+        creator=group.creator,
+        members=group.members,
+        ignored=ignored or [],
+    )
+
+
+def _group_id(request: Request) -> str:
+    group_id = str(request.path_params["group"])
+    if not is_group_id(group_id):
+        raise PinrelayError("no such group (or you are not in it)", ErrorCode.NOT_FOUND)
+    return group_id
+
+
+async def create_group(request: Request) -> Response:
+    device = (await require_device(request)).device
+    body = decode(await read_body(request, limit=64 * 1024), GroupCreate)
+    group, ignored = await relay_of(request).chat.create_group(device.pin, body.name, body.members)
+    return json_response(
+        _group_view(group, ignored),
+        status=201,
+        headers={"Location": f"{request.url.path}/{group.id}"},
+    )
+
+
+async def list_groups(request: Request) -> Response:
+    device = (await require_device(request)).device
+    groups = await relay_of(request).store.groups_of(device.pin)
+    return json_response(GroupList(groups=[_group_view(g) for g in groups]))
+
+
+async def add_members(request: Request) -> Response:
+    device = (await require_device(request)).device
+    group_id = _group_id(request)
+    body = decode(await read_body(request, limit=64 * 1024), GroupMembers)
+    group, ignored = await relay_of(request).chat.add_members(device.pin, group_id, body.pins)
+    return json_response(_group_view(group, ignored))
+
+
+async def remove_member(request: Request) -> Response:
+    device = (await require_device(request)).device
+    member = checked_pin(str(request.path_params["member"]))
+    await relay_of(request).chat.remove_member(device.pin, _group_id(request), member)
+    return Response(status_code=204)
+
+
+async def leave_group(request: Request) -> Response:
+    device = (await require_device(request)).device
+    await relay_of(request).chat.leave(device.pin, _group_id(request))
+    return Response(status_code=204)
+
+
 routes = [
     Route("/v1/devices/{pin}/contacts", invite, methods=["POST"]),
     Route("/v1/devices/{pin}/contacts", list_contacts, methods=["GET"]),
@@ -116,4 +177,9 @@ routes = [
     Route("/v1/devices/{pin}/blocks/{other}", unblock, methods=["DELETE"]),
     Route("/v1/devices/{pin}/chat", send, methods=["POST"]),
     Route("/v1/devices/{pin}/read", read, methods=["POST"]),
+    Route("/v1/devices/{pin}/groups", create_group, methods=["POST"]),
+    Route("/v1/devices/{pin}/groups", list_groups, methods=["GET"]),
+    Route("/v1/devices/{pin}/groups/{group}/members", add_members, methods=["POST"]),
+    Route("/v1/devices/{pin}/groups/{group}/members/{member}", remove_member, methods=["DELETE"]),
+    Route("/v1/devices/{pin}/groups/{group}", leave_group, methods=["DELETE"]),
 ]

@@ -157,3 +157,28 @@ class ReadBody(Struct, kw_only=True, forbid_unknown_fields=True):
 class ReadDone(Struct, kw_only=True):
     #: Read receipts stored: ids delivered to this device and not read before.
     receipts: int
+
+
+GroupName = Annotated[str, Meta(min_length=1, max_length=100)]
+
+
+class GroupCreate(Struct, kw_only=True, forbid_unknown_fields=True):
+    name: GroupName
+    members: Annotated[list[PinField], Meta(max_length=1000)]
+
+
+class GroupMembers(Struct, kw_only=True, forbid_unknown_fields=True):
+    pins: Annotated[list[PinField], Meta(min_length=1, max_length=1000)]
+
+
+class GroupView(Struct, kw_only=True):
+    group: str
+    name: str
+    creator: str
+    members: list[str]
+    #: PINs asked for that are not the creator's accepted contacts: not added.
+    ignored: list[str] = []
+
+
+class GroupList(Struct, kw_only=True):
+    groups: list[GroupView]

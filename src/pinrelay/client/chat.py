@@ -53,6 +53,8 @@ class Outgoing:
         #: The ``unsent`` code, when refused.
         self.code: str | None = None
         self.reason: str | None = None
+        #: A group message: each member's furthest state, from its receipts.
+        self.members: dict[str, State] = {}
         self._changes: asyncio.Queue[Change] = asyncio.Queue()
         self._moved = asyncio.Event()
         self.on_change: Callable[[Outgoing, Change], None] | None = None
@@ -61,10 +63,21 @@ class Outgoing:
         return f"Outgoing(to={self.to!r}, state={self.state!r}, id={self.id!r})"
 
     def move(self, state: State, by: str | None = None) -> bool:
-        """Move to ``state`` if it is further along; whether it moved."""
-        if RANK[state] <= RANK[self.state]:
+        """Move to ``state`` if it is further along; whether it moved.
+
+        A group message's receipts move each member's state (``members``), and the
+        message's own the first time any member gets there: every member's change
+        is reported, with ``by``."""
+        if by is not None and self.to.startswith("G"):
+            if RANK[state] <= RANK[self.members.get(by, "sent")]:
+                return False
+            self.members[by] = state
+            if RANK[state] > RANK[self.state]:
+                self.state = state
+        elif RANK[state] <= RANK[self.state]:
             return False
-        self.state = state
+        else:
+            self.state = state
         change = Change(state, by)
         self._changes.put_nowait(change)
         self._moved.set()

@@ -10,6 +10,7 @@ edges decode the frames, chat.py does the I/O.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -90,6 +91,15 @@ def check_send(to: str, text: str, client_id: str, ttl: float | None, max_ttl_s:
 
 
 _GROUP_RE = re.compile(r"^G[0-9A-HJKMNP-TV-Z]{12}$")
+
+
+_B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_group_id(rand: Callable[[int], bytes]) -> str:
+    """``G`` and 12 Crockford base32 digits of ``rand`` (60 bits)."""
+    value = int.from_bytes(rand(8), "big") >> 4
+    return "G" + "".join(_B32[(value >> shift) & 31] for shift in range(55, -1, -5))
 
 
 def is_group_id(value: str) -> bool:

@@ -97,6 +97,19 @@ class Unread(msgspec.Struct, frozen=True):
     group: str | None = None
 
 
+class Group(msgspec.Struct, frozen=True):
+    """A chat group: its members (the creator among them), by PIN."""
+
+    id: str
+    name: str
+    creator: str
+    members: list[str]
+    created_ms: int
+
+
+#: Most members a group may have, its creator included.
+MAX_GROUP = 1000
+
 #: Most entries a device's contacts may hold (an invitation to a stranger included).
 MAX_CONTACTS = 5000
 
@@ -181,6 +194,25 @@ class Store(Protocol):
 
     async def contact_state(self, owner: str, other: str) -> State | None:
         """``owner``'s entry for ``other`` (a send's consent check: keep it cheap)."""
+        ...
+
+    # --- groups --------------------------------------------------------------
+    async def create_group(self, group: Group) -> None:
+        """Store a new group (its id is new: random, 60 bits)."""
+        ...
+
+    async def get_group(self, group_id: str) -> Group | None: ...
+
+    async def change_members(
+        self, group_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> Group | None:
+        """Add and remove members (atomically where the engine can); the group after,
+        or None if there is none.  A group left with no member is deleted.  Adding
+        past MAX_GROUP members raises CONFLICT (nothing changed)."""
+        ...
+
+    async def groups_of(self, pin: str) -> list[Group]:
+        """The groups ``pin`` is a member of, by id."""
         ...
 
     # --- read receipts ---------------------------------------------------------

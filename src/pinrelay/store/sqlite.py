@@ -36,6 +36,7 @@ from pinrelay.store.base import (
     AppendResult,
     CommitObserver,
     Contact,
+    Group,
     IdempotencyKey,
     Rejected,
     StoreClosed,
@@ -107,6 +108,20 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (reader, id)
     ) WITHOUT ROWID;
     CREATE INDEX unread_expiry ON unread (expires_ms);
+    """,
+    """
+    CREATE TABLE groups (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        creator TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE group_members (
+        grp TEXT NOT NULL,
+        pin TEXT NOT NULL,
+        PRIMARY KEY (grp, pin)
+    ) WITHOUT ROWID;
+    CREATE INDEX group_members_pin ON group_members (pin);
     """,
 ]
 
@@ -487,6 +502,39 @@ class SqliteStore:
             .fetchone()
         )
         return None if row is None else row[0]
+
+    async def create_group(self, group: Group) -> None:
+        await self._write(
+            ops.CreateGroup(group.id, group.name, group.creator, group.members, group.created_ms)
+        )
+
+    def _group(self, conn: sqlite3.Connection, group_id: str) -> Group | None:
+        row = conn.execute(
+            "SELECT name, creator, created_ms FROM groups WHERE id = ?", (group_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        members = conn.execute(
+            "SELECT pin FROM group_members WHERE grp = ? ORDER BY pin", (group_id,)
+        ).fetchall()
+        return Group(group_id, row[0], row[1], [m[0] for m in members], row[2])
+
+    async def get_group(self, group_id: str) -> Group | None:
+        return self._group(self._read(), group_id)
+
+    async def change_members(
+        self, group_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> Group | None:
+        if not await self._write(ops.ChangeMembers(group_id, list(add), list(remove))):
+            return None
+        return await self.get_group(group_id)
+
+    async def groups_of(self, pin: str) -> list[Group]:
+        conn = self._read()
+        ids = conn.execute(
+            "SELECT grp FROM group_members WHERE pin = ? ORDER BY grp", (pin,)
+        ).fetchall()
+        return [g for (gid,) in ids if (g := self._group(conn, gid)) is not None]
 
     async def put_unread(self, entries: Sequence[Unread]) -> None:
         if entries:

@@ -15,7 +15,7 @@ import msgspec
 
 from pinrelay.core import chat, social
 from pinrelay.core.errors import ErrorCode, PinrelayError
-from pinrelay.store.base import MAX_CONTACTS, UNKNOWN_DEVICE, AppendResult
+from pinrelay.store.base import MAX_CONTACTS, MAX_GROUP, UNKNOWN_DEVICE, AppendResult
 
 #: How long an Idempotency-Key is remembered.
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
@@ -60,6 +60,7 @@ class DeleteDevice(Op, tag="dd"):
         c.execute("DELETE FROM messages WHERE pin = ?", (self.pin,))
         c.execute("DELETE FROM contacts WHERE owner = ?", (self.pin,))
         c.execute("DELETE FROM unread WHERE reader = ?", (self.pin,))
+        c.execute("DELETE FROM group_members WHERE pin = ?", (self.pin,))
         return c.execute("DELETE FROM devices WHERE pin = ?", (self.pin,)).rowcount == 1
 
 
@@ -200,6 +201,50 @@ class ContactAction(Op, tag="ca"):
         return step.mine, step.theirs, step.notify, appended
 
 
+class CreateGroup(Op, tag="cg"):
+    id: str
+    name: str
+    creator: str
+    members: list[str]
+    created_ms: int
+
+    def run(self, c: sqlite3.Connection) -> None:
+        c.execute(
+            "INSERT INTO groups (id, name, creator, created_ms) VALUES (?, ?, ?, ?)",
+            (self.id, self.name, self.creator, self.created_ms),
+        )
+        c.executemany(
+            "INSERT OR IGNORE INTO group_members (grp, pin) VALUES (?, ?)",
+            [(self.id, pin) for pin in self.members],
+        )
+
+
+class ChangeMembers(Op, tag="cm"):
+    group: str
+    add: list[str]
+    remove: list[str]
+
+    def run(self, c: sqlite3.Connection) -> bool:
+        if c.execute("SELECT 1 FROM groups WHERE id = ?", (self.group,)).fetchone() is None:
+            return False
+        c.executemany(
+            "INSERT OR IGNORE INTO group_members (grp, pin) VALUES (?, ?)",
+            [(self.group, pin) for pin in self.add],
+        )
+        c.executemany(
+            "DELETE FROM group_members WHERE grp = ? AND pin = ?",
+            [(self.group, pin) for pin in self.remove],
+        )
+        (count,) = c.execute(
+            "SELECT count(*) FROM group_members WHERE grp = ?", (self.group,)
+        ).fetchone()
+        if count > MAX_GROUP:
+            raise PinrelayError(f"a group has at most {MAX_GROUP} members", ErrorCode.CONFLICT)
+        if count == 0:
+            c.execute("DELETE FROM groups WHERE id = ?", (self.group,))
+        return True
+
+
 class PutUnread(Op, tag="pu"):
     #: (reader, id, sender, expires_ms, group)
     entries: list[tuple[str, str, str, int, str | None]]
@@ -281,6 +326,8 @@ AnyOp = (
     | Sweep
     | Append
     | ContactAction
+    | CreateGroup
+    | ChangeMembers
     | Forget
     | PutUnread
     | DropUnread

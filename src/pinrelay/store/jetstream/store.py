@@ -26,6 +26,7 @@ from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMess
 from pinrelay.core.social import Action, State, Transition
 from pinrelay.store.base import (
     Contact,
+    Group,
     IdempotencyKey,
     Rejected,
     StoreClosed,
@@ -300,6 +301,20 @@ class JetStreamStore:
         raise _NOT_YET
 
     async def put_unread(self, entries: Sequence[Unread]) -> None:
+        raise _NOT_YET
+
+    async def create_group(self, group: Group) -> None:
+        raise _NOT_YET
+
+    async def get_group(self, group_id: str) -> Group | None:
+        raise _NOT_YET
+
+    async def change_members(
+        self, group_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> Group | None:
+        raise _NOT_YET
+
+    async def groups_of(self, pin: str) -> list[Group]:
         raise _NOT_YET
 
     async def find_unread(self, reader: str, ids: Sequence[str], now_ms: int) -> list[Unread]:

@@ -1,0 +1,183 @@
+"""Groups against a real relay (PROTOCOL "Groups"): who may be added, notices,
+one stored copy per member with the sender's id, receipts per member, and a fan-out
+to 500 members through a SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import httpx
+import msgspec
+
+from pinrelay.client.device import Device, Message
+from pinrelay.core import frames
+from pinrelay.testing.wait import wait_until_async
+from tests.chat.conftest import Links
+from tests.chat.test_chat_link import (
+    Dev,
+    answer,
+    bearer,
+    befriend,
+    chat_send,
+    http,
+    next_msg,
+)
+from tests.conftest import RelayFactory
+from tests.linkclient import send
+from tests.relayproc import TIMEOUT_FACTOR, RelayProc
+
+#: Members of the large group (the issue's 500; PINRELAY_GROUP_N to change it).
+GROUP_N = int(os.environ.get("PINRELAY_GROUP_N", "500"))
+
+
+def create_group(relay: RelayProc, creator: Dev, name: str, members: list[str]) -> httpx.Response:
+    with http(relay) as c:
+        return c.post(
+            f"/v1/devices/{creator['pin']}/groups",
+            json={"name": name, "members": members},
+            headers=bearer(creator),
+        )
+
+
+async def test_group_life(relay: RelayProc, links: Links) -> None:
+    a, b, c, stranger = (relay.create_device() for _ in range(4))
+    befriend(relay, a, b)
+    befriend(relay, a, c)
+    r = create_group(relay, a, "team", [b["pin"], c["pin"], stranger["pin"]])
+    assert r.status_code == 201, r.text
+    group = r.json()
+    gid = group["group"]
+    assert sorted(group["members"]) == sorted([a["pin"], b["pin"], c["pin"]])
+    assert group["ignored"] == [stranger["pin"]]
+    ws_a, _ = await links(relay, a)
+    ws_b, _ = await links(relay, b)
+    ws_c, _ = await links(relay, c)
+    for ws in (ws_b, ws_c):
+        notice = await next_msg(ws, "contact")
+        while msgspec.json.decode(notice.data)["event"] != "group_added":
+            await send(ws, frames.Ack(cursor=notice.cursor))
+            notice = await next_msg(ws, "contact")
+        assert msgspec.json.decode(notice.data) == {
+            "event": "group_added",
+            "group": gid,
+            "name": "team",
+        }
+        await send(ws, frames.Ack(cursor=notice.cursor))
+    await send(ws_a, chat_send(gid, "hello team", "g1"))
+    sent = await answer(ws_a)
+    assert isinstance(sent, frames.Sent), sent
+    for ws in (ws_b, ws_c):
+        got = await next_msg(ws, "chat")
+        assert (got.id, got.sender) == (sent.id, a["pin"])
+        assert msgspec.json.decode(got.data) == {"text": "hello team", "group": gid}
+        await send(ws, frames.Ack(cursor=got.cursor))
+    receipts: set[str | None] = set()
+    while len(receipts) < 2:
+        m = await next_msg(ws_a, "receipt")
+        assert msgspec.json.decode(m.data) == {"id": sent.id, "state": "delivered"}
+        receipts.add(m.sender)
+        await send(ws_a, frames.Ack(cursor=m.cursor))
+    assert receipts == {b["pin"], c["pin"]}
+    # Only the creator adds or removes; a member leaves; a stranger cannot send.
+    with http(relay) as h:
+        r = h.post(
+            f"/v1/devices/{b['pin']}/groups/{gid}/members",
+            json={"pins": [stranger["pin"]]},
+            headers=bearer(b),
+        )
+        assert r.status_code == 403
+        r = h.delete(f"/v1/devices/{c['pin']}/groups/{gid}", headers=bearer(c))
+        assert r.status_code == 204
+        r = h.get(f"/v1/devices/{a['pin']}/groups", headers=bearer(a))
+        assert [g["members"] for g in r.json()["groups"]] == [sorted([a["pin"], b["pin"]])]
+        r = h.post(
+            f"/v1/devices/{stranger['pin']}/chat",
+            json={"to": gid, "text": "let me in", "client_id": "x"},
+            headers=bearer(stranger),
+        )
+        assert r.status_code == 404
+    await send(ws_a, chat_send(gid, "after c left", "g2"))
+    assert isinstance(await answer(ws_a), frames.Sent)
+    got = await next_msg(ws_b, "chat")
+    assert msgspec.json.decode(got.data)["text"] == "after c left"
+    with relay.client() as admin:
+        assert admin.show_device(c["pin"])["backlog"] == 0
+
+
+async def test_fan_out_to_500_members_through_a_sigkill(relay_factory: RelayFactory) -> None:
+    relay = relay_factory(extra=["--invites-per-hour", "100000"])
+    creator = relay.create_device()
+    members = [relay.create_device() for _ in range(GROUP_N)]
+    with http(relay) as h:
+        for m in members:
+            r = h.post(
+                f"/v1/devices/{creator['pin']}/contacts",
+                json={"pin": m["pin"]},
+                headers=bearer(creator),
+            )
+            assert r.status_code == 202
+            r = h.post(
+                f"/v1/devices/{m['pin']}/contacts/{creator['pin']}/accept", headers=bearer(m)
+            )
+            assert r.status_code == 200
+    r = create_group(relay, creator, "everyone", [m["pin"] for m in members])
+    assert r.status_code == 201 and r.json()["ignored"] == []
+    gid = r.json()["group"]
+
+    got: dict[str, list[str]] = {m["pin"]: [] for m in members}
+
+    def collector(pin: str) -> Any:
+        def on_message(message: Message) -> None:
+            if message.kind == "chat":
+                got[pin].append(message.id)
+
+        return on_message
+
+    def device(d: Dev, on_message: Any) -> Device:
+        return Device(
+            d["pin"],
+            d["token"],
+            on_message,
+            link_urls=[relay.link_url],
+            backoff_base=0.05,
+            backoff_max=1.0,
+        )
+
+    sender = device(creator, lambda m: None)
+    fleet = [device(m, collector(m["pin"])) for m in members]
+    runners = [asyncio.create_task(d.run()) for d in [sender, *fleet]]
+    try:
+
+        async def all_linked() -> bool:
+            return all(d.links_opened for d in [sender, *fleet])
+
+        await wait_until_async(all_linked, 60 * TIMEOUT_FACTOR, 0.1, "every member linked")
+        handles = [await sender.send(gid, f"m{n}") for n in range(3)]
+        # The kill lands while the relay fans these out (or just after).
+        await asyncio.sleep(0.005)
+        relay.kill()
+        await asyncio.to_thread(relay.start)
+        handles.append(await sender.send(gid, "after the restart"))
+
+        def everything() -> bool:
+            return all(
+                len(h.members) == GROUP_N and set(h.members.values()) == {"delivered"}
+                for h in handles
+            ) and all(len(ids) == len(handles) for ids in got.values())
+
+        def progress() -> str:
+            counts = [len(h.members) for h in handles]
+            short = sum(1 for ids in got.values() if len(ids) < len(handles))
+            return f"receipts per message {counts}; members short of messages: {short}"
+
+        await wait_until_async(everything, 120 * TIMEOUT_FACTOR, 0.2, progress)
+        ids = [h.id for h in handles]
+        for pin, seen in got.items():
+            assert seen == ids, pin  # each once, in send order, with the sender's id
+    finally:
+        await asyncio.gather(*(d.stop() for d in [sender, *fleet]), return_exceptions=True)
+        for t in runners:
+            t.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
