@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from pinrelay import __version__
-from pinrelay.api import schemas
+from pinrelay.api import openapi_chat, schemas
 from pinrelay.api.problems import Problem
 from pinrelay.core.model import Batch, Limits, PushFields
 
@@ -27,15 +27,15 @@ _ERRORS = {
     400: "Malformed JSON: not JSON, not valid UTF-8 (data included), or a key repeated in"
     " an object",
     401: "Missing or wrong credentials",
-    403: "The key lacks the scope",
-    404: "No such device or key",
+    404: "No such device, key, group or invitation",
     409: "Conflicts with the current state (an Idempotency-Key reused with another body;"
     " an ack beyond the device's last message)",
     413: "Payload or body too large",
     414: "Request line longer than 8 KiB",
     415: "Body is not application/json, or declares a charset other than UTF-8",
+    403: "The key lacks the scope; a chat to a PIN that is not an accepted contact",
     422: "Body failed validation",
-    429: "Too many failed authentications",
+    429: "Too many failed authentications, invitations or chat messages",
     431: "Request line and headers longer than the relay's limit (16 KiB by default)",
     503: "Relay starting, draining, unable to store, or holding all the HTTP connections it may",
 }
@@ -120,6 +120,7 @@ def build(limits: Limits) -> dict[str, Any]:
             schemas.KeyList,
             schemas.Inbox,
             schemas.AckBody,
+            *openapi_chat.COMPONENTS,
         ],
         ref_template=_REF,
     )
@@ -251,6 +252,7 @@ def build(limits: Limits) -> dict[str, Any]:
             )
         },
     }
+    paths.update(openapi_chat.paths(_op))
     return {
         "openapi": "3.1.0",
         "info": {

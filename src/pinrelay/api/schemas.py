@@ -138,11 +138,25 @@ class ContactList(Struct, kw_only=True):
     contacts: list[ContactView]
 
 
+#: A chat text: 1 to 32 KiB of UTF-8 (the byte bound is checked apart: 413), without
+#: control characters but tab, line feed and carriage return (core/chat.py).
+ChatText = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        pattern="^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$",
+        description="1 B to 32 KiB of UTF-8 (more: 413)",
+    ),
+]
+
+
 class ChatSend(Struct, kw_only=True, forbid_unknown_fields=True):
-    to: str
-    text: str
-    client_id: str
-    ttl: float | None = None
+    #: A contact's PIN or a group id.
+    to: Annotated[str, Meta(pattern="^([0-9A-F]{8}|G[0-9A-HJKMNP-TV-Z]{12})$")]
+    text: ChatText
+    client_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    #: Seconds; default a week.
+    ttl: Annotated[float, Meta(ge=1, le=30 * 24 * 3600)] | None = None
 
 
 class ChatSent(Struct, kw_only=True):
