@@ -299,8 +299,11 @@ class RelayProcess:
         max_links: int = 0,
         data: Path | None = None,
         name: str = "relay",
+        extra: Sequence[str] = (),
     ) -> None:
         self.logs = logs
+        #: More ``serve`` options.
+        self.extra = list(extra)
         self.heartbeat = heartbeat
         self.max_links = max_links
         self._own_data = data is None
@@ -330,7 +333,7 @@ class RelayProcess:
         options = ["--host", LOOPBACK, "--heartbeat", f"{self.heartbeat:g}"]
         if self.max_links:
             options += ["--max-links", str(self.max_links)]
-        return options
+        return options + self.extra
 
     def launch(self) -> subprocess.Popen[bytes]:
         """Start it on new free ports (in its own session); no wait."""

@@ -40,7 +40,7 @@ class Side:
     raw_receipts: list[tuple[str, str]] = field(default_factory=list)
 
 
-def make_side(name: str, url: str, dev: dict[str, Any]) -> Side:
+def make_side(name: str, url: str, dev: dict[str, Any], link_urls: list[str] | None = None) -> Side:
     side: Side
 
     async def on_message(m: Message) -> None:
@@ -56,6 +56,7 @@ def make_side(name: str, url: str, dev: dict[str, Any]) -> Side:
         dev["token"],
         on_message,
         url=url,
+        link_urls=link_urls,
         backoff_base=0.05,
         backoff_max=0.5,
         on_receipt=on_receipt,
