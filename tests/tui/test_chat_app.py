@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from pinrelay.client.device import Device, Message
+from pinrelay.client.device import Device, LinkRefused, Message
 from pinrelay.testing.wait import wait_until_async
 from pinrelay.tui.app import ChatSession
 from pinrelay.tui.view import ChatView, Line
@@ -104,3 +105,36 @@ async def test_two_devices_chat_and_the_marks_move(relay: RelayProc) -> None:
     assert not session.link_ended
     transcript = view.text_lines()
     assert any(ln.endswith("you: hello bob ✓  R") for ln in transcript), transcript
+
+
+async def test_a_stranger_is_told_and_the_message_is_refused(relay: RelayProc) -> None:
+    alice, stranger = relay.create_device(), relay.create_device()
+    view = ChatView(alice["pin"], stranger["pin"])
+    session = ChatSession(alice["pin"], alice["token"], stranger["pin"], url=relay.url, view=view)
+    with create_pipe_input() as keys:
+        app = asyncio.create_task(session.run(input=keys, output=DummyOutput()))
+        try:
+            await wait_until_async(lambda: view.link_state == "linked", 10, 0.02, "linked")
+            note = f"{stranger['pin']} is not your contact (no invitation)"
+            await wait_until_async(
+                lambda: any(note in line for line in view.text_lines()), 10, 0.02, note
+            )
+            keys.send_text("anyone?\r")
+            line = await wait_until_async(lambda: outgoing(view, "anyone?"), 10, 0.02, "shown")
+            await wait_until_async(lambda: line.mark == "✗", 10, 0.02, lambda: f"✗: {line}")
+            assert line.handle is not None and line.handle.code == "not_contact"
+            assert view.text_lines()[-1].endswith(f"✗ not_contact: {line.handle.reason}")
+            keys.send_text("\x04")
+            await asyncio.wait_for(app, 10)
+        finally:
+            if not app.done():
+                app.cancel()
+                await asyncio.gather(app, return_exceptions=True)
+
+
+async def test_a_refused_device_ends_the_app_with_the_reason(relay: RelayProc) -> None:
+    alice, bob = relay.create_device(), relay.create_device()
+    session = ChatSession(alice["pin"], "wrong", bob["pin"], url=relay.url)
+    with create_pipe_input() as keys, pytest.raises(LinkRefused, match="unauthorized"):
+        await asyncio.wait_for(session.run(input=keys, output=DummyOutput()), 20)
+    assert session.link_ended
