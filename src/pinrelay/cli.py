@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pinrelay import __version__
+from pinrelay import __version__, cli_chat
 from pinrelay.cli_common import (
     DEFAULT_URL,
     JsonOpt,
@@ -691,6 +691,10 @@ def cluster_start(
 def version(as_json: JsonOpt = False) -> None:
     """Print pinrelay's version."""
     _print_json({"version": __version__}) if as_json else out.print(__version__)
+
+
+# --- messaging as a device: send, chat, contacts, group (cli_chat.py) ----------
+cli_chat.register(app)
 
 
 def main() -> None:

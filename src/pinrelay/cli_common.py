@@ -62,6 +62,10 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return fn(*args, **kwargs)
     except ApiError as exc:
+        where = exc.problem.get("instance")
+        if exc.status == 404 and exc.detail == "Not Found" and where:
+            # No route at all (Starlette's own 404), not a missing device or group.
+            fail(f"404 the relay has no {where}: is it older than this pinrelay?")
         fail(exc.detail if exc.status == 0 else f"{exc.status} {exc.detail}")
 
 
