@@ -200,10 +200,19 @@ def _unreachable(url: str, exc: httpx.HTTPError) -> ApiError:
 class DeviceClient:
     """A device's routes, synchronously (the CLI): ``DeviceClient(url, pin, token)``."""
 
-    def __init__(self, url: str, pin: str, token: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        pin: str,
+        token: str,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.routes = Routes(pin)
-        self._http = httpx.Client(base_url=self.url, headers=_headers(token), timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.url, headers=_headers(token), timeout=timeout, transport=transport
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -270,17 +279,29 @@ class AsyncRunner:
     """Runs calls for the SDK: one short-lived HTTP client per call (contacts and
     groups change rarely; nothing is left open when the device stops)."""
 
-    def __init__(self, url: str | None, pin: str, token: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        pin: str,
+        token: str,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.url = url.rstrip("/") if url else None
         self.routes = Routes(pin)
         self._token = token
         self._timeout = timeout
+        #: Where requests go instead of the network (tests: httpx.MockTransport).
+        self.transport = transport
 
     async def run(self, call: Call[T]) -> T:
         if self.url is None:
             raise ValueError("contacts and groups need the relay's HTTP url: Device(url=...)")
         async with httpx.AsyncClient(
-            base_url=self.url, headers=_headers(self._token), timeout=self._timeout
+            base_url=self.url,
+            headers=_headers(self._token),
+            timeout=self._timeout,
+            transport=self.transport,
         ) as http:
             try:
                 response = await http.request(call.method, call.path, json=call.body)
