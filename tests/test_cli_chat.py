@@ -181,6 +181,7 @@ def test_send_waits_for_the_read_receipt_and_says_so(relay: RelayProc) -> None:
     assert any(f"waiting for {b['pin']} to read it" in line for line in lines), stderr
     # b's acceptance notice came meanwhile: shown, not swallowed.
     assert any("received while waiting" in line and "contact" in line for line in lines), stderr
+    assert f"delivered by {b['pin']}; waiting for it to be read…" in lines, stderr
     assert lines[-1] == f"read by {b['pin']}"
 
 

@@ -190,6 +190,10 @@ def _wait_for_receipt(
             if state == "failed" or RANK[state] >= RANK[wait]:
                 found.update(state=state, by=by)
                 done.set()
+            elif as_json:
+                print_json_err({"event": "receipt", "id": receipt_id, "state": state, "by": by})
+            else:
+                err.print(f"{state} by {by}; waiting for it to be read…", highlight=False)
             return
         if receipt_id != message_id:
             _show_meanwhile(as_json, {"kind": "receipt", "id": receipt_id, "state": state})
