@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import sys
-import time
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -210,7 +209,10 @@ def _wait_for_receipt(
         runner = asyncio.create_task(device.run())
         waiter = asyncio.create_task(done.wait())
         try:
-            await asyncio.wait({runner, waiter}, timeout=timeout, return_when="FIRST_COMPLETED")
+            finished, _ = await asyncio.wait(
+                {runner, waiter}, timeout=timeout, return_when="FIRST_COMPLETED"
+            )
+            timed_out.append(not finished)
         finally:
             await device.stop()
             waiter.cancel()
@@ -221,7 +223,7 @@ def _wait_for_receipt(
             else:
                 runner.cancel()
 
-    started = time.monotonic()
+    timed_out: list[bool] = []
     try:
         asyncio.run(main())
     except LinkRefused as exc:
@@ -229,8 +231,10 @@ def _wait_for_receipt(
     except KeyboardInterrupt:
         fail(f"stopped before the {wait} receipt (the message is stored: {message_id})", 130)
     if not found:
-        waited = time.monotonic() - started
-        fail(f"no {wait} receipt within {waited:.0f} s (the message is stored: {message_id})")
+        stored = f"(the message is stored: {message_id})"
+        if timed_out and timed_out[0]:
+            fail(f"no {wait} receipt within {timeout:g} s {stored}")
+        fail(f"the link ended before the {wait} receipt: another link of {pin} took over {stored}")
     if found["state"] == "failed":
         fail(f"message {message_id} failed: it expired undelivered")
     return found
