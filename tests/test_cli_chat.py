@@ -12,10 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner, Result
 
+from pinrelay import cli, cli_chat
 from pinrelay.client.contacts import DeviceClient
 from pinrelay.client.http import ApiError
 from pinrelay.testing.wait import wait_until
+from tests.client.test_contacts import A, B, C, FakeGroups
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc, free_port
 from tests.test_cli import one_line_error
 
@@ -272,3 +275,37 @@ def test_group_commands(relay: RelayProc) -> None:
     one_line_error(as_device(relay, b, "group", "add", gid, c["pin"]), "")
     plain = ok(relay, a, "group", "create", "plain", b["pin"], stranger["pin"])
     assert "group created" in plain and f"left out (not your contacts): {stranger['pin']}" in plain
+
+
+def test_group_commands_against_the_specified_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The group commands in-process, their HTTP answered by a MockTransport that
+    follows the group API's specification (runs while the relay has no group routes)."""
+    fake = FakeGroups()
+
+    def device(url: str, pin: str, token: str) -> DeviceClient:
+        return DeviceClient(url, pin, token, transport=httpx.MockTransport(fake))
+
+    monkeypatch.setattr(cli_chat, "_device", device)
+    runner = CliRunner()
+
+    def as_pin(pin: str, *args: str) -> Result:
+        return runner.invoke(cli.app, [*args, "--pin", pin, "--token", f"token-{pin}"])
+
+    r = as_pin(A, "group", "create", "friends", B.lower(), "0D0D0D0D", "--json")
+    assert r.exit_code == 0, r.output
+    made = json.loads(r.stdout)
+    assert (made["members"], made["ignored"]) == ([A, B], ["0D0D0D0D"])
+    gid = made["group"]
+    r = as_pin(A, "group", "add", gid, C)
+    assert r.exit_code == 0 and "members added" in r.stdout and f"{A} {B} {C}" in r.stdout
+    r = as_pin(A, "group", "create", "more", C, "0D0D0D0D")
+    assert "left out (not your contacts): 0D0D0D0D" in r.stdout
+    assert json.loads(as_pin(B, "group", "list", "--json").stdout)[0]["group"] == gid
+    assert gid in as_pin(B, "group", "list").stdout
+    r = as_pin(B, "group", "remove", gid, C)
+    assert r.exit_code == 1 and r.stderr.strip() == "error: 403 only its creator may"
+    r = as_pin(A, "group", "remove", gid, C, "--json")
+    assert json.loads(r.stdout) == {"group": gid, "pin": C, "removed": True}
+    assert as_pin(B, "group", "leave", gid).stdout.strip() == f"left {gid}"
+    assert json.loads(as_pin(B, "group", "list", "--json").stdout) == []
+    assert "no groups" in as_pin(B, "group", "list").stdout
