@@ -1,4 +1,4 @@
-"""``pinrelay chat``: a terminal chat on prompt_toolkit (docs/DECISIONS.md, 36).
+"""``pinrelay chat``: a terminal chat on prompt_toolkit (docs/DECISIONS.md, 37).
 
 :class:`ChatSession` holds one link with the SDK's :class:`Device` and feeds a
 :class:`~pinrelay.tui.view.ChatView`; :func:`build_app` draws the view in a
