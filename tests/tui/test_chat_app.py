@@ -12,6 +12,7 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from pinrelay.client.device import Device, LinkRefused, Message
+from pinrelay.client.http import ApiError
 from pinrelay.testing.wait import wait_until_async
 from pinrelay.tui.app import ChatSession
 from pinrelay.tui.view import ChatView, Line
@@ -138,3 +139,56 @@ async def test_a_refused_device_ends_the_app_with_the_reason(relay: RelayProc) -
     with create_pipe_input() as keys, pytest.raises(LinkRefused, match="unauthorized"):
         await asyncio.wait_for(session.run(input=keys, output=DummyOutput()), 20)
     assert session.link_ended
+
+
+async def test_a_group_chat(relay: RelayProc) -> None:
+    """Alice chats in a group of Bob and Carol: each one's message shows with the
+    sender's PIN, hers reaches both and moves to D and R on their receipts."""
+    alice, bob, carol = (relay.create_device() for _ in range(3))
+    befriend(relay, alice, bob)
+    befriend(relay, alice, carol)
+    alice_sdk = Device(alice["pin"], alice["token"], lambda _m: None, url=relay.url)
+    try:
+        group = await alice_sdk.groups.create("trio", [bob["pin"], carol["pin"]])
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        pytest.skip("this relay has no group routes yet (POST /v1/devices/{pin}/groups: 404)")
+    assert sorted(group.members) == sorted([alice["pin"], bob["pin"], carol["pin"]])
+    got: dict[str, list[Message]] = {bob["pin"]: [], carol["pin"]: []}
+    members = [
+        Device(d["pin"], d["token"], got[d["pin"]].append, url=relay.url) for d in (bob, carol)
+    ]
+    links = [asyncio.create_task(m.run()) for m in members]
+    view = ChatView(alice["pin"], group.group)
+    session = ChatSession(alice["pin"], alice["token"], group.group, url=relay.url, view=view)
+    with create_pipe_input() as keys:
+        app = asyncio.create_task(session.run(input=keys, output=DummyOutput()))
+        try:
+            await wait_until_async(lambda: view.link_state == "linked", 10, 0.02, "linked")
+            await members[0].send(group.group, "hi all")
+            want = f"{bob['pin']}: hi all"
+            await wait_until_async(
+                lambda: any(want in ln for ln in view.text_lines()), 10, 0.02, want
+            )
+            keys.send_text("hello trio\r")
+            line = await wait_until_async(lambda: outgoing(view, "hello trio"), 10, 0.02, "shown")
+            await wait_until_async(lambda: line.mark == "D", 10, 0.02, lambda: f"D: {line}")
+
+            def chats(pin: str) -> list[Message]:
+                return [m for m in got[pin] if m.kind == "chat" and m.data["text"] == "hello trio"]
+
+            await wait_until_async(lambda: chats(bob["pin"]) and chats(carol["pin"]), 10, 0.02)
+            assert chats(bob["pin"])[0].data["group"] == group.group
+            await members[1].read(chats(carol["pin"])[0].id)
+            await wait_until_async(lambda: line.mark == "R", 10, 0.02, lambda: f"R: {line}")
+            keys.send_text("\x04")
+            await asyncio.wait_for(app, 10)
+        finally:
+            if not app.done():
+                app.cancel()
+            for m in members:
+                await m.stop()
+            for t in links:
+                t.cancel()
+            await asyncio.gather(app, *links, return_exceptions=True)
