@@ -12,26 +12,29 @@ import json
 import logging
 import os
 import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from pinrelay import __version__
-from pinrelay.client.device import (
-    Connecting,
-    Device,
-    LinkEvent,
-    LinkRefused,
-    Message,
-    Retrying,
+from pinrelay import __version__, cli_chat
+from pinrelay.cli_common import (
+    DEFAULT_URL,
+    JsonOpt,
+    PinArg,
+    UrlOpt,
+    err,
+    fail,
+    link_reporter,
+    out,
 )
-from pinrelay.client.http import ApiError, RelayClient
-from pinrelay.core.ids import is_pin
+from pinrelay.cli_common import call as _call
+from pinrelay.cli_common import pin_arg as _pin_arg
+from pinrelay.cli_common import print_json as _print_json
+from pinrelay.cli_common import print_record as _print_record
+from pinrelay.client.device import Device, LinkRefused, Listening, Message
+from pinrelay.client.http import RelayClient
 
 app = typer.Typer(
     help="pinrelay: durable push to devices over a WebSocket link.",
@@ -46,11 +49,6 @@ cluster_app = typer.Typer(help="A local cluster: NATS JetStream nodes and relays
 app.add_typer(key_app, name="key", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster", no_args_is_help=True)
 
-out = Console()
-err = Console(stderr=True)
-
-DEFAULT_URL = "http://127.0.0.1:7780"
-UrlOpt = Annotated[str, typer.Option("--url", envvar="PINRELAY_URL", help="The relay's HTTP API.")]
 KeyOpt = Annotated[
     str | None,
     typer.Option(
@@ -58,31 +56,6 @@ KeyOpt = Annotated[
         envvar="PINRELAY_KEY",
         help="API key; default: $PINRELAY_ADMIN_KEY, else ./data/admin.key.",
         show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _pin_arg(value: str | None) -> str | None:
-    """A PIN as typed: any case, spaces around it ignored; the relay's form is upper
-    case (PROTOCOL, "PIN")."""
-    if value is None:
-        return None
-    pin = value.strip().upper()
-    if not is_pin(pin):
-        fail(f"{value!r} is not a PIN: a PIN is 8 hexadecimal digits")
-    return pin
-
-
-PinArg = Annotated[
-    str,
-    typer.Argument(
-        metavar="PIN", help="The device's PIN (8 hex digits, any case).", callback=_pin_arg
     ),
 ]
 
@@ -101,27 +74,6 @@ def _key(key: str | None) -> str:
 
 def _client(url: str, key: str | None) -> RelayClient:
     return RelayClient(url, _key(key))
-
-
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except ApiError as exc:
-        fail(exc.detail if exc.status == 0 else f"{exc.status} {exc.detail}")
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value) + "\n")
-    sys.stdout.flush()
-
-
-def _print_record(value: dict[str, Any], title: str | None = None) -> None:
-    table = Table(show_header=False, title=title, title_justify="left", box=None)
-    table.add_column(style="bold cyan")
-    table.add_column()
-    for k, v in value.items():
-        table.add_row(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-    out.print(table)
 
 
 # --- serve ----------------------------------------------------------------------
@@ -507,36 +459,11 @@ def push(
     _print_json(result) if as_json else _print_record(result, "stored")
 
 
-def _clock(t: float) -> str:
-    """A wall-clock time as the CLI shows it: local HH:MM:SS."""
-    return time.strftime("%H:%M:%S", time.localtime(t))
-
-
-def _event_record(event: LinkEvent) -> dict[str, Any]:
-    """A link event as ``listen --json`` prints it (one object per line, on stderr)."""
-    if isinstance(event, Connecting):
-        return {"event": "connecting", "url": event.url, "attempt": event.attempt}
-    if isinstance(event, Retrying):
-        at = datetime.fromtimestamp(event.retry_at, UTC).isoformat(timespec="milliseconds")
-        return {
-            "event": "attempt_failed",
-            "attempt": event.attempt,
-            "reason": event.reason,
-            "retry_in_s": round(event.delay_s, 3),
-            "retry_at": at.replace("+00:00", "Z"),
-        }
-    return {
-        "event": "listening",
-        "url": event.url,
-        "node": event.node,
-        "region": event.region,
-        "cursor": event.cursor,
-    }
-
-
 @app.command()
 def listen(
-    pin: Annotated[str, typer.Option(help="The device's PIN.", callback=_pin_arg)],
+    pin: Annotated[
+        str, typer.Option(envvar="PINRELAY_PIN", help="The device's PIN.", callback=_pin_arg)
+    ],
     token: Annotated[str, typer.Option(envvar="PINRELAY_TOKEN", help="The device's token.")],
     url: UrlOpt = DEFAULT_URL,
     cursor: Annotated[int, typer.Option(help="Resume after this cursor.")] = 0,
@@ -552,27 +479,11 @@ def listen(
     """
     received = 0
 
-    def on_event(event: LinkEvent) -> None:
-        if as_json:
-            sys.stderr.write(json.dumps(_event_record(event)) + "\n")
-            sys.stderr.flush()
-        elif isinstance(event, Connecting):
-            again = f" (attempt {event.attempt})" if event.attempt > 1 else ""
-            err.print(f"[dim]connecting to {event.url} as {pin}…{again}[/]", highlight=False)
-        elif isinstance(event, Retrying):
-            err.print(
-                f"[yellow]attempt {event.attempt} failed:[/] {event.reason};"
-                f" next attempt at {_clock(event.retry_at)} (in {event.delay_s:.1f} s)",
-                highlight=False,
-                soft_wrap=True,
-            )
-        else:
-            where = f" on {event.node} ({event.region})" if event.node else ""
-            err.print(
-                f"listening as {pin}{where}, after cursor {event.cursor} (Ctrl-C to stop)",
-                highlight=False,
-                soft_wrap=True,
-            )
+    def listening(event: Listening) -> str:
+        where = f" on {event.node} ({event.region})" if event.node else ""
+        return f"listening as {pin}{where}, after cursor {event.cursor} (Ctrl-C to stop)"
+
+    on_event = link_reporter(pin, as_json, listening)
 
     async def main() -> None:
         done = asyncio.Event()
@@ -780,6 +691,10 @@ def cluster_start(
 def version(as_json: JsonOpt = False) -> None:
     """Print pinrelay's version."""
     _print_json({"version": __version__}) if as_json else out.print(__version__)
+
+
+# --- messaging as a device: send, chat, contacts, group (cli_chat.py) ----------
+cli_chat.register(app)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ the tour's folder like `make run` would, on free ports that PINRELAY_URL names.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -19,20 +20,25 @@ from tests.relayproc import TIMEOUT_FACTOR
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def tour_commands() -> str:
+def section_commands(title: str, at_least: int) -> str:
     text = README.read_text()
-    section = text.split("## A five-minute tour", 1)[1].split("\n## ", 1)[0]
+    section = text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
-    assert len(blocks) >= 4, "the tour lost its commands"
+    assert len(blocks) >= at_least, f"{title!r} lost its commands"
     return "\n".join(re.sub(r"^ {3}", "", b, flags=re.M) for b in blocks)
 
 
-def test_readme_tour(relay_factory: RelayFactory, tmp_path: Path) -> None:
+def tour_commands() -> str:
+    return section_commands("A five-minute tour", 4)
+
+
+def run_script(relay_factory: RelayFactory, tmp_path: Path, commands: str) -> str:
+    """``commands`` in a shell, in a folder like the tour's, against a fresh relay."""
     venv = Path(sys.executable).parent.parent
     (tmp_path / ".venv").symlink_to(venv)
     relay = relay_factory("data", admin_key=None, cwd=tmp_path)
     assert (tmp_path / "data" / "admin.key").exists()
-    script = "set -euo pipefail\n" + tour_commands()
+    script = "set -euo pipefail\n" + commands
     env = {**os.environ, "PINRELAY_URL": relay.url}
     env.pop("PINRELAY_ADMIN_KEY", None)
     env.pop("PINRELAY_KEY", None)
@@ -45,7 +51,24 @@ def test_readme_tour(relay_factory: RelayFactory, tmp_path: Path) -> None:
         timeout=120 * TIMEOUT_FACTOR,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+    return result.stdout
+
+
+def test_readme_tour(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    out = run_script(relay_factory, tmp_path, tour_commands())
     assert '{"text": "hello"}' in out and '{"text": "second"}' in out, out
     assert re.search(r"backlog\s+0\b", out), out
     assert re.search(r"acked_cursor\s+2\b", out), out
+
+
+def test_readme_chat_between_devices(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    """The tour, then "Chat between devices" as written (its commands need no terminal)."""
+    out = run_script(
+        relay_factory,
+        tmp_path,
+        tour_commands() + "\n" + section_commands("Chat between devices", 1),
+    )
+    friend = json.loads((tmp_path / "friend.json").read_text())["pin"]
+    assert f"invited {friend}" in out, out
+    assert re.search(rf"{friend}\s+accepted", out), out
+    assert re.search(r"^[0-9A-HJKMNP-TV-Z]{26}$", out, flags=re.M), out

@@ -36,6 +36,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from pinrelay.client.chat import Outbox, Outgoing
+from pinrelay.client.contacts import AsyncRunner, Contacts, Groups
 from pinrelay.core import frames
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,11 @@ class Device:
         self._on_receipt = on_receipt
         self._reads: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        runner = AsyncRunner(self.url, pin, token)
+        #: Invite, accept, decline, block, unblock, remove, list (over HTTP: needs ``url``).
+        self.contacts = Contacts(runner)
+        #: Create, add, remove, leave, list (over HTTP: needs ``url``).
+        self.groups = Groups(runner)
 
     # --- chat ------------------------------------------------------------------
     async def send(

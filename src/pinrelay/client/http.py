@@ -17,6 +17,16 @@ class ApiError(Exception):
         self.problem = problem or {}
 
 
+def api_error(response: httpx.Response) -> ApiError:
+    """The :class:`ApiError` of an error answer (problem+json, or whatever came)."""
+    try:
+        problem = response.json()
+        detail = str(problem.get("detail") or problem.get("title"))
+    except (ValueError, AttributeError):
+        problem, detail = None, response.text.strip() or response.reason_phrase
+    return ApiError(response.status_code, detail, problem)
+
+
 class RelayClient:
     def __init__(self, url: str, key: str | None = None, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -38,12 +48,7 @@ class RelayClient:
         except httpx.HTTPError as exc:
             raise ApiError(0, f"cannot reach the relay at {self.url}: {exc}") from None
         if response.status_code >= 400:
-            try:
-                problem = response.json()
-                detail = str(problem.get("detail") or problem.get("title"))
-            except ValueError:
-                problem, detail = None, response.text.strip() or response.reason_phrase
-            raise ApiError(response.status_code, detail, problem)
+            raise api_error(response)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()

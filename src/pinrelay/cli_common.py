@@ -1,0 +1,138 @@
+"""What every ``pinrelay`` command module shares: the consoles, the common options,
+one-line errors, PIN arguments, JSON and record output, and how a command says what
+its link is doing (cli.py, cli_chat.py).
+
+Every command that prints data has ``--json``; every error is one readable line on
+stderr and a non-zero exit (:func:`fail`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pinrelay.client.device import Connecting, LinkEvent, Listening, Retrying
+from pinrelay.client.http import ApiError
+from pinrelay.core.ids import is_pin
+
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_URL = "http://127.0.0.1:7780"
+UrlOpt = Annotated[str, typer.Option("--url", envvar="PINRELAY_URL", help="The relay's HTTP API.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def pin_arg(value: str | None) -> str | None:
+    """A PIN as typed: any case, spaces around it ignored; the relay's form is upper
+    case (PROTOCOL, "PIN")."""
+    if value is None:
+        return None
+    pin = value.strip().upper()
+    if not is_pin(pin):
+        fail(f"{value!r} is not a PIN: a PIN is 8 hexadecimal digits")
+    return pin
+
+
+PinArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="PIN", help="The device's PIN (8 hex digits, any case).", callback=pin_arg
+    ),
+]
+
+
+def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``; an error answer from the relay is one line and exit 1."""
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as exc:
+        where = exc.problem.get("instance")
+        if exc.status == 404 and exc.detail == "Not Found" and where:
+            # No route at all (Starlette's own 404), not a missing device or group.
+            fail(f"404 the relay has no {where}: is it older than this pinrelay?")
+        fail(exc.detail if exc.status == 0 else f"{exc.status} {exc.detail}")
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.flush()
+
+
+def print_record(value: dict[str, Any], title: str | None = None) -> None:
+    table = Table(show_header=False, title=title, title_justify="left", box=None)
+    table.add_column(style="bold cyan")
+    table.add_column()
+    for k, v in value.items():
+        table.add_row(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+    out.print(table)
+
+
+def clock(t: float) -> str:
+    """A wall-clock time as the CLI shows it: local HH:MM:SS."""
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def event_record(event: LinkEvent) -> dict[str, Any]:
+    """A link event as ``--json`` prints it (one object per line, on stderr)."""
+    if isinstance(event, Connecting):
+        return {"event": "connecting", "url": event.url, "attempt": event.attempt}
+    if isinstance(event, Retrying):
+        at = datetime.fromtimestamp(event.retry_at, UTC).isoformat(timespec="milliseconds")
+        return {
+            "event": "attempt_failed",
+            "attempt": event.attempt,
+            "reason": event.reason,
+            "retry_in_s": round(event.delay_s, 3),
+            "retry_at": at.replace("+00:00", "Z"),
+        }
+    return {
+        "event": "listening",
+        "url": event.url,
+        "node": event.node,
+        "region": event.region,
+        "cursor": event.cursor,
+    }
+
+
+def link_reporter(
+    pin: str, as_json: bool, linked: Callable[[Listening], str]
+) -> Callable[[LinkEvent], None]:
+    """An ``on_event`` for the SDK's Device that says on stderr what the link does:
+    connecting, each failed attempt with its reason and the time of the next one,
+    and ``linked(event)`` once the relay accepted the device (with ``as_json``: one
+    object per line)."""
+
+    def on_event(event: LinkEvent) -> None:
+        if as_json:
+            sys.stderr.write(json.dumps(event_record(event)) + "\n")
+            sys.stderr.flush()
+        elif isinstance(event, Connecting):
+            again = f" (attempt {event.attempt})" if event.attempt > 1 else ""
+            err.print(f"[dim]connecting to {event.url} as {pin}…{again}[/]", highlight=False)
+        elif isinstance(event, Retrying):
+            err.print(
+                f"[yellow]attempt {event.attempt} failed:[/] {event.reason};"
+                f" next attempt at {clock(event.retry_at)} (in {event.delay_s:.1f} s)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        else:
+            err.print(linked(event), highlight=False, soft_wrap=True)
+
+    return on_event

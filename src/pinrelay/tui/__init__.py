@@ -1,0 +1,1 @@
+"""Terminal user interfaces: the chat (``pinrelay chat``)."""
