@@ -64,6 +64,8 @@ class Chat:
         An invitation answers the same whether ``other`` is a device or not (no PIN
         enumeration), and costs one store write either way (Store.contact_action).
         """
+        if actor == other:
+            raise PinrelayError("a device cannot be its own contact", ErrorCode.INVALID)
         now = self.clock()
         if action is Action.INVITE:
             wait = self._invites.retry_after(actor, now)

@@ -150,6 +150,14 @@ class TestContacts:
             assert r.status_code == 204
         assert contacts(relay, a) == {} == contacts(relay, b)
 
+    def test_a_device_is_not_its_own_contact(self, relay: RelayProc) -> None:
+        a = relay.create_device()
+        assert invite(relay, a, a["pin"]).status_code == 422
+        with http(relay) as c:
+            r = c.post(f"/v1/devices/{a['pin']}/blocks", json={"pin": a["pin"]}, headers=bearer(a))
+        assert r.status_code == 422
+        assert contacts(relay, a) == {}
+
     def test_contacts_need_the_devices_own_token(self, relay: RelayProc) -> None:
         a, b = relay.create_device(), relay.create_device()
         with http(relay) as c:
