@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -109,6 +109,23 @@ class Group(msgspec.Struct, frozen=True):
 
 #: Most members a group may have, its creator included.
 MAX_GROUP = 1000
+
+
+class Redemption(msgspec.Struct, frozen=True):
+    """What redeeming a pairing code found (Store.redeem_pairing).
+
+    ``redeemed``: this call used the code, for ``pin``; ``used``: an earlier call
+    did; ``expired``: it was not used in time; ``unknown``: no such code (never made,
+    or forgotten an hour after it expired).
+    """
+
+    outcome: Literal["redeemed", "used", "expired", "unknown"]
+    pin: str | None = None
+
+
+#: How long a used or expired pairing code is remembered after its expiry, so that
+#: trying it again says "used" or "expired" rather than "unknown".
+PAIRING_KEEP_MS = 3600 * 1000
 
 #: Most entries a device's contacts may hold (an invitation to a stranger included).
 MAX_CONTACTS = 5000
@@ -229,6 +246,19 @@ class Store(Protocol):
 
     async def drop_unread(self, reader: str, ids: Sequence[str]) -> None:
         """Forget ``ids`` as unread (their read receipts are stored)."""
+        ...
+
+    # --- pairing codes (api/pairing.py) ----------------------------------------
+    async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:
+        """Remember a pairing code for ``pin``, by its hash, until ``expires_ms``
+        (durable; every relay of a cluster can redeem it).  CONFLICT if the hash is
+        taken by another code."""
+        ...
+
+    async def redeem_pairing(self, code_hash: str, now_ms: int) -> Redemption:
+        """Use the code once: of any number of calls, on any relay, at most one gets
+        ``redeemed`` (atomic: a transaction, or a compare-and-set).  A code is kept
+        PAIRING_KEEP_MS past its expiry, then forgotten."""
         ...
 
     # --- messages ------------------------------------------------------------

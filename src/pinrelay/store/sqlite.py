@@ -38,6 +38,7 @@ from pinrelay.store.base import (
     Contact,
     Group,
     IdempotencyKey,
+    Redemption,
     Rejected,
     StoreClosed,
     StoreStats,
@@ -122,6 +123,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (grp, pin)
     ) WITHOUT ROWID;
     CREATE INDEX group_members_pin ON group_members (pin);
+    """,
+    """
+    CREATE TABLE pairing (
+        code_hash TEXT PRIMARY KEY,
+        pin TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        used_ms INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX pairing_expiry ON pairing (expires_ms);
     """,
 ]
 
@@ -559,6 +569,14 @@ class SqliteStore:
     async def drop_unread(self, reader: str, ids: Sequence[str]) -> None:
         if ids:
             await self._write(ops.DropUnread(reader, list(ids)))
+
+    # --- pairing codes -------------------------------------------------------------
+    async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:
+        await self._write(ops.CreatePairing(code_hash, pin, expires_ms))
+
+    async def redeem_pairing(self, code_hash: str, now_ms: int) -> Redemption:
+        outcome, pin = await self._write(ops.RedeemPairing(code_hash, now_ms))
+        return Redemption(outcome, pin)
 
     async def append(
         self, messages: Sequence[NewMessage | Rejected], idem: IdempotencyKey | None = None

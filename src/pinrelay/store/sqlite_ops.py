@@ -15,7 +15,13 @@ import msgspec
 
 from pinrelay.core import chat, social
 from pinrelay.core.errors import ErrorCode, PinrelayError
-from pinrelay.store.base import MAX_CONTACTS, MAX_GROUP, UNKNOWN_DEVICE, AppendResult
+from pinrelay.store.base import (
+    MAX_CONTACTS,
+    MAX_GROUP,
+    PAIRING_KEEP_MS,
+    UNKNOWN_DEVICE,
+    AppendResult,
+)
 
 #: How long an Idempotency-Key is remembered.
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
@@ -61,6 +67,7 @@ class DeleteDevice(Op, tag="dd"):
         c.execute("DELETE FROM contacts WHERE owner = ?", (self.pin,))
         c.execute("DELETE FROM unread WHERE reader = ?", (self.pin,))
         c.execute("DELETE FROM group_members WHERE pin = ?", (self.pin,))
+        c.execute("DELETE FROM pairing WHERE pin = ?", (self.pin,))
         return c.execute("DELETE FROM devices WHERE pin = ?", (self.pin,)).rowcount == 1
 
 
@@ -133,6 +140,7 @@ class Sweep(Op, tag="sw"):
             "DELETE FROM idempotency WHERE created_ms <= ?", (self.now_ms - IDEMPOTENCY_TTL_MS,)
         )
         c.execute("DELETE FROM unread WHERE expires_ms <= ?", (self.now_ms,))
+        c.execute("DELETE FROM pairing WHERE expires_ms <= ?", (self.now_ms - PAIRING_KEEP_MS,))
         return int(n)
 
 
@@ -269,6 +277,44 @@ class DropUnread(Op, tag="du"):
         )
 
 
+class CreatePairing(Op, tag="cp"):
+    code_hash: str
+    pin: str
+    expires_ms: int
+
+    def run(self, c: sqlite3.Connection) -> None:
+        try:
+            c.execute(
+                "INSERT INTO pairing (code_hash, pin, expires_ms) VALUES (?, ?, ?)",
+                (self.code_hash, self.pin, self.expires_ms),
+            )
+        except sqlite3.IntegrityError:
+            raise PinrelayError("that pairing code exists", ErrorCode.CONFLICT) from None
+
+
+class RedeemPairing(Op, tag="rp"):
+    """Use a pairing code once: read and marked used in one transaction."""
+
+    code_hash: str
+    now_ms: int
+
+    def run(self, c: sqlite3.Connection) -> tuple[str, str | None]:
+        row = c.execute(
+            "SELECT pin, expires_ms, used_ms FROM pairing WHERE code_hash = ?", (self.code_hash,)
+        ).fetchone()
+        if row is None:
+            return "unknown", None
+        pin, expires_ms, used_ms = row
+        if used_ms is not None:
+            return "used", None
+        if expires_ms <= self.now_ms:
+            return "expired", None
+        c.execute(
+            "UPDATE pairing SET used_ms = ? WHERE code_hash = ?", (self.now_ms, self.code_hash)
+        )
+        return "redeemed", str(pin)
+
+
 class Item(msgspec.Struct, array_like=True):
     """One message of an append: stored if ``reason`` is None, else passed through."""
 
@@ -331,6 +377,8 @@ AnyOp = (
     | Forget
     | PutUnread
     | DropUnread
+    | CreatePairing
+    | RedeemPairing
     | Stop
 )
 

@@ -103,3 +103,8 @@ class Layout:
         """The PIN in a message subject: ``<prefix>[.<partition>].<PIN>.…``."""
         at = self.prefix.count(".") + (2 if self.partitions > 1 else 1)
         return subject.split(".")[at]
+
+    @property
+    def pairing(self) -> Bucket:
+        """Pairing codes (:mod:`.pairing`): a bucket with a max age, beside the others."""
+        return Bucket(f"{self.bucket_prefix}_pairing")

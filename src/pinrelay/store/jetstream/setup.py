@@ -28,6 +28,9 @@ from pinrelay.store.jetstream import api
 from pinrelay.store.jetstream.errors import ApiError, name_in_use, setup_may_retry
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_TTL_S
 from pinrelay.store.jetstream.layout import PARTITIONS_META, Layout
+from pinrelay.store.jetstream.pairing import PAIRING_BUCKET_TTL_S
+
+PAIRING_TTL = float(PAIRING_BUCKET_TTL_S)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,7 @@ class Setup:
         try:
             while True:
                 try:
+                    await ensure_bucket(js, self.layout.pairing.name, self.replicas, PAIRING_TTL)
                     atomic = await self._ensure_streams(nc, js)
                     for b in self.layout.bucket_names():
                         ttl = float(IDEMPOTENCY_TTL_S) if b.endswith("_idem") else None

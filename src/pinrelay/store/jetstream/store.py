@@ -28,6 +28,7 @@ from pinrelay.store.base import (
     Contact,
     Group,
     IdempotencyKey,
+    Redemption,
     Rejected,
     StoreClosed,
     StoreStats,
@@ -45,6 +46,7 @@ from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_LEASE_S, Leases
 from pinrelay.store.jetstream.keys import Keys
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import Layout
+from pinrelay.store.jetstream.pairing import Pairings
 from pinrelay.store.jetstream.reads import Reader
 from pinrelay.store.jetstream.records import to_device
 
@@ -97,6 +99,7 @@ class JetStreamStore:
         self.devices = Devices(kv, buckets)
         self.keys = Keys(kv, buckets)
         self.leases = Leases(kv, buckets.idem, idem_lease_s)
+        self.pairings = Pairings(kv, self.layout.pairing)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
@@ -118,7 +121,7 @@ class JetStreamStore:
         return self.layout.streams
 
     def bucket_names(self) -> list[str]:
-        return self.layout.bucket_names()
+        return [*self.layout.bucket_names(), self.layout.pairing.name]
 
     @property
     def direct_fallbacks(self) -> int:
@@ -342,6 +345,13 @@ class JetStreamStore:
 
     async def sweep(self, now_ms: int, limit: int = 1000) -> int:
         return await self.acker.sweep(now_ms, limit)
+
+    # --- pairing codes (.pairing) -------------------------------------------------------
+    async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:
+        await self.pairings.create(code_hash, pin, expires_ms)
+
+    async def redeem_pairing(self, code_hash: str, now_ms: int) -> Redemption:
+        return await self.pairings.redeem(code_hash, now_ms)
 
     async def stats(self) -> StoreStats:
         self.api.check_open()

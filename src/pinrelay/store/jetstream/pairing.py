@@ -1,0 +1,80 @@
+"""Pairing codes in their KV bucket (``<bucket_prefix>_pairing``, code hash → JSON).
+
+A code is created once (compare-and-set on "absent") and used once: redeeming
+reads the record from the bucket's leader and overwrites it with a used record
+with compare-and-set on the revision it read, so of any number of relays trying
+at once exactly one wins; the others find the subject moved on and answer "used".
+The used record keeps a random nonce, so a redemption whose acknowledgement was
+lost (and whose retry then lost the compare-and-set to itself) still knows it won.
+The bucket's max age (an hour past a code's 10 minutes) forgets old records: no
+sweep needed.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+
+from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.store.base import PAIRING_KEEP_MS, Redemption
+from pinrelay.store.jetstream.kv import Kv
+from pinrelay.store.jetstream.layout import Bucket
+from pinrelay.store.jetstream.records import SAFE_TOKEN, json_enc
+
+#: The bucket's max age: longer than any code lives, plus the time a used or expired
+#: code is still reported as such.
+PAIRING_BUCKET_TTL_S = 600 + PAIRING_KEEP_MS // 1000
+
+
+class PairingRec(msgspec.Struct, omit_defaults=True):
+    pin: str
+    expires_ms: int
+    #: Set once the code is used, with the nonce of the redemption that used it.
+    used_ms: int | None = None
+    used_by: str | None = None
+
+
+_dec = msgspec.json.Decoder(PairingRec)
+
+
+class Pairings:
+    """Create and redeem pairing codes."""
+
+    def __init__(self, kv: Kv, bucket: Bucket) -> None:
+        self.kv = kv
+        self.bucket = bucket
+
+    async def create(self, code_hash: str, pin: str, expires_ms: int) -> None:
+        self.kv.api.check_open()
+        if not SAFE_TOKEN.match(code_hash):
+            raise PinrelayError("a pairing code's hash must be a KV key", ErrorCode.INVALID)
+        rec = PairingRec(pin, expires_ms)
+        if await self.kv.create(self.bucket, code_hash, json_enc.encode(rec)) is None:
+            # A create retried after a lost acknowledgement finds its own record.
+            got = await self.kv.get(self.bucket, code_hash)
+            if got is None or _dec.decode(got.value) != rec:
+                raise PinrelayError("that pairing code exists", ErrorCode.CONFLICT)
+
+    async def redeem(self, code_hash: str, now_ms: int) -> Redemption:
+        self.kv.api.check_open()
+        if not SAFE_TOKEN.match(code_hash):
+            return Redemption("unknown")
+        got = await self.kv.get(self.bucket, code_hash)
+        if got is None:
+            return Redemption("unknown")
+        rec = _dec.decode(got.value)
+        if rec.used_ms is not None:
+            return Redemption("used")
+        if rec.expires_ms <= now_ms:
+            return Redemption("expired")
+        nonce = uuid.uuid4().hex
+        used = msgspec.structs.replace(rec, used_ms=now_ms, used_by=nonce)
+        if await self.kv.update(self.bucket, code_hash, json_enc.encode(used), got.revision):
+            return Redemption("redeemed", rec.pin)
+        # Lost the compare-and-set: to another redemption, or to our own first attempt
+        # whose answer was lost (Api.call retried the publish).
+        again = await self.kv.get(self.bucket, code_hash)
+        if again is not None and _dec.decode(again.value).used_by == nonce:
+            return Redemption("redeemed", rec.pin)
+        return Redemption("used")
