@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
-from pinrelay.core.ids import hash_secret, is_pin, secret_matches
+from pinrelay.core.ids import canonical_pairing_code, hash_secret, is_pin, secret_matches
 from pinrelay.core.model import Device, Scope
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.metrics import Metrics
@@ -25,6 +25,11 @@ DEFAULT_TENANT = "default"
 ADMIN_KEY_ID = "admin"
 #: A source may fail this many times more than a source with one PIN (DECISIONS 31).
 SOURCE_FACTOR = 10
+#: The answers to a pairing code that was used or that expired (410 Gone).
+_PAIRING_GONE = {
+    "used": "this pairing code was used already",
+    "expired": "this pairing code expired",
+}
 
 
 class RateLimited(PinrelayError):
@@ -153,3 +158,23 @@ class Authenticator:
             raise self._failed(edge, keys, "unknown PIN or wrong token")
         self.limiter.succeeded(keys[-1][0])
         return DevicePrincipal(device)
+
+    async def pairing_code(self, typed: str, source: str) -> str:
+        """The PIN a pairing code was made for, using the code up (once, on any relay).
+
+        Raises NOT_FOUND (no such code), GONE (used or expired) or RATE_LIMITED:
+        failures count per source, with the limiter's limit (a person mistyping a
+        few times gets through; 50-bit codes are not guessed anyway).
+        """
+        keys = ((f"pairing {source}", self.limiter.limit),)
+        self._check_limited(keys)
+        code = canonical_pairing_code(typed)
+        found = None
+        if code is not None:
+            found = await self.store.redeem_pairing(hash_secret(code), int(self.clock() * 1000))
+        if found is not None and found.pin is not None:
+            return found.pin
+        self._failed(source.partition(" ")[0], keys, "")  # counted, whatever the answer
+        if found is not None and found.outcome in _PAIRING_GONE:
+            raise PinrelayError(_PAIRING_GONE[found.outcome], ErrorCode.GONE)
+        raise PinrelayError("unknown pairing code", ErrorCode.NOT_FOUND)

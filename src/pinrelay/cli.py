@@ -378,6 +378,25 @@ def device_rotate(
     _print_json(result) if as_json else _print_record(result, "token rotated")
 
 
+@device_app.command("pair")
+def device_pair(
+    pin: PinArg, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Make a one-time pairing code for the web messenger at <url>/app.
+
+    The code is valid for 10 minutes and works once. Redeeming it gives the browser a
+    new token for the device: the old token stops working, and links using it are
+    closed (as with `device rotate`).
+    """
+    with _client(url, key) as c:
+        result = _call(c.create_pairing, pin)
+    if as_json:
+        _print_json(result)
+        return
+    _print_record(result, "pairing code")
+    out.print(f"Open {url.rstrip('/')}/app and enter the code within 10 minutes.")
+
+
 # --- keys -----------------------------------------------------------------------
 @key_app.command("create")
 def key_create(

@@ -45,6 +45,15 @@ include-path-regex = "^/v1/devices/[{{]pin[}}]/(contacts|blocks|chat|read|groups
 headers = {{ Authorization = "Bearer {device["token"]}" }}
 parameters = {{ pin = "{device["pin"]}" }}
 checks = {{ ensure_resource_availability = {{ enabled = false }} }}
+
+[[operations]]
+include-path = "/v1/devices/{{pin}}/pairing"
+parameters = {{ pin = "{target["pin"]}" }}
+
+# A code the stateful phase made and redeemed, redeemed again: 410, as documented.
+[[operations]]
+include-path = "/v1/pairing"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "404", "410", "429"]
 """
     )
     st = Path(sys.executable).parent / "st"
@@ -73,7 +82,7 @@ checks = {{ ensure_resource_availability = {{ enabled = false }} }}
     )
     out = result.stdout
     assert result.returncode == 0, out[-6000:] + result.stderr[-2000:]
-    assert "Selected: 28/28" in out and "Tested: 28" in out, out[-3000:]
+    assert "Selected: 30/30" in out and "Tested: 30" in out, out[-3000:]
     assert "Authentication failed" not in out, out[-3000:]
     summary = next(line for line in out.splitlines() if " generated, " in line)
     generated, passed = (int(part.split()[0]) for part in summary.split(",")[:2])

@@ -155,3 +155,14 @@ class TestSecrets:
         assert not ids.secret_matches("s", "")
         assert not ids.secret_matches("s", "not a hash")
         assert not ids.secret_matches("s", ids.hash_secret("s").upper())
+
+
+def test_pairing_codes_read_back_as_typed() -> None:
+    assert ids.new_pairing_code(lambda n: bytes([0xFF]) * n) == "ZZZZZ-ZZZZZ"
+    assert ids.new_pairing_code(lambda n: bytes(n)) == "00000-00000"
+    code = ids.new_pairing_code(os.urandom)
+    assert ids.canonical_pairing_code(code) == code.replace("-", "")
+    assert ids.canonical_pairing_code(" zzzzz zzzzz ") == "ZZZZZZZZZZ"
+    assert ids.canonical_pairing_code("oIl23-45678") == "0112345678"
+    for bad in ("", "ZZZZZ-ZZZZ", "ZZZZZ-ZZZZZZ", "UUUUU-UUUUU", "ZZZZZ_ZZZZZ"):
+        assert ids.canonical_pairing_code(bad) is None, bad

@@ -65,6 +65,12 @@ def _source(client_host: str | None) -> str:
     return "api " + (client_host or "?")
 
 
+def source_of(request: Request) -> str:
+    """Where a request comes from, as the Authenticator's limits count it."""
+    client = request.client
+    return _source(client and client.host)
+
+
 async def require_key(request: Request, *scopes: Scope) -> KeyPrincipal:
     return await authenticate(call_of(request), *scopes)
 

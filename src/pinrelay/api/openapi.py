@@ -30,12 +30,13 @@ _ERRORS = {
     404: "No such device, key, group or invitation",
     409: "Conflicts with the current state (an Idempotency-Key reused with another body;"
     " an ack beyond the device's last message)",
+    410: "The pairing code was used already, or expired",
     413: "Payload or body too large",
     414: "Request line longer than 8 KiB",
     415: "Body is not application/json, or declares a charset other than UTF-8",
     403: "The key lacks the scope; a chat to a PIN that is not an accepted contact",
     422: "Body failed validation",
-    429: "Too many failed authentications, invitations or chat messages",
+    429: "Too many failed authentications, invitations, chat messages or pairing codes",
     431: "Request line and headers longer than the relay's limit (16 KiB by default)",
     503: "Relay starting, draining, unable to store, or holding all the HTTP connections it may",
 }
@@ -121,6 +122,9 @@ def build(limits: Limits) -> dict[str, Any]:
             schemas.Inbox,
             schemas.AckBody,
             *openapi_chat.COMPONENTS,
+            schemas.PairingCreated,
+            schemas.PairingRedeem,
+            schemas.PairingRedeemed,
         ],
         ref_template=_REF,
     )
@@ -230,6 +234,26 @@ def build(limits: Limits) -> dict[str, Any]:
                 body="AckBody",
                 params=[_PIN],
                 tag="inbox",
+            )
+        },
+        "/v1/devices/{pin}/pairing": {
+            "post": _op(
+                "Make a one-time pairing code for the device (valid 10 minutes)",
+                (201, "The code (shown once)", "PairingCreated"),
+                (*AUTH_ERRORS, 404),
+                params=[_PIN],
+                tag="devices",
+            )
+        },
+        "/v1/pairing": {
+            "post": _op(
+                "Redeem a pairing code: the device's PIN and a new token (the old one stops"
+                " working)",
+                (200, "The device's PIN and new token", "PairingRedeemed"),
+                (*BODY_ERRORS, 404, 410, 429, 503),
+                body="PairingRedeem",
+                auth=False,
+                tag="devices",
             )
         },
         "/v1/keys": {

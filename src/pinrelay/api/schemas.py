@@ -196,3 +196,23 @@ class GroupView(Struct, kw_only=True):
 
 class GroupList(Struct, kw_only=True):
     groups: list[GroupView]
+
+
+# --- pairing (PROTOCOL "Pairing") ---------------------------------------------------
+class PairingCreated(Struct, kw_only=True):
+    pin: str
+    #: Ten Crockford base32 digits in two groups, e.g. "7KQ2M-X9D4T"; shown once.
+    code: str
+    expires_at: str
+
+
+class PairingRedeem(Struct, kw_only=True, forbid_unknown_fields=True):
+    #: As typed: any case, spaces and hyphens ignored, I/L read as 1 and O as 0.
+    code: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class PairingRedeemed(Struct, kw_only=True):
+    pin: str
+    #: The device's new token (the old one stops working).
+    token: str
+    link_urls: list[str]

@@ -73,6 +73,16 @@ class RelayClient:
         result: dict[str, Any] = self.request("POST", f"/v1/devices/{pin}/token")
         return result
 
+    def create_pairing(self, pin: str) -> dict[str, Any]:
+        """A one-time pairing code for the device (POST /v1/devices/{pin}/pairing)."""
+        result: dict[str, Any] = self.request("POST", f"/v1/devices/{pin}/pairing")
+        return result
+
+    def redeem_pairing(self, code: str) -> dict[str, Any]:
+        """The device's PIN and a new token for a pairing code (no key needed)."""
+        result: dict[str, Any] = self.request("POST", "/v1/pairing", json={"code": code})
+        return result
+
     def push(
         self,
         pin: str,

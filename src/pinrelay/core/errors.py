@@ -29,6 +29,7 @@ class ErrorCode(enum.Enum):
     HELLO_TIMEOUT = ("hello_timeout", 408, "No hello in time")
     CONFLICT = ("conflict", 409, "Conflicts with the current state")
     REPLACED = ("replaced", 409, "Replaced by a newer link for this device")
+    GONE = ("gone", 410, "No longer available")
     TOO_LARGE = ("too_large", 413, "Payload too large")
     URI_TOO_LONG = ("uri_too_long", 414, "Request line too long")
     UNSUPPORTED_MEDIA = ("unsupported_media_type", 415, "Body must be application/json")

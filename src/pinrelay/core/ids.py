@@ -78,3 +78,26 @@ def hash_secret(secret: str) -> str:
 def secret_matches(secret: str, stored_hash: str) -> bool:
     """Constant-time comparison of a presented secret with a stored hash."""
     return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+#: A pairing code: 10 Crockford base32 digits (50 random bits), shown as two groups
+#: of five ("7KQ2M-X9D4T") so that a person can read it out and type it.
+PAIRING_CODE_DIGITS = 10
+#: What a person may type for a digit, in Crockford's decoding (I and L are 1, O is 0).
+_TYPED = str.maketrans("ILO", "110")
+
+
+def new_pairing_code(rand: Rand) -> str:
+    """A random pairing code, grouped for reading: ``XXXXX-XXXXX``."""
+    value = int.from_bytes(rand(7), "big") >> 6  # 50 bits
+    digits = "".join(_B32[(value >> shift) & 31] for shift in range(45, -1, -5))
+    return f"{digits[:5]}-{digits[5:]}"
+
+
+def canonical_pairing_code(typed: str) -> str | None:
+    """The code as stored (its 10 digits), from what a person typed: any case, with
+    spaces or hyphens anywhere, I/L for 1 and O for 0; None if it cannot be one."""
+    digits = "".join(typed.split()).replace("-", "").upper().translate(_TYPED)
+    if len(digits) != PAIRING_CODE_DIGITS or any(d not in _B32 for d in digits):
+        return None
+    return digits
