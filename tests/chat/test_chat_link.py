@@ -212,6 +212,33 @@ class TestSend:
         assert msgspec.json.decode(receipt.data)["state"] == "delivered"
         assert msgspec.json.decode(receipt.data)["id"] != sent.id
 
+    async def test_read_right_after_the_ack_is_not_lost(
+        self, links: Links, relay: RelayProc, pair: tuple[Dev, Dev]
+    ) -> None:
+        # A client that shows a message at once acks it and reads it in one breath
+        # (the web messenger): the read waits for the delivered bookkeeping that the
+        # ack stores, instead of finding nothing to read and sending no receipt.
+        a, b = pair
+        ws_a, _ = await links(relay, a)
+        ws_b, _ = await links(relay, b)
+        for n in range(5):
+            await send(ws_a, chat_send(b["pin"], f"quick {n}", f"q{n}"))
+            assert isinstance(await answer(ws_a), frames.Sent)
+        ids = []
+        for _ in range(5):
+            got = await next_msg(ws_b, "chat")
+            # Two frames back to back, no answer awaited in between.
+            await ws_b.send(json.dumps({"type": "ack", "cursor": got.cursor}))
+            await ws_b.send(json.dumps({"type": "read", "ids": [got.id]}))
+            ids.append(got.id)
+        states: dict[str, list[str]] = {i: [] for i in ids}
+        while any(len(v) < 2 for v in states.values()):
+            receipt = await next_msg(ws_a, "receipt")
+            data = msgspec.json.decode(receipt.data)
+            states[data["id"]].append(data["state"])
+            await send(ws_a, frames.Ack(cursor=receipt.cursor))
+        assert all(v == ["delivered", "read"] for v in states.values()), states
+
     async def test_delivered_receipt_when_acked_by_a_later_hello(
         self, links: Links, relay: RelayProc, pair: tuple[Dev, Dev]
     ) -> None:
