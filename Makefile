@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DATA   ?= data
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint types pytest bench soak chaos fuzz format clean lock
+.PHONY: install browser run test lint types pytest bench soak chaos fuzz format clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,15 @@ lint: install
 types: install
 	$(VENV)/bin/mypy
 
-pytest: install
+pytest: install browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The browser tests (tests/web) drive Debian's chromium with Playwright, which cannot
+# download its own browsers here; installed when missing, as bench does mosquitto.
+browser:
+	@{ command -v chromium && dpkg -s fonts-liberation; } >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends chromium fonts-liberation >/dev/null; }
 
 format: install
 	$(VENV)/bin/ruff check --fix src tests bench
