@@ -1,0 +1,718 @@
+/*
+ * pinrelay web messenger: a device in a browser (issue 13).
+ *
+ * It speaks the link protocol of docs/PROTOCOL.md over a WebSocket and the contacts
+ * routes over HTTP with the device's token.  What it must get right:
+ *
+ * 1. Nothing shown twice: a message is handled once, by cursor (the cursor is kept
+ *    in localStorage and given in hello) and by id; a redelivered one is acked
+ *    again and skipped.
+ * 2. Nothing lost: a message is stored (localStorage) before it is acked; a send
+ *    not answered when the link drops goes again on the next link with the same
+ *    client_id, which the relay stores once.
+ * 3. A dead link is noticed: browsers hide WebSocket pings, so ``ping`` frames go
+ *    out and an unanswered one drops the link; then it reconnects with back-off
+ *    and full jitter, honouring drain and retry_after_ms, rotating link URLs.
+ * 4. Receipts: opening a conversation sends ``read`` for what it shows; outgoing
+ *    messages move sending -> sent (✓) -> delivered (D) -> read (R), never back;
+ *    refused ones show ✗.
+ *
+ * No framework, no build step, no inline script (the page's CSP forbids it).
+ */
+(function () {
+  "use strict";
+
+  const STORE_KEY = "pinrelay.messenger.v1";
+  const RANK = { sending: 0, sent: 1, delivered: 2, read: 3, failed: 4, unsent: 4 };
+  const GLYPH = { sending: "…", sent: "✓", delivered: "D", read: "R", failed: "✗", unsent: "✗" };
+  const LABEL = {
+    sending: "sending", sent: "sent", delivered: "delivered", read: "read",
+    failed: "failed", unsent: "not sent",
+  };
+  // Retrying cannot help after these (PROTOCOL "Errors").
+  const FATAL = new Set([400, 401, 403, 404, 422]);
+  const KEEP = 500; // messages kept per conversation
+  const PING_EVERY_MS = 15000;
+  const PONG_WITHIN_MS = 10000;
+  const BACKOFF_BASE_MS = 500;
+  const BACKOFF_MAX_MS = 8000;
+  const PIN_RE = /^[0-9A-F]{8}$/;
+
+  const $ = (id) => document.getElementById(id);
+  const root = $("app");
+  const version = root.dataset.version || "";
+  let linkUrls = parseUrls(root.dataset.linkUrls);
+
+  let state = load();
+  let ws = null;
+  let linked = false;
+  let stopped = true;
+  let fatal = false;
+  let attempt = 0;
+  let urlIndex = 0;
+  let nextDelay = null;
+  let retryTimer = null;
+  let pingTimer = null;
+  let pongTimer = null;
+  let pingSeq = 0;
+  const orphanReceipts = new Map(); // a receipt that came before our "sent"
+
+  // --- state ----------------------------------------------------------------------
+  function parseUrls(text) {
+    try {
+      const urls = JSON.parse(text || "[]");
+      return Array.isArray(urls) ? urls.filter((u) => typeof u === "string") : [];
+    } catch (e) {
+      return [];
+    }
+  }
+
+  function fresh(pin, token) {
+    return { pin, token, cursor: 0, convs: {}, contacts: {}, reads: [], open: null };
+  }
+
+  function load() {
+    try {
+      const s = JSON.parse(localStorage.getItem(STORE_KEY) || "null");
+      if (s && typeof s.pin === "string" && typeof s.token === "string") {
+        return Object.assign(fresh(s.pin, s.token), s, { open: null });
+      }
+    } catch (e) {
+      /* unreadable: start again */
+    }
+    return null;
+  }
+
+  function save() {
+    if (state) localStorage.setItem(STORE_KEY, JSON.stringify(state));
+  }
+
+  function conv(peer) {
+    if (!state.convs[peer]) state.convs[peer] = [];
+    return state.convs[peer];
+  }
+
+  function trim(list) {
+    if (list.length > KEEP) list.splice(0, list.length - KEEP);
+  }
+
+  function findOut(test) {
+    for (const list of Object.values(state.convs)) {
+      for (const m of list) if (m.dir === "out" && test(m)) return m;
+    }
+    return null;
+  }
+
+  function move(m, to) {
+    if (!(to in RANK) || RANK[to] <= RANK[m.state]) return false;
+    m.state = to;
+    return true;
+  }
+
+  function newClientId() {
+    const bytes = new Uint8Array(12);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function unread(peer) {
+    return (state.convs[peer] || []).filter((m) => m.dir === "in" && !m.read).length;
+  }
+
+  // --- status line ------------------------------------------------------------------
+  function setStatus(text, tone) {
+    const el = $("status");
+    el.textContent = text;
+    el.className = "status" + (tone ? " " + tone : "");
+  }
+
+  function announce(text) {
+    $("announce").textContent = text;
+  }
+
+  // --- the link ---------------------------------------------------------------------
+  function wsSend(frame) {
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
+  }
+
+  function connect() {
+    clearTimeout(retryTimer);
+    retryTimer = null;
+    if (!state || stopped || ws) return;
+    if (!linkUrls.length) {
+      scheduleRetry("no link URL known");
+      return;
+    }
+    const url = linkUrls[urlIndex % linkUrls.length];
+    setStatus(attempt ? "Reconnecting…" : "Linking…");
+    nextDelay = null;
+    let sock;
+    try {
+      sock = new WebSocket(url);
+    } catch (e) {
+      scheduleRetry("cannot open " + url);
+      return;
+    }
+    ws = sock;
+    sock.onopen = () => {
+      sock.send(JSON.stringify({
+        type: "hello", pin: state.pin, token: state.token, cursor: state.cursor,
+        window: 64, client: "pinrelay-web/" + version,
+      }));
+    };
+    sock.onmessage = (ev) => {
+      if (sock !== ws) return;
+      let frame;
+      try {
+        frame = JSON.parse(ev.data);
+      } catch (e) {
+        return;
+      }
+      if (frame && typeof frame.type === "string") onFrame(frame);
+    };
+    sock.onclose = (ev) => {
+      if (sock !== ws) return;
+      dropped("closed " + ev.code);
+    };
+  }
+
+  function dropped(reason) {
+    const wasLinked = linked;
+    ws = null;
+    linked = false;
+    stopPing();
+    if (stopped || fatal) return;
+    if (!wasLinked) urlIndex += 1; // this URL failed: try the next one
+    scheduleRetry(reason);
+  }
+
+  function scheduleRetry(reason) {
+    attempt += 1;
+    const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt);
+    // Full jitter spreads a reconnect storm; a drain or an error says how long itself.
+    const delay = nextDelay !== null ? nextDelay : Math.random() * cap;
+    setStatus(`Link lost (${reason}); retrying in ${Math.max(1, Math.round(delay / 1000))} s…`, "bad");
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(connect, delay);
+    if (attempt % 3 === 0) refreshLinkUrls();
+  }
+
+  function reconnectNow() {
+    if (state && !stopped && !fatal && !ws) connect();
+  }
+
+  function startPing() {
+    stopPing();
+    pingTimer = setInterval(() => {
+      if (!linked || pongTimer) return;
+      wsSend({ type: "ping", id: String(++pingSeq) });
+      pongTimer = setTimeout(() => {
+        // No pong: the link is dead even if the browser has not noticed.
+        pongTimer = null;
+        const dead = ws;
+        if (dead) {
+          dead.onclose = null;
+          try { dead.close(); } catch (e) { /* already gone */ }
+        }
+        dropped("no answer to ping");
+      }, PONG_WITHIN_MS);
+    }, PING_EVERY_MS);
+  }
+
+  function stopPing() {
+    clearInterval(pingTimer);
+    clearTimeout(pongTimer);
+    pingTimer = pongTimer = null;
+  }
+
+  function onFrame(f) {
+    switch (f.type) {
+      case "welcome": return onWelcome(f);
+      case "msg": return onMsg(f);
+      case "sent": return onSent(f);
+      case "unsent": return onUnsent(f);
+      case "pong":
+        clearTimeout(pongTimer);
+        pongTimer = null;
+        return;
+      case "error": return onError(f);
+      case "drain":
+        nextDelay = f.retry_after_ms;
+        setStatus("The relay is going away; reconnecting soon…");
+        return;
+      default:
+        return; // PROTOCOL "Evolution": ignore frame types we do not know
+    }
+  }
+
+  function onWelcome(f) {
+    linked = true;
+    attempt = 0;
+    if (f.cursor > state.cursor) state.cursor = f.cursor; // done elsewhere
+    save();
+    setStatus(`Linked to ${f.node} (${f.region})`, "ok");
+    startPing();
+    // Rule 2: sends not answered on the last link go again, in order, same client_id.
+    const waiting = [];
+    for (const list of Object.values(state.convs)) {
+      for (const m of list) if (m.dir === "out" && m.state === "sending") waiting.push(m);
+    }
+    waiting.sort((a, b) => a.seq - b.seq);
+    for (const m of waiting) wsSend({ type: "send", to: m.to, text: m.text, client_id: m.client_id });
+    flushReads();
+    refreshContacts();
+  }
+
+  function onMsg(f) {
+    if (typeof f.cursor !== "number") return;
+    if (f.cursor <= state.cursor) {
+      wsSend({ type: "ack", cursor: f.cursor }); // a redelivery: done already
+      return;
+    }
+    const data = f.data && typeof f.data === "object" ? f.data : {};
+    let readNow = false;
+    if (f.kind === "chat" && typeof f.from === "string") {
+      const list = conv(f.from);
+      if (!list.some((m) => m.id === f.id)) {
+        list.push({ dir: "in", id: f.id, text: String(data.text ?? ""), at: f.sent_at, read: false });
+        trim(list);
+        readNow = f.from === state.open && document.visibilityState === "visible";
+        if (!readNow) announce(`New message from ${f.from}`);
+      }
+    } else if (f.kind === "receipt") {
+      receipt(String(data.id), String(data.state));
+    } else if (f.kind === "contact" && typeof f.from === "string") {
+      const what = data.event === "accepted" ? "accepted your invitation" : "invited you";
+      announce(`${f.from} ${what}`);
+      refreshContacts();
+    }
+    state.cursor = f.cursor;
+    save(); // Rule 2: stored before it is acked
+    wsSend({ type: "ack", cursor: f.cursor });
+    if (readNow) markRead(f.from);
+    render();
+  }
+
+  function receipt(id, to) {
+    const m = findOut((o) => o.id === id);
+    if (m) {
+      move(m, to);
+    } else if (to in RANK) {
+      const had = orphanReceipts.get(id);
+      if (!had || RANK[to] > RANK[had]) orphanReceipts.set(id, to);
+    }
+  }
+
+  function onSent(f) {
+    const m = findOut((o) => o.client_id === f.client_id);
+    if (!m) return;
+    m.id = f.id;
+    move(m, "sent");
+    const early = orphanReceipts.get(f.id);
+    if (early) {
+      move(m, early);
+      orphanReceipts.delete(f.id);
+    }
+    save();
+    render();
+  }
+
+  function onUnsent(f) {
+    const m = findOut((o) => o.client_id === f.client_id);
+    if (!m) return;
+    if (f.code === "rate_limited") {
+      // Not refused for good: once more after the relay's delay.
+      setTimeout(() => {
+        if (linked && m.state === "sending") {
+          wsSend({ type: "send", to: m.to, text: m.text, client_id: m.client_id });
+        }
+      }, f.retry_after_ms || 1000);
+      return;
+    }
+    move(m, "unsent");
+    m.reason = String(f.message || f.code);
+    save();
+    render();
+  }
+
+  function onError(f) {
+    if (f.code === "replaced") {
+      fatal = true;
+      setStatus("This device was opened in another window or app.", "bad");
+      $("reconnect").hidden = false;
+    } else if (f.status === 401 || f.status === 404) {
+      fatal = true;
+      unlink("The relay no longer knows this device or its token (rotated or deleted): link again.");
+    } else if (FATAL.has(f.status)) {
+      fatal = true;
+      setStatus(`The relay refused the link: ${f.message}`, "bad");
+    } else if (typeof f.retry_after_ms === "number") {
+      nextDelay = f.retry_after_ms;
+    }
+  }
+
+  // --- reading ----------------------------------------------------------------------
+  function markRead(peer) {
+    const ids = [];
+    for (const m of state.convs[peer] || []) {
+      if (m.dir === "in" && !m.read) {
+        m.read = true;
+        ids.push(m.id);
+      }
+    }
+    if (!ids.length) return;
+    state.reads.push(...ids);
+    save();
+    flushReads();
+  }
+
+  function flushReads() {
+    if (!linked) return;
+    while (state.reads.length) wsSend({ type: "read", ids: state.reads.splice(0, 256) });
+    save();
+  }
+
+  // --- HTTP ---------------------------------------------------------------------------
+  async function api(method, path, body) {
+    const init = { method, cache: "no-store", headers: { Authorization: "Bearer " + state.token } };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const r = await fetch(path, init);
+    if (r.status === 204) return null;
+    const answer = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(answer.detail || answer.title || `HTTP ${r.status}`);
+    return answer;
+  }
+
+  async function refreshContacts() {
+    if (!state) return;
+    try {
+      const answer = await api("GET", `/v1/devices/${state.pin}/contacts`);
+      const contacts = {};
+      for (const c of answer.contacts) contacts[c.pin] = c.state;
+      state.contacts = contacts;
+      save();
+      render();
+    } catch (e) {
+      /* the relay is away: the next welcome asks again */
+    }
+  }
+
+  async function refreshLinkUrls() {
+    try {
+      const r = await fetch("/v1/info", { cache: "no-store" });
+      const info = await r.json();
+      if (Array.isArray(info.link_urls) && info.link_urls.length) linkUrls = info.link_urls;
+    } catch (e) {
+      /* keep the ones we have */
+    }
+  }
+
+  async function contactAction(method, path, body, done) {
+    try {
+      await api(method, path, body);
+      if (done) setStatus(done, linked ? "ok" : "");
+    } catch (e) {
+      setStatus(String(e.message), "bad");
+    }
+    await refreshContacts();
+  }
+
+  // --- rendering ----------------------------------------------------------------------
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (k === "className") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else if (k.startsWith("data-") || k.startsWith("aria-") || k === "role" || k === "type") {
+        node.setAttribute(k, v);
+      } else node[k] = v;
+    }
+    for (const c of children) if (c !== null && c !== undefined) node.append(c);
+    return node;
+  }
+
+  function focusKey() {
+    const a = document.activeElement;
+    return a && a.dataset ? a.dataset.focus : undefined;
+  }
+
+  function restoreFocus(key) {
+    if (!key) return;
+    const again = document.querySelector(`[data-focus="${CSS.escape(key)}"]`);
+    if (again) again.focus();
+  }
+
+  function peers() {
+    const all = new Set(Object.keys(state.convs));
+    for (const [pin, s] of Object.entries(state.contacts)) if (s === "accepted") all.add(pin);
+    const last = (p) => {
+      const list = state.convs[p] || [];
+      return list.length ? list[list.length - 1].at : "";
+    };
+    return [...all].sort((a, b) => (last(b) > last(a) ? 1 : last(b) < last(a) ? -1 : a < b ? -1 : 1));
+  }
+
+  function render() {
+    if (!state) return;
+    const keep = focusKey();
+    $("me").textContent = `Device ${state.pin}`;
+    renderInvitations();
+    renderContacts();
+    renderConversation();
+    restoreFocus(keep);
+  }
+
+  function renderInvitations() {
+    const list = $("invitations");
+    list.replaceChildren();
+    for (const [pin, s] of Object.entries(state.contacts).sort()) {
+      if (s === "pending") {
+        list.append(el("li", { className: "invitation" },
+          el("p", { text: `${pin} invited you.` }),
+          el("div", { className: "row" },
+            el("button", { type: "button", "data-act": "accept", "data-pin": pin, "data-focus": "accept " + pin },
+              "Accept", el("span", { className: "sr-only", text: ` invitation from ${pin}` })),
+            el("button", { type: "button", className: "quiet", "data-act": "decline", "data-pin": pin, "data-focus": "decline " + pin },
+              "Decline", el("span", { className: "sr-only", text: ` invitation from ${pin}` })))));
+      } else if (s === "invited") {
+        list.append(el("li", { className: "invitation" },
+          el("p", { text: `Invitation sent to ${pin}; waiting for an answer.` })));
+      }
+    }
+    $("invitations-box").hidden = list.children.length === 0;
+  }
+
+  function renderContacts() {
+    const list = $("contacts");
+    list.replaceChildren();
+    for (const pin of peers()) {
+      const n = unread(pin);
+      const badge = n
+        ? el("span", { className: "badge", "data-unread": String(n) }, String(n),
+            el("span", { className: "sr-only", text: " unread" }))
+        : null;
+      const who = el("span", { className: "who", text: pin });
+      list.append(el("li", {},
+        el("button", {
+          type: "button", className: "contact", "data-pin": pin, "data-focus": "contact " + pin,
+          "aria-current": pin === state.open ? "true" : "false",
+        }, who, badge)));
+    }
+    $("no-contacts").hidden = list.children.length > 0;
+  }
+
+  function time(iso) {
+    const d = new Date(iso);
+    return isNaN(d) ? "" : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  function renderConversation() {
+    const peer = state.open;
+    $("messenger").classList.toggle("reading", Boolean(peer));
+    $("composer").hidden = !peer;
+    $("conversation-title").textContent = peer ? `Conversation with ${peer}` : "Choose a conversation";
+    const box = $("messages");
+    const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    box.replaceChildren();
+    for (const m of peer ? state.convs[peer] || [] : []) {
+      const meta = el("p", { className: "meta" }, el("time", { dateTime: m.at, text: time(m.at) }));
+      const item = el("li", { className: "msg " + m.dir }, el("p", { className: "text", text: m.text }), meta);
+      if (m.dir === "out") {
+        item.dataset.clientId = m.client_id;
+        meta.append(el("span", {
+          className: "state", role: "img", "aria-label": LABEL[m.state],
+          "data-state": m.state, title: LABEL[m.state], text: GLYPH[m.state],
+        }));
+        if (m.reason) item.append(el("p", { className: "reason", text: "Not sent: " + m.reason }));
+      }
+      if (m.id) item.dataset.id = m.id;
+      box.append(item);
+    }
+    if (atEnd) box.scrollTop = box.scrollHeight;
+  }
+
+  // --- screens ---------------------------------------------------------------------------
+  function showMessenger() {
+    $("login").hidden = true;
+    $("messenger").hidden = false;
+    $("me").hidden = false;
+    $("unlink").hidden = false;
+    render();
+  }
+
+  function showLogin(message) {
+    $("messenger").hidden = true;
+    $("me").hidden = true;
+    $("unlink").hidden = true;
+    $("reconnect").hidden = true;
+    $("login").hidden = false;
+    $("login-error").textContent = message || "";
+    setStatus("Not linked");
+  }
+
+  function start(pin, token, urls) {
+    if (urls && urls.length) linkUrls = urls;
+    if (state && state.pin === pin) state.token = token; // same device: keep its history
+    else state = fresh(pin, token);
+    save();
+    stopped = false;
+    fatal = false;
+    attempt = 0;
+    showMessenger();
+    connect();
+    refreshContacts();
+  }
+
+  function unlink(message) {
+    stopped = true;
+    clearTimeout(retryTimer);
+    stopPing();
+    const old = ws;
+    ws = null;
+    linked = false;
+    if (old) {
+      old.onclose = null;
+      old.close();
+    }
+    localStorage.removeItem(STORE_KEY);
+    state = null;
+    showLogin(message);
+  }
+
+  function openConversation(peer) {
+    state.open = peer;
+    markRead(peer);
+    render();
+    $("compose-text").focus();
+  }
+
+  // --- events ------------------------------------------------------------------------------
+  $("pair-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    $("login-error").textContent = "";
+    try {
+      const r = await fetch("/v1/pairing", {
+        method: "POST", cache: "no-store",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ code: $("pair-code").value }),
+      });
+      const answer = await r.json().catch(() => ({}));
+      if (!r.ok) throw new Error(answer.detail || `HTTP ${r.status}`);
+      $("pair-code").value = "";
+      start(answer.pin, answer.token, answer.link_urls);
+    } catch (err) {
+      $("login-error").textContent = "Could not link: " + err.message;
+    }
+  });
+
+  $("token-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    $("login-error").textContent = "";
+    const pin = $("login-pin").value.trim().toUpperCase();
+    const token = $("login-token").value.trim();
+    if (!PIN_RE.test(pin)) {
+      $("login-error").textContent = "A PIN is 8 hexadecimal digits, e.g. 2A0B6EE0.";
+      return;
+    }
+    try {
+      const r = await fetch(`/v1/devices/${pin}/contacts`, {
+        cache: "no-store", headers: { Authorization: "Bearer " + token },
+      });
+      if (r.status === 401) throw new Error("unknown PIN or wrong token");
+      if (!r.ok) throw new Error(`HTTP ${r.status}`);
+      $("login-token").value = "";
+      start(pin, token);
+    } catch (err) {
+      $("login-error").textContent = "Could not link: " + err.message;
+    }
+  });
+
+  $("invite-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const pin = $("invite-pin").value.trim().toUpperCase();
+    if (!PIN_RE.test(pin)) {
+      setStatus("A PIN is 8 hexadecimal digits, e.g. 2A0B6EE0.", "bad");
+      return;
+    }
+    $("invite-pin").value = "";
+    contactAction("POST", `/v1/devices/${state.pin}/contacts`, { pin }, `Invitation sent to ${pin}.`);
+  });
+
+  $("invitations").addEventListener("click", (e) => {
+    const button = e.target.closest("button[data-act]");
+    if (!button) return;
+    const pin = button.dataset.pin;
+    const act = button.dataset.act;
+    const done = act === "accept" ? `${pin} is a contact now.` : `Declined ${pin}.`;
+    contactAction("POST", `/v1/devices/${state.pin}/contacts/${pin}/${act}`, undefined, done);
+  });
+
+  $("contacts").addEventListener("click", (e) => {
+    const button = e.target.closest("button[data-pin]");
+    if (button) openConversation(button.dataset.pin);
+  });
+
+  $("back").addEventListener("click", () => {
+    const peer = state.open;
+    state.open = null;
+    render();
+    const again = document.querySelector(`[data-focus="${CSS.escape("contact " + peer)}"]`);
+    if (again) again.focus();
+  });
+
+  $("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const box = $("compose-text");
+    const text = box.value;
+    if (!text.trim() || !state.open) return;
+    const m = {
+      dir: "out", client_id: newClientId(), to: state.open, text,
+      at: new Date().toISOString(), state: "sending", id: null, seq: (state.seq = (state.seq || 0) + 1),
+    };
+    const list = conv(state.open);
+    list.push(m);
+    trim(list);
+    save(); // kept before it goes out: a reload sends it again
+    if (linked) wsSend({ type: "send", to: m.to, text: m.text, client_id: m.client_id });
+    box.value = "";
+    render();
+  });
+
+  $("compose-text").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+
+  $("unlink").addEventListener("click", () => unlink("Unlinked: this browser forgot the device's token and its conversations."));
+
+  $("reconnect").addEventListener("click", () => {
+    $("reconnect").hidden = true;
+    fatal = false;
+    attempt = 0;
+    reconnectNow();
+  });
+
+  document.addEventListener("visibilitychange", () => {
+    if (!state || document.visibilityState !== "visible") return;
+    if (state.open) {
+      markRead(state.open);
+      render();
+    }
+    reconnectNow();
+  });
+  window.addEventListener("online", reconnectNow);
+
+  // --- start -------------------------------------------------------------------------------
+  if (state) {
+    stopped = false;
+    showMessenger();
+    connect();
+  } else {
+    showLogin();
+  }
+})();

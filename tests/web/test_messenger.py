@@ -1,0 +1,276 @@
+"""The web messenger at /app in real browsers (issue 13): two browser contexts (one
+device linked by a pairing code, one by PIN and token) and an SDK device invite,
+accept and chat, through a relay killed and started again on the same data and
+ports; receipts move ✓ → D → R; nothing is shown twice; axe-core finds no serious
+violation; a phone's width needs no horizontal scroll.
+
+Artefacts: ``test-artifacts/web/conversation.png`` (a conversation, desktop) and
+``conversation-375px.png`` (the same at a phone's width).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import BrowserContext, Locator, Page, expect
+
+from tests.relayproc import RelayProc
+from tests.web.conftest import SdkDevice
+
+NewContext = Callable[..., BrowserContext]
+StartSdk = Callable[[RelayProc, dict[str, Any]], SdkDevice]
+
+#: Records every state each outgoing message shows, in order (by its text).
+WATCH_STATES = """() => {
+  window.__seen = {};
+  const box = document.getElementById("messages");
+  const note = () => {
+    for (const li of box.querySelectorAll("li.out")) {
+      const text = li.querySelector(".text").textContent;
+      const state = li.querySelector(".state").dataset.state;
+      const seq = (window.__seen[text] = window.__seen[text] || []);
+      if (seq[seq.length - 1] !== state) seq.push(state);
+    }
+  };
+  new MutationObserver(note).observe(box, {childList: true, subtree: true, attributes: true});
+}"""
+
+
+class App:
+    """One browser tab on /app, with what a person does there."""
+
+    def __init__(self, context: BrowserContext, relay: RelayProc) -> None:
+        self.page = context.new_page()
+        #: Uncaught script errors and CSP violations: none may happen.
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.page.on(
+            "console",
+            lambda m: self.errors.append(m.text) if "Content Security Policy" in m.text else None,
+        )
+        self.page.goto(f"{relay.url}/app")
+
+    def link_with_code(self, code: str) -> None:
+        self.page.get_by_label("Pairing code").fill(code)
+        self.page.get_by_role("button", name="Link with the code").click()
+        self.expect_linked()
+
+    def link_with_token(self, pin: str, token: str) -> None:
+        self.page.get_by_label("PIN", exact=True).fill(pin.lower())
+        self.page.get_by_label("Token").fill(token)
+        self.page.get_by_role("button", name="Link with the token").click()
+        self.expect_linked()
+
+    def expect_linked(self) -> None:
+        expect(self.page.locator("#status")).to_contain_text("Linked to node-1")
+
+    def invite(self, pin: str) -> None:
+        self.page.get_by_label("Invite a PIN").fill(pin)
+        self.page.get_by_role("button", name="Invite", exact=True).click()
+        expect(self.page.locator("#invitations")).to_contain_text(f"Invitation sent to {pin}")
+
+    def accept(self, pin: str) -> None:
+        self.page.get_by_role("button", name=f"Accept invitation from {pin}").click()
+        expect(self.contact(pin)).to_be_visible()
+
+    def contact(self, pin: str) -> Locator:
+        return self.page.locator(f'#contacts button[data-pin="{pin}"]')
+
+    def unread(self, pin: str) -> Locator:
+        return self.contact(pin).locator(".badge")
+
+    def open(self, pin: str) -> None:
+        self.contact(pin).click()
+        expect(self.page.locator("#conversation-title")).to_have_text(f"Conversation with {pin}")
+
+    def say(self, text: str) -> None:
+        box = self.page.get_by_label("Message", exact=True)
+        box.fill(text)
+        box.press("Enter")
+        expect(self.bubble(text)).to_have_count(1)
+
+    def bubble(self, text: str) -> Locator:
+        return self.page.locator("#messages li").filter(
+            has=self.page.locator(".text", has_text=re.compile(f"^{re.escape(text)}$"))
+        )
+
+    def state_of(self, text: str) -> Locator:
+        return self.bubble(text).locator(".state")
+
+    def texts(self) -> list[str]:
+        return self.page.locator("#messages li .text").all_text_contents()
+
+    def seen_states(self, text: str) -> list[str]:
+        seen: list[str] = self.page.evaluate(f"() => window.__seen[{text!r}] || []")
+        return seen
+
+
+def device_token(relay: RelayProc, creds: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {creds['token']}"}
+
+
+def serious(page: Page) -> list[str]:
+    violations = Axe().run(page).response["violations"]
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']]}"
+        for v in violations
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+def no_horizontal_scroll(page: Page) -> bool:
+    overflow: bool = page.evaluate(
+        "() => document.documentElement.scrollWidth > document.documentElement.clientWidth"
+    )
+    return not overflow
+
+
+def test_two_browsers_and_an_sdk_device_chat_through_a_restart(
+    relay: RelayProc, new_context: NewContext, sdk_devices: StartSdk, artifacts: Path
+) -> None:
+    a, b, c = relay.create_device("web a"), relay.create_device("web b"), relay.create_device()
+    code = httpx.post(
+        f"{relay.url}/v1/devices/{a['pin']}/pairing", headers=relay.admin_headers()
+    ).json()["code"]
+
+    # A links with a pairing code, B with its PIN and token.
+    app_a = App(new_context(viewport={"width": 1100, "height": 760}), relay)
+    app_a.link_with_code(code)
+    app_b = App(new_context(viewport={"width": 1100, "height": 760}), relay)
+    app_b.link_with_token(b["pin"], b["token"])
+    expect(app_a.page.locator("#me")).to_have_text(f"Device {a['pin']}")
+
+    # A invites B; B accepts. C (the SDK) invites A over HTTP; A accepts.
+    app_a.invite(b["pin"])
+    app_b.accept(a["pin"])
+    expect(app_a.contact(b["pin"])).to_be_visible()
+    r = httpx.post(
+        f"{relay.url}/v1/devices/{c['pin']}/contacts",
+        json={"pin": a["pin"]},
+        headers=device_token(relay, c),
+    )
+    assert r.status_code == 202, r.text
+    app_a.accept(c["pin"])
+    sdk = sdk_devices(relay, c)
+
+    # A writes to B, who is not looking: ✓, then D; B sees it unread; B opens it: R.
+    app_a.open(b["pin"])
+    app_a.page.evaluate(WATCH_STATES)
+    app_a.say("hello B")
+    expect(app_a.state_of("hello B")).to_have_attribute("aria-label", "delivered")
+    expect(app_b.unread(a["pin"])).to_have_attribute("data-unread", "1")
+    expect(app_b.unread(a["pin"])).to_have_text("1 unread")
+    app_b.open(a["pin"])
+    expect(app_b.unread(a["pin"])).to_have_count(0)
+    expect(app_a.state_of("hello B")).to_have_attribute("aria-label", "read")
+    assert app_a.seen_states("hello B") == ["sending", "sent", "delivered", "read"]
+    # B answers while A looks at the conversation: read at once.
+    app_b.say("hello A")
+    expect(app_a.bubble("hello A")).to_have_count(1)
+    expect(app_b.state_of("hello A")).to_have_attribute("aria-label", "read")
+    expect(app_a.page.get_by_role("img", name="read")).to_have_count(1)
+
+    # The SDK device and a browser: D and R both ways.
+    handle = sdk.send(a["pin"], "hi from the SDK")
+    sdk.wait_for(handle, "delivered")
+    expect(app_a.unread(c["pin"])).to_have_attribute("data-unread", "1")
+    assert handle.state == "delivered"
+    app_a.open(c["pin"])
+    sdk.wait_for(handle, "read")
+    app_a.say("hi SDK")
+    expect(app_a.state_of("hi SDK")).to_have_attribute("aria-label", "delivered")
+    got = next(m for m in sdk.chats() if m.data["text"] == "hi SDK")
+    sdk.read(got.id)
+    expect(app_a.state_of("hi SDK")).to_have_attribute("aria-label", "read")
+
+    # The relay dies (SIGKILL: no drain). What is sent meanwhile waits, then goes once.
+    app_a.open(b["pin"])
+    relay.kill()
+    app_a.say("while the relay was down")
+    expect(app_a.state_of("while the relay was down")).to_have_attribute("aria-label", "sending")
+    late = sdk.send(a["pin"], "SDK while the relay was down")
+    relay.start()
+    app_a.expect_linked()
+    app_b.expect_linked()
+    expect(app_b.bubble("while the relay was down")).to_have_count(1)
+    expect(app_a.state_of("while the relay was down")).to_have_attribute("aria-label", "read")
+    sdk.wait_for(late, "delivered")
+    expect(app_a.unread(c["pin"])).to_have_attribute("data-unread", "1")
+    app_a.open(c["pin"])
+    sdk.wait_for(late, "read")
+
+    # Nothing twice, in order, also after a reload (the history is the browser's).
+    assert app_a.texts() == ["hi from the SDK", "hi SDK", "SDK while the relay was down"]
+    app_a.page.reload()
+    app_a.expect_linked()
+    app_a.open(b["pin"])
+    conversation = ["hello B", "hello A", "while the relay was down"]
+    assert app_a.texts() == conversation
+    assert app_b.texts() == conversation
+    assert [m.data["text"] for m in sdk.chats()] == ["hi SDK"]
+    app_a.page.screenshot(path=artifacts / "conversation.png")
+
+    # A phone's width: one pane, long words wrap, no horizontal scroll.
+    app_a.say("x" * 300)
+    app_b.page.set_viewport_size({"width": 375, "height": 740})
+    expect(app_b.bubble("x" * 300)).to_be_visible()
+    expect(app_b.page.get_by_label("Message", exact=True)).to_be_in_viewport()
+    assert no_horizontal_scroll(app_b.page)
+    box = app_b.bubble("x" * 300).bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375, box
+    app_b.page.screenshot(path=artifacts / "conversation-375px.png")
+    app_b.page.get_by_role("button", name="Back to conversations").click()
+    expect(app_b.contact(a["pin"])).to_be_focused()
+    assert no_horizontal_scroll(app_b.page)
+
+    assert serious(app_a.page) == []
+    assert serious(app_b.page) == []
+    assert app_a.errors == [] and app_b.errors == []
+
+
+def test_login_page(relay: RelayProc, new_context: NewContext) -> None:
+    app = App(new_context(viewport={"width": 375, "height": 740}), relay)
+    page = app.page
+    assert serious(page) == []
+    assert no_horizontal_scroll(page)
+    # Keyboard only: a wrong code is said in words, in an alert.
+    page.keyboard.press("Tab")  # the skip link
+    page.get_by_label("Pairing code").focus()
+    page.keyboard.type("AAAAA-AAAAA")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("alert")).to_have_text("Could not link: unknown pairing code")
+    # A used code says so.
+    device = relay.create_device()
+    code = httpx.post(
+        f"{relay.url}/v1/devices/{device['pin']}/pairing", headers=relay.admin_headers()
+    ).json()["code"]
+    assert httpx.post(f"{relay.url}/v1/pairing", json={"code": code}).status_code == 200
+    page.get_by_label("Pairing code").fill(code)
+    page.get_by_label("Pairing code").press("Enter")
+    expect(page.get_by_role("alert")).to_have_text(
+        "Could not link: this pairing code was used already"
+    )
+    assert app.errors == []
+
+
+def test_page_headers(relay: RelayProc) -> None:
+    page = httpx.get(f"{relay.url}/app")
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "'unsafe-inline'" not in policy
+    assert f"connect-src 'self' ws://127.0.0.1:{relay.link_port};" in policy
+    assert "<script>" not in page.text and " style=" not in page.text
+    for name, media in (("app.js", "text/javascript"), ("app.css", "text/css")):
+        r = httpx.get(f"{relay.url}/app/{name}")
+        assert r.status_code == 200
+        assert r.headers["content-type"] == f"{media}; charset=utf-8"
+        assert r.headers["x-content-type-options"] == "nosniff"
+        again = httpx.get(f"{relay.url}/app/{name}", headers={"If-None-Match": r.headers["etag"]})
+        assert again.status_code == 304
+    assert httpx.get(f"{relay.url}/app/other.js").status_code == 404
