@@ -1,8 +1,9 @@
 """The web messenger at /app in real browsers (issue 13): two browser contexts (one
 device linked by a pairing code, one by PIN and token) and an SDK device invite,
-accept and chat, through a relay killed and started again on the same data and
-ports; receipts move ✓ → D → R; nothing is shown twice; axe-core finds no serious
-violation; a phone's width needs no horizontal scroll.
+accept and chat, through a relay killed (SIGKILL), then stopped (SIGTERM, a drain),
+and started again on the same data and ports; receipts move ✓ → D → R; nothing is
+shown twice; axe-core finds no serious violation; a phone's width needs no
+horizontal scroll.
 
 Artefacts: ``test-artifacts/web/conversation.png`` (a conversation, desktop) and
 ``conversation-375px.png`` (the same at a phone's width).
@@ -204,12 +205,20 @@ def test_two_browsers_and_an_sdk_device_chat_through_a_restart(
     app_a.open(c["pin"])
     sdk.wait_for(late, "read")
 
+    # The relay stops politely (SIGTERM: drain) and comes back: the pages wait as told.
+    relay.terminate()
+    app_b.say("after a drain")
+    relay.start()
+    expect(app_b.state_of("after a drain")).to_have_attribute("aria-label", "delivered")
+    expect(app_a.unread(b["pin"])).to_have_attribute("data-unread", "1")
+
     # Nothing twice, in order, also after a reload (the history is the browser's).
     assert app_a.texts() == ["hi from the SDK", "hi SDK", "SDK while the relay was down"]
     app_a.page.reload()
     app_a.expect_linked()
     app_a.open(b["pin"])
-    conversation = ["hello B", "hello A", "while the relay was down"]
+    expect(app_b.state_of("after a drain")).to_have_attribute("aria-label", "read")
+    conversation = ["hello B", "hello A", "while the relay was down", "after a drain"]
     assert app_a.texts() == conversation
     assert app_b.texts() == conversation
     assert [m.data["text"] for m in sdk.chats()] == ["hi SDK"]
