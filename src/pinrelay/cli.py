@@ -382,19 +382,10 @@ def device_rotate(
 def device_pair(
     pin: PinArg, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
 ) -> None:
-    """Make a one-time pairing code for the web messenger at <url>/app.
-
-    The code is valid for 10 minutes and works once. Redeeming it gives the browser a
-    new token for the device: the old token stops working, and links using it are
-    closed (as with `device rotate`).
-    """
+    """One-time code for <url>/app (10 minutes, once); redeemed, the old token stops working."""
     with _client(url, key) as c:
         result = _call(c.create_pairing, pin)
-    if as_json:
-        _print_json(result)
-        return
-    _print_record(result, "pairing code")
-    out.print(f"Open {url.rstrip('/')}/app and enter the code within 10 minutes.")
+    _print_json(result) if as_json else _print_record(result, f"enter the code at {url}/app")
 
 
 # --- keys -----------------------------------------------------------------------
