@@ -68,3 +68,23 @@ def test_nothing_is_used_while_the_watch_is_not_live() -> None:
     c.live = False
     assert c.get("k") is None
     assert c.begin("k") is None
+
+
+def test_weighed_entries_are_bounded_by_their_weight() -> None:
+    c: RecordCache[bytes] = RecordCache(lambda raw: raw, size=10, weigh=len)
+    c.live = True
+    c.put("a", b"xxxx", 1)
+    c.put("b", b"xxxx", 2)
+    assert c.weight == 8
+    c.put("c", b"xxxx", 3)  # 12 > 10: the least recently used goes
+    assert c.get("a") is None and len(c) == 2 and c.weight == 8
+    assert c.get("b") is not None  # b is now the most recent
+    c.changed("b", b"xxxxxxxx", 4)  # grew: b (4 → 8) and c (4) weigh 12, c is older
+    assert c.get("c") is None
+    got = c.get("b")
+    assert got is not None and got.value == b"xxxxxxxx" and c.weight == 8
+    c.put("huge", b"x" * 11, 5)  # heavier than the whole cache: not kept
+    assert len(c) == 0 and c.weight == 0
+    c.put("d", b"xx", 6)
+    c.forget("d")
+    assert c.weight == 0

@@ -21,7 +21,9 @@ Why an entry is never stale for long:
   to (:meth:`Watch.announce_removal`), and a relay that lost its connection, and so
   perhaps an announcement, empties its caches when it is back.
 
-Bounded: at most ``size`` entries, least recently used first out.
+Bounded: at most ``size`` entries, least recently used first out; a cache of
+records whose size varies (a device's contacts) weighs each one (``weigh``) and
+holds at most ``size`` in weight instead.
 """
 
 from __future__ import annotations
@@ -56,15 +58,30 @@ WATCH_HEARTBEAT_S = 2.0
 class Cached(Generic[T]):
     value: T
     revision: int
+    #: What the entry counts for against the cache's ``size`` (set by the cache).
+    weight: int = 1
+
+
+def _one(value: object) -> int:
+    return 1
 
 
 class RecordCache(Generic[T]):
     """Key → (record, revision), filled by leader reads, changed by the watch."""
 
-    def __init__(self, decode: Callable[[bytes], T], size: int = CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        decode: Callable[[bytes], T],
+        size: int = CACHE_SIZE,
+        weigh: Callable[[T], int] = _one,
+    ) -> None:
         self.decode = decode
+        #: Most weight held (by default each entry weighs 1: most entries).
         self.size = size
+        self.weigh = weigh
         self._entries: OrderedDict[str, Cached[T]] = OrderedDict()
+        #: The entries' weights, summed.
+        self.weight = 0
         #: Keys being read now → [readers, newest revision the watch saw meanwhile].
         self._reading: dict[str, list[int]] = {}
         #: Bumped by :meth:`clear`: a read begun before it is not cached.
@@ -127,7 +144,7 @@ class RecordCache(Generic[T]):
         """The read begun with :meth:`begin` returned (value None: no such key)."""
         seen = self._end(key)
         if not self.live or token != self._epoch or seen > revision or value is None:
-            self._entries.pop(key, None)  # changed while we read: read again next time
+            self._pop(key)  # changed while we read: read again next time
             return
         self.put(key, value, revision)
 
@@ -138,17 +155,29 @@ class RecordCache(Generic[T]):
         got = self._entries.get(key)
         if got is not None and got.revision > revision:
             return
-        self._entries[key] = Cached(value, revision)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        self._pop(key)
+        entry = Cached(value, revision, self.weigh(value))
+        self._entries[key] = entry
+        self.weight += entry.weight
+        self._shrink()
+
+    def _pop(self, key: str) -> None:
+        got = self._entries.pop(key, None)
+        if got is not None:
+            self.weight -= got.weight
+
+    def _shrink(self) -> None:
+        """Drop the least recently used entries until the weight fits."""
+        while self.weight > self.size and self._entries:
+            _, got = self._entries.popitem(last=False)
+            self.weight -= got.weight
 
     def drop(self, key: str) -> None:
-        self._entries.pop(key, None)
+        self._pop(key)
 
     def forget(self, key: str) -> None:
         """``key`` was removed (announced): drop it, and what reads in flight return."""
-        self._entries.pop(key, None)
+        self._pop(key)
         if key in self._reading:
             self._reading[key][1] = REMOVED_REVISION
 
@@ -160,15 +189,21 @@ class RecordCache(Generic[T]):
         if got is None or got.revision >= revision:
             return
         if raw is None:
-            del self._entries[key]
+            self._pop(key)
             return
         try:
-            got.value, got.revision = self.decode(raw), revision
+            value = self.decode(raw)
         except Exception:  # not ours to judge here: read it from the leader next time
-            del self._entries[key]
+            self._pop(key)
+            return
+        weight = self.weigh(value)
+        self.weight += weight - got.weight
+        got.value, got.revision, got.weight = value, revision, weight
+        self._shrink()
 
     def clear(self) -> None:
         self._entries.clear()
+        self.weight = 0
         self._reading.clear()
         self._epoch += 1
 
