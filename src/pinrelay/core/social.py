@@ -17,6 +17,9 @@ the answers a stranger gets.
 Events are recomputed from the resulting state, not only on a change: an invite
 or an accept that is repeated (a client retrying after a lost answer) tells B
 again, so a crash between the state write and the notice is repaired by a retry.
+An engine that cannot write both entries at once writes B's first: a retry from
+the state a crash left in between (B's entry new, A's old) ends where the first
+attempt meant to (tests/core/test_social.py checks every case).
 """
 
 from __future__ import annotations
@@ -72,8 +75,9 @@ def transition(
     if action is Action.INVITE:
         if mine == "accepted":
             return Transition("accepted", "accepted", "accepted")
-        if mine == "pending" and theirs == "invited":
-            # B invited A first: inviting back is accepting.
+        if mine == "pending" and theirs in ("invited", "accepted"):
+            # B invited A first: inviting back is accepting (B's entry already
+            # "accepted": a retry after only B's entry was written, as for ACCEPT).
             return Transition("accepted", "accepted", "accepted")
         if not other_exists or theirs == "blocked":
             return Transition("invited", theirs)
