@@ -17,6 +17,8 @@ to the Store protocol:
 - ``group``: group commit, concurrent appends sharing atomic batches;
 - ``reads``: reading a backlog (leader or batched Direct Get);
 - ``acks``: acks (purges) and the expiry sweep;
+- ``contacts``: each device's contacts, one record per device (core/social.py);
+- ``unread``: read-receipt bookkeeping, an entry per unread chat message;
 - ``store``: :class:`JetStreamStore` itself.
 
 A message's cursor is its stream sequence: strictly increasing per device across

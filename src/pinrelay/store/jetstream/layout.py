@@ -4,8 +4,9 @@ One file-storage stream on ``<prefix>.>``; a message for device D is stored on
 ``<prefix>.D.m``, or ``<prefix>.D.t.<topic>`` (rolled up per topic).  With K > 1
 partitions, devices are spread over K streams ``<stream>_<p>`` on
 ``<prefix>.<p>.>``, p = crc32(PIN) mod K.  The KV buckets are
-``<bucket_prefix>_devices``, ``_keys``, ``_keyhash`` and ``_idem``.  Every name is
-configurable, so several relays or tests can share a cluster.
+``<bucket_prefix>_devices``, ``_keys``, ``_keyhash``, ``_idem``, ``_contacts`` and
+``_unread``.  Every name is configurable, so several relays or tests can share a
+cluster.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 MAX_PARTITIONS = 64
 #: Stream metadata key recording the partition count the stream was made for.
 PARTITIONS_META = "pinrelay.partitions"
+#: The buckets' names after the prefix, in :class:`Buckets`' order.
+_BUCKET_KINDS = ("devices", "keys", "keyhash", "idem", "contacts", "unread")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,8 @@ class Buckets:
     keys: Bucket
     keyhash: Bucket
     idem: Bucket
+    contacts: Bucket
+    unread: Bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +67,11 @@ class Layout:
 
     @property
     def buckets(self) -> Buckets:
-        p = self.bucket_prefix
-        return Buckets(
-            Bucket(f"{p}_devices"), Bucket(f"{p}_keys"), Bucket(f"{p}_keyhash"), Bucket(f"{p}_idem")
-        )
+        return Buckets(*(Bucket(name) for name in self.bucket_names()))
 
     def bucket_names(self) -> list[str]:
-        b = self.buckets
-        return [b.devices.name, b.keys.name, b.keyhash.name, b.idem.name]
+        """Every bucket's name, in :class:`Buckets`' order."""
+        return [f"{self.bucket_prefix}_{kind}" for kind in _BUCKET_KINDS]
 
     def partition(self, pin: str) -> int:
         """The partition of ``pin``: fixed for the life of the device."""

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import msgspec
 
 from pinrelay.core.model import ApiKey, Device, NewMessage, Scope, StoredMessage
+from pinrelay.core.social import State
 from pinrelay.store.base import AppendResult, Rejected, StoreClosed
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,24 @@ class KeyRec(msgspec.Struct):
     revoked: bool = False
 
 
+class ContactsRec(msgspec.Struct, omit_defaults=True):
+    """A device's contacts (:mod:`.contacts`): other PIN → [state, since_ms]."""
+
+    #: The owner device's gen when written: a record of an earlier device with the
+    #: same PIN counts as empty.
+    gen: str
+    entries: dict[str, tuple[State, int]] = {}
+
+
+class UnreadRec(msgspec.Struct, omit_defaults=True):
+    """A chat message delivered and not read yet (:mod:`.unread`); the key names the
+    reader and the message."""
+
+    sender: str
+    expires_ms: int
+    group: str | None = None
+
+
 class Planned(msgspec.Struct, array_like=True):
     """What a first attempt chose for one message: a takeover must publish the same."""
 
@@ -84,6 +103,8 @@ _msg_dec = msgspec.msgpack.Decoder(Msg)
 device_dec = msgspec.json.Decoder(DeviceRec)
 key_dec = msgspec.json.Decoder(KeyRec)
 idem_dec = msgspec.json.Decoder(IdemRec)
+contacts_dec = msgspec.json.Decoder(ContactsRec)
+unread_dec = msgspec.json.Decoder(UnreadRec)
 
 
 def decode_msg(seq: int, payload: bytes) -> Msg | None:

@@ -4,7 +4,9 @@ Idempotent: an existing stream (an operator's, or an older relay's) is adopted a
 has what the engine needs switched on.  A cursor is a sequence of one stream, so
 the partition count of a cluster's data is fixed: each stream records it in its
 metadata, and a store opened with another count on the same subjects is refused
-(changing it is a migration).  A cluster that just started may not know its peers
+(changing it is a migration).  The contacts and unread buckets also take atomic
+batches (nats-server 2.12+) unless the store is told not to use them.  A cluster
+that just started may not know its peers
 or have a leader yet: set-up is retried (:func:`~.errors.setup_may_retry`).
 """
 
@@ -15,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import NamedTuple
 
 import nats.errors
 import nats.js.errors
@@ -88,6 +91,16 @@ async def ensure_bucket(
         return await js.key_value(name)
 
 
+class Prepared(NamedTuple):
+    """What :meth:`Setup.run` found the streams and buckets able to do."""
+
+    #: Appends may be atomic batches (every message stream allows them).
+    atomic: bool
+    #: The contacts and unread buckets take atomic batches (:mod:`.contacts`,
+    #: :mod:`.unread`); else their writes go one by one.
+    bucket_batches: bool
+
+
 class Setup:
     """Creates or checks one store's streams and buckets."""
 
@@ -99,8 +112,8 @@ class Setup:
         self.want_atomic = want_atomic
         self.request_timeout = request_timeout
 
-    async def run(self, nc: NATS, js: JetStreamContext, timeout: float) -> bool:
-        """Set everything up, retrying for ``timeout`` s; whether appends may be atomic.
+    async def run(self, nc: NATS, js: JetStreamContext, timeout: float) -> Prepared:
+        """Set everything up, retrying for ``timeout`` s; what may be atomic.
 
         Raises StoreClosed when it cannot (the caller closes ``nc``).
         """
@@ -110,10 +123,13 @@ class Setup:
                 try:
                     await ensure_bucket(js, self.layout.pairing.name, self.replicas, PAIRING_TTL)
                     atomic = await self._ensure_streams(nc, js)
+                    buckets = self.layout.buckets
                     for b in self.layout.bucket_names():
-                        ttl = float(IDEMPOTENCY_TTL_S) if b.endswith("_idem") else None
+                        ttl = float(IDEMPOTENCY_TTL_S) if b == buckets.idem.name else None
                         await ensure_bucket(js, b, self.replicas, ttl)
-                    return atomic
+                    batched = [buckets.contacts.stream, buckets.unread.stream]
+                    writes = [await self._allow_atomic(js, name) for name in batched]
+                    return Prepared(atomic, all(writes))
                 except (TimeoutError, nats.errors.Error, ApiError) as exc:
                     if not setup_may_retry(exc) or time.monotonic() > deadline:
                         raise
@@ -126,6 +142,17 @@ class Setup:
             raise StoreClosed(
                 f"cannot set up JetStream ({self.layout.stream}): {detail or repr(exc)}"
             ) from exc
+
+    async def _allow_atomic(self, js: JetStreamContext, stream: str) -> bool:
+        """Switch on atomic batches (and message TTLs) for a bucket's stream, if wanted;
+        whether it takes them."""
+        if not self.want_atomic:
+            return False
+        have = (await js.stream_info(stream)).config
+        if not (have.allow_atomic and have.allow_msg_ttl):
+            have.allow_atomic = have.allow_msg_ttl = True
+            have = (await js.update_stream(have)).config
+        return bool(have.allow_atomic)
 
     async def _ensure_streams(self, nc: NATS, js: JetStreamContext) -> bool:
         """Create or check every partition's stream, after checking the layout."""

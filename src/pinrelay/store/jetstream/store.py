@@ -5,8 +5,10 @@ each protocol call to the part that owns it: :class:`~.devices.Devices` and
 :class:`~.keys.Keys` (KV records), :class:`~.appends.Appender` (with
 :class:`~.idempotency.Leases` for an Idempotency-Key and
 :class:`~.group.GroupCommit` for concurrent appends), :class:`~.reads.Reader`,
-:class:`~.acks.Acker`.  They share one :class:`~.api.Api` (the connection, retries
-and the error boundary) and one :class:`~.layout.Layout` (names).
+:class:`~.acks.Acker`, :class:`~.contacts.ContactLists` and
+:class:`~.unread.Unreads` (read-receipt bookkeeping).  They share one
+:class:`~.api.Api` (the connection, retries and the error boundary) and one
+:class:`~.layout.Layout` (names).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
+from pinrelay.core.chat import contact_data
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.social import Action, State, Transition
@@ -39,6 +42,7 @@ from pinrelay.store.jetstream import setup
 from pinrelay.store.jetstream.acks import Acker
 from pinrelay.store.jetstream.api import Api, refused
 from pinrelay.store.jetstream.appends import Appender
+from pinrelay.store.jetstream.contacts import ContactLists
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.feed import Feed
 from pinrelay.store.jetstream.group import GroupCommit
@@ -49,13 +53,14 @@ from pinrelay.store.jetstream.layout import Layout
 from pinrelay.store.jetstream.pairing import Pairings
 from pinrelay.store.jetstream.reads import Reader
 from pinrelay.store.jetstream.records import to_device
+from pinrelay.store.jetstream.unread import Unreads
 
 log = logging.getLogger(__name__)
-_NOT_YET = PinrelayError("contacts are not on the cluster engine yet", ErrorCode.INTERNAL)
+_NOT_YET = PinrelayError("groups are not on the cluster engine yet", ErrorCode.INTERNAL)
 
 
 class JetStreamStore:
-    """The cluster engine: one JetStream stream (or one per partition) plus four KV buckets."""
+    """The cluster engine: one JetStream stream (or one per partition) plus six KV buckets."""
 
     def __init__(
         self,
@@ -98,6 +103,8 @@ class JetStreamStore:
         kv = Kv(self.api)
         self.devices = Devices(kv, buckets)
         self.keys = Keys(kv, buckets)
+        self.contact_lists = ContactLists(kv, buckets.contacts, self.devices)
+        self.unread = Unreads(kv, buckets.unread, ttl_grace_s)
         self.leases = Leases(kv, buckets.idem, idem_lease_s)
         self.pairings = Pairings(kv, self.layout.pairing)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
@@ -142,17 +149,19 @@ class JetStreamStore:
         js = nc.jetstream(timeout=max(self.request_timeout, 10.0))
         layout = setup.Setup(self.layout, self.replicas, self._want_atomic, self.request_timeout)
         try:
-            atomic = await layout.run(nc, js, self.connect_timeout)
+            prepared = await layout.run(nc, js, self.connect_timeout)
         except BaseException:
             await nc.close()
             raise
-        self.appender.atomic = atomic
+        self.appender.atomic = prepared.atomic
+        self.contact_lists.atomic = self.unread.atomic = prepared.bucket_batches
         self.acker.closed = False
         self._nc, self._js = nc, js
         self.api.attach(nc)
         try:
             await self.devices.watch.start(nc, js)
             await self.keys.watch.start(nc, js)
+            await self.contact_lists.watch.start(nc, js)
             await self.feed.start(js)
         except Exception as exc:
             await self.close()
@@ -175,6 +184,7 @@ class JetStreamStore:
         # A removal announced while we were away is lost: read every record again.
         self.devices.cache.clear()
         self.keys.cache.clear()
+        self.contact_lists.cache.clear()
         nc = self._nc
         log.warning(
             "NATS connection back (%s)", nc.connected_url.netloc if nc and nc.connected_url else "?"
@@ -189,6 +199,7 @@ class JetStreamStore:
         await self.feed.stop()
         await self.devices.watch.stop()
         await self.keys.watch.stop()
+        await self.contact_lists.watch.stop()
         nc, self._nc, self._js = self._nc, None, None
         self.api.attach(None)
         if nc is not None and not nc.is_closed:
@@ -249,9 +260,12 @@ class JetStreamStore:
     async def delete_device(self, pin: str) -> bool:
         if not await self.devices.remove(pin):
             return False
-        # Messages stored meanwhile carry the old gen: no later device with this PIN sees them.
+        # Messages stored meanwhile carry the old gen: no later device with this PIN sees
+        # them; a contacts record written meanwhile does too (.contacts).
         await self.acker.purge(pin, None)
         self.acker.forget(pin)
+        await self.contact_lists.remove(pin)
+        await self.unread.remove_all(pin)
         return True
 
     async def set_token(self, pin: str, token_hash: str) -> bool:
@@ -291,21 +305,37 @@ class JetStreamStore:
         results, replay = await self.leases.run(messages, idem, self.appender.append)
         return to_results(results), replay
 
-    # --- contacts and read receipts: not on this engine yet (issue 13, in progress) ---
+    # --- contacts (.contacts) and read receipts (.unread) -------------------------------
     async def contact_action(
         self, actor: str, other: str, action: Action, now_ms: int, notice: NewMessage
     ) -> tuple[Transition, Accepted | None]:
-        raise _NOT_YET
+        """Both records (:mod:`.contacts`), then ``notice`` for ``other`` if the
+        transition tells it something: two streams, so not in one write.  A crash in
+        between loses the notice until the actor retries, which tells ``other`` again
+        (core/social.py: notices are recomputed from the resulting state)."""
+        step = await self.contact_lists.act(actor, other, action, now_ms)
+        if step.notify is None:
+            return step, None
+        told = msgspec.structs.replace(notice, data=contact_data(step.notify))
+        (result,) = to_results(await self.appender.append([told], uuid.uuid4().hex))
+        return step, result if isinstance(result, Accepted) else None
 
     async def contacts(self, owner: str) -> list[Contact]:
-        raise _NOT_YET
+        return await self.contact_lists.listing(owner)
 
     async def contact_state(self, owner: str, other: str) -> State | None:
-        raise _NOT_YET
+        return await self.contact_lists.state(owner, other)
 
     async def put_unread(self, entries: Sequence[Unread]) -> None:
-        raise _NOT_YET
+        await self.unread.put(entries)
 
+    async def find_unread(self, reader: str, ids: Sequence[str], now_ms: int) -> list[Unread]:
+        return await self.unread.find(reader, ids, now_ms)
+
+    async def drop_unread(self, reader: str, ids: Sequence[str]) -> None:
+        await self.unread.drop(reader, ids)
+
+    # --- groups: not on this engine yet (issue 13, in progress) ---------------------
     async def create_group(self, group: Group) -> None:
         raise _NOT_YET
 
@@ -318,12 +348,6 @@ class JetStreamStore:
         raise _NOT_YET
 
     async def groups_of(self, pin: str) -> list[Group]:
-        raise _NOT_YET
-
-    async def find_unread(self, reader: str, ids: Sequence[str], now_ms: int) -> list[Unread]:
-        raise _NOT_YET
-
-    async def drop_unread(self, reader: str, ids: Sequence[str]) -> None:
         raise _NOT_YET
 
     async def expired_chats(self, now_ms: int, limit: int) -> list[StoredMessage]:

@@ -1,0 +1,266 @@
+"""A device's contacts on the cluster (core/social.py): one KV record per device.
+
+**Records.**  ``<bucket_prefix>_contacts``, key the owner's PIN, value JSON
+(:class:`~.records.ContactsRec`): the owner device's gen and its entries
+``{other PIN: [state, since_ms]}``.  One record per device rather than a key per
+pair: a device's list is one read, its limit a length, its deletion one purge, and
+a send's consent check one cached lookup.  At MAX_CONTACTS (5,000) a record is about
+190 KB of JSON, under NATS's 1 MB default payload.  A record carries the gen of the
+device it was written for, as messages do (:mod:`.devices`): one left behind by a
+deletion (a crash, or an action racing with it) counts as empty for a later device
+with that PIN.
+
+**Actions.**  :meth:`ContactLists.act` reads both records from the bucket's leader,
+asks :func:`~pinrelay.core.social.transition`, and writes the records whose entry
+changes, each with compare-and-set on the revision it read:
+
+- where the bucket takes atomic batches (nats-server 2.12+, :mod:`.setup`), both in
+  one batch: the server checks both revisions and stores both records or neither,
+  so nobody ever sees half an action (SQLite's one transaction, in effect);
+- otherwise one after the other, B's ("theirs") first: a crash in between leaves
+  B's entry new and A's old, from which the actor's retry ends where the first
+  attempt meant to (core/social.py; every case in tests/core/test_social.py).
+
+A lost compare-and-set (another action on either record, through this relay or
+another) reads both again and recomputes, after a short random pause, at most
+:data:`MAX_ATTEMPTS` times (then 503).  A write retried after its acknowledgement
+was lost finds the records holding exactly what it wrote: that counts as done, not
+as a conflict (a remove would otherwise answer "no such contact" to its own
+success).  Within one relay, actions on the same records take turns (locks in PIN
+order), so compare-and-set settles races between relays only.
+
+Only the entries an action changes are written.  The one transition whose result
+depends on an entry it does not write, an invitation to a device that blocked the
+inviter, races only with that device's unblock, and either order ends the same.
+
+**Limits.**  An actor holding MAX_CONTACTS entries gets CONFLICT for a new one, as
+on SQLite.  B's record is bounded too: while it is full, or B has no device, B's
+entry is not added and B is told nothing (an invitation is kept on A's side alone,
+answered as one to a PIN with no device, so full lists cannot be probed).
+
+**Reads.**  :meth:`ContactLists.state` is a chat send's consent check: records are
+cached per relay and kept right by a watch (:mod:`.watch`), as device records are,
+so a send usually costs no request, and a change through another relay is seen
+within the watch's lag.  A device without a record is cached as an empty one at
+revision 0, which any write replaces.  The cache is bounded by weight, a record
+weighing one plus one per entry (:data:`CACHE_WEIGHT`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from pinrelay.core import social
+from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.social import Action, State, Transition
+from pinrelay.store.base import MAX_CONTACTS, Contact, StoreClosed
+from pinrelay.store.jetstream.appends import Outgoing, send_batch
+from pinrelay.store.jetstream.devices import Devices
+from pinrelay.store.jetstream.errors import ApiError
+from pinrelay.store.jetstream.kv import KeyedLocks, Kv
+from pinrelay.store.jetstream.layout import Bucket
+from pinrelay.store.jetstream.records import ContactsRec, contacts_dec, json_enc
+from pinrelay.store.jetstream.watch import Cached, RecordCache, Watch
+
+#: Attempts of one action before its records are declared too busy (StoreClosed).
+MAX_ATTEMPTS = 20
+#: Cached records' weight at most: one per record and one per entry (an entry
+#: costs about 250 bytes decoded, so ~50 MB at most).
+CACHE_WEIGHT = 200_000
+
+Entries = Mapping[str, tuple[State, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One device's record as an action read it."""
+
+    pin: str
+    #: The device's gen; None: no such device (its record is never written).
+    gen: str | None
+    #: Its entries (none if the record is another gen's).
+    entries: Entries
+    #: The revision a compare-and-set names (0: no record).
+    revision: int = 0
+    #: The record as stored (None: no record): recognises an action's own write.
+    raw: bytes | None = None
+
+
+class Write(NamedTuple):
+    """A record to write, if it is still at ``revision``."""
+
+    pin: str
+    rec: ContactsRec
+    raw: bytes
+    revision: int
+
+
+def _weigh(rec: ContactsRec) -> int:
+    return 1 + len(rec.entries)
+
+
+def plan(action: Action, mine: Side, theirs: Side, now_ms: int) -> tuple[Transition, list[Write]]:
+    """The transition of ``mine.pin``'s ``action`` about ``theirs.pin`` and the
+    writes it takes, B's record first (pure).  Raises as :func:`social.transition`
+    does, and CONFLICT for an actor's entry past MAX_CONTACTS."""
+    m, t = mine.entries.get(theirs.pin), theirs.entries.get(mine.pin)
+    m_state, t_state = (None if m is None else m[0]), (None if t is None else t[0])
+    # B's entry can be added only to a device's list that has room (module doc).
+    reachable = theirs.gen is not None and (t is not None or len(theirs.entries) < MAX_CONTACTS)
+    step = social.transition(action, m_state, t_state, reachable)
+    if not reachable and step.theirs != t_state:
+        step = Transition(step.mine, t_state)
+    if m is None and step.mine is not None and len(mine.entries) >= MAX_CONTACTS:
+        raise PinrelayError(f"a device holds at most {MAX_CONTACTS} contacts", ErrorCode.CONFLICT)
+    writes = []
+    for side, key, before, after in (
+        (theirs, mine.pin, t_state, step.theirs),
+        (mine, theirs.pin, m_state, step.mine),
+    ):
+        if after == before or side.gen is None:  # no device: never changed (above)
+            continue
+        entries = dict(side.entries)
+        if after is None:
+            del entries[key]
+        else:
+            entries[key] = (after, now_ms)  # a new state: since now
+        rec = ContactsRec(side.gen, entries)
+        writes.append(Write(side.pin, rec, json_enc.encode(rec), side.revision))
+    return step, writes
+
+
+class ContactLists:
+    """Every device's contacts: cached reads, actions on pairs of records."""
+
+    def __init__(self, kv: Kv, bucket: Bucket, devices: Devices) -> None:
+        self.kv = kv
+        self.bucket = bucket
+        self.devices = devices
+        #: Both records of an action in one atomic batch (set by the store's open).
+        self.atomic = False
+        self.cache: RecordCache[ContactsRec] = RecordCache(
+            contacts_dec.decode, CACHE_WEIGHT, _weigh
+        )
+        self.watch = Watch(bucket, self.cache)
+        self._locks = KeyedLocks()
+
+    # --- reads ---------------------------------------------------------------------
+    async def state(self, owner: str, other: str) -> State | None:
+        """``owner``'s entry for ``other`` (cached: usually no request)."""
+        got = (await self._entries(owner)).get(other)
+        return None if got is None else got[0]
+
+    async def listing(self, owner: str) -> list[Contact]:
+        """``owner``'s entries, by PIN (cached)."""
+        entries = await self._entries(owner)
+        return [Contact(pin, state, since) for pin, (state, since) in sorted(entries.items())]
+
+    async def _gen(self, pin: str) -> str | None:
+        got = await self.devices.get(pin)  # cached; None for a PIN unfit for a key
+        return None if got is None else got.rec.gen
+
+    async def _entries(self, owner: str) -> Entries:
+        gen = await self._gen(owner)
+        if gen is None:
+            return {}
+
+        async def load() -> Cached[ContactsRec]:
+            got = await self.kv.get(self.bucket, owner)
+            if got is None:
+                return Cached(ContactsRec(""), 0)  # no record: cached as empty
+            return Cached(contacts_dec.decode(got.value), got.revision)
+
+        got = await self.cache.through(owner, load)
+        return got.value.entries if got is not None and got.value.gen == gen else {}
+
+    async def _fresh(self, pin: str) -> Side:
+        """``pin``'s record from the bucket's leader (for a compare-and-set)."""
+        gen = await self._gen(pin)
+        if gen is None:
+            return Side(pin, None, {})
+        got = await self.kv.get(self.bucket, pin)
+        if got is None:
+            return Side(pin, gen, {})
+        rec = contacts_dec.decode(got.value)
+        return Side(pin, gen, rec.entries if rec.gen == gen else {}, got.revision, got.value)
+
+    # --- actions -------------------------------------------------------------------
+    async def act(self, actor: str, other: str, action: Action, now_ms: int) -> Transition:
+        """Apply ``actor``'s ``action`` about ``other`` to both records (module doc)."""
+        self.kv.api.check_open()
+        if actor == other:
+            raise PinrelayError("a device cannot be its own contact", ErrorCode.INVALID)
+        first, second = sorted((actor, other))
+        async with self._locks.hold(first), self._locks.hold(second):
+            tried: tuple[Transition, list[Write]] | None = None
+            for attempt in range(MAX_ATTEMPTS):
+                mine, theirs = await asyncio.gather(self._fresh(actor), self._fresh(other))
+                if tried is not None and _landed(tried[1], mine, theirs):
+                    return tried[0]  # a retried write found its own acknowledged one
+                if mine.gen is None:
+                    raise PinrelayError(f"no device {actor}", ErrorCode.NOT_FOUND)
+                step, writes = plan(action, mine, theirs, now_ms)
+                if not writes or await self._write(writes):
+                    return step
+                tried = (step, writes)
+                await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
+        raise StoreClosed(f"contacts of {actor} and {other}: too many concurrent changes")
+
+    async def _write(self, writes: list[Write]) -> bool:
+        """Compare-and-set ``writes`` (in order); False if a record moved on."""
+        if self.atomic and len(writes) > 1:
+            return await self._write_batch(writes)
+        for w in writes:
+            revision = await self.kv.put(self.bucket, w.pin, w.raw, w.revision)
+            if revision is None:
+                return False
+            self.cache.put(w.pin, w.rec, revision)
+        return True
+
+    async def _write_batch(self, writes: list[Write]) -> bool:
+        items = [
+            Outgoing(
+                n,
+                self.bucket.subject(w.pin),
+                w.raw,
+                {"Nats-Expected-Last-Subject-Sequence": str(w.revision)},
+            )
+            for n, w in enumerate(writes)
+        ]
+
+        async def op() -> int | None:
+            try:  # a batch id per attempt: a retry is a new batch, checked anew
+                resp = await send_batch(self.kv.api, items, uuid.uuid4().hex)
+            except ApiError as err:
+                if err.wrong_last_sequence:  # either record: the server stored neither
+                    return None
+                raise
+            return int(resp["seq"])
+
+        top = await self.kv.api.call(op, f"write {self.bucket.name}")
+        if top is None:
+            return False
+        first = top - len(writes) + 1  # an atomic batch is stored in one run
+        for k, w in enumerate(writes):
+            self.cache.put(w.pin, w.rec, first + k)
+        return True
+
+    async def remove(self, pin: str) -> None:
+        """Remove ``pin``'s record (its device is deleted)."""
+        async with self._locks.hold(pin):
+            await self.kv.remove(self.bucket, pin)
+            self.cache.forget(pin)
+            with contextlib.suppress(Exception):  # best effort: see .watch
+                await self.watch.announce_removal(self.kv.api.nc, pin)
+
+
+def _landed(writes: list[Write], mine: Side, theirs: Side) -> bool:
+    """Whether both records now hold exactly what ``writes`` wrote."""
+    now = {mine.pin: mine.raw, theirs.pin: theirs.raw}
+    return all(now[w.pin] == w.raw for w in writes)
