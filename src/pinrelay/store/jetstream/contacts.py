@@ -11,8 +11,8 @@ deletion (a crash, or an action racing with it) counts as empty for a later devi
 with that PIN.
 
 **Actions.**  :meth:`ContactLists.act` reads both records from the bucket's leader,
-asks :func:`~pinrelay.core.social.transition`, and writes the records whose entry
-changes, each with compare-and-set on the revision it read:
+asks :func:`~pinrelay.core.social.transition`, and, if either entry changes, writes
+both records, each with compare-and-set on the revision it read:
 
 - where the bucket takes atomic batches (nats-server 2.12+, :mod:`.setup`), both in
   one batch: the server checks both revisions and stores both records or neither,
@@ -29,9 +29,12 @@ as a conflict (a remove would otherwise answer "no such contact" to its own
 success).  Within one relay, actions on the same records take turns (locks in PIN
 order), so compare-and-set settles races between relays only.
 
-Only the entries an action changes are written.  The one transition whose result
-depends on an entry it does not write, an invitation to a device that blocked the
-inviter, races only with that device's unblock, and either order ends the same.
+Both records, even one whose entry stays (unless its PIN has no device): the
+last action to write a pair then wrote both of its entries, from one reading of
+both, so no interleaving of actions through several relays leaves a pair half one
+action's and half another's.  Writing only what changed, two crossing invitations
+written one by one each finished its own side from the other's half-written state,
+and both ended "invited" (tests/store/test_jetstream_social.py).
 
 **Limits.**  An actor holding MAX_CONTACTS entries gets CONFLICT for a new one, as
 on SQLite.  B's record is bounded too: while it is full, or B has no device, B's
@@ -107,8 +110,9 @@ def _weigh(rec: ContactsRec) -> int:
 
 def plan(action: Action, mine: Side, theirs: Side, now_ms: int) -> tuple[Transition, list[Write]]:
     """The transition of ``mine.pin``'s ``action`` about ``theirs.pin`` and the
-    writes it takes, B's record first (pure).  Raises as :func:`social.transition`
-    does, and CONFLICT for an actor's entry past MAX_CONTACTS."""
+    writes it takes: none if neither entry changes, else both records (B's first,
+    and only if B is a device).  Pure.  Raises as :func:`social.transition` does,
+    and CONFLICT for an actor's entry past MAX_CONTACTS."""
     m, t = mine.entries.get(theirs.pin), theirs.entries.get(mine.pin)
     m_state, t_state = (None if m is None else m[0]), (None if t is None else t[0])
     # B's entry can be added only to a device's list that has room (module doc).
@@ -118,17 +122,19 @@ def plan(action: Action, mine: Side, theirs: Side, now_ms: int) -> tuple[Transit
         step = Transition(step.mine, t_state)
     if m is None and step.mine is not None and len(mine.entries) >= MAX_CONTACTS:
         raise PinrelayError(f"a device holds at most {MAX_CONTACTS} contacts", ErrorCode.CONFLICT)
-    writes = []
+    writes: list[Write] = []
+    if (step.mine, step.theirs) == (m_state, t_state):
+        return step, writes
     for side, key, before, after in (
         (theirs, mine.pin, t_state, step.theirs),
         (mine, theirs.pin, m_state, step.mine),
     ):
-        if after == before or side.gen is None:  # no device: never changed (above)
+        if side.gen is None:  # no device: its entry never changes (above)
             continue
         entries = dict(side.entries)
         if after is None:
-            del entries[key]
-        else:
+            entries.pop(key, None)
+        elif after != before:
             entries[key] = (after, now_ms)  # a new state: since now
         rec = ContactsRec(side.gen, entries)
         writes.append(Write(side.pin, rec, json_enc.encode(rec), side.revision))
