@@ -73,8 +73,8 @@ from pinrelay.store.jetstream.watch import Cached, RecordCache, Watch
 
 #: Attempts of one action before its records are declared too busy (StoreClosed).
 MAX_ATTEMPTS = 20
-#: Cached records' weight at most: one per record and one per entry (an entry
-#: costs about 250 bytes decoded, so ~50 MB at most).
+#: Cached records' weight at most: one per record and one per entry.  Decoded, an
+#: entry takes 160-210 bytes and a record about 200 more (tracemalloc): ~50 MB at most.
 CACHE_WEIGHT = 200_000
 
 Entries = Mapping[str, tuple[State, int]]

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -30,7 +30,7 @@ from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream import api
 from pinrelay.store.jetstream.errors import ApiError, name_in_use, setup_may_retry
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_TTL_S
-from pinrelay.store.jetstream.layout import PARTITIONS_META, Layout
+from pinrelay.store.jetstream.layout import PARTITIONS_META, Bucket, Layout
 from pinrelay.store.jetstream.pairing import PAIRING_BUCKET_TTL_S
 
 PAIRING_TTL = float(PAIRING_BUCKET_TTL_S)
@@ -124,12 +124,14 @@ class Setup:
                     await ensure_bucket(js, self.layout.pairing.name, self.replicas, PAIRING_TTL)
                     atomic = await self._ensure_streams(nc, js)
                     buckets = self.layout.buckets
+                    batched = [buckets.contacts, buckets.unread]
                     for b in self.layout.bucket_names():
+                        if b in (bucket.name for bucket in batched):
+                            continue
                         ttl = float(IDEMPOTENCY_TTL_S) if b == buckets.idem.name else None
                         await ensure_bucket(js, b, self.replicas, ttl)
-                    batched = [buckets.contacts.stream, buckets.unread.stream]
-                    writes = [await self._allow_atomic(js, name) for name in batched]
-                    return Prepared(atomic, all(writes))
+                    batches = [await self._ensure_batch_bucket(js, b) for b in batched]
+                    return Prepared(atomic, all(batches))
                 except (TimeoutError, nats.errors.Error, ApiError) as exc:
                     if not setup_may_retry(exc) or time.monotonic() > deadline:
                         raise
@@ -143,16 +145,40 @@ class Setup:
                 f"cannot set up JetStream ({self.layout.stream}): {detail or repr(exc)}"
             ) from exc
 
-    async def _allow_atomic(self, js: JetStreamContext, stream: str) -> bool:
-        """Switch on atomic batches (and message TTLs) for a bucket's stream, if wanted;
-        whether it takes them."""
-        if not self.want_atomic:
-            return False
-        have = (await js.stream_info(stream)).config
-        if not (have.allow_atomic and have.allow_msg_ttl):
-            have.allow_atomic = have.allow_msg_ttl = True
-            have = (await js.update_stream(have)).config
-        return bool(have.allow_atomic)
+    async def _ensure_batch_bucket(self, js: JetStreamContext, bucket: Bucket) -> bool:
+        """Create or adopt a KV bucket that takes atomic batches if wanted; whether it does.
+
+        Its stream is created with atomic batches on, as nats-py creates a bucket's
+        otherwise (history 1, TTLs allowed, leader reads): relays started together
+        then all send the same request.  Switching them on afterwards raced with the
+        other relays' creates, and the server answered neither for 10 s.  An existing
+        bucket without them (made by a store told not to use them) is updated.
+        """
+        config = StreamConfig(
+            name=bucket.stream,
+            subjects=[f"{bucket.prefix}>"],
+            storage=StorageType.FILE,
+            num_replicas=self.replicas,
+            max_msgs_per_subject=1,
+            discard=DiscardPolicy.NEW,
+            allow_rollup_hdrs=True,
+            deny_delete=True,
+            allow_direct=False,
+            allow_msg_ttl=True,
+            allow_atomic=self.want_atomic or None,
+            duplicate_window=120.0,
+        )
+        try:
+            info = await js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if not name_in_use(exc):
+                raise
+            info = await js.stream_info(bucket.stream)
+            have = info.config
+            if self.want_atomic and not (have.allow_atomic and have.allow_msg_ttl):
+                have.allow_atomic = have.allow_msg_ttl = True
+                info = await js.update_stream(have)
+        return self.want_atomic and bool(info.config.allow_atomic)
 
     async def _ensure_streams(self, nc: NATS, js: JetStreamContext) -> bool:
         """Create or check every partition's stream, after checking the layout."""
