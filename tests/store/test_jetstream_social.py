@@ -25,7 +25,7 @@ from pinrelay.testing.wait import wait_until_async
 from tests.natsproc import NatsCluster
 
 from .conftest import jetstream_names
-from .test_contract import HOUR, NOW, UNKNOWN, A, B, C, add_devices
+from .test_contract import HOUR, NOW, UNKNOWN, A, B, C, add_devices, read_all
 from .test_contract_social import act
 from .test_jetstream import subject_counts
 
@@ -236,6 +236,9 @@ class TestGenerations:
         step = await act(store, A, B, Action.INVITE, NOW + 1)
         assert step.notify == "invited"
         assert await store.contacts(B) == [Contact(A, "pending", NOW + 1)]
+        # And only the new invitation's notice: the first one was the earlier device's.
+        (notice,) = await read_all(store, B)
+        assert (notice.kind, notice.sender) == ("contact", A)
 
 
 class TestUnread:
