@@ -1,7 +1,8 @@
 """Contacts, chat and receipts against a real relay process (PROTOCOL "Contacts",
 "Chat"), driven by hand over the link and HTTP (no SDK), on the SQLite store.
 
-The cluster runs the same edges: tests/chat/test_chat_cluster.py.
+The same tests run on a cluster store: tests/chat/test_chat_link_on_cluster.py;
+chat across relays and through relay kills: tests/cluster/test_chat_cluster.py.
 """
 
 from __future__ import annotations

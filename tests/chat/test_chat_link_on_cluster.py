@@ -1,0 +1,65 @@
+"""The chat edges of tests/chat/test_chat_link.py, on relays whose store is a
+3-node NATS cluster (store/jetstream/contacts.py and unread.py behind them); across
+relays and through relay kills: tests/cluster/test_chat_cluster.py.
+
+Every test class of that module runs again here, with ``relay_factory`` starting
+relays with ``--store`` on one cluster for the module (they share its stream and
+buckets; every test makes devices of its own).  Not the expired-chat test: the
+cluster engine lets JetStream expire messages and sends no ``failed`` receipt yet
+(PROTOCOL "Receipts"); nor tests/chat/test_groups.py, and the two tests that send
+to a group id fail as expected (:data:`GROUP_SENDS`): no groups there yet.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pinrelay.testing.natsproc import NatsCluster, running_cluster
+from tests.chat.test_chat_link import TestContacts, TestHttpChat, TestSend, pair
+from tests.conftest import RelayFactory
+from tests.relayproc import RelayProc
+
+__all__ = ["TestContacts", "TestHttpChat", "TestSend", "pair"]
+
+#: Tests that send to a group id, which the cluster engine refuses until it has groups.
+GROUP_SENDS = {
+    "test_refusals_are_problems[body3-404]",
+    "test_bad_sends_are_answered_and_the_link_stays",
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_groups_yet(request: pytest.FixtureRequest) -> None:
+    if request.node.name in GROUP_SENDS:
+        pytest.xfail("groups are not on the cluster engine yet")
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    with running_cluster(tmp_path_factory.mktemp("nats")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path, nats_cluster: NatsCluster) -> Iterator[RelayFactory]:
+    """Relays on the cluster; every one is stopped by pid, even when a test fails."""
+    started: list[RelayProc] = []
+
+    def start(name: str = "relay", extra: list[str] | None = None) -> RelayProc:
+        # A node id of its own: a stopped relay stays listed as live for a few seconds.
+        node = f"{name}-{uuid.uuid4().hex[:8]}"
+        store = ["--store", ",".join(nats_cluster.urls), "--node-id", node]
+        proc = RelayProc(tmp_path / name, extra=[*store, *(extra or [])])
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        try:
+            proc.stop()
+        finally:
+            proc.kill()
