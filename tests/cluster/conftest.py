@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.chat.conftest import links  # noqa: F401  (a fixture for the chat tests here)
 from tests.conftest import RelayFactory
 from tests.natsproc import NatsCluster, running_cluster
 from tests.relayproc import RelayProc
@@ -24,8 +25,9 @@ def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
 def start_relay(relay_factory: RelayFactory, nats: NatsCluster) -> StartRelay:
     """A relay on the module's NATS cluster, named ``node`` (its --node-id)."""
 
-    def start(node: str, name: str | None = None) -> RelayProc:
+    def start(node: str, name: str | None = None, extra: list[str] | None = None) -> RelayProc:
         store = ",".join(nats.urls)
-        return relay_factory(name or node, extra=["--store", store, "--node-id", node])
+        options = ["--store", store, "--node-id", node, *(extra or [])]
+        return relay_factory(name or node, extra=options)
 
     return start

@@ -40,7 +40,8 @@ async def test_chat_across_relays(start_relay: StartRelay, links: Links) -> None
 
 
 async def test_chat_through_relay_kills(start_relay: StartRelay) -> None:
-    relays = [start_relay("n1"), start_relay("n2")]
+    fast = ["--sends-per-minute", "1000000"]
+    relays = [start_relay("n1", extra=fast), start_relay("n2", extra=fast)]
     da, db = relays[0].create_device(), relays[0].create_device()
     befriend(relays[0], da, db)
     rng = random.Random()

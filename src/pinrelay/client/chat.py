@@ -63,6 +63,14 @@ class Outgoing:
         return f"Outgoing(to={self.to!r}, state={self.state!r}, id={self.id!r})"
 
     def move(self, state: State, by: str | None = None) -> bool:
+        """:meth:`_move`, through ``delivered`` first when a ``read`` comes before it:
+        a message read was delivered (its delivered receipt may come later, after a
+        crash, or not at all if the relay died between storing the two)."""
+        if state == "read":
+            self._move("delivered", by)
+        return self._move(state, by)
+
+    def _move(self, state: State, by: str | None = None) -> bool:
         """Move to ``state`` if it is further along; whether it moved.
 
         A group message's receipts move each member's state (``members``), and the
