@@ -38,13 +38,11 @@ parameters = {{ pin = "{device["pin"]}" }}
 include-path = "/v1/devices/{{pin}}/messages"
 parameters = {{ pin = "{target["pin"]}" }}
 
-# Contacts, chat and groups take the device's token too.  A chat to a group id that
-# is no group is 404 whatever the device: not a "created resource not found".
+# Contacts, chat and groups take the device's token too.
 [[operations]]
 include-path-regex = "^/v1/devices/[{{]pin[}}]/(contacts|blocks|chat|read|groups)"
 headers = {{ Authorization = "Bearer {device["token"]}" }}
 parameters = {{ pin = "{device["pin"]}" }}
-checks = {{ ensure_resource_availability = {{ enabled = false }} }}
 
 [[operations]]
 include-path = "/v1/devices/{{pin}}/pairing"
@@ -67,6 +65,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "404", "410", "429"]
             f"{relay.url}/openapi.json",
             "--checks",
             "all",
+            # Stateful sequences may reuse a group after its only member left (which
+            # deletes it, as PROTOCOL says): a 404 then is right, and this check
+            # calls it "created resource not found".
+            "--exclude-checks",
+            "ensure_resource_availability",
             "--max-examples",
             examples,
             "--seed",
