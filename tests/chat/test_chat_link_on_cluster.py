@@ -6,8 +6,8 @@ Every test class of that module runs again here, with ``relay_factory`` starting
 relays with ``--store`` on one cluster for the module (they share its stream and
 buckets; every test makes devices of its own).  Not the expired-chat test: the
 cluster engine lets JetStream expire messages and sends no ``failed`` receipt yet
-(PROTOCOL "Receipts"); nor tests/chat/test_groups.py, and the two tests that send
-to a group id fail as expected (:data:`GROUP_SENDS`): no groups there yet.
+(PROTOCOL "Receipts").  The group tests of tests/chat/test_groups.py run on the cluster
+in tests/chat/test_groups_on_cluster.py.
 """
 
 from __future__ import annotations
@@ -24,18 +24,6 @@ from tests.conftest import RelayFactory
 from tests.relayproc import RelayProc
 
 __all__ = ["TestContacts", "TestHttpChat", "TestSend", "pair"]
-
-#: Tests that send to a group id, which the cluster engine refuses until it has groups.
-GROUP_SENDS = {
-    "test_refusals_are_problems[body3-404]",
-    "test_bad_sends_are_answered_and_the_link_stays",
-}
-
-
-@pytest.fixture(autouse=True)
-def _no_groups_yet(request: pytest.FixtureRequest) -> None:
-    if request.node.name in GROUP_SENDS:
-        pytest.xfail("groups are not on the cluster engine yet")
 
 
 @pytest.fixture(scope="module")

@@ -205,12 +205,6 @@ class TestExpiredChats:
 
 
 class TestGroups:
-    @pytest.fixture(autouse=True)
-    def _not_on_jetstream_yet(self, request: pytest.FixtureRequest) -> None:
-        # Removed with the cluster engine's groups (issue 13).
-        if "sqlite" not in request.node.name:
-            pytest.xfail("groups are not on the cluster engine yet")
-
     async def test_create_get_change_list(self, store: Store) -> None:
         await add_devices(store, A, B, C)
         group = Group("G0000000000AB", "team", A, [A, B], NOW)

@@ -78,15 +78,15 @@ class Kv:
         """Compare-and-set: the new revision, or None if ``key`` moved past ``revision``."""
         return await self.put(bucket, key, value, revision)
 
-    async def keys(self, bucket: Bucket) -> list[str]:
-        """The bucket's keys, from its leader.
+    async def keys(self, bucket: Bucket, pattern: str = ">") -> list[str]:
+        """The bucket's keys matching ``pattern`` (a subject filter), from its leader.
 
         Not ``KeyValue.keys()``: that reads through an ephemeral consumer, which may
         sit on a lagging follower.  Removed keys leave no subject (see :meth:`remove`).
         """
         keys: list[str] = []
         while True:
-            body = {"subjects_filter": f"{bucket.prefix}>", "offset": len(keys)}
+            body = {"subjects_filter": bucket.subject(pattern), "offset": len(keys)}
             resp = await self.api.request(
                 f"STREAM.INFO.{bucket.stream}", body, f"list {bucket.name}"
             )

@@ -4,8 +4,8 @@ One file-storage stream on ``<prefix>.>``; a message for device D is stored on
 ``<prefix>.D.m``, or ``<prefix>.D.t.<topic>`` (rolled up per topic).  With K > 1
 partitions, devices are spread over K streams ``<stream>_<p>`` on
 ``<prefix>.<p>.>``, p = crc32(PIN) mod K.  The KV buckets are
-``<bucket_prefix>_devices``, ``_keys``, ``_keyhash``, ``_idem``, ``_contacts`` and
-``_unread``.  Every name is configurable, so several relays or tests can share a
+``<bucket_prefix>_devices``, ``_keys``, ``_keyhash``, ``_idem``, ``_contacts``,
+``_unread`` and ``_groups``.  Every name is configurable, so several relays or tests can share a
 cluster.
 """
 
@@ -19,7 +19,7 @@ MAX_PARTITIONS = 64
 #: Stream metadata key recording the partition count the stream was made for.
 PARTITIONS_META = "pinrelay.partitions"
 #: The buckets' names after the prefix, in :class:`Buckets`' order.
-_BUCKET_KINDS = ("devices", "keys", "keyhash", "idem", "contacts", "unread")
+_BUCKET_KINDS = ("devices", "keys", "keyhash", "idem", "contacts", "unread", "groups")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,7 @@ class Buckets:
     idem: Bucket
     contacts: Bucket
     unread: Bucket
+    groups: Bucket
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,16 @@ class ContactsRec(msgspec.Struct, omit_defaults=True):
     entries: dict[str, tuple[State, int]] = {}
 
 
+class GroupRec(msgspec.Struct, omit_defaults=True):
+    """A chat group (:mod:`.groups`), keyed by its id; members sorted, never empty
+    (an empty record stands for "no group" in the cache only)."""
+
+    name: str
+    creator: str
+    members: list[str] = []
+    created_ms: int = 0
+
+
 class UnreadRec(msgspec.Struct, omit_defaults=True):
     """A chat message delivered and not read yet (:mod:`.unread`); the key names the
     reader and the message."""
@@ -105,6 +115,7 @@ key_dec = msgspec.json.Decoder(KeyRec)
 idem_dec = msgspec.json.Decoder(IdemRec)
 contacts_dec = msgspec.json.Decoder(ContactsRec)
 unread_dec = msgspec.json.Decoder(UnreadRec)
+group_dec = msgspec.json.Decoder(GroupRec)
 
 
 def decode_msg(seq: int, payload: bytes) -> Msg | None:

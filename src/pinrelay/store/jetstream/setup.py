@@ -4,7 +4,7 @@ Idempotent: an existing stream (an operator's, or an older relay's) is adopted a
 has what the engine needs switched on.  A cursor is a sequence of one stream, so
 the partition count of a cluster's data is fixed: each stream records it in its
 metadata, and a store opened with another count on the same subjects is refused
-(changing it is a migration).  The contacts and unread buckets also take atomic
+(changing it is a migration).  The contacts, unread and groups buckets also take atomic
 batches (nats-server 2.12+) unless the store is told not to use them.  A cluster
 that just started may not know its peers
 or have a leader yet: set-up is retried (:func:`~.errors.setup_may_retry`).
@@ -96,8 +96,8 @@ class Prepared(NamedTuple):
 
     #: Appends may be atomic batches (every message stream allows them).
     atomic: bool
-    #: The contacts and unread buckets take atomic batches (:mod:`.contacts`,
-    #: :mod:`.unread`); else their writes go one by one.
+    #: The contacts, unread and groups buckets take atomic batches (:mod:`.contacts`,
+    #: :mod:`.unread`, :mod:`.groups`); else their writes go one by one.
     bucket_batches: bool
 
 
@@ -124,7 +124,7 @@ class Setup:
                     await ensure_bucket(js, self.layout.pairing.name, self.replicas, PAIRING_TTL)
                     atomic = await self._ensure_streams(nc, js)
                     buckets = self.layout.buckets
-                    batched = [buckets.contacts, buckets.unread]
+                    batched = [buckets.contacts, buckets.unread, buckets.groups]
                     for b in self.layout.bucket_names():
                         if b in (bucket.name for bucket in batched):
                             continue

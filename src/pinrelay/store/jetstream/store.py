@@ -5,8 +5,8 @@ each protocol call to the part that owns it: :class:`~.devices.Devices` and
 :class:`~.keys.Keys` (KV records), :class:`~.appends.Appender` (with
 :class:`~.idempotency.Leases` for an Idempotency-Key and
 :class:`~.group.GroupCommit` for concurrent appends), :class:`~.reads.Reader`,
-:class:`~.acks.Acker`, :class:`~.contacts.ContactLists` and
-:class:`~.unread.Unreads` (read-receipt bookkeeping).  They share one
+:class:`~.acks.Acker`, :class:`~.contacts.ContactLists`,
+:class:`~.unread.Unreads` (read-receipt bookkeeping) and :class:`~.groups.Groups`.  They share one
 :class:`~.api.Api` (the connection, retries and the error boundary) and one
 :class:`~.layout.Layout` (names).
 """
@@ -24,7 +24,6 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from pinrelay.core.chat import contact_data
-from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.social import Action, State, Transition
 from pinrelay.store.base import (
@@ -46,6 +45,7 @@ from pinrelay.store.jetstream.contacts import ContactLists
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.feed import Feed
 from pinrelay.store.jetstream.group import GroupCommit
+from pinrelay.store.jetstream.groups import Groups
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_LEASE_S, Leases
 from pinrelay.store.jetstream.keys import Keys
 from pinrelay.store.jetstream.kv import Kv
@@ -56,11 +56,10 @@ from pinrelay.store.jetstream.records import to_device
 from pinrelay.store.jetstream.unread import Unreads
 
 log = logging.getLogger(__name__)
-_NOT_YET = PinrelayError("groups are not on the cluster engine yet", ErrorCode.INTERNAL)
 
 
 class JetStreamStore:
-    """The cluster engine: one JetStream stream (or one per partition) plus six KV buckets."""
+    """The cluster engine: one JetStream stream (or one per partition) plus seven KV buckets."""
 
     def __init__(
         self,
@@ -105,6 +104,7 @@ class JetStreamStore:
         self.keys = Keys(kv, buckets)
         self.contact_lists = ContactLists(kv, buckets.contacts, self.devices)
         self.unread = Unreads(kv, buckets.unread, ttl_grace_s)
+        self.groups = Groups(kv, buckets.groups)
         self.leases = Leases(kv, buckets.idem, idem_lease_s)
         self.pairings = Pairings(kv, self.layout.pairing)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
@@ -155,6 +155,7 @@ class JetStreamStore:
             raise
         self.appender.atomic = prepared.atomic
         self.contact_lists.atomic = self.unread.atomic = prepared.bucket_batches
+        self.groups.atomic = prepared.bucket_batches
         self.acker.closed = False
         self._nc, self._js = nc, js
         self.api.attach(nc)
@@ -162,6 +163,7 @@ class JetStreamStore:
             await self.devices.watch.start(nc, js)
             await self.keys.watch.start(nc, js)
             await self.contact_lists.watch.start(nc, js)
+            await self.groups.watch.start(nc, js)
             await self.feed.start(js)
         except Exception as exc:
             await self.close()
@@ -185,6 +187,7 @@ class JetStreamStore:
         self.devices.cache.clear()
         self.keys.cache.clear()
         self.contact_lists.cache.clear()
+        self.groups.cache.clear()
         nc = self._nc
         log.warning(
             "NATS connection back (%s)", nc.connected_url.netloc if nc and nc.connected_url else "?"
@@ -200,6 +203,7 @@ class JetStreamStore:
         await self.devices.watch.stop()
         await self.keys.watch.stop()
         await self.contact_lists.watch.stop()
+        await self.groups.watch.stop()
         nc, self._nc, self._js = self._nc, None, None
         self.api.attach(None)
         if nc is not None and not nc.is_closed:
@@ -258,6 +262,11 @@ class JetStreamStore:
         return int((info.get("state") or {}).get("last_seq", 0))
 
     async def delete_device(self, pin: str) -> bool:
+        if await self.devices.get_fresh(pin) is None:
+            return False
+        # Out of its groups first, so that a deletion failing half-way is finished by
+        # its retry (.groups, "Deleted devices").
+        await self.groups.leave_all(pin)
         if not await self.devices.remove(pin):
             return False
         # Messages stored meanwhile carry the old gen: no later device with this PIN sees
@@ -335,20 +344,20 @@ class JetStreamStore:
     async def drop_unread(self, reader: str, ids: Sequence[str]) -> None:
         await self.unread.drop(reader, ids)
 
-    # --- groups: not on this engine yet (issue 13, in progress) ---------------------
+    # --- groups (.groups) ----------------------------------------------------------
     async def create_group(self, group: Group) -> None:
-        raise _NOT_YET
+        await self.groups.create(group)
 
     async def get_group(self, group_id: str) -> Group | None:
-        raise _NOT_YET
+        return await self.groups.get(group_id)
 
     async def change_members(
         self, group_id: str, add: Sequence[str], remove: Sequence[str]
     ) -> Group | None:
-        raise _NOT_YET
+        return await self.groups.change(group_id, add, remove)
 
     async def groups_of(self, pin: str) -> list[Group]:
-        raise _NOT_YET
+        return await self.groups.of(pin)
 
     async def expired_chats(self, now_ms: int, limit: int) -> list[StoredMessage]:
         # Messages expire by themselves here (Nats-TTL): no failed receipts yet on the

@@ -229,9 +229,11 @@ class Follower(Protocol):
 class Watch:
     """Follows one KV bucket from now on, telling a :class:`Follower` each change."""
 
-    def __init__(self, bucket: Bucket, follower: Follower) -> None:
+    def __init__(self, bucket: Bucket, follower: Follower, keys: str = ">") -> None:
         self.bucket = bucket
         self.follower = follower
+        #: The keys followed, as a subject filter (``*``: one-token keys only).
+        self.keys = keys
         self._sub: JetStreamContext.PushSubscription | None = None
         self._removals: Subscription | None = None
 
@@ -247,7 +249,7 @@ class Watch:
         """Subscribe (an ordered consumer, new changes only), then switch the follower on."""
         self._removals = await nc.subscribe(self.removal_subject, cb=self._on_removal)
         self._sub = await js.subscribe(
-            f"{self.bucket.prefix}>",
+            self.bucket.subject(self.keys),
             stream=self.bucket.stream,
             cb=self._on_change,
             ordered_consumer=True,
