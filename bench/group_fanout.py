@@ -185,8 +185,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=20, help="group messages sent")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300.0, help="s for one run to finish")
+    parser.add_argument("--quick", action="store_true", help="100 members, 5 messages, 1 round")
     add_common_args(parser)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.members, args.messages, args.rounds = 100, 5, 1
     args.members = min(args.members, 999)  # and the creator: 1,000
     return args
 

@@ -23,6 +23,8 @@ BENCHMARKS = (
     "latency",
     "cluster_throughput",
     "cluster_failover",
+    "chat_roundtrip",
+    "group_fanout",
 )
 
 
