@@ -16,7 +16,6 @@ from typer.testing import CliRunner, Result
 
 from pinrelay import cli, cli_chat
 from pinrelay.client.contacts import DeviceClient
-from pinrelay.client.http import ApiError
 from pinrelay.testing.wait import wait_until
 from tests.client.test_contacts import A, B, C, FakeGroups
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc, free_port
@@ -234,22 +233,9 @@ def test_send_wait_times_out_in_one_line_then_json(relay: RelayProc) -> None:
     assert {"event": "received", "kind": "receipt", "id": first, "state": "delivered"} in events
 
 
-# --- groups (the routes are being built on main: skipped until they answer) ----------
-def group_routes_or_skip(relay: RelayProc, device: Dev) -> None:
-    with DeviceClient(relay.url, device["pin"], device["token"]) as c:
-        try:
-            c.groups()
-        except ApiError as exc:
-            if exc.status == 404:
-                pytest.skip(
-                    "this relay has no group routes yet (GET /v1/devices/{pin}/groups: 404)"
-                )
-            raise
-
-
+# --- groups ------------------------------------------------------------------------
 def test_group_commands(relay: RelayProc) -> None:
     a, b, c, stranger = (relay.create_device() for _ in range(4))
-    group_routes_or_skip(relay, a)
     befriend_cli(relay, a, b)
     befriend_cli(relay, a, c)
     made = ok_json(relay, a, "group", "create", "friends", b["pin"], stranger["pin"])

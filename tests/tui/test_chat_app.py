@@ -12,7 +12,6 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from pinrelay.client.device import Device, LinkRefused, Message
-from pinrelay.client.http import ApiError
 from pinrelay.testing.wait import wait_until_async
 from pinrelay.tui.app import ChatSession
 from pinrelay.tui.view import ChatView, Line
@@ -148,12 +147,7 @@ async def test_a_group_chat(relay: RelayProc) -> None:
     befriend(relay, alice, bob)
     befriend(relay, alice, carol)
     alice_sdk = Device(alice["pin"], alice["token"], lambda _m: None, url=relay.url)
-    try:
-        group = await alice_sdk.groups.create("trio", [bob["pin"], carol["pin"]])
-    except ApiError as exc:
-        if exc.status != 404:
-            raise
-        pytest.skip("this relay has no group routes yet (POST /v1/devices/{pin}/groups: 404)")
+    group = await alice_sdk.groups.create("trio", [bob["pin"], carol["pin"]])
     assert sorted(group.members) == sorted([alice["pin"], bob["pin"], carol["pin"]])
     got: dict[str, list[Message]] = {bob["pin"]: [], carol["pin"]: []}
     members = [
