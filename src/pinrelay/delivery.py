@@ -211,11 +211,10 @@ class Delivery:
         #: Chat messages sent and not acknowledged yet, in cursor order (at most a
         #: window's worth, without their text).
         self._chats: deque[Delivered] = deque()
-        #: Acks waiting for their receipts to be stored, in order: (cursor, chats).
-        self._settling: deque[tuple[int, list[Delivered]]] = deque()
+        #: Acks waiting for their receipts to be stored, in order: (cursor, the chats
+        #: it covers, or the cursor after which to read them from the store).
+        self._settling: deque[tuple[int, list[Delivered] | int]] = deque()
         self._settle_task: asyncio.Task[None] | None = None
-        #: Acked by a hello, sent by an earlier link: (after, upto].
-        self._settle_range: tuple[int, int] | None = None
         #: Called when receipts could not be stored: the link must close, so that the
         #: messages come again (with their receipts) rather than be acked without.
         self._on_broken = on_broken
@@ -280,7 +279,7 @@ class Delivery:
     def _track(self, batch: list[StoredMessage]) -> None:
         if self._on_acked is not None:
             for message in batch:
-                if message.kind == "chat" and (chat := chat_of(message)) is not None:
+                if (chat := chat_of(message)) is not None:
                     self._chats.append(chat)
 
     def ack(self, cursor: int) -> None:
@@ -295,9 +294,7 @@ class Delivery:
             covered.append(chats.popleft())
         if covered or self._settling:
             # Receipts first, then the ack: a crash in between repeats them.
-            self._settling.append((cursor, covered))
-            if self._settle_task is None:
-                self._settle_task = asyncio.get_running_loop().create_task(self._settle())
+            self._queue_settle(cursor, covered)
         else:
             self._acks.submit(self.pin, cursor)
         if not self._caught_up:
@@ -312,20 +309,21 @@ class Delivery:
     def settle_from(self, after: int, upto: int) -> None:
         """A hello acknowledged (``after``, ``upto``], sent by an earlier link: their
         receipts, read from the store, then the ack."""
-        self._settle_range = (after, upto)
-        self._settling.append((upto, []))
+        self._queue_settle(upto, after)
+
+    def _queue_settle(self, cursor: int, chats: list[Delivered] | int) -> None:
+        self._settling.append((cursor, chats))
         if self._settle_task is None:
             self._settle_task = asyncio.get_running_loop().create_task(self._settle())
 
     async def _settle(self) -> None:
         try:
-            span, self._settle_range = self._settle_range, None
-            if span is not None:
-                await settle(self.store, self.pin, span[0], span[1], self._clock(), self._on_acked)
             while self._settling:
-                cursor, covered = self._settling[0]
-                if covered and self._on_acked is not None:
-                    await self._on_acked(self.pin, covered)
+                cursor, chats = self._settling[0]
+                if isinstance(chats, int):
+                    await settle(self.store, self.pin, chats, cursor, self._clock(), self._on_acked)
+                elif chats and self._on_acked is not None:
+                    await self._on_acked(self.pin, chats)
                 self._settling.popleft()
                 self._acks.submit(self.pin, cursor)
         except Exception:
