@@ -127,6 +127,30 @@ class Redemption(msgspec.Struct, frozen=True):
 #: trying it again says "used" or "expired" rather than "unknown".
 PAIRING_KEEP_MS = 3600 * 1000
 
+class Subscription(msgspec.Struct, frozen=True):
+    """A Web Push subscription (PROTOCOL "Web Push"): pushes to ``/push/<id>`` go to
+    ``pin``'s device.  ``id`` is 22 base64url characters (128 random bits).
+
+    ``p256dh``/``auth`` are the device's public encryption key and auth secret
+    (base64url), kept to echo them; ``vapid_key`` is the application server's public
+    key the subscription is restricted to.  A deleted subscription is kept as a
+    tombstone (``deleted_ms``) for SUBSCRIPTION_GONE_KEEP_MS, so pushes get 410.
+    """
+
+    id: str
+    pin: str
+    created_ms: int
+    p256dh: str | None = None
+    auth: str | None = None
+    vapid_key: str | None = None
+    deleted_ms: int | None = None
+
+
+#: Most live subscriptions one device may hold.
+MAX_SUBSCRIPTIONS = 100
+#: How long a deleted subscription still answers 410 Gone (then 404).
+SUBSCRIPTION_GONE_KEEP_MS = 30 * 24 * 3600 * 1000
+
 #: Most entries a device's contacts may hold (an invitation to a stranger included).
 MAX_CONTACTS = 5000
 
@@ -259,6 +283,28 @@ class Store(Protocol):
         """Use the code once: of any number of calls, on any relay, at most one gets
         ``redeemed`` (atomic: a transaction, or a compare-and-set).  A code is kept
         PAIRING_KEEP_MS past its expiry, then forgotten."""
+        ...
+
+    # --- Web Push subscriptions (pinrelay/webpush.py) ---------------------------
+    async def create_subscription(self, sub: Subscription) -> None:
+        """Store a new subscription (durable, seen by every relay of a cluster).
+        CONFLICT when its id is taken or when ``sub.pin`` already holds
+        MAX_SUBSCRIPTIONS live ones (nothing stored)."""
+        ...
+
+    async def get_subscription(self, sub_id: str) -> Subscription | None:
+        """The subscription, or its tombstone (``deleted_ms`` set); None if there
+        never was one or it was forgotten.  On every push: keep it cheap (an engine
+        may cache, but a deletion must be seen by every relay within a second or so)."""
+        ...
+
+    async def subscriptions_of(self, pin: str) -> list[Subscription]:
+        """``pin``'s live subscriptions, oldest first."""
+        ...
+
+    async def delete_subscription(self, pin: str, sub_id: str, now_ms: int) -> bool:
+        """Make ``pin``'s live subscription a tombstone; False if it has none by that
+        id.  Deleting a device makes tombstones of all its subscriptions."""
         ...
 
     # --- messages ------------------------------------------------------------
