@@ -121,3 +121,8 @@ class Layout:
     def pairing(self) -> Bucket:
         """Pairing codes (:mod:`.pairing`): a bucket with a max age, beside the others."""
         return Bucket(f"{self.bucket_prefix}_pairing")
+
+    @property
+    def push_receipts(self) -> Bucket:
+        """Web Push receipts (:mod:`.pushreceipts`): a bucket with a max age too."""
+        return Bucket(f"{self.bucket_prefix}_receipts")

@@ -34,8 +34,10 @@ from pinrelay.store.jetstream.errors import ApiError, name_in_use, setup_may_ret
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_TTL_S
 from pinrelay.store.jetstream.layout import PARTITIONS_META, Bucket, Layout
 from pinrelay.store.jetstream.pairing import PAIRING_BUCKET_TTL_S
+from pinrelay.store.jetstream.pushreceipts import PUSH_RECEIPTS_BUCKET_TTL_S
 
 PAIRING_TTL = float(PAIRING_BUCKET_TTL_S)
+RECEIPTS_TTL = float(PUSH_RECEIPTS_BUCKET_TTL_S)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,9 @@ class Setup:
             while True:
                 try:
                     await ensure_bucket(js, self.layout.pairing.name, self.replicas, PAIRING_TTL)
+                    await ensure_bucket(
+                        js, self.layout.push_receipts.name, self.replicas, RECEIPTS_TTL
+                    )
                     atomic = await self._ensure_streams(nc, js)
                     buckets = self.layout.buckets
                     batched = [

@@ -31,6 +31,7 @@ from pinrelay.store.base import (
     Contact,
     Group,
     IdempotencyKey,
+    PushReceipt,
     Redemption,
     Rejected,
     StoreClosed,
@@ -53,6 +54,7 @@ from pinrelay.store.jetstream.keys import Keys
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import Layout
 from pinrelay.store.jetstream.pairing import Pairings
+from pinrelay.store.jetstream.pushreceipts import PushReceipts
 from pinrelay.store.jetstream.reads import Reader
 from pinrelay.store.jetstream.records import to_device
 from pinrelay.store.jetstream.subscriptions import Subscriptions
@@ -110,6 +112,7 @@ class JetStreamStore:
         self.groups = Groups(kv, buckets.groups)
         self.leases = Leases(kv, buckets.idem, idem_lease_s)
         self.pairings = Pairings(kv, self.layout.pairing)
+        self.push_receipts = PushReceipts(kv, self.layout.push_receipts)
         self.subscriptions = Subscriptions(kv, buckets.subscriptions, self.devices)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
@@ -132,7 +135,11 @@ class JetStreamStore:
         return self.layout.streams
 
     def bucket_names(self) -> list[str]:
-        return [*self.layout.bucket_names(), self.layout.pairing.name]
+        return [
+            *self.layout.bucket_names(),
+            self.layout.pairing.name,
+            self.layout.push_receipts.name,
+        ]
 
     @property
     def direct_fallbacks(self) -> int:
@@ -405,6 +412,12 @@ class JetStreamStore:
 
     async def delete_subscription(self, pin: str, sub_id: str, now_ms: int) -> bool:
         return await self.subscriptions.delete(pin, sub_id, now_ms)
+
+    async def put_push_receipts(self, receipts: Sequence[PushReceipt]) -> None:
+        await self.push_receipts.put(receipts)
+
+    async def get_push_receipt(self, key: str, now_ms: int) -> PushReceipt | None:
+        return await self.push_receipts.get(key, now_ms)
 
     # --- pairing codes (.pairing) -------------------------------------------------------
     async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:
