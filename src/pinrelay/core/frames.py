@@ -12,7 +12,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Raw, Struct
 
-from pinrelay.core.webpush import SubscriptionKeys, SubscriptionView
+from pinrelay.core.webpush import P256Point, SubscriptionKeys, SubscriptionView
 
 #: Cursor: per-device sequence number, strictly increasing, starting at 1.
 Cursor = Annotated[int, Meta(ge=0, le=2**53 - 1)]
@@ -76,7 +76,7 @@ class Subscribe(Struct, tag="subscribe", tag_field="type", kw_only=True):
 
     client_id: Annotated[str, Meta(min_length=1, max_length=64)]
     keys: SubscriptionKeys | None = None
-    applicationServerKey: str | None = None
+    applicationServerKey: P256Point | None = None
 
 
 class Subscribed(Struct, tag="subscribed", tag_field="type", kw_only=True):

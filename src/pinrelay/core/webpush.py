@@ -12,7 +12,7 @@ import binascii
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -289,18 +289,24 @@ def check_claims(claims: Claims, audience: str, now: float) -> None:
 # --- subscriptions as clients see them ---------------------------------------------
 
 
+#: An uncompressed P-256 point (65 bytes, the first 0x04) and a 16-byte secret, in
+#: base64url: the shapes only; whether the point is on the curve is checked later.
+P256Point = Annotated[str, msgspec.Meta(pattern=r"^B[A-Za-z0-9_-]{86}=?$")]
+AuthSecret = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{22}(==)?$")]
+
+
 class SubscriptionKeys(
     msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
 ):
-    p256dh: str | None = None
-    auth: str | None = None
+    p256dh: P256Point | None = None
+    auth: AuthSecret | None = None
 
 
 class SubscribeFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``POST /v1/devices/{pin}/subscriptions`` and the ``subscribe`` frame's fields."""
 
     keys: SubscriptionKeys | None = None
-    applicationServerKey: str | None = None
+    applicationServerKey: P256Point | None = None
 
 
 class SubscriptionView(msgspec.Struct, kw_only=True):
