@@ -33,7 +33,11 @@ def encrypt(keys: SubscriptionKeys, data: bytes) -> bytes:
 
 def msg_data(body: bytes, subscription: str = "s1", **more: Any) -> bytes:
     """A webpush ``msg.data`` as the relay sends it (PROTOCOL "What the device receives")."""
-    data = {"body": b64url(body), "encoding": "aes128gcm", "subscription": subscription}
+    data: dict[str, Any] = {
+        "body": b64url(body),
+        "encoding": "aes128gcm",
+        "subscription": subscription,
+    }
     data.update({"topic": None, **more})
     return json.dumps(data).encode()
 
