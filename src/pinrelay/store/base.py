@@ -127,6 +127,7 @@ class Redemption(msgspec.Struct, frozen=True):
 #: trying it again says "used" or "expired" rather than "unknown".
 PAIRING_KEEP_MS = 3600 * 1000
 
+
 class Subscription(msgspec.Struct, frozen=True):
     """A Web Push subscription (PROTOCOL "Web Push"): pushes to ``/push/<id>`` go to
     ``pin``'s device.  ``id`` is 22 base64url characters (128 random bits).
