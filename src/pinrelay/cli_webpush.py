@@ -17,13 +17,10 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import requests
 import typer
 from cryptography.hazmat.primitives import serialization
-from py_vapid import Vapid, VapidException
-from pywebpush import WebPushException, webpush
 from rich.markup import escape
 from rich.table import Table
 
@@ -42,6 +39,10 @@ from pinrelay.client.contacts import DeviceClient
 from pinrelay.client.http import ApiError
 from pinrelay.client.keys import FileKeyStore, SubscriptionKeys, b64url
 from pinrelay.client.webpush import SubscriptionRoutes, WebPushMessage, checked
+
+if TYPE_CHECKING:  # pywebpush pulls in requests and aiohttp: imported when sending
+    import requests
+    from py_vapid import Vapid
 
 webpush_app = typer.Typer(help="Web Push: send to an endpoint, list and delete subscriptions.")
 
@@ -185,6 +186,8 @@ def application_server_key(vapid: Vapid) -> str:
 
 
 def _load_vapid(path: Path) -> Vapid:
+    from py_vapid import Vapid, VapidException
+
     # Checked here: py_vapid's from_file would make a new key for a missing file.
     if not path.is_file():
         fail(f"no VAPID key file at {path} (make one with: pinrelay webpush vapid {path})")
@@ -201,6 +204,8 @@ def webpush_vapid(
 ) -> None:
     """Make an application server's VAPID key in FILE (if there is none); print its
     public key, to subscribe with --vapid-key."""
+    from py_vapid import Vapid
+
     made = not path.exists()
     if made:
         vapid = Vapid()
@@ -267,6 +272,10 @@ def webpush_send(
     as_json: JsonOpt = False,
 ) -> None:
     """Push TEXT to a Web Push endpoint as an application server does (pywebpush)."""
+    import requests
+    from py_vapid import VapidException
+    from pywebpush import WebPushException, webpush
+
     try:
         given = json.loads(keys)
     except ValueError as exc:
