@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from rich.table import Table
@@ -70,6 +71,16 @@ def _key(key: str | None) -> str:
     if path.exists():
         return path.read_text().strip()
     fail("no API key: pass --key, set PINRELAY_KEY, or run where data/admin.key is")
+
+
+def _origin(url: str | None) -> str | None:
+    """``--public-url`` as an origin: http(s), a host, no path."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        fail(f"--public-url {url!r}: use an origin such as https://relay.example")
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _client(url: str, key: str | None) -> RelayClient:
@@ -160,6 +171,16 @@ def serve(
     sends_per_minute: Annotated[
         int, typer.Option(help="Chat messages a device may send per minute.")
     ] = 600,
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="Origin of Web Push endpoints, e.g. https://relay.example (a proxy)."),
+    ] = None,
+    webpush_per_minute: Annotated[
+        int, typer.Option(help="Web Push requests a minute to one subscription.")
+    ] = 600,
+    webpush_sender_per_minute: Annotated[
+        int, typer.Option(help="Web Push requests a minute from one sender (VAPID key or address).")
+    ] = 6000,
     http_max_connections: Annotated[
         int | None,
         typer.Option(
@@ -219,6 +240,7 @@ def serve(
     from pinrelay.core.chat import ChatLimits
     from pinrelay.core.errors import PinrelayError
     from pinrelay.core.model import Limits
+    from pinrelay.core.webpush import WebPushLimits
     from pinrelay.relay import Relay
     from pinrelay.relay import serve as run_relay
 
@@ -244,6 +266,8 @@ def serve(
         ("--auth-failure-limit", auth_failure_limit),
         ("--invites-per-hour", invites_per_hour),
         ("--sends-per-minute", sends_per_minute),
+        ("--webpush-per-minute", webpush_per_minute),
+        ("--webpush-sender-per-minute", webpush_sender_per_minute),
     ):
         if count < 1:
             fail(f"{flag} {count}: use 1 or more")
@@ -276,6 +300,8 @@ def serve(
         max_links=max_links,
         limits=Limits(max_data_bytes=max_data, max_ttl_s=max_ttl),
         chat=ChatLimits(invites_per_hour=invites_per_hour, sends_per_minute=sends_per_minute),
+        webpush=WebPushLimits(webpush_per_minute, webpush_sender_per_minute),
+        public_url=_origin(public_url),
         admin_key=admin_key,
         store=",".join(urls) if urls else None,
         partitions=partitions,

@@ -31,6 +31,7 @@ from pinrelay.router.nats import NatsRouter
 from pinrelay.store.base import Store
 from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.store.sqlite import SqliteStore
+from pinrelay.webpush import WebPush
 
 log = logging.getLogger("pinrelay")
 
@@ -88,6 +89,7 @@ class Relay:
             )
         self.ingest = Ingest(self.store, self.router, clock, config.limits, self.metrics)
         self.chat = Chat(self.ingest, clock, config.chat)
+        self.webpush = WebPush(self.ingest, clock, config.push_origin, config.webpush)
         self.auth = Authenticator(
             self.store,
             FailureLimiter(limit=config.auth_failure_limit),
@@ -115,6 +117,7 @@ class Relay:
             clock=clock,
             auth=self.auth,
             chat=self.chat,
+            webpush=self.webpush,
         )
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None
