@@ -140,10 +140,17 @@ def webpush_list(
     if not subs:
         out.print("no subscriptions")
         return
-    table = Table("id", "endpoint", "vapid", "keys here", "created", box=None, pad_edge=False)
+    # Ids whole whatever the width (they are what delete takes); endpoints fold.
+    table = Table(box=None, pad_edge=False)
+    table.add_column("id", no_wrap=True)
+    table.add_column("vapid")
+    table.add_column("keys here")
+    table.add_column("created", no_wrap=True)
+    table.add_column("endpoint", overflow="fold")
     for s in subs:
         vapid = "yes" if s.application_server_key else "-"
-        table.add_row(s.id, s.endpoint, vapid, "yes" if s.id in held else "no", s.created_at)
+        created = (s.created_at or "")[:19].replace("T", " ")
+        table.add_row(s.id, vapid, "yes" if s.id in held else "no", created, s.endpoint)
     out.print(table)
 
 
