@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from pinrelay.client.keys import (
     b64url,
     unb64url,
 )
+from pinrelay.testing.wait import TIMEOUT_FACTOR
 
 
 class TestSubscriptionKeys:
@@ -130,6 +133,30 @@ class TestFileKeyStore:
         # And a save through the listener keeps the subscriber's keys.
         listener.save("s2", SubscriptionKeys.generate())
         assert sorted(FileKeyStore(path).ids()) == ["s1", "s2"]
+
+    def test_processes_saving_at_once_keep_every_key(self, tmp_path: Path) -> None:
+        """Several `pinrelay subscribe` at once: each one's read-modify-write of the
+        file holds the folder's lock, so no save overwrites another's."""
+        path = tmp_path / "keys.json"
+        script = (
+            "import sys\n"
+            "from pinrelay.client.keys import FileKeyStore, SubscriptionKeys\n"
+            "store = FileKeyStore(sys.argv[1])\n"
+            "for i in range(15):\n"
+            "    store.save(f'{sys.argv[2]}-{i}', SubscriptionKeys.generate())\n"
+        )
+        procs = [
+            subprocess.Popen([sys.executable, "-c", script, str(path), f"p{n}"]) for n in range(6)
+        ]
+        try:
+            codes = [p.wait(timeout=60 * TIMEOUT_FACTOR) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        assert codes == [0] * 6
+        assert len(FileKeyStore(path).ids()) == 6 * 15
 
     def test_a_file_that_is_not_a_key_file_is_refused(self, tmp_path: Path) -> None:
         path = tmp_path / "keys.json"

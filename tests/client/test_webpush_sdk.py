@@ -22,7 +22,7 @@ from py_vapid import Vapid
 from pinrelay.cli_webpush import application_server_key
 from pinrelay.client.device import Device, Message
 from pinrelay.client.http import ApiError
-from pinrelay.client.keys import FileKeyStore, KeyStore, MemoryKeyStore
+from pinrelay.client.keys import FileKeyStore, KeyStore, MemoryKeyStore, SubscriptionKeys
 from pinrelay.client.webpush import WebPushSubscription
 from pinrelay.testing.wait import wait_until_async
 from tests.client.test_webpush_open import MAX_PLAINTEXT
@@ -264,3 +264,16 @@ async def test_list_and_delete(relay: RelayProc) -> None:
     with pytest.raises(ApiError) as missing:
         await app.device.webpush.delete(a.id)
     assert missing.value.status == 404
+
+
+class BrokenStore(MemoryKeyStore):
+    def save(self, subscription: str, keys: SubscriptionKeys) -> None:
+        raise OSError("disk full")
+
+
+async def test_a_subscription_whose_keys_cannot_be_kept_is_taken_back(relay: RelayProc) -> None:
+    """Nobody could read what is pushed to it: subscribe deletes it and raises."""
+    app = App(relay, relay.create_device(), BrokenStore())
+    with pytest.raises(OSError, match="disk full"):
+        await app.device.subscribe()
+    assert await app.device.webpush.list() == []

@@ -22,6 +22,7 @@ AsyncRunner or the CLI's DeviceClient like the contact routes.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -225,7 +226,13 @@ class WebPush:
         returned subscription's ``to_json()`` to the application server."""
         keys = SubscriptionKeys.generate()
         sub = await self._run(self._routes.create(keys.public(), application_server_key))
-        self.keys.save(checked(sub, keys).id, keys)
+        try:
+            self.keys.save(checked(sub, keys).id, keys)
+        except BaseException:
+            # Nobody could read what is pushed to it: take it back, then say why.
+            with contextlib.suppress(ApiError):
+                await self._run(self._routes.delete(sub.id))
+            raise
         return sub
 
     async def list(self) -> builtins.list[WebPushSubscription]:
