@@ -10,7 +10,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import uvicorn
 from pinrelay.auth import Authenticator
 from pinrelay.chat import Chat
 from pinrelay.config import RelayConfig, raise_fd_limit
+from pinrelay.core.chat import Delivered
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.ingest import Ingest
 from pinrelay.link.server import LinkConfig, LinkServer
@@ -118,6 +119,7 @@ class Relay:
             auth=self.auth,
             chat=self.chat,
             webpush=self.webpush,
+            on_acked=self.acked,
         )
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -127,6 +129,18 @@ class Relay:
     def link_urls(self) -> list[str]:
         """Every live relay's link URL, this one's first."""
         return self.router.link_urls
+
+    async def acked(self, pin: str, items: Sequence[Delivered]) -> None:
+        """A device acknowledged tracked messages: chat receipts to their senders,
+        Web Push receipts for theirs; both stored before the ack (delivery.py)."""
+        chats = [i for i in items if i.subscription is None]
+        pushes = [i for i in items if i.subscription is not None]
+        if chats and pushes:
+            await asyncio.gather(self.chat.delivered(pin, chats), self.webpush.delivered(pushes))
+        elif chats:
+            await self.chat.delivered(pin, chats)
+        elif pushes:
+            await self.webpush.delivered(pushes)
 
     async def start(self) -> None:
         await self.store.open()

@@ -9,42 +9,76 @@ cursor order, acknowledged by the device.  The relay never decrypts a body.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
-
-import msgspec
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from pinrelay.core import webpush as wire
+from pinrelay.core.chat import Delivered
 from pinrelay.core.errors import ErrorCode, PinrelayError, RateLimited
 from pinrelay.core.model import Accepted
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.core.timefmt import rfc3339
 from pinrelay.ingest import Draft, Ingest
-from pinrelay.store.base import UNKNOWN_DEVICE, Rejected, Subscription
+from pinrelay.store.base import (
+    PUSH_RECEIPT_KEEP_MS,
+    UNKNOWN_DEVICE,
+    PushReceipt,
+    Rejected,
+    Subscription,
+)
 from pinrelay.vapid import VapidVerifier, auth_secret, p256_point
 
 
 @dataclass(frozen=True, slots=True)
 class Pushed:
-    """A push the relay took: where its message resource is, the TTL it kept."""
+    """A push the relay took: where its message resource is, the TTL it kept, and
+    its receipt subscription (RFC 8030 §6.2: the message's delivery, long-polled)."""
 
     location: str
     ttl: int
+    receipt: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptAnswer:
+    """What a receipt subscription says: delivered (with when), or still pending."""
+
+    delivered_ms: int | None
 
 
 def _not_found(sub_id: str) -> PinrelayError:
     return PinrelayError(f"no push subscription {sub_id[:40]}", ErrorCode.NOT_FOUND)
 
 
-_data_dec = msgspec.json.Decoder(wire.WebPushData)
+#: How often a receipt long-poll looks at the store (a delivery on another relay of
+#: a cluster wakes no waiter here).
+RECEIPT_POLL_S = 1.0
 
 
-def _subscription_of(data: bytes) -> str | None:
-    try:
-        return _data_dec.decode(data).subscription
-    except msgspec.DecodeError:
-        return None
+@dataclass(slots=True)
+class _Waiter:
+    """The receipt long-polls of one message on this relay (removed with the last)."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    count: int = 0
+
+
+def _resource(resource: str) -> tuple[str, int]:
+    """``{message id}.{cursor}`` of a message resource; cursor 0 if malformed."""
+    message_id, _, cursor_text = resource.partition(".")
+    if not cursor_text.isdigit() or not 0 < int(cursor_text) < 2**53:
+        return message_id, 0
+    return message_id, int(cursor_text)
+
+
+def _no_receipt() -> PinrelayError:
+    return PinrelayError(
+        "no such message, or it will never be delivered (deleted, replaced or expired)",
+        ErrorCode.NOT_FOUND,
+    )
 
 
 def _same_key(a: str, b: str) -> bool:
@@ -71,6 +105,8 @@ class WebPush:
         self.verifier = VapidVerifier()
         self._per_sub = FailureLimiter(limit=self.limits.per_subscription, period=60.0)
         self._per_sender = FailureLimiter(limit=self.limits.per_sender, period=60.0)
+        #: Receipt long-polls waiting on this relay, by receipt key.
+        self._waiters: dict[str, _Waiter] = {}
 
     # --- subscriptions ---------------------------------------------------------
     def endpoint(self, sub_id: str) -> str:
@@ -129,6 +165,7 @@ class WebPush:
         vapid: wire.VapidToken | None,
         body: bytes,
         source: str,
+        receipt: bool = False,
     ) -> Pushed:
         """Store one encrypted message for the subscription's device (RFC 8030 §5).
 
@@ -160,7 +197,7 @@ class WebPush:
                 )
         draft = Draft(
             to=sub.pin,
-            data=wire.webpush_data(body, sub.id, headers.topic),
+            data=wire.webpush_data(body, sub.id, headers.topic, receipt),
             ttl=headers.ttl,
             kind="webpush",
             topic=None if headers.topic is None else wire.topic_key(sub.id, headers.topic),
@@ -170,27 +207,79 @@ class WebPush:
         if isinstance(result, Rejected):
             if result.reason == UNKNOWN_DEVICE:
                 raise PinrelayError("this push subscription's device was deleted", ErrorCode.GONE)
-            return Pushed(self._location(sub.id, result.id or "", 0), headers.ttl)
+            return self._pushed(sub.id, result.id or "", 0, headers.ttl)
         assert isinstance(result, Accepted)
-        return Pushed(self._location(sub.id, result.id, result.cursor), headers.ttl)
+        return self._pushed(sub.id, result.id, result.cursor, headers.ttl)
+
+    def _pushed(self, sub_id: str, message_id: str, cursor: int, ttl: int) -> Pushed:
+        resource = f"{message_id}.{cursor}"
+        base = self.endpoint(sub_id)
+        return Pushed(f"{base}/messages/{resource}", ttl, f"{base}/receipts/{resource}")
 
     async def delete_message(self, sub_id: str, resource: str) -> None:
         """Remove a message not delivered yet (RFC 8030 §6.4): 404 if it was
         delivered, expired, replaced, or is another subscription's."""
         sub = await self.live(sub_id)
-        message_id, _, cursor_text = resource.partition(".")
-        gone = PinrelayError("no such undelivered message", ErrorCode.NOT_FOUND)
-        if not cursor_text.isdigit() or not 0 < int(cursor_text) < 2**53:
-            raise gone
-        cursor = int(cursor_text)
-        now_ms = int(self.clock() * 1000)
-        found = await self.store.read(sub.pin, cursor - 1, 1, now_ms)
-        if not found or found[0].cursor != cursor or found[0].id != message_id:
-            raise gone
-        message = found[0]
-        if message.kind != "webpush" or _subscription_of(message.data) != sub.id:
-            raise gone
+        message_id, cursor = _resource(resource)
+        if cursor == 0 or not await self._pending(
+            sub, message_id, cursor, int(self.clock() * 1000)
+        ):
+            raise PinrelayError("no such undelivered message", ErrorCode.NOT_FOUND)
         await self.store.forget([(sub.pin, cursor)])
 
-    def _location(self, sub_id: str, message_id: str, cursor: int) -> str:
-        return f"{self.endpoint(sub_id)}/messages/{message_id}.{cursor}"
+    # --- receipts (RFC 8030 §6) ---------------------------------------------------
+    async def delivered(self, items: Sequence[Delivered]) -> None:
+        """A device acknowledged Web Push messages whose senders asked for receipts:
+        keep the receipts (before the ack is stored), and wake who waits for them."""
+        now_ms = int(self.clock() * 1000)
+        keys = [wire.receipt_key(i.subscription or "", i.id) for i in items]
+        await self.store.put_push_receipts(
+            [PushReceipt(k, "delivered", now_ms, now_ms + PUSH_RECEIPT_KEEP_MS) for k in keys]
+        )
+        for key in keys:
+            waiter = self._waiters.get(key)
+            if waiter is not None:
+                waiter.event.set()
+
+    async def receipt(self, sub_id: str, resource: str, wait: float) -> ReceiptAnswer:
+        """The delivery of a message (``{message id}.{cursor}``), waiting up to
+        ``wait`` seconds for it; 404 if the message will never be delivered (deleted,
+        replaced, expired) or is not this subscription's."""
+        if not wire.SUBSCRIPTION_ID_RE.fullmatch(sub_id):
+            raise _no_receipt()
+        sub = await self.store.get_subscription(sub_id)
+        message_id, cursor = _resource(resource)
+        if sub is None or cursor == 0:
+            raise _no_receipt()
+        key = wire.receipt_key(sub.id, message_id)
+        deadline = self.clock() + wait
+        waiter = self._waiters.setdefault(key, _Waiter())
+        waiter.count += 1
+        try:
+            while True:
+                now = self.clock()
+                got = await self.store.get_push_receipt(key, int(now * 1000))
+                if got is not None:
+                    return ReceiptAnswer(got.at_ms)
+                if not await self._pending(sub, message_id, cursor, int(now * 1000)):
+                    # The ack may have been stored just after the receipt was looked up.
+                    got = await self.store.get_push_receipt(key, int(now * 1000))
+                    if got is not None:
+                        return ReceiptAnswer(got.at_ms)
+                    raise _no_receipt()
+                if now >= deadline:
+                    return ReceiptAnswer(None)
+                # Woken by this relay's delivery; another relay's is seen by polling.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.event.wait(), min(RECEIPT_POLL_S, deadline - now))
+        finally:
+            waiter.count -= 1
+            if waiter.count == 0 and self._waiters.get(key) is waiter:
+                del self._waiters[key]
+
+    async def _pending(self, sub: Subscription, message_id: str, cursor: int, now_ms: int) -> bool:
+        """Whether the message is stored and not acknowledged yet."""
+        found = await self.store.read(sub.pin, cursor - 1, 1, now_ms)
+        if not found or found[0].cursor != cursor or found[0].id != message_id:
+            return False
+        return found[0].kind == "webpush" and wire.subscription_of(found[0].data) == sub.id

@@ -12,7 +12,7 @@ import asyncio
 import pytest
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
-from pinrelay.store.base import MAX_SUBSCRIPTIONS, Store, Subscription
+from pinrelay.store.base import MAX_SUBSCRIPTIONS, PushReceipt, Store, Subscription
 
 from .conftest import ENGINE, Reopen
 from .test_contract import NOW, A, B, add_devices
@@ -111,3 +111,16 @@ async def test_a_delete_is_seen_by_every_relay(
             break
         assert loop.time() < deadline, "the other relay still pushes to a deleted subscription"
         await asyncio.sleep(0.05)
+
+
+async def test_push_receipts(store: Store) -> None:
+    await add_devices(store, A)
+    first = PushReceipt("k1", "delivered", NOW, NOW + 1000)
+    second = PushReceipt("k2", "delivered", NOW + 1, NOW + 2000)
+    await store.put_push_receipts([first, second])
+    await store.put_push_receipts([first])  # a crash repeats a receipt: no harm
+    assert await store.get_push_receipt("k1", NOW) == first
+    assert await store.get_push_receipt("k2", NOW) == second
+    assert await store.get_push_receipt("k3", NOW) is None
+    assert await store.get_push_receipt("k1", NOW + 1000) is None  # expired
+    assert await store.get_push_receipt("k2", NOW + 1000) == second

@@ -64,6 +64,10 @@ class Subscriber:
         )
 
 
+def delete(url: str) -> int:
+    return httpx.delete(url, timeout=10).status_code
+
+
 def subscribe(relay: RelayProc, device: Dev, vapid_key: str | None = None) -> Subscriber:
     sub = Subscriber()
     body: dict[str, Any] = {"keys": sub.keys}

@@ -19,7 +19,7 @@ from tests.chat.conftest import Links
 from tests.conftest import RelayFactory
 from tests.linkclient import recv
 from tests.relayproc import RelayProc, wait_until_async
-from tests.webpush.helpers import bearer, next_webpush, subscribe, vapid_public
+from tests.webpush.helpers import bearer, delete, next_webpush, subscribe, vapid_public
 
 CLAIMS = {"sub": "mailto:ops@example.com"}
 
@@ -33,10 +33,6 @@ def status_of(call: Any) -> httpx.Response | Any:
         return call()
     except WebPushException as exc:
         return exc.response
-
-
-def delete(url: str) -> int:
-    return httpx.delete(url, timeout=10).status_code
 
 
 def listed(relay: RelayProc, device: dict[str, Any]) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from starlette.routing import Route
 from pinrelay.api.common import (
     decode,
     json_response,
+    query_int,
     read_body,
     relay_of,
     require_device,
@@ -21,12 +22,29 @@ from pinrelay.api.common import (
 )
 from pinrelay.core import webpush as wire
 from pinrelay.core.errors import LimitExceeded
+from pinrelay.core.timefmt import rfc3339
 
 SMALL_BODY = 4096
 
 
+#: The link relation of a receipt subscription (RFC 8030 §6.2).
+RECEIPT_REL = "urn:ietf:params:push:receipt"
+#: How long a receipt long-poll waits by default, and at most.
+RECEIPT_WAIT_S = 30
+MAX_RECEIPT_WAIT_S = 60
+
+
 class SubscriptionList(msgspec.Struct, kw_only=True):
     subscriptions: list[wire.SubscriptionView]
+
+
+class PushReceiptView(msgspec.Struct, kw_only=True):
+    """A push receipt (RFC 8030 §6.3 sends it as a push promise of the message's
+    resource with 410; over HTTP/1.1 it is this body)."""
+
+    message: str
+    state: str
+    delivered_at: str
 
 
 # --- a device's subscriptions ------------------------------------------------------
@@ -80,10 +98,40 @@ async def push(request: Request) -> Response:
     vapid = wire.parse_vapid(h.get("authorization"), h.get("crypto-key"))
     body = await _push_body(request)
     wire.check_body(body)
+    receipt = _respond_async(h.get("prefer"))
     pushed = await relay.webpush.push(
-        str(request.path_params["sub"]), headers, vapid, body, source_of(request)
+        str(request.path_params["sub"]), headers, vapid, body, source_of(request), receipt
     )
-    return Response(status_code=201, headers={"Location": pushed.location, "TTL": str(pushed.ttl)})
+    answer = {"Location": pushed.location, "TTL": str(pushed.ttl)}
+    if not receipt:
+        return Response(status_code=201, headers=answer)
+    # RFC 8030 §5.1, §6.2: accepted, and where its delivery will be reported.
+    answer["Link"] = f'<{pushed.receipt}>; rel="{RECEIPT_REL}"'
+    return Response(status_code=202, headers=answer)
+
+
+def _respond_async(prefer: str | None) -> bool:
+    """``Prefer: respond-async`` (RFC 7240), among other preferences."""
+    if not prefer:
+        return False
+    return any(p.split(";")[0].strip().lower() == "respond-async" for p in prefer.split(","))
+
+
+async def receipt(request: Request) -> Response:
+    """A message's receipt subscription: long-polled (``?wait=`` seconds, 30 by
+    default) until the device acknowledged it (200), else 204 (ask again)."""
+    relay = relay_of(request)
+    wait = query_int(request, "wait", RECEIPT_WAIT_S, 0, MAX_RECEIPT_WAIT_S)
+    sub, resource = str(request.path_params["sub"]), str(request.path_params["message"])
+    answer = await relay.webpush.receipt(sub, resource, wait)
+    if answer.delivered_ms is None:
+        return Response(status_code=204, headers={"Retry-After": "0"})
+    location = f"{relay.webpush.endpoint(sub)}/messages/{resource}"
+    return json_response(
+        PushReceiptView(
+            message=location, state="delivered", delivered_at=rfc3339(answer.delivered_ms)
+        )
+    )
 
 
 async def probe(request: Request) -> Response:
@@ -104,6 +152,7 @@ routes = [
     Route("/push/{sub}", push, methods=["POST"]),
     Route("/push/{sub}", probe, methods=["GET"]),
     Route("/push/{sub}/messages/{message}", delete_message, methods=["DELETE"]),
+    Route("/push/{sub}/receipts/{message}", receipt, methods=["GET"]),
     Route("/v1/devices/{pin}/subscriptions", subscribe, methods=["POST"]),
     Route("/v1/devices/{pin}/subscriptions", list_subscriptions, methods=["GET"]),
     Route("/v1/devices/{pin}/subscriptions/{sub}", unsubscribe, methods=["DELETE"]),

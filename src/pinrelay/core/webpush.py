@@ -16,6 +16,7 @@ from typing import Literal
 
 import msgspec
 
+from pinrelay.core.chat import Delivered
 from pinrelay.core.errors import ErrorCode, LimitExceeded, PinrelayError, RemoteProtocolError
 from pinrelay.core.ids import Rand
 
@@ -148,13 +149,47 @@ class WebPushData(msgspec.Struct, kw_only=True):
     encoding: str = "aes128gcm"
     subscription: str
     topic: str | None = None
+    #: The sender asked for a delivery receipt (``Prefer: respond-async``).
+    receipt: bool = False
+
+
+class _Tracked(msgspec.Struct):
+    subscription: str
+    receipt: bool = False
 
 
 _data_enc = msgspec.json.Encoder()
+_tracked_dec = msgspec.json.Decoder(_Tracked)
 
 
-def webpush_data(body: bytes, subscription: str, topic: str | None) -> bytes:
-    return _data_enc.encode(WebPushData(body=b64url(body), subscription=subscription, topic=topic))
+def webpush_data(body: bytes, subscription: str, topic: str | None, receipt: bool) -> bytes:
+    return _data_enc.encode(
+        WebPushData(body=b64url(body), subscription=subscription, topic=topic, receipt=receipt)
+    )
+
+
+def subscription_of(data: bytes) -> str | None:
+    """The subscription a stored ``webpush`` message's data names (None: unreadable)."""
+    try:
+        return _tracked_dec.decode(data).subscription
+    except msgspec.DecodeError:
+        return None
+
+
+def receipt_wanted(message_id: str, data: bytes, cursor: int) -> Delivered | None:
+    """The receipt bookkeeping of a stored ``webpush`` message, if its sender asked."""
+    try:
+        tracked = _tracked_dec.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if not tracked.receipt:
+        return None
+    return Delivered(message_id, "", None, cursor, tracked.subscription)
+
+
+def receipt_key(subscription: str, message_id: str) -> str:
+    """Where a message's push receipt is kept: both ids, fixed widths, one token."""
+    return subscription + message_id
 
 
 # --- VAPID (RFC 8292) ------------------------------------------------------------

@@ -49,7 +49,7 @@ from pinrelay.core.session import (
     Tick,
 )
 from pinrelay.core.webpush import SubscribeFields
-from pinrelay.delivery import AckWriter, Delivery, beyond_limit, msg_frame
+from pinrelay.delivery import AckWriter, Delivery, OnAcked, beyond_limit, msg_frame
 from pinrelay.link.wireframes import client_text_frames, text_frame, whole_frames
 from pinrelay.metrics import Metrics
 from pinrelay.router.base import Router
@@ -520,7 +520,7 @@ class LinkProtocol(asyncio.Protocol):
             clock=server.clock,
             metrics=server.metrics,
             acks=server.acks,
-            on_acked=server.chat.delivered if server.chat is not None else None,
+            on_acked=server.on_acked,
             on_broken=self._receipts_failed,
         )
         server.metrics.links_open.inc()
@@ -669,10 +669,13 @@ class LinkServer:
         auth: Authenticator,
         chat: Chat | None = None,
         webpush: WebPush | None = None,
+        on_acked: OnAcked | None = None,
     ) -> None:
         self.store = store
         self.chat = chat
         self.webpush = webpush
+        #: Told of tracked messages a device acknowledged, before the ack is stored.
+        self.on_acked = on_acked
         self.router = router
         self.config = config
         self.metrics = metrics

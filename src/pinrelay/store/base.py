@@ -147,6 +147,20 @@ class Subscription(msgspec.Struct, frozen=True):
     deleted_ms: int | None = None
 
 
+class PushReceipt(msgspec.Struct, frozen=True):
+    """A Web Push message's delivery, kept for the sender's receipt subscription
+    (RFC 8030 §6; pinrelay/webpush.py) until ``expires_ms``.  ``key`` is
+    ``core.webpush.receipt_key(subscription, message id)``."""
+
+    key: str
+    state: Literal["delivered"]
+    at_ms: int
+    expires_ms: int
+
+
+#: How long a push receipt is kept after the delivery it reports.
+PUSH_RECEIPT_KEEP_MS = 24 * 3600 * 1000
+
 #: Most live subscriptions one device may hold.
 MAX_SUBSCRIPTIONS = 100
 #: How long a deleted subscription still answers 410 Gone (then 404).
@@ -306,6 +320,14 @@ class Store(Protocol):
     async def delete_subscription(self, pin: str, sub_id: str, now_ms: int) -> bool:
         """Make ``pin``'s live subscription a tombstone; False if it has none by that
         id.  Deleting a device makes tombstones of all its subscriptions."""
+        ...
+
+    async def put_push_receipts(self, receipts: Sequence[PushReceipt]) -> None:
+        """Keep these receipts (durable: stored before the ack that caused them)."""
+        ...
+
+    async def get_push_receipt(self, key: str, now_ms: int) -> PushReceipt | None:
+        """The receipt by its key, unless there is none or it expired."""
         ...
 
     # --- messages ------------------------------------------------------------

@@ -38,6 +38,7 @@ from pinrelay.store.base import (
     Contact,
     Group,
     IdempotencyKey,
+    PushReceipt,
     Redemption,
     Rejected,
     StoreClosed,
@@ -146,6 +147,13 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX subscriptions_pin ON subscriptions (pin) WHERE deleted_ms IS NULL;
     CREATE INDEX subscriptions_gone ON subscriptions (deleted_ms) WHERE deleted_ms IS NOT NULL;
+    CREATE TABLE push_receipts (
+        key TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX push_receipts_expiry ON push_receipts (expires_ms);
     """,
 ]
 
@@ -613,6 +621,22 @@ class SqliteStore:
 
     async def delete_subscription(self, pin: str, sub_id: str, now_ms: int) -> bool:
         return bool(await self._write(ops.DeleteSubscription(pin, sub_id, now_ms)))
+
+    async def put_push_receipts(self, receipts: Sequence[PushReceipt]) -> None:
+        if receipts:
+            await self._write(ops.PutPushReceipts(list(receipts)))
+
+    async def get_push_receipt(self, key: str, now_ms: int) -> PushReceipt | None:
+        row = (
+            self._read()
+            .execute(
+                "SELECT key, state, at_ms, expires_ms FROM push_receipts"
+                " WHERE key = ? AND expires_ms > ?",
+                (key, now_ms),
+            )
+            .fetchone()
+        )
+        return None if row is None else PushReceipt(*row)
 
     async def append(
         self, messages: Sequence[NewMessage | Rejected], idem: IdempotencyKey | None = None

@@ -24,6 +24,7 @@ from pinrelay.store.base import (
     SUBSCRIPTION_GONE_KEEP_MS,
     UNKNOWN_DEVICE,
     AppendResult,
+    PushReceipt,
     Subscription,
 )
 
@@ -155,6 +156,7 @@ class Sweep(Op, tag="sw"):
             "DELETE FROM subscriptions WHERE deleted_ms <= ?",
             (self.now_ms - SUBSCRIPTION_GONE_KEEP_MS,),
         )
+        c.execute("DELETE FROM push_receipts WHERE expires_ms <= ?", (self.now_ms,))
         return int(n)
 
 
@@ -367,6 +369,17 @@ class DeleteSubscription(Op, tag="ds"):
         )
 
 
+class PutPushReceipts(Op, tag="pr"):
+    receipts: list[PushReceipt]
+
+    def run(self, c: sqlite3.Connection) -> None:
+        c.executemany(
+            "INSERT OR REPLACE INTO push_receipts (key, state, at_ms, expires_ms)"
+            " VALUES (?, ?, ?, ?)",
+            [(r.key, r.state, r.at_ms, r.expires_ms) for r in self.receipts],
+        )
+
+
 class Item(msgspec.Struct, array_like=True):
     """One message of an append: stored if ``reason`` is None, else passed through."""
 
@@ -433,6 +446,7 @@ AnyOp = (
     | RedeemPairing
     | CreateSubscription
     | DeleteSubscription
+    | PutPushReceipts
     | Stop
 )
 

@@ -6,7 +6,8 @@ each protocol call to the part that owns it: :class:`~.devices.Devices` and
 :class:`~.idempotency.Leases` for an Idempotency-Key and
 :class:`~.group.GroupCommit` for concurrent appends), :class:`~.reads.Reader`,
 :class:`~.acks.Acker`, :class:`~.contacts.ContactLists`,
-:class:`~.unread.Unreads` (read-receipt bookkeeping) and :class:`~.groups.Groups`.  They share one
+:class:`~.unread.Unreads` (read-receipt bookkeeping), :class:`~.groups.Groups` and
+:class:`~.subscriptions.Subscriptions` (Web Push).  They share one
 :class:`~.api.Api` (the connection, retries and the error boundary) and one
 :class:`~.layout.Layout` (names).
 """
@@ -30,10 +31,12 @@ from pinrelay.store.base import (
     Contact,
     Group,
     IdempotencyKey,
+    PushReceipt,
     Redemption,
     Rejected,
     StoreClosed,
     StoreStats,
+    Subscription,
     Unread,
     to_results,
 )
@@ -51,15 +54,17 @@ from pinrelay.store.jetstream.keys import Keys
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import Layout
 from pinrelay.store.jetstream.pairing import Pairings
+from pinrelay.store.jetstream.pushreceipts import PushReceipts
 from pinrelay.store.jetstream.reads import Reader
 from pinrelay.store.jetstream.records import to_device
+from pinrelay.store.jetstream.subscriptions import Subscriptions
 from pinrelay.store.jetstream.unread import Unreads
 
 log = logging.getLogger(__name__)
 
 
 class JetStreamStore:
-    """The cluster engine: one JetStream stream (or one per partition) plus seven KV buckets."""
+    """The cluster engine: one JetStream stream (or one per partition) plus nine KV buckets."""
 
     def __init__(
         self,
@@ -107,6 +112,8 @@ class JetStreamStore:
         self.groups = Groups(kv, buckets.groups)
         self.leases = Leases(kv, buckets.idem, idem_lease_s)
         self.pairings = Pairings(kv, self.layout.pairing)
+        self.push_receipts = PushReceipts(kv, self.layout.push_receipts)
+        self.subscriptions = Subscriptions(kv, buckets.subscriptions, self.devices)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
@@ -128,7 +135,11 @@ class JetStreamStore:
         return self.layout.streams
 
     def bucket_names(self) -> list[str]:
-        return [*self.layout.bucket_names(), self.layout.pairing.name]
+        return [
+            *self.layout.bucket_names(),
+            self.layout.pairing.name,
+            self.layout.push_receipts.name,
+        ]
 
     @property
     def direct_fallbacks(self) -> int:
@@ -156,6 +167,7 @@ class JetStreamStore:
         self.appender.atomic = prepared.atomic
         self.contact_lists.atomic = self.unread.atomic = prepared.bucket_batches
         self.groups.atomic = prepared.bucket_batches
+        self.subscriptions.atomic = prepared.bucket_batches
         self.acker.closed = False
         self._nc, self._js = nc, js
         self.api.attach(nc)
@@ -164,6 +176,7 @@ class JetStreamStore:
             await self.keys.watch.start(nc, js)
             await self.contact_lists.watch.start(nc, js)
             await self.groups.watch.start(nc, js)
+            await self.subscriptions.watch.start(nc, js)
             await self.feed.start(js)
         except Exception as exc:
             await self.close()
@@ -188,6 +201,7 @@ class JetStreamStore:
         self.keys.cache.clear()
         self.contact_lists.cache.clear()
         self.groups.cache.clear()
+        self.subscriptions.cache.clear()
         nc = self._nc
         log.warning(
             "NATS connection back (%s)", nc.connected_url.netloc if nc and nc.connected_url else "?"
@@ -204,6 +218,7 @@ class JetStreamStore:
         await self.keys.watch.stop()
         await self.contact_lists.watch.stop()
         await self.groups.watch.stop()
+        await self.subscriptions.watch.stop()
         nc, self._nc, self._js = self._nc, None, None
         self.api.attach(None)
         if nc is not None and not nc.is_closed:
@@ -263,11 +278,15 @@ class JetStreamStore:
 
     async def delete_device(self, pin: str) -> bool:
         if await self.devices.get_fresh(pin) is None:
+            # A deletion that failed half-way left its subscriptions live: end them
+            # (.subscriptions, "Deleted devices"; one read when there are none).
+            await self.subscriptions.end_all(pin)
             return False
         # Out of its groups first, so that a deletion failing half-way is finished by
         # its retry (.groups, "Deleted devices").
         await self.groups.leave_all(pin)
         if not await self.devices.remove(pin):
+            await self.subscriptions.end_all(pin)
             return False
         # Messages stored meanwhile carry the old gen: no later device with this PIN sees
         # them; a contacts record written meanwhile does too (.contacts).
@@ -275,6 +294,8 @@ class JetStreamStore:
         self.acker.forget(pin)
         await self.contact_lists.remove(pin)
         await self.unread.remove_all(pin)
+        # After the record's removal, so a create racing with it sees the device gone.
+        await self.subscriptions.end_all(pin)
         return True
 
     async def set_token(self, pin: str, token_hash: str) -> bool:
@@ -378,6 +399,25 @@ class JetStreamStore:
 
     async def sweep(self, now_ms: int, limit: int = 1000) -> int:
         return await self.acker.sweep(now_ms, limit)
+
+    # --- Web Push subscriptions (.subscriptions) ------------------------------------------
+    async def create_subscription(self, sub: Subscription) -> None:
+        await self.subscriptions.create(sub)
+
+    async def get_subscription(self, sub_id: str) -> Subscription | None:
+        return await self.subscriptions.get(sub_id)
+
+    async def subscriptions_of(self, pin: str) -> list[Subscription]:
+        return await self.subscriptions.of(pin)
+
+    async def delete_subscription(self, pin: str, sub_id: str, now_ms: int) -> bool:
+        return await self.subscriptions.delete(pin, sub_id, now_ms)
+
+    async def put_push_receipts(self, receipts: Sequence[PushReceipt]) -> None:
+        await self.push_receipts.put(receipts)
+
+    async def get_push_receipt(self, key: str, now_ms: int) -> PushReceipt | None:
+        return await self.push_receipts.get(key, now_ms)
 
     # --- pairing codes (.pairing) -------------------------------------------------------
     async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:
