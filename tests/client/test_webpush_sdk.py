@@ -277,3 +277,43 @@ async def test_a_subscription_whose_keys_cannot_be_kept_is_taken_back(relay: Rel
     with pytest.raises(OSError, match="disk full"):
         await app.device.subscribe()
     assert await app.device.webpush.list() == []
+
+
+async def test_a_receipt_says_delivered_only_once_the_application_had_it(
+    relay: RelayProc,
+) -> None:
+    """RFC 8030 §6 receipts complete with the device's ack, which the SDK sends after
+    the callback returned: "delivered" means the application saw the plaintext."""
+    dev = relay.create_device()
+    release = asyncio.Event()
+    seen: list[bytes | None] = []
+
+    async def slow_app(m: Message) -> None:
+        if m.webpush is not None:
+            seen.append(m.webpush.payload)
+            await release.wait()
+
+    device = Device(dev["pin"], dev["token"], slow_app, url=relay.url)
+    sub = await device.subscribe()
+    response = await push(sub, "tell me", headers={"Prefer": "respond-async"})
+    assert response.status_code == 202
+    receipt = response.headers["Link"].split(">")[0].lstrip("<")
+    async with httpx.AsyncClient(timeout=30) as http:
+        task = asyncio.create_task(device.run())
+        try:
+            await wait_until_async(lambda: seen, timeout=15, message="the app got the push")
+            assert seen == [b"tell me"]
+            held = await http.get(receipt, params={"wait": 0})
+            assert held.status_code == 204  # in the callback: not acknowledged yet
+            release.set()
+            done = await http.get(receipt, params={"wait": 20})
+            assert done.status_code == 200, done.text
+            assert done.json()["state"] == "delivered"
+            assert done.json()["message"] == response.headers["Location"]
+        finally:
+            release.set()
+            await device.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), 5)
+            if not task.done():
+                task.cancel()
