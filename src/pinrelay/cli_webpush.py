@@ -13,6 +13,7 @@ ones use: it encrypts, signs with VAPID if given a key, and posts to the endpoin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -109,13 +110,17 @@ def subscribe(
     """
     store = key_store(keys_file)
     keys = SubscriptionKeys.generate()
+    routes = SubscriptionRoutes(pin)
     with DeviceClient(url, pin, token) as client:
-        sub = call(client.run, SubscriptionRoutes(pin).create(keys.public(), vapid_key))
-    call(checked, sub, keys)
-    try:
-        store.save(sub.id, keys)
-    except OSError as exc:
-        fail(f"subscription {sub.id} created, but its keys could not be saved: {exc}")
+        sub = call(client.run, routes.create(keys.public(), vapid_key))
+        call(checked, sub, keys)
+        try:
+            store.save(sub.id, keys)
+        except OSError as exc:
+            # Nobody could read what is pushed to it: take it back (as the SDK does).
+            with contextlib.suppress(ApiError):
+                client.run(routes.delete(sub.id))
+            fail(f"cannot save the keys in {store.path}: {exc}; the subscription was deleted")
     print_json(sub.to_dict() if as_json else sub.to_json())
     if not as_json:
         err.print(f"subscription {sub.id}; keys in {store.path}", highlight=False, soft_wrap=True)

@@ -10,6 +10,9 @@ honouring a ``drain`` frame's ``retry_after_ms``, and rotates through every link
 URL it knows (failover).  With ``inbox=True`` it long-polls the HTTP inbox
 instead of holding a WebSocket.
 
+A message of kind ``webpush`` is decrypted with the keys in ``keys`` before the
+callback sees it (``Message.webpush``; client/webpush.py).
+
 ``on_event`` hears what the link is doing, so an application (the CLI) can say
 it: :class:`Connecting` before each attempt, :class:`Retrying` with the reason
 and the time of the next attempt whenever one failed or a link dropped, and
