@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import typer
 from rich.table import Table
 
-from pinrelay import __version__, cli_chat
+from pinrelay import __version__, cli_chat, cli_webpush
 from pinrelay.cli_common import (
     DEFAULT_URL,
     JsonOpt,
@@ -505,9 +505,13 @@ def listen(
     cursor: Annotated[int, typer.Option(help="Resume after this cursor.")] = 0,
     count: Annotated[int, typer.Option(help="Stop after this many messages (0: never).")] = 0,
     inbox: Annotated[bool, typer.Option(help="Long-poll instead of a WebSocket.")] = False,
+    keys_file: cli_webpush.KeysFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Link as a device and print messages as they arrive (each is acknowledged).
+
+    Web Push messages are decrypted with the keys `pinrelay subscribe` kept (--keys);
+    one it cannot decrypt is shown as undecryptable, and acknowledged all the same.
 
     On stderr it says what the link does: connecting, each failed attempt with its
     reason and the time of the next one, and "listening" once the relay accepted the
@@ -520,6 +524,7 @@ def listen(
         return f"listening as {pin}{where}, after cursor {event.cursor} (Ctrl-C to stop)"
 
     on_event = link_reporter(pin, as_json, listening)
+    keys = cli_webpush.key_store(keys_file)
 
     async def main() -> None:
         done = asyncio.Event()
@@ -538,8 +543,16 @@ def listen(
                         "urgency": m.urgency,
                         "sent_at": m.sent_at,
                         "expires_at": m.expires_at,
+                        **(
+                            {"webpush": cli_webpush.webpush_record(m.webpush)}
+                            if m.webpush is not None
+                            else {}
+                        ),
                     }
                 )
+            elif m.webpush is not None:
+                line = cli_webpush.webpush_line(m.webpush)
+                out.print(f"[dim]{m.sent_at}[/] [bold]#{m.cursor}[/] {line}", highlight=False)
             else:
                 out.print(
                     f"[dim]{m.sent_at}[/] [bold]#{m.cursor}[/] {json.dumps(m.data)}"
@@ -550,7 +563,14 @@ def listen(
                 done.set()
 
         device = Device(
-            pin, token, on_message, url=url, cursor=cursor, inbox=inbox, on_event=on_event
+            pin,
+            token,
+            on_message,
+            url=url,
+            cursor=cursor,
+            inbox=inbox,
+            on_event=on_event,
+            keys=keys,
         )
         runner = asyncio.create_task(device.run())
         stopper = asyncio.create_task(done.wait())
@@ -731,6 +751,8 @@ def version(as_json: JsonOpt = False) -> None:
 
 # --- messaging as a device: send, chat, contacts, group (cli_chat.py) ----------
 cli_chat.register(app)
+# --- Web Push: subscribe, webpush send|list|delete|vapid (cli_webpush.py) ------
+cli_webpush.register(app)
 
 
 def main() -> None:
