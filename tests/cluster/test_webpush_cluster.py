@@ -53,7 +53,8 @@ async def test_push_through_another_relay(start_relay: StartRelay, links: Links)
         headers={"Prefer": "respond-async"},
     )
     assert r.status_code == 202, r.text
-    assert sub.decrypt(await next_webpush(ws)) == b"pushed through b"
+    first = await next_webpush(ws)
+    assert sub.decrypt(first) == b"pushed through b"
     # b learns of the delivery on a from the store (its long-poll polls).
     receipt = r.headers["Link"].split(">")[0][1:].replace(ORIGIN, b.url)
     async with httpx.AsyncClient(timeout=30) as http:
@@ -72,7 +73,12 @@ async def test_push_through_another_relay(start_relay: StartRelay, links: Links)
         vapid_claims=claims(),
     )
     assert r.status_code == 201, r.text
-    assert sub.decrypt(await next_webpush(ws)) == b"and back"
+    got = await next_webpush(ws)
+    if got.id == first.id:
+        # The link closed before its ack was written: a redelivery (PROTOCOL
+        # "Redelivery and duplicates"), which a client drops by its cursor.
+        got = await next_webpush(ws)
+    assert sub.decrypt(got) == b"and back"
 
 
 async def test_a_delete_through_one_relay_is_seen_by_another(start_relay: StartRelay) -> None:
