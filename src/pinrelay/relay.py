@@ -25,6 +25,7 @@ from pinrelay.ingest import Ingest
 from pinrelay.link.server import LinkConfig, LinkServer
 from pinrelay.lockfile import FOLDER_LOCK, Lock
 from pinrelay.lockfile import acquire as acquire_lock
+from pinrelay.matrix import MatrixGateway
 from pinrelay.metrics import Metrics
 from pinrelay.router.base import Router
 from pinrelay.router.local import LocalRouter
@@ -91,6 +92,7 @@ class Relay:
         self.ingest = Ingest(self.store, self.router, clock, config.limits, self.metrics)
         self.chat = Chat(self.ingest, clock, config.chat)
         self.webpush = WebPush(self.ingest, clock, config.push_origin, config.webpush)
+        self.matrix = MatrixGateway(self.webpush)
         self.auth = Authenticator(
             self.store,
             FailureLimiter(limit=config.auth_failure_limit),

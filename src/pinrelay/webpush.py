@@ -174,13 +174,7 @@ class WebPush:
         """
         sub = await self.live(sub_id)
         now = self.clock()
-        sender = f"k {vapid.key}" if vapid is not None else f"a {source}"
-        for limiter, key in ((self._per_sub, sub.id), (self._per_sender, sender)):
-            wait = limiter.retry_after(key, now)
-            if wait > 0:
-                raise RateLimited("too many pushes; slow down", wait)
-        self._per_sub.failed(sub.id, now)
-        self._per_sender.failed(sender, now)
+        self.admit([sub.id], f"k {vapid.key}" if vapid is not None else f"a {source}", now)
         if vapid is not None:
             self.verifier.verify(vapid, self.origin, now)
         if sub.vapid_key is not None:
@@ -210,6 +204,17 @@ class WebPush:
             return self._pushed(sub.id, result.id or "", 0, headers.ttl)
         assert isinstance(result, Accepted)
         return self._pushed(sub.id, result.id, result.cursor, headers.ttl)
+
+    def admit(self, sub_ids: Sequence[str], sender: str, now: float) -> None:
+        """Count one push to each subscription and one from ``sender`` (a VAPID key
+        or an address); 429 if any is over its limit, and then nothing is counted."""
+        keys = [(self._per_sub, s) for s in sub_ids] + [(self._per_sender, sender)]
+        for limiter, key in keys:
+            wait = limiter.retry_after(key, now)
+            if wait > 0:
+                raise RateLimited("too many pushes; slow down", wait)
+        for limiter, key in keys:
+            limiter.failed(key, now)
 
     def _pushed(self, sub_id: str, message_id: str, cursor: int, ttl: int) -> Pushed:
         resource = f"{message_id}.{cursor}"

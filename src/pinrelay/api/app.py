@@ -18,6 +18,7 @@ from pinrelay.api import (
     inbox,
     info,
     keys,
+    matrix,
     messages,
     openapi,
     pairing,
@@ -105,6 +106,7 @@ def build_app(relay: Relay) -> PushFastPath:
                 *keys.routes,
                 *pairing.routes,
                 *webpush.routes,
+                *matrix.routes,
                 *webapp.routes,
                 Route("/openapi.json", openapi_json, methods=["GET"]),
             ]
