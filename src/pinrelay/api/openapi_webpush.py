@@ -12,7 +12,9 @@ from typing import Any
 
 from msgspec import Struct
 
+from pinrelay.api.matrix import NotifyAnswer
 from pinrelay.api.webpush import PushReceiptView, SubscriptionList
+from pinrelay.core.matrix import MAX_REQUEST, MatrixNotify
 from pinrelay.core.webpush import MAX_BODY, SubscribeFields, SubscriptionView
 
 COMPONENTS: list[type[Struct]] = [
@@ -20,6 +22,8 @@ COMPONENTS: list[type[Struct]] = [
     SubscriptionView,
     SubscriptionList,
     PushReceiptView,
+    MatrixNotify,
+    NotifyAnswer,
 ]
 
 DEVICE_ERRORS = (401, 404, 429, 503)
@@ -110,6 +114,50 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): {"description": text[c], "content": _PROBLEM} for c in codes}
 
 
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _matrix_paths() -> dict[str, dict[str, Any]]:
+    """The Matrix push gateway (PROTOCOL "Matrix push gateway"): no pinrelay key."""
+    errors = _errors(400, 413, 414, 415, 429, 431, 503)
+    errors["400"]["description"] = "Not a Matrix notification (or not JSON)"
+    errors["413"]["description"] = f"The body is over {MAX_REQUEST} bytes"
+    errors["415"]["description"] = "The body is not application/json"
+    errors["429"]["description"] = "Too many pushes to a subscription or from this sender"
+    return {
+        "/_matrix/push/v1/notify": {
+            "post": {
+                "summary": "Matrix Push Gateway API: a homeserver's notification",
+                "tags": ["webpush"],
+                "security": [],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": _REF.format(name="MatrixNotify")}}
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        "Stored durably for every device but the rejected pushkeys",
+                        {"$ref": _REF.format(name="NotifyAnswer")},
+                    ),
+                    **errors,
+                },
+            },
+            "get": {
+                "summary": "UnifiedPush's discovery of a Matrix gateway",
+                "tags": ["webpush"],
+                "security": [],
+                "responses": {
+                    "200": _json('{"unifiedpush": {"gateway": "matrix"}}', {"type": "object"}),
+                    **_errors(414, 431, 503),
+                },
+            },
+        }
+    }
+
+
 def paths(op: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The paths; ``op`` is openapi's builder for JSON routes (imports one way)."""
 
@@ -137,6 +185,7 @@ def paths(op: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
         },
     }
     return {
+        **_matrix_paths(),
         "/v1/devices/{pin}/subscriptions": {
             "post": device_op(
                 "Make a Web Push subscription (PushSubscription.toJSON() shape)",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -33,29 +34,34 @@ TTL_S = 86400
 DISCOVERY = {"unifiedpush": {"gateway": "matrix"}}
 
 
-class Device(msgspec.Struct, kw_only=True):
-    """One entry of ``notification.devices``: the fields the relay checks."""
+class MatrixDevice(msgspec.Struct, kw_only=True):
+    """One entry of ``notification.devices``."""
 
     app_id: str
+    #: A pinrelay Web Push endpoint, or its subscription id.
     pushkey: str
     pushkey_ts: int | None = None
     data: dict[str, msgspec.Raw] | None = None
     tweaks: dict[str, msgspec.Raw] | None = None
 
 
+class MatrixNotification(msgspec.Struct, kw_only=True):
+    """The notification fields the relay reads; every other field (room_id, sender,
+    content, counts...) is passed on to the device as sent."""
+
+    devices: Annotated[list[MatrixDevice], msgspec.Meta(min_length=1, max_length=MAX_DEVICES)]
+    event_id: str | None = None
+    prio: Literal["high", "low"] = "high"
+
+
+class MatrixNotify(msgspec.Struct):
+    """``POST /_matrix/push/v1/notify``'s body."""
+
+    notification: MatrixNotification
+
+
 class _Envelope(msgspec.Struct):
     notification: dict[str, msgspec.Raw]
-
-
-class _Meta(msgspec.Struct, kw_only=True):
-    """The notification fields the relay acts on (the rest is passed on as is)."""
-
-    event_id: str | None = None
-    prio: str = "high"
-
-
-class _MetaEnvelope(msgspec.Struct):
-    notification: _Meta
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,27 +97,22 @@ def parse_notify(body: bytes) -> Notify:
     """The request body (already checked to be strict JSON): 400 with why if it is
     not a notification with 1 to MAX_DEVICES devices, each with app_id and pushkey."""
     try:
+        checked = msgspec.json.decode(body, type=MatrixNotify).notification
+        # The same body again, each field as sent, to pass on what the relay does not read.
         envelope = msgspec.json.decode(body, type=_Envelope)
-        raw_devices = envelope.notification.get("devices")
-        if raw_devices is None:
-            raise _bad("notification.devices is required")
-        devices = msgspec.json.decode(raw_devices, type=list[msgspec.Raw])
-        parsed = [msgspec.json.decode(d, type=Device) for d in devices]
-        meta = msgspec.json.decode(body, type=_MetaEnvelope).notification
+        devices = msgspec.json.decode(envelope.notification["devices"], type=list[msgspec.Raw])
     except msgspec.ValidationError as exc:
         raise _bad(f"not a Matrix notification: {exc}") from None
     except msgspec.DecodeError as exc:
         raise _bad(f"malformed JSON: {exc}") from None
-    if not 1 <= len(parsed) <= MAX_DEVICES:
-        raise _bad(f"notification.devices must hold 1 to {MAX_DEVICES} devices")
     fields = {k: v for k, v in envelope.notification.items() if k != "devices"}
     targets = [
         Target(d.pushkey, subscription_of_pushkey(d.pushkey), bytes(raw))
-        for d, raw in zip(parsed, devices, strict=True)
+        for d, raw in zip(checked.devices, devices, strict=True)
     ]
     # Matrix's "low" is a message that made no sound, still a message: normal.
-    urgency: Urgency = "high" if meta.prio != "low" else "normal"
-    return Notify(targets, fields, meta.event_id, urgency)
+    urgency: Urgency = "high" if checked.prio == "high" else "normal"
+    return Notify(targets, fields, checked.event_id, urgency)
 
 
 def subscription_of_pushkey(pushkey: str) -> str | None:
