@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pinrelay.core import matrix as wire
 from pinrelay.core.errors import ErrorCode, PinrelayError
-from pinrelay.core.model import Accepted
 from pinrelay.ingest import Draft
 from pinrelay.store.base import IdempotencyKey, Rejected, Subscription
 from pinrelay.webpush import WebPush
@@ -70,8 +69,6 @@ class MatrixGateway:
             idem = IdempotencyKey(key, key, int(now * 1000))
         results = await self.webpush.ingest.accept(drafts, idem)
         for (target, _), result in zip(found, results, strict=True):
-            if isinstance(result, Rejected):
-                rejected.append(target.pushkey)  # the device was deleted
-            else:
-                assert isinstance(result, Accepted)
+            if isinstance(result, Rejected):  # its device was deleted (the TTL is not 0)
+                rejected.append(target.pushkey)
         return rejected
