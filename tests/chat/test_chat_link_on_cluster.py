@@ -6,8 +6,8 @@ Every test class of that module runs again here, with ``relay_factory`` starting
 relays with ``--store`` on one cluster for the module (they share its stream and
 buckets; every test makes devices of its own), and so does the expired-chat test
 (the cluster's failed receipts come from store/jetstream/expiry.py; with relays
-killed: tests/cluster/test_chat_expiry.py).  The group tests of tests/chat/test_groups.py run on the cluster
-in tests/chat/test_groups_on_cluster.py.
+killed: tests/cluster/test_chat_expiry.py).  The group tests of
+tests/chat/test_groups.py run on the cluster in tests/chat/test_groups_on_cluster.py.
 """
 
 from __future__ import annotations

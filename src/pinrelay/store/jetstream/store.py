@@ -84,6 +84,7 @@ class JetStreamStore:
         purge_acked: bool = False,
         group_commit: bool = True,
         expiry_wait_s: float = 1.0,
+        chat_expiry: bool = True,
     ) -> None:
         self.layout = Layout(stream, subject_prefix, partitions, bucket_prefix)
         self.servers = [servers] if isinstance(servers, str) else list(servers)
@@ -122,6 +123,9 @@ class JetStreamStore:
         self.expiries = Expiries(self.layout)
         #: How long :meth:`expired_chats` waits for the first notice.
         self.expiry_wait_s = expiry_wait_s
+        #: Schedule chats' expiries where the streams can (off: bench.js_chat_expiry's
+        #: "before"; nobody is told of a chat that expires undelivered).
+        self._chat_expiry = chat_expiry
         #: New messages in stream order, for the devices this relay follows (the router).
         self.feed = Feed(self.layout, self.devices.cache)
         self.reader.known = self.feed.known
@@ -161,7 +165,7 @@ class JetStreamStore:
             await nc.close()
             raise
         self.appender.atomic = prepared.atomic
-        self.appender.expiry = self.expiries.enabled = prepared.expiry
+        self.appender.expiry = self.expiries.enabled = prepared.expiry and self._chat_expiry
         self.contact_lists.atomic = self.unread.atomic = prepared.bucket_batches
         self.groups.atomic = prepared.bucket_batches
         self.acker.closed = False
