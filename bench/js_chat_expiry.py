@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from msgspec.structs import replace
+
 from bench.common import (
     add_common_args,
     console,
@@ -130,6 +132,23 @@ class Bench:
         spent = self.nats_cpu() - nats0 - self.idle_per_s * (time.monotonic() - t0)
         return spent / n * 1e6, (self_cpu() - cpu0) / n * 1e6, wall / n * 1e6
 
+    async def push(self, mode: str) -> float:
+        """NATS µs per push (no chat, no receipt): the streams' new settings alone."""
+        store, pairs, n = self.stores[mode], self.pins(mode), self.args.messages
+        gate = asyncio.Semaphore(64)
+        pushes = [self.chat(*pairs[i % len(pairs)], 600_000) for i in range(n)]
+        pushes = [replace(m, kind="push", sender=None) for m in pushes]
+
+        async def one(m: NewMessage) -> None:
+            async with gate:
+                await store.append([m])
+
+        nats0, t0 = self.nats_cpu(), time.monotonic()
+        await asyncio.gather(*(one(m) for m in pushes))
+        await asyncio.sleep(1.0)
+        spent = self.nats_cpu() - nats0 - self.idle_per_s * (time.monotonic() - t0)
+        return float(spent / n * 1e6)
+
     async def expire(self) -> float:
         """NATS µs per undelivered chat beyond its append: fire, hand out, ack."""
         store, pairs, n = self.stores["after"], self.pins("after"), self.args.messages
@@ -150,15 +169,16 @@ class Bench:
             left -= len(got)
         await asyncio.sleep(1.0)
         spent = self.nats_cpu() - nats0 - self.idle_per_s * (time.monotonic() - t0)
-        return spent / n * 1e6
+        return float(spent / n * 1e6)
 
 
 async def measure(
     args: argparse.Namespace,
-) -> tuple[dict[str, list[tuple[float, float, float]]], list[float]]:
+) -> tuple[dict[str, list[tuple[float, float, float]]], dict[str, list[float]], list[float]]:
     directory = Path(tempfile.mkdtemp(prefix="pinrelay-bench-expiry-"))
     cluster = NatsCluster(directory, 3, cluster_name="expiry")
     results: dict[str, list[tuple[float, float, float]]] = {m: [] for m in MODES}
+    pushes: dict[str, list[float]] = {m: [] for m in MODES}
     fired: list[float] = []
     try:
         cluster.launch()
@@ -176,6 +196,9 @@ async def measure(
                     f"{mode} #{r + 1}: NATS {got[0]:.0f} µs, client {got[1]:.0f} µs, "
                     f"wall {got[2]:.0f} µs per chat message and its receipt"
                 )
+            for mode in MODES if r % 2 == 1 else MODES[::-1]:
+                pushes[mode].append(await bench.push(mode))
+                console.print(f"{mode} #{r + 1}: NATS {pushes[mode][-1]:.0f} µs per push")
             fired.append(await bench.expire())
             console.print(f"expired #{r + 1}: NATS {fired[-1]:.0f} µs per undelivered chat")
         for store in bench.stores.values():
@@ -184,12 +207,13 @@ async def measure(
     finally:
         cluster.stop()
         shutil.rmtree(directory, ignore_errors=True)
-    return results, fired
+    return results, pushes, fired
 
 
 def report(
     args: argparse.Namespace,
     results: dict[str, list[tuple[float, float, float]]],
+    pushes: dict[str, list[float]],
     fired: list[float],
 ) -> str:
     headers = ["engine", "NATS µs/chat", "client µs/chat", "wall µs/chat", "runs"]
@@ -206,6 +230,10 @@ def report(
             str(len(fired)),
         ]
     )
+    for mode, runs_p in pushes.items():
+        rows.append(
+            [f"{mode}, a push", fmt(statistics.median(runs_p), 0), "-", "-", str(len(runs_p))]
+        )
     print_table("A chat message and its delivered receipt on an R3 cluster", headers, rows)
     each = "\n".join(
         f"- {mode} #{i + 1}: NATS {r[0]:.0f}, client {r[1]:.0f}, wall {r[2]:.0f} µs"
@@ -220,7 +248,8 @@ def report(
         f"receipt with its cancel; alternated over {args.rounds} rounds, medians. NATS: "
         f"the servers' utime+stime summed, less their idle rate. The last row: "
         f"{args.messages:,} chats with a 1 s ttl left to expire, until every notice was "
-        f"handed out and acknowledged (no receipts stored).\n\n"
+        f"handed out and acknowledged (no receipts stored). `a push`: {args.messages:,} "
+        f"pushes the same way, to the same stores.\n\n"
         + md_table(headers, rows)
         + "\n\n"
         + each
@@ -241,8 +270,8 @@ async def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.wait_quiet > 0:
         await wait_machine_quiet(args.wait_quiet)
-    results, fired = await measure(args)
-    body = report(args, results, fired)
+    results, pushes, fired = await measure(args)
+    body = report(args, results, pushes, fired)
     if not args.no_results:
         path = write_section(MODULE, "Chat expiry on the cluster (bench.js_chat_expiry)", body)
         console.print(f"wrote {path}")

@@ -225,7 +225,8 @@ class Appender:
             )
         )
         # Built here, never from a caller: see the module docstring.
-        headers = {"Nats-Msg-Id": origin, "Nats-TTL": str(ttl_seconds(m, self.ttl_grace_s))}
+        ttl = str(ttl_seconds(m, self.ttl_grace_s))
+        headers = {"Nats-Msg-Id": origin, "Nats-TTL": ttl}
         if m.topic is not None:
             headers["Nats-Rollup"] = "sub"
         subject = self.layout.subject(m.pin, m.topic)
@@ -235,7 +236,7 @@ class Appender:
             return items
         if m.kind == "chat" and m.sender is not None:
             try:
-                sched, data, hdrs = expiry.schedule(self.layout, m, f"{origin}.x")
+                sched, data, hdrs = expiry.schedule(self.layout, m, f"{origin}.x", ttl)
             except ValueError:
                 log.warning("chat %r for %s gets no expiry schedule", m.id, m.pin)
             else:

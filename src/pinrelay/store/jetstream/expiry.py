@@ -11,8 +11,10 @@ atomic batch, on a subject of its own outside the devices' subjects::
 :class:`ExpiryRec` (recipient, id, sender, expiry).  Then:
 
 - Delivered: the delivered receipt is published with a *cancel* beside it, an empty
-  ``Nats-Rollup: sub`` message on the schedule's subject, which removes the schedule
-  (and goes itself by a 1 s TTL).  In one atomic batch when the recipient's and the
+  message on the schedule's subject: the last message of a subject holds its
+  schedule, so the schedule is off.  The cancel goes by a 1 s TTL, the schedule
+  message by its own (the chat's: removal by TTL is cheap, a purge or a rollup is
+  not; DECISIONS 34).  In one atomic batch when the recipient's and the
   sender's partitions are the same stream (always, unpartitioned); else the cancel
   goes first, so a crash in between costs a delivered receipt (the message would come
   again if not expired), never a failed one for a delivered chat.
@@ -97,13 +99,17 @@ def at_spec(ms: int) -> str:
     return "@at " + when.replace("+00:00", "Z")
 
 
-def schedule(layout: Layout, m: NewMessage, msg_id: str) -> tuple[str, bytes, dict[str, str]]:
-    """A chat message's schedule: (subject, payload, headers), or ValueError."""
+def schedule(
+    layout: Layout, m: NewMessage, msg_id: str, ttl: str
+) -> tuple[str, bytes, dict[str, str]]:
+    """A chat message's schedule, kept ``ttl`` (the message's own ``Nats-TTL``, past
+    the firing): (subject, payload, headers), or ValueError."""
     if m.sender is None or not (SAFE_TOKEN.match(m.pin) and SAFE_TOKEN.match(m.id)):
         raise ValueError("no sender, or an id unfit for a subject")
     payload = _enc.encode(ExpiryRec(m.pin, m.id, m.sender, m.expires_at_ms))
     headers = {
         "Nats-Msg-Id": msg_id,
+        "Nats-TTL": ttl,
         "Nats-Schedule": at_spec(m.expires_at_ms + FIRE_GRACE_MS),
         "Nats-Schedule-Target": layout.fired_subject(m.pin),
         "Nats-Schedule-TTL": FIRED_TTL,
@@ -125,7 +131,7 @@ def cancel(layout: Layout, m: NewMessage) -> tuple[str, dict[str, str]] | None:
         SAFE_TOKEN.match(m.sender) and SAFE_TOKEN.match(receipt.id)
     ):
         return None
-    headers = {"Nats-Rollup": "sub", "Nats-TTL": CANCEL_TTL}
+    headers = {"Nats-TTL": CANCEL_TTL}
     return layout.schedule_subject(m.sender, receipt.id), headers
 
 
