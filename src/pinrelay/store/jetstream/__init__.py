@@ -19,6 +19,7 @@ to the Store protocol:
 - ``acks``: acks (purges) and the expiry sweep;
 - ``contacts``: each device's contacts, one record per device (core/social.py);
 - ``unread``: read-receipt bookkeeping, an entry per unread chat message;
+- ``expiry``: failed receipts, a JetStream schedule per chat message;
 - ``store``: :class:`JetStreamStore` itself.
 
 A message's cursor is its stream sequence: strictly increasing per device across

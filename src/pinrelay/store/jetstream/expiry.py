@@ -32,8 +32,8 @@ are a stream-wide setting, so every device subject whose last message expires wo
 get one too (messages the reader and the feed must skip); the marker lands on the
 tracker's own subject, so the consumer would see every tracker twice; and a
 delivered chat's tracker would still expire into a marker to check.  Here a delivered
-chat costs one more message in a batch already sent, and only undelivered ones cost a
-delivery (DECISIONS 38).
+chat costs two more messages (its schedule, its cancel), each in a batch sent anyway,
+and only undelivered ones cost a delivery (DECISIONS 38).
 
 The grace covers an ack in flight at the moment of expiry: reads stop handing a chat
 out at its expiry, so only an ack later than the grace can cross the notice (both
