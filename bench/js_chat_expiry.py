@@ -1,6 +1,6 @@
 """What a chat message's expiry schedule costs the cluster (store/jetstream/expiry.py).
 
-Behind docs/DECISIONS.md entry 38.  On a fresh 3-node cluster (ports picked free,
+Behind docs/DECISIONS.md entry 40.  On a fresh 3-node cluster (ports picked free,
 stopped by pid), two JetStreamStores in namespaces of their own, one with chat
 expiry (``after``) and one without (``before``, ``chat_expiry=False``: the engine as
 it was), alternating round by round.  Each run: N chat messages over D

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.errors import ErrorCode, PinrelayError, RateLimited
 from pinrelay.core.ids import canonical_pairing_code, hash_secret, is_pin, secret_matches
 from pinrelay.core.model import Device, Scope
 from pinrelay.core.ratelimit import FailureLimiter
@@ -30,16 +30,6 @@ _PAIRING_GONE = {
     "used": "this pairing code was used already",
     "expired": "this pairing code expired",
 }
-
-
-class RateLimited(PinrelayError):
-    """Too many failures or requests: 429 with Retry-After (``retry_after`` seconds)."""
-
-    code = ErrorCode.RATE_LIMITED
-
-    def __init__(self, detail: str, retry_after: float) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,12 @@ import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from rich.table import Table
 
-from pinrelay import __version__, cli_chat
+from pinrelay import __version__, cli_chat, cli_webpush
 from pinrelay.cli_common import (
     DEFAULT_URL,
     JsonOpt,
@@ -70,6 +71,16 @@ def _key(key: str | None) -> str:
     if path.exists():
         return path.read_text().strip()
     fail("no API key: pass --key, set PINRELAY_KEY, or run where data/admin.key is")
+
+
+def _origin(url: str | None) -> str | None:
+    """``--public-url`` as an origin: http(s), a host, no path."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        fail(f"--public-url {url!r}: use an origin such as https://relay.example")
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _client(url: str, key: str | None) -> RelayClient:
@@ -160,6 +171,16 @@ def serve(
     sends_per_minute: Annotated[
         int, typer.Option(help="Chat messages a device may send per minute.")
     ] = 600,
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="Origin of Web Push endpoints, e.g. https://relay.example (a proxy)."),
+    ] = None,
+    webpush_per_minute: Annotated[
+        int, typer.Option(help="Web Push requests a minute to one subscription.")
+    ] = 600,
+    webpush_sender_per_minute: Annotated[
+        int, typer.Option(help="Web Push requests a minute from one sender (VAPID key or address).")
+    ] = 6000,
     http_max_connections: Annotated[
         int | None,
         typer.Option(
@@ -219,6 +240,7 @@ def serve(
     from pinrelay.core.chat import ChatLimits
     from pinrelay.core.errors import PinrelayError
     from pinrelay.core.model import Limits
+    from pinrelay.core.webpush import WebPushLimits
     from pinrelay.relay import Relay
     from pinrelay.relay import serve as run_relay
 
@@ -244,6 +266,8 @@ def serve(
         ("--auth-failure-limit", auth_failure_limit),
         ("--invites-per-hour", invites_per_hour),
         ("--sends-per-minute", sends_per_minute),
+        ("--webpush-per-minute", webpush_per_minute),
+        ("--webpush-sender-per-minute", webpush_sender_per_minute),
     ):
         if count < 1:
             fail(f"{flag} {count}: use 1 or more")
@@ -276,6 +300,8 @@ def serve(
         max_links=max_links,
         limits=Limits(max_data_bytes=max_data, max_ttl_s=max_ttl),
         chat=ChatLimits(invites_per_hour=invites_per_hour, sends_per_minute=sends_per_minute),
+        webpush=WebPushLimits(webpush_per_minute, webpush_sender_per_minute),
+        public_url=_origin(public_url),
         admin_key=admin_key,
         store=",".join(urls) if urls else None,
         partitions=partitions,
@@ -479,9 +505,13 @@ def listen(
     cursor: Annotated[int, typer.Option(help="Resume after this cursor.")] = 0,
     count: Annotated[int, typer.Option(help="Stop after this many messages (0: never).")] = 0,
     inbox: Annotated[bool, typer.Option(help="Long-poll instead of a WebSocket.")] = False,
+    keys_file: cli_webpush.KeysFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Link as a device and print messages as they arrive (each is acknowledged).
+
+    Web Push messages are decrypted with the keys `pinrelay subscribe` kept (--keys);
+    one it cannot decrypt is shown as undecryptable, and acknowledged all the same.
 
     On stderr it says what the link does: connecting, each failed attempt with its
     reason and the time of the next one, and "listening" once the relay accepted the
@@ -494,6 +524,7 @@ def listen(
         return f"listening as {pin}{where}, after cursor {event.cursor} (Ctrl-C to stop)"
 
     on_event = link_reporter(pin, as_json, listening)
+    keys = cli_webpush.key_store(keys_file)
 
     async def main() -> None:
         done = asyncio.Event()
@@ -512,8 +543,16 @@ def listen(
                         "urgency": m.urgency,
                         "sent_at": m.sent_at,
                         "expires_at": m.expires_at,
+                        **(
+                            {"webpush": cli_webpush.webpush_record(m.webpush)}
+                            if m.webpush is not None
+                            else {}
+                        ),
                     }
                 )
+            elif m.webpush is not None:
+                line = cli_webpush.webpush_line(m.webpush)
+                out.print(f"[dim]{m.sent_at}[/] [bold]#{m.cursor}[/] {line}", highlight=False)
             else:
                 out.print(
                     f"[dim]{m.sent_at}[/] [bold]#{m.cursor}[/] {json.dumps(m.data)}"
@@ -524,7 +563,14 @@ def listen(
                 done.set()
 
         device = Device(
-            pin, token, on_message, url=url, cursor=cursor, inbox=inbox, on_event=on_event
+            pin,
+            token,
+            on_message,
+            url=url,
+            cursor=cursor,
+            inbox=inbox,
+            on_event=on_event,
+            keys=keys,
         )
         runner = asyncio.create_task(device.run())
         stopper = asyncio.create_task(done.wait())
@@ -705,6 +751,8 @@ def version(as_json: JsonOpt = False) -> None:
 
 # --- messaging as a device: send, chat, contacts, group (cli_chat.py) ----------
 cli_chat.register(app)
+# --- Web Push: subscribe, webpush send|list|delete|vapid (cli_webpush.py) ------
+cli_webpush.register(app)
 
 
 def main() -> None:

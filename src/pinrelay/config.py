@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pinrelay.core.chat import ChatLimits
 from pinrelay.core.model import Limits
+from pinrelay.core.webpush import WebPushLimits
 
 #: File descriptors kept back for the store, the HTTP API and logs.
 FD_RESERVE = 256
@@ -38,6 +39,10 @@ class RelayConfig:
     auth_failure_limit: int = 10
     limits: Limits = field(default_factory=Limits)
     chat: ChatLimits = field(default_factory=ChatLimits)
+    webpush: WebPushLimits = field(default_factory=WebPushLimits)
+    #: The origin (``https://relay.example``) Web Push endpoints are made with, for a
+    #: relay behind a proxy; None: ``http_url``.
+    public_url: str | None = None
     admin_key: str | None = None
     #: None: the embedded SQLite store under ``data``.  ``nats://h1:p1,nats://h2:p2``:
     #: the JetStream engine on that NATS cluster (several relays share it).
@@ -89,6 +94,11 @@ class RelayConfig:
         if ":" in host:
             host = f"[{host}]"
         return host
+
+    @property
+    def push_origin(self) -> str:
+        """Web Push endpoints' origin, which VAPID tokens must name as ``aud``."""
+        return (self.public_url or self.http_url).rstrip("/")
 
     @property
     def link_url(self) -> str:

@@ -20,13 +20,15 @@ from pinrelay.core.chat import Delivered, delivered
 from pinrelay.core.errors import ErrorCode, RemoteProtocolError
 from pinrelay.core.model import StoredMessage
 from pinrelay.core.timefmt import rfc3339
+from pinrelay.core.webpush import receipt_wanted
 from pinrelay.core.window import Window
 from pinrelay.metrics import Metrics
 from pinrelay.store.base import Store
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
-#: Told of chat messages a device acknowledged, before the ack is stored (chat.py).
+#: Told of tracked messages (chat, Web Push with receipts) a device acknowledged,
+#: before the ack is stored (Relay.acked).
 OnAcked = Callable[[str, Sequence[Delivered]], Awaitable[None]]
 #: Messages read per step when an ack covers messages this delivery did not send.
 SETTLE_PAGE = 256
@@ -65,8 +67,14 @@ async def beyond_limit(store: Store, pin: str, cursor: int, last_cursor: int) ->
     return limit if cursor > limit else None
 
 
-def chat_of(m: StoredMessage) -> Delivered | None:
-    return delivered(m.id, m.sender, m.data, m.cursor) if m.kind == "chat" else None
+def tracked(m: StoredMessage) -> Delivered | None:
+    """What a device's ack of ``m`` must report before it is stored: a chat message's
+    receipt, or a Web Push receipt its sender asked for; None for everything else."""
+    if m.kind == "chat":
+        return delivered(m.id, m.sender, m.data, m.cursor)
+    if m.kind == "webpush":
+        return receipt_wanted(m.id, m.data, m.cursor)
+    return None
 
 
 async def settle(
@@ -79,7 +87,7 @@ async def settle(
     while after < upto:
         page = await fetch(store, pin, after, SETTLE_PAGE, now)
         covered = [m for m in page if m.cursor <= upto]
-        chats = [c for m in covered if (c := chat_of(m)) is not None]
+        chats = [c for m in covered if (c := tracked(m)) is not None]
         if chats:
             await on_acked(pin, chats)
         if len(covered) < SETTLE_PAGE:
@@ -279,7 +287,7 @@ class Delivery:
     def _track(self, batch: list[StoredMessage]) -> None:
         if self._on_acked is not None:
             for message in batch:
-                if (chat := chat_of(message)) is not None:
+                if (chat := tracked(message)) is not None:
                     self._chats.append(chat)
 
     def ack(self, cursor: int) -> None:

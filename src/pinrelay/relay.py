@@ -10,7 +10,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import uvicorn
 from pinrelay.auth import Authenticator
 from pinrelay.chat import Chat
 from pinrelay.config import RelayConfig, raise_fd_limit
+from pinrelay.core.chat import Delivered
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.ingest import Ingest
 from pinrelay.link.server import LinkConfig, LinkServer
@@ -31,6 +32,7 @@ from pinrelay.router.nats import NatsRouter
 from pinrelay.store.base import Store
 from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.store.sqlite import SqliteStore
+from pinrelay.webpush import WebPush
 
 log = logging.getLogger("pinrelay")
 
@@ -88,6 +90,7 @@ class Relay:
             )
         self.ingest = Ingest(self.store, self.router, clock, config.limits, self.metrics)
         self.chat = Chat(self.ingest, clock, config.chat)
+        self.webpush = WebPush(self.ingest, clock, config.push_origin, config.webpush)
         self.auth = Authenticator(
             self.store,
             FailureLimiter(limit=config.auth_failure_limit),
@@ -115,6 +118,8 @@ class Relay:
             clock=clock,
             auth=self.auth,
             chat=self.chat,
+            webpush=self.webpush,
+            on_acked=self.acked,
         )
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -125,6 +130,18 @@ class Relay:
     def link_urls(self) -> list[str]:
         """Every live relay's link URL, this one's first."""
         return self.router.link_urls
+
+    async def acked(self, pin: str, items: Sequence[Delivered]) -> None:
+        """A device acknowledged tracked messages: chat receipts to their senders,
+        Web Push receipts for theirs; both stored before the ack (delivery.py)."""
+        chats = [i for i in items if i.subscription is None]
+        pushes = [i for i in items if i.subscription is not None]
+        if chats and pushes:
+            await asyncio.gather(self.chat.delivered(pin, chats), self.webpush.delivered(pushes))
+        elif chats:
+            await self.chat.delivered(pin, chats)
+        elif pushes:
+            await self.webpush.delivered(pushes)
 
     async def start(self) -> None:
         await self.store.open()

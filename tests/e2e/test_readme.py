@@ -72,3 +72,15 @@ def test_readme_chat_between_devices(relay_factory: RelayFactory, tmp_path: Path
     assert f"invited {friend}" in out, out
     assert re.search(rf"{friend}\s+accepted", out), out
     assert re.search(r"^[0-9A-HJKMNP-TV-Z]{26}$", out, flags=re.M), out
+
+
+def test_readme_web_push(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    """The tour, then "Web Push" as written: subscribe with a VAPID key, push with
+    pywebpush (`pinrelay webpush send`), and listen decrypts it."""
+    out = run_script(
+        relay_factory, tmp_path, tour_commands() + "\n" + section_commands("Web Push", 1)
+    )
+    subscription = json.loads((tmp_path / "subscription.json").read_text())
+    assert set(subscription) == {"endpoint", "expirationTime", "keys"}
+    assert re.search(r"^201 Created  Location: ", out, flags=re.M), out
+    assert "webpush " in out and '"hello over Web Push"' in out, out

@@ -12,7 +12,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from pinrelay.api import chat, devices, inbox, info, keys, messages, openapi, pairing, webapp
+from pinrelay.api import (
+    chat,
+    devices,
+    inbox,
+    info,
+    keys,
+    messages,
+    openapi,
+    pairing,
+    webapp,
+    webpush,
+)
 from pinrelay.api.common import json_response
 from pinrelay.api.problems import on_client_gone, on_http_error, on_pinrelay_error, on_unexpected
 from pinrelay.core.errors import PinrelayError
@@ -93,6 +104,7 @@ def build_app(relay: Relay) -> PushFastPath:
                 *info.routes,
                 *keys.routes,
                 *pairing.routes,
+                *webpush.routes,
                 *webapp.routes,
                 Route("/openapi.json", openapi_json, methods=["GET"]),
             ]

@@ -69,7 +69,7 @@ async def ack(request: Request) -> Response:
         cursor,
         (device.last_cursor, device.acked_cursor),
         relay.clock(),
-        relay.chat.delivered,
+        relay.acked,
     )
     return Response(status_code=204)
 

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from pinrelay import __version__
-from pinrelay.api import openapi_chat, schemas
+from pinrelay.api import openapi_chat, openapi_webpush, schemas
 from pinrelay.api.problems import Problem
 from pinrelay.core.model import Batch, Limits, PushFields
 
@@ -122,6 +122,7 @@ def build(limits: Limits) -> dict[str, Any]:
             schemas.Inbox,
             schemas.AckBody,
             *openapi_chat.COMPONENTS,
+            *openapi_webpush.COMPONENTS,
             schemas.PairingCreated,
             schemas.PairingRedeem,
             schemas.PairingRedeemed,
@@ -277,6 +278,7 @@ def build(limits: Limits) -> dict[str, Any]:
         },
     }
     paths.update(openapi_chat.paths(_op))
+    paths.update(openapi_webpush.paths(_op))
     return {
         "openapi": "3.1.0",
         "info": {

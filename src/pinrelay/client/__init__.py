@@ -2,5 +2,19 @@
 
 from pinrelay.client.device import Device, LinkRefused, Message
 from pinrelay.client.http import ApiError, RelayClient
+from pinrelay.client.keys import FileKeyStore, KeyStore, MemoryKeyStore, SubscriptionKeys
+from pinrelay.client.webpush import WebPushMessage, WebPushSubscription
 
-__all__ = ["ApiError", "Device", "LinkRefused", "Message", "RelayClient"]
+__all__ = [
+    "ApiError",
+    "Device",
+    "FileKeyStore",
+    "KeyStore",
+    "LinkRefused",
+    "MemoryKeyStore",
+    "Message",
+    "RelayClient",
+    "SubscriptionKeys",
+    "WebPushMessage",
+    "WebPushSubscription",
+]

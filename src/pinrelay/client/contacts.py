@@ -296,7 +296,9 @@ class AsyncRunner:
 
     async def run(self, call: Call[T]) -> T:
         if self.url is None:
-            raise ValueError("contacts and groups need the relay's HTTP url: Device(url=...)")
+            raise ValueError(
+                "contacts, groups and Web Push need the relay's HTTP url: Device(url=...)"
+            )
         async with httpx.AsyncClient(
             base_url=self.url,
             headers=_headers(self._token),

@@ -10,6 +10,9 @@ honouring a ``drain`` frame's ``retry_after_ms``, and rotates through every link
 URL it knows (failover).  With ``inbox=True`` it long-polls the HTTP inbox
 instead of holding a WebSocket.
 
+A message of kind ``webpush`` is decrypted with the keys in ``keys`` before the
+callback sees it (``Message.webpush``; client/webpush.py).
+
 ``on_event`` hears what the link is doing, so an application (the CLI) can say
 it: :class:`Connecting` before each attempt, :class:`Retrying` with the reason
 and the time of the next attempt whenever one failed or a link dropped, and
@@ -37,6 +40,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from pinrelay.client.chat import Outbox, Outgoing
 from pinrelay.client.contacts import AsyncRunner, Contacts, Groups
+from pinrelay.client.keys import KeyStore, MemoryKeyStore
+from pinrelay.client.webpush import WebPush, WebPushMessage, WebPushSubscription
 from pinrelay.core import frames
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,8 @@ class Message:
     sent_at: str
     expires_at: str
     sender: str | None
+    #: A message of kind ``webpush``, opened: the plaintext (or why there is none).
+    webpush: WebPushMessage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +164,7 @@ class Device:
         on_link: Callable[[frames.Welcome], None] | None = None,
         on_event: Callable[[LinkEvent], None] | None = None,
         on_receipt: Callable[[str, str, str | None], None] | None = None,
+        keys: KeyStore | None = None,
     ) -> None:
         if url is None and not link_urls:
             raise ValueError("give the relay's HTTP url, or link_urls")
@@ -172,6 +180,8 @@ class Device:
         self.backoff_max = backoff_max
         self.links_opened = 0
         self.duplicates = 0
+        #: Web Push messages handed over without a payload (``Message.webpush.error``).
+        self.undecryptable = 0
         self._on_message = on_message
         self._on_link = on_link
         self._on_event = on_event
@@ -197,6 +207,15 @@ class Device:
         self.contacts = Contacts(runner)
         #: Create, add, remove, leave, list (over HTTP: needs ``url``).
         self.groups = Groups(runner)
+        #: Web Push subscriptions (over HTTP: needs ``url``); their private keys are
+        #: in ``keys`` (default: in memory, lost with the process).
+        self.webpush = WebPush(runner, keys if keys is not None else MemoryKeyStore())
+
+    async def subscribe(self, application_server_key: str | None = None) -> WebPushSubscription:
+        """A new Web Push subscription (``device.webpush.subscribe``): give its
+        ``to_json()`` to the application server; what it pushes arrives as messages
+        of kind ``webpush`` with ``Message.webpush`` carrying the plaintext."""
+        return await self.webpush.subscribe(application_server_key)
 
     # --- chat ------------------------------------------------------------------
     async def send(
@@ -332,6 +351,14 @@ class Device:
         if f.cursor <= self.cursor or f.id in self._seen:
             self.duplicates += 1
             return False
+        webpush = None
+        if f.kind == "webpush":
+            webpush = self.webpush.open(f.data, f.urgency)
+            if webpush.error is not None:
+                # Handed over all the same (and acked): one bad push must not stop
+                # the ones behind it, nor vanish unseen.
+                self.undecryptable += 1
+                log.warning("Web Push message %s (cursor %d): %s", f.id, f.cursor, webpush.error)
         message = Message(
             id=f.id,
             cursor=f.cursor,
@@ -342,6 +369,7 @@ class Device:
             sent_at=f.sent_at,
             expires_at=f.expires_at,
             sender=f.sender,
+            webpush=webpush,
         )
         if message.kind == "receipt":
             self._receipt(message)

@@ -147,12 +147,15 @@ def contact_data(event: str, group: str | None = None, name: str | None = None) 
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """A chat message a device acknowledged: whom to send its receipt."""
+    """A message a device acknowledged whose sender wants to know: a chat message
+    (whom to send its receipt), or a Web Push message sent with ``Prefer:
+    respond-async`` (``subscription`` set, ``sender`` empty; pinrelay/webpush.py)."""
 
     id: str
     sender: str
     group: str | None
     cursor: int
+    subscription: str | None = None
 
 
 def delivered(message_id: str, sender: str | None, data: bytes, cursor: int) -> Delivered | None:

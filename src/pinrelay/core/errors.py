@@ -91,3 +91,13 @@ class Overloaded(PinrelayError):
     def __init__(self, detail: str, retry_after: float) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+
+
+class RateLimited(PinrelayError):
+    """Too many failures or requests: 429 with Retry-After (``retry_after`` seconds)."""
+
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after

@@ -12,6 +12,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Raw, Struct
 
+from pinrelay.core.webpush import P256Point, SubscriptionKeys, SubscriptionView
+
 #: Cursor: per-device sequence number, strictly increasing, starting at 1.
 Cursor = Annotated[int, Meta(ge=0, le=2**53 - 1)]
 #: Window a client may ask for; the relay caps it (see link.max_window).
@@ -67,6 +69,21 @@ class Read(Struct, tag="read", tag_field="type", kw_only=True):
     """Client → relay: the user read these chat messages (ids of ``msg`` frames)."""
 
     ids: Annotated[list[str], Meta(min_length=1, max_length=256)]
+
+
+class Subscribe(Struct, tag="subscribe", tag_field="type", kw_only=True):
+    """Client → relay: make a Web Push subscription (PROTOCOL "Web Push")."""
+
+    client_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    keys: SubscriptionKeys | None = None
+    applicationServerKey: P256Point | None = None
+
+
+class Subscribed(Struct, tag="subscribed", tag_field="type", kw_only=True):
+    """Relay → client: the subscription the ``subscribe`` with ``client_id`` made."""
+
+    client_id: str
+    subscription: SubscriptionView
 
 
 class Sent(Struct, tag="sent", tag_field="type", kw_only=True):
@@ -131,8 +148,8 @@ class Drain(Struct, tag="drain", tag_field="type", kw_only=True):
     alternates: list[str] = msgspec.field(default_factory=list)
 
 
-ClientFrame = Hello | Ack | Ping | Send | Read
-ServerFrame = Welcome | Msg | Error | Drain | Pong | Sent | Unsent
+ClientFrame = Hello | Ack | Ping | Send | Read | Subscribe
+ServerFrame = Welcome | Msg | Error | Drain | Pong | Sent | Unsent | Subscribed
 
 _encoder = msgspec.json.Encoder()
 _client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)

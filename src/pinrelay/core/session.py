@@ -58,9 +58,10 @@ class PingReceived:
 
 @dataclass(frozen=True, slots=True)
 class ChatReceived:
-    """A ``send`` or a ``read``: the link queues it behind the earlier ones."""
+    """A ``send``, a ``read`` or a ``subscribe``: the link queues it behind the
+    earlier ones."""
 
-    frame: frames.Send | frames.Read
+    frame: frames.Send | frames.Read | frames.Subscribe
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,7 @@ class Tick(enum.Enum):
 _LEGAL: dict[State, tuple[type[frames.ClientFrame], ...]] = {
     AWAIT_HELLO: (frames.Hello,),
     AUTHENTICATING: (),
-    OPEN: (frames.Ack, frames.Ping, frames.Send, frames.Read),
+    OPEN: (frames.Ack, frames.Ping, frames.Send, frames.Read, frames.Subscribe),
     CLOSED: (),
 }
 

@@ -30,11 +30,11 @@ from websockets.protocol import State as WsState
 from websockets.server import ServerProtocol
 
 from pinrelay import __version__
-from pinrelay.auth import Authenticator, RateLimited
+from pinrelay.auth import Authenticator
 from pinrelay.chat import Chat
 from pinrelay.core import frames
 from pinrelay.core.chat import Refused
-from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.errors import ErrorCode, PinrelayError, RateLimited
 from pinrelay.core.ids import new_secret
 from pinrelay.core.model import StoredMessage
 from pinrelay.core.session import (
@@ -48,11 +48,13 @@ from pinrelay.core.session import (
     ServerSession,
     Tick,
 )
-from pinrelay.delivery import AckWriter, Delivery, beyond_limit, msg_frame
+from pinrelay.core.webpush import SubscribeFields
+from pinrelay.delivery import AckWriter, Delivery, OnAcked, beyond_limit, msg_frame
 from pinrelay.link.wireframes import client_text_frames, text_frame, whole_frames
 from pinrelay.metrics import Metrics
 from pinrelay.router.base import Router
 from pinrelay.store.base import Store
+from pinrelay.webpush import WebPush
 
 log = logging.getLogger(__name__)
 # websockets logs every close at INFO: one line per link is noise at 20k links.
@@ -174,7 +176,7 @@ class LinkProtocol(asyncio.Protocol):
         self._stalled_size = 0
         #: ``send`` and ``read`` frames in arrival order, handled one at a time so a
         #: recipient sees one sender's messages in the order they were sent.
-        self._chat_queue: deque[frames.Send | frames.Read] = deque()
+        self._chat_queue: deque[frames.Send | frames.Read | frames.Subscribe] = deque()
         self._chat_bytes = 0
         self._chat_task: asyncio.Task[None] | None = None
         #: Reading is paused because the chat queue is full.
@@ -361,7 +363,7 @@ class LinkProtocol(asyncio.Protocol):
             self._fail(self.session.fail(exc.code, exc.detail))
 
     # --- chat ----------------------------------------------------------------
-    def _queue_chat(self, frame: frames.Send | frames.Read) -> None:
+    def _queue_chat(self, frame: frames.Send | frames.Read | frames.Subscribe) -> None:
         chat = self.server.chat
         if self.pin is None or chat is None:
             self._fail(self.session.fail(ErrorCode.NOT_FOUND, "this relay has no chat"))
@@ -394,6 +396,9 @@ class LinkProtocol(asyncio.Protocol):
                 if isinstance(frame, frames.Read):
                     await self.delivery.settled()  # the acks sent before it, first
                     await chat.read(pin, frame.ids)
+                elif isinstance(frame, frames.Subscribe):
+                    if not await self._subscribe(pin, frame):
+                        return
                 else:
                     self._send(await self._chat_send(chat, pin, frame))
                 queue.popleft()
@@ -411,6 +416,25 @@ class LinkProtocol(asyncio.Protocol):
             self._fail(self.session.fail(ErrorCode.OVERLOADED, "cannot store now", 1000))
         finally:
             self._chat_task = None
+
+    async def _subscribe(self, pin: str, frame: frames.Subscribe) -> bool:
+        """Answer ``subscribed``; a bad key or too many fail the link (False)."""
+        webpush = self.server.webpush
+        fields = SubscribeFields(keys=frame.keys, applicationServerKey=frame.applicationServerKey)
+        try:
+            if webpush is None:
+                raise PinrelayError("this relay has no Web Push", ErrorCode.NOT_FOUND)
+            sub = await webpush.subscribe(pin, fields)
+        except PinrelayError as exc:
+            if exc.code is ErrorCode.OVERLOADED:
+                raise
+            self._chat_queue.clear()
+            self._chat_bytes = 0
+            self._fail(self.session.fail(exc.code, exc.detail))
+            return False
+        answer = frames.Subscribed(client_id=frame.client_id, subscription=webpush.view(sub))
+        self._send(frames.encode(answer))
+        return True
 
     @staticmethod
     async def _chat_send(chat: Chat, pin: str, frame: frames.Send) -> bytes:
@@ -496,7 +520,7 @@ class LinkProtocol(asyncio.Protocol):
             clock=server.clock,
             metrics=server.metrics,
             acks=server.acks,
-            on_acked=server.chat.delivered if server.chat is not None else None,
+            on_acked=server.on_acked,
             on_broken=self._receipts_failed,
         )
         server.metrics.links_open.inc()
@@ -644,9 +668,14 @@ class LinkServer:
         clock: Callable[[], float],
         auth: Authenticator,
         chat: Chat | None = None,
+        webpush: WebPush | None = None,
+        on_acked: OnAcked | None = None,
     ) -> None:
         self.store = store
         self.chat = chat
+        self.webpush = webpush
+        #: Told of tracked messages a device acknowledged, before the ack is stored.
+        self.on_acked = on_acked
         self.router = router
         self.config = config
         self.metrics = metrics

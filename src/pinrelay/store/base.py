@@ -127,6 +127,45 @@ class Redemption(msgspec.Struct, frozen=True):
 #: trying it again says "used" or "expired" rather than "unknown".
 PAIRING_KEEP_MS = 3600 * 1000
 
+
+class Subscription(msgspec.Struct, frozen=True):
+    """A Web Push subscription (PROTOCOL "Web Push"): pushes to ``/push/<id>`` go to
+    ``pin``'s device.  ``id`` is 22 base64url characters (128 random bits).
+
+    ``p256dh``/``auth`` are the device's public encryption key and auth secret
+    (base64url), kept to echo them; ``vapid_key`` is the application server's public
+    key the subscription is restricted to.  A deleted subscription is kept as a
+    tombstone (``deleted_ms``) for SUBSCRIPTION_GONE_KEEP_MS, so pushes get 410.
+    """
+
+    id: str
+    pin: str
+    created_ms: int
+    p256dh: str | None = None
+    auth: str | None = None
+    vapid_key: str | None = None
+    deleted_ms: int | None = None
+
+
+class PushReceipt(msgspec.Struct, frozen=True):
+    """A Web Push message's delivery, kept for the sender's receipt subscription
+    (RFC 8030 §6; pinrelay/webpush.py) until ``expires_ms``.  ``key`` is
+    ``core.webpush.receipt_key(subscription, message id)``."""
+
+    key: str
+    state: Literal["delivered"]
+    at_ms: int
+    expires_ms: int
+
+
+#: How long a push receipt is kept after the delivery it reports.
+PUSH_RECEIPT_KEEP_MS = 24 * 3600 * 1000
+
+#: Most live subscriptions one device may hold.
+MAX_SUBSCRIPTIONS = 100
+#: How long a deleted subscription still answers 410 Gone (then 404).
+SUBSCRIPTION_GONE_KEEP_MS = 30 * 24 * 3600 * 1000
+
 #: Most entries a device's contacts may hold (an invitation to a stranger included).
 MAX_CONTACTS = 5000
 
@@ -261,6 +300,36 @@ class Store(Protocol):
         PAIRING_KEEP_MS past its expiry, then forgotten."""
         ...
 
+    # --- Web Push subscriptions (pinrelay/webpush.py) ---------------------------
+    async def create_subscription(self, sub: Subscription) -> None:
+        """Store a new subscription (durable, seen by every relay of a cluster).
+        CONFLICT when its id is taken or when ``sub.pin`` already holds
+        MAX_SUBSCRIPTIONS live ones (nothing stored)."""
+        ...
+
+    async def get_subscription(self, sub_id: str) -> Subscription | None:
+        """The subscription, or its tombstone (``deleted_ms`` set); None if there
+        never was one or it was forgotten.  On every push: keep it cheap (an engine
+        may cache, but a deletion must be seen by every relay within a second or so)."""
+        ...
+
+    async def subscriptions_of(self, pin: str) -> list[Subscription]:
+        """``pin``'s live subscriptions, oldest first."""
+        ...
+
+    async def delete_subscription(self, pin: str, sub_id: str, now_ms: int) -> bool:
+        """Make ``pin``'s live subscription a tombstone; False if it has none by that
+        id.  Deleting a device makes tombstones of all its subscriptions."""
+        ...
+
+    async def put_push_receipts(self, receipts: Sequence[PushReceipt]) -> None:
+        """Keep these receipts (durable: stored before the ack that caused them)."""
+        ...
+
+    async def get_push_receipt(self, key: str, now_ms: int) -> PushReceipt | None:
+        """The receipt by its key, unless there is none or it expired."""
+        ...
+
     # --- messages ------------------------------------------------------------
     async def append(
         self, messages: Sequence[NewMessage | Rejected], idem: IdempotencyKey | None = None
@@ -305,9 +374,9 @@ class Store(Protocol):
         ...
 
     async def forget(self, keys: Sequence[tuple[str, int]]) -> None:
-        """Done with these expired chats (``expired_chats``' (pin, cursor) keys): their
-        failed receipts are stored.  SQLite deletes the messages; the cluster
-        acknowledges their notices (the messages go by their TTL)."""
+        """Delete the messages at these (pin, cursor) keys.  For the keys of
+        ``expired_chats`` (their failed receipts are stored): SQLite deletes the
+        messages; the cluster acknowledges their notices (the messages go by their TTL)."""
         ...
 
     async def stats(self) -> StoreStats:

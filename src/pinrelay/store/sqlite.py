@@ -38,10 +38,12 @@ from pinrelay.store.base import (
     Contact,
     Group,
     IdempotencyKey,
+    PushReceipt,
     Redemption,
     Rejected,
     StoreClosed,
     StoreStats,
+    Subscription,
     Unread,
     to_results,
 )
@@ -133,8 +135,29 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX pairing_expiry ON pairing (expires_ms);
     """,
+    """
+    CREATE TABLE subscriptions (
+        id TEXT PRIMARY KEY,
+        pin TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        p256dh TEXT,
+        auth TEXT,
+        vapid_key TEXT,
+        deleted_ms INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX subscriptions_pin ON subscriptions (pin) WHERE deleted_ms IS NULL;
+    CREATE INDEX subscriptions_gone ON subscriptions (deleted_ms) WHERE deleted_ms IS NOT NULL;
+    CREATE TABLE push_receipts (
+        key TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX push_receipts_expiry ON push_receipts (expires_ms);
+    """,
 ]
 
+_SUB_SQL = "SELECT id, pin, created_ms, p256dh, auth, vapid_key, deleted_ms FROM subscriptions"
 _READ_SQL = (
     "SELECT pin, id, data, topic, urgency, sent_ms, expires_ms, kind, sender, cursor"
     " FROM messages WHERE pin = ? AND cursor > ? AND expires_ms > ? ORDER BY cursor LIMIT ?"
@@ -577,6 +600,43 @@ class SqliteStore:
     async def redeem_pairing(self, code_hash: str, now_ms: int) -> Redemption:
         outcome, pin = await self._write(ops.RedeemPairing(code_hash, now_ms))
         return Redemption(outcome, pin)
+
+    # --- Web Push subscriptions --------------------------------------------------
+    async def create_subscription(self, sub: Subscription) -> None:
+        await self._write(ops.CreateSubscription(sub))
+
+    async def get_subscription(self, sub_id: str) -> Subscription | None:
+        row = self._read().execute(_SUB_SQL + " WHERE id = ?", (sub_id,)).fetchone()
+        return None if row is None else Subscription(*row)
+
+    async def subscriptions_of(self, pin: str) -> list[Subscription]:
+        rows = (
+            self._read()
+            .execute(
+                _SUB_SQL + " WHERE pin = ? AND deleted_ms IS NULL ORDER BY created_ms, id", (pin,)
+            )
+            .fetchall()
+        )
+        return [Subscription(*row) for row in rows]
+
+    async def delete_subscription(self, pin: str, sub_id: str, now_ms: int) -> bool:
+        return bool(await self._write(ops.DeleteSubscription(pin, sub_id, now_ms)))
+
+    async def put_push_receipts(self, receipts: Sequence[PushReceipt]) -> None:
+        if receipts:
+            await self._write(ops.PutPushReceipts(list(receipts)))
+
+    async def get_push_receipt(self, key: str, now_ms: int) -> PushReceipt | None:
+        row = (
+            self._read()
+            .execute(
+                "SELECT key, state, at_ms, expires_ms FROM push_receipts"
+                " WHERE key = ? AND expires_ms > ?",
+                (key, now_ms),
+            )
+            .fetchone()
+        )
+        return None if row is None else PushReceipt(*row)
 
     async def append(
         self, messages: Sequence[NewMessage | Rejected], idem: IdempotencyKey | None = None

@@ -9,6 +9,7 @@ The relay encodes them with :data:`encoder`; the writer process decodes them wit
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any, ClassVar
 
 import msgspec
@@ -18,9 +19,13 @@ from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.store.base import (
     MAX_CONTACTS,
     MAX_GROUP,
+    MAX_SUBSCRIPTIONS,
     PAIRING_KEEP_MS,
+    SUBSCRIPTION_GONE_KEEP_MS,
     UNKNOWN_DEVICE,
     AppendResult,
+    PushReceipt,
+    Subscription,
 )
 
 #: How long an Idempotency-Key is remembered.
@@ -68,6 +73,12 @@ class DeleteDevice(Op, tag="dd"):
         c.execute("DELETE FROM unread WHERE reader = ?", (self.pin,))
         c.execute("DELETE FROM group_members WHERE pin = ?", (self.pin,))
         c.execute("DELETE FROM pairing WHERE pin = ?", (self.pin,))
+        # Its subscriptions answer 410 Gone for a while (the writer's clock: a store's
+        # own bookkeeping, like SQLite's).
+        c.execute(
+            "UPDATE subscriptions SET deleted_ms = ? WHERE pin = ? AND deleted_ms IS NULL",
+            (int(time.time() * 1000), self.pin),
+        )
         return c.execute("DELETE FROM devices WHERE pin = ?", (self.pin,)).rowcount == 1
 
 
@@ -141,6 +152,11 @@ class Sweep(Op, tag="sw"):
         )
         c.execute("DELETE FROM unread WHERE expires_ms <= ?", (self.now_ms,))
         c.execute("DELETE FROM pairing WHERE expires_ms <= ?", (self.now_ms - PAIRING_KEEP_MS,))
+        c.execute(
+            "DELETE FROM subscriptions WHERE deleted_ms <= ?",
+            (self.now_ms - SUBSCRIPTION_GONE_KEEP_MS,),
+        )
+        c.execute("DELETE FROM push_receipts WHERE expires_ms <= ?", (self.now_ms,))
         return int(n)
 
 
@@ -315,6 +331,55 @@ class RedeemPairing(Op, tag="rp"):
         return "redeemed", str(pin)
 
 
+class CreateSubscription(Op, tag="cs"):
+    sub: Subscription
+
+    def run(self, c: sqlite3.Connection) -> None:
+        sub = self.sub
+        (live,) = c.execute(
+            "SELECT count(*) FROM subscriptions WHERE pin = ? AND deleted_ms IS NULL", (sub.pin,)
+        ).fetchone()
+        if live >= MAX_SUBSCRIPTIONS:
+            raise PinrelayError(
+                f"a device holds at most {MAX_SUBSCRIPTIONS} subscriptions", ErrorCode.CONFLICT
+            )
+        try:
+            c.execute(
+                "INSERT INTO subscriptions (id, pin, created_ms, p256dh, auth, vapid_key)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (sub.id, sub.pin, sub.created_ms, sub.p256dh, sub.auth, sub.vapid_key),
+            )
+        except sqlite3.IntegrityError:
+            raise PinrelayError("that subscription id exists", ErrorCode.CONFLICT) from None
+
+
+class DeleteSubscription(Op, tag="ds"):
+    pin: str
+    sub_id: str
+    now_ms: int
+
+    def run(self, c: sqlite3.Connection) -> bool:
+        return (
+            c.execute(
+                "UPDATE subscriptions SET deleted_ms = ? WHERE id = ? AND pin = ?"
+                " AND deleted_ms IS NULL",
+                (self.now_ms, self.sub_id, self.pin),
+            ).rowcount
+            == 1
+        )
+
+
+class PutPushReceipts(Op, tag="pr"):
+    receipts: list[PushReceipt]
+
+    def run(self, c: sqlite3.Connection) -> None:
+        c.executemany(
+            "INSERT OR REPLACE INTO push_receipts (key, state, at_ms, expires_ms)"
+            " VALUES (?, ?, ?, ?)",
+            [(r.key, r.state, r.at_ms, r.expires_ms) for r in self.receipts],
+        )
+
+
 class Item(msgspec.Struct, array_like=True):
     """One message of an append: stored if ``reason`` is None, else passed through."""
 
@@ -379,6 +444,9 @@ AnyOp = (
     | DropUnread
     | CreatePairing
     | RedeemPairing
+    | CreateSubscription
+    | DeleteSubscription
+    | PutPushReceipts
     | Stop
 )
 

@@ -19,6 +19,9 @@ to the Store protocol:
 - ``acks``: acks (purges) and the expiry sweep;
 - ``contacts``: each device's contacts, one record per device (core/social.py);
 - ``unread``: read-receipt bookkeeping, an entry per unread chat message;
+- ``groups``: chat groups, a record per group and an index entry per member;
+- ``pairing``: pairing codes, used once;
+- ``subscriptions``: Web Push subscriptions, a record per id and an index per device;
 - ``expiry``: failed receipts, a JetStream schedule per chat message;
 - ``store``: :class:`JetStreamStore` itself.
 

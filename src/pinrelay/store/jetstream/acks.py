@@ -227,6 +227,13 @@ class Acker:
             deleted += await self._sweep_stream(part, now_ms, limit - deleted)
         return deleted
 
+    async def delete(self, keys: Sequence[tuple[str, int]]) -> None:
+        """Delete the messages at (pin, cursor): a cursor is its stream's sequence."""
+        for pin, seq in keys:
+            stream = self.layout.stream_of(pin)
+            body = {"seq": seq, "no_erase": True}
+            await self.api.request_unless(f"STREAM.MSG.DELETE.{stream}", body, "delete", refused)
+
     async def _sweep_stream(self, part: int, now_ms: int, limit: int) -> int:
         stream = self.layout.stream_name(part)
         info = await self.api.request_unless(f"STREAM.INFO.{stream}", {}, "info", refused)

@@ -33,7 +33,7 @@ get one too (messages the reader and the feed must skip); the marker lands on th
 tracker's own subject, so the consumer would see every tracker twice; and a
 delivered chat's tracker would still expire into a marker to check.  Here a delivered
 chat costs two more messages (its schedule, its cancel), each in a batch sent anyway,
-and only undelivered ones cost a delivery (DECISIONS 38).
+and only undelivered ones cost a delivery (DECISIONS 40).
 
 The grace covers an ack in flight at the moment of expiry: reads stop handing a chat
 out at its expiry, so only an ack later than the grace can cross the notice (both
@@ -211,12 +211,17 @@ class Expiries:
                 )
         return out
 
-    async def done(self, keys: list[tuple[str, int]]) -> None:
-        """The failed receipts of these notices are stored: acknowledge them."""
+    async def done(self, keys: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The failed receipts of these notices are stored: acknowledge them.  The
+        keys that name no notice handed out here (messages): returned."""
+        rest: list[tuple[str, int]] = []
         for key in keys:
             msg = self._held.pop(key, None)
-            if msg is not None:
+            if msg is None:
+                rest.append(key)
+            else:
                 await msg.ack()
+        return rest
 
     @staticmethod
     async def _fetch(

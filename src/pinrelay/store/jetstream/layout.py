@@ -5,8 +5,8 @@ One file-storage stream on ``<prefix>.>``; a message for device D is stored on
 partitions, devices are spread over K streams ``<stream>_<p>`` on
 ``<prefix>.<p>.>``, p = crc32(PIN) mod K.  The KV buckets are
 ``<bucket_prefix>_devices``, ``_keys``, ``_keyhash``, ``_idem``, ``_contacts``,
-``_unread`` and ``_groups``.  Every name is configurable, so several relays or tests can share a
-cluster.
+``_unread``, ``_groups`` and ``_subscriptions`` (and ``_pairing``).  Every name is
+configurable, so several relays or tests can share a cluster.
 
 Each stream also holds its chat messages' expiry schedules and notices
 (:mod:`.expiry`) on ``<prefix>-expiry[.<p>].>``: outside ``<prefix>.>``, so that the
@@ -23,7 +23,16 @@ MAX_PARTITIONS = 64
 #: Stream metadata key recording the partition count the stream was made for.
 PARTITIONS_META = "pinrelay.partitions"
 #: The buckets' names after the prefix, in :class:`Buckets`' order.
-_BUCKET_KINDS = ("devices", "keys", "keyhash", "idem", "contacts", "unread", "groups")
+_BUCKET_KINDS = (
+    "devices",
+    "keys",
+    "keyhash",
+    "idem",
+    "contacts",
+    "unread",
+    "groups",
+    "subscriptions",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,7 @@ class Buckets:
     contacts: Bucket
     unread: Bucket
     groups: Bucket
+    subscriptions: Bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +145,8 @@ class Layout:
     def pairing(self) -> Bucket:
         """Pairing codes (:mod:`.pairing`): a bucket with a max age, beside the others."""
         return Bucket(f"{self.bucket_prefix}_pairing")
+
+    @property
+    def push_receipts(self) -> Bucket:
+        """Web Push receipts (:mod:`.pushreceipts`): a bucket with a max age too."""
+        return Bucket(f"{self.bucket_prefix}_receipts")

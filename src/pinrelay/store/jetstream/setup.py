@@ -7,8 +7,10 @@ metadata, and a store opened with another count on the same subjects is refused
 (changing it is a migration).  Each stream also takes its chats' expiry schedules
 (:mod:`.expiry`): an older relay's stream gets their subjects and
 ``allow_msg_schedules`` added, and the shared consumer of their notices is created
-(or left as it is).  The contacts, unread and groups buckets also take atomic
-batches (nats-server 2.12+) unless the store is told not to use them.  A cluster
+(or left as it is).  The contacts, unread, groups and subscriptions buckets
+take per-message TTLs, and atomic batches (nats-server 2.12+) unless the store is told
+not to use them.  A bucket a newer version added (subscriptions) is created when a
+store opens a cluster an older one made, as any missing bucket is.  A cluster
 that just started may not know its peers
 or have a leader yet: set-up is retried (:func:`~.errors.setup_may_retry`).
 """
@@ -35,8 +37,10 @@ from pinrelay.store.jetstream.errors import ApiError, name_in_use, setup_may_ret
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_TTL_S
 from pinrelay.store.jetstream.layout import PARTITIONS_META, Bucket, Layout
 from pinrelay.store.jetstream.pairing import PAIRING_BUCKET_TTL_S
+from pinrelay.store.jetstream.pushreceipts import PUSH_RECEIPTS_BUCKET_TTL_S
 
 PAIRING_TTL = float(PAIRING_BUCKET_TTL_S)
+RECEIPTS_TTL = float(PUSH_RECEIPTS_BUCKET_TTL_S)
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +103,9 @@ class Prepared(NamedTuple):
 
     #: Appends may be atomic batches (every message stream allows them).
     atomic: bool
-    #: The contacts, unread and groups buckets take atomic batches (:mod:`.contacts`,
-    #: :mod:`.unread`, :mod:`.groups`); else their writes go one by one.
+    #: The contacts, unread, groups and subscriptions buckets take atomic batches
+    #: (:mod:`.contacts`, :mod:`.unread`, :mod:`.groups`, :mod:`.subscriptions`); else
+    #: their writes go one by one.
     bucket_batches: bool
     #: Chat messages get expiry schedules (:mod:`.expiry`): appends are atomic and
     #: every stream takes schedules (nats-server 2.12+).
@@ -128,9 +133,17 @@ class Setup:
             while True:
                 try:
                     await ensure_bucket(js, self.layout.pairing.name, self.replicas, PAIRING_TTL)
+                    await ensure_bucket(
+                        js, self.layout.push_receipts.name, self.replicas, RECEIPTS_TTL
+                    )
                     atomic, schedules = await self._ensure_streams(nc, js)
                     buckets = self.layout.buckets
-                    batched = [buckets.contacts, buckets.unread, buckets.groups]
+                    batched = [
+                        buckets.contacts,
+                        buckets.unread,
+                        buckets.groups,
+                        buckets.subscriptions,
+                    ]
                     for b in self.layout.bucket_names():
                         if b in (bucket.name for bucket in batched):
                             continue
@@ -158,7 +171,8 @@ class Setup:
         otherwise (history 1, TTLs allowed, leader reads): relays started together
         then all send the same request.  Switching them on afterwards raced with the
         other relays' creates, and the server answered neither for 10 s.  An existing
-        bucket without them (made by a store told not to use them) is updated.
+        bucket without them (made by a store told not to use them) is updated, as is
+        one without per-message TTLs (which tombstones and markers carry).
         """
         config = StreamConfig(
             name=bucket.stream,
@@ -181,8 +195,10 @@ class Setup:
                 raise
             info = await js.stream_info(bucket.stream)
             have = info.config
-            if self.want_atomic and not (have.allow_atomic and have.allow_msg_ttl):
-                have.allow_atomic = have.allow_msg_ttl = True
+            if not have.allow_msg_ttl or (self.want_atomic and not have.allow_atomic):
+                have.allow_msg_ttl = True
+                if self.want_atomic:
+                    have.allow_atomic = True
                 info = await js.update_stream(have)
         return self.want_atomic and bool(info.config.allow_atomic)
 

@@ -6,8 +6,9 @@ each protocol call to the part that owns it: :class:`~.devices.Devices` and
 :class:`~.idempotency.Leases` for an Idempotency-Key and
 :class:`~.group.GroupCommit` for concurrent appends), :class:`~.reads.Reader`,
 :class:`~.acks.Acker`, :class:`~.contacts.ContactLists`,
-:class:`~.unread.Unreads` (read-receipt bookkeeping), :class:`~.groups.Groups` and
-:class:`~.expiry.Expiries` (failed receipts).  They share one
+:class:`~.unread.Unreads` (read-receipt bookkeeping), :class:`~.groups.Groups`,
+:class:`~.subscriptions.Subscriptions` (Web Push) and :class:`~.expiry.Expiries`
+(failed receipts).  They share one
 :class:`~.api.Api` (the connection, retries and the error boundary) and one
 :class:`~.layout.Layout` (names).
 """
@@ -31,10 +32,12 @@ from pinrelay.store.base import (
     Contact,
     Group,
     IdempotencyKey,
+    PushReceipt,
     Redemption,
     Rejected,
     StoreClosed,
     StoreStats,
+    Subscription,
     Unread,
     to_results,
 )
@@ -53,15 +56,17 @@ from pinrelay.store.jetstream.keys import Keys
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import Layout
 from pinrelay.store.jetstream.pairing import Pairings
+from pinrelay.store.jetstream.pushreceipts import PushReceipts
 from pinrelay.store.jetstream.reads import Reader
 from pinrelay.store.jetstream.records import to_device
+from pinrelay.store.jetstream.subscriptions import Subscriptions
 from pinrelay.store.jetstream.unread import Unreads
 
 log = logging.getLogger(__name__)
 
 
 class JetStreamStore:
-    """The cluster engine: one JetStream stream (or one per partition) plus seven KV buckets."""
+    """The cluster engine: one JetStream stream (or one per partition) plus nine KV buckets."""
 
     def __init__(
         self,
@@ -111,6 +116,8 @@ class JetStreamStore:
         self.groups = Groups(kv, buckets.groups)
         self.leases = Leases(kv, buckets.idem, idem_lease_s)
         self.pairings = Pairings(kv, self.layout.pairing)
+        self.push_receipts = PushReceipts(kv, self.layout.push_receipts)
+        self.subscriptions = Subscriptions(kv, buckets.subscriptions, self.devices)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
@@ -139,7 +146,11 @@ class JetStreamStore:
         return self.layout.streams
 
     def bucket_names(self) -> list[str]:
-        return [*self.layout.bucket_names(), self.layout.pairing.name]
+        return [
+            *self.layout.bucket_names(),
+            self.layout.pairing.name,
+            self.layout.push_receipts.name,
+        ]
 
     @property
     def direct_fallbacks(self) -> int:
@@ -168,6 +179,7 @@ class JetStreamStore:
         self.appender.expiry = self.expiries.enabled = prepared.expiry and self._chat_expiry
         self.contact_lists.atomic = self.unread.atomic = prepared.bucket_batches
         self.groups.atomic = prepared.bucket_batches
+        self.subscriptions.atomic = prepared.bucket_batches
         self.acker.closed = False
         self._nc, self._js = nc, js
         self.api.attach(nc)
@@ -176,6 +188,7 @@ class JetStreamStore:
             await self.keys.watch.start(nc, js)
             await self.contact_lists.watch.start(nc, js)
             await self.groups.watch.start(nc, js)
+            await self.subscriptions.watch.start(nc, js)
             await self.feed.start(js)
             await self.expiries.start(js)
         except Exception as exc:
@@ -201,6 +214,7 @@ class JetStreamStore:
         self.keys.cache.clear()
         self.contact_lists.cache.clear()
         self.groups.cache.clear()
+        self.subscriptions.cache.clear()
         nc = self._nc
         log.warning(
             "NATS connection back (%s)", nc.connected_url.netloc if nc and nc.connected_url else "?"
@@ -218,6 +232,7 @@ class JetStreamStore:
         await self.keys.watch.stop()
         await self.contact_lists.watch.stop()
         await self.groups.watch.stop()
+        await self.subscriptions.watch.stop()
         nc, self._nc, self._js = self._nc, None, None
         self.api.attach(None)
         if nc is not None and not nc.is_closed:
@@ -277,11 +292,15 @@ class JetStreamStore:
 
     async def delete_device(self, pin: str) -> bool:
         if await self.devices.get_fresh(pin) is None:
+            # A deletion that failed half-way left its subscriptions live: end them
+            # (.subscriptions, "Deleted devices"; one read when there are none).
+            await self.subscriptions.end_all(pin)
             return False
         # Out of its groups first, so that a deletion failing half-way is finished by
         # its retry (.groups, "Deleted devices").
         await self.groups.leave_all(pin)
         if not await self.devices.remove(pin):
+            await self.subscriptions.end_all(pin)
             return False
         # Messages stored meanwhile carry the old gen: no later device with this PIN sees
         # them; a contacts record written meanwhile does too (.contacts).
@@ -289,6 +308,8 @@ class JetStreamStore:
         self.acker.forget(pin)
         await self.contact_lists.remove(pin)
         await self.unread.remove_all(pin)
+        # After the record's removal, so a create racing with it sees the device gone.
+        await self.subscriptions.end_all(pin)
         return True
 
     async def set_token(self, pin: str, token_hash: str) -> bool:
@@ -381,9 +402,11 @@ class JetStreamStore:
         return await self.expiries.due(now_ms, limit, self.expiry_wait_s)
 
     async def forget(self, keys: Sequence[tuple[str, int]]) -> None:
-        """The failed receipts of these expired chats are stored: their notices are
-        done.  The messages themselves go by their TTL."""
-        await self.expiries.done(list(keys))
+        """Delete the messages at these keys; a key :meth:`expired_chats` handed out
+        names its notice instead, acknowledged (the chat itself goes by its TTL).  A
+        notice's sequence is in the same stream as its PIN's messages, so never
+        one of theirs."""
+        await self.acker.delete(await self.expiries.done(list(keys)))
 
     async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
         return await self.reader.read(pin, after, limit, now_ms)
@@ -396,6 +419,25 @@ class JetStreamStore:
 
     async def sweep(self, now_ms: int, limit: int = 1000) -> int:
         return await self.acker.sweep(now_ms, limit)
+
+    # --- Web Push subscriptions (.subscriptions) ------------------------------------------
+    async def create_subscription(self, sub: Subscription) -> None:
+        await self.subscriptions.create(sub)
+
+    async def get_subscription(self, sub_id: str) -> Subscription | None:
+        return await self.subscriptions.get(sub_id)
+
+    async def subscriptions_of(self, pin: str) -> list[Subscription]:
+        return await self.subscriptions.of(pin)
+
+    async def delete_subscription(self, pin: str, sub_id: str, now_ms: int) -> bool:
+        return await self.subscriptions.delete(pin, sub_id, now_ms)
+
+    async def put_push_receipts(self, receipts: Sequence[PushReceipt]) -> None:
+        await self.push_receipts.put(receipts)
+
+    async def get_push_receipt(self, key: str, now_ms: int) -> PushReceipt | None:
+        return await self.push_receipts.get(key, now_ms)
 
     # --- pairing codes (.pairing) -------------------------------------------------------
     async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:
