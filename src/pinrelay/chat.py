@@ -14,6 +14,7 @@ states only move forward).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pinrelay.core import chat as wire
 from pinrelay.core.chat import ChatLimits, Delivered, Refused, new_group_id
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.ids import new_message_id
+from pinrelay.core.model import StoredMessage
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.core.social import Action, Transition, may_send
 from pinrelay.ingest import Draft, Ingest
@@ -32,6 +34,8 @@ CLIENT_ID_TTL_MS = 24 * 3600 * 1000
 #: The fingerprint of every send: a client_id used again answers the first ``sent``
 #: whatever the text (PROTOCOL "Chat").
 _SEND_FINGERPRINT = "send"
+#: The fingerprint of a failed receipt's Idempotency-Key.
+_FAILED_FINGERPRINT = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,11 +194,13 @@ class Chat:
             return
         now_ms = int(self.clock() * 1000)
         keep_ms = now_ms + self.limits.notice_ttl_s * 1000
-        await self.store.put_unread(
-            [Unread(reader, c.id, c.sender, keep_ms, c.group) for c in chats]
-        )
-        await self.ingest.accept(
-            [self._receipt(reader, c.sender, c.id, "delivered") for c in chats]
+        # Both at once: the SQLite writer takes them into one group commit (one fsync
+        # on the round trip, not two in series); JetStream has both in flight.
+        await asyncio.gather(
+            self.store.put_unread(
+                [Unread(reader, c.id, c.sender, keep_ms, c.group) for c in chats]
+            ),
+            self.ingest.accept([self._receipt(reader, c.sender, c.id, "delivered") for c in chats]),
         )
 
     async def read(self, reader: str, ids: Sequence[str]) -> int:
@@ -211,15 +217,24 @@ class Chat:
 
     async def expire(self, limit: int = 500) -> int:
         """Chat messages that expired undelivered: a ``failed`` receipt to each sender,
-        then the message goes (a crash in between repeats the receipt); how many."""
+        then the store forgets them; how many.
+
+        Each receipt is stored under an Idempotency-Key of its own (the recipient and
+        the message), so a crash before the store forgets, or two relays handed the
+        same expiry (the cluster, store/jetstream/expiry.py), store it once.
+        """
         now = self.clock()
-        expired = await self.store.expired_chats(int(now * 1000), limit)
+        now_ms = int(now * 1000)
+        expired = await self.store.expired_chats(now_ms, limit)
         if not expired:
             return 0
-        receipts = [
-            self._receipt(m.pin, m.sender, m.id, "failed") for m in expired if m.sender is not None
-        ]
-        await self.ingest.accept(receipts)
+
+        async def fail(m: StoredMessage) -> None:
+            if m.sender is not None:
+                idem = IdempotencyKey(f"failed {m.pin} {m.id}", _FAILED_FINGERPRINT, now_ms)
+                await self.ingest.accept([self._receipt(m.pin, m.sender, m.id, "failed")], idem)
+
+        await asyncio.gather(*(fail(m) for m in expired))
         await self.store.forget([(m.pin, m.cursor) for m in expired])
         return len(expired)
 

@@ -9,6 +9,7 @@ The WebSocket link drives a :class:`Delivery`; the long-poll inbox uses
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -328,11 +329,24 @@ class Delivery:
         try:
             while self._settling:
                 cursor, chats = self._settling[0]
+                taken = 1
                 if isinstance(chats, int):
                     await settle(self.store, self.pin, chats, cursor, self._clock(), self._on_acked)
-                elif chats and self._on_acked is not None:
-                    await self._on_acked(self.pin, chats)
-                self._settling.popleft()
+                else:
+                    # The acks queued behind this one while its receipts were stored:
+                    # theirs go in one write, so a slow commit is not followed by one
+                    # commit per waiting ack (the round trip's tail).
+                    batch = list(chats)
+                    for later, more in itertools.islice(self._settling, 1, None):
+                        if isinstance(more, int):
+                            break
+                        batch += more
+                        cursor = later
+                        taken += 1
+                    if batch and self._on_acked is not None:
+                        await self._on_acked(self.pin, batch)
+                for _ in range(taken):
+                    self._settling.popleft()
                 self._acks.submit(self.pin, cursor)
         except Exception:
             # Not stored: the ack is not either, so the messages come again later

@@ -126,6 +126,7 @@ class Relay:
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._expirer: asyncio.Task[None] | None = None
 
     @property
     def link_urls(self) -> list[str]:
@@ -150,6 +151,9 @@ class Relay:
         await self.router.start()
         if self.clustered:
             self._watchdog = loop.create_task(self._watch_store())
+            # Chats that expired undelivered are announced by the store (its
+            # expired_chats waits for them): failed receipts go out as they come.
+            self._expirer = loop.create_task(self._expire_forever())
         else:
             # JetStream expires messages by itself (Nats-TTL) and reads skip expired
             # ones; its sweep walks the stream one request per message: not every 5 s.
@@ -198,10 +202,18 @@ class Relay:
             except Exception:
                 log.exception("sweeping expired messages failed")
 
+    async def _expire_forever(self) -> None:
+        while True:
+            try:
+                self.metrics.expired.inc(await self.chat.expire())
+            except Exception as exc:  # the store away: its notices wait for us
+                log.warning("failed receipts for expired chats: %r (retrying)", exc)
+                await asyncio.sleep(1.0)
+
     async def stop(self) -> None:
         """Graceful: drain links (clients come back later, spread), then close."""
         self.ready = False
-        for task in (self._sweeper, self._watchdog):
+        for task in (self._sweeper, self._watchdog, self._expirer):
             if task is not None:
                 task.cancel()
         alternates = [u for u in self.link_urls if u != self.config.link_url]

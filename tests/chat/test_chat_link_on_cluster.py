@@ -4,10 +4,10 @@ relays and through relay kills: tests/cluster/test_chat_cluster.py.
 
 Every test class of that module runs again here, with ``relay_factory`` starting
 relays with ``--store`` on one cluster for the module (they share its stream and
-buckets; every test makes devices of its own).  Not the expired-chat test: the
-cluster engine lets JetStream expire messages and sends no ``failed`` receipt yet
-(PROTOCOL "Receipts").  The group tests of tests/chat/test_groups.py run on the cluster
-in tests/chat/test_groups_on_cluster.py.
+buckets; every test makes devices of its own), and so does the expired-chat test
+(the cluster's failed receipts come from store/jetstream/expiry.py; with relays
+killed: tests/cluster/test_chat_expiry.py).  The group tests of
+tests/chat/test_groups.py run on the cluster in tests/chat/test_groups_on_cluster.py.
 """
 
 from __future__ import annotations
@@ -19,11 +19,23 @@ from pathlib import Path
 import pytest
 
 from pinrelay.testing.natsproc import NatsCluster, running_cluster
-from tests.chat.test_chat_link import TestContacts, TestHttpChat, TestSend, pair
+from tests.chat.test_chat_link import (
+    TestContacts,
+    TestHttpChat,
+    TestSend,
+    pair,
+    test_a_chat_that_expires_undelivered_fails,
+)
 from tests.conftest import RelayFactory
 from tests.relayproc import RelayProc
 
-__all__ = ["TestContacts", "TestHttpChat", "TestSend", "pair"]
+__all__ = [
+    "TestContacts",
+    "TestHttpChat",
+    "TestSend",
+    "pair",
+    "test_a_chat_that_expires_undelivered_fails",
+]
 
 
 @pytest.fixture(scope="module")

@@ -73,12 +73,12 @@ async def test_push_through_another_relay(start_relay: StartRelay, links: Links)
         vapid_claims=claims(),
     )
     assert r.status_code == 201, r.text
-    got = await next_webpush(ws)
-    if got.id == first.id:
+    back = await next_webpush(ws)
+    if back.id == first.id:
         # The link closed before its ack was written: a redelivery (PROTOCOL
         # "Redelivery and duplicates"), which a client drops by its cursor.
-        got = await next_webpush(ws)
-    assert sub.decrypt(got) == b"and back"
+        back = await next_webpush(ws)
+    assert sub.decrypt(back) == b"and back"
 
 
 async def test_a_delete_through_one_relay_is_seen_by_another(start_relay: StartRelay) -> None:

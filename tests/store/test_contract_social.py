@@ -8,10 +8,12 @@ of a pair, keeps them across a reopen, and reports what it holds.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
+from msgspec.structs import replace
 
-from pinrelay.core.chat import contact_data
+from pinrelay.core.chat import contact_data, receipt_data
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.social import Action, Transition
 from pinrelay.store.base import MAX_GROUP, Contact, Group, Store, Unread
@@ -193,15 +195,42 @@ class TestExpiredChats:
         await store.append([chat, push])
         later = NOW + 1000
         await store.sweep(later)
+        # The cluster is told by a schedule that fired at once (its time has passed).
         expired = await store.expired_chats(later, 100)
-        if "sqlite" not in request.node.name:
-            assert expired == []  # expired by the engine itself (Nats-TTL)
-            return
         assert [(m.id, m.sender, m.pin) for m in expired] == [(chat.id, A, B)]
         assert await store.expired_chats(NOW, 100) == []  # not expired then
         await store.forget([(m.pin, m.cursor) for m in expired])
         assert await store.expired_chats(later, 100) == []
-        assert await store.read(B, 0, 10, NOW) == []
+        # SQLite deleted it; the cluster's goes by its TTL, unread meanwhile.
+        now = NOW if "sqlite" in request.node.name else later
+        assert await store.read(B, 0, 10, now) == []
+
+    async def test_a_delivered_chat_does_not_expire(self, store: Store) -> None:
+        """On the wall clock: the cluster's schedules fire by it."""
+        await add_devices(store, A, B)
+        sent = int(time.time() * 1000)
+        delivered, lost = (
+            msg(B, n, kind="chat", sender=A, ttl_ms=1500, sent_ms=sent) for n in (1, 2)
+        )
+        await store.append([delivered])
+        await store.append([lost])
+        first, _ = await store.read(B, 0, 10, sent)
+        assert first.id == delivered.id
+        # Chat.delivered's receipt, then the ack (chat.py).
+        receipt = msg(A, 3, kind="receipt", sender=B, sent_ms=sent)
+        await store.append([replace(receipt, data=receipt_data(delivered.id, "delivered"))])
+        await store.ack(B, first.cursor)
+        found: list[str] = []
+        deadline = time.monotonic() + 10
+        while not found and time.monotonic() < deadline:
+            expired = await store.expired_chats(int(time.time() * 1000), 100)
+            found += [m.id for m in expired]
+            await store.forget([(m.pin, m.cursor) for m in expired])
+            await asyncio.sleep(0.05)
+        assert found == [lost.id]
+        # Past the schedule's grace (expiry.FIRE_GRACE_MS): still nothing for the other.
+        await asyncio.sleep(max(0.0, (sent + 3000) / 1000 - time.time()))
+        assert await store.expired_chats(int(time.time() * 1000), 100) == []
 
 
 class TestGroups:

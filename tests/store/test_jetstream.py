@@ -17,7 +17,7 @@ from nats.js.api import StorageType, StreamConfig
 from pinrelay.core.model import Accepted, NewMessage
 from pinrelay.store.base import AppendResult, IdempotencyKey, Rejected, StoreClosed
 from pinrelay.store.jetstream import JetStreamStore, ttl_seconds
-from pinrelay.store.jetstream.appends import Outgoing, atomic_chunks
+from pinrelay.store.jetstream.appends import AUX, Outgoing, atomic_chunks
 from pinrelay.testing.wait import wait_until_async
 from tests.natsproc import NatsCluster
 
@@ -369,6 +369,17 @@ class TestHeaders:
         many = [item(i, "d.A.m", False) for i in range(2500)]
         assert [len(c) for _, c in atomic_chunks(many)] == [1000, 1000, 500]
 
+    def test_atomic_chunks_keep_a_chats_schedule_with_it(self) -> None:
+        # A push, then chats each followed by its expiry schedule (.expiry): the
+        # 1,000th item would be a schedule, so its chat moves to the next batch too.
+        items = [Outgoing(0, "d.A.m", b"", {})]
+        for i in range(1, 1001):
+            items += [Outgoing(i, "d.A.m", b"", {}), Outgoing(AUX, f"d-expiry.s.A.{i}", b"", {})]
+        chunks = atomic_chunks(items)
+        assert [len(c) for _, c in chunks] == [999, 1000, 2]
+        for _, chunk in chunks:
+            assert chunk[0].position != AUX
+
 
 class TestOpen:
     async def test_open_adopts_an_existing_stream(
@@ -395,6 +406,43 @@ class TestOpen:
         # Opening again is harmless.
         again = await open_store()
         assert [data_n(m) for m in await read_all(again, A)] == [2]
+
+    async def test_an_older_relays_stream_gets_chat_expiry(
+        self, open_store: OpenStore, nats_cluster: NatsCluster, tmp_path: Path
+    ) -> None:
+        """The stream as the version before chat expiry made it, with a message in it:
+        opened, it takes schedules, and a chat expiring on it is reported."""
+        names = jetstream_names(tmp_path)
+        prefix = names["subject_prefix"]
+        nc = await nats.connect(nats_cluster.urls)
+        try:
+            js = nc.jetstream()
+            old = StreamConfig(
+                name=names["stream"],
+                subjects=[f"{prefix}.>"],
+                storage=StorageType.FILE,
+                num_replicas=3,
+                allow_rollup_hdrs=True,
+                allow_msg_ttl=True,
+                allow_direct=True,
+                allow_atomic=True,
+                duplicate_window=120.0,
+                metadata={"pinrelay.partitions": "1"},
+            )
+            await js.add_stream(old)
+            await js.publish(f"{prefix}.{A}.m", b"not ours", headers={"Nats-TTL": "60"})
+            store = await open_store()
+            config = (await js.stream_info(names["stream"])).config
+            assert config.subjects == [f"{prefix}.>", f"{prefix}-expiry.>"]
+            assert config.allow_msg_schedules
+        finally:
+            await nc.close()
+        await add_devices(store, A, B)
+        chat = msg(B, 1, kind="chat", sender=A, ttl_ms=10)  # expired long ago: fires now
+        await store.append([chat])
+        expired = await store.expired_chats(NOW + 1000, 10)
+        assert [(m.id, m.pin, m.sender) for m in expired] == [(chat.id, B, A)]
+        await store.forget([(m.pin, m.cursor) for m in expired])
 
     async def test_unreachable_cluster_is_store_closed(self) -> None:
         store = JetStreamStore("nats://127.0.0.1:1", connect_timeout=1.0)

@@ -33,6 +33,10 @@ def query(path: Path, sql: str) -> object:
         return conn.execute(sql).fetchone()[0]
 
 
+def file_size(path: str) -> int:
+    return os.stat(path).st_size
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "pinrelay.db"
@@ -125,6 +129,31 @@ class TestFiles:
             assert Path(f"{db_path}-wal") in existing_db_files(db_path)
         finally:
             await s.close()
+
+    async def test_checkpoints_every_4000_pages_and_the_wal_restarts(self, db_path: Path) -> None:
+        # DECISIONS 42: a checkpoint stalls the writer, so fewer of them than SQLite's
+        # default of 1,000 pages; and the WAL must still restart, not grow.
+        frame = 4096 + 24  # a WAL frame: the page and its header
+        wal = f"{db_path}-wal"
+        s = await open_store(db_path)
+        largest = 0
+        try:
+            await s.create_device(PIN, "h", None, NOW)
+            for batch in range(250):  # about 8,000 pages in all: two restarts
+                await s.append(
+                    [
+                        NewMessage(
+                            PIN, f"01C{batch:04d}{i:02d}", b"x" * 3000, None, "normal", NOW, FAR
+                        )
+                        for i in range(32)
+                    ]
+                )
+                largest = max(largest, file_size(wal))
+            backlog = await s.backlog(PIN, NOW)
+        finally:
+            await s.close()
+        assert backlog == 250 * 32
+        assert 3000 * frame < largest < 4200 * frame
 
     async def test_commit_observer(self, db_path: Path) -> None:
         seen: list[tuple[float, int]] = []

@@ -321,3 +321,20 @@ def test_rate_limit_per_subscription(relay_factory: RelayFactory) -> None:
     r = status_of(lambda: push(sub.info, "x", ttl=60))
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
     assert backlog(relay, device["pin"]) == 3
+
+
+def test_rate_limit_per_sender(relay_factory: RelayFactory) -> None:
+    relay = relay_factory(extra=["--webpush-sender-per-minute", "4"])
+    device = relay.create_device()
+    subs = [subscribe(relay, device) for _ in range(2)]
+    vapid = Vapid()
+    vapid.generate_keys()
+    for n in range(4):
+        assert push(subs[n % 2].info, "x", ttl=60).status_code == 201
+    # The same address, another subscription: still this sender's budget.
+    r = status_of(lambda: push(subs[1].info, "x", ttl=60))
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    # A sender that signs is counted by its VAPID key, not by its address.
+    signed = push(subs[0].info, "y", ttl=60, vapid_private_key=vapid, vapid_claims=dict(CLAIMS))
+    assert signed.status_code == 201
+    assert backlog(relay, device["pin"]) == 5

@@ -120,7 +120,20 @@ class Outbox:
     def __init__(self, remember: int = 10_000) -> None:
         self.waiting: OrderedDict[str, Outgoing] = OrderedDict()
         self.by_id: OrderedDict[str, Outgoing] = OrderedDict()
+        #: Receipts for ids no ``sent`` named yet: after a crash, a resent ``send``
+        #: may be answered (once the relay's idempotency lease is taken over) after
+        #: the recipient's receipt for it came.  Applied when the ``sent`` comes.
+        self.early: OrderedDict[str, list[tuple[State, str | None]]] = OrderedDict()
         self._remember = remember
+
+    def hold(self, message_id: str, state: State, by: str | None) -> None:
+        """A receipt for ``message_id``, not known yet (bounded: oldest out first)."""
+        self.early.setdefault(message_id, []).append((state, by))
+        if len(self.early) > self._remember:
+            self.early.popitem(last=False)
+
+    def take_early(self, message_id: str) -> list[tuple[State, str | None]]:
+        return self.early.pop(message_id, [])
 
     def answered(self, client_id: str, message_id: str | None) -> Outgoing | None:
         handle = self.waiting.pop(client_id, None)

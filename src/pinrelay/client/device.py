@@ -256,6 +256,8 @@ class Device:
             handle = self.outbox.answered(frame.client_id, frame.id)
             if handle is not None:
                 handle.move("sent")
+                for state, by in self.outbox.take_early(frame.id):
+                    handle.move(state, by)
             return
         handle = self.outbox.answered(frame.client_id, None)
         if handle is None:
@@ -280,8 +282,11 @@ class Device:
         data = message.data if isinstance(message.data, dict) else {}
         message_id, state = str(data.get("id", "")), str(data.get("state", ""))
         handle = self.outbox.by_id.get(message_id)
-        if handle is not None and state in ("delivered", "read", "failed"):
-            handle.move(state, message.sender)  # type: ignore[arg-type]
+        if state in ("delivered", "read", "failed"):
+            if handle is not None:
+                handle.move(state, message.sender)  # type: ignore[arg-type]
+            else:  # its ``sent`` may still come (Outbox.early)
+                self.outbox.hold(message_id, state, message.sender)  # type: ignore[arg-type]
         if self._on_receipt is not None:
             self._on_receipt(message_id, state, message.sender)
 

@@ -19,7 +19,6 @@ import os
 import random
 import sys
 import termios
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -33,7 +32,6 @@ from pinrelay import __version__
 from pinrelay.auth import Authenticator
 from pinrelay.chat import Chat
 from pinrelay.core import frames
-from pinrelay.core.chat import Refused
 from pinrelay.core.errors import ErrorCode, PinrelayError, RateLimited
 from pinrelay.core.ids import new_secret
 from pinrelay.core.model import StoredMessage
@@ -48,8 +46,8 @@ from pinrelay.core.session import (
     ServerSession,
     Tick,
 )
-from pinrelay.core.webpush import SubscribeFields
 from pinrelay.delivery import AckWriter, Delivery, OnAcked, beyond_limit, msg_frame
+from pinrelay.link.requests import Requests
 from pinrelay.link.wireframes import client_text_frames, text_frame, whole_frames
 from pinrelay.metrics import Metrics
 from pinrelay.router.base import Router
@@ -78,14 +76,6 @@ WRITE_HIGH = 64 * 1024
 WRITE_LOW = 16 * 1024
 #: retry_after_ms of the error that closes a link which does not read.
 STALL_RETRY_MS = 5_000
-#: ``send`` and ``read`` frames a link may have waiting for their turn, and their
-#: texts' bytes: past either the relay stops reading the link until the queue is half
-#: empty (what the client sends meanwhile waits in the kernel's buffers), so a
-#: pipelining client is slowed, never refused out of order.
-MAX_QUEUED_CHAT = 64
-MAX_QUEUED_BYTES = 256 * 1024
-#: What one read from the socket (uvloop: 256 KiB) can add past those bounds, at most.
-QUEUE_HARD_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +96,6 @@ class LinkConfig:
     drain_jitter_ms: int = 8_000
 
 
-def unsent(client_id: str, code: str, message: str, retry_after: float | None = None) -> bytes:
-    retry_ms = None if retry_after is None else int(retry_after * 1000) + 1
-    return frames.encode(
-        frames.Unsent(client_id=client_id, code=code, message=message, retry_after_ms=retry_ms)
-    )
-
-
 def _queued_bytes(transport: asyncio.Transport) -> int:
     """Bytes written to the link that its client has not taken yet: our buffer, and
     the kernel's send queue (SIOCOUTQ).  The kernel's share shrinks as the client
@@ -129,10 +112,6 @@ def _queued_bytes(transport: asyncio.Transport) -> int:
 
 class LinkProtocol(asyncio.Protocol):
     __slots__ = (
-        "_chat_bytes",
-        "_chat_full",
-        "_chat_queue",
-        "_chat_task",
         "_close_timer",
         "_fast",
         "_hello_timer",
@@ -142,6 +121,7 @@ class LinkProtocol(asyncio.Protocol):
         "delivery",
         "peer",
         "pin",
+        "requests",
         "server",
         "session",
         "transport",
@@ -174,13 +154,8 @@ class LinkProtocol(asyncio.Protocol):
         #: shrunk, and its size then (None: not paused).
         self._stalled_at: float | None = None
         self._stalled_size = 0
-        #: ``send`` and ``read`` frames in arrival order, handled one at a time so a
-        #: recipient sees one sender's messages in the order they were sent.
-        self._chat_queue: deque[frames.Send | frames.Read | frames.Subscribe] = deque()
-        self._chat_bytes = 0
-        self._chat_task: asyncio.Task[None] | None = None
-        #: Reading is paused because the chat queue is full.
-        self._chat_full = False
+        #: ``send``, ``read`` and ``subscribe`` frames, one at a time in arrival order.
+        self.requests = Requests(self, server.chat, server.webpush)
 
     # --- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -282,7 +257,7 @@ class LinkProtocol(asyncio.Protocol):
     def _resume_reading(self) -> None:
         """Read again, unless the other reason to pause (writes, chat) still holds."""
         transport = self.transport
-        paused = self._stalled_at is not None or self._chat_full
+        paused = self._stalled_at is not None or self.requests.full
         if not paused and transport is not None and not transport.is_closing():
             transport.resume_reading()
 
@@ -348,7 +323,7 @@ class LinkProtocol(asyncio.Protocol):
         elif isinstance(event, PingReceived):
             self._send(event.pong)
         elif isinstance(event, ChatReceived):
-            self._queue_chat(event.frame)
+            self.requests.add(event.frame)
         elif isinstance(event, HelloReceived):
             self.server.spawn(self._authenticate(event.hello))
         elif isinstance(event, Failure):
@@ -361,88 +336,6 @@ class LinkProtocol(asyncio.Protocol):
             self.delivery.ack(cursor)
         except PinrelayError as exc:
             self._fail(self.session.fail(exc.code, exc.detail))
-
-    # --- chat ----------------------------------------------------------------
-    def _queue_chat(self, frame: frames.Send | frames.Read | frames.Subscribe) -> None:
-        chat = self.server.chat
-        if self.pin is None or chat is None:
-            self._fail(self.session.fail(ErrorCode.NOT_FOUND, "this relay has no chat"))
-            return
-        size = len(frame.text) if isinstance(frame, frames.Send) else 0
-        queue = self._chat_queue
-        if len(queue) >= QUEUE_HARD_LIMIT:
-            detail = "too many sends wait for answers"
-            self._fail(self.session.fail(ErrorCode.RATE_LIMITED, detail, STALL_RETRY_MS))
-            return
-        queue.append(frame)
-        self._chat_bytes += size
-        transport = self.transport
-        full = len(queue) >= MAX_QUEUED_CHAT or self._chat_bytes >= MAX_QUEUED_BYTES
-        if full and not self._chat_full and transport is not None and not transport.is_closing():
-            self._chat_full = True
-            transport.pause_reading()
-        if self._chat_task is None:
-            self._chat_task = asyncio.get_running_loop().create_task(self._run_chat(chat))
-
-    async def _run_chat(self, chat: Chat) -> None:
-        pin = self.pin
-        queue = self._chat_queue
-        try:
-            while queue and pin is not None and self.delivery is not None:
-                if self.delivery.closed:
-                    queue.clear()
-                    return
-                frame = queue[0]
-                if isinstance(frame, frames.Read):
-                    await self.delivery.settled()  # the acks sent before it, first
-                    await chat.read(pin, frame.ids)
-                elif isinstance(frame, frames.Subscribe):
-                    if not await self._subscribe(pin, frame):
-                        return
-                else:
-                    self._send(await self._chat_send(chat, pin, frame))
-                queue.popleft()
-                self._chat_bytes -= len(frame.text) if isinstance(frame, frames.Send) else 0
-                if self._chat_full and len(queue) <= MAX_QUEUED_CHAT // 2:
-                    self._chat_full = False
-                    self._resume_reading()
-        except Exception as exc:
-            # The store failed: nothing answered is lost; the client resends what was
-            # not answered (with its client_id: nothing is stored twice).
-            if not isinstance(exc, PinrelayError):
-                log.exception("chat on the link of %s failed", pin)
-            queue.clear()
-            self._chat_bytes = 0
-            self._fail(self.session.fail(ErrorCode.OVERLOADED, "cannot store now", 1000))
-        finally:
-            self._chat_task = None
-
-    async def _subscribe(self, pin: str, frame: frames.Subscribe) -> bool:
-        """Answer ``subscribed``; a bad key or too many fail the link (False)."""
-        webpush = self.server.webpush
-        fields = SubscribeFields(keys=frame.keys, applicationServerKey=frame.applicationServerKey)
-        try:
-            if webpush is None:
-                raise PinrelayError("this relay has no Web Push", ErrorCode.NOT_FOUND)
-            sub = await webpush.subscribe(pin, fields)
-        except PinrelayError as exc:
-            if exc.code is ErrorCode.OVERLOADED:
-                raise
-            self._chat_queue.clear()
-            self._chat_bytes = 0
-            self._fail(self.session.fail(exc.code, exc.detail))
-            return False
-        answer = frames.Subscribed(client_id=frame.client_id, subscription=webpush.view(sub))
-        self._send(frames.encode(answer))
-        return True
-
-    @staticmethod
-    async def _chat_send(chat: Chat, pin: str, frame: frames.Send) -> bytes:
-        try:
-            sent = await chat.send(pin, frame.to, frame.text, frame.client_id, frame.ttl)
-        except Refused as exc:
-            return unsent(frame.client_id, exc.reason, exc.detail, exc.retry_after)
-        return frames.encode(frames.Sent(client_id=frame.client_id, id=sent.id, to=sent.to))
 
     async def _authenticate(self, hello: frames.Hello) -> None:
         try:

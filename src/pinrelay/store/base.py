@@ -368,11 +368,15 @@ class Store(Protocol):
     async def expired_chats(self, now_ms: int, limit: int) -> list[StoredMessage]:
         """Up to ``limit`` chat messages expired unacknowledged at ``now_ms``, which
         :meth:`sweep` leaves until :meth:`forget` (their senders get ``failed``
-        receipts first).  An engine whose messages expire by themselves returns []."""
+        receipts first).  An engine whose messages expire by themselves is told of
+        each such chat instead (the cluster's, by a schedule; store/jetstream/expiry.py),
+        hands it to one caller at a time, and may wait a moment for the first."""
         ...
 
     async def forget(self, keys: Sequence[tuple[str, int]]) -> None:
-        """Delete the messages at these (pin, cursor) keys."""
+        """Delete the messages at these (pin, cursor) keys.  For the keys of
+        ``expired_chats`` (their failed receipts are stored): SQLite deletes the
+        messages; the cluster acknowledges their notices (the messages go by their TTL)."""
         ...
 
     async def stats(self) -> StoreStats:

@@ -44,6 +44,12 @@ log = logging.getLogger("pinrelay.store.sqlite_writer")
 
 #: Writes per transaction at most, so one commit never grows without bound.
 MAX_GROUP = 512
+#: WAL pages after which a commit checkpoints (SQLite's default: 1,000).  The
+#: checkpoint runs inside that commit and stalls every write queued behind it for
+#: 5-15 ms; four times fewer of them, each about as long (it copies the latest
+#: version of each page once, and a busy relay rewrites the same few pages), and the
+#: WAL still restarts at 16 MB instead of growing (docs/DECISIONS.md, entry 42).
+CHECKPOINT_PAGES = 4000
 _LENGTH = struct.Struct(">I")
 _PR_SET_PDEATHSIG = 1
 
@@ -176,6 +182,7 @@ def main(argv: list[str]) -> int:
 
     sock = socket.socket(fileno=fd)
     conn = connect(path)
+    conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
     try:
         serve(sock, Writer(conn))
     except (BrokenPipeError, ConnectionResetError):

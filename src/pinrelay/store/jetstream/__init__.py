@@ -22,6 +22,7 @@ to the Store protocol:
 - ``groups``: chat groups, a record per group and an index entry per member;
 - ``pairing``: pairing codes, used once;
 - ``subscriptions``: Web Push subscriptions, a record per id and an index per device;
+- ``expiry``: failed receipts, a JetStream schedule per chat message;
 - ``store``: :class:`JetStreamStore` itself.
 
 A message's cursor is its stream sequence: strictly increasing per device across

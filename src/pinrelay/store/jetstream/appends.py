@@ -17,7 +17,10 @@ never forwarded (``Nats-Rollup: all`` from anyone would wipe the stream).
   store sets :attr:`Appender.grouped`; :meth:`Appender.publish_part` is an
   append's partition published alone, which the group falls back to.
 - Nothing else is written per message: no device record (issue 12).  A device's
-  newest cursor is read from the stream when needed (``Reader.newest``).
+  newest cursor is read from the stream when needed (``Reader.newest``).  A chat
+  message brings its expiry schedule into the same batch, right after it, and a
+  delivered receipt the cancel of that schedule (:mod:`.expiry`): items with
+  position :data:`AUX`, which have no result of their own.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any, NamedTuple
 
 from pinrelay.core.model import TOPIC_RE, NewMessage
 from pinrelay.store.base import UNKNOWN_DEVICE, AppendResult, Rejected, StoreClosed
+from pinrelay.store.jetstream import expiry
 from pinrelay.store.jetstream.api import Api
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.errors import ApiError
@@ -42,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: The server's limit on one atomic batch.
 MAX_ATOMIC_BATCH = 1000
+#: The position of an item that is not a message of the append (:mod:`.expiry`).
+AUX = -1
 
 
 class Outgoing(NamedTuple):
@@ -72,7 +78,8 @@ def atomic_chunks(outgoing: list[Outgoing]) -> list[tuple[int, list[Outgoing]]]:
     At most 1,000 messages each, and a topic subject at most once per batch: the
     server refuses ("batch rollup sub invalid") a batch that rolls up a subject it
     also wrote.  A batch that repeats a topic of one device is therefore stored as
-    several atomic batches, each durable on its own, in order.
+    several atomic batches, each durable on its own, in order.  An :data:`AUX` item
+    stays in the batch of the message before it.
     """
     chunks: list[tuple[int, list[Outgoing]]] = []
     current: list[Outgoing] = []
@@ -81,7 +88,10 @@ def atomic_chunks(outgoing: list[Outgoing]) -> list[tuple[int, list[Outgoing]]]:
     for n, item in enumerate(outgoing):
         rollup = "Nats-Rollup" in item.headers
         repeat = rollup and item.subject in rolled
-        if current and (len(current) >= MAX_ATOMIC_BATCH or repeat):
+        # Room for the message and the aux item that follows it.
+        room = MAX_ATOMIC_BATCH - (n + 1 < len(outgoing) and outgoing[n + 1].position == AUX)
+        full = len(current) >= room and item.position != AUX
+        if current and (full or repeat):
             chunks.append((start, current))
             current, rolled, start = [], set(), n
         current.append(item)
@@ -121,6 +131,8 @@ class Appender:
         #: Group commit's publish (:class:`.group.GroupCommit`), set by the store;
         #: None: each append publishes alone.
         self.grouped: PublishPart | None = None
+        #: Chat messages get expiry schedules (:mod:`.expiry`; set by the store's open).
+        self.expiry = False
 
     async def append(
         self, messages: Sequence[NewMessage | Rejected], nonce: str
@@ -143,11 +155,13 @@ class Appender:
                 results.append(AppendResult(pin=m.pin, id=m.id, reason="invalid topic"))
                 continue
             results.append(None)
-            outgoing.append(self._outgoing(i, m, rec, nonce))
+            outgoing += self._outgoing(i, m, rec, nonce)
 
         seq_of = await self.publish(outgoing, nonce, devices)
 
         for i, seq in seq_of.items():
+            if i == AUX:
+                continue
             m = messages[i]
             assert isinstance(m, NewMessage)
             results[i] = AppendResult(pin=m.pin, id=m.id, cursor=seq, expires_ms=m.expires_at_ms)
@@ -156,19 +170,25 @@ class Appender:
     async def publish(
         self, outgoing: list[Outgoing], nonce: str, devices: dict[str, DeviceRec]
     ) -> dict[int, int]:
-        """Publish an append's messages: {position: sequence}."""
+        """Publish an append's messages: {position: sequence} (:data:`AUX` items
+        share one key, to be ignored)."""
         seq_of: dict[int, int] = {}
         if not self.atomic:
             for item in outgoing:
                 seq_of[item.position] = await self._publish_one(item)
             return seq_of
         # An atomic batch goes to one stream: one group per partition, each in the
-        # order given (so per device).
+        # order given (so per device).  A partition with aux items goes first: a
+        # receipt's cancel is stored before a receipt of another partition (.expiry).
         parts: dict[int, list[Outgoing]] = {}
         for item in outgoing:
             parts.setdefault(item.part, []).append(item)
         publish = self.grouped or self.publish_part
-        for part, items in sorted(parts.items()):
+
+        def order(part: tuple[int, list[Outgoing]]) -> tuple[bool, int]:
+            return all(i.position != AUX for i in part[1]), part[0]
+
+        for part, items in sorted(parts.items(), key=order):
             seqs = await publish(part, items, nonce, devices)
             seq_of.update(zip((item.position for item in items), seqs, strict=True))
         return seq_of
@@ -187,7 +207,8 @@ class Appender:
             seqs += await self._publish_atomic(chunk, batch_id, devices)
         return seqs
 
-    def _outgoing(self, i: int, m: NewMessage, rec: DeviceRec, nonce: str) -> Outgoing:
+    def _outgoing(self, i: int, m: NewMessage, rec: DeviceRec, nonce: str) -> list[Outgoing]:
+        """The message's publish, and its expiry schedule or cancel (.expiry)."""
         origin = f"{nonce}.{i}"
         payload = msg_enc.encode(
             Msg(
@@ -204,11 +225,28 @@ class Appender:
             )
         )
         # Built here, never from a caller: see the module docstring.
-        headers = {"Nats-Msg-Id": origin, "Nats-TTL": str(ttl_seconds(m, self.ttl_grace_s))}
+        ttl = str(ttl_seconds(m, self.ttl_grace_s))
+        headers = {"Nats-Msg-Id": origin, "Nats-TTL": ttl}
         if m.topic is not None:
             headers["Nats-Rollup"] = "sub"
         subject = self.layout.subject(m.pin, m.topic)
-        return Outgoing(i, subject, payload, headers, self.layout.partition(m.pin))
+        part = self.layout.partition(m.pin)
+        items = [Outgoing(i, subject, payload, headers, part)]
+        if not self.expiry:
+            return items
+        if m.kind == "chat" and m.sender is not None:
+            try:
+                sched, data, hdrs = expiry.schedule(self.layout, m, f"{origin}.x", ttl)
+            except ValueError:
+                log.warning("chat %r for %s gets no expiry schedule", m.id, m.pin)
+            else:
+                items.append(Outgoing(AUX, sched, data, hdrs, part))
+        elif (stop := expiry.cancel(self.layout, m)) is not None:
+            sched, hdrs = stop
+            hdrs["Nats-Msg-Id"] = f"{origin}.x"
+            assert m.sender is not None  # expiry.cancel checked
+            items.append(Outgoing(AUX, sched, b"", hdrs, self.layout.partition(m.sender)))
+        return items
 
     async def _publish_one(self, item: Outgoing, *, expect_duplicate: bool = False) -> int:
         async def op() -> int:
@@ -244,7 +282,7 @@ class Appender:
     async def _find_batch(self, chunk: list[Outgoing], devices: dict[str, DeviceRec]) -> list[int]:
         """Sequences of a batch already committed: an atomic batch is contiguous."""
         origins = {item.headers["Nats-Msg-Id"]: k for k, item in enumerate(chunk)}
-        pins = {self.layout.pin_of(item.subject) for item in chunk}
+        pins = {self.layout.pin_of(item.subject) for item in chunk if item.position != AUX}
         for pin in sorted(pins):
             rec = devices[pin]
             scan = self.reader.scan_leader(

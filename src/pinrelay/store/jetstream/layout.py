@@ -7,6 +7,10 @@ partitions, devices are spread over K streams ``<stream>_<p>`` on
 ``<bucket_prefix>_devices``, ``_keys``, ``_keyhash``, ``_idem``, ``_contacts``,
 ``_unread``, ``_groups`` and ``_subscriptions`` (and ``_pairing``).  Every name is
 configurable, so several relays or tests can share a cluster.
+
+Each stream also holds its chat messages' expiry schedules and notices
+(:mod:`.expiry`) on ``<prefix>-expiry[.<p>].>``: outside ``<prefix>.>``, so that the
+feed, reads and purges of a device never see them.
 """
 
 from __future__ import annotations
@@ -102,6 +106,26 @@ class Layout:
 
     def stream_of(self, pin: str) -> str:
         return self.stream_name(self.partition(pin))
+
+    def expiry_prefix(self, part: int) -> str:
+        """The subject prefix of one stream's expiry schedules and notices (.expiry)."""
+        base = f"{self.prefix}-expiry"
+        return base if self.partitions == 1 else f"{base}.{part}"
+
+    def stream_subjects(self, part: int) -> list[str]:
+        """What one partition's stream stores: its devices' messages, their expiries."""
+        return [f"{self.part_prefix(part)}.>", f"{self.expiry_prefix(part)}.>"]
+
+    def schedule_subject(self, pin: str, message_id: str) -> str:
+        """The expiry schedule of the chat message ``message_id`` for ``pin``."""
+        return f"{self.expiry_prefix(self.partition(pin))}.s.{pin}.{message_id}"
+
+    def fired_subject(self, pin: str) -> str:
+        """Where the schedules of ``pin``'s chat messages publish when they fire."""
+        return f"{self.expiry_prefix(self.partition(pin))}.f.{pin}"
+
+    def fired_filter(self, part: int) -> str:
+        return f"{self.expiry_prefix(part)}.f.>"
 
     def filter(self, pin: str) -> str:
         """Every subject of ``pin``'s messages."""

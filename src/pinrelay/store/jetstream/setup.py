@@ -4,7 +4,10 @@ Idempotent: an existing stream (an operator's, or an older relay's) is adopted a
 has what the engine needs switched on.  A cursor is a sequence of one stream, so
 the partition count of a cluster's data is fixed: each stream records it in its
 metadata, and a store opened with another count on the same subjects is refused
-(changing it is a migration).  The contacts, unread, groups and subscriptions buckets
+(changing it is a migration).  Each stream also takes its chats' expiry schedules
+(:mod:`.expiry`): an older relay's stream gets their subjects and
+``allow_msg_schedules`` added, and the shared consumer of their notices is created
+(or left as it is).  The contacts, unread, groups and subscriptions buckets
 take per-message TTLs, and atomic batches (nats-server 2.12+) unless the store is told
 not to use them.  A bucket a newer version added (subscriptions) is created when a
 store opens a cluster an older one made, as any missing bucket is.  A cluster
@@ -24,12 +27,12 @@ from typing import NamedTuple
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig, StreamInfo
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from pinrelay.store.base import StoreClosed
-from pinrelay.store.jetstream import api
+from pinrelay.store.jetstream import api, expiry
 from pinrelay.store.jetstream.errors import ApiError, name_in_use, setup_may_retry
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_TTL_S
 from pinrelay.store.jetstream.layout import PARTITIONS_META, Bucket, Layout
@@ -104,6 +107,9 @@ class Prepared(NamedTuple):
     #: (:mod:`.contacts`, :mod:`.unread`, :mod:`.groups`, :mod:`.subscriptions`); else
     #: their writes go one by one.
     bucket_batches: bool
+    #: Chat messages get expiry schedules (:mod:`.expiry`): appends are atomic and
+    #: every stream takes schedules (nats-server 2.12+).
+    expiry: bool = False
 
 
 class Setup:
@@ -130,7 +136,7 @@ class Setup:
                     await ensure_bucket(
                         js, self.layout.push_receipts.name, self.replicas, RECEIPTS_TTL
                     )
-                    atomic = await self._ensure_streams(nc, js)
+                    atomic, schedules = await self._ensure_streams(nc, js)
                     buckets = self.layout.buckets
                     batched = [
                         buckets.contacts,
@@ -144,7 +150,7 @@ class Setup:
                         ttl = float(IDEMPOTENCY_TTL_S) if b == buckets.idem.name else None
                         await ensure_bucket(js, b, self.replicas, ttl)
                     batches = [await self._ensure_batch_bucket(js, b) for b in batched]
-                    return Prepared(atomic, all(batches))
+                    return Prepared(atomic, all(batches), atomic and schedules)
                 except (TimeoutError, nats.errors.Error, ApiError) as exc:
                     if not setup_may_retry(exc) or time.monotonic() > deadline:
                         raise
@@ -196,12 +202,15 @@ class Setup:
                 info = await js.update_stream(have)
         return self.want_atomic and bool(info.config.allow_atomic)
 
-    async def _ensure_streams(self, nc: NATS, js: JetStreamContext) -> bool:
-        """Create or check every partition's stream, after checking the layout."""
+    async def _ensure_streams(self, nc: NATS, js: JetStreamContext) -> tuple[bool, bool]:
+        """Create or check every partition's stream, after checking the layout;
+        whether they take atomic batches, and schedules."""
         layout = self.layout
-        body = {"subject": f"{layout.prefix}.>"}
-        resp = await api.ask(nc, "STREAM.NAMES", body, self.request_timeout)
-        found = set(resp.get("streams") or [])
+        found: set[str] = set()
+        for prefix in (layout.prefix, layout.expiry_prefix(0).split(".")[0]):
+            body = {"subject": f"{prefix}.>"}
+            resp = await api.ask(nc, "STREAM.NAMES", body, self.request_timeout)
+            found |= set(resp.get("streams") or [])
         strangers = sorted(found - set(layout.streams))
         if strangers:
             raise StoreClosed(
@@ -209,25 +218,33 @@ class Setup:
                 f"another partition count ({layout.partitions} asked) or another stream name "
                 "uses them; changing --partitions is a migration, not a setting"
             )
-        atomic = True
+        atomic = schedules = True
         for part in range(layout.partitions):
-            atomic = await self._ensure_stream(js, part) and atomic
-        # Atomic batch publish needs nats-server 2.12+; older servers drop the flag.
-        return self.want_atomic and atomic
+            info = await self._ensure_stream(js, part)
+            # Atomic batch publish and schedules need nats-server 2.12+; older servers
+            # drop the flags.
+            atomic = atomic and bool(info.config.allow_atomic)
+            schedules = schedules and bool(info.config.allow_msg_schedules)
+            if self.want_atomic and schedules:
+                await js.add_consumer(
+                    layout.stream_name(part), expiry.consumer_config(layout, part)
+                )
+        return self.want_atomic and atomic, schedules
 
-    async def _ensure_stream(self, js: JetStreamContext, part: int) -> bool:
-        """Create or adopt one stream; whether it takes atomic batches."""
+    async def _ensure_stream(self, js: JetStreamContext, part: int) -> StreamInfo:
+        """Create or adopt one stream."""
         layout = self.layout
         name = layout.stream_name(part)
         config = StreamConfig(
             name=name,
-            subjects=[f"{layout.part_prefix(part)}.>"],
+            subjects=layout.stream_subjects(part),
             storage=StorageType.FILE,
             num_replicas=self.replicas,
             allow_rollup_hdrs=True,
             allow_msg_ttl=True,
             allow_direct=True,
             allow_atomic=self.want_atomic or None,
+            allow_msg_schedules=self.want_atomic or None,
             duplicate_window=120.0,
             metadata={PARTITIONS_META: str(layout.partitions)},
         )
@@ -245,13 +262,19 @@ class Setup:
                     f"stream {name} was made for {made_for} partitions, not "
                     f"{layout.partitions}: changing --partitions is a migration, not a setting"
                 ) from exc
-            if not (have.allow_rollup_hdrs and have.allow_msg_ttl and have.allow_direct) or (
-                self.want_atomic and not have.allow_atomic
+            subjects = list(have.subjects or [])
+            missing = [s for s in layout.stream_subjects(part) if s not in subjects]
+            if (
+                missing
+                or not (have.allow_rollup_hdrs and have.allow_msg_ttl and have.allow_direct)
+                or (self.want_atomic and not (have.allow_atomic and have.allow_msg_schedules))
             ):
+                have.subjects = subjects + missing
                 have.allow_rollup_hdrs = True
                 have.allow_msg_ttl = True
                 have.allow_direct = True
                 if self.want_atomic:
                     have.allow_atomic = True
+                    have.allow_msg_schedules = True
                 info = await js.update_stream(have)
-        return bool(info.config.allow_atomic)
+        return info

@@ -6,8 +6,9 @@ each protocol call to the part that owns it: :class:`~.devices.Devices` and
 :class:`~.idempotency.Leases` for an Idempotency-Key and
 :class:`~.group.GroupCommit` for concurrent appends), :class:`~.reads.Reader`,
 :class:`~.acks.Acker`, :class:`~.contacts.ContactLists`,
-:class:`~.unread.Unreads` (read-receipt bookkeeping), :class:`~.groups.Groups` and
-:class:`~.subscriptions.Subscriptions` (Web Push).  They share one
+:class:`~.unread.Unreads` (read-receipt bookkeeping), :class:`~.groups.Groups`,
+:class:`~.subscriptions.Subscriptions` (Web Push) and :class:`~.expiry.Expiries`
+(failed receipts).  They share one
 :class:`~.api.Api` (the connection, retries and the error boundary) and one
 :class:`~.layout.Layout` (names).
 """
@@ -46,6 +47,7 @@ from pinrelay.store.jetstream.api import Api, refused
 from pinrelay.store.jetstream.appends import Appender
 from pinrelay.store.jetstream.contacts import ContactLists
 from pinrelay.store.jetstream.devices import Devices
+from pinrelay.store.jetstream.expiry import Expiries
 from pinrelay.store.jetstream.feed import Feed
 from pinrelay.store.jetstream.group import GroupCommit
 from pinrelay.store.jetstream.groups import Groups
@@ -86,6 +88,8 @@ class JetStreamStore:
         partitions: int = 1,
         purge_acked: bool = False,
         group_commit: bool = True,
+        expiry_wait_s: float = 1.0,
+        chat_expiry: bool = True,
     ) -> None:
         self.layout = Layout(stream, subject_prefix, partitions, bucket_prefix)
         self.servers = [servers] if isinstance(servers, str) else list(servers)
@@ -122,6 +126,13 @@ class JetStreamStore:
         self.acker = Acker(
             self.api, self.layout, self.devices, self.reader, sweep_scan, purge_acked=purge_acked
         )
+        #: Chats that expired undelivered (:mod:`.expiry`).
+        self.expiries = Expiries(self.layout)
+        #: How long :meth:`expired_chats` waits for the first notice.
+        self.expiry_wait_s = expiry_wait_s
+        #: Schedule chats' expiries where the streams can (off: bench.js_chat_expiry's
+        #: "before"; nobody is told of a chat that expires undelivered).
+        self._chat_expiry = chat_expiry
         #: New messages in stream order, for the devices this relay follows (the router).
         self.feed = Feed(self.layout, self.devices.cache)
         self.reader.known = self.feed.known
@@ -165,6 +176,7 @@ class JetStreamStore:
             await nc.close()
             raise
         self.appender.atomic = prepared.atomic
+        self.appender.expiry = self.expiries.enabled = prepared.expiry and self._chat_expiry
         self.contact_lists.atomic = self.unread.atomic = prepared.bucket_batches
         self.groups.atomic = prepared.bucket_batches
         self.subscriptions.atomic = prepared.bucket_batches
@@ -178,6 +190,7 @@ class JetStreamStore:
             await self.groups.watch.start(nc, js)
             await self.subscriptions.watch.start(nc, js)
             await self.feed.start(js)
+            await self.expiries.start(js)
         except Exception as exc:
             await self.close()
             raise StoreClosed(f"cannot follow the streams and buckets: {exc!r}") from exc
@@ -214,6 +227,7 @@ class JetStreamStore:
         except Exception as exc:  # a lost ack is a redelivery, not a loss
             log.warning("writing held acks at close failed: %r", exc)
         await self.feed.stop()
+        await self.expiries.stop()
         await self.devices.watch.stop()
         await self.keys.watch.stop()
         await self.contact_lists.watch.stop()
@@ -381,12 +395,18 @@ class JetStreamStore:
         return await self.groups.of(pin)
 
     async def expired_chats(self, now_ms: int, limit: int) -> list[StoredMessage]:
-        # Messages expire by themselves here (Nats-TTL): no failed receipts yet on the
-        # cluster engine (docs/PROTOCOL.md "Receipts" says so).
-        return []
+        """Chats whose expiry schedule fired (:mod:`.expiry`), each handed to one
+        relay; waits up to ``expiry_wait_s`` for the first.  Their cursors are the
+        notices' sequences: keys for :meth:`forget`, not the messages' cursors."""
+        self.api.check_open()
+        return await self.expiries.due(now_ms, limit, self.expiry_wait_s)
 
     async def forget(self, keys: Sequence[tuple[str, int]]) -> None:
-        await self.acker.delete(keys)
+        """Delete the messages at these keys; a key :meth:`expired_chats` handed out
+        names its notice instead, acknowledged (the chat itself goes by its TTL).  A
+        notice's sequence is in the same stream as its PIN's messages, so never
+        one of theirs."""
+        await self.acker.delete(await self.expiries.done(list(keys)))
 
     async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
         return await self.reader.read(pin, after, limit, now_ms)

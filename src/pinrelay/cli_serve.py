@@ -1,0 +1,294 @@
+"""``pinrelay serve``: a relay on the embedded SQLite store or on a NATS JetStream
+cluster, from its flags (config.py holds the defaults)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import typer
+
+from pinrelay import __version__
+from pinrelay.cli_common import fail, out
+
+
+def _origin(url: str | None) -> str | None:
+    """``--public-url`` as an origin: http(s), a host, no path."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        fail(f"--public-url {url!r}: use an origin such as https://relay.example")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+# --- serve ----------------------------------------------------------------------
+def _given(**options: Any) -> dict[str, Any]:
+    """The options given on the command line (not None): the rest keep their defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def serve(
+    data: Annotated[Path, typer.Option(help="Folder for the database and admin key.")] = Path(
+        "data"
+    ),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP API port.")] = 7780,
+    link_port: Annotated[int, typer.Option(help="Device link (WebSocket) port.")] = 7781,
+    public_host: Annotated[
+        str | None, typer.Option(help="Host name devices use in link URLs.")
+    ] = None,
+    node: Annotated[
+        str,
+        typer.Option(
+            "--node-id",
+            "--node",
+            help="This relay's name, unique in a cluster (letters, digits, - and _).",
+        ),
+    ] = "node-1",
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="nats://h1:4222,nats://h2:4222,...: run on that NATS JetStream cluster "
+            "(several relays share it); default: the embedded SQLite store under --data.",
+            show_default=False,
+        ),
+    ] = None,
+    region: Annotated[str, typer.Option(help="This relay's region.")] = "local",
+    partitions: Annotated[
+        int,
+        typer.Option(
+            help="With --store: spread devices over this many streams (1-64), so more "
+            "than one NATS node leads message traffic. Every relay of a cluster must use "
+            "the same count, and it cannot change once messages are stored."
+        ),
+    ] = 1,
+    leader_reads: Annotated[
+        bool,
+        typer.Option(
+            "--leader-reads",
+            help="With --store: read backlogs from each stream's leader, one request per "
+            "message, instead of batched Direct Get from any replica.",
+        ),
+    ] = False,
+    purge_acked: Annotated[
+        bool,
+        typer.Option(
+            "--purge-acked",
+            help="With --store: delete a device's acknowledged messages when its ack is "
+            "written, at about 130 µs of NATS CPU a message, instead of leaving them, "
+            "unreadable, until their TTL expires.",
+        ),
+    ] = False,
+    heartbeat: Annotated[float, typer.Option(help="Seconds of silence before a ping.")] = 30.0,
+    hello_timeout: Annotated[
+        float, typer.Option(help="Seconds a new link has to say hello.")
+    ] = 10.0,
+    max_links: Annotated[
+        int, typer.Option(help="Most links to hold (0: the open-file limit allows).")
+    ] = 0,
+    sweep_interval: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between sweeps of expired messages (SQLite; JetStream uses TTLs)."
+        ),
+    ] = 5.0,
+    max_data: Annotated[int, typer.Option(help="Largest message data, bytes.")] = 4096,
+    auth_failure_limit: Annotated[
+        int,
+        typer.Option(help="Failed authentications per source and PIN per minute (source: 10x)."),
+    ] = 10,
+    max_ttl: Annotated[int, typer.Option(help="Largest ttl, seconds.")] = 30 * 24 * 3600,
+    invites_per_hour: Annotated[
+        int, typer.Option(help="Contact invitations a device may send per hour.")
+    ] = 20,
+    sends_per_minute: Annotated[
+        int, typer.Option(help="Chat messages a device may send per minute.")
+    ] = 600,
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="Origin of Web Push endpoints, e.g. https://relay.example (a proxy)."),
+    ] = None,
+    webpush_per_minute: Annotated[
+        int, typer.Option(help="Web Push requests a minute to one subscription.")
+    ] = 600,
+    webpush_sender_per_minute: Annotated[
+        int, typer.Option(help="Web Push requests a minute from one sender (VAPID key or address).")
+    ] = 6000,
+    http_max_connections: Annotated[
+        int | None,
+        typer.Option(
+            help="HTTP API connections held at once; more get 503 + Retry-After. They "
+            "come out of the open-file limit apart from the links. (default: 1024)",
+            show_default=False,
+        ),
+    ] = None,
+    http_header_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a request has for its request line and headers. (default: 5)",
+            show_default=False,
+        ),
+    ] = None,
+    http_body_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a request has for its body, once its headers are in. (default: 10)",
+            show_default=False,
+        ),
+    ] = None,
+    http_keepalive_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds an idle kept-alive HTTP connection is held. (default: 5)",
+            show_default=False,
+        ),
+    ] = None,
+    http_max_header_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="Largest request line and headers together, bytes; more get 431. (default: 16384)",
+            show_default=False,
+        ),
+    ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxies (addresses or networks, comma-separated; * for any) whose "
+            "X-Forwarded-For and X-Forwarded-Proto are believed. (default: none)",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_public: Annotated[
+        bool,
+        typer.Option(
+            "--metrics-public",
+            help="Serve /metrics to anyone; without it, /metrics needs the admin key.",
+            show_default=False,
+        ),
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run a relay on the embedded SQLite store, or on a NATS JetStream cluster (--store)."""
+    from pinrelay.config import NODE_ID_RE, RelayConfig, admin_key_from, nats_urls
+    from pinrelay.core.chat import ChatLimits
+    from pinrelay.core.errors import PinrelayError
+    from pinrelay.core.model import Limits
+    from pinrelay.core.webpush import WebPushLimits
+    from pinrelay.relay import Relay
+    from pinrelay.relay import serve as run_relay
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not NODE_ID_RE.match(node):
+        fail(f"--node-id {node!r}: use 1 to 64 letters, digits, '-' or '_'")
+    if not 1 <= partitions <= 64:
+        fail(f"--partitions {partitions}: use 1 to 64")
+    if http_max_connections is not None and http_max_connections < 1:
+        fail(f"--http-max-connections {http_max_connections}: use 1 or more")
+    if http_max_header_bytes is not None and http_max_header_bytes < 1024:
+        fail(f"--http-max-header-bytes {http_max_header_bytes}: use 1024 or more")
+    for flag, seconds in (
+        ("--http-header-timeout", http_header_timeout),
+        ("--http-body-timeout", http_body_timeout),
+        ("--http-keepalive-timeout", http_keepalive_timeout),
+    ):
+        if seconds is not None and not seconds > 0:
+            fail(f"{flag} {seconds:g}: use more than 0 seconds")
+    for flag, count in (
+        ("--auth-failure-limit", auth_failure_limit),
+        ("--invites-per-hour", invites_per_hour),
+        ("--sends-per-minute", sends_per_minute),
+        ("--webpush-per-minute", webpush_per_minute),
+        ("--webpush-sender-per-minute", webpush_sender_per_minute),
+    ):
+        if count < 1:
+            fail(f"{flag} {count}: use 1 or more")
+    try:
+        urls = nats_urls(store)
+    except ValueError as exc:
+        fail(str(exc))
+    from pinrelay.relay import lock_data_folder
+
+    try:  # before anything is written there (admin.key)
+        lock = lock_data_folder(data)
+    except OSError as exc:
+        fail(f"cannot start: {exc}")
+    try:
+        admin_key, key_path = admin_key_from(data)
+    except OSError as exc:
+        fail(f"cannot use data folder {data}: {exc}")
+    config = RelayConfig(
+        data=data,
+        host=host,
+        port=port,
+        link_port=link_port,
+        public_host=public_host,
+        node=node,
+        region=region,
+        heartbeat_s=heartbeat,
+        hello_timeout_s=hello_timeout,
+        sweep_interval_s=sweep_interval,
+        auth_failure_limit=auth_failure_limit,
+        max_links=max_links,
+        limits=Limits(max_data_bytes=max_data, max_ttl_s=max_ttl),
+        chat=ChatLimits(invites_per_hour=invites_per_hour, sends_per_minute=sends_per_minute),
+        webpush=WebPushLimits(webpush_per_minute, webpush_sender_per_minute),
+        public_url=_origin(public_url),
+        admin_key=admin_key,
+        store=",".join(urls) if urls else None,
+        partitions=partitions,
+        direct_reads=not leader_reads,
+        purge_acked=purge_acked,
+        **_given(  # the defaults live in RelayConfig
+            http_max_connections=http_max_connections,
+            http_header_timeout_s=http_header_timeout,
+            http_body_timeout_s=http_body_timeout,
+            http_keepalive_timeout_s=http_keepalive_timeout,
+            http_max_header_bytes=http_max_header_bytes,
+            forwarded_allow_ips=forwarded_allow_ips,
+            metrics_public=metrics_public or None,
+        ),
+    )
+
+    def ready(relay: Relay) -> None:
+        out.print(f"[bold green]pinrelay {__version__}[/] relay [bold]{node}[/] is up")
+        out.print(f"  HTTP API   http://{public_host or host}:{port}  (OpenAPI: /openapi.json)")
+        out.print(f"  device link {config.link_url}")
+        if urls:
+            out.print(f"  store       NATS JetStream at {', '.join(urls)} (region {region})")
+        else:
+            out.print(f"  data        {data.resolve()}")
+        where = f"in {key_path}" if key_path else "from $PINRELAY_ADMIN_KEY"
+        out.print(f"  admin key   {where}")
+        out.print(f"  capacity    {relay.max_links} links")
+        sys.stdout.flush()
+
+    profile_to = os.environ.get("PINRELAY_PROFILE")  # a developer's switch: cProfile
+    profiler = None
+    if profile_to:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    try:
+        import uvloop
+
+        uvloop.run(run_relay(config, on_ready=ready, lock=lock))
+    except OSError as exc:
+        fail(f"cannot start: {exc}")
+    except PinrelayError as exc:  # the store cannot be reached or set up
+        fail(f"cannot start: {exc.detail}")
+    finally:
+        if profiler is not None and profile_to:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
