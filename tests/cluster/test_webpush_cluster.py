@@ -1,6 +1,7 @@
 """Web Push across the relays of a cluster (issue 14): a subscription made through
 one relay takes pushes sent to another relay's address, its device linked to either;
-receipts and deletions are seen by every relay.
+receipts and deletions are seen by every relay; a Matrix notification posted to one
+relay's gateway reaches a device linked to another.
 
 The relays share one public origin (``--public-url``, as behind a load balancer), so
 an endpoint names no relay and a VAPID token's ``aud`` is that origin wherever the
@@ -13,6 +14,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import msgspec
 from py_vapid import Vapid
 from pywebpush import WebPushException, webpush
 
@@ -20,6 +22,7 @@ from tests.chat.conftest import Links
 from tests.cluster.conftest import StartRelay
 from tests.relayproc import RelayProc, wait_until_async
 from tests.webpush.helpers import bearer, next_webpush, subscribe, vapid_public
+from tests.webpush.test_matrix_gateway import next_matrix, notification
 
 ORIGIN = "https://push.example"
 
@@ -102,3 +105,21 @@ async def test_a_delete_through_one_relay_is_seen_by_another(start_relay: StartR
         return False
 
     await wait_until_async(lambda: asyncio.to_thread(gone), timeout=5)
+
+
+async def test_matrix_gateway_of_another_relay(start_relay: StartRelay, links: Links) -> None:
+    """A homeserver's pusher names one relay's gateway; the device is linked to another
+    relay: the notification reaches it there (PROTOCOL "Matrix push gateway")."""
+    a = start_relay("wp-e", extra=["--public-url", ORIGIN])
+    b = start_relay("wp-f", extra=["--public-url", ORIGIN])
+    device = a.create_device()
+    sub = subscribe(a, device)
+    ws, _ = await links(a, device)
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.post(
+            f"{b.url}/_matrix/push/v1/notify",
+            json=notification(sub.info["endpoint"], event_id="$across"),
+        )
+    assert r.status_code == 200 and r.json() == {"rejected": []}, r.text
+    msg = await next_matrix(ws)
+    assert msgspec.json.decode(msg.data)["notification"]["event_id"] == "$across"
