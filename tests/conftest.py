@@ -67,7 +67,8 @@ def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProc
 @pytest.fixture
 def relay(request: pytest.FixtureRequest, relay_factory: RelayFactory) -> RelayProc:
     """A fresh relay with the default flags; the module's shared one for a test marked
-    ``shared_relay`` (a relay start costs 1-2 s: about 60 of them are saved).
+    ``shared_relay`` (a relay start costs 1-2 s, 4-5 s on a busy machine: about 100
+    of them are saved; docs/DECISIONS.md, entry 38).
 
     Mark only tests that make devices of their own and look at nothing relay-wide
     (metrics, key lists, failed-authentication counts per source, shutdown), and not
