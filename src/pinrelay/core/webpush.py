@@ -197,7 +197,8 @@ def receipt_key(subscription: str, message_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class VapidToken:
-    """A VAPID credential as sent: the JWT and the public key it names (base64url)."""
+    """A VAPID credential as sent: the JWT and the public key it names (base64url,
+    padding dropped: one key is one string, to the rate limits and the token cache)."""
 
     jwt: str
     key: str
@@ -224,12 +225,12 @@ def parse_vapid(authorization: str | None, crypto_key: str | None) -> VapidToken
         params = _params(rest)
         if "t" not in params or "k" not in params:
             raise _unauthorized("a vapid Authorization needs t=<JWT> and k=<public key>")
-        return VapidToken(params["t"], params["k"])
+        return VapidToken(params["t"], params["k"].rstrip("="))
     if scheme == "webpush":
         key = _params(crypto_key or "").get("p256ecdsa")
         if not key:
             raise _unauthorized("a WebPush Authorization needs Crypto-Key: p256ecdsa=<key>")
-        return VapidToken(rest.strip(), key)
+        return VapidToken(rest.strip(), key.rstrip("="))
     raise _unauthorized("Authorization must be a VAPID token: vapid t=<JWT>, k=<public key>")
 
 
