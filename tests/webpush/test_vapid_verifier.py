@@ -88,3 +88,14 @@ def test_a_padded_key_is_the_same_key(authorization: str, crypto_key: str | None
         authorization.format(key=key), None if crypto_key is None else crypto_key.format(key=key)
     )
     assert token == VapidToken("a.b.c", key)
+
+
+def test_the_audience_is_an_origin_whatever_its_case() -> None:
+    """node's web-push writes ``aud`` with the host lowercased (``url.parse``);
+    pywebpush as the endpoint spells it: both name the same origin."""
+    verifier, key = VapidVerifier(), new_key()
+    for aud in ("https://relay.example", "https://Relay.Example", "https://RELAY.EXAMPLE"):
+        token = signed(key, aud=aud, exp=int(NOW) + 3600)
+        verifier.verify(token, "https://Relay.Example", NOW)
+    with pytest.raises(PinrelayError, match="not https://Relay"):
+        verifier.verify(signed(key, exp=int(NOW) + 3600), "https://Relay.Example:8443", NOW)

@@ -278,8 +278,10 @@ def split_jwt(token: str) -> Jwt:
 
 def check_claims(claims: Claims, audience: str, now: float) -> None:
     """RFC 8292 §2: ``aud`` is the push resource's origin; ``exp`` in the future and
-    no more than 24 hours ahead."""
-    if claims.aud.rstrip("/") != audience:
+    no more than 24 hours ahead.  An origin's scheme and host are case-insensitive
+    (RFC 6454 §4): node's web-push lowercases the host of ``--public-url
+    https://Relay.Example``, pywebpush keeps it as written."""
+    if claims.aud.rstrip("/").lower() != audience.lower():
         raise _unauthorized(f"the VAPID token is for {claims.aud[:100]!r}, not {audience}")
     if claims.exp <= now:
         raise _unauthorized("the VAPID token has expired")
