@@ -105,6 +105,9 @@ class WebPush:
         self.verifier = VapidVerifier()
         self._per_sub = FailureLimiter(limit=self.limits.per_subscription, period=60.0)
         self._per_sender = FailureLimiter(limit=self.limits.per_sender, period=60.0)
+        #: Tokens that failed to verify, by source address (VAPID keys are claims
+        #: until verified: their budgets count only good tokens).
+        self._bad_tokens = FailureLimiter(limit=self.limits.per_sender, period=60.0)
         #: Receipt long-polls waiting on this relay, by receipt key.
         self._waiters: dict[str, _Waiter] = {}
 
@@ -170,19 +173,29 @@ class WebPush:
         """Store one encrypted message for the subscription's device (RFC 8030 §5).
 
         Checked in order of cost: the subscription, the rate limits (before any
-        signature check, so a flood of bad tokens costs no ECDSA), then VAPID.
+        signature check), then VAPID.  A VAPID key's budget is spent only by tokens
+        that verify: anyone may name a key, and pushes naming it must not use up its
+        holder's budget.  Tokens that fail spend a budget of their address's, checked
+        before the signature, so a flood of bad tokens costs little ECDSA.
         """
         sub = await self.live(sub_id)
         now = self.clock()
         sender = f"k {vapid.key}" if vapid is not None else f"a {source}"
-        for limiter, key in ((self._per_sub, sub.id), (self._per_sender, sender)):
+        checks = [(self._per_sub, sub.id), (self._per_sender, sender)]
+        if vapid is not None:
+            checks.append((self._bad_tokens, source))
+        for limiter, key in checks:
             wait = limiter.retry_after(key, now)
             if wait > 0:
                 raise RateLimited("too many pushes; slow down", wait)
         self._per_sub.failed(sub.id, now)
-        self._per_sender.failed(sender, now)
         if vapid is not None:
-            self.verifier.verify(vapid, self.origin, now)
+            try:
+                self.verifier.verify(vapid, self.origin, now)
+            except PinrelayError:
+                self._bad_tokens.failed(source, now)
+                raise
+        self._per_sender.failed(sender, now)
         if sub.vapid_key is not None:
             if vapid is None:
                 raise PinrelayError(
