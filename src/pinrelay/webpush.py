@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ class Pushed:
     location: str
     ttl: int
     receipt: str
+    #: TTL 0 and the device offline: nothing stored, no receipt will ever come.
+    dropped: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,7 @@ class WebPush:
         #: Tokens that failed to verify, by source address (VAPID keys are claims
         #: until verified: their budgets count only good tokens).
         self._bad_tokens = FailureLimiter(limit=self.limits.per_sender, period=60.0)
+        self._misses = FailureLimiter(limit=self.limits.unknown_per_minute, period=60.0)
         #: Receipt long-polls waiting on this relay, by receipt key.
         self._waiters: dict[str, _Waiter] = {}
 
@@ -149,15 +153,27 @@ class WebPush:
         if not await self.store.delete_subscription(pin, sub_id, int(self.clock() * 1000)):
             raise _not_found(sub_id)
 
-    async def live(self, sub_id: str) -> Subscription:
-        """The subscription pushes go to: 404 if none, 410 if deleted."""
-        if not wire.SUBSCRIPTION_ID_RE.fullmatch(sub_id):
-            raise _not_found(sub_id)
-        sub = await self.store.get_subscription(sub_id)
-        if sub is None:
-            raise _not_found(sub_id)
-        if sub.deleted_ms is not None:
-            raise PinrelayError("this push subscription was deleted", ErrorCode.GONE)
+    async def live(self, sub_id: str, source: str = "") -> Subscription:
+        """The subscription pushes go to: 404 if none, 410 if deleted.
+
+        Misses count against ``source`` (an address): past ``unknown_per_minute`` of
+        them it gets 429 before any lookup, so guessing ids costs the store nothing
+        and cannot flush the cluster's subscription cache."""
+        now = self.clock()
+        wait = self._misses.retry_after(source, now)
+        if wait > 0:
+            raise RateLimited("too many pushes to unknown endpoints; slow down", wait)
+        try:
+            if not wire.SUBSCRIPTION_ID_RE.fullmatch(sub_id):
+                raise _not_found(sub_id)
+            sub = await self.store.get_subscription(sub_id)
+            if sub is None:
+                raise _not_found(sub_id)
+            if sub.deleted_ms is not None:
+                raise PinrelayError("this push subscription was deleted", ErrorCode.GONE)
+        except PinrelayError:
+            self._misses.failed(source, now)
+            raise
         return sub
 
     # --- pushing ---------------------------------------------------------------
@@ -178,7 +194,7 @@ class WebPush:
         holder's budget.  Tokens that fail spend a budget of their address's, checked
         before the signature, so a flood of bad tokens costs little ECDSA.
         """
-        sub = await self.live(sub_id)
+        sub = await self.live(sub_id, source)
         now = self.clock()
         sender = f"k {vapid.key}" if vapid is not None else f"a {source}"
         checks = [(self._per_sub, sub.id), (self._per_sender, sender)]
@@ -220,7 +236,8 @@ class WebPush:
         if isinstance(result, Rejected):
             if result.reason == UNKNOWN_DEVICE:
                 raise PinrelayError("this push subscription's device was deleted", ErrorCode.GONE)
-            return self._pushed(sub.id, result.id or "", 0, headers.ttl)
+            dropped = self._pushed(sub.id, result.id or "", 0, headers.ttl)
+            return dataclasses.replace(dropped, dropped=True)
         assert isinstance(result, Accepted)
         return self._pushed(sub.id, result.id, result.cursor, headers.ttl)
 
@@ -229,10 +246,10 @@ class WebPush:
         base = self.endpoint(sub_id)
         return Pushed(f"{base}/messages/{resource}", ttl, f"{base}/receipts/{resource}")
 
-    async def delete_message(self, sub_id: str, resource: str) -> None:
+    async def delete_message(self, sub_id: str, resource: str, source: str = "") -> None:
         """Remove a message not delivered yet (RFC 8030 §6.4): 404 if it was
         delivered, expired, replaced, or is another subscription's."""
-        sub = await self.live(sub_id)
+        sub = await self.live(sub_id, source)
         message_id, cursor = _resource(resource)
         if cursor == 0 or not await self._pending(
             sub, message_id, cursor, int(self.clock() * 1000)

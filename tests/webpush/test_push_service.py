@@ -372,3 +372,24 @@ def test_tokens_that_fail_spend_no_budget_of_the_key_they_name(
     r = push(sub.info, "mine", ttl=60, vapid_private_key=victim, vapid_claims=dict(CLAIMS))
     assert r.status_code == 201
     assert backlog(relay, device["pin"]) == 1
+
+
+def test_guessing_endpoints_is_rate_limited(relay_factory: RelayFactory) -> None:
+    relay = relay_factory()
+    device = relay.create_device()
+    sub = subscribe(relay, device)
+    headers = {"TTL": "60", "Content-Encoding": "aes128gcm"}
+    with httpx.Client(base_url=relay.url, timeout=10) as http:
+        for n in range(60):
+            r = http.post(f"/push/{n:022d}", content=TestBadRequests.BODY, headers=headers)
+            assert r.status_code == 404, r.text
+        r = http.post(f"/push/{'9' * 22}", content=TestBadRequests.BODY, headers=headers)
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        # The same address is refused before the lookup, even for a real endpoint.
+        assert http.get(sub.info["endpoint"]).status_code == 429
+
+
+async def test_a_dropped_push_has_no_receipt(relay: RelayProc) -> None:
+    sub = subscribe(relay, relay.create_device())
+    r = push(sub.info, "only if online", ttl=0, headers={"Prefer": "respond-async"})
+    assert r.status_code == 201 and "Link" not in r.headers

@@ -70,6 +70,8 @@ class WebPushLimits:
     #: Pushes a minute to one subscription, and from one sender (VAPID key or address).
     per_subscription: int = 600
     per_sender: int = 6000
+    #: Requests a minute from one address to endpoints that do not exist (404, 410).
+    unknown_per_minute: int = 60
 
 
 @dataclass(frozen=True, slots=True)
