@@ -22,6 +22,10 @@ from tests.relayproc import TIMEOUT_FACTOR, RelayProc, free_port
 from tests.test_cli import one_line_error
 
 Dev = dict[str, Any]
+
+# Every test here on the `relay` fixture makes devices of its own: one relay for the
+# module (tests/conftest.py).
+pytestmark = pytest.mark.shared_relay
 MESSAGE_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
 

@@ -14,9 +14,15 @@ import sys
 import time
 from typing import Any
 
+import pytest
+
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc, free_port
 from tests.test_cli import ok_json, one_line_error, run
 from tests.test_datalock import listen_once
+
+# Every test here on the `relay` fixture makes devices of its own: one relay for the
+# module (tests/conftest.py).
+pytestmark = pytest.mark.shared_relay
 
 ATTEMPT_FAILED = re.compile(
     r"^attempt (\d+) failed: connection refused .*; next attempt at \d\d:\d\d:\d\d \(in [\d.]+ s\)$"

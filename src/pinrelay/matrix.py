@@ -22,14 +22,16 @@ class MatrixGateway:
     def __init__(self, webpush: WebPush) -> None:
         self.webpush = webpush
 
-    async def _subscription(self, target: wire.Target) -> Subscription | None:
+    async def _subscription(self, target: wire.Target, source: str) -> Subscription | None:
         """The live subscription a device's pushkey names, None if it names none
         (unknown, deleted), or one restricted to a VAPID key: the gateway carries
         no VAPID signature, so it must not open a door the device closed."""
         if target.subscription is None:
             return None
         try:
-            sub = await self.webpush.live(target.subscription)
+            # A miss counts against the address, as a Web Push to a wrong endpoint
+            # does: the gateway is no cheaper way to guess ids.
+            sub = await self.webpush.live(target.subscription, source)
         except PinrelayError as exc:
             if exc.code in (ErrorCode.NOT_FOUND, ErrorCode.GONE):
                 return None
@@ -42,7 +44,7 @@ class MatrixGateway:
         rejected: list[str] = []
         found: list[tuple[wire.Target, Subscription]] = []
         for target in notify.targets:
-            sub = await self._subscription(target)
+            sub = await self._subscription(target, source)
             if sub is None:
                 rejected.append(target.pushkey)
             else:

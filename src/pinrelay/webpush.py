@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ class Pushed:
     location: str
     ttl: int
     receipt: str
+    #: TTL 0 and the device offline: nothing stored, no receipt will ever come.
+    dropped: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,10 @@ class WebPush:
         self.verifier = VapidVerifier()
         self._per_sub = FailureLimiter(limit=self.limits.per_subscription, period=60.0)
         self._per_sender = FailureLimiter(limit=self.limits.per_sender, period=60.0)
+        #: Tokens that failed to verify, by source address (VAPID keys are claims
+        #: until verified: their budgets count only good tokens).
+        self._bad_tokens = FailureLimiter(limit=self.limits.per_sender, period=60.0)
+        self._misses = FailureLimiter(limit=self.limits.unknown_per_minute, period=60.0)
         #: Receipt long-polls waiting on this relay, by receipt key.
         self._waiters: dict[str, _Waiter] = {}
 
@@ -146,15 +153,27 @@ class WebPush:
         if not await self.store.delete_subscription(pin, sub_id, int(self.clock() * 1000)):
             raise _not_found(sub_id)
 
-    async def live(self, sub_id: str) -> Subscription:
-        """The subscription pushes go to: 404 if none, 410 if deleted."""
-        if not wire.SUBSCRIPTION_ID_RE.fullmatch(sub_id):
-            raise _not_found(sub_id)
-        sub = await self.store.get_subscription(sub_id)
-        if sub is None:
-            raise _not_found(sub_id)
-        if sub.deleted_ms is not None:
-            raise PinrelayError("this push subscription was deleted", ErrorCode.GONE)
+    async def live(self, sub_id: str, source: str = "") -> Subscription:
+        """The subscription pushes go to: 404 if none, 410 if deleted.
+
+        Misses count against ``source`` (an address): past ``unknown_per_minute`` of
+        them it gets 429 before any lookup, so guessing ids costs the store nothing
+        and cannot flush the cluster's subscription cache."""
+        now = self.clock()
+        wait = self._misses.retry_after(source, now)
+        if wait > 0:
+            raise RateLimited("too many pushes to unknown endpoints; slow down", wait)
+        try:
+            if not wire.SUBSCRIPTION_ID_RE.fullmatch(sub_id):
+                raise _not_found(sub_id)
+            sub = await self.store.get_subscription(sub_id)
+            if sub is None:
+                raise _not_found(sub_id)
+            if sub.deleted_ms is not None:
+                raise PinrelayError("this push subscription was deleted", ErrorCode.GONE)
+        except PinrelayError:
+            self._misses.failed(source, now)
+            raise
         return sub
 
     # --- pushing ---------------------------------------------------------------
@@ -170,13 +189,29 @@ class WebPush:
         """Store one encrypted message for the subscription's device (RFC 8030 §5).
 
         Checked in order of cost: the subscription, the rate limits (before any
-        signature check, so a flood of bad tokens costs no ECDSA), then VAPID.
+        signature check), then VAPID.  A VAPID key's budget is spent only by tokens
+        that verify: anyone may name a key, and pushes naming it must not use up its
+        holder's budget.  Tokens that fail spend a budget of their address's, checked
+        before the signature, so a flood of bad tokens costs little ECDSA.
         """
-        sub = await self.live(sub_id)
+        sub = await self.live(sub_id, source)
         now = self.clock()
-        self.admit([sub.id], f"k {vapid.key}" if vapid is not None else f"a {source}", now)
+        sender = f"k {vapid.key}" if vapid is not None else f"a {source}"
+        checks = [(self._per_sub, sub.id), (self._per_sender, sender)]
         if vapid is not None:
-            self.verifier.verify(vapid, self.origin, now)
+            checks.append((self._bad_tokens, source))
+        for limiter, key in checks:
+            wait = limiter.retry_after(key, now)
+            if wait > 0:
+                raise RateLimited("too many pushes; slow down", wait)
+        self._per_sub.failed(sub.id, now)
+        if vapid is not None:
+            try:
+                self.verifier.verify(vapid, self.origin, now)
+            except PinrelayError:
+                self._bad_tokens.failed(source, now)
+                raise
+        self._per_sender.failed(sender, now)
         if sub.vapid_key is not None:
             if vapid is None:
                 raise PinrelayError(
@@ -201,13 +236,15 @@ class WebPush:
         if isinstance(result, Rejected):
             if result.reason == UNKNOWN_DEVICE:
                 raise PinrelayError("this push subscription's device was deleted", ErrorCode.GONE)
-            return self._pushed(sub.id, result.id or "", 0, headers.ttl)
+            dropped = self._pushed(sub.id, result.id or "", 0, headers.ttl)
+            return dataclasses.replace(dropped, dropped=True)
         assert isinstance(result, Accepted)
         return self._pushed(sub.id, result.id, result.cursor, headers.ttl)
 
     def admit(self, sub_ids: Sequence[str], sender: str, now: float) -> None:
-        """Count one push to each subscription and one from ``sender`` (a VAPID key
-        or an address); 429 if any is over its limit, and then nothing is counted."""
+        """Count one push to each subscription and one from ``sender`` (an address:
+        the Matrix gateway's pushes carry no VAPID token); 429 if any is over its
+        limit, and then nothing is counted."""
         keys = [(self._per_sub, s) for s in sub_ids] + [(self._per_sender, sender)]
         for limiter, key in keys:
             wait = limiter.retry_after(key, now)
@@ -221,10 +258,10 @@ class WebPush:
         base = self.endpoint(sub_id)
         return Pushed(f"{base}/messages/{resource}", ttl, f"{base}/receipts/{resource}")
 
-    async def delete_message(self, sub_id: str, resource: str) -> None:
+    async def delete_message(self, sub_id: str, resource: str, source: str = "") -> None:
         """Remove a message not delivered yet (RFC 8030 §6.4): 404 if it was
         delivered, expired, replaced, or is another subscription's."""
-        sub = await self.live(sub_id)
+        sub = await self.live(sub_id, source)
         message_id, cursor = _resource(resource)
         if cursor == 0 or not await self._pending(
             sub, message_id, cursor, int(self.clock() * 1000)

@@ -99,6 +99,7 @@ class TestAuth:
         assert int(r.headers["retry-after"]) >= 1
 
 
+@pytest.mark.shared_relay
 class TestDevices:
     def test_create_show_rotate_delete(self, api: httpx.Client, relay: RelayProc) -> None:
         d = new_device(api)
@@ -135,6 +136,7 @@ class TestDevices:
         )
 
 
+@pytest.mark.shared_relay
 class TestPush:
     def test_push_answer(self, api: httpx.Client) -> None:
         d = new_device(api)
@@ -218,6 +220,7 @@ class TestPush:
         assert backlog(api, d["pin"]) == 0
 
 
+@pytest.mark.shared_relay
 class TestBatch:
     def test_mixed_batch(self, api: httpx.Client) -> None:
         a, b = new_device(api), new_device(api)

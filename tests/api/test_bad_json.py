@@ -47,6 +47,9 @@ DUPLICATES = [
     pytest.param(b'{"data":1,"ttl":600,"t\\u0074l":5}', id="escaped twin"),
 ]
 
+# Every test here makes devices of its own: one relay for the module (tests/conftest.py).
+pytestmark = pytest.mark.shared_relay
+
 
 @pytest.fixture
 def api(relay: RelayProc) -> Iterator[httpx.Client]:

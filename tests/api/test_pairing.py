@@ -20,6 +20,10 @@ from tests.conftest import RelayFactory
 from tests.linkclient import error_then_close, link
 from tests.relayproc import RelayProc
 
+# Every test here on the `relay` fixture makes devices of its own: one relay for the
+# module (tests/conftest.py).
+pytestmark = pytest.mark.shared_relay
+
 CODE_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{5}-[0-9A-HJKMNP-TV-Z]{5}$")
 
 

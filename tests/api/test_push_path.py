@@ -20,6 +20,10 @@ import pytest
 
 from tests.relayproc import RelayProc
 
+# Every test here on the `relay` fixture makes devices of its own: one relay for the
+# module (tests/conftest.py).
+pytestmark = pytest.mark.shared_relay
+
 ASGI = {"X-Forwarded-For": "127.0.0.1"}
 Answer = tuple[int, list[tuple[str, str]], bytes]
 

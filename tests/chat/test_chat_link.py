@@ -198,9 +198,12 @@ class TestSend:
         assert receipt.sender == b["pin"]
         assert msgspec.json.decode(receipt.data) == {"id": sent.id, "state": "delivered"}
         await send(ws_a, frames.Ack(cursor=receipt.cursor))
-        # Read twice (and an id never delivered to b): one read receipt.
+        # Read twice (and an id never delivered to b): one read receipt. A read with a
+        # client_id is answered once handled; one without is not.
         await send(ws_b, {"type": "read", "ids": [sent.id, "01ZZZZZZZZZZZZZZZZZZZZZZZZ"]})
-        await send(ws_b, {"type": "read", "ids": [sent.id]})
+        await send(ws_b, {"type": "read", "ids": [sent.id], "client_id": "r1"})
+        done = await recv(ws_b)
+        assert isinstance(done, frames.ReadDone) and done.client_id == "r1"
         receipt = await next_msg(ws_a, "receipt")
         assert msgspec.json.decode(receipt.data) == {"id": sent.id, "state": "read"}
         await send(ws_a, frames.Ack(cursor=receipt.cursor))

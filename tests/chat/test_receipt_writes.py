@@ -9,7 +9,6 @@ one write, not one each.  Real SQLite stores; no relay process needed.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from pinrelay.chat import Chat
 from pinrelay.core.chat import Delivered, chat_data
-from pinrelay.core.model import Limits, StoredMessage
+from pinrelay.core.model import Accepted, Limits, StoredMessage
 from pinrelay.delivery import AckWriter, Delivery
 from pinrelay.ingest import Ingest
 from pinrelay.metrics import Metrics
@@ -103,20 +102,22 @@ async def test_acks_waiting_for_receipts_are_settled_by_one_write(
         await release.wait()  # a slow commit: the next acks queue up meanwhile
 
     acks = AckWriter(s, delay=0.0)
+    sent: list[int] = []
     delivery = Delivery(
         s,
         READER,
         acked=0,
         window=16,
-        send=lambda batch: None,
-        clock=time.time,
+        send=lambda batch: sent.extend(m.cursor for m in batch),
+        clock=lambda: NOW,
         metrics=Metrics(),
         acks=acks,
         on_acked=on_acked,
     )
-    await s.append([chat_message(n) for n in range(1, 5)])
-    delivery._caught_up = True  # nothing sent yet and nothing else stored
-    delivery.wake([chat_message(n) for n in range(1, 5)])
+    results, _ = await s.append([chat_message(n) for n in range(1, 5)])
+    assert [r.cursor for r in results if isinstance(r, Accepted)] == [1, 2, 3, 4]
+    delivery.wake()
+    await wait_until_async(lambda: sent == [1, 2, 3, 4], 5.0, 0.01, "the chats delivered")
     delivery.ack(1)
     await asyncio.wait_for(first_call.wait(), 5.0)
     for cursor in (2, 3, 4):

@@ -25,6 +25,10 @@ from pinrelay.client.device import Device, Message
 from pinrelay.client.http import ApiError
 from tests.relayproc import RelayProc
 
+# Every test here on the `relay` fixture makes devices of its own: one relay for the
+# module (tests/conftest.py).
+pytestmark = pytest.mark.shared_relay
+
 A, B, C = "0A0A0A0A", "0B0B0B0B", "0C0C0C0C"
 
 

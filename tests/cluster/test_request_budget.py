@@ -55,6 +55,7 @@ from pinrelay.config import RelayConfig
 from pinrelay.core import frames
 from pinrelay.relay import nats_connection_name
 from pinrelay.testing.wait import wait_until_async
+from tests.conftest import stop_all
 from tests.natsproc import NatsCluster
 from tests.relayproc import RelayProc
 
@@ -133,15 +134,13 @@ def pair(nats: NatsCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 root / node, extra=["--store", ",".join(nats.urls), "--node-id", node]
             )
             started.append(relay)
-            relay.start()
+            relay.launch()
+        for relay in started:  # started together: one wait instead of two
+            relay.wait_ready(20.0)
         a, b = started
         yield Pair(a, b, [a.create_device(f"d{i}") for i in range(DEVICES)])
     finally:
-        for relay in started:
-            try:
-                relay.stop()
-            finally:
-                relay.kill()
+        stop_all(started)
 
 
 def subject_kind(subject: str, masks: dict[str, str]) -> str:

@@ -54,20 +54,20 @@ def run_script(relay_factory: RelayFactory, tmp_path: Path, commands: str) -> st
     return result.stdout
 
 
-def test_readme_tour(relay_factory: RelayFactory, tmp_path: Path) -> None:
-    out = run_script(relay_factory, tmp_path, tour_commands())
-    assert '{"text": "hello"}' in out and '{"text": "second"}' in out, out
-    assert re.search(r"backlog\s+0\b", out), out
-    assert re.search(r"acked_cursor\s+2\b", out), out
+def test_readme_tour_then_chat_between_devices(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    """The tour, then "Chat between devices" as written (its commands need no terminal).
 
-
-def test_readme_chat_between_devices(relay_factory: RelayFactory, tmp_path: Path) -> None:
-    """The tour, then "Chat between devices" as written (its commands need no terminal)."""
+    One run for both: the chat section continues the tour (its ``$PIN``), so a run
+    of the tour alone would repeat every command of this one."""
     out = run_script(
         relay_factory,
         tmp_path,
         tour_commands() + "\n" + section_commands("Chat between devices", 1),
     )
+    # The tour's own results (step 5 shows the device before the chat begins).
+    assert '{"text": "hello"}' in out and '{"text": "second"}' in out, out
+    assert re.search(r"backlog\s+0\b", out), out
+    assert re.search(r"acked_cursor\s+2\b", out), out
     friend = json.loads((tmp_path / "friend.json").read_text())["pin"]
     assert f"invited {friend}" in out, out
     assert re.search(rf"{friend}\s+accepted", out), out

@@ -43,6 +43,7 @@ def push(
 
 
 class TestHello:
+    @pytest.mark.shared_relay
     async def test_welcome_then_backlog_in_order(self, relay: RelayProc) -> None:
         device = relay.create_device()
         for n in range(5):
@@ -63,6 +64,7 @@ class TestHello:
         assert shown["online"] is True
         await ws.close()
 
+    @pytest.mark.shared_relay
     async def test_live_push_arrives(self, relay: RelayProc) -> None:
         device = relay.create_device()
         ws, _ = await link(relay, device)
@@ -72,12 +74,14 @@ class TestHello:
         assert (m.topic, m.urgency, bytes(m.data)) == ("news", "high", b'"live"')
         await ws.close()
 
+    @pytest.mark.shared_relay
     async def test_frame_before_hello_is_refused(self, relay: RelayProc) -> None:
         ws = await raw_link(relay)
         await send(ws, frames.Ack(cursor=1))
         error, code = await error_then_close(ws)
         assert (error.code, error.status, code) == ("bad_request", 400, 4400)
 
+    @pytest.mark.shared_relay
     @pytest.mark.parametrize(
         "payload",
         ["not json", '{"type":"nope"}', '{"type":"hello"}', "[]", '{"type":"hello","pin":1}'],
@@ -89,12 +93,14 @@ class TestHello:
         assert error.status in (400, 422)
         assert code == 4000 + error.status
 
+    @pytest.mark.shared_relay
     async def test_binary_frame_is_refused(self, relay: RelayProc) -> None:
         ws = await raw_link(relay)
         await ws.send(b'{"type":"ack","cursor":0}')
         _, code = await error_then_close(ws)
         assert code == 4400
 
+    @pytest.mark.shared_relay
     async def test_wrong_token_and_unknown_pin_look_the_same(self, relay: RelayProc) -> None:
         device = relay.create_device()
         answers = []
@@ -122,6 +128,7 @@ class TestHello:
         error, code = await error_then_close(ws)
         assert code == 4429 and error.retry_after_ms is not None and error.retry_after_ms > 0
 
+    @pytest.mark.shared_relay
     async def test_cursor_ahead_of_device_is_refused(self, relay: RelayProc) -> None:
         device = relay.create_device()
         push(relay, device["pin"], 1)
@@ -130,6 +137,7 @@ class TestHello:
         error, code = await error_then_close(ws)
         assert (error.code, code) == ("invalid", 4422)
 
+    @pytest.mark.shared_relay
     async def test_hello_cursor_acknowledges(self, relay: RelayProc) -> None:
         device = relay.create_device()
         for n in range(3):
@@ -140,12 +148,14 @@ class TestHello:
         assert isinstance(m, frames.Msg) and m.cursor == 3
         await ws.close()
 
+    @pytest.mark.shared_relay
     async def test_unknown_path_and_plain_http(self, relay: RelayProc) -> None:
         with pytest.raises(websockets.InvalidStatus) as info:
             await websockets.connect(f"ws://127.0.0.1:{relay.link_port}/nope")
         assert info.value.response.status_code == 404
 
 
+@pytest.mark.shared_relay
 class TestWindowAndAcks:
     async def test_never_more_than_window_in_flight(self, relay: RelayProc) -> None:
         device = relay.create_device()
@@ -195,6 +205,7 @@ class TestWindowAndAcks:
         assert code == 4400
 
 
+@pytest.mark.shared_relay
 class TestLinkOwnership:
     async def test_second_link_replaces_the_first(self, relay: RelayProc) -> None:
         device = relay.create_device()
@@ -354,6 +365,7 @@ class TestTimers:
 class TestApplicationPing:
     """PROTOCOL "Heartbeats": a ping frame for clients whose library hides pings."""
 
+    @pytest.mark.shared_relay
     async def test_ping_is_answered_with_pong(self, relay: RelayProc) -> None:
         device = relay.create_device()
         ws, _ = await link(relay, device)
@@ -366,6 +378,7 @@ class TestApplicationPing:
         assert isinstance(m, frames.Msg)
         await ws.close()
 
+    @pytest.mark.shared_relay
     async def test_ping_before_welcome_is_refused(self, relay: RelayProc) -> None:
         ws = await raw_link(relay)
         await send(ws, frames.Ping())

@@ -7,6 +7,7 @@ import contextlib
 import json
 
 import httpx
+import pytest
 import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
@@ -20,6 +21,7 @@ from tests.linkclient import RawLink, closed_with, error_then_close, link, raw_l
 from tests.relayproc import RelayProc, free_port
 
 
+@pytest.mark.shared_relay
 async def test_non_ascii_close_reason_fits_a_control_frame(relay: RelayProc) -> None:
     ws = await raw_link(relay)
     await ws.send(json.dumps({"type": "é" * 100}))
@@ -27,6 +29,7 @@ async def test_non_ascii_close_reason_fits_a_control_frame(relay: RelayProc) -> 
     assert code == 4000 + error.status  # not 1006: the close frame was well formed
 
 
+@pytest.mark.shared_relay
 async def test_failed_hello_does_not_replace_a_healthy_link(relay: RelayProc) -> None:
     device = relay.create_device()
     healthy, _ = await link(relay, device)
@@ -48,6 +51,7 @@ async def test_failed_hello_does_not_replace_a_healthy_link(relay: RelayProc) ->
     await healthy.close()
 
 
+@pytest.mark.shared_relay
 async def test_oversized_frame_gets_an_error_frame(relay: RelayProc) -> None:
     ws = await raw_link(relay)
     await ws.send(json.dumps({"type": "hello", "pin": "x" * 100_000, "token": "t"}))
@@ -55,6 +59,7 @@ async def test_oversized_frame_gets_an_error_frame(relay: RelayProc) -> None:
     assert (error.code, code) == ("too_large", 4413)
 
 
+@pytest.mark.shared_relay
 async def test_batch_ttl0_to_unknown_pin_is_404(relay: RelayProc) -> None:
     with relay.client() as c:
         [result] = c.push_batch([{"to": "0BADF00D", "data": 1, "ttl": 0}])

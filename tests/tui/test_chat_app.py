@@ -18,6 +18,10 @@ from pinrelay.tui.view import ChatView, Line
 from tests.chat.test_chat_link import befriend
 from tests.relayproc import RelayProc
 
+# Every test here on the `relay` fixture makes devices of its own: one relay for the
+# module (tests/conftest.py).
+pytestmark = pytest.mark.shared_relay
+
 
 class RecordingView(ChatView):
     """A ChatView that keeps the text of every state it was drawn in."""

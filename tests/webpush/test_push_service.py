@@ -275,6 +275,8 @@ class TestBadRequests:
         assert r.status_code == status, r.text
         assert r.headers["content-type"] == "application/problem+json"
         assert words in r.json()["detail"]
+        # One title per problem type: a 415 here is about Content-Encoding, not JSON.
+        assert "json" not in r.json()["title"].lower()
         assert backlog(relay, device["pin"]) == 0
 
     def test_unknown_endpoints(self, relay: RelayProc) -> None:
@@ -338,3 +340,56 @@ def test_rate_limit_per_sender(relay_factory: RelayFactory) -> None:
     signed = push(subs[0].info, "y", ttl=60, vapid_private_key=vapid, vapid_claims=dict(CLAIMS))
     assert signed.status_code == 201
     assert backlog(relay, device["pin"]) == 5
+
+
+def test_tokens_that_fail_spend_no_budget_of_the_key_they_name(
+    relay_factory: RelayFactory,
+) -> None:
+    """Anyone may write ``k=<someone's key>``: pushes with tokens that do not verify
+    spend their address's budget (checked before the signature), never the key's, so
+    they cannot lock its holder out of every subscription."""
+    relay = relay_factory(extra=["--webpush-sender-per-minute", "4"])
+    device = relay.create_device()
+    victim, forger = Vapid(), Vapid()
+    victim.generate_keys()
+    forger.generate_keys()
+    sub = subscribe(relay, device, vapid_public(victim))
+    claims = {**CLAIMS, "aud": relay.url, "exp": int(time.time()) + 600}
+    forged_jwt = forger.sign(dict(claims))["Authorization"].split("t=")[1].split(",")[0]
+    forged = f"vapid t={forged_jwt}, k={vapid_public(victim)}"
+    # From another loopback address than the victim's (pywebpush's, 127.0.0.1).
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(transport=transport, timeout=10) as http:
+        answers = [
+            http.post(
+                sub.info["endpoint"],
+                content=TestBadRequests.BODY,
+                headers={"TTL": "60", "Content-Encoding": "aes128gcm", "Authorization": forged},
+            ).status_code
+            for _ in range(6)
+        ]
+    assert answers == [401] * 4 + [429] * 2
+    r = push(sub.info, "mine", ttl=60, vapid_private_key=victim, vapid_claims=dict(CLAIMS))
+    assert r.status_code == 201
+    assert backlog(relay, device["pin"]) == 1
+
+
+def test_guessing_endpoints_is_rate_limited(relay_factory: RelayFactory) -> None:
+    relay = relay_factory()
+    device = relay.create_device()
+    sub = subscribe(relay, device)
+    headers = {"TTL": "60", "Content-Encoding": "aes128gcm"}
+    with httpx.Client(base_url=relay.url, timeout=10) as http:
+        for n in range(60):
+            r = http.post(f"/push/{n:022d}", content=TestBadRequests.BODY, headers=headers)
+            assert r.status_code == 404, r.text
+        r = http.post(f"/push/{'9' * 22}", content=TestBadRequests.BODY, headers=headers)
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        # The same address is refused before the lookup, even for a real endpoint.
+        assert http.get(sub.info["endpoint"]).status_code == 429
+
+
+async def test_a_dropped_push_has_no_receipt(relay: RelayProc) -> None:
+    sub = subscribe(relay, relay.create_device())
+    r = push(sub.info, "only if online", ttl=0, headers={"Prefer": "respond-async"})
+    assert r.status_code == 201 and "Link" not in r.headers

@@ -107,7 +107,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         414: "Request line longer than 8 KiB",
         415: "Content-Encoding is not aes128gcm",
         422: "Bad wait parameter",
-        429: "Too many pushes to this subscription or from this sender",
+        429: "Too many pushes to this subscription or from this sender, or to endpoints"
+        " that do not exist from this address",
         431: "Request line and headers too long",
         503: "Relay starting, draining, unable to store, or at its connection cap",
     }
@@ -238,7 +239,7 @@ def paths(op: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
                         "description": '{"unifiedpush": {"version": 1}}',
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     },
-                    **_errors(404, 410, 414, 431, 503),
+                    **_errors(404, 410, 414, 429, 431, 503),
                 },
             },
         },
@@ -250,7 +251,7 @@ def paths(op: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "parameters": [_SUB, _MESSAGE],
                 "responses": {
                     "204": {"description": "Removed"},
-                    **_errors(404, 410, 414, 431, 503),
+                    **_errors(404, 410, 414, 429, 431, 503),
                 },
             }
         },

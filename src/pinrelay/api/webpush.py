@@ -103,7 +103,7 @@ async def push(request: Request) -> Response:
         str(request.path_params["sub"]), headers, vapid, body, source_of(request), receipt
     )
     answer = {"Location": pushed.location, "TTL": str(pushed.ttl)}
-    if not receipt:
+    if not receipt or pushed.dropped:
         return Response(status_code=201, headers=answer)
     # RFC 8030 §5.1, §6.2: accepted, and where its delivery will be reported.
     answer["Link"] = f'<{pushed.receipt}>; rel="{RECEIPT_REL}"'
@@ -136,14 +136,14 @@ async def receipt(request: Request) -> Response:
 
 async def probe(request: Request) -> Response:
     """UnifiedPush application servers probe an endpoint with GET."""
-    await relay_of(request).webpush.live(str(request.path_params["sub"]))
+    await relay_of(request).webpush.live(str(request.path_params["sub"]), source_of(request))
     return json_response({"unifiedpush": {"version": 1}})
 
 
 async def delete_message(request: Request) -> Response:
     """``DELETE`` of a message resource (the 201's Location) before delivery."""
     await relay_of(request).webpush.delete_message(
-        str(request.path_params["sub"]), str(request.path_params["message"])
+        str(request.path_params["sub"]), str(request.path_params["message"]), source_of(request)
     )
     return Response(status_code=204)
 

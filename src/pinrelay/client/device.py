@@ -201,6 +201,11 @@ class Device:
         #: this SDK no longer holds a handle for (sent before a restart).
         self._on_receipt = on_receipt
         self._reads: list[str] = []
+        #: Reads sent on this link and not answered ``read_done`` yet, by client_id:
+        #: sent again on the next link if this one ends (a crash may have lost them;
+        #: the relay sends one receipt per message however often it is told).
+        self._reads_out: dict[str, list[str]] = {}
+        self._read_seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
         runner = AsyncRunner(self.url, pin, token)
         #: Invite, accept, decline, block, unblock, remove, list (over HTTP: needs ``url``).
@@ -248,8 +253,11 @@ class Device:
                 await self._ack(ws)
         while self._reads:
             batch, self._reads = self._reads[:256], self._reads[256:]
+            self._read_seq += 1
+            client_id = f"r{self._read_seq}"
+            self._reads_out[client_id] = batch
             with contextlib.suppress(websockets.ConnectionClosed):
-                await ws.send(frames.encode(frames.Read(ids=batch)).decode())
+                await ws.send(frames.encode(frames.Read(ids=batch, client_id=client_id)).decode())
 
     def _answer(self, frame: frames.Sent | frames.Unsent) -> None:
         if isinstance(frame, frames.Sent):
@@ -412,6 +420,9 @@ class Device:
         finally:
             self._ws = None
             self._linked = False
+            # Reads the relay did not confirm go out again on the next link.
+            self._reads[:0] = [i for batch in self._reads_out.values() for i in batch]
+            self._reads_out.clear()
             await ws.close()
 
     async def _session(self, ws: ClientConnection, url: str) -> None:
@@ -459,6 +470,8 @@ class Device:
                     unacked = 0
             elif isinstance(frame, frames.Sent | frames.Unsent):
                 self._answer(frame)
+            elif isinstance(frame, frames.ReadDone):
+                self._reads_out.pop(frame.client_id, None)
             elif isinstance(frame, frames.Drain):
                 raise _Retry(frame.retry_after_ms / 1000, f"drain: {frame.reason}")
             elif isinstance(frame, frames.Error):

@@ -32,7 +32,7 @@ class ErrorCode(enum.Enum):
     GONE = ("gone", 410, "No longer available")
     TOO_LARGE = ("too_large", 413, "Payload too large")
     URI_TOO_LONG = ("uri_too_long", 414, "Request line too long")
-    UNSUPPORTED_MEDIA = ("unsupported_media_type", 415, "Body must be application/json")
+    UNSUPPORTED_MEDIA = ("unsupported_media_type", 415, "Unsupported media type")
     INVALID = ("invalid", 422, "Request failed validation")
     RATE_LIMITED = ("rate_limited", 429, "Too many requests")
     HEADERS_TOO_LARGE = ("headers_too_large", 431, "Request header fields too large")

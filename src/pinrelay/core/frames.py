@@ -66,9 +66,19 @@ class Send(Struct, tag="send", tag_field="type", kw_only=True):
 
 
 class Read(Struct, tag="read", tag_field="type", kw_only=True):
-    """Client → relay: the user read these chat messages (ids of ``msg`` frames)."""
+    """Client → relay: the user read these chat messages (ids of ``msg`` frames).
+    With a ``client_id``, the relay answers ``read_done`` once the receipts are
+    stored (so a client knows which reads a crash may have lost)."""
 
     ids: Annotated[list[str], Meta(min_length=1, max_length=256)]
+    client_id: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+
+
+class ReadDone(Struct, tag="read_done", tag_field="type", kw_only=True):
+    """Relay → client: the ``read`` with this ``client_id`` is handled (its receipts,
+    if any, are stored)."""
+
+    client_id: str
 
 
 class Subscribe(Struct, tag="subscribe", tag_field="type", kw_only=True):
@@ -149,7 +159,7 @@ class Drain(Struct, tag="drain", tag_field="type", kw_only=True):
 
 
 ClientFrame = Hello | Ack | Ping | Send | Read | Subscribe
-ServerFrame = Welcome | Msg | Error | Drain | Pong | Sent | Unsent | Subscribed
+ServerFrame = Welcome | Msg | Error | Drain | Pong | Sent | Unsent | Subscribed | ReadDone
 
 _encoder = msgspec.json.Encoder()
 _client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)

@@ -70,6 +70,8 @@ class WebPushLimits:
     #: Pushes a minute to one subscription, and from one sender (VAPID key or address).
     per_subscription: int = 600
     per_sender: int = 6000
+    #: Requests a minute from one address to endpoints that do not exist (404, 410).
+    unknown_per_minute: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +199,8 @@ def receipt_key(subscription: str, message_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class VapidToken:
-    """A VAPID credential as sent: the JWT and the public key it names (base64url)."""
+    """A VAPID credential as sent: the JWT and the public key it names (base64url,
+    padding dropped: one key is one string, to the rate limits and the token cache)."""
 
     jwt: str
     key: str
@@ -224,12 +227,12 @@ def parse_vapid(authorization: str | None, crypto_key: str | None) -> VapidToken
         params = _params(rest)
         if "t" not in params or "k" not in params:
             raise _unauthorized("a vapid Authorization needs t=<JWT> and k=<public key>")
-        return VapidToken(params["t"], params["k"])
+        return VapidToken(params["t"], params["k"].rstrip("="))
     if scheme == "webpush":
         key = _params(crypto_key or "").get("p256ecdsa")
         if not key:
             raise _unauthorized("a WebPush Authorization needs Crypto-Key: p256ecdsa=<key>")
-        return VapidToken(rest.strip(), key)
+        return VapidToken(rest.strip(), key.rstrip("="))
     raise _unauthorized("Authorization must be a VAPID token: vapid t=<JWT>, k=<public key>")
 
 
@@ -277,8 +280,10 @@ def split_jwt(token: str) -> Jwt:
 
 def check_claims(claims: Claims, audience: str, now: float) -> None:
     """RFC 8292 §2: ``aud`` is the push resource's origin; ``exp`` in the future and
-    no more than 24 hours ahead."""
-    if claims.aud.rstrip("/") != audience:
+    no more than 24 hours ahead.  An origin's scheme and host are case-insensitive
+    (RFC 6454 §4): node's web-push lowercases the host of ``--public-url
+    https://Relay.Example``, pywebpush keeps it as written."""
+    if claims.aud.rstrip("/").lower() != audience.lower():
         raise _unauthorized(f"the VAPID token is for {claims.aud[:100]!r}, not {audience}")
     if claims.exp <= now:
         raise _unauthorized("the VAPID token has expired")

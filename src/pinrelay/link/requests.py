@@ -108,6 +108,8 @@ class Requests:
                 if isinstance(frame, frames.Read):
                     await link.delivery.settled()  # the acks sent before it, first
                     await chat.read(pin, frame.ids)
+                    if frame.client_id is not None:
+                        link._send(frames.encode(frames.ReadDone(client_id=frame.client_id)))
                 elif isinstance(frame, frames.Subscribe):
                     if not await self._subscribe(pin, frame):
                         return
