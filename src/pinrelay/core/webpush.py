@@ -53,8 +53,12 @@ def b64url(data: bytes) -> str:
 
 
 def new_subscription_id(rand: Rand) -> str:
-    """22 base64url characters: 128 random bits."""
-    return b64url(rand(16))
+    """22 random base64url characters (132 bits), never starting with ``-``: an id
+    is typed as a command-line argument, where a leading dash reads as an option."""
+    while True:
+        sub_id = b64url(rand(17))[:22]
+        if not sub_id.startswith("-"):
+            return sub_id
 
 
 def topic_key(subscription: str, topic: str) -> str:

@@ -130,7 +130,7 @@ PAIRING_KEEP_MS = 3600 * 1000
 
 class Subscription(msgspec.Struct, frozen=True):
     """A Web Push subscription (PROTOCOL "Web Push"): pushes to ``/push/<id>`` go to
-    ``pin``'s device.  ``id`` is 22 base64url characters (128 random bits).
+    ``pin``'s device.  ``id`` is 22 base64url characters (132 random bits).
 
     ``p256dh``/``auth`` are the device's public encryption key and auth secret
     (base64url), kept to echo them; ``vapid_key`` is the application server's public
