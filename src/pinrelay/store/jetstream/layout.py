@@ -124,6 +124,11 @@ class Layout:
         """Where the schedules of ``pin``'s chat messages publish when they fire."""
         return f"{self.expiry_prefix(self.partition(pin))}.f.{pin}"
 
+    def decoy_subject(self, pin: str) -> str:
+        """Where a decoy for ``pin`` is published (:func:`.appends.decoy`): its
+        partition's stream, outside every device's subjects, one subject for all."""
+        return f"{self.expiry_prefix(self.partition(pin))}.d"
+
     def fired_filter(self, part: int) -> str:
         return f"{self.expiry_prefix(part)}.f.>"
 
