@@ -221,9 +221,10 @@ class Appender:
         """Publish what ``like`` would cost, where nothing reads it: no results.
 
         ``like``'s payload (of no device's gen) on :meth:`.layout.Layout.decoy_subject`
-        in ``like.pin``'s partition, outside every device's subjects (the feed, reads
-        and purges never see it), gone after 1 s (TTL), through the same publish as a
-        message (group commit included).  An invitation that tells nobody publishes
+        in ``like.pin``'s partition: no device's subject (no read or purge of a
+        device sees it), but followed by the feed like a message, so every relay gets
+        it as it would a notice and drops it; gone after 1 s (TTL).  Published as a
+        message is (group commit included).  An invitation that tells nobody publishes
         one, so that it costs what one that tells does (:mod:`.contacts`).
         """
         origin = f"{nonce}.0"

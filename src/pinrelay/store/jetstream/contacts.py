@@ -49,17 +49,18 @@ series: the reads, all at once, then the writes and the notice, at once.
   pair's batch is (one after the other without atomic batches, as B's then A's).
 - The notice is published at the same time as the records' batch (the store's
   ``tell``), not after it; an invitation that tells nothing (no device, or one
-  that blocked the actor) publishes a decoy instead (:func:`.appends.decoy`), a
-  message of the same size in the same stream that nothing reads and that expires
-  in a second.  A retry after a lost compare-and-set publishes again only if what
-  it tells changed (so a stranger's decoy is not repeated either).
+  that blocked the actor) publishes a decoy instead (:meth:`.appends.Appender.decoy`),
+  a message of the same size in the same stream, which the feed brings every relay
+  as it does a notice, no device reads, and which expires in a second.  A retry
+  after a lost compare-and-set publishes again only if what it tells changed (then
+  under the next message id), so a stranger's decoy is not repeated either.
 - The price of telling concurrently: a notice can be stored for an attempt whose
   compare-and-set then lost (another action on the pair won in between), or whose
   write failed.  The device is then told of an invitation that the records may not
   hold (the other action replaced it: a block, crossing invitations); its contact
   list, read from the records, is the truth, and a notice is a hint to read it, as
-  a retried action's repeated notice already was (core/social.py).  Measured in
-  DECISIONS 43: an invitation to a device answered ~1 round trip sooner than before.
+  a retried action's repeated notice already was (core/social.py).  Counted and
+  timed in DECISIONS 43.
 
 **Limits.**  An actor holding MAX_CONTACTS entries gets CONFLICT for a new one, as
 on SQLite.  B's record is bounded too: while it is full, or B has no device, B's
