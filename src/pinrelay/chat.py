@@ -66,7 +66,8 @@ class Chat:
         """Apply ``actor``'s action about ``other`` and tell ``other`` what it implies.
 
         An invitation answers the same whether ``other`` is a device or not (no PIN
-        enumeration), and costs one store write either way (Store.contact_action).
+        enumeration), and costs the same either way (Store.contact_action: one SQLite
+        transaction; on the cluster the same requests and round trips).
         """
         if actor == other:
             raise PinrelayError("a device cannot be its own contact", ErrorCode.INVALID)

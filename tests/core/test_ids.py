@@ -166,3 +166,15 @@ def test_pairing_codes_read_back_as_typed() -> None:
     assert ids.canonical_pairing_code("oIl23-45678") == "0112345678"
     for bad in ("", "ZZZZZ-ZZZZ", "ZZZZZ-ZZZZZZ", "UUUUU-UUUUU", "ZZZZZ_ZZZZZ"):
         assert ids.canonical_pairing_code(bad) is None, bad
+
+
+@given(st.binary(min_size=10, max_size=10), st.integers(0, 2**48 - 1))
+def test_the_next_message_id_sorts_right_after_its_predecessor(random: bytes, ms: int) -> None:
+    first = ids.new_message_id(ms / 1000, lambda n: random)
+    second = ids.next_message_id(first)
+    assert ids.MSG_ID_RE.fullmatch(second) and second > first
+    assert second[:10] == first[:10] or random == b"\xff" * 10  # the same millisecond
+
+
+def test_the_next_message_id_counts_in_base32() -> None:
+    assert ids.next_message_id("0" * 25 + "Z") == "0" * 24 + "10"

@@ -61,6 +61,17 @@ def new_message_id(now: float, rand: Rand) -> str:
     return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
+def next_message_id(message_id: str) -> str:
+    """The id right after ``message_id`` (same millisecond, random part + 1), as a
+    monotonic ULID generator makes: unique whenever ``message_id`` is, for a second
+    message a caller must build from one it was given."""
+    value = 0
+    for ch in message_id:
+        value = value * 32 + _B32.index(ch)
+    value = (value + 1) & ((1 << 128) - 1)
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
+
+
 def new_secret(rand: Rand, nbytes: int = 24) -> str:
     """A URL-safe secret (device token, API key body)."""
     return base64.urlsafe_b64encode(rand(nbytes)).decode().rstrip("=")

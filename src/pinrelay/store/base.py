@@ -239,7 +239,10 @@ class Store(Protocol):
         ``data = core.chat.contact_data(notify)`` (its Accepted, else None).
 
         Atomic where the engine can be (SQLite: one transaction; so an invitation
-        costs one commit whether ``other`` exists or not).  Raises what
+        costs one commit whether ``other`` exists or not; the cluster spends the same
+        requests either way, store/jetstream/contacts.py).  The Accepted's id is
+        ``notice.id``, or an id after it on the cluster when a retried attempt told
+        something else than the first (store/jetstream/store.py).  Raises what
         :func:`pinrelay.core.social.transition` raises (nothing written), and
         CONFLICT when ``actor`` already holds MAX_CONTACTS entries."""
         ...

@@ -141,6 +141,16 @@ class Appender:
         pins = sorted({m.pin for m in messages if isinstance(m, NewMessage)})
         found = await asyncio.gather(*(self.devices.get(p) for p in pins))
         devices = {p: got.rec for p, got in zip(pins, found, strict=True) if got is not None}
+        return await self.append_known(messages, nonce, devices)
+
+    async def append_known(
+        self,
+        messages: Sequence[NewMessage | Rejected],
+        nonce: str,
+        devices: dict[str, DeviceRec],
+    ) -> list[AppendResult]:
+        """:meth:`append` to devices whose records the caller read (a message to a
+        PIN not in ``devices`` is rejected as unknown)."""
         results: list[AppendResult | None] = []
         outgoing: list[Outgoing] = []
         for i, m in enumerate(messages):
@@ -207,23 +217,31 @@ class Appender:
             seqs += await self._publish_atomic(chunk, batch_id, devices)
         return seqs
 
+    async def decoy(self, like: NewMessage, nonce: str) -> list[AppendResult]:
+        """Publish what ``like`` would cost, where nothing reads it: no results.
+
+        ``like``'s payload (of no device's gen) on :meth:`.layout.Layout.decoy_subject`
+        in ``like.pin``'s partition: no device's subject (no read or purge of a
+        device sees it), but followed by the feed like a message, so every relay gets
+        it as it would a notice and drops it; gone after 1 s (TTL).  Published as a
+        message is (group commit included).  An invitation that tells nobody publishes
+        one, so that it costs what one that tells does (:mod:`.contacts`).
+        """
+        origin = f"{nonce}.0"
+        item = Outgoing(
+            AUX,
+            self.layout.decoy_subject(like.pin),
+            _payload(like, "", origin),
+            {"Nats-Msg-Id": origin, "Nats-TTL": "1"},
+            self.layout.partition(like.pin),
+        )
+        await self.publish([item], nonce, {})
+        return []
+
     def _outgoing(self, i: int, m: NewMessage, rec: DeviceRec, nonce: str) -> list[Outgoing]:
         """The message's publish, and its expiry schedule or cancel (.expiry)."""
         origin = f"{nonce}.{i}"
-        payload = msg_enc.encode(
-            Msg(
-                m.id,
-                m.data,
-                m.topic,
-                m.urgency,
-                m.sent_at_ms,
-                m.expires_at_ms,
-                m.kind,
-                m.sender,
-                rec.gen,
-                origin,
-            )
-        )
+        payload = _payload(m, rec.gen, origin)
         # Built here, never from a caller: see the module docstring.
         ttl = str(ttl_seconds(m, self.ttl_grace_s))
         headers = {"Nats-Msg-Id": origin, "Nats-TTL": ttl}
@@ -299,3 +317,20 @@ class Appender:
         # was registered under its Nats-Msg-Id, and a lone publish with that id is
         # answered duplicate=true with its sequence and stores nothing.
         return [await self._publish_one(item, expect_duplicate=True) for item in chunk]
+
+
+def _payload(m: NewMessage, gen: str, origin: str) -> bytes:
+    return msg_enc.encode(
+        Msg(
+            m.id,
+            m.data,
+            m.topic,
+            m.urgency,
+            m.sent_at_ms,
+            m.expires_at_ms,
+            m.kind,
+            m.sender,
+            gen,
+            origin,
+        )
+    )

@@ -10,7 +10,8 @@ device it was written for, as messages do (:mod:`.devices`): one left behind by 
 deletion (a crash, or an action racing with it) counts as empty for a later device
 with that PIN.
 
-**Actions.**  :meth:`ContactLists.act` reads both records from the bucket's leader,
+**Actions.**  :meth:`ContactLists.act` reads both records from the bucket's leader
+(and the other PIN's device record, beside them: see "Same cost"),
 asks :func:`~pinrelay.core.social.transition`, and, if either entry changes, writes
 both records, each with compare-and-set on the revision it read:
 
@@ -36,6 +37,31 @@ action's and half another's.  Writing only what changed, two crossing invitation
 written one by one each finished its own side from the other's half-written state,
 and both ended "invited" (tests/store/test_jetstream_social.py).
 
+**Same cost whether the other PIN is a device or not** (PROTOCOL "Contacts": no
+PIN enumeration, by the answer's timing either).  An action costs two round trips in
+series: the reads, all at once, then the writes and the notice, at once.
+
+- The other PIN's device record is read from the leader beside the contacts
+  records, never from the cache: a PIN with no device is never cached, so a cached
+  device would otherwise answer a request sooner.
+- A write that changes only the actor's record (the other PIN has no device) is
+  padded with a second write of the same record, so it is two messages, as a
+  pair's batch is (one after the other without atomic batches, as B's then A's).
+- The notice is published at the same time as the records' batch (the store's
+  ``tell``), not after it; an invitation that tells nothing (no device, or one
+  that blocked the actor) publishes a decoy instead (:meth:`.appends.Appender.decoy`),
+  a message of the same size in the same stream, which the feed brings every relay
+  as it does a notice, no device reads, and which expires in a second.  A retry
+  after a lost compare-and-set publishes again only if what it tells changed (then
+  under the next message id), so a stranger's decoy is not repeated either.
+- The price of telling concurrently: a notice can be stored for an attempt whose
+  compare-and-set then lost (another action on the pair won in between), or whose
+  write failed.  The device is then told of an invitation that the records may not
+  hold (the other action replaced it: a block, crossing invitations); its contact
+  list, read from the records, is the truth, and a notice is a hint to read it, as
+  a retried action's repeated notice already was (core/social.py).  Counted and
+  timed in DECISIONS 45.
+
 **Limits.**  An actor holding MAX_CONTACTS entries gets CONFLICT for a new one, as
 on SQLite.  B's record is bounded too: while it is full, or B has no device, B's
 entry is not added and B is told nothing (an invitation is kept on A's side alone,
@@ -55,9 +81,9 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from pinrelay.core import social
 from pinrelay.core.errors import ErrorCode, PinrelayError
@@ -66,9 +92,15 @@ from pinrelay.store.base import MAX_CONTACTS, Contact, StoreClosed
 from pinrelay.store.jetstream.appends import Outgoing, send_batch
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.errors import ApiError
-from pinrelay.store.jetstream.kv import KeyedLocks, Kv
+from pinrelay.store.jetstream.kv import Entry, KeyedLocks, Kv
 from pinrelay.store.jetstream.layout import Bucket
-from pinrelay.store.jetstream.records import ContactsRec, contacts_dec, json_enc
+from pinrelay.store.jetstream.records import (
+    SAFE_TOKEN,
+    ContactsRec,
+    DeviceRec,
+    contacts_dec,
+    json_enc,
+)
 from pinrelay.store.jetstream.watch import Cached, RecordCache, Watch
 
 #: Attempts of one action before its records are declared too busy (StoreClosed).
@@ -78,6 +110,9 @@ MAX_ATTEMPTS = 20
 CACHE_WEIGHT = 200_000
 
 Entries = Mapping[str, tuple[State, int]]
+#: A :class:`Write`'s revision when it repeats the write before it (module doc).
+PAD = -1
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +128,19 @@ class Side:
     revision: int = 0
     #: The record as stored (None: no record): recognises an action's own write.
     raw: bytes | None = None
+    #: The device's record (None: no such device).
+    device: DeviceRec | None = None
+
+
+#: What an action's attempt publishes for the other device, given its transition and
+#: the other side as read: an awaitable run at the same time as the records' write,
+#: or None (nothing).
+Tell = Callable[[Transition, Side], Awaitable[T] | None]
 
 
 class Write(NamedTuple):
-    """A record to write, if it is still at ``revision``."""
+    """A record to write, if it is still at ``revision`` (:data:`PAD`: the same as
+    the write before it, written again: see "Same cost" in the module doc)."""
 
     pin: str
     rec: ContactsRec
@@ -110,8 +154,8 @@ def _weigh(rec: ContactsRec) -> int:
 
 def plan(action: Action, mine: Side, theirs: Side, now_ms: int) -> tuple[Transition, list[Write]]:
     """The transition of ``mine.pin``'s ``action`` about ``theirs.pin`` and the
-    writes it takes: none if neither entry changes, else both records (B's first,
-    and only if B is a device).  Pure.  Raises as :func:`social.transition` does,
+    writes it takes: none if neither entry changes, else both records (B's first;
+    if B is no device, A's twice).  Pure.  Raises as :func:`social.transition` does,
     and CONFLICT for an actor's entry past MAX_CONTACTS."""
     m, t = mine.entries.get(theirs.pin), theirs.entries.get(mine.pin)
     m_state, t_state = (None if m is None else m[0]), (None if t is None else t[0])
@@ -138,6 +182,8 @@ def plan(action: Action, mine: Side, theirs: Side, now_ms: int) -> tuple[Transit
             entries[key] = (after, now_ms)  # a new state: since now
         rec = ContactsRec(side.gen, entries)
         writes.append(Write(side.pin, rec, json_enc.encode(rec), side.revision))
+    if len(writes) == 1:  # B is no device: as many messages as for a pair
+        writes.append(writes[0]._replace(revision=PAD))
     return step, writes
 
 
@@ -185,35 +231,61 @@ class ContactLists:
         got = await self.cache.through(owner, load)
         return got.value.entries if got is not None and got.value.gen == gen else {}
 
-    async def _fresh(self, pin: str) -> Side:
-        """``pin``'s record from the bucket's leader (for a compare-and-set)."""
-        gen = await self._gen(pin)
-        if gen is None:
+    async def _fresh(self, pin: str, *, other: bool = False) -> Side:
+        """``pin``'s record from the bucket's leader (for a compare-and-set); the
+        ``other`` side's device record from the leader too, at the same time (module
+        doc, "Same cost"), the actor's from the cache."""
+        if other:
+            found, got = await asyncio.gather(self.devices.get_fresh(pin), self._read(pin))
+        else:
+            found = await self.devices.get(pin)
+            got = None if found is None else await self._read(pin)
+        if found is None:
             return Side(pin, None, {})
-        got = await self.kv.get(self.bucket, pin)
+        gen = found.rec.gen
         if got is None:
-            return Side(pin, gen, {})
+            return Side(pin, gen, {}, device=found.rec)
         rec = contacts_dec.decode(got.value)
-        return Side(pin, gen, rec.entries if rec.gen == gen else {}, got.revision, got.value)
+        entries = rec.entries if rec.gen == gen else {}
+        return Side(pin, gen, entries, got.revision, got.value, found.rec)
+
+    async def _read(self, pin: str) -> Entry | None:
+        return await self.kv.get(self.bucket, pin) if SAFE_TOKEN.match(pin) else None
 
     # --- actions -------------------------------------------------------------------
-    async def act(self, actor: str, other: str, action: Action, now_ms: int) -> Transition:
-        """Apply ``actor``'s ``action`` about ``other`` to both records (module doc)."""
+    async def act(
+        self,
+        actor: str,
+        other: str,
+        action: Action,
+        now_ms: int,
+        tell: Tell[T] | None = None,
+    ) -> tuple[Transition, T | None]:
+        """Apply ``actor``'s ``action`` about ``other`` to both records, running what
+        ``tell`` gives at the same time as their write (module doc); the transition
+        and what the last ``tell`` that ran returned."""
         self.kv.api.check_open()
         if actor == other:
             raise PinrelayError("a device cannot be its own contact", ErrorCode.INVALID)
         first, second = sorted((actor, other))
         async with self._locks.hold(first), self._locks.hold(second):
             tried: tuple[Transition, list[Write]] | None = None
+            told: T | None = None
             for attempt in range(MAX_ATTEMPTS):
-                mine, theirs = await asyncio.gather(self._fresh(actor), self._fresh(other))
+                mine, theirs = await asyncio.gather(
+                    self._fresh(actor), self._fresh(other, other=True)
+                )
                 if tried is not None and _landed(tried[1], mine, theirs):
-                    return tried[0]  # a retried write found its own acknowledged one
+                    return tried[0], told  # a retried write found its own acknowledged one
                 if mine.gen is None:
                     raise PinrelayError(f"no device {actor}", ErrorCode.NOT_FOUND)
                 step, writes = plan(action, mine, theirs, now_ms)
-                if not writes or await self._write(writes):
-                    return step
+                telling = None if tell is None else tell(step, theirs)
+                written, result = await _together(self._write(writes) if writes else None, telling)
+                if telling is not None:
+                    told = result
+                if written:
+                    return step, told
                 tried = (step, writes)
                 await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
         raise StoreClosed(f"contacts of {actor} and {other}: too many concurrent changes")
@@ -222,11 +294,16 @@ class ContactLists:
         """Compare-and-set ``writes`` (in order); False if a record moved on."""
         if self.atomic and len(writes) > 1:
             return await self._write_batch(writes)
+        last = 0
         for w in writes:
-            revision = await self.kv.put(self.bucket, w.pin, w.raw, w.revision)
+            padding = w.revision == PAD
+            revision = await self.kv.put(self.bucket, w.pin, w.raw, last if padding else w.revision)
             if revision is None:
+                if padding:  # the record is written; the pad only had to cost a write
+                    continue
                 return False
             self.cache.put(w.pin, w.rec, revision)
+            last = revision
         return True
 
     async def _write_batch(self, writes: list[Write]) -> bool:
@@ -235,7 +312,10 @@ class ContactLists:
                 n,
                 self.bucket.subject(w.pin),
                 w.raw,
-                {"Nats-Expected-Last-Subject-Sequence": str(w.revision)},
+                # A pad has no check of its own: the batch's first write checks.
+                {}
+                if w.revision == PAD
+                else {"Nats-Expected-Last-Subject-Sequence": str(w.revision)},
             )
             for n, w in enumerate(writes)
         ]
@@ -264,6 +344,27 @@ class ContactLists:
             self.cache.forget(pin)
             with contextlib.suppress(Exception):  # best effort: see .watch
                 await self.watch.announce_removal(self.kv.api.nc, pin)
+
+
+async def _together(
+    write: Awaitable[bool] | None, tell: Awaitable[T] | None
+) -> tuple[bool, T | None]:
+    """``write`` (True if none) and ``tell`` at once; if the write raises, the tell is
+    cancelled (it may have been stored: module doc) and the write's error raised."""
+    if tell is None:
+        return (True if write is None else await write), None
+    if write is None:
+        return True, await tell
+    telling = asyncio.ensure_future(tell)
+    try:
+        written = await write
+    except BaseException:
+        telling.cancel()
+        await asyncio.wait([telling])
+        if not telling.cancelled():
+            telling.exception()  # retrieved: the write's error is the answer
+        raise
+    return written, await telling
 
 
 def _landed(writes: list[Write], mine: Side, theirs: Side) -> bool:

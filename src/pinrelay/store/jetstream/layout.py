@@ -124,6 +124,12 @@ class Layout:
         """Where the schedules of ``pin``'s chat messages publish when they fire."""
         return f"{self.expiry_prefix(self.partition(pin))}.f.{pin}"
 
+    def decoy_subject(self, pin: str) -> str:
+        """Where a decoy for ``pin`` is published (:meth:`.appends.Appender.decoy`):
+        among its partition's device subjects, so the feed delivers it as it does a
+        message (and drops it: ``_`` is no PIN), but no device's."""
+        return f"{self.part_prefix(self.partition(pin))}._.d"
+
     def fired_filter(self, part: int) -> str:
         return f"{self.expiry_prefix(part)}.f.>"
 
