@@ -70,6 +70,19 @@ async def unsubscribe(request: Request) -> Response:
 
 
 # --- the push service (RFC 8030) ---------------------------------------------------
+_PUSH_PREFIX = "/push/"
+
+
+def push_path_sub(path: str) -> str | None:
+    """The ``{sub}`` of a ``/push/{sub}`` path, else None: the one parser of it
+    besides Starlette's route (api/app.py's fast path uses it).  Whether the id is
+    well formed is the handler's question (404), not the router's."""
+    if not path.startswith(_PUSH_PREFIX):
+        return None
+    sub = path[len(_PUSH_PREFIX) :]
+    return sub if sub and "/" not in sub else None
+
+
 async def _push_body(request: Request) -> bytes:
     """The encrypted body, any media type, at most MAX_BODY bytes (413 before reading
     more when Content-Length says so)."""
