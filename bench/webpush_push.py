@@ -446,9 +446,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m bench.webpush_push",
         description="Web Push requests accepted durably per second, beside the JSON push API.",
     )
-    parser.add_argument("--quick", action="store_true", help="4,000 requests, 2 rounds")
-    parser.add_argument("--requests", type=int, default=None, help="per run (default 20,000)")
-    parser.add_argument("--rounds", type=int, default=None, help="default 5")
+    parser.add_argument("--quick", action="store_true", help="3,000 requests, 2 rounds")
+    parser.add_argument("--requests", type=int, default=None, help="per run (default 10,000)")
+    parser.add_argument("--rounds", type=int, default=None, help="default 4")
     parser.add_argument("--devices", type=int, default=100, help="one subscription each")
     parser.add_argument("--connections", type=int, default=16, help="keep-alive connections")
     parser.add_argument(
@@ -460,9 +460,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_args(parser)
     args = parser.parse_args(argv)
     if args.requests is None:
-        args.requests = 4_000 if args.quick else 20_000
+        args.requests = 3_000 if args.quick else 10_000
     if args.rounds is None:
-        args.rounds = 2 if args.quick else 5
+        args.rounds = 2 if args.quick else 4
     if args.disk_probes is None:
         args.disk_probes = 500 if args.quick else 2000
     args.variants = [v for v in args.only.split(",") if v]
