@@ -430,7 +430,8 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
             md_table(MEDIAN_HEADERS, med),
             "",
             "Ratios: medians of the per-round ratios (runs of one round are next to each "
-            "other in time).",
+            "other in time). requests/s follows the load of the machine's other processes "
+            "(see the last column); the relay's CPU per request much less: compare that.",
             "",
             *lines,
         ]
