@@ -11,6 +11,7 @@ request, and the pusher shares the machine with the relay (DECISIONS 28).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 
 class HttpError(Exception):
@@ -68,10 +69,15 @@ class _Response(asyncio.Protocol):
 
 
 class Connection:
-    def __init__(self, host: str, port: int, key: str) -> None:
+    """``key``: sent as a bearer token with every request (None: no Authorization;
+    a Web Push sender signs its own, in ``request_bytes``'s headers)."""
+
+    def __init__(self, host: str, port: int, key: str | None) -> None:
         self.host = host
         self.port = port
-        self._head = f"Host: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
+        self._head = f"Host: {host}:{port}\r\n"
+        if key is not None:
+            self._head += f"Authorization: Bearer {key}\r\n"
         self._proto: _Response | None = None
 
     async def open(self) -> Connection:
@@ -79,10 +85,18 @@ class Connection:
         _, self._proto = await loop.create_connection(_Response, self.host, self.port)
         return self
 
-    def request_bytes(self, method: str, path: str, body: bytes) -> bytes:
+    def request_bytes(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> bytes:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         return (
-            f"{method} {path} HTTP/1.1\r\n{self._head}"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"{method} {path} HTTP/1.1\r\n{self._head}{extra}"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
 
     async def send(self, request: bytes) -> tuple[int, bytes]:

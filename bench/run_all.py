@@ -25,6 +25,7 @@ BENCHMARKS = (
     "cluster_failover",
     "chat_roundtrip",
     "group_fanout",
+    "webpush_push",
 )
 
 

@@ -266,3 +266,72 @@ def test_an_idempotent_retry_gets_the_first_answer_on_either_path(
     other = api.post(url, json={"data": 2, "ttl": 60}, headers={**once, **ASGI})
     assert other.status_code == 409  # the same key with another body
     assert backlog(api, pin) == 1
+
+
+# --- Web Push (POST /push/{sub}) takes the push path too ------------------------------
+#: An aes128gcm body as far as the relay looks (RFC 8188 header, sender key, one
+#: record): it never decrypts.
+WEBPUSH_BODY = b"s" * 16 + (4096).to_bytes(4, "big") + b"\x41" + b"\x04" * 65 + b"r" * 40
+
+
+def _webpush_essentials(r: httpx.Response) -> dict[str, Any]:
+    """What must agree between the two paths (a message's Location differs by nature)."""
+    return {
+        "status": r.status_code,
+        "content-type": r.headers.get("content-type"),
+        "ttl": r.headers.get("ttl"),
+        "location": "location" in r.headers,
+        "link": "link" in r.headers,
+        "retry-after": r.headers.get("retry-after"),
+        "body": r.json() if r.content else None,
+    }
+
+
+def test_both_paths_answer_web_push_alike(relay: RelayProc, api: httpx.Client) -> None:
+    device = api.post("/v1/devices", json={}).json()
+    sub = httpx.post(
+        f"{relay.url}/v1/devices/{device['pin']}/subscriptions",
+        json={},
+        headers={"Authorization": f"Bearer {device['token']}"},
+    ).json()["id"]
+    ok = {"TTL": "60", "Content-Encoding": "aes128gcm"}
+    cases: list[tuple[str, str, dict[str, str], bytes]] = [
+        ("stored", sub, ok, WEBPUSH_BODY),
+        ("receipt asked", sub, {**ok, "Prefer": "respond-async"}, WEBPUSH_BODY),
+        ("no TTL", sub, {"Content-Encoding": "aes128gcm"}, WEBPUSH_BODY),
+        ("bad urgency", sub, {**ok, "Urgency": "soon"}, WEBPUSH_BODY),
+        ("aesgcm", sub, {**ok, "Content-Encoding": "aesgcm"}, WEBPUSH_BODY),
+        ("empty", sub, ok, b""),
+        ("too large", sub, ok, WEBPUSH_BODY + b"x" * 4096),
+        ("bad VAPID", sub, {**ok, "Authorization": "vapid t=x"}, WEBPUSH_BODY),
+        ("unknown subscription", "A" * 22, ok, WEBPUSH_BODY),
+    ]
+    with httpx.Client(base_url=relay.url, timeout=30) as http:
+        for name, to, headers, body in cases:
+            lean = http.post(f"/push/{to}", content=body, headers=headers)
+            asgi = http.post(f"/push/{to}", content=body, headers={**headers, **ASGI})
+            assert _webpush_essentials(lean) == _webpush_essentials(asgi), name
+            assert lean.status_code < 500, name
+    assert backlog(api, device["pin"]) == 4
+
+
+def test_web_push_takes_the_push_path(relay: RelayProc, api: httpx.Client, raw: Raw) -> None:
+    # The witness: the push path writes content-length before the answer's headers,
+    # Starlette's Response after them.
+    device = api.post("/v1/devices", json={}).json()
+    sub = httpx.post(
+        f"{relay.url}/v1/devices/{device['pin']}/subscriptions",
+        json={},
+        headers={"Authorization": f"Bearer {device['token']}"},
+    ).json()["id"]
+    head = (
+        b"POST /push/%s HTTP/1.1\r\nHost: relay\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\n"
+        b"Content-Length: %d\r\n" % (sub.encode(), len(WEBPUSH_BODY))
+    )
+    raw.send(head + b"\r\n" + WEBPUSH_BODY)
+    raw.send(head + b"X-Forwarded-For: 127.0.0.1\r\n\r\n" + WEBPUSH_BODY)
+    lean, asgi = raw.answer(), raw.answer()
+    assert lean[0] == asgi[0] == 201
+    names = [[n for n, _ in a[1] if n in ("content-length", "location")] for a in (lean, asgi)]
+    assert names == [["content-length", "location"], ["location", "content-length"]]
+    assert not any(n == "content-type" for n, _ in lean[1])

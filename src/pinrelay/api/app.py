@@ -53,7 +53,7 @@ def one_route_per_path(routes: list[Route]) -> list[Route]:
 
 
 class PushFastPath:
-    """ASGI entry: ``POST`` pushes go straight to their handler.
+    """ASGI entry: ``POST`` pushes (JSON and Web Push) go straight to their handler.
 
     Starlette's middleware and route scan cost a push more than its handler does;
     this calls the same handlers and the same error handlers, and passes every other
@@ -64,18 +64,21 @@ class PushFastPath:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler, pin = None, None
+        handler, params = None, {}
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
             if path == "/v1/messages":
                 handler = messages.push_batch
             elif (pin := messages.push_path_pin(path)) is not None:
-                handler = messages.push_one
+                handler, params = messages.push_one, {"pin": pin}
+            elif (sub := webpush.push_path_sub(path)) is not None:
+                # Web Push (RFC 8030 §5): its route sits behind some forty others.
+                handler, params = webpush.push, {"sub": sub}
         if handler is None:
             await self.app(scope, receive, send)
             return
         scope["app"] = self.app
-        scope["path_params"] = {"pin": pin} if pin is not None else {}
+        scope["path_params"] = params
         request = Request(scope, receive)
         try:
             response = await handler(request)

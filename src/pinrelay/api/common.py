@@ -65,6 +65,11 @@ def _source(client_host: str | None) -> str:
     return "api " + (client_host or "?")
 
 
+def source_of_host(client_host: str | None) -> str:
+    """Where a request comes from (:func:`source_of`), from its peer's address."""
+    return _source(client_host)
+
+
 def source_of(request: Request) -> str:
     """Where a request comes from, as the Authenticator's limits count it."""
     client = request.client

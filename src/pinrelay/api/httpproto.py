@@ -33,7 +33,10 @@ from pinrelay.api.httpbounds import (
 )
 from pinrelay.api.messages import push_body_limit, push_one_call, push_path_pin
 from pinrelay.api.problems import PROBLEM_JSON, error_parts, problem_parts
-from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.api.webpush import push_call as webpush_push_call
+from pinrelay.api.webpush import push_path_sub
+from pinrelay.core.errors import ErrorCode, LimitExceeded, PinrelayError
+from pinrelay.core.webpush import MAX_BODY as WEBPUSH_MAX_BODY
 
 if TYPE_CHECKING:
     from pinrelay.relay import Relay
@@ -96,6 +99,15 @@ def push_pin(url: bytes) -> str | None:
     if b"%" in path or b"#" in url:
         return None
     return push_path_pin(path.decode("latin-1"))
+
+
+def webpush_sub(url: bytes) -> str | None:
+    """The subscription id of a Web Push URL (``/push/{sub}``) the push path takes,
+    else None (as :func:`push_pin`)."""
+    path, _, _ = url.partition(b"?")
+    if b"%" in path or b"#" in url:
+        return None
+    return push_path_sub(path.decode("latin-1"))
 
 
 class _Gone(Exception):
@@ -174,11 +186,13 @@ class PushCycle:
             raise too_large(self.limit)
         return bytes(self.body)
 
+    async def handle(self) -> tuple[int, bytes | None, bytes, dict[str, str]]:
+        """Status, content type (None: no body), body and headers of the answer."""
+        return 201, _JSON, await push_one_call(self.call, self.pin, self.read), {}
+
     async def run(self) -> None:
-        status, ctype = 201, _JSON
-        headers: dict[str, str] = {}
         try:
-            body = await push_one_call(self.call, self.pin, self.read)
+            status, ctype, body, headers = await self.handle()
         except _Gone:
             return
         except PinrelayError as exc:
@@ -194,12 +208,16 @@ class PushCycle:
         if not self.disconnected:
             self._respond(status, ctype, body, headers)
 
-    def _respond(self, status: int, ctype: bytes, body: bytes, headers: dict[str, str]) -> None:
+    def _respond(
+        self, status: int, ctype: bytes | None, body: bytes, headers: dict[str, str]
+    ) -> None:
         protocol = self.protocol
         out = [STATUS_LINE[status]]
         for name, value in protocol.server_state.default_headers:
             out += (name, b": ", value, b"\r\n")
-        out.append(b"content-type: %s\r\ncontent-length: %d\r\n" % (ctype, len(body)))
+        if ctype is not None:
+            out.append(b"content-type: %s\r\n" % ctype)
+        out.append(b"content-length: %d\r\n" % len(body))
         for key, text in headers.items():
             out.append(b"%s: %s\r\n" % (key.lower().encode("latin-1"), text.encode("latin-1")))
         if not self.keep_alive:
@@ -213,6 +231,34 @@ class PushCycle:
         if not self.keep_alive:
             transport.close()
         protocol.on_response_complete()
+
+
+class WebPushCycle(PushCycle):
+    """A Web Push request (``POST /push/{sub}``, RFC 8030 §5) on the push path: any
+    media type, at most ``MAX_BODY`` bytes, answered with headers and no body."""
+
+    __slots__ = ()
+
+    def __init__(self, protocol: HttpProtocol, call: Call, sub: str, keep_alive: bool) -> None:
+        super().__init__(protocol, call, sub, keep_alive)
+        self.limit = WEBPUSH_MAX_BODY
+
+    async def read(self) -> bytes:
+        length = self.call.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            raise LimitExceeded(f"the body is {length} bytes; the limit is {self.limit}")
+        if not (self.complete or self.over or self.disconnected):
+            self._waiter = self.protocol.loop.create_future()
+            await self._waiter
+        if self.disconnected:
+            raise _Gone
+        if self.over:
+            raise too_large(self.limit)
+        return bytes(self.body)
+
+    async def handle(self) -> tuple[int, bytes | None, bytes, dict[str, str]]:
+        status, headers = await webpush_push_call(self.call, self.pin, self.read)
+        return status, None, b"", headers
 
 
 class HttpProtocol(HttpToolsProtocol):
@@ -403,9 +449,13 @@ class HttpProtocol(HttpToolsProtocol):
             or self.limit_concurrency is not None
         ):
             return None
+        cycle: type[PushCycle] = PushCycle
         pin = push_pin(self.url)
         if pin is None:
-            return None
+            pin = webpush_sub(self.url)
+            if pin is None:
+                return None
+            cycle = WebPushCycle
         headers: dict[str, str] = {}
         for name, value in self.headers:
             key = name.decode("latin-1")
@@ -415,7 +465,7 @@ class HttpProtocol(HttpToolsProtocol):
             return None
         path = self.url.partition(b"?")[0].decode("latin-1")
         call = Call(relay, path, headers, self.client[0] if self.client else None)
-        return PushCycle(self, call, pin, keep_alive=parser.should_keep_alive())
+        return cycle(self, call, pin, keep_alive=parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
         if self._refused:

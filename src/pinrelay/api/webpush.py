@@ -5,12 +5,16 @@ without a pinrelay key.  Both call :class:`pinrelay.webpush.WebPush`.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from pinrelay.api.common import (
+    Call,
+    call_of,
     decode,
     json_response,
     query_int,
@@ -18,6 +22,7 @@ from pinrelay.api.common import (
     relay_of,
     require_device,
     source_of,
+    source_of_host,
     too_large,
 )
 from pinrelay.core import webpush as wire
@@ -70,6 +75,19 @@ async def unsubscribe(request: Request) -> Response:
 
 
 # --- the push service (RFC 8030) ---------------------------------------------------
+_PUSH_PREFIX = "/push/"
+
+
+def push_path_sub(path: str) -> str | None:
+    """The ``{sub}`` of a ``/push/{sub}`` path, else None: the one parser of it
+    besides Starlette's route (api/app.py's fast path uses it).  Whether the id is
+    well formed is the handler's question (404), not the router's."""
+    if not path.startswith(_PUSH_PREFIX):
+        return None
+    sub = path[len(_PUSH_PREFIX) :]
+    return sub if sub and "/" not in sub else None
+
+
 async def _push_body(request: Request) -> bytes:
     """The encrypted body, any media type, at most MAX_BODY bytes (413 before reading
     more when Content-Length says so)."""
@@ -86,28 +104,39 @@ async def _push_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-async def push(request: Request) -> Response:
-    """``POST /push/{id}``: checks from the cheapest (headers) to the dearest (the
-    store, a signature); 201 only once the message is stored durably."""
-    relay = relay_of(request)
-    h = request.headers
+async def push_call(
+    call: Call, sub: str, read: Callable[[], Awaitable[bytes]]
+) -> tuple[int, dict[str, str]]:
+    """``POST /push/{sub}``: the answer's status and headers (no body); errors are
+    raised.  Checks from the cheapest (headers) to the dearest (the store, a
+    signature); 201 only once the message is stored durably.  Starlette's route and
+    the HTTP protocol's own push path (api/httpproto.py) both call this."""
+    relay = call.relay
+    h = call.headers
     headers = wire.parse_push_headers(
         h.get("ttl"), h.get("urgency"), h.get("topic"), relay.config.limits.max_ttl_s
     )
     wire.check_encoding(h.get("content-encoding"))
     vapid = wire.parse_vapid(h.get("authorization"), h.get("crypto-key"))
-    body = await _push_body(request)
+    body = await read()
     wire.check_body(body)
     receipt = _respond_async(h.get("prefer"))
     pushed = await relay.webpush.push(
-        str(request.path_params["sub"]), headers, vapid, body, source_of(request), receipt
+        sub, headers, vapid, body, source_of_host(call.client_host), receipt
     )
     answer = {"Location": pushed.location, "TTL": str(pushed.ttl)}
     if not receipt or pushed.dropped:
-        return Response(status_code=201, headers=answer)
+        return 201, answer
     # RFC 8030 §5.1, §6.2: accepted, and where its delivery will be reported.
     answer["Link"] = f'<{pushed.receipt}>; rel="{RECEIPT_REL}"'
-    return Response(status_code=202, headers=answer)
+    return 202, answer
+
+
+async def push(request: Request) -> Response:
+    status, headers = await push_call(
+        call_of(request), str(request.path_params["sub"]), lambda: _push_body(request)
+    )
+    return Response(status_code=status, headers=headers)
 
 
 def _respond_async(prefer: str | None) -> bool:
