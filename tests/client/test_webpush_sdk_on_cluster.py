@@ -4,12 +4,6 @@ engine, and this says so."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
-import pytest
-
-from pinrelay.testing.natsproc import NatsCluster, running_cluster
 from tests.client.test_webpush_sdk import (
     test_a_receipt_says_delivered_only_once_the_application_had_it,
     test_an_undecryptable_push_is_reported_and_does_not_block_the_next,
@@ -20,9 +14,11 @@ from tests.client.test_webpush_sdk import (
     test_urgency_and_topic_reach_the_application,
     test_vapid_restricted_subscription,
 )
-from tests.relayproc import RelayProc
+from tests.clusterrelay import nats_cluster, relay
 
 __all__ = [
+    "nats_cluster",
+    "relay",
     "test_a_receipt_says_delivered_only_once_the_application_had_it",
     "test_an_undecryptable_push_is_reported_and_does_not_block_the_next",
     "test_keys_in_a_file_outlive_the_process",
@@ -32,26 +28,3 @@ __all__ = [
     "test_urgency_and_topic_reach_the_application",
     "test_vapid_restricted_subscription",
 ]
-
-
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    with running_cluster(tmp_path_factory.mktemp("nats")) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def relay(
-    tmp_path_factory: pytest.TempPathFactory, nats_cluster: NatsCluster
-) -> Iterator[RelayProc]:
-    """One relay on the cluster for the module: each test makes its own devices."""
-    node = f"relay-{uuid.uuid4().hex[:8]}"
-    store = ["--store", ",".join(nats_cluster.urls), "--node-id", node]
-    proc = RelayProc(tmp_path_factory.mktemp("relay"), extra=store)
-    try:
-        yield proc.start(timeout=60)
-    finally:
-        try:
-            proc.stop()
-        finally:
-            proc.kill()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
+from tests.clusterrelay import nats_cluster, relay
 from tests.webpush.test_matrix_gateway import TestMatrixGateway
-from tests.webpush.test_push_service_on_cluster import nats_cluster, relay
 
 __all__ = ["TestMatrixGateway", "nats_cluster", "relay"]
