@@ -12,6 +12,7 @@ import asyncio
 import random
 import time
 
+import pytest
 import pywebpush
 import requests
 
@@ -20,6 +21,10 @@ from pinrelay.testing.wait import wait_until_async
 from tests.client.test_webpush_sdk import App, running
 from tests.conftest import RelayFactory
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc
+
+# In `make soak` (about a minute): tests/webpush/test_push_crash.py keeps the same
+# guarantee (every 201 once, in order, through SIGKILLs) in `make test`.
+pytestmark = pytest.mark.slow
 
 N = 200
 

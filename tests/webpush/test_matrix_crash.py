@@ -13,12 +13,17 @@ import time
 
 import httpx
 import msgspec
+import pytest
 
 from tests.chat.conftest import Links
 from tests.conftest import RelayFactory
 from tests.relayproc import TIMEOUT_FACTOR
 from tests.webpush.helpers import subscribe
 from tests.webpush.test_matrix_gateway import next_matrix, notification
+
+# In `make soak`: the gateway stores through the Web Push path, whose SIGKILL test
+# (tests/webpush/test_push_crash.py) runs in `make test`.
+pytestmark = pytest.mark.slow
 
 EVENTS = 150
 KILLS = 2
