@@ -90,7 +90,7 @@ class JetStreamStore:
         partitions: int = 1,
         purge_acked: bool = False,
         group_commit: bool = True,
-        expiry_wait_s: float = 1.0,
+        expiry_wait_s: float = 30.0,
         chat_expiry: bool = True,
     ) -> None:
         self.layout = Layout(stream, subject_prefix, partitions, bucket_prefix)
@@ -130,7 +130,9 @@ class JetStreamStore:
         )
         #: Chats that expired undelivered (:mod:`.expiry`).
         self.expiries = Expiries(self.layout)
-        #: How long :meth:`expired_chats` waits for the first notice.
+        #: How long :meth:`expired_chats` waits for the first notice: a long poll
+        #: (a notice is handed over as soon as it fires), so an idle relay sends one
+        #: pull request per stream every 30 s, not a stream of them.
         self.expiry_wait_s = expiry_wait_s
         #: Schedule chats' expiries where the streams can (off: bench.js_chat_expiry's
         #: "before"; nobody is told of a chat that expires undelivered).
