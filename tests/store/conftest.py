@@ -55,6 +55,9 @@ def make_store(engine: str, directory: Path, servers: Sequence[str] = ()) -> Sto
             replicas=3,
             partitions=PARTITIONS[engine],
             direct_reads=PARTITIONS[engine] > 1,
+            # A contract test asks expired_chats and waits for the answer: a short
+            # poll (relays long-poll for 30 s).
+            expiry_wait_s=1.0,
             **jetstream_names(directory),
         )
     raise ValueError(f"unknown store engine {engine!r}")
