@@ -11,6 +11,7 @@ import msgspec
 from msgspec import Meta, Raw, Struct
 
 from pinrelay.core.errors import ErrorCode, LimitExceeded, RemoteProtocolError
+from pinrelay.core.tenants import DEFAULT_TENANT
 
 TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 Urgency = Literal["very-low", "low", "normal", "high"]
@@ -27,6 +28,9 @@ class Scope(enum.Enum):
 
     PUSH = "push"
     DEVICES = "devices"
+    BROADCAST = "broadcast"
+    #: A tenant's admin: everything within its tenant (the relay's admin key, from
+    #: the config, is the only one above tenants).
     ADMIN = "admin"
 
 
@@ -122,6 +126,9 @@ class Device:
     last_cursor: int
     #: Highest cursor the device acknowledged.
     acked_cursor: int
+    #: The tenant it belongs to (core/tenants.py); None: none (moved out, or made
+    #: before its tenant was deleted and not moved since).
+    tenant: str | None = DEFAULT_TENANT
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +139,7 @@ class ApiKey:
     key_hash: str
     created_ms: int
     revoked: bool
+    tenant: str = DEFAULT_TENANT
 
 
 def raw_json(value: object) -> Raw:

@@ -16,6 +16,7 @@ import msgspec
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.social import Action, State, Transition
+from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
 
 
 class StoreClosed(PinrelayError):
@@ -166,6 +167,9 @@ MAX_SUBSCRIPTIONS = 100
 #: How long a deleted subscription still answers 410 Gone (then 404).
 SUBSCRIPTION_GONE_KEEP_MS = 30 * 24 * 3600 * 1000
 
+#: Most tenants one device may grant pushes to.
+MAX_GRANTS = 32
+
 #: Most entries a device's contacts may hold (an invitation to a stranger included).
 MAX_CONTACTS = 5000
 
@@ -182,11 +186,54 @@ class Store(Protocol):
         """Whether the store can take writes now (``/readyz``; cheap, no I/O)."""
         ...
 
+    # --- tenants (core/tenants.py) ----------------------------------------------
+    async def create_tenant(self, tenant: Tenant) -> None:
+        """Store a new tenant (durable, seen by every relay).  CONFLICT if its id is
+        taken, by a live tenant or a tombstone.  A store holds the ``default`` tenant
+        from its first open on (the migration that made existing data its own)."""
+        ...
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        """The tenant, or its tombstone (``deleted_ms`` set); None if there never was
+        one.  Asked on every call with a key: keep it cheap (an engine may cache, but
+        a suspension or deletion must be seen by every relay within a second or so)."""
+        ...
+
+    async def list_tenants(self) -> list[Tenant]:
+        """Every tenant, tombstones included, by id."""
+        ...
+
+    async def update_tenant(self, tenant: Tenant) -> bool:
+        """Replace a live tenant's name, suspension and quotas (by ``tenant.id``);
+        False if there is no live tenant with that id.  Setting ``deleted_ms`` makes
+        it a tombstone for good: its devices keep their data and count as tenant-less
+        (a device's ``tenant`` still names it; edges resolve it)."""
+        ...
+
     # --- devices -------------------------------------------------------------
     async def create_device(
-        self, pin: str, token_hash: str, label: str | None, now_ms: int
+        self,
+        pin: str,
+        token_hash: str,
+        label: str | None,
+        now_ms: int,
+        tenant: str | None = DEFAULT_TENANT,
     ) -> Device | None:
-        """Create a device; None if the PIN is taken."""
+        """Create a device of ``tenant``; None if the PIN is taken."""
+        ...
+
+    async def set_device_tenant(self, pin: str, tenant: str | None) -> bool:
+        """Move the device to ``tenant`` (None: no tenant), with its data and cursor,
+        and drop its grants; False if there is no such device."""
+        ...
+
+    async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:
+        """Let ``tenant`` push to the device as its own tenant does (or stop it);
+        False if there is no such device.  At most MAX_GRANTS per device (CONFLICT)."""
+        ...
+
+    async def grants_of(self, pin: str) -> list[str]:
+        """The tenants ``pin``'s device granted, sorted; [] for no device."""
         ...
 
     async def get_device(self, pin: str) -> Device | None: ...
@@ -335,9 +382,17 @@ class Store(Protocol):
 
     # --- messages ------------------------------------------------------------
     async def append(
-        self, messages: Sequence[NewMessage | Rejected], idem: IdempotencyKey | None = None
+        self,
+        messages: Sequence[NewMessage | Rejected],
+        idem: IdempotencyKey | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[Accepted | Rejected], bool]:
         """Store messages atomically, each after the last of its device.
+
+        ``tenant``: the sender's tenant (None: no restriction, the relay's own edges
+        and its admin).  A message to a device of another tenant that granted it
+        nothing is rejected as UNKNOWN_DEVICE, as for a PIN with no device, and
+        checked in the same write (no read first: a push costs no extra query).
 
         Returns one result per message, in order (a Rejected given passes
         through, so an idempotent replay repeats what the edge did not store),
