@@ -25,7 +25,8 @@ T1, T2 = "aaaaaaaaaaaa", "bbbbbbbbbbbb"
 
 
 def tenant(tenant_id: str, **extra: object) -> Tenant:
-    return Tenant(id=tenant_id, name=f"name-{tenant_id}", created_ms=NOW, **extra)  # type: ignore[arg-type]
+    fields: dict[str, object] = {"name": f"name-{tenant_id}", "created_ms": NOW, **extra}
+    return Tenant(id=tenant_id, **fields)  # type: ignore[arg-type]
 
 
 async def test_default_tenant_exists_from_the_start(store: Store) -> None:
@@ -48,7 +49,7 @@ async def test_create_get_list_update(store: Store, reopen: Reopen) -> None:
     suspended = tenant(T2, name="renamed", suspended=True)
     assert await store.update_tenant(suspended)
     assert not await store.update_tenant(tenant("cccccccccccc"))
-    other = await reopen()
+    other = await elsewhere(store, reopen)
     assert await other.get_tenant(T2) == suspended
     assert await other.get_tenant(T1) == tenant(T1, quotas=quotas)
 
@@ -65,9 +66,10 @@ async def test_delete_leaves_a_tombstone_and_the_devices(store: Store, reopen: R
     with pytest.raises(PinrelayError):
         await store.create_tenant(tenant(T1))
     # The device keeps its data; it still names the deleted tenant.
-    device = await (await reopen()).get_device(A)
+    other = await elsewhere(store, reopen)
+    device = await other.get_device(A)
     assert device is not None and device.tenant == T1
-    assert [m.data for m in await read_all(store, A)] == [b'{"n":1}']
+    assert [m.data for m in await read_all(other, A)] == [b'{"n":1}']
 
 
 async def test_devices_and_keys_carry_their_tenant(store: Store, reopen: Reopen) -> None:
@@ -78,11 +80,17 @@ async def test_devices_and_keys_carry_their_tenant(store: Store, reopen: Reopen)
     assert (await store.create_device(C, "hash-c", None, NOW, tenant=None)).tenant is None  # type: ignore[union-attr]
     await store.create_key(dataclasses.replace(key("k1", scope=Scope.BROADCAST), tenant=T1))
     await store.create_key(key("k2"))
-    other = await reopen()
+    other = await elsewhere(store, reopen)
     assert [(await other.get_device(p)).tenant for p in (A, B, C)] == [T1, DEFAULT_TENANT, None]  # type: ignore[union-attr]
     found = await other.find_key("hash-k1")
     assert found is not None and found.tenant == T1 and found.scope is Scope.BROADCAST
     assert {k.id: k.tenant for k in await other.list_keys()} == {"k1": T1, "k2": DEFAULT_TENANT}
+
+
+async def elsewhere(store: Store, reopen: Reopen) -> Store:
+    """The same data through a new store (SQLite: the file's one store, reopened)."""
+    await store.close()
+    return await reopen()
 
 
 def _outcome(result: Accepted | Rejected) -> str:
@@ -137,7 +145,8 @@ async def test_a_device_moves_with_its_backlog(store: Store, reopen: Reopen) -> 
     await store.ack(A, first[0].cursor)
     assert await store.set_device_tenant(A, T2)
     assert not await store.set_device_tenant("DEADBEEF", T2)
-    moved = await (await reopen()).get_device(A)
+    store = await elsewhere(store, reopen)
+    moved = await store.get_device(A)
     assert moved is not None and moved.tenant == T2
     # A move drops the device's grants: the new tenant's terms are its own.
     assert await store.grants_of(A) == []

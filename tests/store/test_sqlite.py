@@ -71,6 +71,36 @@ class TestSchema:
             assert migrate(conn) == len(MIGRATIONS)
             assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
+    async def test_existing_data_moves_into_the_default_tenant(self, db_path: Path) -> None:
+        """A database of the last version before tenants (5) opens with its devices and
+        keys in the ``default`` tenant, which exists (issue 15)."""
+        db_path.parent.mkdir(parents=True)
+        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+            for number, migration in enumerate(MIGRATIONS[:5]):
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute(
+                "INSERT INTO devices (pin, token_hash, label, created_ms) VALUES (?, 'h', NULL, ?)",
+                (PIN, NOW),
+            )
+            conn.execute(
+                "INSERT INTO api_keys (id, name, scope, key_hash, created_ms)"
+                " VALUES ('k1', 'old', 'push', 'hash-k1', ?)",
+                (NOW,),
+            )
+        s = await open_store(db_path)
+        try:
+            device = await s.get_device(PIN)
+            assert device is not None and device.tenant == "default"
+            key = await s.find_key("hash-k1")
+            assert key is not None and key.tenant == "default"
+            assert [t.id for t in await s.list_tenants()] == ["default"]
+        finally:
+            await s.close()
+        assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS)
+
     async def test_newer_schema_refused(self, db_path: Path) -> None:
         db_path.parent.mkdir(parents=True)
         with contextlib.closing(sqlite3.connect(db_path)) as conn:

@@ -31,6 +31,7 @@ from pinrelay import lockfile
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, Scope, StoredMessage
 from pinrelay.core.social import Action, State, Transition
+from pinrelay.core.tenants import DEFAULT_TENANT, Quotas, Tenant
 from pinrelay.store import sqlite_ops as ops
 from pinrelay.store.base import (
     AppendResult,
@@ -155,8 +156,36 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX push_receipts_expiry ON push_receipts (expires_ms);
     """,
+    # Tenants (issue 15): what existed before belongs to the default tenant.
+    """
+    CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        suspended INTEGER NOT NULL DEFAULT 0,
+        quotas BLOB NOT NULL DEFAULT '{}',
+        deleted_ms INTEGER
+    ) WITHOUT ROWID;
+    INSERT INTO tenants (id, name, created_ms) VALUES
+        ('default', 'default', CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+    ALTER TABLE devices ADD COLUMN tenant TEXT DEFAULT 'default';
+    CREATE INDEX devices_tenant ON devices (tenant);
+    ALTER TABLE api_keys ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+    CREATE TABLE grants (
+        pin TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        PRIMARY KEY (pin, tenant)
+    ) WITHOUT ROWID;
+    """,
 ]
 
+_DEVICE_SQL = (
+    "SELECT pin, token_hash, label, created_ms, last_seen_ms, last_cursor, acked_cursor,"
+    " tenant FROM devices"
+)
+_KEY_SQL = "SELECT id, name, scope, key_hash, created_ms, revoked, tenant FROM api_keys"
+_TENANT_SQL = "SELECT id, name, created_ms, suspended, quotas, deleted_ms FROM tenants"
+_quotas_dec = msgspec.json.Decoder(Quotas)
 _SUB_SQL = "SELECT id, pin, created_ms, p256dh, auth, vapid_key, deleted_ms FROM subscriptions"
 _READ_SQL = (
     "SELECT pin, id, data, topic, urgency, sent_ms, expires_ms, kind, sender, cursor"
@@ -193,7 +222,30 @@ def _row_to_device(row: tuple[Any, ...]) -> Device:
 
 
 def _row_to_key(row: tuple[Any, ...]) -> ApiKey:
-    return ApiKey(row[0], row[1], Scope(row[2]), row[3], row[4], bool(row[5]))
+    return ApiKey(row[0], row[1], Scope(row[2]), row[3], row[4], bool(row[5]), row[6])
+
+
+def _row_to_tenant(row: tuple[Any, ...]) -> Tenant:
+    return Tenant(
+        id=row[0],
+        name=row[1],
+        created_ms=row[2],
+        suspended=bool(row[3]),
+        quotas=_quotas_dec.decode(row[4]),
+        deleted_ms=row[5],
+    )
+
+
+def _put_tenant(tenant: Tenant, *, create: bool) -> ops.PutTenant:
+    return ops.PutTenant(
+        tenant.id,
+        tenant.name,
+        tenant.created_ms,
+        tenant.suspended,
+        msgspec.json.encode(tenant.quotas),
+        tenant.deleted_ms,
+        create,
+    )
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -424,25 +476,47 @@ class SqliteStore:
             raise StoreClosed("store is closed")
         return self._reader
 
+    # --- tenants ---------------------------------------------------------------
+    async def create_tenant(self, tenant: Tenant) -> None:
+        await self._write(_put_tenant(tenant, create=True))
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        row = self._read().execute(_TENANT_SQL + " WHERE id = ?", (tenant_id,)).fetchone()
+        return None if row is None else _row_to_tenant(row)
+
+    async def list_tenants(self) -> list[Tenant]:
+        rows = self._read().execute(_TENANT_SQL + " ORDER BY id").fetchall()
+        return [_row_to_tenant(r) for r in rows]
+
+    async def update_tenant(self, tenant: Tenant) -> bool:
+        return bool(await self._write(_put_tenant(tenant, create=False)))
+
     # --- devices -------------------------------------------------------------
     async def create_device(
-        self, pin: str, token_hash: str, label: str | None, now_ms: int
+        self,
+        pin: str,
+        token_hash: str,
+        label: str | None,
+        now_ms: int,
+        tenant: str | None = DEFAULT_TENANT,
     ) -> Device | None:
-        if not await self._write(ops.CreateDevice(pin, token_hash, label, now_ms)):
+        if not await self._write(ops.CreateDevice(pin, token_hash, label, now_ms, tenant)):
             return None
-        return Device(pin, token_hash, label, now_ms, None, 0, 0)
+        return Device(pin, token_hash, label, now_ms, None, 0, 0, tenant)
 
     async def get_device(self, pin: str) -> Device | None:
-        row = (
-            self._read()
-            .execute(
-                "SELECT pin, token_hash, label, created_ms, last_seen_ms, last_cursor,"
-                " acked_cursor FROM devices WHERE pin = ?",
-                (pin,),
-            )
-            .fetchone()
-        )
+        row = self._read().execute(_DEVICE_SQL + " WHERE pin = ?", (pin,)).fetchone()
         return None if row is None else _row_to_device(row)
+
+    async def set_device_tenant(self, pin: str, tenant: str | None) -> bool:
+        return bool(await self._write(ops.SetDeviceTenant(pin, tenant)))
+
+    async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:
+        return bool(await self._write(ops.SetGrant(pin, tenant, granted)))
+
+    async def grants_of(self, pin: str) -> list[str]:
+        sql = "SELECT tenant FROM grants WHERE pin = ? ORDER BY tenant"
+        return [r[0] for r in self._read().execute(sql, (pin,)).fetchall()]
 
     async def delete_device(self, pin: str) -> bool:
         return bool(await self._write(ops.DeleteDevice(pin)))
@@ -474,31 +548,22 @@ class SqliteStore:
     async def create_key(self, key: ApiKey) -> None:
         await self._write(
             ops.CreateKey(
-                key.id, key.name, key.scope.value, key.key_hash, key.created_ms, key.revoked
+                key.id,
+                key.name,
+                key.scope.value,
+                key.key_hash,
+                key.created_ms,
+                key.revoked,
+                key.tenant,
             )
         )
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
-        row = (
-            self._read()
-            .execute(
-                "SELECT id, name, scope, key_hash, created_ms, revoked FROM api_keys"
-                " WHERE key_hash = ?",
-                (key_hash,),
-            )
-            .fetchone()
-        )
+        row = self._read().execute(_KEY_SQL + " WHERE key_hash = ?", (key_hash,)).fetchone()
         return None if row is None else _row_to_key(row)
 
     async def list_keys(self) -> list[ApiKey]:
-        rows = (
-            self._read()
-            .execute(
-                "SELECT id, name, scope, key_hash, created_ms, revoked FROM api_keys"
-                " ORDER BY created_ms, id"
-            )
-            .fetchall()
-        )
+        rows = self._read().execute(_KEY_SQL + " ORDER BY created_ms, id").fetchall()
         return [_row_to_key(r) for r in rows]
 
     async def revoke_key(self, key_id: str) -> bool:
@@ -639,14 +704,17 @@ class SqliteStore:
         return None if row is None else PushReceipt(*row)
 
     async def append(
-        self, messages: Sequence[NewMessage | Rejected], idem: IdempotencyKey | None = None
+        self,
+        messages: Sequence[NewMessage | Rejected],
+        idem: IdempotencyKey | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[Accepted | Rejected], bool]:
         items = [
             ops.Item(m.pin, m.id, m.reason) if isinstance(m, Rejected) else _item(m)
             for m in messages
         ]
         key = None if idem is None else (idem.key, idem.fingerprint, idem.created_ms)
-        raw, replay = await self._write(ops.Append(items, key))
+        raw, replay = await self._write(ops.Append(items, key, tenant))
         return to_results(msgspec.convert(raw, list[AppendResult])), bool(replay)
 
     async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:

@@ -18,6 +18,7 @@ from pinrelay.core import chat, social
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.store.base import (
     MAX_CONTACTS,
+    MAX_GRANTS,
     MAX_GROUP,
     MAX_SUBSCRIPTIONS,
     PAIRING_KEEP_MS,
@@ -54,14 +55,79 @@ class CreateDevice(Op, tag="cd"):
     token_hash: str
     label: str | None
     now_ms: int
+    tenant: str | None
 
     def run(self, c: sqlite3.Connection) -> bool:
         cur = c.execute(
-            "INSERT OR IGNORE INTO devices (pin, token_hash, label, created_ms)"
-            " VALUES (?, ?, ?, ?)",
-            (self.pin, self.token_hash, self.label, self.now_ms),
+            "INSERT OR IGNORE INTO devices (pin, token_hash, label, created_ms, tenant)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (self.pin, self.token_hash, self.label, self.now_ms, self.tenant),
         )
         return cur.rowcount == 1
+
+
+class SetDeviceTenant(Op, tag="sdt"):
+    pin: str
+    tenant: str | None
+
+    def run(self, c: sqlite3.Connection) -> bool:
+        c.execute("DELETE FROM grants WHERE pin = ?", (self.pin,))
+        sql = "UPDATE devices SET tenant = ? WHERE pin = ?"
+        return c.execute(sql, (self.tenant, self.pin)).rowcount == 1
+
+
+class SetGrant(Op, tag="sg"):
+    pin: str
+    tenant: str
+    granted: bool
+
+    def run(self, c: sqlite3.Connection) -> bool:
+        if c.execute("SELECT 1 FROM devices WHERE pin = ?", (self.pin,)).fetchone() is None:
+            return False
+        if not self.granted:
+            c.execute("DELETE FROM grants WHERE pin = ? AND tenant = ?", (self.pin, self.tenant))
+            return True
+        held = c.execute(
+            "SELECT count(*), sum(tenant = ?) FROM grants WHERE pin = ?", (self.tenant, self.pin)
+        ).fetchone()
+        if held[1]:
+            return True
+        if held[0] >= MAX_GRANTS:
+            raise PinrelayError(
+                f"a device may grant at most {MAX_GRANTS} tenants", ErrorCode.CONFLICT
+            )
+        c.execute("INSERT INTO grants (pin, tenant) VALUES (?, ?)", (self.pin, self.tenant))
+        return True
+
+
+class PutTenant(Op, tag="pt"):
+    """Create a tenant (``create``) or replace a live one's fields."""
+
+    id: str
+    name: str
+    created_ms: int
+    suspended: bool
+    quotas: bytes
+    deleted_ms: int | None
+    create: bool
+
+    def run(self, c: sqlite3.Connection) -> bool:
+        values = (self.name, int(self.suspended), self.quotas, self.deleted_ms, self.id)
+        if self.create:
+            try:
+                c.execute(
+                    "INSERT INTO tenants (name, suspended, quotas, deleted_ms, id, created_ms)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (*values, self.created_ms),
+                )
+            except sqlite3.IntegrityError:
+                raise PinrelayError(f"tenant id {self.id} is taken", ErrorCode.CONFLICT) from None
+            return True
+        sql = (
+            "UPDATE tenants SET name = ?, suspended = ?, quotas = ?, deleted_ms = ?"
+            " WHERE id = ? AND deleted_ms IS NULL"
+        )
+        return c.execute(sql, values).rowcount == 1
 
 
 class DeleteDevice(Op, tag="dd"):
@@ -73,6 +139,7 @@ class DeleteDevice(Op, tag="dd"):
         c.execute("DELETE FROM unread WHERE reader = ?", (self.pin,))
         c.execute("DELETE FROM group_members WHERE pin = ?", (self.pin,))
         c.execute("DELETE FROM pairing WHERE pin = ?", (self.pin,))
+        c.execute("DELETE FROM grants WHERE pin = ?", (self.pin,))
         # Its subscriptions answer 410 Gone for a while (the writer's clock: a store's
         # own bookkeeping, like SQLite's).
         c.execute(
@@ -107,12 +174,21 @@ class CreateKey(Op, tag="ck"):
     key_hash: str
     created_ms: int
     revoked: bool
+    tenant: str
 
     def run(self, c: sqlite3.Connection) -> None:
         c.execute(
-            "INSERT INTO api_keys (id, name, scope, key_hash, created_ms, revoked)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (self.id, self.name, self.scope, self.key_hash, self.created_ms, int(self.revoked)),
+            "INSERT INTO api_keys (id, name, scope, key_hash, created_ms, revoked, tenant)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.id,
+                self.name,
+                self.scope,
+                self.key_hash,
+                self.created_ms,
+                int(self.revoked),
+                self.tenant,
+            ),
         )
 
 
@@ -399,6 +475,8 @@ class Append(Op, tag="ap"):
     items: list[Item]
     #: Idempotency: (key, fingerprint, created_ms), or None.
     idem: tuple[str, str, int] | None = None
+    #: Only devices of this tenant, or that granted it (None: any device).
+    tenant: str | None = None
 
     def run(self, c: sqlite3.Connection) -> tuple[list[AppendResult], bool]:
         idem = self.idem
@@ -412,7 +490,7 @@ class Append(Op, tag="ap"):
                         "Idempotency-Key was used with a different request", ErrorCode.CONFLICT
                     )
                 return _results_dec.decode(row[1]), True
-        results = _append_all(c, self.items)
+        results = _append_all(c, self.items, self.tenant)
         if idem is not None:
             c.execute(
                 "INSERT INTO idempotency (key, fingerprint, result, created_ms)"
@@ -436,6 +514,9 @@ AnyOp = (
     | AckMany
     | Sweep
     | Append
+    | SetDeviceTenant
+    | SetGrant
+    | PutTenant
     | ContactAction
     | CreateGroup
     | ChangeMembers
@@ -479,18 +560,28 @@ reply_decoder = msgspec.msgpack.Decoder(Reply)
 encoder = msgspec.msgpack.Encoder()
 
 
-def _append_all(c: sqlite3.Connection, items: list[Item]) -> list[AppendResult]:
+_BUMP_SQL = "UPDATE devices SET last_cursor = last_cursor + ?1 WHERE pin = ?2 RETURNING last_cursor"
+#: A device of another tenant is left alone, as a PIN with no device is.
+_BUMP_TENANT_SQL = (
+    "UPDATE devices SET last_cursor = last_cursor + ?1 WHERE pin = ?2"
+    " AND (tenant = ?3 OR EXISTS (SELECT 1 FROM grants WHERE pin = ?2 AND tenant = ?3))"
+    " RETURNING last_cursor"
+)
+
+
+def _append_all(
+    c: sqlite3.Connection, items: list[Item], tenant: str | None = None
+) -> list[AppendResult]:
     """Append in order; one cursor update per device, one INSERT statement for all."""
     wanted: dict[str, int] = {}
     for m in items:
         if m.reason is None:
             wanted[m.pin] = wanted.get(m.pin, 0) + 1
     next_cursor: dict[str, int] = {}
+    sql = _BUMP_SQL if tenant is None else _BUMP_TENANT_SQL
     for pin, count in wanted.items():
-        row = c.execute(
-            "UPDATE devices SET last_cursor = last_cursor + ? WHERE pin = ? RETURNING last_cursor",
-            (count, pin),
-        ).fetchone()
+        args = (count, pin) if tenant is None else (count, pin, tenant)
+        row = c.execute(sql, args).fetchone()
         if row is not None:
             next_cursor[pin] = int(row[0]) - count + 1
     results: list[AppendResult] = []
