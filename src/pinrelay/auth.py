@@ -16,11 +16,10 @@ from pinrelay.core.errors import ErrorCode, PinrelayError, RateLimited
 from pinrelay.core.ids import canonical_pairing_code, hash_secret, is_pin, secret_matches
 from pinrelay.core.model import Device, Scope
 from pinrelay.core.ratelimit import FailureLimiter
+from pinrelay.core.tenants import may_reach
 from pinrelay.metrics import Metrics
 from pinrelay.store.base import Store
 
-#: Every principal belongs to one tenant; until tenants exist, to this one.
-DEFAULT_TENANT = "default"
 #: The id of the relay's own admin key (from config, not the store).
 ADMIN_KEY_ID = "admin"
 #: A source may fail this many times more than a source with one PIN (DECISIONS 31).
@@ -34,15 +33,24 @@ _PAIRING_GONE = {
 
 @dataclass(frozen=True, slots=True)
 class KeyPrincipal:
-    """An application server or operator holding an API key."""
+    """An application server or operator holding an API key of ``tenant``; the
+    relay's own admin key (from its config) has no tenant and sees every one."""
 
     key_id: str
     scope: Scope
-    tenant: str = DEFAULT_TENANT
+    tenant: str | None
 
     def allows(self, *scopes: Scope) -> bool:
         """Whether this key may do what needs one of ``scopes`` (admin may do all)."""
         return self.scope is Scope.ADMIN or self.scope in scopes
+
+    @property
+    def relay_admin(self) -> bool:
+        return self.tenant is None
+
+    def reaches(self, device: Device, grants: tuple[str, ...] | list[str] = ()) -> bool:
+        """Whether this key may act on ``device`` (its tenant's, or granted it)."""
+        return may_reach(self.tenant, device.tenant, grants)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +58,14 @@ class DevicePrincipal:
     """A device holding its token; ``device`` is its record as read at login."""
 
     device: Device
-    tenant: str = DEFAULT_TENANT
 
     @property
     def pin(self) -> str:
         return self.device.pin
+
+    @property
+    def tenant(self) -> str | None:
+        return self.device.tenant
 
 
 Principal = KeyPrincipal | DevicePrincipal
@@ -121,11 +132,19 @@ class Authenticator:
         keys = self._keys(source, None)
         self._check_limited(keys)
         if self._admin_hash is not None and secret_matches(presented, self._admin_hash):
-            return KeyPrincipal(ADMIN_KEY_ID, Scope.ADMIN)
+            return KeyPrincipal(ADMIN_KEY_ID, Scope.ADMIN, None)
         key = await self.store.find_key(hash_secret(presented))
         if key is None or key.revoked or not secret_matches(presented, key.key_hash):
             raise self._failed("api", keys, "unknown or revoked API key")
-        principal = KeyPrincipal(key.id, key.scope)
+        tenant = await self.store.get_tenant(key.tenant)
+        if tenant is None or not tenant.live:
+            # Its tenant was deleted: the key went with it.
+            raise self._failed("api", keys, "unknown or revoked API key")
+        if tenant.suspended:
+            raise PinrelayError(
+                f"tenant {tenant.id} is suspended: its keys may not act", ErrorCode.FORBIDDEN
+            )
+        principal = KeyPrincipal(key.id, key.scope, key.tenant)
         if not principal.allows(*scopes):
             wanted = " or ".join(s.value for s in scopes) or "admin"
             raise PinrelayError(

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pinrelay import __version__, cli_chat, cli_serve, cli_webpush
+from pinrelay import __version__, cli_chat, cli_serve, cli_tenants, cli_webpush
 from pinrelay.cli_common import (
     DEFAULT_URL,
     JsonOpt,
@@ -142,16 +142,20 @@ def device_pair(
 @key_app.command("create")
 def key_create(
     name: Annotated[str, typer.Option(help="What the key is for.")],
-    scope: Annotated[str, typer.Option(help="push, devices or admin.")] = "push",
+    scope: Annotated[str, typer.Option(help="push, devices, broadcast or admin.")] = "push",
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="The tenant (the relay's admin key only; default: the key's own)."),
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API key (shown only once; stored hashed)."""
-    if scope not in ("push", "devices", "admin"):
-        fail(f"--scope must be push, devices or admin, not {scope!r}")
+    if scope not in cli_tenants.SCOPES:
+        fail(f"--scope must be one of {', '.join(cli_tenants.SCOPES)}, not {scope!r}")
     with _client(url, key) as c:
-        result = _call(c.create_key, name, scope)
+        result = _call(c.create_key, name, scope, tenant)
     _print_json(result) if as_json else _print_record(result, "key created")
 
 
@@ -163,9 +167,11 @@ def key_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = F
     if as_json:
         _print_json(keys)
         return
-    table = Table("id", "name", "scope", "created", "revoked")
+    table = Table("id", "name", "scope", "tenant", "created", "revoked")
     for k in keys:
-        table.add_row(k["id"], k["name"], k["scope"], k["created_at"], str(k["revoked"]))
+        table.add_row(
+            k["id"], k["name"], k["scope"], k["tenant"], k["created_at"], str(k["revoked"])
+        )
     out.print(table)
 
 
@@ -477,6 +483,8 @@ def version(as_json: JsonOpt = False) -> None:
 cli_chat.register(app)
 # --- Web Push: subscribe, webpush send|list|delete|vapid (cli_webpush.py) ------
 cli_webpush.register(app)
+# --- tenants: tenant create|list|show|suspend|resume|quota|delete|key, device grant
+cli_tenants.register(app, device_app)
 
 
 def main() -> None:

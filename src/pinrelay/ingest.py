@@ -87,19 +87,35 @@ class Ingest:
         )
 
     async def accept(
-        self, drafts: Sequence[Draft], idem: IdempotencyKey | None = None
+        self,
+        drafts: Sequence[Draft],
+        idem: IdempotencyKey | None = None,
+        tenant: str | None = None,
     ) -> list[Accepted | Rejected]:
         """Store the drafts atomically; one result per draft, in order.
 
         A ttl=0 message for an offline device is dropped, not stored (PROTOCOL,
         "ttl"); the drop goes to the store as a Rejected so an idempotent replay
-        repeats it.  Raises what the store raises (StoreClosed: nothing stored).
+        repeats it.  ``tenant``: the sender's (an API key's); a device it may not
+        reach is an unknown device (Store.append).  Raises what the store raises
+        (StoreClosed: nothing stored).
         """
-        results, _ = await self.accept_once(drafts, idem)
+        results, _ = await self.accept_once(drafts, idem, tenant)
         return results
 
+    async def _reachable(self, pin: str, tenant: str | None) -> bool:
+        device = await self.store.get_device(pin)
+        if device is None:
+            return False
+        if tenant is None or device.tenant == tenant:
+            return True
+        return tenant in await self.store.grants_of(pin)
+
     async def accept_once(
-        self, drafts: Sequence[Draft], idem: IdempotencyKey | None = None
+        self,
+        drafts: Sequence[Draft],
+        idem: IdempotencyKey | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[Accepted | Rejected], bool]:
         """:meth:`accept`, and whether ``idem`` named an earlier call (a replay:
         nothing was stored, the first call's results came back)."""
@@ -109,13 +125,14 @@ class Ingest:
         for draft in drafts:
             message = self._message(draft, now)
             if draft.ttl == 0 and not self.router.is_online(draft.to):
-                known = await self.store.get_device(draft.to) is not None
+                # "Dropped" would tell another tenant the device exists.
+                known = await self._reachable(draft.to, tenant)
                 reason = DROPPED_OFFLINE if known else UNKNOWN_DEVICE
                 batch.append(Rejected(draft.to, reason, message.id))
             else:
                 batch.append(message)
                 built[message.pin, message.id] = message
-        results, replay = await self.store.append(batch, idem)
+        results, replay = await self.store.append(batch, idem, tenant)
         if not replay:
             self._wake(results, built)
         return results, replay

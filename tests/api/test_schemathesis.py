@@ -48,7 +48,7 @@ parameters = {{ pin = "{target["pin"]}" }}
 
 # Contacts, chat and groups take the device's token too.
 [[operations]]
-include-path-regex = "^/v1/devices/[{{]pin[}}]/(contacts|blocks|chat|read|groups)"
+include-path-regex = "^/v1/devices/[{{]pin[}}]/(contacts|blocks|chat|read|groups|grants)"
 headers = {{ Authorization = "Bearer {device["token"]}" }}
 parameters = {{ pin = "{device["pin"]}" }}
 
@@ -110,7 +110,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "404", "410", "429"]
         ],
         capture_output=True,
         text=True,
-        timeout=240 if int(examples) <= 100 else 7200,
+        timeout=420 if int(examples) <= 100 else 7200,
         cwd=tmp_path,
         env={**os.environ, "NO_COLOR": "1"},
     )

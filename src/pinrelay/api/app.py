@@ -22,6 +22,7 @@ from pinrelay.api import (
     messages,
     openapi,
     pairing,
+    tenants,
     webapp,
     webpush,
 )
@@ -107,6 +108,7 @@ def build_app(relay: Relay) -> PushFastPath:
                 *devices.routes,
                 *info.routes,
                 *keys.routes,
+                *tenants.routes,
                 *pairing.routes,
                 *webpush.routes,
                 *matrix.routes,

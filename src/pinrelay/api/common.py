@@ -14,7 +14,7 @@ from pinrelay.auth import DevicePrincipal, KeyPrincipal, bearer
 from pinrelay.core import strictjson
 from pinrelay.core.errors import ErrorCode, LimitExceeded, PinrelayError, RemoteProtocolError
 from pinrelay.core.ids import is_pin
-from pinrelay.core.model import Scope
+from pinrelay.core.model import Device, Scope
 
 if TYPE_CHECKING:
     from pinrelay.relay import Relay
@@ -84,6 +84,20 @@ async def authenticate(call: Call, *scopes: Scope) -> KeyPrincipal:
     """The caller's API key, which must allow one of ``scopes`` (admin always does)."""
     presented = bearer(call.headers.get("authorization"))
     return await call.relay.auth.api_key(presented, _source(call.client_host), *scopes)
+
+
+def no_device(pin: str) -> PinrelayError:
+    """The one answer for a PIN with no device and a device the caller may not see."""
+    return PinrelayError(f"no device with PIN {pin}", ErrorCode.NOT_FOUND)
+
+
+async def own_device(relay: Relay, principal: KeyPrincipal, pin: str) -> Device:
+    """``pin``'s device if ``principal``'s tenant owns it (grants are for pushes only);
+    otherwise NOT_FOUND, as for a PIN with no device (PROTOCOL "Tenants")."""
+    device = await relay.store.get_device(pin)
+    if device is None or not principal.reaches(device):
+        raise no_device(pin)
+    return device
 
 
 def path_pin(request: Request) -> str:
@@ -162,13 +176,27 @@ def strict(body: bytes, where: str = "") -> None:
         raise RemoteProtocolError(where + str(exc), ErrorCode.BAD_REQUEST) from None
 
 
-def decode(body: bytes, type_: type[T], *, checked: bool = False) -> T:
+def _integral(value: Any) -> Any:
+    """``value`` with every whole float (5.0) made an int, at any depth."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def decode(body: bytes, type_: type[T], *, checked: bool = False, integral: bool = False) -> T:
     """A JSON body as ``type_``: 400 if malformed, not UTF-8 or with a repeated key
     (core/strictjson.py; ``checked``: the caller did that already), 422 if it does not
-    fit the schema."""
+    fit the schema.  ``integral``: 5.0 is an integer, as JSON Schema says (small
+    bodies only: it decodes twice)."""
     if not checked:
         strict(body)
     try:
+        if integral:
+            return msgspec.convert(_integral(msgspec.json.decode(body)), type_)
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         raise RemoteProtocolError(str(exc), ErrorCode.INVALID) from None

@@ -8,31 +8,48 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from pinrelay.api.common import decode, json_response, path_pin, read_body, relay_of, require_key
+from pinrelay.api.common import (
+    decode,
+    json_response,
+    no_device,
+    own_device,
+    path_pin,
+    read_body,
+    relay_of,
+    require_key,
+)
 from pinrelay.api.schemas import DeviceCreate, DeviceCreated, DeviceView, TokenRotated
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.ids import hash_secret, new_pin, new_secret
 from pinrelay.core.model import Device, Scope
+from pinrelay.core.tenants import DEFAULT_TENANT
 from pinrelay.core.timefmt import rfc3339
 
 DEVICE_SCOPES = (Scope.DEVICES,)
 
 
-def _not_found(pin: str) -> PinrelayError:
-    return PinrelayError(f"no device with PIN {pin}", ErrorCode.NOT_FOUND)
-
-
 async def create_device(request: Request) -> Response:
-    await require_key(request, *DEVICE_SCOPES)
+    principal = await require_key(request, *DEVICE_SCOPES)
     relay = relay_of(request)
     body = await read_body(request, limit=4096, optional=True)
     spec = decode(body, DeviceCreate) if body else DeviceCreate()
+    if principal.tenant is None:
+        tenant = spec.tenant or DEFAULT_TENANT
+        found = await relay.store.get_tenant(tenant)
+        if found is None or not found.live:
+            raise PinrelayError(f"no tenant with id {tenant}", ErrorCode.NOT_FOUND)
+    elif spec.tenant not in (None, principal.tenant):
+        raise PinrelayError(
+            "a tenant's key makes devices for its own tenant only", ErrorCode.FORBIDDEN
+        )
+    else:
+        tenant = principal.tenant
     token = new_secret(os.urandom)
     now_ms = int(relay.clock() * 1000)
     device: Device | None = None
     for _ in range(8):  # 32-bit PINs: a collision is rare, and retried
         device = await relay.store.create_device(
-            new_pin(os.urandom), hash_secret(token), spec.label, now_ms
+            new_pin(os.urandom), hash_secret(token), spec.label, now_ms, tenant
         )
         if device is not None:
             break
@@ -52,15 +69,15 @@ async def create_device(request: Request) -> Response:
 
 
 async def show_device(request: Request) -> Response:
-    await require_key(request, *DEVICE_SCOPES)
+    principal = await require_key(request, *DEVICE_SCOPES)
     relay = relay_of(request)
     pin = path_pin(request)
-    device = await relay.store.get_device(pin)
-    if device is None:
-        raise _not_found(pin)
+    device = await own_device(relay, principal, pin)
+    tenant = device.tenant and await relay.store.get_tenant(device.tenant)
     return json_response(
         DeviceView(
             pin=device.pin,
+            tenant=tenant.id if tenant and tenant.live else None,
             label=device.label,
             created_at=rfc3339(device.created_ms),
             last_seen=rfc3339(device.last_seen_ms) if device.last_seen_ms else None,
@@ -73,22 +90,24 @@ async def show_device(request: Request) -> Response:
 
 
 async def delete_device(request: Request) -> Response:
-    await require_key(request, *DEVICE_SCOPES)
+    principal = await require_key(request, *DEVICE_SCOPES)
     relay = relay_of(request)
     pin = path_pin(request)
+    await own_device(relay, principal, pin)
     if not await relay.store.delete_device(pin):
-        raise _not_found(pin)
+        raise no_device(pin)
     relay.router.kick(pin, ErrorCode.NOT_FOUND, "this device was deleted")
     return Response(status_code=204)
 
 
 async def rotate_token(request: Request) -> Response:
-    await require_key(request, *DEVICE_SCOPES)
+    principal = await require_key(request, *DEVICE_SCOPES)
     relay = relay_of(request)
     pin = path_pin(request)
+    await own_device(relay, principal, pin)
     token = new_secret(os.urandom)
     if not await relay.store.set_token(pin, hash_secret(token)):
-        raise _not_found(pin)
+        raise no_device(pin)
     # PROTOCOL "Token rotation": links opened with the old token close at once.
     relay.router.kick(pin, ErrorCode.UNAUTHORIZED, "the device's token was rotated")
     return json_response(TokenRotated(pin=pin, token=token))

@@ -12,7 +12,7 @@ from pinrelay import __version__
 from pinrelay.api.common import json_response, relay_of, require_key
 from pinrelay.api.problems import problem
 from pinrelay.api.schemas import Health, Info
-from pinrelay.core.errors import ErrorCode
+from pinrelay.core.errors import ErrorCode, PinrelayError
 
 
 async def info(request: Request) -> Response:
@@ -42,8 +42,9 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     relay = relay_of(request)
-    if not relay.config.metrics_public:
-        await require_key(request)  # no scope named: the admin key (or an admin-scope key)
+    # Relay-wide figures: the relay's admin key, not a tenant's.
+    if not relay.config.metrics_public and not (await require_key(request)).relay_admin:
+        raise PinrelayError("metrics need the relay's admin key", ErrorCode.FORBIDDEN)
     stats = await relay.store.stats()
     relay.metrics.backlog.set(stats.messages)
     relay.metrics.devices.set(stats.devices)

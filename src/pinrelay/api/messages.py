@@ -102,7 +102,7 @@ async def push_one_call(call: Call, pin: str, read: Callable[[], Awaitable[bytes
     ``read`` gives the request body, bounded by ``push_body_limit``.  Starlette's
     route and the HTTP protocol's own push path (api/httpproto.py) both call this.
     """
-    key_id = (await authenticate(call, Scope.PUSH)).key_id
+    principal = await authenticate(call, Scope.PUSH)
     relay = call.relay
     pin = checked_pin(pin)
     body = await read()
@@ -110,7 +110,9 @@ async def push_one_call(call: Call, pin: str, read: Callable[[], Awaitable[bytes
     check_push(fields, relay.config.limits)
     # No read of the device first: the append refuses an unknown PIN by itself, so a
     # push costs the loop no extra query.
-    [result] = await relay.ingest.accept([_draft(pin, fields)], _idempotency(call, key_id, body))
+    [result] = await relay.ingest.accept(
+        [_draft(pin, fields)], _idempotency(call, principal.key_id, body), principal.tenant
+    )
     item = _item_result(pin, result)
     if item.status == 404:
         raise PinrelayError(f"no device with PIN {pin}", ErrorCode.NOT_FOUND)
@@ -175,7 +177,7 @@ async def _strict_batch(body: bytes, max_items: int, max_item: int) -> None:
 
 async def push_batch(request: Request) -> Response:
     call = call_of(request)
-    key_id = (await authenticate(call, Scope.PUSH)).key_id
+    principal = await authenticate(call, Scope.PUSH)
     relay = call.relay
     limits = relay.config.limits
     body = await read_body(request)
@@ -192,7 +194,9 @@ async def push_batch(request: Request) -> Response:
         except PinrelayError as exc:
             raise type(exc)(f"messages[{n}]: {exc.detail}", exc.code) from None
     drafts = [_draft(m.to, m) for m in batch.messages]
-    results = await relay.ingest.accept(drafts, _idempotency(call, key_id, body))
+    results = await relay.ingest.accept(
+        drafts, _idempotency(call, principal.key_id, body), principal.tenant
+    )
     out = [_item_result(d.to, r) for d, r in zip(drafts, results, strict=True)]
     return json_response(BatchResult(results=out))
 

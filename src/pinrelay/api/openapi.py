@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from pinrelay import __version__
-from pinrelay.api import openapi_chat, openapi_webpush, schemas
+from pinrelay.api import openapi_chat, openapi_tenants, openapi_webpush, schemas
 from pinrelay.api.problems import Problem
 from pinrelay.core.model import Batch, Limits, PushFields
 
@@ -27,14 +27,16 @@ _ERRORS = {
     400: "Malformed JSON: not JSON, not valid UTF-8 (data included), or a key repeated in"
     " an object",
     401: "Missing or wrong credentials",
-    404: "No such device, key, group or invitation",
+    404: "No such device, key, tenant, group or invitation (or one of another tenant:"
+    " the same answer)",
     409: "Conflicts with the current state (an Idempotency-Key reused with another body;"
     " an ack beyond the device's last message)",
     410: "The pairing code was used already, or expired",
     413: "Payload or body too large",
     414: "Request line longer than 8 KiB",
     415: "Body is not application/json, or declares a charset other than UTF-8",
-    403: "The key lacks the scope; a chat to a PIN that is not an accepted contact",
+    403: "The key lacks the scope, or its tenant is suspended; a chat to a PIN that is not"
+    " an accepted contact",
     422: "Body failed validation",
     429: "Too many failed authentications, invitations, chat messages or pairing codes",
     431: "Request line and headers longer than the relay's limit (16 KiB by default)",
@@ -123,6 +125,7 @@ def build(limits: Limits) -> dict[str, Any]:
             schemas.AckBody,
             *openapi_chat.COMPONENTS,
             *openapi_webpush.COMPONENTS,
+            *openapi_tenants.COMPONENTS,
             schemas.PairingCreated,
             schemas.PairingRedeem,
             schemas.PairingRedeemed,
@@ -162,7 +165,7 @@ def build(limits: Limits) -> dict[str, Any]:
             "post": _op(
                 "Create a device: a random PIN and a token (shown once)",
                 (201, "Created", "DeviceCreated"),
-                (*AUTH_ERRORS, *BODY_ERRORS, 409),
+                (*AUTH_ERRORS, *BODY_ERRORS, 404, 409),
                 body="DeviceCreate",
                 body_required=False,
                 tag="devices",
@@ -261,7 +264,7 @@ def build(limits: Limits) -> dict[str, Any]:
             "post": _op(
                 "Create an API key (shown once)",
                 (201, "Created", "KeyCreated"),
-                (*AUTH_ERRORS, *BODY_ERRORS),
+                (*AUTH_ERRORS, *BODY_ERRORS, 404),
                 body="KeyCreate",
                 tag="keys",
             ),
@@ -279,6 +282,7 @@ def build(limits: Limits) -> dict[str, Any]:
     }
     paths.update(openapi_chat.paths(_op))
     paths.update(openapi_webpush.paths(_op))
+    paths.update(openapi_tenants.paths(_op))
     return {
         "openapi": "3.1.0",
         "info": {

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from pinrelay.api.common import (
     decode,
     json_response,
+    own_device,
     path_pin,
     read_body,
     relay_of,
@@ -39,11 +40,10 @@ PAIRING_TTL_S = 600
 
 
 async def create(request: Request) -> Response:
-    await require_key(request, Scope.DEVICES)
+    principal = await require_key(request, Scope.DEVICES)
     relay = relay_of(request)
     pin = path_pin(request)
-    if await relay.store.get_device(pin) is None:
-        raise PinrelayError(f"no device with PIN {pin}", ErrorCode.NOT_FOUND)
+    await own_device(relay, principal, pin)
     code = new_pairing_code(os.urandom)
     canonical = canonical_pairing_code(code)
     assert canonical is not None

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct
 
 from pinrelay.core.frames import Cursor, Msg
+from pinrelay.core.tenants import Quotas, TenantId, TenantName
 
 Label = Annotated[str, Meta(min_length=1, max_length=200)]
 KeyName = Annotated[str, Meta(min_length=1, max_length=100)]
@@ -25,6 +26,9 @@ class Health(Struct, kw_only=True):
 
 class DeviceCreate(Struct, kw_only=True, forbid_unknown_fields=True):
     label: Label | None = None
+    #: The tenant it belongs to: only the relay's admin key names one (default: the
+    #: key's own tenant; ``default`` for the relay's admin key).
+    tenant: TenantId | None = None
 
 
 class DeviceCreated(Struct, kw_only=True):
@@ -37,6 +41,8 @@ class DeviceCreated(Struct, kw_only=True):
 
 class DeviceView(Struct, kw_only=True):
     pin: str
+    #: Its tenant; null: none (its tenant was deleted, or it moved out).
+    tenant: str | None
     label: str | None
     created_at: str
     last_seen: str | None
@@ -73,9 +79,20 @@ class BatchResult(Struct, kw_only=True):
     results: list[BatchItemResult]
 
 
+KeyScope = Literal["push", "devices", "broadcast", "admin"]
+
+
 class KeyCreate(Struct, kw_only=True, forbid_unknown_fields=True):
     name: KeyName
-    scope: Literal["push", "devices", "admin"]
+    scope: KeyScope
+    #: Only the relay's admin key names a tenant (default: the caller's own tenant;
+    #: ``default`` for the relay's admin key).
+    tenant: TenantId | None = None
+
+
+class TenantKeyCreate(Struct, kw_only=True, forbid_unknown_fields=True):
+    name: KeyName
+    scope: KeyScope
 
 
 class KeyCreated(Struct, kw_only=True):
@@ -84,6 +101,7 @@ class KeyCreated(Struct, kw_only=True):
     scope: str
     key: str
     created_at: str
+    tenant: str
 
 
 class KeyView(Struct, kw_only=True):
@@ -92,6 +110,7 @@ class KeyView(Struct, kw_only=True):
     scope: str
     created_at: str
     revoked: bool
+    tenant: str
 
 
 class KeyList(Struct, kw_only=True):
@@ -216,3 +235,40 @@ class PairingRedeemed(Struct, kw_only=True):
     #: The device's new token (the old one stops working).
     token: str
     link_urls: list[str]
+
+
+# --- tenants (PROTOCOL "Tenants") ---------------------------------------------------
+class TenantCreate(Struct, kw_only=True, forbid_unknown_fields=True):
+    name: TenantName
+    quotas: Quotas = Quotas()
+
+
+class TenantChange(Struct, kw_only=True, forbid_unknown_fields=True):
+    """What ``PATCH /v1/tenants/{id}`` changes; an absent field is left as it is."""
+
+    name: TenantName | None = None
+    suspended: bool | None = None
+    quotas: Quotas | None = None
+
+
+class TenantView(Struct, kw_only=True):
+    id: str
+    name: str
+    created_at: str
+    suspended: bool
+    quotas: Quotas
+    #: Set once the tenant was deleted (its id is never used again).
+    deleted_at: str | None = None
+
+
+class TenantList(Struct, kw_only=True):
+    tenants: list[TenantView]
+
+
+class GrantCreate(Struct, kw_only=True, forbid_unknown_fields=True):
+    tenant: TenantId
+
+
+class GrantList(Struct, kw_only=True):
+    #: The tenants besides the device's own that may push to it.
+    tenants: list[str]

@@ -112,10 +112,11 @@ class RelayClient:
         items: list[dict[str, Any]] = result["results"]
         return items
 
-    def create_key(self, name: str, scope: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request(
-            "POST", "/v1/keys", json={"name": name, "scope": scope}
-        )
+    def create_key(self, name: str, scope: str, tenant: str | None = None) -> dict[str, Any]:
+        body = {"name": name, "scope": scope}
+        if tenant is not None:
+            body["tenant"] = tenant
+        result: dict[str, Any] = self.request("POST", "/v1/keys", json=body)
         return result
 
     def list_keys(self) -> list[dict[str, Any]]:
