@@ -7,6 +7,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATA   ?= data
+# More flags for `make run`'s `pinrelay serve`, e.g. ARGS="--port 7790 --link-port 7791".
+ARGS   ?=
 PYTEST_ARGS ?=
 
 .PHONY: install browser run test lint types pytest bench soak chaos fuzz format clean lock
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 run: install
-	$(VENV)/bin/pinrelay serve --data $(DATA)
+	$(VENV)/bin/pinrelay serve --data $(DATA) $(ARGS)
 
 test: install lint types pytest
 

@@ -118,9 +118,52 @@ def test_serve_on_a_busy_port_fails_cleanly(tmp_path: Path) -> None:
 
 
 def test_serve_prints_where_things_are(relay_factory: RelayFactory) -> None:
-    relay = relay_factory("data", admin_key=None)
-    out = relay.wait_output("capacity").replace("\n", " ")
+    # A long folder with brackets: each line whole (no wrap at 80 columns in a log),
+    # and the path shown as it is, not read as rich markup.
+    relay = relay_factory("data-[bold]-" + "x" * 80, admin_key=None)
+    lines = relay.wait_output("capacity").splitlines()
+    assert f"  data        {relay.data.resolve()}" in lines
+    out = " ".join(lines)
     assert f"http://127.0.0.1:{relay.port}" in out
     assert relay.link_url in out
     assert "admin.key" in out
     assert "capacity" in out
+
+
+def test_listen_prints_each_message_on_one_line_as_sent(relay: RelayProc) -> None:
+    """From the tour of issue 14: `listen` took pushed text for rich markup (a `[/]`
+    in a push crashed it, and the message was never acknowledged, so every later
+    `listen` crashed on it too), cut lines at 80 columns when piped, and with
+    `--count 1` printed a whole burst of backlog."""
+    device = relay.create_device()
+    pin = device["pin"]
+    sent = [{"text": "[/] [bold]not markup"}, {"text": "long " * 40}, {"text": "third"}]
+    with relay.client() as c:
+        for i, data in enumerate(sent, 1):
+            c.push(pin, data, ttl=600, topic=f"t{i}")
+
+    def listen(count: int) -> list[str]:
+        r = run("listen", "--pin", pin, "--token", device["token"], "--count", str(count),
+                url=relay.url)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return r.stdout.splitlines()
+
+    [first] = listen(1)
+    assert first.endswith(f"#1 {json.dumps(sent[0])} topic=t1"), first
+    # Exactly one printed, and exactly that one acknowledged.
+    assert ok_json(relay, "device", "show", pin)["backlog"] == 2
+    second, third = listen(2)
+    assert second.endswith(f"#2 {json.dumps(sent[1])} topic=t2"), second
+    assert "#3 " in third
+
+
+def test_records_and_tables_show_data_not_markup(relay: RelayProc) -> None:
+    label = "[/]odd [bold]label"
+    device = ok_json(relay, "device", "create", "--label", label)
+    r = run("device", "show", device["pin"], key=relay.admin_key, url=relay.url)
+    assert r.returncode == 0, r.stderr
+    assert label in r.stdout
+    ok_json(relay, "key", "create", "--name", label, "--scope", "push")
+    r = run("key", "list", key=relay.admin_key, url=relay.url)
+    assert r.returncode == 0, r.stderr
+    assert "[/]odd" in r.stdout

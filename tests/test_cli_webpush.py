@@ -167,6 +167,7 @@ def test_errors_are_one_readable_line(relay: RelayProc, tmp_path: Path) -> None:
     send = ("webpush", "send", nowhere, "x", "--keys")
     one_line_error(user.run(*send, KEYS), "404 ")
     one_line_error(user.run(*send, "{"), "--keys is not JSON")
+    one_line_error(user.run(*send, "subscription.json"), '"$(cat subscription.json)"')
     one_line_error(user.run(*send, "{}"), "--keys needs")
     one_line_error(user.run(*send, KEYS, "--urgency", "now"), "--urgency must be one of")
     missing = tmp_path / "missing.pem"

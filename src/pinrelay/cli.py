@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pinrelay import __version__, cli_chat, cli_serve, cli_tenants, cli_webpush
@@ -170,7 +171,7 @@ def key_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = F
     table = Table("id", "name", "scope", "tenant", "created", "revoked")
     for k in keys:
         table.add_row(
-            k["id"], k["name"], k["scope"], k["tenant"], k["created_at"], str(k["revoked"])
+            k["id"], escape(k["name"]), k["scope"], k["tenant"], k["created_at"], str(k["revoked"])
         )
     out.print(table)
 
@@ -280,16 +281,22 @@ def listen(
                         ),
                     }
                 )
-            elif m.webpush is not None:
-                line = cli_webpush.webpush_line(m.webpush)
-                out.print(f"[dim]{m.sent_at}[/] [bold]#{m.cursor}[/] {line}", highlight=False)
             else:
+                # One line per message, however wide (scripts read it line by line);
+                # what was pushed is data, never rich markup.
+                line = (
+                    cli_webpush.webpush_line(m.webpush)
+                    if m.webpush is not None
+                    else escape(json.dumps(m.data))
+                    + (f" [cyan]topic={escape(m.topic)}[/]" if m.topic else "")
+                )
                 out.print(
-                    f"[dim]{m.sent_at}[/] [bold]#{m.cursor}[/] {json.dumps(m.data)}"
-                    + (f" [cyan]topic={m.topic}[/]" if m.topic else ""),
+                    f"[dim]{m.sent_at}[/] [bold]#{m.cursor}[/] {line}",
                     highlight=False,
+                    soft_wrap=True,
                 )
             if count and received >= count:
+                device.stop_receiving()  # not one more: the next may be buffered already
                 done.set()
 
         device = Device(

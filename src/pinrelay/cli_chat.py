@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import msgspec
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pinrelay.cli_common import (
@@ -490,7 +491,7 @@ def group_list(
         return
     table = Table("group", "name", "creator", "members", box=None, pad_edge=False)
     for g in groups:
-        table.add_row(g.group, g.name, g.creator, " ".join(g.members))
+        table.add_row(g.group, escape(g.name), g.creator, " ".join(g.members))
     out.print(table)
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pinrelay.client.device import Connecting, LinkEvent, Listening, Retrying
@@ -79,7 +80,8 @@ def print_record(value: dict[str, Any], title: str | None = None) -> None:
     table.add_column(style="bold cyan")
     table.add_column()
     for k, v in value.items():
-        table.add_row(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+        # Values are data (a label, a message): shown as they are, never as markup.
+        table.add_row(k, escape(json.dumps(v) if isinstance(v, (list, dict)) else str(v)))
     out.print(table)
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
+from rich.markup import escape
 
 from pinrelay import __version__
 from pinrelay.cli_common import fail, out
@@ -257,16 +258,22 @@ def serve(
     )
 
     def ready(relay: Relay) -> None:
-        out.print(f"[bold green]pinrelay {__version__}[/] relay [bold]{node}[/] is up")
-        out.print(f"  HTTP API   http://{public_host or host}:{port}  (OpenAPI: /openapi.json)")
-        out.print(f"  device link {config.link_url}")
-        if urls:
-            out.print(f"  store       NATS JetStream at {', '.join(urls)} (region {region})")
-        else:
-            out.print(f"  data        {data.resolve()}")
-        where = f"in {key_path}" if key_path else "from $PINRELAY_ADMIN_KEY"
-        out.print(f"  admin key   {where}")
-        out.print(f"  capacity    {relay.max_links} links")
+        where = f"in {escape(str(key_path))}" if key_path else "from $PINRELAY_ADMIN_KEY"
+        store = (
+            f"  store       NATS JetStream at {escape(', '.join(urls))} (region {escape(region)})"
+            if urls
+            else f"  data        {escape(str(data.resolve()))}"
+        )
+        for line in (
+            f"[bold green]pinrelay {__version__}[/] relay [bold]{node}[/] is up",
+            f"  HTTP API    http://{public_host or host}:{port}  (OpenAPI: /openapi.json)",
+            f"  device link {config.link_url}",
+            store,
+            f"  admin key   {where}",
+            f"  capacity    {relay.max_links} links",
+        ):
+            # One line each however long (a log keeps them whole; tests grep them).
+            out.print(line, soft_wrap=True)
         sys.stdout.flush()
 
     profile_to = os.environ.get("PINRELAY_PROFILE")  # a developer's switch: cProfile

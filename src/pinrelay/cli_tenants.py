@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pinrelay.cli_common import (
@@ -118,7 +119,12 @@ def tenant_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt 
     for t in tenants:
         quotas = " ".join(f"{k}={v}" for k, v in t["quotas"].items()) or "-"
         table.add_row(
-            t["id"], t["name"], t["created_at"], str(t["suspended"]), t["deleted_at"] or "-", quotas
+            t["id"],
+            escape(t["name"]),
+            t["created_at"],
+            str(t["suspended"]),
+            t["deleted_at"] or "-",
+            quotas,
         )
     out.print(table)
 

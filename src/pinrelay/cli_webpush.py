@@ -291,7 +291,10 @@ def webpush_send(
     try:
         given = json.loads(keys)
     except ValueError as exc:
-        fail(f"--keys is not JSON: {exc}")
+        # Unlike subscribe's and listen's --keys (the private key file), this one is
+        # the subscription's JSON itself: say so to whoever passed a file name.
+        hint = '--keys "$(cat subscription.json)"'
+        fail(f"--keys is not JSON ({exc}): pass the subscription itself, {hint}")
     if isinstance(given, dict) and isinstance(given.get("keys"), dict):
         given = given["keys"]  # a whole subscription was pasted
     if not (isinstance(given, dict) and {"p256dh", "auth"} <= set(given)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ from websockets.frames import Opcode
 
 from pinrelay.client.device import Device, Message
 from pinrelay.core import frames
-from pinrelay.testing.wait import wait_until_async
+from pinrelay.testing.wait import scaled, wait_until_async
 from tests.conftest import RelayFactory
 from tests.linkclient import RawLink, closed_with, error_then_close, link, raw_link, recv, send
 from tests.relayproc import RelayProc, free_port
@@ -227,3 +228,82 @@ async def test_wrong_hellos_from_one_source_do_not_lock_the_device_out(relay: Re
     await send(ws, frames.Hello(pin=other["pin"], token=other["token"]))
     assert isinstance(await recv(ws), frames.Welcome)
     await ws.close()
+
+
+async def _run_until(device: Device, done: asyncio.Event) -> None:
+    task = asyncio.create_task(device.run())
+    try:
+        await asyncio.wait_for(done.wait(), scaled(15))
+    finally:
+        await device.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), scaled(5))
+        if not task.done():
+            task.cancel()
+
+
+def _push_backlog(relay: RelayProc, pin: str, n: int) -> None:
+    with relay.client() as c:
+        c.push_batch([{"to": pin, "data": {"n": i}, "ttl": 600} for i in range(n)])
+
+
+async def _the_rest(relay: RelayProc, device: dict[str, Any], after: int, total: int) -> list[int]:
+    """The cursors a fresh run of the device is handed: what was not acknowledged."""
+    if after >= total:
+        return []
+    got: list[Message] = []
+    done = asyncio.Event()
+
+    def on_message(m: Message) -> None:
+        got.append(m)
+        if m.cursor >= total:
+            done.set()
+
+    await _run_until(Device(device["pin"], device["token"], on_message, url=relay.url), done)
+    return [m.cursor for m in got]
+
+
+@pytest.mark.shared_relay
+@pytest.mark.parametrize("inbox", [False, True], ids=["link", "inbox"])
+async def test_sdk_hands_over_nothing_after_stop(relay: RelayProc, inbox: bool) -> None:
+    """`listen --count 1` printed a whole burst of backlog but acknowledged only the
+    first message: the SDK kept handing over frames that were already buffered when
+    stop() had closed the link, so they were shown, never acknowledged, and shown
+    again by the next run (the tour of issue 14)."""
+    device = relay.create_device()
+    _push_backlog(relay, device["pin"], 40)
+    got: list[Message] = []
+    first = asyncio.Event()
+
+    def on_message(m: Message) -> None:
+        got.append(m)
+        first.set()
+
+    sdk = Device(device["pin"], device["token"], on_message, url=relay.url, inbox=inbox)
+    await _run_until(sdk, first)
+    handed = [m.cursor for m in got]
+    assert handed == list(range(1, len(handed) + 1))
+    # Everything handed over was acknowledged, and nothing else: a new run gets the rest.
+    assert await _the_rest(relay, device, handed[-1], 40) == list(range(len(handed) + 1, 41))
+
+
+@pytest.mark.shared_relay
+@pytest.mark.parametrize("inbox", [False, True], ids=["link", "inbox"])
+async def test_stop_receiving_from_the_callback_takes_exactly_n(
+    relay: RelayProc, inbox: bool
+) -> None:
+    device = relay.create_device()
+    _push_backlog(relay, device["pin"], 40)
+    got: list[Message] = []
+    enough = asyncio.Event()
+
+    def on_message(m: Message) -> None:
+        got.append(m)
+        if len(got) == 3:
+            sdk.stop_receiving()
+            enough.set()
+
+    sdk = Device(device["pin"], device["token"], on_message, url=relay.url, inbox=inbox)
+    await _run_until(sdk, enough)
+    assert [m.cursor for m in got] == [1, 2, 3]
+    assert await _the_rest(relay, device, 3, 40) == list(range(4, 41))

@@ -4,7 +4,9 @@ TTL, Urgency and Topic, as an application server on node does."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -77,3 +79,41 @@ async def test_node_web_push_with_vapid(
         node_web_push, {"subscription": sub.info, "payload": "unsigned", "options": options}
     )
     assert answer["statusCode"] == 401, answer
+
+
+def doc_program(name: str) -> str:
+    """The ```js block of docs/WEBPUSH.md that starts with ``// <name>:``."""
+    doc = (Path(__file__).parents[2] / "docs" / "WEBPUSH.md").read_text()
+    blocks: list[str] = re.findall(r"```js\n(.*?)```", doc, flags=re.S)
+    [found] = [b for b in blocks if b.startswith(f"// {name}:")]
+    return found
+
+
+async def test_the_doc_node_program_works(
+    relay: RelayProc, links: Links, node_web_push: Path, tmp_path: Path
+) -> None:
+    """docs/WEBPUSH.md's push.mjs, as written, against a relay on plain http (where
+    web-push's own sendNotification cannot go: it speaks only https)."""
+    keys = node_push(node_web_push, {"generate": True})  # as generate-vapid-keys --json
+    device = relay.create_device()
+    sub = subscribe(relay, device, keys["publicKey"])
+    (tmp_path / "push.mjs").write_text(doc_program("push.mjs"))
+    (tmp_path / "node_modules").symlink_to(node_web_push / "node_modules")
+    (tmp_path / "subscription.json").write_text(json.dumps(sub.info))
+    (tmp_path / "vapid.json").write_text(json.dumps(keys))
+    ws, _ = await links(relay, device)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        ["node", "push.mjs"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = done.stdout
+    status, location = out.split()
+    assert status == "201" and location.startswith(sub.info["endpoint"] + "/messages/"), out
+    msg = await next_webpush(ws)
+    assert sub.decrypt(msg) == b"Your order has shipped"
+    assert msg.urgency == "high"

@@ -338,8 +338,16 @@ class Device:
             return self.url
         return self.link_urls[self._next_url % len(self.link_urls)]
 
+    def stop_receiving(self) -> None:
+        """Hand the application no further message, from now on: callable from
+        ``on_message`` (to take exactly N messages), where awaiting :meth:`stop`
+        would come too late for messages already buffered.  What was handed over
+        is still acknowledged; ``await stop()`` next."""
+        self._stopping.set()
+
     async def stop(self) -> None:
-        """Stop receiving; what the application has seen is acknowledged first."""
+        """Stop receiving; what the application has seen is acknowledged first, and
+        nothing is handed over once this was called."""
         self._stopping.set()
         ws = self._ws
         if ws is not None:
@@ -356,6 +364,10 @@ class Device:
     # --- receiving -----------------------------------------------------------
     async def _deliver(self, f: frames.Msg) -> bool:
         """Hand a message to the application unless it is a duplicate."""
+        if self._stopping.is_set():
+            # Frames buffered before the link closed still come out of recv(): the
+            # application must not see what will not be acknowledged.
+            return False
         if f.cursor <= self.cursor or f.id in self._seen:
             self.duplicates += 1
             return False
