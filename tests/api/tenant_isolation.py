@@ -1,0 +1,249 @@
+"""Tenant isolation generated from the relay's own OpenAPI document (issue 15).
+
+Tenant A gets devices, keys of every scope, a subscription and a group; tenant B
+gets a key of every scope.  Every operation in ``/openapi.json`` is called with
+each of B's keys twice: once naming A's objects (path parameters, PINs and tenant
+ids in the body) and once naming ids that do not exist.  The two answers must be
+the same (status, type, body with the ids swapped) and never a success.  An
+operation the document marks as taking no key (``security: []``: the Web Push
+capability URLs, pairing redemption, health) must answer the same with B's key as
+with none.  Afterwards A's objects are all still there.
+
+Request bodies are made from the document's schemas (:func:`example`), so a new
+route is covered as soon as it is in the document; a schema with a string pattern
+this module does not know fails the test, to be taught here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+#: Placeholders in generated bodies, swapped for A's ids or for missing ones.
+PIN, TENANT = "@PIN@", "@TENANT@"
+#: A P-256 public key and an auth secret (tests/store/test_contract_subscriptions.py).
+P256 = "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM"
+AUTH = "tBHItJI5svbpez7KI4CCXg"
+PATTERNS = {
+    "^[0-9A-F]{8}$": PIN,
+    "^([0-9A-F]{8}|G[0-9A-HJKMNP-TV-Z]{12})$": PIN,
+    "^(default|[a-z2-7]{12})$": TENANT,
+    "^[A-Za-z0-9_-]{1,32}$": "topic1",
+    "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$": "hello",
+    "^B[A-Za-z0-9_-]{86}=?$": P256,
+    "^[A-Za-z0-9_-]{22}(==)?$": AUTH,
+}
+SCOPES = ("push", "devices", "broadcast", "admin")
+
+
+def example(schema: dict[str, Any], components: dict[str, Any]) -> Any:
+    """A small value valid for ``schema``: required properties only, lower bounds."""
+    if "$ref" in schema:
+        return example(components[schema["$ref"].rsplit("/", 1)[1]], components)
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            options = [o for o in schema[key] if o.get("type") != "null"] or schema[key]
+            return example(options[0], components)
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: example(props[k], components) for k in schema.get("required", [])}
+    if kind == "array":
+        return [example(schema["items"], components) for _ in range(schema.get("minItems", 0))]
+    if kind == "string":
+        if "pattern" in schema:
+            assert schema["pattern"] in PATTERNS, f"teach PATTERNS {schema['pattern']!r}"
+            return PATTERNS[schema["pattern"]]
+        return "x" * max(1, schema.get("minLength", 1))
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0) + 1)
+        return max(1, low)
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    return {"n": 1}  # any JSON (a push's data)
+
+
+@dataclass
+class Ids:
+    """What a call names: A's objects, or ones that do not exist."""
+
+    pin: str
+    other: str
+    key_id: str
+    tenant: str
+    sub: str
+    group: str
+    swaps: dict[str, str] = field(default_factory=dict)
+
+    def path(self, template: str) -> str:
+        values = {
+            "pin": self.pin,
+            "other": self.other,
+            "member": self.other,
+            "key_id": self.key_id,
+            "tenant": self.tenant,
+            "sub": self.sub,
+            "group": self.group,
+            "message": "01JDZZZZZZZZZZZZZZZZZZZZZZ",
+        }
+        for name, value in values.items():
+            template = template.replace("{" + name + "}", value)
+        assert "{" not in template, f"teach Ids.path {template}"
+        return template
+
+    def body(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: self.body(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.body(v) for v in value]
+        return (
+            {PIN: self.pin, TENANT: self.tenant}.get(value, value)
+            if isinstance(value, str)
+            else value
+        )
+
+
+NOBODY = Ids(
+    pin="DEADBEEF",
+    other="DEADBEE0",
+    key_id="k_nosuchkey0",
+    tenant="cccccccccccc",
+    sub="A" * 22,
+    group="G000000000000",
+)
+
+
+def _tenant(http: httpx.Client, name: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    made = http.post("/v1/tenants", json={"name": name})
+    assert made.status_code == 201, made.text
+    tid: str = made.json()["id"]
+    keys = {}
+    for scope in SCOPES:
+        key = http.post(f"/v1/tenants/{tid}/keys", json={"name": scope, "scope": scope})
+        assert key.status_code == 201, key.text
+        keys[scope] = key.json()
+    return tid, keys
+
+
+def _bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def _body(op: dict[str, Any], components: dict[str, Any]) -> Any:
+    content = op.get("requestBody", {}).get("content", {})
+    if "application/json" not in content:
+        return None
+    return example(content["application/json"]["schema"], components)
+
+
+def _send(
+    http: httpx.Client,
+    method: str,
+    path: str,
+    op: dict[str, Any],
+    ids: Ids,
+    components: dict[str, Any],
+    headers: dict[str, str],
+) -> httpx.Response:
+    kw: dict[str, Any] = {"headers": dict(headers)}
+    content = op.get("requestBody", {}).get("content", {})
+    if "application/json" in content:
+        kw["json"] = ids.body(_body(op, components))
+    elif content:  # a Web Push message: encrypted bytes with their headers
+        kw["content"] = b"\x00" * 100
+        kw["headers"].update({"TTL": "60", "Content-Encoding": "aes128gcm"})
+    return http.request(method.upper(), ids.path(path), **kw)
+
+
+def _swapped(text: str, mine: Ids) -> str:
+    for field_name in ("pin", "other", "key_id", "tenant", "sub", "group"):
+        text = text.replace(getattr(mine, field_name), getattr(NOBODY, field_name))
+    return text
+
+
+def check_isolation(url: str, admin_key: str) -> int:
+    """Run the matrix against the relay at ``url``; the number of calls compared."""
+    with httpx.Client(base_url=url, headers=_bearer(admin_key), timeout=60) as http:
+        document = http.get("/openapi.json").json()
+        components = document["components"]["schemas"]
+        a_id, a_keys = _tenant(http, "tenant A")
+        _, b_keys = _tenant(http, "tenant B")
+        devices = []
+        for _ in range(2):
+            made = http.post("/v1/devices", json={"tenant": a_id})
+            assert made.status_code == 201, made.text
+            devices.append(made.json())
+        pin, token = devices[0]["pin"], _bearer(devices[0]["token"])
+        sub = http.post(f"/v1/devices/{pin}/subscriptions", json={}, headers=token)
+        group = http.post(
+            f"/v1/devices/{pin}/groups", json={"name": "g", "members": []}, headers=token
+        )
+        assert sub.status_code == 201 and group.status_code == 201, (sub.text, group.text)
+        mine = Ids(
+            pin=pin,
+            other=devices[1]["pin"],
+            key_id=a_keys["push"]["id"],
+            tenant=a_id,
+            sub=sub.json()["id"],
+            group=group.json()["group"],
+        )
+        compared = 0
+        for path, operations in document["paths"].items():
+            for method, op in operations.items():
+                for scope in SCOPES:
+                    key = _bearer(b_keys[scope]["key"])
+                    if op.get("security") == []:
+                        with_key = _send(http, method, path, op, mine, components, key)
+                        without = _send(
+                            http, method, path, op, mine, components, {"Authorization": ""}
+                        )
+                        assert with_key.status_code == without.status_code, (method, path, scope)
+                        continue
+                    where = f"{method.upper()} {path} with B's {scope} key"
+                    body = str(_body(op, components))
+                    theirs = _send(http, method, path, op, mine, components, key)
+                    if "{" not in path and PIN not in body and TENANT not in body:
+                        # About B's own things (a list, a new device): nothing of A's.
+                        leaked = [v for v in ids_of(mine) if v in theirs.text]
+                        assert not leaked, (where, leaked)
+                        continue
+                    nobody = _send(http, method, path, op, NOBODY, components, key)
+                    assert theirs.status_code == nobody.status_code, (
+                        where,
+                        theirs.text,
+                        nobody.text,
+                    )
+                    assert _swapped(theirs.text, mine) == nobody.text, (
+                        where,
+                        theirs.text,
+                        nobody.text,
+                    )
+                    assert theirs.headers.get("content-type") == nobody.headers.get("content-type")
+                    if "{" in path:  # a call about A's objects never succeeds
+                        assert theirs.status_code >= 400, (where, theirs.text)
+                    compared += 1
+        # A's objects are all still there and still work.
+        a_admin = _bearer(a_keys["admin"]["key"])
+        assert http.get(f"/v1/devices/{pin}", headers=a_admin).status_code == 200
+        assert http.get(f"/v1/devices/{mine.other}", headers=a_admin).status_code == 200
+        assert http.get(f"/v1/tenants/{a_id}").json()["suspended"] is False
+        listed = http.get(f"/v1/devices/{pin}/subscriptions", headers=token).json()
+        assert mine.sub in str(listed)
+        groups = http.get(f"/v1/devices/{pin}/groups", headers=token).json()["groups"]
+        assert [g["group"] for g in groups] == [mine.group]
+        push = {"data": {"n": 1}, "ttl": 60}
+        pushed = http.post(
+            f"/v1/devices/{pin}/messages", json=push, headers=_bearer(a_keys["push"]["key"])
+        )
+        assert pushed.status_code == 201, pushed.text
+        return compared
+
+
+def ids_of(ids: Ids) -> list[str]:
+    return [ids.pin, ids.other, ids.key_id, ids.tenant, ids.sub, ids.group]
