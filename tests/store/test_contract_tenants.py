@@ -25,7 +25,8 @@ T1, T2 = "aaaaaaaaaaaa", "bbbbbbbbbbbb"
 
 
 def tenant(tenant_id: str, **extra: object) -> Tenant:
-    return Tenant(id=tenant_id, name=f"name-{tenant_id}", created_ms=NOW, **extra)  # type: ignore[arg-type]
+    fields = {"name": f"name-{tenant_id}", "created_ms": NOW, **extra}
+    return Tenant(id=tenant_id, **fields)  # type: ignore[arg-type]
 
 
 async def test_default_tenant_exists_from_the_start(store: Store) -> None:

@@ -13,6 +13,17 @@ not to use them.  A bucket a newer version added (subscriptions) is created when
 store opens a cluster an older one made, as any missing bucket is.  A cluster
 that just started may not know its peers
 or have a leader yet: set-up is retried (:func:`~.errors.setup_may_retry`).
+
+**Layout versions.**  Each message stream records in its metadata
+(:data:`~.layout.LAYOUT_META`) the shape of the store's data: none is layout 1 (before
+tenants), 2 has tenants.  ``open`` reads the lowest over the streams
+(:attr:`Prepared.layout`), runs the steps from there (the store's ``_migrate``) and
+then records :data:`~.layout.LAYOUT_VERSION` (:meth:`Setup.stamp`).  Every step is
+idempotent and safe with relays opening together, so a stamp lost to a crash, or to
+another relay's concurrent update of the stream, only runs the steps again.  A new
+stream is made with the current version (its data has no older shape).  A stream of
+a newer layout than this code knows is refused: an older relay must not write records
+it cannot read right.
 """
 
 from __future__ import annotations
@@ -35,7 +46,13 @@ from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream import api, expiry
 from pinrelay.store.jetstream.errors import ApiError, name_in_use, setup_may_retry
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_TTL_S
-from pinrelay.store.jetstream.layout import PARTITIONS_META, Bucket, Layout
+from pinrelay.store.jetstream.layout import (
+    LAYOUT_META,
+    LAYOUT_VERSION,
+    PARTITIONS_META,
+    Bucket,
+    Layout,
+)
 from pinrelay.store.jetstream.pairing import PAIRING_BUCKET_TTL_S
 from pinrelay.store.jetstream.pushreceipts import PUSH_RECEIPTS_BUCKET_TTL_S
 
@@ -110,6 +127,8 @@ class Prepared(NamedTuple):
     #: Chat messages get expiry schedules (:mod:`.expiry`): appends are atomic and
     #: every stream takes schedules (nats-server 2.12+).
     expiry: bool = False
+    #: The oldest data layout a stream records (module doc, "Layout versions").
+    layout: int = LAYOUT_VERSION
 
 
 class Setup:
@@ -136,7 +155,7 @@ class Setup:
                     await ensure_bucket(
                         js, self.layout.push_receipts.name, self.replicas, RECEIPTS_TTL
                     )
-                    atomic, schedules = await self._ensure_streams(nc, js)
+                    atomic, schedules, version = await self._ensure_streams(nc, js)
                     buckets = self.layout.buckets
                     batched = [
                         buckets.contacts,
@@ -150,7 +169,7 @@ class Setup:
                         ttl = float(IDEMPOTENCY_TTL_S) if b == buckets.idem.name else None
                         await ensure_bucket(js, b, self.replicas, ttl)
                     batches = [await self._ensure_batch_bucket(js, b) for b in batched]
-                    return Prepared(atomic, all(batches), atomic and schedules)
+                    return Prepared(atomic, all(batches), atomic and schedules, version)
                 except (TimeoutError, nats.errors.Error, ApiError) as exc:
                     if not setup_may_retry(exc) or time.monotonic() > deadline:
                         raise
@@ -202,9 +221,9 @@ class Setup:
                 info = await js.update_stream(have)
         return self.want_atomic and bool(info.config.allow_atomic)
 
-    async def _ensure_streams(self, nc: NATS, js: JetStreamContext) -> tuple[bool, bool]:
+    async def _ensure_streams(self, nc: NATS, js: JetStreamContext) -> tuple[bool, bool, int]:
         """Create or check every partition's stream, after checking the layout;
-        whether they take atomic batches, and schedules."""
+        whether they take atomic batches, and schedules, and the oldest data layout."""
         layout = self.layout
         found: set[str] = set()
         for prefix in (layout.prefix, layout.expiry_prefix(0).split(".")[0]):
@@ -219,8 +238,10 @@ class Setup:
                 "uses them; changing --partitions is a migration, not a setting"
             )
         atomic = schedules = True
+        oldest = LAYOUT_VERSION
         for part in range(layout.partitions):
             info = await self._ensure_stream(js, part)
+            oldest = min(oldest, layout_of(info))
             # Atomic batch publish and schedules need nats-server 2.12+; older servers
             # drop the flags.
             atomic = atomic and bool(info.config.allow_atomic)
@@ -229,7 +250,17 @@ class Setup:
                 await js.add_consumer(
                     layout.stream_name(part), expiry.consumer_config(layout, part)
                 )
-        return self.want_atomic and atomic, schedules
+        return self.want_atomic and atomic, schedules, oldest
+
+    async def stamp(self, js: JetStreamContext) -> None:
+        """Record :data:`~.layout.LAYOUT_VERSION` on every stream that holds an older one
+        (the steps to it are done)."""
+        for name in self.layout.streams:
+            have = (await js.stream_info(name)).config
+            if layout_of_config(have) < LAYOUT_VERSION:
+                have.metadata = {**(have.metadata or {}), LAYOUT_META: str(LAYOUT_VERSION)}
+                await js.update_stream(have)
+                log.info("stream %s: data layout %d recorded", name, LAYOUT_VERSION)
 
     async def _ensure_stream(self, js: JetStreamContext, part: int) -> StreamInfo:
         """Create or adopt one stream."""
@@ -246,7 +277,10 @@ class Setup:
             allow_atomic=self.want_atomic or None,
             allow_msg_schedules=self.want_atomic or None,
             duplicate_window=120.0,
-            metadata={PARTITIONS_META: str(layout.partitions)},
+            metadata={
+                PARTITIONS_META: str(layout.partitions),
+                LAYOUT_META: str(LAYOUT_VERSION),
+            },
         )
         try:
             info = await js.add_stream(config)
@@ -261,6 +295,11 @@ class Setup:
                 raise StoreClosed(
                     f"stream {name} was made for {made_for} partitions, not "
                     f"{layout.partitions}: changing --partitions is a migration, not a setting"
+                ) from exc
+            if layout_of(info) > LAYOUT_VERSION:
+                raise StoreClosed(
+                    f"stream {name} holds data of layout {layout_of(info)}, newer than this "
+                    f"relay knows ({LAYOUT_VERSION}): run the newer pinrelay"
                 ) from exc
             subjects = list(have.subjects or [])
             missing = [s for s in layout.stream_subjects(part) if s not in subjects]
@@ -278,3 +317,16 @@ class Setup:
                     have.allow_msg_schedules = True
                 info = await js.update_stream(have)
         return info
+
+
+def layout_of_config(config: StreamConfig) -> int:
+    """The data layout a stream's config records (module doc, "Layout versions")."""
+    raw = (config.metadata or {}).get(LAYOUT_META, "1")
+    try:
+        return int(raw)
+    except ValueError:
+        raise StoreClosed(f"stream {config.name}: layout {raw!r} is not a number") from None
+
+
+def layout_of(info: StreamInfo) -> int:
+    return layout_of_config(info.config)
