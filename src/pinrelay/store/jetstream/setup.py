@@ -33,7 +33,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -60,6 +60,7 @@ PAIRING_TTL = float(PAIRING_BUCKET_TTL_S)
 RECEIPTS_TTL = float(PUSH_RECEIPTS_BUCKET_TTL_S)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 async def connect(
@@ -147,29 +148,20 @@ class Setup:
 
         Raises StoreClosed when it cannot (the caller closes ``nc``).
         """
+        return await self._retrying(lambda: self._prepare(nc, js), timeout)
+
+    async def stamp(self, js: JetStreamContext, timeout: float) -> None:
+        """Record :data:`~.layout.LAYOUT_VERSION` on every stream that holds an older one
+        (the steps to it are done), retrying for ``timeout`` s; StoreClosed if it cannot."""
+        await self._retrying(lambda: self._stamp(js), timeout)
+
+    async def _retrying(self, op: Callable[[], Awaitable[T]], timeout: float) -> T:
+        """``op()``, retried while the cluster is settling; StoreClosed if it fails."""
         deadline = time.monotonic() + timeout
         try:
             while True:
                 try:
-                    await ensure_bucket(js, self.layout.pairing.name, self.replicas, PAIRING_TTL)
-                    await ensure_bucket(
-                        js, self.layout.push_receipts.name, self.replicas, RECEIPTS_TTL
-                    )
-                    atomic, schedules, version = await self._ensure_streams(nc, js)
-                    buckets = self.layout.buckets
-                    batched = [
-                        buckets.contacts,
-                        buckets.unread,
-                        buckets.groups,
-                        buckets.subscriptions,
-                    ]
-                    for b in self.layout.bucket_names():
-                        if b in (bucket.name for bucket in batched):
-                            continue
-                        ttl = float(IDEMPOTENCY_TTL_S) if b == buckets.idem.name else None
-                        await ensure_bucket(js, b, self.replicas, ttl)
-                    batches = [await self._ensure_batch_bucket(js, b) for b in batched]
-                    return Prepared(atomic, all(batches), atomic and schedules, version)
+                    return await op()
                 except (TimeoutError, nats.errors.Error, ApiError) as exc:
                     if not setup_may_retry(exc) or time.monotonic() > deadline:
                         raise
@@ -182,6 +174,28 @@ class Setup:
             raise StoreClosed(
                 f"cannot set up JetStream ({self.layout.stream}): {detail or repr(exc)}"
             ) from exc
+
+    async def _prepare(self, nc: NATS, js: JetStreamContext) -> Prepared:
+        await ensure_bucket(js, self.layout.pairing.name, self.replicas, PAIRING_TTL)
+        await ensure_bucket(js, self.layout.push_receipts.name, self.replicas, RECEIPTS_TTL)
+        atomic, schedules, version = await self._ensure_streams(nc, js)
+        buckets = self.layout.buckets
+        batched = [buckets.contacts, buckets.unread, buckets.groups, buckets.subscriptions]
+        for b in self.layout.bucket_names():
+            if b in (bucket.name for bucket in batched):
+                continue
+            ttl = float(IDEMPOTENCY_TTL_S) if b == buckets.idem.name else None
+            await ensure_bucket(js, b, self.replicas, ttl)
+        batches = [await self._ensure_batch_bucket(js, b) for b in batched]
+        return Prepared(atomic, all(batches), atomic and schedules, version)
+
+    async def _stamp(self, js: JetStreamContext) -> None:
+        for name in self.layout.streams:
+            have = (await js.stream_info(name)).config
+            if layout_of_config(have) < LAYOUT_VERSION:
+                have.metadata = {**(have.metadata or {}), LAYOUT_META: str(LAYOUT_VERSION)}
+                await js.update_stream(have)
+                log.info("stream %s: data layout %d recorded", name, LAYOUT_VERSION)
 
     async def _ensure_batch_bucket(self, js: JetStreamContext, bucket: Bucket) -> bool:
         """Create or adopt a KV bucket that takes atomic batches if wanted; whether it does.
@@ -251,16 +265,6 @@ class Setup:
                     layout.stream_name(part), expiry.consumer_config(layout, part)
                 )
         return self.want_atomic and atomic, schedules, oldest
-
-    async def stamp(self, js: JetStreamContext) -> None:
-        """Record :data:`~.layout.LAYOUT_VERSION` on every stream that holds an older one
-        (the steps to it are done)."""
-        for name in self.layout.streams:
-            have = (await js.stream_info(name)).config
-            if layout_of_config(have) < LAYOUT_VERSION:
-                have.metadata = {**(have.metadata or {}), LAYOUT_META: str(LAYOUT_VERSION)}
-                await js.update_stream(have)
-                log.info("stream %s: data layout %d recorded", name, LAYOUT_VERSION)
 
     async def _ensure_stream(self, js: JetStreamContext, part: int) -> StreamInfo:
         """Create or adopt one stream."""

@@ -219,7 +219,7 @@ class JetStreamStore:
         if await self.tenants.ensure_default():
             log.info("the default tenant created (data layout %d found)", found)
         if found < LAYOUT_VERSION:
-            await layout.stamp(js)
+            await layout.stamp(js, self.connect_timeout)
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, nats.errors.SlowConsumerError):
