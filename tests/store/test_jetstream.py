@@ -212,8 +212,10 @@ def fail_after_publish(store: JetStreamStore, monkeypatch: pytest.MonkeyPatch, w
     """The next appends are stored, then fail (as if the publish's answer were lost)."""
     original = store.appender.append
 
-    async def fails(messages: Sequence[NewMessage | Rejected], nonce: str) -> list[AppendResult]:
-        await original(messages, nonce)
+    async def fails(
+        messages: Sequence[NewMessage | Rejected], nonce: str, tenant: str | None = None
+    ) -> list[AppendResult]:
+        await original(messages, nonce, tenant)
         raise StoreClosed(why)
 
     monkeypatch.setattr(store.appender, "append", fails)

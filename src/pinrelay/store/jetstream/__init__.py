@@ -23,6 +23,7 @@ to the Store protocol:
 - ``pairing``: pairing codes, used once;
 - ``subscriptions``: Web Push subscriptions, a record per id and an index per device;
 - ``expiry``: failed receipts, a JetStream schedule per chat message;
+- ``tenants``: tenants, a cached record per tenant (the default one made at open);
 - ``store``: :class:`JetStreamStore` itself.
 
 A message's cursor is its stream sequence: strictly increasing per device across

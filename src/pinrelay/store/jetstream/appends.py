@@ -16,6 +16,11 @@ never forwarded (``Nats-Rollup: all`` from anyone would wipe the stream).
 - Concurrent appends share atomic batches (group commit, :mod:`.group`) when the
   store sets :attr:`Appender.grouped`; :meth:`Appender.publish_part` is an
   append's partition published alone, which the group falls back to.
+- A tenant's append (``tenant``, the API's pushes) reaches only its devices and those
+  that granted it (core/tenants.py ``may_reach``), judged on the device records the
+  append reads anyway (cached, :mod:`.devices`): no request more per push.  Any
+  other message is UNKNOWN_DEVICE, as for a PIN with no device.  The relay's own
+  callers (chat, receipts, contact notices: :meth:`Appender.append_known`) pass none.
 - Nothing else is written per message: no device record (issue 12).  A device's
   newest cursor is read from the stream when needed (``Reader.newest``).  A chat
   message brings its expiry schedule into the same batch, right after it, and a
@@ -33,6 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 from pinrelay.core.model import TOPIC_RE, NewMessage
+from pinrelay.core.tenants import may_reach
 from pinrelay.store.base import UNKNOWN_DEVICE, AppendResult, Rejected, StoreClosed
 from pinrelay.store.jetstream import expiry
 from pinrelay.store.jetstream.api import Api
@@ -135,22 +141,25 @@ class Appender:
         self.expiry = False
 
     async def append(
-        self, messages: Sequence[NewMessage | Rejected], nonce: str
+        self, messages: Sequence[NewMessage | Rejected], nonce: str, tenant: str | None = None
     ) -> list[AppendResult]:
-        """Publish ``messages`` with ids under ``nonce``: one result per message."""
+        """Publish ``messages`` with ids under ``nonce``: one result per message;
+        ``tenant``: only to devices it may reach (module doc)."""
         pins = sorted({m.pin for m in messages if isinstance(m, NewMessage)})
         found = await asyncio.gather(*(self.devices.get(p) for p in pins))
         devices = {p: got.rec for p, got in zip(pins, found, strict=True) if got is not None}
-        return await self.append_known(messages, nonce, devices)
+        return await self.append_known(messages, nonce, devices, tenant)
 
     async def append_known(
         self,
         messages: Sequence[NewMessage | Rejected],
         nonce: str,
         devices: dict[str, DeviceRec],
+        tenant: str | None = None,
     ) -> list[AppendResult]:
         """:meth:`append` to devices whose records the caller read (a message to a
-        PIN not in ``devices`` is rejected as unknown)."""
+        PIN not in ``devices``, or one ``tenant`` may not reach, is rejected as
+        unknown)."""
         results: list[AppendResult | None] = []
         outgoing: list[Outgoing] = []
         for i, m in enumerate(messages):
@@ -158,7 +167,9 @@ class Appender:
                 results.append(AppendResult(pin=m.pin, id=m.id, reason=m.reason))
                 continue
             rec = devices.get(m.pin)
-            if rec is None:
+            if rec is None or (
+                tenant is not None and not may_reach(tenant, rec.tenant, rec.grants)
+            ):
                 results.append(AppendResult(pin=m.pin, id=m.id, reason=UNKNOWN_DEVICE))
                 continue
             if m.topic is not None and not TOPIC_RE.match(m.topic):

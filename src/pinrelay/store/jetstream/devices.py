@@ -5,7 +5,10 @@ A device record (``<bucket_prefix>_devices``, PIN → JSON) carries a random
 re-created PIN never sees its predecessor's messages.  Records change rarely (a
 token, last seen, acks written back, see :mod:`.acks`): no write per message.
 Reads come from a cache kept right by a watch (:mod:`.watch`); a compare-and-set
-reads the leader.
+reads the leader.  The record also names the device's tenant and the other tenants it
+granted pushes (core/tenants.py): an append restricted to a tenant checks them on the
+record it reads anyway (:mod:`.appends`), and a move or a grant is a compare-and-set
+like any other change.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import NamedTuple
 
 import msgspec
 
-from pinrelay.store.base import StoreClosed
+from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.tenants import DEFAULT_TENANT
+from pinrelay.store.base import MAX_GRANTS, StoreClosed
 from pinrelay.store.jetstream.kv import KeyedLocks, Kv
 from pinrelay.store.jetstream.layout import Buckets
 from pinrelay.store.jetstream.records import (
@@ -73,13 +78,18 @@ class Devices:
         return FoundDevice(device_dec.decode(got.value), got.revision)
 
     async def create(
-        self, pin: str, token_hash: str, label: str | None, now_ms: int
+        self,
+        pin: str,
+        token_hash: str,
+        label: str | None,
+        now_ms: int,
+        tenant: str | None = DEFAULT_TENANT,
     ) -> DeviceRec | None:
-        """A new record for ``pin``; None if the PIN is taken."""
+        """A new record for ``pin`` of ``tenant``; None if the PIN is taken."""
         self.kv.api.check_open()
         if not SAFE_TOKEN.match(pin):
             return None
-        rec = DeviceRec(token_hash, now_ms, uuid.uuid4().hex, label)
+        rec = DeviceRec(token_hash, now_ms, uuid.uuid4().hex, label, tenant=tenant)
         revision = await self.kv.create(self.bucket, pin, json_enc.encode(rec))
         if revision is None:
             # A create retried after a lost acknowledgement finds its own record.
@@ -147,6 +157,33 @@ class Devices:
             )
 
         await self.update(pin, change)
+
+    async def set_tenant(self, pin: str, tenant: str | None) -> bool:
+        """Move the device to ``tenant`` and drop its grants; False if there is no device."""
+
+        def change(r: DeviceRec) -> DeviceRec | None:
+            if r.tenant == tenant and not r.grants:
+                return None
+            return msgspec.structs.replace(r, tenant=tenant, grants=[])
+
+        return await self.update(pin, change) is not None
+
+    async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:
+        """Grant ``tenant`` pushes to the device, or revoke it; False if there is no
+        device, CONFLICT if it holds MAX_GRANTS already."""
+
+        def change(r: DeviceRec) -> DeviceRec | None:
+            if (tenant in r.grants) == granted or (granted and len(r.grants) >= MAX_GRANTS):
+                return None  # the full case is judged below, on the leader's copy
+            grants = {*r.grants, tenant} if granted else set(r.grants) - {tenant}
+            return msgspec.structs.replace(r, grants=sorted(grants))
+
+        rec = await self.update(pin, change)
+        if rec is None:
+            return False
+        if granted and tenant not in rec.grants:
+            raise PinrelayError(f"a device grants at most {MAX_GRANTS} tenants", ErrorCode.CONFLICT)
+        return True
 
     async def remove(self, pin: str) -> bool:
         """Remove the record of ``pin``; False if there was none (its messages stay)."""

@@ -5,7 +5,7 @@ One file-storage stream on ``<prefix>.>``; a message for device D is stored on
 partitions, devices are spread over K streams ``<stream>_<p>`` on
 ``<prefix>.<p>.>``, p = crc32(PIN) mod K.  The KV buckets are
 ``<bucket_prefix>_devices``, ``_keys``, ``_keyhash``, ``_idem``, ``_contacts``,
-``_unread``, ``_groups`` and ``_subscriptions`` (and ``_pairing``).  Every name is
+``_unread``, ``_groups``, ``_subscriptions`` and ``_tenants`` (and ``_pairing``).  Every name is
 configurable, so several relays or tests can share a cluster.
 
 Each stream also holds its chat messages' expiry schedules and notices
@@ -22,6 +22,11 @@ from dataclasses import dataclass
 MAX_PARTITIONS = 64
 #: Stream metadata key recording the partition count the stream was made for.
 PARTITIONS_META = "pinrelay.partitions"
+#: Stream metadata key recording the shape of the store's data (:mod:`.setup`,
+#: "Layout versions"); a stream without it holds layout 1.
+LAYOUT_META = "pinrelay.layout"
+#: The layout this code writes: 2, tenants (records without one are the default's).
+LAYOUT_VERSION = 2
 #: The buckets' names after the prefix, in :class:`Buckets`' order.
 _BUCKET_KINDS = (
     "devices",
@@ -32,6 +37,7 @@ _BUCKET_KINDS = (
     "unread",
     "groups",
     "subscriptions",
+    "tenants",
 )
 
 
@@ -65,6 +71,7 @@ class Buckets:
     unread: Bucket
     groups: Bucket
     subscriptions: Bucket
+    tenants: Bucket
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,13 @@ import hashlib
 import logging
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
 from pinrelay.core.model import ApiKey, Device, NewMessage, Scope, StoredMessage
 from pinrelay.core.social import State
+from pinrelay.core.tenants import DEFAULT_TENANT, Quotas, Tenant
 from pinrelay.store.base import AppendResult, Rejected, StoreClosed
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,10 @@ class Msg(msgspec.Struct, array_like=True):
 
 
 class DeviceRec(msgspec.Struct, omit_defaults=True):
+    """A device's record.  One written before tenants (layout 1, :mod:`.setup`) has no
+    ``tenant`` and reads as the default tenant's: that is the migration of a
+    cluster's devices into it, with no rewrite (``null``: tenant-less)."""
+
     token_hash: str
     created_ms: int
     gen: str
@@ -48,15 +54,33 @@ class DeviceRec(msgspec.Struct, omit_defaults=True):
     last_seen_ms: int | None = None
     last_cursor: int = 0
     acked_cursor: int = 0
+    tenant: str | None = DEFAULT_TENANT
+    #: Other tenants the device lets push to it, sorted (at most MAX_GRANTS).
+    grants: list[str] = []
 
 
 class KeyRec(msgspec.Struct):
+    """An API key's record; one without ``tenant`` (layout 1) is the default tenant's."""
+
     id: str
     name: str
     scope: str
     key_hash: str
     created_ms: int
     revoked: bool = False
+    tenant: str = DEFAULT_TENANT
+
+
+class TenantRec(msgspec.Struct, omit_defaults=True):
+    """A tenant (:mod:`.tenants`), keyed by its id; a tombstone once ``deleted_ms`` is
+    set.  ``quotas`` is kept as a plain object: a quota a later version adds must
+    not make the record unreadable here (core Quotas refuses unknown fields)."""
+
+    name: str
+    created_ms: int
+    suspended: bool = False
+    quotas: dict[str, Any] = {}
+    deleted_ms: int | None = None
 
 
 class ContactsRec(msgspec.Struct, omit_defaults=True):
@@ -116,6 +140,8 @@ idem_dec = msgspec.json.Decoder(IdemRec)
 contacts_dec = msgspec.json.Decoder(ContactsRec)
 unread_dec = msgspec.json.Decoder(UnreadRec)
 group_dec = msgspec.json.Decoder(GroupRec)
+tenant_dec = msgspec.json.Decoder(TenantRec)
+_QUOTAS = frozenset(Quotas.__struct_fields__)
 
 
 def decode_msg(seq: int, payload: bytes) -> Msg | None:
@@ -140,16 +166,48 @@ def hash_key(value: str) -> str:
 
 def to_device(pin: str, r: DeviceRec) -> Device:
     return Device(
-        pin, r.token_hash, r.label, r.created_ms, r.last_seen_ms, r.last_cursor, r.acked_cursor
+        pin,
+        r.token_hash,
+        r.label,
+        r.created_ms,
+        r.last_seen_ms,
+        r.last_cursor,
+        r.acked_cursor,
+        r.tenant,
     )
 
 
 def to_key(r: KeyRec) -> ApiKey:
-    return ApiKey(r.id, r.name, Scope(r.scope), r.key_hash, r.created_ms, r.revoked)
+    return ApiKey(r.id, r.name, Scope(r.scope), r.key_hash, r.created_ms, r.revoked, r.tenant)
 
 
 def key_rec(key: ApiKey) -> KeyRec:
-    return KeyRec(key.id, key.name, key.scope.value, key.key_hash, key.created_ms, key.revoked)
+    return KeyRec(
+        key.id, key.name, key.scope.value, key.key_hash, key.created_ms, key.revoked, key.tenant
+    )
+
+
+def to_tenant(tenant_id: str, r: TenantRec) -> Tenant:
+    known = {k: v for k, v in r.quotas.items() if k in _QUOTAS}
+    return Tenant(
+        id=tenant_id,
+        name=r.name,
+        created_ms=r.created_ms,
+        suspended=r.suspended,
+        quotas=msgspec.convert(known, Quotas),
+        deleted_ms=r.deleted_ms,
+    )
+
+
+def tenant_rec(t: Tenant, created_ms: int | None = None) -> TenantRec:
+    """``t``'s record (``created_ms``: the stored one, kept by an update)."""
+    return TenantRec(
+        t.name,
+        t.created_ms if created_ms is None else created_ms,
+        t.suspended,
+        msgspec.to_builtins(t.quotas),
+        t.deleted_ms,
+    )
 
 
 def plan(messages: Sequence[NewMessage | Rejected]) -> list[Planned]:

@@ -13,6 +13,17 @@ not to use them.  A bucket a newer version added (subscriptions) is created when
 store opens a cluster an older one made, as any missing bucket is.  A cluster
 that just started may not know its peers
 or have a leader yet: set-up is retried (:func:`~.errors.setup_may_retry`).
+
+**Layout versions.**  Each message stream records in its metadata
+(:data:`~.layout.LAYOUT_META`) the shape of the store's data: none is layout 1 (before
+tenants), 2 has tenants.  ``open`` reads the lowest over the streams
+(:attr:`Prepared.layout`), runs the steps from there (the store's ``_migrate``) and
+then records :data:`~.layout.LAYOUT_VERSION` (:meth:`Setup.stamp`).  Every step is
+idempotent and safe with relays opening together, so a stamp lost to a crash, or to
+another relay's concurrent update of the stream, only runs the steps again.  A new
+stream is made with the current version (its data has no older shape).  A stream of
+a newer layout than this code knows is refused: an older relay must not write records
+it cannot read right.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -35,7 +46,13 @@ from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream import api, expiry
 from pinrelay.store.jetstream.errors import ApiError, name_in_use, setup_may_retry
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_TTL_S
-from pinrelay.store.jetstream.layout import PARTITIONS_META, Bucket, Layout
+from pinrelay.store.jetstream.layout import (
+    LAYOUT_META,
+    LAYOUT_VERSION,
+    PARTITIONS_META,
+    Bucket,
+    Layout,
+)
 from pinrelay.store.jetstream.pairing import PAIRING_BUCKET_TTL_S
 from pinrelay.store.jetstream.pushreceipts import PUSH_RECEIPTS_BUCKET_TTL_S
 
@@ -43,6 +60,7 @@ PAIRING_TTL = float(PAIRING_BUCKET_TTL_S)
 RECEIPTS_TTL = float(PUSH_RECEIPTS_BUCKET_TTL_S)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 async def connect(
@@ -110,6 +128,8 @@ class Prepared(NamedTuple):
     #: Chat messages get expiry schedules (:mod:`.expiry`): appends are atomic and
     #: every stream takes schedules (nats-server 2.12+).
     expiry: bool = False
+    #: The oldest data layout a stream records (module doc, "Layout versions").
+    layout: int = LAYOUT_VERSION
 
 
 class Setup:
@@ -128,29 +148,20 @@ class Setup:
 
         Raises StoreClosed when it cannot (the caller closes ``nc``).
         """
+        return await self._retrying(lambda: self._prepare(nc, js), timeout)
+
+    async def stamp(self, js: JetStreamContext, timeout: float) -> None:
+        """Record :data:`~.layout.LAYOUT_VERSION` on every stream that holds an older one
+        (the steps to it are done), retrying for ``timeout`` s; StoreClosed if it cannot."""
+        await self._retrying(lambda: self._stamp(js), timeout)
+
+    async def _retrying(self, op: Callable[[], Awaitable[T]], timeout: float) -> T:
+        """``op()``, retried while the cluster is settling; StoreClosed if it fails."""
         deadline = time.monotonic() + timeout
         try:
             while True:
                 try:
-                    await ensure_bucket(js, self.layout.pairing.name, self.replicas, PAIRING_TTL)
-                    await ensure_bucket(
-                        js, self.layout.push_receipts.name, self.replicas, RECEIPTS_TTL
-                    )
-                    atomic, schedules = await self._ensure_streams(nc, js)
-                    buckets = self.layout.buckets
-                    batched = [
-                        buckets.contacts,
-                        buckets.unread,
-                        buckets.groups,
-                        buckets.subscriptions,
-                    ]
-                    for b in self.layout.bucket_names():
-                        if b in (bucket.name for bucket in batched):
-                            continue
-                        ttl = float(IDEMPOTENCY_TTL_S) if b == buckets.idem.name else None
-                        await ensure_bucket(js, b, self.replicas, ttl)
-                    batches = [await self._ensure_batch_bucket(js, b) for b in batched]
-                    return Prepared(atomic, all(batches), atomic and schedules)
+                    return await op()
                 except (TimeoutError, nats.errors.Error, ApiError) as exc:
                     if not setup_may_retry(exc) or time.monotonic() > deadline:
                         raise
@@ -163,6 +174,28 @@ class Setup:
             raise StoreClosed(
                 f"cannot set up JetStream ({self.layout.stream}): {detail or repr(exc)}"
             ) from exc
+
+    async def _prepare(self, nc: NATS, js: JetStreamContext) -> Prepared:
+        await ensure_bucket(js, self.layout.pairing.name, self.replicas, PAIRING_TTL)
+        await ensure_bucket(js, self.layout.push_receipts.name, self.replicas, RECEIPTS_TTL)
+        atomic, schedules, version = await self._ensure_streams(nc, js)
+        buckets = self.layout.buckets
+        batched = [buckets.contacts, buckets.unread, buckets.groups, buckets.subscriptions]
+        for b in self.layout.bucket_names():
+            if b in (bucket.name for bucket in batched):
+                continue
+            ttl = float(IDEMPOTENCY_TTL_S) if b == buckets.idem.name else None
+            await ensure_bucket(js, b, self.replicas, ttl)
+        batches = [await self._ensure_batch_bucket(js, b) for b in batched]
+        return Prepared(atomic, all(batches), atomic and schedules, version)
+
+    async def _stamp(self, js: JetStreamContext) -> None:
+        for name in self.layout.streams:
+            have = (await js.stream_info(name)).config
+            if layout_of_config(have) < LAYOUT_VERSION:
+                have.metadata = {**(have.metadata or {}), LAYOUT_META: str(LAYOUT_VERSION)}
+                await js.update_stream(have)
+                log.info("stream %s: data layout %d recorded", name, LAYOUT_VERSION)
 
     async def _ensure_batch_bucket(self, js: JetStreamContext, bucket: Bucket) -> bool:
         """Create or adopt a KV bucket that takes atomic batches if wanted; whether it does.
@@ -202,9 +235,9 @@ class Setup:
                 info = await js.update_stream(have)
         return self.want_atomic and bool(info.config.allow_atomic)
 
-    async def _ensure_streams(self, nc: NATS, js: JetStreamContext) -> tuple[bool, bool]:
+    async def _ensure_streams(self, nc: NATS, js: JetStreamContext) -> tuple[bool, bool, int]:
         """Create or check every partition's stream, after checking the layout;
-        whether they take atomic batches, and schedules."""
+        whether they take atomic batches, and schedules, and the oldest data layout."""
         layout = self.layout
         found: set[str] = set()
         for prefix in (layout.prefix, layout.expiry_prefix(0).split(".")[0]):
@@ -219,8 +252,10 @@ class Setup:
                 "uses them; changing --partitions is a migration, not a setting"
             )
         atomic = schedules = True
+        oldest = LAYOUT_VERSION
         for part in range(layout.partitions):
             info = await self._ensure_stream(js, part)
+            oldest = min(oldest, layout_of(info))
             # Atomic batch publish and schedules need nats-server 2.12+; older servers
             # drop the flags.
             atomic = atomic and bool(info.config.allow_atomic)
@@ -229,7 +264,7 @@ class Setup:
                 await js.add_consumer(
                     layout.stream_name(part), expiry.consumer_config(layout, part)
                 )
-        return self.want_atomic and atomic, schedules
+        return self.want_atomic and atomic, schedules, oldest
 
     async def _ensure_stream(self, js: JetStreamContext, part: int) -> StreamInfo:
         """Create or adopt one stream."""
@@ -246,7 +281,10 @@ class Setup:
             allow_atomic=self.want_atomic or None,
             allow_msg_schedules=self.want_atomic or None,
             duplicate_window=120.0,
-            metadata={PARTITIONS_META: str(layout.partitions)},
+            metadata={
+                PARTITIONS_META: str(layout.partitions),
+                LAYOUT_META: str(LAYOUT_VERSION),
+            },
         )
         try:
             info = await js.add_stream(config)
@@ -261,6 +299,11 @@ class Setup:
                 raise StoreClosed(
                     f"stream {name} was made for {made_for} partitions, not "
                     f"{layout.partitions}: changing --partitions is a migration, not a setting"
+                ) from exc
+            if layout_of(info) > LAYOUT_VERSION:
+                raise StoreClosed(
+                    f"stream {name} holds data of layout {layout_of(info)}, newer than this "
+                    f"relay knows ({LAYOUT_VERSION}): run the newer pinrelay"
                 ) from exc
             subjects = list(have.subjects or [])
             missing = [s for s in layout.stream_subjects(part) if s not in subjects]
@@ -278,3 +321,16 @@ class Setup:
                     have.allow_msg_schedules = True
                 info = await js.update_stream(have)
         return info
+
+
+def layout_of_config(config: StreamConfig) -> int:
+    """The data layout a stream's config records (module doc, "Layout versions")."""
+    raw = (config.metadata or {}).get(LAYOUT_META, "1")
+    try:
+        return int(raw)
+    except ValueError:
+        raise StoreClosed(f"stream {config.name}: layout {raw!r} is not a number") from None
+
+
+def layout_of(info: StreamInfo) -> int:
+    return layout_of_config(info.config)

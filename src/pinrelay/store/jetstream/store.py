@@ -7,8 +7,8 @@ each protocol call to the part that owns it: :class:`~.devices.Devices` and
 :class:`~.group.GroupCommit` for concurrent appends), :class:`~.reads.Reader`,
 :class:`~.acks.Acker`, :class:`~.contacts.ContactLists`,
 :class:`~.unread.Unreads` (read-receipt bookkeeping), :class:`~.groups.Groups`,
-:class:`~.subscriptions.Subscriptions` (Web Push) and :class:`~.expiry.Expiries`
-(failed receipts).  They share one
+:class:`~.subscriptions.Subscriptions` (Web Push), :class:`~.expiry.Expiries`
+(failed receipts) and :class:`~.tenants.Tenants`.  They share one
 :class:`~.api.Api` (the connection, retries and the error boundary) and one
 :class:`~.layout.Layout` (names).
 """
@@ -29,6 +29,7 @@ from pinrelay.core.chat import contact_data
 from pinrelay.core.ids import next_message_id
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.social import Action, Event, State, Transition
+from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
 from pinrelay.store.base import (
     AppendResult,
     Contact,
@@ -56,19 +57,20 @@ from pinrelay.store.jetstream.groups import Groups
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_LEASE_S, Leases
 from pinrelay.store.jetstream.keys import Keys
 from pinrelay.store.jetstream.kv import Kv
-from pinrelay.store.jetstream.layout import Layout
+from pinrelay.store.jetstream.layout import LAYOUT_VERSION, Layout
 from pinrelay.store.jetstream.pairing import Pairings
 from pinrelay.store.jetstream.pushreceipts import PushReceipts
 from pinrelay.store.jetstream.reads import Reader
 from pinrelay.store.jetstream.records import to_device
 from pinrelay.store.jetstream.subscriptions import Subscriptions
+from pinrelay.store.jetstream.tenants import Tenants
 from pinrelay.store.jetstream.unread import Unreads
 
 log = logging.getLogger(__name__)
 
 
 class JetStreamStore:
-    """The cluster engine: one JetStream stream (or one per partition) plus nine KV buckets."""
+    """The cluster engine: one JetStream stream (or one per partition) plus eleven KV buckets."""
 
     def __init__(
         self,
@@ -120,6 +122,7 @@ class JetStreamStore:
         self.pairings = Pairings(kv, self.layout.pairing)
         self.push_receipts = PushReceipts(kv, self.layout.push_receipts)
         self.subscriptions = Subscriptions(kv, buckets.subscriptions, self.devices)
+        self.tenants = Tenants(kv, buckets.tenants)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
@@ -188,6 +191,12 @@ class JetStreamStore:
         self._nc, self._js = nc, js
         self.api.attach(nc)
         try:
+            await self._migrate(layout, js, prepared.layout)
+        except BaseException:
+            await self.close()
+            raise
+        try:
+            await self.tenants.watch.start(nc, js)
             await self.devices.watch.start(nc, js)
             await self.keys.watch.start(nc, js)
             await self.contact_lists.watch.start(nc, js)
@@ -198,6 +207,19 @@ class JetStreamStore:
         except Exception as exc:
             await self.close()
             raise StoreClosed(f"cannot follow the streams and buckets: {exc!r}") from exc
+
+    async def _migrate(self, layout: setup.Setup, js: JetStreamContext, found: int) -> None:
+        """Bring data of layout ``found`` to :data:`~.layout.LAYOUT_VERSION` (:mod:`.setup`,
+        "Layout versions"); each step idempotent, so run again after a lost stamp.
+
+        1 → 2 (tenants): records that name no tenant read as the default tenant's
+        (:mod:`.records`), so the step is only creating that tenant, which every open
+        does when it is missing (:meth:`.tenants.Tenants.ensure_default`).
+        """
+        if await self.tenants.ensure_default():
+            log.info("the default tenant created (data layout %d found)", found)
+        if found < LAYOUT_VERSION:
+            await layout.stamp(js, self.connect_timeout)
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, nats.errors.SlowConsumerError):
@@ -214,6 +236,7 @@ class JetStreamStore:
 
     async def _on_reconnected(self) -> None:
         # A removal announced while we were away is lost: read every record again.
+        self.tenants.cache.clear()
         self.devices.cache.clear()
         self.keys.cache.clear()
         self.contact_lists.cache.clear()
@@ -232,6 +255,7 @@ class JetStreamStore:
             log.warning("writing held acks at close failed: %r", exc)
         await self.feed.stop()
         await self.expiries.stop()
+        await self.tenants.watch.stop()
         await self.devices.watch.stop()
         await self.keys.watch.stop()
         await self.contact_lists.watch.stop()
@@ -258,12 +282,40 @@ class JetStreamStore:
             raise StoreClosed("store is closed")
         return nc, js
 
+    # --- tenants (.tenants) ----------------------------------------------------------
+    async def create_tenant(self, tenant: Tenant) -> None:
+        await self.tenants.create(tenant)
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        return await self.tenants.get(tenant_id)
+
+    async def list_tenants(self) -> list[Tenant]:
+        return await self.tenants.all()
+
+    async def update_tenant(self, tenant: Tenant) -> bool:
+        return await self.tenants.update(tenant)
+
     # --- devices -------------------------------------------------------------------
     async def create_device(
-        self, pin: str, token_hash: str, label: str | None, now_ms: int
+        self,
+        pin: str,
+        token_hash: str,
+        label: str | None,
+        now_ms: int,
+        tenant: str | None = DEFAULT_TENANT,
     ) -> Device | None:
-        rec = await self.devices.create(pin, token_hash, label, now_ms)
+        rec = await self.devices.create(pin, token_hash, label, now_ms, tenant)
         return None if rec is None else to_device(pin, rec)
+
+    async def set_device_tenant(self, pin: str, tenant: str | None) -> bool:
+        return await self.devices.set_tenant(pin, tenant)
+
+    async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:
+        return await self.devices.set_grant(pin, tenant, granted)
+
+    async def grants_of(self, pin: str) -> list[str]:
+        got = await self.devices.get(pin)
+        return [] if got is None else list(got.rec.grants)
 
     async def get_device(self, pin: str) -> Device | None:
         got = await self.devices.get(pin)
@@ -340,17 +392,26 @@ class JetStreamStore:
 
     # --- messages --------------------------------------------------------------------
     async def append(
-        self, messages: Sequence[NewMessage | Rejected], idem: IdempotencyKey | None = None
+        self,
+        messages: Sequence[NewMessage | Rejected],
+        idem: IdempotencyKey | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[Accepted | Rejected], bool]:
         """Store ``messages``; see :meth:`pinrelay.store.base.Store.append` and
-        :mod:`.appends` (atomicity) and :mod:`.idempotency` (a retried request)."""
+        :mod:`.appends` (atomicity, tenants) and :mod:`.idempotency` (a retried request)."""
         self.api.check_open()
         if not messages:
             return [], False
         if idem is None:
-            results = await self.appender.append(messages, uuid.uuid4().hex)
+            results = await self.appender.append(messages, uuid.uuid4().hex, tenant)
             return to_results(results), False
-        results, replay = await self.leases.run(messages, idem, self.appender.append)
+
+        def publish(
+            batch: Sequence[NewMessage | Rejected], nonce: str
+        ) -> Awaitable[list[AppendResult]]:
+            return self.appender.append(batch, nonce, tenant)
+
+        results, replay = await self.leases.run(messages, idem, publish)
         return to_results(results), replay
 
     # --- contacts (.contacts) and read receipts (.unread) -------------------------------
