@@ -167,6 +167,19 @@ MAX_SUBSCRIPTIONS = 100
 #: How long a deleted subscription still answers 410 Gone (then 404).
 SUBSCRIPTION_GONE_KEEP_MS = 30 * 24 * 3600 * 1000
 
+
+class Move(msgspec.Struct, frozen=True):
+    """A device's request to move to another tenant (PROTOCOL "Portability"), kept on
+    the device until that tenant accepts it, the device withdraws it or asks for
+    another, or ``expires_ms`` passes (then it is ignored, and replaced by the next)."""
+
+    tenant: str
+    expires_ms: int
+
+
+#: How long a move request waits for the receiving tenant's acceptance.
+MOVE_KEEP_MS = 7 * 24 * 3600 * 1000
+
 #: Most tenants one device may grant pushes to.
 MAX_GRANTS = 32
 
@@ -225,6 +238,23 @@ class Store(Protocol):
     async def set_device_tenant(self, pin: str, tenant: str | None) -> bool:
         """Move the device to ``tenant`` (None: no tenant), with its data and cursor,
         and drop its grants; False if there is no such device."""
+        ...
+
+    async def request_move(self, pin: str, move: Move | None) -> bool:
+        """Keep ``move`` as the device's pending move request, replacing any other
+        (None: withdraw it); durable, seen by every relay.  False if there is no such
+        device.  Deleting the device forgets it."""
+        ...
+
+    async def pending_move(self, pin: str) -> Move | None:
+        """The device's move request as kept (expired or not); None for none or no device."""
+        ...
+
+    async def accept_move(self, pin: str, tenant: str, now_ms: int) -> bool:
+        """Complete the device's pending move if it is to ``tenant`` and unexpired at
+        ``now_ms``: as :meth:`set_device_tenant`, and the request is used up, in one
+        atomic write (a transaction, a compare-and-set), so of any number of calls at
+        most one returns True.  False (nothing changed) for no such request or device."""
         ...
 
     async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:

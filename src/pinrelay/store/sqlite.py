@@ -39,6 +39,7 @@ from pinrelay.store.base import (
     Contact,
     Group,
     IdempotencyKey,
+    Move,
     PushReceipt,
     Redemption,
     Rejected,
@@ -176,6 +177,11 @@ MIGRATIONS: list[str] = [
         tenant TEXT NOT NULL,
         PRIMARY KEY (pin, tenant)
     ) WITHOUT ROWID;
+    """,
+    # Portability (issue 15): a device's pending request to move to another tenant.
+    """
+    ALTER TABLE devices ADD COLUMN move_to TEXT;
+    ALTER TABLE devices ADD COLUMN move_expires_ms INTEGER;
     """,
 ]
 
@@ -510,6 +516,18 @@ class SqliteStore:
 
     async def set_device_tenant(self, pin: str, tenant: str | None) -> bool:
         return bool(await self._write(ops.SetDeviceTenant(pin, tenant)))
+
+    async def request_move(self, pin: str, move: Move | None) -> bool:
+        to, expires_ms = (None, None) if move is None else (move.tenant, move.expires_ms)
+        return bool(await self._write(ops.RequestMove(pin, to, expires_ms)))
+
+    async def pending_move(self, pin: str) -> Move | None:
+        sql = "SELECT move_to, move_expires_ms FROM devices WHERE pin = ?"
+        row = self._read().execute(sql, (pin,)).fetchone()
+        return None if row is None or row[0] is None else Move(row[0], row[1])
+
+    async def accept_move(self, pin: str, tenant: str, now_ms: int) -> bool:
+        return bool(await self._write(ops.AcceptMove(pin, tenant, now_ms)))
 
     async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:
         return bool(await self._write(ops.SetGrant(pin, tenant, granted)))

@@ -76,6 +76,34 @@ class SetDeviceTenant(Op, tag="sdt"):
         return c.execute(sql, (self.tenant, self.pin)).rowcount == 1
 
 
+class RequestMove(Op, tag="rm"):
+    pin: str
+    tenant: str | None
+    expires_ms: int | None
+
+    def run(self, c: sqlite3.Connection) -> bool:
+        sql = "UPDATE devices SET move_to = ?, move_expires_ms = ? WHERE pin = ?"
+        return c.execute(sql, (self.tenant, self.expires_ms, self.pin)).rowcount == 1
+
+
+class AcceptMove(Op, tag="am"):
+    """The device's pending move to ``tenant`` done and used up, in one transaction."""
+
+    pin: str
+    tenant: str
+    now_ms: int
+
+    def run(self, c: sqlite3.Connection) -> bool:
+        sql = (
+            "UPDATE devices SET tenant = move_to, move_to = NULL, move_expires_ms = NULL"
+            " WHERE pin = ? AND move_to = ? AND move_expires_ms > ?"
+        )
+        if c.execute(sql, (self.pin, self.tenant, self.now_ms)).rowcount != 1:
+            return False
+        c.execute("DELETE FROM grants WHERE pin = ?", (self.pin,))
+        return True
+
+
 class SetGrant(Op, tag="sg"):
     pin: str
     tenant: str
@@ -524,6 +552,8 @@ AnyOp = (
     | PutUnread
     | DropUnread
     | CreatePairing
+    | RequestMove
+    | AcceptMove
     | RedeemPairing
     | CreateSubscription
     | DeleteSubscription

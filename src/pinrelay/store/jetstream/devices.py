@@ -5,10 +5,10 @@ A device record (``<bucket_prefix>_devices``, PIN → JSON) carries a random
 re-created PIN never sees its predecessor's messages.  Records change rarely (a
 token, last seen, acks written back, see :mod:`.acks`): no write per message.
 Reads come from a cache kept right by a watch (:mod:`.watch`); a compare-and-set
-reads the leader.  The record also names the device's tenant and the other tenants it
-granted pushes (core/tenants.py): an append restricted to a tenant checks them on the
-record it reads anyway (:mod:`.appends`), and a move or a grant is a compare-and-set
-like any other change.
+reads the leader.  The record also names the device's tenant, the other tenants it
+granted pushes (core/tenants.py) and its pending move request: an append restricted to
+a tenant checks them on the record it reads anyway (:mod:`.appends`), and a move, its
+acceptance or a grant is a compare-and-set like any other change.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import msgspec
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.tenants import DEFAULT_TENANT
-from pinrelay.store.base import MAX_GRANTS, StoreClosed
+from pinrelay.store.base import MAX_GRANTS, Move, StoreClosed
 from pinrelay.store.jetstream.kv import KeyedLocks, Kv
 from pinrelay.store.jetstream.layout import Buckets
 from pinrelay.store.jetstream.records import (
@@ -167,6 +167,32 @@ class Devices:
             return msgspec.structs.replace(r, tenant=tenant, grants=[])
 
         return await self.update(pin, change) is not None
+
+    async def request_move(self, pin: str, move: Move | None) -> bool:
+        """Keep (or, None, withdraw) the device's move request; False for no device."""
+        to, expires_ms = (None, 0) if move is None else (move.tenant, move.expires_ms)
+
+        def change(r: DeviceRec) -> DeviceRec | None:
+            if (r.move_to, r.move_expires_ms) == (to, expires_ms):
+                return None
+            return msgspec.structs.replace(r, move_to=to, move_expires_ms=expires_ms)
+
+        return await self.update(pin, change) is not None
+
+    async def accept_move(self, pin: str, tenant: str, now_ms: int) -> bool:
+        """Do the device's pending move to ``tenant`` in one compare-and-set."""
+        moved = False
+
+        def change(r: DeviceRec) -> DeviceRec | None:
+            nonlocal moved  # the last call's verdict is the written record's
+            moved = r.move_to == tenant and r.move_expires_ms > now_ms
+            if not moved:
+                return None
+            return msgspec.structs.replace(
+                r, tenant=tenant, grants=[], move_to=None, move_expires_ms=0
+            )
+
+        return await self.update(pin, change) is not None and moved
 
     async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:
         """Grant ``tenant`` pushes to the device, or revoke it; False if there is no

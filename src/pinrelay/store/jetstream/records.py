@@ -57,6 +57,9 @@ class DeviceRec(msgspec.Struct, omit_defaults=True):
     tenant: str | None = DEFAULT_TENANT
     #: Other tenants the device lets push to it, sorted (at most MAX_GRANTS).
     grants: list[str] = []
+    #: Its pending request to move to another tenant, and when that lapses.
+    move_to: str | None = None
+    move_expires_ms: int = 0
 
 
 class KeyRec(msgspec.Struct):

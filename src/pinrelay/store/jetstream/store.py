@@ -35,6 +35,7 @@ from pinrelay.store.base import (
     Contact,
     Group,
     IdempotencyKey,
+    Move,
     PushReceipt,
     Redemption,
     Rejected,
@@ -309,6 +310,18 @@ class JetStreamStore:
 
     async def set_device_tenant(self, pin: str, tenant: str | None) -> bool:
         return await self.devices.set_tenant(pin, tenant)
+
+    async def request_move(self, pin: str, move: Move | None) -> bool:
+        return await self.devices.request_move(pin, move)
+
+    async def pending_move(self, pin: str) -> Move | None:
+        got = await self.devices.get(pin)
+        if got is None or got.rec.move_to is None:
+            return None
+        return Move(got.rec.move_to, got.rec.move_expires_ms)
+
+    async def accept_move(self, pin: str, tenant: str, now_ms: int) -> bool:
+        return await self.devices.accept_move(pin, tenant, now_ms)
 
     async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:
         return await self.devices.set_grant(pin, tenant, granted)
