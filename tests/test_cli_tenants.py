@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from tests.relayproc import RelayProc
@@ -49,3 +52,35 @@ def test_a_device_grants_a_tenant(relay: RelayProc) -> None:
     assert revoked.returncode == 0 and "none" in revoked.stdout
     one_line_error(run("device", "grant", pin, "--tenant", "zzzzzzzzzzzz", *common), "404")
     one_line_error(run("tenant", "key", tid, "--name", "x", "--scope", "root"), "--scope")
+
+
+def test_a_device_exports_and_moves_to_another_tenant(relay: RelayProc, tmp_path: Path) -> None:
+    old, new = (ok_json(relay, "tenant", "create", n)["id"] for n in ("Old", "New"))
+    key = ok_json(relay, "tenant", "key", new, "--name", "onboarding", "--scope", "devices")
+    old_key = ok_json(relay, "tenant", "key", old, "--name", "app", "--scope", "devices")
+    made = run("device", "create", "--json", key=old_key["key"], url=relay.url)
+    assert made.returncode == 0, made.stderr
+    pin, token = json.loads(made.stdout)["pin"], json.loads(made.stdout)["token"]
+    for n in range(3):
+        data = ["--data", f'{{"n": {n}}}', "--ttl", "3600"]
+        pushed = run("push", pin, *data, key=relay.admin_key, url=relay.url)
+        assert pushed.returncode == 0, pushed.stderr
+    common = ["--token", token, "--url", relay.url]
+    file = tmp_path / "export.json"
+    exported = run("device", "export", pin, *common, "--out", str(file))
+    assert exported.returncode == 0 and "3 undelivered messages" in " ".join(
+        exported.stdout.split()
+    )
+    doc = json.loads(file.read_text())
+    assert doc["device"]["tenant"] == old and len(doc["messages"]) == 3
+
+    one_line_error(run("device", "move", pin, *common), "--to")
+    asked = run("device", "move", pin, "--to", new, *common, "--json")
+    assert asked.returncode == 0 and json.loads(asked.stdout)["tenant"] == new, asked.stderr
+    accepted = run("tenant", "accept", new, pin, "--json", key=key["key"], url=relay.url)
+    assert accepted.returncode == 0, accepted.stderr
+    assert json.loads(accepted.stdout) == {"pin": pin, "tenant": new}
+    one_line_error(run("tenant", "accept", new, pin, key=key["key"], url=relay.url), "404")
+    after = run("device", "export", pin, *common, "--json")
+    assert json.loads(after.stdout)["device"]["tenant"] == new
+    assert json.loads(after.stdout)["messages"] == doc["messages"]

@@ -112,7 +112,7 @@ async def read(request: Request) -> Response:
     return json_response(ReadDone(receipts=receipts))
 
 
-def _group_view(group: Group, ignored: list[str] | None = None) -> GroupView:
+def group_view(group: Group, ignored: list[str] | None = None) -> GroupView:
     return GroupView(
         group=group.id,
         name=group.name,
@@ -134,7 +134,7 @@ async def create_group(request: Request) -> Response:
     body = decode(await read_body(request, limit=64 * 1024), GroupCreate)
     group, ignored = await relay_of(request).chat.create_group(device.pin, body.name, body.members)
     return json_response(
-        _group_view(group, ignored),
+        group_view(group, ignored),
         status=201,
         headers={"Location": f"{request.url.path}/{group.id}"},
     )
@@ -143,7 +143,7 @@ async def create_group(request: Request) -> Response:
 async def list_groups(request: Request) -> Response:
     device = (await require_device(request)).device
     groups = await relay_of(request).store.groups_of(device.pin)
-    return json_response(GroupList(groups=[_group_view(g) for g in groups]))
+    return json_response(GroupList(groups=[group_view(g) for g in groups]))
 
 
 async def add_members(request: Request) -> Response:
@@ -151,7 +151,7 @@ async def add_members(request: Request) -> Response:
     group_id = _group_id(request)
     body = decode(await read_body(request, limit=64 * 1024), GroupMembers)
     group, ignored = await relay_of(request).chat.add_members(device.pin, group_id, body.pins)
-    return json_response(_group_view(group, ignored))
+    return json_response(group_view(group, ignored))
 
 
 async def remove_member(request: Request) -> Response:

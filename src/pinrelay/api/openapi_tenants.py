@@ -21,6 +21,10 @@ COMPONENTS: list[type[Struct]] = [
     schemas.TenantKeyCreate,
     schemas.GrantCreate,
     schemas.GrantList,
+    schemas.MoveRequest,
+    schemas.MoveView,
+    schemas.MoveDone,
+    schemas.Export,
 ]
 
 AUTH_ERRORS = (401, 403, 429, 503)
@@ -41,6 +45,17 @@ def _path_param(name: str, pattern: str) -> dict[str, Any]:
 
 _PIN = _path_param("pin", "^[0-9A-F]{8}$")
 _TENANT = _path_param("tenant", _TENANT_PATTERN)
+
+
+def _query(name: str, low: int, high: int, default: int, about: str) -> dict[str, Any]:
+    schema = {"type": "integer", "minimum": low, "maximum": high, "default": default}
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": about}
+
+
+_EXPORT_QUERY = [
+    _query("after", 0, 2**53 - 1, 0, "Export messages after this cursor (the last page's)"),
+    _query("limit", 1, 1000, 1000, "Most messages in this page (about 4 MiB at most)"),
+]
 
 
 def paths(op: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -121,6 +136,44 @@ def paths(op: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 (204, "Revoked", None),
                 (),
                 params=[_PIN, _TENANT],
+            )
+        },
+        "/v1/devices/{pin}/export": {
+            "get": device_op(
+                "Everything the relay holds about this device (the device's token; PROTOCOL"
+                ' "Portability"), its undelivered messages a page at a time',
+                (200, "The export", "Export"),
+                (400, 422),
+                params=[_PIN, *_EXPORT_QUERY],
+            )
+        },
+        "/v1/devices/{pin}/move": {
+            "post": device_op(
+                "Ask to move this device to another tenant, which must accept (replaces"
+                " an earlier request; it lapses after 7 days)",
+                (202, "The pending move", "MoveView"),
+                (*BODY_ERRORS, 409),
+                body="MoveRequest",
+                params=[_PIN],
+            ),
+            "get": device_op(
+                "This device's pending move",
+                (200, "The pending move", "MoveView"),
+                (),
+                params=[_PIN],
+            ),
+            "delete": device_op(
+                "Withdraw this device's pending move", (204, "Withdrawn", None), (), params=[_PIN]
+            ),
+        },
+        "/v1/tenants/{tenant}/moves/{pin}/accept": {
+            "post": tenant_op(
+                "Accept a device's move to this tenant (its admin or devices key, or the"
+                " relay's admin key): the device keeps its contacts, groups, messages,"
+                " cursor and token; its old tenant's keys lose it",
+                (200, "Moved", "MoveDone"),
+                (404,),
+                params=[_TENANT, _PIN],
             )
         },
     }

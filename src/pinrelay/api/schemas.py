@@ -8,6 +8,7 @@ from msgspec import Meta, Struct
 
 from pinrelay.core.frames import Cursor, Msg
 from pinrelay.core.tenants import Quotas, TenantId, TenantName
+from pinrelay.core.webpush import SubscriptionView
 
 Label = Annotated[str, Meta(min_length=1, max_length=200)]
 KeyName = Annotated[str, Meta(min_length=1, max_length=100)]
@@ -272,3 +273,63 @@ class GrantCreate(Struct, kw_only=True, forbid_unknown_fields=True):
 class GrantList(Struct, kw_only=True):
     #: The tenants besides the device's own that may push to it.
     tenants: list[str]
+
+
+# --- portability (PROTOCOL "Portability") ---------------------------------------------
+class MoveRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    #: The tenant the device asks to move to (it must accept).
+    tenant: TenantId
+
+
+class MoveView(Struct, kw_only=True):
+    """A device's pending request to move to ``tenant``, until ``expires_at``."""
+
+    pin: str
+    tenant: str
+    expires_at: str
+
+
+class MoveDone(Struct, kw_only=True):
+    """The device belongs to ``tenant`` now, with its data, cursor and token."""
+
+    pin: str
+    tenant: str
+
+
+class ExportedDevice(Struct, kw_only=True):
+    pin: str
+    #: Its tenant; null when tenant-less (its tenant was deleted).
+    tenant: str | None
+    label: str | None
+    created_at: str
+    last_seen: str | None
+    #: The highest cursor stored for it, and the highest it acknowledged.
+    last_cursor: int
+    acked_cursor: int
+
+
+class Export(Struct, kw_only=True):
+    """Everything the relay holds about one device (``GET /v1/devices/{pin}/export``).
+
+    ``messages`` are its undelivered messages after ``?after=`` in cursor order, as
+    the link's ``msg`` frames; at most ``?limit=`` of them and about 4 MiB of data:
+    ``truncated`` says more follow, fetched with ``?after=<cursor>``.
+    """
+
+    format: Literal["pinrelay-export/1"]
+    exported_at: str
+    device: ExportedDevice
+    contacts: list[ContactView]
+    groups: list[GroupView]
+    #: Web Push subscriptions, with the keys the device gave (its own).
+    subscriptions: list[SubscriptionView]
+    #: Tenants the device lets push to it.
+    grants: list[str]
+    #: Its pending move to another tenant, if any.
+    move: MoveView | None
+    #: Broadcast channels it joined: always empty until channels exist.
+    channels: list[str]
+    messages: list[Msg]
+    truncated: bool
+    #: The last exported message's cursor (or ``after``): where the next page starts.
+    cursor: int
