@@ -112,7 +112,9 @@ def test_export_move_and_new_handset(relay: RelayProc, admin: httpx.Client) -> N
     for n in range(3):
         _ok(_push(a.keys["push"], pin, n, admin), 201)
 
-    export = _ok(admin.get(f"/v1/devices/{pin}/export", headers=_bearer(d["token"])))
+    answer = admin.get(f"/v1/devices/{pin}/export", headers=_bearer(d["token"]))
+    assert answer.headers["cache-control"] == "no-store"
+    export = _ok(answer)
     assert export["format"] == "pinrelay-export/1"
     assert export["device"]["pin"] == pin and export["device"]["tenant"] == a.id
     assert export["contacts"] == [

@@ -113,7 +113,8 @@ async def export(request: Request) -> Response:
         truncated=len(page) < len(stored),
         cursor=page[-1].cursor if page else after,
     )
-    return json_response(body)
+    # Everything about a person's device: no cache along the way keeps a copy.
+    return json_response(body, headers={"Cache-Control": "no-store"})
 
 
 # --- moving to another tenant ----------------------------------------------------------
