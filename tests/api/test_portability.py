@@ -10,7 +10,7 @@ groups still work, the old tenant's keys get 404 and the old token is refused.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -19,7 +19,7 @@ import pytest
 from pinrelay.core import frames
 from tests.api.test_api import assert_problem
 from tests.api.test_tenants import NOBODY, Tenant, same_as_nobody
-from tests.linkclient import error_then_close, link, raw_link, recv, send
+from tests.linkclient import closed_with, error_then_close, link, raw_link, recv, send
 from tests.relayproc import RelayProc
 
 pytestmark = pytest.mark.shared_relay
@@ -241,3 +241,38 @@ def test_export_pages_are_bounded(admin: httpx.Client) -> None:
     assert_problem(admin.get(export, params={"limit": 0}, headers=auth), 422)
     assert_problem(admin.get(export, params={"limit": 1001}, headers=auth), 422)
     assert_problem(admin.get(export, headers=_bearer(a.keys["admin"])), 401)
+
+
+async def _kicked_on_rotation(
+    relay: RelayProc, device: dict[str, Any], rotate: Callable[[], str]
+) -> str:
+    """Link with the old token, rotate, and see that link closed (after the backlog
+    the old handset got unacknowledged); the new token."""
+    ws, _ = await link(relay, device)
+    token = await asyncio.to_thread(rotate)
+    frame = await recv(ws)
+    while isinstance(frame, frames.Msg):
+        frame = await recv(ws)
+    assert isinstance(frame, frames.Error) and frame.code == "unauthorized", frame
+    assert await closed_with(ws) == 4401
+    return token
+
+
+def test_a_new_handset_by_token_rotation_after_a_move(
+    relay: RelayProc, admin: httpx.Client
+) -> None:
+    a, b = Tenant(admin, "before"), Tenant(admin, "after")
+    d = a.device()
+    pin, auth = d["pin"], _bearer(d["token"])
+    ids = {_ok(_push(a.keys["push"], pin, n, admin), 201)["id"] for n in range(3)}
+    _ok(admin.post(f"/v1/devices/{pin}/move", json={"tenant": b.id}, headers=auth), 202)
+    with b.client("devices") as b_devices:
+        _ok(b_devices.post(f"/v1/tenants/{b.id}/moves/{pin}/accept"))
+
+        def rotate() -> str:
+            return str(_ok(b_devices.post(f"/v1/devices/{pin}/token"))["token"])
+
+        token = asyncio.run(_kicked_on_rotation(relay, d, rotate))
+    assert_problem(admin.get(f"/v1/devices/{pin}/export", headers=auth), 401)
+    seen = asyncio.run(_receive(relay, {**d, "token": token}, ids))
+    assert {m.id for m in seen} == ids
