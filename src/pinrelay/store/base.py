@@ -218,8 +218,13 @@ class Store(Protocol):
         label: str | None,
         now_ms: int,
         tenant: str | None = DEFAULT_TENANT,
+        max_devices: int | None = None,
     ) -> Device | None:
-        """Create a device of ``tenant``; None if the PIN is taken."""
+        """Create a device of ``tenant``; None if the PIN is taken.
+
+        ``max_devices``: the tenant's devices quota; if it holds that many already,
+        RATE_LIMITED naming the quota and nothing made.  Creates racing on several
+        relays never take a tenant past it."""
         ...
 
     async def set_device_tenant(self, pin: str, tenant: str | None) -> bool:

@@ -499,8 +499,10 @@ class SqliteStore:
         label: str | None,
         now_ms: int,
         tenant: str | None = DEFAULT_TENANT,
+        max_devices: int | None = None,
     ) -> Device | None:
-        if not await self._write(ops.CreateDevice(pin, token_hash, label, now_ms, tenant)):
+        op = ops.CreateDevice(pin, token_hash, label, now_ms, tenant, max_devices)
+        if not await self._write(op):
             return None
         return Device(pin, token_hash, label, now_ms, None, 0, 0, tenant)
 

@@ -16,6 +16,7 @@ import msgspec
 
 from pinrelay.core import chat, social
 from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.quotas import over
 from pinrelay.store.base import (
     MAX_CONTACTS,
     MAX_GRANTS,
@@ -56,8 +57,15 @@ class CreateDevice(Op, tag="cd"):
     label: str | None
     now_ms: int
     tenant: str | None
+    max_devices: int | None = None
 
     def run(self, c: sqlite3.Connection) -> bool:
+        if self.max_devices is not None and self.tenant is not None:
+            # In the one writer's transaction: no other create comes between the
+            # count (on the devices_tenant index) and the insert.
+            sql = "SELECT count(*) FROM devices WHERE tenant = ?"
+            if c.execute(sql, (self.tenant,)).fetchone()[0] >= self.max_devices:
+                raise over(self.tenant, "devices", f"{self.max_devices} devices")
         cur = c.execute(
             "INSERT OR IGNORE INTO devices (pin, token_hash, label, created_ms, tenant)"
             " VALUES (?, ?, ?, ?, ?)",

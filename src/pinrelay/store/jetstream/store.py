@@ -28,6 +28,7 @@ from nats.js.client import JetStreamContext
 from pinrelay.core.chat import contact_data
 from pinrelay.core.ids import next_message_id
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
+from pinrelay.core.quotas import over
 from pinrelay.core.social import Action, Event, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
 from pinrelay.store.base import (
@@ -303,12 +304,31 @@ class JetStreamStore:
         label: str | None,
         now_ms: int,
         tenant: str | None = DEFAULT_TENANT,
+        max_devices: int | None = None,
     ) -> Device | None:
-        rec = await self.devices.create(pin, token_hash, label, now_ms, tenant)
+        # Counted first, so that relays racing cannot pass the quota (.tenants,
+        # "Device counts"); taken back if no device was made.
+        if tenant is not None and not await self.tenants.count_devices(tenant, 1, max_devices):
+            raise over(tenant, "devices", f"{max_devices} devices")
+        rec = None
+        try:
+            rec = await self.devices.create(pin, token_hash, label, now_ms, tenant)
+        finally:
+            if rec is None and tenant is not None:
+                await self.tenants.count_devices(tenant, -1)
         return None if rec is None else to_device(pin, rec)
 
     async def set_device_tenant(self, pin: str, tenant: str | None) -> bool:
-        return await self.devices.set_tenant(pin, tenant)
+        got = await self.devices.get_fresh(pin)
+        if not await self.devices.set_tenant(pin, tenant):
+            return False
+        old = None if got is None else got.rec.tenant
+        if old != tenant:
+            if old is not None:
+                await self.tenants.count_devices(old, -1)
+            if tenant is not None:
+                await self.tenants.count_devices(tenant, 1)
+        return True
 
     async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:
         return await self.devices.set_grant(pin, tenant, granted)
@@ -347,7 +367,8 @@ class JetStreamStore:
         return int((info.get("state") or {}).get("last_seq", 0))
 
     async def delete_device(self, pin: str) -> bool:
-        if await self.devices.get_fresh(pin) is None:
+        found = await self.devices.get_fresh(pin)
+        if found is None:
             # A deletion that failed half-way left its subscriptions live: end them
             # (.subscriptions, "Deleted devices"; one read when there are none).
             await self.subscriptions.end_all(pin)
@@ -358,6 +379,8 @@ class JetStreamStore:
         if not await self.devices.remove(pin):
             await self.subscriptions.end_all(pin)
             return False
+        if found.rec.tenant is not None:
+            await self.tenants.count_devices(found.rec.tenant, -1)
         # Messages stored meanwhile carry the old gen: no later device with this PIN sees
         # them; a contacts record written meanwhile does too (.contacts).
         await self.acker.purge(pin, None)
