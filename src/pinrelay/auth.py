@@ -16,10 +16,12 @@ from pinrelay.core.errors import ErrorCode, PinrelayError, RateLimited
 from pinrelay.core.ids import canonical_pairing_code, hash_secret, is_pin, secret_matches
 from pinrelay.core.model import Device, Scope
 from pinrelay.core.ratelimit import FailureLimiter
-from pinrelay.core.tenants import may_reach
+from pinrelay.core.tenants import Quotas, may_reach
 from pinrelay.metrics import Metrics
 from pinrelay.store.base import Store
 
+#: A principal's quotas when its tenant sets none (the relay's admin key's).
+NO_QUOTAS = Quotas()
 #: The id of the relay's own admin key (from config, not the store).
 ADMIN_KEY_ID = "admin"
 #: A source may fail this many times more than a source with one PIN (DECISIONS 31).
@@ -39,6 +41,8 @@ class KeyPrincipal:
     key_id: str
     scope: Scope
     tenant: str | None
+    #: The tenant's quotas as read at authentication (core/quotas.py: no second read).
+    quotas: Quotas = NO_QUOTAS
 
     def allows(self, *scopes: Scope) -> bool:
         """Whether this key may do what needs one of ``scopes`` (admin may do all)."""
@@ -144,7 +148,7 @@ class Authenticator:
             raise PinrelayError(
                 f"tenant {tenant.id} is suspended: its keys may not act", ErrorCode.FORBIDDEN
             )
-        principal = KeyPrincipal(key.id, key.scope, key.tenant)
+        principal = KeyPrincipal(key.id, key.scope, key.tenant, tenant.quotas)
         if not principal.allows(*scopes):
             wanted = " or ".join(s.value for s in scopes) or "admin"
             raise PinrelayError(

@@ -50,27 +50,11 @@ app.add_typer(key_app, name="key", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster", no_args_is_help=True)
 cli_serve.register(app)  # first in --help
 
-KeyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--key",
-        envvar="PINRELAY_KEY",
-        help="API key; default: $PINRELAY_ADMIN_KEY, else ./data/admin.key.",
-        show_default=False,
-    ),
-]
+KeyOpt = cli_tenants.KeyOpt
 
 
 def _key(key: str | None) -> str:
-    if key:
-        return key
-    env = os.environ.get("PINRELAY_ADMIN_KEY")
-    if env:
-        return env
-    path = Path("data") / "admin.key"
-    if path.exists():
-        return path.read_text().strip()
-    fail("no API key: pass --key, set PINRELAY_KEY, or run where data/admin.key is")
+    return cli_tenants.admin_key(key)
 
 
 def _client(url: str, key: str | None) -> RelayClient:

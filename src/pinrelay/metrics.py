@@ -72,6 +72,12 @@ class Metrics:
         self.auth_failures = Counter(
             "pinrelay_auth_failures", "Failed authentications", ["edge"], registry=r
         )
+        self.quota_refusals = Counter(
+            "pinrelay_quota_refusals",
+            "Calls and links refused by a tenant quota (rate counts each message)",
+            ["quota"],
+            registry=r,
+        )
         self.commit_seconds = Histogram(
             "pinrelay_store_commit_seconds",
             "Store commit latency (one group commit)",

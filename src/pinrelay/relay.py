@@ -20,6 +20,7 @@ from pinrelay.auth import Authenticator
 from pinrelay.chat import Chat
 from pinrelay.config import RelayConfig, raise_fd_limit
 from pinrelay.core.chat import Delivered
+from pinrelay.core.quotas import RateBuckets
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.ingest import Ingest
 from pinrelay.link.server import LinkConfig, LinkServer
@@ -89,6 +90,8 @@ class Relay:
                 connection=lambda: js.connection,
                 feed=js.feed,
             )
+        #: Tenants' rate quotas on this relay (core/quotas.py).
+        self.rates = RateBuckets()
         self.ingest = Ingest(self.store, self.router, clock, config.limits, self.metrics)
         self.chat = Chat(self.ingest, clock, config.chat)
         self.webpush = WebPush(self.ingest, clock, config.push_origin, config.webpush)

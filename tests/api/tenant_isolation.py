@@ -167,21 +167,26 @@ def _swapped(text: str, mine: Ids) -> str:
     return text
 
 
-def check_isolation(url: str, admin_key: str) -> int:
-    """Run the matrix against the relay at ``url``; the number of calls compared."""
-    with httpx.Client(base_url=url, headers=_bearer(admin_key), timeout=60) as http:
+def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> int:
+    """Run the matrix against the relay at ``url`` (the tenants and A's objects made
+    through ``setup_url``, another relay of its cluster, if given); the number of
+    calls compared."""
+    with (
+        httpx.Client(base_url=url, headers=_bearer(admin_key), timeout=60) as http,
+        httpx.Client(base_url=setup_url or url, headers=_bearer(admin_key), timeout=60) as setup,
+    ):
         document = http.get("/openapi.json").json()
         components = document["components"]["schemas"]
-        a_id, a_keys = _tenant(http, "tenant A")
-        _, b_keys = _tenant(http, "tenant B")
+        a_id, a_keys = _tenant(setup, "tenant A")
+        _, b_keys = _tenant(setup, "tenant B")
         devices = []
         for _ in range(2):
-            made = http.post("/v1/devices", json={"tenant": a_id})
+            made = setup.post("/v1/devices", json={"tenant": a_id})
             assert made.status_code == 201, made.text
             devices.append(made.json())
         pin, token = devices[0]["pin"], _bearer(devices[0]["token"])
-        sub = http.post(f"/v1/devices/{pin}/subscriptions", json={}, headers=token)
-        group = http.post(
+        sub = setup.post(f"/v1/devices/{pin}/subscriptions", json={}, headers=token)
+        group = setup.post(
             f"/v1/devices/{pin}/groups", json={"name": "g", "members": []}, headers=token
         )
         assert sub.status_code == 201 and group.status_code == 201, (sub.text, group.text)

@@ -276,3 +276,18 @@ def test_a_new_handset_by_token_rotation_after_a_move(
     assert_problem(admin.get(f"/v1/devices/{pin}/export", headers=auth), 401)
     seen = asyncio.run(_receive(relay, {**d, "token": token}, ids))
     assert {m.id for m in seen} == ids
+
+
+def test_a_move_counts_against_the_devices_quota(admin: httpx.Client) -> None:
+    a, b = Tenant(admin, "small"), Tenant(admin, "full")
+    b.device()
+    _ok(admin.patch(f"/v1/tenants/{b.id}", json={"quotas": {"devices": 1}}))
+    d = a.device()
+    pin, auth = d["pin"], _bearer(d["token"])
+    _ok(admin.post(f"/v1/devices/{pin}/move", json={"tenant": b.id}, headers=auth), 202)
+    with b.client("devices") as b_devices:
+        full = assert_problem(b_devices.post(f"/v1/tenants/{b.id}/moves/{pin}/accept"), 429)
+        assert "devices quota" in full["detail"]
+        assert _ok(admin.get(f"/v1/devices/{pin}/move", headers=auth))["tenant"] == b.id
+        _ok(admin.patch(f"/v1/tenants/{b.id}", json={"quotas": {"devices": 2}}))
+        _ok(b_devices.post(f"/v1/tenants/{b.id}/moves/{pin}/accept"))

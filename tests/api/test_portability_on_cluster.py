@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from tests.api.test_portability import (
     admin,
+    test_a_move_counts_against_the_devices_quota,
     test_a_new_handset_by_token_rotation_after_a_move,
     test_a_tenantless_device_moves_the_same_way,
     test_export_move_and_new_handset,
@@ -18,6 +19,7 @@ __all__ = [
     "admin",
     "nats_cluster",
     "relay",
+    "test_a_move_counts_against_the_devices_quota",
     "test_a_new_handset_by_token_rotation_after_a_move",
     "test_a_tenantless_device_moves_the_same_way",
     "test_export_move_and_new_handset",

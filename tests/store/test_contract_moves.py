@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted
 from pinrelay.core.tenants import DEFAULT_TENANT
 from pinrelay.store.base import Move, Store
 
 from .conftest import Reopen
-from .test_contract import NOW, A, B, msg
+from .test_contract import NOW, A, B, C, msg
 from .test_contract_tenants import T1, T2, elsewhere, tenant
 
 LATER = NOW + 60_000
@@ -95,3 +98,18 @@ async def test_deleting_the_device_forgets_its_request(store: Store) -> None:
     assert await store.create_device(A, "hash-a2", None, NOW, tenant=T1) is not None
     assert await store.pending_move(A) is None
     assert not await store.accept_move(A, T2, NOW)
+
+
+async def test_the_receiving_tenants_devices_quota_holds(store: Store) -> None:
+    await _two_tenants(store)
+    assert await store.create_device(B, "hash-b", None, NOW, tenant=T2, max_devices=1)
+    assert await store.request_move(A, Move(T2, LATER))
+    with pytest.raises(PinrelayError) as over:
+        await store.accept_move(A, T2, NOW, max_devices=1)
+    assert over.value.code is ErrorCode.RATE_LIMITED and "devices quota" in str(over.value)
+    assert await store.pending_move(A) == Move(T2, LATER)  # nothing moved or used up
+    assert await store.accept_move(A, T2, NOW, max_devices=2)
+    # The counts followed: T2 is full at 2, T1 has room for one again.
+    with pytest.raises(PinrelayError):
+        await store.create_device(C, "hash-c", None, NOW, tenant=T2, max_devices=2)
+    assert await store.create_device(C, "hash-c", None, NOW, tenant=T1, max_devices=1)

@@ -158,3 +158,29 @@ async def test_a_device_moves_with_its_backlog(store: Store, reopen: Reopen) -> 
     assert [m.data for m in backlog] == [b'{"n":2}', b'{"n":4}']
     assert await store.set_device_tenant(A, None)
     assert (await store.get_device(A)).tenant is None  # type: ignore[union-attr]
+
+
+async def test_the_devices_quota_counts_creates_deletions_and_moves(
+    store: Store, reopen: Reopen
+) -> None:
+    await store.create_tenant(tenant(T1))
+    await store.create_tenant(tenant(T2))
+    assert await store.create_device(A, "hash-a", None, NOW, tenant=T1, max_devices=2)
+    assert await store.create_device(A, "hash-x", None, NOW, tenant=T1, max_devices=2) is None
+    assert await store.create_device(B, "hash-b", None, NOW, tenant=T1, max_devices=2)
+    with pytest.raises(PinrelayError) as over:
+        await store.create_device(C, "hash-c", None, NOW, tenant=T1, max_devices=2)
+    assert over.value.code is ErrorCode.RATE_LIMITED
+    assert over.value.detail == f"tenant {T1} is over its devices quota of 2 devices"
+    assert await store.get_device(C) is None
+    # Through a second store on the same data (another relay): the same count.
+    other = await elsewhere(store, reopen)
+    with pytest.raises(PinrelayError):
+        await other.create_device(C, "hash-c", None, NOW, tenant=T1, max_devices=2)
+    assert await other.delete_device(A)
+    assert await other.create_device(C, "hash-c", None, NOW, tenant=T1, max_devices=2)
+    # A move takes the device out of one tenant's count and into the other's.
+    assert await other.set_device_tenant(C, T2)
+    assert await other.create_device(A, "hash-a", None, NOW, tenant=T1, max_devices=2)
+    with pytest.raises(PinrelayError):
+        await other.create_device("0000000D", "hash-d", None, NOW, tenant=T2, max_devices=1)

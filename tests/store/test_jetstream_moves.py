@@ -3,8 +3,9 @@ suite cannot see, on real nats-server processes.
 
 - a request made through one relay reaches another relay's cache with no request of
   its own, and so does its acceptance;
-- with the device record cached, a request and an acceptance cost one request each
-  (the compare-and-set), and reading a pending move costs none (DECISIONS 47).
+- with the records cached, a request costs one request (the device record's
+  compare-and-set), an acceptance three (that, and the two tenants' device counts),
+  and reading a pending move none (DECISIONS 49).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ async def test_a_move_costs_one_request_and_reaches_another_relay(
         await one.create_tenant(tenant(t))
     await one.create_device(A, "hash-A", None, NOW, tenant=T1)
     assert await other.get_device(A) is not None  # cached on both
+    for t in (T1, T2):
+        assert await other.get_tenant(t) is not None
     count = Requests(one, monkeypatch)
     assert await one.request_move(A, Move(T2, LATER))
     assert count.taken["requests"] == 1
@@ -52,7 +55,7 @@ async def test_a_move_costs_one_request_and_reaches_another_relay(
     await wait_until_async(lambda: _pending(other, Move(T2, LATER)), 5.0)
     assert seen.taken["requests"] == 0
     assert await other.accept_move(A, T2, NOW)
-    assert seen.taken["requests"] == 1
+    assert seen.taken["requests"] == 3
     await wait_until_async(lambda: _tenant_is(one, T2), 5.0)
     assert await one.pending_move(A) is None
     assert not await one.accept_move(A, T2, NOW)  # used up, as the leader's copy says

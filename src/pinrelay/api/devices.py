@@ -38,19 +38,26 @@ async def create_device(request: Request) -> Response:
         found = await relay.store.get_tenant(tenant)
         if found is None or not found.live:
             raise PinrelayError(f"no tenant with id {tenant}", ErrorCode.NOT_FOUND)
+        max_devices = found.quotas.devices
     elif spec.tenant not in (None, principal.tenant):
         raise PinrelayError(
             "a tenant's key makes devices for its own tenant only", ErrorCode.FORBIDDEN
         )
     else:
         tenant = principal.tenant
+        max_devices = principal.quotas.devices  # as read at authentication
     token = new_secret(os.urandom)
     now_ms = int(relay.clock() * 1000)
     device: Device | None = None
     for _ in range(8):  # 32-bit PINs: a collision is rare, and retried
-        device = await relay.store.create_device(
-            new_pin(os.urandom), hash_secret(token), spec.label, now_ms, tenant
-        )
+        try:
+            device = await relay.store.create_device(
+                new_pin(os.urandom), hash_secret(token), spec.label, now_ms, tenant, max_devices
+            )
+        except PinrelayError as exc:
+            if exc.code is ErrorCode.RATE_LIMITED:  # the devices quota (Store.create_device)
+                relay.metrics.quota_refusals.labels("devices").inc()
+            raise
         if device is not None:
             break
     if device is None:

@@ -23,6 +23,7 @@ from pinrelay.api.common import (
     strict,
 )
 from pinrelay.api.schemas import BatchItemResult, BatchResult, PushResult
+from pinrelay.auth import KeyPrincipal
 from pinrelay.core.errors import ErrorCode, LimitExceeded, PinrelayError, RemoteProtocolError
 from pinrelay.core.model import (
     Accepted,
@@ -76,6 +77,22 @@ def _idempotency(call: Call, key_id: str, body: bytes) -> IdempotencyKey | None:
     )
 
 
+def take_rate(call: Call, principal: KeyPrincipal, n: int) -> None:
+    """Count ``n`` messages against the tenant's rate quota, or raise 429 with nothing
+    stored (core/quotas.py).  No store read: the quotas came with the principal."""
+    quotas = principal.quotas
+    if quotas.rate is None or principal.tenant is None:
+        return
+    relay = call.relay
+    # On a cluster each live relay holds its share of the rate (PROTOCOL "Quotas").
+    share = len(relay.router.link_urls) if relay.clustered else 1
+    try:
+        relay.rates.take(principal.tenant, quotas, n, relay.clock(), share)
+    except PinrelayError:
+        relay.metrics.quota_refusals.labels("rate").inc(n)
+        raise
+
+
 def _draft(pin: str, fields: PushFields) -> Draft:
     return Draft(
         to=pin, data=bytes(fields.data), ttl=fields.ttl, topic=fields.topic, urgency=fields.urgency
@@ -108,6 +125,7 @@ async def push_one_call(call: Call, pin: str, read: Callable[[], Awaitable[bytes
     body = await read()
     fields = decode(body, PushFields)
     check_push(fields, relay.config.limits)
+    take_rate(call, principal, 1)
     # No read of the device first: the append refuses an unknown PIN by itself, so a
     # push costs the loop no extra query.
     [result] = await relay.ingest.accept(
@@ -193,6 +211,7 @@ async def push_batch(request: Request) -> Response:
             check_push(item, limits)
         except PinrelayError as exc:
             raise type(exc)(f"messages[{n}]: {exc.detail}", exc.code) from None
+    take_rate(call, principal, len(batch.messages))
     drafts = [_draft(m.to, m) for m in batch.messages]
     results = await relay.ingest.accept(
         drafts, _idempotency(call, principal.key_id, body), principal.tenant

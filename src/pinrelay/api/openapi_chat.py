@@ -31,7 +31,7 @@ DEVICE_ERRORS = (401, 404, 429, 503)
 BODY_ERRORS = (400, 413, 415, 422)
 
 
-def _path_param(name: str, pattern: str) -> dict[str, Any]:
+def path_param(name: str, pattern: str) -> dict[str, Any]:
     return {
         "name": name,
         "in": "path",
@@ -40,10 +40,10 @@ def _path_param(name: str, pattern: str) -> dict[str, Any]:
     }
 
 
-_PIN = _path_param("pin", "^[0-9A-F]{8}$")
-_OTHER = _path_param("other", "^[0-9A-F]{8}$")
-_MEMBER = _path_param("member", "^[0-9A-F]{8}$")
-_GROUP = _path_param("group", "^G[0-9A-HJKMNP-TV-Z]{12}$")
+_PIN = path_param("pin", "^[0-9A-F]{8}$")
+_OTHER = path_param("other", "^[0-9A-F]{8}$")
+_MEMBER = path_param("member", "^[0-9A-F]{8}$")
+_GROUP = path_param("group", "^G[0-9A-HJKMNP-TV-Z]{12}$")
 
 
 def paths(op: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:

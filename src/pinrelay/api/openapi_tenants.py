@@ -12,6 +12,7 @@ from typing import Any
 from msgspec import Struct
 
 from pinrelay.api import schemas
+from pinrelay.api.openapi_chat import BODY_ERRORS, DEVICE_ERRORS, path_param
 
 COMPONENTS: list[type[Struct]] = [
     schemas.TenantCreate,
@@ -28,23 +29,9 @@ COMPONENTS: list[type[Struct]] = [
 ]
 
 AUTH_ERRORS = (401, 403, 429, 503)
-BODY_ERRORS = (400, 413, 415, 422)
-#: A device-token route's errors (404: a malformed PIN in the path; no scopes: no 403).
-DEVICE_ERRORS = (401, 404, 429, 503)
 _TENANT_PATTERN = "^(default|[a-z2-7]{12})$"
-
-
-def _path_param(name: str, pattern: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": pattern},
-    }
-
-
-_PIN = _path_param("pin", "^[0-9A-F]{8}$")
-_TENANT = _path_param("tenant", _TENANT_PATTERN)
+_PIN = path_param("pin", "^[0-9A-F]{8}$")
+_TENANT = path_param("tenant", _TENANT_PATTERN)
 
 
 def _query(name: str, low: int, high: int, default: int, about: str) -> dict[str, Any]:

@@ -169,7 +169,9 @@ async def accept_move(request: Request) -> Response:
     if tenant is None or not tenant.live:
         raise _no_tenant(tenant_id)
     pin = checked_pin(str(request.path_params["pin"]))
-    if not await relay.store.accept_move(pin, tenant_id, int(relay.clock() * 1000)):
+    now_ms = int(relay.clock() * 1000)
+    # The devices quota holds for a device moving in as for one made (429 naming it).
+    if not await relay.store.accept_move(pin, tenant_id, now_ms, tenant.quotas.devices):
         # No device, no request, a request for another tenant, or an expired one:
         # one answer, so a tenant learns only of the moves offered to it.
         raise PinrelayError(f"no pending move of {pin} to {tenant_id}", ErrorCode.NOT_FOUND)

@@ -34,7 +34,8 @@ from pinrelay.chat import Chat
 from pinrelay.core import frames
 from pinrelay.core.errors import ErrorCode, PinrelayError, RateLimited
 from pinrelay.core.ids import new_secret
-from pinrelay.core.model import StoredMessage
+from pinrelay.core.model import Device, StoredMessage
+from pinrelay.core.quotas import LinkCounts, over
 from pinrelay.core.session import (
     AUTHENTICATING,
     AWAIT_HELLO,
@@ -67,6 +68,8 @@ ACK_FLUSH_TIMEOUT = 2.0
 #: Connections past ``max_links`` that still get a 503 at the upgrade; more are
 #: dropped on accept.
 REFUSAL_SLACK = 128
+#: When a link refused by its tenant's links quota may try again (retry_after_ms).
+LINKS_QUOTA_RETRY_MS = 5000
 #: Last-seen writes per second, at most (see LinkServer.touch).
 TOUCH_RATE = 500
 #: A link's outgoing buffer above this: the relay stops reading from the link and
@@ -117,6 +120,7 @@ class LinkProtocol(asyncio.Protocol):
         "_hello_timer",
         "_stalled_at",
         "_stalled_size",
+        "_tenant",
         "_unparsed",
         "delivery",
         "peer",
@@ -140,6 +144,8 @@ class LinkProtocol(asyncio.Protocol):
             heartbeat_s=server.config.heartbeat_s,
         )
         self.pin: str | None = None
+        #: The tenant whose links quota counts this link (set once it is counted).
+        self._tenant: str | None = None
         self.delivery: Delivery | None = None
         self.peer = "?"
         self._close_timer: asyncio.TimerHandle | None = None
@@ -238,6 +244,8 @@ class LinkProtocol(asyncio.Protocol):
         if self.pin is not None:
             self.server.router.detach(self.pin, self)
             self.server.touch(self.pin)
+            if self._tenant is not None:
+                self.server.tenant_links.remove(self._tenant, self.pin)
 
     def pause_writing(self) -> None:
         """The outgoing buffer passed WRITE_HIGH: stop reading and delivering.
@@ -397,6 +405,8 @@ class LinkProtocol(asyncio.Protocol):
                 )
                 self._flush()
                 return
+        if not await self._within_links_quota(device):
+            return
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
@@ -404,6 +414,10 @@ class LinkProtocol(asyncio.Protocol):
         # hello.cursor says the client is done with everything up to it (PROTOCOL "hello").
         acked = max(hello.cursor, device.acked_cursor)
         self.pin = device.pin
+        if device.tenant is not None:
+            # Counted in the same turn of the loop as the check: no link slips between.
+            self._tenant = device.tenant
+            server.tenant_links.add(device.tenant, device.pin)
         self.delivery = Delivery(
             server.store,
             device.pin,
@@ -439,6 +453,29 @@ class LinkProtocol(asyncio.Protocol):
         server.touch(device.pin)
         if not server.router.wakes_after_attach:
             self.delivery.wake()
+
+    async def _within_links_quota(self, device: Device) -> bool:
+        """Whether the device's tenant may hold one more link here (its ``links``
+        quota, counted per relay: PROTOCOL "Quotas"); if not, the link fails with
+        ``rate_limited`` (4429) naming the quota.  One cached tenant read (SQLite: a
+        primary-key read), as every key's call does."""
+        if device.tenant is None:
+            return True
+        tenant = await self.server.store.get_tenant(device.tenant)
+        if not self._still_authenticating():
+            return False
+        limit = tenant.quotas.links if tenant is not None and tenant.live else None
+        if self.server.tenant_links.admits(device.tenant, device.pin, limit):
+            return True
+        refusal = over(device.tenant, "links", f"{limit} links on this relay")
+        self.server.metrics.quota_refusals.labels("links").inc()
+        self._fail(
+            self.session.fail(
+                ErrorCode.RATE_LIMITED, refusal.detail, retry_after_ms=LINKS_QUOTA_RETRY_MS
+            )
+        )
+        self._flush()
+        return False
 
     # --- sending -------------------------------------------------------------
     def _send_messages(self, batch: list[StoredMessage]) -> None:
@@ -575,6 +612,8 @@ class LinkServer:
         self.clock = clock
         self.auth = auth
         self.connections: set[LinkProtocol] = set()
+        #: Each tenant's devices linked here, for its links quota (core/quotas.py).
+        self.tenant_links = LinkCounts()
         self.acks = AckWriter(store)
         self.draining = False
         self._server: asyncio.Server | None = None

@@ -231,8 +231,13 @@ class Store(Protocol):
         label: str | None,
         now_ms: int,
         tenant: str | None = DEFAULT_TENANT,
+        max_devices: int | None = None,
     ) -> Device | None:
-        """Create a device of ``tenant``; None if the PIN is taken."""
+        """Create a device of ``tenant``; None if the PIN is taken.
+
+        ``max_devices``: the tenant's devices quota; if it holds that many already,
+        RATE_LIMITED naming the quota and nothing made.  Creates racing on several
+        relays never take a tenant past it."""
         ...
 
     async def set_device_tenant(self, pin: str, tenant: str | None) -> bool:
@@ -250,11 +255,15 @@ class Store(Protocol):
         """The device's move request as kept (expired or not); None for none or no device."""
         ...
 
-    async def accept_move(self, pin: str, tenant: str, now_ms: int) -> bool:
+    async def accept_move(
+        self, pin: str, tenant: str, now_ms: int, max_devices: int | None = None
+    ) -> bool:
         """Complete the device's pending move if it is to ``tenant`` and unexpired at
         ``now_ms``: as :meth:`set_device_tenant`, and the request is used up, in one
         atomic write (a transaction, a compare-and-set), so of any number of calls at
-        most one returns True.  False (nothing changed) for no such request or device."""
+        most one returns True.  False (nothing changed) for no such request or device.
+        ``max_devices``: ``tenant``'s devices quota, as for :meth:`create_device`
+        (RATE_LIMITED naming it, nothing moved); device counts follow the move."""
         ...
 
     async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:

@@ -505,8 +505,10 @@ class SqliteStore:
         label: str | None,
         now_ms: int,
         tenant: str | None = DEFAULT_TENANT,
+        max_devices: int | None = None,
     ) -> Device | None:
-        if not await self._write(ops.CreateDevice(pin, token_hash, label, now_ms, tenant)):
+        op = ops.CreateDevice(pin, token_hash, label, now_ms, tenant, max_devices)
+        if not await self._write(op):
             return None
         return Device(pin, token_hash, label, now_ms, None, 0, 0, tenant)
 
@@ -526,8 +528,10 @@ class SqliteStore:
         row = self._read().execute(sql, (pin,)).fetchone()
         return None if row is None or row[0] is None else Move(row[0], row[1])
 
-    async def accept_move(self, pin: str, tenant: str, now_ms: int) -> bool:
-        return bool(await self._write(ops.AcceptMove(pin, tenant, now_ms)))
+    async def accept_move(
+        self, pin: str, tenant: str, now_ms: int, max_devices: int | None = None
+    ) -> bool:
+        return bool(await self._write(ops.AcceptMove(pin, tenant, now_ms, max_devices)))
 
     async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:
         return bool(await self._write(ops.SetGrant(pin, tenant, granted)))

@@ -16,6 +16,7 @@ import msgspec
 
 from pinrelay.core import chat, social
 from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.quotas import over
 from pinrelay.store.base import (
     MAX_CONTACTS,
     MAX_GRANTS,
@@ -56,8 +57,15 @@ class CreateDevice(Op, tag="cd"):
     label: str | None
     now_ms: int
     tenant: str | None
+    max_devices: int | None = None
 
     def run(self, c: sqlite3.Connection) -> bool:
+        if self.max_devices is not None and self.tenant is not None:
+            # In the one writer's transaction: no other create comes between the
+            # count (on the devices_tenant index) and the insert.
+            sql = "SELECT count(*) FROM devices WHERE tenant = ?"
+            if c.execute(sql, (self.tenant,)).fetchone()[0] >= self.max_devices:
+                raise over(self.tenant, "devices", f"{self.max_devices} devices")
         cur = c.execute(
             "INSERT OR IGNORE INTO devices (pin, token_hash, label, created_ms, tenant)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -86,20 +94,32 @@ class RequestMove(Op, tag="rm"):
         return c.execute(sql, (self.tenant, self.expires_ms, self.pin)).rowcount == 1
 
 
+#: A device's pending move to a tenant, unexpired (pin, tenant, now_ms), found and done.
+_FIND_MOVE = "SELECT 1 FROM devices WHERE pin = ? AND move_to = ? AND move_expires_ms > ?"
+_DO_MOVE = (
+    "UPDATE devices SET tenant = move_to, move_to = NULL, move_expires_ms = NULL"
+    " WHERE pin = ? AND move_to = ? AND move_expires_ms > ?"
+)
+
+
 class AcceptMove(Op, tag="am"):
     """The device's pending move to ``tenant`` done and used up, in one transaction."""
 
     pin: str
     tenant: str
     now_ms: int
+    max_devices: int | None = None
 
     def run(self, c: sqlite3.Connection) -> bool:
-        sql = (
-            "UPDATE devices SET tenant = move_to, move_to = NULL, move_expires_ms = NULL"
-            " WHERE pin = ? AND move_to = ? AND move_expires_ms > ?"
-        )
-        if c.execute(sql, (self.pin, self.tenant, self.now_ms)).rowcount != 1:
+        args = (self.pin, self.tenant, self.now_ms)
+        if c.execute(_FIND_MOVE, args).fetchone() is None:
             return False
+        if self.max_devices is not None:
+            # As CreateDevice: counted in the writer's transaction.
+            sql = "SELECT count(*) FROM devices WHERE tenant = ?"
+            if c.execute(sql, (self.tenant,)).fetchone()[0] >= self.max_devices:
+                raise over(self.tenant, "devices", f"{self.max_devices} devices")
+        c.execute(_DO_MOVE, args)
         c.execute("DELETE FROM grants WHERE pin = ?", (self.pin,))
         return True
 

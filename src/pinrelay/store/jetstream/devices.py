@@ -44,6 +44,12 @@ class FoundDevice(NamedTuple):
     revision: int
 
 
+class Moved(NamedTuple):
+    """An accepted move: the tenant the device left (None: it had none)."""
+
+    left: str | None
+
+
 class Devices:
     """Read, create, change and remove device records."""
 
@@ -179,20 +185,21 @@ class Devices:
 
         return await self.update(pin, change) is not None
 
-    async def accept_move(self, pin: str, tenant: str, now_ms: int) -> bool:
-        """Do the device's pending move to ``tenant`` in one compare-and-set."""
-        moved = False
+    async def accept_move(self, pin: str, tenant: str, now_ms: int) -> Moved | None:
+        """Do the device's pending move to ``tenant`` in one compare-and-set; the
+        tenant it left, or None if there was no such request."""
+        moved: Moved | None = None
 
         def change(r: DeviceRec) -> DeviceRec | None:
             nonlocal moved  # the last call's verdict is the written record's
-            moved = r.move_to == tenant and r.move_expires_ms > now_ms
-            if not moved:
+            moved = Moved(r.tenant) if r.move_to == tenant and r.move_expires_ms > now_ms else None
+            if moved is None:
                 return None
             return msgspec.structs.replace(
                 r, tenant=tenant, grants=[], move_to=None, move_expires_ms=0
             )
 
-        return await self.update(pin, change) is not None and moved
+        return moved if await self.update(pin, change) is not None else None
 
     async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:
         """Grant ``tenant`` pushes to the device, or revoke it; False if there is no

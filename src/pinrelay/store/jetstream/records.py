@@ -84,6 +84,9 @@ class TenantRec(msgspec.Struct, omit_defaults=True):
     suspended: bool = False
     quotas: dict[str, Any] = {}
     deleted_ms: int | None = None
+    #: The tenant's devices, counted by compare-and-set as they are made, deleted and
+    #: moved (:meth:`.tenants.Tenants.count_devices`): the devices quota reads it.
+    devices: int = 0
 
 
 class ContactsRec(msgspec.Struct, omit_defaults=True):

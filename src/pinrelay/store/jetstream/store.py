@@ -28,6 +28,7 @@ from nats.js.client import JetStreamContext
 from pinrelay.core.chat import contact_data
 from pinrelay.core.ids import next_message_id
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
+from pinrelay.core.quotas import over
 from pinrelay.core.social import Action, Event, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
 from pinrelay.store.base import (
@@ -304,12 +305,31 @@ class JetStreamStore:
         label: str | None,
         now_ms: int,
         tenant: str | None = DEFAULT_TENANT,
+        max_devices: int | None = None,
     ) -> Device | None:
-        rec = await self.devices.create(pin, token_hash, label, now_ms, tenant)
+        # Counted first, so that relays racing cannot pass the quota (.tenants,
+        # "Device counts"); taken back if no device was made.
+        if tenant is not None and not await self.tenants.count_devices(tenant, 1, max_devices):
+            raise over(tenant, "devices", f"{max_devices} devices")
+        rec = None
+        try:
+            rec = await self.devices.create(pin, token_hash, label, now_ms, tenant)
+        finally:
+            if rec is None and tenant is not None:
+                await self.tenants.count_devices(tenant, -1)
         return None if rec is None else to_device(pin, rec)
 
     async def set_device_tenant(self, pin: str, tenant: str | None) -> bool:
-        return await self.devices.set_tenant(pin, tenant)
+        got = await self.devices.get_fresh(pin)
+        if not await self.devices.set_tenant(pin, tenant):
+            return False
+        old = None if got is None else got.rec.tenant
+        if old != tenant:
+            if old is not None:
+                await self.tenants.count_devices(old, -1)
+            if tenant is not None:
+                await self.tenants.count_devices(tenant, 1)
+        return True
 
     async def request_move(self, pin: str, move: Move | None) -> bool:
         return await self.devices.request_move(pin, move)
@@ -320,8 +340,29 @@ class JetStreamStore:
             return None
         return Move(got.rec.move_to, got.rec.move_expires_ms)
 
-    async def accept_move(self, pin: str, tenant: str, now_ms: int) -> bool:
-        return await self.devices.accept_move(pin, tenant, now_ms)
+    async def accept_move(
+        self, pin: str, tenant: str, now_ms: int, max_devices: int | None = None
+    ) -> bool:
+        # Only for a request the device record shows (the cache, else the leader's
+        # copy): a refused acceptance writes nothing.
+        pending = await self.pending_move(pin)
+        if pending is None or pending.tenant != tenant:
+            got = await self.devices.get_fresh(pin)
+            if got is None or got.rec.move_to != tenant:
+                return False
+        # Counted first, as a create (.tenants, "Device counts"); taken back if no move.
+        if not await self.tenants.count_devices(tenant, 1, max_devices):
+            raise over(tenant, "devices", f"{max_devices} devices")
+        moved = None
+        try:
+            moved = await self.devices.accept_move(pin, tenant, now_ms)
+        finally:
+            if moved is None:
+                await self.tenants.count_devices(tenant, -1)
+        if moved is not None and moved.left is not None:
+            # The tenant it left counts one less (the same one: the +1 taken back).
+            await self.tenants.count_devices(moved.left, -1)
+        return moved is not None
 
     async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:
         return await self.devices.set_grant(pin, tenant, granted)
@@ -360,7 +401,8 @@ class JetStreamStore:
         return int((info.get("state") or {}).get("last_seq", 0))
 
     async def delete_device(self, pin: str) -> bool:
-        if await self.devices.get_fresh(pin) is None:
+        found = await self.devices.get_fresh(pin)
+        if found is None:
             # A deletion that failed half-way left its subscriptions live: end them
             # (.subscriptions, "Deleted devices"; one read when there are none).
             await self.subscriptions.end_all(pin)
@@ -371,6 +413,8 @@ class JetStreamStore:
         if not await self.devices.remove(pin):
             await self.subscriptions.end_all(pin)
             return False
+        if found.rec.tenant is not None:
+            await self.tenants.count_devices(found.rec.tenant, -1)
         # Messages stored meanwhile carry the old gen: no later device with this PIN sees
         # them; a contacts record written meanwhile does too (.contacts).
         await self.acker.purge(pin, None)

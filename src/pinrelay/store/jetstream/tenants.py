@@ -16,6 +16,15 @@ watch's lag (milliseconds; tests/store/test_jetstream_tenants.py).  An unknown i
 cached as absent at revision 0, which a create replaces.  :meth:`Tenants.all` reads
 the leader.
 
+**Device counts.**  The record counts its tenant's devices (``devices``): a create
+adds one before the device's record is made (and takes it back if the PIN was
+taken), a deletion takes one after the record is gone, a move takes one from the old
+tenant and adds one to the new.  Each is a compare-and-set of the tenant's record,
+so creates racing on several relays are ordered by its revision and the devices
+quota holds exactly.  A crash between the two writes leaves the count one high,
+never low: the quota errs on the side of refusing.  Devices made before counting
+began (layout 2 stores upgraded with devices in the default tenant) are not counted.
+
 **The default tenant.**  :meth:`Tenants.ensure_default` creates it when missing, at
 every open: relays opening together each try a create-if-absent and all but one find
 it there.  With device and key records that name no tenant read as the default's
@@ -27,6 +36,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+
+import msgspec
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.tenants import DEFAULT_TENANT, TENANT_ID_RE, Tenant
@@ -111,6 +122,7 @@ class Tenants:
             if not got.value.name or got.value.deleted_ms is not None:
                 return False
             new = tenant_rec(tenant, created_ms=got.value.created_ms)
+            new.devices = got.value.devices  # counted by count_devices alone
             if new == got.value:
                 self.cache.put(tenant.id, new, got.revision)
                 return True
@@ -121,6 +133,38 @@ class Tenants:
                 self.cache.put(tenant.id, new, written)
                 return True
         raise StoreClosed(f"tenant {tenant.id}: too many concurrent updates")
+
+    async def count_devices(self, tenant_id: str, delta: int, limit: int | None = None) -> bool:
+        """Add ``delta`` to the tenant's device count by compare-and-set; False (and
+        nothing written) if that would take it past ``limit``.  A tenant that is absent
+        or a tombstone counts nothing (True).  The first attempt names the cached
+        revision (no read); a conflict re-reads the leader, so creates racing on
+        several relays are serialized by the record's revision and never pass
+        ``limit`` ("Device counts" in the module doc)."""
+        self.api.check_open()
+        if not TENANT_ID_RE.match(tenant_id):
+            return True
+        cached = self.cache.get(tenant_id)
+        for _ in range(MAX_CAS_ATTEMPTS):
+            fresh = cached is None or not cached.revision
+            got = await self._fresh(tenant_id) if fresh or cached is None else cached
+            cached = None
+            rec = got.value
+            if not rec.name or rec.deleted_ms is not None:
+                return True
+            count = max(0, rec.devices + delta)
+            if delta > 0 and limit is not None and count > limit:
+                if fresh:
+                    return False  # judged on the leader's copy only
+                continue
+            new = msgspec.structs.replace(rec, devices=count)
+            written = await self.kv.update(
+                self.bucket, tenant_id, json_enc.encode(new), got.revision
+            )
+            if written is not None:
+                self.cache.put(tenant_id, new, written)
+                return True
+        raise StoreClosed(f"tenant {tenant_id}: too many concurrent updates")
 
     async def ensure_default(self) -> bool:
         """Create the default tenant if it is missing; whether this call did."""
