@@ -56,3 +56,7 @@ def test_the_cli_module_loads_no_client_sdk() -> None:
     ]
     assert loaded(["pinrelay.cli"], heavy) == []
 
+
+def test_a_relay_on_sqlite_loads_no_nats() -> None:
+    heavy = ["nats", "aiohttp", "httpx", "pinrelay.store.jetstream", "pinrelay.router.nats"]
+    assert loaded(["pinrelay.cli", "pinrelay.relay"], heavy) == []
