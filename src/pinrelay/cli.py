@@ -6,17 +6,15 @@ on stderr and a non-zero exit.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from pinrelay import __version__, cli_chat, cli_portability, cli_serve, cli_tenants, cli_webpush
 from pinrelay.cli_common import (
@@ -33,8 +31,12 @@ from pinrelay.cli_common import call as _call
 from pinrelay.cli_common import pin_arg as _pin_arg
 from pinrelay.cli_common import print_json as _print_json
 from pinrelay.cli_common import print_record as _print_record
-from pinrelay.client.device import Device, LinkRefused, Listening, Message
-from pinrelay.client.http import RelayClient
+
+if TYPE_CHECKING:  # imported by the commands that use them (cli_common.py says why)
+    from rich.table import Table
+
+    from pinrelay.client.device import Listening, Message
+    from pinrelay.client.http import RelayClient
 
 app = typer.Typer(
     help="pinrelay: durable push to devices over a WebSocket link.",
@@ -58,6 +60,8 @@ def _key(key: str | None) -> str:
 
 
 def _client(url: str, key: str | None) -> RelayClient:
+    from pinrelay.client.http import RelayClient
+
     return RelayClient(url, _key(key))
 
 
@@ -65,6 +69,8 @@ def _client(url: str, key: str | None) -> RelayClient:
 @app.command()
 def info(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Show a relay's version and link URLs (no key needed)."""
+    from pinrelay.client.http import RelayClient
+
     result = _call(RelayClient(url).info)
     _print_json(result) if as_json else _print_record(result)
 
@@ -152,6 +158,8 @@ def key_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = F
     if as_json:
         _print_json(keys)
         return
+    from rich.table import Table
+
     table = Table("id", "name", "scope", "tenant", "created", "revoked")
     for k in keys:
         table.add_row(
@@ -232,6 +240,10 @@ def listen(
     reason and the time of the next one, and "listening" once the relay accepted the
     device (with --json: one object per line).  Messages go to stdout.
     """
+    import asyncio
+
+    from pinrelay.client.device import Device, LinkRefused
+
     received = 0
 
     def listening(event: Listening) -> str:
@@ -338,6 +350,8 @@ def _node_table(rows: list[dict[str, Any]], *, state: bool) -> Table:
     Ports, not URLs: every node listens on the one host the heading names, and the
     table fits 80 columns (a node's folder is ``<data>/<node>``: --json has it).
     """
+    from rich.table import Table
+
     extra = ["state", "links"] if state else []
     table = Table("node", "pid", *extra, "ports", box=None, pad_edge=False)
     colors = {"alive": "green", "dead": "red"}
@@ -428,6 +442,8 @@ def cluster_status(data: ClusterDataOpt = DEFAULT_CLUSTER_DATA, as_json: JsonOpt
     out.print(f"every node on {result['host']}", highlight=False)
     out.print(_node_table([*result["nats"], *result["relays"]], state=True))
     if result["streams"]:
+        from rich.table import Table
+
         table = Table("stream", "leader", "messages", "replicas (lag)")
         for s in result["streams"]:
             reps = ", ".join(

@@ -8,17 +8,14 @@ SDK's Device) and say what it does, as ``listen`` does.  Thin over client/ and t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import msgspec
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from pinrelay.cli_common import (
     DEFAULT_URL,
@@ -33,11 +30,14 @@ from pinrelay.cli_common import (
     print_json,
     print_record,
 )
-from pinrelay.client.chat import RANK
-from pinrelay.client.contacts import ContactAnswer, DeviceClient, Group
-from pinrelay.client.device import Device, LinkRefused, Listening, Message
 from pinrelay.core.chat import is_group_id
 from pinrelay.core.ids import is_pin
+
+if TYPE_CHECKING:  # imported by the commands that use them (cli_common.py says why)
+    import msgspec
+
+    from pinrelay.client.contacts import ContactAnswer, DeviceClient, Group
+    from pinrelay.client.device import Listening, Message
 
 contacts_app = typer.Typer(help="Invite, accept, block and list this device's contacts.")
 group_app = typer.Typer(help="Create groups of contacts, add and remove members, leave.")
@@ -97,10 +97,14 @@ PinsArg = Annotated[
 
 
 def _device(url: str, pin: str, token: str) -> DeviceClient:
+    from pinrelay.client.contacts import DeviceClient
+
     return DeviceClient(url, pin, token)
 
 
 def _as_dict(value: msgspec.Struct) -> dict[str, Any]:
+    import msgspec
+
     result: dict[str, Any] = msgspec.to_builtins(value)
     return result
 
@@ -175,6 +179,11 @@ def _wait_for_receipt(
     as_json: bool,
 ) -> dict[str, Any]:
     """Link as the device until ``message_id`` has a ``wait`` receipt (or further)."""
+    import asyncio
+
+    from pinrelay.client.chat import RANK
+    from pinrelay.client.device import Device, LinkRefused
+
     found: dict[str, Any] = {}
     done = asyncio.Event()
     whom = f"group {to}" if is_group_id(to) else to
@@ -301,6 +310,8 @@ def contacts_list(
     if not contacts:
         out.print("no contacts yet: invite one with `pinrelay contacts invite PIN`")
         return
+    from rich.table import Table
+
     table = Table("pin", "state", "since", "next", box=None, pad_edge=False)
     for x in contacts:
         color = _STATE_STYLE.get(x.state, "")
@@ -489,6 +500,8 @@ def group_list(
     if not groups:
         out.print("no groups: create one with `pinrelay group create NAME PIN...`")
         return
+    from rich.table import Table
+
     table = Table("group", "name", "creator", "members", box=None, pad_edge=False)
     for g in groups:
         table.add_row(g.group, escape(g.name), g.creator, " ".join(g.members))
@@ -514,6 +527,9 @@ def chat(
     """
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         fail("pinrelay chat needs a terminal; in scripts use `pinrelay send` and `listen`")
+    import asyncio
+
+    from pinrelay.client.device import LinkRefused
     from pinrelay.tui.app import ChatSession  # prompt_toolkit: only for this command
 
     session = ChatSession(pin, token, peer, url=url)

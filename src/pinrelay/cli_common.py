@@ -13,16 +13,19 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from pinrelay.client.device import Connecting, LinkEvent, Listening, Retrying
-from pinrelay.client.http import ApiError
 from pinrelay.core.ids import is_pin
+
+if TYPE_CHECKING:
+    from pinrelay.client.device import LinkEvent, Listening
+
+# The CLI imports what a command needs when it runs (rich's tables, httpx, the link
+# SDK): every `pinrelay` process, a relay's too, pays for its imports at start-up.
 
 out = Console()
 err = Console(stderr=True)
@@ -60,6 +63,8 @@ PinArg = Annotated[
 
 def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)``; an error answer from the relay is one line and exit 1."""
+    from pinrelay.client.http import ApiError
+
     try:
         return fn(*args, **kwargs)
     except ApiError as exc:
@@ -76,6 +81,8 @@ def print_json(value: Any) -> None:
 
 
 def print_record(value: dict[str, Any], title: str | None = None) -> None:
+    from rich.table import Table
+
     table = Table(show_header=False, title=title, title_justify="left", box=None)
     table.add_column(style="bold cyan")
     table.add_column()
@@ -92,6 +99,8 @@ def clock(t: float) -> str:
 
 def event_record(event: LinkEvent) -> dict[str, Any]:
     """A link event as ``--json`` prints it (one object per line, on stderr)."""
+    from pinrelay.client.device import Connecting, Retrying
+
     if isinstance(event, Connecting):
         return {"event": "connecting", "url": event.url, "attempt": event.attempt}
     if isinstance(event, Retrying):
@@ -119,6 +128,7 @@ def link_reporter(
     connecting, each failed attempt with its reason and the time of the next one,
     and ``linked(event)`` once the relay accepted the device (with ``as_json``: one
     object per line)."""
+    from pinrelay.client.device import Connecting, Retrying
 
     def on_event(event: LinkEvent) -> None:
         if as_json:

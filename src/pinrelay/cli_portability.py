@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from pinrelay.cli_common import DEFAULT_URL, JsonOpt, PinArg, UrlOpt, call, fail, out, print_json
-from pinrelay.cli_tenants import KeyOpt, TenantArg, admin_key, tenant_app
-from pinrelay.client.http import RelayClient
+from pinrelay.cli_tenants import KeyOpt, TenantArg, admin_key, client, tenant_app
+
+if TYPE_CHECKING:
+    from pinrelay.client.http import RelayClient
 
 TokenOpt = Annotated[
     str, typer.Option("--token", envvar="PINRELAY_TOKEN", help="The device's token.")
@@ -43,7 +45,7 @@ def device_export(
     as_json: JsonOpt = False,
 ) -> None:
     """Everything the relay holds about this device, undelivered messages included."""
-    with RelayClient(url, token) as c:
+    with client(url, token) as c:
         doc = export_all(c, pin)
     if to is not None:
         try:
@@ -77,7 +79,7 @@ def device_move(
     """Ask to move this device to another tenant, or withdraw the request."""
     if (to is None) == (not withdraw):
         fail("give --to TENANT, or --withdraw")
-    with RelayClient(url, token) as c:
+    with client(url, token) as c:
         if withdraw:
             call(c.request, "DELETE", f"/v1/devices/{pin}/move")
             result: dict[str, Any] = {"pin": pin, "withdrawn": True}
@@ -102,7 +104,7 @@ def tenant_accept(
     as_json: JsonOpt = False,
 ) -> None:
     """Accept a device's request to move to this tenant."""
-    with RelayClient(url, admin_key(key)) as c:
+    with client(url, admin_key(key)) as c:
         result = call(c.request, "POST", f"/v1/tenants/{tenant}/moves/{pin}/accept")
     if as_json:
         print_json(result)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from pinrelay.cli_common import (
     DEFAULT_URL,
@@ -26,7 +25,9 @@ from pinrelay.cli_common import (
     print_json,
     print_record,
 )
-from pinrelay.client.http import RelayClient
+
+if TYPE_CHECKING:
+    from pinrelay.client.http import RelayClient
 
 tenant_app = typer.Typer(help="Create, list, show, suspend and delete tenants (the admin key).")
 
@@ -58,7 +59,14 @@ def admin_key(key: str | None) -> str:
 
 
 def _client(url: str, key: str | None) -> RelayClient:
-    return RelayClient(url, admin_key(key))
+    return client(url, admin_key(key))
+
+
+def client(url: str, secret: str) -> RelayClient:
+    """An HTTP client of the relay (imported when a command runs: cli_common says why)."""
+    from pinrelay.client.http import RelayClient
+
+    return RelayClient(url, secret)
 
 
 def _quotas(
@@ -115,6 +123,8 @@ def tenant_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt 
     if as_json:
         print_json(tenants)
         return
+    from rich.table import Table
+
     table = Table("id", "name", "created", "suspended", "deleted", "quotas")
     for t in tenants:
         quotas = " ".join(f"{k}={v}" for k, v in t["quotas"].items()) or "-"
@@ -219,7 +229,7 @@ def device_grant(
     as_json: JsonOpt = False,
 ) -> None:
     """Let another tenant push to this device, or stop it (the device's token)."""
-    with RelayClient(url, token) as c:
+    with client(url, token) as c:
         if revoke:
             call(c.request, "DELETE", f"/v1/devices/{pin}/grants/{tenant}")
         else:

@@ -21,9 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from cryptography.hazmat.primitives import serialization
-from rich.markup import escape
-from rich.table import Table
 
 from pinrelay.cli_common import (
     DEFAULT_URL,
@@ -36,14 +33,13 @@ from pinrelay.cli_common import (
     pin_arg,
     print_json,
 )
-from pinrelay.client.contacts import DeviceClient
-from pinrelay.client.http import ApiError
-from pinrelay.client.keys import FileKeyStore, SubscriptionKeys, b64url
-from pinrelay.client.webpush import SubscriptionRoutes, WebPushMessage, checked
 
-if TYPE_CHECKING:  # pywebpush pulls in requests and aiohttp: imported when sending
-    import requests
+if TYPE_CHECKING:  # imported by the commands that use them (cli_common.py says why)
+    import requests  # pywebpush pulls in requests and aiohttp: imported when sending
     from py_vapid import Vapid
+
+    from pinrelay.client.keys import FileKeyStore
+    from pinrelay.client.webpush import WebPushMessage
 
 webpush_app = typer.Typer(help="Web Push: send to an endpoint, list and delete subscriptions.")
 
@@ -79,6 +75,8 @@ KeysFileOpt = Annotated[
 
 def key_store(path: Path | None) -> FileKeyStore:
     """The key file at ``path`` (or the default one); one readable line if it is not one."""
+    from pinrelay.client.keys import FileKeyStore
+
     try:
         return FileKeyStore(path or default_keys_file())
     except (OSError, ValueError) as exc:
@@ -108,6 +106,11 @@ def subscribe(
     private keys go to the key file, where `pinrelay listen` finds them.  With
     --json: every field the relay answered (id, applicationServerKey, created_at too).
     """
+    from pinrelay.client.contacts import DeviceClient
+    from pinrelay.client.http import ApiError
+    from pinrelay.client.keys import SubscriptionKeys
+    from pinrelay.client.webpush import SubscriptionRoutes, checked
+
     store = key_store(keys_file)
     keys = SubscriptionKeys.generate()
     routes = SubscriptionRoutes(pin)
@@ -136,6 +139,11 @@ def webpush_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List this device's subscriptions, and whether the key file can open their pushes."""
+    from rich.table import Table
+
+    from pinrelay.client.contacts import DeviceClient
+    from pinrelay.client.webpush import SubscriptionRoutes
+
     with DeviceClient(url, pin, token) as client:
         subs = call(client.run, SubscriptionRoutes(pin).list())
     held = set(key_store(keys_file).ids())
@@ -169,6 +177,10 @@ def webpush_delete(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete a subscription (pushes to it then get 410 Gone) and forget its keys."""
+    from pinrelay.client.contacts import DeviceClient
+    from pinrelay.client.http import ApiError
+    from pinrelay.client.webpush import SubscriptionRoutes
+
     store = key_store(keys_file)
     with DeviceClient(url, pin, token) as client:
         try:
@@ -191,6 +203,10 @@ def _raise(exc: Exception) -> None:
 # --- webpush vapid ----------------------------------------------------------------
 def application_server_key(vapid: Vapid) -> str:
     """A VAPID key's public half as browsers' ``applicationServerKey`` (base64url)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from pinrelay.client.keys import b64url
+
     point = vapid.public_key.public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )
@@ -353,6 +369,8 @@ def _report(response: Any, as_json: bool) -> None:
 def webpush_record(w: WebPushMessage) -> dict[str, Any]:
     """``Message.webpush`` as ``listen --json`` prints it: the payload as text when it
     is UTF-8, and always as base64url (it may be binary)."""
+    from pinrelay.client.keys import b64url
+
     text: str | None = None
     if w.payload is not None:
         try:
@@ -371,6 +389,8 @@ def webpush_record(w: WebPushMessage) -> dict[str, Any]:
 
 def webpush_line(w: WebPushMessage) -> str:
     """``Message.webpush`` as ``listen`` prints it (rich markup)."""
+    from rich.markup import escape
+
     record = webpush_record(w)
     where = f"[magenta]webpush[/] {escape(w.subscription)}"
     if w.error is not None:

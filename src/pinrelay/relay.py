@@ -30,9 +30,7 @@ from pinrelay.matrix import MatrixGateway
 from pinrelay.metrics import Metrics
 from pinrelay.router.base import Router
 from pinrelay.router.local import LocalRouter
-from pinrelay.router.nats import NatsRouter
 from pinrelay.store.base import Store
-from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.store.sqlite import SqliteStore
 from pinrelay.webpush import WebPush
 
@@ -68,6 +66,11 @@ class Relay:
             self.store = SqliteStore(db, observer=self.metrics.observe_commit)
             self.router = LocalRouter(config.link_url)
         else:
+            # Imported here: nats-py and the aiohttp it imports take as long to import
+            # as the rest of the relay, which a relay on SQLite does not need.
+            from pinrelay.router.nats import NatsRouter
+            from pinrelay.store.jetstream import JetStreamStore
+
             js = JetStreamStore(
                 config.nats_urls,
                 name=nats_connection_name(config.node),
