@@ -28,6 +28,10 @@ from pinrelay.testing.wait import wait_until_async
 from tests.client.test_webpush_open import MAX_PLAINTEXT
 from tests.relayproc import RelayProc
 
+# Every test makes devices and subscriptions of its own: one relay for the module
+# (tests/conftest.py), as test_webpush_sdk_on_cluster.py has one on the cluster.
+pytestmark = pytest.mark.shared_relay
+
 
 class App:
     """An application on a Device: what its callback was handed."""
