@@ -81,9 +81,10 @@ def relay(request: pytest.FixtureRequest, relay_factory: RelayFactory) -> RelayP
     of them are saved; docs/DECISIONS.md, entry 43).
 
     Mark only tests that make devices of their own and look at nothing relay-wide
-    (metrics, key lists, failed-authentication counts per source, shutdown), and not
-    in a module whose ``relay_factory`` starts another kind of relay (the shared one
-    is always on SQLite)."""
+    (metrics, key lists, failed-authentication counts per source, shutdown). The
+    shared one is on SQLite: a module whose ``relay_factory`` starts another kind of
+    relay provides its own ``shared_relay`` (tests/clusterrelay.py has one on a NATS
+    cluster)."""
     if request.node.get_closest_marker("shared_relay") is None:
         return relay_factory()
     shared: RelayProc = request.getfixturevalue("shared_relay")

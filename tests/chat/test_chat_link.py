@@ -3,6 +3,10 @@
 
 The same tests run on a cluster store: tests/chat/test_chat_link_on_cluster.py;
 chat across relays and through relay kills: tests/cluster/test_chat_cluster.py.
+
+The classes' tests on the ``relay`` fixture make devices of their own and look at
+nothing relay-wide: one relay per module (``shared_relay``; on the cluster, one relay
+on it). The tests that need flags of their own start a relay with ``relay_factory``.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ def pair(relay: RelayProc) -> tuple[Dev, Dev]:
     return a, b
 
 
+@pytest.mark.shared_relay
 class TestContacts:
     async def test_invite_accept_notices_and_lists(self, links: Links, relay: RelayProc) -> None:
         a, b = relay.create_device(), relay.create_device()
@@ -179,6 +184,7 @@ class TestContacts:
         assert pins[3] not in contacts(relay, a)
 
 
+@pytest.mark.shared_relay
 class TestSend:
     async def test_send_receive_receipts(
         self, links: Links, relay: RelayProc, pair: tuple[Dev, Dev]
@@ -360,6 +366,7 @@ class TestSend:
             assert c.show_device(b["pin"])["backlog"] == 1  # the invitation notice only
 
 
+@pytest.mark.shared_relay
 class TestHttpChat:
     def test_send_and_read_over_http(self, relay: RelayProc, pair: tuple[Dev, Dev]) -> None:
         a, b = pair

@@ -4,9 +4,9 @@ relays and through relay kills: tests/cluster/test_chat_cluster.py.
 
 Every test class of that module runs again here, with ``relay_factory`` starting
 relays with ``--store`` on one cluster for the module (they share its stream and
-buckets; every test makes devices of its own), and so does the expired-chat test
-(the cluster's failed receipts come from store/jetstream/expiry.py; with relays
-killed: tests/cluster/test_chat_expiry.py).  The group tests of
+buckets; every test makes devices of its own), the classes' ``shared_relay`` tests
+on one relay on that cluster.  The expired-chat test runs on a cluster of its own in
+tests/chat/test_chat_expiry_on_cluster.py.  The group tests of
 tests/chat/test_groups.py run on the cluster in tests/chat/test_groups_on_cluster.py.
 """
 
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from pinrelay.testing.natsproc import NatsCluster, running_cluster
+from pinrelay.testing.natsproc import NatsCluster
 from tests.chat.test_chat_link import (
     TestContacts,
     TestHttpChat,
     TestSend,
     pair,
-    test_a_chat_that_expires_undelivered_fails,
 )
+from tests.clusterrelay import nats_cluster, shared_relay
 from tests.conftest import RelayFactory
 from tests.relayproc import RelayProc
 
@@ -33,15 +33,10 @@ __all__ = [
     "TestContacts",
     "TestHttpChat",
     "TestSend",
+    "nats_cluster",
     "pair",
-    "test_a_chat_that_expires_undelivered_fails",
+    "shared_relay",
 ]
-
-
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    with running_cluster(tmp_path_factory.mktemp("nats")) as cluster:
-        yield cluster
 
 
 @pytest.fixture

@@ -28,6 +28,10 @@ from pinrelay.testing.wait import wait_until_async
 from tests.client.test_webpush_open import MAX_PLAINTEXT
 from tests.relayproc import RelayProc
 
+# Every test makes devices and subscriptions of its own: one relay for the module
+# (tests/conftest.py), as test_webpush_sdk_on_cluster.py has one on the cluster.
+pytestmark = pytest.mark.shared_relay
+
 
 class App:
     """An application on a Device: what its callback was handed."""
@@ -87,6 +91,12 @@ def backlog(relay: RelayProc, pin: str) -> int:
     return count
 
 
+async def all_acked(relay: RelayProc, pin: str) -> None:
+    """Until the device's backlog is 0: the relay stores a link's acks a moment after
+    they arrive (batched; on the cluster, settled when the link ends)."""
+    await wait_until_async(lambda: backlog(relay, pin) == 0, 10.0, 0.05, f"{pin}'s backlog is 0")
+
+
 async def test_pywebpush_without_vapid_reaches_the_callback_once_in_order(
     relay: RelayProc,
 ) -> None:
@@ -113,8 +123,7 @@ async def test_pywebpush_without_vapid_reaches_the_callback_once_in_order(
     assert first.webpush is not None
     assert (first.webpush.subscription, first.webpush.urgency) == (sub.id, "normal")
     assert first.webpush.error is None and app.device.undecryptable == 0
-    # All acknowledged (the SDK acks after the callback, on this loop: poll, never block).
-    await wait_until_async(lambda: backlog(relay, dev["pin"]) == 0, message="acks")
+    await all_acked(relay, dev["pin"])
 
 
 async def test_urgency_and_topic_reach_the_application(relay: RelayProc) -> None:
@@ -212,8 +221,7 @@ async def test_an_undecryptable_push_is_reported_and_does_not_block_the_next(
     assert bad.webpush.error == f"no keys for subscription {lost.id} in this device's key store"
     assert good.webpush.payload == b"can be read"
     assert app.device.undecryptable == 1
-    # Acknowledged, not redelivered forever.
-    await wait_until_async(lambda: backlog(relay, dev["pin"]) == 0, message="acks")
+    await all_acked(relay, dev["pin"])  # acknowledged, not redelivered forever
     assert any(bad.id in r.getMessage() for r in caplog.records)
 
 

@@ -243,8 +243,8 @@ class TestPushing:
         assert r.status_code == 413
         ws, _ = await links(relay, device)
         assert sub.decrypt(await next_webpush(ws)) == b"x" * (4096 - 103)
-        # The ack went out; the relay settles it a moment later.
-        await wait_until_async(lambda: backlog(relay, device["pin"]) == 0, message="ack")
+        # Acknowledged over the link: the relay stores it a moment later.
+        await wait_until_async(lambda: backlog(relay, device["pin"]) == 0, 10.0, 0.05, "acked")
 
 
 class TestBadRequests:
