@@ -446,6 +446,36 @@ class TestOpen:
         assert [(m.id, m.pin, m.sender) for m in expired] == [(chat.id, B, A)]
         await store.forget([(m.pin, m.cursor) for m in expired])
 
+    async def test_a_chat_expiring_during_a_long_poll_is_reported_without_delay(
+        self, open_store: OpenStore
+    ) -> None:
+        """Two relays long-poll for expired chats (as relays do, 30 s there): a chat
+        that expires while a poll waits is reported within a couple of seconds of its
+        expiry, not put back for the rest of the wait (the poll's clock was read before)."""
+        relays = [await open_store(expiry_wait_s=10.0) for _ in range(2)]
+        await add_devices(relays[0], A, B)
+        now = int(time.time() * 1000)
+        chat = msg(B, 1, kind="chat", sender=A, ttl_ms=4000, sent_ms=now)
+        (accepted,) = await append_ok(relays[0], chat)
+        got: list[tuple[int, str]] = []
+
+        async def poll(store: JetStreamStore) -> None:
+            while not got:
+                for m in await store.expired_chats(int(time.time() * 1000), 10):
+                    got.append((int(time.time() * 1000), m.id))
+                    await store.forget([(m.pin, m.cursor)])
+
+        polls = [asyncio.create_task(poll(s)) for s in relays]
+        try:
+            await asyncio.wait_for(asyncio.wait(polls), timeout=20)
+        finally:
+            for p in polls:
+                p.cancel()
+        (at_ms, chat_id) = got[0]
+        assert chat_id == chat.id
+        # The schedule fires on whole seconds: allow that and the poll's turnaround.
+        assert at_ms - accepted.expires_at_ms < 3000, (at_ms, accepted.expires_at_ms)
+
     async def test_unreachable_cluster_is_store_closed(self) -> None:
         store = JetStreamStore("nats://127.0.0.1:1", connect_timeout=1.0)
         with pytest.raises(StoreClosed):

@@ -180,7 +180,12 @@ class Expiries:
             await asyncio.sleep(wait)
             return []
         batch = max(1, limit // len(self._subs))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         got = await asyncio.gather(*(self._fetch(sub, batch, wait) for sub in self._subs))
+        # The fetch may have waited up to ``wait`` s: judge notices by the clock as it
+        # is now, or a notice that fired during the wait would be put back for that long.
+        now_ms += int((loop.time() - began) * 1000)
         out: list[StoredMessage] = []
         for msgs in got:
             for msg in msgs:
