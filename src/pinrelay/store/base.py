@@ -7,12 +7,19 @@ returns, the data survives a crash of the process and of the machine.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import msgspec
 
+from pinrelay.core.channels import (
+    AuditEntry,
+    Broadcast,
+    BroadcastCounts,
+    Channel,
+    ChannelClass,
+)
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.social import Action, State, Transition
@@ -242,7 +249,8 @@ class Store(Protocol):
 
     async def set_device_tenant(self, pin: str, tenant: str | None) -> bool:
         """Move the device to ``tenant`` (None: no tenant), with its data and cursor,
-        and drop its grants; False if there is no such device."""
+        and drop its grants and channel memberships (its refusals stay); False if
+        there is no such device."""
         ...
 
     async def request_move(self, pin: str, move: Move | None) -> bool:
@@ -263,7 +271,8 @@ class Store(Protocol):
         atomic write (a transaction, a compare-and-set), so of any number of calls at
         most one returns True.  False (nothing changed) for no such request or device.
         ``max_devices``: ``tenant``'s devices quota, as for :meth:`create_device`
-        (RATE_LIMITED naming it, nothing moved); device counts follow the move."""
+        (RATE_LIMITED naming it, nothing moved); device counts follow the move, and
+        grants and memberships are dropped as there."""
         ...
 
     async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:
@@ -417,6 +426,99 @@ class Store(Protocol):
 
     async def get_push_receipt(self, key: str, now_ms: int) -> PushReceipt | None:
         """The receipt by its key, unless there is none or it expired."""
+        ...
+
+    # --- channels and broadcasts (core/channels.py) ----------------------------
+    async def create_channel(self, channel: Channel, max_channels: int) -> None:
+        """Store a new channel (its id is new: random, 60 bits; durable, seen by
+        every relay).  CONFLICT when its tenant holds ``max_channels`` live ones."""
+        ...
+
+    async def get_channel(self, channel_id: str) -> Channel | None:
+        """The channel, or its tombstone (``deleted_ms`` set); None if there never was one."""
+        ...
+
+    async def list_channels(self, tenant: str | None) -> list[Channel]:
+        """The live channels of ``tenant`` (None: of every tenant), by id."""
+        ...
+
+    async def delete_channel(self, channel_id: str, now_ms: int) -> bool:
+        """Make a live channel a tombstone and forget its members; False if there is
+        no live channel by that id."""
+        ...
+
+    async def join_channel(self, pin: str, channel_id: str, joined: bool) -> bool:
+        """Make ``pin`` a member of the channel (``joined``) or not; repeating either
+        changes nothing.  False if there is no such device.  CONFLICT when joining
+        would make the device a member of more than MAX_MEMBERSHIPS channels.  The
+        caller checked that the channel is live and the device's tenant's.  Deleting
+        the device forgets its memberships and refusals."""
+        ...
+
+    async def channels_of(self, pin: str) -> list[str]:
+        """The ids of the channels ``pin`` is a member of, sorted."""
+        ...
+
+    async def channel_members(self, channel_id: str, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` members of the channel with a PIN above ``after`` ("":
+        from the first), sorted: the fan-out's pages."""
+        ...
+
+    async def set_refusal(self, pin: str, klass: ChannelClass, refused: bool) -> bool:
+        """The device refuses every broadcast of ``klass`` (or no longer does);
+        False if there is no such device."""
+        ...
+
+    async def refusals_of(self, pin: str) -> list[ChannelClass]:
+        """The classes ``pin`` refuses, sorted; [] for none or no device."""
+        ...
+
+    async def admit(
+        self,
+        pins: Sequence[str],
+        klass: ChannelClass,
+        broadcast_id: str,
+        day: int,
+        cap: int | None,
+    ) -> list[str]:
+        """Those of ``pins`` (in order) that take broadcast ``broadcast_id``: the
+        ones that do not refuse ``klass`` and, with a ``cap``, were admitted fewer
+        than ``cap`` broadcasts on ``day`` (core.channels.day_of).  Counting is
+        durable before this returns, and asking again for the same broadcast (a
+        fan-out resumed after a crash) admits the same devices without counting
+        them twice: each device remembers the last broadcast it was counted for."""
+        ...
+
+    async def put_broadcast(self, broadcast: Broadcast) -> bool:
+        """Store a new broadcast, or its progress (durable, seen by every relay).
+        A record never goes back: an update whose ``after`` is below the stored
+        one's, or that would undo ``done_ms``, changes nothing and returns False
+        (two relays resuming the same fan-out)."""
+        ...
+
+    async def get_broadcast(self, broadcast_id: str) -> Broadcast | None: ...
+
+    async def unfinished_broadcasts(self) -> list[Broadcast]:
+        """Broadcasts whose fan-out has not ended (``done_ms`` None), oldest first."""
+        ...
+
+    async def count_broadcasts(self, node: str, counts: Mapping[str, BroadcastCounts]) -> None:
+        """Add what relay ``node`` counted since it last called (by broadcast id)."""
+        ...
+
+    async def broadcast_counts(self, broadcast_id: str) -> BroadcastCounts:
+        """Every relay's counts of the broadcast, summed (zeros for none)."""
+        ...
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        """Keep one line of the audit log (durable before this returns)."""
+        ...
+
+    async def audit(
+        self, tenant: str | None, before_ms: int | None, limit: int
+    ) -> list[AuditEntry]:
+        """Up to ``limit`` lines of ``tenant``'s audit log (None: every tenant's)
+        older than ``before_ms`` (None: from the newest), newest first."""
         ...
 
     # --- messages ------------------------------------------------------------
