@@ -31,6 +31,8 @@ Clock = Callable[[], float]
 #: Told of tracked messages (chat, Web Push with receipts) a device acknowledged,
 #: before the ack is stored (Relay.acked).
 OnAcked = Callable[[str, Sequence[Delivered]], Awaitable[None]]
+#: Told of the id of each tracked message sent to the device (a broadcast's, counted).
+OnSent = Callable[[str], None]
 #: Messages read per step when an ack covers messages this delivery did not send.
 SETTLE_PAGE = 256
 
@@ -70,11 +72,14 @@ async def beyond_limit(store: Store, pin: str, cursor: int, last_cursor: int) ->
 
 def tracked(m: StoredMessage) -> Delivered | None:
     """What a device's ack of ``m`` must report before it is stored: a chat message's
-    receipt, or a Web Push receipt its sender asked for; None for everything else."""
+    receipt, a Web Push receipt its sender asked for, a broadcast's count; None for
+    everything else."""
     if m.kind == "chat":
         return delivered(m.id, m.sender, m.data, m.cursor)
     if m.kind == "webpush":
         return receipt_wanted(m.id, m.data, m.cursor)
+    if m.kind == "broadcast":
+        return Delivered(m.id, "", None, m.cursor, broadcast=True)
     return None
 
 
@@ -201,6 +206,7 @@ class Delivery:
         acks: AckWriter,
         on_acked: OnAcked | None = None,
         on_broken: Callable[[], None] | None = None,
+        on_sent: OnSent | None = None,
     ) -> None:
         self.store = store
         self.pin = pin
@@ -227,6 +233,7 @@ class Delivery:
         #: Called when receipts could not be stored: the link must close, so that the
         #: messages come again (with their receipts) rather than be acked without.
         self._on_broken = on_broken
+        self._on_sent = on_sent
 
     def wake(self, fresh: list[StoredMessage] | None = None) -> None:
         """Messages were stored (``fresh``: just committed, in cursor order, with no
@@ -290,6 +297,8 @@ class Delivery:
             for message in batch:
                 if (chat := tracked(message)) is not None:
                     self._chats.append(chat)
+                    if chat.broadcast and self._on_sent is not None:
+                        self._on_sent(chat.id)
 
     def ack(self, cursor: int) -> None:
         """A cumulative ack from the link; raises RemoteProtocolError if bogus."""

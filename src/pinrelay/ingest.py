@@ -113,16 +113,21 @@ class Ingest:
 
     async def accept_once(
         self,
-        drafts: Sequence[Draft],
+        drafts: Sequence[Draft | Rejected],
         idem: IdempotencyKey | None = None,
         tenant: str | None = None,
     ) -> tuple[list[Accepted | Rejected], bool]:
         """:meth:`accept`, and whether ``idem`` named an earlier call (a replay:
-        nothing was stored, the first call's results came back)."""
+        nothing was stored, the first call's results came back).  A Rejected the
+        edge made (a broadcast's member that refused it) goes along as it is, so a
+        replay repeats it."""
         now = self.clock()
         batch: list[NewMessage | Rejected] = []
         built: dict[tuple[str, str], NewMessage] = {}
         for draft in drafts:
+            if isinstance(draft, Rejected):
+                batch.append(draft)
+                continue
             message = self._message(draft, now)
             if draft.ttl == 0 and not self.router.is_online(draft.to):
                 # "Dropped" would tell another tenant the device exists.
