@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from pinrelay import __version__, cli_chat, cli_portability, cli_serve, cli_tenants, cli_webpush
+from pinrelay import (
+    __version__,
+    cli_channels,
+    cli_chat,
+    cli_portability,
+    cli_serve,
+    cli_tenants,
+    cli_webpush,
+)
 from pinrelay.cli_common import (
     DEFAULT_URL,
     JsonOpt,
@@ -492,6 +500,7 @@ cli_chat.register(app)
 cli_webpush.register(app)
 # --- tenants: tenant create|list|show|suspend|resume|quota|delete|key, device grant
 cli_tenants.register(app, device_app)
+cli_channels.register(app, device_app)
 # --- portability: device export|move, tenant accept (cli_portability.py) --------
 cli_portability.register(device_app)
 
