@@ -30,6 +30,7 @@ from pinrelay.api.messages import take_rate
 from pinrelay.api.schemas import (
     AuditLine,
     AuditLog,
+    BroadcastCreate,
     BroadcastView,
     ChannelCreate,
     ChannelList,
@@ -51,7 +52,7 @@ from pinrelay.core.channels import (
 )
 from pinrelay.core.errors import ErrorCode, PinrelayError, RemoteProtocolError
 from pinrelay.core.ids import new_message_id
-from pinrelay.core.model import PushFields, Scope, check_push
+from pinrelay.core.model import Scope, check_push
 from pinrelay.core.tenants import TENANT_ID_RE
 from pinrelay.core.timefmt import rfc3339
 from pinrelay.ingest import expiry_ms
@@ -155,12 +156,8 @@ async def broadcast(request: Request) -> Response:
     relay = relay_of(request)
     channel_id = str(request.path_params["channel"])
     channel = await _channel(relay, tenant, channel_id, False)
-    fields = decode(await read_body(request, limit=64 * 1024), PushFields)
+    fields = decode(await read_body(request, limit=64 * 1024), BroadcastCreate)
     check_push(fields, relay.config.limits)
-    if fields.ttl < 1:
-        raise RemoteProtocolError(
-            "a broadcast waits for its members: ttl is at least 1 s", ErrorCode.INVALID
-        )
     take_rate(call_of(request), principal, 1)
     now = relay.clock()
     now_ms = int(now * 1000)

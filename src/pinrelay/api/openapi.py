@@ -136,7 +136,7 @@ def build(limits: Limits) -> dict[str, Any]:
         ref_template=_REF,
     )
     # The configured bounds belong in the contract, so clients can check them first.
-    for name in ("PushFields", "BatchItem"):
+    for name in ("PushFields", "BatchItem", "BroadcastCreate"):
         ttl = components[name]["properties"]["ttl"]
         ttl["maximum"] = limits.max_ttl_s
         ttl["description"] = (

@@ -18,6 +18,7 @@ from pinrelay.api.openapi_tenants import AUTH_ERRORS, query
 
 COMPONENTS: list[type[Struct]] = [
     schemas.ChannelCreate,
+    schemas.BroadcastCreate,
     schemas.ChannelView,
     schemas.ChannelList,
     schemas.BroadcastView,
@@ -84,7 +85,7 @@ def paths(op: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 " background (durable fan-out; follow Location for its counts)",
                 (201, "Accepted: the broadcast as it starts", "BroadcastView"),
                 (*BODY_ERRORS, 404),
-                body="PushFields",
+                body="BroadcastCreate",
                 params=[_CHANNEL],
             )
         },

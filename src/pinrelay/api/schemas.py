@@ -8,6 +8,7 @@ from msgspec import Meta, Struct, field
 
 from pinrelay.core.channels import ChannelClass, ChannelName
 from pinrelay.core.frames import Cursor, Msg
+from pinrelay.core.model import PushFields
 from pinrelay.core.tenants import Quotas, TenantId, TenantName
 from pinrelay.core.webpush import SubscriptionView
 
@@ -342,6 +343,12 @@ class Export(Struct, kw_only=True):
 class ChannelCreate(Struct, kw_only=True, forbid_unknown_fields=True):
     name: ChannelName
     klass: ChannelClass = field(name="class")
+
+
+class BroadcastCreate(PushFields, kw_only=True, forbid_unknown_fields=True):
+    """A broadcast's body: a push's, but it waits for its members (no ttl 0)."""
+
+    ttl: Annotated[float, Meta(ge=1)]
 
 
 class ChannelView(Struct, kw_only=True):
