@@ -743,10 +743,11 @@ def run_header(module: str) -> str:
     )
 
 
-def write_section(module: str, title: str, body: str) -> Path:
-    """Rewrite the section of bench/RESULTS.md that belongs to ``module``."""
-    begin = f"<!-- BEGIN {module} -->"
-    end = f"<!-- END {module} -->"
+def write_section(module: str, title: str, body: str, key: str | None = None) -> Path:
+    """Rewrite the section of bench/RESULTS.md that belongs to ``module`` (``key``:
+    one of several sections of the same benchmark, e.g. one per store)."""
+    begin = f"<!-- BEGIN {key or module} -->"
+    end = f"<!-- END {key or module} -->"
     section = f"{begin}\n## {title}\n\n{run_header(module)}\n{body.strip()}\n{end}\n"
     text = RESULTS.read_text() if RESULTS.exists() else RESULTS_HEADER
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
