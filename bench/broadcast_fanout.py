@@ -72,6 +72,7 @@ from bench.common import (
     OtherLoad,
     RelayProcess,
     add_common_args,
+    child_pids,
     console,
     cpu_seconds,
     linkgen_argv,
@@ -134,6 +135,8 @@ class Result:
     other_cores: float = float("nan")
     #: The relay's store commits from the 201 until quiet (SQLite; bench.latency's summary).
     commits: dict[str, float] = field(default_factory=dict)
+    #: Bytes the store's processes wrote to the disk meanwhile (/proc/<pid>/io).
+    written: int = 0
     #: (seconds after the 201, members reached, relay RSS KiB) per sample.
     timeline: list[tuple[float, int, int]] = field(default_factory=list)
 
@@ -328,6 +331,7 @@ async def measure(
         gens0, own0 = sum(cpu_seconds(p) for p in gens), cpu_seconds(os.getpid())
         other = OtherLoad([relay.pid, *nats, *gens])
         commits0 = await commit_metrics(admin_http)
+        written0 = write_bytes([relay.pid, *nats])
 
         body = {"data": {"text": "storm warning until 18:00"}, "ttl": 3600}
         t_post = time.time()
@@ -377,6 +381,7 @@ async def measure(
         result.window_s = time.time() - t0
         result.other_cores = other.cores()
         result.commits = commit_summary(commits0, await commit_metrics(admin_http))
+        result.written = write_bytes([relay.pid, *nats]) - written0
         relay_cpu = relay.cpu() - relay0
         loop_cpu = thread_cpu(relay.pid).get(relay.pid, 0.0) - loop0
         result.cpu_s = {
@@ -405,6 +410,17 @@ async def commit_metrics(http: httpx.AsyncClient) -> dict[str, float]:
                 with contextlib.suppress(ValueError):
                     values[name] = float(value)
     return values
+
+
+def write_bytes(pids: list[int]) -> int:
+    """Bytes the processes (and their children) sent to the disk (/proc/<pid>/io)."""
+    total = 0
+    for pid in [*pids, *(c for p in pids for c in child_pids(p))]:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                if line.startswith("write_bytes:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def parse_ms(stamp: str, t0: float) -> float:
@@ -501,6 +517,10 @@ def rows_of(r: Result) -> list[list[str]]:
             "relay CPU (event loop / rest)",
             f"{cpu.get('relay', 0):.2f} s"
             f" ({cpu.get('relay loop', 0):.2f} / {cpu.get('relay rest', 0):.2f})",
+        ],
+        [
+            "bytes to disk by the store (201 → quiet; /proc io write_bytes)",
+            f"{r.written / 2**20:,.1f} MiB, {r.written / stored:,.0f} B per stored member",
         ],
         ["relay CPU per stored member", f"{cpu.get('relay', 0) / stored * 1e6:.1f} µs"],
         [
