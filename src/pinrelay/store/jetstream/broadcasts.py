@@ -1,6 +1,8 @@
 """Broadcasts, their counts and the audit log on the cluster (core/channels.py).
 
-**Broadcasts** (``<bucket_prefix>_broadcasts``):
+In ``<bucket_prefix>_channels``, beside :mod:`.channels`' keys.
+
+**Broadcasts:**
 
 - ``b.<broadcast id>``: the record (:class:`~pinrelay.core.channels.Broadcast`, JSON).
   :meth:`Broadcasts.put` is a compare-and-set that never goes back: an update whose
@@ -15,12 +17,13 @@
   compare-and-set all the same); :meth:`Broadcasts.counts` lists and sums them.
   A node name unfit for a key is hashed.
 
-**Audit log** (``<bucket_prefix>_audit``): one key per line,
-``<tenant>.<at_ms, 13 digits>.<random>``, so keys sort by time within a tenant;
+**Audit log:** one key per line, ``a.<tenant>.<at_ms, 13 digits>.<random>``, so keys
+sort by time within a tenant;
 :meth:`Audit.page` lists the tenant's keys (every key for None: one request on the
 leader per 100,000), sorts them newest first and reads the page's lines only.  A
 listing costs in proportion to the tenant's whole log: lines are few (a broadcast,
-a channel made or deleted), and the bucket keeps them all.
+a channel made or deleted), and the bucket keeps them all (a tenant's deletion
+does not remove its lines).
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ class Audit:
         self.api.check_open()
         if not SAFE_TOKEN.match(entry.tenant) or entry.at_ms < 0:
             raise PinrelayError(f"audit line of tenant {entry.tenant!r}", ErrorCode.INVALID)
-        key = f"{entry.tenant}.{entry.at_ms:013d}.{uuid.uuid4().hex[:16]}"
+        key = f"a.{entry.tenant}.{entry.at_ms:013d}.{uuid.uuid4().hex[:16]}"
         await self.kv.put(self.bucket, key, json_enc.encode(entry), 0)
 
     async def page(self, tenant: str | None, before_ms: int | None, limit: int) -> list[AuditEntry]:
@@ -147,10 +150,10 @@ class Audit:
         self.api.check_open()
         if (tenant is not None and not SAFE_TOKEN.match(tenant)) or limit <= 0:
             return []
-        keys = await self.kv.keys(self.bucket, ">" if tenant is None else f"{tenant}.>")
+        keys = await self.kv.keys(self.bucket, "a.>" if tenant is None else f"a.{tenant}.>")
         lines: list[tuple[str, str]] = []  # (at_ms.random, key)
         for key in keys:
-            _, at, rand = key.split(".")
+            _, _, at, rand = key.split(".")
             if before_ms is None or int(at) < before_ms:
                 lines.append((f"{at}.{rand}", key))
         lines.sort(reverse=True)

@@ -1,28 +1,27 @@
 """Channels, memberships and consent on the cluster (core/channels.py).
 
-**Keys.**  Two buckets, every record JSON, every change a compare-and-set
-(:mod:`.cas`) so relays racing are ordered by the key's revision:
+**Keys.**  One bucket, ``<bucket_prefix>_channels``, shared with :mod:`.broadcasts`
+(one stream to create and replicate, not four: each costs a store's ``open`` about
+0.1 s); its keys' first token says their kind.  Every record is JSON, every change a
+compare-and-set (:mod:`.cas`), so relays racing are ordered by the key's revision:
 
-``<bucket_prefix>_channels``
-  - ``<channel id>``: the channel (:class:`~pinrelay.core.channels.Channel`), a
-    tombstone once deleted (``deleted_ms``; never removed, so an id is never reused);
-  - ``t.<tenant>``: the ids of the tenant's live channels, sorted
-    (:class:`ChannelList`, at most MAX_CHANNELS: 14 KB).  Its compare-and-set is what
-    holds ``max_channels`` exactly with creates racing on several relays.
-
-``<bucket_prefix>_members``
-  - ``d.<PIN>``: the channels the device joined, sorted (:class:`Memberships`, at most
-    MAX_MEMBERSHIPS); its compare-and-set holds that quota;
-  - ``m.<channel id>.<PIN[:2]>``: a shard of the channel's members, sorted
-    (:class:`Shard`; PINs are 8 hex digits, so up to 256 shards of about 400 PINs for
-    a 100,000-member channel).  :meth:`Channels.members` lists the channel's shard
-    keys (one request on the leader, at most 256 subjects) and reads shards from the
-    one ``after`` is in until it has ``limit`` PINs: a page of 500 costs about three
-    requests whatever the channel's size, and a join rewrites one shard (4 KB);
-  - ``r.<PIN>``: the device's consent (:class:`Consent`): the classes it refuses, and
-    its marketing count of the day with the last broadcast counted.  A device with
-    neither has no key: :meth:`Channels.admit` then reads nothing more for it and,
-    for a service broadcast, writes nothing.
+- ``c.<channel id>``: the channel (:class:`~pinrelay.core.channels.Channel`), a
+  tombstone once deleted (``deleted_ms``; never removed, so an id is never reused);
+- ``t.<tenant>``: the ids of the tenant's live channels, sorted
+  (:class:`ChannelList`, at most MAX_CHANNELS: 14 KB).  Its compare-and-set is what
+  holds ``max_channels`` exactly with creates racing on several relays.
+- ``d.<PIN>``: the channels the device joined, sorted (:class:`Memberships`, at most
+  MAX_MEMBERSHIPS); its compare-and-set holds that quota;
+- ``m.<channel id>.<PIN[:2]>``: a shard of the channel's members, sorted
+  (:class:`Shard`; PINs are 8 hex digits, so up to 256 shards of about 400 PINs for
+  a 100,000-member channel).  :meth:`Channels.members` lists the channel's shard
+  keys (one request on the leader, at most 256 subjects) and reads shards from the
+  one ``after`` is in until it has ``limit`` PINs: a page of 500 costs about three
+  requests whatever the channel's size, and a join rewrites one shard (4 KB);
+- ``r.<PIN>``: the device's consent (:class:`Consent`): the classes it refuses, and
+  its marketing count of the day with the last broadcast counted.  A device with
+  neither has no key: :meth:`Channels.admit` then reads nothing more for it and,
+  for a service broadcast, writes nothing.
 
 **Order of writes** (no write spans two keys atomically): a join writes the
 device's list, then the shard; a leave the shard, then the list.  Repeating either
@@ -113,17 +112,16 @@ def _dropped(items: list[str], item: str) -> list[str] | None:
 class Channels:
     """Channels, memberships, refusals and admission (module doc)."""
 
-    def __init__(self, kv: Kv, channels: Bucket, members: Bucket, devices: Devices) -> None:
+    def __init__(self, kv: Kv, bucket: Bucket, devices: Devices) -> None:
         self.kv = kv
         self.api = kv.api
         self.devices = devices
-        self.channels_bucket = channels
-        self.members_bucket = members
-        self.records = Keyed(kv, channels, Channel)
-        self.lists = Keyed(kv, channels, ChannelList)
-        self.memberships = Keyed(kv, members, Memberships)
-        self.shards = Keyed(kv, members, Shard)
-        self.consents = Keyed(kv, members, Consent)
+        self.bucket = bucket
+        self.records = Keyed(kv, bucket, Channel)
+        self.lists = Keyed(kv, bucket, ChannelList)
+        self.memberships = Keyed(kv, bucket, Memberships)
+        self.shards = Keyed(kv, bucket, Shard)
+        self.consents = Keyed(kv, bucket, Consent)
         #: Channels known deleted: a tombstone is final, so remembered for ever.
         self._dead: set[str] = set()
 
@@ -134,7 +132,7 @@ class Channels:
         if not is_channel_id(channel.id) or not TENANT_ID_RE.match(channel.tenant):
             raise PinrelayError(f"channel id {channel.id!r}", ErrorCode.INVALID)
         mine = msgspec.structs.replace(channel, deleted_ms=None)
-        if await self.records.get(channel.id) is not None:
+        if await self.records.get(f"c.{channel.id}") is not None:
             raise PinrelayError(f"channel {channel.id} exists", ErrorCode.CONFLICT)
         listed = False
 
@@ -152,9 +150,9 @@ class Channels:
 
         await self.lists.change(f"t.{channel.tenant}", add)
         raw = json_enc.encode(mine)
-        if await self.kv.create(self.channels_bucket, channel.id, raw) is not None:
+        if await self.kv.create(self.bucket, f"c.{channel.id}", raw) is not None:
             return
-        found = await self.records.get(channel.id)
+        found = await self.records.get(f"c.{channel.id}")
         if found == mine:
             return  # ours: written by an attempt whose answer was lost (.api retries)
         if not listed:  # the id was taken meanwhile: give the place back
@@ -172,7 +170,7 @@ class Channels:
         self.api.check_open()
         if not is_channel_id(channel_id):
             return None
-        found = await self.records.get(channel_id)
+        found = await self.records.get(f"c.{channel_id}")
         if found is not None and not found.live:
             self._dead.add(channel_id)
         return found
@@ -181,14 +179,14 @@ class Channels:
         """The live channels of ``tenant`` (None: every tenant's), by id."""
         self.api.check_open()
         if tenant is None:
-            keys = await self.kv.keys(self.channels_bucket, "t.*")
+            keys = await self.kv.keys(self.bucket, "t.*")
         elif TENANT_ID_RE.match(tenant):
             keys = [f"t.{tenant}"]
         else:
             return []
         lists = await self.lists.many(keys)
         ids = sorted({i for found in lists if found is not None for i in found.ids})
-        found = await self.records.many(ids)
+        found = await self.records.many([f"c.{i}" for i in ids])
         return [c for c in found if c is not None and c.live]
 
     async def delete(self, channel_id: str, now_ms: int) -> bool:
@@ -202,19 +200,19 @@ class Channels:
                 return None
             return msgspec.structs.replace(old, deleted_ms=now_ms)
 
-        rec, wrote = await self.records.change(channel_id, bury)
+        rec, wrote = await self.records.change(f"c.{channel_id}", bury)
         if rec is None:
             return False
         # Also for a tombstone found: finishes a deletion that failed half-way.
         self._dead.add(channel_id)
         await self._unlist(rec.tenant, channel_id)
-        await self.kv.remove(self.members_bucket, f"m.{channel_id}.>")
+        await self.kv.remove(self.bucket, f"m.{channel_id}.>")
         return wrote
 
     async def _live(self, ids: Sequence[str]) -> list[str]:
         """Those of ``ids`` that name a live channel (a read per id not known dead)."""
         unknown = [i for i in ids if i not in self._dead]
-        found = await self.records.many(unknown)
+        found = await self.records.many([f"c.{i}" for i in unknown])
         live: set[str] = set()
         for cid, rec in zip(unknown, found, strict=True):
             if rec is not None and rec.live:
@@ -298,7 +296,7 @@ class Channels:
         self.api.check_open()
         if not is_channel_id(channel_id) or limit <= 0:
             return []
-        keys = await self.kv.keys(self.members_bucket, f"m.{channel_id}.*")
+        keys = await self.kv.keys(self.bucket, f"m.{channel_id}.*")
         first = _shard(after)
         shards = sorted(k.rpartition(".")[2] for k in keys)
         found: list[str] = []
@@ -323,13 +321,13 @@ class Channels:
             return lambda: self._shard_change(cid, pin, False)
 
         await bounded([leave(c) for c in rec.channels if c not in self._dead], IN_FLIGHT)
-        await self.kv.remove(self.members_bucket, f"d.{pin}")
+        await self.kv.remove(self.bucket, f"d.{pin}")
 
     async def forget(self, pin: str) -> None:
         """Forget everything of a deleted device: memberships and consent."""
         await self.leave_all(pin)
         if SAFE_TOKEN.match(pin):
-            await self.kv.remove(self.members_bucket, f"r.{pin}")
+            await self.kv.remove(self.bucket, f"r.{pin}")
 
     # --- consent -------------------------------------------------------------------
     async def set_refusal(self, pin: str, klass: ChannelClass, refused: bool) -> bool:
@@ -371,7 +369,7 @@ class Channels:
         self, pin: str, klass: ChannelClass, broadcast_id: str, day: int, cap: int | None
     ) -> bool:
         key = f"r.{pin}"
-        got = await self.kv.get(self.members_bucket, key)
+        got = await self.kv.get(self.bucket, key)
         rec = None if got is None else self.consents.dec.decode(got.value)
         if rec is not None and klass in rec.refuses:
             return False
@@ -399,7 +397,7 @@ class Channels:
         if new is None:
             return admitted
         revision = 0 if got is None else got.revision
-        if await self.kv.put(self.members_bucket, key, json_enc.encode(new), revision) is not None:
+        if await self.kv.put(self.bucket, key, json_enc.encode(new), revision) is not None:
             return True
         await asyncio.sleep(0)
         await self.consents.change(key, count)

@@ -5,8 +5,8 @@ One file-storage stream on ``<prefix>.>``; a message for device D is stored on
 partitions, devices are spread over K streams ``<stream>_<p>`` on
 ``<prefix>.<p>.>``, p = crc32(PIN) mod K.  The KV buckets are
 ``<bucket_prefix>_devices``, ``_keys``, ``_keyhash``, ``_idem``, ``_contacts``,
-``_unread``, ``_groups``, ``_subscriptions``, ``_tenants``, ``_channels``, ``_members``,
-``_broadcasts`` and ``_audit`` (and ``_pairing`` and ``_receipts``).  Every name is
+``_unread``, ``_groups``, ``_subscriptions``, ``_tenants`` and ``_channels`` (and
+``_pairing`` and ``_receipts``).  Every name is
 configurable, so several relays or tests can share a cluster.
 
 Each stream also holds its chat messages' expiry schedules and notices
@@ -40,9 +40,6 @@ _BUCKET_KINDS = (
     "subscriptions",
     "tenants",
     "channels",
-    "members",
-    "broadcasts",
-    "audit",
 )
 
 
@@ -78,9 +75,6 @@ class Buckets:
     subscriptions: Bucket
     tenants: Bucket
     channels: Bucket
-    members: Bucket
-    broadcasts: Bucket
-    audit: Bucket
 
 
 @dataclass(frozen=True, slots=True)

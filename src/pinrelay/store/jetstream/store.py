@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 
 
 class JetStreamStore:
-    """The cluster engine: one JetStream stream (or one per partition) plus fifteen KV buckets."""
+    """The cluster engine: one JetStream stream (or one per partition) plus twelve KV buckets."""
 
     def __init__(
         self,
@@ -130,9 +130,9 @@ class JetStreamStore:
         self.push_receipts = PushReceipts(kv, self.layout.push_receipts)
         self.subscriptions = Subscriptions(kv, buckets.subscriptions, self.devices)
         self.tenants = Tenants(kv, buckets.tenants)
-        self.channels = Channels(kv, buckets.channels, buckets.members, self.devices)
-        self.broadcasts = Broadcasts(kv, buckets.broadcasts)
-        self.audit_log = Audit(kv, buckets.audit)
+        self.channels = Channels(kv, buckets.channels, self.devices)
+        self.broadcasts = Broadcasts(kv, buckets.channels)
+        self.audit_log = Audit(kv, buckets.channels)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
