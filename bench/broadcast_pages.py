@@ -16,7 +16,7 @@ this process's CPU per page (the event loop; SQLite's writer is another process,
 its CPU shown apart).  ``--profile`` also runs cProfile over the fan-out and prints
 the functions with the most own time.
 
-Nothing is written to RESULTS.md: bench.broadcast_fanout's sections quote it.
+Writes one section of bench/RESULTS.md per store (``--no-results``: none).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,16 @@ from bench.common import (
     print_table,
     run_dir,
     run_main,
+    write_section,
 )
 from pinrelay.config import RelayConfig
 from pinrelay.core.channels import Broadcast
 from pinrelay.core.ids import new_message_id
 from pinrelay.relay import Relay
+from pinrelay.store.sqlite import SqliteStore
 from pinrelay.testing.ports import free_port
 
+MODULE = "bench.broadcast_pages"
 CALLS = ("get_channel", "channel_members", "admit", "append", "put_broadcast")
 
 
@@ -68,6 +72,108 @@ class Timers:
                 self.calls[name] += 1
 
         return timed
+
+
+@dataclass
+class FanOut:
+    wall: float
+    cpu: float
+    #: CPU of SQLite's writer process, or of the nats-servers.
+    beside_cpu: float
+    timers: Timers
+    done: Broadcast
+    #: NATS messages this process sent and received (the cluster).
+    out_msgs: int = 0
+    in_msgs: int = 0
+    profile: cProfile.Profile | None = None
+
+
+async def fan_out(
+    relay: Relay, tenant: str, channel: str, nats: NatsCluster | None, *, profile: bool
+) -> FanOut:
+    """One broadcast's fan-out by the relay's Broadcaster, each store call timed."""
+    store = relay.store
+    now = time.time()
+    now_ms = int(now * 1000)
+    b = Broadcast(
+        id=new_message_id(now, os.urandom),
+        channel=channel,
+        tenant=tenant,
+        key_id=None,
+        created_ms=now_ms,
+        expires_ms=now_ms + 3_600_000,
+        data=b'{"text":"storm warning until 18:00"}',
+        updated_ms=now_ms,
+    )
+    await store.put_broadcast(b)  # the API's write, before the fan-out
+    timers = Timers()
+    saved = {name: getattr(store, name) for name in CALLS}
+    for name, fn in saved.items():
+        setattr(store, name, timers.wrap(name, fn))
+    # Beside this process: SQLite's writer process, or the nats-servers.
+    writer = store.writer_pid if isinstance(store, SqliteStore) else None
+    beside = [writer] if writer is not None else (nats.pids if nats is not None else [])
+    beside0 = sum(cpu_seconds(p) for p in beside)
+    conn = getattr(store, "connection", None)
+    stats0 = dict(conn.stats) if conn is not None else {}
+    prof = cProfile.Profile() if profile else None
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    try:
+        if prof is not None:
+            prof.enable()
+        await relay.broadcaster._run(b)
+    finally:
+        if prof is not None:
+            prof.disable()
+        for name, fn in saved.items():
+            setattr(store, name, fn)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    beside_cpu = sum(cpu_seconds(p) for p in beside) - beside0
+    done = await store.get_broadcast(b.id)
+    assert done is not None and done.done_ms is not None, done
+    out = FanOut(wall, cpu, beside_cpu, timers, done, profile=prof)
+    if conn is not None:
+        out.out_msgs = int(conn.stats["out_msgs"] - stats0["out_msgs"])
+        out.in_msgs = int(conn.stats["in_msgs"] - stats0["in_msgs"])
+    return out
+
+
+def report(args: argparse.Namespace, f: FanOut, sqlite: bool) -> str:
+    timers, done, wall = f.timers, f.done, f.wall
+    pages = timers.calls["append"] or 1
+    rows = [
+        [name, f"{timers.calls[name]:,}", f"{timers.seconds[name] / pages * 1000:.2f}"]
+        for name in CALLS
+    ]
+    accounted = sum(timers.seconds.values())
+    rest = (wall - accounted) / pages * 1000
+    rows.append(["(the rest: building drafts, waking, between calls)", "", f"{rest:.2f}"])
+    rows.append(["**page, wall**", f"{pages:,}", f"**{wall / pages * 1000:.2f}**"])
+    rows.append(["this process's CPU (the relay's event loop)", "", f"{f.cpu / pages * 1000:.2f}"])
+    who = "SQLite writer process" if sqlite else "nats-servers (3)"
+    rows.append([f"{who} CPU", "", f"{f.beside_cpu / pages * 1000:.2f}"])
+    if not sqlite:
+        rows.append(
+            [
+                "NATS messages sent / received",
+                "",
+                f"{f.out_msgs / pages:,.0f} / {f.in_msgs / pages:,.0f}",
+            ]
+        )
+    headers = ["per page", "calls", "ms per page"]
+    title = (
+        f"{args.store}: {done.members:,} members ({done.stored:,} stored) in {wall:.2f} s,"
+        f" {done.stored / wall:,.0f} member-deliveries/s, pages of {args.page}"
+    )
+    print_table(title, headers, rows)
+    intro = (
+        f"A relay built in this process ({'SQLite' if sqlite else '3-node JetStream cluster'}),"
+        f" {args.members:,} members seeded through the Store API, none linked; one"
+        " broadcast's fan-out run by the relay's own Broadcaster with a timer around each"
+        " store call (they run one after another). Command line in bench/broadcast_pages.py."
+        "\n\n"
+    )
+    return intro + f"- {title}\n\n" + md_table(headers, rows)
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -96,69 +202,27 @@ async def run(args: argparse.Namespace) -> None:
         )
         result = Result(args.store, args.members, 0, args.page)
         tenant, channel, _ = await seed(store, seed_args, result)
-        now = time.time()
-        now_ms = int(now * 1000)
-        b = Broadcast(
-            id=new_message_id(now, os.urandom),
-            channel=channel,
-            tenant=tenant,
-            key_id=None,
-            created_ms=now_ms,
-            expires_ms=now_ms + 3_600_000,
-            data=b'{"text":"storm warning until 18:00"}',
-            updated_ms=now_ms,
-        )
-        await store.put_broadcast(b)
-        timers = Timers()  # after the record's own write: that one is the API's
-        for name in CALLS:
-            setattr(store, name, timers.wrap(name, getattr(store, name)))
-        # Beside this process: SQLite's writer process, or the nats-servers.
-        writer = getattr(store, "writer_pid", lambda: None)()
-        writers = [writer] if writer is not None else (nats.pids if nats is not None else [])
-        writer0 = sum(cpu_seconds(p) for p in writers)
-        profile = cProfile.Profile() if args.profile else None
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        if profile is not None:
-            profile.enable()
-        await relay.broadcaster._run(b)
-        if profile is not None:
-            profile.disable()
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        writer_cpu = sum(cpu_seconds(p) for p in writers) - writer0
-        done = await store.get_broadcast(b.id)
-        assert done is not None and done.done_ms is not None, done
-        pages = timers.calls["append"] or 1
-        rows = [
-            [name, f"{timers.calls[name]:,}", f"{timers.seconds[name] / pages * 1000:.2f}"]
-            for name in CALLS
-        ]
-        accounted = sum(timers.seconds.values())
-        rows.append(
-            [
-                "(the rest: building drafts, waking, between calls)",
-                "",
-                f"{(wall - accounted) / pages * 1000:.2f}",
-            ]
-        )
-        rows.append(["page, wall", f"{pages:,}", f"{wall / pages * 1000:.2f}"])
-        rows.append(["this process's CPU (event loop)", "", f"{cpu / pages * 1000:.2f}"])
-        if writers:
-            who = "SQLite writer process" if writer is not None else "nats-servers (3)"
-            rows.append([f"{who} CPU", "", f"{writer_cpu / pages * 1000:.2f}"])
-        headers = ["per page", "calls", "ms per page"]
-        title = (
-            f"{args.store}: {done.members:,} members ({done.stored:,} stored) in {wall:.2f} s,"
-            f" {done.stored / wall:,.0f} member-deliveries/s, pages of {args.page}"
-        )
-        print_table(title, headers, rows)
-        text = title + "\n\n" + md_table(headers, rows)
-        if profile is not None:
+        writer = store.writer_pid if isinstance(store, SqliteStore) else None
+        timed = await fan_out(relay, tenant, channel, nats, profile=False)
+        text = report(args, timed, writer is not None)
+        if args.profile:
+            profiled = await fan_out(relay, tenant, channel, nats, profile=True)
+            assert profiled.profile is not None
             out = io.StringIO()
-            pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(args.profile)
-            console.print(out.getvalue())
-            text += "\n\n```\n" + out.getvalue() + "```\n"
+            stats = pstats.Stats(profiled.profile, stream=out)
+            stats.sort_stats("tottime").print_stats(args.profile)
+            lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
+            console.print("\n".join(lines))
+            text += (
+                f"\n\nA second broadcast to the same members under cProfile"
+                f" ({profiled.wall:.2f} s with the profiler on), the {args.profile}"
+                " functions with the most own time (wall clock, so waiting in epoll counts):"
+                "\n\n```\n" + "\n".join(lines[-args.profile - 1 :]) + "\n```\n"
+            )
         (logs / f"pages-{args.store}.md").write_text(text)
-        console.print(f"written to {logs / f'pages-{args.store}.md'}")
+        if not args.no_results:
+            title = f"Broadcast fan-out page by page, {args.store} ({MODULE})"
+            write_section(MODULE, title, text, key=f"{MODULE} {args.store}")
     finally:
         if relay is not None:
             await relay.stop()
@@ -173,7 +237,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--members", type=int, default=20_000)
     parser.add_argument("--page", type=int, default=500, help="serve --broadcast-page")
     parser.add_argument("--seed-concurrency", type=int, default=0, help="0: the bench's default")
-    parser.add_argument("--profile", type=int, default=0, help="cProfile: print this many lines")
+    parser.add_argument(
+        "--profile", type=int, default=0, help="then a second broadcast under cProfile: N lines"
+    )
+    parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     return parser.parse_args(argv)
 
 
