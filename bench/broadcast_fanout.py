@@ -175,7 +175,7 @@ async def seed(
     linked_at = set(random.Random(args.seed).sample(range(args.members), args.linked))
     pins: list[str] = []
     creds: list[tuple[str, str]] = []
-    in_flight = args.seed_concurrency or (2000 if isinstance(store, SqliteStore) else 256)
+    in_flight = args.seed_concurrency or (2000 if isinstance(store, SqliteStore) else 128)
     gate = asyncio.Semaphore(in_flight)
     with progress() as bar:
         made = bar.add_task("seed devices (Store API)", total=args.members)
@@ -470,7 +470,13 @@ async def one_store(store: str, args: argparse.Namespace, logs: Path) -> Result:
         else:
             setup.nats = NatsCluster(logs, "bcast", args.nats_sync)
             await setup.nats.start()
-            js = JetStreamStore(setup.nats.urls.split(","), name="pinrelay-bench-seed")
+            # Patient: a seed of 100,000 on a busy 2-core machine is no latency test.
+            js = JetStreamStore(
+                setup.nats.urls.split(","),
+                name="pinrelay-bench-seed",
+                request_timeout=10.0,
+                retry_for=60.0,
+            )
             seeded = await seeded_store(js, args, result)
             setup.relay = ClusterRelay(
                 logs,
@@ -637,7 +643,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--seed-concurrency",
         type=int,
         default=0,
-        help="store calls in flight (0: 2000 on SQLite, 256 on the cluster)",
+        help="store calls in flight (0: 2000 on SQLite, 128 on the cluster)",
     )
     parser.add_argument("--disk-probes", type=int, default=2000, help="fdatasyncs measured")
     parser.add_argument("--sample", type=float, default=0.1, help="s between samples")
