@@ -50,6 +50,7 @@ from pinrelay.config import RelayConfig
 from pinrelay.core.channels import Broadcast
 from pinrelay.core.ids import new_message_id
 from pinrelay.relay import Relay
+from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.store.sqlite import SqliteStore
 from pinrelay.testing.ports import free_port
 
@@ -114,7 +115,7 @@ async def fan_out(
     writer = store.writer_pid if isinstance(store, SqliteStore) else None
     beside = [writer] if writer is not None else (nats.pids if nats is not None else [])
     beside0 = sum(cpu_seconds(p) for p in beside)
-    conn = getattr(store, "connection", None)
+    conn = store.connection[0] if isinstance(store, JetStreamStore) else None
     stats0 = dict(conn.stats) if conn is not None else {}
     prof = cProfile.Profile() if profile else None
     cpu0, t0 = time.process_time(), time.perf_counter()
