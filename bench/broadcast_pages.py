@@ -26,7 +26,9 @@ import cProfile
 import io
 import os
 import pstats
+import re
 import shutil
+import sysconfig
 import tempfile
 import time
 from collections import defaultdict
@@ -38,6 +40,7 @@ from typing import Any
 from bench.broadcast_fanout import Result, seed
 from bench.cluster_systems import NatsCluster
 from bench.common import (
+    ROOT,
     console,
     cpu_seconds,
     md_table,
@@ -177,6 +180,13 @@ def report(args: argparse.Namespace, f: FanOut, sqlite: bool) -> str:
     return intro + f"- {title}\n\n" + md_table(headers, rows)
 
 
+def short(line: str) -> str:
+    """A profile line with this checkout's and the site-packages' paths cut off."""
+    for prefix in (str(ROOT) + "/", sysconfig.get_paths()["purelib"] + "/"):
+        line = line.replace(prefix, "")
+    return re.sub(r"/\S*/lib/python3\.\d+/", "", line)
+
+
 async def run(args: argparse.Namespace) -> None:
     logs = run_dir("broadcast_pages")
     data = Path(tempfile.mkdtemp(prefix="pinrelay-bench-pages-"))
@@ -212,7 +222,7 @@ async def run(args: argparse.Namespace) -> None:
             out = io.StringIO()
             stats = pstats.Stats(profiled.profile, stream=out)
             stats.sort_stats("tottime").print_stats(args.profile)
-            lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
+            lines = [short(ln) for ln in out.getvalue().splitlines() if ln.strip()]
             console.print("\n".join(lines))
             text += (
                 f"\n\nA second broadcast to the same members under cProfile"
