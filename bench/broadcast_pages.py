@@ -41,6 +41,7 @@ from bench.broadcast_fanout import Result, seed
 from bench.cluster_systems import NatsCluster
 from bench.common import (
     ROOT,
+    OtherLoad,
     console,
     cpu_seconds,
     md_table,
@@ -89,6 +90,8 @@ class FanOut:
     #: NATS messages this process sent and received (the cluster).
     out_msgs: int = 0
     in_msgs: int = 0
+    #: CPU the rest of the machine used meanwhile, in cores (common.OtherLoad).
+    other_cores: float = float("nan")
     profile: cProfile.Profile | None = None
 
 
@@ -120,6 +123,7 @@ async def fan_out(
     beside0 = sum(cpu_seconds(p) for p in beside)
     conn = store.connection[0] if isinstance(store, JetStreamStore) else None
     stats0 = dict(conn.stats) if conn is not None else {}
+    other = OtherLoad(beside)
     prof = cProfile.Profile() if profile else None
     cpu0, t0 = time.process_time(), time.perf_counter()
     try:
@@ -133,9 +137,10 @@ async def fan_out(
             setattr(store, name, fn)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     beside_cpu = sum(cpu_seconds(p) for p in beside) - beside0
+    other_cores = other.cores()
     done = await store.get_broadcast(b.id)
     assert done is not None and done.done_ms is not None, done
-    out = FanOut(wall, cpu, beside_cpu, timers, done, profile=prof)
+    out = FanOut(wall, cpu, beside_cpu, timers, done, other_cores=other_cores, profile=prof)
     if conn is not None:
         out.out_msgs = int(conn.stats["out_msgs"] - stats0["out_msgs"])
         out.in_msgs = int(conn.stats["in_msgs"] - stats0["in_msgs"])
@@ -167,7 +172,8 @@ def report(args: argparse.Namespace, f: FanOut, sqlite: bool) -> str:
     headers = ["per page", "calls", "ms per page"]
     title = (
         f"{args.store}: {done.members:,} members ({done.stored:,} stored) in {wall:.2f} s,"
-        f" {done.stored / wall:,.0f} member-deliveries/s, pages of {args.page}"
+        f" {done.stored / wall:,.0f} member-deliveries/s, pages of {args.page};"
+        f" other processes used {f.other_cores:.2f} cores meanwhile"
     )
     print_table(title, headers, rows)
     intro = (
