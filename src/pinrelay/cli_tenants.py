@@ -87,7 +87,10 @@ RateOpt = Annotated[
 ]
 BurstOpt = Annotated[int | None, typer.Option("--burst", help="Messages at once.", min=1)]
 StoredOpt = Annotated[
-    int | None, typer.Option("--stored-bytes", help="Bytes of undelivered messages.", min=0)
+    int | None,
+    typer.Option(
+        "--stored-bytes", help="Bytes of undelivered messages (kept, not enforced yet).", min=0
+    ),
 ]
 LinksOpt = Annotated[int | None, typer.Option("--links", help="Links at once.", min=0)]
 

@@ -5,8 +5,9 @@ One file-storage stream on ``<prefix>.>``; a message for device D is stored on
 partitions, devices are spread over K streams ``<stream>_<p>`` on
 ``<prefix>.<p>.>``, p = crc32(PIN) mod K.  The KV buckets are
 ``<bucket_prefix>_devices``, ``_keys``, ``_keyhash``, ``_idem``, ``_contacts``,
-``_unread``, ``_groups``, ``_subscriptions`` and ``_tenants`` (and ``_pairing``).  Every name is
-configurable, so several relays or tests can share a cluster.
+``_unread``, ``_groups``, ``_subscriptions`` and ``_tenants`` (and ``_pairing`` and
+``_receipts``, with a max age).  Every name is configurable, so several relays or
+tests can share a cluster.
 
 Each stream also holds its chat messages' expiry schedules and notices
 (:mod:`.expiry`) on ``<prefix>-expiry[.<p>].>``: outside ``<prefix>.>``, so that the
