@@ -7,6 +7,7 @@ tenant's admin or devices key (or the relay's admin key).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -48,8 +49,10 @@ def device_export(
     with client(url, token) as c:
         doc = export_all(c, pin)
     if to is not None:
-        try:
-            to.write_text(json.dumps(doc, indent=2) + "\n")
+        try:  # 0600 when made: it holds the messages and the subscriptions' secrets
+            fd = os.open(to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(doc, indent=2) + "\n")
         except OSError as exc:
             fail(f"cannot write {to}: {exc.strerror}")
     if as_json:
