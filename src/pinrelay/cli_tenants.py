@@ -76,8 +76,13 @@ def _quotas(
     stored: int | None,
     links: int | None,
 ) -> dict[str, Any]:
-    given = {"devices": devices, "rate": rate, "burst": burst, "stored_bytes": stored}
-    given["links"] = links
+    given = {
+        "devices": devices,
+        "rate": rate,
+        "burst": burst,
+        "stored_bytes": stored,
+        "links": links,
+    }
     return {k: v for k, v in given.items() if v is not None}
 
 
