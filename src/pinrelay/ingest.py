@@ -104,12 +104,14 @@ class Ingest:
         return results
 
     async def _reachable(self, pin: str, tenant: str | None) -> bool:
+        """Whether ``pin`` is a device ``tenant`` may push to (None: any device).
+        Another tenant's device and a PIN with no device cost the same two reads, so
+        the answer's timing does not tell them apart either (PROTOCOL "Tenants")."""
         device = await self.store.get_device(pin)
-        if device is None:
-            return False
-        if tenant is None or device.tenant == tenant:
-            return True
-        return tenant in await self.store.grants_of(pin)
+        if tenant is None or (device is not None and device.tenant == tenant):
+            return device is not None
+        grants = await self.store.grants_of(pin)  # [] for no device, read all the same
+        return device is not None and tenant in grants
 
     async def accept_once(
         self,
