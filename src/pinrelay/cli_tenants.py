@@ -65,7 +65,7 @@ BurstOpt = Annotated[int | None, typer.Option("--burst", help="Messages at once.
 StoredOpt = Annotated[
     int | None,
     typer.Option(
-        "--stored-bytes", help="Bytes of undelivered messages (kept, not enforced yet).", min=0
+        "--stored-bytes", help="Bytes of undelivered messages its keys stored.", min=0
     ),
 ]
 LinksOpt = Annotated[int | None, typer.Option("--links", help="Links at once.", min=0)]

@@ -65,7 +65,10 @@ class Ingest:
         clock: Callable[[], float],
         limits: Limits,
         metrics: Metrics,
+        on_stored: Callable[[str, Sequence[NewMessage]], None] | None = None,
     ) -> None:
+        #: Told of what a tenant's keys stored (its stored_bytes quota's ledger).
+        self.on_stored = on_stored
         self.store = store
         self.router = router
         self.clock = clock
@@ -142,6 +145,13 @@ class Ingest:
         results, replay = await self.store.append(batch, idem, tenant)
         if not replay:
             self._wake(results, built)
+            if tenant is not None and self.on_stored is not None:
+                stored = [
+                    m
+                    for r in results
+                    if isinstance(r, Accepted) and (m := built.get((r.pin, r.id))) is not None
+                ]
+                self.on_stored(tenant, stored)
         return results, replay
 
     async def contact(
