@@ -64,9 +64,7 @@ RateOpt = Annotated[
 BurstOpt = Annotated[int | None, typer.Option("--burst", help="Messages at once.", min=1)]
 StoredOpt = Annotated[
     int | None,
-    typer.Option(
-        "--stored-bytes", help="Bytes of undelivered messages its keys stored.", min=0
-    ),
+    typer.Option("--stored-bytes", help="Bytes of undelivered messages its keys stored.", min=0),
 ]
 LinksOpt = Annotated[int | None, typer.Option("--links", help="Links at once.", min=0)]
 
