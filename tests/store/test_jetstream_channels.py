@@ -21,6 +21,12 @@ from .test_contract_tenants import T1, tenant
 from .test_jetstream_social import OpenStore, Requests, open_store
 
 __all__ = ["open_store"]
+#: A page's PINs over many prefixes (each one's consent read), or one (listed).
+SPREADS = pytest.mark.parametrize(
+    "pins",
+    [[f"{n:02X}0B0B0B" for n in range(30)], [f"0B{n:06X}" for n in range(30)]],
+    ids=["read", "listed"],
+)
 
 
 def channel(n: int) -> Channel:
@@ -83,11 +89,11 @@ class TestAcrossRelays:
         assert all(await asyncio.gather(*(other.join_channel(p, cid, False) for p in pins[::2])))
         assert await one.channel_members(channel(1).id, "", 100) == pins[1::2]
 
+    @SPREADS
     async def test_marketing_admissions_racing_count_each_device_once(
-        self, open_store: OpenStore
+        self, open_store: OpenStore, pins: list[str]
     ) -> None:
         one, other = await open_store(), await open_store()
-        pins = [f"{n:02X}0B0B0B" for n in range(30)]
         await add_devices(one, *pins)
         day = 20_000
         first, second = await asyncio.gather(
@@ -98,6 +104,26 @@ class TestAcrossRelays:
         # Resumed fan-outs admit the same devices again, counting nothing more.
         assert await other.admit(pins, "marketing", "M1", day, 1) == first
         assert await one.admit(pins, "marketing", "M2", day, 1) == second
+
+    @SPREADS
+    async def test_admission_honours_refusals_and_caps_however_it_reads(
+        self, open_store: OpenStore, pins: list[str]
+    ) -> None:
+        one, other = await open_store(), await open_store()
+        await add_devices(one, *pins)
+        for pin in pins[::3]:
+            assert await one.set_refusal(pin, "marketing", True)
+        for pin in pins[1::3]:
+            assert await one.set_refusal(pin, "service", True)
+        willing = [p for n, p in enumerate(pins) if n % 3 == 2]
+        assert await other.admit(pins, "service", "S1", 7, None) == [
+            p for n, p in enumerate(pins) if n % 3 != 1
+        ]
+        assert await other.admit(pins, "marketing", "M1", 7, 2) == sorted(pins[1::3] + willing)
+        assert await other.admit(pins, "marketing", "M2", 7, 2) == sorted(pins[1::3] + willing)
+        assert await one.admit(pins, "marketing", "M3", 7, 2) == []
+        assert await one.admit(pins, "marketing", "M2", 7, 2) == sorted(pins[1::3] + willing)
+        assert await one.admit(pins, "marketing", "M3", 8, 2) == sorted(pins[1::3] + willing)
 
     async def test_progress_racing_on_two_relays_never_goes_back(
         self, open_store: OpenStore
