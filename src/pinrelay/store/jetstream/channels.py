@@ -19,7 +19,9 @@ compare-and-set (:mod:`.cas`), so relays racing are ordered by the key's revisio
   one ``after`` is in until it has ``limit`` PINs, in waves read together (two, then
   as many as the first say are needed): a page of 500 costs a listing and about two
   round trips of reads whatever the channel's size, and a join rewrites one shard
-  (4 KB at 100,000 members);
+  (4 KB at 100,000 members; NATS's 1 MB message holds a shard of a 20-million-member
+  channel).  A shard its last member left stays, empty (removing it could not be
+  a compare-and-set, and would race with a join);
 - ``r.<PIN[:2]>.<PIN>``: the device's consent (:class:`Consent`): the classes it
   refuses, and its marketing count of the day with the last broadcast counted.  A
   device with neither has no key.
@@ -33,6 +35,10 @@ compare-and-set on "absent", so a record written meanwhile is read and honoured)
 A page whose PINs spread over many prefixes (a small channel's) reads each PIN's key
 instead, :data:`ADMIT_IN_FLIGHT` at once.  Counted members write their record by
 compare-and-set, so relays admitting at once never pass the cap.
+
+A new bucket needs no layout version (:mod:`.setup`, "Layout versions"): a relay
+of this version creates it on a cluster an older one made, and an older relay
+never reads it.
 
 **Order of writes** (no write spans two keys atomically): a join writes the
 device's list, then the shard; a leave the shard, then the list.  Repeating either
@@ -96,7 +102,7 @@ class Shard(msgspec.Struct):
 
 
 class Consent(msgspec.Struct, omit_defaults=True):
-    """``r.<PIN>``: what a device refuses, and its marketing count of ``day``."""
+    """``r.<PIN[:2]>.<PIN>``: what a device refuses, and its marketing count of ``day``."""
 
     refuses: list[str] = []
     day: int = 0
