@@ -1,7 +1,8 @@
 """What a broadcast's fan-out costs on the cluster engine (store/jetstream/channels.py).
 
 On a fresh 3-node cluster (ports picked free, stopped by pid), one JetStreamStore:
-N devices join one channel (64 joins in flight), then the fan-out's store calls are
+N devices join one channel (64 joins in flight; ``--direct``: their PINs are written
+into the channel's shards, with no devices), then the fan-out's store calls are
 timed as a relay makes them, page by page (FANOUT_PAGE members): ``channel_members``
 alone, ``admit`` for a service broadcast with no consent records (reads only), the
 same once every device has one (a refusal of the other class), a marketing broadcast
@@ -22,6 +23,7 @@ from pathlib import Path
 from pinrelay.core.channels import FANOUT_PAGE, Channel, ChannelClass
 from pinrelay.core.tenants import DEFAULT_TENANT
 from pinrelay.store.jetstream import JetStreamStore
+from pinrelay.store.jetstream.channels import Shard, shard_key
 from pinrelay.testing.natsproc import running_cluster
 
 CHANNEL = "C0000000000AB"
@@ -52,7 +54,14 @@ async def fan_out(
         after, pages = page[-1], pages + 1
 
 
-async def run(urls: list[str], members: int) -> None:
+async def write_shard(store: JetStreamStore, key: str, members: list[str]) -> None:
+    def write(_: Shard | None) -> Shard:
+        return Shard(sorted(members))
+
+    await store.channels.shards.change(key, write)
+
+
+async def run(urls: list[str], members: int, direct: bool) -> None:
     store = JetStreamStore(urls, bucket_prefix="bch", stream="BCH", subject_prefix="bch")
     await store.open()
     try:
@@ -61,15 +70,21 @@ async def run(urls: list[str], members: int) -> None:
             Channel(id=CHANNEL, tenant=DEFAULT_TENANT, name="c", klass="marketing", created_ms=NOW),
             10,
         )
-        t = time.perf_counter()
-        await in_flight(
-            [lambda p=p: store.create_device(p, "h", None, NOW, tenant=None) for p in pins]
-        )
-        made = time.perf_counter() - t
-        t = time.perf_counter()
-        await in_flight([lambda p=p: store.join_channel(p, CHANNEL, True) for p in pins])
-        joined = time.perf_counter() - t
-        print(f"{members} devices: created in {made:.1f} s, joined in {joined:.1f} s")
+        if direct:
+            shards: dict[str, list[str]] = {}
+            for pin in pins:
+                shards.setdefault(shard_key(CHANNEL, pin), []).append(pin)
+            await in_flight([lambda k=k, m=m: write_shard(store, k, m) for k, m in shards.items()])
+        else:
+            t = time.perf_counter()
+            await in_flight(
+                [lambda p=p: store.create_device(p, "h", None, NOW, tenant=None) for p in pins]
+            )
+            made = time.perf_counter() - t
+            t = time.perf_counter()
+            await in_flight([lambda p=p: store.join_channel(p, CHANNEL, True) for p in pins])
+            joined = time.perf_counter() - t
+            print(f"{members} devices: created in {made:.1f} s, joined in {joined:.1f} s")
         rows: list[tuple[str, float, int]] = []
 
         async def timed(what: str, step: Callable[[list[str]], Awaitable[object]] | None) -> None:
@@ -99,9 +114,14 @@ async def run(urls: list[str], members: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=10_000)
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="write the members into their shards (no devices, no joins): for 100,000",
+    )
     args = parser.parse_args()
     with running_cluster(Path(tempfile.mkdtemp(prefix="bch-"))) as cluster:
-        asyncio.run(run(cluster.urls, args.members))
+        asyncio.run(run(cluster.urls, args.members, args.direct))
 
 
 if __name__ == "__main__":
