@@ -18,6 +18,7 @@ import asyncio
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 from pinrelay.core.channels import FANOUT_PAGE, Channel, ChannelClass
@@ -74,15 +75,15 @@ async def run(urls: list[str], members: int, direct: bool) -> None:
             shards: dict[str, list[str]] = {}
             for pin in pins:
                 shards.setdefault(shard_key(CHANNEL, pin), []).append(pin)
-            await in_flight([lambda k=k, m=m: write_shard(store, k, m) for k, m in shards.items()])
+            await in_flight([partial(write_shard, store, k, m) for k, m in shards.items()])
         else:
             t = time.perf_counter()
             await in_flight(
-                [lambda p=p: store.create_device(p, "h", None, NOW, tenant=None) for p in pins]
+                [partial(store.create_device, p, "h", None, NOW, tenant=None) for p in pins]
             )
             made = time.perf_counter() - t
             t = time.perf_counter()
-            await in_flight([lambda p=p: store.join_channel(p, CHANNEL, True) for p in pins])
+            await in_flight([partial(store.join_channel, p, CHANNEL, True) for p in pins])
             joined = time.perf_counter() - t
             print(f"{members} devices: created in {made:.1f} s, joined in {joined:.1f} s")
         rows: list[tuple[str, float, int]] = []
