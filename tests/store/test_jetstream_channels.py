@@ -14,7 +14,7 @@ import pytest
 from pinrelay.core.channels import FANOUT_PAGE, Broadcast, Channel
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.store.jetstream import JetStreamStore
-from pinrelay.store.jetstream.channels import Shard, shard_key
+from pinrelay.store.jetstream.channels import Memberships, Shard, shard_key
 
 from .test_contract import NOW, add_devices
 from .test_contract_tenants import T1, tenant
@@ -190,3 +190,40 @@ class TestLargeChannels:
         print(f"delete_channel (2,000 members): {taken}")
         assert taken["requests"] <= 8
         assert await store.channel_members(channel(1).id, "", 10) == []
+
+
+class TestHalfDone:
+    """No write spans two keys: a call that failed half-way is finished by its retry."""
+
+    async def test_a_join_that_wrote_only_the_devices_list_is_finished_by_its_retry(
+        self, open_store: OpenStore
+    ) -> None:
+        store = await open_store()
+        await store.create_tenant(tenant(T1))
+        await store.create_channel(channel(1), 10)
+        pin = "0E0E0E0E"
+        await add_devices(store, pin)
+        cid = channel(1).id
+
+        def listed(_: Memberships | None) -> Memberships:
+            return Memberships([cid])
+
+        await store.channels.memberships.change(f"d.{pin}", listed)  # the crash came here
+        assert await store.channels_of(pin) == [cid]
+        assert await store.channel_members(cid, "", 10) == []
+        assert await store.join_channel(pin, cid, True)
+        assert await store.channel_members(cid, "", 10) == [pin]
+
+    async def test_a_deletion_retried_forgets_members_left_behind(
+        self, open_store: OpenStore
+    ) -> None:
+        store = await open_store()
+        await store.create_tenant(tenant(T1))
+        await store.create_channel(channel(1), 10)
+        cid = channel(1).id
+        assert await store.delete_channel(cid, NOW)
+        await big_channel(store, cid, ["0F0F0F0F"])  # a join that raced the deletion
+        assert not await store.delete_channel(cid, NOW + 1)
+        assert await store.channel_members(cid, "", 10) == []
+        got = await store.get_channel(cid)
+        assert got is not None and got.deleted_ms == NOW
