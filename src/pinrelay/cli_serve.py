@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from pinrelay import __version__
 from pinrelay.cli_common import fail, out
+from pinrelay.core.channels import DEFAULT_MARKETING_CAP, FANOUT_PAGE
 
 
 def _origin(url: str | None) -> str | None:
@@ -98,6 +99,22 @@ def serve(
             help="Seconds between sweeps of expired messages (SQLite; JetStream uses TTLs)."
         ),
     ] = 5.0,
+    marketing_cap: Annotated[
+        int,
+        typer.Option(min=0, help="Marketing broadcasts a device gets a (UTC) day."),
+    ] = DEFAULT_MARKETING_CAP,
+    broadcast_takeover: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="Seconds an unfinished broadcast's fan-out may stand still before "
+            "a relay resumes it.",
+        ),
+    ] = 30.0,
+    broadcast_page: Annotated[
+        int,
+        typer.Option(min=1, max=1000, help="Members a broadcast's fan-out stores per write."),
+    ] = FANOUT_PAGE,
     max_data: Annotated[int, typer.Option(help="Largest message data, bytes.")] = 4096,
     auth_failure_limit: Annotated[
         int,
@@ -235,6 +252,9 @@ def serve(
         heartbeat_s=heartbeat,
         hello_timeout_s=hello_timeout,
         sweep_interval_s=sweep_interval,
+        marketing_cap=marketing_cap,
+        broadcast_takeover_s=broadcast_takeover,
+        broadcast_page=broadcast_page,
         auth_failure_limit=auth_failure_limit,
         max_links=max_links,
         limits=Limits(max_data_bytes=max_data, max_ttl_s=max_ttl),

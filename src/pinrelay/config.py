@@ -9,6 +9,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pinrelay.core.channels import DEFAULT_MARKETING_CAP, FANOUT_PAGE
 from pinrelay.core.chat import ChatLimits
 from pinrelay.core.model import Limits
 from pinrelay.core.webpush import WebPushLimits
@@ -34,6 +35,13 @@ class RelayConfig:
     #: 0: as many as the open-file limit allows.
     max_links: int = 0
     sweep_interval_s: float = 5.0
+    #: Marketing broadcasts a device gets a (UTC) day (core/channels.py).
+    marketing_cap: int = DEFAULT_MARKETING_CAP
+    #: How long an unfinished broadcast's fan-out may stand still before another
+    #: relay (or this one, restarted) resumes it.
+    broadcast_takeover_s: float = 30.0
+    #: Members a broadcast's fan-out stores per write.
+    broadcast_page: int = FANOUT_PAGE
     #: Failed authentications per source and PIN per minute before 429 (per source:
     #: 10 times as many; DECISIONS 31).
     auth_failure_limit: int = 10

@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from pinrelay.auth import Authenticator
+from pinrelay.broadcast import Broadcaster
 from pinrelay.chat import Chat
 from pinrelay.config import RelayConfig, raise_fd_limit
 from pinrelay.core.chat import Delivered
@@ -32,6 +33,7 @@ from pinrelay.router.base import Router
 from pinrelay.router.local import LocalRouter
 from pinrelay.store.base import Store
 from pinrelay.store.sqlite import SqliteStore
+from pinrelay.storedbytes import StoredBytesQuota
 from pinrelay.webpush import WebPush
 
 log = logging.getLogger("pinrelay")
@@ -95,10 +97,28 @@ class Relay:
             )
         #: Tenants' rate quotas on this relay (core/quotas.py).
         self.rates = RateBuckets()
-        self.ingest = Ingest(self.store, self.router, clock, config.limits, self.metrics)
+        #: The stored_bytes quota's ledger (core/ledger.py).
+        self.stored_bytes = StoredBytesQuota(self.store, config.node, clock)
+        self.ingest = Ingest(
+            self.store,
+            self.router,
+            clock,
+            config.limits,
+            self.metrics,
+            on_stored=self.stored_bytes.stored,
+        )
         self.chat = Chat(self.ingest, clock, config.chat)
         self.webpush = WebPush(self.ingest, clock, config.push_origin, config.webpush)
         self.matrix = MatrixGateway(self.webpush)
+        self.broadcaster = Broadcaster(
+            self.store,
+            self.ingest,
+            clock,
+            config.node,
+            marketing_cap=config.marketing_cap,
+            takeover_s=config.broadcast_takeover_s,
+            page=config.broadcast_page,
+        )
         self.auth = Authenticator(
             self.store,
             FailureLimiter(limit=config.auth_failure_limit),
@@ -128,6 +148,8 @@ class Relay:
             chat=self.chat,
             webpush=self.webpush,
             on_acked=self.acked,
+            on_sent=self.broadcaster.sent,
+            on_gone=self.stored_bytes.acked,
         )
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -141,7 +163,11 @@ class Relay:
 
     async def acked(self, pin: str, items: Sequence[Delivered]) -> None:
         """A device acknowledged tracked messages: chat receipts to their senders,
-        Web Push receipts for theirs; both stored before the ack (delivery.py)."""
+        Web Push receipts for theirs; both stored before the ack (delivery.py).
+        Broadcasts' acks are counted."""
+        if any(i.broadcast for i in items):
+            self.broadcaster.acked([i.id for i in items if i.broadcast])
+            items = [i for i in items if not i.broadcast]
         chats = [i for i in items if i.subscription is None]
         pushes = [i for i in items if i.subscription is not None]
         if chats and pushes:
@@ -165,6 +191,8 @@ class Relay:
             # ones; its sweep walks the stream one request per message: not every 5 s.
             self._sweeper = loop.create_task(self._sweep_forever())
         await self.link.start(self.config.host, self.config.link_port)
+        self.broadcaster.start()
+        await self.stored_bytes.start()
         self.ready = True
 
     async def _watch_store(self) -> None:
@@ -224,6 +252,8 @@ class Relay:
                 task.cancel()
         alternates = [u for u in self.link_urls if u != self.config.link_url]
         await self.link.drain("shutdown", alternates)
+        await self.broadcaster.stop()
+        await self.stored_bytes.stop()
         await self.router.stop()
         await self.link.close()
         await self.store.close()

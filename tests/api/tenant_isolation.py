@@ -1,6 +1,7 @@
 """Tenant isolation generated from the relay's own OpenAPI document (issue 15).
 
-Tenant A gets devices, keys of every scope, a subscription and a group; tenant B
+Tenant A gets devices, keys of every scope, a subscription, a group, a channel and
+a broadcast; tenant B
 gets a key of every scope.  Every operation in ``/openapi.json`` is called with
 each of B's keys twice: once naming A's objects (path parameters, PINs and tenant
 ids in the body) and once naming ids that do not exist.  The two answers must be
@@ -30,6 +31,7 @@ PATTERNS = {
     "^[0-9A-F]{8}$": PIN,
     "^([0-9A-F]{8}|G[0-9A-HJKMNP-TV-Z]{12})$": PIN,
     "^(default|[a-z2-7]{12})$": TENANT,
+    "^(service|marketing)$": "service",
     "^[A-Za-z0-9_-]{1,32}$": "topic1",
     "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$": "hello",
     "^B[A-Za-z0-9_-]{86}=?$": P256,
@@ -79,6 +81,8 @@ class Ids:
     tenant: str
     sub: str
     group: str
+    channel: str
+    broadcast: str
     swaps: dict[str, str] = field(default_factory=dict)
 
     def path(self, template: str) -> str:
@@ -90,6 +94,9 @@ class Ids:
             "tenant": self.tenant,
             "sub": self.sub,
             "group": self.group,
+            "channel": self.channel,
+            "broadcast": self.broadcast,
+            "class": "marketing",
             "message": "01JDZZZZZZZZZZZZZZZZZZZZZZ",
         }
         for name, value in values.items():
@@ -116,6 +123,8 @@ NOBODY = Ids(
     tenant="cccccccccccc",
     sub="A" * 22,
     group="G000000000000",
+    channel="C000000000000",
+    broadcast="01JDZZZZZZZZZZZZZZZZZZZZZY",
 )
 
 
@@ -162,7 +171,7 @@ def _send(
 
 
 def _swapped(text: str, mine: Ids) -> str:
-    for field_name in ("pin", "other", "key_id", "tenant", "sub", "group"):
+    for field_name in ("pin", "other", "key_id", "tenant", "sub", "group", "channel", "broadcast"):
         text = text.replace(getattr(mine, field_name), getattr(NOBODY, field_name))
     return text
 
@@ -190,6 +199,17 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
             f"/v1/devices/{pin}/groups", json={"name": "g", "members": []}, headers=token
         )
         assert sub.status_code == 201 and group.status_code == 201, (sub.text, group.text)
+        a_broadcast = _bearer(a_keys["broadcast"]["key"])
+        channel = setup.post(
+            "/v1/channels", json={"name": "c", "class": "service"}, headers=a_broadcast
+        )
+        assert channel.status_code == 201, channel.text
+        cast = setup.post(
+            f"/v1/channels/{channel.json()['id']}/messages",
+            json={"data": 1, "ttl": 60},
+            headers=a_broadcast,
+        )
+        assert cast.status_code == 201, cast.text
         mine = Ids(
             pin=pin,
             other=devices[1]["pin"],
@@ -197,6 +217,8 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
             tenant=a_id,
             sub=sub.json()["id"],
             group=group.json()["group"],
+            channel=channel.json()["id"],
+            broadcast=cast.json()["id"],
         )
         compared = 0
         for path, operations in document["paths"].items():
@@ -247,8 +269,19 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
             f"/v1/devices/{pin}/messages", json=push, headers=_bearer(a_keys["push"]["key"])
         )
         assert pushed.status_code == 201, pushed.text
+        shown = http.get(f"/v1/channels/{mine.channel}", headers=a_broadcast)
+        assert shown.status_code == 200, shown.text
         return compared
 
 
 def ids_of(ids: Ids) -> list[str]:
-    return [ids.pin, ids.other, ids.key_id, ids.tenant, ids.sub, ids.group]
+    return [
+        ids.pin,
+        ids.other,
+        ids.key_id,
+        ids.tenant,
+        ids.sub,
+        ids.group,
+        ids.channel,
+        ids.broadcast,
+    ]

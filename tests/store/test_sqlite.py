@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pinrelay.core.channels import Channel
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Device, NewMessage, StoredMessage
 from pinrelay.store.base import IdempotencyKey
@@ -97,6 +98,37 @@ class TestSchema:
             key = await s.find_key("hash-k1")
             assert key is not None and key.tenant == "default"
             assert [t.id for t in await s.list_tenants()] == ["default"]
+        finally:
+            await s.close()
+        assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS)
+
+    async def test_a_database_from_before_channels_migrates(self, db_path: Path) -> None:
+        """A database of the last version before channels (7) opens with its devices,
+        which then join channels and take broadcasts."""
+        db_path.parent.mkdir(parents=True)
+        before = len(MIGRATIONS) - 1
+        assert before == 7
+        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+            for number, migration in enumerate(MIGRATIONS[:before]):
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute(
+                "INSERT INTO devices (pin, token_hash, label, created_ms) VALUES (?, 'h', NULL, ?)",
+                (PIN, NOW),
+            )
+        s = await open_store(db_path)
+        try:
+            device = await s.get_device(PIN)
+            assert device is not None and device.tenant == "default"
+            channel = Channel(
+                id="C000000000001", tenant="default", name="news", klass="service", created_ms=NOW
+            )
+            await s.create_channel(channel, 10)
+            assert await s.join_channel(PIN, channel.id, True)
+            assert await s.channel_members(channel.id, "", 10) == [PIN]
+            assert await s.admit([PIN], "marketing", "B1", 1, 1) == [PIN]
         finally:
             await s.close()
         assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS)

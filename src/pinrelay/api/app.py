@@ -13,6 +13,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from pinrelay.api import (
+    channels,
     chat,
     devices,
     inbox,
@@ -111,6 +112,7 @@ def build_app(relay: Relay) -> PushFastPath:
                 *keys.routes,
                 *tenants.routes,
                 *portability.routes,
+                *channels.routes,
                 *pairing.routes,
                 *webpush.routes,
                 *matrix.routes,

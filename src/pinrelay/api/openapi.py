@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from pinrelay import __version__
-from pinrelay.api import openapi_chat, openapi_tenants, openapi_webpush, schemas
+from pinrelay.api import openapi_channels, openapi_chat, openapi_tenants, openapi_webpush, schemas
 from pinrelay.api.problems import Problem
 from pinrelay.core.model import Batch, Limits, PushFields
 
@@ -128,6 +128,7 @@ def build(limits: Limits) -> dict[str, Any]:
             *openapi_chat.COMPONENTS,
             *openapi_webpush.COMPONENTS,
             *openapi_tenants.COMPONENTS,
+            *openapi_channels.COMPONENTS,
             schemas.PairingCreated,
             schemas.PairingRedeem,
             schemas.PairingRedeemed,
@@ -135,7 +136,7 @@ def build(limits: Limits) -> dict[str, Any]:
         ref_template=_REF,
     )
     # The configured bounds belong in the contract, so clients can check them first.
-    for name in ("PushFields", "BatchItem"):
+    for name in ("PushFields", "BatchItem", "BroadcastCreate"):
         ttl = components[name]["properties"]["ttl"]
         ttl["maximum"] = limits.max_ttl_s
         ttl["description"] = (
@@ -285,6 +286,7 @@ def build(limits: Limits) -> dict[str, Any]:
     paths.update(openapi_chat.paths(_op))
     paths.update(openapi_webpush.paths(_op))
     paths.update(openapi_tenants.paths(_op))
+    paths.update(openapi_channels.paths(_op))
     return {
         "openapi": "3.1.0",
         "info": {

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from msgspec import Meta, Struct
+from msgspec import Meta, Struct, field
 
+from pinrelay.core.channels import ChannelClass, ChannelName
 from pinrelay.core.frames import Cursor, Msg
+from pinrelay.core.model import PushFields
 from pinrelay.core.tenants import Quotas, TenantId, TenantName
 from pinrelay.core.webpush import SubscriptionView
 
@@ -40,13 +42,18 @@ class DeviceCreated(Struct, kw_only=True):
     link_urls: list[str]
 
 
-class DeviceView(Struct, kw_only=True):
+class _DeviceFields(Struct, kw_only=True):
+    """What a device's view and its export both open with."""
+
     pin: str
     #: Its tenant; null: none (its tenant was deleted, or it moved out).
     tenant: str | None
     label: str | None
     created_at: str
     last_seen: str | None
+
+
+class DeviceView(_DeviceFields, kw_only=True):
     online: bool
     backlog: int
     last_cursor: int
@@ -83,17 +90,15 @@ class BatchResult(Struct, kw_only=True):
 KeyScope = Literal["push", "devices", "broadcast", "admin"]
 
 
-class KeyCreate(Struct, kw_only=True, forbid_unknown_fields=True):
-    name: KeyName
-    scope: KeyScope
-    #: Only the relay's admin key names a tenant (default: the caller's own tenant;
-    #: ``default`` for the relay's admin key).
-    tenant: TenantId | None = None
-
-
 class TenantKeyCreate(Struct, kw_only=True, forbid_unknown_fields=True):
     name: KeyName
     scope: KeyScope
+
+
+class KeyCreate(TenantKeyCreate, kw_only=True, forbid_unknown_fields=True):
+    #: Only the relay's admin key names a tenant (default: the caller's own tenant;
+    #: ``default`` for the relay's admin key).
+    tenant: TenantId | None = None
 
 
 class KeyCreated(Struct, kw_only=True):
@@ -296,13 +301,7 @@ class MoveDone(Struct, kw_only=True):
     tenant: str
 
 
-class ExportedDevice(Struct, kw_only=True):
-    pin: str
-    #: Its tenant; null when tenant-less (its tenant was deleted).
-    tenant: str | None
-    label: str | None
-    created_at: str
-    last_seen: str | None
+class ExportedDevice(_DeviceFields, kw_only=True):
     #: The highest cursor stored for it, and the highest it acknowledged.
     last_cursor: int
     acked_cursor: int
@@ -327,9 +326,86 @@ class Export(Struct, kw_only=True):
     grants: list[str]
     #: Its pending move to another tenant, if any.
     move: MoveView | None
-    #: Broadcast channels it joined: always empty until channels exist.
+    #: The ids of the broadcast channels it joined.
     channels: list[str]
+    #: The channel classes whose broadcasts it refuses.
+    refused: list[ChannelClass]
     messages: list[Msg]
     truncated: bool
     #: The last exported message's cursor (or ``after``): where the next page starts.
     cursor: int
+
+
+# --- channels and broadcasts (PROTOCOL "Channels and broadcasts") ------------------
+class ChannelCreate(Struct, kw_only=True, forbid_unknown_fields=True):
+    name: ChannelName
+    klass: ChannelClass = field(name="class")
+
+
+class BroadcastCreate(PushFields, kw_only=True, forbid_unknown_fields=True):
+    """A broadcast's body: a push's, but it waits for its members (no ttl 0)."""
+
+    ttl: Annotated[float, Meta(ge=1)]
+
+
+class ChannelView(Struct, kw_only=True):
+    id: str
+    name: str
+    klass: ChannelClass = field(name="class")
+    tenant: str
+    created_at: str
+
+
+class ChannelList(Struct, kw_only=True):
+    channels: list[ChannelView]
+
+
+class BroadcastView(Struct, kw_only=True):
+    """A broadcast and its fan-out so far (``done_at`` null: still going)."""
+
+    id: str
+    channel: str
+    created_at: str
+    expires_at: str
+    #: Members the fan-out reached so far: ``stored`` + ``skipped``.
+    members: int
+    stored: int
+    #: Members that refuse the channel's class, or had their day's marketing.
+    skipped: int
+    #: Sends to linked devices (a resend after a lost ack counts again) and acks,
+    #: as relays counted them (a relay that dies loses its last second of counts).
+    delivered: int
+    acked: int
+    done_at: str | None
+
+
+class DeviceChannel(Struct, kw_only=True):
+    id: str
+    name: str
+    klass: ChannelClass = field(name="class")
+    joined: bool
+
+
+class DeviceChannels(Struct, kw_only=True):
+    """The channels of the device's tenant, which of them it joined, and the
+    classes it refuses."""
+
+    channels: list[DeviceChannel]
+    refused: list[ChannelClass]
+
+
+class AuditLine(Struct, kw_only=True):
+    at: str
+    tenant: str
+    #: The key's id; ``admin``: the relay's admin key.
+    key: str
+    action: str
+    channel: str
+    broadcast: str | None = None
+    #: For a broadcast: members it was stored for so far, and whether it is done.
+    stored: int | None = None
+    done: bool | None = None
+
+
+class AuditLog(Struct, kw_only=True):
+    entries: list[AuditLine]

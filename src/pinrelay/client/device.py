@@ -38,6 +38,7 @@ import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from pinrelay.client.channels import BroadcastInfo, ChannelRoutes, broadcast_of
 from pinrelay.client.chat import Outbox, Outgoing
 from pinrelay.client.contacts import AsyncRunner, Contacts, Groups
 from pinrelay.client.keys import KeyStore, MemoryKeyStore
@@ -63,6 +64,12 @@ class Message:
     sender: str | None
     #: A message of kind ``webpush``, opened: the plaintext (or why there is none).
     webpush: WebPushMessage | None = None
+
+    @property
+    def broadcast(self) -> BroadcastInfo | None:
+        """A message of kind ``broadcast``: its channel, the tenant's value and the
+        unsubscribe action (``await device.channels.unsubscribe(message)``)."""
+        return broadcast_of(self.kind, self.data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +219,8 @@ class Device:
         self.contacts = Contacts(runner)
         #: Create, add, remove, leave, list (over HTTP: needs ``url``).
         self.groups = Groups(runner)
+        #: Broadcast channels: join, leave, refuse a class, unsubscribe (over HTTP).
+        self.channels = ChannelRoutes(runner)
         #: Web Push subscriptions (over HTTP: needs ``url``); their private keys are
         #: in ``keys`` (default: in memory, lost with the process).
         self.webpush = WebPush(runner, keys if keys is not None else MemoryKeyStore())

@@ -156,6 +156,8 @@ class Delivered:
     group: str | None
     cursor: int
     subscription: str | None = None
+    #: A broadcast's message (``id``: the broadcast's): counted, nothing sent back.
+    broadcast: bool = False
 
 
 def delivered(message_id: str, sender: str | None, data: bytes, cursor: int) -> Delivered | None:

@@ -16,7 +16,9 @@ from pinrelay.core.tenants import DEFAULT_TENANT
 TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 Urgency = Literal["very-low", "low", "normal", "high"]
 #: What a message is (PROTOCOL, "msg"): each edge makes its own kind.
-Kind = Literal["push", "chat", "receipt", "contact", "webpush", "matrix", "system", "mail"]
+Kind = Literal[
+    "push", "chat", "receipt", "contact", "webpush", "matrix", "system", "mail", "broadcast"
+]
 Topic = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 Pin = Annotated[str, Meta(pattern=r"^[0-9A-F]{8}$")]
 #: Seconds; a number, so 60.0 is as good as 60 (JSON Schema's "integer" admits both).

@@ -47,7 +47,7 @@ from pinrelay.core.session import (
     ServerSession,
     Tick,
 )
-from pinrelay.delivery import AckWriter, Delivery, OnAcked, beyond_limit, msg_frame
+from pinrelay.delivery import AckWriter, Delivery, OnAcked, OnSent, beyond_limit, msg_frame
 from pinrelay.link.requests import Requests
 from pinrelay.link.wireframes import client_text_frames, text_frame, whole_frames
 from pinrelay.metrics import Metrics
@@ -429,6 +429,8 @@ class LinkProtocol(asyncio.Protocol):
             acks=server.acks,
             on_acked=server.on_acked,
             on_broken=self._receipts_failed,
+            on_sent=server.on_sent,
+            on_gone=None if server.on_gone is None else self._gone,
         )
         server.metrics.links_open.inc()
         server.router.attach(device.pin, self)
@@ -476,6 +478,10 @@ class LinkProtocol(asyncio.Protocol):
         )
         self._flush()
         return False
+
+    def _gone(self, items: list[tuple[int, int]]) -> None:
+        if self.server.on_gone is not None:
+            self.server.on_gone(self._tenant, items)
 
     # --- sending -------------------------------------------------------------
     def _send_messages(self, batch: list[StoredMessage]) -> None:
@@ -600,9 +606,15 @@ class LinkServer:
         chat: Chat | None = None,
         webpush: WebPush | None = None,
         on_acked: OnAcked | None = None,
+        on_sent: OnSent | None = None,
+        on_gone: Callable[[str | None, list[tuple[int, int]]], None] | None = None,
     ) -> None:
         self.store = store
+        #: Told of counted messages a device of a tenant acknowledged (its ledger).
+        self.on_gone = on_gone
         self.chat = chat
+        #: Told of each tracked message sent (a broadcast's, counted).
+        self.on_sent = on_sent
         self.webpush = webpush
         #: Told of tracked messages a device acknowledged, before the ack is stored.
         self.on_acked = on_acked

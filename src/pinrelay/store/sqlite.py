@@ -32,7 +32,9 @@ from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, Scope, StoredMessage
 from pinrelay.core.social import Action, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Quotas, Tenant
+from pinrelay.store import sqlite_channel_ops as channel_ops
 from pinrelay.store import sqlite_ops as ops
+from pinrelay.store import sqlite_wire as wire
 from pinrelay.store.base import (
     AppendResult,
     CommitObserver,
@@ -49,6 +51,7 @@ from pinrelay.store.base import (
     Unread,
     to_results,
 )
+from pinrelay.store.sqlite_channels import SqliteChannels
 from pinrelay.store.sqlite_writer import frame, frames
 
 log = logging.getLogger(__name__)
@@ -183,6 +186,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE devices ADD COLUMN move_to TEXT;
     ALTER TABLE devices ADD COLUMN move_expires_ms INTEGER;
     """,
+    # Channels and broadcasts (core/channels.py).
+    channel_ops.SCHEMA,
 ]
 
 _DEVICE_SQL = (
@@ -313,7 +318,7 @@ class _WriterLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
-    def send(self, op: ops.AnyOp) -> asyncio.Future[Any]:
+    def send(self, op: wire.AnyOp) -> asyncio.Future[Any]:
         if self.lost or self.transport is None:
             raise StoreClosed("store is closed")
         self.seq += 1
@@ -322,7 +327,7 @@ class _WriterLink(asyncio.Protocol):
         # One socket write per turn of the loop for everything asked in that turn.
         if not self.out:
             self.loop.call_soon(self._flush)
-        self.out.append(frame(ops.encoder.encode(ops.Request(self.seq, op))))
+        self.out.append(frame(wire.encoder.encode(wire.Request(self.seq, op))))
         return fut
 
     def _flush(self) -> None:
@@ -333,7 +338,7 @@ class _WriterLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         for payload in frames(self.buf):
-            reply = ops.reply_decoder.decode(payload)
+            reply = wire.reply_decoder.decode(payload)
             if not self.ready.done():
                 self.ready.set_result(None)
                 continue
@@ -379,7 +384,7 @@ def lock_path(path: Path) -> Path:
     return real.with_name(real.name + ".lock")
 
 
-class SqliteStore:
+class SqliteStore(SqliteChannels):
     """The embedded default engine: one file, ``<data>/pinrelay.db``."""
 
     def __init__(self, path: Path, observer: CommitObserver | None = None) -> None:
@@ -471,7 +476,7 @@ class SqliteStore:
         link, proc = self._link, self._proc
         return link is not None and not link.lost and proc is not None and proc.poll() is None
 
-    async def _write(self, op: ops.AnyOp) -> Any:
+    async def _write(self, op: wire.AnyOp) -> Any:
         link = self._link
         if link is None:
             raise StoreClosed("store is closed")

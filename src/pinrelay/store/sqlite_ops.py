@@ -2,8 +2,8 @@
 
 Each write is a msgspec struct (tagged, so one decoder reads any of them) whose
 ``run`` applies it to the writer's connection inside the group's transaction.
-The relay encodes them with :data:`encoder`; the writer process decodes them with
-:data:`decoder` (store/sqlite_writer.py).
+They travel to the writer process in store/sqlite_wire.py's frames; the writes
+for channels and broadcasts are in store/sqlite_channel_ops.py.
 """
 
 from __future__ import annotations
@@ -79,9 +79,16 @@ class SetDeviceTenant(Op, tag="sdt"):
     tenant: str | None
 
     def run(self, c: sqlite3.Connection) -> bool:
-        c.execute("DELETE FROM grants WHERE pin = ?", (self.pin,))
+        _leave_tenant(c, self.pin)
         sql = "UPDATE devices SET tenant = ? WHERE pin = ?"
         return c.execute(sql, (self.tenant, self.pin)).rowcount == 1
+
+
+def _leave_tenant(c: sqlite3.Connection, pin: str) -> None:
+    """What a device leaves behind in a move: its grants and channel memberships
+    (its refusals of broadcast classes stay: the owner's wish, not the tenant's)."""
+    c.execute("DELETE FROM grants WHERE pin = ?", (pin,))
+    c.execute("DELETE FROM channel_members WHERE pin = ?", (pin,))
 
 
 class RequestMove(Op, tag="rm"):
@@ -120,7 +127,7 @@ class AcceptMove(Op, tag="am"):
             if c.execute(sql, (self.tenant,)).fetchone()[0] >= self.max_devices:
                 raise over(self.tenant, "devices", f"{self.max_devices} devices")
         c.execute(_DO_MOVE, args)
-        c.execute("DELETE FROM grants WHERE pin = ?", (self.pin,))
+        _leave_tenant(c, self.pin)
         return True
 
 
@@ -188,6 +195,9 @@ class DeleteDevice(Op, tag="dd"):
         c.execute("DELETE FROM group_members WHERE pin = ?", (self.pin,))
         c.execute("DELETE FROM pairing WHERE pin = ?", (self.pin,))
         c.execute("DELETE FROM grants WHERE pin = ?", (self.pin,))
+        c.execute("DELETE FROM channel_members WHERE pin = ?", (self.pin,))
+        c.execute("DELETE FROM refusals WHERE pin = ?", (self.pin,))
+        c.execute("DELETE FROM marketing WHERE pin = ?", (self.pin,))
         # Its subscriptions answer 410 Gone for a while (the writer's clock: a store's
         # own bookkeeping, like SQLite's).
         c.execute(
@@ -550,64 +560,6 @@ class Append(Op, tag="ap"):
 
 class Stop(Op, tag="stop"):
     """Not a write: the writer commits what came before, answers, and exits."""
-
-
-AnyOp = (
-    CreateDevice
-    | DeleteDevice
-    | SetToken
-    | TouchDevice
-    | CreateKey
-    | RevokeKey
-    | AckMany
-    | Sweep
-    | Append
-    | SetDeviceTenant
-    | SetGrant
-    | PutTenant
-    | ContactAction
-    | CreateGroup
-    | ChangeMembers
-    | Forget
-    | PutUnread
-    | DropUnread
-    | CreatePairing
-    | RequestMove
-    | AcceptMove
-    | RedeemPairing
-    | CreateSubscription
-    | DeleteSubscription
-    | PutPushReceipts
-    | Stop
-)
-
-
-class Request(msgspec.Struct, array_like=True):
-    seq: int
-    op: AnyOp
-
-
-class Answer(msgspec.Struct, array_like=True):
-    seq: int
-    ok: bool
-    #: The op's result, or (error kind, detail, error code) when not ok.
-    value: Any
-
-
-class Reply(msgspec.Struct, array_like=True):
-    """The writer's answer to one group: how long its commit took, and each write's."""
-
-    commit_s: float
-    #: Writes committed (a Stop is answered but is not one).
-    writes: int
-    #: Whether that commit was fsynced (synchronous=FULL), not only ordered.
-    synced: bool
-    answers: list[Answer]
-
-
-request_decoder = msgspec.msgpack.Decoder(Request)
-reply_decoder = msgspec.msgpack.Decoder(Reply)
-encoder = msgspec.msgpack.Encoder()
 
 
 _BUMP_SQL = "UPDATE devices SET last_cursor = last_cursor + ?1 WHERE pin = ?2 RETURNING last_cursor"

@@ -7,12 +7,12 @@ disk time take 1.3 ms, and the writer the bottleneck at half the peak push rate
 (docs/DECISIONS.md, "A writer process").  A process has a GIL of its own.
 
 The relay and its writer talk over a socket pair in frames: a 4-byte big-endian
-length, then msgpack.  The relay sends :class:`~pinrelay.store.sqlite_ops.Request`
+length, then msgpack.  The relay sends :class:`~pinrelay.store.sqlite_wire.Request`
 frames; the writer reads everything that has arrived, runs it as one transaction
 (should one write fail, the group is run again with a SAVEPOINT per write, so it
 fails alone), commits with one fsync (``synchronous=FULL``; a group of acks and
 last-seen updates only commits without), and answers the whole group in one
-:class:`~pinrelay.store.sqlite_ops.Reply` frame.  While it syncs, the next group
+:class:`~pinrelay.store.sqlite_wire.Reply` frame.  While it syncs, the next group
 gathers in the socket's buffer: that is the group commit.
 
 It exits when the relay sends ``Stop`` (after committing what came before), when
@@ -38,7 +38,8 @@ from typing import Any
 import msgspec
 
 from pinrelay.core.errors import PinrelayError
-from pinrelay.store.sqlite_ops import Answer, Op, Reply, Stop, encoder, request_decoder
+from pinrelay.store.sqlite_ops import Op, Stop
+from pinrelay.store.sqlite_wire import Answer, Reply, encoder, request_decoder
 
 log = logging.getLogger("pinrelay.store.sqlite_writer")
 

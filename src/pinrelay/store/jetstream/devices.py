@@ -215,7 +215,9 @@ class Devices:
         if rec is None:
             return False
         if granted and tenant not in rec.grants:
-            raise PinrelayError(f"a device grants at most {MAX_GRANTS} tenants", ErrorCode.CONFLICT)
+            raise PinrelayError(
+                f"a device may grant at most {MAX_GRANTS} tenants", ErrorCode.CONFLICT
+            )
         return True
 
     async def remove(self, pin: str) -> bool:

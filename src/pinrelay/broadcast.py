@@ -1,0 +1,216 @@
+"""Broadcast fan-out: a channel's members get the broadcast, once each (core/channels.py).
+
+The API stores a broadcast's record (its 201) and hands it here.  The fan-out
+walks the channel's members in PIN order, a page at a time: the page's consent
+(refusals, the daily marketing cap) is settled by the store, then the page goes
+through ingest as one append with an idempotency key named by the broadcast and
+the page's start, and the record's progress is written.  A relay that dies
+between the append and the progress leaves a page that, done again by whichever
+relay resumes it, replays the first append's results: no member gets it twice.
+
+Every relay looks for broadcasts whose progress stood still for ``takeover_s``
+(their relay died) and resumes them; two relays resuming the same one are safe
+for the same reason.  Relays also count the sends and acks of broadcast
+messages and add them to the store's counts every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable
+
+import msgspec
+
+from pinrelay.core.channels import (
+    FANOUT_PAGE,
+    Broadcast,
+    BroadcastCounts,
+    Channel,
+    day_of,
+    member_data,
+)
+from pinrelay.core.model import Accepted
+from pinrelay.ingest import Draft, Ingest
+from pinrelay.store.base import IdempotencyKey, Rejected, Store
+
+log = logging.getLogger(__name__)
+
+#: A member skipped for its consent (it refused the class, or had its day's
+#: marketing): the reason its Rejected carries.
+SKIPPED = "skipped: the device refused this class or reached its daily cap"
+
+
+class Broadcaster:
+    def __init__(
+        self,
+        store: Store,
+        ingest: Ingest,
+        clock: Callable[[], float],
+        node: str,
+        *,
+        marketing_cap: int,
+        takeover_s: float = 30.0,
+        page: int = FANOUT_PAGE,
+    ) -> None:
+        self.store = store
+        self.ingest = ingest
+        self.clock = clock
+        self.node = node
+        self.marketing_cap = marketing_cap
+        self.takeover_s = takeover_s
+        self.page = page
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._scanner: asyncio.Task[None] | None = None
+        self._delivered: Counter[str] = Counter()
+        self._acked: Counter[str] = Counter()
+
+    # --- lifecycle --------------------------------------------------------------
+    def start(self) -> None:
+        self._scanner = asyncio.get_running_loop().create_task(self._scan_forever())
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._scanner, *self._running.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._running.clear()
+        with contextlib.suppress(Exception):
+            await self._flush_counts()
+
+    def submit(self, broadcast: Broadcast) -> None:
+        """Fan out a broadcast whose record is stored (in the background)."""
+        if broadcast.id not in self._running:
+            task = asyncio.get_running_loop().create_task(self._run(broadcast))
+            self._running[broadcast.id] = task
+            task.add_done_callback(lambda _t: self._running.pop(broadcast.id, None))
+
+    async def _scan_forever(self) -> None:
+        """Every second: write the counts; now and then, resume stalled fan-outs."""
+        scans = 0
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._flush_counts()
+                scans += 1
+                if scans % 5 == 1:
+                    await self._resume_stalled()
+            except Exception as exc:  # the store away: next time
+                log.warning("broadcast upkeep failed: %r", exc)
+
+    async def _resume_stalled(self) -> None:
+        now_ms = int(self.clock() * 1000)
+        for b in await self.store.unfinished_broadcasts():
+            stalled = now_ms - max(b.updated_ms, b.created_ms) >= self.takeover_s * 1000
+            if stalled and b.id not in self._running:
+                log.warning("resuming broadcast %s after %s", b.id, b.after or "the start")
+                self.submit(b)
+
+    # --- fan-out ----------------------------------------------------------------
+    async def _run(self, broadcast: Broadcast) -> None:
+        b: Broadcast | None = broadcast
+        try:
+            while b is not None and b.done_ms is None:
+                b = await self._step(b)
+        except Exception:
+            # The store away or failing: the record says how far it got; this relay
+            # (or another) resumes it once it has stood still for takeover_s.
+            log.exception("broadcast %s stopped at %s", broadcast.id, broadcast.after)
+
+    async def _step(self, b: Broadcast) -> Broadcast | None:
+        """One page of members; the record after it (None: another relay is ahead)."""
+        channel = await self.store.get_channel(b.channel)
+        now_ms = int(self.clock() * 1000)
+        if channel is None or not channel.live or b.expires_ms <= now_ms:
+            return await self._save(msgspec.structs.replace(b, done_ms=now_ms, updated_ms=now_ms))
+        if not b.pending:
+            members = await self.store.channel_members(b.channel, b.after, self.page)
+            if not members:
+                done = msgspec.structs.replace(b, done_ms=now_ms, updated_ms=now_ms)
+                return await self._save(done)
+            # The page is fixed before it is written: whoever does it again after a
+            # crash sends the same members the same append (an idempotent replay).
+            fixed = await self._save(
+                msgspec.structs.replace(b, pending=tuple(members), updated_ms=now_ms)
+            )
+            if fixed is None or fixed.pending != tuple(members):
+                return fixed
+            b = fixed
+        results = await self._deliver(b, channel, list(b.pending), now_ms)
+        stored = sum(isinstance(r, Accepted) for r in results)
+        done = msgspec.structs.replace(
+            b,
+            after=b.pending[-1],
+            members=b.members + len(results),
+            stored=b.stored + stored,
+            skipped=b.skipped + len(results) - stored,
+            updated_ms=now_ms,
+            pending=(),
+        )
+        return await self._save(done)
+
+    async def _deliver(
+        self, b: Broadcast, channel: Channel, members: list[str], now_ms: int
+    ) -> list[Accepted | Rejected]:
+        cap = self.marketing_cap if channel.klass == "marketing" else None
+        admitted = set(
+            await self.store.admit(members, channel.klass, b.id, day_of(b.created_ms), cap)
+        )
+        ttl = max(1, math.ceil((b.expires_ms - now_ms) / 1000))
+        items: list[Draft | Rejected] = [
+            Draft(
+                to=pin,
+                data=member_data(channel, pin, b.data),
+                ttl=ttl,
+                kind="broadcast",
+                topic=b.topic,
+                urgency=b.urgency,
+                sender=channel.id,
+                id=b.id,
+            )
+            if pin in admitted
+            else Rejected(pin, SKIPPED, b.id)
+            for pin in members
+        ]
+        # Named by where the page starts, fingerprinted by its members: the same
+        # page done again (a crash before the progress was written) replays the
+        # first append's results.
+        page = hashlib.sha256(",".join(members).encode()).hexdigest()
+        idem = IdempotencyKey(f"broadcast {b.id} {b.after}", page, b.created_ms)
+        results, _ = await self.ingest.accept_once(items, idem, b.tenant)
+        return results
+
+    async def _save(self, b: Broadcast) -> Broadcast | None:
+        if await self.store.put_broadcast(b):
+            return b
+        # Another relay got further (it resumed this one): go on from there.
+        ahead = await self.store.get_broadcast(b.id)
+        return ahead if ahead is not None and ahead.after > b.after else None
+
+    # --- counts -----------------------------------------------------------------
+    def sent(self, broadcast_id: str) -> None:
+        self._delivered[broadcast_id] += 1
+
+    def acked(self, broadcast_ids: list[str]) -> None:
+        self._acked.update(broadcast_ids)
+
+    async def _flush_counts(self) -> None:
+        if not self._delivered and not self._acked:
+            return
+        delivered, acked = self._delivered, self._acked
+        self._delivered, self._acked = Counter(), Counter()
+        counts = {
+            bid: BroadcastCounts(delivered[bid], acked[bid]) for bid in delivered.keys() | acked
+        }
+        try:
+            await self.store.count_broadcasts(self.node, counts)
+        except Exception:
+            self._delivered.update(delivered)  # again next time
+            self._acked.update(acked)
+            raise
