@@ -172,8 +172,9 @@ async def test_a_broadcast_record_only_moves_forward(store: Store, reopen: Reope
     first = broadcast()
     assert await store.put_broadcast(first)
     assert await store.put_broadcast(broadcast("B2", created_ms=NOW + 1))
-    page1 = broadcast(after=B, members=2, stored=1, skipped=1, updated_ms=NOW + 10)
+    page1 = broadcast(after=B, members=2, stored=1, skipped=1, updated_ms=NOW + 10, pending=(C,))
     assert await store.put_broadcast(page1)
+    assert await store.get_broadcast("B1") == page1
     # A second relay resuming from an older point changes nothing.
     assert not await store.put_broadcast(broadcast(after=A, members=1, stored=1))
     done = broadcast(after=C, members=3, stored=2, skipped=1, done_ms=NOW + 20)
@@ -216,3 +217,12 @@ async def test_the_audit_log_pages_newest_first_per_tenant(store: Store, reopen:
     assert await other.audit(T1, mine[1].at_ms, 3) == mine[2:5]
     assert await other.audit(None, None, 100) == list(reversed(entries))
     assert await other.audit("cccccccccccc", None, 100) == []
+
+
+async def test_each_relays_ledger_is_kept_and_replaced(store: Store, reopen: Reopen) -> None:
+    assert await store.ledgers() == {}
+    await store.put_ledger("n1", {T1: {100: 40, 101: -5}})
+    await store.put_ledger("n2", {T2: {100: 7}})
+    await store.put_ledger("n1", {T1: {101: 10}})
+    other = await elsewhere(store, reopen)
+    assert await other.ledgers() == {"n1": {T1: {101: 10}}, "n2": {T2: {100: 7}}}

@@ -42,13 +42,18 @@ class DeviceCreated(Struct, kw_only=True):
     link_urls: list[str]
 
 
-class DeviceView(Struct, kw_only=True):
+class _DeviceFields(Struct, kw_only=True):
+    """What a device's view and its export both open with."""
+
     pin: str
     #: Its tenant; null: none (its tenant was deleted, or it moved out).
     tenant: str | None
     label: str | None
     created_at: str
     last_seen: str | None
+
+
+class DeviceView(_DeviceFields, kw_only=True):
     online: bool
     backlog: int
     last_cursor: int
@@ -85,17 +90,15 @@ class BatchResult(Struct, kw_only=True):
 KeyScope = Literal["push", "devices", "broadcast", "admin"]
 
 
-class KeyCreate(Struct, kw_only=True, forbid_unknown_fields=True):
-    name: KeyName
-    scope: KeyScope
-    #: Only the relay's admin key names a tenant (default: the caller's own tenant;
-    #: ``default`` for the relay's admin key).
-    tenant: TenantId | None = None
-
-
 class TenantKeyCreate(Struct, kw_only=True, forbid_unknown_fields=True):
     name: KeyName
     scope: KeyScope
+
+
+class KeyCreate(TenantKeyCreate, kw_only=True, forbid_unknown_fields=True):
+    #: Only the relay's admin key names a tenant (default: the caller's own tenant;
+    #: ``default`` for the relay's admin key).
+    tenant: TenantId | None = None
 
 
 class KeyCreated(Struct, kw_only=True):
@@ -298,13 +301,7 @@ class MoveDone(Struct, kw_only=True):
     tenant: str
 
 
-class ExportedDevice(Struct, kw_only=True):
-    pin: str
-    #: Its tenant; null when tenant-less (its tenant was deleted).
-    tenant: str | None
-    label: str | None
-    created_at: str
-    last_seen: str | None
+class ExportedDevice(_DeviceFields, kw_only=True):
     #: The highest cursor stored for it, and the highest it acknowledged.
     last_cursor: int
     acked_cursor: int

@@ -21,6 +21,7 @@ from pinrelay.core.channels import (
     ChannelClass,
 )
 from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.ledger import Ledger
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.social import Action, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
@@ -508,6 +509,15 @@ class Store(Protocol):
 
     async def broadcast_counts(self, broadcast_id: str) -> BroadcastCounts:
         """Every relay's counts of the broadcast, summed (zeros for none)."""
+        ...
+
+    async def put_ledger(self, node: str, ledger: Ledger) -> None:
+        """Keep relay ``node``'s stored-bytes ledger (core/ledger.py), replacing its
+        last; need not survive a crash (the ledger errs by seconds anyway)."""
+        ...
+
+    async def ledgers(self) -> dict[str, Ledger]:
+        """Every relay's last ledger, by node."""
         ...
 
     async def append_audit(self, entry: AuditEntry) -> None:

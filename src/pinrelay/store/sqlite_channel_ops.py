@@ -18,7 +18,8 @@ from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.store.sqlite_ops import Op
 
 #: The schema (migration 8): channels with tombstones, memberships, consent,
-#: the daily marketing count, broadcasts with their progress, counts, the audit log.
+#: the daily marketing count, broadcasts with their progress, counts, the audit log;
+#: and the relays' stored-bytes ledgers (core/ledger.py), which came with them.
 SCHEMA = """
     CREATE TABLE channels (
         id TEXT PRIMARY KEY,
@@ -61,7 +62,8 @@ SCHEMA = """
         stored INTEGER NOT NULL,
         skipped INTEGER NOT NULL,
         done_ms INTEGER,
-        updated_ms INTEGER NOT NULL
+        updated_ms INTEGER NOT NULL,
+        pending TEXT NOT NULL DEFAULT ''
     ) WITHOUT ROWID;
     CREATE INDEX broadcasts_unfinished ON broadcasts (created_ms) WHERE done_ms IS NULL;
     CREATE TABLE broadcast_counts (
@@ -82,6 +84,10 @@ SCHEMA = """
     );
     CREATE INDEX audit_tenant ON audit (tenant, at_ms);
     CREATE INDEX audit_at ON audit (at_ms);
+    CREATE TABLE ledgers (
+        node TEXT PRIMARY KEY,
+        body BLOB NOT NULL
+    ) WITHOUT ROWID;
 """
 
 _DEVICE = "SELECT 1 FROM devices WHERE pin = ?"
@@ -252,19 +258,22 @@ class PutBroadcast(Op, tag="pbc"):
     skipped: int
     done_ms: int | None
     updated_ms: int
+    #: The pending page's PINs, comma-separated ("": none).
+    pending: str
 
     def run(self, c: sqlite3.Connection) -> bool:
         cur = c.execute(
             "INSERT INTO broadcasts (id, channel, tenant, key_id, created_ms, expires_ms, data,"
-            " topic, urgency, after_pin, members, stored, skipped, done_ms, updated_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " topic, urgency, after_pin, members, stored, skipped, done_ms, updated_ms, pending)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET channel = excluded.channel,"
             " tenant = excluded.tenant, key_id = excluded.key_id,"
             " created_ms = excluded.created_ms, expires_ms = excluded.expires_ms,"
             " data = excluded.data, topic = excluded.topic, urgency = excluded.urgency,"
             " after_pin = excluded.after_pin, members = excluded.members,"
             " stored = excluded.stored, skipped = excluded.skipped,"
-            " done_ms = excluded.done_ms, updated_ms = excluded.updated_ms"
+            " done_ms = excluded.done_ms, updated_ms = excluded.updated_ms,"
+            " pending = excluded.pending"
             # Never back (two relays resuming one fan-out): not below the stored
             # point, and a finished fan-out stays finished.
             " WHERE after_pin <= excluded.after_pin"
@@ -285,6 +294,7 @@ class PutBroadcast(Op, tag="pbc"):
                 self.skipped,
                 self.done_ms,
                 self.updated_ms,
+                self.pending,
             ),
         )
         return cur.rowcount == 1
@@ -323,8 +333,25 @@ class AppendAudit(Op, tag="aud"):
         )
 
 
+class PutLedger(Op, tag="pld"):
+    """A relay's stored-bytes ledger (core/ledger.py), replaced whole.  Like counts,
+    no fsync of its own: a relay that dies loses its last seconds anyway."""
+
+    durable: ClassVar[bool] = False
+    node: str
+    body: bytes
+
+    def run(self, c: sqlite3.Connection) -> None:
+        c.execute(
+            "INSERT INTO ledgers (node, body) VALUES (?, ?)"
+            " ON CONFLICT (node) DO UPDATE SET body = excluded.body",
+            (self.node, self.body),
+        )
+
+
 ChannelOp = (
-    CreateChannel
+    PutLedger
+    | CreateChannel
     | DeleteChannel
     | JoinChannel
     | SetRefusal

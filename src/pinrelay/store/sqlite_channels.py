@@ -11,6 +11,8 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from pinrelay.core.channels import (
     AuditEntry,
     Broadcast,
@@ -18,13 +20,16 @@ from pinrelay.core.channels import (
     Channel,
     ChannelClass,
 )
+from pinrelay.core.ledger import Ledger
 from pinrelay.store import sqlite_channel_ops as ops
 from pinrelay.store.sqlite_wire import AnyOp
 
+_ledger_enc = msgspec.json.Encoder()
+_ledger_dec = msgspec.json.Decoder(Ledger)
 _CHANNEL_SQL = "SELECT id, tenant, name, klass, created_ms, deleted_ms FROM channels"
 _BROADCAST_SQL = (
     "SELECT id, channel, tenant, key_id, created_ms, expires_ms, data, topic, urgency,"
-    " after_pin, members, stored, skipped, done_ms, updated_ms FROM broadcasts"
+    " after_pin, members, stored, skipped, done_ms, updated_ms, pending FROM broadcasts"
 )
 _AUDIT_SQL = "SELECT at_ms, tenant, key_id, action, channel, broadcast FROM audit"
 
@@ -57,6 +62,7 @@ def _broadcast(row: tuple[Any, ...]) -> Broadcast:
         skipped=row[12],
         done_ms=row[13],
         updated_ms=row[14],
+        pending=tuple(row[15].split(",")) if row[15] else (),
     )
 
 
@@ -160,6 +166,7 @@ class SqliteChannels:
             b.skipped,
             b.done_ms,
             b.updated_ms,
+            ",".join(b.pending),
         )
         return bool(await self._write(op))
 
@@ -180,6 +187,14 @@ class SqliteChannels:
         sql = "SELECT sum(delivered), sum(acked) FROM broadcast_counts WHERE id = ?"
         delivered, acked = self._read().execute(sql, (broadcast_id,)).fetchone()
         return BroadcastCounts(int(delivered or 0), int(acked or 0))
+
+    # --- stored-bytes ledgers (core/ledger.py) --------------------------------------
+    async def put_ledger(self, node: str, ledger: Ledger) -> None:
+        await self._write(ops.PutLedger(node, _ledger_enc.encode(ledger)))
+
+    async def ledgers(self) -> dict[str, Ledger]:
+        rows = self._read().execute("SELECT node, body FROM ledgers").fetchall()
+        return {node: _ledger_dec.decode(body) for node, body in rows}
 
     # --- the audit log --------------------------------------------------------------
     async def append_audit(self, entry: AuditEntry) -> None:

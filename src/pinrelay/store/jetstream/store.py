@@ -30,6 +30,7 @@ from nats.js.client import JetStreamContext
 from pinrelay.core.channels import AuditEntry, Broadcast, BroadcastCounts, Channel, ChannelClass
 from pinrelay.core.chat import contact_data
 from pinrelay.core.ids import next_message_id
+from pinrelay.core.ledger import Ledger
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.quotas import over
 from pinrelay.core.social import Action, Event, State, Transition
@@ -53,7 +54,7 @@ from pinrelay.store.jetstream import setup
 from pinrelay.store.jetstream.acks import Acker
 from pinrelay.store.jetstream.api import Api, refused
 from pinrelay.store.jetstream.appends import Appender
-from pinrelay.store.jetstream.broadcasts import Audit, Broadcasts
+from pinrelay.store.jetstream.broadcasts import Audit, Broadcasts, Ledgers
 from pinrelay.store.jetstream.channels import Channels
 from pinrelay.store.jetstream.contacts import ContactLists, Side
 from pinrelay.store.jetstream.devices import Devices
@@ -133,6 +134,7 @@ class JetStreamStore:
         self.channels = Channels(kv, buckets.channels, self.devices)
         self.broadcasts = Broadcasts(kv, buckets.channels)
         self.audit_log = Audit(kv, buckets.channels)
+        self.ledger_records = Ledgers(kv, buckets.channels)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
@@ -642,6 +644,12 @@ class JetStreamStore:
 
     async def broadcast_counts(self, broadcast_id: str) -> BroadcastCounts:
         return await self.broadcasts.counts(broadcast_id)
+
+    async def put_ledger(self, node: str, ledger: Ledger) -> None:
+        await self.ledger_records.put(node, ledger)
+
+    async def ledgers(self) -> dict[str, Ledger]:
+        return await self.ledger_records.all()
 
     async def append_audit(self, entry: AuditEntry) -> None:
         await self.audit_log.append(entry)
