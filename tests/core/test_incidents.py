@@ -45,7 +45,7 @@ def test_a_timeline_grows_then_ends_once() -> None:
     assert resolve(j, None, NOW + 20).updates == j.updates
 
 
-@pytest.mark.parametrize("text", ["", "   ", "x" * (MAX_TEXT + 1), "bell\x07", "nul\x00"])
+@pytest.mark.parametrize("text", ["", "x" * (MAX_TEXT + 1), "bell\x07", "nul\x00"])
 def test_bad_texts_are_refused(text: str) -> None:
     with pytest.raises(PinrelayError) as err:
         open_incident("I000000000001", "store", "minor", text, NOW)
