@@ -5,6 +5,8 @@ first sees that."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 
 from pinrelay.testing.natsproc import NatsCluster
@@ -47,9 +49,21 @@ def test_every_relay_of_the_cluster_shows_and_changes_an_incident(
         assert iid in public_incidents(second.url)
         _ok(two.post(f"/v1/incidents/{iid}/updates", json={"text": "From the second"}), 201)
         _ok(one.post(f"/v1/incidents/{iid}/updates", json={"text": "From the first"}), 201)
+        # Updates through both relays at once: each lands (a lost compare-and-set
+        # reads again and re-applies), none twice.
+        with ThreadPoolExecutor(4) as pool:
+            calls = [
+                pool.submit(c.post, f"/v1/incidents/{iid}/updates", json={"text": f"{n}-{k}"})
+                for k in range(8)
+                for n, c in (("one", one), ("two", two))
+            ]
+            assert [f.result().status_code for f in calls] == [201] * 16
         done = _ok(two.post(f"/v1/incidents/{iid}/resolve"))
         texts = [u["text"] for u in done["updates"]]
-        assert texts == ["Writes fail", "From the second", "From the first"]
+        assert texts[:3] == ["Writes fail", "From the second", "From the first"]
+        assert sorted(texts[3:]) == sorted(f"{n}-{k}" for k in range(8) for n in ("one", "two"))
+        times = [u["at"] for u in done["updates"]]
+        assert times == sorted(times)
         assert _ok(one.get(f"/v1/incidents/{iid}")) == done
         wait_until(lambda: states(one)["cluster"] == "operational", timeout=10)
         assert one.post(f"/v1/incidents/{iid}/updates", json={"text": "late"}).status_code == 409
