@@ -20,6 +20,7 @@ from pinrelay import (
     __version__,
     cli_channels,
     cli_chat,
+    cli_incidents,
     cli_portability,
     cli_serve,
     cli_tenants,
@@ -494,6 +495,8 @@ cli_webpush.register(app)
 # --- tenants: tenant create|list|show|suspend|resume|quota|delete|key, device grant
 cli_tenants.register(app, device_app)
 cli_channels.register(app, device_app)
+# --- incidents: incident open|update|resolve|list|show (cli_incidents.py) ------
+cli_incidents.register(app)
 # --- portability: device export|move, tenant accept (cli_portability.py) --------
 cli_portability.register(device_app)
 

@@ -21,6 +21,7 @@ from pinrelay.core.channels import (
     ChannelClass,
 )
 from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.incidents import Incident
 from pinrelay.core.ledger import Ledger
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.social import Action, State, Transition
@@ -529,6 +530,24 @@ class Store(Protocol):
     ) -> list[AuditEntry]:
         """Up to ``limit`` lines of ``tenant``'s audit log (None: every tenant's)
         older than ``before_ms`` (None: from the newest), newest first."""
+        ...
+
+    # --- incidents (core/incidents.py) -------------------------------------------
+    async def put_incident(self, incident: Incident) -> bool:
+        """Store a new incident (``rev`` 1) or its next revision (durable, seen by
+        every relay) by compare-and-set: only if no incident has its id (``rev``
+        1), or the stored one is open and ``rev`` is the stored one's + 1
+        (core.incidents.follows).  Otherwise nothing changes and False is returned:
+        the caller reads again.  Writing the revision already stored (a retry whose
+        answer was lost) changes nothing and returns True.  A resolved incident is
+        never replaced, so a stale writer cannot reopen it."""
+        ...
+
+    async def get_incident(self, incident_id: str) -> Incident | None: ...
+
+    async def list_incidents(self, since_ms: int, limit: int) -> list[Incident]:
+        """Up to ``limit`` incidents open now or resolved at or after ``since_ms``,
+        newest (``started_ms``, then id) first."""
         ...
 
     # --- messages ------------------------------------------------------------

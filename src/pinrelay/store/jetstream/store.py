@@ -30,6 +30,7 @@ from nats.js.client import JetStreamContext
 from pinrelay.core.channels import AuditEntry, Broadcast, BroadcastCounts, Channel, ChannelClass
 from pinrelay.core.chat import contact_data
 from pinrelay.core.ids import next_message_id
+from pinrelay.core.incidents import Incident
 from pinrelay.core.ledger import Ledger
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.quotas import over
@@ -63,6 +64,7 @@ from pinrelay.store.jetstream.feed import Feed
 from pinrelay.store.jetstream.group import GroupCommit
 from pinrelay.store.jetstream.groups import Groups
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_LEASE_S, Leases
+from pinrelay.store.jetstream.incidents import Incidents
 from pinrelay.store.jetstream.keys import Keys
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import LAYOUT_VERSION, Layout
@@ -135,6 +137,7 @@ class JetStreamStore:
         self.broadcasts = Broadcasts(kv, buckets.channels)
         self.audit_log = Audit(kv, buckets.channels)
         self.ledger_records = Ledgers(kv, buckets.channels)
+        self.incidents = Incidents(kv, buckets.channels)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
@@ -658,6 +661,16 @@ class JetStreamStore:
         self, tenant: str | None, before_ms: int | None, limit: int
     ) -> list[AuditEntry]:
         return await self.audit_log.page(tenant, before_ms, limit)
+
+    # --- incidents (.incidents) ---------------------------------------------------------
+    async def put_incident(self, incident: Incident) -> bool:
+        return await self.incidents.put(incident)
+
+    async def get_incident(self, incident_id: str) -> Incident | None:
+        return await self.incidents.get(incident_id)
+
+    async def list_incidents(self, since_ms: int, limit: int) -> list[Incident]:
+        return await self.incidents.listing(since_ms, limit)
 
     # --- pairing codes (.pairing) -------------------------------------------------------
     async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:
