@@ -386,37 +386,6 @@ async def test_acks_commit_without_fsync_appends_with(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_acks_wait_for_the_next_write_and_share_its_commit(db_path: Path) -> None:
-    """docs/DECISIONS.md 51?: the relay's acks (ack_many) wait up to ACKS_WAIT_S for a
-    write to go with; one that comes meanwhile takes them into its group commit, ahead
-    of it, and they are stored when it is."""
-    groups: list[int] = []
-    s = SqliteStore(db_path, observer=lambda secs, n: groups.append(n))
-    await s.open()
-    try:
-        await s.create_device(PIN, "h", None, NOW)
-        await s.append([NewMessage(PIN, "01OLD", b"{}", None, "normal", NOW, FAR)])
-        link = s._link
-        assert link is not None
-        before = len(groups)
-        acked = asyncio.ensure_future(s.ack_many([(PIN, 1)]))
-        await asyncio.sleep(0)  # the ack is asked (the wait is ACKS_WAIT_S, far longer)
-        assert link.held and not acked.done() and len(groups) == before  # held, not sent
-        await s.append([NewMessage(PIN, "01NEW", b"{}", None, "normal", NOW, FAR)])
-        await acked
-        assert groups[before:] == [2]  # the ack and the append: one commit, fsynced
-        assert link.last_synced
-        assert [m.id for m in await s.read(PIN, 0, 10, NOW)] == ["01NEW"]
-        dev = await s.get_device(PIN)
-        assert dev is not None and dev.acked_cursor == 1
-        # With nothing to go with, an ack is written alone once the wait is over.
-        await s.ack_many([(PIN, 2)])
-        assert groups[-1] == 1 and not link.last_synced
-        assert await s.read(PIN, 0, 10, NOW) == []
-    finally:
-        await s.close()
-
-
 async def test_a_failing_write_fails_alone_in_its_group(db_path: Path) -> None:
     # Writes in one group run without a SAVEPOINT each; when one fails the group is
     # run again write by write, so the others still commit and the failing one

@@ -207,10 +207,6 @@ WRITER_START_S = 30.0
 WRITER_STOP_S = 30.0
 #: How long :meth:`SqliteStore.open` waits for the database's lock.
 LOCK_WAIT_S = 2.0
-#: How long the relay's acks (ack_many) wait for a write to go with, at most: they
-#: join the next durable write's group commit rather than make one of their own
-#: (docs/DECISIONS.md, 51?).
-ACKS_WAIT_S = 0.05
 
 
 def _row_to_message(row: tuple[Any, ...]) -> StoredMessage:
@@ -319,9 +315,6 @@ class _WriterLink(asyncio.Protocol):
         self.seq = 0
         self.buf = bytearray()
         self.out: list[bytes] = []
-        #: Frames that wait for the next write to go with, or for ``_held_timer``.
-        self.held: list[bytes] = []
-        self._held_timer: asyncio.TimerHandle | None = None
         self.lost = False
         #: Whether the last commit was fsynced (tests read it).
         self.last_synced = True
@@ -329,38 +322,17 @@ class _WriterLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
-    def send(self, op: wire.AnyOp, *, hold: bool = False) -> asyncio.Future[Any]:
-        """Send ``op`` to the writer; its answer.  ``hold``: not on its own, but with
-        the next write sent (ahead of it, so the writer sees writes in the order they
-        were asked), or after ACKS_WAIT_S."""
+    def send(self, op: wire.AnyOp) -> asyncio.Future[Any]:
         if self.lost or self.transport is None:
             raise StoreClosed("store is closed")
         self.seq += 1
         fut: asyncio.Future[Any] = self.loop.create_future()
         self.pending[self.seq] = fut
-        data = frame(wire.encoder.encode(wire.Request(self.seq, op)))
-        if hold:
-            self.held.append(data)
-            if self._held_timer is None:
-                self._held_timer = self.loop.call_later(ACKS_WAIT_S, self._release)
-            return fut
-        self._release()
         # One socket write per turn of the loop for everything asked in that turn.
         if not self.out:
             self.loop.call_soon(self._flush)
-        self.out.append(data)
+        self.out.append(frame(wire.encoder.encode(wire.Request(self.seq, op))))
         return fut
-
-    def _release(self) -> None:
-        """The held frames go with the next flush."""
-        if self._held_timer is not None:
-            self._held_timer.cancel()
-            self._held_timer = None
-        if self.held:
-            if not self.out:
-                self.loop.call_soon(self._flush)
-            self.out += self.held
-            self.held = []
 
     def _flush(self) -> None:
         out, self.out = self.out, []
@@ -389,9 +361,6 @@ class _WriterLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        if self._held_timer is not None:
-            self._held_timer.cancel()
-            self._held_timer = None
         gone = StoreClosed("the store's writer process has ended")
         if not self.ready.done():
             self.ready.set_exception(gone)
@@ -783,16 +752,10 @@ class SqliteStore(SqliteChannels):
         return [_row_to_message(r) for r in rows]
 
     async def ack(self, pin: str, cursor: int) -> None:
-        await self._write(ops.AckMany([(pin, cursor)]))
+        await self.ack_many([(pin, cursor)])
 
     async def ack_many(self, acks: Sequence[tuple[str, int]]) -> None:
-        """The relay's acks (delivery.AckWriter): they need no commit of their own
-        (no fsync, DECISIONS "Acks without fsync"), so they wait up to ACKS_WAIT_S for
-        a write to go with and ride in its group commit (DECISIONS 51?)."""
-        link = self._link
-        if link is None:
-            raise StoreClosed("store is closed")
-        await link.send(ops.AckMany(list(acks)), hold=True)
+        await self._write(ops.AckMany(list(acks)))
 
     async def sweep(self, now_ms: int, limit: int = 1000) -> int:
         return int(await self._write(ops.Sweep(now_ms, limit)))
