@@ -23,7 +23,14 @@ from pinrelay.core.model import Accepted, Kind, Limits, NewMessage, StoredMessag
 from pinrelay.core.social import Action, Transition
 from pinrelay.metrics import Metrics
 from pinrelay.router.base import Router
-from pinrelay.store.base import DROPPED_OFFLINE, UNKNOWN_DEVICE, IdempotencyKey, Rejected, Store
+from pinrelay.store.base import (
+    DROPPED_OFFLINE,
+    UNKNOWN_DEVICE,
+    IdempotencyKey,
+    Rejected,
+    Store,
+    Unread,
+)
 
 #: Message ids need uniqueness, not secrecy, but come from the OS's CSPRNG anyway.
 _ids_random = RandomPool(os.urandom)
@@ -94,16 +101,18 @@ class Ingest:
         drafts: Sequence[Draft],
         idem: IdempotencyKey | None = None,
         tenant: str | None = None,
+        unread: Sequence[Unread] = (),
     ) -> list[Accepted | Rejected]:
         """Store the drafts atomically; one result per draft, in order.
 
         A ttl=0 message for an offline device is dropped, not stored (PROTOCOL,
         "ttl"); the drop goes to the store as a Rejected so an idempotent replay
         repeats it.  ``tenant``: the sender's (an API key's); a device it may not
-        reach is an unknown device (Store.append).  Raises what the store raises
-        (StoreClosed: nothing stored).
+        reach is an unknown device (Store.append).  ``unread``: stored in the same
+        write (Store.append).  Raises what the store raises (StoreClosed: nothing
+        stored).
         """
-        results, _ = await self.accept_once(drafts, idem, tenant)
+        results, _ = await self.accept_once(drafts, idem, tenant, unread)
         return results
 
     async def _reachable(self, pin: str, tenant: str | None) -> bool:
@@ -121,6 +130,7 @@ class Ingest:
         drafts: Sequence[Draft | Rejected],
         idem: IdempotencyKey | None = None,
         tenant: str | None = None,
+        unread: Sequence[Unread] = (),
     ) -> tuple[list[Accepted | Rejected], bool]:
         """:meth:`accept`, and whether ``idem`` named an earlier call (a replay:
         nothing was stored, the first call's results came back).  A Rejected the
@@ -142,7 +152,7 @@ class Ingest:
             else:
                 batch.append(message)
                 built[message.pin, message.id] = message
-        results, replay = await self.store.append(batch, idem, tenant)
+        results, replay = await self.store.append(batch, idem, tenant, unread)
         if not replay:
             self._wake(results, built)
             if tenant is not None and self.on_stored is not None:

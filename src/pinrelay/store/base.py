@@ -556,6 +556,7 @@ class Store(Protocol):
         messages: Sequence[NewMessage | Rejected],
         idem: IdempotencyKey | None = None,
         tenant: str | None = None,
+        unread: Sequence[Unread] = (),
     ) -> tuple[list[Accepted | Rejected], bool]:
         """Store messages atomically, each after the last of its device.
 
@@ -570,6 +571,11 @@ class Store(Protocol):
         nothing is stored and the first call's results come back (a different
         fingerprint raises CONFLICT).  A message
         with a topic replaces its device's stored message with that topic.
+
+        ``unread``: entries remembered as :meth:`put_unread` does, stored before this
+        returns (SQLite: in the same transaction; the cluster: at the same time), so
+        that delivered receipts and their unread entries cost one write
+        (Chat.delivered).  With ``idem``, a replay may leave them out.
         """
         ...
 

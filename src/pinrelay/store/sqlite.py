@@ -231,6 +231,10 @@ def _item(m: NewMessage) -> ops.Item:
     )
 
 
+def _unread_rows(entries: Sequence[Unread]) -> list[ops.UnreadRow]:
+    return [(e.reader, e.id, e.sender, e.expires_ms, e.group) for e in entries]
+
+
 def _row_to_device(row: tuple[Any, ...]) -> Device:
     return Device(*row)
 
@@ -666,9 +670,7 @@ class SqliteStore(SqliteChannels, SqliteIncidents):
 
     async def put_unread(self, entries: Sequence[Unread]) -> None:
         if entries:
-            await self._write(
-                ops.PutUnread([(e.reader, e.id, e.sender, e.expires_ms, e.group) for e in entries])
-            )
+            await self._write(ops.PutUnread(_unread_rows(entries)))
 
     async def find_unread(self, reader: str, ids: Sequence[str], now_ms: int) -> list[Unread]:
         if not ids:
@@ -738,13 +740,14 @@ class SqliteStore(SqliteChannels, SqliteIncidents):
         messages: Sequence[NewMessage | Rejected],
         idem: IdempotencyKey | None = None,
         tenant: str | None = None,
+        unread: Sequence[Unread] = (),
     ) -> tuple[list[Accepted | Rejected], bool]:
         items = [
             ops.Item(m.pin, m.id, m.reason) if isinstance(m, Rejected) else _item(m)
             for m in messages
         ]
         key = None if idem is None else (idem.key, idem.fingerprint, idem.created_ms)
-        raw, replay = await self._write(ops.Append(items, key, tenant))
+        raw, replay = await self._write(ops.Append(items, key, tenant, _unread_rows(unread)))
         return to_results(msgspec.convert(raw, list[AppendResult])), bool(replay)
 
     async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:

@@ -403,16 +403,18 @@ class ChangeMembers(Op, tag="cm"):
         return True
 
 
+#: An unread entry: (reader, id, sender, expires_ms, group).
+UnreadRow = tuple[str, str, str, int, str | None]
+_PUT_UNREAD_SQL = (
+    "INSERT OR IGNORE INTO unread (reader, id, sender, expires_ms, grp) VALUES (?, ?, ?, ?, ?)"
+)
+
+
 class PutUnread(Op, tag="pu"):
-    #: (reader, id, sender, expires_ms, group)
-    entries: list[tuple[str, str, str, int, str | None]]
+    entries: list[UnreadRow]
 
     def run(self, c: sqlite3.Connection) -> None:
-        c.executemany(
-            "INSERT OR IGNORE INTO unread (reader, id, sender, expires_ms, grp)"
-            " VALUES (?, ?, ?, ?, ?)",
-            self.entries,
-        )
+        c.executemany(_PUT_UNREAD_SQL, self.entries)
 
 
 class DropUnread(Op, tag="du"):
@@ -535,6 +537,8 @@ class Append(Op, tag="ap"):
     idem: tuple[str, str, int] | None = None
     #: Only devices of this tenant, or that granted it (None: any device).
     tenant: str | None = None
+    #: Unread entries stored with the messages (delivered receipts': Chat.delivered).
+    unread: list[UnreadRow] = []
 
     def run(self, c: sqlite3.Connection) -> tuple[list[AppendResult], bool]:
         idem = self.idem
@@ -549,6 +553,8 @@ class Append(Op, tag="ap"):
                     )
                 return _results_dec.decode(row[1]), True
         results = _append_all(c, self.items, self.tenant)
+        if self.unread:
+            c.executemany(_PUT_UNREAD_SQL, self.unread)
         if idem is not None:
             c.execute(
                 "INSERT INTO idempotency (key, fingerprint, result, created_ms)"

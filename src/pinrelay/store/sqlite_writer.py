@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -51,6 +52,11 @@ MAX_GROUP = 512
 #: version of each page once, and a busy relay rewrites the same few pages), and the
 #: WAL still restarts at 16 MB instead of growing (docs/DECISIONS.md, entry 42).
 CHECKPOINT_PAGES = 4000
+#: As the relay's (relay.py): what the writer imported lives as long as it does, so
+#: it is frozen out of collections, and young objects are collected less often.
+#: CPython's defaults (700, 10, 10) had collections take ~3 % of the writer's CPU
+#: on the chat round trip (bench/RESULTS.md, "Chat CPU per message").
+GC_THRESHOLDS = (20_000, 20, 20)
 _LENGTH = struct.Struct(">I")
 _PR_SET_PDEATHSIG = 1
 
@@ -184,6 +190,9 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=fd)
     conn = connect(path)
     conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         serve(sock, Writer(conn))
     except (BrokenPipeError, ConnectionResetError):

@@ -17,6 +17,7 @@ each protocol call to the part that owns it: :class:`~.devices.Devices` and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -472,9 +473,16 @@ class JetStreamStore:
         messages: Sequence[NewMessage | Rejected],
         idem: IdempotencyKey | None = None,
         tenant: str | None = None,
+        unread: Sequence[Unread] = (),
     ) -> tuple[list[Accepted | Rejected], bool]:
         """Store ``messages``; see :meth:`pinrelay.store.base.Store.append` and
-        :mod:`.appends` (atomicity, tenants) and :mod:`.idempotency` (a retried request)."""
+        :mod:`.appends` (atomicity, tenants) and :mod:`.idempotency` (a retried request).
+        ``unread`` goes to its bucket at the same time (both in flight)."""
+        if unread:
+            stored, _ = await asyncio.gather(
+                self.append(messages, idem, tenant), self.unread.put(unread)
+            )
+            return stored
         self.api.check_open()
         if not messages:
             return [], False
