@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 from collections import Counter
@@ -125,25 +126,32 @@ class Broadcaster:
     async def _step(self, b: Broadcast) -> Broadcast | None:
         """One page of members; the record after it (None: another relay is ahead)."""
         channel = await self.store.get_channel(b.channel)
-        now = self.clock()
-        now_ms = int(now * 1000)
-        members = (
-            await self.store.channel_members(b.channel, b.after, self.page)
-            if channel is not None and channel.live and b.expires_ms > now_ms
-            else []
-        )
-        if not members:
+        now_ms = int(self.clock() * 1000)
+        if channel is None or not channel.live or b.expires_ms <= now_ms:
             return await self._save(msgspec.structs.replace(b, done_ms=now_ms, updated_ms=now_ms))
-        assert channel is not None
-        results = await self._deliver(b, channel, members, now_ms)
+        if not b.pending:
+            members = await self.store.channel_members(b.channel, b.after, self.page)
+            if not members:
+                done = msgspec.structs.replace(b, done_ms=now_ms, updated_ms=now_ms)
+                return await self._save(done)
+            # The page is fixed before it is written: whoever does it again after a
+            # crash sends the same members the same append (an idempotent replay).
+            fixed = await self._save(
+                msgspec.structs.replace(b, pending=tuple(members), updated_ms=now_ms)
+            )
+            if fixed is None or fixed.pending != tuple(members):
+                return fixed
+            b = fixed
+        results = await self._deliver(b, channel, list(b.pending), now_ms)
         stored = sum(isinstance(r, Accepted) for r in results)
         done = msgspec.structs.replace(
             b,
-            after=results[-1].pin,
+            after=b.pending[-1],
             members=b.members + len(results),
             stored=b.stored + stored,
             skipped=b.skipped + len(results) - stored,
             updated_ms=now_ms,
+            pending=(),
         )
         return await self._save(done)
 
@@ -170,9 +178,11 @@ class Broadcaster:
             else Rejected(pin, SKIPPED, b.id)
             for pin in members
         ]
-        # Named by where the page starts: the same page done again (a crash before
-        # the progress was written) replays the first append's results.
-        idem = IdempotencyKey(f"broadcast {b.id} {b.after}", b.id, b.created_ms)
+        # Named by where the page starts, fingerprinted by its members: the same
+        # page done again (a crash before the progress was written) replays the
+        # first append's results.
+        page = hashlib.sha256(",".join(members).encode()).hexdigest()
+        idem = IdempotencyKey(f"broadcast {b.id} {b.after}", page, b.created_ms)
         results, _ = await self.ingest.accept_once(items, idem, b.tenant)
         return results
 

@@ -41,8 +41,8 @@ def test_another_relay_resumes_a_fan_out_whose_relay_was_killed(
     nats_cluster: NatsCluster, relay_factory: RelayFactory
 ) -> None:
     store = ["--store", ",".join(nats_cluster.urls), "--broadcast-takeover", "1"]
-    first = relay_factory("first", extra=[*store, "--broadcast-page", "20"])
-    second = relay_factory("second", extra=store)
+    first = relay_factory("first", extra=[*store, "--node-id", "first", "--broadcast-page", "20"])
+    second = relay_factory("second", extra=[*store, "--node-id", "second"])
     with httpx.Client(base_url=first.url, headers=first.admin_headers(), timeout=30) as http:
         t = Tenant(http, "big")
         channel = _channel(t, "everyone")
@@ -61,7 +61,11 @@ def test_another_relay_resumes_a_fan_out_whose_relay_was_killed(
     t.base_url = second.url
     with httpx.Client(base_url=second.url, timeout=30) as http:
         for bid in sent:
-            view = _finished(t, bid, timeout=60)
+            try:
+                view = _finished(t, bid, timeout=30)
+            except TimeoutError:
+                print(second.output()[-5000:])
+                raise
             assert (view["members"], view["stored"]) == (200, 200), view
         for d in members:
             assert sorted(_broadcasts_in(http, d)) == sorted(sent), d["pin"]

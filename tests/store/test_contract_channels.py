@@ -172,8 +172,9 @@ async def test_a_broadcast_record_only_moves_forward(store: Store, reopen: Reope
     first = broadcast()
     assert await store.put_broadcast(first)
     assert await store.put_broadcast(broadcast("B2", created_ms=NOW + 1))
-    page1 = broadcast(after=B, members=2, stored=1, skipped=1, updated_ms=NOW + 10)
+    page1 = broadcast(after=B, members=2, stored=1, skipped=1, updated_ms=NOW + 10, pending=(C,))
     assert await store.put_broadcast(page1)
+    assert await store.get_broadcast("B1") == page1
     # A second relay resuming from an older point changes nothing.
     assert not await store.put_broadcast(broadcast(after=A, members=1, stored=1))
     done = broadcast(after=C, members=3, stored=2, skipped=1, done_ms=NOW + 20)

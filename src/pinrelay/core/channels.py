@@ -99,6 +99,10 @@ class Broadcast(Struct, frozen=True, kw_only=True):
     #: When the fan-out last wrote its progress: a relay takes over an unfinished
     #: broadcast whose progress stood still for a while (its relay died).
     updated_ms: int = 0
+    #: The members of the page being stored, fixed before its write: a relay that
+    #: resumes the fan-out stores exactly this page again (an idempotent replay),
+    #: whatever joined or left, or whatever page size it has.
+    pending: tuple[str, ...] = ()
 
 
 class BroadcastCounts(Struct, frozen=True):

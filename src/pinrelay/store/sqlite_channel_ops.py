@@ -61,7 +61,8 @@ SCHEMA = """
         stored INTEGER NOT NULL,
         skipped INTEGER NOT NULL,
         done_ms INTEGER,
-        updated_ms INTEGER NOT NULL
+        updated_ms INTEGER NOT NULL,
+        pending TEXT NOT NULL DEFAULT ''
     ) WITHOUT ROWID;
     CREATE INDEX broadcasts_unfinished ON broadcasts (created_ms) WHERE done_ms IS NULL;
     CREATE TABLE broadcast_counts (
@@ -252,19 +253,22 @@ class PutBroadcast(Op, tag="pbc"):
     skipped: int
     done_ms: int | None
     updated_ms: int
+    #: The pending page's PINs, comma-separated ("": none).
+    pending: str
 
     def run(self, c: sqlite3.Connection) -> bool:
         cur = c.execute(
             "INSERT INTO broadcasts (id, channel, tenant, key_id, created_ms, expires_ms, data,"
-            " topic, urgency, after_pin, members, stored, skipped, done_ms, updated_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " topic, urgency, after_pin, members, stored, skipped, done_ms, updated_ms, pending)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET channel = excluded.channel,"
             " tenant = excluded.tenant, key_id = excluded.key_id,"
             " created_ms = excluded.created_ms, expires_ms = excluded.expires_ms,"
             " data = excluded.data, topic = excluded.topic, urgency = excluded.urgency,"
             " after_pin = excluded.after_pin, members = excluded.members,"
             " stored = excluded.stored, skipped = excluded.skipped,"
-            " done_ms = excluded.done_ms, updated_ms = excluded.updated_ms"
+            " done_ms = excluded.done_ms, updated_ms = excluded.updated_ms,"
+            " pending = excluded.pending"
             # Never back (two relays resuming one fan-out): not below the stored
             # point, and a finished fan-out stays finished.
             " WHERE after_pin <= excluded.after_pin"
@@ -285,6 +289,7 @@ class PutBroadcast(Op, tag="pbc"):
                 self.skipped,
                 self.done_ms,
                 self.updated_ms,
+                self.pending,
             ),
         )
         return cur.rowcount == 1

@@ -24,7 +24,7 @@ from pinrelay.store.sqlite_wire import AnyOp
 _CHANNEL_SQL = "SELECT id, tenant, name, klass, created_ms, deleted_ms FROM channels"
 _BROADCAST_SQL = (
     "SELECT id, channel, tenant, key_id, created_ms, expires_ms, data, topic, urgency,"
-    " after_pin, members, stored, skipped, done_ms, updated_ms FROM broadcasts"
+    " after_pin, members, stored, skipped, done_ms, updated_ms, pending FROM broadcasts"
 )
 _AUDIT_SQL = "SELECT at_ms, tenant, key_id, action, channel, broadcast FROM audit"
 
@@ -57,6 +57,7 @@ def _broadcast(row: tuple[Any, ...]) -> Broadcast:
         skipped=row[12],
         done_ms=row[13],
         updated_ms=row[14],
+        pending=tuple(row[15].split(",")) if row[15] else (),
     )
 
 
@@ -160,6 +161,7 @@ class SqliteChannels:
             b.skipped,
             b.done_ms,
             b.updated_ms,
+            ",".join(b.pending),
         )
         return bool(await self._write(op))
 

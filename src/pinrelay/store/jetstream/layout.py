@@ -5,7 +5,8 @@ One file-storage stream on ``<prefix>.>``; a message for device D is stored on
 partitions, devices are spread over K streams ``<stream>_<p>`` on
 ``<prefix>.<p>.>``, p = crc32(PIN) mod K.  The KV buckets are
 ``<bucket_prefix>_devices``, ``_keys``, ``_keyhash``, ``_idem``, ``_contacts``,
-``_unread``, ``_groups``, ``_subscriptions`` and ``_tenants`` (and ``_pairing``).  Every name is
+``_unread``, ``_groups``, ``_subscriptions``, ``_tenants`` and ``_channels`` (and
+``_pairing`` and ``_receipts``).  Every name is
 configurable, so several relays or tests can share a cluster.
 
 Each stream also holds its chat messages' expiry schedules and notices
@@ -38,6 +39,7 @@ _BUCKET_KINDS = (
     "groups",
     "subscriptions",
     "tenants",
+    "channels",
 )
 
 
@@ -72,6 +74,7 @@ class Buckets:
     groups: Bucket
     subscriptions: Bucket
     tenants: Bucket
+    channels: Bucket
 
 
 @dataclass(frozen=True, slots=True)

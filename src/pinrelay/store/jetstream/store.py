@@ -8,7 +8,9 @@ each protocol call to the part that owns it: :class:`~.devices.Devices` and
 :class:`~.acks.Acker`, :class:`~.contacts.ContactLists`,
 :class:`~.unread.Unreads` (read-receipt bookkeeping), :class:`~.groups.Groups`,
 :class:`~.subscriptions.Subscriptions` (Web Push), :class:`~.expiry.Expiries`
-(failed receipts) and :class:`~.tenants.Tenants`.  They share one
+(failed receipts), :class:`~.tenants.Tenants`, :class:`~.channels.Channels`
+(channels, memberships, consent) and :class:`~.broadcasts.Broadcasts` with
+:class:`~.broadcasts.Audit`.  They share one
 :class:`~.api.Api` (the connection, retries and the error boundary) and one
 :class:`~.layout.Layout` (names).
 """
@@ -18,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 
 import msgspec
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
+from pinrelay.core.channels import AuditEntry, Broadcast, BroadcastCounts, Channel, ChannelClass
 from pinrelay.core.chat import contact_data
 from pinrelay.core.ids import next_message_id
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
@@ -50,6 +53,8 @@ from pinrelay.store.jetstream import setup
 from pinrelay.store.jetstream.acks import Acker
 from pinrelay.store.jetstream.api import Api, refused
 from pinrelay.store.jetstream.appends import Appender
+from pinrelay.store.jetstream.broadcasts import Audit, Broadcasts
+from pinrelay.store.jetstream.channels import Channels
 from pinrelay.store.jetstream.contacts import ContactLists, Side
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.expiry import Expiries
@@ -72,7 +77,7 @@ log = logging.getLogger(__name__)
 
 
 class JetStreamStore:
-    """The cluster engine: one JetStream stream (or one per partition) plus eleven KV buckets."""
+    """The cluster engine: one JetStream stream (or one per partition) plus twelve KV buckets."""
 
     def __init__(
         self,
@@ -125,6 +130,9 @@ class JetStreamStore:
         self.push_receipts = PushReceipts(kv, self.layout.push_receipts)
         self.subscriptions = Subscriptions(kv, buckets.subscriptions, self.devices)
         self.tenants = Tenants(kv, buckets.tenants)
+        self.channels = Channels(kv, buckets.channels, self.devices)
+        self.broadcasts = Broadcasts(kv, buckets.channels)
+        self.audit_log = Audit(kv, buckets.channels)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
@@ -324,6 +332,7 @@ class JetStreamStore:
         if not await self.devices.set_tenant(pin, tenant):
             return False
         old = None if got is None else got.rec.tenant
+        await self.channels.leave_all(pin)
         if old != tenant:
             if old is not None:
                 await self.tenants.count_devices(old, -1)
@@ -359,10 +368,13 @@ class JetStreamStore:
         finally:
             if moved is None:
                 await self.tenants.count_devices(tenant, -1)
-        if moved is not None and moved.left is not None:
+        if moved is None:
+            return False
+        if moved.left is not None:
             # The tenant it left counts one less (the same one: the +1 taken back).
             await self.tenants.count_devices(moved.left, -1)
-        return moved is not None
+        await self.channels.leave_all(pin)
+        return True
 
     async def set_grant(self, pin: str, tenant: str, granted: bool) -> bool:
         return await self.devices.set_grant(pin, tenant, granted)
@@ -406,6 +418,7 @@ class JetStreamStore:
             # A deletion that failed half-way left its subscriptions live: end them
             # (.subscriptions, "Deleted devices"; one read when there are none).
             await self.subscriptions.end_all(pin)
+            await self.channels.forget(pin)
             return False
         # Out of its groups first, so that a deletion failing half-way is finished by
         # its retry (.groups, "Deleted devices").
@@ -421,6 +434,7 @@ class JetStreamStore:
         self.acker.forget(pin)
         await self.contact_lists.remove(pin)
         await self.unread.remove_all(pin)
+        await self.channels.forget(pin)
         # After the record's removal, so a create racing with it sees the device gone.
         await self.subscriptions.end_all(pin)
         return True
@@ -580,6 +594,62 @@ class JetStreamStore:
 
     async def get_push_receipt(self, key: str, now_ms: int) -> PushReceipt | None:
         return await self.push_receipts.get(key, now_ms)
+
+    # --- channels and consent (.channels), broadcasts and audit (.broadcasts) -----------
+    async def create_channel(self, channel: Channel, max_channels: int) -> None:
+        await self.channels.create(channel, max_channels)
+
+    async def get_channel(self, channel_id: str) -> Channel | None:
+        return await self.channels.get(channel_id)
+
+    async def list_channels(self, tenant: str | None) -> list[Channel]:
+        return await self.channels.listing(tenant)
+
+    async def delete_channel(self, channel_id: str, now_ms: int) -> bool:
+        return await self.channels.delete(channel_id, now_ms)
+
+    async def join_channel(self, pin: str, channel_id: str, joined: bool) -> bool:
+        return await self.channels.join(pin, channel_id, joined)
+
+    async def channels_of(self, pin: str) -> list[str]:
+        return await self.channels.of(pin)
+
+    async def channel_members(self, channel_id: str, after: str, limit: int) -> list[str]:
+        return await self.channels.members(channel_id, after, limit)
+
+    async def set_refusal(self, pin: str, klass: ChannelClass, refused: bool) -> bool:
+        return await self.channels.set_refusal(pin, klass, refused)
+
+    async def refusals_of(self, pin: str) -> list[ChannelClass]:
+        return await self.channels.refusals_of(pin)
+
+    async def admit(
+        self, pins: Sequence[str], klass: ChannelClass, broadcast_id: str, day: int, cap: int | None
+    ) -> list[str]:
+        return await self.channels.admit(pins, klass, broadcast_id, day, cap)
+
+    async def put_broadcast(self, broadcast: Broadcast) -> bool:
+        return await self.broadcasts.put(broadcast)
+
+    async def get_broadcast(self, broadcast_id: str) -> Broadcast | None:
+        return await self.broadcasts.get(broadcast_id)
+
+    async def unfinished_broadcasts(self) -> list[Broadcast]:
+        return await self.broadcasts.unfinished()
+
+    async def count_broadcasts(self, node: str, counts: Mapping[str, BroadcastCounts]) -> None:
+        await self.broadcasts.count(node, counts)
+
+    async def broadcast_counts(self, broadcast_id: str) -> BroadcastCounts:
+        return await self.broadcasts.counts(broadcast_id)
+
+    async def append_audit(self, entry: AuditEntry) -> None:
+        await self.audit_log.append(entry)
+
+    async def audit(
+        self, tenant: str | None, before_ms: int | None, limit: int
+    ) -> list[AuditEntry]:
+        return await self.audit_log.page(tenant, before_ms, limit)
 
     # --- pairing codes (.pairing) -------------------------------------------------------
     async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:

@@ -1,0 +1,162 @@
+"""Broadcasts, their counts and the audit log on the cluster (core/channels.py).
+
+In ``<bucket_prefix>_channels``, beside :mod:`.channels`' keys.
+
+**Broadcasts:**
+
+- ``b.<broadcast id>``: the record (:class:`~pinrelay.core.channels.Broadcast`, JSON).
+  :meth:`Broadcasts.put` is a compare-and-set that never goes back: an update whose
+  ``after`` is below the stored one's, or that would undo ``done_ms``, writes nothing
+  (False), so two relays resuming one fan-out cannot undo each other's progress.
+- ``u.<broadcast id>``: an empty entry while the fan-out is unfinished, written
+  before the record and removed after the record says done, so
+  :meth:`Broadcasts.unfinished` lists these keys (not every broadcast ever made)
+  and reads their records; one left by a crash is filtered out and removed then.
+- ``n.<broadcast id>.<node>``: one relay's totals of the broadcast
+  (:class:`~pinrelay.core.channels.BroadcastCounts`), changed by that relay only (a
+  compare-and-set all the same); :meth:`Broadcasts.counts` lists and sums them.
+  A node name unfit for a key is hashed.
+
+**Audit log:** one key per line, ``a.<tenant>.<at_ms, 13 digits>.<random>``, so keys
+sort by time within a tenant;
+:meth:`Audit.page` lists the tenant's keys (every key for None: one request on the
+leader per 100,000), sorts them newest first and reads the page's lines only.  A
+listing costs in proportion to the tenant's whole log: lines are few (a broadcast,
+a channel made or deleted), and the bucket keeps them all (a tenant's deletion
+does not remove its lines).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+
+from pinrelay.core.channels import AuditEntry, Broadcast, BroadcastCounts
+from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.store.jetstream.cas import Keyed
+from pinrelay.store.jetstream.kv import Kv
+from pinrelay.store.jetstream.layout import Bucket
+from pinrelay.store.jetstream.records import SAFE_TOKEN, json_enc
+from pinrelay.store.jetstream.unread import IN_FLIGHT, bounded
+
+
+def _node_token(node: str) -> str:
+    return node if SAFE_TOKEN.match(node) else hashlib.sha256(node.encode()).hexdigest()[:32]
+
+
+def _forward(old: Broadcast | None, new: Broadcast) -> bool:
+    """Whether ``new`` may replace ``old`` (module doc)."""
+    if old is None:
+        return True
+    return new.after >= old.after and not (old.done_ms is not None and new.done_ms is None)
+
+
+class Broadcasts:
+    """Broadcast records, their unfinished index and the relays' counts."""
+
+    def __init__(self, kv: Kv, bucket: Bucket) -> None:
+        self.kv = kv
+        self.api = kv.api
+        self.bucket = bucket
+        self.records = Keyed(kv, bucket, Broadcast)
+        self.counters = Keyed(kv, bucket, BroadcastCounts)
+
+    async def put(self, broadcast: Broadcast) -> bool:
+        self.api.check_open()
+        bid = broadcast.id
+        if not SAFE_TOKEN.match(bid):
+            raise PinrelayError(f"broadcast id {bid!r}", ErrorCode.INVALID)
+        ok = True
+
+        def change(old: Broadcast | None) -> Broadcast | None:
+            nonlocal ok
+            ok = _forward(old, broadcast)
+            return broadcast if ok and old != broadcast else None
+
+        if broadcast.done_ms is None and await self.records.get(f"b.{bid}") is None:
+            await self.kv.put(self.bucket, f"u.{bid}", b"", 0)  # a new one: indexed first
+        await self.records.change(f"b.{bid}", change)
+        if ok and broadcast.done_ms is not None:
+            await self.kv.remove(self.bucket, f"u.{bid}")
+        return ok
+
+    async def get(self, broadcast_id: str) -> Broadcast | None:
+        self.api.check_open()
+        if not SAFE_TOKEN.match(broadcast_id):
+            return None
+        return await self.records.get(f"b.{broadcast_id}")
+
+    async def unfinished(self) -> list[Broadcast]:
+        """Broadcasts not done, oldest first; an index entry of a done one is removed."""
+        self.api.check_open()
+        ids = [k.removeprefix("u.") for k in await self.kv.keys(self.bucket, "u.*")]
+
+        found = await self.records.many([f"b.{i}" for i in ids])
+        for bid, rec in zip(ids, found, strict=True):
+            if rec is not None and rec.done_ms is not None:
+                await self.kv.remove(self.bucket, f"u.{bid}")
+        left = [b for b in found if b is not None and b.done_ms is None]
+        return sorted(left, key=lambda b: (b.created_ms, b.id))
+
+    async def count(self, node: str, counts: Mapping[str, BroadcastCounts]) -> None:
+        """Add ``node``'s counts to its key of each broadcast."""
+        self.api.check_open()
+        token = _node_token(node)
+
+        def add(bid: str, more: BroadcastCounts) -> Callable[[], Awaitable[object]]:
+            def change(old: BroadcastCounts | None) -> BroadcastCounts | None:
+                was = old or BroadcastCounts()
+                return BroadcastCounts(was.delivered + more.delivered, was.acked + more.acked)
+
+            return lambda: self.counters.change(f"n.{bid}.{token}", change)
+
+        calls = [
+            add(bid, more)
+            for bid, more in counts.items()
+            if SAFE_TOKEN.match(bid) and (more.delivered or more.acked)
+        ]
+        await bounded(calls, IN_FLIGHT)
+
+    async def counts(self, broadcast_id: str) -> BroadcastCounts:
+        """Every relay's counts of the broadcast, summed."""
+        self.api.check_open()
+        if not SAFE_TOKEN.match(broadcast_id):
+            return BroadcastCounts()
+        keys = await self.kv.keys(self.bucket, f"n.{broadcast_id}.*")
+
+        found = [c for c in await self.counters.many(keys) if c is not None]
+        return BroadcastCounts(sum(c.delivered for c in found), sum(c.acked for c in found))
+
+
+class Audit:
+    """The audit log: a key per line, sortable by time (module doc)."""
+
+    def __init__(self, kv: Kv, bucket: Bucket) -> None:
+        self.kv = kv
+        self.api = kv.api
+        self.bucket = bucket
+        self.lines = Keyed(kv, bucket, AuditEntry)
+
+    async def append(self, entry: AuditEntry) -> None:
+        self.api.check_open()
+        if not SAFE_TOKEN.match(entry.tenant) or entry.at_ms < 0:
+            raise PinrelayError(f"audit line of tenant {entry.tenant!r}", ErrorCode.INVALID)
+        key = f"a.{entry.tenant}.{entry.at_ms:013d}.{uuid.uuid4().hex[:16]}"
+        await self.kv.put(self.bucket, key, json_enc.encode(entry), 0)
+
+    async def page(self, tenant: str | None, before_ms: int | None, limit: int) -> list[AuditEntry]:
+        """Up to ``limit`` lines older than ``before_ms``, newest first."""
+        self.api.check_open()
+        if (tenant is not None and not SAFE_TOKEN.match(tenant)) or limit <= 0:
+            return []
+        keys = await self.kv.keys(self.bucket, "a.>" if tenant is None else f"a.{tenant}.>")
+        lines: list[tuple[str, str]] = []  # (at_ms.random, key)
+        for key in keys:
+            _, _, at, rand = key.split(".")
+            if before_ms is None or int(at) < before_ms:
+                lines.append((f"{at}.{rand}", key))
+        lines.sort(reverse=True)
+
+        found = await self.lines.many([k for _, k in lines[:limit]])
+        return [e for e in found if e is not None]
