@@ -16,10 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from pathlib import Path
 from typing import TypedDict
 
+import nats
 import pytest
 
 from pinrelay.store.base import Store
 from pinrelay.store.jetstream import JetStreamStore
+from pinrelay.store.jetstream.setup import delete_streams
 from pinrelay.store.sqlite import SqliteStore
 from tests.natsproc import NatsCluster, running_cluster
 
@@ -74,11 +76,18 @@ async def destroy_jetstream(servers: Sequence[str], directory: Path, engine: str
     """Delete the streams and buckets of the store kept under ``directory``."""
     s = make_store(engine, directory, servers)
     assert isinstance(s, JetStreamStore)
-    await s.open()
+    await destroy_unopened(s)
+
+
+async def destroy_unopened(store: JetStreamStore) -> None:
+    """Delete the streams and buckets of ``store`` (not opened: whatever a test left
+    in its namespace goes, all at once, without checking it first)."""
+    nc = await nats.connect(store.servers)
     try:
-        await s.destroy()
+        names = [*store.streams, *(f"KV_{b}" for b in store.bucket_names())]
+        await delete_streams(nc.jetstream(timeout=10.0), names)
     finally:
-        await s.close()
+        await nc.close()
 
 
 @pytest.fixture(params=["sqlite", *PARTITIONS])

@@ -21,7 +21,7 @@ from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.testing.wait import wait_until_async
 from tests.natsproc import NatsCluster
 
-from .conftest import jetstream_names
+from .conftest import destroy_unopened, jetstream_names
 from .test_contract import NOW, A, B, C, add_devices, msg, read_all
 from .test_jetstream import subject_counts
 
@@ -47,10 +47,7 @@ async def open_store(nats_cluster: NatsCluster, tmp_path: Path) -> AsyncIterator
     finally:
         for s in opened:
             await s.close()
-        cleanup = JetStreamStore(nats_cluster.urls, **jetstream_names(tmp_path))
-        await cleanup.open()
-        await cleanup.destroy()
-        await cleanup.close()
+        await destroy_unopened(JetStreamStore(nats_cluster.urls, **jetstream_names(tmp_path)))
 
 
 class Rounds:

@@ -24,7 +24,7 @@ from pinrelay.store.jetstream.unread import MAX_TTL_S, STALE_TTL_S, unread_ttl_s
 from pinrelay.testing.wait import wait_until_async
 from tests.natsproc import NatsCluster
 
-from .conftest import jetstream_names
+from .conftest import destroy_unopened, jetstream_names
 from .test_contract import HOUR, NOW, UNKNOWN, A, B, C, add_devices, read_all
 from .test_contract_social import act
 from .test_jetstream import subject_counts
@@ -50,10 +50,7 @@ async def open_store(nats_cluster: NatsCluster, tmp_path: Path) -> AsyncIterator
     finally:
         for s in opened:
             await s.close()
-        cleanup = JetStreamStore(nats_cluster.urls, **jetstream_names(tmp_path))
-        await cleanup.open()
-        await cleanup.destroy()
-        await cleanup.close()
+        await destroy_unopened(JetStreamStore(nats_cluster.urls, **jetstream_names(tmp_path)))
 
 
 class Requests:

@@ -157,6 +157,16 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
+async def delete_streams(js: JetStreamContext, names: Sequence[str]) -> None:
+    """Delete the streams ``names`` at once (those missing are gone already)."""
+
+    async def delete(name: str) -> None:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_stream(name)
+
+    await together(*(delete(name) for name in names))
+
+
 class Prepared(NamedTuple):
     """What :meth:`Setup.run` found the streams and buckets able to do."""
 
