@@ -743,10 +743,11 @@ def run_header(module: str) -> str:
     )
 
 
-def write_section(module: str, title: str, body: str) -> Path:
-    """Rewrite the section of bench/RESULTS.md that belongs to ``module``."""
-    begin = f"<!-- BEGIN {module} -->"
-    end = f"<!-- END {module} -->"
+def write_section(module: str, title: str, body: str, key: str | None = None) -> Path:
+    """Rewrite the section of bench/RESULTS.md that belongs to ``module`` (``key``:
+    one of several sections of the same benchmark, e.g. one per store)."""
+    begin = f"<!-- BEGIN {key or module} -->"
+    end = f"<!-- END {key or module} -->"
     section = f"{begin}\n## {title}\n\n{run_header(module)}\n{body.strip()}\n{end}\n"
     text = RESULTS.read_text() if RESULTS.exists() else RESULTS_HEADER
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
@@ -773,3 +774,16 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help="first wait up to this many s for the machine to be idle (0: don't)",
     )
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+
+
+async def wait_if_asked(args: argparse.Namespace) -> None:
+    """Wait for an idle machine first if ``--wait-quiet`` asks to (:func:`add_common_args`)."""
+    if args.wait_quiet > 0:
+        await wait_machine_quiet(args.wait_quiet)
+
+
+def publish(args: argparse.Namespace, module: str, title: str, body: str) -> None:
+    """``body`` as ``module``'s section of RESULTS.md, unless ``--no-results``."""
+    if not args.no_results:
+        path = write_section(module, title, body)
+        console.print(f"wrote {path}")

@@ -16,10 +16,6 @@ difference of the medians.  ``--src`` runs the relays from another source tree
 from __future__ import annotations
 
 import argparse
-import secrets
-import shutil
-import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,17 +24,21 @@ import httpx
 from bench.common import (
     RelayProcess,
     add_common_args,
-    console,
     create_devices,
-    fmt,
     md_table,
-    percentile,
     print_table,
+    publish,
     run_main,
-    wait_machine_quiet,
-    write_section,
+    wait_if_asked,
 )
-from pinrelay.testing.natsproc import NatsCluster
+from bench.timing import (
+    TIME_HEADERS,
+    alternately,
+    median_gap,
+    on_both_stores,
+    pin_with_no_device,
+    time_cells,
+)
 
 MODULE = "bench.invite_timing"
 KINDS = ("device", "no device")
@@ -52,11 +52,8 @@ async def invite_all(relay: RelayProcess, samples: int) -> dict[str, list[float]
     times: dict[str, list[float]] = {k: [] for k in KINDS}
     async with httpx.AsyncClient(base_url=relay.url, timeout=30.0) as http:
         for i, ((pin, token), (other, _)) in enumerate(zip(inviters, invitees, strict=True)):
-            nobody = secrets.token_hex(4).upper()
-            while nobody in taken:
-                nobody = secrets.token_hex(4).upper()
-            order = [("device", other), ("no device", nobody)]
-            for kind, to in order if i % 2 == 0 else order[::-1]:
+            order = [("device", other), ("no device", pin_with_no_device(taken))]
+            for kind, to in alternately(i, order):
                 start = time.perf_counter()
                 r = await http.post(
                     f"/v1/devices/{pin}/contacts",
@@ -69,56 +66,20 @@ async def invite_all(relay: RelayProcess, samples: int) -> dict[str, list[float]
 
 
 async def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    directory = Path(tempfile.mkdtemp(prefix="pinrelay-bench-invite-"))
-    logs = directory / "logs"
-    logs.mkdir()
+    async def probe(relay: RelayProcess) -> dict[str, list[float]]:
+        return await invite_all(relay, args.samples)
+
     limits = ["--invites-per-hour", "1000"]
-    out: dict[str, dict[str, list[float]]] = {}
-    relay = RelayProcess(logs, name="sqlite", extra=limits)
-    relay.src = args.src
-    try:
-        await relay.start()
-        out["SQLite, one relay"] = await invite_all(relay, args.samples)
-    finally:
-        relay.stop()
-        relay.remove_data()
-    cluster = NatsCluster(directory / "nats", 3, cluster_name="invite")
-    try:
-        cluster.launch()
-        await cluster.wait_ready_async(30, started=True)
-        store = ["--store", ",".join(cluster.urls), "--node-id", "invite-a"]
-        relay = RelayProcess(logs, name="cluster", extra=[*store, *limits])
-        relay.src = args.src
-        try:
-            await relay.start(60)
-            out["JetStream, 3 nodes"] = await invite_all(relay, args.samples)
-        finally:
-            relay.stop()
-            relay.remove_data()
-    finally:
-        cluster.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-    return out
+    return await on_both_stores("invite", probe, extra=limits, src=args.src)
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]]) -> str:
-    headers = ["store", "to", "invitations", "p50 ms", "p99 ms", "mean ms"]
+    headers = ["store", "to", "invitations", *TIME_HEADERS]
     rows: list[list[str]] = []
     gaps: list[str] = []
     for store, times in results.items():
-        for kind in KINDS:
-            t = sorted(times[kind])
-            rows.append(
-                [
-                    store,
-                    kind,
-                    str(len(t)),
-                    fmt(percentile(t, 50), 2),
-                    fmt(percentile(t, 99), 2),
-                    fmt(statistics.fmean(t), 2),
-                ]
-            )
-        gap = statistics.median(times["device"]) - statistics.median(times["no device"])
+        rows += [[store, kind, *time_cells(times[kind])] for kind in KINDS]
+        gap = median_gap(times["device"], times["no device"])
         gaps.append(f"{store}: {gap:+.2f} ms")
     print_table("Invitation answer time", headers, rows)
     source = f" Relays run from `{args.src}`." if args.src else ""
@@ -144,15 +105,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.wait_quiet > 0:
-        await wait_machine_quiet(args.wait_quiet)
-    results = await measure(args)
-    body = report(args, results)
-    if not args.no_results:
-        title = "Invitation timing, device vs no device (bench.invite_timing)" + args.title
-        key = f"{MODULE} {args.title.strip()}" if args.title.strip() else MODULE
-        path = write_section(key, title, body)
-        console.print(f"wrote {path}")
+    await wait_if_asked(args)
+    body = report(args, await measure(args))
+    title = "Invitation timing, device vs no device (bench.invite_timing)" + args.title
+    key = f"{MODULE} {args.title.strip()}" if args.title.strip() else MODULE
+    publish(args, key, title, body)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,8 @@ class Generator:
         self.acks = 0
         self.pings = 0
         self.complete_t = 0.0
+        #: time.time() when the first msg was read (0: none yet).
+        self.first_t = 0.0
         self.latencies: dict[int, list[float]] = {}
         self.links: list[Link] = []
         self.done = asyncio.Event()
@@ -110,13 +112,15 @@ class Generator:
         kind = frame.type
         if kind == "msg":
             self.received += 1
+            if self.received == 1:
+                self.first_t = time.time()
             if self.mode == "latency":
                 probe = _probe_decoder.decode(frame.data)
                 if probe.p >= 1:
                     self.latencies.setdefault(probe.p, []).append(time.time() - probe.t)
             if self.expect and self.received == self.expect:
                 self.complete_t = time.time()
-                emit("complete", t=self.complete_t, received=self.received)
+                emit("complete", t=self.complete_t, first_t=self.first_t, received=self.received)
             return frame.cursor
         if kind == "welcome":
             link.welcome()

@@ -32,10 +32,10 @@ from bench.common import (
     md_table,
     percentile,
     print_table,
+    publish,
     run_dir,
     run_main,
-    wait_machine_quiet,
-    write_section,
+    wait_if_asked,
 )
 from bench.rawhttp import Connection
 
@@ -222,14 +222,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.wait_quiet > 0:
-        await wait_machine_quiet(args.wait_quiet)
+    await wait_if_asked(args)
     body = report(args, await measure(args))
     if args.note:
         body += f"\n{args.note}\n"
-    if not args.no_results:
-        path = write_section(MODULE, TITLE, body)
-        console.print(f"wrote {path}")
+    publish(args, MODULE, TITLE, body)
 
 
 if __name__ == "__main__":

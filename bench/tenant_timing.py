@@ -15,32 +15,32 @@ read); p50/p99 per kind and the difference of the medians.
 from __future__ import annotations
 
 import argparse
-import secrets
-import shutil
-import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 
 from bench.common import (
     RelayProcess,
     add_common_args,
-    console,
-    fmt,
     md_table,
-    percentile,
     print_table,
+    publish,
     run_main,
-    wait_machine_quiet,
-    write_section,
+    wait_if_asked,
 )
-from pinrelay.testing.natsproc import NatsCluster
+from bench.timing import (
+    TIME_HEADERS,
+    alternately,
+    median_gap,
+    on_both_stores,
+    pin_with_no_device,
+    time_cells,
+)
 
 MODULE = "bench.tenant_timing"
 KINDS = ("another tenant's", "no device")
 CALLS = ("push", "show")
+TITLE = "Tenant isolation timing, another tenant's device vs none (bench.tenant_timing)"
 
 
 async def _tenant(http: httpx.AsyncClient, name: str) -> tuple[str, dict[str, str]]:
@@ -72,11 +72,8 @@ async def probe_all(relay: RelayProcess, samples: int) -> dict[str, dict[str, li
         show = {"Authorization": f"Bearer {b_keys['devices']}"}
         body = {"data": {"n": 1}, "ttl": 60}
         for i, pin in enumerate(pins):
-            nobody = secrets.token_hex(4).upper()
-            while nobody in taken:
-                nobody = secrets.token_hex(4).upper()
-            order = [(KINDS[0], pin), (KINDS[1], nobody)]
-            for kind, to in order if i % 2 == 0 else order[::-1]:
+            order = [(KINDS[0], pin), (KINDS[1], pin_with_no_device(taken))]
+            for kind, to in alternately(i, order):
                 start = time.perf_counter()
                 r = await http.post(f"/v1/devices/{to}/messages", json=body, headers=push)
                 times["push"][kind].append((time.perf_counter() - start) * 1000)
@@ -89,55 +86,20 @@ async def probe_all(relay: RelayProcess, samples: int) -> dict[str, dict[str, li
 
 
 async def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, list[float]]]]:
-    directory = Path(tempfile.mkdtemp(prefix="pinrelay-bench-tenant-"))
-    logs = directory / "logs"
-    logs.mkdir()
-    out: dict[str, dict[str, dict[str, list[float]]]] = {}
-    relay = RelayProcess(logs, name="sqlite")
-    try:
-        await relay.start()
-        out["SQLite, one relay"] = await probe_all(relay, args.samples)
-    finally:
-        relay.stop()
-        relay.remove_data()
-    cluster = NatsCluster(directory / "nats", 3, cluster_name="tenants")
-    try:
-        cluster.launch()
-        await cluster.wait_ready_async(30, started=True)
-        store = ["--store", ",".join(cluster.urls), "--node-id", "tenant-a"]
-        relay = RelayProcess(logs, name="cluster", extra=store)
-        try:
-            await relay.start(60)
-            out["JetStream, 3 nodes"] = await probe_all(relay, args.samples)
-        finally:
-            relay.stop()
-            relay.remove_data()
-    finally:
-        cluster.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-    return out
+    async def probe(relay: RelayProcess) -> dict[str, dict[str, list[float]]]:
+        return await probe_all(relay, args.samples)
+
+    return await on_both_stores("tenant", probe)
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, dict[str, list[float]]]]) -> str:
-    headers = ["store", "call", "to", "calls", "p50 ms", "p99 ms", "mean ms"]
+    headers = ["store", "call", "to", "calls", *TIME_HEADERS]
     rows: list[list[str]] = []
     gaps: list[str] = []
     for store, per_call in results.items():
         for call, times in per_call.items():
-            for kind in KINDS:
-                t = sorted(times[kind])
-                rows.append(
-                    [
-                        store,
-                        call,
-                        kind,
-                        str(len(t)),
-                        fmt(percentile(t, 50), 2),
-                        fmt(percentile(t, 99), 2),
-                        fmt(statistics.fmean(t), 2),
-                    ]
-                )
-            gap = statistics.median(times[KINDS[0]]) - statistics.median(times[KINDS[1]])
+            rows += [[store, call, kind, *time_cells(times[kind])] for kind in KINDS]
+            gap = median_gap(times[KINDS[0]], times[KINDS[1]])
             gaps.append(f"{store}, {call}: {gap:+.3f} ms")
     print_table("Another tenant's device vs no device", headers, rows)
     return (
@@ -160,13 +122,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.wait_quiet > 0:
-        await wait_machine_quiet(args.wait_quiet)
+    await wait_if_asked(args)
     body = report(args, await measure(args))
-    if not args.no_results:
-        title = "Tenant isolation timing, another tenant's device vs none (bench.tenant_timing)"
-        path = write_section(MODULE, title, body)
-        console.print(f"wrote {path}")
+    publish(args, MODULE, TITLE, body)
 
 
 if __name__ == "__main__":

@@ -8,38 +8,13 @@ for a relay on the cluster store.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-SCRIPT = """
-import importlib, json, sys
-modules, absent = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-for name in modules:
-    importlib.import_module(name)
-print(json.dumps(sorted(m for m in absent if m in sys.modules)))
-"""
+from tests.freshimports import modules_after
 
 
 def loaded(modules: list[str], absent: list[str]) -> list[str]:
     """Which of ``absent`` a fresh interpreter holds after importing ``modules``."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(modules), json.dumps(absent)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result: list[str] = json.loads(proc.stdout)
-    return result
+    held = set(modules_after(modules))
+    return sorted(m for m in absent if m in held)
 
 
 def test_the_cli_module_loads_no_client_sdk() -> None:

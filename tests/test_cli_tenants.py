@@ -73,6 +73,7 @@ def test_a_device_exports_and_moves_to_another_tenant(relay: RelayProc, tmp_path
     )
     doc = json.loads(file.read_text())
     assert doc["device"]["tenant"] == old and len(doc["messages"]) == 3
+    assert file.stat().st_mode & 0o777 == 0o600  # its messages and secrets: private
 
     one_line_error(run("device", "move", pin, *common), "--to")
     asked = run("device", "move", pin, "--to", new, *common, "--json")

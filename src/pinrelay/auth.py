@@ -52,9 +52,11 @@ class KeyPrincipal:
     def relay_admin(self) -> bool:
         return self.tenant is None
 
-    def reaches(self, device: Device, grants: tuple[str, ...] | list[str] = ()) -> bool:
-        """Whether this key may act on ``device`` (its tenant's, or granted it)."""
-        return may_reach(self.tenant, device.tenant, grants)
+    def reaches(self, device: Device) -> bool:
+        """Whether this key may act on ``device``: its own tenant's (the relay's admin
+        key: any).  A grant does not count: grants are for pushes only, which the
+        store judges (Store.append)."""
+        return may_reach(self.tenant, device.tenant)
 
 
 @dataclass(frozen=True, slots=True)

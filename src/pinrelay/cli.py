@@ -20,6 +20,7 @@ from pinrelay import (
     __version__,
     cli_channels,
     cli_chat,
+    cli_incidents,
     cli_portability,
     cli_serve,
     cli_tenants,
@@ -28,12 +29,15 @@ from pinrelay import (
 from pinrelay.cli_common import (
     DEFAULT_URL,
     JsonOpt,
+    KeyOpt,
     PinArg,
     UrlOpt,
+    admin_key,
     err,
     fail,
     link_reporter,
     out,
+    relay_client,
 )
 from pinrelay.cli_common import call as _call
 from pinrelay.cli_common import pin_arg as _pin_arg
@@ -60,26 +64,16 @@ app.add_typer(key_app, name="key", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster", no_args_is_help=True)
 cli_serve.register(app)  # first in --help
 
-KeyOpt = cli_tenants.KeyOpt
-
-
-def _key(key: str | None) -> str:
-    return cli_tenants.admin_key(key)
-
 
 def _client(url: str, key: str | None) -> RelayClient:
-    from pinrelay.client.http import RelayClient
-
-    return RelayClient(url, _key(key))
+    return relay_client(url, admin_key(key))
 
 
 # --- info -----------------------------------------------------------------------
 @app.command()
 def info(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Show a relay's version and link URLs (no key needed)."""
-    from pinrelay.client.http import RelayClient
-
-    result = _call(RelayClient(url).info)
+    result = _call(relay_client(url).info)
     _print_json(result) if as_json else _print_record(result)
 
 
@@ -501,6 +495,8 @@ cli_webpush.register(app)
 # --- tenants: tenant create|list|show|suspend|resume|quota|delete|key, device grant
 cli_tenants.register(app, device_app)
 cli_channels.register(app, device_app)
+# --- incidents: incident open|update|resolve|list|show (cli_incidents.py) ------
+cli_incidents.register(app)
 # --- portability: device export|move, tenant accept (cli_portability.py) --------
 cli_portability.register(device_app)
 

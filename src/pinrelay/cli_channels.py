@@ -18,15 +18,17 @@ from rich.markup import escape
 from pinrelay.cli_common import (
     DEFAULT_URL,
     JsonOpt,
+    KeyOpt,
     PinArg,
     UrlOpt,
+    admin_key,
     call,
     fail,
     out,
     print_json,
     print_record,
 )
-from pinrelay.cli_tenants import KeyOpt, admin_key, client
+from pinrelay.cli_common import relay_client as client
 
 channel_app = typer.Typer(help="Publish channels and broadcast to their members (a tenant's key).")
 

@@ -9,10 +9,12 @@ stderr and a non-zero exit (:func:`fail`).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -23,6 +25,7 @@ from pinrelay.core.ids import is_pin
 
 if TYPE_CHECKING:
     from pinrelay.client.device import LinkEvent, Listening
+    from pinrelay.client.http import RelayClient
 
 # The CLI imports what a command needs when it runs (rich's tables, httpx, the link
 # SDK): every `pinrelay` process, a relay's too, pays for its imports at start-up.
@@ -33,6 +36,15 @@ err = Console(stderr=True)
 DEFAULT_URL = "http://127.0.0.1:7780"
 UrlOpt = Annotated[str, typer.Option("--url", envvar="PINRELAY_URL", help="The relay's HTTP API.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        envvar="PINRELAY_KEY",
+        help="API key; default: $PINRELAY_ADMIN_KEY, else ./data/admin.key.",
+        show_default=False,
+    ),
+]
 
 T = TypeVar("T")
 
@@ -40,6 +52,27 @@ T = TypeVar("T")
 def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def admin_key(key: str | None) -> str:
+    """The key a command uses: ``--key``/$PINRELAY_KEY, $PINRELAY_ADMIN_KEY, or the
+    one ``pinrelay serve`` wrote to ./data/admin.key."""
+    if key:
+        return key
+    env = os.environ.get("PINRELAY_ADMIN_KEY")
+    if env:
+        return env
+    path = Path("data") / "admin.key"
+    if path.exists():
+        return path.read_text().strip()
+    fail("no API key: pass --key, set PINRELAY_KEY, or run where data/admin.key is")
+
+
+def relay_client(url: str, secret: str | None = None) -> RelayClient:
+    """An HTTP client of the relay (httpx: imported when a command runs)."""
+    from pinrelay.client.http import RelayClient
+
+    return RelayClient(url, secret)
 
 
 def pin_arg(value: str | None) -> str | None:

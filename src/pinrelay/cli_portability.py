@@ -7,13 +7,26 @@ tenant's admin or devices key (or the relay's admin key).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pinrelay.cli_common import DEFAULT_URL, JsonOpt, PinArg, UrlOpt, call, fail, out, print_json
-from pinrelay.cli_tenants import KeyOpt, TenantArg, admin_key, client, tenant_app
+from pinrelay.cli_common import (
+    DEFAULT_URL,
+    JsonOpt,
+    KeyOpt,
+    PinArg,
+    UrlOpt,
+    admin_key,
+    call,
+    fail,
+    out,
+    print_json,
+    relay_client,
+)
+from pinrelay.cli_tenants import TenantArg, tenant_app
 
 if TYPE_CHECKING:
     from pinrelay.client.http import RelayClient
@@ -45,11 +58,13 @@ def device_export(
     as_json: JsonOpt = False,
 ) -> None:
     """Everything the relay holds about this device, undelivered messages included."""
-    with client(url, token) as c:
+    with relay_client(url, token) as c:
         doc = export_all(c, pin)
     if to is not None:
-        try:
-            to.write_text(json.dumps(doc, indent=2) + "\n")
+        try:  # 0600 when made: it holds the messages and the subscriptions' secrets
+            fd = os.open(to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(doc, indent=2) + "\n")
         except OSError as exc:
             fail(f"cannot write {to}: {exc.strerror}")
     if as_json:
@@ -79,7 +94,7 @@ def device_move(
     """Ask to move this device to another tenant, or withdraw the request."""
     if (to is None) == (not withdraw):
         fail("give --to TENANT, or --withdraw")
-    with client(url, token) as c:
+    with relay_client(url, token) as c:
         if withdraw:
             call(c.request, "DELETE", f"/v1/devices/{pin}/move")
             result: dict[str, Any] = {"pin": pin, "withdrawn": True}
@@ -104,7 +119,7 @@ def tenant_accept(
     as_json: JsonOpt = False,
 ) -> None:
     """Accept a device's request to move to this tenant."""
-    with client(url, admin_key(key)) as c:
+    with relay_client(url, admin_key(key)) as c:
         result = call(c.request, "POST", f"/v1/tenants/{tenant}/moves/{pin}/accept")
     if as_json:
         print_json(result)

@@ -7,8 +7,6 @@ own tenant.  A grant is made with the device's own token.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -17,13 +15,16 @@ from rich.markup import escape
 from pinrelay.cli_common import (
     DEFAULT_URL,
     JsonOpt,
+    KeyOpt,
     PinArg,
     UrlOpt,
+    admin_key,
     call,
     fail,
     out,
     print_json,
     print_record,
+    relay_client,
 )
 
 if TYPE_CHECKING:
@@ -31,42 +32,12 @@ if TYPE_CHECKING:
 
 tenant_app = typer.Typer(help="Create, list, show, suspend and delete tenants (the admin key).")
 
-KeyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--key",
-        envvar="PINRELAY_KEY",
-        help="API key; default: $PINRELAY_ADMIN_KEY, else ./data/admin.key.",
-        show_default=False,
-    ),
-]
 TenantArg = Annotated[str, typer.Argument(metavar="TENANT", help="The tenant's id.")]
 SCOPES = ("push", "devices", "broadcast", "admin")
 
 
-def admin_key(key: str | None) -> str:
-    """The key a command uses: ``--key``/$PINRELAY_KEY, $PINRELAY_ADMIN_KEY, or the
-    one ``pinrelay serve`` wrote to ./data/admin.key."""
-    if key:
-        return key
-    env = os.environ.get("PINRELAY_ADMIN_KEY")
-    if env:
-        return env
-    path = Path("data") / "admin.key"
-    if path.exists():
-        return path.read_text().strip()
-    fail("no API key: pass --key, set PINRELAY_KEY, or run where data/admin.key is")
-
-
 def _client(url: str, key: str | None) -> RelayClient:
-    return client(url, admin_key(key))
-
-
-def client(url: str, secret: str) -> RelayClient:
-    """An HTTP client of the relay (imported when a command runs: cli_common says why)."""
-    from pinrelay.client.http import RelayClient
-
-    return RelayClient(url, secret)
+    return relay_client(url, admin_key(key))
 
 
 def _quotas(
@@ -76,8 +47,13 @@ def _quotas(
     stored: int | None,
     links: int | None,
 ) -> dict[str, Any]:
-    given = {"devices": devices, "rate": rate, "burst": burst, "stored_bytes": stored}
-    given["links"] = links
+    given = {
+        "devices": devices,
+        "rate": rate,
+        "burst": burst,
+        "stored_bytes": stored,
+        "links": links,
+    }
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -87,7 +63,8 @@ RateOpt = Annotated[
 ]
 BurstOpt = Annotated[int | None, typer.Option("--burst", help="Messages at once.", min=1)]
 StoredOpt = Annotated[
-    int | None, typer.Option("--stored-bytes", help="Bytes of undelivered messages.", min=0)
+    int | None,
+    typer.Option("--stored-bytes", help="Bytes of undelivered messages its keys stored.", min=0),
 ]
 LinksOpt = Annotated[int | None, typer.Option("--links", help="Links at once.", min=0)]
 
@@ -229,7 +206,7 @@ def device_grant(
     as_json: JsonOpt = False,
 ) -> None:
     """Let another tenant push to this device, or stop it (the device's token)."""
-    with client(url, token) as c:
+    with relay_client(url, token) as c:
         if revoke:
             call(c.request, "DELETE", f"/v1/devices/{pin}/grants/{tenant}")
         else:

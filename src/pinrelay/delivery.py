@@ -19,6 +19,7 @@ import msgspec
 from pinrelay.core import frames, strictjson
 from pinrelay.core.chat import Delivered, delivered
 from pinrelay.core.errors import ErrorCode, RemoteProtocolError
+from pinrelay.core.ledger import COUNTED
 from pinrelay.core.model import StoredMessage
 from pinrelay.core.timefmt import rfc3339
 from pinrelay.core.webpush import receipt_wanted
@@ -33,6 +34,9 @@ Clock = Callable[[], float]
 OnAcked = Callable[[str, Sequence[Delivered]], Awaitable[None]]
 #: Told of the id of each tracked message sent to the device (a broadcast's, counted).
 OnSent = Callable[[str], None]
+#: Told of the (bytes, expiry) of each counted message acknowledged (the tenant's
+#: stored_bytes ledger, pinrelay/storedbytes.py).
+OnGone = Callable[[list[tuple[int, int]]], None]
 #: Messages read per step when an ack covers messages this delivery did not send.
 SETTLE_PAGE = 256
 
@@ -207,6 +211,7 @@ class Delivery:
         on_acked: OnAcked | None = None,
         on_broken: Callable[[], None] | None = None,
         on_sent: OnSent | None = None,
+        on_gone: OnGone | None = None,
     ) -> None:
         self.store = store
         self.pin = pin
@@ -234,6 +239,10 @@ class Delivery:
         #: messages come again (with their receipts) rather than be acked without.
         self._on_broken = on_broken
         self._on_sent = on_sent
+        #: Told of the (bytes, expiry) of counted messages acknowledged (the ledger).
+        self._on_gone = on_gone
+        #: Counted messages sent and not acknowledged yet: (cursor, bytes, expiry).
+        self._counted: deque[tuple[int, int, int]] = deque()
 
     def wake(self, fresh: list[StoredMessage] | None = None) -> None:
         """Messages were stored (``fresh``: just committed, in cursor order, with no
@@ -293,6 +302,10 @@ class Delivery:
             self._pump_task = None
 
     def _track(self, batch: list[StoredMessage]) -> None:
+        if self._on_gone is not None:
+            for message in batch:
+                if message.kind in COUNTED:
+                    self._counted.append((message.cursor, len(message.data), message.expires_at_ms))
         if self._on_acked is not None:
             for message in batch:
                 if (chat := tracked(message)) is not None:
@@ -306,6 +319,13 @@ class Delivery:
         if not self.window.ack(cursor):
             return
         self._metrics.acked.inc(in_flight - self.window.in_flight)
+        counted = self._counted
+        if counted and counted[0][0] <= cursor and self._on_gone is not None:
+            gone: list[tuple[int, int]] = []
+            while counted and counted[0][0] <= cursor:
+                _, nbytes, expires_ms = counted.popleft()
+                gone.append((nbytes, expires_ms))
+            self._on_gone(gone)
         chats = self._chats
         covered: list[Delivered] = []
         while chats and chats[0].cursor <= cursor:

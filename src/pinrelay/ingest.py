@@ -65,7 +65,10 @@ class Ingest:
         clock: Callable[[], float],
         limits: Limits,
         metrics: Metrics,
+        on_stored: Callable[[str, Sequence[NewMessage]], None] | None = None,
     ) -> None:
+        #: Told of what a tenant's keys stored (its stored_bytes quota's ledger).
+        self.on_stored = on_stored
         self.store = store
         self.router = router
         self.clock = clock
@@ -104,12 +107,14 @@ class Ingest:
         return results
 
     async def _reachable(self, pin: str, tenant: str | None) -> bool:
+        """Whether ``pin`` is a device ``tenant`` may push to (None: any device).
+        Another tenant's device and a PIN with no device cost the same two reads, so
+        the answer's timing does not tell them apart either (PROTOCOL "Tenants")."""
         device = await self.store.get_device(pin)
-        if device is None:
-            return False
-        if tenant is None or device.tenant == tenant:
-            return True
-        return tenant in await self.store.grants_of(pin)
+        if tenant is None or (device is not None and device.tenant == tenant):
+            return device is not None
+        grants = await self.store.grants_of(pin)  # [] for no device, read all the same
+        return device is not None and tenant in grants
 
     async def accept_once(
         self,
@@ -140,6 +145,13 @@ class Ingest:
         results, replay = await self.store.append(batch, idem, tenant)
         if not replay:
             self._wake(results, built)
+            if tenant is not None and self.on_stored is not None:
+                stored = [
+                    m
+                    for r in results
+                    if isinstance(r, Accepted) and (m := built.get((r.pin, r.id))) is not None
+                ]
+                self.on_stored(tenant, stored)
         return results, replay
 
     async def contact(

@@ -33,6 +33,7 @@ from pinrelay.router.base import Router
 from pinrelay.router.local import LocalRouter
 from pinrelay.store.base import Store
 from pinrelay.store.sqlite import SqliteStore
+from pinrelay.storedbytes import StoredBytesQuota
 from pinrelay.webpush import WebPush
 
 log = logging.getLogger("pinrelay")
@@ -96,7 +97,16 @@ class Relay:
             )
         #: Tenants' rate quotas on this relay (core/quotas.py).
         self.rates = RateBuckets()
-        self.ingest = Ingest(self.store, self.router, clock, config.limits, self.metrics)
+        #: The stored_bytes quota's ledger (core/ledger.py).
+        self.stored_bytes = StoredBytesQuota(self.store, config.node, clock)
+        self.ingest = Ingest(
+            self.store,
+            self.router,
+            clock,
+            config.limits,
+            self.metrics,
+            on_stored=self.stored_bytes.stored,
+        )
         self.chat = Chat(self.ingest, clock, config.chat)
         self.webpush = WebPush(self.ingest, clock, config.push_origin, config.webpush)
         self.matrix = MatrixGateway(self.webpush)
@@ -139,6 +149,7 @@ class Relay:
             webpush=self.webpush,
             on_acked=self.acked,
             on_sent=self.broadcaster.sent,
+            on_gone=self.stored_bytes.acked,
         )
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -181,6 +192,7 @@ class Relay:
             self._sweeper = loop.create_task(self._sweep_forever())
         await self.link.start(self.config.host, self.config.link_port)
         self.broadcaster.start()
+        await self.stored_bytes.start()
         self.ready = True
 
     async def _watch_store(self) -> None:
@@ -241,6 +253,7 @@ class Relay:
         alternates = [u for u in self.link_urls if u != self.config.link_url]
         await self.link.drain("shutdown", alternates)
         await self.broadcaster.stop()
+        await self.stored_bytes.stop()
         await self.router.stop()
         await self.link.close()
         await self.store.close()

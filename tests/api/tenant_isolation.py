@@ -1,7 +1,7 @@
 """Tenant isolation generated from the relay's own OpenAPI document (issue 15).
 
-Tenant A gets devices, keys of every scope, a subscription, a group, a channel and
-a broadcast; tenant B
+Tenant A gets devices, keys of every scope, a subscription, a group, a channel,
+a broadcast and an incident that affects it only; tenant B
 gets a key of every scope.  Every operation in ``/openapi.json`` is called with
 each of B's keys twice: once naming A's objects (path parameters, PINs and tenant
 ids in the body) and once naming ids that do not exist.  The two answers must be
@@ -36,6 +36,7 @@ PATTERNS = {
     "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$": "hello",
     "^B[A-Za-z0-9_-]{86}=?$": P256,
     "^[A-Za-z0-9_-]{22}(==)?$": AUTH,
+    "^I[0-9A-HJKMNP-TV-Z]{12}$": "I000000000000",
 }
 SCOPES = ("push", "devices", "broadcast", "admin")
 
@@ -83,6 +84,7 @@ class Ids:
     group: str
     channel: str
     broadcast: str
+    incident: str
     swaps: dict[str, str] = field(default_factory=dict)
 
     def path(self, template: str) -> str:
@@ -96,6 +98,7 @@ class Ids:
             "group": self.group,
             "channel": self.channel,
             "broadcast": self.broadcast,
+            "incident": self.incident,
             "class": "marketing",
             "message": "01JDZZZZZZZZZZZZZZZZZZZZZZ",
         }
@@ -125,6 +128,7 @@ NOBODY = Ids(
     group="G000000000000",
     channel="C000000000000",
     broadcast="01JDZZZZZZZZZZZZZZZZZZZZZY",
+    incident="I000000000000",
 )
 
 
@@ -171,7 +175,7 @@ def _send(
 
 
 def _swapped(text: str, mine: Ids) -> str:
-    for field_name in ("pin", "other", "key_id", "tenant", "sub", "group", "channel", "broadcast"):
+    for field_name in ids_fields():
         text = text.replace(getattr(mine, field_name), getattr(NOBODY, field_name))
     return text
 
@@ -210,6 +214,12 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
             headers=a_broadcast,
         )
         assert cast.status_code == 201, cast.text
+        # An incident affecting A only: B's admin key reads it as one that does not exist.
+        incident = setup.post(
+            "/v1/incidents",
+            json={"component": "store", "severity": "minor", "text": "A", "tenants": [a_id]},
+        )
+        assert incident.status_code == 201, incident.text
         mine = Ids(
             pin=pin,
             other=devices[1]["pin"],
@@ -219,6 +229,7 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
             group=group.json()["group"],
             channel=channel.json()["id"],
             broadcast=cast.json()["id"],
+            incident=incident.json()["id"],
         )
         compared = 0
         for path, operations in document["paths"].items():
@@ -271,7 +282,13 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
         assert pushed.status_code == 201, pushed.text
         shown = http.get(f"/v1/channels/{mine.channel}", headers=a_broadcast)
         assert shown.status_code == 200, shown.text
+        seen = http.get(f"/v1/incidents/{mine.incident}", headers=a_admin)
+        assert seen.status_code == 200 and seen.json()["state"] == "open", seen.text
         return compared
+
+
+def ids_fields() -> tuple[str, ...]:
+    return ("pin", "other", "key_id", "tenant", "sub", "group", "channel", "broadcast", "incident")
 
 
 def ids_of(ids: Ids) -> list[str]:
@@ -284,4 +301,5 @@ def ids_of(ids: Ids) -> list[str]:
         ids.group,
         ids.channel,
         ids.broadcast,
+        ids.incident,
     ]

@@ -199,3 +199,45 @@ async def test_a_tenant_over_its_links_quota_is_refused_on_the_link(
     ws2 = await wait_until_async(linked, 10, 0.1, "a closed link's place was not given back")
     await ws2.close()
     await ws3.close()
+
+
+async def test_stored_bytes_refuse_past_the_quota_until_the_device_acks(
+    admin: httpx.Client, relay: RelayProc
+) -> None:
+    """Ten 100-byte pushes fill a 1,000-byte quota; the eleventh (and a batch that
+    would pass it) gets 429 naming stored_bytes with nothing stored; once the device
+    acknowledges its backlog, pushes are taken again.  Another tenant is untouched."""
+    full = Tenant(admin, "full", stored_bytes=1000)
+    other = Tenant(admin, "roomy", stored_bytes=1000)
+    device, other_pin = full.device(), other.device()["pin"]
+    pin = device["pin"]
+    body = b'{"data":"' + b"x" * 98 + b'","ttl":600}'  # data: 100 bytes, as sent
+    headers = {"Content-Type": "application/json"}
+    with full.client("push") as push, other.client("push") as push_other:
+        for _ in range(10):
+            r = push.post(f"/v1/devices/{pin}/messages", content=body, headers=headers)
+            assert r.status_code == 201, r.text
+        refused = push.post(f"/v1/devices/{pin}/messages", content=body, headers=headers)
+        assert_over(refused, full, "stored_bytes")
+        batch = {"messages": [{"to": pin, "data": 1, "ttl": 60}]}
+        assert_over(push.post("/v1/messages", json=batch), full, "stored_bytes")
+        assert backlog(admin, pin) == 10
+        r = push_other.post(f"/v1/devices/{other_pin}/messages", content=body, headers=headers)
+        assert r.status_code == 201, r.text
+
+        ws, _ = await link(relay, device)
+        try:
+            got = [await recv(ws) for _ in range(10)]
+            assert all(isinstance(m, frames.Msg) for m in got)
+            await send(
+                ws, frames.Ack(cursor=max(m.cursor for m in got if isinstance(m, frames.Msg)))
+            )
+
+            def taken() -> bool:
+                again = push.post(f"/v1/devices/{pin}/messages", content=body, headers=headers)
+                assert again.status_code in (201, 429), again.text
+                return again.status_code == 201
+
+            await wait_until_async(taken, timeout=15, message="a push after the ack")
+        finally:
+            await ws.close()

@@ -20,6 +20,7 @@ from tests.api.test_quotas import (
     test_a_tenant_over_its_links_quota_is_refused_on_the_link,
     test_a_tenant_over_its_rate_gets_429_and_nothing_is_stored,
     test_quotas_changed_later_apply_to_what_exists,
+    test_stored_bytes_refuse_past_the_quota_until_the_device_acks,
     test_the_devices_quota_holds_under_concurrent_creates,
 )
 from tests.clusterrelay import nats_cluster, relay
@@ -35,6 +36,7 @@ __all__ = [
     "test_a_tenant_over_its_rate_gets_429_and_nothing_is_stored",
     "test_quotas_changed_later_apply_to_what_exists",
     "test_relays_racing_to_create_devices_stop_at_the_quota",
+    "test_stored_bytes_refuse_past_the_quota_until_the_device_acks",
     "test_the_devices_quota_holds_under_concurrent_creates",
 ]
 

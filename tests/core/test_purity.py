@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-SRC = Path(__file__).resolve().parents[2] / "src"
+from tests.freshimports import SRC, modules_after
 
 #: Imported explicitly; any other module found in src/pinrelay/core is checked too.
 CORE_MODULES = [
@@ -24,17 +18,6 @@ CORE_MODULES = [
 ]
 FORBIDDEN = ["asyncio", "sqlite3", "socket", "starlette", "uvicorn", "websockets", "nats"]
 
-SCRIPT = """
-import importlib, json, sys
-modules, forbidden = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-for name in modules:
-    importlib.import_module(name)
-loaded = sorted(
-    m for m in sys.modules if any(m == f or m.startswith(f + ".") for f in forbidden)
-)
-print(json.dumps({"loaded": loaded, "imported": [m for m in modules if m in sys.modules]}))
-"""
-
 
 def all_core_modules() -> list[str]:
     core = SRC / "pinrelay" / "core"
@@ -44,20 +27,10 @@ def all_core_modules() -> list[str]:
 
 def test_core_imports_no_io_modules() -> None:
     modules = all_core_modules()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(modules), json.dumps(FORBIDDEN)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    assert result["imported"] == modules
-    assert result["loaded"] == [], f"pinrelay.core pulled in {result['loaded']}"
+    held = modules_after(modules)
+    loaded = [m for m in held if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
+    assert [m for m in modules if m in held] == modules
+    assert loaded == [], f"pinrelay.core pulled in {loaded}"
 
 
 def test_listed_modules_exist() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pinrelay.core.errors import ErrorCode, LimitExceeded
-from pinrelay.core.quotas import LinkCounts, QuotaExceeded, RateBuckets
+from pinrelay.core.quotas import MAX_RETRY_AFTER_S, LinkCounts, QuotaExceeded, RateBuckets
 from pinrelay.core.tenants import Quotas
 
 
@@ -50,6 +50,32 @@ def test_a_cluster_share_divides_rate_and_burst() -> None:
         buckets.take("t", quotas, 1, now=0.0, share=3)
     assert over.value.retry_after == pytest.approx(0.1)  # 10 a second here
     assert "quota of 30 messages a second" in over.value.detail
+
+
+def test_a_share_of_the_burst_holds_one_message_at_least() -> None:
+    # Regression: 1 a second (burst 1) on 2 relays made buckets of half a message
+    # each, which refused every push, however long the tenant waited.
+    buckets = RateBuckets()
+    quotas = Quotas(rate=1.0)
+    buckets.take("t", quotas, 1, now=0.0, share=2)
+    with pytest.raises(QuotaExceeded) as over:
+        buckets.take("t", quotas, 1, now=0.0, share=2)
+    assert over.value.retry_after == pytest.approx(2.0)  # half a message a second here
+    buckets.take("t", quotas, 1, now=2.0, share=2)
+    with pytest.raises(LimitExceeded):
+        buckets.take("t", quotas, 2, now=100.0, share=2)
+
+
+@pytest.mark.parametrize("share", [1, 2])
+def test_a_rate_near_zero_names_a_finite_wait(share: int) -> None:
+    # Regression: 5e-324 a second gave an infinite Retry-After (a 500 when the
+    # header was written) and, halved on a cluster, a division by zero.
+    buckets = RateBuckets()
+    quotas = Quotas(rate=5e-324)
+    buckets.take("t", quotas, 1, now=0.0, share=share)
+    with pytest.raises(QuotaExceeded) as over:
+        buckets.take("t", quotas, 1, now=0.0, share=share)
+    assert over.value.retry_after == MAX_RETRY_AFTER_S
 
 
 def test_link_counts_count_devices_not_links() -> None:

@@ -217,3 +217,12 @@ async def test_the_audit_log_pages_newest_first_per_tenant(store: Store, reopen:
     assert await other.audit(T1, mine[1].at_ms, 3) == mine[2:5]
     assert await other.audit(None, None, 100) == list(reversed(entries))
     assert await other.audit("cccccccccccc", None, 100) == []
+
+
+async def test_each_relays_ledger_is_kept_and_replaced(store: Store, reopen: Reopen) -> None:
+    assert await store.ledgers() == {}
+    await store.put_ledger("n1", {T1: {100: 40, 101: -5}})
+    await store.put_ledger("n2", {T2: {100: 7}})
+    await store.put_ledger("n1", {T1: {101: 10}})
+    other = await elsewhere(store, reopen)
+    assert await other.ledgers() == {"n1": {T1: {101: 10}}, "n2": {T2: {100: 7}}}

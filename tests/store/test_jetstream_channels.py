@@ -14,13 +14,19 @@ import pytest
 from pinrelay.core.channels import FANOUT_PAGE, Broadcast, Channel
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.store.jetstream import JetStreamStore
-from pinrelay.store.jetstream.channels import Shard, shard_key
+from pinrelay.store.jetstream.channels import Memberships, Shard, shard_key
 
 from .test_contract import NOW, add_devices
 from .test_contract_tenants import T1, tenant
 from .test_jetstream_social import OpenStore, Requests, open_store
 
 __all__ = ["open_store"]
+#: A page's PINs over many prefixes (each one's consent read), or one (listed).
+SPREADS = pytest.mark.parametrize(
+    "pins",
+    [[f"{n:02X}0B0B0B" for n in range(30)], [f"0B{n:06X}" for n in range(30)]],
+    ids=["read", "listed"],
+)
 
 
 def channel(n: int) -> Channel:
@@ -83,11 +89,11 @@ class TestAcrossRelays:
         assert all(await asyncio.gather(*(other.join_channel(p, cid, False) for p in pins[::2])))
         assert await one.channel_members(channel(1).id, "", 100) == pins[1::2]
 
+    @SPREADS
     async def test_marketing_admissions_racing_count_each_device_once(
-        self, open_store: OpenStore
+        self, open_store: OpenStore, pins: list[str]
     ) -> None:
         one, other = await open_store(), await open_store()
-        pins = [f"{n:02X}0B0B0B" for n in range(30)]
         await add_devices(one, *pins)
         day = 20_000
         first, second = await asyncio.gather(
@@ -98,6 +104,26 @@ class TestAcrossRelays:
         # Resumed fan-outs admit the same devices again, counting nothing more.
         assert await other.admit(pins, "marketing", "M1", day, 1) == first
         assert await one.admit(pins, "marketing", "M2", day, 1) == second
+
+    @SPREADS
+    async def test_admission_honours_refusals_and_caps_however_it_reads(
+        self, open_store: OpenStore, pins: list[str]
+    ) -> None:
+        one, other = await open_store(), await open_store()
+        await add_devices(one, *pins)
+        for pin in pins[::3]:
+            assert await one.set_refusal(pin, "marketing", True)
+        for pin in pins[1::3]:
+            assert await one.set_refusal(pin, "service", True)
+        willing = [p for n, p in enumerate(pins) if n % 3 == 2]
+        assert await other.admit(pins, "service", "S1", 7, None) == [
+            p for n, p in enumerate(pins) if n % 3 != 1
+        ]
+        assert await other.admit(pins, "marketing", "M1", 7, 2) == sorted(pins[1::3] + willing)
+        assert await other.admit(pins, "marketing", "M2", 7, 2) == sorted(pins[1::3] + willing)
+        assert await one.admit(pins, "marketing", "M3", 7, 2) == []
+        assert await one.admit(pins, "marketing", "M2", 7, 2) == sorted(pins[1::3] + willing)
+        assert await one.admit(pins, "marketing", "M3", 8, 2) == sorted(pins[1::3] + willing)
 
     async def test_progress_racing_on_two_relays_never_goes_back(
         self, open_store: OpenStore
@@ -164,3 +190,40 @@ class TestLargeChannels:
         print(f"delete_channel (2,000 members): {taken}")
         assert taken["requests"] <= 8
         assert await store.channel_members(channel(1).id, "", 10) == []
+
+
+class TestHalfDone:
+    """No write spans two keys: a call that failed half-way is finished by its retry."""
+
+    async def test_a_join_that_wrote_only_the_devices_list_is_finished_by_its_retry(
+        self, open_store: OpenStore
+    ) -> None:
+        store = await open_store()
+        await store.create_tenant(tenant(T1))
+        await store.create_channel(channel(1), 10)
+        pin = "0E0E0E0E"
+        await add_devices(store, pin)
+        cid = channel(1).id
+
+        def listed(_: Memberships | None) -> Memberships:
+            return Memberships([cid])
+
+        await store.channels.memberships.change(f"d.{pin}", listed)  # the crash came here
+        assert await store.channels_of(pin) == [cid]
+        assert await store.channel_members(cid, "", 10) == []
+        assert await store.join_channel(pin, cid, True)
+        assert await store.channel_members(cid, "", 10) == [pin]
+
+    async def test_a_deletion_retried_forgets_members_left_behind(
+        self, open_store: OpenStore
+    ) -> None:
+        store = await open_store()
+        await store.create_tenant(tenant(T1))
+        await store.create_channel(channel(1), 10)
+        cid = channel(1).id
+        assert await store.delete_channel(cid, NOW)
+        await big_channel(store, cid, ["0F0F0F0F"])  # a join that raced the deletion
+        assert not await store.delete_channel(cid, NOW + 1)
+        assert await store.channel_members(cid, "", 10) == []
+        got = await store.get_channel(cid)
+        assert got is not None and got.deleted_ms == NOW

@@ -10,8 +10,7 @@ Before the change, an invitation to a device cost 2 round trips of writes in ser
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -19,35 +18,15 @@ import pytest
 from pinrelay.core.social import Action
 from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.testing.wait import wait_until_async
-from tests.natsproc import NatsCluster
 
-from .conftest import destroy_unopened, jetstream_names
 from .test_contract import NOW, A, B, C, add_devices, msg, read_all
-from .test_jetstream import subject_counts
+from .test_jetstream import OpenStore, open_store, subject_counts
 
-OpenStore = Callable[..., Awaitable[JetStreamStore]]
+__all__ = ["OpenStore", "open_store"]  # test_jetstream's fixture, shared on
+
 #: PINs that are no device.
 NOBODY, NOBODY2 = "0E0E0E0E", "0F0F0F0F"
 ATOMIC = pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "one-by-one"])
-
-
-@pytest.fixture
-async def open_store(nats_cluster: NatsCluster, tmp_path: Path) -> AsyncIterator[OpenStore]:
-    """Open JetStream stores (relays) on the session cluster, in this test's namespace."""
-    opened: list[JetStreamStore] = []
-
-    async def _open(**options: Any) -> JetStreamStore:
-        s = JetStreamStore(nats_cluster.urls, **jetstream_names(tmp_path), **options)
-        opened.append(s)
-        await s.open()
-        return s
-
-    try:
-        yield _open
-    finally:
-        for s in opened:
-            await s.close()
-        await destroy_unopened(JetStreamStore(nats_cluster.urls, **jetstream_names(tmp_path)))
 
 
 class Rounds:

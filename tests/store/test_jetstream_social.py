@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import nats.errors
@@ -22,35 +20,15 @@ from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.store.jetstream import contacts as contacts_module
 from pinrelay.store.jetstream.unread import MAX_TTL_S, STALE_TTL_S, unread_ttl_s
 from pinrelay.testing.wait import wait_until_async
-from tests.natsproc import NatsCluster
 
-from .conftest import destroy_unopened, jetstream_names
 from .test_contract import HOUR, NOW, UNKNOWN, A, B, C, add_devices, read_all
 from .test_contract_social import act
-from .test_jetstream import subject_counts
+from .test_jetstream import OpenStore, open_store, subject_counts
 
-OpenStore = Callable[..., Awaitable[JetStreamStore]]
+__all__ = ["OpenStore", "open_store"]  # test_jetstream's fixture, shared on
+
 D = "0D0D0D0D"
 ATOMIC = pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "one-by-one"])
-
-
-@pytest.fixture
-async def open_store(nats_cluster: NatsCluster, tmp_path: Path) -> AsyncIterator[OpenStore]:
-    """Open JetStream stores (relays) on the session cluster, in this test's namespace."""
-    opened: list[JetStreamStore] = []
-
-    async def _open(**options: Any) -> JetStreamStore:
-        s = JetStreamStore(nats_cluster.urls, **jetstream_names(tmp_path), **options)
-        opened.append(s)
-        await s.open()
-        return s
-
-    try:
-        yield _open
-    finally:
-        for s in opened:
-            await s.close()
-        await destroy_unopened(JetStreamStore(nats_cluster.urls, **jetstream_names(tmp_path)))
 
 
 class Requests:

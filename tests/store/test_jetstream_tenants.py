@@ -21,6 +21,7 @@ import nats
 import pytest
 from nats.js.api import StorageType, StreamConfig
 
+from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted
 from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
 from pinrelay.store.base import UNKNOWN_DEVICE, Rejected, StoreClosed
@@ -217,6 +218,28 @@ class TestAcrossRelays:
         await one.create_tenant(tenant(T2))
         await wait_until_async(lambda: seen(tenant(T2), T2), 5.0)
         assert count.taken["requests"] == 0
+
+    async def test_many_creates_of_one_tenant_at_once_all_succeed_and_count(
+        self, open_store: OpenStore
+    ) -> None:
+        """200 creates of one tenant's devices in flight on one relay and 50 on
+        another: all made (a relay's own count updates take turns; the two relays
+        race by compare-and-set), the quota then sees all 250."""
+        one, other = await open_store(), await open_store()
+        await one.create_tenant(tenant(T1))
+        pins = [f"{n:08X}" for n in range(250)]
+
+        async def create(store: JetStreamStore, pin: str) -> bool:
+            made = await store.create_device(pin, "h", None, NOW, tenant=T1, max_devices=250)
+            return made is not None
+
+        made = await asyncio.gather(
+            *(create(one if n < 200 else other, pin) for n, pin in enumerate(pins))
+        )
+        assert all(made)
+        with pytest.raises(PinrelayError) as full:
+            await one.create_device("FFFFFFFF", "h", None, NOW, tenant=T1, max_devices=250)
+        assert full.value.code is ErrorCode.RATE_LIMITED
 
     async def test_a_move_and_a_grant_reach_another_relays_pushes(
         self, open_store: OpenStore

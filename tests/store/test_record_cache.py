@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pinrelay.store.jetstream.watch import RecordCache
+from collections.abc import Awaitable, Callable
+
+from pinrelay.store.jetstream.watch import Cached, RecordCache
 
 
 def cache() -> RecordCache[bytes]:
@@ -88,3 +90,38 @@ def test_weighed_entries_are_bounded_by_their_weight() -> None:
     c.put("d", b"xx", 6)
     c.forget("d")
     assert c.weight == 0
+
+
+async def test_absent_keys_are_answered_from_memory_until_a_write_of_them() -> None:
+    c: RecordCache[bytes] = RecordCache(lambda raw: raw, size=3, absent_size=2)
+    c.live = True
+    loads: list[str] = []
+
+    def loader(key: str, value: bytes | None) -> Callable[[], Awaitable[Cached[bytes] | None]]:
+        async def load() -> Cached[bytes] | None:
+            loads.append(key)
+            return None if value is None else Cached(value, 9)
+
+        return load
+
+    assert await c.through("k", loader("k", None)) is None
+    assert await c.through("k", loader("k", None)) is None
+    assert loads == ["k"]  # the second from memory
+    c.changed("k", b"made", 10)  # another relay created it: the absence is forgotten
+    assert await c.through("k", loader("k", b"made")) == Cached(b"made", 9)
+    assert loads == ["k", "k"]
+    # Bounded: the least recently asked absent key goes first.
+    for key in ("a", "b", "c"):
+        assert await c.through(key, loader(key, None)) is None
+    assert await c.through("a", loader("a", None)) is None
+    assert loads[-1] == "a" and loads.count("a") == 2
+    # A read during which the key was written caches no absence.
+    token = c.begin("z")
+    assert token is not None
+    c.changed("z", b"new", 3)
+    c.fill("z", None, 0, token)
+    assert await c.through("z", loader("z", b"new")) == Cached(b"new", 9)
+    # Nothing remembered once the watch stops.
+    c.clear()
+    assert await c.through("b", loader("b", None)) is None
+    assert loads[-1] == "b"

@@ -19,6 +19,7 @@ import pytest
 
 from pinrelay.core.channels import Channel
 from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.incidents import open_incident
 from pinrelay.core.model import Device, NewMessage, StoredMessage
 from pinrelay.store.base import IdempotencyKey
 from pinrelay.store.sqlite import MIGRATIONS, SqliteStore, connect, migrate
@@ -106,8 +107,7 @@ class TestSchema:
         """A database of the last version before channels (7) opens with its devices,
         which then join channels and take broadcasts."""
         db_path.parent.mkdir(parents=True)
-        before = len(MIGRATIONS) - 1
-        assert before == 7
+        before = 7
         with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
             for number, migration in enumerate(MIGRATIONS[:before]):
                 for statement in migration.split(";"):
@@ -132,6 +132,24 @@ class TestSchema:
         finally:
             await s.close()
         assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS)
+
+    async def test_a_database_from_before_incidents_migrates(self, db_path: Path) -> None:
+        """A database of the last version before incidents (8) opens and keeps them."""
+        db_path.parent.mkdir(parents=True)
+        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+            for number, migration in enumerate(MIGRATIONS[:8]):
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+        s = await open_store(db_path)
+        try:
+            made = open_incident("I000000000001", "store", "minor", "slow", NOW)
+            assert await s.put_incident(made)
+            assert await s.list_incidents(0, 10) == [made]
+        finally:
+            await s.close()
+        assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS) == 9
 
     async def test_newer_schema_refused(self, db_path: Path) -> None:
         db_path.parent.mkdir(parents=True)

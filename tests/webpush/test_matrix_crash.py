@@ -6,9 +6,6 @@ answer was lost is recognised by its event_id (PROTOCOL "Matrix push gateway")."
 
 from __future__ import annotations
 
-import asyncio
-import random
-import threading
 import time
 
 import httpx
@@ -19,6 +16,7 @@ from tests.chat.conftest import Links
 from tests.conftest import RelayFactory
 from tests.relayproc import TIMEOUT_FACTOR
 from tests.webpush.helpers import subscribe
+from tests.webpush.sigkills import SigKills
 from tests.webpush.test_matrix_gateway import next_matrix, notification
 
 # In `make soak`: the gateway stores through the Web Push path, whose SIGKILL test
@@ -37,20 +35,7 @@ async def test_every_event_arrives_once_through_sigkills(
     endpoint = subscribe(relay, device).info["endpoint"]
     answered: list[int] = []
     retries = 0
-    stop = threading.Event()
-    failures: list[BaseException] = []
-    rng = random.Random()
-
-    def killer() -> None:
-        try:
-            for k in range(KILLS):
-                mark = (k + 1) * EVENTS // (KILLS + 1) + rng.randint(-15, 15)
-                while len(answered) < mark and not stop.is_set():
-                    time.sleep(0.001)
-                relay.kill()
-                relay.start(timeout=30)
-        except BaseException as exc:
-            failures.append(exc)
+    kills = SigKills(relay, lambda: len(answered), total=EVENTS, kills=KILLS, jitter=15)
 
     def homeserver() -> None:
         nonlocal retries
@@ -58,7 +43,7 @@ async def test_every_event_arrives_once_through_sigkills(
         client = httpx.Client(timeout=5)
         for n in range(EVENTS):
             body = notification(endpoint, event_id=f"${n}")
-            while time.monotonic() < deadline and not failures:
+            while time.monotonic() < deadline and not kills.failures:
                 try:
                     r = client.post(f"{relay.url}/_matrix/push/v1/notify", json=body)
                 except httpx.HTTPError:
@@ -74,14 +59,7 @@ async def test_every_event_arrives_once_through_sigkills(
                 time.sleep(0.02)
         client.close()
 
-    thread = threading.Thread(target=killer)
-    thread.start()
-    try:
-        await asyncio.to_thread(homeserver)
-    finally:
-        stop.set()
-        thread.join()
-    assert not failures, failures
+    await kills.run(homeserver)
     assert answered == list(range(EVENTS)), f"only {len(answered)} events answered in time"
     assert retries > 0, "no request met a killed relay: the test proved nothing"
 

@@ -9,9 +9,6 @@ once, nothing twice, in the order the sender got its answers.
 
 from __future__ import annotations
 
-import asyncio
-import random
-import threading
 import time
 
 import requests
@@ -21,6 +18,7 @@ from tests.chat.conftest import Links
 from tests.conftest import RelayFactory
 from tests.relayproc import TIMEOUT_FACTOR
 from tests.webpush.helpers import next_webpush, subscribe
+from tests.webpush.sigkills import SigKills
 
 PUSHES = 300
 KILLS = 3
@@ -34,26 +32,13 @@ async def test_every_201_arrives_once_through_sigkills(
     sub = subscribe(relay, device)
     confirmed: list[int] = []
     unanswered: list[int] = []
-    stop = threading.Event()
-    failures: list[BaseException] = []
-    rng = random.Random()
-
-    def killer() -> None:
-        try:
-            for k in range(KILLS):
-                mark = (k + 1) * PUSHES // (KILLS + 1) + rng.randint(-20, 20)
-                while len(confirmed) < mark and not stop.is_set():
-                    time.sleep(0.001)
-                relay.kill()
-                relay.start(timeout=30)
-        except BaseException as exc:
-            failures.append(exc)
+    kills = SigKills(relay, lambda: len(confirmed), total=PUSHES, kills=KILLS, jitter=20)
 
     def pushing() -> None:
         session = requests.Session()
         deadline = time.monotonic() + 120 * TIMEOUT_FACTOR
         n = 0
-        while len(confirmed) < PUSHES and time.monotonic() < deadline and not failures:
+        while len(confirmed) < PUSHES and time.monotonic() < deadline and not kills.failures:
             try:
                 r = webpush(sub.info, str(n), ttl=3600, timeout=5, requests_session=session)
                 assert r.status_code == 201, r.text
@@ -67,14 +52,7 @@ async def test_every_201_arrives_once_through_sigkills(
                 time.sleep(0.02)
             n += 1
 
-    thread = threading.Thread(target=killer)
-    thread.start()
-    try:
-        await asyncio.to_thread(pushing)
-    finally:
-        stop.set()
-        thread.join()
-    assert not failures, failures
+    await kills.run(pushing)
     assert len(confirmed) == PUSHES, f"only {len(confirmed)} pushes answered in time"
 
     ws, _ = await links(relay, device)

@@ -15,6 +15,7 @@ from pinrelay.core import strictjson
 from pinrelay.core.errors import ErrorCode, LimitExceeded, PinrelayError, RemoteProtocolError
 from pinrelay.core.ids import is_pin
 from pinrelay.core.model import Device, Scope
+from pinrelay.core.tenants import TENANT_ID_RE, Tenant
 
 if TYPE_CHECKING:
     from pinrelay.relay import Relay
@@ -98,6 +99,28 @@ async def own_device(relay: Relay, principal: KeyPrincipal, pin: str) -> Device:
     if device is None or not principal.reaches(device):
         raise no_device(pin)
     return device
+
+
+def no_tenant(tenant_id: str) -> PinrelayError:
+    """The one answer for a tenant id with no live tenant and one the caller may not see."""
+    return PinrelayError(f"no tenant with id {tenant_id}", ErrorCode.NOT_FOUND)
+
+
+async def live_tenant(relay: Relay, tenant_id: str) -> Tenant:
+    """The tenant ``tenant_id`` if it is live; NOT_FOUND for none or a tombstone."""
+    found = await relay.store.get_tenant(tenant_id)
+    if found is None or not found.live:
+        raise no_tenant(tenant_id)
+    return found
+
+
+async def visible_tenant(relay: Relay, principal: KeyPrincipal, tenant_id: str) -> Tenant:
+    """:func:`live_tenant` if the caller may see it: its own, or any for the relay's
+    admin key.  Another tenant's id answers as one that does not exist, unread
+    (PROTOCOL "Tenants")."""
+    if not TENANT_ID_RE.match(tenant_id) or principal.tenant not in (None, tenant_id):
+        raise no_tenant(tenant_id)
+    return await live_tenant(relay, tenant_id)
 
 
 def path_pin(request: Request) -> str:

@@ -11,6 +11,7 @@ from starlette.routing import Route
 from pinrelay.api.common import (
     decode,
     json_response,
+    live_tenant,
     no_device,
     own_device,
     path_pin,
@@ -35,10 +36,7 @@ async def create_device(request: Request) -> Response:
     spec = decode(body, DeviceCreate) if body else DeviceCreate()
     if principal.tenant is None:
         tenant = spec.tenant or DEFAULT_TENANT
-        found = await relay.store.get_tenant(tenant)
-        if found is None or not found.live:
-            raise PinrelayError(f"no tenant with id {tenant}", ErrorCode.NOT_FOUND)
-        max_devices = found.quotas.devices
+        max_devices = (await live_tenant(relay, tenant)).quotas.devices
     elif spec.tenant not in (None, principal.tenant):
         raise PinrelayError(
             "a tenant's key makes devices for its own tenant only", ErrorCode.FORBIDDEN

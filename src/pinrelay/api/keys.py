@@ -14,7 +14,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from pinrelay.api.common import decode, json_response, read_body, relay_of, require_key
+from pinrelay.api.common import (
+    decode,
+    json_response,
+    live_tenant,
+    read_body,
+    relay_of,
+    require_key,
+)
 from pinrelay.api.schemas import KeyCreate, KeyCreated, KeyList, KeyView
 from pinrelay.auth import KeyPrincipal
 from pinrelay.core.errors import ErrorCode, PinrelayError
@@ -29,9 +36,7 @@ if TYPE_CHECKING:
 
 async def make_key(relay: Relay, name: str, scope: str, tenant: str) -> KeyCreated:
     """A new key of ``tenant`` (which must be live), stored; its secret shown once."""
-    found = await relay.store.get_tenant(tenant)
-    if found is None or not found.live:
-        raise PinrelayError(f"no tenant with id {tenant}", ErrorCode.NOT_FOUND)
+    await live_tenant(relay, tenant)
     key_id = "k_" + new_secret(os.urandom, 9)
     secret = f"prk_{new_secret(os.urandom, 32)}"
     now_ms = int(relay.clock() * 1000)

@@ -77,13 +77,21 @@ def _idempotency(call: Call, key_id: str, body: bytes) -> IdempotencyKey | None:
     )
 
 
-def take_rate(call: Call, principal: KeyPrincipal, n: int) -> None:
-    """Count ``n`` messages against the tenant's rate quota, or raise 429 with nothing
-    stored (core/quotas.py).  No store read: the quotas came with the principal."""
+def take_quotas(call: Call, principal: KeyPrincipal, n: int, nbytes: int) -> None:
+    """Count ``n`` messages of ``nbytes`` of data against the tenant's rate and
+    stored_bytes quotas, or raise 429 with nothing stored (core/quotas.py,
+    core/ledger.py).  No store read: the quotas came with the principal."""
     quotas = principal.quotas
-    if quotas.rate is None or principal.tenant is None:
+    if principal.tenant is None:
         return
     relay = call.relay
+    try:
+        relay.stored_bytes.check(principal.tenant, quotas, nbytes)
+    except PinrelayError:
+        relay.metrics.quota_refusals.labels("stored_bytes").inc(n)
+        raise
+    if quotas.rate is None:
+        return
     # On a cluster each live relay holds its share of the rate (PROTOCOL "Quotas").
     share = len(relay.router.link_urls) if relay.clustered else 1
     try:
@@ -125,7 +133,7 @@ async def push_one_call(call: Call, pin: str, read: Callable[[], Awaitable[bytes
     body = await read()
     fields = decode(body, PushFields)
     check_push(fields, relay.config.limits)
-    take_rate(call, principal, 1)
+    take_quotas(call, principal, 1, len(fields.data))
     # No read of the device first: the append refuses an unknown PIN by itself, so a
     # push costs the loop no extra query.
     [result] = await relay.ingest.accept(
@@ -211,7 +219,7 @@ async def push_batch(request: Request) -> Response:
             check_push(item, limits)
         except PinrelayError as exc:
             raise type(exc)(f"messages[{n}]: {exc.detail}", exc.code) from None
-    take_rate(call, principal, len(batch.messages))
+    take_quotas(call, principal, len(batch.messages), sum(len(m.data) for m in batch.messages))
     drafts = [_draft(m.to, m) for m in batch.messages]
     results = await relay.ingest.accept(
         drafts, _idempotency(call, principal.key_id, body), principal.tenant

@@ -11,7 +11,14 @@ from typing import Any
 import msgspec
 
 from pinrelay import __version__
-from pinrelay.api import openapi_channels, openapi_chat, openapi_tenants, openapi_webpush, schemas
+from pinrelay.api import (
+    openapi_channels,
+    openapi_chat,
+    openapi_incidents,
+    openapi_tenants,
+    openapi_webpush,
+    schemas,
+)
 from pinrelay.api.problems import Problem
 from pinrelay.core.model import Batch, Limits, PushFields
 
@@ -129,6 +136,7 @@ def build(limits: Limits) -> dict[str, Any]:
             *openapi_webpush.COMPONENTS,
             *openapi_tenants.COMPONENTS,
             *openapi_channels.COMPONENTS,
+            *openapi_incidents.COMPONENTS,
             schemas.PairingCreated,
             schemas.PairingRedeem,
             schemas.PairingRedeemed,
@@ -287,6 +295,7 @@ def build(limits: Limits) -> dict[str, Any]:
     paths.update(openapi_webpush.paths(_op))
     paths.update(openapi_tenants.paths(_op))
     paths.update(openapi_channels.paths(_op))
+    paths.update(openapi_incidents.paths(_op))
     return {
         "openapi": "3.1.0",
         "info": {

@@ -13,6 +13,7 @@ from msgspec import Struct
 
 from pinrelay.api import schemas
 from pinrelay.api.openapi_chat import BODY_ERRORS, DEVICE_ERRORS, path_param
+from pinrelay.api.portability import MAX_EXPORT_BYTES, MAX_EXPORT_MESSAGES
 
 COMPONENTS: list[type[Struct]] = [
     schemas.TenantCreate,
@@ -41,7 +42,13 @@ def query(name: str, low: int, high: int, default: int, about: str) -> dict[str,
 
 _EXPORT_QUERY = [
     query("after", 0, 2**53 - 1, 0, "Export messages after this cursor (the last page's)"),
-    query("limit", 1, 1000, 1000, "Most messages in this page (about 4 MiB at most)"),
+    query(
+        "limit",
+        1,
+        MAX_EXPORT_MESSAGES,
+        MAX_EXPORT_MESSAGES,
+        f"Most messages in this page (about {MAX_EXPORT_BYTES >> 20} MiB at most)",
+    ),
 ]
 
 

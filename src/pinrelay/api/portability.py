@@ -24,11 +24,13 @@ from pinrelay.api.common import (
     checked_pin,
     decode,
     json_response,
+    live_tenant,
     query_int,
     read_body,
     relay_of,
     require_device,
     require_key,
+    visible_tenant,
 )
 from pinrelay.api.schemas import (
     ContactView,
@@ -40,7 +42,6 @@ from pinrelay.api.schemas import (
 )
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Device, Scope, StoredMessage
-from pinrelay.core.tenants import TENANT_ID_RE
 from pinrelay.core.timefmt import rfc3339
 from pinrelay.store.base import MOVE_KEEP_MS, Move
 
@@ -119,17 +120,11 @@ async def export(request: Request) -> Response:
 
 
 # --- moving to another tenant ----------------------------------------------------------
-def _no_tenant(tenant_id: str) -> PinrelayError:
-    return PinrelayError(f"no tenant with id {tenant_id}", ErrorCode.NOT_FOUND)
-
-
 async def request_move(request: Request) -> Response:
     device = (await require_device(request)).device
     relay = relay_of(request)
     spec = decode(await read_body(request, limit=1024), MoveRequest)
-    tenant = await relay.store.get_tenant(spec.tenant)
-    if tenant is None or not tenant.live:
-        raise _no_tenant(spec.tenant)
+    await live_tenant(relay, spec.tenant)
     if spec.tenant == await _live_tenant(relay, device):
         raise PinrelayError(f"this device belongs to {spec.tenant} already", ErrorCode.CONFLICT)
     move = Move(spec.tenant, int(relay.clock() * 1000) + MOVE_KEEP_MS)
@@ -164,11 +159,7 @@ async def accept_move(request: Request) -> Response:
     relay = relay_of(request)
     tenant_id = str(request.path_params["tenant"])
     # Another tenant's id answers as one that does not exist (PROTOCOL "Tenants").
-    tenant = None
-    if TENANT_ID_RE.match(tenant_id) and principal.tenant in (None, tenant_id):
-        tenant = await relay.store.get_tenant(tenant_id)
-    if tenant is None or not tenant.live:
-        raise _no_tenant(tenant_id)
+    tenant = await visible_tenant(relay, principal, tenant_id)
     pin = checked_pin(str(request.path_params["pin"]))
     now_ms = int(relay.clock() * 1000)
     # The devices quota holds for a device moving in as for one made (429 naming it).

@@ -8,7 +8,16 @@ from msgspec import Meta, Struct, field
 
 from pinrelay.core.channels import ChannelClass, ChannelName
 from pinrelay.core.frames import Cursor, Msg
-from pinrelay.core.model import PushFields
+from pinrelay.core.incidents import (
+    MAX_TENANTS,
+    MAX_TEXT,
+    Component,
+    ComponentState,
+    IncidentState,
+    Severity,
+    Source,
+)
+from pinrelay.core.model import PushFields, Topic
 from pinrelay.core.tenants import Quotas, TenantId, TenantName
 from pinrelay.core.webpush import SubscriptionView
 
@@ -42,13 +51,18 @@ class DeviceCreated(Struct, kw_only=True):
     link_urls: list[str]
 
 
-class DeviceView(Struct, kw_only=True):
+class _DeviceFields(Struct, kw_only=True):
+    """What a device's view and its export both open with."""
+
     pin: str
     #: Its tenant; null: none (its tenant was deleted, or it moved out).
     tenant: str | None
     label: str | None
     created_at: str
     last_seen: str | None
+
+
+class DeviceView(_DeviceFields, kw_only=True):
     online: bool
     backlog: int
     last_cursor: int
@@ -85,17 +99,15 @@ class BatchResult(Struct, kw_only=True):
 KeyScope = Literal["push", "devices", "broadcast", "admin"]
 
 
-class KeyCreate(Struct, kw_only=True, forbid_unknown_fields=True):
-    name: KeyName
-    scope: KeyScope
-    #: Only the relay's admin key names a tenant (default: the caller's own tenant;
-    #: ``default`` for the relay's admin key).
-    tenant: TenantId | None = None
-
-
 class TenantKeyCreate(Struct, kw_only=True, forbid_unknown_fields=True):
     name: KeyName
     scope: KeyScope
+
+
+class KeyCreate(TenantKeyCreate, kw_only=True, forbid_unknown_fields=True):
+    #: Only the relay's admin key names a tenant (default: the caller's own tenant;
+    #: ``default`` for the relay's admin key).
+    tenant: TenantId | None = None
 
 
 class KeyCreated(Struct, kw_only=True):
@@ -298,13 +310,7 @@ class MoveDone(Struct, kw_only=True):
     tenant: str
 
 
-class ExportedDevice(Struct, kw_only=True):
-    pin: str
-    #: Its tenant; null when tenant-less (its tenant was deleted).
-    tenant: str | None
-    label: str | None
-    created_at: str
-    last_seen: str | None
+class ExportedDevice(_DeviceFields, kw_only=True):
     #: The highest cursor stored for it, and the highest it acknowledged.
     last_cursor: int
     acked_cursor: int
@@ -412,3 +418,74 @@ class AuditLine(Struct, kw_only=True):
 
 class AuditLog(Struct, kw_only=True):
     entries: list[AuditLine]
+
+
+# --- incidents and status (PROTOCOL "Incidents and status") --------------------------
+#: An incident's text: 1 to 2,000 characters, no control characters but tab, line
+#: feed and carriage return (core/incidents.py CONTROL).
+IncidentText = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_TEXT,
+        pattern="^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$",
+    ),
+]
+
+
+class IncidentCreate(Struct, kw_only=True, forbid_unknown_fields=True):
+    component: Component
+    severity: Severity
+    text: IncidentText
+    #: Where (a region's name); none: everywhere.
+    region: Topic | None = None
+    #: The tenants affected; none: every tenant, and the incident is on /status.
+    tenants: Annotated[list[TenantId], Meta(max_length=MAX_TENANTS)] = field(default_factory=list)
+
+
+class IncidentUpdateCreate(Struct, kw_only=True, forbid_unknown_fields=True):
+    text: IncidentText
+
+
+class IncidentResolve(Struct, kw_only=True, forbid_unknown_fields=True):
+    text: IncidentText | None = None
+
+
+class IncidentUpdateView(Struct, kw_only=True):
+    at: str
+    text: str
+
+
+class StatusIncident(Struct, kw_only=True):
+    """An incident as ``/status.json`` shows it."""
+
+    id: str
+    state: IncidentState
+    component: Component
+    severity: Severity
+    started_at: str
+    resolved_at: str | None
+    updates: list[IncidentUpdateView]
+
+
+class IncidentView(StatusIncident, kw_only=True):
+    """An incident as its admins see it: what the status page shows, and more."""
+
+    region: str | None
+    source: Source
+    #: The tenants affected; empty: every tenant.
+    tenants: list[str]
+
+
+class IncidentList(Struct, kw_only=True):
+    incidents: list[IncidentView]
+
+
+class StatusComponent(Struct, kw_only=True):
+    name: Component
+    state: ComponentState
+
+
+class Status(Struct, kw_only=True):
+    components: list[StatusComponent]
+    incidents: list[StatusIncident]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.requests import Request
@@ -20,10 +19,13 @@ from starlette.routing import Route
 from pinrelay.api.common import (
     decode,
     json_response,
+    live_tenant,
+    no_tenant,
     read_body,
     relay_of,
     require_device,
     require_key,
+    visible_tenant,
 )
 from pinrelay.api.keys import make_key
 from pinrelay.api.schemas import (
@@ -38,11 +40,8 @@ from pinrelay.api.schemas import (
 from pinrelay.auth import KeyPrincipal
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Scope
-from pinrelay.core.tenants import DEFAULT_TENANT, TENANT_ID_RE, Tenant
+from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
 from pinrelay.core.timefmt import rfc3339
-
-if TYPE_CHECKING:
-    from pinrelay.relay import Relay
 
 
 def _view(t: Tenant) -> TenantView:
@@ -56,25 +55,10 @@ def _view(t: Tenant) -> TenantView:
     )
 
 
-def _no_tenant(tenant_id: str) -> PinrelayError:
-    return PinrelayError(f"no tenant with id {tenant_id}", ErrorCode.NOT_FOUND)
-
-
 def _relay_admin(principal: KeyPrincipal) -> None:
     # Whatever the id: a tenant's key learns nothing of other tenants here.
     if not principal.relay_admin:
         raise PinrelayError("only the relay's admin key manages tenants", ErrorCode.FORBIDDEN)
-
-
-async def _visible(relay: Relay, principal: KeyPrincipal, tenant_id: str) -> Tenant:
-    """The tenant of the path if the caller may see it (live, and its own unless the
-    caller is the relay's admin); NOT_FOUND otherwise."""
-    found = None
-    if TENANT_ID_RE.match(tenant_id) and principal.tenant in (None, tenant_id):
-        found = await relay.store.get_tenant(tenant_id)
-    if found is None or not found.live:
-        raise _no_tenant(tenant_id)
-    return found
 
 
 def new_tenant_id() -> str:
@@ -108,19 +92,19 @@ async def list_tenants(request: Request) -> Response:
 async def show_tenant(request: Request) -> Response:
     principal = await require_key(request, Scope.ADMIN)
     tenant_id = str(request.path_params["tenant"])
-    return json_response(_view(await _visible(relay_of(request), principal, tenant_id)))
+    return json_response(_view(await visible_tenant(relay_of(request), principal, tenant_id)))
 
 
 async def change_tenant(request: Request) -> Response:
     principal = await require_key(request, Scope.ADMIN)
     _relay_admin(principal)
     relay = relay_of(request)
-    tenant = await _visible(relay, principal, str(request.path_params["tenant"]))
+    tenant = await visible_tenant(relay, principal, str(request.path_params["tenant"]))
     change = decode(await read_body(request, limit=4096), TenantChange, integral=True)
     fields = {k: v for k, v in msgspec.structs.asdict(change).items() if v is not None}
     changed = msgspec.structs.replace(tenant, **fields)
     if not await relay.store.update_tenant(changed):
-        raise _no_tenant(tenant.id)
+        raise no_tenant(tenant.id)
     return json_response(_view(changed))
 
 
@@ -128,12 +112,12 @@ async def delete_tenant(request: Request) -> Response:
     principal = await require_key(request, Scope.ADMIN)
     _relay_admin(principal)
     relay = relay_of(request)
-    tenant = await _visible(relay, principal, str(request.path_params["tenant"]))
+    tenant = await visible_tenant(relay, principal, str(request.path_params["tenant"]))
     if tenant.id == DEFAULT_TENANT:
         raise PinrelayError("the default tenant cannot be deleted", ErrorCode.CONFLICT)
     gone = msgspec.structs.replace(tenant, deleted_ms=int(relay.clock() * 1000))
     if not await relay.store.update_tenant(gone):
-        raise _no_tenant(tenant.id)
+        raise no_tenant(tenant.id)
     return Response(status_code=204)
 
 
@@ -141,7 +125,7 @@ async def create_tenant_key(request: Request) -> Response:
     principal = await require_key(request, Scope.ADMIN)
     _relay_admin(principal)
     relay = relay_of(request)
-    tenant = await _visible(relay, principal, str(request.path_params["tenant"]))
+    tenant = await visible_tenant(relay, principal, str(request.path_params["tenant"]))
     spec = decode(await read_body(request, limit=4096), TenantKeyCreate)
     return json_response(await make_key(relay, spec.name, spec.scope, tenant.id), status=201)
 
@@ -151,9 +135,7 @@ async def grant(request: Request) -> Response:
     device = await require_device(request)
     relay = relay_of(request)
     spec = decode(await read_body(request, limit=1024), GrantCreate)
-    tenant = await relay.store.get_tenant(spec.tenant)
-    if tenant is None or not tenant.live:
-        raise _no_tenant(spec.tenant)
+    await live_tenant(relay, spec.tenant)
     if spec.tenant != device.tenant:
         await relay.store.set_grant(device.pin, spec.tenant, True)
     return json_response(GrantList(tenants=await relay.store.grants_of(device.pin)), status=201)

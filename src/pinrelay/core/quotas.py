@@ -4,8 +4,9 @@ A tenant's ``rate`` and ``burst`` bound the messages its keys push: a token buck
 per tenant, refilled at ``rate`` tokens a second up to ``burst`` (default: one
 second's worth).  A push of ``n`` messages takes ``n`` tokens or none: a refused
 batch stores nothing.  On a cluster each relay keeps its own buckets, each with
-``1/share`` of the rate and burst (``share``: the live relays), so the tenant's
-total stays near its quota without a request per push (DECISIONS 48).
+``1/share`` of the rate and burst (``share``: the live relays; a bucket holds one
+message at least), so the tenant's total stays near its quota without a request per
+push (DECISIONS 48).
 
 Memory: one entry per tenant with a rate quota that pushed here, two floats.  Pure:
 the caller passes the clock's reading.
@@ -15,6 +16,11 @@ from __future__ import annotations
 
 from pinrelay.core.errors import LimitExceeded, RateLimited
 from pinrelay.core.tenants import Quotas
+
+#: The longest wait a rate refusal names: a rate so near zero that the next message
+#: is further off (or, divided among a cluster's relays, rounds to 0) still gets a
+#: finite Retry-After (an infinite one failed the answer, a zero rate divided by it).
+MAX_RETRY_AFTER_S = 86_400.0
 
 
 class QuotaExceeded(RateLimited):
@@ -52,18 +58,23 @@ class RateBuckets:
             return
         share = max(1, share)
         rate = quotas.rate / share
-        burst = (quotas.burst if quotas.burst is not None else max(1.0, quotas.rate)) / share
-        if n > max(burst, 1.0):
+        # At least one message: a share of the burst below that would refuse every push.
+        burst = max(1.0, (quotas.burst if quotas.burst is not None else quotas.rate) / share)
+        if n > burst:
             raise LimitExceeded(
                 f"{n} messages at once: tenant {tenant}'s burst quota allows "
-                f"{_number(max(burst, 1.0))} at once on this relay"
+                f"{_number(burst)} at once on this relay"
             )
         tokens, then = self._buckets.get(tenant, (burst, now))
         tokens = min(burst, tokens + max(0.0, now - then) * rate)
         if tokens < n:
             self._buckets[tenant] = (tokens, now)
+            wait = (n - tokens) / rate if rate > 0 else MAX_RETRY_AFTER_S
             raise over(
-                tenant, "rate", f"{_number(quotas.rate)} messages a second", (n - tokens) / rate
+                tenant,
+                "rate",
+                f"{_number(quotas.rate)} messages a second",
+                min(wait, MAX_RETRY_AFTER_S),
             )
         self._buckets[tenant] = (tokens - n, now)
 

@@ -37,7 +37,8 @@ class Quotas(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True
     rate: Annotated[float, Meta(gt=0)] | None = None
     #: ... and at once (the bucket's size; default: one second's worth).
     burst: Annotated[int, Meta(ge=1)] | None = None
-    #: Bytes of undelivered messages the tenant's devices may hold.
+    #: Bytes of undelivered messages the tenant's keys may have stored (pushes and
+    #: broadcasts; core/ledger.py, PROTOCOL "Quotas").
     stored_bytes: Annotated[int, Meta(ge=0)] | None = None
     #: Links (WebSocket connections) its devices may hold at once.
     links: Annotated[int, Meta(ge=0)] | None = None

@@ -430,6 +430,7 @@ class LinkProtocol(asyncio.Protocol):
             on_acked=server.on_acked,
             on_broken=self._receipts_failed,
             on_sent=server.on_sent,
+            on_gone=None if server.on_gone is None else self._gone,
         )
         server.metrics.links_open.inc()
         server.router.attach(device.pin, self)
@@ -477,6 +478,10 @@ class LinkProtocol(asyncio.Protocol):
         )
         self._flush()
         return False
+
+    def _gone(self, items: list[tuple[int, int]]) -> None:
+        if self.server.on_gone is not None:
+            self.server.on_gone(self._tenant, items)
 
     # --- sending -------------------------------------------------------------
     def _send_messages(self, batch: list[StoredMessage]) -> None:
@@ -602,8 +607,11 @@ class LinkServer:
         webpush: WebPush | None = None,
         on_acked: OnAcked | None = None,
         on_sent: OnSent | None = None,
+        on_gone: Callable[[str | None, list[tuple[int, int]]], None] | None = None,
     ) -> None:
         self.store = store
+        #: Told of counted messages a device of a tenant acknowledged (its ledger).
+        self.on_gone = on_gone
         self.chat = chat
         #: Told of each tracked message sent (a broadcast's, counted).
         self.on_sent = on_sent

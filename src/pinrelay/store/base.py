@@ -21,6 +21,8 @@ from pinrelay.core.channels import (
     ChannelClass,
 )
 from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.incidents import Incident
+from pinrelay.core.ledger import Ledger
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.social import Action, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
@@ -510,6 +512,15 @@ class Store(Protocol):
         """Every relay's counts of the broadcast, summed (zeros for none)."""
         ...
 
+    async def put_ledger(self, node: str, ledger: Ledger) -> None:
+        """Keep relay ``node``'s stored-bytes ledger (core/ledger.py), replacing its
+        last; need not survive a crash (the ledger errs by seconds anyway)."""
+        ...
+
+    async def ledgers(self) -> dict[str, Ledger]:
+        """Every relay's last ledger, by node."""
+        ...
+
     async def append_audit(self, entry: AuditEntry) -> None:
         """Keep one line of the audit log (durable before this returns)."""
         ...
@@ -519,6 +530,24 @@ class Store(Protocol):
     ) -> list[AuditEntry]:
         """Up to ``limit`` lines of ``tenant``'s audit log (None: every tenant's)
         older than ``before_ms`` (None: from the newest), newest first."""
+        ...
+
+    # --- incidents (core/incidents.py) -------------------------------------------
+    async def put_incident(self, incident: Incident) -> bool:
+        """Store a new incident (``rev`` 1) or its next revision (durable, seen by
+        every relay) by compare-and-set: only if no incident has its id (``rev``
+        1), or the stored one is open and ``rev`` is the stored one's + 1
+        (core.incidents.follows).  Otherwise nothing changes and False is returned:
+        the caller reads again.  Writing the revision already stored (a retry whose
+        answer was lost) changes nothing and returns True.  A resolved incident is
+        never replaced, so a stale writer cannot reopen it."""
+        ...
+
+    async def get_incident(self, incident_id: str) -> Incident | None: ...
+
+    async def list_incidents(self, since_ms: int, limit: int) -> list[Incident]:
+        """Up to ``limit`` incidents open now or resolved at or after ``since_ms``,
+        newest (``started_ms``, then id) first."""
         ...
 
     # --- messages ------------------------------------------------------------

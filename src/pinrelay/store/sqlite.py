@@ -33,6 +33,7 @@ from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, Scope, Sto
 from pinrelay.core.social import Action, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Quotas, Tenant
 from pinrelay.store import sqlite_channel_ops as channel_ops
+from pinrelay.store import sqlite_incident_ops as incident_ops
 from pinrelay.store import sqlite_ops as ops
 from pinrelay.store import sqlite_wire as wire
 from pinrelay.store.base import (
@@ -52,6 +53,7 @@ from pinrelay.store.base import (
     to_results,
 )
 from pinrelay.store.sqlite_channels import SqliteChannels
+from pinrelay.store.sqlite_incident_ops import SqliteIncidents
 from pinrelay.store.sqlite_writer import frame, frames
 
 log = logging.getLogger(__name__)
@@ -188,6 +190,7 @@ MIGRATIONS: list[str] = [
     """,
     # Channels and broadcasts (core/channels.py).
     channel_ops.SCHEMA,
+    incident_ops.SCHEMA,
 ]
 
 _DEVICE_SQL = (
@@ -384,7 +387,7 @@ def lock_path(path: Path) -> Path:
     return real.with_name(real.name + ".lock")
 
 
-class SqliteStore(SqliteChannels):
+class SqliteStore(SqliteChannels, SqliteIncidents):
     """The embedded default engine: one file, ``<data>/pinrelay.db``."""
 
     def __init__(self, path: Path, observer: CommitObserver | None = None) -> None:

@@ -18,7 +18,8 @@ from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.store.sqlite_ops import Op
 
 #: The schema (migration 8): channels with tombstones, memberships, consent,
-#: the daily marketing count, broadcasts with their progress, counts, the audit log.
+#: the daily marketing count, broadcasts with their progress, counts, the audit log;
+#: and the relays' stored-bytes ledgers (core/ledger.py), which came with them.
 SCHEMA = """
     CREATE TABLE channels (
         id TEXT PRIMARY KEY,
@@ -83,6 +84,10 @@ SCHEMA = """
     );
     CREATE INDEX audit_tenant ON audit (tenant, at_ms);
     CREATE INDEX audit_at ON audit (at_ms);
+    CREATE TABLE ledgers (
+        node TEXT PRIMARY KEY,
+        body BLOB NOT NULL
+    ) WITHOUT ROWID;
 """
 
 _DEVICE = "SELECT 1 FROM devices WHERE pin = ?"
@@ -328,8 +333,25 @@ class AppendAudit(Op, tag="aud"):
         )
 
 
+class PutLedger(Op, tag="pld"):
+    """A relay's stored-bytes ledger (core/ledger.py), replaced whole.  Like counts,
+    no fsync of its own: a relay that dies loses its last seconds anyway."""
+
+    durable: ClassVar[bool] = False
+    node: str
+    body: bytes
+
+    def run(self, c: sqlite3.Connection) -> None:
+        c.execute(
+            "INSERT INTO ledgers (node, body) VALUES (?, ?)"
+            " ON CONFLICT (node) DO UPDATE SET body = excluded.body",
+            (self.node, self.body),
+        )
+
+
 ChannelOp = (
-    CreateChannel
+    PutLedger
+    | CreateChannel
     | DeleteChannel
     | JoinChannel
     | SetRefusal

@@ -11,6 +11,8 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from pinrelay.core.channels import (
     AuditEntry,
     Broadcast,
@@ -18,9 +20,12 @@ from pinrelay.core.channels import (
     Channel,
     ChannelClass,
 )
+from pinrelay.core.ledger import Ledger
 from pinrelay.store import sqlite_channel_ops as ops
 from pinrelay.store.sqlite_wire import AnyOp
 
+_ledger_enc = msgspec.json.Encoder()
+_ledger_dec = msgspec.json.Decoder(Ledger)
 _CHANNEL_SQL = "SELECT id, tenant, name, klass, created_ms, deleted_ms FROM channels"
 _BROADCAST_SQL = (
     "SELECT id, channel, tenant, key_id, created_ms, expires_ms, data, topic, urgency,"
@@ -182,6 +187,14 @@ class SqliteChannels:
         sql = "SELECT sum(delivered), sum(acked) FROM broadcast_counts WHERE id = ?"
         delivered, acked = self._read().execute(sql, (broadcast_id,)).fetchone()
         return BroadcastCounts(int(delivered or 0), int(acked or 0))
+
+    # --- stored-bytes ledgers (core/ledger.py) --------------------------------------
+    async def put_ledger(self, node: str, ledger: Ledger) -> None:
+        await self._write(ops.PutLedger(node, _ledger_enc.encode(ledger)))
+
+    async def ledgers(self) -> dict[str, Ledger]:
+        rows = self._read().execute("SELECT node, body FROM ledgers").fetchall()
+        return {node: _ledger_dec.decode(body) for node, body in rows}
 
     # --- the audit log --------------------------------------------------------------
     async def append_audit(self, entry: AuditEntry) -> None:

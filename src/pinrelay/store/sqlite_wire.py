@@ -1,9 +1,9 @@
 """How the relay and its SQLite writer process talk (store/sqlite_writer.py).
 
-A :class:`Request` carries one write (any op of store/sqlite_ops.py or
-store/sqlite_channel_ops.py, tagged, so one decoder reads them all); a
-:class:`Reply` answers a whole group with the commit's time.  msgpack, framed
-by the writer module.
+A :class:`Request` carries one write (any op of store/sqlite_ops.py,
+store/sqlite_channel_ops.py or store/sqlite_incident_ops.py, tagged, so one
+decoder reads them all); a :class:`Reply` answers a whole group with the
+commit's time.  msgpack, framed by the writer module.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import msgspec
 
 from pinrelay.store import sqlite_ops as ops
 from pinrelay.store.sqlite_channel_ops import ChannelOp
+from pinrelay.store.sqlite_incident_ops import PutIncident
 
 AnyOp = (
     ops.CreateDevice
@@ -43,6 +44,7 @@ AnyOp = (
     | ops.PutPushReceipts
     | ops.Stop
     | ChannelOp
+    | PutIncident
 )
 
 

@@ -169,6 +169,24 @@ class Api:
 
         return await self.call(op, what)
 
+    async def unless_moved(
+        self, send: Callable[[], Awaitable[dict[str, Any]]], what: str
+    ) -> int | None:
+        """A compare-and-set write (``send``: a publish, or an atomic batch's commit),
+        retried: the sequence the server answered, or None if a key had moved on
+        (then it stored none of it).  ``send`` is called anew for each attempt."""
+
+        async def op() -> int | None:
+            try:
+                resp = await send()
+            except ApiError as err:
+                if err.wrong_last_sequence:
+                    return None
+                raise
+            return int(resp["seq"])
+
+        return await self.call(op, what)
+
 
 def not_found(err: ApiError) -> bool:
     """For :meth:`Api.request_unless`: no such message."""

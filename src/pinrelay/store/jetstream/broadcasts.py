@@ -17,6 +17,10 @@ In ``<bucket_prefix>_channels``, beside :mod:`.channels`' keys.
   compare-and-set all the same); :meth:`Broadcasts.counts` lists and sums them.
   A node name unfit for a key is hashed.
 
+**Stored-bytes ledgers** (core/ledger.py): ``l.<node>``, each relay's last ledger,
+written by that relay only (a compare-and-set all the same); :meth:`Ledgers.all`
+lists and reads them.
+
 **Audit log:** one key per line, ``a.<tenant>.<at_ms, 13 digits>.<random>``, so keys
 sort by time within a tenant;
 :meth:`Audit.page` lists the tenant's keys (every key for None: one request on the
@@ -34,6 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from pinrelay.core.channels import AuditEntry, Broadcast, BroadcastCounts
 from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.ledger import Ledger
 from pinrelay.store.jetstream.cas import Keyed
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import Bucket
@@ -160,3 +165,23 @@ class Audit:
 
         found = await self.lines.many([k for _, k in lines[:limit]])
         return [e for e in found if e is not None]
+
+
+class Ledgers:
+    """Each relay's stored-bytes ledger (module doc)."""
+
+    def __init__(self, kv: Kv, bucket: Bucket) -> None:
+        self.kv = kv
+        self.api = kv.api
+        self.bucket = bucket
+        self.records = Keyed(kv, bucket, Ledger)
+
+    async def put(self, node: str, ledger: Ledger) -> None:
+        self.api.check_open()
+        await self.records.change(f"l.{_node_token(node)}", lambda _old: ledger)
+
+    async def all(self) -> dict[str, Ledger]:
+        self.api.check_open()
+        keys = await self.kv.keys(self.bucket, "l.*")
+        found = await self.records.many(keys)
+        return {k.removeprefix("l."): v for k, v in zip(keys, found, strict=True) if v is not None}

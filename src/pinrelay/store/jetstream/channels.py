@@ -19,11 +19,26 @@ compare-and-set (:mod:`.cas`), so relays racing are ordered by the key's revisio
   one ``after`` is in until it has ``limit`` PINs, in waves read together (two, then
   as many as the first say are needed): a page of 500 costs a listing and about two
   round trips of reads whatever the channel's size, and a join rewrites one shard
-  (4 KB at 100,000 members);
-- ``r.<PIN>``: the device's consent (:class:`Consent`): the classes it refuses, and
-  its marketing count of the day with the last broadcast counted.  A device with
-  neither has no key: :meth:`Channels.admit` then reads nothing more for it and,
-  for a service broadcast, writes nothing.
+  (4 KB at 100,000 members; NATS's 1 MB message holds a shard of a 20-million-member
+  channel).  A shard its last member left stays, empty (removing it could not be
+  a compare-and-set, and would race with a join);
+- ``r.<PIN[:2]>.<PIN>``: the device's consent (:class:`Consent`): the classes it
+  refuses, and its marketing count of the day with the last broadcast counted.  A
+  device with neither has no key.
+
+**Admission.**  A page of members is PIN-sorted, so its PINs share few prefixes
+(a 10,000-member channel's page of 500 spans about 13 of the 256): :meth:`Channels.admit`
+lists those prefixes' consent keys (a request each, on the leader) and reads only
+the records there are.  A member with none is admitted with no read and, for a
+service broadcast, no write; with a marketing cap its count is created (a
+compare-and-set on "absent", so a record written meanwhile is read and honoured).
+A page whose PINs spread over many prefixes (a small channel's) reads each PIN's key
+instead, :data:`ADMIT_IN_FLIGHT` at once.  Counted members write their record by
+compare-and-set, so relays admitting at once never pass the cap.
+
+A new bucket needs no layout version (:mod:`.setup`, "Layout versions"): a relay
+of this version creates it on a cluster an older one made, and an older relay
+never reads it.
 
 **Order of writes** (no write spans two keys atomically): a join writes the
 device's list, then the shard; a leave the shard, then the list.  Repeating either
@@ -61,6 +76,9 @@ from pinrelay.store.jetstream.unread import IN_FLIGHT, bounded
 
 #: Shards of a channel read at once for one page of members, at most.
 MAX_WAVE = 64
+#: Listing the consent keys of a page's PIN prefixes pays (rather than a read per
+#: PIN) when it has at least this many PINs per prefix.
+LIST_RATIO = 4
 #: Consent reads (and marketing writes) in flight at once for one admission.
 ADMIT_IN_FLIGHT = 64
 
@@ -84,7 +102,7 @@ class Shard(msgspec.Struct):
 
 
 class Consent(msgspec.Struct, omit_defaults=True):
-    """``r.<PIN>``: what a device refuses, and its marketing count of ``day``."""
+    """``r.<PIN[:2]>.<PIN>``: what a device refuses, and its marketing count of ``day``."""
 
     refuses: list[str] = []
     day: int = 0
@@ -101,6 +119,10 @@ def _shard(pin: str) -> str:
 
 def shard_key(channel_id: str, pin: str) -> str:
     return f"m.{channel_id}.{_shard(pin)}"
+
+
+def consent_key(pin: str) -> str:
+    return f"r.{_shard(pin)}.{pin}"
 
 
 def _added(items: list[str], item: str) -> list[str] | None:
@@ -337,7 +359,7 @@ class Channels:
         """Forget everything of a deleted device: memberships and consent."""
         await self.leave_all(pin)
         if SAFE_TOKEN.match(pin):
-            await self.kv.remove(self.bucket, f"r.{pin}")
+            await self.kv.remove(self.bucket, consent_key(pin))
 
     # --- consent -------------------------------------------------------------------
     async def set_refusal(self, pin: str, klass: ChannelClass, refused: bool) -> bool:
@@ -350,36 +372,57 @@ class Channels:
             new = _added(rec.refuses, klass) if refused else _dropped(rec.refuses, klass)
             return None if new is None else msgspec.structs.replace(rec, refuses=new)
 
-        await self.consents.change(f"r.{pin}", change)
+        await self.consents.change(consent_key(pin), change)
         return True
 
     async def refusals_of(self, pin: str) -> list[ChannelClass]:
         self.api.check_open()
         if not SAFE_TOKEN.match(pin):
             return []
-        rec = await self.consents.get(f"r.{pin}")
+        rec = await self.consents.get(consent_key(pin))
         found: list[ChannelClass] = ["marketing", "service"]
         return [] if rec is None else [k for k in found if k in rec.refuses]
 
     async def admit(
         self, pins: Sequence[str], klass: ChannelClass, broadcast_id: str, day: int, cap: int | None
     ) -> list[str]:
-        """Those of ``pins`` that take the broadcast (the Store's docstring): one read
-        per PIN, and with a ``cap`` one write per PIN admitted and not yet counted."""
+        """Those of ``pins`` that take the broadcast (the Store's docstring; module
+        doc, "Admission")."""
         self.api.check_open()
+        safe = [p for p in pins if SAFE_TOKEN.match(p)]
+        listed = await self._with_consent(safe)
 
         def one(pin: str) -> Callable[[], Awaitable[bool]]:
-            return lambda: self._admit_one(pin, klass, broadcast_id, day, cap)
+            known = None if listed is None else pin in listed
+            return lambda: self._admit_one(pin, klass, broadcast_id, day, cap, known)
 
-        safe = [p for p in pins if SAFE_TOKEN.match(p)]
         verdicts = await bounded([one(p) for p in safe], ADMIT_IN_FLIGHT)
         return [p for p, ok in zip(safe, verdicts, strict=True) if ok]
 
+    async def _with_consent(self, pins: list[str]) -> set[str] | None:
+        """Those of ``pins`` that have a consent key, by listing their prefixes' keys;
+        None (read each) when they share too few prefixes for listing to pay."""
+        prefixes = sorted({_shard(p) for p in pins})
+        if not prefixes or len(pins) < LIST_RATIO * len(prefixes):
+            return None
+
+        def listing(prefix: str) -> Callable[[], Awaitable[list[str]]]:
+            return lambda: self.kv.keys(self.bucket, f"r.{prefix}.*")
+
+        found = await bounded([listing(p) for p in prefixes], IN_FLIGHT)
+        return {k.rpartition(".")[2] for keys in found for k in keys}
+
     async def _admit_one(
-        self, pin: str, klass: ChannelClass, broadcast_id: str, day: int, cap: int | None
+        self,
+        pin: str,
+        klass: ChannelClass,
+        broadcast_id: str,
+        day: int,
+        cap: int | None,
+        listed: bool | None,
     ) -> bool:
-        key = f"r.{pin}"
-        got = await self.kv.get(self.bucket, key)
+        key = consent_key(pin)
+        got = None if listed is False else await self.kv.get(self.bucket, key)
         rec = None if got is None else self.consents.dec.decode(got.value)
         if rec is not None and klass in rec.refuses:
             return False

@@ -91,7 +91,6 @@ from pinrelay.core.social import Action, State, Transition
 from pinrelay.store.base import MAX_CONTACTS, Contact, StoreClosed
 from pinrelay.store.jetstream.appends import Outgoing, send_batch
 from pinrelay.store.jetstream.devices import Devices
-from pinrelay.store.jetstream.errors import ApiError
 from pinrelay.store.jetstream.kv import Entry, KeyedLocks, Kv
 from pinrelay.store.jetstream.layout import Bucket
 from pinrelay.store.jetstream.records import (
@@ -320,16 +319,11 @@ class ContactLists:
             for n, w in enumerate(writes)
         ]
 
-        async def op() -> int | None:
-            try:  # a batch id per attempt: a retry is a new batch, checked anew
-                resp = await send_batch(self.kv.api, items, uuid.uuid4().hex)
-            except ApiError as err:
-                if err.wrong_last_sequence:  # either record: the server stored neither
-                    return None
-                raise
-            return int(resp["seq"])
-
-        top = await self.kv.api.call(op, f"write {self.bucket.name}")
+        # A batch id per attempt: a retry is a new batch, checked anew.  A moved
+        # record (either one): the server stored neither.
+        top = await self.kv.api.unless_moved(
+            lambda: send_batch(self.kv.api, items, uuid.uuid4().hex), f"write {self.bucket.name}"
+        )
         if top is None:
             return False
         first = top - len(writes) + 1  # an atomic batch is stored in one run

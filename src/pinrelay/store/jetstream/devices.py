@@ -37,6 +37,10 @@ from pinrelay.store.jetstream.watch import Cached, RecordCache, Watch
 MAX_CAS_ATTEMPTS = 100
 
 
+#: PINs with no device remembered per relay (store/jetstream/watch.py).
+ABSENT_PINS = 10_000
+
+
 class FoundDevice(NamedTuple):
     """A device record and the revision a compare-and-set of it must name."""
 
@@ -57,7 +61,8 @@ class Devices:
         self.kv = kv
         self.bucket = buckets.devices
         self._locks = KeyedLocks()
-        self.cache: RecordCache[DeviceRec] = RecordCache(device_dec.decode)
+        # Absent PINs too: a push to none costs what a push to a cached device does.
+        self.cache: RecordCache[DeviceRec] = RecordCache(device_dec.decode, absent_size=ABSENT_PINS)
         self.watch = Watch(self.bucket, self.cache)
 
     async def get(self, pin: str) -> FoundDevice | None:
@@ -215,7 +220,9 @@ class Devices:
         if rec is None:
             return False
         if granted and tenant not in rec.grants:
-            raise PinrelayError(f"a device grants at most {MAX_GRANTS} tenants", ErrorCode.CONFLICT)
+            raise PinrelayError(
+                f"a device may grant at most {MAX_GRANTS} tenants", ErrorCode.CONFLICT
+            )
         return True
 
     async def remove(self, pin: str) -> bool:

@@ -80,7 +80,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.store.base import MAX_GROUP, Group, StoreClosed
 from pinrelay.store.jetstream.appends import MAX_ATOMIC_BATCH, Outgoing, send_batch
-from pinrelay.store.jetstream.errors import ApiError
 from pinrelay.store.jetstream.kv import KeyedLocks, Kv
 from pinrelay.store.jetstream.layout import Bucket
 from pinrelay.store.jetstream.records import SAFE_TOKEN, GroupRec, group_dec, json_enc
@@ -275,29 +274,17 @@ class Groups:
         """One atomic batch holding a compare-and-set ``after`` items from its end."""
         if len(items) == 1:
             return await self._publish_cas(items[0])
-
-        async def op() -> int | None:
-            try:  # a batch id per attempt: a retry is a new batch, checked anew
-                resp = await send_batch(self.api, items, uuid.uuid4().hex)
-            except ApiError as err:
-                if err.wrong_last_sequence:  # the server stored none of it
-                    return None
-                raise
-            return int(resp["seq"]) - after
-
-        return await self.api.call(op, f"write {self.bucket.name}")
+        # A batch id per attempt: a retry is a new batch, checked anew.
+        seq = await self.api.unless_moved(
+            lambda: send_batch(self.api, items, uuid.uuid4().hex), f"write {self.bucket.name}"
+        )
+        return None if seq is None else seq - after
 
     async def _publish_cas(self, item: Outgoing) -> int | None:
-        async def op() -> int | None:
-            try:
-                resp = await self.api.publish(item.subject, item.payload, item.headers)
-            except ApiError as err:
-                if err.wrong_last_sequence:
-                    return None
-                raise
-            return int(resp["seq"])
-
-        return await self.api.call(op, f"write {self.bucket.name}")
+        return await self.api.unless_moved(
+            lambda: self.api.publish(item.subject, item.payload, item.headers),
+            f"write {self.bucket.name}",
+        )
 
     async def _put_all(self, items: list[Outgoing]) -> None:
         """Store unconditional ``items``: atomic batches where the bucket takes them

@@ -16,7 +16,6 @@ import dataclasses
 from collections.abc import AsyncIterator
 
 from pinrelay.store.jetstream.api import Api, not_found
-from pinrelay.store.jetstream.errors import ApiError
 from pinrelay.store.jetstream.layout import Bucket
 
 
@@ -59,16 +58,9 @@ class Kv:
         """
         headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
 
-        async def op() -> int | None:
-            try:
-                resp = await self.api.publish(bucket.subject(key), value, headers)
-            except ApiError as err:
-                if err.wrong_last_sequence:
-                    return None
-                raise
-            return int(resp["seq"])
-
-        return await self.api.call(op, f"write {bucket.name}")
+        return await self.api.unless_moved(
+            lambda: self.api.publish(bucket.subject(key), value, headers), f"write {bucket.name}"
+        )
 
     async def create(self, bucket: Bucket, key: str, value: bytes) -> int | None:
         """Create ``key``: its revision, or None if it exists."""

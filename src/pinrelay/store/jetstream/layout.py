@@ -6,8 +6,8 @@ partitions, devices are spread over K streams ``<stream>_<p>`` on
 ``<prefix>.<p>.>``, p = crc32(PIN) mod K.  The KV buckets are
 ``<bucket_prefix>_devices``, ``_keys``, ``_keyhash``, ``_idem``, ``_contacts``,
 ``_unread``, ``_groups``, ``_subscriptions``, ``_tenants`` and ``_channels`` (and
-``_pairing`` and ``_receipts``).  Every name is
-configurable, so several relays or tests can share a cluster.
+``_pairing`` and ``_receipts``, with a max age).  Every name is configurable, so
+several relays or tests can share a cluster.
 
 Each stream also holds its chat messages' expiry schedules and notices
 (:mod:`.expiry`) on ``<prefix>-expiry[.<p>].>``: outside ``<prefix>.>``, so that the

@@ -9,7 +9,7 @@ metadata, and a store opened with another count on the same subjects is refused
 ``allow_msg_schedules`` added, and the shared consumer of their notices is created
 (or left as it is).  The contacts, unread, groups and subscriptions buckets
 take per-message TTLs, and atomic batches (nats-server 2.12+) unless the store is told
-not to use them.  A bucket a newer version added (subscriptions) is created when a
+not to use them.  A bucket a newer version added (subscriptions, channels) is created when a
 store opens a cluster an older one made, as any missing bucket is.  A cluster
 that just started may not know its peers
 or have a leader yet: set-up is retried (:func:`~.errors.setup_may_retry`).  The

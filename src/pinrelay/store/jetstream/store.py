@@ -30,6 +30,8 @@ from nats.js.client import JetStreamContext
 from pinrelay.core.channels import AuditEntry, Broadcast, BroadcastCounts, Channel, ChannelClass
 from pinrelay.core.chat import contact_data
 from pinrelay.core.ids import next_message_id
+from pinrelay.core.incidents import Incident
+from pinrelay.core.ledger import Ledger
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.quotas import over
 from pinrelay.core.social import Action, Event, State, Transition
@@ -53,7 +55,7 @@ from pinrelay.store.jetstream import setup
 from pinrelay.store.jetstream.acks import Acker
 from pinrelay.store.jetstream.api import Api, refused
 from pinrelay.store.jetstream.appends import Appender
-from pinrelay.store.jetstream.broadcasts import Audit, Broadcasts
+from pinrelay.store.jetstream.broadcasts import Audit, Broadcasts, Ledgers
 from pinrelay.store.jetstream.channels import Channels
 from pinrelay.store.jetstream.contacts import ContactLists, Side
 from pinrelay.store.jetstream.devices import Devices
@@ -62,6 +64,7 @@ from pinrelay.store.jetstream.feed import Feed
 from pinrelay.store.jetstream.group import GroupCommit
 from pinrelay.store.jetstream.groups import Groups
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_LEASE_S, Leases
+from pinrelay.store.jetstream.incidents import Incidents
 from pinrelay.store.jetstream.keys import Keys
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import LAYOUT_VERSION, Layout
@@ -133,6 +136,8 @@ class JetStreamStore:
         self.channels = Channels(kv, buckets.channels, self.devices)
         self.broadcasts = Broadcasts(kv, buckets.channels)
         self.audit_log = Audit(kv, buckets.channels)
+        self.ledger_records = Ledgers(kv, buckets.channels)
+        self.incidents = Incidents(kv, buckets.channels)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
@@ -643,6 +648,12 @@ class JetStreamStore:
     async def broadcast_counts(self, broadcast_id: str) -> BroadcastCounts:
         return await self.broadcasts.counts(broadcast_id)
 
+    async def put_ledger(self, node: str, ledger: Ledger) -> None:
+        await self.ledger_records.put(node, ledger)
+
+    async def ledgers(self) -> dict[str, Ledger]:
+        return await self.ledger_records.all()
+
     async def append_audit(self, entry: AuditEntry) -> None:
         await self.audit_log.append(entry)
 
@@ -650,6 +661,16 @@ class JetStreamStore:
         self, tenant: str | None, before_ms: int | None, limit: int
     ) -> list[AuditEntry]:
         return await self.audit_log.page(tenant, before_ms, limit)
+
+    # --- incidents (.incidents) ---------------------------------------------------------
+    async def put_incident(self, incident: Incident) -> bool:
+        return await self.incidents.put(incident)
+
+    async def get_incident(self, incident_id: str) -> Incident | None:
+        return await self.incidents.get(incident_id)
+
+    async def list_incidents(self, since_ms: int, limit: int) -> list[Incident]:
+        return await self.incidents.listing(since_ms, limit)
 
     # --- pairing codes (.pairing) -------------------------------------------------------
     async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:

@@ -72,7 +72,6 @@ from pinrelay.store.base import (
 )
 from pinrelay.store.jetstream.appends import Outgoing, send_batch
 from pinrelay.store.jetstream.devices import Devices
-from pinrelay.store.jetstream.errors import ApiError
 from pinrelay.store.jetstream.kv import KeyedLocks, Kv
 from pinrelay.store.jetstream.layout import Bucket
 from pinrelay.store.jetstream.records import SAFE_TOKEN, json_enc
@@ -381,29 +380,15 @@ class Subscriptions:
 
     async def _publish(self, item: Outgoing) -> int | None:
         """One compare-and-set write: its revision, or None if the key moved on."""
-
-        async def op() -> int | None:
-            try:
-                resp = await self.api.publish(item.subject, item.payload, item.headers)
-            except ApiError as err:
-                if err.wrong_last_sequence:
-                    return None
-                raise
-            return int(resp["seq"])
-
-        return await self.api.call(op, f"write {self.bucket.name}")
+        return await self.api.unless_moved(
+            lambda: self.api.publish(item.subject, item.payload, item.headers),
+            f"write {self.bucket.name}",
+        )
 
     async def _batch(self, items: list[Outgoing]) -> int | None:
         """Compare-and-set writes in one atomic batch: the last one's revision, or None
         if any key moved on (then none was written)."""
-
-        async def op() -> int | None:
-            try:  # a batch id per attempt: a retry is a new batch, checked anew
-                resp = await send_batch(self.api, items, uuid.uuid4().hex)
-            except ApiError as err:
-                if err.wrong_last_sequence:
-                    return None
-                raise
-            return int(resp["seq"])
-
-        return await self.api.call(op, f"write {self.bucket.name}")
+        # A batch id per attempt: a retry is a new batch, checked anew.
+        return await self.api.unless_moved(
+            lambda: send_batch(self.api, items, uuid.uuid4().hex), f"write {self.bucket.name}"
+        )

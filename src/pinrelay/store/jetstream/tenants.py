@@ -43,7 +43,7 @@ from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.tenants import DEFAULT_TENANT, TENANT_ID_RE, Tenant
 from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream.devices import MAX_CAS_ATTEMPTS
-from pinrelay.store.jetstream.kv import Kv
+from pinrelay.store.jetstream.kv import KeyedLocks, Kv
 from pinrelay.store.jetstream.layout import Bucket
 from pinrelay.store.jetstream.records import (
     TenantRec,
@@ -69,6 +69,10 @@ class Tenants:
         self.clock = clock
         self.cache: RecordCache[TenantRec] = RecordCache(tenant_dec.decode)
         self.watch = Watch(bucket, self.cache)
+        #: A relay's own changes of one tenant's record take turns: creates of one
+        #: tenant's devices in flight together would otherwise lose their
+        #: compare-and-sets to each other until they gave up (only other relays race).
+        self._locks = KeyedLocks()
 
     async def _fresh(self, tenant_id: str) -> Cached[TenantRec]:
         """The record from the bucket's leader (:data:`ABSENT` at revision 0: none)."""
@@ -144,6 +148,10 @@ class Tenants:
         self.api.check_open()
         if not TENANT_ID_RE.match(tenant_id):
             return True
+        async with self._locks.hold(tenant_id):
+            return await self._count(tenant_id, delta, limit)
+
+    async def _count(self, tenant_id: str, delta: int, limit: int | None) -> bool:
         cached = self.cache.get(tenant_id)
         for _ in range(MAX_CAS_ATTEMPTS):
             fresh = cached is None or not cached.revision

@@ -24,6 +24,12 @@ Why an entry is never stale for long:
 Bounded: at most ``size`` entries, least recently used first out; a cache of
 records whose size varies (a device's contacts) weighs each one (``weigh``) and
 holds at most ``size`` in weight instead.
+
+A cache may also remember keys that have no record (``absent_size`` of them, least
+recently asked first out): the device cache does, so that a push to a PIN with no
+device is answered from memory as a push to another tenant's (cached) device is,
+not after a leader read that would time it apart (PROTOCOL "Tenants": the same
+answer and timing).  Any write of such a key the watch sees forgets its absence.
 """
 
 from __future__ import annotations
@@ -74,8 +80,12 @@ class RecordCache(Generic[T]):
         decode: Callable[[bytes], T],
         size: int = CACHE_SIZE,
         weigh: Callable[[T], int] = _one,
+        absent_size: int = 0,
     ) -> None:
         self.decode = decode
+        #: Keys known to have no record (module doc), at most ``absent_size``.
+        self.absent_size = absent_size
+        self._absent: OrderedDict[str, None] = OrderedDict()
         #: Most weight held (by default each entry weighs 1: most entries).
         self.size = size
         self.weigh = weigh
@@ -109,6 +119,10 @@ class RecordCache(Generic[T]):
         cached = self.get(key)
         if cached is not None:
             return cached
+        if self.live and key in self._absent:
+            self._absent.move_to_end(key)
+            self.hits += 1
+            return None
         token = self.begin(key)
         try:
             got = await load()
@@ -143,8 +157,16 @@ class RecordCache(Generic[T]):
     def fill(self, key: str, value: T | None, revision: int, token: int) -> None:
         """The read begun with :meth:`begin` returned (value None: no such key)."""
         seen = self._end(key)
-        if not self.live or token != self._epoch or seen > revision or value is None:
+        if not self.live or token != self._epoch or seen > revision:
             self._pop(key)  # changed while we read: read again next time
+            return
+        if value is None:
+            self._pop(key)
+            if self.absent_size:
+                self._absent[key] = None
+                self._absent.move_to_end(key)
+                while len(self._absent) > self.absent_size:
+                    self._absent.popitem(last=False)
             return
         self.put(key, value, revision)
 
@@ -152,6 +174,7 @@ class RecordCache(Generic[T]):
         """A record this relay just wrote (the revision its write got)."""
         if not self.live:
             return
+        self._absent.pop(key, None)
         got = self._entries.get(key)
         if got is not None and got.revision > revision:
             return
@@ -185,6 +208,8 @@ class RecordCache(Generic[T]):
         """The watch saw ``key`` written (``raw``) or removed (None) at ``revision``."""
         if key in self._reading:
             self._reading[key][1] = max(self._reading[key][1], revision)
+        if raw is not None:
+            self._absent.pop(key, None)
         got = self._entries.get(key)
         if got is None or got.revision >= revision:
             return
@@ -203,6 +228,7 @@ class RecordCache(Generic[T]):
 
     def clear(self) -> None:
         self._entries.clear()
+        self._absent.clear()
         self.weight = 0
         self._reading.clear()
         self._epoch += 1

@@ -1,0 +1,151 @@
+"""``pinrelay incident open|update|resolve|list|show``: operators' incidents over
+the HTTP API (PROTOCOL "Incidents and status").
+
+Changes take the relay's admin key (``--key``, $PINRELAY_KEY, $PINRELAY_ADMIN_KEY or
+./data/admin.key); a tenant's admin key lists and shows the incidents affecting its
+tenant.  What the public sees is ``/status`` on any relay.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from pinrelay.cli_common import (
+    DEFAULT_URL,
+    JsonOpt,
+    KeyOpt,
+    UrlOpt,
+    admin_key,
+    call,
+    fail,
+    out,
+    print_json,
+)
+from pinrelay.cli_common import relay_client as client
+from pinrelay.core.incidents import COMPONENTS, SEVERITIES
+
+incident_app = typer.Typer(help="Open, update and resolve incidents (the status page).")
+
+IncidentArg = Annotated[str, typer.Argument(metavar="INCIDENT", help="The incident's id (I…).")]
+TextArg = Annotated[str, typer.Argument(help="What is known, in words (up to 2,000 characters).")]
+
+
+def _print(incident: dict[str, Any], as_json: bool, title: str | None = None) -> None:
+    if as_json:
+        print_json(incident)
+        return
+    where = f" in {incident['region']}" if incident.get("region") else ""
+    if title:
+        out.print(title)
+    out.print(
+        f"{incident['id']}  {incident['state']}  {incident['component']}"
+        f" {incident['severity']}{escape(where)}"
+    )
+    out.print(f"started {incident['started_at']}", end="")
+    out.print(f", resolved {incident['resolved_at']}" if incident["resolved_at"] else "")
+    if incident.get("tenants"):
+        out.print("affects " + ", ".join(incident["tenants"]))
+    for u in incident["updates"]:
+        out.print(f"  {u['at']}  {escape(u['text'])}")
+
+
+@incident_app.command("open")
+def incident_open(
+    component: Annotated[str, typer.Argument(help="store, cluster, links or delivery.")],
+    text: TextArg,
+    severity: Annotated[
+        str, typer.Option(help="minor or major (degraded), critical (outage).")
+    ] = "major",
+    region: Annotated[str | None, typer.Option(help="Where; none: everywhere.")] = None,
+    tenant: Annotated[
+        list[str] | None,
+        typer.Option("--tenant", help="A tenant affected (repeat); none: every tenant, public."),
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Open an incident: its component shows degraded or outage on /status."""
+    if component not in COMPONENTS:
+        fail(f"the component is one of {', '.join(COMPONENTS)}, not {component!r}")
+    if severity not in SEVERITIES:
+        fail(f"--severity is one of {', '.join(SEVERITIES)}, not {severity!r}")
+    body: dict[str, Any] = {"component": component, "severity": severity, "text": text}
+    if region:
+        body["region"] = region
+    if tenant:
+        body["tenants"] = tenant
+    with client(url, admin_key(key)) as c:
+        made = call(c.request, "POST", "/v1/incidents", json=body)
+    _print(made, as_json, "incident opened")
+
+
+@incident_app.command("update")
+def incident_update(
+    incident: IncidentArg,
+    text: TextArg,
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add an update to an open incident's timeline."""
+    with client(url, admin_key(key)) as c:
+        after = call(c.request, "POST", f"/v1/incidents/{incident}/updates", json={"text": text})
+    _print(after, as_json)
+
+
+@incident_app.command("resolve")
+def incident_resolve(
+    incident: IncidentArg,
+    text: Annotated[str | None, typer.Argument(help="A last update (optional).")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Resolve an incident (final: it takes no more updates)."""
+    kw: dict[str, Any] = {"json": {"text": text}} if text is not None else {}
+    with client(url, admin_key(key)) as c:
+        after = call(c.request, "POST", f"/v1/incidents/{incident}/resolve", **kw)
+    _print(after, as_json, "incident resolved")
+
+
+@incident_app.command("show")
+def incident_show(
+    incident: IncidentArg, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """An incident and its timeline."""
+    with client(url, admin_key(key)) as c:
+        found = call(c.request, "GET", f"/v1/incidents/{incident}")
+    _print(found, as_json)
+
+
+@incident_app.command("list")
+def incident_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """Open incidents and those resolved in the last 14 days, newest first."""
+    with client(url, admin_key(key)) as c:
+        found: list[dict[str, Any]] = call(c.request, "GET", "/v1/incidents")["incidents"]
+    if as_json:
+        print_json(found)
+        return
+    from rich.table import Column, Table
+
+    id_column = Column("id", no_wrap=True)
+    table = Table(id_column, "state", "component", "severity", "started", "last update")
+    for i in found:
+        table.add_row(
+            i["id"],
+            i["state"],
+            i["component"],
+            i["severity"],
+            i["started_at"],
+            escape(i["updates"][-1]["text"][:60]),
+        )
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the ``pinrelay`` command."""
+    app.add_typer(incident_app, name="incident", no_args_is_help=True)
