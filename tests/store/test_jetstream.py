@@ -21,7 +21,7 @@ from pinrelay.store.jetstream.appends import AUX, Outgoing, atomic_chunks
 from pinrelay.testing.wait import wait_until_async
 from tests.natsproc import NatsCluster
 
-from .conftest import jetstream_names
+from .conftest import destroy_unopened, jetstream_names
 from .test_contract import NOW, A, B, add_devices, append_ok, data_n, msg, read_all
 
 OpenStore = Callable[..., Awaitable[JetStreamStore]]
@@ -45,12 +45,9 @@ async def open_store(nats_cluster: NatsCluster, tmp_path: Path) -> AsyncIterator
             await s.close()
         # With the layout the test's first store made (a partition count is fixed).
         partitions = opened[0].partitions if opened else 1
-        cleanup = JetStreamStore(
-            nats_cluster.urls, partitions=partitions, **jetstream_names(tmp_path)
+        await destroy_unopened(
+            JetStreamStore(nats_cluster.urls, partitions=partitions, **jetstream_names(tmp_path))
         )
-        await cleanup.open()
-        await cleanup.destroy()
-        await cleanup.close()
 
 
 async def subject_counts(servers: list[str], stream: str, subjects: str) -> dict[str, int]:

@@ -57,6 +57,7 @@ async def next_matrix(ws: ClientConnection) -> frames.Msg:
                 return frame
 
 
+@pytest.mark.shared_relay
 class TestMatrixGateway:
     def test_discovery(self, relay: RelayProc) -> None:
         r = httpx.get(f"{relay.url}/_matrix/push/v1/notify")

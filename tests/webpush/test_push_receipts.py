@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import httpx
+import pytest
 from pywebpush import webpush
 
 from tests.chat.conftest import Links
@@ -35,6 +36,7 @@ async def poll(url: str, wait: int) -> httpx.Response:
         return await http.get(url, params={"wait": wait})
 
 
+@pytest.mark.shared_relay
 async def test_receipt_after_the_ack(relay: RelayProc, links: Links) -> None:
     device = relay.create_device()
     sub = subscribe(relay, device)
@@ -55,6 +57,7 @@ async def test_receipt_after_the_ack(relay: RelayProc, links: Links) -> None:
     assert r.status_code == 201 and "Link" not in r.headers
 
 
+@pytest.mark.shared_relay
 async def test_receipt_over_the_inbox_ack(relay: RelayProc) -> None:
     device = relay.create_device()
     sub = subscribe(relay, device)
@@ -69,6 +72,7 @@ async def test_receipt_over_the_inbox_ack(relay: RelayProc) -> None:
     assert (await poll(receipt, 5)).status_code == 200
 
 
+@pytest.mark.shared_relay
 async def test_no_receipt_for_a_message_that_will_never_arrive(relay: RelayProc) -> None:
     device = relay.create_device()
     sub, other = subscribe(relay, device), subscribe(relay, device)

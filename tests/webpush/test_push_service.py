@@ -49,6 +49,7 @@ def backlog(relay: RelayProc, pin: str) -> int:
         return int(c.show_device(pin)["backlog"])
 
 
+@pytest.mark.shared_relay
 class TestSubscriptions:
     def test_the_answer_is_a_push_subscription(self, relay: RelayProc) -> None:
         device = relay.create_device()
@@ -126,6 +127,7 @@ class TestSubscriptions:
         assert [s["id"] for s in listed(relay, device)] == [answer.subscription.id]
 
 
+@pytest.mark.shared_relay
 class TestPushing:
     async def test_pywebpush_reaches_the_device_encrypted(
         self, relay: RelayProc, links: Links
@@ -247,6 +249,7 @@ class TestPushing:
         await wait_until_async(lambda: backlog(relay, device["pin"]) == 0, 10.0, 0.05, "acked")
 
 
+@pytest.mark.shared_relay
 class TestBadRequests:
     BODY = b"\x00" * 16 + (4096).to_bytes(4, "big") + bytes([65]) + b"\x04" * 65 + b"\x01" * 17
 
@@ -297,6 +300,7 @@ class TestBadRequests:
         assert httpx.get(relay.url + "/push/AAAAAAAAAAAAAAAAAAAAAA").status_code == 404
 
 
+@pytest.mark.shared_relay
 class TestMessageResource:
     async def test_delete_before_delivery(self, relay: RelayProc, links: Links) -> None:
         device = relay.create_device()

@@ -52,7 +52,7 @@ from pinrelay.core.model import StoredMessage
 from pinrelay.router.base import Linked
 from pinrelay.router.local import LocalRouter
 from pinrelay.store.base import StoreClosed
-from pinrelay.store.jetstream import ensure_bucket, setup_may_retry
+from pinrelay.store.jetstream import ensure_bucket, setup_may_retry, together
 from pinrelay.store.jetstream.feed import Feed
 
 log = logging.getLogger(__name__)
@@ -158,11 +158,9 @@ class NatsRouter:
         deadline = time.monotonic() + setup_timeout
         while True:
             try:
-                self._routes = await ensure_bucket(
-                    js, f"{self.bucket_prefix}_routes", self.replicas, None
-                )
-                self._relays = await ensure_bucket(
-                    js, f"{self.bucket_prefix}_relays", self.replicas, self.ttl_s
+                self._routes, self._relays = await together(
+                    ensure_bucket(js, f"{self.bucket_prefix}_routes", self.replicas, None),
+                    ensure_bucket(js, f"{self.bucket_prefix}_relays", self.replicas, self.ttl_s),
                 )
                 await self._check_unique(self._relays)
                 break

@@ -35,7 +35,7 @@ from pinrelay.store.jetstream.appends import MAX_ATOMIC_BATCH, ttl_seconds
 from pinrelay.store.jetstream.errors import setup_may_retry
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_LEASE_S, IDEMPOTENCY_TTL_S
 from pinrelay.store.jetstream.layout import MAX_PARTITIONS, PARTITIONS_META
-from pinrelay.store.jetstream.setup import ensure_bucket
+from pinrelay.store.jetstream.setup import ensure_bucket, together
 from pinrelay.store.jetstream.store import JetStreamStore
 
 __all__ = [
@@ -47,5 +47,6 @@ __all__ = [
     "JetStreamStore",
     "ensure_bucket",
     "setup_may_retry",
+    "together",
     "ttl_seconds",
 ]

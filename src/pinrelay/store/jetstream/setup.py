@@ -12,7 +12,9 @@ take per-message TTLs, and atomic batches (nats-server 2.12+) unless the store i
 not to use them.  A bucket a newer version added (subscriptions, channels) is created when a
 store opens a cluster an older one made, as any missing bucket is.  A cluster
 that just started may not know its peers
-or have a leader yet: set-up is retried (:func:`~.errors.setup_may_retry`).
+or have a leader yet: set-up is retried (:func:`~.errors.setup_may_retry`).  The
+streams and buckets are created or checked at once (:func:`together`), each request
+the same whichever relay sends it, so relays opening together still agree.
 
 **Layout versions.**  Each message stream records in its metadata
 (:data:`~.layout.LAYOUT_META`) the shape of the store's data: none is layout 1 (before
@@ -33,7 +35,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, overload
 
 import nats.errors
 import nats.js.errors
@@ -61,6 +63,8 @@ RECEIPTS_TTL = float(PUSH_RECEIPTS_BUCKET_TTL_S)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 async def connect(
@@ -114,6 +118,53 @@ async def ensure_bucket(
         if not name_in_use(exc):
             raise
         return await js.key_value(name)
+
+
+@overload
+async def together(a: Awaitable[A], b: Awaitable[B], c: Awaitable[T], /) -> tuple[A, B, T]: ...
+@overload
+async def together(*steps: Awaitable[T]) -> tuple[T, ...]: ...
+async def together(*steps: Awaitable[Any]) -> tuple[Any, ...]:
+    """Run ``steps`` at once; their results in order.
+
+    The first failure cancels the rest (a request cancelled in flight may still be
+    done by the server: every step is idempotent, and :meth:`Setup._retrying` runs
+    them all again) and is raised itself, not in an ExceptionGroup; of several, one
+    that is not worth retrying (:func:`~.errors.setup_may_retry`) first, so a refusal
+    is not retried as a passing failure would be.
+    """
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_awaited(step)) for step in steps]
+    except BaseExceptionGroup as failed:
+        leaves = _leaves(failed)
+        for exc in leaves:
+            if isinstance(exc, Exception) and not setup_may_retry(exc):
+                raise exc from None
+        raise leaves[0] from None
+    return tuple(task.result() for task in tasks)
+
+
+async def _awaited(step: Awaitable[T]) -> T:
+    return await step
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+async def delete_streams(js: JetStreamContext, names: Sequence[str]) -> None:
+    """Delete the streams ``names`` at once (those missing are gone already)."""
+
+    async def delete(name: str) -> None:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_stream(name)
+
+    await together(*(delete(name) for name in names))
 
 
 class Prepared(NamedTuple):
@@ -176,17 +227,27 @@ class Setup:
             ) from exc
 
     async def _prepare(self, nc: NATS, js: JetStreamContext) -> Prepared:
-        await ensure_bucket(js, self.layout.pairing.name, self.replicas, PAIRING_TTL)
-        await ensure_bucket(js, self.layout.push_receipts.name, self.replicas, RECEIPTS_TTL)
-        atomic, schedules, version = await self._ensure_streams(nc, js)
+        # Every stream and bucket at once: each is a Raft group the cluster forms, about
+        # 0.1 s apiece.  After the check of the subjects, so a store refused for them
+        # creates nothing.
+        existing = await self._check_subjects(nc)
         buckets = self.layout.buckets
         batched = [buckets.contacts, buckets.unread, buckets.groups, buckets.subscriptions]
-        for b in self.layout.bucket_names():
-            if b in (bucket.name for bucket in batched):
-                continue
-            ttl = float(IDEMPOTENCY_TTL_S) if b == buckets.idem.name else None
-            await ensure_bucket(js, b, self.replicas, ttl)
-        batches = [await self._ensure_batch_bucket(js, b) for b in batched]
+        plain = [
+            (self.layout.pairing.name, PAIRING_TTL),
+            (self.layout.push_receipts.name, RECEIPTS_TTL),
+            *(
+                (b, float(IDEMPOTENCY_TTL_S) if b == buckets.idem.name else None)
+                for b in self.layout.bucket_names()
+                if b not in {bucket.name for bucket in batched}
+            ),
+        ]
+        streams, batches, _ = await together(
+            self._ensure_streams(js, existing),
+            together(*(self._ensure_batch_bucket(js, b) for b in batched)),
+            together(*(ensure_bucket(js, b, self.replicas, ttl) for b, ttl in plain)),
+        )
+        atomic, schedules, version = streams
         return Prepared(atomic, all(batches), atomic and schedules, version)
 
     async def _stamp(self, js: JetStreamContext) -> None:
@@ -235,15 +296,18 @@ class Setup:
                 info = await js.update_stream(have)
         return self.want_atomic and bool(info.config.allow_atomic)
 
-    async def _ensure_streams(self, nc: NATS, js: JetStreamContext) -> tuple[bool, bool, int]:
-        """Create or check every partition's stream, after checking the layout;
-        whether they take atomic batches, and schedules, and the oldest data layout."""
+    async def _check_subjects(self, nc: NATS) -> set[str]:
+        """Refuse a cluster where other streams store this layout's subjects; the
+        layout's streams that exist."""
         layout = self.layout
-        found: set[str] = set()
-        for prefix in (layout.prefix, layout.expiry_prefix(0).split(".")[0]):
-            body = {"subject": f"{prefix}.>"}
-            resp = await api.ask(nc, "STREAM.NAMES", body, self.request_timeout)
-            found |= set(resp.get("streams") or [])
+        prefixes = (layout.prefix, layout.expiry_prefix(0).split(".")[0])
+        answers = await together(
+            *(
+                api.ask(nc, "STREAM.NAMES", {"subject": f"{prefix}.>"}, self.request_timeout)
+                for prefix in prefixes
+            )
+        )
+        found = {name for resp in answers for name in resp.get("streams") or []}
         strangers = sorted(found - set(layout.streams))
         if strangers:
             raise StoreClosed(
@@ -251,20 +315,41 @@ class Setup:
                 f"another partition count ({layout.partitions} asked) or another stream name "
                 "uses them; changing --partitions is a migration, not a setting"
             )
-        atomic = schedules = True
-        oldest = LAYOUT_VERSION
-        for part in range(layout.partitions):
-            info = await self._ensure_stream(js, part)
-            oldest = min(oldest, layout_of(info))
-            # Atomic batch publish and schedules need nats-server 2.12+; older servers
-            # drop the flags.
-            atomic = atomic and bool(info.config.allow_atomic)
-            schedules = schedules and bool(info.config.allow_msg_schedules)
-            if self.want_atomic and schedules:
-                await js.add_consumer(
-                    layout.stream_name(part), expiry.consumer_config(layout, part)
-                )
+        return found
+
+    async def _ensure_streams(
+        self, js: JetStreamContext, existing: set[str]
+    ) -> tuple[bool, bool, int]:
+        """Create or check every partition's stream (after :meth:`_check_subjects`);
+        whether they take atomic batches, and schedules, and the oldest data layout.
+
+        The ``existing`` streams are checked before any other is created: one made for
+        another partition count (3 of 4 partitions' names) refuses the store before
+        it adds a stream (the fourth) to the cluster.
+        """
+        parts = range(self.layout.partitions)
+        old = [p for p in parts if self.layout.stream_name(p) in existing]
+        new = [p for p in parts if p not in old]
+        infos = [
+            *await together(*(self._ensure_partition(js, part) for part in old)),
+            *await together(*(self._ensure_partition(js, part) for part in new)),
+        ]
+        # Atomic batch publish and schedules need nats-server 2.12+; older servers
+        # drop the flags.
+        atomic = all(bool(info.config.allow_atomic) for info in infos)
+        schedules = all(bool(info.config.allow_msg_schedules) for info in infos)
+        oldest = min(layout_of(info) for info in infos)
         return self.want_atomic and atomic, schedules, oldest
+
+    async def _ensure_partition(self, js: JetStreamContext, part: int) -> StreamInfo:
+        """One partition's stream, and the consumer of its expiry notices if it takes
+        schedules (unused unless every stream does: :attr:`Prepared.expiry`)."""
+        info = await self._ensure_stream(js, part)
+        if self.want_atomic and info.config.allow_msg_schedules:
+            await js.add_consumer(
+                self.layout.stream_name(part), expiry.consumer_config(self.layout, part)
+            )
+        return info
 
     async def _ensure_stream(self, js: JetStreamContext, part: int) -> StreamInfo:
         """Create or adopt one stream."""

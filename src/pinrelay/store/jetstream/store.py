@@ -700,6 +700,4 @@ class JetStreamStore:
     async def destroy(self) -> None:
         """Delete the streams and the buckets (tests, `cluster` tooling)."""
         _, js = self.connection
-        for name in [*self.streams, *(f"KV_{b}" for b in self.bucket_names())]:
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await js.delete_stream(name)
+        await setup.delete_streams(js, [*self.streams, *(f"KV_{b}" for b in self.bucket_names())])
