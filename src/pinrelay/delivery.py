@@ -143,8 +143,15 @@ class AckWriter:
         self.store = store
         self.delay = delay
         self._pending: dict[str, int] = {}
+        #: The batch being written.
+        self._writing: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def cursor(self, pin: str) -> int:
+        """The newest ack of ``pin`` this writer holds or is writing (0: none): the
+        device is done with what it covers, whatever the store says yet."""
+        return max(self._pending.get(pin, 0), self._writing.get(pin, 0))
 
     def submit(self, pin: str, cursor: int) -> None:
         if cursor > self._pending.get(pin, 0):
@@ -160,10 +167,12 @@ class AckWriter:
     async def _run(self) -> None:
         try:
             batch, self._pending = self._pending, {}
+            self._writing = batch
             await self.store.ack_many(list(batch.items()))
         except Exception:
             log.exception("storing acks failed (those messages will be redelivered)")
         finally:
+            self._writing = {}
             self._task = None
             # What came in meanwhile waits its own delay: looping here at once would
             # go back to a round trip per ack at a steady trickle.

@@ -93,3 +93,18 @@ async def test_flush_writes_what_is_pending_at_once(store: CountingStore) -> Non
     assert await acked(store, PINS[2]) == 7
     await acks.flush()  # nothing pending: no write
     assert len(store.ack_calls) == 1
+
+
+async def test_cursor_is_the_ack_held_until_it_is_stored(store: CountingStore) -> None:
+    """A device that links again before its ack is stored is not handed again what it
+    acknowledged: the link asks the writer (LinkProtocol._check_hello)."""
+    acks = AckWriter(store, delay=3600)
+    assert acks.cursor(PINS[3]) == 0
+    acks.submit(PINS[3], 4)
+    assert acks.cursor(PINS[3]) == 4 and await acked(store, PINS[3]) == 0
+    flushing = asyncio.ensure_future(acks.flush())
+    await asyncio.sleep(0)  # being written (SQLite holds it for the next write)
+    assert acks.cursor(PINS[3]) == 4
+    await flushing
+    assert await acked(store, PINS[3]) == 4
+    assert acks.cursor(PINS[3]) == 0

@@ -411,8 +411,11 @@ class LinkProtocol(asyncio.Protocol):
             self._hello_timer.cancel()
             self._hello_timer = None
         window = min(hello.window or server.config.default_window, server.config.max_window)
+        # Acks this relay has and has not stored yet (AckWriter; SQLite holds them for
+        # the next write, DECISIONS 51?) count as stored: their receipts are.
+        stored = max(device.acked_cursor, server.acks.cursor(device.pin))
         # hello.cursor says the client is done with everything up to it (PROTOCOL "hello").
-        acked = max(hello.cursor, device.acked_cursor)
+        acked = max(hello.cursor, stored)
         self.pin = device.pin
         if device.tenant is not None:
             # Counted in the same turn of the loop as the check: no link slips between.
@@ -449,9 +452,9 @@ class LinkProtocol(asyncio.Protocol):
                 )
             )
         )
-        if acked > device.acked_cursor:
+        if acked > stored:
             # Chat messages an earlier link delivered get their receipts, then the ack.
-            self.delivery.settle_from(device.acked_cursor, acked)
+            self.delivery.settle_from(stored, acked)
         server.touch(device.pin)
         if not server.router.wakes_after_attach:
             self.delivery.wake()
