@@ -411,8 +411,9 @@ class LinkProtocol(asyncio.Protocol):
             self._hello_timer.cancel()
             self._hello_timer = None
         window = min(hello.window or server.config.default_window, server.config.max_window)
-        # Acks this relay has and has not stored yet (AckWriter; SQLite holds them for
-        # the next write, DECISIONS 51?) count as stored: their receipts are.
+        # Acks this relay has and has not stored yet (AckWriter: held ACK_DELAY_S, then
+        # written) count as stored: their receipts are.  A device that links again at
+        # once (an SDK's stop() acks, then closes) is not handed what it acknowledged.
         stored = max(device.acked_cursor, server.acks.cursor(device.pin))
         # hello.cursor says the client is done with everything up to it (PROTOCOL "hello").
         acked = max(hello.cursor, stored)
