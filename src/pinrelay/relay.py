@@ -23,6 +23,7 @@ from pinrelay.config import RelayConfig, raise_fd_limit
 from pinrelay.core.chat import Delivered
 from pinrelay.core.quotas import RateBuckets
 from pinrelay.core.ratelimit import FailureLimiter
+from pinrelay.incident_board import IncidentBoard
 from pinrelay.ingest import Ingest
 from pinrelay.link.server import LinkConfig, LinkServer
 from pinrelay.lockfile import FOLDER_LOCK, Lock
@@ -119,6 +120,8 @@ class Relay:
             takeover_s=config.broadcast_takeover_s,
             page=config.broadcast_page,
         )
+        #: Incidents this relay knows, and who hears of changes (incident_board.py).
+        self.incidents = IncidentBoard(self.store, clock)
         self.auth = Authenticator(
             self.store,
             FailureLimiter(limit=config.auth_failure_limit),
@@ -193,6 +196,7 @@ class Relay:
         await self.link.start(self.config.host, self.config.link_port)
         self.broadcaster.start()
         await self.stored_bytes.start()
+        self.incidents.start()
         self.ready = True
 
     async def _watch_store(self) -> None:
@@ -254,6 +258,7 @@ class Relay:
         await self.link.drain("shutdown", alternates)
         await self.broadcaster.stop()
         await self.stored_bytes.stop()
+        await self.incidents.stop()
         await self.router.stop()
         await self.link.close()
         await self.store.close()

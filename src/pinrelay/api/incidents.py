@@ -123,6 +123,7 @@ async def _change(
             raise _no_incident(incident_id)
         changed = apply(found)  # CONFLICT once resolved (core/incidents.py rule 1)
         if await relay.store.put_incident(changed):
+            await relay.incidents.written(changed)
             return changed
     raise PinrelayError(f"incident {incident_id} is changing too fast: retry", ErrorCode.CONFLICT)
 
@@ -142,6 +143,7 @@ async def create(request: Request) -> Response:
     )
     if not await relay.store.put_incident(incident):  # 60 random bits: never in practice
         raise PinrelayError("incident id taken: retry", ErrorCode.CONFLICT)
+    await relay.incidents.written(incident)
     _changed(request)
     return json_response(
         view(incident), status=201, headers={"Location": f"/v1/incidents/{incident.id}"}

@@ -1,0 +1,70 @@
+"""The incident board (incident_board.py) over a real SQLite store: the first read
+only learns, later reads announce each new revision once, in order, and the writer
+hears ``on_written`` first; a store that fails leaves the board as it was, stale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pinrelay.core.incidents import Incident, add_update, open_incident, resolve
+from pinrelay.incident_board import Event, IncidentBoard
+from pinrelay.store.sqlite import SqliteStore
+
+NOW = 1_800_000_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = NOW / 1000
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_events_are_announced_once_per_revision(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "pinrelay.db")
+    await store.open()
+    try:
+        clock = Clock()
+        board = IncidentBoard(store, clock)
+        heard: list[tuple[str, Event, int]] = []
+        written: list[tuple[str, Event]] = []
+
+        async def listen(event: Event, i: Incident) -> None:
+            heard.append((i.id, event, i.rev))
+
+        async def wrote(event: Event, i: Incident) -> None:
+            written.append((i.id, event))
+            assert not [h for h in heard if h[2] == i.rev and h[0] == i.id]  # before on_event
+
+        board.on_event.append(listen)
+        board.on_written.append(wrote)
+        old = open_incident("I000000000001", "store", "major", "Slow", NOW - 5000)
+        assert await store.put_incident(old)
+        await board.refresh()
+        assert heard == [] and [i.id for i in board.open_incidents()] == [old.id]
+
+        new = open_incident("I000000000002", "links", "minor", "Links dropped", NOW)
+        assert await store.put_incident(new)
+        await board.written(new)
+        assert heard == [(new.id, "opened", 1)] and written == [(new.id, "opened")]
+        await board.refresh()  # read back: not announced again
+        assert heard == [(new.id, "opened", 1)]
+
+        upd = add_update(old, "Found it", NOW + 1)
+        assert await store.put_incident(upd)
+        done = resolve(upd, "Fixed", NOW + 2)
+        assert await store.put_incident(done)
+        await board.refresh()  # another relay's two changes: the newest only
+        assert heard[1:] == [(old.id, "resolved", 3)]
+        assert [i.id for i in board.open_incidents()] == [new.id]
+        assert written == [(new.id, "opened")]
+
+        await store.close()
+        with pytest.raises(Exception):  # noqa: B017 - whatever a closed store raises
+            await board.refresh()
+        assert board.get(old.id) == done
+    finally:
+        await store.close()
