@@ -95,6 +95,9 @@ class Incident(Struct, frozen=True, kw_only=True):
     tenants: tuple[str, ...] = ()
     #: The revision (rule 2): 1 when opened, one more for each change.
     rev: int = 1
+    #: When it was opened, if later than ``started_ms`` (a monitor opens an incident
+    #: ``--incident-after`` seconds after the failure started): the detection delay.
+    opened_ms: int | None = None
 
     @property
     def public(self) -> bool:
@@ -132,8 +135,10 @@ def open_incident(
     region: str | None = None,
     tenants: Iterable[str] = (),
     source: Source = "operator",
+    opened_ms: int | None = None,
 ) -> Incident:
-    """A new open incident whose timeline starts with ``text``."""
+    """A new open incident whose timeline starts with ``text`` (at ``opened_ms``,
+    when given: a monitor's incident started before it was opened)."""
     if not is_incident_id(incident_id):
         raise PinrelayError(f"not an incident id: {incident_id!r}", ErrorCode.INVALID)
     named = tuple(sorted(set(tenants)))
@@ -146,9 +151,10 @@ def open_incident(
         severity=severity,
         region=region,
         started_ms=now_ms,
-        updates=(Update(at_ms=now_ms, text=check_text(text)),),
+        updates=(Update(at_ms=opened_ms or now_ms, text=check_text(text)),),
         source=source,
         tenants=named,
+        opened_ms=opened_ms,
     )
 
 
@@ -205,6 +211,7 @@ def _next(
         source=incident.source,
         tenants=incident.tenants,
         rev=incident.rev + 1,
+        opened_ms=incident.opened_ms,
     )
 
 

@@ -1,0 +1,67 @@
+"""What a relay measures of itself every few seconds (monitors.py fills it in).
+
+Monitors judge each reading red or green (core/monitors.py); the figures recorder
+keeps them for incident reports and their charts.  Counts are since the previous
+reading of the same relay, so readings of several relays add up.
+
+Pure: a record, no I/O.
+"""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+#: Upper bounds (ms) of the delivery-delay buckets of :attr:`Readings.delay_counts`;
+#: the last bucket counts everything above the last bound.
+DELAY_BOUNDS_MS: tuple[int, ...] = (
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    30_000,
+    60_000,
+    300_000,
+    900_000,
+    3_600_000,
+)
+
+
+def delay_bucket(delay_ms: int) -> int:
+    """The index in :attr:`Readings.delay_counts` of a message delivered ``delay_ms``
+    after it was accepted."""
+    for n, bound in enumerate(DELAY_BOUNDS_MS):
+        if delay_ms <= bound:
+            return n
+    return len(DELAY_BOUNDS_MS)
+
+
+class Readings(Struct, frozen=True, kw_only=True):
+    """One relay's figures at ``at_ms``."""
+
+    at_ms: int
+    node: str
+    region: str
+    #: Authenticated device links open now.
+    links: int
+    #: Messages stored for linked devices and not yet written to their link (None:
+    #: not known on this store).
+    backlog: int | None = None
+    #: Age of the oldest message accepted for a linked device and not yet written to
+    #: its link (0: none waits).
+    lag_ms: int = 0
+    #: Messages written to links since the previous reading.
+    delivered: int = 0
+    #: Those messages by delivery delay (accepted to written), one count per bucket
+    #: of DELAY_BOUNDS_MS plus one for the rest; empty: none delivered.
+    delay_counts: tuple[int, ...] = ()
+    #: Messages that expired unacknowledged since the previous reading.
+    expired: int = 0
+    #: Requests and links refused to shed load since the previous reading.
+    shed: int = 0
+    #: How long the store's probe write took (None: it failed or is still waiting).
+    store_ms: int | None = None
+    #: Bytes free on the data folder's file system (None: unknown).
+    disk_free: int | None = None
