@@ -8,7 +8,8 @@ revision the board has not seen; its event is ``opened``, ``updated`` or
 
 Two kinds of listener:
 
-- ``on_event``: every relay hears every change it sees, once per revision, in
+- ``on_event``: every relay hears every change it sees, once per revision that
+  changes the state or the timeline (not a take-over, core/monitors.py), in
   revision order per incident (it tells its own links; PROTOCOL "Incidents and
   status").  A relay that first sees an incident at a later revision hears one
   event for it (the newest).  The first read after start is silent: it only
@@ -80,7 +81,8 @@ class IncidentBoard:
     # --- changes ------------------------------------------------------------
     async def written(self, incident: Incident) -> None:
         """This relay stored ``incident`` (it won the compare-and-set)."""
-        if not self._newer(incident):
+        if not self._tells(incident):
+            self._remember(incident)
             return
         event = event_of(incident)
         for listener in self.on_written:
@@ -89,16 +91,27 @@ class IncidentBoard:
 
     async def seen(self, incident: Incident) -> None:
         """``incident`` was read (or written here): tell ``on_event`` if it is new."""
-        if not self._newer(incident):
+        if not self._tells(incident):
+            self._remember(incident)
             return
         self._known[incident.id] = incident
         event = event_of(incident)
         for listener in self.on_event:
             await _call(listener, event, incident)
 
-    def _newer(self, incident: Incident) -> bool:
+    def _tells(self, incident: Incident) -> bool:
+        """A revision newer than the known one that changes its state or timeline
+        (another relay taking an incident over changes neither)."""
         known = self._known.get(incident.id)
-        return known is None or incident.rev > known.rev
+        if known is None:
+            return True
+        changed = (known.state, known.updates) != (incident.state, incident.updates)
+        return incident.rev > known.rev and changed
+
+    def _remember(self, incident: Incident) -> None:
+        known = self._known.get(incident.id)
+        if known is None or incident.rev > known.rev:
+            self._known[incident.id] = incident
 
     async def refresh(self) -> None:
         """Read the store once (raises what the store raises)."""

@@ -9,6 +9,8 @@ write is idempotent; the listing has open and recently resolved ones, newest fir
 
 from __future__ import annotations
 
+import pytest
+
 from pinrelay.core.incidents import Incident, add_update, open_incident, resolve
 from pinrelay.store.base import Store
 
@@ -83,3 +85,15 @@ async def test_the_listing_has_open_and_recent_incidents_newest_first(store: Sto
     assert [i.id for i in await store.list_incidents(NOW + 1_001, 10)] == [I3, I2]
     assert [i.id for i in await store.list_incidents(NOW + 1_000, 10)] == [I3, I2, I1]
     assert [i.id for i in await store.list_incidents(0, 2)] == [I3, I2]
+
+
+async def test_a_probe_is_stored_and_fails_once_the_store_is_closed(
+    store: Store, reopen: Reopen
+) -> None:
+    await store.probe("node-1", NOW)
+    await store.probe("node-1", NOW + 1)  # the same relay's next: replaces it
+    await store.probe("node-2", NOW + 1)
+    again = await elsewhere(store, reopen)  # closes the first
+    await again.probe("node-1", NOW + 2)
+    with pytest.raises(Exception):  # noqa: B017 - whatever a closed store raises
+        await store.probe("node-1", NOW + 3)

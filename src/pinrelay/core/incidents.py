@@ -98,6 +98,8 @@ class Incident(Struct, frozen=True, kw_only=True):
     #: When it was opened, if later than ``started_ms`` (a monitor opens an incident
     #: ``--incident-after`` seconds after the failure started): the detection delay.
     opened_ms: int | None = None
+    #: The relay acting for an automatic incident (core/monitors.py rule 3).
+    holder: str | None = None
 
     @property
     def public(self) -> bool:
@@ -136,6 +138,7 @@ def open_incident(
     tenants: Iterable[str] = (),
     source: Source = "operator",
     opened_ms: int | None = None,
+    holder: str | None = None,
 ) -> Incident:
     """A new open incident whose timeline starts with ``text`` (at ``opened_ms``,
     when given: a monitor's incident started before it was opened)."""
@@ -155,6 +158,7 @@ def open_incident(
         source=source,
         tenants=named,
         opened_ms=opened_ms,
+        holder=holder,
     )
 
 
@@ -187,6 +191,13 @@ def resolve(incident: Incident, text: str | None, now_ms: int) -> Incident:
     return _next(incident, state="resolved", resolved_ms=at, updates=updates)
 
 
+def take_over(incident: Incident, node: str) -> Incident:
+    """``incident`` acted for by ``node`` from now on (its timeline unchanged)."""
+    if incident.state == "resolved":
+        raise _resolved(incident)
+    return _next(incident, updates=incident.updates, holder=node)
+
+
 def _last_ms(incident: Incident) -> int:
     """Times never go back along the timeline, whatever relay's clock wrote last."""
     return incident.updates[-1].at_ms if incident.updates else incident.started_ms
@@ -198,6 +209,7 @@ def _next(
     updates: tuple[Update, ...],
     state: IncidentState | None = None,
     resolved_ms: int | None = None,
+    holder: str | None = None,
 ) -> Incident:
     return Incident(
         id=incident.id,
@@ -212,6 +224,7 @@ def _next(
         tenants=incident.tenants,
         rev=incident.rev + 1,
         opened_ms=incident.opened_ms,
+        holder=holder if holder is not None else incident.holder,
     )
 
 

@@ -545,6 +545,11 @@ class Store(Protocol):
 
     async def get_incident(self, incident_id: str) -> Incident | None: ...
 
+    async def probe(self, node: str, now_ms: int) -> None:
+        """One small durable write, as replicated as messages are (the monitors'
+        probe, core/monitors.py): returns once stored, raises if it cannot be."""
+        ...
+
     async def list_incidents(self, since_ms: int, limit: int) -> list[Incident]:
         """Up to ``limit`` incidents open now or resolved at or after ``since_ms``,
         newest (``started_ms``, then id) first."""

@@ -191,6 +191,7 @@ MIGRATIONS: list[str] = [
     # Channels and broadcasts (core/channels.py).
     channel_ops.SCHEMA,
     incident_ops.SCHEMA,
+    incident_ops.PROBE_SCHEMA,
 ]
 
 _DEVICE_SQL = (

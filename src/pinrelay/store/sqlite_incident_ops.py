@@ -30,6 +30,11 @@ SCHEMA = """
     CREATE INDEX incidents_resolved ON incidents (resolved_ms) WHERE resolved_ms IS NOT NULL
 """
 
+#: Migration 10: each relay's last store probe (Store.probe).
+PROBE_SCHEMA = """
+    CREATE TABLE probes (node TEXT PRIMARY KEY, at_ms INTEGER NOT NULL) WITHOUT ROWID
+"""
+
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(Incident)
 
@@ -55,6 +60,18 @@ class PutIncident(Op, tag="pinc"):
         return True
 
 
+class Probe(Op, tag="prob"):
+    """One small committed write: the monitors' probe of the store (Store.probe)."""
+
+    node: str
+    at_ms: int
+
+    def run(self, c: sqlite3.Connection) -> None:
+        c.execute(
+            "INSERT OR REPLACE INTO probes (node, at_ms) VALUES (?, ?)", (self.node, self.at_ms)
+        )
+
+
 class SqliteIncidents:
     """Incidents over the store's writer and reader (a mixin of SqliteStore)."""
 
@@ -66,6 +83,9 @@ class SqliteIncidents:
 
     async def put_incident(self, incident: Incident) -> bool:
         return bool(await self._write(PutIncident(_enc.encode(incident))))
+
+    async def probe(self, node: str, now_ms: int) -> None:
+        await self._write(Probe(node, now_ms))
 
     async def get_incident(self, incident_id: str) -> Incident | None:
         sql = "SELECT body FROM incidents WHERE id = ?"

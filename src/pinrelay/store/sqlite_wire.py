@@ -14,7 +14,7 @@ import msgspec
 
 from pinrelay.store import sqlite_ops as ops
 from pinrelay.store.sqlite_channel_ops import ChannelOp
-from pinrelay.store.sqlite_incident_ops import PutIncident
+from pinrelay.store.sqlite_incident_ops import Probe, PutIncident
 
 AnyOp = (
     ops.CreateDevice
@@ -45,6 +45,7 @@ AnyOp = (
     | ops.Stop
     | ChannelOp
     | PutIncident
+    | Probe
 )
 
 

@@ -2,6 +2,7 @@
 
 Beside :mod:`.channels`' and :mod:`.broadcasts`' keys, under their own prefix:
 
+- ``p.<node>``: the time of the relay's last store probe (Store.probe).
 - ``i.<incident id>``: the record (:class:`~pinrelay.core.incidents.Incident`,
   JSON), the bucket's replication and durability included.  :meth:`Incidents.put`
   is a compare-and-set (:class:`~.cas.Keyed`) that writes only the next revision
@@ -47,6 +48,12 @@ class Incidents:
 
         await self.records.change(f"i.{incident.id}", change)
         return ok
+
+    async def probe(self, node: str, now_ms: int) -> None:
+        """A write to ``p.<node>`` (Store.probe): it needs the bucket's stream leader
+        and a quorum of its replicas, as every message does."""
+        self.api.check_open()
+        await self.api.publish(self.bucket.subject(f"p.{node}"), str(now_ms).encode(), {})
 
     async def get(self, incident_id: str) -> Incident | None:
         self.api.check_open()

@@ -677,6 +677,9 @@ class JetStreamStore:
     async def get_incident(self, incident_id: str) -> Incident | None:
         return await self.incidents.get(incident_id)
 
+    async def probe(self, node: str, now_ms: int) -> None:
+        await self.incidents.probe(node, now_ms)
+
     async def list_incidents(self, since_ms: int, limit: int) -> list[Incident]:
         return await self.incidents.listing(since_ms, limit)
 

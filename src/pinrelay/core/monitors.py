@@ -1,0 +1,245 @@
+"""Monitors: which components a relay's readings say are failing, and when a
+failure becomes an automatic incident (PROTOCOL "Incidents and status").
+
+Every relay judges its own readings (core/readings.py) each second
+(:func:`judge`): a :class:`Finding` per component that is red now.  An
+:class:`AutoIncidents` per relay turns findings into actions:
+
+1. A component red without a break for ``incident_after_ms`` opens an incident
+   (``source`` ``auto``) whose ``started_ms`` is when it turned red and whose
+   ``opened_ms`` is now: the detection delay is in the record.
+2. Its id is derived from the component, the region and the time it turned red in
+   slots of ``incident_after_ms`` (:func:`auto_incident_id`): relays of a region
+   that see one failure open one incident, and the store's compare-and-set on
+   revision 1 lets one of them win (the others adopt it).  A relay that cannot
+   reach its store opens it locally under that same id and writes it once it can.
+3. While an automatic incident of the component and region is open, no other is
+   opened: the relay holding it (``holder``) appends an update when the finding's
+   text changes, at most once per ``update_every_ms``, and resolves it once the
+   component has been green for ``resolve_after_ms``.  Only the holder acts
+   (never all relays); if the holder is no longer alive, a live relay that sees
+   the incident takes it over (``TakeOver``), and acts from then on.
+
+Pure: readings, the time and the set of live relays are passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+
+from msgspec import Struct
+
+from pinrelay.core.incidents import Component, Incident, Severity
+from pinrelay.core.readings import Readings
+
+_B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_RANK: dict[Severity, int] = {"minor": 0, "major": 1, "critical": 2}
+
+
+class Thresholds(Struct, frozen=True, kw_only=True):
+    """When a reading is red; the defaults are in DECISIONS ("Monitors")."""
+
+    #: A store probe (one durable write) slower than this is red (major); one that
+    #: failed, or has waited longer than ``store_fail_ms``, is red (critical).
+    store_slow_ms: int = 2_000
+    store_fail_ms: int = 5_000
+    #: Fewer links than this fraction of the recent peak is red, once the peak is
+    #: at least ``links_min``.
+    links_drop: float = 0.5
+    links_min: int = 50
+    #: The oldest message waiting for a linked device older than this is red.
+    lag_ms: int = 30_000
+    #: More loads shed (refused links and requests) a second than this is red.
+    shed_per_s: float = 50.0
+    #: Less free space on the data folder's disk than this is red.
+    disk_free_min: int = 256 * 1024 * 1024
+
+
+class Finding(Struct, frozen=True):
+    component: Component
+    severity: Severity
+    #: What is wrong, in words and rounded figures (an update is appended when it
+    #: changes).
+    text: str
+
+
+def judge(
+    r: Readings,
+    t: Thresholds,
+    *,
+    peak_links: int,
+    connected: bool = True,
+    probe_age_ms: int = 0,
+    interval_s: float = 1.0,
+) -> list[Finding]:
+    """The components ``r`` says are red, the worst finding of each.
+
+    ``connected``: the store's connection is up (a cluster's NATS connection);
+    ``probe_age_ms``: how long the store's probe in flight has waited (0: none is)."""
+    found: list[Finding] = []
+    if not connected:
+        found.append(Finding("cluster", "critical", f"Relay {r.node} lost its cluster connection"))
+    if r.store_ms is None or probe_age_ms >= t.store_fail_ms:
+        found.append(Finding("store", "critical", "Messages cannot be stored: store writes fail"))
+    elif r.store_ms >= t.store_slow_ms or probe_age_ms >= t.store_slow_ms:
+        found.append(Finding("store", "major", "Store writes are slow"))
+    if r.disk_free is not None and r.disk_free < t.disk_free_min:
+        mib = r.disk_free // (1024 * 1024)
+        found.append(Finding("store", "major", f"The store's disk is almost full ({mib} MiB free)"))
+    if peak_links >= t.links_min and r.links < peak_links * t.links_drop:
+        fell = f"Linked devices fell from {peak_links} to about {_round(r.links)}"
+        found.append(Finding("links", "major", fell))
+    if r.lag_ms >= t.lag_ms:
+        late = f"Deliveries are late by over {r.lag_ms // 60_000 + 1} min"
+        found.append(Finding("delivery", "major", late))
+    if r.shed / max(interval_s, 1e-3) > t.shed_per_s:
+        found.append(Finding("delivery", "minor", "The relay is shedding load"))
+    worst: dict[Component, Finding] = {}
+    for f in found:
+        if f.component not in worst or _RANK[f.severity] > _RANK[worst[f.component].severity]:
+            worst[f.component] = f
+    return list(worst.values())
+
+
+def _round(n: int) -> int:
+    """Two significant figures: an update for each link that comes and goes would be noise."""
+    if n < 100:
+        return n
+    digits = len(str(n)) - 2
+    return round(n, -digits)
+
+
+class Peak:
+    """The most links seen in the last ``window_ms`` (the baseline of the links monitor)."""
+
+    def __init__(self, window_ms: int = 600_000) -> None:
+        self.window_ms = window_ms
+        self._seen: deque[tuple[int, int]] = deque()  # (at, links), links decreasing
+
+    def add(self, at_ms: int, links: int) -> int:
+        while self._seen and self._seen[-1][1] <= links:
+            self._seen.pop()
+        self._seen.append((at_ms, links))
+        while self._seen[0][0] < at_ms - self.window_ms:
+            self._seen.popleft()
+        return self._seen[0][1]
+
+
+def auto_incident_id(component: Component, region: str, red_since_ms: int, slot_ms: int) -> str:
+    """Rule 2: the same id on every relay that saw the failure begin in one slot."""
+    slot = red_since_ms // max(slot_ms, 1)
+    digest = hashlib.sha256(f"auto|{component}|{region}|{slot}".encode()).digest()
+    value = int.from_bytes(digest[:8], "big") >> 4
+    return "I" + "".join(_B32[(value >> shift) & 31] for shift in range(55, -1, -5))
+
+
+class Open(Struct, frozen=True):
+    incident_id: str
+    finding: Finding
+    started_ms: int
+
+
+class Update(Struct, frozen=True):
+    incident: Incident
+    text: str
+
+
+class Resolve(Struct, frozen=True):
+    incident: Incident
+    text: str
+
+
+class TakeOver(Struct, frozen=True):
+    incident: Incident
+
+
+Action = Open | Update | Resolve | TakeOver
+
+
+class _Track:
+    __slots__ = ("green_since", "last_text", "last_update_ms", "red_since")
+
+    def __init__(self) -> None:
+        self.red_since: int | None = None
+        self.green_since: int | None = None
+        self.last_text: str | None = None
+        self.last_update_ms = 0
+
+
+class AutoIncidents:
+    """One relay's rules 1-3 (module doc)."""
+
+    def __init__(
+        self,
+        node: str,
+        region: str,
+        *,
+        incident_after_ms: int,
+        resolve_after_ms: int,
+        update_every_ms: int = 60_000,
+    ) -> None:
+        self.node = node
+        self.region = region
+        self.incident_after_ms = incident_after_ms
+        self.resolve_after_ms = resolve_after_ms
+        self.update_every_ms = update_every_ms
+        self._tracks: dict[Component, _Track] = {}
+
+    def red_since(self, component: Component) -> int | None:
+        track = self._tracks.get(component)
+        return None if track is None else track.red_since
+
+    def step(
+        self,
+        now_ms: int,
+        findings: list[Finding],
+        open_auto: list[Incident],
+        alive: frozenset[str] | None = None,
+    ) -> list[Action]:
+        """What this relay does now.  ``open_auto``: the open automatic incidents of
+        this region it knows; ``alive``: the live relays (None: a single relay)."""
+        red = {f.component: f for f in findings}
+        held: dict[Component, Incident] = {}
+        for i in sorted(open_auto, key=lambda i: (i.started_ms, i.id)):
+            held.setdefault(i.component, i)  # the oldest, if two were opened (rule 2)
+        actions: list[Action] = []
+        for component in sorted({*red, *held, *self._tracks}):
+            track = self._tracks.setdefault(component, _Track())
+            finding = red.get(component)
+            if finding is not None:
+                track.green_since = None
+                if track.red_since is None:
+                    track.red_since = now_ms
+            else:
+                track.red_since = None
+                if track.green_since is None:
+                    track.green_since = now_ms
+            incident = held.get(component)
+            if incident is None:
+                if finding is not None and now_ms - (track.red_since or now_ms) >= (
+                    self.incident_after_ms
+                ):
+                    started = track.red_since or now_ms
+                    iid = auto_incident_id(component, self.region, started, self.incident_after_ms)
+                    actions.append(Open(iid, finding, started))
+                    track.last_text, track.last_update_ms = finding.text, now_ms
+                continue
+            if incident.holder != self.node:
+                if alive is None or incident.holder not in alive:
+                    actions.append(TakeOver(incident))
+                continue
+            if finding is None:
+                if now_ms - (track.green_since or now_ms) >= self.resolve_after_ms:
+                    actions.append(Resolve(incident, _resolved_text(incident, now_ms)))
+                continue
+            last = track.last_text or incident.updates[-1].text
+            if finding.text != last and now_ms - track.last_update_ms >= self.update_every_ms:
+                actions.append(Update(incident, finding.text))
+                track.last_text, track.last_update_ms = finding.text, now_ms
+        return actions
+
+
+def _resolved_text(incident: Incident, now_ms: int) -> str:
+    minutes = max(1, round((now_ms - incident.started_ms) / 60_000))
+    return f"Resolved: {incident.component} is working again (after about {minutes} min)."

@@ -1,0 +1,115 @@
+"""core/monitors.py: which readings are red, and the automatic incident rules 1-3."""
+
+from __future__ import annotations
+
+from pinrelay.core.incidents import open_incident, resolve, take_over
+from pinrelay.core.monitors import (
+    AutoIncidents,
+    Finding,
+    Open,
+    Peak,
+    Resolve,
+    TakeOver,
+    Thresholds,
+    Update,
+    auto_incident_id,
+    judge,
+)
+from pinrelay.core.readings import Readings
+
+T = Thresholds()
+T0 = 1_800_000_000_000
+
+
+def reading(**kw: object) -> Readings:
+    base: dict[str, object] = {"at_ms": T0, "node": "n1", "region": "eu", "links": 100}
+    base.update(kw)
+    return Readings(**base)  # type: ignore[arg-type]
+
+
+def test_a_healthy_reading_is_green() -> None:
+    assert judge(reading(store_ms=3, disk_free=10**10), T, peak_links=100) == []
+
+
+def test_each_monitor_turns_its_component_red() -> None:
+    assert judge(reading(store_ms=None), T, peak_links=0) == [
+        Finding("store", "critical", "Messages cannot be stored: store writes fail")
+    ]
+    assert judge(reading(store_ms=2500), T, peak_links=0)[0].severity == "major"
+    assert judge(reading(store_ms=5), T, peak_links=0, probe_age_ms=6000)[0].severity == "critical"
+    assert [f.component for f in judge(reading(store_ms=5), T, peak_links=0, connected=False)] == [
+        "cluster"
+    ]
+    fell = judge(reading(store_ms=5, links=12_345), T, peak_links=40_000)
+    assert fell == [Finding("links", "major", "Linked devices fell from 40000 to about 12000")]
+    assert judge(reading(store_ms=5, links=10), T, peak_links=40) == []  # below links_min
+    late = judge(reading(store_ms=5, lag_ms=95_000), T, peak_links=0)
+    assert late == [Finding("delivery", "major", "Deliveries are late by over 2 min")]
+    # Shedding (minor) and lag (major) on one component: the worst is kept.
+    both = judge(reading(store_ms=5, lag_ms=95_000, shed=500), T, peak_links=0)
+    assert [f.severity for f in both] == ["major"]
+    disk = judge(reading(store_ms=5, disk_free=1024 * 1024), T, peak_links=0)
+    assert disk == [Finding("store", "major", "The store's disk is almost full (1 MiB free)")]
+
+
+def test_the_peak_is_the_most_links_in_its_window() -> None:
+    peak = Peak(window_ms=1000)
+    assert peak.add(0, 5) == 5
+    assert peak.add(10, 9) == 9
+    assert peak.add(20, 3) == 9
+    assert peak.add(1011, 2) == 3  # the 9 at 10 left the window
+    assert peak.add(2000, 1) == 2
+
+
+FAIL = Finding("store", "critical", "Messages cannot be stored: store writes fail")
+
+
+def test_an_incident_opens_after_the_threshold_and_resolves_after_green() -> None:
+    auto = AutoIncidents("n1", "eu", incident_after_ms=3000, resolve_after_ms=5000)
+    assert auto.step(T0, [FAIL], []) == []
+    assert auto.step(T0 + 2999, [FAIL], []) == []
+    [opened] = auto.step(T0 + 3000, [FAIL], [])
+    assert opened == Open(auto_incident_id("store", "eu", T0, 3000), FAIL, T0)
+    incident = open_incident(
+        opened.incident_id,
+        "store",
+        "critical",
+        FAIL.text,
+        T0,
+        opened_ms=T0 + 3000,
+        holder="n1",
+        source="auto",
+        region="eu",
+    )
+    assert auto.step(T0 + 4000, [FAIL], [incident]) == []  # held: no second
+    slower = Finding("store", "critical", "Store writes are slow")
+    assert auto.step(T0 + 5000, [slower], [incident]) == []  # an update waits a minute
+    [update] = auto.step(T0 + 63_000, [slower], [incident])
+    assert update == Update(incident, "Store writes are slow")
+    assert auto.step(T0 + 70_000, [], [incident]) == []  # green: waits resolve_after
+    assert auto.step(T0 + 74_999, [], [incident]) == []
+    [done] = auto.step(T0 + 75_000, [], [incident])
+    assert isinstance(done, Resolve) and done.incident == incident
+    assert "after about 1 min" in done.text
+    # A red that came back while green broke the run: it counts from its start.
+    assert auto.step(T0 + 80_000, [FAIL], [resolve(incident, None, T0 + 75_000)]) == []
+
+
+def test_relays_that_see_one_failure_derive_one_id_and_only_the_holder_acts() -> None:
+    a = AutoIncidents("n1", "eu", incident_after_ms=3000, resolve_after_ms=5000)
+    b = AutoIncidents("n2", "eu", incident_after_ms=3000, resolve_after_ms=5000)
+    a.step(T0 + 100, [FAIL], [])
+    b.step(T0 + 900, [FAIL], [])
+    [oa] = a.step(T0 + 3100, [FAIL], [])
+    [ob] = b.step(T0 + 3900, [FAIL], [])
+    assert isinstance(oa, Open) and isinstance(ob, Open) and oa.incident_id == ob.incident_id
+    held = open_incident(
+        oa.incident_id, "store", "critical", FAIL.text, T0, holder="n1", source="auto"
+    )
+    alive = frozenset({"n1", "n2"})
+    assert b.step(T0 + 20_000, [], [held], alive) == []  # n1 acts, n2 does not
+    assert b.step(T0 + 30_000, [], [held], frozenset({"n2"})) == [TakeOver(held)]
+    mine = take_over(held, "n2")
+    assert mine.holder == "n2" and mine.updates == held.updates and mine.rev == held.rev + 1
+    [done] = b.step(T0 + 30_001, [], [mine], frozenset({"n2"}))
+    assert isinstance(done, Resolve)
