@@ -181,6 +181,26 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    incident_after: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            max=30.0,
+            help="Seconds a monitor stays red before it opens an incident.",
+        ),
+    ] = 30.0,
+    resolve_after: Annotated[
+        float,
+        typer.Option(min=1.0, help="Seconds the monitors stay green before it resolves."),
+    ] = 60.0,
+    monitor: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A monitor's threshold, NAME=VALUE, repeatable: store-slow-ms, "
+            "store-fail-ms, links-drop, links-min, lag-ms, shed-per-s, disk-free-mib.",
+            show_default=False,
+        ),
+    ] = None,
     metrics_public: Annotated[
         bool,
         typer.Option(
@@ -192,7 +212,13 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run a relay on the embedded SQLite store, or on a NATS JetStream cluster (--store)."""
-    from pinrelay.config import NODE_ID_RE, RelayConfig, admin_key_from, nats_urls
+    from pinrelay.config import (
+        NODE_ID_RE,
+        RelayConfig,
+        admin_key_from,
+        monitor_thresholds,
+        nats_urls,
+    )
     from pinrelay.core.chat import ChatLimits
     from pinrelay.core.errors import PinrelayError
     from pinrelay.core.model import Limits
@@ -233,6 +259,10 @@ def serve(
         fail(str(exc))
     from pinrelay.relay import lock_data_folder
 
+    try:
+        thresholds = monitor_thresholds(monitor or [])
+    except ValueError as exc:
+        fail(str(exc))
     try:  # before anything is written there (admin.key)
         lock = lock_data_folder(data)
     except OSError as exc:
@@ -255,6 +285,9 @@ def serve(
         marketing_cap=marketing_cap,
         broadcast_takeover_s=broadcast_takeover,
         broadcast_page=broadcast_page,
+        incident_after_s=incident_after,
+        resolve_after_s=resolve_after,
+        monitor=thresholds,
         auth_failure_limit=auth_failure_limit,
         max_links=max_links,
         limits=Limits(max_data_bytes=max_data, max_ttl_s=max_ttl),

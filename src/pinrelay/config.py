@@ -12,6 +12,7 @@ from pathlib import Path
 from pinrelay.core.channels import DEFAULT_MARKETING_CAP, FANOUT_PAGE
 from pinrelay.core.chat import ChatLimits
 from pinrelay.core.model import Limits
+from pinrelay.core.monitors import Thresholds
 from pinrelay.core.webpush import WebPushLimits
 
 #: File descriptors kept back for the store, the HTTP API and logs.
@@ -42,6 +43,12 @@ class RelayConfig:
     broadcast_takeover_s: float = 30.0
     #: Members a broadcast's fan-out stores per write.
     broadcast_page: int = FANOUT_PAGE
+    #: How long a monitor stays red before it opens an incident, and green before
+    #: the incident resolves (core/monitors.py).
+    incident_after_s: float = 30.0
+    resolve_after_s: float = 60.0
+    #: When each monitor is red (``--monitor NAME=VALUE``).
+    monitor: Thresholds = field(default_factory=Thresholds)
     #: Failed authentications per source and PIN per minute before 429 (per source:
     #: 10 times as many; DECISIONS 31).
     auth_failure_limit: int = 10
@@ -159,3 +166,34 @@ def admin_key_from(data: Path, env: dict[str, str] | None = None) -> tuple[str, 
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     return key, path
+
+
+#: ``--monitor`` names and the Thresholds field each sets (with its unit's factor).
+_MONITOR_NAMES: dict[str, tuple[str, int]] = {
+    "store-slow-ms": ("store_slow_ms", 1),
+    "store-fail-ms": ("store_fail_ms", 1),
+    "links-drop": ("links_drop", 0),
+    "links-min": ("links_min", 1),
+    "lag-ms": ("lag_ms", 1),
+    "shed-per-s": ("shed_per_s", 0),
+    "disk-free-mib": ("disk_free_min", 1024 * 1024),
+}
+
+
+def monitor_thresholds(items: list[str]) -> Thresholds:
+    """Thresholds from ``--monitor NAME=VALUE`` items (ValueError: one line why)."""
+    given: dict[str, float | int] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in _MONITOR_NAMES:
+            known = ", ".join(_MONITOR_NAMES)
+            raise ValueError(f"--monitor {item!r}: the names are {known}")
+        field_name, factor = _MONITOR_NAMES[name]
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"--monitor {item!r}: {value!r} is not a number") from None
+        if not number >= 0 or number == float("inf"):
+            raise ValueError(f"--monitor {item!r}: must be a number at least 0")
+        given[field_name] = int(number * factor) if factor else number
+    return Thresholds(**given)  # type: ignore[arg-type]

@@ -108,6 +108,12 @@ class IncidentBoard:
         changed = (known.state, known.updates) != (incident.state, incident.updates)
         return incident.rev > known.rev and changed
 
+    def replace(self, incident: Incident) -> None:
+        """Know ``incident`` as stored, whatever this relay knew of its id (a
+        relay's own copy lost to another relay's write), telling no one: the
+        next newer revision is told as usual."""
+        self._known[incident.id] = incident
+
     def _remember(self, incident: Incident) -> None:
         known = self._known.get(incident.id)
         if known is None or incident.rev > known.rev:

@@ -30,6 +30,7 @@ from pinrelay.lockfile import FOLDER_LOCK, Lock
 from pinrelay.lockfile import acquire as acquire_lock
 from pinrelay.matrix import MatrixGateway
 from pinrelay.metrics import Metrics
+from pinrelay.monitors import Monitors
 from pinrelay.router.base import Router
 from pinrelay.router.local import LocalRouter
 from pinrelay.store.base import Store
@@ -154,10 +155,30 @@ class Relay:
             on_sent=self.broadcaster.sent,
             on_gone=self.stored_bytes.acked,
         )
+        self.monitors = Monitors(
+            self.store,
+            self.incidents,
+            clock,
+            node=config.node,
+            region=config.region,
+            data=Path(config.data),
+            links=lambda: len(self.link.connections),
+            shed=self._shed,
+            connected=self.store.healthy,
+            alive=self.router.live_nodes,
+            thresholds=config.monitor,
+            incident_after_s=config.incident_after_s,
+            resolve_after_s=config.resolve_after_s,
+        )
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._expirer: asyncio.Task[None] | None = None
+
+    def _shed(self) -> int:
+        """Links refused at capacity or while draining, so far (the shed monitor)."""
+        refused = self.metrics.registry.get_sample_value("pinrelay_links_refused_total")
+        return int(refused or 0)
 
     @property
     def link_urls(self) -> list[str]:
@@ -197,6 +218,7 @@ class Relay:
         self.broadcaster.start()
         await self.stored_bytes.start()
         self.incidents.start()
+        self.monitors.start()
         self.ready = True
 
     async def _watch_store(self) -> None:
@@ -258,6 +280,7 @@ class Relay:
         await self.link.drain("shutdown", alternates)
         await self.broadcaster.stop()
         await self.stored_bytes.stop()
+        await self.monitors.stop()
         await self.incidents.stop()
         await self.router.stop()
         await self.link.close()

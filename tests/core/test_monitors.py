@@ -69,9 +69,9 @@ def test_an_incident_opens_after_the_threshold_and_resolves_after_green() -> Non
     assert auto.step(T0, [FAIL], []) == []
     assert auto.step(T0 + 2999, [FAIL], []) == []
     [opened] = auto.step(T0 + 3000, [FAIL], [])
-    assert opened == Open(auto_incident_id("store", "eu", T0, 3000), FAIL, T0)
+    assert opened == Open(FAIL, T0)
     incident = open_incident(
-        opened.incident_id,
+        auto_incident_id("store", "eu", T0),
         "store",
         "critical",
         FAIL.text,
@@ -102,10 +102,11 @@ def test_relays_that_see_one_failure_derive_one_id_and_only_the_holder_acts() ->
     b.step(T0 + 900, [FAIL], [])
     [oa] = a.step(T0 + 3100, [FAIL], [])
     [ob] = b.step(T0 + 3900, [FAIL], [])
-    assert isinstance(oa, Open) and isinstance(ob, Open) and oa.incident_id == ob.incident_id
-    held = open_incident(
-        oa.incident_id, "store", "critical", FAIL.text, T0, holder="n1", source="auto"
-    )
+    assert isinstance(oa, Open) and isinstance(ob, Open)
+    iid = auto_incident_id("store", "eu", oa.started_ms)
+    assert iid == auto_incident_id("store", "eu", ob.started_ms)
+    assert iid != auto_incident_id("store", "eu", oa.started_ms, 1)
+    held = open_incident(iid, "store", "critical", FAIL.text, T0, holder="n1", source="auto")
     alive = frozenset({"n1", "n2"})
     assert b.step(T0 + 20_000, [], [held], alive) == []  # n1 acts, n2 does not
     assert b.step(T0 + 30_000, [], [held], frozenset({"n2"})) == [TakeOver(held)]
@@ -113,3 +114,19 @@ def test_relays_that_see_one_failure_derive_one_id_and_only_the_holder_acts() ->
     assert mine.holder == "n2" and mine.updates == held.updates and mine.rev == held.rev + 1
     [done] = b.step(T0 + 30_001, [], [mine], frozenset({"n2"}))
     assert isinstance(done, Resolve)
+
+
+def test_of_two_incidents_of_one_failure_the_newer_is_resolved_by_its_holder() -> None:
+    a = AutoIncidents("n1", "eu", incident_after_ms=3000, resolve_after_ms=5000)
+    older = open_incident(
+        "I000000000001", "store", "critical", FAIL.text, T0, holder="n2", source="auto"
+    )
+    newer = open_incident(
+        "I000000000002", "store", "critical", FAIL.text, T0 + 5, holder="n1", source="auto"
+    )
+    alive = frozenset({"n1", "n2"})
+    assert a.step(T0 + 10, [FAIL], [newer, older], alive) == [
+        Resolve(newer, "Continues as incident I000000000001.")
+    ]
+    b = AutoIncidents("n2", "eu", incident_after_ms=3000, resolve_after_ms=5000)
+    assert b.step(T0 + 10, [FAIL], [newer, older], alive) == []  # n1 acts for it

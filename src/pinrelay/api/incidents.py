@@ -78,6 +78,8 @@ def view(i: Incident) -> IncidentView:
         region=i.region,
         source=i.source,
         tenants=list(i.tenants),
+        opened_at=rfc3339(i.opened_ms if i.opened_ms is not None else i.started_ms),
+        holder=i.holder,
     )
 
 
@@ -96,8 +98,20 @@ async def _admin(request: Request, write: bool) -> KeyPrincipal:
     return principal
 
 
+def _kept_here(relay: Relay) -> list[Incident]:
+    """Incidents a monitor of this relay opened or changed while the store was away,
+    not yet written (monitors.py): shown as this relay knows them."""
+    return [revisions[-1] for revisions in relay.monitors.unpublished.values() if revisions]
+
+
 async def _visible(relay: Relay, principal: KeyPrincipal, incident_id: str) -> Incident:
-    found = await relay.store.get_incident(incident_id) if is_incident_id(incident_id) else None
+    try:
+        found = await relay.store.get_incident(incident_id) if is_incident_id(incident_id) else None
+    except PinrelayError:  # the store away: what this relay knows (incident_board.py)
+        found = relay.incidents.get(incident_id)
+    kept = {i.id: i for i in _kept_here(relay)}.get(incident_id)
+    if kept is not None and (found is None or kept.rev > found.rev):
+        found = kept
     if found is None or not found.affects(principal.tenant):
         raise _no_incident(incident_id)
     return found
@@ -185,7 +199,19 @@ async def listing(request: Request) -> Response:
     limit = query_int(request, "limit", 100, 1, 1000)
     default_since = max(0, _now_ms(relay) - RECENT_MS)
     since = query_int(request, "since", default_since, 0, 2**53 - 1)
-    found = await relay.store.list_incidents(since, limit)
+    try:
+        found = await relay.store.list_incidents(since, limit)
+    except PinrelayError:  # the store away: what this relay knows (incident_board.py)
+        found = relay.incidents.incidents()[:limit]
+    stored = {i.id: i.rev for i in found}
+    kept = [i for i in _kept_here(relay) if i.rev > stored.get(i.id, 0)]
+    if kept:
+        ids = {i.id for i in kept}
+        found = sorted(
+            [*kept, *(i for i in found if i.id not in ids)],
+            key=lambda i: (i.started_ms, i.id),
+            reverse=True,
+        )[:limit]
     return json_response(
         IncidentList(incidents=[view(i) for i in found if i.affects(principal.tenant)])
     )

@@ -475,6 +475,11 @@ class IncidentView(StatusIncident, kw_only=True):
     source: Source
     #: The tenants affected; empty: every tenant.
     tenants: list[str]
+    #: When it was opened: later than ``started_at`` when a monitor opened it after
+    #: the failure began (the detection delay).
+    opened_at: str
+    #: The relay acting for an automatic incident; null for an operator's.
+    holder: str | None = None
 
 
 class IncidentList(Struct, kw_only=True):

@@ -8,17 +8,21 @@ Every relay judges its own readings (core/readings.py) each second
 1. A component red without a break for ``incident_after_ms`` opens an incident
    (``source`` ``auto``) whose ``started_ms`` is when it turned red and whose
    ``opened_ms`` is now: the detection delay is in the record.
-2. Its id is derived from the component, the region and the time it turned red in
-   slots of ``incident_after_ms`` (:func:`auto_incident_id`): relays of a region
-   that see one failure open one incident, and the store's compare-and-set on
-   revision 1 lets one of them win (the others adopt it).  A relay that cannot
-   reach its store opens it locally under that same id and writes it once it can.
+2. Its id is derived from the component, the region and the minute it turned red
+   (:func:`auto_incident_id`): relays of a region that see one failure open one
+   incident, and the store's compare-and-set on revision 1 lets one of them win
+   (the others adopt it); an id a resolved incident took gives way to the next of
+   the slot.  A relay that cannot reach its store opens it locally under that same
+   id and writes it once it can.
 3. While an automatic incident of the component and region is open, no other is
    opened: the relay holding it (``holder``) appends an update when the finding's
    text changes, at most once per ``update_every_ms``, and resolves it once the
    component has been green for ``resolve_after_ms``.  Only the holder acts
    (never all relays); if the holder is no longer alive, a live relay that sees
    the incident takes it over (``TakeOver``), and acts from then on.
+4. Two open automatic incidents of one component and region (relays whose red
+   starts fell in two slots, or that could not reach the store): the newer is
+   resolved as continuing in the older, by the relay acting for it.
 
 Pure: readings, the time and the set of live relays are passed in.
 """
@@ -126,16 +130,21 @@ class Peak:
         return self._seen[0][1]
 
 
-def auto_incident_id(component: Component, region: str, red_since_ms: int, slot_ms: int) -> str:
-    """Rule 2: the same id on every relay that saw the failure begin in one slot."""
-    slot = red_since_ms // max(slot_ms, 1)
-    digest = hashlib.sha256(f"auto|{component}|{region}|{slot}".encode()).digest()
+#: The slots of rule 2: relays' red starts differ by a probe or two, and a slot's
+#: edge between them would give two ids (then rule 4 merges them).
+SLOT_MS = 60_000
+
+
+def auto_incident_id(component: Component, region: str, red_since_ms: int, n: int = 0) -> str:
+    """Rule 2: the same id on every relay that saw the failure begin in one slot;
+    ``n``: the next one, when the slot's earlier ids are taken by resolved incidents."""
+    slot = red_since_ms // SLOT_MS
+    digest = hashlib.sha256(f"auto|{component}|{region}|{slot}|{n}".encode()).digest()
     value = int.from_bytes(digest[:8], "big") >> 4
     return "I" + "".join(_B32[(value >> shift) & 31] for shift in range(55, -1, -5))
 
 
 class Open(Struct, frozen=True):
-    incident_id: str
     finding: Finding
     started_ms: int
 
@@ -186,6 +195,11 @@ class AutoIncidents:
         self.update_every_ms = update_every_ms
         self._tracks: dict[Component, _Track] = {}
 
+    def _acts(self, incident: Incident, alive: frozenset[str] | None) -> bool:
+        """Whether this relay may act for ``incident``: it holds it, or its holder
+        is gone (rule 3)."""
+        return incident.holder == self.node or alive is None or incident.holder not in alive
+
     def red_since(self, component: Component) -> int | None:
         track = self._tracks.get(component)
         return None if track is None else track.red_since
@@ -201,9 +215,11 @@ class AutoIncidents:
         this region it knows; ``alive``: the live relays (None: a single relay)."""
         red = {f.component: f for f in findings}
         held: dict[Component, Incident] = {}
-        for i in sorted(open_auto, key=lambda i: (i.started_ms, i.id)):
-            held.setdefault(i.component, i)  # the oldest, if two were opened (rule 2)
         actions: list[Action] = []
+        for i in sorted(open_auto, key=lambda i: (i.started_ms, i.id)):
+            first = held.setdefault(i.component, i)
+            if first is not i and self._acts(i, alive):  # rule 4: two of one failure
+                actions.append(Resolve(i, f"Continues as incident {first.id}."))
         for component in sorted({*red, *held, *self._tracks}):
             track = self._tracks.setdefault(component, _Track())
             finding = red.get(component)
@@ -220,13 +236,11 @@ class AutoIncidents:
                 if finding is not None and now_ms - (track.red_since or now_ms) >= (
                     self.incident_after_ms
                 ):
-                    started = track.red_since or now_ms
-                    iid = auto_incident_id(component, self.region, started, self.incident_after_ms)
-                    actions.append(Open(iid, finding, started))
+                    actions.append(Open(finding, track.red_since or now_ms))
                     track.last_text, track.last_update_ms = finding.text, now_ms
                 continue
             if incident.holder != self.node:
-                if alive is None or incident.holder not in alive:
+                if self._acts(incident, alive):
                     actions.append(TakeOver(incident))
                 continue
             if finding is None:

@@ -42,6 +42,10 @@ class Router(Protocol):
         """Every live relay's link URL, this one's first (``drain`` alternates)."""
         ...
 
+    def live_nodes(self) -> frozenset[str] | None:
+        """The names of the live relays, this one's included (None: a relay alone)."""
+        ...
+
     def __len__(self) -> int:
         """Links held by this relay."""
         ...

@@ -36,6 +36,9 @@ class LocalRouter:
     def link_urls(self) -> list[str]:
         return [self._link_url]
 
+    def live_nodes(self) -> frozenset[str] | None:
+        return None
+
     def __len__(self) -> int:
         return len(self._links)
 

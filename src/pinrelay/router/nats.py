@@ -275,6 +275,12 @@ class NatsRouter:
         )
         return [self.own.link_url, *(r.link_url for r in others)]
 
+    def live_nodes(self) -> frozenset[str] | None:
+        now = self.clock()
+        return frozenset(
+            [self.node, *(r.node for r in self.peers.values() if now - r.at < self.ttl_s)]
+        )
+
     # --- routes ----------------------------------------------------------------
     def attach(self, pin: str, link: Linked) -> None:
         replaced = self.local.link(pin)

@@ -1,0 +1,283 @@
+"""The monitors inside every relay, and the automatic incidents they open.
+
+Each ``probe_s`` the relay writes one small durable record (Store.probe) and times
+it; each ``every_s`` it takes its readings (core/readings.py), judges them
+(core/monitors.py ``judge``) and applies what the rules say (``AutoIncidents``):
+open, update, resolve or take over an automatic incident, each a compare-and-set
+through the store, then told to the incident board (incident_board.py), whose
+listeners tell links and webhooks.
+
+A relay that cannot reach its store still opens the incident: on its board only
+(its links, its status pages, its webhooks' memory), under the id every relay of
+the region derives alike (core/monitors.py rule 2), and writes its revisions in
+order once the store answers again.  Store calls made here wait at most
+``WRITE_TIMEOUT_S``: the loop keeps judging while the store hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pinrelay.core.incidents import Incident, add_update, open_incident, resolve, take_over
+from pinrelay.core.monitors import (
+    Action,
+    AutoIncidents,
+    Open,
+    Peak,
+    Resolve,
+    TakeOver,
+    Thresholds,
+    Update,
+    auto_incident_id,
+    judge,
+)
+from pinrelay.core.readings import Readings
+from pinrelay.incident_board import IncidentBoard
+from pinrelay.store.base import Store
+
+log = logging.getLogger("pinrelay.monitors")
+
+#: How long one store call of the monitors may take before it counts as failed.
+WRITE_TIMEOUT_S = 2.0
+#: Ids tried in one slot (core/monitors.py rule 2) before giving up until next tick.
+MAX_IDS = 8
+
+
+class Monitors:
+    def __init__(
+        self,
+        store: Store,
+        board: IncidentBoard,
+        clock: Callable[[], float],
+        *,
+        node: str,
+        region: str,
+        data: Path | None,
+        links: Callable[[], int],
+        shed: Callable[[], int],
+        connected: Callable[[], bool],
+        alive: Callable[[], frozenset[str] | None],
+        thresholds: Thresholds,
+        incident_after_s: float,
+        resolve_after_s: float,
+        every_s: float = 1.0,
+        probe_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.board = board
+        self.clock = clock
+        self.node = node
+        self.region = region
+        self.data = data
+        self._links = links
+        self._shed = shed
+        self._connected = connected
+        self._alive = alive
+        self.thresholds = thresholds
+        self.every_s = every_s
+        self.probe_s = probe_s
+        self.auto = AutoIncidents(
+            node,
+            region,
+            incident_after_ms=int(incident_after_s * 1000),
+            resolve_after_ms=int(resolve_after_s * 1000),
+        )
+        self.peak = Peak()
+        #: The last probe's time in ms (None: it failed).
+        self.store_ms: int | None = 0
+        self._probe_since: float | None = None  # monotonic start of the probe in flight
+        self._shed_seen = shed()
+        #: Revisions opened or changed while the store was away, in order, per incident.
+        self.unpublished: dict[str, list[Incident]] = {}
+        self.last: Readings | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- readings -------------------------------------------------------------
+    def probe_age_ms(self) -> int:
+        since = self._probe_since
+        return 0 if since is None else int((time.monotonic() - since) * 1000)
+
+    def read(self) -> Readings:
+        now_ms = int(self.clock() * 1000)
+        shed = self._shed()
+        shed_delta, self._shed_seen = max(0, shed - self._shed_seen), shed
+        free: int | None = None
+        if self.data is not None:
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(self.data).free
+        self.last = Readings(
+            at_ms=now_ms,
+            node=self.node,
+            region=self.region,
+            links=self._links(),
+            shed=shed_delta,
+            store_ms=self.store_ms,
+            disk_free=free,
+        )
+        return self.last
+
+    # --- the loops ----------------------------------------------------------
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._probe_forever()), loop.create_task(self._forever())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _probe_forever(self) -> None:
+        fail_s = self.thresholds.store_fail_ms / 1000
+        while True:
+            started = time.monotonic()
+            self._probe_since = started
+            try:
+                # Longer than store_fail_ms: judge() sees the wait grow meanwhile.
+                await asyncio.wait_for(
+                    self.store.probe(self.node, int(self.clock() * 1000)), fail_s * 4
+                )
+                self.store_ms = int((time.monotonic() - started) * 1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.store_ms is not None:
+                    log.warning("store probe failed: %r", exc)
+                self.store_ms = None
+            finally:
+                self._probe_since = None
+            await asyncio.sleep(max(0.0, self.probe_s - (time.monotonic() - started)))
+
+    async def _forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("monitors failed")
+
+    async def tick(self) -> None:
+        """One reading judged, its actions applied, unpublished revisions written."""
+        r = self.read()
+        findings = judge(
+            r,
+            self.thresholds,
+            peak_links=self.peak.add(r.at_ms, r.links),
+            connected=self._connected(),
+            probe_age_ms=self.probe_age_ms(),
+            interval_s=self.every_s,
+        )
+        open_auto = [
+            i
+            for i in self.board.open_incidents()
+            if i.source == "auto" and (i.region or self.region) == self.region
+        ]
+        for action in self.auto.step(r.at_ms, findings, open_auto, self._alive()):
+            await self._apply(action, r.at_ms)
+        if self.unpublished and self._store_ok():
+            await self._publish()
+
+    # --- acting -------------------------------------------------------------
+    async def _apply(self, action: Action, now_ms: int) -> None:
+        if isinstance(action, Open):
+            await self._open(action, now_ms)
+            return
+        if isinstance(action, Update):
+            changed = add_update(action.incident, action.text, now_ms)
+        elif isinstance(action, Resolve):
+            changed = resolve(action.incident, action.text, now_ms)
+            log.warning("incident %s resolved", changed.id)
+        elif isinstance(action, TakeOver):
+            changed = take_over(action.incident, self.node)
+            log.warning("incident %s taken over from %s", changed.id, action.incident.holder)
+        await self._write(changed)
+
+    async def _open(self, action: Open, now_ms: int) -> None:
+        """Rule 2: the slot's first id no resolved incident took; another relay's
+        open one of the same id is adopted."""
+        f = action.finding
+        for n in range(MAX_IDS):
+            iid = auto_incident_id(f.component, self.region, action.started_ms, n)
+            known = self.board.get(iid)
+            if known is not None and known.state == "resolved":
+                continue
+            incident = open_incident(
+                iid,
+                f.component,
+                f.severity,
+                f.text,
+                action.started_ms,
+                region=self.region,
+                source="auto",
+                opened_ms=now_ms,
+                holder=self.node,
+            )
+            log.warning("incident %s opened: %s", iid, f.text)
+            found = await self._write(incident)
+            if found is None or found.state == "open":
+                return
+
+    async def _write(self, changed: Incident) -> Incident | None:
+        """Store ``changed`` and tell the board; kept here if the store is away.
+        What is stored instead, if another relay's write won (None: ours stands)."""
+        if changed.id in self.unpublished or not self._store_ok():
+            self.unpublished.setdefault(changed.id, []).append(changed)
+            await self.board.seen(changed)
+            return None
+        try:
+            stored = await asyncio.wait_for(self.store.put_incident(changed), WRITE_TIMEOUT_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("incident %s kept here until the store answers: %r", changed.id, exc)
+            self.unpublished[changed.id] = [changed]
+            await self.board.seen(changed)
+            return None
+        if stored:
+            await self.board.written(changed)
+            return None
+        return await self._adopt(changed.id)
+
+    def _store_ok(self) -> bool:
+        """The probe says the store takes writes (else a write would only wait)."""
+        return self.store_ms is not None and self.probe_age_ms() < self.thresholds.store_fail_ms
+
+    async def _adopt(self, incident_id: str) -> Incident | None:
+        """What the store holds under ``incident_id``, told to the board."""
+        with contextlib.suppress(Exception):
+            found = await asyncio.wait_for(self.store.get_incident(incident_id), WRITE_TIMEOUT_S)
+            if found is not None:
+                await self.board.seen(found)  # told, if new to this relay
+                self.board.replace(found)  # and known as stored, if not
+            return found
+        return None
+
+    async def _publish(self) -> None:
+        """Write the revisions kept while the store was away, oldest first."""
+        for incident_id, revisions in list(self.unpublished.items()):
+            while revisions:
+                try:
+                    stored = await asyncio.wait_for(
+                        self.store.put_incident(revisions[0]), WRITE_TIMEOUT_S
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    return  # still away: next tick
+                if not stored:  # another relay wrote this incident meanwhile
+                    revisions.clear()
+                    await self._adopt(incident_id)
+                    break
+                log.warning("incident %s rev %d written", incident_id, revisions[0].rev)
+                revisions.pop(0)
+            del self.unpublished[incident_id]

@@ -1,0 +1,90 @@
+"""Automatic incidents on a relay on SQLite (monitors.py, core/monitors.py; issue 16).
+
+The store's writer process is stopped (SIGSTOP): the store probe stops answering,
+the store monitor turns red, and after ``--incident-after`` the relay opens an
+incident by itself (kept on the relay while it cannot be written, shown by the
+API); the writer runs again (SIGCONT): the incident is written, and after
+``--resolve-after`` of green it resolves itself.  Detection delay is in the
+record (``opened_at`` - ``started_at``).  The incident survives a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+
+from pinrelay.core.timefmt import parse_rfc3339
+from pinrelay.testing.relayproc import RelayProc
+from pinrelay.testing.wait import wait_until
+from tests.conftest import RelayFactory
+from tests.store.test_sqlite_writer import children
+
+INCIDENT_AFTER_S = 2
+FLAGS = [
+    "--incident-after",
+    str(INCIDENT_AFTER_S),
+    "--resolve-after",
+    "2",
+    "--monitor",
+    "store-slow-ms=400",
+    "--monitor",
+    "store-fail-ms=1000",
+]
+
+
+def auto_incidents(admin: httpx.Client) -> list[dict[str, Any]]:
+    r = admin.get("/v1/incidents")
+    assert r.status_code == 200, r.text
+    return [i for i in r.json()["incidents"] if i["source"] == "auto"]
+
+
+def ms(at: str) -> int:
+    return parse_rfc3339(at)
+
+
+def test_a_stopped_store_writer_opens_an_incident_that_resolves_itself(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = relay_factory("auto", extra=FLAGS)
+    (writer,) = children(relay.pid)
+    with httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin:
+        # Healthy: the probes pass, nothing opens (a few probes' worth).
+        wait_until(lambda: "pinrelay_store_commit" in admin.get("/metrics").text, 10)
+        assert auto_incidents(admin) == []
+        stopped_ms = int(time.time() * 1000)
+        os.kill(writer, signal.SIGSTOP)
+        try:
+            opened = wait_until(lambda: auto_incidents(admin), 20, 0.2, "an automatic incident")
+            [incident] = opened
+            assert incident["component"] == "store" and incident["state"] == "open"
+            assert incident["severity"] == "critical" and incident["holder"] == "node-1"
+            started, opened_at = ms(incident["started_at"]), ms(incident["opened_at"])
+            # Red from the first probe that waited too long; open incident_after later.
+            assert stopped_ms - 1500 <= started <= stopped_ms + 3000
+            assert opened_at - started >= INCIDENT_AFTER_S * 1000
+            assert opened_at - stopped_ms < (INCIDENT_AFTER_S + 6) * 1000
+            assert "cannot be stored" in incident["updates"][0]["text"]
+        finally:
+            os.kill(writer, signal.SIGCONT)
+
+        def resolved() -> dict[str, Any] | None:
+            found = [i for i in auto_incidents(admin) if i["id"] == incident["id"]]
+            return found[0] if found and found[0]["state"] == "resolved" else None
+
+        done = wait_until(resolved, 30, 0.2, "the incident resolved")
+        assert ms(done["resolved_at"]) - ms(done["started_at"]) >= INCIDENT_AFTER_S * 1000
+        assert done["updates"][-1]["text"].startswith("Resolved")
+        # One incident, not one per red probe.
+        assert [i["id"] for i in auto_incidents(admin)] == [incident["id"]]
+    relay.stop()
+    again = RelayProc(relay.data, extra=FLAGS).start()
+    try:
+        with httpx.Client(base_url=again.url, headers=again.admin_headers(), timeout=30) as c:
+            r = c.get(f"/v1/incidents/{incident['id']}")
+            assert r.status_code == 200 and r.json()["state"] == "resolved"
+    finally:
+        again.stop()
