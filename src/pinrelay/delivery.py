@@ -252,6 +252,9 @@ class Delivery:
         self._on_gone = on_gone
         #: Counted messages sent and not acknowledged yet: (cursor, bytes, expiry).
         self._counted: deque[tuple[int, int, int]] = deque()
+        #: Since when the device is linked: a message's wait counts from then at the
+        #: earliest (what it waited offline is not the relay's delay).
+        self._since_ms = int(clock() * 1000)
 
     def wake(self, fresh: list[StoredMessage] | None = None) -> None:
         """Messages were stored (``fresh``: just committed, in cursor order, with no
@@ -311,6 +314,9 @@ class Delivery:
             self._pump_task = None
 
     def _track(self, batch: list[StoredMessage]) -> None:
+        now_ms, since, waits = int(self._clock() * 1000), self._since_ms, self._metrics.waits
+        for message in batch:
+            waits.observe(now_ms - max(message.sent_at_ms, since))
         if self._on_gone is not None:
             for message in batch:
                 if message.kind in COUNTED:

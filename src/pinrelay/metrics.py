@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from pinrelay.core.readings import DELAY_BOUNDS_MS
 
 
 class _Incrementable(Protocol):
@@ -30,6 +33,28 @@ class Tally:
         if self.count:
             self._counter.inc(self.count)
             self.count = 0
+
+
+class Waits:
+    """How long messages waited for a linked device (core/readings.py), counted by
+    DELAY_BOUNDS_MS bucket and the longest, since the monitors last took them."""
+
+    __slots__ = ("counts", "longest")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DELAY_BOUNDS_MS) + 1)
+        self.longest = 0
+
+    def observe(self, wait_ms: int) -> None:
+        self.counts[bisect_left(DELAY_BOUNDS_MS, wait_ms)] += 1
+        if wait_ms > self.longest:
+            self.longest = wait_ms
+
+    def take(self) -> tuple[tuple[int, ...], int]:
+        """The counts and the longest wait since the last take (empty: none)."""
+        counts, longest = self.counts, self.longest
+        self.counts, self.longest = [0] * len(counts), 0
+        return (tuple(counts) if any(counts) else ()), longest
 
 
 #: Commit observations kept before they are folded into the histograms.
@@ -96,6 +121,8 @@ class Metrics:
             registry=r,
         )
         self.devices = Gauge("pinrelay_devices", "Devices registered", registry=r)
+        #: Waits of messages for linked devices (the delivery monitor and reports).
+        self.waits = Waits()
 
         self._commits: list[tuple[float, int]] = []
 

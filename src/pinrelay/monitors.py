@@ -28,6 +28,7 @@ from pinrelay.core.incidents import Incident, add_update, open_incident, resolve
 from pinrelay.core.monitors import (
     Action,
     AutoIncidents,
+    Finding,
     Open,
     Peak,
     Resolve,
@@ -61,6 +62,8 @@ class Monitors:
         data: Path | None,
         links: Callable[[], int],
         shed: Callable[[], int],
+        expired: Callable[[], int],
+        waits: Callable[[], tuple[tuple[int, ...], int]],
         connected: Callable[[], bool],
         alive: Callable[[], frozenset[str] | None],
         thresholds: Thresholds,
@@ -77,6 +80,8 @@ class Monitors:
         self.data = data
         self._links = links
         self._shed = shed
+        self._expired = expired
+        self._waits = waits
         self._connected = connected
         self._alive = alive
         self.thresholds = thresholds
@@ -93,9 +98,12 @@ class Monitors:
         self.store_ms: int | None = 0
         self._probe_since: float | None = None  # monotonic start of the probe in flight
         self._shed_seen = shed()
+        self._expired_seen = expired()
         #: Revisions opened or changed while the store was away, in order, per incident.
         self.unpublished: dict[str, list[Incident]] = {}
         self.last: Readings | None = None
+        #: The last tick's findings (GET /v1/monitors).
+        self.findings: list[Finding] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- readings -------------------------------------------------------------
@@ -107,6 +115,9 @@ class Monitors:
         now_ms = int(self.clock() * 1000)
         shed = self._shed()
         shed_delta, self._shed_seen = max(0, shed - self._shed_seen), shed
+        expired = self._expired()
+        expired_delta, self._expired_seen = max(0, expired - self._expired_seen), expired
+        counts, longest = self._waits()
         free: int | None = None
         if self.data is not None:
             with contextlib.suppress(OSError):
@@ -116,6 +127,10 @@ class Monitors:
             node=self.node,
             region=self.region,
             links=self._links(),
+            lag_ms=longest,
+            delivered=sum(counts),
+            delay_counts=counts,
+            expired=expired_delta,
             shed=shed_delta,
             store_ms=self.store_ms,
             disk_free=free,
@@ -169,7 +184,7 @@ class Monitors:
     async def tick(self) -> None:
         """One reading judged, its actions applied, unpublished revisions written."""
         r = self.read()
-        findings = judge(
+        self.findings = findings = judge(
             r,
             self.thresholds,
             peak_links=self.peak.add(r.at_ms, r.links),
@@ -198,6 +213,8 @@ class Monitors:
             changed = resolve(action.incident, action.text, now_ms)
             log.warning("incident %s resolved", changed.id)
         elif isinstance(action, TakeOver):
+            if not self._store_ok():
+                return  # the store away: the holder's heartbeat may be all that failed
             changed = take_over(action.incident, self.node)
             log.warning("incident %s taken over from %s", changed.id, action.incident.holder)
         await self._write(changed)

@@ -164,6 +164,8 @@ class Relay:
             data=Path(config.data),
             links=lambda: len(self.link.connections),
             shed=self._shed,
+            expired=lambda: self._count("pinrelay_messages_expired_total"),
+            waits=self.metrics.waits.take,
             connected=self.store.healthy,
             alive=self.router.live_nodes,
             thresholds=config.monitor,
@@ -175,10 +177,12 @@ class Relay:
         self._watchdog: asyncio.Task[None] | None = None
         self._expirer: asyncio.Task[None] | None = None
 
+    def _count(self, name: str) -> int:
+        return int(self.metrics.registry.get_sample_value(name) or 0)
+
     def _shed(self) -> int:
         """Links refused at capacity or while draining, so far (the shed monitor)."""
-        refused = self.metrics.registry.get_sample_value("pinrelay_links_refused_total")
-        return int(refused or 0)
+        return self._count("pinrelay_links_refused_total")
 
     @property
     def link_urls(self) -> list[str]:

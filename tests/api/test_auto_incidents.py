@@ -10,6 +10,7 @@ record (``opened_at`` - ``started_at``).  The incident survives a restart.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -17,10 +18,12 @@ from typing import Any
 
 import httpx
 
+from pinrelay.core import frames
 from pinrelay.core.timefmt import parse_rfc3339
 from pinrelay.testing.relayproc import RelayProc
-from pinrelay.testing.wait import wait_until
+from pinrelay.testing.wait import wait_until, wait_until_async
 from tests.conftest import RelayFactory
+from tests.linkclient import link, recv, send
 from tests.store.test_sqlite_writer import children
 
 INCIDENT_AFTER_S = 2
@@ -88,3 +91,98 @@ def test_a_stopped_store_writer_opens_an_incident_that_resolves_itself(
             assert r.status_code == 200 and r.json()["state"] == "resolved"
     finally:
         again.stop()
+
+
+def monitors(admin: httpx.Client) -> dict[str, Any]:
+    r = admin.get("/v1/monitors")
+    assert r.status_code == 200, r.text
+    found: dict[str, Any] = r.json()
+    return found
+
+
+def test_links_that_fall_below_half_their_peak_open_a_links_incident(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = relay_factory(
+        "links",
+        extra=[
+            "--incident-after", "1", "--resolve-after", "1",
+            "--monitor", "links-min=4", "--monitor", "links-drop=0.5",
+        ],
+    )  # fmt: skip
+    devices = [relay.create_device() for _ in range(6)]
+
+    async def run() -> dict[str, Any]:
+        links = [(await link(relay, d))[0] for d in devices]
+        with httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin:
+            assert monitors(admin)["node"] == "node-1"
+            await wait_until_async(
+                lambda: (monitors(admin)["readings"] or {}).get("links") == 6, 10, 0.1
+            )
+            for ws in links[1:]:
+                await ws.close()
+
+            def red() -> dict[str, Any] | None:
+                return next((f for f in monitors(admin)["red"] if f["component"] == "links"), None)
+
+            finding = await wait_until_async(red, 10, 0.1, "the links monitor red")
+            assert finding["severity"] == "major"
+            assert finding["text"] == "Linked devices fell from 6 to about 1"
+            opened = await wait_until_async(
+                lambda: [i for i in auto_incidents(admin) if i["component"] == "links"], 10, 0.1
+            )
+            await links[0].close()
+            return dict(opened[0])
+
+    incident = asyncio.run(run())
+    assert incident["state"] == "open" and incident["severity"] == "major"
+    # Links stay low: the peak leaves its 10-minute window only later; the incident
+    # stays open (the monitor is still red).
+    with httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin:
+        assert [i["state"] for i in auto_incidents(admin)] == ["open"]
+
+
+def test_messages_that_wait_for_a_linked_device_open_a_delivery_incident(
+    relay_factory: RelayFactory,
+) -> None:
+    """The lag threshold at 1 ms (a real relay delivers in about that): a stream of
+    pushes to a linked device is red at once; without pushes it is green again."""
+    relay = relay_factory(
+        "lag",
+        extra=["--incident-after", "1", "--resolve-after", "1", "--monitor", "lag-ms=1"],
+    )
+    device = relay.create_device()
+
+    async def run() -> str:
+        ws, _ = await link(relay, device)
+        url = f"{relay.url}/v1/devices/{device['pin']}/messages"
+
+        async def ack_all() -> None:
+            while True:
+                frame = await recv(ws, 60)
+                if isinstance(frame, frames.Msg) and frame.cursor is not None:
+                    await send(ws, frames.Ack(cursor=frame.cursor))
+
+        acker = asyncio.get_running_loop().create_task(ack_all())
+        with httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin:
+
+            def pushed_until_open() -> list[dict[str, Any]]:
+                for n in range(20):
+                    r = admin.post(url, json={"data": {"n": n}, "ttl": 600})
+                    assert r.status_code == 201, r.text
+                return [i for i in auto_incidents(admin) if i["component"] == "delivery"]
+
+            opened = await asyncio.to_thread(
+                wait_until, pushed_until_open, 20, 0.05, "a delivery incident"
+            )
+            readings = monitors(admin)["readings"]
+            assert readings["delivered"] >= 0 and readings["lag_ms"] >= 0
+            acker.cancel()
+            await ws.close()
+            # No more pushes: green, and resolved a second later.
+            await wait_until_async(
+                lambda: [i["state"] for i in auto_incidents(admin)] == ["resolved"], 20, 0.2
+            )
+            return str(opened[0]["updates"][0]["text"])
+
+    assert asyncio.run(run()).startswith("Deliveries are late")

@@ -26,6 +26,8 @@ from pinrelay.api.schemas import (
     IncidentUpdateCreate,
     IncidentUpdateView,
     IncidentView,
+    MonitorFinding,
+    MonitorsView,
     StatusIncident,
 )
 from pinrelay.auth import KeyPrincipal
@@ -217,7 +219,35 @@ async def listing(request: Request) -> Response:
     )
 
 
+async def monitors(request: Request) -> Response:
+    """What this relay's monitors see now (the relay's admin key)."""
+    await _admin(request, write=True)
+    relay = relay_of(request)
+    m = relay.monitors
+    red = []
+    for f in m.findings:
+        since = m.auto.red_since(f.component)
+        red.append(
+            MonitorFinding(
+                component=f.component,
+                severity=f.severity,
+                text=f.text,
+                red_since=rfc3339(since if since is not None else _now_ms(relay)),
+            )
+        )
+    return json_response(
+        MonitorsView(
+            node=relay.config.node,
+            region=relay.config.region,
+            readings=m.last,
+            red=red,
+            unwritten=sorted(m.unpublished),
+        )
+    )
+
+
 routes = [
+    Route("/v1/monitors", monitors, methods=["GET"]),
     Route("/v1/incidents", create, methods=["POST"]),
     Route("/v1/incidents", listing, methods=["GET"]),
     Route("/v1/incidents/{incident}", show, methods=["GET"]),

@@ -25,6 +25,7 @@ COMPONENTS: list[type[Struct]] = [
     schemas.IncidentView,
     schemas.IncidentList,
     schemas.Status,
+    schemas.MonitorsView,
 ]
 
 _INCIDENT = path_param("incident", ID_PATTERN)
@@ -92,6 +93,14 @@ def paths(op: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 body="IncidentResolve",
                 body_required=False,
                 params=[_INCIDENT],
+            )
+        },
+        "/v1/monitors": {
+            "get": key_op(
+                "What this relay's monitors see: its last readings and the components"
+                " red now (the relay's admin key)",
+                (200, "The monitors", "MonitorsView"),
+                (),
             )
         },
         "/status.json": {

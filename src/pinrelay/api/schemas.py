@@ -18,6 +18,7 @@ from pinrelay.core.incidents import (
     Source,
 )
 from pinrelay.core.model import PushFields, Topic
+from pinrelay.core.readings import Readings
 from pinrelay.core.tenants import Quotas, TenantId, TenantName
 from pinrelay.core.webpush import SubscriptionView
 
@@ -494,3 +495,25 @@ class StatusComponent(Struct, kw_only=True):
 class Status(Struct, kw_only=True):
     components: list[StatusComponent]
     incidents: list[StatusIncident]
+
+
+class MonitorFinding(Struct, kw_only=True):
+    """A component a monitor of this relay finds failing now."""
+
+    component: Component
+    severity: Severity
+    text: str
+    #: Since when it is red, without a break.
+    red_since: str
+
+
+class MonitorsView(Struct, kw_only=True):
+    """What this relay's monitors see (``GET /v1/monitors``)."""
+
+    node: str
+    region: str
+    #: The last readings (null until the first, a second after start).
+    readings: Readings | None
+    red: list[MonitorFinding]
+    #: Incidents opened or changed here while the store was away, not yet written.
+    unwritten: list[str]

@@ -18,8 +18,10 @@ Every relay judges its own readings (core/readings.py) each second
    opened: the relay holding it (``holder``) appends an update when the finding's
    text changes, at most once per ``update_every_ms``, and resolves it once the
    component has been green for ``resolve_after_ms``.  Only the holder acts
-   (never all relays); if the holder is no longer alive, a live relay that sees
-   the incident takes it over (``TakeOver``), and acts from then on.
+   (never all relays); if the holder has been missing from the live relays for
+   ``takeover_ms`` (heartbeats stop for everyone while the store is away: not at
+   once), a live relay that sees the incident takes it over (``TakeOver``), and
+   acts from then on.
 4. Two open automatic incidents of one component and region (relays whose red
    starts fell in two slots, or that could not reach the store): the newer is
    resolved as continuing in the older, by the relay acting for it.
@@ -187,13 +189,17 @@ class AutoIncidents:
         incident_after_ms: int,
         resolve_after_ms: int,
         update_every_ms: int = 60_000,
+        takeover_ms: int = 15_000,
     ) -> None:
         self.node = node
         self.region = region
         self.incident_after_ms = incident_after_ms
         self.resolve_after_ms = resolve_after_ms
         self.update_every_ms = update_every_ms
+        self.takeover_ms = takeover_ms
         self._tracks: dict[Component, _Track] = {}
+        #: Since when each incident's holder has been missing from the live relays.
+        self._missing: dict[str, int] = {}
 
     def _acts(self, incident: Incident, alive: frozenset[str] | None) -> bool:
         """Whether this relay may act for ``incident``: it holds it, or its holder
@@ -241,7 +247,11 @@ class AutoIncidents:
                 continue
             if incident.holder != self.node:
                 if self._acts(incident, alive):
-                    actions.append(TakeOver(incident))
+                    since = self._missing.setdefault(incident.id, now_ms)
+                    if now_ms - since >= self.takeover_ms:
+                        actions.append(TakeOver(incident))
+                else:
+                    self._missing.pop(incident.id, None)
                 continue
             if finding is None:
                 if now_ms - (track.green_since or now_ms) >= self.resolve_after_ms:

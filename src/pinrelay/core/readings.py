@@ -49,12 +49,13 @@ class Readings(Struct, frozen=True, kw_only=True):
     #: Messages stored for linked devices and not yet written to their link (None:
     #: not known on this store).
     backlog: int | None = None
-    #: Age of the oldest message accepted for a linked device and not yet written to
-    #: its link (0: none waits).
+    #: The delivery lag: the longest a message written to a link since the previous
+    #: reading waited for it while the device was linked (from its acceptance, or
+    #: the link's start if later: time offline is not the relay's delay); 0: none.
     lag_ms: int = 0
     #: Messages written to links since the previous reading.
     delivered: int = 0
-    #: Those messages by delivery delay (accepted to written), one count per bucket
+    #: Those messages by that wait, one count per bucket
     #: of DELAY_BOUNDS_MS plus one for the rest; empty: none delivered.
     delay_counts: tuple[int, ...] = ()
     #: Messages that expired unacknowledged since the previous reading.
