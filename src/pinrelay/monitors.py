@@ -197,7 +197,8 @@ class Monitors:
             for i in self.board.open_incidents()
             if i.source == "auto" and (i.region or self.region) == self.region
         ]
-        for action in self.auto.step(r.at_ms, findings, open_auto, self._alive()):
+        figures = f"{r.links} devices are linked to relay {self.node}"
+        for action in self.auto.step(r.at_ms, findings, open_auto, self._alive(), figures):
             await self._apply(action, r.at_ms)
         if self.unpublished and self._store_ok():
             await self._publish()
@@ -232,7 +233,7 @@ class Monitors:
                 iid,
                 f.component,
                 f.severity,
-                f.text,
+                action.text,
                 action.started_ms,
                 region=self.region,
                 source="auto",

@@ -69,7 +69,7 @@ def test_an_incident_opens_after_the_threshold_and_resolves_after_green() -> Non
     assert auto.step(T0, [FAIL], []) == []
     assert auto.step(T0 + 2999, [FAIL], []) == []
     [opened] = auto.step(T0 + 3000, [FAIL], [])
-    assert opened == Open(FAIL, T0)
+    assert opened == Open(FAIL, T0, FAIL.text)
     incident = open_incident(
         auto_incident_id("store", "eu", T0),
         "store",
@@ -86,13 +86,15 @@ def test_an_incident_opens_after_the_threshold_and_resolves_after_green() -> Non
     assert auto.step(T0 + 5000, [slower], [incident]) == []  # an update waits a minute
     [update] = auto.step(T0 + 63_000, [slower], [incident])
     assert update == Update(incident, "Store writes are slow")
-    assert auto.step(T0 + 70_000, [], [incident]) == []  # green: waits resolve_after
-    assert auto.step(T0 + 74_999, [], [incident]) == []
-    [done] = auto.step(T0 + 75_000, [], [incident])
+    # Every 5 minutes while it lasts, an update with the figures of the moment.
+    [still] = auto.step(T0 + 363_000, [slower], [incident], figures="3 devices")
+    assert still == Update(incident, "Still failing after 6 min: Store writes are slow. 3 devices")
+    assert auto.step(T0 + 370_000, [], [incident]) == []
+    [done] = auto.step(T0 + 375_000, [], [incident])
     assert isinstance(done, Resolve) and done.incident == incident
-    assert "after about 1 min" in done.text
+    assert "after about 6 min" in done.text
     # A red that came back while green broke the run: it counts from its start.
-    assert auto.step(T0 + 80_000, [FAIL], [resolve(incident, None, T0 + 75_000)]) == []
+    assert auto.step(T0 + 380_000, [FAIL], [resolve(incident, None, T0 + 375_000)]) == []
 
 
 def test_relays_that_see_one_failure_derive_one_id_and_only_the_holder_acts() -> None:

@@ -16,7 +16,8 @@ Every relay judges its own readings (core/readings.py) each second
    id and writes it once it can.
 3. While an automatic incident of the component and region is open, no other is
    opened: the relay holding it (``holder``) appends an update when the finding's
-   text changes, at most once per ``update_every_ms``, and resolves it once the
+   words change (at most once per ``update_every_ms``) and, with the figures of the
+   moment, every ``still_every_ms`` while it lasts, and resolves it once the
    component has been green for ``resolve_after_ms``.  Only the holder acts
    (never all relays); if the holder has been missing from the live relays for
    ``takeover_ms`` (heartbeats stop for everyone while the store is away: not at
@@ -149,6 +150,8 @@ def auto_incident_id(component: Component, region: str, red_since_ms: int, n: in
 class Open(Struct, frozen=True):
     finding: Finding
     started_ms: int
+    #: The opening text: the finding's words and the figures of the moment.
+    text: str
 
 
 class Update(Struct, frozen=True):
@@ -189,6 +192,7 @@ class AutoIncidents:
         incident_after_ms: int,
         resolve_after_ms: int,
         update_every_ms: int = 60_000,
+        still_every_ms: int = 300_000,
         takeover_ms: int = 15_000,
     ) -> None:
         self.node = node
@@ -196,6 +200,7 @@ class AutoIncidents:
         self.incident_after_ms = incident_after_ms
         self.resolve_after_ms = resolve_after_ms
         self.update_every_ms = update_every_ms
+        self.still_every_ms = still_every_ms
         self.takeover_ms = takeover_ms
         self._tracks: dict[Component, _Track] = {}
         #: Since when each incident's holder has been missing from the live relays.
@@ -216,9 +221,11 @@ class AutoIncidents:
         findings: list[Finding],
         open_auto: list[Incident],
         alive: frozenset[str] | None = None,
+        figures: str = "",
     ) -> list[Action]:
         """What this relay does now.  ``open_auto``: the open automatic incidents of
-        this region it knows; ``alive``: the live relays (None: a single relay)."""
+        this region it knows; ``alive``: the live relays (None: a single relay);
+        ``figures``: what is affected, in words, for the texts."""
         red = {f.component: f for f in findings}
         held: dict[Component, Incident] = {}
         actions: list[Action] = []
@@ -242,7 +249,8 @@ class AutoIncidents:
                 if finding is not None and now_ms - (track.red_since or now_ms) >= (
                     self.incident_after_ms
                 ):
-                    actions.append(Open(finding, track.red_since or now_ms))
+                    text = _with(finding.text, figures)
+                    actions.append(Open(finding, track.red_since or now_ms, text))
                     track.last_text, track.last_update_ms = finding.text, now_ms
                 continue
             if incident.holder != self.node:
@@ -257,11 +265,23 @@ class AutoIncidents:
                 if now_ms - (track.green_since or now_ms) >= self.resolve_after_ms:
                     actions.append(Resolve(incident, _resolved_text(incident, now_ms)))
                 continue
-            last = track.last_text or incident.updates[-1].text
-            if finding.text != last and now_ms - track.last_update_ms >= self.update_every_ms:
-                actions.append(Update(incident, finding.text))
-                track.last_text, track.last_update_ms = finding.text, now_ms
+            if track.last_text is None:  # taken over, or this relay restarted
+                track.last_text, track.last_update_ms = finding.text, incident.updates[-1].at_ms
+            since_update = now_ms - track.last_update_ms
+            if finding.text != track.last_text and since_update >= self.update_every_ms:
+                actions.append(Update(incident, _with(finding.text, figures)))
+            elif since_update >= self.still_every_ms:
+                minutes = round((now_ms - incident.started_ms) / 60_000)
+                text = _with(f"Still failing after {minutes} min: {finding.text}", figures)
+                actions.append(Update(incident, text))
+            else:
+                continue
+            track.last_text, track.last_update_ms = finding.text, now_ms
         return actions
+
+
+def _with(text: str, figures: str) -> str:
+    return f"{text}. {figures}" if figures else text
 
 
 def _resolved_text(incident: Incident, now_ms: int) -> str:
