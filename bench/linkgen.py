@@ -13,7 +13,11 @@ Modes:
 - ``recv``: also count ``msg`` frames and ack cumulatively (one ack per read);
 - ``latency``: like ``recv``, and for messages whose data is ``{"t": <time.time()
   before the push>, "p": <phase, 1 or more>}`` record ``time.time()`` at receipt
-  minus ``t``, per phase (written as JSON ``{"<phase>": [seconds, ...]}`` on quit).
+  minus ``t``, per phase (written as JSON ``{"<phase>": [seconds, ...]}`` on quit);
+- ``system``: like ``recv``, and record the ``time.time()`` each link first got
+  each incident event's ``system`` message (PROTOCOL "Incidents and status"),
+  written as JSON ``{"<incident> <event>": [time, ...]}`` on quit, with ``"*
+  <event>"`` for each link's first of any incident.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
 
 class _Frame(msgspec.Struct):
     type: str
-    cursor: int = 0
+    cursor: int | None = 0
+    kind: str = ""
     data: msgspec.Raw = msgspec.Raw(b"null")
     code: str = ""
     message: str = ""
@@ -48,8 +53,14 @@ class _Probe(msgspec.Struct):
     p: int = 0
 
 
+class _System(msgspec.Struct):
+    incident: str = ""
+    event: str = ""
+
+
 _frame_decoder = msgspec.json.Decoder(_Frame)
 _probe_decoder = msgspec.json.Decoder(_Probe)
+_system_decoder = msgspec.json.Decoder(_System)
 
 
 def client_frame(opcode: int, payload: bytes) -> bytes:
@@ -89,6 +100,9 @@ class Generator:
         #: time.time() when the first msg was read (0: none yet).
         self.first_t = 0.0
         self.latencies: dict[int, list[float]] = {}
+        #: ``system`` mode: "<incident> <event>" -> each link's first receipt time.
+        self.system: dict[str, list[float]] = {}
+        self._system_seen: set[tuple[int, str]] = set()
         self.links: list[Link] = []
         self.done = asyncio.Event()
 
@@ -110,6 +124,16 @@ class Generator:
         """Handle one text frame; returns the cursor to ack (0: none)."""
         frame = _frame_decoder.decode(payload)
         kind = frame.type
+        if kind == "msg" and frame.kind == "system":
+            if self.mode == "system":
+                told = _system_decoder.decode(frame.data)
+                key = f"{told.incident} {told.event}"
+                now = time.time()
+                for seen in (key, f"* {told.event}"):  # this incident's, and any one's
+                    if (id(link), seen) not in self._system_seen:
+                        self._system_seen.add((id(link), seen))
+                        self.system.setdefault(seen, []).append(now)
+            return 0  # not in the cursor order: never acked
         if kind == "msg":
             self.received += 1
             if self.received == 1:
@@ -121,7 +145,7 @@ class Generator:
             if self.expect and self.received == self.expect:
                 self.complete_t = time.time()
                 emit("complete", t=self.complete_t, first_t=self.first_t, received=self.received)
-            return frame.cursor
+            return frame.cursor or 0
         if kind == "welcome":
             link.welcome()
         elif kind == "error":
@@ -139,6 +163,7 @@ class Generator:
             "acks": self.acks,
             "pings": self.pings,
             "errors": self.errors,
+            "system": {key: len(times) for key, times in self.system.items()},
         }
 
 
@@ -306,11 +331,11 @@ async def commands(gen: Generator, latency_out: Path | None) -> None:
         elif command == "quit":
             break
     if latency_out is not None:
-        write_latencies(latency_out, gen.latencies)
+        write_latencies(latency_out, gen.system if gen.mode == "system" else gen.latencies)
     gen.done.set()
 
 
-def write_latencies(path: Path, latencies: dict[int, list[float]]) -> None:
+def write_latencies(path: Path, latencies: dict[int, list[float]] | dict[str, list[float]]) -> None:
     path.write_text(json.dumps({str(k): v for k, v in latencies.items()}))
 
 
@@ -352,7 +377,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True, help="the relay's link port")
     parser.add_argument("--creds", required=True, help="JSON file: [[pin, token], ...]")
     parser.add_argument("--sources", default="127.0.0.2", help="source addresses, comma-separated")
-    parser.add_argument("--mode", choices=("idle", "recv", "latency"), default="idle")
+    parser.add_argument("--mode", choices=("idle", "recv", "latency", "system"), default="idle")
     parser.add_argument("--window", type=int, default=None, help="window asked for in hello")
     parser.add_argument("--expect", type=int, default=0, help="say 'complete' after this many")
     parser.add_argument("--concurrency", type=int, default=256, help="link opens in flight")

@@ -188,7 +188,7 @@ def serve(
             max=30.0,
             help="Seconds a monitor stays red before it opens an incident.",
         ),
-    ] = 30.0,
+    ] = 20.0,
     resolve_after: Annotated[
         float,
         typer.Option(min=1.0, help="Seconds the monitors stay green before it resolves."),

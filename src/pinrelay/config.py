@@ -45,7 +45,7 @@ class RelayConfig:
     broadcast_page: int = FANOUT_PAGE
     #: How long a monitor stays red before it opens an incident, and green before
     #: the incident resolves (core/monitors.py).
-    incident_after_s: float = 30.0
+    incident_after_s: float = 20.0
     resolve_after_s: float = 60.0
     #: When each monitor is red (``--monitor NAME=VALUE``).
     monitor: Thresholds = field(default_factory=Thresholds)
