@@ -74,3 +74,17 @@ def test_bad_input_is_one_line(relay: RelayProc) -> None:
         run("incident", "show", "I000000000000", key=relay.admin_key, url=relay.url), "404"
     )
     one_line_error(run("incident", "open", "store", "x", key="pra_wrong", url=relay.url), "401")
+
+
+def test_the_monitors_from_the_command_line(relay: RelayProc) -> None:
+    """A healthy relay: every component green, a store probe time, the links count."""
+    from pinrelay.testing.wait import wait_until
+
+    seen = wait_until(
+        lambda: (m := ok_json(relay, "incident", "monitors"))["readings"] and m, 10, 0.2
+    )
+    assert seen["node"] == "node-1" and seen["red"] == [] and seen["unwritten"] == []
+    assert seen["readings"]["store_ms"] is not None and seen["readings"]["links"] == 0
+    text = run("incident", "monitors", key=relay.admin_key, url=relay.url)
+    assert text.returncode == 0 and "every component green" in text.stdout
+    one_line_error(run("incident", "monitors", key="pra_wrong", url=relay.url), "401")

@@ -45,6 +45,8 @@ def _print(incident: dict[str, Any], as_json: bool, title: str | None = None) ->
         f" {incident['severity']}{escape(where)}"
     )
     out.print(f"started {incident['started_at']}", end="")
+    if incident.get("source") == "auto":
+        out.print(f", opened {incident['opened_at']} by relay {incident['holder']}", end="")
     out.print(f", resolved {incident['resolved_at']}" if incident["resolved_at"] else "")
     if incident.get("tenants"):
         out.print("affects " + ", ".join(incident["tenants"]))
@@ -144,6 +146,37 @@ def incident_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOp
             escape(i["updates"][-1]["text"][:60]),
         )
     out.print(table)
+
+
+@incident_app.command("monitors")
+def incident_monitors(
+    url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """What this relay's monitors see: its last readings and what is red (the relay's
+    admin key)."""
+    with client(url, admin_key(key)) as c:
+        found: dict[str, Any] = call(c.request, "GET", "/v1/monitors")
+    if as_json:
+        print_json(found)
+        return
+    out.print(f"relay {escape(found['node'])} in {escape(found['region'])}")
+    r = found["readings"] or {}
+    store = "failing" if r.get("store_ms") is None else f"{r['store_ms']} ms"
+    free = r.get("disk_free")
+    disk = "unknown" if free is None else f"{free // (1024 * 1024):,} MiB free"
+    out.print(
+        f"  links {r.get('links', 0):,}  store probe {store}  lag {r.get('lag_ms', 0):,} ms"
+        f"  shed {r.get('shed', 0)}  disk {disk}"
+    )
+    for f in found["red"]:
+        out.print(
+            f"  [red]{f['component']} {f['severity']}[/] since {f['red_since']}:"
+            f" {escape(f['text'])}"
+        )
+    if not found["red"]:
+        out.print("  every component green")
+    for incident in found["unwritten"]:
+        out.print(f"  incident {incident} kept here until the store answers")
 
 
 def register(app: typer.Typer) -> None:
