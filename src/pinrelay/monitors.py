@@ -61,6 +61,7 @@ class Monitors:
         region: str,
         data: Path | None,
         links: Callable[[], int],
+        region_links: Callable[[], int],
         shed: Callable[[], int],
         expired: Callable[[], int],
         waits: Callable[[], tuple[tuple[int, ...], int]],
@@ -79,6 +80,7 @@ class Monitors:
         self.region = region
         self.data = data
         self._links = links
+        self._region_links = region_links
         self._shed = shed
         self._expired = expired
         self._waits = waits
@@ -197,7 +199,8 @@ class Monitors:
             for i in self.board.open_incidents()
             if i.source == "auto" and (i.region or self.region) == self.region
         ]
-        figures = f"{r.links} devices are linked to relay {self.node}"
+        n = self._region_links()
+        figures = f"Every tenant; {n} device{'' if n == 1 else 's'} linked in {self.region}"
         for action in self.auto.step(r.at_ms, findings, open_auto, self._alive(), figures):
             await self._apply(action, r.at_ms)
         if self.unpublished and self._store_ok():

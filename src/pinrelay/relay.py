@@ -163,6 +163,7 @@ class Relay:
             region=config.region,
             data=Path(config.data),
             links=lambda: len(self.link.connections),
+            region_links=self.router.region_links,
             shed=self._shed,
             expired=lambda: self._count("pinrelay_messages_expired_total"),
             waits=self.metrics.waits.take,

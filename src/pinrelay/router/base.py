@@ -46,6 +46,10 @@ class Router(Protocol):
         """The names of the live relays, this one's included (None: a relay alone)."""
         ...
 
+    def region_links(self) -> int:
+        """Device links held by this region's relays, as far as this relay knows."""
+        ...
+
     def __len__(self) -> int:
         """Links held by this relay."""
         ...

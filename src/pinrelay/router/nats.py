@@ -73,6 +73,8 @@ class RelayRecord(msgspec.Struct, kw_only=True):
     http_url: str
     #: Wall-clock seconds of the heartbeat that wrote it.
     at: float
+    #: Device links it held then (the monitors' estimate of who an incident affects).
+    links: int = 0
 
 
 class _Kick(msgspec.Struct, omit_defaults=True):
@@ -230,7 +232,7 @@ class NatsRouter:
     async def _beat(self) -> None:
         relays = self._relays
         assert relays is not None
-        record = msgspec.structs.replace(self.own, at=self.clock())
+        record = msgspec.structs.replace(self.own, at=self.clock(), links=len(self))
         await relays.put(self.node, _enc.encode(record))
         await self._refresh_peers(relays)
 
@@ -274,6 +276,11 @@ class NatsRouter:
             (r for r in self.peers.values() if now - r.at < self.ttl_s), key=lambda r: r.node
         )
         return [self.own.link_url, *(r.link_url for r in others)]
+
+    def region_links(self) -> int:
+        """Links held by the live relays of this relay's region (others' as of their
+        last heartbeat; the last known if heartbeats stopped with the store)."""
+        return len(self) + sum(r.links for r in self.peers.values() if r.region == self.own.region)
 
     def live_nodes(self) -> frozenset[str] | None:
         now = self.clock()
