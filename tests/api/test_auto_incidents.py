@@ -186,3 +186,28 @@ def test_messages_that_wait_for_a_linked_device_open_a_delivery_incident(
             return str(opened[0]["updates"][0]["text"])
 
     assert asyncio.run(run()).startswith("Deliveries are late")
+
+
+def test_an_incident_survives_its_relay_killed_and_the_restarted_relay_resolves_it(
+    relay_factory: RelayFactory,
+) -> None:
+    """Every probe counts as slow (``store-slow-ms=0``): an incident opens and is
+    written; the relay is SIGKILLed; restarted with the usual thresholds, it finds
+    the incident in the store, still its own, and resolves it."""
+    red = ["--incident-after", "1", "--monitor", "store-slow-ms=0"]
+    relay = relay_factory("killed", extra=red)
+    with httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin:
+        opened = wait_until(lambda: auto_incidents(admin), 20, 0.2, "an automatic incident")
+        [incident] = opened
+        assert incident["severity"] == "major" and incident["state"] == "open"
+    relay.kill()
+    again = RelayProc(relay.data, extra=["--resolve-after", "1"]).start()
+    try:
+        with httpx.Client(base_url=again.url, headers=again.admin_headers(), timeout=30) as c:
+            done = wait_until(
+                lambda: [i for i in auto_incidents(c) if i["state"] == "resolved"], 20, 0.2
+            )
+            assert [i["id"] for i in done] == [incident["id"]]
+            assert done[0]["holder"] == "node-1"
+    finally:
+        again.stop()

@@ -85,3 +85,40 @@ def test_a_cluster_that_loses_its_quorum_opens_an_incident_and_resolves_it(
             assert all(i["component"] == "store" for i in final)
     finally:
         cluster.stop()
+
+
+def test_one_relay_acts_for_an_incident_and_another_takes_it_over_when_it_dies(
+    tmp_path: Path, relay_factory: RelayFactory
+) -> None:
+    """Every probe counts as slow on both relays (``store-slow-ms=0``): one incident
+    is opened, held by one relay; SIGKILL that relay, and the other becomes its
+    holder once the dead one has been missing from the live relays for 15 s."""
+    (tmp_path / "nats").mkdir()
+    cluster = NatsCluster(tmp_path / "nats")
+    cluster.start()
+    try:
+        store = ["--store", ",".join(cluster.urls), "--incident-after", "1"]
+        red = [*store, "--monitor", "store-slow-ms=0"]
+        relays = {name: relay_factory(name, extra=[*red, "--node-id", name]) for name in ("a", "b")}
+        with httpx.Client(
+            base_url=relays["b"].url, headers=relays["b"].admin_headers(), timeout=30
+        ) as admin:
+            first = wait_until(lambda: open_store_incident(admin), 30, 0.3, "an incident")
+            holder = first["holder"]
+            other = "b" if holder == "a" else "a"
+            # Both relays are red: still one incident.
+            assert [i["id"] for i in auto_incidents(admin)] == [first["id"]]
+        with httpx.Client(
+            base_url=relays[other].url, headers=relays[other].admin_headers(), timeout=30
+        ) as admin:
+            relays[holder].kill()
+
+            def taken_over() -> dict[str, Any] | None:
+                found = open_store_incident(admin)
+                return found if found and found["holder"] == other else None
+
+            after = wait_until(taken_over, 60, 0.5, f"relay {other} holding the incident")
+            assert after["id"] == first["id"] and after["updates"] == first["updates"]
+            assert [i["id"] for i in auto_incidents(admin)] == [first["id"]]
+    finally:
+        cluster.stop()
