@@ -143,16 +143,23 @@ class IncidentBoard:
                 await self._task
             self._task = None
 
+    async def poll(self) -> bool:
+        """Read the store once; if it fails, keep what is known, marked stale from
+        now (:attr:`stale_since`).  Whether it read."""
+        try:
+            await self.refresh()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store away: keep what is known, marked stale
+            if self.stale_since is None:
+                self.stale_since = self.clock()
+                log.warning("incidents: store unreadable (%r); serving what is known", exc)
+            return False
+        return True
+
     async def _forever(self) -> None:
         while True:
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store away: keep what is known, marked stale
-                if self.stale_since is None:
-                    self.stale_since = self.clock()
-                    log.warning("incidents: store unreadable (%r); serving what is known", exc)
+            await self.poll()
             await asyncio.sleep(self.refresh_s)
 
 

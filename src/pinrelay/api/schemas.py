@@ -481,11 +481,31 @@ class IncidentList(Struct, kw_only=True):
     incidents: list[IncidentView]
 
 
+class StatusDay(Struct, kw_only=True):
+    """One UTC day of a component on ``/status.json`` (core/uptime.py)."""
+
+    #: ``YYYY-MM-DD`` (UTC).
+    date: str
+    #: The worst state it had that day.
+    state: ComponentState
+    #: Percent of the day (today: until now) not in outage, rounded down.
+    uptime: float
+
+
 class StatusComponent(Struct, kw_only=True):
     name: Component
     state: ComponentState
+    #: Percent of the last 90 UTC days (today until now) not in outage, rounded down
+    #: to two decimals (PROTOCOL "Incidents and status").
+    uptime_90d: float = 100.0
+    #: The 90 days, oldest first; the last is today.
+    days: list[StatusDay] = field(default_factory=list)
 
 
 class Status(Struct, kw_only=True):
     components: list[StatusComponent]
     incidents: list[StatusIncident]
+    #: True while this relay cannot read its store: what it serves is what it knew.
+    stale: bool = False
+    #: When this relay last read its store (RFC 3339); null before its first read.
+    as_of: str | None = None
