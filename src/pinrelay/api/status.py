@@ -5,8 +5,9 @@ No key: every relay serves the state of the components (core/incidents.py
 COMPONENTS), their uptime over the last 90 UTC days (core/uptime.py) and the public
 incidents (those that name no tenant) open now or resolved in the last 14 days,
 newest first.  The HTML page (api/status_page.py) needs no script, reloads itself
-every minute and fits a phone's width; every text an operator wrote is escaped
-(HTML and XML), and characters XML 1.0 cannot carry are replaced.
+every minute (``?refresh=off``: not) and fits a phone's width; every text an
+operator wrote is escaped (HTML and XML), and characters XML 1.0 cannot carry are
+replaced.
 
 What the pages show is the relay's incident board (incident_board.py): it reads
 the store every second, so a crowd reloading them costs the store nothing more, and
@@ -98,7 +99,8 @@ async def status_json(request: Request) -> Response:
 
 
 async def status_html(request: Request) -> Response:
-    page = render_html(_snapshot(request))
+    refresh = request.query_params.get("refresh") != "off"
+    page = render_html(_snapshot(request), refresh=refresh)
     return Response(page, media_type="text/html; charset=utf-8", headers=HEADERS)
 
 

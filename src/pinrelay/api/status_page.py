@@ -2,7 +2,8 @@
 what every status view is made of (api/status.py takes it from the board).
 
 The page needs no script (the relay's policy allows none), reloads itself every
-minute, and fits a phone's width.  Each component has a row of 90 day marks, an
+minute unless asked not to (``?refresh=off``, linked first on the page), and fits a
+phone's width.  Each component has a row of 90 day marks, an
 inline SVG whose name (``aria-label``) sums it up, each mark with its ``title``
 (the day, its state, its uptime), and the days that were not operational listed
 as text too.  A relay that cannot read its store says so first.  Every text an
@@ -149,7 +150,24 @@ def _notice(snap: Snapshot) -> str:
     )
 
 
-def render_html(snap: Snapshot) -> str:
+def _refresh(refresh: bool) -> tuple[str, str]:
+    """The meta refresh, and the link that turns it off or on (WCAG 2.2.1: a person
+    can stop a page that reloads by itself before it does; docs/DECISIONS.md 60)."""
+    if not refresh:
+        return "", (
+            '<p class="key">This page does not reload itself: '
+            '<a href="/status">reload it every minute</a>.</p>'
+        )
+    return '<meta http-equiv="refresh" content="60">', (
+        '<p class="key">This page reloads itself every minute: '
+        '<a href="/status?refresh=off">stop reloading</a>.</p>'
+    )
+
+
+def render_html(snap: Snapshot, *, refresh: bool = True) -> str:
+    """The page; ``refresh``: it reloads itself every minute (``/status``), else
+    not (``/status?refresh=off``)."""
+    meta, switch = _refresh(refresh)
     comps = "".join(_uptime(c, s, u) for (c, s), u in zip(snap.states, snap.uptime, strict=True))
     key = "".join(f'<span class="sw sw-{state}"></span>{state}' for state in FILL)
     current = [i for i in snap.incidents if i.state == "open"]
@@ -161,10 +179,10 @@ def render_html(snap: Snapshot) -> str:
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta http-equiv="refresh" content="60">'
+        f"{meta}"
         '<link rel="alternate" type="application/atom+xml" href="/status.atom">'
         f"<title>pinrelay status</title><style>{_STYLE}{_SWATCHES}</style></head><body>"
-        f"<main><h1>pinrelay status</h1>{_notice(snap)}<p>As of {_time(as_of)}</p>"
+        f"<main><h1>pinrelay status</h1>{switch}{_notice(snap)}<p>As of {_time(as_of)}</p>"
         f'<h2>Components</h2><ul class="c">{comps}</ul>'
         f'<p class="key">Uptime over the last 90 days (UTC): time in outage counts as'
         f" down, degraded time as up.<br>Each mark is a day:{key}</p>"
