@@ -137,3 +137,15 @@ async def test_the_json_comes_from_the_board_and_is_stale_when_it_is(tmp_path: P
         assert board.stale_since == NOW / 1000 + 5
     finally:
         await store.close()
+
+
+def test_the_page_reloads_itself_unless_asked_not_to() -> None:
+    def refresh(page: _Text) -> list[str | None]:
+        return [a.get("content") for t, a in page.attrs if a.get("http-equiv") == "refresh"]
+
+    def links(page: _Text) -> list[str | None]:
+        return [a.get("href") for t, a in page.attrs if t == "a"]
+
+    on, off = parse(render_html(snap([]))), parse(render_html(snap([]), refresh=False))
+    assert refresh(on) == ["60"] and links(on)[0] == "/status?refresh=off"
+    assert refresh(off) == [] and links(off)[0] == "/status"

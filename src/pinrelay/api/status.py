@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from pinrelay.api.common import json_response, relay_of
+from pinrelay.api.common import relay_of
 from pinrelay.api.incidents import status_view
 from pinrelay.api.schemas import Status, StatusComponent, StatusDay
 from pinrelay.api.status_page import Snapshot, day_of, render_html
@@ -73,6 +75,30 @@ def _snapshot(request: Request) -> Snapshot:
     return snapshot(relay.incidents, int(relay.clock() * 1000))
 
 
+def _cached(request: Request, view: str, make: Callable[[Snapshot], bytes | str]) -> bytes:
+    """``view`` made from a snapshot at most once per second and board state: a
+    crowd reloading the pages costs a relay one rendering a second of each (the 90
+    day marks take a few ms), and a change shows at once."""
+    relay = relay_of(request)
+    board = relay.incidents
+    key = (
+        int(relay.clock()),
+        board.read_at,
+        board.stale_since,
+        tuple((i.id, i.rev) for i in board.history()),
+    )
+    cache: dict[str, tuple[object, bytes]] | None = getattr(request.app.state, "status", None)
+    if cache is None:
+        cache = request.app.state.status = {}
+    found = cache.get(view)
+    if found is not None and found[0] == key:
+        return found[1]
+    made = make(_snapshot(request))
+    body = made.encode() if isinstance(made, str) else made
+    cache[view] = (key, body)
+    return body
+
+
 def status_of(snap: Snapshot) -> Status:
     """The ``/status.json`` body."""
     return Status(
@@ -94,13 +120,17 @@ def status_of(snap: Snapshot) -> Status:
     )
 
 
+_json = msgspec.json.Encoder()
+
+
 async def status_json(request: Request) -> Response:
-    return json_response(status_of(_snapshot(request)), headers={"Cache-Control": "no-cache"})
+    body = _cached(request, "json", lambda snap: _json.encode(status_of(snap)))
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-cache"})
 
 
 async def status_html(request: Request) -> Response:
     refresh = request.query_params.get("refresh") != "off"
-    page = render_html(_snapshot(request), refresh=refresh)
+    page = _cached(request, f"html-{refresh}", lambda snap: render_html(snap, refresh=refresh))
     return Response(page, media_type="text/html; charset=utf-8", headers=HEADERS)
 
 
@@ -150,10 +180,11 @@ def render_atom(incidents: list[Incident], now_ms: int) -> bytes:
 
 
 async def status_atom(request: Request) -> Response:
-    snap = _snapshot(request)
     # With no entry, the feed was last updated when the board last read the store:
     # a stale relay does not claim news it cannot have.
-    body = render_atom(snap.incidents, snap.as_of_ms or snap.now_ms)
+    body = _cached(
+        request, "atom", lambda snap: render_atom(snap.incidents, snap.as_of_ms or snap.now_ms)
+    )
     return Response(body, media_type="application/atom+xml; charset=utf-8", headers=HEADERS)
 
 
