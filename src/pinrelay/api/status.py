@@ -87,9 +87,9 @@ def _cached(request: Request, view: str, make: Callable[[Snapshot], bytes | str]
         board.stale_since,
         tuple((i.id, i.rev) for i in board.history()),
     )
-    cache: dict[str, tuple[object, bytes]] | None = getattr(request.app.state, "status", None)
+    cache: dict[str, tuple[object, bytes]] | None = getattr(request.app.state, "status_views", None)
     if cache is None:
-        cache = request.app.state.status = {}
+        cache = request.app.state.status_views = {}
     found = cache.get(view)
     if found is not None and found[0] == key:
         return found[1]
