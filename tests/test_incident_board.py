@@ -68,3 +68,32 @@ async def test_events_are_announced_once_per_revision(tmp_path: Path) -> None:
         assert board.get(old.id) == done
     finally:
         await store.close()
+
+
+async def test_the_board_holds_90_days_and_lists_14(tmp_path: Path) -> None:
+    """``incidents()`` (the status page's list) goes back 14 days, ``history()`` (its
+    uptime) 90; older ones are read no more."""
+    store = SqliteStore(tmp_path / "pinrelay.db")
+    await store.open()
+    try:
+        clock = Clock()
+        board = IncidentBoard(store, clock)
+        day = 86_400_000
+        made = {}
+        for n, ago in ((1, 1), (2, 20), (3, 100)):
+            i = open_incident(f"I00000000000{n}", "store", "major", "x", NOW - (ago + 1) * day)
+            made[ago] = resolve(i, None, NOW - ago * day)
+            assert await store.put_incident(i) and await store.put_incident(made[ago])
+        still = open_incident("I000000000009", "links", "minor", "Open long", NOW - 200 * day)
+        assert await store.put_incident(still)
+        await board.refresh()
+        assert [i.id for i in board.incidents()] == [made[1].id, still.id]
+        assert [i.id for i in board.history()] == [made[1].id, made[20].id, still.id]
+        clock.t += 15 * 86_400  # the one resolved a day ago is 16 days old now
+        await board.refresh()
+        assert [i.id for i in board.incidents()] == [still.id]
+        clock.t += 80 * 86_400  # past 90 days: forgotten
+        await board.refresh()
+        assert [i.id for i in board.history()] == [still.id]
+    finally:
+        await store.close()

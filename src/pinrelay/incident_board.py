@@ -1,8 +1,11 @@
 """What one relay knows of incidents, and who hears of each change.
 
 Every relay keeps a board: the incidents open now or resolved in the last
-``RECENT_MS``, read from the store every ``refresh_s`` (one listing a second per
-relay) and at once when this relay writes a change.  A change is an incident at a
+``HISTORY_MS`` (90 days, for the status page's uptime, core/uptime.py), read from
+the store every ``refresh_s`` (one listing a second per relay, at most
+``MAX_READ`` incidents) and at once when this relay writes a change.
+:meth:`IncidentBoard.incidents` gives those open or resolved in the last
+``RECENT_MS``; :meth:`IncidentBoard.history` all it holds.  A change is an incident at a
 revision the board has not seen; its event is ``opened``, ``updated`` or
 ``resolved`` (:func:`event_of`).
 
@@ -37,8 +40,10 @@ log = logging.getLogger("pinrelay.incidents")
 Event = Literal["opened", "updated", "resolved"]
 Listener = Callable[[Event, Incident], Awaitable[None]]
 
-#: How far back the board keeps resolved incidents (as the status pages show).
+#: How far back :meth:`IncidentBoard.incidents` goes (as the status pages list).
 RECENT_MS = 14 * 86_400_000
+#: How far back the board keeps resolved incidents (the status page's uptime).
+HISTORY_MS = 90 * 86_400_000
 #: Most incidents one read lists.
 MAX_READ = 1000
 
@@ -67,7 +72,18 @@ class IncidentBoard:
 
     # --- reading ------------------------------------------------------------
     def incidents(self) -> list[Incident]:
-        """Open ones and those resolved recently, newest (started, id) first."""
+        """Open ones and those resolved in the last RECENT_MS, newest (started, id)
+        first."""
+        since = int(self.clock() * 1000) - RECENT_MS
+        return [
+            i
+            for i in self.history()
+            if i.state == "open" or (i.resolved_ms is not None and i.resolved_ms >= since)
+        ]
+
+    def history(self) -> list[Incident]:
+        """Open ones and those resolved in the last HISTORY_MS, newest (started, id)
+        first."""
         found = list(self._known.values())
         found.sort(key=lambda i: (i.started_ms, i.id), reverse=True)
         return found
@@ -122,7 +138,7 @@ class IncidentBoard:
     async def refresh(self) -> None:
         """Read the store once (raises what the store raises)."""
         now = self.clock()
-        since = max(0, int(now * 1000) - RECENT_MS)
+        since = max(0, int(now * 1000) - HISTORY_MS)
         found = await self.store.list_incidents(since, MAX_READ)
         self.read_at, self.stale_since = now, None
         if not self._started:  # the first read only learns (module doc)
@@ -133,7 +149,7 @@ class IncidentBoard:
             await self.seen(incident)
         live = {i.id for i in found}
         for gone in [k for k, i in self._known.items() if i.state != "open" and k not in live]:
-            del self._known[gone]  # aged out of RECENT_MS
+            del self._known[gone]  # aged out of HISTORY_MS
 
     # --- the loop -----------------------------------------------------------
     def start(self) -> None:
@@ -146,16 +162,23 @@ class IncidentBoard:
                 await self._task
             self._task = None
 
+    async def poll(self) -> bool:
+        """Read the store once; if it fails, keep what is known, marked stale from
+        now (:attr:`stale_since`).  Whether it read."""
+        try:
+            await self.refresh()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store away: keep what is known, marked stale
+            if self.stale_since is None:
+                self.stale_since = self.clock()
+                log.warning("incidents: store unreadable (%r); serving what is known", exc)
+            return False
+        return True
+
     async def _forever(self) -> None:
         while True:
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store away: keep what is known, marked stale
-                if self.stale_since is None:
-                    self.stale_since = self.clock()
-                    log.warning("incidents: store unreadable (%r); serving what is known", exc)
+            await self.poll()
             await asyncio.sleep(self.refresh_s)
 
 

@@ -52,7 +52,11 @@ def open_incident(http: httpx.Client, **body: Any) -> dict[str, Any]:
 def states(http: httpx.Client) -> dict[str, str]:
     r = httpx.get(f"{http.base_url}/status.json")  # no key
     body = _ok(r)
-    assert set(body) == {"components", "incidents"}
+    # The contract, and what this relay adds (PROTOCOL "Incidents and status").
+    assert set(body) == {"components", "incidents", "stale", "as_of"}
+    assert body["stale"] is False and parse_rfc3339(body["as_of"])
+    for c in body["components"]:
+        assert set(c) == {"name", "state", "uptime_90d", "days"} and len(c["days"]) == 90
     return {c["name"]: c["state"] for c in body["components"]}
 
 

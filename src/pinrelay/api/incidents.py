@@ -119,12 +119,6 @@ async def _visible(relay: Relay, principal: KeyPrincipal, incident_id: str) -> I
     return found
 
 
-def _changed(request: Request) -> None:
-    """This relay's status pages show the change at once (api/status.py reads
-    again); other relays' within a second."""
-    request.app.state.status_seen = None
-
-
 def _now_ms(relay: Relay) -> int:
     return int(relay.clock() * 1000)
 
@@ -160,7 +154,6 @@ async def create(request: Request) -> Response:
     if not await relay.store.put_incident(incident):  # 60 random bits: never in practice
         raise PinrelayError("incident id taken: retry", ErrorCode.CONFLICT)
     await relay.incidents.written(incident)
-    _changed(request)
     return json_response(
         view(incident), status=201, headers={"Location": f"/v1/incidents/{incident.id}"}
     )
@@ -172,7 +165,6 @@ async def post_update(request: Request) -> Response:
     incident_id = str(request.path_params["incident"])
     spec = decode(await read_body(request, limit=MAX_INCIDENT_BODY), IncidentUpdateCreate)
     changed = await _change(relay, incident_id, lambda i: add_update(i, spec.text, _now_ms(relay)))
-    _changed(request)
     return json_response(view(changed), status=201)
 
 
@@ -183,7 +175,6 @@ async def post_resolve(request: Request) -> Response:
     body = await read_body(request, limit=MAX_INCIDENT_BODY, optional=True)
     spec = decode(body, IncidentResolve) if body else IncidentResolve()
     changed = await _change(relay, incident_id, lambda i: resolve(i, spec.text, _now_ms(relay)))
-    _changed(request)
     return json_response(view(changed))
 
 

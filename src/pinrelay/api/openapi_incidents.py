@@ -105,8 +105,9 @@ def paths(op: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
         },
         "/status.json": {
             "get": op(
-                "Each component's state and the public incidents, open and of the last"
-                " 14 days, newest first (no key)",
+                "Each component's state and uptime over 90 days, and the public"
+                " incidents, open and of the last 14 days, newest first; ``stale`` while"
+                " this relay cannot read its store (no key)",
                 (200, "Status", "Status"),
                 (),
                 auth=False,

@@ -487,14 +487,38 @@ class IncidentList(Struct, kw_only=True):
     incidents: list[IncidentView]
 
 
+#: A share in percent, two decimals at most (core/uptime.py rule 5).
+Percent = Annotated[float, Meta(ge=0, le=100)]
+
+
+class StatusDay(Struct, kw_only=True):
+    """One UTC day of a component on ``/status.json`` (core/uptime.py)."""
+
+    #: ``YYYY-MM-DD`` (UTC).
+    date: Annotated[str, Meta(pattern="^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    #: The worst state it had that day.
+    state: ComponentState
+    #: Percent of the day (today: until now) not in outage, rounded down.
+    uptime: Percent
+
+
 class StatusComponent(Struct, kw_only=True):
     name: Component
     state: ComponentState
+    #: Percent of the last 90 UTC days (today until now) not in outage, rounded down
+    #: to two decimals (PROTOCOL "Incidents and status").
+    uptime_90d: Percent = 100.0
+    #: The 90 days, oldest first; the last is today.
+    days: list[StatusDay] = field(default_factory=list)
 
 
 class Status(Struct, kw_only=True):
     components: list[StatusComponent]
     incidents: list[StatusIncident]
+    #: True while this relay cannot read its store: what it serves is what it knew.
+    stale: bool = False
+    #: When this relay last read its store (RFC 3339); null before its first read.
+    as_of: str | None = None
 
 
 class MonitorFinding(Struct, kw_only=True):

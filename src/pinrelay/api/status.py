@@ -2,36 +2,41 @@
 (PROTOCOL "Incidents and status").
 
 No key: every relay serves the state of the components (core/incidents.py
-COMPONENTS) and the public incidents (those that name no tenant) open now or
-resolved in the last 14 days, newest first.  The HTML page needs no script,
-reloads itself every minute and fits a phone's width; every text an operator
-wrote is escaped (HTML and XML), and characters XML 1.0 cannot carry are replaced.
+COMPONENTS), their uptime over the last 90 UTC days (core/uptime.py) and the public
+incidents (those that name no tenant) open now or resolved in the last 14 days,
+newest first.  The HTML page (api/status_page.py) needs no script, reloads itself
+every minute (``?refresh=off``: not) and fits a phone's width; every text an
+operator wrote is escaped (HTML and XML), and characters XML 1.0 cannot carry are
+replaced.
 
-Each relay reads the store at most once per :data:`FRESH_S` for these pages (they
-are public, so a crowd reloading them costs the store one read a second); if the
-store fails, the last answer it gave is served again.
+What the pages show is the relay's incident board (incident_board.py): it reads
+the store every second, so a crowd reloading them costs the store nothing more, and
+learns this relay's own changes at once.  While the store cannot be read the board
+keeps what it knew and is ``stale``: the pages serve that, and say so
+(``"stale": true`` and ``as_of``, the last read, in JSON; a notice in HTML; the
+feed's ``updated`` stays that of its newest entry).
 """
 
 from __future__ import annotations
 
-import html
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from collections.abc import Callable
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from pinrelay.api.common import json_response, relay_of
-from pinrelay.api.incidents import RECENT_MS, status_view
-from pinrelay.api.schemas import Status, StatusComponent
-from pinrelay.core.errors import PinrelayError
-from pinrelay.core.incidents import Component, ComponentState, Incident, component_states
+from pinrelay.api.common import relay_of
+from pinrelay.api.incidents import status_view
+from pinrelay.api.schemas import Status, StatusComponent, StatusDay
+from pinrelay.api.status_page import Snapshot, day_of, render_html
+from pinrelay.core.incidents import Incident, component_states
 from pinrelay.core.timefmt import rfc3339
+from pinrelay.core.uptime import uptimes
+from pinrelay.incident_board import IncidentBoard
 
-#: Seconds one relay keeps its last read of the incidents for these pages.
-FRESH_S = 1.0
 #: Most incidents shown.
 MAX_SHOWN = 50
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -39,7 +44,7 @@ _POLICY = (
     "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none';"
     " frame-ancestors 'none'"
 )
-_HEADERS = {
+HEADERS = {
     "Content-Security-Policy": _POLICY,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -47,106 +52,86 @@ _HEADERS = {
 }
 
 
-@dataclass(slots=True)
-class _Seen:
-    at: float
-    incidents: list[Incident]
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
 
 
-async def public_incidents(request: Request) -> list[Incident]:
-    """The public incidents to show, read at most once per FRESH_S per relay."""
+def snapshot(board: IncidentBoard, now_ms: int) -> Snapshot:
+    """The board's public incidents, states and uptime as of ``now_ms``."""
+    history = [i for i in board.history() if i.public]
+    recent = [i for i in board.incidents() if i.public]
+    return Snapshot(
+        incidents=recent[:MAX_SHOWN],
+        states=component_states(recent),
+        uptime=uptimes(history, now_ms),
+        now_ms=now_ms,
+        as_of_ms=_ms(board.read_at),
+        stale_since_ms=_ms(board.stale_since),
+    )
+
+
+def _snapshot(request: Request) -> Snapshot:
     relay = relay_of(request)
-    now = relay.clock()
-    seen: _Seen | None = getattr(request.app.state, "status_seen", None)
-    if seen is not None and 0 <= now - seen.at < FRESH_S:
-        return seen.incidents
-    since = max(0, int(now * 1000) - RECENT_MS)
-    try:
-        found = await relay.store.list_incidents(since, 1000)
-    except PinrelayError:
-        if seen is None:
-            raise
-        return seen.incidents  # what it knew (a later step marks it as such)
-    shown = [i for i in found if i.public][:MAX_SHOWN]
-    request.app.state.status_seen = _Seen(now, shown)
-    return shown
+    return snapshot(relay.incidents, int(relay.clock() * 1000))
 
 
-def _components(incidents: list[Incident]) -> list[tuple[Component, ComponentState]]:
-    return component_states(incidents)
+def _cached(request: Request, view: str, make: Callable[[Snapshot], bytes | str]) -> bytes:
+    """``view`` made from a snapshot at most once per second and board state: a
+    crowd reloading the pages costs a relay one rendering a second of each (the 90
+    day marks take a few ms), and a change shows at once."""
+    relay = relay_of(request)
+    board = relay.incidents
+    key = (
+        int(relay.clock()),
+        board.read_at,
+        board.stale_since,
+        tuple((i.id, i.rev) for i in board.history()),
+    )
+    cache: dict[str, tuple[object, bytes]] | None = getattr(request.app.state, "status_views", None)
+    if cache is None:
+        cache = request.app.state.status_views = {}
+    found = cache.get(view)
+    if found is not None and found[0] == key:
+        return found[1]
+    made = make(_snapshot(request))
+    body = made.encode() if isinstance(made, str) else made
+    cache[view] = (key, body)
+    return body
+
+
+def status_of(snap: Snapshot) -> Status:
+    """The ``/status.json`` body."""
+    return Status(
+        components=[
+            StatusComponent(
+                name=c,
+                state=s,
+                uptime_90d=u.uptime,
+                days=[
+                    StatusDay(date=day_of(d.start_ms), state=d.state, uptime=d.uptime)
+                    for d in u.days
+                ],
+            )
+            for (c, s), u in zip(snap.states, snap.uptime, strict=True)
+        ],
+        incidents=[status_view(i) for i in snap.incidents],
+        stale=snap.stale,
+        as_of=None if snap.as_of_ms is None else rfc3339(snap.as_of_ms),
+    )
+
+
+_json = msgspec.json.Encoder()
 
 
 async def status_json(request: Request) -> Response:
-    incidents = await public_incidents(request)
-    return json_response(
-        Status(
-            components=[StatusComponent(name=c, state=s) for c, s in _components(incidents)],
-            incidents=[status_view(i) for i in incidents],
-        ),
-        headers={"Cache-Control": "no-cache"},
-    )
-
-
-_STYLE = """
-body{font:16px/1.5 system-ui,sans-serif;margin:0 auto;padding:1rem;max-width:40rem;
-color:#111;background:#fff}
-h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem}
-ul.c{list-style:none;padding:0}ul.c li{display:flex;justify-content:space-between;
-padding:.5rem 0;border-bottom:1px solid #ccc}
-.operational{color:#0a5d1a}.degraded{color:#8a4b00}.outage{color:#a30000}
-article{border:1px solid #bbb;border-radius:.3rem;padding:.5rem 1rem;margin:1rem 0}
-ol{padding-left:1.2rem}time{color:#444;font-size:.9rem}p{overflow-wrap:anywhere;
-white-space:pre-wrap;margin:.2rem 0 .6rem}
-"""
-
-
-def _e(text: str) -> str:
-    return html.escape(text, quote=True)
-
-
-def _article(i: Incident) -> str:
-    state = "Resolved" if i.state == "resolved" else "Open"
-    items = "".join(
-        f'<li><time datetime="{rfc3339(u.at_ms)}">{rfc3339(u.at_ms)}</time><p>{_e(u.text)}</p></li>'
-        for u in reversed(i.updates)
-    )
-    where = f" in {_e(i.region)}" if i.region else ""
-    return (
-        f'<article id="{_e(i.id)}"><h3>{state}: {_e(i.component)}, {_e(i.severity)}{where}</h3>'
-        f"<p>Started {rfc3339(i.started_ms)}"
-        + (f", resolved {rfc3339(i.resolved_ms)}" if i.resolved_ms is not None else "")
-        + f"</p><ol reversed>{items}</ol></article>"
-    )
-
-
-def render_html(incidents: list[Incident], now_ms: int) -> str:
-    comps = "".join(
-        f'<li><span>{_e(c)}</span><strong class="{s}">{s}</strong></li>'
-        for c, s in _components(incidents)
-    )
-    current = [i for i in incidents if i.state == "open"]
-    past = [i for i in incidents if i.state != "open"]
-    body = "".join(_article(i) for i in current) or "<p>No open incident.</p>"
-    recent = "".join(_article(i) for i in past) or "<p>None in the last 14 days.</p>"
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta http-equiv="refresh" content="60">'
-        '<link rel="alternate" type="application/atom+xml" href="/status.atom">'
-        f"<title>pinrelay status</title><style>{_STYLE}</style></head><body>"
-        f"<main><h1>pinrelay status</h1><p>As of {rfc3339(now_ms)}</p>"
-        f'<h2>Components</h2><ul class="c">{comps}</ul>'
-        f"<h2>Current incidents</h2>{body}<h2>Recent incidents</h2>{recent}"
-        '<p><a href="/status.json">JSON</a> · <a href="/status.atom">Atom feed</a></p>'
-        "</main></body></html>\n"
-    )
+    body = _cached(request, "json", lambda snap: _json.encode(status_of(snap)))
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-cache"})
 
 
 async def status_html(request: Request) -> Response:
-    incidents = await public_incidents(request)
-    page = render_html(incidents, int(relay_of(request).clock() * 1000))
-    return Response(page, media_type="text/html; charset=utf-8", headers=_HEADERS)
+    refresh = request.query_params.get("refresh") != "off"
+    page = _cached(request, f"html-{refresh}", lambda snap: render_html(snap, refresh=refresh))
+    return Response(page, media_type="text/html; charset=utf-8", headers=HEADERS)
 
 
 def _x(text: str) -> str:
@@ -159,7 +144,8 @@ ET.register_namespace("", _ATOM)
 
 
 def render_atom(incidents: list[Incident], now_ms: int) -> bytes:
-    """An Atom feed (RFC 4287): an entry per update of each incident, newest first."""
+    """An Atom feed (RFC 4287): an entry per update of each incident, newest first;
+    the feed's ``updated`` is its newest entry's (``now_ms`` with none)."""
 
     def sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
         el = ET.SubElement(parent, f"{{{_ATOM}}}{tag}", attrs)
@@ -194,9 +180,12 @@ def render_atom(incidents: list[Incident], now_ms: int) -> bytes:
 
 
 async def status_atom(request: Request) -> Response:
-    incidents = await public_incidents(request)
-    body = render_atom(incidents, int(relay_of(request).clock() * 1000))
-    return Response(body, media_type="application/atom+xml; charset=utf-8", headers=_HEADERS)
+    # With no entry, the feed was last updated when the board last read the store:
+    # a stale relay does not claim news it cannot have.
+    body = _cached(
+        request, "atom", lambda snap: render_atom(snap.incidents, snap.as_of_ms or snap.now_ms)
+    )
+    return Response(body, media_type="application/atom+xml; charset=utf-8", headers=HEADERS)
 
 
 routes = [
