@@ -1,10 +1,11 @@
 """Broadcast fan-out: a channel's members get the broadcast, once each (core/channels.py).
 
 The API stores a broadcast's record (its 201) and hands it here.  The fan-out
-walks the channel's members in PIN order, a page at a time: the page's consent
-(refusals, the daily marketing cap) is settled by the store, then the page goes
-through ingest as one append with an idempotency key named by the broadcast and
-the page's start, and the record's progress is written.  A relay that dies
+walks the channel's members in PIN order, a page at a time: the page's members
+are fixed in the record, its consent (refusals, the daily marketing cap) is
+settled by the store, then the page goes through ingest as one append with an
+idempotency key named by the broadcast and the page's start, and the record's
+progress is written together with the next page's members.  A relay that dies
 between the append and the progress leaves a page that, done again by whichever
 relay resumes it, replays the first append's results: no member gets it twice.
 
@@ -144,14 +145,19 @@ class Broadcaster:
             b = fixed
         results = await self._deliver(b, channel, list(b.pending), now_ms)
         stored = sum(isinstance(r, Accepted) for r in results)
+        after = b.pending[-1]
+        # The progress and the next page's members in one write (one record write a
+        # page, not two); none left: done.
+        following = tuple(await self.store.channel_members(b.channel, after, self.page))
         done = msgspec.structs.replace(
             b,
-            after=b.pending[-1],
+            after=after,
             members=b.members + len(results),
             stored=b.stored + stored,
             skipped=b.skipped + len(results) - stored,
             updated_ms=now_ms,
-            pending=(),
+            pending=following,
+            done_ms=None if following else now_ms,
         )
         return await self._save(done)
 
