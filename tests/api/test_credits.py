@@ -244,7 +244,8 @@ def test_a_make_good_reaches_each_device_once_and_its_code_redeems_once(
         ),
         409,
     )
-    assert_problem(admin.post("/v1/incidents/I000000000000/make-good", json={"tenant": t.id, "text": "x"}), 404)  # fmt: skip
+    nobody = "/v1/incidents/I000000000000/make-good"
+    assert_problem(admin.post(nobody, json={"tenant": t.id, "text": "x"}), 404)
 
 
 def check_a_killed_make_good_resumes(
