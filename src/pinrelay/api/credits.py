@@ -16,9 +16,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from msgspec import Meta, Struct
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -32,59 +29,23 @@ from pinrelay.api.common import (
     require_key,
     visible_tenant,
 )
+from pinrelay.api.schemas_credits import CodeView, CreditList, MakeGoodCreate, MakeGoodView
 from pinrelay.auth import KeyPrincipal
 from pinrelay.core.channels import Broadcast
 from pinrelay.core.credits import (
-    Credit,
     ServiceLevel,
-    check_level,
     credit,
     month_bounds,
     month_of,
 )
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.incidents import is_incident_id
-from pinrelay.core.makegood import Code, CodePrefix, MakeGoodText, is_code
+from pinrelay.core.makegood import Code, is_code
 from pinrelay.core.model import Scope
-from pinrelay.core.tenants import TenantId
 from pinrelay.core.timefmt import rfc3339
 
 #: Incidents read for one month's credits (a few a month are expected).
 MAX_MONTH_INCIDENTS = 10_000
-
-
-class CreditList(Struct, kw_only=True):
-    month: str
-    credits: list[Credit]
-
-
-class MakeGoodCreate(Struct, kw_only=True, forbid_unknown_fields=True):
-    tenant: TenantId
-    text: MakeGoodText
-    code_prefix: CodePrefix | None = None
-
-
-class MakeGoodView(Struct, kw_only=True):
-    """A make-good and how far its fan-out got (its broadcast's record)."""
-
-    id: str
-    incident: str
-    tenant: str
-    text: str
-    created_at: str
-    #: Devices reached so far (given a code, or skipped for refusing marketing).
-    devices: int
-    stored: int
-    skipped: int
-    done: bool
-
-
-class CodeView(Struct, kw_only=True):
-    code: str
-    tenant: str
-    pin: str
-    incident: str
-    redeemed_at: Annotated[str, Meta(description="When it was redeemed")] | None = None
 
 
 def _relay_admin(principal: KeyPrincipal, what: str) -> None:
@@ -101,7 +62,7 @@ async def put_level(request: Request) -> Response:
     _relay_admin(principal, "sets service levels")
     relay = relay_of(request)
     tenant = await visible_tenant(relay, principal, str(request.path_params["tenant"]))
-    level = check_level(decode(await read_body(request, limit=8192), ServiceLevel))
+    level = decode(await read_body(request, limit=8192), ServiceLevel, integral=True)
     await relay.store.put_service_level(tenant.id, level)
     return json_response(level)
 
@@ -131,7 +92,8 @@ async def credits(request: Request) -> Response:
     principal = await require_key(request, Scope.ADMIN)
     relay = relay_of(request)
     now_ms = int(relay.clock() * 1000)
-    month = request.query_params.get("month") or month_of(now_ms)
+    month = request.query_params.get("month")
+    month = month_of(now_ms) if month is None else month
     start, _ = month_bounds(month)
     levels = await relay.store.service_levels()
     incidents = await relay.store.list_incidents(start, MAX_MONTH_INCIDENTS)

@@ -46,7 +46,9 @@ from pinrelay.core.readings import DELAY_BOUNDS_MS
 
 #: How much of each minute an open incident of each severity counts as down (rule 2).
 WEIGHT: dict[Severity, float] = {"critical": 1.0, "major": 0.5, "minor": 0.0}
-MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+#: ``YYYY-MM`` from 1970 on.
+MONTH_PATTERN = r"^(19[7-9]\d|[2-9]\d{3})-(0[1-9]|1[0-2])$"
+MONTH_RE = re.compile(MONTH_PATTERN)
 Percent = Annotated[float, Meta(ge=0, le=100)]
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
 #: Most rows of a credit table.
@@ -69,7 +71,7 @@ class ServiceLevel(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     fee: Annotated[int, Meta(ge=0)]
     currency: Currency
     #: Rows of [availability below %, credit % of the fee].
-    credits: Annotated[list[tuple[Percent, Percent]], Meta(max_length=MAX_ROWS)]
+    credits: Annotated[list[tuple[Percent, Percent]], Meta(min_length=1, max_length=MAX_ROWS)]
     delay: DelayTarget | None = None
 
 
@@ -93,21 +95,11 @@ class Credit(Struct, frozen=True, kw_only=True):
     incidents: tuple[str, ...] = ()
 
 
-def check_level(level: ServiceLevel) -> ServiceLevel:
-    """``level`` if its credit table is well formed: at least one row, no two rows
-    with the same threshold."""
-    if not level.credits:
-        raise PinrelayError("a credit table needs at least one row", ErrorCode.INVALID)
-    if len({below for below, _ in level.credits}) != len(level.credits):
-        raise PinrelayError("two credit rows with the same threshold", ErrorCode.INVALID)
-    return level
-
-
 def month_bounds(month: str) -> tuple[int, int]:
     """The UTC month ``YYYY-MM`` as [start, end) in milliseconds."""
     m = MONTH_RE.fullmatch(month)
     if m is None:
-        raise PinrelayError(f"not a month (YYYY-MM): {month!r}", ErrorCode.INVALID)
+        raise PinrelayError(f"not a month (YYYY-MM, from 1970): {month!r}", ErrorCode.INVALID)
     year, mon = int(m[1]), int(m[2])
     start = calendar.timegm((year, mon, 1, 0, 0, 0)) * 1000
     days = calendar.monthrange(year, mon)[1]
