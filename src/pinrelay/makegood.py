@@ -46,11 +46,15 @@ async def start(
     """The make-good of (incident, tenant), and whether this call made it (then its
     fan-out is handed to ``submit``).  Asked again, the first one is answered."""
     now_ms = int(now * 1000)
-    held = await store.claim_makegood(incident.id, tenant, new_message_id(now, os.urandom))
+    ours = new_message_id(now, os.urandom)
+    held = await store.claim_makegood(incident.id, tenant, ours)
     existing = await store.get_broadcast(held)
     if existing is not None:
         return existing, False
-    # Ours, or a claim whose relay died before it kept the record: kept now.
+    # Ours, or a claim whose record is not kept yet (its request is a moment ahead,
+    # or its relay died in between): kept now, under the claim's id.  Kept twice at
+    # once, the record is the same make-good, and the fan-out's pages and codes are
+    # keyed by its id: each device still gets one message and one code.
     record = Broadcast(
         id=held,
         channel=MAKEGOOD_CHANNEL,
@@ -64,7 +68,7 @@ async def start(
     await store.put_broadcast(record)
     stored = await store.get_broadcast(held) or record
     submit(stored)
-    return stored, True
+    return stored, held == ours
 
 
 async def makegood_drafts(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -246,6 +247,27 @@ def test_a_make_good_reaches_each_device_once_and_its_code_redeems_once(
     )
     nobody = "/v1/incidents/I000000000000/make-good"
     assert_problem(admin.post(nobody, json={"tenant": t.id, "text": "x"}), 404)
+
+
+@pytest.mark.shared_relay
+def test_make_goods_asked_for_at_once_are_one(admin: httpx.Client) -> None:
+    t = Tenant(admin, "asked twice")
+    devices = [t.device() for _ in range(3)]
+    incident = _open(admin)
+    body = {"tenant": t.id, "text": "Sorry"}
+
+    def ask(_: int) -> httpx.Response:
+        with httpx.Client(base_url=admin.base_url, headers=admin.headers, timeout=30) as c:
+            return c.post(f"/v1/incidents/{incident}/make-good", json=body)
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(ask, range(4)))
+    assert sorted(r.status_code for r in answers) == [200, 200, 200, 201], [r.text for r in answers]
+    assert len({r.json()["id"] for r in answers}) == 1
+    view = made_good(admin, incident, t.id)
+    assert (view["devices"], view["stored"]) == (3, 3), view
+    for d in devices:
+        assert len(makegoods_in(admin, d)) == 1, d["pin"]
 
 
 def check_a_killed_make_good_resumes(

@@ -18,6 +18,7 @@ from tests.api.test_credits import (
     check_credits_of_a_synthetic_month,
     test_a_make_good_reaches_each_device_once_and_its_code_redeems_once,
     test_a_service_level_is_the_relay_admins_to_set,
+    test_make_goods_asked_for_at_once_are_one,
 )
 from tests.clusterrelay import nats_cluster, relay
 from tests.conftest import RelayFactory
@@ -29,6 +30,7 @@ __all__ = [
     "relay",
     "test_a_make_good_reaches_each_device_once_and_its_code_redeems_once",
     "test_a_service_level_is_the_relay_admins_to_set",
+    "test_make_goods_asked_for_at_once_are_one",
 ]
 
 

@@ -18,7 +18,7 @@ per page: rare, and bounded by the fleet's size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
@@ -26,10 +26,11 @@ from pinrelay.core.credits import ServiceLevel
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.makegood import Code, is_code
 from pinrelay.store.jetstream.cas import Keyed
-from pinrelay.store.jetstream.devices import Devices
+from pinrelay.store.jetstream.devices import Devices, FoundDevice
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import Bucket
 from pinrelay.store.jetstream.records import SAFE_TOKEN
+from pinrelay.store.jetstream.unread import IN_FLIGHT, bounded
 
 
 class Claim(msgspec.Struct, frozen=True):
@@ -79,13 +80,16 @@ class Credits:
         step = max(limit, 100)
         for at in range(0, len(pins), step):
             wave = pins[at : at + step]
-            for pin in wave:
-                found = await self.devices.get(pin)
-                if found is not None and found.rec.tenant == tenant:
+            found = await bounded([self._reader(p) for p in wave], IN_FLIGHT)
+            for pin, got in zip(wave, found, strict=True):
+                if got is not None and got.rec.tenant == tenant:
                     out.append(pin)
                     if len(out) >= limit:
                         return out
         return out
+
+    def _reader(self, pin: str) -> Callable[[], Awaitable[FoundDevice | None]]:
+        return lambda: self.devices.get(pin)
 
     async def claim(self, incident: str, tenant: str, broadcast: str) -> str:
         self.api.check_open()
