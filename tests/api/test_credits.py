@@ -300,6 +300,6 @@ def check_a_killed_make_good_resumes(
 def test_a_relay_killed_mid_make_good_leaves_each_device_one_code(
     relay_factory: RelayFactory,
 ) -> None:
-    flags = ["--broadcast-page", "10", "--broadcast-takeover", "1"]
+    flags = ["--broadcast-page", "5", "--broadcast-takeover", "1"]
     relay = relay_factory(extra=flags)
     check_a_killed_make_good_resumes(relay, relay.start)
