@@ -16,9 +16,19 @@ from tests.test_cli import ok_json, one_line_error, run
 def test_credits_make_good_and_redeem_from_the_command_line(relay: RelayProc) -> None:
     with httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin:
         t = Tenant(admin, "owed")
-        level = {"availability": 99.9, "fee": 900, "currency": "GBP", "credits": TABLE}
-        assert admin.put(f"/v1/tenants/{t.id}/service-level", json=level).status_code == 200
         device = t.device()
+    credit_rows = [arg for below, pct in TABLE for arg in ("--credit", f"{below}:{pct}")]
+    level = ok_json(
+        relay, "tenant", "service-level", t.id, "--availability", "99.9", "--fee", "900",
+        "--currency", "GBP", *credit_rows, "--delay-ms", "1000",
+    )  # fmt: skip
+    assert level["credits"] == TABLE and level["delay"] == {"delay_ms": 1000, "percent": 99.0}
+    assert ok_json(relay, "tenant", "service-level", t.id) == level
+    shown = run("tenant", "service-level", t.id, key=relay.admin_key, url=relay.url)
+    assert shown.returncode == 0 and "below 99 %: 25 % of the fee" in shown.stdout, shown.stdout
+    bad = ["tenant", "service-level", t.id, "--availability", "99", "--fee", "1"]
+    one_line_error(run(*bad, "--credit", "lots", key=relay.admin_key, url=relay.url), "--credit")
+    one_line_error(run(*bad, key=relay.admin_key, url=relay.url), "--credit")
     owed = ok_json(relay, "credits", "--month", "2026-03", "--tenant", t.id)
     assert owed["month"] == "2026-03"
     [mine] = owed["credits"]

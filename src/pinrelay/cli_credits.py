@@ -23,11 +23,13 @@ from pinrelay.cli_common import (
     UrlOpt,
     admin_key,
     call,
+    fail,
     out,
     print_json,
 )
 from pinrelay.cli_common import relay_client as client
 from pinrelay.cli_incidents import IncidentArg, incident_app
+from pinrelay.cli_tenants import TenantArg, tenant_app
 
 code_app = typer.Typer(help="Redeem make-good codes.")
 
@@ -96,6 +98,67 @@ def make_good(
         f" {view['skipped']} refuse marketing"
     )
     out.print(f"  {escape(view['text'])}")
+
+
+def _row(text: str) -> list[float]:
+    """A credit row from ``BELOW:PERCENT``."""
+    below, _, percent = text.partition(":")
+    try:
+        return [float(below), float(percent)]
+    except ValueError:
+        fail(f"--credit is BELOW:PERCENT, e.g. 99.9:10, not {text!r}")
+
+
+@tenant_app.command("service-level")
+def service_level(
+    tenant: TenantArg,
+    availability: Annotated[
+        float | None, typer.Option(help="Monthly availability promised, percent; sets it.")
+    ] = None,
+    fee: Annotated[int | None, typer.Option(help="Monthly fee, in minor units (cents).")] = None,
+    currency: Annotated[str, typer.Option(help="ISO 4217 code, e.g. EUR.")] = "EUR",
+    credit: Annotated[
+        list[str] | None,
+        typer.Option("--credit", help="A row BELOW:PERCENT, e.g. 99.9:10 (repeat)."),
+    ] = None,
+    delay_ms: Annotated[
+        int | None, typer.Option(help="Delay target: delivered within this many ms ...")
+    ] = None,
+    delay_percent: Annotated[float, typer.Option(help="... for this percent of messages.")] = 99.0,
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a tenant's service level, or set it (with --availability, --fee and
+    --credit rows)."""
+    path = f"/v1/tenants/{tenant}/service-level"
+    with client(url, admin_key(key)) as c:
+        if availability is None:
+            level = call(c.request, "GET", path)
+        else:
+            if fee is None or not credit:
+                fail("setting a service level takes --fee and at least one --credit")
+            body: dict[str, Any] = {
+                "availability": availability,
+                "fee": fee,
+                "currency": currency,
+                "credits": [_row(r) for r in credit],
+            }
+            if delay_ms is not None:
+                body["delay"] = {"delay_ms": delay_ms, "percent": delay_percent}
+            level = call(c.request, "PUT", path, json=body)
+    if as_json:
+        print_json(level)
+        return
+    out.print(
+        f"{tenant}: {level['availability']:g} % a month, fee {level['fee']} {level['currency']}"
+        " (minor units)"
+    )
+    if level.get("delay"):
+        d = level["delay"]
+        out.print(f"  delay: {d['percent']:g} % within {d['delay_ms']} ms")
+    for below, percent in level["credits"]:
+        out.print(f"  below {below:g} %: {percent:g} % of the fee")
 
 
 @code_app.command("redeem")
