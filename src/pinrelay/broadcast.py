@@ -9,6 +9,9 @@ progress is written together with the next page's members.  A relay that dies
 between the append and the progress leaves a page that, done again by whichever
 relay resumes it, replays the first append's results: no member gets it twice.
 
+A make-good (core/makegood.py) is a broadcast too: its members are its tenant's
+devices, and each one's message carries a code of its own (makegood.py).
+
 Every relay looks for broadcasts whose progress stood still for ``takeover_s``
 (their relay died) and resumes them; two relays resuming the same one are safe
 for the same reason.  Relays also count the sends and acks of broadcast
@@ -35,8 +38,10 @@ from pinrelay.core.channels import (
     day_of,
     member_data,
 )
+from pinrelay.core.makegood import MAKEGOOD_CHANNEL
 from pinrelay.core.model import Accepted
 from pinrelay.ingest import Draft, Ingest
+from pinrelay.makegood import makegood_drafts
 from pinrelay.store.base import IdempotencyKey, Rejected, Store
 
 log = logging.getLogger(__name__)
@@ -126,12 +131,19 @@ class Broadcaster:
 
     async def _step(self, b: Broadcast) -> Broadcast | None:
         """One page of members; the record after it (None: another relay is ahead)."""
-        channel = await self.store.get_channel(b.channel)
+        # A make-good (core/makegood.py) goes to its tenant's devices, not a channel's.
+        makegood = b.channel == MAKEGOOD_CHANNEL
+        channel = None if makegood else await self.store.get_channel(b.channel)
         now_ms = int(self.clock() * 1000)
-        if channel is None or not channel.live or b.expires_ms <= now_ms:
+        gone = not makegood and (channel is None or not channel.live)
+        if gone or b.expires_ms <= now_ms:
             return await self._save(msgspec.structs.replace(b, done_ms=now_ms, updated_ms=now_ms))
         if not b.pending:
-            members = await self.store.channel_members(b.channel, b.after, self.page)
+            members = await (
+                self.store.tenant_devices(b.tenant, b.after, self.page)
+                if makegood
+                else self.store.channel_members(b.channel, b.after, self.page)
+            )
             if not members:
                 done = msgspec.structs.replace(b, done_ms=now_ms, updated_ms=now_ms)
                 return await self._save(done)
@@ -162,27 +174,32 @@ class Broadcaster:
         return await self._save(done)
 
     async def _deliver(
-        self, b: Broadcast, channel: Channel, members: list[str], now_ms: int
+        self, b: Broadcast, channel: Channel | None, members: list[str], now_ms: int
     ) -> list[Accepted | Rejected]:
-        cap = self.marketing_cap if channel.klass == "marketing" else None
-        admitted = set(
-            await self.store.admit(members, channel.klass, b.id, day_of(b.created_ms), cap)
-        )
+        # A make-good counts as marketing for the device's refusals, but not
+        # against its daily cap (PROTOCOL "Making good").
+        klass = "marketing" if channel is None else channel.klass
+        cap = self.marketing_cap if channel is not None and klass == "marketing" else None
+        admitted = set(await self.store.admit(members, klass, b.id, day_of(b.created_ms), cap))
         ttl = max(1, math.ceil((b.expires_ms - now_ms) / 1000))
+        drafts: dict[str, Draft] = {}
+        if channel is None:
+            taking = [p for p in members if p in admitted]
+            drafts = await makegood_drafts(self.store, b, taking, ttl, now_ms)
+        else:
+            for pin in admitted:
+                drafts[pin] = Draft(
+                    to=pin,
+                    data=member_data(channel, pin, b.data),
+                    ttl=ttl,
+                    kind="broadcast",
+                    topic=b.topic,
+                    urgency=b.urgency,
+                    sender=channel.id,
+                    id=b.id,
+                )
         items: list[Draft | Rejected] = [
-            Draft(
-                to=pin,
-                data=member_data(channel, pin, b.data),
-                ttl=ttl,
-                kind="broadcast",
-                topic=b.topic,
-                urgency=b.urgency,
-                sender=channel.id,
-                id=b.id,
-            )
-            if pin in admitted
-            else Rejected(pin, SKIPPED, b.id)
-            for pin in members
+            drafts[pin] if pin in drafts else Rejected(pin, SKIPPED, b.id) for pin in members
         ]
         # Named by where the page starts, fingerprinted by its members: the same
         # page done again (a crash before the progress was written) replays the

@@ -20,6 +20,7 @@ from pinrelay import (
     __version__,
     cli_channels,
     cli_chat,
+    cli_credits,
     cli_incidents,
     cli_portability,
     cli_serve,
@@ -497,6 +498,8 @@ cli_tenants.register(app, device_app)
 cli_channels.register(app, device_app)
 # --- incidents: incident open|update|resolve|list|show (cli_incidents.py) ------
 cli_incidents.register(app)
+# --- credits, incident make-good, code redeem (cli_credits.py) -----------------
+cli_credits.register(app)
 # --- portability: device export|move, tenant accept (cli_portability.py) --------
 cli_portability.register(device_app)
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from pinrelay.testing.wait import wait_until
+
 #: Placeholders in generated bodies, swapped for A's ids or for missing ones.
 PIN, TENANT = "@PIN@", "@TENANT@"
 #: A P-256 public key and an auth secret (tests/store/test_contract_subscriptions.py).
@@ -37,6 +39,7 @@ PATTERNS = {
     "^B[A-Za-z0-9_-]{86}=?$": P256,
     "^[A-Za-z0-9_-]{22}(==)?$": AUTH,
     "^I[0-9A-HJKMNP-TV-Z]{12}$": "I000000000000",
+    "^[A-Z]{3}$": "EUR",
 }
 SCOPES = ("push", "devices", "broadcast", "admin")
 
@@ -55,6 +58,8 @@ def example(schema: dict[str, Any], components: dict[str, Any]) -> Any:
     if kind == "object":
         props = schema.get("properties", {})
         return {k: example(props[k], components) for k in schema.get("required", [])}
+    if kind == "array" and "prefixItems" in schema:  # a tuple
+        return [example(s, components) for s in schema["prefixItems"]]
     if kind == "array":
         return [example(schema["items"], components) for _ in range(schema.get("minItems", 0))]
     if kind == "string":
@@ -85,6 +90,7 @@ class Ids:
     channel: str
     broadcast: str
     incident: str
+    code: str
     swaps: dict[str, str] = field(default_factory=dict)
 
     def path(self, template: str) -> str:
@@ -99,6 +105,7 @@ class Ids:
             "channel": self.channel,
             "broadcast": self.broadcast,
             "incident": self.incident,
+            "code": self.code,
             "class": "marketing",
             "message": "01JDZZZZZZZZZZZZZZZZZZZZZZ",
         }
@@ -129,6 +136,7 @@ NOBODY = Ids(
     channel="C000000000000",
     broadcast="01JDZZZZZZZZZZZZZZZZZZZZZY",
     incident="I000000000000",
+    code="SORRY-000000000000",
 )
 
 
@@ -220,6 +228,18 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
             json={"component": "store", "severity": "minor", "text": "A", "tenants": [a_id]},
         )
         assert incident.status_code == 201, incident.text
+        # A's devices made good for that incident: a code of A's (its first device's).
+        made = setup.post(
+            f"/v1/incidents/{incident.json()['id']}/make-good",
+            json={"tenant": a_id, "text": "sorry", "code_prefix": "SORRY"},
+        )
+        assert made.status_code == 201, made.text
+
+        def a_code() -> str | None:
+            inbox = setup.get(f"/v1/devices/{pin}/inbox", headers=token).json()["messages"]
+            return next((m["data"]["code"] for m in inbox if m["kind"] == "makegood"), None)
+
+        code = wait_until(a_code, timeout=30, message="A's make-good code")
         mine = Ids(
             pin=pin,
             other=devices[1]["pin"],
@@ -230,6 +250,7 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
             channel=channel.json()["id"],
             broadcast=cast.json()["id"],
             incident=incident.json()["id"],
+            code=code,
         )
         compared = 0
         for path, operations in document["paths"].items():
@@ -284,11 +305,24 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
         assert shown.status_code == 200, shown.text
         seen = http.get(f"/v1/incidents/{mine.incident}", headers=a_admin)
         assert seen.status_code == 200 and seen.json()["state"] == "open", seen.text
+        redeemed = http.post(f"/v1/codes/{code}/redeem", headers=a_admin)
+        assert redeemed.status_code == 200, redeemed.text
         return compared
 
 
 def ids_fields() -> tuple[str, ...]:
-    return ("pin", "other", "key_id", "tenant", "sub", "group", "channel", "broadcast", "incident")
+    return (
+        "pin",
+        "other",
+        "key_id",
+        "tenant",
+        "sub",
+        "group",
+        "channel",
+        "broadcast",
+        "incident",
+        "code",
+    )
 
 
 def ids_of(ids: Ids) -> list[str]:
@@ -302,4 +336,5 @@ def ids_of(ids: Ids) -> list[str]:
         ids.channel,
         ids.broadcast,
         ids.incident,
+        ids.code,
     ]

@@ -21,6 +21,7 @@ from pinrelay.core.channels import Channel
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.incidents import open_incident
 from pinrelay.core.model import Device, NewMessage, StoredMessage
+from pinrelay.store import sqlite_credit_ops as credit_ops
 from pinrelay.store.base import IdempotencyKey
 from pinrelay.store.sqlite import MIGRATIONS, SqliteStore, connect, migrate
 
@@ -149,7 +150,26 @@ class TestSchema:
             assert await s.list_incidents(0, 10) == [made]
         finally:
             await s.close()
-        assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS) > 8
+        assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS)
+
+    async def test_a_database_from_before_credits_migrates(self, db_path: Path) -> None:
+        """A database with incidents, before service levels and codes (9), opens and
+        keeps them."""
+        db_path.parent.mkdir(parents=True)
+        before = MIGRATIONS.index(credit_ops.SCHEMA)
+        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+            for number, migration in enumerate(MIGRATIONS[:before]):
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+        s = await open_store(db_path)
+        try:
+            assert await s.claim_makegood("I000000000001", "default", "B1") == "B1"
+            assert await s.service_levels() == {}
+        finally:
+            await s.close()
+        assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS)
 
     async def test_newer_schema_refused(self, db_path: Path) -> None:
         db_path.parent.mkdir(parents=True)

@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from pinrelay.api import (
     channels,
     chat,
+    credits,
     devices,
     inbox,
     incidents,
@@ -116,6 +117,7 @@ def build_app(relay: Relay) -> PushFastPath:
                 *portability.routes,
                 *channels.routes,
                 *incidents.routes,
+                *credits.routes,
                 *status.routes,
                 *pairing.routes,
                 *webpush.routes,

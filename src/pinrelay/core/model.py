@@ -17,7 +17,16 @@ TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 Urgency = Literal["very-low", "low", "normal", "high"]
 #: What a message is (PROTOCOL, "msg"): each edge makes its own kind.
 Kind = Literal[
-    "push", "chat", "receipt", "contact", "webpush", "matrix", "system", "mail", "broadcast"
+    "push",
+    "chat",
+    "receipt",
+    "contact",
+    "webpush",
+    "matrix",
+    "system",
+    "mail",
+    "broadcast",
+    "makegood",
 ]
 Topic = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 Pin = Annotated[str, Meta(pattern=r"^[0-9A-F]{8}$")]

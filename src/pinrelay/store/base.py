@@ -20,9 +20,11 @@ from pinrelay.core.channels import (
     Channel,
     ChannelClass,
 )
+from pinrelay.core.credits import ServiceLevel
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.incidents import Incident
 from pinrelay.core.ledger import Ledger
+from pinrelay.core.makegood import Code
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.social import Action, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
@@ -553,6 +555,37 @@ class Store(Protocol):
     async def list_incidents(self, since_ms: int, limit: int) -> list[Incident]:
         """Up to ``limit`` incidents open now or resolved at or after ``since_ms``,
         newest (``started_ms``, then id) first."""
+        ...
+
+    # --- service levels, make-goods and codes (core/credits.py, core/makegood.py) ---
+    async def put_service_level(self, tenant: str, level: ServiceLevel | None) -> None:
+        """Set the tenant's service level (None: remove it); durable."""
+        ...
+
+    async def service_levels(self) -> dict[str, ServiceLevel]:
+        """Every tenant's service level, by tenant id."""
+        ...
+
+    async def tenant_devices(self, tenant: str, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` PINs of the tenant's devices above ``after`` ("": from the
+        first), sorted: a make-good's pages."""
+        ...
+
+    async def claim_makegood(self, incident: str, tenant: str, broadcast: str) -> str:
+        """Claim the make-good of (incident, tenant) for ``broadcast`` unless one
+        holds it; the broadcast that holds it (core/makegood.py rule 2)."""
+        ...
+
+    async def issue_codes(self, codes: Sequence[Code]) -> list[Code]:
+        """Record each code unless its (broadcast, PIN) has one (durable); for each,
+        in order, the code stored for its (broadcast, PIN) (rule 3)."""
+        ...
+
+    async def get_code(self, code: str) -> Code | None: ...
+
+    async def redeem_code(self, code: str, now_ms: int) -> tuple[Code | None, bool]:
+        """Mark ``code`` redeemed at ``now_ms`` unless it was; the record (None:
+        no such code) and whether this call redeemed it (rule 4)."""
         ...
 
     # --- messages ------------------------------------------------------------

@@ -30,9 +30,11 @@ from nats.js.client import JetStreamContext
 
 from pinrelay.core.channels import AuditEntry, Broadcast, BroadcastCounts, Channel, ChannelClass
 from pinrelay.core.chat import contact_data
+from pinrelay.core.credits import ServiceLevel
 from pinrelay.core.ids import next_message_id
 from pinrelay.core.incidents import Incident
 from pinrelay.core.ledger import Ledger
+from pinrelay.core.makegood import Code
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.quotas import over
 from pinrelay.core.social import Action, Event, State, Transition
@@ -59,6 +61,7 @@ from pinrelay.store.jetstream.appends import Appender
 from pinrelay.store.jetstream.broadcasts import Audit, Broadcasts, Ledgers
 from pinrelay.store.jetstream.channels import Channels
 from pinrelay.store.jetstream.contacts import ContactLists, Side
+from pinrelay.store.jetstream.credits import Credits
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.expiry import Expiries
 from pinrelay.store.jetstream.feed import Feed
@@ -139,6 +142,7 @@ class JetStreamStore:
         self.audit_log = Audit(kv, buckets.channels)
         self.ledger_records = Ledgers(kv, buckets.channels)
         self.incidents = Incidents(kv, buckets.channels)
+        self.credits = Credits(kv, buckets.channels, self.devices)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
@@ -682,6 +686,28 @@ class JetStreamStore:
 
     async def list_incidents(self, since_ms: int, limit: int) -> list[Incident]:
         return await self.incidents.listing(since_ms, limit)
+
+    # --- service levels, make-goods, codes (.credits) ----------------------------------
+    async def put_service_level(self, tenant: str, level: ServiceLevel | None) -> None:
+        await self.credits.put_level(tenant, level)
+
+    async def service_levels(self) -> dict[str, ServiceLevel]:
+        return await self.credits.all_levels()
+
+    async def tenant_devices(self, tenant: str, after: str, limit: int) -> list[str]:
+        return await self.credits.tenant_devices(tenant, after, limit)
+
+    async def claim_makegood(self, incident: str, tenant: str, broadcast: str) -> str:
+        return await self.credits.claim(incident, tenant, broadcast)
+
+    async def issue_codes(self, codes: Sequence[Code]) -> list[Code]:
+        return await self.credits.issue(codes)
+
+    async def get_code(self, code: str) -> Code | None:
+        return await self.credits.get_code(code)
+
+    async def redeem_code(self, code: str, now_ms: int) -> tuple[Code | None, bool]:
+        return await self.credits.redeem(code, now_ms)
 
     # --- pairing codes (.pairing) -------------------------------------------------------
     async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:
