@@ -139,11 +139,7 @@ class Broadcaster:
         if gone or b.expires_ms <= now_ms:
             return await self._save(msgspec.structs.replace(b, done_ms=now_ms, updated_ms=now_ms))
         if not b.pending:
-            members = await (
-                self.store.tenant_devices(b.tenant, b.after, self.page)
-                if makegood
-                else self.store.channel_members(b.channel, b.after, self.page)
-            )
+            members = await self._members(b, b.after)
             if not members:
                 done = msgspec.structs.replace(b, done_ms=now_ms, updated_ms=now_ms)
                 return await self._save(done)
@@ -160,7 +156,7 @@ class Broadcaster:
         after = b.pending[-1]
         # The progress and the next page's members in one write (one record write a
         # page, not two); none left: done.
-        following = tuple(await self.store.channel_members(b.channel, after, self.page))
+        following = tuple(await self._members(b, after))
         done = msgspec.structs.replace(
             b,
             after=after,
@@ -172,6 +168,13 @@ class Broadcaster:
             done_ms=None if following else now_ms,
         )
         return await self._save(done)
+
+    async def _members(self, b: Broadcast, after: str) -> list[str]:
+        """The next page of ``b``'s members after ``after``: its channel's, or for a
+        make-good its tenant's devices."""
+        if b.channel == MAKEGOOD_CHANNEL:
+            return await self.store.tenant_devices(b.tenant, after, self.page)
+        return await self.store.channel_members(b.channel, after, self.page)
 
     async def _deliver(
         self, b: Broadcast, channel: Channel | None, members: list[str], now_ms: int
