@@ -24,6 +24,7 @@ from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.incidents import Incident
 from pinrelay.core.ledger import Ledger
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
+from pinrelay.core.readings import Readings
 from pinrelay.core.social import Action, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
 
@@ -41,6 +42,9 @@ class Rejected(msgspec.Struct, frozen=True):
     reason: str
     id: str | None = None
 
+
+#: How long relays' recorded figures are kept (Store.put_readings): 90 days.
+FIGURES_KEEP_MS = 90 * 86_400_000
 
 #: The reason of a message for a PIN that has no device.
 UNKNOWN_DEVICE = "unknown device"
@@ -553,6 +557,19 @@ class Store(Protocol):
     async def list_incidents(self, since_ms: int, limit: int) -> list[Incident]:
         """Up to ``limit`` incidents open now or resolved at or after ``since_ms``,
         newest (``started_ms``, then id) first."""
+        ...
+
+    # --- figures (figures.py, core/readings.py) ------------------------------------
+    async def put_readings(self, readings: Sequence[Readings]) -> None:
+        """Keep relays' readings, one per (node, at_ms) (a repeat replaces it), and
+        forget, a batch at a time, those older than FIGURES_KEEP_MS before the newest
+        written.  Kept as a store keeps writes, but a crash of the store's machine
+        may lose the last ones (they are figures, not messages)."""
+        ...
+
+    async def readings(self, since_ms: int, until_ms: int) -> list[Readings]:
+        """Every relay's readings with ``since_ms <= at_ms <= until_ms``, oldest
+        first (then by node)."""
         ...
 
     # --- messages ------------------------------------------------------------

@@ -53,6 +53,7 @@ from pinrelay.store.base import (
     to_results,
 )
 from pinrelay.store.sqlite_channels import SqliteChannels
+from pinrelay.store.sqlite_figure_ops import FIGURES_SCHEMA, SqliteFigures
 from pinrelay.store.sqlite_incident_ops import SqliteIncidents
 from pinrelay.store.sqlite_writer import frame, frames
 
@@ -192,6 +193,7 @@ MIGRATIONS: list[str] = [
     channel_ops.SCHEMA,
     incident_ops.SCHEMA,
     incident_ops.PROBE_SCHEMA,
+    FIGURES_SCHEMA,
 ]
 
 _DEVICE_SQL = (
@@ -392,7 +394,7 @@ def lock_path(path: Path) -> Path:
     return real.with_name(real.name + ".lock")
 
 
-class SqliteStore(SqliteChannels, SqliteIncidents):
+class SqliteStore(SqliteChannels, SqliteIncidents, SqliteFigures):
     """The embedded default engine: one file, ``<data>/pinrelay.db``."""
 
     def __init__(self, path: Path, observer: CommitObserver | None = None) -> None:

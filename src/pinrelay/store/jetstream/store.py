@@ -35,6 +35,7 @@ from pinrelay.core.incidents import Incident
 from pinrelay.core.ledger import Ledger
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.quotas import over
+from pinrelay.core.readings import Readings
 from pinrelay.core.social import Action, Event, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
 from pinrelay.store.base import (
@@ -62,6 +63,7 @@ from pinrelay.store.jetstream.contacts import ContactLists, Side
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.expiry import Expiries
 from pinrelay.store.jetstream.feed import Feed
+from pinrelay.store.jetstream.figures import Figures
 from pinrelay.store.jetstream.group import GroupCommit
 from pinrelay.store.jetstream.groups import Groups
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_LEASE_S, Leases
@@ -139,6 +141,7 @@ class JetStreamStore:
         self.audit_log = Audit(kv, buckets.channels)
         self.ledger_records = Ledgers(kv, buckets.channels)
         self.incidents = Incidents(kv, buckets.channels)
+        self.figures = Figures(self.api, bucket_prefix, replicas)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
@@ -682,6 +685,13 @@ class JetStreamStore:
 
     async def list_incidents(self, since_ms: int, limit: int) -> list[Incident]:
         return await self.incidents.listing(since_ms, limit)
+
+    # --- figures (.figures) ------------------------------------------------------------
+    async def put_readings(self, readings: Sequence[Readings]) -> None:
+        await self.figures.put(readings)
+
+    async def readings(self, since_ms: int, until_ms: int) -> list[Readings]:
+        return await self.figures.between(since_ms, until_ms)
 
     # --- pairing codes (.pairing) -------------------------------------------------------
     async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:
