@@ -1,0 +1,100 @@
+"""The figures recorder: every relay keeps its readings (core/readings.py) in the
+store, so an incident's report (core/report.py) and its chart can be made later,
+from any relay, for 90 days (Store.put_readings).
+
+Every ``every_s`` seconds (``--figures-every``, 10 by default) it takes one reading
+from the callable it is given (the relay's monitors; until they exist,
+``Relay.readings``) and writes it, with any still waiting, in one store write.
+While the store cannot be written, readings wait in memory, at most ``hold_s``
+seconds of them (an hour; the oldest go first), and are written when it is back:
+the report of a store outage covers the outage.  A relay killed loses only the
+reading of the interval it was in (and those waiting for an unreachable store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from pinrelay.core.readings import Readings
+from pinrelay.store.base import Store
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two readings by default.
+EVERY_S = 10.0
+#: Seconds of readings held while the store is away.
+HOLD_S = 3600.0
+#: Readings written by one store write, at most (an outage's are written in turns).
+WRITE_BATCH = 500
+#: Seconds a write may take before the readings wait for the next turn.
+WRITE_TIMEOUT_S = 10.0
+
+
+class FiguresRecorder:
+    """Takes a reading every ``every_s`` s and keeps it in ``store`` (module doc)."""
+
+    def __init__(
+        self,
+        store: Store,
+        read: Callable[[], Readings],
+        every_s: float = EVERY_S,
+        hold_s: float = HOLD_S,
+    ) -> None:
+        self.store = store
+        self.read = read
+        self.every_s = every_s
+        #: Readings not written yet, oldest first (bounded: ``hold_s`` of them).
+        self.waiting: deque[Readings] = deque(maxlen=max(1, round(hold_s / every_s)))
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop taking readings; those waiting get one more try (a graceful stop)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            await self.tick()
+
+    async def tick(self) -> None:
+        """Take one reading and write what waits."""
+        try:
+            self.waiting.append(self.read())
+        except Exception:
+            log.exception("taking a reading failed")
+        while await self.flush() and len(self.waiting) >= WRITE_BATCH:
+            pass  # an outage's backlog, a batch at a time
+
+    async def flush(self) -> bool:
+        """Write up to WRITE_BATCH waiting readings; whether it worked."""
+        if not self.waiting:
+            return True
+        batch = [self.waiting[n] for n in range(min(WRITE_BATCH, len(self.waiting)))]
+        try:
+            await asyncio.wait_for(self.store.put_readings(batch), WRITE_TIMEOUT_S)
+        except Exception as exc:  # the store away: they wait (bounded)
+            if not self._failing:
+                log.warning("figures not recorded: %r; holding them until the store is back", exc)
+            self._failing = True
+            return False
+        if self._failing:
+            log.warning("figures recorded again (%d held)", len(self.waiting))
+        self._failing = False
+        written = {id(r) for r in batch}
+        while self.waiting and id(self.waiting[0]) in written:
+            self.waiting.popleft()  # (the oldest may have been dropped meanwhile)
+        return True
