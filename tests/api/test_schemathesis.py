@@ -152,7 +152,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "404", "410", "429"]
     )
     out = result.stdout
     assert result.returncode == 0, out[-6000:] + result.stderr[-2000:]
-    assert "Selected: 72/72" in out and "Tested: 72" in out, out[-3000:]
+    assert "Selected: 75/75" in out and "Tested: 75" in out, out[-3000:]
     assert "Authentication failed" not in out, out[-3000:]
     summary = next(line for line in out.splitlines() if " generated, " in line)
     generated, passed = (int(part.split()[0]) for part in summary.split(",")[:2])

@@ -37,7 +37,7 @@ from typing import Literal
 
 from msgspec import Struct
 
-from pinrelay.core.incidents import Incident
+from pinrelay.core.incidents import Component, Incident, IncidentState, Severity
 from pinrelay.core.readings import DELAY_BOUNDS_MS, Readings
 
 #: Delivered later than this (ms) after acceptance is "delayed" (rule 4).
@@ -71,9 +71,9 @@ class RegionTime(Struct, frozen=True, kw_only=True):
 
 class Report(Struct, frozen=True, kw_only=True):
     incident: str
-    state: str
-    component: str
-    severity: str
+    state: IncidentState
+    component: Component
+    severity: Severity
     region: str | None
     started_ms: int
     opened_ms: int
