@@ -50,6 +50,7 @@ class FiguresRecorder:
         #: Readings not written yet, oldest first (bounded: ``hold_s`` of them).
         self.waiting: deque[Readings] = deque(maxlen=max(1, round(hold_s / every_s)))
         self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
         self._failing = False
 
     def start(self) -> None:
@@ -58,26 +59,43 @@ class FiguresRecorder:
 
     async def stop(self) -> None:
         """Stop taking readings; those waiting get one more try (a graceful stop)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await self.flush()
+        for task in (self._task, self._writer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._writer = None
+        await self.flush()
 
     async def _run(self) -> None:
+        """A reading every ``every_s`` s, whatever the store does: the writes go on
+        beside (one at a time), so a store that hangs delays no reading."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep(self.every_s)
-            await self.tick()
+            due += self.every_s
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due = max(due, loop.time() - self.every_s)  # after a stall: no burst
+            self.take()
+            if self._writer is None or self._writer.done():
+                self._writer = loop.create_task(self.write())
 
-    async def tick(self) -> None:
-        """Take one reading and write what waits."""
+    def take(self) -> None:
+        """Take one reading; it waits to be written."""
         try:
             self.waiting.append(self.read())
         except Exception:
             log.exception("taking a reading failed")
-        while await self.flush() and len(self.waiting) >= WRITE_BATCH:
-            pass  # an outage's backlog, a batch at a time
+
+    async def tick(self) -> None:
+        """Take one reading and write what waits (what the loop does, at once)."""
+        self.take()
+        await self.write()
+
+    async def write(self) -> None:
+        """Write what waits, a batch at a time, until done or the store fails."""
+        while await self.flush() and self.waiting:
+            pass
 
     async def flush(self) -> bool:
         """Write up to WRITE_BATCH waiting readings; whether it worked."""
