@@ -81,8 +81,8 @@ def test_readings_of_every_relay_and_of_an_outage_reach_the_report(
         done = all(n in found and found[n][-1].at_ms > up_ms for n in ("first", "second"))
         return found if done else None
 
-    for node, readings in wait_until(covered, 30, 0.5, "readings after the outage").items():
+    for name, readings in wait_until(covered, 30, 0.5, "readings after the outage").items():
         during = [r.at_ms for r in readings if down_ms <= r.at_ms <= up_ms]
         gaps = [b - a for a, b in itertools.pairwise(r.at_ms for r in readings)]
-        assert len(during) >= OUTAGE_S / EVERY_S / 2, (node, during)  # taken, held, written
-        assert max(gaps) < 2_000, (node, gaps)
+        assert len(during) >= OUTAGE_S / EVERY_S / 2, (name, during)  # taken, held, written
+        assert max(gaps) < 2_000, (name, gaps)
