@@ -20,7 +20,7 @@ from pinrelay.core.readings import Readings
 from pinrelay.store.base import FIGURES_KEEP_MS, Store
 from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.store.sqlite import SqliteStore
-from pinrelay.store.sqlite_figure_ops import FORGET_BATCH
+from pinrelay.store.sqlite_figure_ops import FORGET_BATCH, READ_PAGE
 from pinrelay.testing.wait import wait_until_async
 
 from .conftest import Reopen
@@ -80,6 +80,21 @@ async def test_old_readings_go_a_batch_at_a_time(tmp_path: Path) -> None:
         assert len(await store.readings(0, NOW)) == 5 + 2  # one batch went
         await store.put_readings([reading("b1", NOW)])  # the other 5 go
         assert await store.readings(0, NOW) == [kept, reading("a1", NOW), reading("b1", NOW)]
+    finally:
+        await store.close()
+
+
+async def test_a_long_window_reads_in_pages(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "pinrelay.db")
+    await store.open()
+    try:
+        nodes = ["", "a", "b", "c"]  # "" sorts first: the first page starts with it
+        many = [reading(n, NOW + k) for k in range(READ_PAGE // 2 + 1) for n in nodes]
+        await store.put_readings(many[: len(many) // 2])
+        await store.put_readings(many[len(many) // 2 :])
+        assert len(many) > 2 * READ_PAGE
+        assert await store.readings(NOW, NOW + len(many)) == many
+        assert await store.readings(NOW + 1, NOW + 1) == many[4:8]
     finally:
         await store.close()
 
