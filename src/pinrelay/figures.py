@@ -32,6 +32,8 @@ HOLD_S = 3600.0
 WRITE_BATCH = 500
 #: Seconds a write may take before the readings wait for the next turn.
 WRITE_TIMEOUT_S = 10.0
+#: Seconds the last write may take when the relay stops (it is draining).
+STOP_TIMEOUT_S = 2.0
 
 
 class FiguresRecorder:
@@ -65,7 +67,7 @@ class FiguresRecorder:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._task = self._writer = None
-        await self.flush()
+        await self.flush(STOP_TIMEOUT_S)
 
     async def _run(self) -> None:
         """A reading every ``every_s`` s, whatever the store does: the writes go on
@@ -97,13 +99,13 @@ class FiguresRecorder:
         while await self.flush() and self.waiting:
             pass
 
-    async def flush(self) -> bool:
+    async def flush(self, timeout: float = WRITE_TIMEOUT_S) -> bool:
         """Write up to WRITE_BATCH waiting readings; whether it worked."""
         if not self.waiting:
             return True
         batch = [self.waiting[n] for n in range(min(WRITE_BATCH, len(self.waiting)))]
         try:
-            await asyncio.wait_for(self.store.put_readings(batch), WRITE_TIMEOUT_S)
+            await asyncio.wait_for(self.store.put_readings(batch), timeout)
         except Exception as exc:  # the store away: they wait (bounded)
             if not self._failing:
                 log.warning("figures not recorded: %r; holding them until the store is back", exc)
