@@ -3,8 +3,10 @@ store, so an incident's report (core/report.py) and its chart can be made later,
 from any relay, for 90 days (Store.put_readings).
 
 Every ``every_s`` seconds (``--figures-every``, 10 by default) it takes one reading
-from the callable it is given (the relay's monitors; until they exist,
-``Relay.readings``) and writes it, with any still waiting, in one store write.
+from the callable it is given and writes it, with any still waiting, in one store
+write.  A relay gives it the monitors' readings (monitors.py, one a second) folded
+into one per interval (:class:`Folded`): counts summed, the lag at its worst, the
+rest as last read.
 While the store cannot be written, readings wait in memory, at most ``hold_s``
 seconds of them (an hour; the oldest go first), and are written when it is back:
 the report of a store outage covers the outage.  A relay killed loses only the
@@ -18,6 +20,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from itertools import zip_longest
 
 from pinrelay.core.readings import Readings
 from pinrelay.store.base import Store
@@ -36,13 +39,57 @@ WRITE_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 2.0
 
 
+def fold(earlier: Readings, later: Readings) -> Readings:
+    """Two readings of one relay as one, over both intervals: delivered, delays,
+    expired and shed summed; the worst lag and store time (None: a probe failed);
+    links, backlog and disk space as last read."""
+    store_ms = (
+        None
+        if earlier.store_ms is None or later.store_ms is None
+        else max(earlier.store_ms, later.store_ms)
+    )
+    delays = tuple(
+        a + b for a, b in zip_longest(earlier.delay_counts, later.delay_counts, fillvalue=0)
+    )
+    return Readings(
+        at_ms=later.at_ms,
+        node=later.node,
+        region=later.region,
+        links=later.links,
+        backlog=later.backlog,
+        lag_ms=max(earlier.lag_ms, later.lag_ms),
+        delivered=earlier.delivered + later.delivered,
+        delay_counts=delays,
+        expired=earlier.expired + later.expired,
+        shed=earlier.shed + later.shed,
+        store_ms=store_ms,
+        disk_free=later.disk_free,
+    )
+
+
+class Folded:
+    """Readings taken more often than they are recorded, folded (:func:`fold`)
+    until taken."""
+
+    def __init__(self) -> None:
+        self._held: Readings | None = None
+
+    def add(self, r: Readings) -> None:
+        self._held = r if self._held is None else fold(self._held, r)
+
+    def take(self) -> Readings | None:
+        """What was read since the last take (None: nothing)."""
+        held, self._held = self._held, None
+        return held
+
+
 class FiguresRecorder:
     """Takes a reading every ``every_s`` s and keeps it in ``store`` (module doc)."""
 
     def __init__(
         self,
         store: Store,
-        read: Callable[[], Readings],
+        read: Callable[[], Readings | None],
         every_s: float = EVERY_S,
         hold_s: float = HOLD_S,
     ) -> None:
@@ -83,9 +130,11 @@ class FiguresRecorder:
                 self._writer = loop.create_task(self.write())
 
     def take(self) -> None:
-        """Take one reading; it waits to be written."""
+        """Take one reading (if there is one); it waits to be written."""
         try:
-            self.waiting.append(self.read())
+            r = self.read()
+            if r is not None:
+                self.waiting.append(r)
         except Exception:
             log.exception("taking a reading failed")
 

@@ -23,8 +23,7 @@ from pinrelay.config import RelayConfig, raise_fd_limit
 from pinrelay.core.chat import Delivered
 from pinrelay.core.quotas import RateBuckets
 from pinrelay.core.ratelimit import FailureLimiter
-from pinrelay.core.readings import Readings
-from pinrelay.figures import FiguresRecorder
+from pinrelay.figures import FiguresRecorder, Folded
 from pinrelay.incident_board import IncidentBoard
 from pinrelay.ingest import Ingest
 from pinrelay.link.server import LinkConfig, LinkServer
@@ -174,9 +173,10 @@ class Relay:
             incident_after_s=config.incident_after_s,
             resolve_after_s=config.resolve_after_s,
         )
-        #: This relay's readings, kept in the store for incident reports (figures.py).
-        self.figures = FiguresRecorder(self.store, self.readings, config.figures_every_s)
-        self._counted = (0, 0)  # delivered, expired at the previous reading
+        #: The monitors' readings, folded and kept in the store for incident reports.
+        folded = Folded()
+        self.monitors.on_reading.append(folded.add)
+        self.figures = FiguresRecorder(self.store, folded.take, config.figures_every_s)
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -193,24 +193,6 @@ class Relay:
     def link_urls(self) -> list[str]:
         """Every live relay's link URL, this one's first."""
         return self.router.link_urls
-
-    def readings(self) -> Readings:
-        """What this relay measures of itself now, as far as it is cheap and known
-        without the monitors (which fill the rest: backlog, lag, delays, store)."""
-        registry = self.metrics.registry
-        delivered = self.metrics.delivered.count + int(
-            registry.get_sample_value("pinrelay_messages_delivered_total") or 0
-        )
-        expired = int(registry.get_sample_value("pinrelay_messages_expired_total") or 0)
-        before, self._counted = self._counted, (delivered, expired)
-        return Readings(
-            at_ms=int(self.clock() * 1000),
-            node=self.config.node,
-            region=self.config.region,
-            links=int(registry.get_sample_value("pinrelay_links_open") or 0),
-            delivered=delivered - before[0],
-            expired=expired - before[1],
-        )
 
     async def acked(self, pin: str, items: Sequence[Delivered]) -> None:
         """A device acknowledged tracked messages: chat receipts to their senders,
@@ -246,7 +228,6 @@ class Relay:
         await self.stored_bytes.start()
         self.incidents.start()
         self.monitors.start()
-        self.readings()  # counts from now on
         self.figures.start()
         self.ready = True
 
