@@ -221,7 +221,8 @@ def _print_report(r: dict[str, Any]) -> None:
         f"opened    {r['opened_at']}  (detection delay {r['detection_delay_ms'] / 1000:g} s)",
         f"ended     {r['ended_at'] or 'still open'}  (duration {r['duration_ms'] / 1000:g} s)",
         *(
-            f"region    {g['region']}: {g['relays']} relays, impaired {g['impaired_ms'] / 1000:g} s"
+            f"region    {g['region']}: {_n(g['relays'], 'relay')}, impaired"
+            f" {g['impaired_ms'] / 1000:g} s"
             for g in r["regions"]
         ),
         f"devices   {r['devices_affected']} affected (links held at the start)",
@@ -229,7 +230,7 @@ def _print_report(r: dict[str, Any]) -> None:
         f"messages  {r['delivered']} delivered, {r['delayed']} later than "
         f"{r['delayed_over_ms']} ms, {r['expired']} expired undelivered",
         "delays    " + "  ".join(f"{p} {_bound(d[p + '_ms'])}" for p in ("p50", "p90", "p99")),
-        f"figures   {r['readings']} readings from {len(r['relays'])} relays",
+        f"figures   {_n(r['readings'], 'reading')} from {_n(len(r['relays']), 'relay')}",
     ]
     for line in lines:
         out.print(escape(line))
@@ -237,6 +238,10 @@ def _print_report(r: dict[str, Any]) -> None:
     for n in r["notifications"]:
         count = f" ({n['count']})" if n.get("count") is not None else ""
         out.print(escape(f"  {n['at']}  {n['event']:<8} {n['channel']}{count}"))
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _bound(ms: int | None) -> str:

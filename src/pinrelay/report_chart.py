@@ -41,7 +41,11 @@ def draw(report: Report, readings: Sequence[Readings], fmt: Format) -> bytes:
         if known:
             backlog_ax.plot([m for m, _ in known], [b for _, b in known], label=node)
         lag_ax.plot(minutes, [r.lag_ms / 1000 for r in mine], label=node)
+    if not any(r.backlog is not None for r in readings):
+        note = "backlog not measured by these relays"
+        backlog_ax.text(0.5, 0.5, note, ha="center", transform=backlog_ax.transAxes)
     for ax in (backlog_ax, lag_ax):
+        ax.set_ylim(bottom=0)
         ax.axvspan(0, (end - start) / 60_000, color="tab:red", alpha=0.12, lw=0)
         if report.detection_delay_ms:
             ax.axvline(report.detection_delay_ms / 60_000, color="tab:red", lw=1, ls="--")
@@ -53,6 +57,7 @@ def draw(report: Report, readings: Sequence[Readings], fmt: Format) -> bytes:
         lag_ax.legend(loc="upper right", fontsize="small")
     else:
         lag_ax.text(0.5, 0.5, "no figures recorded", ha="center", transform=lag_ax.transAxes)
+        lag_ax.set_xlim(-1, max(1.0, (end - start) / 60_000 + 1))
     where = f" in {report.region}" if report.region else ""
     fig.suptitle(f"Incident {report.incident}: {report.component} {report.severity}{where}")
     out = io.BytesIO()
