@@ -35,3 +35,8 @@ def test_the_cli_module_loads_no_client_sdk() -> None:
 def test_a_relay_on_sqlite_loads_no_nats() -> None:
     heavy = ["nats", "aiohttp", "httpx", "pinrelay.store.jetstream", "pinrelay.router.nats"]
     assert loaded(["pinrelay.cli", "pinrelay.relay"], heavy) == []
+
+
+def test_a_relay_draws_charts_with_matplotlib_only_when_asked() -> None:
+    heavy = ["matplotlib", "numpy", "PIL", "pinrelay.report_chart"]
+    assert loaded(["pinrelay.cli", "pinrelay.relay", "pinrelay.api.app"], heavy) == []

@@ -8,6 +8,7 @@ tenant.  What the public sees is ``/status`` on any relay.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -177,6 +178,74 @@ def incident_monitors(
         out.print("  every component green")
     for incident in found["unwritten"]:
         out.print(f"  incident {incident} kept here until the store answers")
+
+
+@incident_app.command("report")
+def incident_report(
+    incident: IncidentArg,
+    chart: Annotated[
+        Path | None,
+        typer.Option(help="Also write the chart of backlog and delivery lag: a .png or .svg file."),
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What an incident cost: detection delay, duration, devices and tenants affected,
+    messages delayed and expired, notifications sent (from the relays' figures)."""
+    fmt = chart.suffix.lower().lstrip(".") if chart is not None else None
+    if chart is not None and fmt not in ("png", "svg"):
+        fail(f"--chart {chart}: name a .png or .svg file")
+    with client(url, admin_key(key)) as c:
+        found: dict[str, Any] = call(c.request, "GET", f"/v1/incidents/{incident}/report")
+        if chart is not None:
+            image = call(c.download, f"/v1/incidents/{incident}/report.{fmt}")
+            try:
+                chart.write_bytes(image)
+            except OSError as exc:
+                fail(f"cannot write {chart}: {exc}")
+    if as_json:
+        print_json(found)
+        return
+    _print_report(found)
+    if chart is not None:
+        out.print(f"chart written to {escape(str(chart))}")
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    d = r["delays"]
+    tenants = r["tenants_affected"]
+    lines = [
+        f"incident {r['incident']}  {r['state']}  {r['component']} {r['severity']}",
+        f"started   {r['started_at']}",
+        f"opened    {r['opened_at']}  (detection delay {r['detection_delay_ms'] / 1000:g} s)",
+        f"ended     {r['ended_at'] or 'still open'}  (duration {r['duration_ms'] / 1000:g} s)",
+        *(
+            f"region    {g['region']}: {_n(g['relays'], 'relay')}, impaired"
+            f" {g['impaired_ms'] / 1000:g} s"
+            for g in r["regions"]
+        ),
+        f"devices   {r['devices_affected']} affected (links held at the start)",
+        "tenants   " + ("all" if tenants == "all" else ", ".join(tenants)),
+        f"messages  {r['delivered']} delivered, {r['delayed']} later than "
+        f"{r['delayed_over_ms']} ms, {r['expired']} expired undelivered",
+        "delays    " + "  ".join(f"{p} {_bound(d[p + '_ms'])}" for p in ("p50", "p90", "p99")),
+        f"figures   {_n(r['readings'], 'reading')} from {_n(len(r['relays']), 'relay')}",
+    ]
+    for line in lines:
+        out.print(escape(line))
+    out.print("notifications")
+    for n in r["notifications"]:
+        count = f" ({n['count']})" if n.get("count") is not None else ""
+        out.print(escape(f"  {n['at']}  {n['event']:<8} {n['channel']}{count}"))
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _bound(ms: int | None) -> str:
+    return "-" if ms is None else f"<= {ms} ms"
 
 
 def register(app: typer.Typer) -> None:

@@ -209,6 +209,15 @@ def serve(
             show_default=False,
         ),
     ] = False,
+    figures_every: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="Seconds between two readings of this relay's figures kept in the store "
+            "for incident reports (90 days). (default: 10)",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run a relay on the embedded SQLite store, or on a NATS JetStream cluster (--store)."""
@@ -307,6 +316,7 @@ def serve(
             http_max_header_bytes=http_max_header_bytes,
             forwarded_allow_ips=forwarded_allow_ips,
             metrics_public=metrics_public or None,
+            figures_every_s=figures_every,
         ),
     )
 

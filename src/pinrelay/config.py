@@ -92,6 +92,8 @@ class RelayConfig:
     forwarded_allow_ips: str = ""
     #: Serve ``/metrics`` to anyone; off: only with the admin key.
     metrics_public: bool = False
+    #: Seconds between two readings kept for incident reports (figures.py).
+    figures_every_s: float = 10.0
 
     @property
     def nats_urls(self) -> list[str] | None:

@@ -104,6 +104,8 @@ class Monitors:
         #: Revisions opened or changed while the store was away, in order, per incident.
         self.unpublished: dict[str, list[Incident]] = {}
         self.last: Readings | None = None
+        #: Told of each reading (the figures recorder folds them, figures.py).
+        self.on_reading: list[Callable[[Readings], None]] = []
         #: The last tick's findings (GET /v1/monitors).
         self.findings: list[Finding] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -137,6 +139,8 @@ class Monitors:
             store_ms=self.store_ms,
             disk_free=free,
         )
+        for listener in self.on_reading:
+            listener(self.last)
         return self.last
 
     # --- the loops ----------------------------------------------------------

@@ -23,6 +23,7 @@ from pinrelay.config import RelayConfig, raise_fd_limit
 from pinrelay.core.chat import Delivered
 from pinrelay.core.quotas import RateBuckets
 from pinrelay.core.ratelimit import FailureLimiter
+from pinrelay.figures import FiguresRecorder, Folded
 from pinrelay.incident_board import IncidentBoard
 from pinrelay.ingest import Ingest
 from pinrelay.link.server import LinkConfig, LinkServer
@@ -173,6 +174,10 @@ class Relay:
             incident_after_s=config.incident_after_s,
             resolve_after_s=config.resolve_after_s,
         )
+        #: The monitors' readings, folded and kept in the store for incident reports.
+        folded = Folded()
+        self.monitors.on_reading.append(folded.add)
+        self.figures = FiguresRecorder(self.store, folded.take, config.figures_every_s)
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -224,6 +229,7 @@ class Relay:
         await self.stored_bytes.start()
         self.incidents.start()
         self.monitors.start()
+        self.figures.start()
         self.ready = True
 
     async def _watch_store(self) -> None:
@@ -287,6 +293,7 @@ class Relay:
         await self.stored_bytes.stop()
         await self.monitors.stop()
         await self.incidents.stop()
+        await self.figures.stop()
         await self.router.stop()
         await self.link.close()
         await self.store.close()

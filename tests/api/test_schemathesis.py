@@ -152,7 +152,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "404", "410", "429"]
     )
     out = result.stdout
     assert result.returncode == 0, out[-6000:] + result.stderr[-2000:]
-    assert "Selected: 78/78" in out and "Tested: 78" in out, out[-3000:]
+    assert "Selected: 81/81" in out and "Tested: 81" in out, out[-3000:]
     assert "Authentication failed" not in out, out[-3000:]
     summary = next(line for line in out.splitlines() if " generated, " in line)
     generated, passed = (int(part.split()[0]) for part in summary.split(",")[:2])

@@ -94,6 +94,7 @@ async def destroy_unopened(store: JetStreamStore) -> None:
     nc = await nats.connect(store.servers)
     try:
         names = [*store.streams, *(f"KV_{b}" for b in store.bucket_names())]
+        names.append(store.figures.stream)  # made by the first write of figures
         await delete_streams(nc.jetstream(timeout=10.0), names)
     finally:
         await nc.close()

@@ -16,6 +16,7 @@ from pinrelay.api import (
     openapi_chat,
     openapi_credits,
     openapi_incidents,
+    openapi_reports,
     openapi_tenants,
     openapi_webpush,
     schemas,
@@ -139,6 +140,7 @@ def build(limits: Limits) -> dict[str, Any]:
             *openapi_channels.COMPONENTS,
             *openapi_incidents.COMPONENTS,
             *openapi_credits.COMPONENTS,
+            *openapi_reports.COMPONENTS,
             schemas.PairingCreated,
             schemas.PairingRedeem,
             schemas.PairingRedeemed,
@@ -299,6 +301,7 @@ def build(limits: Limits) -> dict[str, Any]:
     paths.update(openapi_channels.paths(_op))
     paths.update(openapi_incidents.paths(_op))
     paths.update(openapi_credits.paths(_op))
+    paths.update(openapi_reports.paths(_op))
     return {
         "openapi": "3.1.0",
         "info": {

@@ -541,3 +541,70 @@ class MonitorsView(Struct, kw_only=True):
     red: list[MonitorFinding]
     #: Incidents opened or changed here while the store was away, not yet written.
     unwritten: list[str]
+
+
+# --- incident reports (core/report.py; PROTOCOL "Incidents and status") ------------
+class ReportRegion(Struct, kw_only=True):
+    region: str
+    #: Relays of the region that recorded figures during the incident.
+    relays: int
+    #: How long at least one of them had a delivery lag above ``delayed_over_ms``.
+    impaired_ms: int
+
+
+class ReportDelays(Struct, kw_only=True):
+    """Messages delivered during the incident by delivery delay (accepted to written)."""
+
+    #: Upper bounds of the buckets (ms); ``counts`` has one more, for the rest.
+    bounds_ms: list[int]
+    counts: list[int]
+    #: Upper bound of the bucket holding the percentile; null: above the last bound,
+    #: or nothing delivered.
+    p50_ms: int | None
+    p90_ms: int | None
+    p99_ms: int | None
+
+
+class ReportNotification(Struct, kw_only=True):
+    at: str
+    event: Literal["opened", "updated", "resolved"]
+    #: ``status`` (the status page and its feed), ``devices``, ``webhook``...
+    channel: str
+    count: int | None = None
+    text: str | None = None
+
+
+class IncidentReport(Struct, kw_only=True):
+    """What an incident cost, from the figures the relays recorded (core/report.py)."""
+
+    incident: str
+    state: IncidentState
+    component: Component
+    severity: Severity
+    region: str | None
+    started_at: str
+    opened_at: str
+    #: From the start of the failure to the incident's opening.
+    detection_delay_ms: int
+    #: null: still open (the figures run to now).
+    ended_at: str | None
+    duration_ms: int
+    regions: list[ReportRegion]
+    #: Device links held by the relays in scope when it started (an estimate).
+    devices_affected: int
+    #: The tenants named by the incident, or "all".
+    tenants_affected: list[str] | Literal["all"]
+    #: Messages delivered during the incident, and those delivered later than
+    #: ``delayed_over_ms`` after they were accepted.
+    delivered: int
+    delayed: int
+    delayed_over_ms: int
+    delays: ReportDelays
+    #: Messages that expired undelivered during the incident (should be 0).
+    expired: int
+    notifications: list[ReportNotification]
+    #: Readings the figures come from, and the relays that recorded them.
+    readings: int
+    relays: list[str]
+    #: The chart of backlog and delivery lag over time (PNG; ``report.svg`` too).
+    chart: str

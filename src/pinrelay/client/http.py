@@ -53,6 +53,16 @@ class RelayClient:
             return None
         return response.json()
 
+    def download(self, path: str) -> bytes:
+        """The body of a GET that answers other than JSON (a chart)."""
+        try:
+            response = self._http.get(path)
+        except httpx.HTTPError as exc:
+            raise ApiError(0, f"cannot reach the relay at {self.url}: {exc}") from None
+        if response.status_code >= 400:
+            raise api_error(response)
+        return response.content
+
     def info(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("GET", "/v1/info")
         return result

@@ -26,6 +26,7 @@ from pinrelay.core.incidents import Incident
 from pinrelay.core.ledger import Ledger
 from pinrelay.core.makegood import Code
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
+from pinrelay.core.readings import Readings
 from pinrelay.core.social import Action, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
 
@@ -43,6 +44,9 @@ class Rejected(msgspec.Struct, frozen=True):
     reason: str
     id: str | None = None
 
+
+#: How long relays' recorded figures are kept (Store.put_readings): 90 days.
+FIGURES_KEEP_MS = 90 * 86_400_000
 
 #: The reason of a message for a PIN that has no device.
 UNKNOWN_DEVICE = "unknown device"
@@ -586,6 +590,18 @@ class Store(Protocol):
     async def redeem_code(self, code: str, now_ms: int) -> tuple[Code | None, bool]:
         """Mark ``code`` redeemed at ``now_ms`` unless it was; the record (None:
         no such code) and whether this call redeemed it (rule 4)."""
+
+    # --- figures (figures.py, core/readings.py) ------------------------------------
+    async def put_readings(self, readings: Sequence[Readings]) -> None:
+        """Keep relays' readings, one per (node, at_ms) (a repeat replaces it), and
+        forget, a batch at a time, those older than FIGURES_KEEP_MS before the newest
+        written.  Kept as a store keeps writes, but a crash of the store's machine
+        may lose the last ones (they are figures, not messages)."""
+        ...
+
+    async def readings(self, since_ms: int, until_ms: int) -> list[Readings]:
+        """Every relay's readings with ``since_ms <= at_ms <= until_ms``, oldest
+        first (then by node)."""
         ...
 
     # --- messages ------------------------------------------------------------

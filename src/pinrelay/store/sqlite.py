@@ -52,6 +52,7 @@ from pinrelay.store.base import (
 )
 from pinrelay.store.sqlite_channels import SqliteChannels
 from pinrelay.store.sqlite_credit_ops import SqliteCredits
+from pinrelay.store.sqlite_figure_ops import SqliteFigures
 from pinrelay.store.sqlite_incident_ops import SqliteIncidents
 from pinrelay.store.sqlite_schema import MIGRATIONS
 from pinrelay.store.sqlite_writer import frame, frames
@@ -258,7 +259,7 @@ def lock_path(path: Path) -> Path:
     return real.with_name(real.name + ".lock")
 
 
-class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits):
+class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures):
     """The embedded default engine: one file, ``<data>/pinrelay.db``."""
 
     def __init__(self, path: Path, observer: CommitObserver | None = None) -> None:

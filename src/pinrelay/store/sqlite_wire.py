@@ -1,8 +1,8 @@
 """How the relay and its SQLite writer process talk (store/sqlite_writer.py).
 
 A :class:`Request` carries one write (any op of store/sqlite_ops.py,
-store/sqlite_channel_ops.py, store/sqlite_incident_ops.py or
-store/sqlite_credit_ops.py, tagged, so one
+store/sqlite_channel_ops.py, store/sqlite_incident_ops.py,
+store/sqlite_credit_ops.py or store/sqlite_figure_ops.py, tagged, so one
 decoder reads them all); a :class:`Reply` answers a whole group with the
 commit's time.  msgpack, framed by the writer module.
 """
@@ -16,6 +16,7 @@ import msgspec
 from pinrelay.store import sqlite_ops as ops
 from pinrelay.store.sqlite_channel_ops import ChannelOp
 from pinrelay.store.sqlite_credit_ops import CreditOp
+from pinrelay.store.sqlite_figure_ops import PutReadings
 from pinrelay.store.sqlite_incident_ops import Probe, PutIncident
 
 AnyOp = (
@@ -49,6 +50,7 @@ AnyOp = (
     | PutIncident
     | Probe
     | CreditOp
+    | PutReadings
 )
 
 

@@ -37,6 +37,7 @@ from pinrelay.core.ledger import Ledger
 from pinrelay.core.makegood import Code
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.quotas import over
+from pinrelay.core.readings import Readings
 from pinrelay.core.social import Action, Event, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
 from pinrelay.store.base import (
@@ -65,6 +66,7 @@ from pinrelay.store.jetstream.credits import Credits
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.expiry import Expiries
 from pinrelay.store.jetstream.feed import Feed
+from pinrelay.store.jetstream.figures import Figures
 from pinrelay.store.jetstream.group import GroupCommit
 from pinrelay.store.jetstream.groups import Groups
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_LEASE_S, Leases
@@ -143,6 +145,7 @@ class JetStreamStore:
         self.ledger_records = Ledgers(kv, buckets.channels)
         self.incidents = Incidents(kv, buckets.channels)
         self.credits = Credits(kv, buckets.channels, self.devices)
+        self.figures = Figures(self.api, bucket_prefix, replicas)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
@@ -708,6 +711,13 @@ class JetStreamStore:
 
     async def redeem_code(self, code: str, now_ms: int) -> tuple[Code | None, bool]:
         return await self.credits.redeem(code, now_ms)
+
+    # --- figures (.figures) ------------------------------------------------------------
+    async def put_readings(self, readings: Sequence[Readings]) -> None:
+        await self.figures.put(readings)
+
+    async def readings(self, since_ms: int, until_ms: int) -> list[Readings]:
+        return await self.figures.between(since_ms, until_ms)
 
     # --- pairing codes (.pairing) -------------------------------------------------------
     async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:
