@@ -26,6 +26,7 @@ from pinrelay.core.ledger import Ledger
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.social import Action, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
+from pinrelay.core.webhooks import OutboxEntry, Webhook
 
 
 class StoreClosed(PinrelayError):
@@ -548,6 +549,47 @@ class Store(Protocol):
     async def list_incidents(self, since_ms: int, limit: int) -> list[Incident]:
         """Up to ``limit`` incidents open now or resolved at or after ``since_ms``,
         newest (``started_ms``, then id) first."""
+        ...
+
+    # --- webhooks (core/webhooks.py; DECISIONS 56) -------------------------------
+    async def put_webhook(self, webhook: Webhook, max_per_tenant: int) -> None:
+        """Store a new subscription (durable); CONFLICT if its tenant (None: the
+        relay's admin) holds ``max_per_tenant`` already."""
+        ...
+
+    async def get_webhook(self, webhook_id: str) -> Webhook | None: ...
+
+    async def list_webhooks(self) -> list[Webhook]:
+        """Every subscription, oldest first (a few per tenant)."""
+        ...
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        """Forget a subscription, its outbox and its lease; False if there was none."""
+        ...
+
+    async def enqueue_webhooks(self, entries: Sequence[OutboxEntry]) -> None:
+        """Add each entry its subscription's outbox lacks (same webhook and key:
+        core/webhooks.py rule 2); one present, pending or done, is kept as it is.
+        Durable when this returns."""
+        ...
+
+    async def pending_webhooks(self, webhook_id: str, limit: int) -> list[OutboxEntry]:
+        """Up to ``limit`` of the subscription's entries not answered 2xx, in key
+        order (rule 3)."""
+        ...
+
+    async def webhook_done(self, webhook_id: str, key: str, now_ms: int) -> None:
+        """Mark an entry answered 2xx (kept, done, until :meth:`prune_webhooks`)."""
+        ...
+
+    async def lease_webhook(self, webhook_id: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
+        """Take or renew the lease on a subscription's outbox for ``owner`` until
+        ``now_ms + ttl_ms``: True if ``owner`` holds it now (it was free, expired or
+        its own)."""
+        ...
+
+    async def prune_webhooks(self, before_ms: int) -> int:
+        """Drop the done entries answered before ``before_ms``; how many."""
         ...
 
     # --- messages ------------------------------------------------------------

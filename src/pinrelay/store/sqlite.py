@@ -35,6 +35,7 @@ from pinrelay.core.tenants import DEFAULT_TENANT, Quotas, Tenant
 from pinrelay.store import sqlite_channel_ops as channel_ops
 from pinrelay.store import sqlite_incident_ops as incident_ops
 from pinrelay.store import sqlite_ops as ops
+from pinrelay.store import sqlite_webhook_ops as webhook_ops
 from pinrelay.store import sqlite_wire as wire
 from pinrelay.store.base import (
     AppendResult,
@@ -54,6 +55,7 @@ from pinrelay.store.base import (
 )
 from pinrelay.store.sqlite_channels import SqliteChannels
 from pinrelay.store.sqlite_incident_ops import SqliteIncidents
+from pinrelay.store.sqlite_webhook_ops import SqliteWebhooks
 from pinrelay.store.sqlite_writer import frame, frames
 
 log = logging.getLogger(__name__)
@@ -191,6 +193,7 @@ MIGRATIONS: list[str] = [
     # Channels and broadcasts (core/channels.py).
     channel_ops.SCHEMA,
     incident_ops.SCHEMA,
+    webhook_ops.SCHEMA,
 ]
 
 _DEVICE_SQL = (
@@ -391,7 +394,7 @@ def lock_path(path: Path) -> Path:
     return real.with_name(real.name + ".lock")
 
 
-class SqliteStore(SqliteChannels, SqliteIncidents):
+class SqliteStore(SqliteChannels, SqliteIncidents, SqliteWebhooks):
     """The embedded default engine: one file, ``<data>/pinrelay.db``."""
 
     def __init__(self, path: Path, observer: CommitObserver | None = None) -> None:

@@ -15,6 +15,7 @@ import msgspec
 from pinrelay.store import sqlite_ops as ops
 from pinrelay.store.sqlite_channel_ops import ChannelOp
 from pinrelay.store.sqlite_incident_ops import PutIncident
+from pinrelay.store.sqlite_webhook_ops import WebhookOp
 
 AnyOp = (
     ops.CreateDevice
@@ -45,6 +46,7 @@ AnyOp = (
     | ops.Stop
     | ChannelOp
     | PutIncident
+    | WebhookOp
 )
 
 
