@@ -85,6 +85,11 @@ class RelayConfig:
     forwarded_allow_ips: str = ""
     #: Serve ``/metrics`` to anyone; off: only with the admin key.
     metrics_public: bool = False
+    #: Outgoing webhooks (src/pinrelay/webhooks.py, DECISIONS 56): the longest wait
+    #: between two attempts of one delivery, and how long a relay's lease on a
+    #: subscription's outbox lives without renewal (another relay then takes over).
+    webhook_retry_cap_s: float = 300.0
+    webhook_lease_s: float = 15.0
 
     @property
     def nats_urls(self) -> list[str] | None:

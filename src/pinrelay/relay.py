@@ -35,6 +35,7 @@ from pinrelay.router.local import LocalRouter
 from pinrelay.store.base import Store
 from pinrelay.store.sqlite import SqliteStore
 from pinrelay.storedbytes import StoredBytesQuota
+from pinrelay.webhooks import WebhookSender
 from pinrelay.webpush import WebPush
 
 log = logging.getLogger("pinrelay")
@@ -122,6 +123,16 @@ class Relay:
         )
         #: Incidents this relay knows, and who hears of changes (incident_board.py).
         self.incidents = IncidentBoard(self.store, clock)
+        #: Outgoing webhooks: every relay enqueues what its board hears (webhooks.py).
+        self.webhooks = WebhookSender(
+            self.store,
+            clock,
+            config.node,
+            retry_base_s=min(1.0, config.webhook_retry_cap_s),
+            retry_cap_s=config.webhook_retry_cap_s,
+            lease_s=config.webhook_lease_s,
+        )
+        self.incidents.on_event.append(self.webhooks.heard)
         self.auth = Authenticator(
             self.store,
             FailureLimiter(limit=config.auth_failure_limit),
@@ -197,6 +208,7 @@ class Relay:
         self.broadcaster.start()
         await self.stored_bytes.start()
         self.incidents.start()
+        self.webhooks.start()
         self.ready = True
 
     async def _watch_store(self) -> None:
@@ -258,6 +270,7 @@ class Relay:
         await self.link.drain("shutdown", alternates)
         await self.broadcaster.stop()
         await self.stored_bytes.stop()
+        await self.webhooks.stop()
         await self.incidents.stop()
         await self.router.stop()
         await self.link.close()

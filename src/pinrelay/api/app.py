@@ -28,6 +28,7 @@ from pinrelay.api import (
     status,
     tenants,
     webapp,
+    webhooks,
     webpush,
 )
 from pinrelay.api.common import json_response
@@ -116,6 +117,7 @@ def build_app(relay: Relay) -> PushFastPath:
                 *portability.routes,
                 *channels.routes,
                 *incidents.routes,
+                *webhooks.routes,
                 *status.routes,
                 *pairing.routes,
                 *webpush.routes,

@@ -16,6 +16,7 @@ from pinrelay.api import (
     openapi_chat,
     openapi_incidents,
     openapi_tenants,
+    openapi_webhooks,
     openapi_webpush,
     schemas,
 )
@@ -137,6 +138,7 @@ def build(limits: Limits) -> dict[str, Any]:
             *openapi_tenants.COMPONENTS,
             *openapi_channels.COMPONENTS,
             *openapi_incidents.COMPONENTS,
+            *openapi_webhooks.COMPONENTS,
             schemas.PairingCreated,
             schemas.PairingRedeem,
             schemas.PairingRedeemed,
@@ -296,6 +298,7 @@ def build(limits: Limits) -> dict[str, Any]:
     paths.update(openapi_tenants.paths(_op))
     paths.update(openapi_channels.paths(_op))
     paths.update(openapi_incidents.paths(_op))
+    paths.update(openapi_webhooks.paths(_op))
     return {
         "openapi": "3.1.0",
         "info": {
