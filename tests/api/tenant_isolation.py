@@ -1,7 +1,7 @@
 """Tenant isolation generated from the relay's own OpenAPI document (issue 15).
 
 Tenant A gets devices, keys of every scope, a subscription, a group, a channel,
-a broadcast and an incident that affects it only; tenant B
+a broadcast, an incident that affects it only and a webhook; tenant B
 gets a key of every scope.  Every operation in ``/openapi.json`` is called with
 each of B's keys twice: once naming A's objects (path parameters, PINs and tenant
 ids in the body) and once naming ids that do not exist.  The two answers must be
@@ -37,6 +37,7 @@ PATTERNS = {
     "^B[A-Za-z0-9_-]{86}=?$": P256,
     "^[A-Za-z0-9_-]{22}(==)?$": AUTH,
     "^I[0-9A-HJKMNP-TV-Z]{12}$": "I000000000000",
+    "^W[0-9A-HJKMNP-TV-Z]{12}$": "W000000000000",
 }
 SCOPES = ("push", "devices", "broadcast", "admin")
 
@@ -85,6 +86,7 @@ class Ids:
     channel: str
     broadcast: str
     incident: str
+    webhook: str
     swaps: dict[str, str] = field(default_factory=dict)
 
     def path(self, template: str) -> str:
@@ -99,6 +101,7 @@ class Ids:
             "channel": self.channel,
             "broadcast": self.broadcast,
             "incident": self.incident,
+            "webhook": self.webhook,
             "class": "marketing",
             "message": "01JDZZZZZZZZZZZZZZZZZZZZZZ",
         }
@@ -129,6 +132,7 @@ NOBODY = Ids(
     channel="C000000000000",
     broadcast="01JDZZZZZZZZZZZZZZZZZZZZZY",
     incident="I000000000000",
+    webhook="W000000000000",
 )
 
 
@@ -220,6 +224,14 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
             json={"component": "store", "severity": "minor", "text": "A", "tenants": [a_id]},
         )
         assert incident.status_code == 201, incident.text
+        # A webhook of A's (its admin key): B's admin key reads it as none.
+        a_admin = _bearer(a_keys["admin"]["key"])
+        hook = setup.post(
+            "/v1/webhooks",
+            json={"url": "http://127.0.0.1:9/a", "secret": "s" * 16, "events": ["incident"]},
+            headers=a_admin,
+        )
+        assert hook.status_code == 201, hook.text
         mine = Ids(
             pin=pin,
             other=devices[1]["pin"],
@@ -230,6 +242,7 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
             channel=channel.json()["id"],
             broadcast=cast.json()["id"],
             incident=incident.json()["id"],
+            webhook=hook.json()["id"],
         )
         compared = 0
         for path, operations in document["paths"].items():
@@ -267,7 +280,6 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
                         assert theirs.status_code >= 400, (where, theirs.text)
                     compared += 1
         # A's objects are all still there and still work.
-        a_admin = _bearer(a_keys["admin"]["key"])
         assert http.get(f"/v1/devices/{pin}", headers=a_admin).status_code == 200
         assert http.get(f"/v1/devices/{mine.other}", headers=a_admin).status_code == 200
         assert http.get(f"/v1/tenants/{a_id}").json()["suspended"] is False
@@ -284,11 +296,24 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
         assert shown.status_code == 200, shown.text
         seen = http.get(f"/v1/incidents/{mine.incident}", headers=a_admin)
         assert seen.status_code == 200 and seen.json()["state"] == "open", seen.text
+        kept = http.get(f"/v1/webhooks/{mine.webhook}", headers=a_admin)
+        assert kept.status_code == 200 and kept.json()["tenant"] == a_id, kept.text
         return compared
 
 
 def ids_fields() -> tuple[str, ...]:
-    return ("pin", "other", "key_id", "tenant", "sub", "group", "channel", "broadcast", "incident")
+    return (
+        "pin",
+        "other",
+        "key_id",
+        "tenant",
+        "sub",
+        "group",
+        "channel",
+        "broadcast",
+        "incident",
+        "webhook",
+    )
 
 
 def ids_of(ids: Ids) -> list[str]:
@@ -302,4 +327,5 @@ def ids_of(ids: Ids) -> list[str]:
         ids.channel,
         ids.broadcast,
         ids.incident,
+        ids.webhook,
     ]
