@@ -24,6 +24,7 @@ from pinrelay import (
     cli_portability,
     cli_serve,
     cli_tenants,
+    cli_webhooks,
     cli_webpush,
 )
 from pinrelay.cli_common import (
@@ -497,6 +498,8 @@ cli_tenants.register(app, device_app)
 cli_channels.register(app, device_app)
 # --- incidents: incident open|update|resolve|list|show (cli_incidents.py) ------
 cli_incidents.register(app)
+# --- webhooks: webhook add|list|show|delete (cli_webhooks.py) -----------------
+cli_webhooks.register(app)
 # --- portability: device export|move, tenant accept (cli_portability.py) --------
 cli_portability.register(device_app)
 

@@ -27,8 +27,8 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import httpx
 import msgspec
 
 from pinrelay.api.incidents import status_view
@@ -45,6 +45,9 @@ from pinrelay.core.webhooks import (
     signature,
 )
 from pinrelay.store.base import Store
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("pinrelay.webhooks")
 
@@ -135,6 +138,8 @@ class WebhookSender:
 
     # --- the loop -----------------------------------------------------------
     def start(self) -> None:
+        import httpx  # here: a relay imports no HTTP client until it runs (test_cli_imports)
+
         self._client = httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False)
         self._task = asyncio.get_running_loop().create_task(self._forever())
 
@@ -253,6 +258,8 @@ class WebhookSender:
 
     async def _post(self, hook: Webhook, entry: OutboxEntry) -> bool:
         """One attempt: True on a 2xx answer."""
+        import httpx
+
         assert self._client is not None
         body = body_of(hook, entry)
         headers = {
