@@ -111,6 +111,16 @@ class WebhookSender:
         #: Deliveries answered 2xx by this relay (for tests and metrics).
         self.sent = 0
 
+    @property
+    def working(self) -> list[str]:
+        """The subscriptions this relay has a worker for."""
+        return list(self._workers)
+
+    @property
+    def in_memory(self) -> int:
+        """Deliveries heard while the store was away, not written to it yet (rule 4)."""
+        return len(self._memory)
+
     # --- hearing events (rule 1) --------------------------------------------
     async def heard(self, event: Event, incident: Incident) -> None:
         """An ``on_event`` listener of the incident board."""
@@ -180,8 +190,9 @@ class WebhookSender:
         if not self._memory:
             return
         kept = list(self._memory.values())
+        # Done ones are added done: the holder of the lease never sends them again.
         await self.store.enqueue_webhooks([e for e in kept if e.webhook in self._hooks])
-        for e in kept:
+        for e in kept:  # one another relay had enqueued, pending: done now
             if e.done_ms is not None:
                 await self.store.webhook_done(e.webhook, e.key, e.done_ms)
             self._memory.pop((e.webhook, e.key), None)

@@ -8,6 +8,7 @@ owner until it expires; deleting a subscription drops its outbox.
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from pinrelay.core.errors import PinrelayError
@@ -90,3 +91,14 @@ async def test_a_lease_has_one_owner_until_it_expires(store: Store) -> None:
     assert not await store.lease_webhook(W1, "b", NOW + 1400, 1000)
     assert await store.lease_webhook(W1, "b", NOW + 1501, 1000)  # expired: taken over
     assert not await store.lease_webhook(W1, "a", NOW + 1600, 1000)
+
+
+async def test_an_entry_delivered_while_the_store_was_away_is_added_done(store: Store) -> None:
+    await store.put_webhook(hook(), 20)
+    first = open_incident("I000000000001", "store", "major", "Slow", NOW)
+    done = msgspec.structs.replace(entry_for(hook(), "opened", first), done_ms=NOW + 1)
+    await store.enqueue_webhooks([done])
+    assert await store.pending_webhooks(W1, 10) == []
+    await store.enqueue_webhooks([entry_for(hook(), "opened", first)])  # still done
+    assert await store.pending_webhooks(W1, 10) == []
+    assert await store.prune_webhooks(NOW + 2) == 1

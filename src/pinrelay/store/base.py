@@ -570,7 +570,8 @@ class Store(Protocol):
     async def enqueue_webhooks(self, entries: Sequence[OutboxEntry]) -> None:
         """Add each entry its subscription's outbox lacks (same webhook and key:
         core/webhooks.py rule 2); one present, pending or done, is kept as it is.
-        Durable when this returns."""
+        An entry with ``done_ms`` is added done (it was delivered while the store
+        was away).  Durable when this returns."""
         ...
 
     async def pending_webhooks(self, webhook_id: str, limit: int) -> list[OutboxEntry]:

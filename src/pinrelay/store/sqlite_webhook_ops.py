@@ -77,13 +77,13 @@ class DeleteWebhook(Op, tag="dwh"):
 
 
 class EnqueueWebhooks(Op, tag="ewh"):
-    #: (webhook, key, body) of each entry.
-    rows: list[tuple[str, str, bytes]]
+    #: (webhook, key, done_ms, body) of each entry.
+    rows: list[tuple[str, str, int | None, bytes]]
 
     def run(self, c: sqlite3.Connection) -> None:
         c.executemany(
-            "INSERT OR IGNORE INTO webhook_outbox (webhook, key, body)"
-            " SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = ?1)",
+            "INSERT OR IGNORE INTO webhook_outbox (webhook, key, done_ms, body)"
+            " SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = ?1)",
             self.rows,
         )
 
@@ -161,7 +161,7 @@ class SqliteWebhooks:
 
     async def enqueue_webhooks(self, entries: Sequence[OutboxEntry]) -> None:
         if entries:
-            rows = [(e.webhook, e.key, _enc.encode(e)) for e in entries]
+            rows = [(e.webhook, e.key, e.done_ms, _enc.encode(e)) for e in entries]
             await self._write(EnqueueWebhooks(rows))
 
     async def pending_webhooks(self, webhook_id: str, limit: int) -> list[OutboxEntry]:
