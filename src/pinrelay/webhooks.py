@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pinrelay.webhooks")
 
-#: Seconds one delivery may take: connect, send, answer.
+#: Seconds one delivery may take: connect, send, answer (at most half the lease,
+#: so the holder renews it between two attempts).
 TIMEOUT_S = 10.0
 #: Most bytes of an answer read (for the log); the rest is dropped.
 MAX_ANSWER = 4096
@@ -108,6 +109,8 @@ class WebhookSender:
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         self._pruned_at = 0.0
+        #: When this relay last took or renewed each subscription's lease (loop time).
+        self._leased: dict[str, float] = {}
         #: Deliveries answered 2xx by this relay (for tests and metrics).
         self.sent = 0
 
@@ -150,7 +153,8 @@ class WebhookSender:
     def start(self) -> None:
         import httpx  # here: a relay imports no HTTP client until it runs (test_cli_imports)
 
-        self._client = httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False)
+        timeout = min(TIMEOUT_S, self.lease_s / 2)
+        self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         self._task = asyncio.get_running_loop().create_task(self._forever())
 
     async def stop(self) -> None:
@@ -226,6 +230,8 @@ class WebhookSender:
                 await self._idle(wid)
                 continue
             for entry in pending:
+                if not from_memory and not await self._still_held(wid):
+                    break
                 if await self._post(hook, entry):
                     attempts = 0
                     self.sent += 1
@@ -244,8 +250,25 @@ class WebhookSender:
                 break
 
     async def _lease(self, wid: str) -> bool:
+        """Take or renew the lease; a lease renewed less than a third of its life ago
+        is still held (no store write: an idle subscription costs one write per
+        ``lease_s / 3``)."""
+        loop = asyncio.get_running_loop()
+        renewed = self._leased.get(wid)
+        if renewed is not None and loop.time() - renewed < self.lease_s / 3:
+            return True
         now_ms = int(self.clock() * 1000)
-        return await self.store.lease_webhook(wid, self.owner, now_ms, int(self.lease_s * 1000))
+        self._leased.pop(wid, None)
+        if await self.store.lease_webhook(wid, self.owner, now_ms, int(self.lease_s * 1000)):
+            self._leased[wid] = loop.time()
+            return True
+        return False
+
+    async def _still_held(self, wid: str) -> bool:
+        try:
+            return await self._lease(wid)
+        except Exception:
+            return False
 
     async def _idle(self, wid: str) -> None:
         wake = self._wake.get(wid)
