@@ -21,6 +21,8 @@ from pinrelay.core.channels import Channel
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.incidents import open_incident
 from pinrelay.core.model import Device, NewMessage, StoredMessage
+from pinrelay.core.webhooks import Webhook
+from pinrelay.store import sqlite_webhook_ops as webhook_ops
 from pinrelay.store.base import IdempotencyKey
 from pinrelay.store.sqlite import MIGRATIONS, SqliteStore, connect, migrate
 
@@ -149,7 +151,26 @@ class TestSchema:
             assert await s.list_incidents(0, 10) == [made]
         finally:
             await s.close()
-        assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS) == 9
+        assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS)
+
+    async def test_a_database_from_before_webhooks_migrates(self, db_path: Path) -> None:
+        """A database of the version before webhooks' tables opens and keeps them."""
+        before = MIGRATIONS.index(webhook_ops.SCHEMA)
+        db_path.parent.mkdir(parents=True)
+        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+            for number, migration in enumerate(MIGRATIONS[:before]):
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+        s = await open_store(db_path)
+        try:
+            hook = Webhook(id="W000000000001", tenant=None, url="http://h/", secret="s" * 16)
+            await s.put_webhook(hook, 20)
+            assert await s.list_webhooks() == [hook]
+        finally:
+            await s.close()
+        assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS)
 
     async def test_newer_schema_refused(self, db_path: Path) -> None:
         db_path.parent.mkdir(parents=True)
