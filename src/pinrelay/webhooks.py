@@ -165,9 +165,19 @@ class WebhookSender:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._task, self._workers = None, {}
+        await self._release()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    async def _release(self) -> None:
+        """Let the leases this relay holds expire now: another relay takes over at
+        once rather than after ``lease_s`` (a relay that dies cannot, and need not)."""
+        held, self._leased = list(self._leased), {}
+        now_ms = int(self.clock() * 1000)
+        for wid in held:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.store.lease_webhook(wid, self.owner, now_ms, 0), 1.0)
 
     async def _forever(self) -> None:
         while True:

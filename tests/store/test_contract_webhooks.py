@@ -91,6 +91,8 @@ async def test_a_lease_has_one_owner_until_it_expires(store: Store) -> None:
     assert not await store.lease_webhook(W1, "b", NOW + 1400, 1000)
     assert await store.lease_webhook(W1, "b", NOW + 1501, 1000)  # expired: taken over
     assert not await store.lease_webhook(W1, "a", NOW + 1600, 1000)
+    await store.lease_webhook(W1, "b", NOW + 1700, 0)  # let go
+    assert await store.lease_webhook(W1, "a", NOW + 1700, 1000)
 
 
 async def test_an_entry_delivered_while_the_store_was_away_is_added_done(store: Store) -> None:

@@ -586,7 +586,8 @@ class Store(Protocol):
     async def lease_webhook(self, webhook_id: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
         """Take or renew the lease on a subscription's outbox for ``owner`` until
         ``now_ms + ttl_ms``: True if ``owner`` holds it now (it was free, expired or
-        its own)."""
+        its own).  ``ttl_ms`` 0 lets go of one's own lease (another owner may take
+        it at once)."""
         ...
 
     async def prune_webhooks(self, before_ms: int) -> int:
