@@ -96,6 +96,12 @@ class Metrics:
             registry=r,
         )
         self.devices = Gauge("pinrelay_devices", "Devices registered", registry=r)
+        self.webhook_attempts = Counter(
+            "pinrelay_webhook_attempts",
+            "Webhook deliveries attempted by this relay, by result (ok: answered 2xx)",
+            ["result"],
+            registry=r,
+        )
 
         self._commits: list[tuple[float, int]] = []
 

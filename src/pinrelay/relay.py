@@ -131,6 +131,7 @@ class Relay:
             retry_base_s=min(1.0, config.webhook_retry_cap_s),
             retry_cap_s=config.webhook_retry_cap_s,
             lease_s=config.webhook_lease_s,
+            observe=lambda ok: self.metrics.webhook_attempts.labels("ok" if ok else "failed").inc(),
         )
         self.incidents.on_event.append(self.webhooks.heard)
         self.auth = Authenticator(

@@ -92,6 +92,7 @@ class WebhookSender:
         retry_cap_s: float = 300.0,
         lease_s: float = 15.0,
         poll_s: float = 1.0,
+        observe: Callable[[bool], None] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -100,6 +101,8 @@ class WebhookSender:
         self.retry_cap_s = retry_cap_s
         self.lease_s = lease_s
         self.poll_s = min(poll_s, lease_s / 3)
+        #: Told the result of each attempt (True: answered 2xx): the relay's metrics.
+        self.observe = observe
         #: The subscriptions as last read (used while the store is away).
         self._hooks: dict[str, Webhook] = {}
         #: Entries heard while the store was away: (webhook, key) → entry.
@@ -193,6 +196,11 @@ class WebhookSender:
                 if wid not in self._hooks:
                     self._workers.pop(wid).cancel()
                     self._wake.pop(wid, None)
+            for wid, task in list(self._workers.items()):
+                if task.done():  # a bug; say so and start it again
+                    del self._workers[wid]
+                    if not task.cancelled() and (exc := task.exception()) is not None:
+                        log.error("webhook %s: worker failed", wid, exc_info=exc)
             for wid in self._hooks:
                 if wid not in self._workers:
                     self._wake[wid] = asyncio.Event()
@@ -242,7 +250,10 @@ class WebhookSender:
             for entry in pending:
                 if not from_memory and not await self._still_held(wid):
                     break
-                if await self._post(hook, entry):
+                ok = await self._post(hook, entry)
+                if self.observe is not None:
+                    self.observe(ok)
+                if ok:
                     attempts = 0
                     self.sent += 1
                     now_ms = int(self.clock() * 1000)
@@ -321,7 +332,7 @@ class WebhookSender:
                     "webhook %s: %s answered %d %r", hook.id, entry.id, r.status_code, answer[:200]
                 )
                 return False
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OSError, ValueError) as exc:
             log.info("webhook %s: %s failed: %r", hook.id, entry.id, exc)
             return False
 

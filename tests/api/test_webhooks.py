@@ -214,6 +214,15 @@ def test_a_receiver_down_for_a_while_gets_everything_in_order_once(
         ]
         assert len({d["id"] for d in got}) == 5
         assert got[-1]["incident"]["state"] == "resolved"
+        # (The relay counts an attempt once it has read the answer the receiver sent.)
+        ok, failed = (f'pinrelay_webhook_attempts_total{{result="{r}"}}' for r in ("ok", "failed"))
+
+        def counted() -> str | None:
+            text = admin.get("/metrics").text
+            return text if f"{ok} 5.0" in text else None
+
+        metrics = wait_until(counted)
+        assert failed in metrics and f"{failed} 0.0" not in metrics
 
 
 def test_what_a_killed_relay_did_not_deliver_its_restart_delivers(
