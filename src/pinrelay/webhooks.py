@@ -199,8 +199,8 @@ class WebhookSender:
             for wid, task in list(self._workers.items()):
                 if task.done():  # a bug; say so and start it again
                     del self._workers[wid]
-                    if not task.cancelled() and (exc := task.exception()) is not None:
-                        log.error("webhook %s: worker failed", wid, exc_info=exc)
+                    if not task.cancelled() and (failure := task.exception()) is not None:
+                        log.error("webhook %s: worker failed", wid, exc_info=failure)
             for wid in self._hooks:
                 if wid not in self._workers:
                     self._wake[wid] = asyncio.Event()
