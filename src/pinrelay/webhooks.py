@@ -165,7 +165,7 @@ class WebhookSender:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # logged already
                 await task
         self._task, self._workers = None, {}
         await self._release()
