@@ -25,6 +25,7 @@ from pinrelay import (
     cli_portability,
     cli_serve,
     cli_tenants,
+    cli_webhooks,
     cli_webpush,
 )
 from pinrelay.cli_common import (
@@ -500,6 +501,8 @@ cli_channels.register(app, device_app)
 cli_incidents.register(app)
 # --- credits, incident make-good, code redeem (cli_credits.py) -----------------
 cli_credits.register(app)
+# --- webhooks: webhook add|list|show|delete (cli_webhooks.py) -----------------
+cli_webhooks.register(app)
 # --- portability: device export|move, tenant accept (cli_portability.py) --------
 cli_portability.register(device_app)
 

@@ -218,6 +218,22 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    webhook_retry_cap: Annotated[
+        float | None,
+        typer.Option(
+            help="Longest wait, seconds, between two attempts of one webhook delivery."
+            " (default: 300)",
+            show_default=False,
+        ),
+    ] = None,
+    webhook_lease: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a relay's lease on a webhook's outbox lives unrenewed; then"
+            " another relay delivers it. (default: 15)",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run a relay on the embedded SQLite store, or on a NATS JetStream cluster (--store)."""
@@ -250,6 +266,8 @@ def serve(
         ("--http-header-timeout", http_header_timeout),
         ("--http-body-timeout", http_body_timeout),
         ("--http-keepalive-timeout", http_keepalive_timeout),
+        ("--webhook-retry-cap", webhook_retry_cap),
+        ("--webhook-lease", webhook_lease),
     ):
         if seconds is not None and not seconds > 0:
             fail(f"{flag} {seconds:g}: use more than 0 seconds")
@@ -317,6 +335,8 @@ def serve(
             forwarded_allow_ips=forwarded_allow_ips,
             metrics_public=metrics_public or None,
             figures_every_s=figures_every,
+            webhook_retry_cap_s=webhook_retry_cap,
+            webhook_lease_s=webhook_lease,
         ),
     )
 

@@ -94,6 +94,11 @@ class RelayConfig:
     metrics_public: bool = False
     #: Seconds between two readings kept for incident reports (figures.py).
     figures_every_s: float = 10.0
+    #: Outgoing webhooks (src/pinrelay/webhooks.py, DECISIONS 56): the longest wait
+    #: between two attempts of one delivery, and how long a relay's lease on a
+    #: subscription's outbox lives without renewal (another relay then takes over).
+    webhook_retry_cap_s: float = 300.0
+    webhook_lease_s: float = 15.0
 
     @property
     def nats_urls(self) -> list[str] | None:

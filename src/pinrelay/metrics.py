@@ -123,6 +123,12 @@ class Metrics:
         self.devices = Gauge("pinrelay_devices", "Devices registered", registry=r)
         #: Waits of messages for linked devices (the delivery monitor and reports).
         self.waits = Waits()
+        self.webhook_attempts = Counter(
+            "pinrelay_webhook_attempts",
+            "Webhook deliveries attempted by this relay, by result (ok: answered 2xx)",
+            ["result"],
+            registry=r,
+        )
 
         self._commits: list[tuple[float, int]] = []
 

@@ -37,6 +37,7 @@ from pinrelay.router.local import LocalRouter
 from pinrelay.store.base import Store
 from pinrelay.store.sqlite import SqliteStore
 from pinrelay.storedbytes import StoredBytesQuota
+from pinrelay.webhooks import WebhookSender
 from pinrelay.webpush import WebPush
 
 log = logging.getLogger("pinrelay")
@@ -124,6 +125,17 @@ class Relay:
         )
         #: Incidents this relay knows, and who hears of changes (incident_board.py).
         self.incidents = IncidentBoard(self.store, clock)
+        #: Outgoing webhooks: every relay enqueues what its board hears (webhooks.py).
+        self.webhooks = WebhookSender(
+            self.store,
+            clock,
+            config.node,
+            retry_base_s=min(1.0, config.webhook_retry_cap_s),
+            retry_cap_s=config.webhook_retry_cap_s,
+            lease_s=config.webhook_lease_s,
+            observe=lambda ok: self.metrics.webhook_attempts.labels("ok" if ok else "failed").inc(),
+        )
+        self.incidents.on_event.append(self.webhooks.heard)
         self.auth = Authenticator(
             self.store,
             FailureLimiter(limit=config.auth_failure_limit),
@@ -230,6 +242,7 @@ class Relay:
         self.incidents.start()
         self.monitors.start()
         self.figures.start()
+        self.webhooks.start()
         self.ready = True
 
     async def _watch_store(self) -> None:
@@ -292,6 +305,7 @@ class Relay:
         await self.broadcaster.stop()
         await self.stored_bytes.stop()
         await self.monitors.stop()
+        await self.webhooks.stop()
         await self.incidents.stop()
         await self.figures.stop()
         await self.router.stop()

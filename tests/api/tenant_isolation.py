@@ -1,7 +1,7 @@
 """Tenant isolation generated from the relay's own OpenAPI document (issue 15).
 
 Tenant A gets devices, keys of every scope, a subscription, a group, a channel,
-a broadcast and an incident that affects it only; tenant B
+a broadcast, an incident that affects it only and a webhook; tenant B
 gets a key of every scope.  Every operation in ``/openapi.json`` is called with
 each of B's keys twice: once naming A's objects (path parameters, PINs and tenant
 ids in the body) and once naming ids that do not exist.  The two answers must be
@@ -40,6 +40,7 @@ PATTERNS = {
     "^[A-Za-z0-9_-]{22}(==)?$": AUTH,
     "^I[0-9A-HJKMNP-TV-Z]{12}$": "I000000000000",
     "^[A-Z]{3}$": "EUR",
+    "^W[0-9A-HJKMNP-TV-Z]{12}$": "W000000000000",
 }
 SCOPES = ("push", "devices", "broadcast", "admin")
 
@@ -91,6 +92,7 @@ class Ids:
     broadcast: str
     incident: str
     code: str
+    webhook: str
     swaps: dict[str, str] = field(default_factory=dict)
 
     def path(self, template: str) -> str:
@@ -106,6 +108,7 @@ class Ids:
             "broadcast": self.broadcast,
             "incident": self.incident,
             "code": self.code,
+            "webhook": self.webhook,
             "class": "marketing",
             "message": "01JDZZZZZZZZZZZZZZZZZZZZZZ",
         }
@@ -137,6 +140,7 @@ NOBODY = Ids(
     broadcast="01JDZZZZZZZZZZZZZZZZZZZZZY",
     incident="I000000000000",
     code="SORRY-000000000000",
+    webhook="W000000000000",
 )
 
 
@@ -240,6 +244,14 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
             return next((m["data"]["code"] for m in inbox if m["kind"] == "makegood"), None)
 
         code = wait_until(a_code, timeout=30, message="A's make-good code")
+        # A webhook of A's (its admin key): B's admin key reads it as none.
+        a_admin = _bearer(a_keys["admin"]["key"])
+        hook = setup.post(
+            "/v1/webhooks",
+            json={"url": "http://127.0.0.1:9/a", "secret": "s" * 16, "events": ["incident"]},
+            headers=a_admin,
+        )
+        assert hook.status_code == 201, hook.text
         mine = Ids(
             pin=pin,
             other=devices[1]["pin"],
@@ -251,6 +263,7 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
             broadcast=cast.json()["id"],
             incident=incident.json()["id"],
             code=code,
+            webhook=hook.json()["id"],
         )
         compared = 0
         for path, operations in document["paths"].items():
@@ -288,7 +301,6 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
                         assert theirs.status_code >= 400, (where, theirs.text)
                     compared += 1
         # A's objects are all still there and still work.
-        a_admin = _bearer(a_keys["admin"]["key"])
         assert http.get(f"/v1/devices/{pin}", headers=a_admin).status_code == 200
         assert http.get(f"/v1/devices/{mine.other}", headers=a_admin).status_code == 200
         assert http.get(f"/v1/tenants/{a_id}").json()["suspended"] is False
@@ -307,6 +319,8 @@ def check_isolation(url: str, admin_key: str, setup_url: str | None = None) -> i
         assert seen.status_code == 200 and seen.json()["state"] == "open", seen.text
         redeemed = http.post(f"/v1/codes/{code}/redeem", headers=a_admin)
         assert redeemed.status_code == 200, redeemed.text
+        kept = http.get(f"/v1/webhooks/{mine.webhook}", headers=a_admin)
+        assert kept.status_code == 200 and kept.json()["tenant"] == a_id, kept.text
         return compared
 
 
@@ -322,6 +336,7 @@ def ids_fields() -> tuple[str, ...]:
         "broadcast",
         "incident",
         "code",
+        "webhook",
     )
 
 
@@ -337,4 +352,5 @@ def ids_of(ids: Ids) -> list[str]:
         ids.broadcast,
         ids.incident,
         ids.code,
+        ids.webhook,
     ]

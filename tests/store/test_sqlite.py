@@ -21,7 +21,9 @@ from pinrelay.core.channels import Channel
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.incidents import open_incident
 from pinrelay.core.model import Device, NewMessage, StoredMessage
+from pinrelay.core.webhooks import Webhook
 from pinrelay.store import sqlite_credit_ops as credit_ops
+from pinrelay.store import sqlite_webhook_ops as webhook_ops
 from pinrelay.store.base import IdempotencyKey
 from pinrelay.store.sqlite import MIGRATIONS, SqliteStore, connect, migrate
 
@@ -167,6 +169,25 @@ class TestSchema:
         try:
             assert await s.claim_makegood("I000000000001", "default", "B1") == "B1"
             assert await s.service_levels() == {}
+        finally:
+            await s.close()
+        assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS)
+
+    async def test_a_database_from_before_webhooks_migrates(self, db_path: Path) -> None:
+        """A database of the version before webhooks' tables opens and keeps them."""
+        before = MIGRATIONS.index(webhook_ops.SCHEMA)
+        db_path.parent.mkdir(parents=True)
+        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+            for number, migration in enumerate(MIGRATIONS[:before]):
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+        s = await open_store(db_path)
+        try:
+            hook = Webhook(id="W000000000001", tenant=None, url="http://h/", secret="s" * 16)
+            await s.put_webhook(hook, 20)
+            assert await s.list_webhooks() == [hook]
         finally:
             await s.close()
         assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS)

@@ -30,6 +30,7 @@ from pinrelay.api import (
     status,
     tenants,
     webapp,
+    webhooks,
     webpush,
 )
 from pinrelay.api.common import json_response
@@ -120,6 +121,7 @@ def build_app(relay: Relay) -> PushFastPath:
                 *incidents.routes,
                 *credits.routes,
                 *reports.routes,
+                *webhooks.routes,
                 *status.routes,
                 *pairing.routes,
                 *webpush.routes,

@@ -18,6 +18,7 @@ from pinrelay.api import (
     openapi_incidents,
     openapi_reports,
     openapi_tenants,
+    openapi_webhooks,
     openapi_webpush,
     schemas,
 )
@@ -141,6 +142,7 @@ def build(limits: Limits) -> dict[str, Any]:
             *openapi_incidents.COMPONENTS,
             *openapi_credits.COMPONENTS,
             *openapi_reports.COMPONENTS,
+            *openapi_webhooks.COMPONENTS,
             schemas.PairingCreated,
             schemas.PairingRedeem,
             schemas.PairingRedeemed,
@@ -302,6 +304,7 @@ def build(limits: Limits) -> dict[str, Any]:
     paths.update(openapi_incidents.paths(_op))
     paths.update(openapi_credits.paths(_op))
     paths.update(openapi_reports.paths(_op))
+    paths.update(openapi_webhooks.paths(_op))
     return {
         "openapi": "3.1.0",
         "info": {

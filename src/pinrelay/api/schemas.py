@@ -20,6 +20,9 @@ from pinrelay.core.incidents import (
 from pinrelay.core.model import PushFields, Topic
 from pinrelay.core.readings import Readings
 from pinrelay.core.tenants import Quotas, TenantId, TenantName
+from pinrelay.core.webhooks import MAX_SECRET, MAX_TO, MAX_URL, MIN_SECRET
+from pinrelay.core.webhooks import EventKind as WebhookEventKind
+from pinrelay.core.webhooks import Kind as WebhookKind
 from pinrelay.core.webpush import SubscriptionView
 
 Label = Annotated[str, Meta(min_length=1, max_length=200)]
@@ -608,3 +611,36 @@ class IncidentReport(Struct, kw_only=True):
     relays: list[str]
     #: The chart of backlog and delivery lag over time (PNG; ``report.svg`` too).
     chart: str
+
+
+# --- webhooks (PROTOCOL "Webhooks", core/webhooks.py) ---------------------------------
+WebhookUrl = Annotated[str, Meta(min_length=8, max_length=MAX_URL)]
+WebhookSecret = Annotated[str, Meta(min_length=MIN_SECRET, max_length=MAX_SECRET)]
+
+
+class WebhookCreate(Struct, kw_only=True, forbid_unknown_fields=True):
+    #: Where deliveries are posted: an http or https URL.
+    url: WebhookUrl
+    #: Signs each delivery (HMAC-SHA256); never shown again.
+    secret: WebhookSecret
+    events: Annotated[list[WebhookEventKind], Meta(min_length=1, max_length=1)]
+    #: ``json`` (the delivery as documented), ``sms`` (``{"to", "text"}``) or ``chat``
+    #: (``{"text"}``, Slack and Mattermost incoming webhooks).
+    kind: WebhookKind = "json"
+    #: The SMS recipient (kind ``sms``; default: the url's ``to`` query parameter).
+    to: Annotated[str, Meta(min_length=1, max_length=MAX_TO)] | None = None
+
+
+class WebhookView(Struct, kw_only=True):
+    id: str
+    #: Its tenant; null: the relay's admin made it (it hears every incident).
+    tenant: str | None
+    url: str
+    events: list[WebhookEventKind]
+    kind: WebhookKind
+    to: str | None
+    created_at: str
+
+
+class WebhookList(Struct, kw_only=True):
+    webhooks: list[WebhookView]

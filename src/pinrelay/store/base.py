@@ -29,6 +29,7 @@ from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMess
 from pinrelay.core.readings import Readings
 from pinrelay.core.social import Action, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
+from pinrelay.core.webhooks import OutboxEntry, Webhook
 
 
 class StoreClosed(PinrelayError):
@@ -602,6 +603,48 @@ class Store(Protocol):
     async def readings(self, since_ms: int, until_ms: int) -> list[Readings]:
         """Every relay's readings with ``since_ms <= at_ms <= until_ms``, oldest
         first (then by node)."""
+
+    # --- webhooks (core/webhooks.py; DECISIONS 56) -------------------------------
+    async def put_webhook(self, webhook: Webhook, max_per_tenant: int) -> None:
+        """Store a new subscription (durable); CONFLICT if its tenant (None: the
+        relay's admin) holds ``max_per_tenant`` already."""
+        ...
+
+    async def get_webhook(self, webhook_id: str) -> Webhook | None: ...
+
+    async def list_webhooks(self) -> list[Webhook]:
+        """Every subscription, oldest first (a few per tenant)."""
+        ...
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        """Forget a subscription, its outbox and its lease; False if there was none."""
+        ...
+
+    async def enqueue_webhooks(self, entries: Sequence[OutboxEntry]) -> None:
+        """Add each entry its subscription's outbox lacks (same webhook and key:
+        core/webhooks.py rule 2); one present, pending or done, is kept as it is.
+        An entry with ``done_ms`` is added done (it was delivered while the store
+        was away).  Durable when this returns."""
+        ...
+
+    async def pending_webhooks(self, webhook_id: str, limit: int) -> list[OutboxEntry]:
+        """Up to ``limit`` of the subscription's entries not answered 2xx, in key
+        order (rule 3)."""
+        ...
+
+    async def webhook_done(self, webhook_id: str, key: str, now_ms: int) -> None:
+        """Mark an entry answered 2xx (kept, done, until :meth:`prune_webhooks`)."""
+        ...
+
+    async def lease_webhook(self, webhook_id: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
+        """Take or renew the lease on a subscription's outbox for ``owner`` until
+        ``now_ms + ttl_ms``: True if ``owner`` holds it now (it was free, expired or
+        its own).  ``ttl_ms`` 0 lets go of one's own lease (another owner may take
+        it at once)."""
+        ...
+
+    async def prune_webhooks(self, before_ms: int) -> int:
+        """Drop the done entries answered before ``before_ms``; how many."""
         ...
 
     # --- messages ------------------------------------------------------------

@@ -55,6 +55,7 @@ from pinrelay.store.sqlite_credit_ops import SqliteCredits
 from pinrelay.store.sqlite_figure_ops import SqliteFigures
 from pinrelay.store.sqlite_incident_ops import SqliteIncidents
 from pinrelay.store.sqlite_schema import MIGRATIONS
+from pinrelay.store.sqlite_webhook_ops import SqliteWebhooks
 from pinrelay.store.sqlite_writer import frame, frames
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ def lock_path(path: Path) -> Path:
     return real.with_name(real.name + ".lock")
 
 
-class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures):
+class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures, SqliteWebhooks):
     """The embedded default engine: one file, ``<data>/pinrelay.db``."""
 
     def __init__(self, path: Path, observer: CommitObserver | None = None) -> None:

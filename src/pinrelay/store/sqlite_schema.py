@@ -9,6 +9,7 @@ from __future__ import annotations
 from pinrelay.store import sqlite_channel_ops as channel_ops
 from pinrelay.store import sqlite_credit_ops as credit_ops
 from pinrelay.store import sqlite_incident_ops as incident_ops
+from pinrelay.store import sqlite_webhook_ops as webhook_ops
 from pinrelay.store.sqlite_figure_ops import FIGURES_SCHEMA
 
 #: Schema migrations, applied in order; PRAGMA user_version counts those applied.
@@ -147,4 +148,5 @@ MIGRATIONS: list[str] = [
     incident_ops.PROBE_SCHEMA,
     credit_ops.SCHEMA,
     FIGURES_SCHEMA,
+    webhook_ops.SCHEMA,
 ]

@@ -18,6 +18,7 @@ from pinrelay.store.sqlite_channel_ops import ChannelOp
 from pinrelay.store.sqlite_credit_ops import CreditOp
 from pinrelay.store.sqlite_figure_ops import PutReadings
 from pinrelay.store.sqlite_incident_ops import Probe, PutIncident
+from pinrelay.store.sqlite_webhook_ops import WebhookOp
 
 AnyOp = (
     ops.CreateDevice
@@ -51,6 +52,7 @@ AnyOp = (
     | Probe
     | CreditOp
     | PutReadings
+    | WebhookOp
 )
 
 

@@ -40,6 +40,7 @@ from pinrelay.core.quotas import over
 from pinrelay.core.readings import Readings
 from pinrelay.core.social import Action, Event, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
+from pinrelay.core.webhooks import OutboxEntry, Webhook
 from pinrelay.store.base import (
     AppendResult,
     Contact,
@@ -81,6 +82,7 @@ from pinrelay.store.jetstream.records import to_device
 from pinrelay.store.jetstream.subscriptions import Subscriptions
 from pinrelay.store.jetstream.tenants import Tenants
 from pinrelay.store.jetstream.unread import Unreads
+from pinrelay.store.jetstream.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,7 @@ class JetStreamStore:
         self.incidents = Incidents(kv, buckets.channels)
         self.credits = Credits(kv, buckets.channels, self.devices)
         self.figures = Figures(self.api, bucket_prefix, replicas)
+        self.webhooks = Webhooks(kv, buckets.channels)
         self.reader = Reader(self.api, self.layout, self.devices, direct_reads)
         self.appender = Appender(self.api, self.layout, self.devices, self.reader, ttl_grace_s)
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
@@ -718,6 +721,34 @@ class JetStreamStore:
 
     async def readings(self, since_ms: int, until_ms: int) -> list[Readings]:
         return await self.figures.between(since_ms, until_ms)
+
+    # --- webhooks (.webhooks) -------------------------------------------------------------
+    async def put_webhook(self, webhook: Webhook, max_per_tenant: int) -> None:
+        await self.webhooks.put(webhook, max_per_tenant)
+
+    async def get_webhook(self, webhook_id: str) -> Webhook | None:
+        return await self.webhooks.get(webhook_id)
+
+    async def list_webhooks(self) -> list[Webhook]:
+        return await self.webhooks.listing()
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        return await self.webhooks.delete(webhook_id)
+
+    async def enqueue_webhooks(self, entries: Sequence[OutboxEntry]) -> None:
+        await self.webhooks.enqueue(entries)
+
+    async def pending_webhooks(self, webhook_id: str, limit: int) -> list[OutboxEntry]:
+        return await self.webhooks.pending(webhook_id, limit)
+
+    async def webhook_done(self, webhook_id: str, key: str, now_ms: int) -> None:
+        await self.webhooks.done(webhook_id, key, now_ms)
+
+    async def lease_webhook(self, webhook_id: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
+        return await self.webhooks.lease(webhook_id, owner, now_ms, ttl_ms)
+
+    async def prune_webhooks(self, before_ms: int) -> int:
+        return await self.webhooks.prune(before_ms)
 
     # --- pairing codes (.pairing) -------------------------------------------------------
     async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:
