@@ -201,8 +201,17 @@ class Monitors:
         ]
         n = self._region_links()
         figures = f"Every tenant; {n} device{'' if n == 1 else 's'} linked in {self.region}"
-        for action in self.auto.step(r.at_ms, findings, open_auto, self._alive(), figures):
-            await self._apply(action, r.at_ms)
+        store_ok = self._store_ok()
+        actions = self.auto.step(
+            r.at_ms, findings, open_auto, self._alive(), figures, store_ok=store_ok
+        )
+        for action in actions:
+            try:
+                await self._apply(action, r.at_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one incident's failure stops neither the others nor _publish
+                log.exception("monitors: %s failed", type(action).__name__)
         if self.unpublished and self._store_ok():
             await self._publish()
 

@@ -134,3 +134,55 @@ def test_of_two_incidents_of_one_failure_the_newer_is_resolved_by_its_holder() -
     ]
     b = AutoIncidents("n2", "eu", incident_after_ms=3000, resolve_after_ms=5000)
     assert b.step(T0 + 10, [FAIL], [newer, older], alive) == []  # n1 acts for it
+
+
+def test_a_holder_is_not_missing_while_the_store_and_its_heartbeats_are_away() -> None:
+    """Heartbeats stop for every relay while the store is away: the holder's absence
+    then says nothing.  Once the store is back, the holder has ``takeover_ms`` to
+    show up again before another relay takes its incident over."""
+    b = AutoIncidents("n2", "eu", incident_after_ms=3000, resolve_after_ms=5000)
+    held = open_incident(
+        auto_incident_id("links", "eu", T0), "links", "major", "x", T0, holder="n1", source="auto"
+    )
+    only_me = frozenset({"n2"})
+    for t in range(0, 60_000, 1000):  # a minute without the store (nor heartbeats)
+        assert b.step(T0 + t, [], [held], only_me, store_ok=False) == []
+    back = T0 + 60_000  # the store answers; n1's heartbeat has not come in yet
+    assert b.step(back, [], [held], only_me) == []
+    assert b.step(back + 2000, [], [held], frozenset({"n1", "n2"})) == []  # it has
+    # n1 is really gone this time: taken over after takeover_ms of its absence.
+    assert b.step(back + 3000, [], [held], only_me) == []
+    assert b.step(back + 17_999, [], [held], only_me) == []
+    assert b.step(back + 18_000, [], [held], only_me) == [TakeOver(held)]
+
+
+def test_a_resolved_incident_leaves_no_take_over_timer_behind() -> None:
+    b = AutoIncidents("n2", "eu", incident_after_ms=3000, resolve_after_ms=5000)
+    held = open_incident(
+        auto_incident_id("links", "eu", T0), "links", "major", "x", T0, holder="n1", source="auto"
+    )
+    assert b.step(T0, [], [held], frozenset({"n2"})) == []
+    assert b.step(T0 + 1000, [], [], frozenset({"n2"})) == []  # resolved meanwhile
+    assert b._missing == {}
+
+
+def test_an_incident_full_of_updates_gets_no_more_but_still_resolves() -> None:
+    """An incident holds MAX_UPDATES updates, the last one kept for its resolving
+    text: past that, core/incidents.py add_update refuses, so no Update is asked for
+    (one every 5 minutes reaches it in about 41 hours)."""
+    from pinrelay.core.incidents import MAX_UPDATES, add_update
+
+    auto = AutoIncidents("n1", "eu", incident_after_ms=3000, resolve_after_ms=5000)
+    incident = open_incident(
+        auto_incident_id("store", "eu", T0), "store", "critical", FAIL.text, T0,
+        holder="n1", source="auto",
+    )  # fmt: skip
+    for n in range(MAX_UPDATES - 2):
+        incident = add_update(incident, f"Still failing {n}", T0 + n)
+    assert len(incident.updates) == MAX_UPDATES - 1
+    assert auto.step(T0 + 10_000_000, [FAIL], [incident]) == []
+    assert auto.step(T0 + 20_000_000, [FAIL], [incident]) == []
+    auto.step(T0 + 20_001_000, [], [incident])
+    [done] = auto.step(T0 + 20_006_000, [], [incident])
+    assert isinstance(done, Resolve)
+    resolve(incident, done.text, T0 + 20_006_000)  # fits

@@ -37,7 +37,7 @@ from collections import deque
 
 from msgspec import Struct
 
-from pinrelay.core.incidents import Component, Incident, Severity
+from pinrelay.core.incidents import MAX_UPDATES, Component, Incident, Severity
 from pinrelay.core.readings import Readings
 
 _B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -222,11 +222,19 @@ class AutoIncidents:
         open_auto: list[Incident],
         alive: frozenset[str] | None = None,
         figures: str = "",
+        *,
+        store_ok: bool = True,
     ) -> list[Action]:
         """What this relay does now.  ``open_auto``: the open automatic incidents of
         this region it knows; ``alive``: the live relays (None: a single relay);
-        ``figures``: what is affected, in words, for the texts."""
+        ``figures``: what is affected, in words, for the texts; ``store_ok``: False
+        while the store is away, and with it the heartbeats that say who is alive: no
+        holder counts as missing then (its ``takeover_ms`` starts once it is back)."""
         red = {f.component: f for f in findings}
+        if not store_ok:
+            self._missing.clear()
+        for gone in self._missing.keys() - {i.id for i in open_auto}:
+            del self._missing[gone]
         held: dict[Component, Incident] = {}
         actions: list[Action] = []
         for i in sorted(open_auto, key=lambda i: (i.started_ms, i.id)):
@@ -254,7 +262,7 @@ class AutoIncidents:
                     track.last_text, track.last_update_ms = finding.text, now_ms
                 continue
             if incident.holder != self.node:
-                if self._acts(incident, alive):
+                if store_ok and self._acts(incident, alive):
                     since = self._missing.setdefault(incident.id, now_ms)
                     if now_ms - since >= self.takeover_ms:
                         actions.append(TakeOver(incident))
@@ -267,6 +275,8 @@ class AutoIncidents:
                 continue
             if track.last_text is None:  # taken over, or this relay restarted
                 track.last_text, track.last_update_ms = finding.text, incident.updates[-1].at_ms
+            if len(incident.updates) >= MAX_UPDATES - 1:
+                continue  # full but for its resolving text (core/incidents.py)
             since_update = now_ms - track.last_update_ms
             if finding.text != track.last_text and since_update >= self.update_every_ms:
                 actions.append(Update(incident, _with(finding.text, figures)))
