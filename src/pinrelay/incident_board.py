@@ -142,14 +142,20 @@ class IncidentBoard:
         found = await self.store.list_incidents(since, MAX_READ)
         self.read_at, self.stale_since = now, None
         if not self._started:  # the first read only learns (module doc)
-            self._known = {i.id: i for i in found}
+            for incident in found:  # beside what this relay kept while it could not write
+                self._remember(incident)
             self._started = True
             return
         for incident in sorted(found, key=lambda i: (i.started_ms, i.id)):
             await self.seen(incident)
-        live = {i.id for i in found}
-        for gone in [k for k, i in self._known.items() if i.state != "open" and k not in live]:
-            del self._known[gone]  # aged out of HISTORY_MS
+        for gone in [
+            k
+            for k, i in self._known.items()
+            if i.state != "open" and i.resolved_ms is not None and i.resolved_ms < since
+        ]:
+            # Aged out of HISTORY_MS (one not read, but resolved since, may be one this
+            # relay resolved and could not write yet: kept, or it would be told again).
+            del self._known[gone]
 
     # --- the loop -----------------------------------------------------------
     def start(self) -> None:
