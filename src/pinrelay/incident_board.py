@@ -18,7 +18,9 @@ Two kinds of listener:
   event for it (the newest).  The first read after start is silent: it only
   learns what exists (devices that link hear of open incidents at ``hello``).
 - ``on_written``: only the relay whose store write made the revision (the winner of
-  the compare-and-set, core/incidents.py rule 2) hears it, before ``on_event``.
+  the compare-and-set, core/incidents.py rule 2) hears it, before ``on_event``; for a
+  revision a monitor kept on the board while the store was away, when it is written
+  (``on_event`` heard it when it was kept: :meth:`IncidentBoard.published`).
 
 A store that fails to answer leaves the board as it was, marked ``stale``
 (:attr:`stale_since`): the status pages say so.
@@ -104,6 +106,15 @@ class IncidentBoard:
         for listener in self.on_written:
             await _call(listener, event, incident)
         await self.seen(incident)
+
+    async def published(self, incident: Incident) -> None:
+        """This relay stored ``incident`` late: a revision a monitor kept on the
+        board while the store was away (monitors.py), whose ``on_event`` was heard
+        then; ``on_written`` hears it now (a take-over is never kept)."""
+        self._remember(incident)
+        event = event_of(incident)
+        for listener in self.on_written:
+            await _call(listener, event, incident)
 
     async def seen(self, incident: Incident) -> None:
         """``incident`` was read (or written here): tell ``on_event`` if it is new."""

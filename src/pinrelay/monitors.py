@@ -230,6 +230,8 @@ class Monitors:
                 return  # the store away: the holder's heartbeat may be all that failed
             changed = take_over(action.incident, self.node)
             log.warning("incident %s taken over from %s", changed.id, action.incident.holder)
+            await self._write(changed, keep=False)
+            return
         await self._write(changed)
 
     async def _open(self, action: Open, now_ms: int) -> None:
@@ -257,10 +259,13 @@ class Monitors:
             if found is None or found.state == "open":
                 return
 
-    async def _write(self, changed: Incident) -> Incident | None:
-        """Store ``changed`` and tell the board; kept here if the store is away.
+    async def _write(self, changed: Incident, keep: bool = True) -> Incident | None:
+        """Store ``changed`` and tell the board; kept here if the store is away
+        (unless not ``keep``: a take-over is tried again next tick, or never).
         What is stored instead, if another relay's write won (None: ours stands)."""
         if changed.id in self.unpublished or not self._store_ok():
+            if not keep:
+                return None
             self.unpublished.setdefault(changed.id, []).append(changed)
             await self.board.seen(changed)
             return None
@@ -269,6 +274,9 @@ class Monitors:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if not keep:
+                log.warning("incident %s not written: %r", changed.id, exc)
+                return None
             log.warning("incident %s kept here until the store answers: %r", changed.id, exc)
             self.unpublished[changed.id] = [changed]
             await self.board.seen(changed)
@@ -309,5 +317,5 @@ class Monitors:
                     await self._adopt(incident_id)
                     break
                 log.warning("incident %s rev %d written", incident_id, revisions[0].rev)
-                revisions.pop(0)
+                await self.board.published(revisions.pop(0))
             del self.unpublished[incident_id]
