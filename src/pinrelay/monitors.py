@@ -46,6 +46,9 @@ log = logging.getLogger("pinrelay.monitors")
 
 #: How long one store call of the monitors may take before it counts as failed.
 WRITE_TIMEOUT_S = 2.0
+#: The most wall-clock time one tick counts towards --incident-after and the like
+#: (core/monitors.py ``max_step_ms``): a tick waits for a few store calls at most.
+MAX_STEP_MS = 15_000
 #: Ids tried in one slot (core/monitors.py rule 2) before giving up until next tick.
 MAX_IDS = 8
 
@@ -94,6 +97,7 @@ class Monitors:
             region,
             incident_after_ms=int(incident_after_s * 1000),
             resolve_after_ms=int(resolve_after_s * 1000),
+            max_step_ms=MAX_STEP_MS,
         )
         self.peak = Peak()
         #: The last probe's time in ms (None: it failed).

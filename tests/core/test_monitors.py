@@ -186,3 +186,33 @@ def test_an_incident_full_of_updates_gets_no_more_but_still_resolves() -> None:
     [done] = auto.step(T0 + 20_006_000, [], [incident])
     assert isinstance(done, Resolve)
     resolve(incident, done.text, T0 + 20_006_000)  # fits
+
+
+MAX_STEP_MS = 5000
+
+
+def test_a_clock_that_jumps_neither_opens_nor_resolves_before_its_time() -> None:
+    """The wall clock steps (NTP, a VM resumed): red and green runs count the time the
+    relay lived through, a step of at most ``max_step_ms`` at a time."""
+    auto = AutoIncidents(
+        "n1", "eu", incident_after_ms=20_000, resolve_after_ms=60_000, max_step_ms=MAX_STEP_MS
+    )
+    assert auto.step(T0, [FAIL], []) == []
+    assert auto.step(T0 + 1000, [FAIL], []) == []
+    hour = 3_600_000
+    assert auto.step(T0 + hour + 2000, [FAIL], []) == []  # forward an hour: not 20 s red
+    assert auto.step(T0 + 3000, [FAIL], []) == []  # and back: not a negative run
+    t = T0 + 3000
+    while not (opened := auto.step(t, [FAIL], [])):
+        t += 1000
+    [o] = opened
+    assert isinstance(o, Open)
+    # Red for 20 s of the relay's life, whatever the clock did meanwhile.
+    assert t - o.started_ms == 20_000
+    assert t - T0 <= 20_000 + 2 * MAX_STEP_MS
+    incident = open_incident(
+        auto_incident_id("store", "eu", o.started_ms), "store", "critical", FAIL.text,
+        o.started_ms, opened_ms=t, holder="n1", source="auto",
+    )  # fmt: skip
+    assert auto.step(t + 1000, [], [incident]) == []
+    assert auto.step(t + 2000 + 86_400_000, [], [incident]) == []  # a day ahead: not resolved

@@ -194,7 +194,12 @@ class AutoIncidents:
         update_every_ms: int = 60_000,
         still_every_ms: int = 300_000,
         takeover_ms: int = 15_000,
+        max_step_ms: int | None = None,
     ) -> None:
+        """``max_step_ms``: the most time one step counts (red and green runs,
+        updates, missing holders): a wall clock that steps further ahead since the
+        last step (NTP, a resumed VM) counts as this much, one that steps back as
+        none (None: any step counts in full)."""
         self.node = node
         self.region = region
         self.incident_after_ms = incident_after_ms
@@ -202,9 +207,12 @@ class AutoIncidents:
         self.update_every_ms = update_every_ms
         self.still_every_ms = still_every_ms
         self.takeover_ms = takeover_ms
+        self.max_step_ms = max_step_ms
         self._tracks: dict[Component, _Track] = {}
         #: Since when each incident's holder has been missing from the live relays.
         self._missing: dict[str, int] = {}
+        #: The previous step's time (``max_step_ms``).
+        self._last_ms: int | None = None
 
     def _acts(self, incident: Incident, alive: frozenset[str] | None) -> bool:
         """Whether this relay may act for ``incident``: it holds it, or its holder
@@ -230,6 +238,7 @@ class AutoIncidents:
         ``figures``: what is affected, in words, for the texts; ``store_ok``: False
         while the store is away, and with it the heartbeats that say who is alive: no
         holder counts as missing then (its ``takeover_ms`` starts once it is back)."""
+        self._rebase(now_ms)
         red = {f.component: f for f in findings}
         if not store_ok:
             self._missing.clear()
@@ -288,6 +297,27 @@ class AutoIncidents:
                 continue
             track.last_text, track.last_update_ms = finding.text, now_ms
         return actions
+
+    def _rebase(self, now_ms: int) -> None:
+        """A clock that stepped back, or ahead by more than ``max_step_ms`` since the
+        last step: the times kept move with it, so that runs count at most
+        ``max_step_ms`` of the step (a red run's start moves too: it is the new
+        clock's time of it)."""
+        last, self._last_ms = self._last_ms, now_ms
+        if last is None or self.max_step_ms is None:
+            return
+        shift = (now_ms - last) - min(max(now_ms - last, 0), self.max_step_ms)
+        if shift == 0:
+            return
+        for track in self._tracks.values():
+            if track.red_since is not None:
+                track.red_since += shift
+            if track.green_since is not None:
+                track.green_since += shift
+            if track.last_update_ms:
+                track.last_update_ms += shift
+        for incident_id in self._missing:
+            self._missing[incident_id] += shift
 
 
 def _with(text: str, figures: str) -> str:
