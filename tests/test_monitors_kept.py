@@ -6,6 +6,7 @@ cannot be written is kept on the relay's board (its links hear of it at once,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pinrelay.core.incidents import Incident
@@ -15,6 +16,34 @@ from pinrelay.monitors import Monitors
 from pinrelay.store.sqlite import SqliteStore
 
 NOW = 1_800_000_000.0
+
+
+def make(
+    store: SqliteStore,
+    board: IncidentBoard,
+    clock: list[float],
+    *,
+    connected: Callable[[], bool] = lambda: True,
+    waits: Callable[[], tuple[tuple[int, ...], int]] = lambda: ((), 0),
+) -> Monitors:
+    return Monitors(
+        store,
+        board,
+        lambda: clock[0],
+        node="n1",
+        region="eu",
+        data=None,
+        links=lambda: 0,
+        region_links=lambda: 0,
+        shed=lambda: 0,
+        expired=lambda: 0,
+        waits=waits,
+        connected=connected,
+        alive=lambda: None,
+        thresholds=Thresholds(),
+        incident_after_s=2,
+        resolve_after_s=2,
+    )
 
 
 async def test_revisions_written_late_are_told_to_on_written(tmp_path: Path) -> None:
@@ -35,24 +64,7 @@ async def test_revisions_written_late_are_told_to_on_written(tmp_path: Path) -> 
     board.on_event.append(on_event)
     board.on_written.append(on_written)
     red = [False]
-    monitors = Monitors(
-        store,
-        board,
-        lambda: clock[0],
-        node="n1",
-        region="eu",
-        data=None,
-        links=lambda: 0,
-        region_links=lambda: 0,
-        shed=lambda: 0,
-        expired=lambda: 0,
-        waits=lambda: ((), 0),
-        connected=lambda: not red[0],  # the "cluster" monitor: red at will
-        alive=lambda: None,
-        thresholds=Thresholds(),
-        incident_after_s=2,
-        resolve_after_s=2,
-    )
+    monitors = make(store, board, clock, connected=lambda: not red[0])  # "cluster" red at will
     await store.close()  # the store away: writes raise
     again = SqliteStore(tmp_path / "pinrelay.db")
     try:
@@ -78,3 +90,36 @@ async def test_revisions_written_late_are_told_to_on_written(tmp_path: Path) -> 
         assert told == [(iid, "opened", 1), (iid, "resolved", 2)]
     finally:
         await again.close()
+
+
+async def test_late_deliveries_a_few_seconds_apart_open_a_delivery_incident(
+    tmp_path: Path,
+) -> None:
+    """Each message to a linked device waits a minute, but one goes out every 4 s:
+    the seconds between, with nothing delivered, say nothing of the lag (they do
+    not break the red run)."""
+    clock = [NOW]
+    store = SqliteStore(tmp_path / "pinrelay.db")
+    await store.open()
+    try:
+        board = IncidentBoard(store, lambda: clock[0])
+        await board.refresh()
+        tick = [0]
+
+        def waits() -> tuple[tuple[int, ...], int]:
+            tick[0] += 1
+            return ((0,) * 12 + (1,), 60_000) if tick[0] % 4 == 1 else ((), 0)
+
+        monitors = make(store, board, clock, waits=waits)
+        for _ in range(8):
+            await monitors.tick()
+            clock[0] += 1
+        [incident] = board.open_incidents()
+        assert incident.component == "delivery" and incident.source == "auto"
+        for _ in range(40):  # nothing late any more: resolved
+            tick[0] = 2
+            await monitors.tick()
+            clock[0] += 1
+        assert board.open_incidents() == []
+    finally:
+        await store.close()

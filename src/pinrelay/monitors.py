@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+
 from pinrelay.core.incidents import Incident, add_update, open_incident, resolve, take_over
 from pinrelay.core.monitors import (
     Action,
@@ -49,6 +51,8 @@ WRITE_TIMEOUT_S = 2.0
 #: The most wall-clock time one tick counts towards --incident-after and the like
 #: (core/monitors.py ``max_step_ms``): a tick waits for a few store calls at most.
 MAX_STEP_MS = 15_000
+#: How long a late delivery keeps the delivery monitor red (Monitors.lag).
+LAG_HOLD_MS = 10_000
 #: Ids tried in one slot (core/monitors.py rule 2) before giving up until next tick.
 MAX_IDS = 8
 
@@ -100,6 +104,9 @@ class Monitors:
             max_step_ms=MAX_STEP_MS,
         )
         self.peak = Peak()
+        #: The delivery lag judged: the longest of the last LAG_HOLD_MS (a second in
+        #: which nothing was delivered says nothing of the lag).
+        self.lag = Peak(window_ms=LAG_HOLD_MS)
         #: The last probe's time in ms (None: it failed).
         self.store_ms: int | None = 0
         self._probe_since: float | None = None  # monotonic start of the probe in flight
@@ -191,7 +198,7 @@ class Monitors:
         """One reading judged, its actions applied, unpublished revisions written."""
         r = self.read()
         self.findings = findings = judge(
-            r,
+            msgspec.structs.replace(r, lag_ms=self.lag.add(r.at_ms, r.lag_ms)),
             self.thresholds,
             peak_links=self.peak.add(r.at_ms, r.links),
             connected=self._connected(),
