@@ -123,3 +123,54 @@ async def test_late_deliveries_a_few_seconds_apart_open_a_delivery_incident(
         assert board.open_incidents() == []
     finally:
         await store.close()
+
+
+async def test_a_write_that_timed_out_but_was_stored_is_not_lost(tmp_path: Path) -> None:
+    """A revision kept because its write did not answer in time may be in the store
+    all the same: publishing finds it there, counts it as this relay's, and goes on
+    with the revisions after it (the incident is not left open in the store, nor
+    told resolved twice)."""
+    clock = [NOW]
+    store = SqliteStore(tmp_path / "pinrelay.db")
+    await store.open()
+    board = IncidentBoard(store, lambda: clock[0])
+    await board.refresh()
+    told: list[tuple[Event, int]] = []
+    written: list[tuple[Event, int]] = []
+
+    async def on_event(event: Event, i: Incident) -> None:
+        told.append((event, i.rev))
+
+    async def on_written(event: Event, i: Incident) -> None:
+        written.append((event, i.rev))
+
+    board.on_event.append(on_event)
+    board.on_written.append(on_written)
+    red = [True]
+    monitors = make(store, board, clock, connected=lambda: not red[0])
+    await store.close()
+    again = SqliteStore(tmp_path / "pinrelay.db")
+    try:
+        for _ in range(3):
+            await monitors.tick()
+            clock[0] += 1
+        [(iid, [opened])] = monitors.unpublished.items()
+        red[0] = False
+        for _ in range(3):
+            await monitors.tick()
+            clock[0] += 1
+        assert [i.state for i in monitors.unpublished[iid]] == ["open", "resolved"]
+        await again.open()
+        assert await again.put_incident(opened)  # the write that "timed out" landed
+        monitors.store = board.store = again
+        await monitors.tick()
+        stored = await again.get_incident(iid)
+        assert stored is not None and stored.state == "resolved" and stored.rev == 2
+        assert written == [("opened", 1), ("resolved", 2)]
+        for _ in range(5):
+            await board.refresh()
+            await monitors.tick()
+            clock[0] += 1
+        assert told == [("opened", 1), ("resolved", 2)]
+    finally:
+        await again.close()
