@@ -23,10 +23,19 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import msgspec
 
-from pinrelay.core.incidents import Incident, add_update, open_incident, resolve, take_over
+from pinrelay.core.incidents import (
+    COMPONENTS,
+    Component,
+    Incident,
+    add_update,
+    open_incident,
+    resolve,
+    take_over,
+)
 from pinrelay.core.monitors import (
     Action,
     AutoIncidents,
@@ -79,7 +88,12 @@ class Monitors:
         resolve_after_s: float,
         every_s: float = 1.0,
         probe_s: float = 1.0,
+        report_red: Callable[[frozenset[str]], None] = lambda _: None,
+        red_elsewhere: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
+        """``report_red`` is told the components judged red each tick (a cluster's
+        heartbeats carry them); ``red_elsewhere`` gives those the region's other
+        live relays judge red (core/monitors.py rule 3)."""
         self.store = store
         self.board = board
         self.clock = clock
@@ -93,6 +107,8 @@ class Monitors:
         self._waits = waits
         self._connected = connected
         self._alive = alive
+        self._report_red = report_red
+        self._red_elsewhere = red_elsewhere
         self.thresholds = thresholds
         self.every_s = every_s
         self.probe_s = probe_s
@@ -212,9 +228,16 @@ class Monitors:
         ]
         n = self._region_links()
         figures = f"Every tenant; {n} device{'' if n == 1 else 's'} linked in {self.region}"
-        store_ok = self._store_ok()
+        self._report_red(frozenset(f.component for f in findings))
+        elsewhere = cast("frozenset[Component]", self._red_elsewhere().intersection(COMPONENTS))
         actions = self.auto.step(
-            r.at_ms, findings, open_auto, self._alive(), figures, store_ok=store_ok
+            r.at_ms,
+            findings,
+            open_auto,
+            self._alive(),
+            figures,
+            store_ok=self._store_ok(),
+            red_elsewhere=elsewhere,
         )
         for action in actions:
             try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pinrelay.core.incidents import open_incident, resolve, take_over
+from pinrelay.core.incidents import Component, open_incident, resolve, take_over
 from pinrelay.core.monitors import (
     AutoIncidents,
     Finding,
@@ -216,3 +216,22 @@ def test_a_clock_that_jumps_neither_opens_nor_resolves_before_its_time() -> None
     )  # fmt: skip
     assert auto.step(t + 1000, [], [incident]) == []
     assert auto.step(t + 2000 + 86_400_000, [], [incident]) == []  # a day ahead: not resolved
+
+
+def test_the_holder_does_not_resolve_while_another_relay_of_the_region_is_red() -> None:
+    """Both relays saw the links fall; the holder's came back, the other's did not:
+    resolving now would say "working again" while it is not (and the other relay
+    would open a new incident at once).  The holder waits for the region to be
+    green (the other relays' red components come with their heartbeats)."""
+    a = AutoIncidents("n1", "eu", incident_after_ms=3000, resolve_after_ms=5000)
+    held = open_incident(
+        auto_incident_id("links", "eu", T0), "links", "major", "x", T0, holder="n1", source="auto"
+    )
+    alive = frozenset({"n1", "n2"})
+    elsewhere: frozenset[Component] = frozenset({"links"})
+    for t in range(0, 20_000, 1000):
+        assert a.step(T0 + t, [], [held], alive, red_elsewhere=elsewhere) == []
+    assert a.step(T0 + 20_000, [], [held], alive) == []  # n2 green now: 5 s from here
+    assert a.step(T0 + 24_999, [], [held], alive) == []
+    [done] = a.step(T0 + 25_000, [], [held], alive)
+    assert isinstance(done, Resolve)

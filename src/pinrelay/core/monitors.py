@@ -22,7 +22,8 @@ Every relay judges its own readings (core/readings.py) each second
    (never all relays); if the holder has been missing from the live relays for
    ``takeover_ms`` (heartbeats stop for everyone while the store is away: not at
    once), a live relay that sees the incident takes it over (``TakeOver``), and
-   acts from then on.
+   acts from then on.  The holder does not resolve it while another live relay of
+   the region judges the component red (``red_elsewhere``).
 4. Two open automatic incidents of one component and region (relays whose red
    starts fell in two slots, or that could not reach the store): the newer is
    resolved as continuing in the older, by the relay acting for it.
@@ -232,12 +233,16 @@ class AutoIncidents:
         figures: str = "",
         *,
         store_ok: bool = True,
+        red_elsewhere: frozenset[Component] = frozenset(),
     ) -> list[Action]:
         """What this relay does now.  ``open_auto``: the open automatic incidents of
         this region it knows; ``alive``: the live relays (None: a single relay);
         ``figures``: what is affected, in words, for the texts; ``store_ok``: False
         while the store is away, and with it the heartbeats that say who is alive: no
-        holder counts as missing then (its ``takeover_ms`` starts once it is back)."""
+        holder counts as missing then (its ``takeover_ms`` starts once it is back);
+        ``red_elsewhere``: the components other live relays of the region judge red
+        (their heartbeats): the holder resolves none of them, its green run starts
+        once they are green everywhere."""
         self._rebase(now_ms)
         red = {f.component: f for f in findings}
         if not store_ok:
@@ -279,7 +284,9 @@ class AutoIncidents:
                     self._missing.pop(incident.id, None)
                 continue
             if finding is None:
-                if now_ms - (track.green_since or now_ms) >= self.resolve_after_ms:
+                if component in red_elsewhere:
+                    track.green_since = None  # not green in the region yet
+                elif now_ms - (track.green_since or now_ms) >= self.resolve_after_ms:
                     actions.append(Resolve(incident, _resolved_text(incident, now_ms)))
                 continue
             if track.last_text is None:  # taken over, or this relay restarted
