@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+
 from pinrelay.core.incidents import Incident
 from pinrelay.core.monitors import Thresholds
 from pinrelay.incident_board import Event, IncidentBoard
@@ -172,5 +174,49 @@ async def test_a_write_that_timed_out_but_was_stored_is_not_lost(tmp_path: Path)
             await monitors.tick()
             clock[0] += 1
         assert told == [("opened", 1), ("resolved", 2)]
+    finally:
+        await again.close()
+
+
+async def test_what_the_store_holds_is_read_before_acting_on_a_kept_incident(
+    tmp_path: Path,
+) -> None:
+    """Another relay wrote the incident of the same id first (it holds it).  When
+    the store answers again, this relay learns that before it acts: it does not
+    resolve its own copy and tell its devices "resolved" while the stored incident
+    is open, held by the other relay."""
+    clock = [NOW]
+    store = SqliteStore(tmp_path / "pinrelay.db")
+    await store.open()
+    board = IncidentBoard(store, lambda: clock[0])
+    await board.refresh()
+    told: list[tuple[Event, int, str | None]] = []
+
+    async def on_event(event: Event, i: Incident) -> None:
+        told.append((event, i.rev, i.holder))
+
+    board.on_event.append(on_event)
+    red = [True]
+    monitors = make(store, board, clock, connected=lambda: not red[0])
+    await store.close()
+    again = SqliteStore(tmp_path / "pinrelay.db")
+    try:
+        for _ in range(3):
+            await monitors.tick()
+            clock[0] += 1
+        [(iid, [mine])] = monitors.unpublished.items()
+        red[0] = False
+        await monitors.tick()  # green from now; resolve_after is 2 s
+        clock[0] += 2
+        await again.open()
+        theirs = msgspec.structs.replace(mine, holder="n2", updates=mine.updates[:1])
+        theirs = msgspec.structs.replace(theirs, opened_ms=(mine.opened_ms or 0) - 500)
+        assert await again.put_incident(theirs)
+        monitors.store = board.store = again
+        await monitors.tick()
+        assert told == [("opened", 1, "n1")]
+        assert board.get(iid) == theirs
+        stored = await again.get_incident(iid)
+        assert stored == theirs
     finally:
         await again.close()

@@ -211,7 +211,10 @@ class Monitors:
                 log.exception("monitors failed")
 
     async def tick(self) -> None:
-        """One reading judged, its actions applied, unpublished revisions written."""
+        """Unpublished revisions written, then one reading judged and its actions
+        applied (on what the store holds: another relay may have written first)."""
+        if self.unpublished and self._store_ok():
+            await self._publish()
         r = self.read()
         self.findings = findings = judge(
             msgspec.structs.replace(r, lag_ms=self.lag.add(r.at_ms, r.lag_ms)),
@@ -244,10 +247,8 @@ class Monitors:
                 await self._apply(action, r.at_ms)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # one incident's failure stops neither the others nor _publish
+            except Exception:  # one incident's failure does not stop the others
                 log.exception("monitors: %s failed", type(action).__name__)
-        if self.unpublished and self._store_ok():
-            await self._publish()
 
     # --- acting -------------------------------------------------------------
     async def _apply(self, action: Action, now_ms: int) -> None:
