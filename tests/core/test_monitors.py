@@ -235,3 +235,13 @@ def test_the_holder_does_not_resolve_while_another_relay_of_the_region_is_red() 
     assert a.step(T0 + 24_999, [], [held], alive) == []
     [done] = a.step(T0 + 25_000, [], [held], alive)
     assert isinstance(done, Resolve)
+
+
+def test_a_peak_outlives_its_window_by_no_more_when_the_clock_steps_back() -> None:
+    """What was seen "in the future" of a clock that stepped back counts as seen now:
+    a late delivery (the delivery monitor's 10 s) or a links peak (10 minutes) is
+    held for its window, not for as long as the clock went back besides."""
+    peak = Peak(window_ms=1000)
+    assert peak.add(3_600_000, 9) == 9
+    assert peak.add(5_000, 1) == 9  # back an hour: the 9 counts as seen at 5 000
+    assert peak.add(6_001, 1) == 1  # and is out of the window a second later

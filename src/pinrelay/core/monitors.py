@@ -126,6 +126,8 @@ class Peak:
         self._seen: deque[tuple[int, int]] = deque()  # (at, links), links decreasing
 
     def add(self, at_ms: int, links: int) -> int:
+        if self._seen and self._seen[-1][0] > at_ms:  # the clock stepped back
+            self._seen = deque((min(at, at_ms), n) for at, n in self._seen)
         while self._seen and self._seen[-1][1] <= links:
             self._seen.pop()
         self._seen.append((at_ms, links))
