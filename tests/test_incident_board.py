@@ -97,3 +97,35 @@ async def test_the_board_holds_90_days_and_lists_14(tmp_path: Path) -> None:
         assert [i.id for i in board.history()] == [still.id]
     finally:
         await store.close()
+
+
+async def test_an_incident_kept_on_the_relay_is_not_forgotten_nor_told_twice(
+    tmp_path: Path,
+) -> None:
+    """A monitor that cannot write keeps its incident on the board (monitors.py):
+    the board's reads of the store, which does not hold it yet, must not drop it
+    (the first read included), and once it is written, reading it back is no news."""
+    store = SqliteStore(tmp_path / "pinrelay.db")
+    await store.open()
+    try:
+        board = IncidentBoard(store, Clock())
+        heard: list[tuple[str, Event, int]] = []
+
+        async def listen(event: Event, i: Incident) -> None:
+            heard.append((i.id, event, i.rev))
+
+        board.on_event.append(listen)
+        kept = open_incident("I000000000003", "store", "critical", "Down", NOW, source="auto")
+        await board.seen(kept)  # before the board's first read
+        await board.refresh()
+        assert [i.id for i in board.open_incidents()] == [kept.id]
+        done = resolve(kept, "Back", NOW + 1)
+        await board.seen(done)  # resolved here, still not written
+        await board.refresh()
+        assert board.get(kept.id) == done
+        assert heard == [(kept.id, "opened", 1), (kept.id, "resolved", 2)]
+        assert await store.put_incident(kept) and await store.put_incident(done)
+        await board.refresh()
+        assert heard == [(kept.id, "opened", 1), (kept.id, "resolved", 2)]
+    finally:
+        await store.close()

@@ -18,7 +18,9 @@ Two kinds of listener:
   event for it (the newest).  The first read after start is silent: it only
   learns what exists (devices that link hear of open incidents at ``hello``).
 - ``on_written``: only the relay whose store write made the revision (the winner of
-  the compare-and-set, core/incidents.py rule 2) hears it, before ``on_event``.
+  the compare-and-set, core/incidents.py rule 2) hears it, before ``on_event``; for a
+  revision a monitor kept on the board while the store was away, when it is written
+  (``on_event`` heard it when it was kept: :meth:`IncidentBoard.published`).
 
 A store that fails to answer leaves the board as it was, marked ``stale``
 (:attr:`stale_since`): the status pages say so.
@@ -105,6 +107,15 @@ class IncidentBoard:
             await _call(listener, event, incident)
         await self.seen(incident)
 
+    async def published(self, incident: Incident) -> None:
+        """This relay stored ``incident`` late: a revision a monitor kept on the
+        board while the store was away (monitors.py), whose ``on_event`` was heard
+        then; ``on_written`` hears it now (a take-over is never kept)."""
+        self._remember(incident)
+        event = event_of(incident)
+        for listener in self.on_written:
+            await _call(listener, event, incident)
+
     async def seen(self, incident: Incident) -> None:
         """``incident`` was read (or written here): tell ``on_event`` if it is new."""
         if not self._tells(incident):
@@ -142,14 +153,20 @@ class IncidentBoard:
         found = await self.store.list_incidents(since, MAX_READ)
         self.read_at, self.stale_since = now, None
         if not self._started:  # the first read only learns (module doc)
-            self._known = {i.id: i for i in found}
+            for incident in found:  # beside what this relay kept while it could not write
+                self._remember(incident)
             self._started = True
             return
         for incident in sorted(found, key=lambda i: (i.started_ms, i.id)):
             await self.seen(incident)
-        live = {i.id for i in found}
-        for gone in [k for k, i in self._known.items() if i.state != "open" and k not in live]:
-            del self._known[gone]  # aged out of HISTORY_MS
+        for gone in [
+            k
+            for k, i in self._known.items()
+            if i.state != "open" and i.resolved_ms is not None and i.resolved_ms < since
+        ]:
+            # Aged out of HISTORY_MS (one not read, but resolved since, may be one this
+            # relay resolved and could not write yet: kept, or it would be told again).
+            del self._known[gone]
 
     # --- the loop -----------------------------------------------------------
     def start(self) -> None:

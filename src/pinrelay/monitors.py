@@ -23,8 +23,19 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
-from pinrelay.core.incidents import Incident, add_update, open_incident, resolve, take_over
+import msgspec
+
+from pinrelay.core.incidents import (
+    COMPONENTS,
+    Component,
+    Incident,
+    add_update,
+    open_incident,
+    resolve,
+    take_over,
+)
 from pinrelay.core.monitors import (
     Action,
     AutoIncidents,
@@ -46,6 +57,11 @@ log = logging.getLogger("pinrelay.monitors")
 
 #: How long one store call of the monitors may take before it counts as failed.
 WRITE_TIMEOUT_S = 2.0
+#: The most wall-clock time one tick counts towards --incident-after and the like
+#: (core/monitors.py ``max_step_ms``): a tick waits for a few store calls at most.
+MAX_STEP_MS = 15_000
+#: How long a late delivery keeps the delivery monitor red (Monitors.lag).
+LAG_HOLD_MS = 10_000
 #: Ids tried in one slot (core/monitors.py rule 2) before giving up until next tick.
 MAX_IDS = 8
 
@@ -72,7 +88,12 @@ class Monitors:
         resolve_after_s: float,
         every_s: float = 1.0,
         probe_s: float = 1.0,
+        report_red: Callable[[frozenset[str]], None] = lambda _: None,
+        red_elsewhere: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
+        """``report_red`` is told the components judged red each tick (a cluster's
+        heartbeats carry them); ``red_elsewhere`` gives those the region's other
+        live relays judge red (core/monitors.py rule 3)."""
         self.store = store
         self.board = board
         self.clock = clock
@@ -86,6 +107,8 @@ class Monitors:
         self._waits = waits
         self._connected = connected
         self._alive = alive
+        self._report_red = report_red
+        self._red_elsewhere = red_elsewhere
         self.thresholds = thresholds
         self.every_s = every_s
         self.probe_s = probe_s
@@ -94,8 +117,12 @@ class Monitors:
             region,
             incident_after_ms=int(incident_after_s * 1000),
             resolve_after_ms=int(resolve_after_s * 1000),
+            max_step_ms=MAX_STEP_MS,
         )
         self.peak = Peak()
+        #: The delivery lag judged: the longest of the last LAG_HOLD_MS (a second in
+        #: which nothing was delivered says nothing of the lag).
+        self.lag = Peak(window_ms=LAG_HOLD_MS)
         #: The last probe's time in ms (None: it failed).
         self.store_ms: int | None = 0
         self._probe_since: float | None = None  # monotonic start of the probe in flight
@@ -188,10 +215,13 @@ class Monitors:
                 log.exception("monitors failed")
 
     async def tick(self) -> None:
-        """One reading judged, its actions applied, unpublished revisions written."""
+        """Unpublished revisions written, then one reading judged and its actions
+        applied (on what the store holds: another relay may have written first)."""
+        if self.unpublished and self._store_ok():
+            await self._publish()
         r = self.read()
         self.findings = findings = judge(
-            r,
+            msgspec.structs.replace(r, lag_ms=self.lag.add(r.at_ms, r.lag_ms)),
             self.thresholds,
             peak_links=self.peak.add(r.at_ms, r.links),
             connected=self._connected(),
@@ -205,10 +235,24 @@ class Monitors:
         ]
         n = self._region_links()
         figures = f"Every tenant; {n} device{'' if n == 1 else 's'} linked in {self.region}"
-        for action in self.auto.step(r.at_ms, findings, open_auto, self._alive(), figures):
-            await self._apply(action, r.at_ms)
-        if self.unpublished and self._store_ok():
-            await self._publish()
+        self._report_red(frozenset(f.component for f in findings))
+        elsewhere = cast("frozenset[Component]", self._red_elsewhere().intersection(COMPONENTS))
+        actions = self.auto.step(
+            r.at_ms,
+            findings,
+            open_auto,
+            self._alive(),
+            figures,
+            store_ok=self._store_ok(),
+            red_elsewhere=elsewhere,
+        )
+        for action in actions:
+            try:
+                await self._apply(action, r.at_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one incident's failure does not stop the others
+                log.exception("monitors: %s failed", type(action).__name__)
 
     # --- acting -------------------------------------------------------------
     async def _apply(self, action: Action, now_ms: int) -> None:
@@ -225,6 +269,8 @@ class Monitors:
                 return  # the store away: the holder's heartbeat may be all that failed
             changed = take_over(action.incident, self.node)
             log.warning("incident %s taken over from %s", changed.id, action.incident.holder)
+            await self._write(changed, keep=False)
+            return
         await self._write(changed)
 
     async def _open(self, action: Open, now_ms: int) -> None:
@@ -252,10 +298,13 @@ class Monitors:
             if found is None or found.state == "open":
                 return
 
-    async def _write(self, changed: Incident) -> Incident | None:
-        """Store ``changed`` and tell the board; kept here if the store is away.
+    async def _write(self, changed: Incident, keep: bool = True) -> Incident | None:
+        """Store ``changed`` and tell the board; kept here if the store is away
+        (unless not ``keep``: a take-over is tried again next tick, or never).
         What is stored instead, if another relay's write won (None: ours stands)."""
         if changed.id in self.unpublished or not self._store_ok():
+            if not keep:
+                return None
             self.unpublished.setdefault(changed.id, []).append(changed)
             await self.board.seen(changed)
             return None
@@ -264,6 +313,9 @@ class Monitors:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if not keep:
+                log.warning("incident %s not written: %r", changed.id, exc)
+                return None
             log.warning("incident %s kept here until the store answers: %r", changed.id, exc)
             self.unpublished[changed.id] = [changed]
             await self.board.seen(changed)
@@ -304,5 +356,5 @@ class Monitors:
                     await self._adopt(incident_id)
                     break
                 log.warning("incident %s rev %d written", incident_id, revisions[0].rev)
-                revisions.pop(0)
+                await self.board.published(revisions.pop(0))
             del self.unpublished[incident_id]

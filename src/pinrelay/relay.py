@@ -182,6 +182,8 @@ class Relay:
             waits=self.metrics.waits.take,
             connected=self.store.healthy,
             alive=self.router.live_nodes,
+            report_red=self.router.report_red,
+            red_elsewhere=self.router.red_elsewhere,
             thresholds=config.monitor,
             incident_after_s=config.incident_after_s,
             resolve_after_s=config.resolve_after_s,

@@ -22,6 +22,8 @@ from pinrelay.core import frames
 from pinrelay.core.timefmt import parse_rfc3339
 from pinrelay.testing.relayproc import RelayProc
 from pinrelay.testing.wait import wait_until, wait_until_async
+from tests.api.test_api import assert_problem
+from tests.api.test_tenants import Tenant
 from tests.conftest import RelayFactory
 from tests.linkclient import link, recv, send
 from tests.store.test_sqlite_writer import children
@@ -211,3 +213,15 @@ def test_an_incident_survives_its_relay_killed_and_the_restarted_relay_resolves_
             assert done[0]["holder"] == "node-1"
     finally:
         again.stop()
+
+
+def test_only_the_relays_admin_key_reads_the_monitors(relay_factory: RelayFactory) -> None:
+    relay = relay_factory("keys")
+    with httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin:
+        assert monitors(admin)["region"]
+        tenant = Tenant(admin, "t")
+        with tenant.client("admin") as ta, tenant.client("push") as push:
+            refused = assert_problem(ta.get("/v1/monitors"), 403, "forbidden")
+            assert "monitors" in refused["detail"]
+            assert_problem(push.get("/v1/monitors"), 403)
+        assert_problem(httpx.get(f"{relay.url}/v1/monitors"), 401)

@@ -7,6 +7,8 @@ nodes come back: the incident is written once, and it resolves itself after
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from pinrelay.core.timefmt import parse_rfc3339
 from pinrelay.testing.wait import wait_until
 from tests.api.test_auto_incidents import auto_incidents
 from tests.conftest import RelayFactory
+from tests.linkclient import link
 from tests.natsproc import NatsCluster
 
 FLAGS = [
@@ -120,5 +123,64 @@ def test_one_relay_acts_for_an_incident_and_another_takes_it_over_when_it_dies(
             after = wait_until(taken_over, 60, 0.5, f"relay {other} holding the incident")
             assert after["id"] == first["id"] and after["updates"] == first["updates"]
             assert [i["id"] for i in auto_incidents(admin)] == [first["id"]]
+    finally:
+        cluster.stop()
+
+
+def test_the_holder_resolves_nothing_while_another_relay_of_the_region_is_red(
+    tmp_path: Path, relay_factory: RelayFactory
+) -> None:
+    """Both relays lose most of their links: one incident opens.  The holder's
+    devices come back, the other relay's do not: the incident stays open (not
+    "working again" while it is not), one incident, until that relay is green too."""
+    (tmp_path / "nats").mkdir()
+    cluster = NatsCluster(tmp_path / "nats")
+    cluster.start()
+    try:
+        flags = [
+            "--store", ",".join(cluster.urls), "--incident-after", "1", "--resolve-after", "2",
+            "--monitor", "links-min=4", "--monitor", "links-drop=0.5",
+        ]  # fmt: skip
+        relays = {n: relay_factory(n, extra=[*flags, "--node-id", n]) for n in ("a", "b")}
+        devices = {n: [r.create_device() for _ in range(4)] for n, r in relays.items()}
+
+        async def run() -> dict[str, Any]:
+            held = {n: [(await link(r, d))[0] for d in devices[n]] for n, r in relays.items()}
+            with httpx.Client(
+                base_url=relays["a"].url, headers=relays["a"].admin_headers(), timeout=30
+            ) as admin:
+
+                def linked(n: str) -> bool:
+                    c = httpx.Client(base_url=relays[n].url, headers=relays[n].admin_headers())
+                    with c:
+                        return (c.get("/v1/monitors").json()["readings"] or {}).get("links") == 4
+
+                for n in relays:
+                    await asyncio.to_thread(wait_until, lambda n=n: linked(n), 15, 0.2)
+                # Not near a minute's edge: both relays turn red in one slot (one id;
+                # two slots give two, the newer resolved as continuing, tested above).
+                await asyncio.to_thread(wait_until, lambda: 2 <= time.time() % 60 <= 45, 20, 0.2)
+                for n in relays:
+                    for ws in held[n][1:]:
+                        await ws.close()
+
+                def opened() -> dict[str, Any] | None:
+                    found = [i for i in auto_incidents(admin) if i["component"] == "links"]
+                    return found[0] if found else None
+
+                first = await asyncio.to_thread(wait_until, opened, 20, 0.2, "an incident")
+                holder = first["holder"]
+                back = [(await link(relays[holder], d))[0] for d in devices[holder][1:]]
+                # The holder is green, the other relay still red: open, for 8 s (the
+                # holder would have resolved it 2 s after its own links came back).
+                for _ in range(16):
+                    await asyncio.sleep(0.5)
+                    found = [i for i in auto_incidents(admin) if i["component"] == "links"]
+                    assert [(i["id"], i["state"]) for i in found] == [(first["id"], "open")]
+                for ws in [*back, *held["a"][:1], *held["b"][:1]]:
+                    await ws.close()
+                return first
+
+        asyncio.run(run())
     finally:
         cluster.stop()

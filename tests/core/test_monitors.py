@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pinrelay.core.incidents import open_incident, resolve, take_over
+from pinrelay.core.incidents import Component, open_incident, resolve, take_over
 from pinrelay.core.monitors import (
     AutoIncidents,
     Finding,
@@ -134,3 +134,114 @@ def test_of_two_incidents_of_one_failure_the_newer_is_resolved_by_its_holder() -
     ]
     b = AutoIncidents("n2", "eu", incident_after_ms=3000, resolve_after_ms=5000)
     assert b.step(T0 + 10, [FAIL], [newer, older], alive) == []  # n1 acts for it
+
+
+def test_a_holder_is_not_missing_while_the_store_and_its_heartbeats_are_away() -> None:
+    """Heartbeats stop for every relay while the store is away: the holder's absence
+    then says nothing.  Once the store is back, the holder has ``takeover_ms`` to
+    show up again before another relay takes its incident over."""
+    b = AutoIncidents("n2", "eu", incident_after_ms=3000, resolve_after_ms=5000)
+    held = open_incident(
+        auto_incident_id("links", "eu", T0), "links", "major", "x", T0, holder="n1", source="auto"
+    )
+    only_me = frozenset({"n2"})
+    for t in range(0, 60_000, 1000):  # a minute without the store (nor heartbeats)
+        assert b.step(T0 + t, [], [held], only_me, store_ok=False) == []
+    back = T0 + 60_000  # the store answers; n1's heartbeat has not come in yet
+    assert b.step(back, [], [held], only_me) == []
+    assert b.step(back + 2000, [], [held], frozenset({"n1", "n2"})) == []  # it has
+    # n1 is really gone this time: taken over after takeover_ms of its absence.
+    assert b.step(back + 3000, [], [held], only_me) == []
+    assert b.step(back + 17_999, [], [held], only_me) == []
+    assert b.step(back + 18_000, [], [held], only_me) == [TakeOver(held)]
+
+
+def test_a_resolved_incident_leaves_no_take_over_timer_behind() -> None:
+    b = AutoIncidents("n2", "eu", incident_after_ms=3000, resolve_after_ms=5000)
+    held = open_incident(
+        auto_incident_id("links", "eu", T0), "links", "major", "x", T0, holder="n1", source="auto"
+    )
+    assert b.step(T0, [], [held], frozenset({"n2"})) == []
+    assert b.step(T0 + 1000, [], [], frozenset({"n2"})) == []  # resolved meanwhile
+    assert b._missing == {}
+
+
+def test_an_incident_full_of_updates_gets_no_more_but_still_resolves() -> None:
+    """An incident holds MAX_UPDATES updates, the last one kept for its resolving
+    text: past that, core/incidents.py add_update refuses, so no Update is asked for
+    (one every 5 minutes reaches it in about 41 hours)."""
+    from pinrelay.core.incidents import MAX_UPDATES, add_update
+
+    auto = AutoIncidents("n1", "eu", incident_after_ms=3000, resolve_after_ms=5000)
+    incident = open_incident(
+        auto_incident_id("store", "eu", T0), "store", "critical", FAIL.text, T0,
+        holder="n1", source="auto",
+    )  # fmt: skip
+    for n in range(MAX_UPDATES - 2):
+        incident = add_update(incident, f"Still failing {n}", T0 + n)
+    assert len(incident.updates) == MAX_UPDATES - 1
+    assert auto.step(T0 + 10_000_000, [FAIL], [incident]) == []
+    assert auto.step(T0 + 20_000_000, [FAIL], [incident]) == []
+    auto.step(T0 + 20_001_000, [], [incident])
+    [done] = auto.step(T0 + 20_006_000, [], [incident])
+    assert isinstance(done, Resolve)
+    resolve(incident, done.text, T0 + 20_006_000)  # fits
+
+
+MAX_STEP_MS = 5000
+
+
+def test_a_clock_that_jumps_neither_opens_nor_resolves_before_its_time() -> None:
+    """The wall clock steps (NTP, a VM resumed): red and green runs count the time the
+    relay lived through, a step of at most ``max_step_ms`` at a time."""
+    auto = AutoIncidents(
+        "n1", "eu", incident_after_ms=20_000, resolve_after_ms=60_000, max_step_ms=MAX_STEP_MS
+    )
+    assert auto.step(T0, [FAIL], []) == []
+    assert auto.step(T0 + 1000, [FAIL], []) == []
+    hour = 3_600_000
+    assert auto.step(T0 + hour + 2000, [FAIL], []) == []  # forward an hour: not 20 s red
+    assert auto.step(T0 + 3000, [FAIL], []) == []  # and back: not a negative run
+    t = T0 + 3000
+    while not (opened := auto.step(t, [FAIL], [])):
+        t += 1000
+    [o] = opened
+    assert isinstance(o, Open)
+    # Red for 20 s of the relay's life, whatever the clock did meanwhile.
+    assert t - o.started_ms == 20_000
+    assert t - T0 <= 20_000 + 2 * MAX_STEP_MS
+    incident = open_incident(
+        auto_incident_id("store", "eu", o.started_ms), "store", "critical", FAIL.text,
+        o.started_ms, opened_ms=t, holder="n1", source="auto",
+    )  # fmt: skip
+    assert auto.step(t + 1000, [], [incident]) == []
+    assert auto.step(t + 2000 + 86_400_000, [], [incident]) == []  # a day ahead: not resolved
+
+
+def test_the_holder_does_not_resolve_while_another_relay_of_the_region_is_red() -> None:
+    """Both relays saw the links fall; the holder's came back, the other's did not:
+    resolving now would say "working again" while it is not (and the other relay
+    would open a new incident at once).  The holder waits for the region to be
+    green (the other relays' red components come with their heartbeats)."""
+    a = AutoIncidents("n1", "eu", incident_after_ms=3000, resolve_after_ms=5000)
+    held = open_incident(
+        auto_incident_id("links", "eu", T0), "links", "major", "x", T0, holder="n1", source="auto"
+    )
+    alive = frozenset({"n1", "n2"})
+    elsewhere: frozenset[Component] = frozenset({"links"})
+    for t in range(0, 20_000, 1000):
+        assert a.step(T0 + t, [], [held], alive, red_elsewhere=elsewhere) == []
+    assert a.step(T0 + 20_000, [], [held], alive) == []  # n2 green now: 5 s from here
+    assert a.step(T0 + 24_999, [], [held], alive) == []
+    [done] = a.step(T0 + 25_000, [], [held], alive)
+    assert isinstance(done, Resolve)
+
+
+def test_a_peak_outlives_its_window_by_no_more_when_the_clock_steps_back() -> None:
+    """What was seen "in the future" of a clock that stepped back counts as seen now:
+    a late delivery (the delivery monitor's 10 s) or a links peak (10 minutes) is
+    held for its window, not for as long as the clock went back besides."""
+    peak = Peak(window_ms=1000)
+    assert peak.add(3_600_000, 9) == 9
+    assert peak.add(5_000, 1) == 9  # back an hour: the 9 counts as seen at 5 000
+    assert peak.add(6_001, 1) == 1  # and is out of the window a second later

@@ -89,14 +89,15 @@ def _no_incident(incident_id: str) -> PinrelayError:
     return PinrelayError(f"no incident with id {incident_id}", ErrorCode.NOT_FOUND)
 
 
-async def _admin(request: Request, write: bool) -> KeyPrincipal:
+async def _admin(
+    request: Request,
+    write: bool,
+    refused: str = "incidents are opened, updated and resolved with the relay's admin key",
+) -> KeyPrincipal:
     """An admin key; for a change, the relay's own (a tenant's admin only reads)."""
     principal = await require_key(request, Scope.ADMIN)
     if write and not principal.relay_admin:
-        raise PinrelayError(
-            "incidents are opened, updated and resolved with the relay's admin key",
-            ErrorCode.FORBIDDEN,
-        )
+        raise PinrelayError(refused, ErrorCode.FORBIDDEN)
     return principal
 
 
@@ -212,7 +213,7 @@ async def listing(request: Request) -> Response:
 
 async def monitors(request: Request) -> Response:
     """What this relay's monitors see now (the relay's admin key)."""
-    await _admin(request, write=True)
+    await _admin(request, write=True, refused="the monitors are read with the relay's admin key")
     relay = relay_of(request)
     m = relay.monitors
     red = []

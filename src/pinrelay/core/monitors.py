@@ -22,7 +22,8 @@ Every relay judges its own readings (core/readings.py) each second
    (never all relays); if the holder has been missing from the live relays for
    ``takeover_ms`` (heartbeats stop for everyone while the store is away: not at
    once), a live relay that sees the incident takes it over (``TakeOver``), and
-   acts from then on.
+   acts from then on.  The holder does not resolve it while another live relay of
+   the region judges the component red (``red_elsewhere``).
 4. Two open automatic incidents of one component and region (relays whose red
    starts fell in two slots, or that could not reach the store): the newer is
    resolved as continuing in the older, by the relay acting for it.
@@ -37,7 +38,7 @@ from collections import deque
 
 from msgspec import Struct
 
-from pinrelay.core.incidents import Component, Incident, Severity
+from pinrelay.core.incidents import MAX_UPDATES, Component, Incident, Severity
 from pinrelay.core.readings import Readings
 
 _B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -125,6 +126,8 @@ class Peak:
         self._seen: deque[tuple[int, int]] = deque()  # (at, links), links decreasing
 
     def add(self, at_ms: int, links: int) -> int:
+        if self._seen and self._seen[-1][0] > at_ms:  # the clock stepped back
+            self._seen = deque((min(at, at_ms), n) for at, n in self._seen)
         while self._seen and self._seen[-1][1] <= links:
             self._seen.pop()
         self._seen.append((at_ms, links))
@@ -194,7 +197,12 @@ class AutoIncidents:
         update_every_ms: int = 60_000,
         still_every_ms: int = 300_000,
         takeover_ms: int = 15_000,
+        max_step_ms: int | None = None,
     ) -> None:
+        """``max_step_ms``: the most time one step counts (red and green runs,
+        updates, missing holders): a wall clock that steps further ahead since the
+        last step (NTP, a resumed VM) counts as this much, one that steps back as
+        none (None: any step counts in full)."""
         self.node = node
         self.region = region
         self.incident_after_ms = incident_after_ms
@@ -202,9 +210,12 @@ class AutoIncidents:
         self.update_every_ms = update_every_ms
         self.still_every_ms = still_every_ms
         self.takeover_ms = takeover_ms
+        self.max_step_ms = max_step_ms
         self._tracks: dict[Component, _Track] = {}
         #: Since when each incident's holder has been missing from the live relays.
         self._missing: dict[str, int] = {}
+        #: The previous step's time (``max_step_ms``).
+        self._last_ms: int | None = None
 
     def _acts(self, incident: Incident, alive: frozenset[str] | None) -> bool:
         """Whether this relay may act for ``incident``: it holds it, or its holder
@@ -222,11 +233,24 @@ class AutoIncidents:
         open_auto: list[Incident],
         alive: frozenset[str] | None = None,
         figures: str = "",
+        *,
+        store_ok: bool = True,
+        red_elsewhere: frozenset[Component] = frozenset(),
     ) -> list[Action]:
         """What this relay does now.  ``open_auto``: the open automatic incidents of
         this region it knows; ``alive``: the live relays (None: a single relay);
-        ``figures``: what is affected, in words, for the texts."""
+        ``figures``: what is affected, in words, for the texts; ``store_ok``: False
+        while the store is away, and with it the heartbeats that say who is alive: no
+        holder counts as missing then (its ``takeover_ms`` starts once it is back);
+        ``red_elsewhere``: the components other live relays of the region judge red
+        (their heartbeats): the holder resolves none of them, its green run starts
+        once they are green everywhere."""
+        self._rebase(now_ms)
         red = {f.component: f for f in findings}
+        if not store_ok:
+            self._missing.clear()
+        for gone in self._missing.keys() - {i.id for i in open_auto}:
+            del self._missing[gone]
         held: dict[Component, Incident] = {}
         actions: list[Action] = []
         for i in sorted(open_auto, key=lambda i: (i.started_ms, i.id)):
@@ -254,7 +278,7 @@ class AutoIncidents:
                     track.last_text, track.last_update_ms = finding.text, now_ms
                 continue
             if incident.holder != self.node:
-                if self._acts(incident, alive):
+                if store_ok and self._acts(incident, alive):
                     since = self._missing.setdefault(incident.id, now_ms)
                     if now_ms - since >= self.takeover_ms:
                         actions.append(TakeOver(incident))
@@ -262,11 +286,15 @@ class AutoIncidents:
                     self._missing.pop(incident.id, None)
                 continue
             if finding is None:
-                if now_ms - (track.green_since or now_ms) >= self.resolve_after_ms:
+                if component in red_elsewhere:
+                    track.green_since = None  # not green in the region yet
+                elif now_ms - (track.green_since or now_ms) >= self.resolve_after_ms:
                     actions.append(Resolve(incident, _resolved_text(incident, now_ms)))
                 continue
             if track.last_text is None:  # taken over, or this relay restarted
                 track.last_text, track.last_update_ms = finding.text, incident.updates[-1].at_ms
+            if len(incident.updates) >= MAX_UPDATES - 1:
+                continue  # full but for its resolving text (core/incidents.py)
             since_update = now_ms - track.last_update_ms
             if finding.text != track.last_text and since_update >= self.update_every_ms:
                 actions.append(Update(incident, _with(finding.text, figures)))
@@ -278,6 +306,27 @@ class AutoIncidents:
                 continue
             track.last_text, track.last_update_ms = finding.text, now_ms
         return actions
+
+    def _rebase(self, now_ms: int) -> None:
+        """A clock that stepped back, or ahead by more than ``max_step_ms`` since the
+        last step: the times kept move with it, so that runs count at most
+        ``max_step_ms`` of the step (a red run's start moves too: it is the new
+        clock's time of it)."""
+        last, self._last_ms = self._last_ms, now_ms
+        if last is None or self.max_step_ms is None:
+            return
+        shift = (now_ms - last) - min(max(now_ms - last, 0), self.max_step_ms)
+        if shift == 0:
+            return
+        for track in self._tracks.values():
+            if track.red_since is not None:
+                track.red_since += shift
+            if track.green_since is not None:
+                track.green_since += shift
+            if track.last_update_ms:
+                track.last_update_ms += shift
+        for incident_id in self._missing:
+            self._missing[incident_id] += shift
 
 
 def _with(text: str, figures: str) -> str:

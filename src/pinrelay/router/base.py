@@ -50,6 +50,16 @@ class Router(Protocol):
         """Device links held by this region's relays, as far as this relay knows."""
         ...
 
+    def report_red(self, components: frozenset[str]) -> None:
+        """The components this relay's monitors judge red now (told to the others
+        with its heartbeats)."""
+        ...
+
+    def red_elsewhere(self) -> frozenset[str]:
+        """The components the other live relays of this region judged red at their
+        last heartbeat."""
+        ...
+
     def __len__(self) -> int:
         """Links held by this relay."""
         ...

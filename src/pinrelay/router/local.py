@@ -42,6 +42,12 @@ class LocalRouter:
     def region_links(self) -> int:
         return len(self)
 
+    def report_red(self, components: frozenset[str]) -> None:
+        pass
+
+    def red_elsewhere(self) -> frozenset[str]:
+        return frozenset()
+
     def __len__(self) -> int:
         return len(self._links)
 

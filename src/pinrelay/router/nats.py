@@ -75,6 +75,9 @@ class RelayRecord(msgspec.Struct, kw_only=True):
     at: float
     #: Device links it held then (the monitors' estimate of who an incident affects).
     links: int = 0
+    #: The components its monitors judged red then (core/monitors.py: a holder
+    #: resolves no incident of a component red on another relay of its region).
+    red: tuple[str, ...] = ()
 
 
 class _Kick(msgspec.Struct, omit_defaults=True):
@@ -126,6 +129,8 @@ class NatsRouter:
         self._revs: dict[str, int] = {}
         #: Live relays other than this one, by node id.
         self.peers: dict[str, RelayRecord] = {}
+        #: What this relay's monitors judge red (report_red), for its heartbeats.
+        self._red: frozenset[str] = frozenset()
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._routes: KeyValue | None = None
@@ -232,7 +237,9 @@ class NatsRouter:
     async def _beat(self) -> None:
         relays = self._relays
         assert relays is not None
-        record = msgspec.structs.replace(self.own, at=self.clock(), links=len(self))
+        record = msgspec.structs.replace(
+            self.own, at=self.clock(), links=len(self), red=tuple(sorted(self._red))
+        )
         await relays.put(self.node, _enc.encode(record))
         await self._refresh_peers(relays)
 
@@ -281,6 +288,18 @@ class NatsRouter:
         """Links held by the live relays of this relay's region (others' as of their
         last heartbeat; the last known if heartbeats stopped with the store)."""
         return len(self) + sum(r.links for r in self.peers.values() if r.region == self.own.region)
+
+    def report_red(self, components: frozenset[str]) -> None:
+        self._red = components
+
+    def red_elsewhere(self) -> frozenset[str]:
+        now = self.clock()
+        return frozenset(
+            c
+            for r in self.peers.values()
+            if r.region == self.own.region and now - r.at < self.ttl_s
+            for c in r.red
+        )
 
     def live_nodes(self) -> frozenset[str] | None:
         now = self.clock()
