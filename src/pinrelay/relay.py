@@ -27,6 +27,7 @@ from pinrelay.figures import FiguresRecorder, Folded
 from pinrelay.incident_board import IncidentBoard
 from pinrelay.ingest import Ingest
 from pinrelay.link.server import LinkConfig, LinkServer
+from pinrelay.link.system import SystemNotices
 from pinrelay.lockfile import FOLDER_LOCK, Lock
 from pinrelay.lockfile import acquire as acquire_lock
 from pinrelay.matrix import MatrixGateway
@@ -190,6 +191,14 @@ class Relay:
         folded = Folded()
         self.monitors.on_reading.append(folded.add)
         self.figures = FiguresRecorder(self.store, folded.take, config.figures_every_s)
+        #: Incidents' system messages to this relay's links (link/system.py).
+        self.link.system = SystemNotices(
+            self.incidents,
+            lambda: self.link.connections,
+            region=config.region,
+            clock=clock,
+            every_s=config.incident_notify_every_s,
+        )
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -308,6 +317,8 @@ class Relay:
         await self.webhooks.stop()
         await self.incidents.stop()
         await self.figures.stop()
+        if self.link.system is not None:
+            self.link.system.close()
         await self.router.stop()
         await self.link.close()
         await self.store.close()
