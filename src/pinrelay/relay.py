@@ -245,6 +245,11 @@ class Relay:
             # JetStream expires messages by itself (Nats-TTL) and reads skip expired
             # ones; its sweep walks the stream one request per message: not every 5 s.
             self._sweeper = loop.create_task(self._sweep_forever())
+        # The incidents known before links open: a device that links at once hears
+        # of those open at hello (link/system.py rule 3; the board's first read is
+        # silent).  A store that does not answer now: the board's loop reads later.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.incidents.refresh(), 5)
         await self.link.start(self.config.host, self.config.link_port)
         self.broadcaster.start()
         await self.stored_bytes.start()

@@ -11,9 +11,11 @@ backlog.  The SDK hands it to ``on_system`` and never acknowledges it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -287,3 +289,47 @@ async def test_the_sdk_hands_system_messages_over_once_and_never_acks_them(
     finally:
         await again.stop()
         await task
+
+
+async def test_the_inbox_answers_with_the_news_first(relay: RelayProc, admin: httpx.Client) -> None:
+    one, two = Tenant(admin, "one"), Tenant(admin, "two")
+    a, b = one.device(), two.device()
+    made = open_incident(admin, tenants=[one.id], text="Slow inbox")
+
+    async def inbox(device: dict[str, Any]) -> Any:
+        auth = {"Authorization": f"Bearer {device['token']}"}
+        url = f"{relay.url}/v1/devices/{device['pin']}/inbox"
+        async with httpx.AsyncClient(timeout=30) as http:
+            return _ok(await http.get(url, headers=auth))
+
+    answer = await inbox(a)
+    assert list(answer) == ["system", "messages", "cursor"]
+    [news] = answer["system"]
+    check_system(news, made, "opened", "Slow inbox")
+    assert answer["messages"] == [] and answer["cursor"] == 0
+    assert (await inbox(b))["system"] == []
+    # The SDK polling the inbox hands it over once, however many answers hold it.
+    seen: list[Message | SystemMessage] = []
+
+    def has(count: int) -> bool:
+        return len(seen) >= count
+
+    sdk = Device(
+        a["pin"], a["token"], seen.append, url=relay.url, inbox=True, on_system=seen.append
+    )
+    task = asyncio.create_task(sdk.run())
+    try:
+        await wait_until_async(lambda: len(seen) >= 1, timeout=10)
+        path = f"/v1/devices/{a['pin']}/messages"
+        with one.client("push") as push:
+            for n in range(2):
+                await api(push, "POST", path, {"data": n, "ttl": 600}, 201)
+                await wait_until_async(partial(has, n + 2), timeout=10)
+        assert isinstance(seen[0], SystemMessage) and seen[0].incident == made["id"]
+        assert [m.cursor for m in seen[1:] if isinstance(m, Message)] == [1, 2]
+        assert sdk.duplicates >= 2 and sdk.cursor == 2
+    finally:
+        await sdk.stop()
+        task.cancel()  # a long poll in progress ends with its wait (up to 25 s)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -599,6 +599,8 @@ class Device:
                     listening = True
                     self._emit(Listening(self.url, None, None, self.cursor))
                 batch = _inbox_decoder.decode(response.content)
+                for news in batch.system:  # the same each poll while it holds: once
+                    await self._deliver_system(news)
                 for f in batch.messages:
                     await self._deliver(f)
                 if batch.messages:
@@ -635,6 +637,7 @@ def _send_frame(handle: Outgoing) -> str:
 class _InboxBody(msgspec.Struct):
     messages: list[frames.Msg]
     cursor: int
+    system: list[frames.SystemMsg] = msgspec.field(default_factory=list)
 
 
 _inbox_decoder = msgspec.json.Decoder(_InboxBody)

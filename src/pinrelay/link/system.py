@@ -71,6 +71,11 @@ def message_id(incident: Incident) -> str:
 
 
 def system_frame(incident: Incident, event: Event) -> bytes:
+    """The ``msg`` frame telling of ``incident`` at its revision (rule 4), encoded."""
+    return frames.encode(system_msg(incident, event))
+
+
+def system_msg(incident: Incident, event: Event) -> frames.SystemMsg:
     """The ``msg`` frame telling of ``incident`` at its revision (rule 4)."""
     last = incident.updates[-1] if incident.updates else None
     if event == "resolved":
@@ -91,13 +96,12 @@ def system_frame(incident: Incident, event: Event) -> bytes:
         "component": incident.component,
         "severity": incident.severity,
     }
-    frame = frames.SystemMsg(
+    return frames.SystemMsg(
         id=message_id(incident),
         data=msgspec.Raw(msgspec.json.encode(data)),
         sent_at=rfc3339(at),
         expires_at=rfc3339(at + EXPIRES_MS),
     )
-    return frames.encode(frame)
 
 
 class SystemNotices:
@@ -172,24 +176,24 @@ class SystemNotices:
         log.info("incident %s %s (rev %d): told %d links", incident.id, event, incident.rev, told)
 
     # --- rules 3 and 5 ----------------------------------------------------
-    def current(self, tenant: str | None) -> list[bytes]:
-        """The frames a device of ``tenant`` gets when it links (rule 3), oldest
-        incident first."""
+    def current(self, tenant: str | None) -> list[frames.SystemMsg]:
+        """What a device of ``tenant`` gets when it links (rule 3), oldest incident
+        first; also the inbox's ``system`` (api/inbox.py)."""
         now_ms = int(self.clock() * 1000)
-        found: list[bytes] = []
+        found: list[frames.SystemMsg] = []
         for incident in reversed(self.board.incidents()):
             if not affects(incident, tenant, self.region):
                 continue
             if incident.state == "open":
-                found.append(system_frame(incident, event_of(incident)))
+                found.append(system_msg(incident, event_of(incident)))
             elif (incident.resolved_ms or 0) >= now_ms - HELLO_RESOLVED_MS:
-                found.append(system_frame(incident, "resolved"))
+                found.append(system_msg(incident, "resolved"))
         return found
 
     def hello(self, link: SystemLink) -> None:
         """``link`` was just welcomed (or drained its buffer): what rule 3 gives."""
-        for data in self.current(link.tenant):
-            link.send_system(data)
+        for msg in self.current(link.tenant):
+            link.send_system(frames.encode(msg))
 
     def close(self) -> None:
         for held in self._held.values():
