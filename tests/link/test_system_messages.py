@@ -31,6 +31,7 @@ from tests.api.test_tenants import Tenant
 from tests.conftest import RelayFactory
 from tests.linkclient import link, send
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc
+from tests.test_cli import run
 
 MSG_FIELDS = {
     "type",
@@ -333,3 +334,23 @@ async def test_the_inbox_answers_with_the_news_first(relay: RelayProc, admin: ht
         task.cancel()  # a long poll in progress ends with its wait (up to 25 s)
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def test_listen_shows_the_news_before_the_messages(relay: RelayProc, admin: httpx.Client) -> None:
+    device = relay.create_device()
+    with relay.client() as c:
+        c.push(device["pin"], {"a": 1}, ttl=600)
+    made = open_incident(admin, text="Late <b>today</b>")
+    creds = ("--pin", device["pin"], "--token", device["token"], "--count", "1")
+    r = run("listen", *creds, "--json", url=relay.url)
+    assert r.returncode == 0, r.stderr
+    news, msg = (json.loads(line) for line in r.stdout.splitlines())
+    assert (news["id"], news["cursor"], news["kind"]) == (f"{made['id']}.1", None, "system")
+    assert news["data"]["text"] == "Late <b>today</b>" and msg["cursor"] == 1
+    with relay.client() as c:
+        c.push(device["pin"], {"a": 2}, ttl=600)
+    r = run("listen", *creds, url=relay.url)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and f"incident {made['id']} opened Late <b>today</b>" in lines[0]
+    assert "#2" in lines[1]
