@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import select
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
+from websockets.frames import Frame, Opcode
 
 from pinrelay.client.device import Device, Message, SystemMessage
 from pinrelay.core import frames
@@ -29,7 +31,8 @@ from pinrelay.testing.wait import wait_until_async
 from tests.api.test_incidents import _ok, open_incident
 from tests.api.test_tenants import Tenant
 from tests.conftest import RelayFactory
-from tests.linkclient import link, send
+from tests.link.test_backpressure import hello, pings
+from tests.linkclient import RawLink, link, send
 from tests.relayproc import TIMEOUT_FACTOR, RelayProc
 from tests.test_cli import run
 
@@ -354,3 +357,53 @@ def test_listen_shows_the_news_before_the_messages(relay: RelayProc, admin: http
     lines = r.stdout.splitlines()
     assert len(lines) == 2 and f"incident {made['id']} opened Late <b>today</b>" in lines[0]
     assert "#2" in lines[1]
+
+
+def test_a_link_that_does_not_read_gets_the_news_once_it_drains(
+    relay: RelayProc, admin: httpx.Client
+) -> None:
+    """Rule 5: a link whose outgoing buffer is full is not written to (nothing is
+    queued for it); once it reads again it gets the incidents then current."""
+    device = relay.create_device()
+    raw = RawLink(relay)
+    try:
+        raw.sock.sendall(hello(device))
+        sock = raw.sock
+        sock.setblocking(False)
+        # Pings, never reading: the pongs fill the relay's buffer; it stops reading.
+        chunk = pings(500)
+        rest = b""  # what is left of the chunk being sent (sent whole, later)
+        blocked_since: float | None = None
+        deadline = time.monotonic() + 30 * TIMEOUT_FACTOR
+        while blocked_since is None or time.monotonic() - blocked_since < 0.5:
+            assert time.monotonic() < deadline, "the relay kept reading"
+            try:
+                rest = (rest or chunk)[sock.send(rest or chunk) :]
+                blocked_since = None
+            except BlockingIOError:
+                blocked_since = blocked_since or time.monotonic()
+                select.select([], [sock], [], 0.05)
+        made = open_incident(admin, text="While you were away")  # the relay is paused
+        # Read again (and finish the chunk in progress): the buffer drains.
+        texts: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 30 * TIMEOUT_FACTOR
+        while not any(t.get("kind") == "system" for t in texts):
+            assert time.monotonic() < deadline, texts
+            if rest:
+                with contextlib.suppress(BlockingIOError):
+                    rest = rest[sock.send(rest) :]
+            select.select([sock], [], [], 0.1)
+            try:
+                data = sock.recv(256 * 1024)
+            except BlockingIOError:
+                continue
+            assert data, "the relay closed the link"
+            raw.proto.receive_data(data)
+            for event in raw.proto.events_received():
+                if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                    texts.append(json.loads(bytes(event.data)))
+        assert texts[0]["type"] == "welcome"
+        [news] = [t for t in texts if t.get("kind") == "system"]
+        check_system(news, made, "opened", "While you were away")
+    finally:
+        raw.close()
