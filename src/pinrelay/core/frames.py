@@ -33,9 +33,10 @@ class Hello(Struct, tag="hello", tag_field="type", kw_only=True):
 
 
 class Ack(Struct, tag="ack", tag_field="type", kw_only=True):
-    """Client → relay: every message up to ``cursor`` is done (cumulative)."""
+    """Client → relay: every message up to ``cursor`` is done (cumulative).  None:
+    a client that acked a ``system`` message by its null cursor; nothing is done."""
 
-    cursor: Cursor
+    cursor: Cursor | None
 
 
 class Ping(Struct, tag="ping", tag_field="type", kw_only=True):
