@@ -149,7 +149,7 @@ async def _open_update_resolve(
     await api(admin, "POST", f"/v1/incidents/{mine['id']}/resolve", {"text": "Fixed"})
     [resolved] = await system_until(ws_a, 1)
     check_system(resolved, mine, "resolved", "Fixed")
-    assert resolved["id"] == f"{mine['id']}.3"
+    assert resolved["id"] == f"{mine['id']}.4"  # 3 entries, and resolved
     assert await next_frames(ws_b) == [] and await next_frames(ws_p) == []
     # Everyone's incident: every device, with or without a tenant.
     public = open_incident(admin, component="links", severity="minor", text="Links drop")

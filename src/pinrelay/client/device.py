@@ -80,7 +80,7 @@ class Message:
 @dataclass(frozen=True, slots=True)
 class SystemMessage:
     """An incident's news from the relay (PROTOCOL "System messages"): not stored,
-    no cursor, never acknowledged; ``id`` is ``<incident>.<revision>``."""
+    no cursor, never acknowledged; ``id`` is ``<incident>.<n>`` (one per change)."""
 
     id: str
     incident: str

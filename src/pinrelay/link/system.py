@@ -14,8 +14,10 @@ never stored per device: the store may be what is down.  Rules:
 3. At ``hello``, after ``welcome`` and before any stored message, a device gets one
    frame per incident affecting it: each open one at its newest revision, and those
    resolved in the last ``HELLO_RESOLVED_MS`` with their ``resolved`` frame.
-4. The frame is a ``msg`` (frames.SystemMsg): ``id`` is ``<incident id>.<rev>``,
-   the same on every relay and every time (clients drop an id they have seen);
+4. The frame is a ``msg`` (frames.SystemMsg): ``id`` is ``<incident id>.<n>``, n
+   the changes told so far (timeline entries, plus one once resolved: a take-over's
+   revision, which changes neither, keeps it), the same on every relay and every
+   time (clients drop an id they have seen);
    ``cursor`` null (no window slot, never acked), ``topic`` and ``from`` null,
    ``urgency`` high, ``sent_at`` the event's time, ``expires_at`` a day later.
 5. A link whose outgoing buffer is over the high-water mark (it does not read) is
@@ -35,7 +37,7 @@ import msgspec
 from pinrelay.core import frames
 from pinrelay.core.incidents import Incident
 from pinrelay.core.timefmt import rfc3339
-from pinrelay.incident_board import Event, IncidentBoard, event_of
+from pinrelay.incident_board import Event, IncidentBoard
 
 log = logging.getLogger("pinrelay.incidents")
 
@@ -67,7 +69,17 @@ def affects(incident: Incident, tenant: str | None, region: str) -> bool:
 
 
 def message_id(incident: Incident) -> str:
-    return f"{incident.id}.{incident.rev}"
+    """Rule 4: one id per state and timeline, whatever revision carries them."""
+    told = len(incident.updates) + (1 if incident.state == "resolved" else 0)
+    return f"{incident.id}.{told}"
+
+
+def event_now(incident: Incident) -> Event:
+    """What the incident's state and timeline say (not its revision: a take-over's
+    revision of a new incident is still its opening)."""
+    if incident.state == "resolved":
+        return "resolved"
+    return "opened" if len(incident.updates) <= 1 else "updated"
 
 
 def system_frame(incident: Incident, event: Event) -> bytes:
@@ -122,8 +134,8 @@ class SystemNotices:
         self.clock = clock
         self.every_s = every_s
         #: Per incident: when this relay last sent its opened or updated frame, and
-        #: which revision.
-        self._last: dict[str, tuple[float, int]] = {}
+        #: which message id.
+        self._last: dict[str, tuple[float, str]] = {}
         #: Per incident: the timer of an update held back (rule 2).
         self._held: dict[str, asyncio.TimerHandle] = {}
         board.on_event.append(self.on_event)
@@ -131,6 +143,7 @@ class SystemNotices:
     # --- rule 2 -----------------------------------------------------------
     async def on_event(self, event: Event, incident: Incident) -> None:
         iid = incident.id
+        event = event_now(incident)
         if event == "resolved":
             held = self._held.pop(iid, None)
             if held is not None:
@@ -144,7 +157,7 @@ class SystemNotices:
             held = self._held.pop(iid, None)
             if held is not None:
                 held.cancel()
-            self._last[iid] = (now, incident.rev)
+            self._last[iid] = (now, message_id(incident))
             self._tell(incident, event)
         elif iid not in self._held:
             delay = last[0] + self.every_s - now
@@ -159,10 +172,10 @@ class SystemNotices:
         if incident is None or incident.state != "open":
             self._last.pop(iid, None)
             return
-        if last is not None and incident.rev <= last[1]:
-            return
-        self._last[iid] = (self.clock(), incident.rev)
-        self._tell(incident, event_of(incident))
+        if last is not None and message_id(incident) == last[1]:
+            return  # nothing new since (a take-over's revision)
+        self._last[iid] = (self.clock(), message_id(incident))
+        self._tell(incident, event_now(incident))
 
     def _tell(self, incident: Incident, event: Event) -> None:
         if incident.region is not None and incident.region != self.region:
@@ -185,7 +198,7 @@ class SystemNotices:
             if not affects(incident, tenant, self.region):
                 continue
             if incident.state == "open":
-                found.append(system_msg(incident, event_of(incident)))
+                found.append(system_msg(incident, event_now(incident)))
             elif (incident.resolved_ms or 0) >= now_ms - HELLO_RESOLVED_MS:
                 found.append(system_msg(incident, "resolved"))
         return found
