@@ -164,6 +164,11 @@ async def _open_update_resolve(
     open_incident(admin, region="eu-west")
     for ws in (ws_a, ws_b, ws_p):
         assert await next_frames(ws) == []
+    # One of the relay's own region: everyone linked here.
+    here = open_incident(admin, region="local", text="Here")
+    for ws in (ws_a, ws_b, ws_p):
+        [frame] = await system_until(ws, 1)
+        check_system(frame, here, "opened", "Here")
 
 
 async def test_updates_are_held_back_to_one_per_interval(relay_factory: RelayFactory) -> None:
