@@ -151,6 +151,18 @@ async def _open_update_resolve(
     check_system(resolved, mine, "resolved", "Fixed")
     assert resolved["id"] == f"{mine['id']}.4"  # 3 entries, and resolved
     assert await next_frames(ws_b) == [] and await next_frames(ws_p) == []
+    # The incident's report lists what this relay told its devices, and when.
+    report = await api(admin, "GET", f"/v1/incidents/{mine['id']}/report")
+    devices = [n for n in report["notifications"] if n["channel"] == "devices"]
+    assert [(n["event"], n["count"], n["text"]) for n in devices] == [
+        ("opened", 1, "Writes fail"),
+        ("resolved", 1, "Fixed"),
+    ]
+    assert [n["event"] for n in report["notifications"] if n["channel"] == "status"] == [
+        "opened",
+        "updated",
+        "resolved",
+    ]
     # Everyone's incident: every device, with or without a tenant.
     public = open_incident(admin, component="links", severity="minor", text="Links drop")
     for ws in (ws_a, ws_b, ws_p):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import msgspec
 
@@ -47,6 +47,18 @@ HELLO_RESOLVED_MS = 3_600_000
 EXPIRES_MS = 86_400_000
 #: The text of a ``resolved`` frame when the resolve gave none.
 RESOLVED_TEXT = "Resolved."
+#: What this relay told of one incident, kept for its report: at most this many.
+MAX_TOLD = 200
+
+
+class Told(NamedTuple):
+    """One event this relay told its links of (for the incident's report)."""
+
+    at_ms: int
+    event: Event
+    #: Links written to (or marked, when paused: they get it once they drain).
+    links: int
+    text: str
 
 
 class SystemLink(Protocol):
@@ -138,6 +150,8 @@ class SystemNotices:
         self._last: dict[str, tuple[float, str]] = {}
         #: Per incident: the timer of an update held back (rule 2).
         self._held: dict[str, asyncio.TimerHandle] = {}
+        #: Per incident the board knows: what this relay told (``told``).
+        self._told: dict[str, list[Told]] = {}
         board.on_event.append(self.on_event)
 
     # --- rule 2 -----------------------------------------------------------
@@ -180,13 +194,25 @@ class SystemNotices:
     def _tell(self, incident: Incident, event: Event) -> None:
         if incident.region is not None and incident.region != self.region:
             return
-        data = system_frame(incident, event)
+        msg = system_msg(incident, event)
+        data = frames.encode(msg)
         told = 0
         for link in list(self._links()):
             if link.linked and affects(incident, link.tenant, self.region):
                 link.send_system(data)
                 told += 1
         log.info("incident %s %s (rev %d): told %d links", incident.id, event, incident.rev, told)
+        text = msgspec.json.decode(msg.data)["text"]
+        kept = self._told.setdefault(incident.id, [])
+        kept.append(Told(int(self.clock() * 1000), event, told, text))
+        del kept[:-MAX_TOLD]
+        for gone in [i for i in self._told if self.board.get(i) is None]:
+            del self._told[gone]  # aged off the board
+
+    def told(self, incident_id: str) -> list[Told]:
+        """What this relay told its links of the incident, oldest first (kept in
+        memory while the board knows the incident; a restart forgets it)."""
+        return list(self._told.get(incident_id, ()))
 
     # --- rules 3 and 5 ----------------------------------------------------
     def current(self, tenant: str | None) -> list[frames.SystemMsg]:
