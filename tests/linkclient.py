@@ -18,8 +18,13 @@ async def raw_link(relay: RelayProc) -> ClientConnection:
 
 
 async def recv(ws: ClientConnection, timeout: float = 5.0) -> frames.ServerFrame:
-    raw = await asyncio.wait_for(ws.recv(), timeout * TIMEOUT_FACTOR)
-    return frames.decode_server(raw)
+    """The next frame but system messages (an incident's news, not stored: a test
+    that opens incidents gets them too; tests/link/test_system_messages.py reads them)."""
+    async with asyncio.timeout(timeout * TIMEOUT_FACTOR):
+        while True:
+            frame = frames.decode_server_any(await ws.recv())
+            if not isinstance(frame, frames.SystemMsg):
+                return frame
 
 
 async def send(ws: ClientConnection, frame: frames.ClientFrame | dict[str, Any]) -> None:

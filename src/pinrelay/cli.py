@@ -246,7 +246,7 @@ def listen(
     """
     import asyncio
 
-    from pinrelay.client.device import Device, LinkRefused
+    from pinrelay.client.device import Device, LinkRefused, SystemMessage
 
     received = 0
 
@@ -299,6 +299,28 @@ def listen(
                 device.stop_receiving()  # not one more: the next may be buffered already
                 done.set()
 
+        def on_system(m: SystemMessage) -> None:
+            # An incident's news: shown, not counted (--count counts stored messages).
+            if as_json:
+                _print_json(
+                    {
+                        "id": m.id,
+                        "cursor": None,
+                        "kind": "system",
+                        "data": m.data,
+                        "urgency": m.urgency,
+                        "sent_at": m.sent_at,
+                        "expires_at": m.expires_at,
+                    }
+                )
+            else:
+                out.print(
+                    f"[dim]{m.sent_at}[/] [bold red]incident {escape(m.incident)} "
+                    f"{escape(m.event)}[/] {escape(m.text)}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+
         device = Device(
             pin,
             token,
@@ -308,6 +330,7 @@ def listen(
             inbox=inbox,
             on_event=on_event,
             keys=keys,
+            on_system=on_system,
         )
         runner = asyncio.create_task(device.run())
         stopper = asyncio.create_task(done.wait())

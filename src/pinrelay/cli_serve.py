@@ -111,6 +111,14 @@ def serve(
             "a relay resumes it.",
         ),
     ] = 30.0,
+    incident_notify_every: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Least seconds between two system messages updating the same incident "
+            "(opened and resolved always go out at once).",
+        ),
+    ] = 300.0,
     broadcast_page: Annotated[
         int,
         typer.Option(min=1, max=1000, help="Members a broadcast's fan-out stores per write."),
@@ -315,6 +323,7 @@ def serve(
         incident_after_s=incident_after,
         resolve_after_s=resolve_after,
         monitor=thresholds,
+        incident_notify_every_s=incident_notify_every,
         auth_failure_limit=auth_failure_limit,
         max_links=max_links,
         limits=Limits(max_data_bytes=max_data, max_ttl_s=max_ttl),

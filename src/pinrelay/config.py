@@ -90,6 +90,9 @@ class RelayConfig:
     #: Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: addresses or
     #: networks separated by commas, "*" for any.  Empty: none, the peer is the client.
     forwarded_allow_ips: str = ""
+    #: Least seconds between two ``system`` messages updating the same incident
+    #: (opened and resolved always go out; link/system.py).
+    incident_notify_every_s: float = 300.0
     #: Serve ``/metrics`` to anyone; off: only with the admin key.
     metrics_public: bool = False
     #: Seconds between two readings kept for incident reports (figures.py).

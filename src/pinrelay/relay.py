@@ -27,6 +27,7 @@ from pinrelay.figures import FiguresRecorder, Folded
 from pinrelay.incident_board import IncidentBoard
 from pinrelay.ingest import Ingest
 from pinrelay.link.server import LinkConfig, LinkServer
+from pinrelay.link.system import SystemNotices
 from pinrelay.lockfile import FOLDER_LOCK, Lock
 from pinrelay.lockfile import acquire as acquire_lock
 from pinrelay.matrix import MatrixGateway
@@ -192,6 +193,14 @@ class Relay:
         folded = Folded()
         self.monitors.on_reading.append(folded.add)
         self.figures = FiguresRecorder(self.store, folded.take, config.figures_every_s)
+        #: Incidents' system messages to this relay's links (link/system.py).
+        self.link.system = SystemNotices(
+            self.incidents,
+            lambda: self.link.connections,
+            region=config.region,
+            clock=clock,
+            every_s=config.incident_notify_every_s,
+        )
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -238,6 +247,11 @@ class Relay:
             # JetStream expires messages by itself (Nats-TTL) and reads skip expired
             # ones; its sweep walks the stream one request per message: not every 5 s.
             self._sweeper = loop.create_task(self._sweep_forever())
+        # The incidents known before links open: a device that links at once hears
+        # of those open at hello (link/system.py rule 3; the board's first read is
+        # silent).  A store that does not answer now: the board's loop reads later.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.incidents.refresh(), 5)
         await self.link.start(self.config.host, self.config.link_port)
         self.broadcaster.start()
         await self.stored_bytes.start()
@@ -310,6 +324,8 @@ class Relay:
         await self.webhooks.stop()
         await self.incidents.stop()
         await self.figures.stop()
+        if self.link.system is not None:
+            self.link.system.close()
         await self.router.stop()
         await self.link.close()
         await self.store.close()

@@ -55,7 +55,11 @@ async def inbox(request: Request) -> Response:
             relay.router.remove_waiter(device.pin, arrived.set)
     relay.metrics.delivered.inc(len(messages))
     cursor = messages[-1].cursor if messages else after
-    return json_response(Inbox(messages=[delivery.msg_frame(m) for m in messages], cursor=cursor))
+    news = relay.link.system
+    system = news.current(device.tenant) if news is not None else []
+    return json_response(
+        Inbox(system=system, messages=[delivery.msg_frame(m) for m in messages], cursor=cursor)
+    )
 
 
 async def ack(request: Request) -> Response:

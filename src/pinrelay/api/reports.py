@@ -22,7 +22,7 @@ from pinrelay.api.incidents import _admin, _visible
 from pinrelay.api.schemas import IncidentReport, ReportDelays, ReportNotification, ReportRegion
 from pinrelay.core.incidents import Incident
 from pinrelay.core.readings import Readings
-from pinrelay.core.report import Notification, Report, report, window
+from pinrelay.core.report import Notification, Report, report, timeline_notices, window
 from pinrelay.core.timefmt import rfc3339
 
 if TYPE_CHECKING:
@@ -33,8 +33,17 @@ if TYPE_CHECKING:
 def notifications_sent(relay: Relay, incident: Incident) -> list[Notification]:
     """What was sent about ``incident`` to devices and outside channels, when the
     relay keeps it (the notifiers add theirs here); empty: the report falls back on
-    the incident's timeline (core/report.py rule 7)."""
-    return []
+    the incident's timeline (core/report.py rule 7).  System messages: what the
+    relay answering told its own links (link/system.py ``told``)."""
+    news = relay.link.system
+    told = news.told(incident.id) if news is not None else []
+    if not told:
+        return []
+    devices = [
+        Notification(at_ms=t.at_ms, event=t.event, channel="devices", count=t.links, text=t.text)
+        for t in told
+    ]
+    return [*timeline_notices(incident), *devices]
 
 
 async def _report(request: Request) -> tuple[Report, list[Readings]]:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct, field
 
 from pinrelay.core.channels import ChannelClass, ChannelName
-from pinrelay.core.frames import Cursor, Msg
+from pinrelay.core.frames import Cursor, Msg, SystemMsg
 from pinrelay.core.incidents import (
     MAX_TENANTS,
     MAX_TEXT,
@@ -137,6 +137,9 @@ class KeyList(Struct, kw_only=True):
 
 
 class Inbox(Struct, kw_only=True):
+    #: The news of incidents affecting the device (PROTOCOL "System messages"):
+    #: not stored, no cursor, never acked; current when the answer is made.
+    system: list[SystemMsg] = field(default_factory=list)
     messages: list[Msg]
     #: The cursor to pass as ``after`` next time (and to ack when done).
     cursor: int

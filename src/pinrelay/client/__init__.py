@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pinrelay.client.device import Device, LinkRefused, Message
+    from pinrelay.client.device import Device, LinkRefused, Message, SystemMessage
     from pinrelay.client.http import ApiError, RelayClient
     from pinrelay.client.keys import FileKeyStore, KeyStore, MemoryKeyStore, SubscriptionKeys
     from pinrelay.client.webpush import WebPushMessage, WebPushSubscription
@@ -27,6 +27,7 @@ _WHERE = {
     "Message": "device",
     "RelayClient": "http",
     "SubscriptionKeys": "keys",
+    "SystemMessage": "device",
     "WebPushMessage": "webpush",
     "WebPushSubscription": "webpush",
 }
@@ -41,6 +42,7 @@ __all__ = [
     "Message",
     "RelayClient",
     "SubscriptionKeys",
+    "SystemMessage",
     "WebPushMessage",
     "WebPushSubscription",
 ]

@@ -10,6 +10,11 @@ honouring a ``drain`` frame's ``retry_after_ms``, and rotates through every link
 URL it knows (failover).  With ``inbox=True`` it long-polls the HTTP inbox
 instead of holding a WebSocket.
 
+A message of kind ``system`` (an incident's news, PROTOCOL "System messages") has
+no cursor: it goes to ``on_system`` as a :class:`SystemMessage`, once per id, and
+is never acknowledged (without ``on_system`` it is dropped: an application written
+before system messages keeps its cursor-ordered ``on_message``).
+
 A message of kind ``webpush`` is decrypted with the keys in ``keys`` before the
 callback sees it (``Message.webpush``; client/webpush.py).
 
@@ -70,6 +75,24 @@ class Message:
         """A message of kind ``broadcast``: its channel, the tenant's value and the
         unsubscribe action (``await device.channels.unsubscribe(message)``)."""
         return broadcast_of(self.kind, self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class SystemMessage:
+    """An incident's news from the relay (PROTOCOL "System messages"): not stored,
+    no cursor, never acknowledged; ``id`` is ``<incident>.<n>`` (one per change)."""
+
+    id: str
+    incident: str
+    #: ``opened``, ``updated`` or ``resolved``.
+    event: str
+    text: str
+    #: The whole ``data`` object (``incident``, ``event``, ``text``, ``component``,
+    #: ``severity``, and fields later versions add).
+    data: dict[str, Any]
+    urgency: str
+    sent_at: str
+    expires_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +174,7 @@ class _Retry(Exception):
 
 
 Callback = Callable[[Message], Awaitable[None] | None]
+SystemCallback = Callable[[SystemMessage], Awaitable[None] | None]
 
 
 class Device:
@@ -172,6 +196,7 @@ class Device:
         on_event: Callable[[LinkEvent], None] | None = None,
         on_receipt: Callable[[str, str, str | None], None] | None = None,
         keys: KeyStore | None = None,
+        on_system: SystemCallback | None = None,
     ) -> None:
         if url is None and not link_urls:
             raise ValueError("give the relay's HTTP url, or link_urls")
@@ -190,6 +215,7 @@ class Device:
         #: Web Push messages handed over without a payload (``Message.webpush.error``).
         self.undecryptable = 0
         self._on_message = on_message
+        self._on_system = on_system
         self._on_link = on_link
         self._on_event = on_event
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -412,6 +438,36 @@ class Device:
             self._seen.popitem(last=False)
         return True
 
+    async def _deliver_system(self, f: frames.SystemMsg) -> bool:
+        """Hand a system message to the application once per id; never acked."""
+        if self._stopping.is_set():
+            return False
+        if f.id in self._seen:
+            self.duplicates += 1
+            return False
+        data = msgspec.json.decode(f.data)
+        if not isinstance(data, dict):
+            data = {}
+        message = SystemMessage(
+            id=f.id,
+            incident=str(data.get("incident", "")),
+            event=str(data.get("event", "")),
+            text=str(data.get("text", "")),
+            data=data,
+            urgency=f.urgency,
+            sent_at=f.sent_at,
+            expires_at=f.expires_at,
+        )
+        self._seen[f.id] = None  # first: a callback that fails is not called again
+        if len(self._seen) > self._remember:
+            self._seen.popitem(last=False)
+        if self._on_system is None:
+            return False
+        result = self._on_system(message)
+        if inspect.isawaitable(result):
+            await result
+        return True
+
     async def _resolve_urls(self) -> list[str]:
         if self.url is not None and (not self.link_urls or self._attempt % 4 == 3):
             async with httpx.AsyncClient(timeout=10) as http:
@@ -480,10 +536,12 @@ class Device:
             except websockets.ConnectionClosed as exc:
                 raise _Retry(None, describe(exc)) from None
             try:
-                frame = frames.decode_server(raw)
+                frame = frames.decode_server_any(raw)
             except msgspec.ValidationError:
                 continue  # a frame type or field newer than this SDK (PROTOCOL "Evolution")
-            if isinstance(frame, frames.Msg):
+            if isinstance(frame, frames.SystemMsg):
+                await self._deliver_system(frame)  # not counted: never acked
+            elif isinstance(frame, frames.Msg):
                 await self._deliver(frame)
                 unacked += 1
                 if unacked >= ack_every:
@@ -541,6 +599,8 @@ class Device:
                     listening = True
                     self._emit(Listening(self.url, None, None, self.cursor))
                 batch = _inbox_decoder.decode(response.content)
+                for news in batch.system:  # the same each poll while it holds: once
+                    await self._deliver_system(news)
                 for f in batch.messages:
                     await self._deliver(f)
                 if batch.messages:
@@ -577,6 +637,7 @@ def _send_frame(handle: Outgoing) -> str:
 class _InboxBody(msgspec.Struct):
     messages: list[frames.Msg]
     cursor: int
+    system: list[frames.SystemMsg] = msgspec.field(default_factory=list)
 
 
 _inbox_decoder = msgspec.json.Decoder(_InboxBody)

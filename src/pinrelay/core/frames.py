@@ -7,7 +7,7 @@ they do not know, so old clients keep working with newer relays.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Raw, Struct
@@ -33,9 +33,10 @@ class Hello(Struct, tag="hello", tag_field="type", kw_only=True):
 
 
 class Ack(Struct, tag="ack", tag_field="type", kw_only=True):
-    """Client → relay: every message up to ``cursor`` is done (cumulative)."""
+    """Client → relay: every message up to ``cursor`` is done (cumulative).  None:
+    a client that acked a ``system`` message by its null cursor; nothing is done."""
 
-    cursor: Cursor
+    cursor: Cursor | None
 
 
 class Ping(Struct, tag="ping", tag_field="type", kw_only=True):
@@ -141,6 +142,22 @@ class Msg(Struct, tag="msg", tag_field="type", kw_only=True):
     sender: str | None = msgspec.field(default=None, name="from")
 
 
+class SystemMsg(Struct, tag="msg", tag_field="type", kw_only=True):
+    """Relay → client: a ``msg`` of kind ``system`` (an incident's news, PROTOCOL
+    "System messages").  Not stored: ``cursor`` is null and it is never acked.  Its
+    own type, not in ``ServerFrame`` (one tag per union): :func:`decode_server_any`."""
+
+    id: str
+    cursor: None = None
+    kind: Literal["system"] = "system"
+    data: Raw
+    topic: None = None
+    urgency: str = "high"
+    sent_at: str
+    expires_at: str
+    sender: None = msgspec.field(default=None, name="from")
+
+
 class Error(Struct, tag="error", tag_field="type", kw_only=True):
     """Relay → client: what went wrong; the relay closes with 4000 + ``status``."""
 
@@ -167,7 +184,10 @@ _server_decoder: msgspec.json.Decoder[ServerFrame] = msgspec.json.Decoder(Server
 Buffer = str | bytes | bytearray | memoryview
 
 
-def encode(frame: ClientFrame | ServerFrame) -> bytes:
+_system_decoder: msgspec.json.Decoder[SystemMsg] = msgspec.json.Decoder(SystemMsg)
+
+
+def encode(frame: ClientFrame | ServerFrame | SystemMsg) -> bytes:
     return _encoder.encode(frame)
 
 
@@ -181,3 +201,16 @@ def decode_client(data: Buffer) -> ClientFrame:
 
 def decode_server(data: Buffer) -> ServerFrame:
     return _server_decoder.decode(data)
+
+
+def decode_server_any(data: Buffer) -> ServerFrame | SystemMsg:
+    """:func:`decode_server`, and ``system`` messages (whose null cursor a stored
+    ``msg`` may not have); raises what decode_server raises."""
+    try:
+        return _server_decoder.decode(data)
+    except msgspec.ValidationError:
+        try:
+            return _system_decoder.decode(data)
+        except msgspec.ValidationError:
+            pass
+        raise

@@ -134,6 +134,8 @@ class ServerSession:
             )
         if isinstance(frame, frames.Ack):
             # The hot path: one integer field, where a repeated key changes nothing.
+            if frame.cursor is None:
+                return None  # a system message acked by its null cursor: nothing to do
             return AckReceived(frame.cursor)
         try:
             strictjson.check(data if isinstance(data, bytes | str) else bytes(data))

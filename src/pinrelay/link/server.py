@@ -49,6 +49,7 @@ from pinrelay.core.session import (
 )
 from pinrelay.delivery import AckWriter, Delivery, OnAcked, OnSent, beyond_limit, msg_frame
 from pinrelay.link.requests import Requests
+from pinrelay.link.system import SystemNotices
 from pinrelay.link.wireframes import client_text_frames, text_frame, whole_frames
 from pinrelay.metrics import Metrics
 from pinrelay.router.base import Router
@@ -120,6 +121,7 @@ class LinkProtocol(asyncio.Protocol):
         "_hello_timer",
         "_stalled_at",
         "_stalled_size",
+        "_system_missed",
         "_tenant",
         "_unparsed",
         "delivery",
@@ -160,6 +162,9 @@ class LinkProtocol(asyncio.Protocol):
         #: shrunk, and its size then (None: not paused).
         self._stalled_at: float | None = None
         self._stalled_size = 0
+        #: A system message was not written while the buffer was full (link/system.py
+        #: rule 5): the current ones go out once it drains.
+        self._system_missed = False
         #: ``send``, ``read`` and ``subscribe`` frames, one at a time in arrival order.
         self.requests = Requests(self, server.chat, server.webpush)
 
@@ -272,6 +277,9 @@ class LinkProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._stalled_at = None
         self._resume_reading()
+        if self._system_missed and self.server.system is not None:
+            self._system_missed = False
+            self.server.system.hello(self)
         if self.delivery is not None:
             self.delivery.paused = False
             self.delivery.wake()
@@ -453,6 +461,8 @@ class LinkProtocol(asyncio.Protocol):
                 )
             )
         )
+        if server.system is not None:  # incidents' news, before any stored message
+            server.system.hello(self)
         if acked > stored:
             # Chat messages an earlier link delivered get their receipts, then the ack.
             self.delivery.settle_from(stored, acked)
@@ -533,6 +543,22 @@ class LinkProtocol(asyncio.Protocol):
             self.transport.abort()
 
     # --- called by the router and the server ---------------------------------
+    @property
+    def linked(self) -> bool:
+        return self.delivery is not None
+
+    @property
+    def tenant(self) -> str | None:
+        return self._tenant
+
+    def send_system(self, data: bytes) -> None:
+        """A ``system`` msg (link/system.py): no window slot; not queued while the
+        buffer is over WRITE_HIGH (rule 5)."""
+        if self._stalled_at is not None:
+            self._system_missed = True
+        else:
+            self._send(data)
+
     def wake(self, fresh: list[StoredMessage] | None = None) -> None:
         if self.delivery is not None:
             self.delivery.wake(fresh)
@@ -632,6 +658,8 @@ class LinkServer:
         self.tenant_links = LinkCounts()
         self.acks = AckWriter(store)
         self.draining = False
+        #: Incidents' news to the links (link/system.py); set by the relay.
+        self.system: SystemNotices | None = None
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
