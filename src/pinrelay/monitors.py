@@ -62,6 +62,8 @@ WRITE_TIMEOUT_S = 2.0
 MAX_STEP_MS = 15_000
 #: How long a late delivery keeps the delivery monitor red (Monitors.lag).
 LAG_HOLD_MS = 10_000
+#: Seconds between two counts of the backlog (Readings.backlog).
+BACKLOG_EVERY_S = 10.0
 #: Ids tried in one slot (core/monitors.py rule 2) before giving up until next tick.
 MAX_IDS = 8
 
@@ -131,6 +133,8 @@ class Monitors:
         #: Revisions opened or changed while the store was away, in order, per incident.
         self.unpublished: dict[str, list[Incident]] = {}
         self.last: Readings | None = None
+        #: Messages stored, as last counted (None: not yet).
+        self.backlog: int | None = None
         #: Told of each reading (the figures recorder folds them, figures.py).
         self.on_reading: list[Callable[[Readings], None]] = []
         #: The last tick's findings (GET /v1/monitors).
@@ -164,6 +168,7 @@ class Monitors:
             expired=expired_delta,
             shed=shed_delta,
             store_ms=self.store_ms,
+            backlog=self.backlog,
             disk_free=free,
         )
         for listener in self.on_reading:
@@ -173,7 +178,11 @@ class Monitors:
     # --- the loops ----------------------------------------------------------
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._probe_forever()), loop.create_task(self._forever())]
+        self._tasks = [
+            loop.create_task(self._probe_forever()),
+            loop.create_task(self._forever()),
+            loop.create_task(self._count_forever()),
+        ]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -182,6 +191,20 @@ class Monitors:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+
+    async def _count_forever(self) -> None:
+        """The backlog (Store.stats: messages stored) every BACKLOG_EVERY_S: a count
+        of the whole store, too dear for each second; the last count stands while the
+        store cannot answer."""
+        while True:
+            try:
+                stats = await asyncio.wait_for(self.store.stats(), WRITE_TIMEOUT_S)
+                self.backlog = stats.messages
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("backlog count failed: %r", exc)
+            await asyncio.sleep(BACKLOG_EVERY_S)
 
     async def _probe_forever(self) -> None:
         fail_s = self.thresholds.store_fail_ms / 1000
@@ -260,7 +283,7 @@ class Monitors:
             await self._open(action, now_ms)
             return
         if isinstance(action, Update):
-            changed = add_update(action.incident, action.text, now_ms)
+            changed = add_update(action.incident, action.text, now_ms, severity=action.severity)
         elif isinstance(action, Resolve):
             changed = resolve(action.incident, action.text, now_ms)
             log.warning("incident %s resolved", changed.id)

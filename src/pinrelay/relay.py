@@ -181,7 +181,9 @@ class Relay:
             shed=self._shed,
             expired=lambda: self._count("pinrelay_messages_expired_total"),
             waits=self.metrics.waits.take,
-            connected=self.store.healthy,
+            # A cluster's NATS connection; on SQLite, healthy() says the writer
+            # process lives, which the store probe judges (component store).
+            connected=self.store.healthy if self.clustered else lambda: True,
             alive=self.router.live_nodes,
             report_red=self.router.report_red,
             red_elsewhere=self.router.red_elsewhere,

@@ -79,6 +79,11 @@ def body_of(hook: Webhook, entry: OutboxEntry) -> bytes:
     )
 
 
+#: Incidents whose deliveries a relay keeps for reports, and deliveries per incident.
+REPORTED = 1000
+REPORTED_PER_INCIDENT = 500
+
+
 class WebhookSender:
     """Sends incident events to subscriptions (module doc)."""
 
@@ -116,6 +121,20 @@ class WebhookSender:
         self._leased: dict[str, float] = {}
         #: Deliveries answered 2xx by this relay (for tests and metrics).
         self.sent = 0
+        #: Per incident, what this relay delivered: (answered at ms, event, webhook
+        #: id), for the incident's report; the newest REPORTED incidents only.
+        self._delivered: dict[str, list[tuple[int, Event, str]]] = {}
+
+    def delivered(self, incident_id: str) -> list[tuple[int, Event, str]]:
+        """What this relay delivered about ``incident_id`` (answered 2xx), oldest first."""
+        return list(self._delivered.get(incident_id, ()))
+
+    def _record(self, entry: OutboxEntry, now_ms: int) -> None:
+        done = self._delivered.setdefault(entry.incident.id, [])
+        if len(done) < REPORTED_PER_INCIDENT:
+            done.append((now_ms, entry.event, entry.webhook))
+        while len(self._delivered) > REPORTED:
+            del self._delivered[next(iter(self._delivered))]
 
     @property
     def working(self) -> list[str]:
@@ -257,6 +276,7 @@ class WebhookSender:
                     attempts = 0
                     self.sent += 1
                     now_ms = int(self.clock() * 1000)
+                    self._record(entry, now_ms)
                     if from_memory:
                         self._memory[(wid, entry.key)] = _done(entry, now_ms)
                     else:

@@ -245,3 +245,22 @@ def test_a_peak_outlives_its_window_by_no_more_when_the_clock_steps_back() -> No
     assert peak.add(3_600_000, 9) == 9
     assert peak.add(5_000, 1) == 9  # back an hour: the 9 counts as seen at 5 000
     assert peak.add(6_001, 1) == 1  # and is out of the window a second later
+
+
+def test_a_failure_that_worsens_raises_the_incidents_severity_at_once() -> None:
+    from pinrelay.core.incidents import add_update
+
+    auto = AutoIncidents("n1", "eu", incident_after_ms=1000, resolve_after_ms=1000)
+    slow = Finding("store", "major", "Store writes are slow")
+    auto.step(T0, [slow], [])
+    [opened] = auto.step(T0 + 1000, [slow], [])
+    assert isinstance(opened, Open)
+    incident = open_incident(
+        auto_incident_id("store", "eu", T0), "store", "major", opened.text, T0, holder="n1",
+        source="auto",
+    )  # fmt: skip
+    [worse] = auto.step(T0 + 2000, [FAIL], [incident])
+    assert worse == Update(incident, FAIL.text, "critical")
+    after = add_update(incident, worse.text, T0 + 2000, severity=worse.severity)
+    assert after.severity == "critical" and after.updates[-1].text == FAIL.text
+    assert auto.step(T0 + 3000, [slow], [after]) == []  # never back down

@@ -34,16 +34,22 @@ def notifications_sent(relay: Relay, incident: Incident) -> list[Notification]:
     """What was sent about ``incident`` to devices and outside channels, when the
     relay keeps it (the notifiers add theirs here); empty: the report falls back on
     the incident's timeline (core/report.py rule 7).  System messages: what the
-    relay answering told its own links (link/system.py ``told``)."""
+    relay answering told its own links (link/system.py ``told``); webhooks: what it
+    delivered (webhooks.py ``delivered``)."""
     news = relay.link.system
     told = news.told(incident.id) if news is not None else []
-    if not told:
-        return []
     devices = [
         Notification(at_ms=t.at_ms, event=t.event, channel="devices", count=t.links, text=t.text)
         for t in told
     ]
-    return [*timeline_notices(incident), *devices]
+    hooks = [
+        Notification(at_ms=at, event=event, channel="webhook", count=1, text=f"to {wid}")
+        for at, event, wid in relay.webhooks.delivered(incident.id)
+    ]
+    if not devices and not hooks:
+        return []
+    sent = sorted([*devices, *hooks], key=lambda n: n.at_ms)
+    return [*timeline_notices(incident), *sent]
 
 
 async def _report(request: Request) -> tuple[Report, list[Readings]]:

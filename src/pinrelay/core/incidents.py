@@ -166,8 +166,11 @@ def _resolved(incident: Incident) -> PinrelayError:
     return PinrelayError(f"incident {incident.id} is resolved (rule 1)", ErrorCode.CONFLICT)
 
 
-def add_update(incident: Incident, text: str, now_ms: int) -> Incident:
-    """``incident`` with one more update (CONFLICT if resolved; 422 past MAX_UPDATES)."""
+def add_update(
+    incident: Incident, text: str, now_ms: int, *, severity: Severity | None = None
+) -> Incident:
+    """``incident`` with one more update (CONFLICT if resolved; 422 past MAX_UPDATES);
+    ``severity``: its new severity, if it changes (a monitor's failure that worsens)."""
     if incident.state == "resolved":
         raise _resolved(incident)
     if len(incident.updates) >= MAX_UPDATES - 1:  # one left for the resolving text
@@ -176,7 +179,7 @@ def add_update(incident: Incident, text: str, now_ms: int) -> Incident:
             ErrorCode.INVALID,
         )
     update = Update(at_ms=max(now_ms, _last_ms(incident)), text=check_text(text))
-    return _next(incident, updates=(*incident.updates, update))
+    return _next(incident, updates=(*incident.updates, update), severity=severity)
 
 
 def resolve(incident: Incident, text: str | None, now_ms: int) -> Incident:
@@ -210,12 +213,13 @@ def _next(
     state: IncidentState | None = None,
     resolved_ms: int | None = None,
     holder: str | None = None,
+    severity: Severity | None = None,
 ) -> Incident:
     return Incident(
         id=incident.id,
         state=state or incident.state,
         component=incident.component,
-        severity=incident.severity,
+        severity=severity or incident.severity,
         region=incident.region,
         started_ms=incident.started_ms,
         resolved_ms=resolved_ms if resolved_ms is not None else incident.resolved_ms,

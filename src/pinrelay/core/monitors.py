@@ -15,8 +15,10 @@ Every relay judges its own readings (core/readings.py) each second
    the slot.  A relay that cannot reach its store opens it locally under that same
    id and writes it once it can.
 3. While an automatic incident of the component and region is open, no other is
-   opened: the relay holding it (``holder``) appends an update when the finding's
-   words change (at most once per ``update_every_ms``) and, with the figures of the
+   opened: the relay holding it (``holder``) appends an update at once, with the
+   new severity, when the failure worsens (a slow store that then fails: major to
+   critical; an incident never becomes less severe), when the finding's words
+   change (at most once per ``update_every_ms``) and, with the figures of the
    moment, every ``still_every_ms`` while it lasts, and resolves it once the
    component has been green for ``resolve_after_ms``.  Only the holder acts
    (never all relays); if the holder has been missing from the live relays for
@@ -160,6 +162,8 @@ class Open(Struct, frozen=True):
 class Update(Struct, frozen=True):
     incident: Incident
     text: str
+    #: The incident's new severity when the failure worsened (None: unchanged).
+    severity: Severity | None = None
 
 
 class Resolve(Struct, frozen=True):
@@ -296,7 +300,10 @@ class AutoIncidents:
             if len(incident.updates) >= MAX_UPDATES - 1:
                 continue  # full but for its resolving text (core/incidents.py)
             since_update = now_ms - track.last_update_ms
-            if finding.text != track.last_text and since_update >= self.update_every_ms:
+            if _RANK[finding.severity] > _RANK[incident.severity]:  # worse: say so at once
+                text = _with(finding.text, figures)
+                actions.append(Update(incident, text, finding.severity))
+            elif finding.text != track.last_text and since_update >= self.update_every_ms:
                 actions.append(Update(incident, _with(finding.text, figures)))
             elif since_update >= self.still_every_ms:
                 minutes = round((now_ms - incident.started_ms) / 60_000)

@@ -46,8 +46,8 @@ class Readings(Struct, frozen=True, kw_only=True):
     region: str
     #: Authenticated device links open now.
     links: int
-    #: Messages stored for linked devices and not yet written to their link (None:
-    #: not known on this store).
+    #: Messages stored (Store.stats, counted every 10 s; a cluster also counts
+    #: acknowledged ones until their TTL removes them); None: not counted yet.
     backlog: int | None = None
     #: The delivery lag: the longest a message written to a link since the previous
     #: reading waited for it while the device was linked (from its acceptance, or
