@@ -79,6 +79,9 @@ def body_of(hook: Webhook, entry: OutboxEntry) -> bytes:
     )
 
 
+#: How long a store call may take here before the store counts as away (rule 4): a
+#: store without its quorum answers nothing for its whole request timeout.
+STORE_WAIT_S = 2.0
 #: Incidents whose deliveries a relay keeps for reports, and deliveries per incident.
 REPORTED = 1000
 REPORTED_PER_INCIDENT = 500
@@ -150,12 +153,12 @@ class WebhookSender:
     async def heard(self, event: Event, incident: Incident) -> None:
         """An ``on_event`` listener of the incident board."""
         with contextlib.suppress(Exception):
-            await self._read_hooks()
+            await asyncio.wait_for(self._read_hooks(), STORE_WAIT_S)
         entries = [entry_for(h, event, incident) for h in self._hooks.values() if h.hears(incident)]
         if not entries:
             return
         try:
-            await self.store.enqueue_webhooks(entries)
+            await asyncio.wait_for(self.store.enqueue_webhooks(entries), STORE_WAIT_S)
         except Exception as exc:  # rule 4
             log.warning(
                 "webhooks: store away (%r): %d deliveries kept in memory", exc, len(entries)
@@ -253,7 +256,11 @@ class WebhookSender:
                 return
             try:
                 held = await self._lease(wid)
-                pending = await self.store.pending_webhooks(wid, PAGE) if held else []
+                pending = (
+                    await asyncio.wait_for(self.store.pending_webhooks(wid, PAGE), STORE_WAIT_S)
+                    if held
+                    else []
+                )
                 from_memory = False
             except asyncio.CancelledError:
                 raise
@@ -281,7 +288,8 @@ class WebhookSender:
                         self._memory[(wid, entry.key)] = _done(entry, now_ms)
                     else:
                         with contextlib.suppress(Exception):  # not marked: sent again, same id
-                            await self.store.webhook_done(wid, entry.key, now_ms)
+                            done = self.store.webhook_done(wid, entry.key, now_ms)
+                            await asyncio.wait_for(done, STORE_WAIT_S)
                     continue
                 attempts += 1
                 delay = backoff(
@@ -300,7 +308,8 @@ class WebhookSender:
             return True
         now_ms = int(self.clock() * 1000)
         self._leased.pop(wid, None)
-        if await self.store.lease_webhook(wid, self.owner, now_ms, int(self.lease_s * 1000)):
+        lease = self.store.lease_webhook(wid, self.owner, now_ms, int(self.lease_s * 1000))
+        if await asyncio.wait_for(lease, STORE_WAIT_S):
             self._leased[wid] = loop.time()
             return True
         return False

@@ -8,18 +8,23 @@ nodes come back: the incident is written once, and it resolves itself after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from pinrelay.client.device import Device, SystemMessage
 from pinrelay.core.timefmt import parse_rfc3339
-from pinrelay.testing.wait import wait_until
+from pinrelay.testing.wait import wait_until, wait_until_async
 from tests.api.test_auto_incidents import auto_incidents
+from tests.api.test_webhooks import FAST, check_signature, deliveries, subscribe
 from tests.conftest import RelayFactory
 from tests.linkclient import link
 from tests.natsproc import NatsCluster
+from tests.webhooks.receiver import receiving
 
 FLAGS = [
     "--incident-after",
@@ -41,53 +46,155 @@ def open_store_incident(c: httpx.Client) -> dict[str, Any] | None:
     return next((i for i in found if i["state"] == "open"), None)
 
 
-def test_a_cluster_that_loses_its_quorum_opens_an_incident_and_resolves_it(
+async def test_a_cluster_that_loses_its_quorum_tells_everyone_and_reports_it(
     tmp_path: Path, relay_factory: RelayFactory
 ) -> None:
+    """The whole cycle: two of three nats-servers killed; each relay opens the
+    incident (kept on it, the store cannot take it) within the threshold; devices
+    linked to both relays get the ``system`` message, a local webhook receiver a
+    correctly signed notification, and every relay's /status and /status.json
+    show it.  The nodes back: it is written once and resolves; the devices and the
+    receiver hear that; the reports' counts are what the test counted."""
     (tmp_path / "nats").mkdir()
     cluster = NatsCluster(tmp_path / "nats")
     cluster.start()
+    sdks: list[Device] = []
+    tasks: list[asyncio.Task[None]] = []
+    heard: dict[str, list[SystemMessage]] = {}
     try:
-        store = ["--store", ",".join(cluster.urls)]
-        a = relay_factory("a", extra=[*store, "--node-id", "a", *FLAGS])
-        b = relay_factory("b", extra=[*store, "--node-id", "b", *FLAGS])
-        with (
-            httpx.Client(base_url=a.url, headers=a.admin_headers(), timeout=30) as ca,
-            httpx.Client(base_url=b.url, headers=b.admin_headers(), timeout=30) as cb,
-        ):
-            assert auto_incidents(ca) == [] and auto_incidents(cb) == []
+        with receiving() as receiver:
+            store = ["--store", ",".join(cluster.urls), "--figures-every", "1", *FAST]
+            relays = {
+                n: relay_factory(n, extra=[*store, "--node-id", n, *FLAGS]) for n in ("a", "b")
+            }
+            admins = {
+                n: httpx.Client(base_url=r.url, headers=r.admin_headers(), timeout=30)
+                for n, r in relays.items()
+            }
+            hook = subscribe(admins["a"], receiver.url)
+            for name, relay in relays.items():
+                device = relay.create_device()
+                got = heard.setdefault(name, [])
+                sdk = Device(
+                    device["pin"], device["token"], lambda m: None,
+                    link_urls=[relay.link_url], on_system=got.append,
+                )  # fmt: skip
+                sdks.append(sdk)
+                tasks.append(asyncio.create_task(sdk.run()))
+            await wait_until_async(lambda: all(s.links_opened for s in sdks), timeout=20)
+            assert all(auto_incidents(c) == [] for c in admins.values())
             killed = cluster.nodes[1:]
+            killed_ms = int(time.time() * 1000)
             for node in killed:
                 node.kill()
-            seen_a = wait_until(lambda: open_store_incident(ca), 40, 0.3, "a's incident")
-            seen_b = wait_until(lambda: open_store_incident(cb), 40, 0.3, "b's incident")
-            for seen in (seen_a, seen_b):
-                assert seen["severity"] == "critical" and seen["holder"] in ("a", "b")
-                delay = parse_rfc3339(seen["opened_at"]) - parse_rfc3339(seen["started_at"])
-                assert 3000 <= delay < 15_000, delay
+
+            seen = {
+                n: await asyncio.to_thread(
+                    wait_until, partial(open_store_incident, c), 40, 0.3, f"{n}'s incident"
+                )
+                for n, c in admins.items()
+            }
+            for incident in seen.values():
+                assert incident["severity"] == "critical" and incident["holder"] in relays
+                opened_ms = parse_rfc3339(incident["opened_at"])
+                assert 3000 <= opened_ms - parse_rfc3339(incident["started_at"]) < 15_000
+                # Red once a probe waited store-fail-ms (2.5 s), open 3 s later.
+                assert opened_ms - killed_ms < 20_000, opened_ms - killed_ms
+
+            def told(event: str) -> bool:
+                return all(any(m.event == event for m in got) for got in heard.values())
+
+            await wait_until_async(partial(told, "opened"), 20, 0.2, "the devices told")
+            for got in heard.values():
+                news = next(m for m in got if m.event == "opened")
+                assert news.data["component"] == "store" and news.urgency == "high"
+            for name, relay in relays.items():
+                status = (await asyncio.to_thread(httpx.get, f"{relay.url}/status.json")).json()
+                states = {c["name"]: c["state"] for c in status["components"]}
+                assert states["store"] == "outage", status
+                assert seen[name]["id"] in {i["id"] for i in status["incidents"]}
+                page = (await asyncio.to_thread(httpx.get, f"{relay.url}/status")).text
+                assert seen[name]["id"] in page
+
+            def hook_heard(event: str) -> list[dict[str, Any]]:
+                return [d for d in deliveries(receiver, hook["id"]) if d["event"] == event]
+
+            await asyncio.to_thread(wait_until, partial(hook_heard, "opened"), 20, 0.2)
+            for got_hook in receiver.accepted():
+                check_signature(got_hook)
+
             for node in killed:
                 node.start()
-            cluster.wait_ready(60, started=True)
+            await asyncio.to_thread(cluster.wait_ready, 60, started=True)
 
             def settled() -> list[dict[str, Any]] | None:
                 try:
-                    on_a, on_b = auto_incidents(ca), auto_incidents(cb)
+                    on_a, on_b = (auto_incidents(c) for c in admins.values())
                 except (httpx.HTTPError, AssertionError):
                     return None
                 done = all(i["state"] == "resolved" for i in on_a)
                 same = sorted(i["id"] for i in on_a) == sorted(i["id"] for i in on_b)
                 return on_a if on_a and done and same else None
 
-            final = wait_until(settled, 90, 0.5, "the incident written and resolved")
-            ids = {i["id"] for i in final}
-            assert {seen_a["id"], seen_b["id"]} <= ids
+            final = await asyncio.to_thread(
+                wait_until, settled, 90, 0.5, "the incident written and resolved"
+            )
             # One incident for the failure; a second only if the relays' red starts
             # fell in two minutes' slots, and then it says it continues as the first.
             first = [i for i in final if not i["updates"][-1]["text"].startswith("Continues")]
-            assert len(first) == 1, final
-            assert all(i["component"] == "store" for i in final)
+            assert len(first) == 1 and all(i["component"] == "store" for i in final), final
+            incident_id = first[0]["id"]
+            await wait_until_async(partial(told, "resolved"), 30, 0.2, "the devices told again")
+            await asyncio.to_thread(wait_until, partial(hook_heard, "resolved"), 30, 0.2)
+            for got in heard.values():
+                assert len({m.id for m in got}) == len(got)  # each once
+            # The receiver: every event in order; a repeat only under the same id.
+            events = [d["event"] for d in deliveries(receiver, hook["id"])]
+            assert events[0] == "opened" and events[-1] == "resolved", events
+            ids = [d["id"] for d in deliveries(receiver, hook["id"])]
+            assert len(set(ids)) == len(dict.fromkeys(ids))
+
+            # The reports (each relay counts what it told and delivered).
+            reports = [
+                _ok_json(c.get(f"/v1/incidents/{incident_id}/report")) for c in admins.values()
+            ]
+            told_devices = sum(
+                n["count"]
+                for r in reports
+                for n in r["notifications"]
+                if n["channel"] == "devices" and n["event"] == "opened"
+            )
+            heard_opened = sum(
+                1 for got in heard.values() for m in got if m.incident == incident_id
+                and m.event == "opened"
+            )  # fmt: skip
+            assert told_devices == heard_opened == 2, reports
+            hooked = sum(
+                1 for r in reports for n in r["notifications"] if n["channel"] == "webhook"
+            )
+            mine = [
+                d for d in deliveries(receiver, hook["id"]) if d["incident"]["id"] == incident_id
+            ]
+            assert hooked == len(mine), (reports, mine)
+            for r in reports:
+                assert r["expired"] == 0 and r["tenants_affected"] == "all"
+                assert r["detection_delay_ms"] >= 3000
+            for c in admins.values():
+                c.close()
     finally:
+        for sdk in sdks:
+            await sdk.stop()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         cluster.stop()
+
+
+def _ok_json(r: httpx.Response) -> dict[str, Any]:
+    assert r.status_code == 200, r.text
+    found: dict[str, Any] = r.json()
+    return found
 
 
 def test_one_relay_acts_for_an_incident_and_another_takes_it_over_when_it_dies(
