@@ -24,9 +24,12 @@ from pinrelay.testing.relayproc import RelayProc
 from pinrelay.testing.wait import wait_until, wait_until_async
 from tests.api.test_api import assert_problem
 from tests.api.test_tenants import Tenant
+from tests.api.test_webhooks import FAST, check_signature, deliveries, subscribe
 from tests.conftest import RelayFactory
+from tests.link.test_system_messages import system_until
 from tests.linkclient import link, recv, send
 from tests.store.test_sqlite_writer import children
+from tests.webhooks.receiver import receiving
 
 INCIDENT_AFTER_S = 2
 FLAGS = [
@@ -51,19 +54,32 @@ def ms(at: str) -> int:
     return parse_rfc3339(at)
 
 
-def test_a_stopped_store_writer_opens_an_incident_that_resolves_itself(
+async def test_a_stopped_store_writer_opens_an_incident_that_resolves_itself(
     relay_factory: RelayFactory,
 ) -> None:
-    relay = relay_factory("auto", extra=FLAGS)
+    """The whole cycle on one relay: a linked device gets the ``system`` messages, a
+    local webhook receiver signed notifications, /status.json shows the incident,
+    and the report counts what the test counted."""
+    relay = relay_factory("auto", extra=[*FLAGS, *FAST])
     (writer,) = children(relay.pid)
-    with httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin:
+    device = relay.create_device()
+    ws, _ = await link(relay, device)
+    with (
+        receiving() as receiver,
+        httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin,
+    ):
+        hook = subscribe(admin, receiver.url)
         # Healthy: the probes pass, nothing opens (a few probes' worth).
-        wait_until(lambda: "pinrelay_store_commit" in admin.get("/metrics").text, 10)
+        await asyncio.to_thread(
+            wait_until, lambda: "pinrelay_store_commit" in admin.get("/metrics").text, 10
+        )
         assert auto_incidents(admin) == []
         stopped_ms = int(time.time() * 1000)
         os.kill(writer, signal.SIGSTOP)
         try:
-            opened = wait_until(lambda: auto_incidents(admin), 20, 0.2, "an automatic incident")
+            opened = await asyncio.to_thread(
+                wait_until, lambda: auto_incidents(admin), 20, 0.2, "an automatic incident"
+            )
             [incident] = opened
             assert incident["component"] == "store" and incident["state"] == "open"
             assert incident["severity"] == "critical" and incident["holder"] == "node-1"
@@ -73,6 +89,14 @@ def test_a_stopped_store_writer_opens_an_incident_that_resolves_itself(
             assert opened_at - started >= INCIDENT_AFTER_S * 1000
             assert opened_at - stopped_ms < (INCIDENT_AFTER_S + 6) * 1000
             assert "cannot be stored" in incident["updates"][0]["text"]
+            [news] = await system_until(ws, 1, timeout=10)
+            assert news["data"]["incident"] == incident["id"] and news["data"]["event"] == "opened"
+            status = (await asyncio.to_thread(httpx.get, f"{relay.url}/status.json")).json()
+            assert {c["name"]: c["state"] for c in status["components"]}["store"] == "outage"
+            assert incident["id"] in {i["id"] for i in status["incidents"]}
+            await asyncio.to_thread(
+                wait_until, lambda: deliveries(receiver, hook["id"]), 20, 0.2, "the webhook"
+            )
         finally:
             os.kill(writer, signal.SIGCONT)
 
@@ -80,16 +104,34 @@ def test_a_stopped_store_writer_opens_an_incident_that_resolves_itself(
             found = [i for i in auto_incidents(admin) if i["id"] == incident["id"]]
             return found[0] if found and found[0]["state"] == "resolved" else None
 
-        done = wait_until(resolved, 30, 0.2, "the incident resolved")
+        done = await asyncio.to_thread(wait_until, resolved, 30, 0.2, "the incident resolved")
         assert ms(done["resolved_at"]) - ms(done["started_at"]) >= INCIDENT_AFTER_S * 1000
         assert done["updates"][-1]["text"].startswith("Resolved")
         # One incident, not one per red probe.
         assert [i["id"] for i in auto_incidents(admin)] == [incident["id"]]
+        [after] = await system_until(ws, 1, timeout=10)
+        assert after["data"]["event"] == "resolved"
+
+        def hook_events() -> list[str] | None:
+            events = [d["event"] for d in deliveries(receiver, hook["id"])]
+            return events if events and events[-1] == "resolved" else None
+
+        events = await asyncio.to_thread(wait_until, hook_events, 20, 0.2, "resolved webhook")
+        assert events[0] == "opened", events
+        for got in receiver.accepted():
+            check_signature(got)
+        url = f"/v1/incidents/{incident['id']}/report"
+        report = (await asyncio.to_thread(admin.get, url)).json()
+        sent = report["notifications"]
+        assert [n["count"] for n in sent if n["channel"] == "devices"] == [1, 1]  # one device
+        assert sum(n["channel"] == "webhook" for n in sent) == len(events)
+        assert report["expired"] == 0 and report["detection_delay_ms"] >= 2000
+    await ws.close()
     relay.stop()
     again = RelayProc(relay.data, extra=FLAGS).start()
     try:
         with httpx.Client(base_url=again.url, headers=again.admin_headers(), timeout=30) as c:
-            r = c.get(f"/v1/incidents/{incident['id']}")
+            r = await asyncio.to_thread(c.get, f"/v1/incidents/{incident['id']}")
             assert r.status_code == 200 and r.json()["state"] == "resolved"
     finally:
         again.stop()
