@@ -217,6 +217,15 @@ def serve(
             show_default=False,
         ),
     ] = False,
+    watch_every: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="Seconds between two store probes and monitor checks, and two reads of"
+            " the incidents and webhooks. (default: 1)",
+            show_default=False,
+        ),
+    ] = None,
     figures_every: Annotated[
         float | None,
         typer.Option(
@@ -344,6 +353,7 @@ def serve(
             forwarded_allow_ips=forwarded_allow_ips,
             metrics_public=metrics_public or None,
             figures_every_s=figures_every,
+            watch_every_s=watch_every,
             webhook_retry_cap_s=webhook_retry_cap,
             webhook_lease_s=webhook_lease,
         ),

@@ -46,6 +46,10 @@ class RelayConfig:
     #: How long a monitor stays red before it opens an incident, and green before
     #: the incident resolves (core/monitors.py).
     incident_after_s: float = 20.0
+    #: How often a relay probes its store, judges its monitors, and reads its
+    #: incidents and webhooks (each a store request: tests that count NATS traffic
+    #: make it rare).
+    watch_every_s: float = 1.0
     resolve_after_s: float = 60.0
     #: When each monitor is red (``--monitor NAME=VALUE``).
     monitor: Thresholds = field(default_factory=Thresholds)

@@ -125,7 +125,7 @@ class Relay:
             page=config.broadcast_page,
         )
         #: Incidents this relay knows, and who hears of changes (incident_board.py).
-        self.incidents = IncidentBoard(self.store, clock)
+        self.incidents = IncidentBoard(self.store, clock, refresh_s=config.watch_every_s)
         #: Outgoing webhooks: every relay enqueues what its board hears (webhooks.py).
         self.webhooks = WebhookSender(
             self.store,
@@ -134,6 +134,7 @@ class Relay:
             retry_base_s=min(1.0, config.webhook_retry_cap_s),
             retry_cap_s=config.webhook_retry_cap_s,
             lease_s=config.webhook_lease_s,
+            poll_s=config.watch_every_s,
             observe=lambda ok: self.metrics.webhook_attempts.labels("ok" if ok else "failed").inc(),
         )
         self.incidents.on_event.append(self.webhooks.heard)
@@ -190,6 +191,8 @@ class Relay:
             thresholds=config.monitor,
             incident_after_s=config.incident_after_s,
             resolve_after_s=config.resolve_after_s,
+            every_s=config.watch_every_s,
+            probe_s=config.watch_every_s,
         )
         #: The monitors' readings, folded and kept in the store for incident reports.
         folded = Folded()

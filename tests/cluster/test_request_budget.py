@@ -131,7 +131,19 @@ def pair(nats: NatsCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         for node in NODES:
             relay = RelayProc(
-                root / node, extra=["--store", ",".join(nats.urls), "--node-id", node]
+                root / node,
+                extra=[
+                    "--store",
+                    ",".join(nats.urls),
+                    "--node-id",
+                    node,
+                    # Background reads and probes (a store request a second each)
+                    # would never let the traffic settle: once an hour here.
+                    "--watch-every",
+                    "3600",
+                    "--figures-every",
+                    "3600",
+                ],
             )
             started.append(relay)
             relay.launch()
