@@ -68,13 +68,13 @@ def test_a_relay_that_stops_hands_its_deliveries_over_at_once(
     # A lease far longer than the test: only letting go of it lets the second send.
     store = ["--store", ",".join(nats_cluster.urls), "--webhook-retry-cap", "0.5"]
     lease = ["--webhook-lease", "600"]
-    first = relay_factory("first", extra=[*store, *lease, "--node-id", "first"])
+    first = relay_factory("first", extra=[*store, *lease, "--node-id", "handing-first"])
     with httpx.Client(base_url=first.url, headers=first.admin_headers(), timeout=30) as one:
         hook = subscribe(one, receiver.url)
         receiver.status = 503
         open_incident(one, component="delivery", severity="minor")
         wait_until(lambda: len(receiver.got) >= 2, timeout=20)
-    relay_factory("second", extra=[*store, *lease, "--node-id", "second"])
+    relay_factory("second", extra=[*store, *lease, "--node-id", "handing-second"])
     first.stop(timeout=15)
     receiver.status = 200
     wait_until(lambda: len(deliveries(receiver)) >= 1, timeout=20)
