@@ -53,6 +53,18 @@ async def open_store(path: Path) -> SqliteStore:
     return s
 
 
+def migrated_until(db_path: Path, version: int) -> None:
+    """A database at schema ``version``: the first ``version`` migrations applied,
+    as a relay of that version left it."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+        for number, migration in enumerate(MIGRATIONS[:version]):
+            for statement in migration.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+
+
 class TestSchema:
     async def test_migration_sets_user_version(self, db_path: Path) -> None:
         s = await open_store(db_path)
@@ -79,13 +91,8 @@ class TestSchema:
     async def test_existing_data_moves_into_the_default_tenant(self, db_path: Path) -> None:
         """A database of the last version before tenants (5) opens with its devices and
         keys in the ``default`` tenant, which exists (issue 15)."""
-        db_path.parent.mkdir(parents=True)
+        migrated_until(db_path, 5)
         with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
-            for number, migration in enumerate(MIGRATIONS[:5]):
-                for statement in migration.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number + 1}")
             conn.execute(
                 "INSERT INTO devices (pin, token_hash, label, created_ms) VALUES (?, 'h', NULL, ?)",
                 (PIN, NOW),
@@ -138,13 +145,7 @@ class TestSchema:
 
     async def test_a_database_from_before_incidents_migrates(self, db_path: Path) -> None:
         """A database of the last version before incidents (8) opens and keeps them."""
-        db_path.parent.mkdir(parents=True)
-        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
-            for number, migration in enumerate(MIGRATIONS[:8]):
-                for statement in migration.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number + 1}")
+        migrated_until(db_path, 8)
         s = await open_store(db_path)
         try:
             made = open_incident("I000000000001", "store", "minor", "slow", NOW)
@@ -157,14 +158,8 @@ class TestSchema:
     async def test_a_database_from_before_credits_migrates(self, db_path: Path) -> None:
         """A database with incidents, before service levels and codes (9), opens and
         keeps them."""
-        db_path.parent.mkdir(parents=True)
         before = MIGRATIONS.index(credit_ops.SCHEMA)
-        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
-            for number, migration in enumerate(MIGRATIONS[:before]):
-                for statement in migration.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number + 1}")
+        migrated_until(db_path, before)
         s = await open_store(db_path)
         try:
             assert await s.claim_makegood("I000000000001", "default", "B1") == "B1"
@@ -176,13 +171,7 @@ class TestSchema:
     async def test_a_database_from_before_webhooks_migrates(self, db_path: Path) -> None:
         """A database of the version before webhooks' tables opens and keeps them."""
         before = MIGRATIONS.index(webhook_ops.SCHEMA)
-        db_path.parent.mkdir(parents=True)
-        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
-            for number, migration in enumerate(MIGRATIONS[:before]):
-                for statement in migration.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number + 1}")
+        migrated_until(db_path, before)
         s = await open_store(db_path)
         try:
             hook = Webhook(id="W000000000001", tenant=None, url="http://h/", secret="s" * 16)
