@@ -204,7 +204,7 @@ class Monitors:
                 raise
             except Exception as exc:
                 log.debug("backlog count failed: %r", exc)
-            await asyncio.sleep(BACKLOG_EVERY_S)
+            await asyncio.sleep(max(BACKLOG_EVERY_S, self.every_s))
 
     async def _probe_forever(self) -> None:
         fail_s = self.thresholds.store_fail_ms / 1000
