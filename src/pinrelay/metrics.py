@@ -129,6 +129,16 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.webhooks_known = Gauge(
+            "pinrelay_webhooks_known",
+            "Webhook subscriptions this relay has read (it delivers them while the store is away)",
+            registry=r,
+        )
+        self.webhooks_in_memory = Gauge(
+            "pinrelay_webhook_deliveries_in_memory",
+            "Webhook deliveries heard while the store was away, not written to it yet",
+            registry=r,
+        )
 
         self._commits: list[tuple[float, int]] = []
 

@@ -138,6 +138,8 @@ class Relay:
             observe=lambda ok: self.metrics.webhook_attempts.labels("ok" if ok else "failed").inc(),
         )
         self.incidents.on_event.append(self.webhooks.heard)
+        self.metrics.webhooks_known.set_function(lambda: self.webhooks.known)
+        self.metrics.webhooks_in_memory.set_function(lambda: self.webhooks.in_memory)
         self.auth = Authenticator(
             self.store,
             FailureLimiter(limit=config.auth_failure_limit),

@@ -145,6 +145,12 @@ class WebhookSender:
         return list(self._workers)
 
     @property
+    def known(self) -> int:
+        """The subscriptions as last read: those this relay can still deliver while
+        the store is away (one made a moment before an outage may be missing)."""
+        return len(self._hooks)
+
+    @property
     def in_memory(self) -> int:
         """Deliveries heard while the store was away, not written to it yet (rule 4)."""
         return len(self._memory)
@@ -206,28 +212,37 @@ class WebhookSender:
 
     async def _forever(self) -> None:
         while True:
-            try:
-                await self._read_hooks()
-                await self._flush_memory()
-                await self._prune()
+            try:  # bounded: the workers are kept going while the store is away
+                await asyncio.wait_for(self._read_hooks(), STORE_WAIT_S)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store away: keep the workers we have
                 log.debug("webhooks: store unreadable: %r", exc)
-            for wid in list(self._workers):
-                if wid not in self._hooks:
-                    self._workers.pop(wid).cancel()
-                    self._wake.pop(wid, None)
-            for wid, task in list(self._workers.items()):
-                if task.done():  # a bug; say so and start it again
-                    del self._workers[wid]
-                    if not task.cancelled() and (failure := task.exception()) is not None:
-                        log.error("webhook %s: worker failed", wid, exc_info=failure)
-            for wid in self._hooks:
-                if wid not in self._workers:
-                    self._wake[wid] = asyncio.Event()
-                    self._workers[wid] = asyncio.get_running_loop().create_task(self._work(wid))
+            self._keep_workers()
+            try:
+                await self._flush_memory()
+                await self._prune()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store away: written on a later turn
+                log.debug("webhooks: store unwritable: %r", exc)
             await asyncio.sleep(self.poll_s)
+
+    def _keep_workers(self) -> None:
+        """One worker per known subscription (rule 2), none for a deleted one."""
+        for wid in list(self._workers):
+            if wid not in self._hooks:
+                self._workers.pop(wid).cancel()
+                self._wake.pop(wid, None)
+        for wid, task in list(self._workers.items()):
+            if task.done():  # a bug; say so and start it again
+                del self._workers[wid]
+                if not task.cancelled() and (failure := task.exception()) is not None:
+                    log.error("webhook %s: worker failed", wid, exc_info=failure)
+        for wid in self._hooks:
+            if wid not in self._workers:
+                self._wake[wid] = asyncio.Event()
+                self._workers[wid] = asyncio.get_running_loop().create_task(self._work(wid))
 
     async def _flush_memory(self) -> None:
         """Rule 4: the store is back; write what was heard meanwhile."""

@@ -59,6 +59,7 @@ async def test_a_cluster_that_loses_its_quorum_tells_everyone_and_reports_it(
     cluster = NatsCluster(tmp_path / "nats")
     cluster.start()
     sdks: list[Device] = []
+    admins: dict[str, httpx.Client] = {}
     tasks: list[asyncio.Task[None]] = []
     heard: dict[str, list[SystemMessage]] = {}
     try:
@@ -67,11 +68,15 @@ async def test_a_cluster_that_loses_its_quorum_tells_everyone_and_reports_it(
             relays = {
                 n: relay_factory(n, extra=[*store, "--node-id", n, *FLAGS]) for n in ("a", "b")
             }
-            admins = {
-                n: httpx.Client(base_url=r.url, headers=r.admin_headers(), timeout=30)
+            admins.update(
+                (n, httpx.Client(base_url=r.url, headers=r.admin_headers(), timeout=30))
                 for n, r in relays.items()
-            }
+            )
             hook = subscribe(admins["a"], receiver.url)
+            for c in admins.values():  # each relay has read it (it sends while away)
+                await asyncio.to_thread(
+                    wait_until, partial(_metric, c, "pinrelay_webhooks_known", 1), 20, 0.1
+                )
             for name, relay in relays.items():
                 device = relay.create_device()
                 got = heard.setdefault(name, [])
@@ -179,9 +184,15 @@ async def test_a_cluster_that_loses_its_quorum_tells_everyone_and_reports_it(
             for r in reports:
                 assert r["expired"] == 0 and r["tenants_affected"] == "all"
                 assert r["detection_delay_ms"] >= 3000
+            # What was kept in memory while the store was away is written now.
             for c in admins.values():
-                c.close()
+                await asyncio.to_thread(
+                    wait_until, partial(_metric, c, "pinrelay_webhook_deliveries_in_memory", 0),
+                    20, 0.2, "the deliveries written",
+                )  # fmt: skip
     finally:
+        for c in admins.values():
+            c.close()
         for sdk in sdks:
             await sdk.stop()
         for task in tasks:
@@ -189,6 +200,11 @@ async def test_a_cluster_that_loses_its_quorum_tells_everyone_and_reports_it(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         cluster.stop()
+
+
+def _metric(c: httpx.Client, name: str, want: float) -> bool:
+    lines = c.get("/metrics").text.splitlines()
+    return any(line == f"{name} {float(want)}" for line in lines)
 
 
 def _ok_json(r: httpx.Response) -> dict[str, Any]:

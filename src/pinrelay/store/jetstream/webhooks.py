@@ -9,7 +9,9 @@ stored like every bucket of the store), under their own prefixes:
 - ``wo.<webhook id>.<order key>``: one outbox entry
   (:class:`~pinrelay.core.webhooks.OutboxEntry`).  Enqueued with a create (the
   revision 0 compare-and-set), so every relay may enqueue the same delivery and
-  one entry results; answered 2xx it is rewritten with ``done_ms`` and kept until
+  one entry results (a create refused as "present" counts only once a read
+  shows the entry: a leader without its quorum refuses so for its own
+  uncommitted proposal); answered 2xx it is rewritten with ``done_ms`` and kept until
   pruned, so a relay that hears the revision late cannot enqueue it again.  The
   order key sorts as text (rule 3); listing is the stream's subjects under
   ``wo.<webhook id>.*``, from its leader.
@@ -26,6 +28,7 @@ from msgspec import Struct
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.webhooks import OutboxEntry, Webhook, is_webhook_id
+from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream.cas import Keyed
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import Bucket
@@ -86,9 +89,13 @@ class Webhooks:
             if entry.webhook not in live:
                 continue  # deleted: its late events are dropped
             # create: absent only (rule 2); present (pending or done) stays as it is.
-            await self.kv.create(
-                self.bucket, f"wo.{entry.webhook}.{entry.key}", json_enc.encode(entry)
-            )
+            key = f"wo.{entry.webhook}.{entry.key}"
+            created = await self.kv.create(self.bucket, key, json_enc.encode(entry))
+            # "Present" may be a leader's own proposal it cannot commit (a leader
+            # without its quorum answers the next create so): durable only once a
+            # read shows it (the caller keeps the entry until then).
+            if created is None and await self.kv.get(self.bucket, key) is None:
+                raise StoreClosed(f"outbox entry {key} not committed yet")
 
     async def pending(self, webhook_id: str, limit: int) -> list[OutboxEntry]:
         self.api.check_open()
