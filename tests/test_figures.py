@@ -81,16 +81,19 @@ def test_readings_taken_each_second_are_folded_into_one_per_interval() -> None:
     first = Readings(
         at_ms=1000, node="n", region="r", links=5, backlog=9, lag_ms=300, delivered=3,
         delay_counts=(1, 2), expired=1, shed=0, store_ms=4, disk_free=100,
+        tenant_delays={"T1": (1,), "T2": (0, 2)},
     )  # fmt: skip
     second = Readings(
         at_ms=2000, node="n", region="r", links=7, backlog=None, lag_ms=200, delivered=2,
         delay_counts=(0, 1, 1), expired=0, shed=2, store_ms=None, disk_free=90,
+        tenant_delays={"T2": (0, 1, 1)},
     )  # fmt: skip
     folded.add(first)
     folded.add(second)
     assert folded.take() == Readings(
         at_ms=2000, node="n", region="r", links=7, backlog=None, lag_ms=300, delivered=5,
         delay_counts=(1, 3, 1), expired=1, shed=2, store_ms=None, disk_free=90,
+        tenant_delays={"T1": (1,), "T2": (0, 3, 1)},
     )  # fmt: skip
     assert folded.take() is None
     folded.add(first)

@@ -221,9 +221,12 @@ class Delivery:
         on_broken: Callable[[], None] | None = None,
         on_sent: OnSent | None = None,
         on_gone: OnGone | None = None,
+        tenant: str | None = None,
     ) -> None:
         self.store = store
         self.pin = pin
+        #: The device's tenant: its messages' waits count for its delay target too.
+        self.tenant = tenant
         self.window = Window(window, acked)
         self._send = send
         self._clock = clock
@@ -316,7 +319,7 @@ class Delivery:
     def _track(self, batch: list[StoredMessage]) -> None:
         now_ms, since, waits = int(self._clock() * 1000), self._since_ms, self._metrics.waits
         for message in batch:
-            waits.observe(now_ms - max(message.sent_at_ms, since))
+            waits.observe(now_ms - max(message.sent_at_ms, since), self.tenant)
         if self._on_gone is not None:
             for message in batch:
                 if message.kind in COUNTED:

@@ -20,9 +20,9 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
-from itertools import zip_longest
 
-from pinrelay.core.readings import Readings
+from pinrelay.core.readings import Readings, add_counts
+from pinrelay.delay_days import settle_yesterday
 from pinrelay.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,11 @@ def fold(earlier: Readings, later: Readings) -> Readings:
         if earlier.store_ms is None or later.store_ms is None
         else max(earlier.store_ms, later.store_ms)
     )
-    delays = tuple(
-        a + b for a, b in zip_longest(earlier.delay_counts, later.delay_counts, fillvalue=0)
-    )
+    delays = add_counts(earlier.delay_counts, later.delay_counts)
+    tenants = {
+        t: add_counts(earlier.tenant_delays.get(t, ()), later.tenant_delays.get(t, ()))
+        for t in earlier.tenant_delays.keys() | later.tenant_delays.keys()
+    }
     return Readings(
         at_ms=later.at_ms,
         node=later.node,
@@ -60,6 +62,7 @@ def fold(earlier: Readings, later: Readings) -> Readings:
         lag_ms=max(earlier.lag_ms, later.lag_ms),
         delivered=earlier.delivered + later.delivered,
         delay_counts=delays,
+        tenant_delays=tenants,
         expired=earlier.expired + later.expired,
         shed=earlier.shed + later.shed,
         store_ms=store_ms,
@@ -92,9 +95,15 @@ class FiguresRecorder:
         read: Callable[[], Readings | None],
         every_s: float = EVERY_S,
         hold_s: float = HOLD_S,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock``: the wall clock, to sum each settled day's delays per tenant
+        (delay_days.py) after a write; None: not summed."""
         self.store = store
         self.read = read
+        self.clock = clock
+        #: The wall clock's hour (ms) yesterday's delays were last tried at.
+        self._settle_tried: int | None = None
         self.every_s = every_s
         #: Readings not written yet, oldest first (bounded: ``hold_s`` of them).
         self.waiting: deque[Readings] = deque(maxlen=max(1, round(hold_s / every_s)))
@@ -144,9 +153,21 @@ class FiguresRecorder:
         await self.write()
 
     async def write(self) -> None:
-        """Write what waits, a batch at a time, until done or the store fails."""
+        """Write what waits, a batch at a time, until done or the store fails;
+        then, once an hour, sum yesterday's delays if they are settled."""
         while await self.flush() and self.waiting:
             pass
+        if self.clock is None or self.waiting:
+            return
+        now_ms = int(self.clock() * 1000)
+        hour = now_ms - now_ms % 3_600_000
+        if self._settle_tried == hour:
+            return
+        self._settle_tried = hour
+        try:
+            await asyncio.wait_for(settle_yesterday(self.store, now_ms), WRITE_TIMEOUT_S * 6)
+        except Exception as exc:  # tried again next hour; a credits call sums it too
+            log.warning("delays of yesterday not summed: %r", exc)
 
     async def flush(self, timeout: float = WRITE_TIMEOUT_S) -> bool:
         """Write up to WRITE_BATCH waiting readings; whether it worked."""

@@ -39,16 +39,29 @@ class Waits:
     """How long messages waited for a linked device (core/readings.py), counted by
     DELAY_BOUNDS_MS bucket and the longest, since the monitors last took them."""
 
-    __slots__ = ("counts", "longest")
+    __slots__ = ("counts", "longest", "tenants")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(DELAY_BOUNDS_MS) + 1)
         self.longest = 0
+        #: The counts per tenant (devices of no tenant: not kept).
+        self.tenants: dict[str, list[int]] = {}
 
-    def observe(self, wait_ms: int) -> None:
-        self.counts[bisect_left(DELAY_BOUNDS_MS, wait_ms)] += 1
+    def observe(self, wait_ms: int, tenant: str | None = None) -> None:
+        bucket = bisect_left(DELAY_BOUNDS_MS, wait_ms)
+        self.counts[bucket] += 1
         if wait_ms > self.longest:
             self.longest = wait_ms
+        if tenant is not None:
+            counts = self.tenants.get(tenant)
+            if counts is None:
+                counts = self.tenants[tenant] = [0] * len(self.counts)
+            counts[bucket] += 1
+
+    def take_tenants(self) -> dict[str, tuple[int, ...]]:
+        """The counts per tenant since the last take."""
+        tenants, self.tenants = self.tenants, {}
+        return {t: tuple(c) for t, c in tenants.items()}
 
     def take(self) -> tuple[tuple[int, ...], int]:
         """The counts and the longest wait since the last take (empty: none)."""

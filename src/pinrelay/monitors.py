@@ -92,6 +92,7 @@ class Monitors:
         probe_s: float = 1.0,
         report_red: Callable[[frozenset[str]], None] = lambda _: None,
         red_elsewhere: Callable[[], frozenset[str]] = frozenset,
+        tenant_waits: Callable[[], dict[str, tuple[int, ...]]] = dict,
     ) -> None:
         """``report_red`` is told the components judged red each tick (a cluster's
         heartbeats carry them); ``red_elsewhere`` gives those the region's other
@@ -107,6 +108,7 @@ class Monitors:
         self._shed = shed
         self._expired = expired
         self._waits = waits
+        self._tenant_waits = tenant_waits
         self._connected = connected
         self._alive = alive
         self._report_red = report_red
@@ -165,6 +167,7 @@ class Monitors:
             lag_ms=longest,
             delivered=sum(counts),
             delay_counts=counts,
+            tenant_delays=self._tenant_waits(),
             expired=expired_delta,
             shed=shed_delta,
             store_ms=self.store_ms,

@@ -184,6 +184,7 @@ class Relay:
             shed=self._shed,
             expired=lambda: self._count("pinrelay_messages_expired_total"),
             waits=self.metrics.waits.take,
+            tenant_waits=self.metrics.waits.take_tenants,
             # A cluster's NATS connection; on SQLite, healthy() says the writer
             # process lives, which the store probe judges (component store).
             connected=self.store.healthy if self.clustered else lambda: True,
@@ -199,7 +200,7 @@ class Relay:
         #: The monitors' readings, folded and kept in the store for incident reports.
         folded = Folded()
         self.monitors.on_reading.append(folded.add)
-        self.figures = FiguresRecorder(self.store, folded.take, config.figures_every_s)
+        self.figures = FiguresRecorder(self.store, folded.take, config.figures_every_s, clock=clock)
         #: Incidents' system messages to this relay's links (link/system.py).
         self.link.system = SystemNotices(
             self.incidents,

@@ -13,6 +13,7 @@ next start: every device has exactly one code.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ import pytest
 
 from pinrelay.core import frames
 from pinrelay.core.incidents import Incident, open_incident, resolve
+from pinrelay.core.readings import Readings, add_counts
 from pinrelay.core.timefmt import parse_rfc3339
 from pinrelay.store.sqlite import SqliteStore
 from pinrelay.testing.wait import wait_until
@@ -32,8 +34,9 @@ from tests.conftest import RelayFactory
 from tests.linkclient import link, recv, send
 from tests.relayproc import RelayProc
 
-#: Writes incidents into the relay's store (the relay may be stopped meanwhile).
-PutIncidents = Callable[[RelayProc, Sequence[Incident]], None]
+#: Writes incidents and readings into the relay's store (the relay may be stopped
+#: meanwhile).
+PutIncidents = Callable[[RelayProc, Sequence[Incident], Sequence[Readings]], None]
 TABLE = [[99.9, 10], [99.0, 25], [95.0, 100]]
 MIN = 60_000
 
@@ -57,8 +60,11 @@ def _level(fee: int, currency: str = "EUR", **kw: Any) -> dict[str, Any]:
     return {"availability": 99.9, "fee": fee, "currency": currency, "credits": TABLE, **kw}
 
 
-def put_incidents_sqlite(relay: RelayProc, incidents: Sequence[Incident]) -> None:
-    """Stop the relay, write the incidents into its database, start it again."""
+def put_incidents_sqlite(
+    relay: RelayProc, incidents: Sequence[Incident], readings: Sequence[Readings] = ()
+) -> None:
+    """Stop the relay, write the incidents and readings into its database, start
+    it again."""
     relay.stop()
 
     async def write() -> None:
@@ -67,6 +73,7 @@ def put_incidents_sqlite(relay: RelayProc, incidents: Sequence[Incident]) -> Non
         try:
             for i in incidents:
                 assert await store.put_incident(i)
+            await store.put_readings(readings)
         finally:
             await store.close()
 
@@ -90,8 +97,12 @@ def _closed(
 def check_credits_of_a_synthetic_month(relay: RelayProc, put: PutIncidents) -> None:
     with httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin:
         t1, t2, t3 = Tenant(admin, "one"), Tenant(admin, "two"), Tenant(admin, "three")
-        _ok(admin.put(f"/v1/tenants/{t1.id}/service-level", json=_level(10_000)))
-        _ok(admin.put(f"/v1/tenants/{t2.id}/service-level", json=_level(5_000, "USD")))
+        # Both with a delay target: 99 % of messages delivered within 1 s.
+        target = {"percent": 99.0, "delay_ms": 1_000}
+        _ok(admin.put(f"/v1/tenants/{t1.id}/service-level", json=_level(10_000, delay=target)))
+        _ok(
+            admin.put(f"/v1/tenants/{t2.id}/service-level", json=_level(5_000, "USD", delay=target))
+        )
     # February 2026: 28 days = 40,320 minutes.
     incidents = [
         # A: critical, everyone's, 3 Feb 10:00-12:00: 120 min for both.
@@ -108,7 +119,18 @@ def check_credits_of_a_synthetic_month(relay: RelayProc, put: PutIncidents) -> N
         # F: critical, t3's (no service level): nobody listed is owed for it.
         _closed("I0000000000F0", "critical", _at(20, 0), _at(21, 0), [t3.id]),
     ]
-    put(relay, [rev for pair in incidents for rev in pair])
+    # Delay counts by DELAY_BOUNDS_MS bucket (<=100, <=250, <=500, <=1000, <=2500, ...):
+    # t1's messages on two relays in February: 900 within 100 ms and 60 within 2.5 s
+    # (over the target) on the 5th, 40 within 1 s on the 27th; others' don't count,
+    # nor t1's outside February.
+    slow = (0, 0, 0, 0, 5_000)
+    readings = [
+        _reading("a", _at(5, 12), {t1.id: (900, 0, 0, 0, 60), t3.id: slow}),
+        _reading("b", _at(27, 12), {t1.id: (0, 0, 0, 40)}),
+        _reading("a", _at(31, 23, month=1), {t1.id: slow}),
+        _reading("b", _at(1, 0, month=3), {t1.id: slow}),
+    ]
+    put(relay, [rev for pair in incidents for rev in pair], readings)
     with httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin:
         body = _ok(admin.get("/v1/credits", params={"month": "2026-02"}))
     assert body["month"] == "2026-02"
@@ -116,29 +138,47 @@ def check_credits_of_a_synthetic_month(relay: RelayProc, put: PutIncidents) -> N
     assert set(owed) == {t1.id, t2.id}  # t3 has no service level
     one, two = owed[t1.id], owed[t2.id]
     # t1: 120 (A) + 30 (B after A) + 60 (E) = 210 min down of 40,320:
-    # availability = 1 - 210/40,320 = 99.4792 %: under 99.9, not under 99.0 -> 10 %
-    # of 10,000 = 1,000 EUR cents.
+    # availability = 1 - 210/40,320 = 99.4792 %: under 99.9, not under 99.0 -> 10 %.
+    # Its delay: (900 + 40) of 1,000 within 1 s = 94 %: under 95.0 -> 100 %, the
+    # larger: 100 % of 10,000 = 10,000 EUR cents.
     assert one["minutes"] == 40_320
     assert one["downtime_minutes"] == pytest.approx(210)
     assert one["availability"] == pytest.approx(100 * (1 - 210 / 40_320))
-    assert (one["credit_percent"], one["amount"], one["currency"]) == (10, 1_000, "EUR")
+    assert one["delivered_within"] == pytest.approx(94.0)
+    assert (one["credit_percent"], one["amount"], one["currency"]) == (100, 10_000, "EUR")
     assert one["incidents"] == ["I0000000000A0", "I0000000000B0", "I0000000000E0"]
     # t2: 120 (A) + 1,440 (D) + 60 (E) = 1,620 min: 1 - 1,620/40,320 = 95.9821 %:
     # under 99.0, not under 95.0 -> 25 % of 5,000 = 1,250 USD cents.
     assert two["downtime_minutes"] == pytest.approx(1_620)
     assert (two["credit_percent"], two["amount"], two["currency"]) == (25, 1_250, "USD")
-    assert two["delivered_within"] is None  # no delay figures: not assessed
+    assert two["delivered_within"] is None  # no delay figures of its own: not assessed
     # A tenant's admin sees its own credit only.
     with t1.client("admin") as own:
         mine = _ok(own.get("/v1/credits", params={"month": "2026-02"}))
     assert [c["tenant"] for c in mine["credits"]] == [t1.id]
-    assert mine["credits"][0]["amount"] == 1_000
+    assert mine["credits"][0]["amount"] == 10_000
+
+
+def _reading(node: str, at_ms: int, tenants: dict[str, tuple[int, ...]]) -> Readings:
+    start: tuple[int, ...] = ()
+    everyone = functools.reduce(add_counts, tenants.values(), start)
+    return Readings(
+        at_ms=at_ms,
+        node=node,
+        region="local",
+        links=1,
+        delivered=sum(everyone),
+        delay_counts=everyone,
+        tenant_delays=tenants,
+    )
 
 
 def test_credits_of_a_synthetic_month_match_the_hand_calculation(
     relay_factory: RelayFactory,
 ) -> None:
-    check_credits_of_a_synthetic_month(relay_factory(), put_incidents_sqlite)
+    # No figures of its own: a SQLite write forgets readings over 90 days old.
+    relay = relay_factory(extra=["--figures-every", "3600"])
+    check_credits_of_a_synthetic_month(relay, put_incidents_sqlite)
 
 
 @pytest.mark.shared_relay
@@ -303,3 +343,35 @@ def test_a_relay_killed_mid_make_good_leaves_each_device_one_code(
     flags = ["--broadcast-page", "5", "--broadcast-takeover", "1"]
     relay = relay_factory(extra=flags)
     check_a_killed_make_good_resumes(relay, relay.start)
+
+
+async def test_a_tenants_deliveries_are_counted_for_its_delay_target(
+    relay: RelayProc, admin: httpx.Client
+) -> None:
+    """What a linked device of a tenant is delivered counts in the relay's readings
+    under that tenant (core/readings.py ``tenant_delays``), which the credits sum."""
+    tenant = Tenant(admin, "delayed")
+    device = tenant.device()
+    ws, _ = await link(relay, device)
+    url = f"/v1/devices/{device['pin']}/messages"
+
+    def counted() -> int:
+        # One more push each time: a reading covers one second's deliveries.
+        r = admin.post(url, json={"data": {"n": 1}, "ttl": 600})
+        assert r.status_code == 201, r.text
+        readings = admin.get("/v1/monitors").json()["readings"] or {}
+        delays = readings.get("tenant_delays", {})
+        return sum(delays.get(tenant.id, ()))
+
+    async def ack_all() -> None:
+        while True:
+            frame = await recv(ws, 60)
+            if isinstance(frame, frames.Msg) and frame.cursor is not None:
+                await send(ws, frames.Ack(cursor=frame.cursor))
+
+    acker = asyncio.get_running_loop().create_task(ack_all())
+    try:
+        assert await asyncio.to_thread(wait_until, counted, 20, 0.05, "counted") >= 1
+    finally:
+        acker.cancel()
+        await ws.close()

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Sequence
 
 from pinrelay.core.incidents import Incident
+from pinrelay.core.readings import Readings
 from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.testing.natsproc import NatsCluster
 from tests.api.test_credits import (
@@ -37,13 +38,14 @@ __all__ = [
 def test_credits_of_a_synthetic_month_match_the_hand_calculation(
     relay: RelayProc, nats_cluster: NatsCluster
 ) -> None:
-    def put(_relay: RelayProc, incidents: Sequence[Incident]) -> None:
+    def put(_relay: RelayProc, incidents: Sequence[Incident], readings: Sequence[Readings]) -> None:
         async def write() -> None:
             store = JetStreamStore(nats_cluster.urls)
             await store.open()
             try:
                 for i in incidents:
                     assert await store.put_incident(i)
+                await store.put_readings(readings)
             finally:
                 await store.close()
 

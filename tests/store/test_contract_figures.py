@@ -17,6 +17,7 @@ from typing import Any
 import nats
 
 from pinrelay.core.readings import Readings
+from pinrelay.delay_days import DAY_MS, day_delays, month_delays
 from pinrelay.store.base import FIGURES_KEEP_MS, Store
 from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.store.sqlite import SqliteStore
@@ -110,3 +111,40 @@ async def test_the_cluster_keeps_figures_90_days(store: Store) -> None:
         await nc.close()
     assert info.config.max_age == FIGURES_KEEP_MS / 1000
     assert info.config.num_replicas == 3 and info.state.messages == 1
+
+
+async def test_a_days_delays_per_tenant_are_kept_and_summed_once_settled(
+    store: Store, reopen: Reopen
+) -> None:
+    """delay_days.py: a settled day is summed from its readings (both relays, only
+    its own hours) and kept; a day not settled is summed but not kept; what is kept
+    survives a reopen and is what a month's credits read."""
+    day = NOW - NOW % DAY_MS - 3 * DAY_MS  # three days ago: settled
+    today = NOW - NOW % DAY_MS
+    per_tenant = [
+        reading("a1", day + 1_000, tenant_delays={"T1": (5, 1), "T2": (0, 0, 3)}),
+        reading("b-2", day + DAY_MS - 1, tenant_delays={"T1": (1, 0, 0, 2)}),
+        reading("a1", day + DAY_MS, tenant_delays={"T1": (100,)}),  # the next day's
+        reading("a1", today, tenant_delays={"T1": (7,)}),
+    ]
+    await store.put_readings(per_tenant)
+    await read_back(store, day, today, 4)
+    assert await store.delay_days([day, today]) == {}
+    summed = await day_delays(store, day, NOW)
+    assert summed == {"T1": (6, 1, 0, 2), "T2": (0, 0, 3)}
+    assert await day_delays(store, today, NOW) == {"T1": (7,)}
+    assert await store.delay_days([day, day + DAY_MS, today]) == {day: summed}
+    store = await elsewhere(store, reopen)
+    assert await store.delay_days([day]) == {day: summed}
+    # Kept means read, not summed again: a later reading of that day is not counted.
+    await store.put_readings([reading("a1", day + 5_000, tenant_delays={"T1": (1_000,)})])
+    await read_back(store, day, day + DAY_MS - 1, 3)
+    assert await day_delays(store, day, NOW) == summed
+    month = time.strftime("%Y-%m", time.gmtime(day / 1000))
+    total = await month_delays(store, month, NOW)
+    if time.gmtime(NOW / 1000).tm_mon == time.gmtime(day / 1000).tm_mon:
+        assert total["T1"][0] == 6 + 100 + 7 and total["T2"] == (0, 0, 3)
+    else:  # the day fell in last month
+        assert total["T2"] == (0, 0, 3)
+    await store.put_delay_day(day, {"T9": (1,)})  # a repeat replaces (the same sums)
+    assert (await store.delay_days([day]))[day] in ({"T9": (1,)}, summed)

@@ -43,6 +43,7 @@ from pinrelay.core.incidents import is_incident_id
 from pinrelay.core.makegood import Code, is_code
 from pinrelay.core.model import Scope
 from pinrelay.core.timefmt import rfc3339
+from pinrelay.delay_days import month_delays
 
 #: Incidents read for one month's credits (a few a month are expected).
 MAX_MONTH_INCIDENTS = 10_000
@@ -95,12 +96,18 @@ async def credits(request: Request) -> Response:
     month = request.query_params.get("month")
     month = month_of(now_ms) if month is None else month
     start, _ = month_bounds(month)
-    levels = await relay.store.service_levels()
+    levels = {
+        t: level
+        for t, level in (await relay.store.service_levels()).items()
+        if principal.tenant in (None, t)
+    }
     incidents = await relay.store.list_incidents(start, MAX_MONTH_INCIDENTS)
+    delays: dict[str, tuple[int, ...]] = {}
+    if any(level.delay is not None for level in levels.values()):
+        delays = await month_delays(relay.store, month, now_ms)
     owed = [
-        credit(level, tenant, month, incidents, now_ms)
+        credit(level, tenant, month, incidents, now_ms, delays.get(tenant))
         for tenant, level in sorted(levels.items())
-        if principal.tenant in (None, tenant)
     ]
     return json_response(CreditList(month=month, credits=owed))
 

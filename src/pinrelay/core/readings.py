@@ -9,7 +9,10 @@ Pure: a record, no I/O.
 
 from __future__ import annotations
 
-from msgspec import Struct
+from collections.abc import Iterable, Sequence
+from itertools import zip_longest
+
+from msgspec import Struct, field
 
 #: Upper bounds (ms) of the delivery-delay buckets of :attr:`Readings.delay_counts`;
 #: the last bucket counts everything above the last bound.
@@ -58,6 +61,9 @@ class Readings(Struct, frozen=True, kw_only=True):
     #: Those messages by that wait, one count per bucket
     #: of DELAY_BOUNDS_MS plus one for the rest; empty: none delivered.
     delay_counts: tuple[int, ...] = ()
+    #: The same counts per tenant of the devices (tenant-less devices: none), for
+    #: the delay targets of service levels (core/credits.py rule 5).
+    tenant_delays: dict[str, tuple[int, ...]] = field(default_factory=dict)
     #: Messages that expired unacknowledged since the previous reading.
     expired: int = 0
     #: Requests and links refused to shed load since the previous reading.
@@ -66,3 +72,17 @@ class Readings(Struct, frozen=True, kw_only=True):
     store_ms: int | None = None
     #: Bytes free on the data folder's file system (None: unknown).
     disk_free: int | None = None
+
+
+def add_counts(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    """Two runs of delay counts (by DELAY_BOUNDS_MS bucket) added."""
+    return tuple(x + y for x, y in zip_longest(a, b, fillvalue=0))
+
+
+def tenant_totals(readings: Iterable[Readings]) -> dict[str, tuple[int, ...]]:
+    """The delay counts per tenant of ``readings``, added up."""
+    total: dict[str, tuple[int, ...]] = {}
+    for r in readings:
+        for tenant, counts in r.tenant_delays.items():
+            total[tenant] = add_counts(total.get(tenant, ()), counts)
+    return total

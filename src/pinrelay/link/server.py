@@ -443,6 +443,7 @@ class LinkProtocol(asyncio.Protocol):
             on_broken=self._receipts_failed,
             on_sent=server.on_sent,
             on_gone=None if server.on_gone is None else self._gone,
+            tenant=device.tenant,
         )
         server.metrics.links_open.inc()
         server.router.attach(device.pin, self)

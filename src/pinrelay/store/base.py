@@ -48,6 +48,8 @@ class Rejected(msgspec.Struct, frozen=True):
 
 #: How long relays' recorded figures are kept (Store.put_readings): 90 days.
 FIGURES_KEEP_MS = 90 * 86_400_000
+#: How long a day's delays per tenant are kept (Store.put_delay_day): 400 days.
+DELAY_DAYS_KEEP_MS = 400 * 86_400_000
 
 #: The reason of a message for a PIN that has no device.
 UNKNOWN_DEVICE = "unknown device"
@@ -603,6 +605,13 @@ class Store(Protocol):
     async def readings(self, since_ms: int, until_ms: int) -> list[Readings]:
         """Every relay's readings with ``since_ms <= at_ms <= until_ms``, oldest
         first (then by node)."""
+
+    async def put_delay_day(self, day_ms: int, delays: dict[str, tuple[int, ...]]) -> None:
+        """Keep the delay counts per tenant of the UTC day starting at ``day_ms``
+        (delay_days.py); a repeat replaces it.  Kept DELAY_DAYS_KEEP_MS."""
+
+    async def delay_days(self, days_ms: Sequence[int]) -> dict[int, dict[str, tuple[int, ...]]]:
+        """The kept delay counts of those days (a day not kept is left out)."""
 
     # --- webhooks (core/webhooks.py; DECISIONS 56) -------------------------------
     async def put_webhook(self, webhook: Webhook, max_per_tenant: int) -> None:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from pinrelay.core.readings import Readings
-from pinrelay.store.base import FIGURES_KEEP_MS
+from pinrelay.store.base import DELAY_DAYS_KEEP_MS, FIGURES_KEEP_MS
 from pinrelay.store.sqlite_ops import Op
 
 #: The schema (a migration after the incidents').
@@ -31,6 +31,13 @@ FIGURES_SCHEMA = """
     ) WITHOUT ROWID;
     CREATE INDEX figures_at ON figures (at_ms)
 """
+#: Delays per tenant and UTC day (delay_days.py), a later migration.
+DELAY_DAYS_SCHEMA = """
+    CREATE TABLE delay_days (
+        day_ms INTEGER PRIMARY KEY,
+        body BLOB NOT NULL
+    )
+"""
 #: Old rows deleted by one write, at most.
 FORGET_BATCH = 1000
 #: Rows read at a time (about 20 ms).
@@ -38,6 +45,7 @@ READ_PAGE = 2000
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(Readings)
+_days_dec = msgspec.json.Decoder(dict[str, tuple[int, ...]])
 
 
 class PutReadings(Op, tag="pfig"):
@@ -58,6 +66,17 @@ class PutReadings(Op, tag="pfig"):
             " (SELECT node, at_ms FROM figures WHERE at_ms < ? ORDER BY at_ms LIMIT ?)",
             (self.keep_after_ms, FORGET_BATCH),
         )
+
+
+class PutDelayDay(Op, tag="pday"):
+    """Keep one day's delays (a repeat replaces it: any relay sums a day alike);
+    forget those past DELAY_DAYS_KEEP_MS."""
+
+    row: tuple[int, bytes]
+
+    def run(self, c: sqlite3.Connection) -> None:
+        c.execute("INSERT OR REPLACE INTO delay_days (day_ms, body) VALUES (?, ?)", self.row)
+        c.execute("DELETE FROM delay_days WHERE day_ms < ?", (self.row[0] - DELAY_DAYS_KEEP_MS,))
 
 
 def put_op(readings: Sequence[Readings]) -> PutReadings:
@@ -100,3 +119,14 @@ class SqliteFigures:
             await asyncio.sleep(0)  # let links and requests in between pages
             args = (at, until_ms, at, node, READ_PAGE)
             rows = self._read().execute(more, args).fetchall()
+
+    async def put_delay_day(self, day_ms: int, delays: dict[str, tuple[int, ...]]) -> None:
+        await self._write(PutDelayDay((day_ms, _enc.encode(delays))))
+
+    async def delay_days(self, days_ms: Sequence[int]) -> dict[int, dict[str, tuple[int, ...]]]:
+        wanted = set(days_ms)
+        if not wanted:
+            return {}
+        sql = "SELECT day_ms, body FROM delay_days WHERE day_ms BETWEEN ? AND ?"
+        rows = self._read().execute(sql, (min(wanted), max(wanted))).fetchall()
+        return {int(d): _days_dec.decode(b) for d, b in rows if int(d) in wanted}

@@ -10,7 +10,7 @@ from pinrelay.store import sqlite_channel_ops as channel_ops
 from pinrelay.store import sqlite_credit_ops as credit_ops
 from pinrelay.store import sqlite_incident_ops as incident_ops
 from pinrelay.store import sqlite_webhook_ops as webhook_ops
-from pinrelay.store.sqlite_figure_ops import FIGURES_SCHEMA
+from pinrelay.store.sqlite_figure_ops import DELAY_DAYS_SCHEMA, FIGURES_SCHEMA
 
 #: Schema migrations, applied in order; PRAGMA user_version counts those applied.
 MIGRATIONS: list[str] = [
@@ -149,4 +149,6 @@ MIGRATIONS: list[str] = [
     credit_ops.SCHEMA,
     FIGURES_SCHEMA,
     webhook_ops.SCHEMA,
+    # Delays per tenant and day, for service levels' delay targets (delay_days.py).
+    DELAY_DAYS_SCHEMA,
 ]

@@ -16,7 +16,7 @@ import msgspec
 from pinrelay.store import sqlite_ops as ops
 from pinrelay.store.sqlite_channel_ops import ChannelOp
 from pinrelay.store.sqlite_credit_ops import CreditOp
-from pinrelay.store.sqlite_figure_ops import PutReadings
+from pinrelay.store.sqlite_figure_ops import PutDelayDay, PutReadings
 from pinrelay.store.sqlite_incident_ops import Probe, PutIncident
 from pinrelay.store.sqlite_webhook_ops import WebhookOp
 
@@ -52,6 +52,7 @@ AnyOp = (
     | Probe
     | CreditOp
     | PutReadings
+    | PutDelayDay
     | WebhookOp
 )
 

@@ -7,6 +7,9 @@ core/makegood.py), in ``<bucket_prefix>_channels`` beside :mod:`.channels`' keys
 - ``cg.<broadcast>.<PIN>``: the code issued to that device for that make-good,
   created the same way, so a page issued again (a fan-out resumed after a crash,
   on any relay) finds the first code;
+- ``dd.<day start ms>``: a UTC day's delay counts per tenant (delay_days.py),
+  written whole (any relay sums a day alike, so the first write stands); a key a
+  day, never pruned (about 400 bytes each);
 - ``code.<code>``: the code's record (:class:`~pinrelay.core.makegood.Code`); its
   redemption is a compare-and-set that sets ``redeemed_ms`` only if unset.
 
@@ -133,3 +136,26 @@ class Credits:
             ),
         )
         return after, wrote
+
+    async def put_delay_day(self, day_ms: int, delays: dict[str, tuple[int, ...]]) -> None:
+        self.api.check_open()
+        # Absent only: two relays summing a day write the same counts.
+        await self.kv.create(self.bucket, f"dd.{int(day_ms)}", _days_enc.encode(delays))
+
+    async def delay_days(self, days_ms: Sequence[int]) -> dict[int, dict[str, tuple[int, ...]]]:
+        self.api.check_open()
+
+        def read(day: int) -> Callable[[], Awaitable[dict[str, tuple[int, ...]] | None]]:
+            async def one() -> dict[str, tuple[int, ...]] | None:
+                got = await self.kv.get(self.bucket, f"dd.{int(day)}")
+                return None if got is None else _days_dec.decode(got.value)
+
+            return one
+
+        days = list(days_ms)
+        found = await bounded([read(d) for d in days], IN_FLIGHT)
+        return {d: f for d, f in zip(days, found, strict=True) if f is not None}
+
+
+_days_enc = msgspec.json.Encoder()
+_days_dec = msgspec.json.Decoder(dict[str, tuple[int, ...]])

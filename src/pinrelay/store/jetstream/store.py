@@ -722,6 +722,12 @@ class JetStreamStore:
     async def readings(self, since_ms: int, until_ms: int) -> list[Readings]:
         return await self.figures.between(since_ms, until_ms)
 
+    async def put_delay_day(self, day_ms: int, delays: dict[str, tuple[int, ...]]) -> None:
+        await self.credits.put_delay_day(day_ms, delays)
+
+    async def delay_days(self, days_ms: Sequence[int]) -> dict[int, dict[str, tuple[int, ...]]]:
+        return await self.credits.delay_days(days_ms)
+
     # --- webhooks (.webhooks) -------------------------------------------------------------
     async def put_webhook(self, webhook: Webhook, max_per_tenant: int) -> None:
         await self.webhooks.put(webhook, max_per_tenant)
