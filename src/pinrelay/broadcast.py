@@ -15,7 +15,9 @@ devices, and each one's message carries a code of its own (makegood.py).
 Every relay looks for broadcasts whose progress stood still for ``takeover_s``
 (their relay died) and resumes them; two relays resuming the same one are safe
 for the same reason.  Relays also count the sends and acks of broadcast
-messages and add them to the store's counts every second.
+messages and add them to the store's counts every second, and once an hour
+forget broadcasts done and expired for ``keep_s`` and audit lines older than
+``audit_keep_s`` (a store that grew for years would slow every listing).
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ log = logging.getLogger(__name__)
 SKIPPED = "skipped: the device refused this class or reached its daily cap"
 
 
+#: Done and expired broadcasts are kept this long by default (their records and counts).
+KEEP_BROADCASTS_S = 90 * 86_400.0
+#: Audit lines are kept this long by default.
+KEEP_AUDIT_S = 400 * 86_400.0
+#: Seconds between two prunes, and what one store call forgets at most.
+PRUNE_EVERY_S = 3600
+PRUNE_BATCH = 1000
+
+
 class Broadcaster:
     def __init__(
         self,
@@ -62,7 +73,11 @@ class Broadcaster:
         marketing_cap: int,
         takeover_s: float = 30.0,
         page: int = FANOUT_PAGE,
+        keep_s: float = KEEP_BROADCASTS_S,
+        audit_keep_s: float = KEEP_AUDIT_S,
     ) -> None:
+        """``keep_s``: how long a done and expired broadcast's record and counts are
+        kept; ``audit_keep_s``: how long audit lines are (both pruned hourly)."""
         self.store = store
         self.ingest = ingest
         self.clock = clock
@@ -70,6 +85,8 @@ class Broadcaster:
         self.marketing_cap = marketing_cap
         self.takeover_s = takeover_s
         self.page = page
+        self.keep_s = keep_s
+        self.audit_keep_s = audit_keep_s
         self._running: dict[str, asyncio.Task[None]] = {}
         self._scanner: asyncio.Task[None] | None = None
         self._delivered: Counter[str] = Counter()
@@ -107,8 +124,29 @@ class Broadcaster:
                 scans += 1
                 if scans % 5 == 1:
                     await self._resume_stalled()
+                if scans % PRUNE_EVERY_S == 30:
+                    await self.prune()
             except Exception as exc:  # the store away: next time
                 log.warning("broadcast upkeep failed: %r", exc)
+
+    async def prune(self) -> tuple[int, int]:
+        """Forget broadcasts and audit lines past their keeping (every relay does, the
+        same ones: harmless); how many of each, a batch at a time."""
+        now_ms = int(self.clock() * 1000)
+        gone = [0, 0]
+        for n, (keep_s, prune) in enumerate(
+            (
+                (self.keep_s, self.store.prune_broadcasts),
+                (self.audit_keep_s, self.store.prune_audit),
+            )
+        ):
+            while (got := await prune(now_ms - int(keep_s * 1000), PRUNE_BATCH)) > 0:
+                gone[n] += got
+                if got < PRUNE_BATCH:
+                    break
+        if any(gone):
+            log.info("forgot %d broadcasts and %d audit lines past their keeping", *gone)
+        return gone[0], gone[1]
 
     async def _resume_stalled(self) -> None:
         now_ms = int(self.clock() * 1000)

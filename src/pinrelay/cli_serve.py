@@ -111,6 +111,18 @@ def serve(
             "a relay resumes it.",
         ),
     ] = 30.0,
+    broadcast_keep_days: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="Days a broadcast's record and counts are kept once it is done and "
+            "its messages expired (make-goods: always).",
+        ),
+    ] = 90.0,
+    audit_keep_days: Annotated[
+        float,
+        typer.Option(min=1.0, help="Days the audit log's lines are kept."),
+    ] = 400.0,
     incident_notify_every: Annotated[
         float,
         typer.Option(
@@ -328,6 +340,8 @@ def serve(
         sweep_interval_s=sweep_interval,
         marketing_cap=marketing_cap,
         broadcast_takeover_s=broadcast_takeover,
+        broadcast_keep_days=broadcast_keep_days,
+        audit_keep_days=audit_keep_days,
         broadcast_page=broadcast_page,
         incident_after_s=incident_after,
         resolve_after_s=resolve_after,

@@ -41,6 +41,9 @@ class RelayConfig:
     #: How long an unfinished broadcast's fan-out may stand still before another
     #: relay (or this one, restarted) resumes it.
     broadcast_takeover_s: float = 30.0
+    #: How long done and expired broadcasts, and audit lines, are kept (broadcast.py).
+    broadcast_keep_days: float = 90.0
+    audit_keep_days: float = 400.0
     #: Members a broadcast's fan-out stores per write.
     broadcast_page: int = FANOUT_PAGE
     #: How long a monitor stays red before it opens an incident, and green before

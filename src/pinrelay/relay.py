@@ -122,6 +122,8 @@ class Relay:
             config.node,
             marketing_cap=config.marketing_cap,
             takeover_s=config.broadcast_takeover_s,
+            keep_s=config.broadcast_keep_days * 86_400,
+            audit_keep_s=config.audit_keep_days * 86_400,
             page=config.broadcast_page,
         )
         #: Incidents this relay knows, and who hears of changes (incident_board.py).

@@ -19,6 +19,7 @@ from pinrelay.core.channels import (
     Channel,
 )
 from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.makegood import MAKEGOOD_CHANNEL
 from pinrelay.store.base import Store
 
 from .conftest import Reopen
@@ -226,3 +227,42 @@ async def test_each_relays_ledger_is_kept_and_replaced(store: Store, reopen: Reo
     await store.put_ledger("n1", {T1: {101: 10}})
     other = await elsewhere(store, reopen)
     assert await other.ledgers() == {"n1": {T1: {101: 10}}, "n2": {T2: {100: 7}}}
+
+
+async def test_old_broadcasts_and_audit_lines_are_forgotten(store: Store, reopen: Reopen) -> None:
+    """Store.prune_broadcasts forgets broadcasts both done and expired before the
+    cut (with their counts), not one still running or live, not a make-good;
+    Store.prune_audit forgets lines before the cut, oldest first, ``limit`` a call."""
+    await tenants(store)
+    cut = NOW + 1_000
+    kept = {
+        "B1": broadcast("B1", done_ms=NOW + 2_000, expires_ms=NOW),  # done after the cut
+        "B2": broadcast("B2", done_ms=NOW, expires_ms=NOW + 5_000),  # messages still live
+        "B3": broadcast("B3", expires_ms=NOW),  # not done
+        "B4": broadcast("B4", cid=MAKEGOOD_CHANNEL, done_ms=NOW, expires_ms=NOW),
+    }
+    gone = {f"B{n}": broadcast(f"B{n}", done_ms=NOW, expires_ms=NOW) for n in range(5, 8)}
+    for b in (*kept.values(), *gone.values()):
+        assert await store.put_broadcast(b)
+    await store.count_broadcasts("n1", {b: BroadcastCounts(2, 1) for b in (*kept, *gone)})
+    assert await store.prune_broadcasts(cut, 2) == 2
+    assert await store.prune_broadcasts(cut, 10) == 1
+    assert await store.prune_broadcasts(cut, 10) == 0
+    other = await elsewhere(store, reopen)
+    for bid in gone:
+        assert await other.get_broadcast(bid) is None
+        assert await other.broadcast_counts(bid) == BroadcastCounts()
+    for bid, b in kept.items():
+        assert await other.get_broadcast(bid) == b
+        assert await other.broadcast_counts(bid) == BroadcastCounts(2, 1)
+    lines = [
+        AuditEntry(at_ms=NOW + i * 500, tenant=T1 if i % 2 else T2, key_id=None,
+                   action="broadcast", channel=CH1, broadcast=f"B{i}")
+        for i in range(6)
+    ]  # fmt: skip
+    for line in lines:
+        await other.append_audit(line)
+    assert await other.prune_audit(cut, 1) == 1  # the oldest first
+    assert await other.audit(None, None, 100) == list(reversed(lines[1:]))
+    assert await other.prune_audit(cut, 10) == 1  # at NOW + 500; NOW + 1000 is not before
+    assert await other.audit(None, None, 100) == list(reversed(lines[2:]))

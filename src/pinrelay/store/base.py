@@ -530,6 +530,17 @@ class Store(Protocol):
         """Every relay's last ledger, by node."""
         ...
 
+    async def prune_broadcasts(self, before_ms: int, limit: int) -> int:
+        """Forget up to ``limit`` broadcasts both done and expired before
+        ``before_ms``, with their counts (make-goods are kept: their codes name
+        them); how many (broadcast.py, ``--broadcast-keep-days``)."""
+        ...
+
+    async def prune_audit(self, before_ms: int, limit: int) -> int:
+        """Forget up to ``limit`` audit lines written before ``before_ms``, oldest
+        first; how many (``--audit-keep-days``)."""
+        ...
+
     async def append_audit(self, entry: AuditEntry) -> None:
         """Keep one line of the audit log (durable before this returns)."""
         ...

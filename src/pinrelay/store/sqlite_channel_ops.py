@@ -15,6 +15,7 @@ import msgspec
 
 from pinrelay.core.channels import MAX_MEMBERSHIPS
 from pinrelay.core.errors import ErrorCode, PinrelayError
+from pinrelay.core.makegood import MAKEGOOD_CHANNEL
 from pinrelay.store.sqlite_ops import Op
 
 #: The schema (migration 8): channels with tombstones, memberships, consent,
@@ -333,6 +334,42 @@ class AppendAudit(Op, tag="aud"):
         )
 
 
+class PruneBroadcasts(Op, tag="pbr"):
+    """Forget up to ``limit`` broadcasts done and expired before ``before_ms`` (not
+    make-goods: their codes name them), with their counts; how many."""
+
+    before_ms: int
+    limit: int
+
+    def run(self, c: sqlite3.Connection) -> int:
+        ids = [
+            (r[0],)
+            for r in c.execute(
+                "SELECT id FROM broadcasts WHERE done_ms IS NOT NULL AND done_ms < ?1"
+                " AND expires_ms < ?1 AND channel != ?2 LIMIT ?3",
+                (self.before_ms, MAKEGOOD_CHANNEL, self.limit),
+            ).fetchall()
+        ]
+        c.executemany("DELETE FROM broadcast_counts WHERE id = ?", ids)
+        c.executemany("DELETE FROM broadcasts WHERE id = ?", ids)
+        return len(ids)
+
+
+class PruneAudit(Op, tag="pau"):
+    """Forget up to ``limit`` audit lines written before ``before_ms``; how many."""
+
+    before_ms: int
+    limit: int
+
+    def run(self, c: sqlite3.Connection) -> int:
+        cur = c.execute(
+            "DELETE FROM audit WHERE seq IN"
+            " (SELECT seq FROM audit WHERE at_ms < ? ORDER BY at_ms LIMIT ?)",
+            (self.before_ms, self.limit),
+        )
+        return cur.rowcount
+
+
 class PutLedger(Op, tag="pld"):
     """A relay's stored-bytes ledger (core/ledger.py), replaced whole.  Like counts,
     no fsync of its own: a relay that dies loses its last seconds anyway."""
@@ -359,4 +396,6 @@ ChannelOp = (
     | PutBroadcast
     | CountBroadcasts
     | AppendAudit
+    | PruneBroadcasts
+    | PruneAudit
 )

@@ -188,6 +188,12 @@ class SqliteChannels:
         delivered, acked = self._read().execute(sql, (broadcast_id,)).fetchone()
         return BroadcastCounts(int(delivered or 0), int(acked or 0))
 
+    async def prune_broadcasts(self, before_ms: int, limit: int) -> int:
+        return int(await self._write(ops.PruneBroadcasts(before_ms, limit)))
+
+    async def prune_audit(self, before_ms: int, limit: int) -> int:
+        return int(await self._write(ops.PruneAudit(before_ms, limit)))
+
     # --- stored-bytes ledgers (core/ledger.py) --------------------------------------
     async def put_ledger(self, node: str, ledger: Ledger) -> None:
         await self._write(ops.PutLedger(node, _ledger_enc.encode(ledger)))

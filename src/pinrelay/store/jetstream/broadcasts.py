@@ -12,6 +12,8 @@ In ``<bucket_prefix>_channels``, beside :mod:`.channels`' keys.
   before the record and removed after the record says done, so
   :meth:`Broadcasts.unfinished` lists these keys (not every broadcast ever made)
   and reads their records; one left by a crash is filtered out and removed then.
+- Both are removed (with the counts) once the broadcast is done and expired for
+  ``--broadcast-keep-days`` (Store.prune_broadcasts), make-goods excepted.
 - ``n.<broadcast id>.<node>``: one relay's totals of the broadcast
   (:class:`~pinrelay.core.channels.BroadcastCounts`), changed by that relay only (a
   compare-and-set all the same); :meth:`Broadcasts.counts` lists and sums them.
@@ -26,8 +28,8 @@ sort by time within a tenant;
 :meth:`Audit.page` lists the tenant's keys (every key for None: one request on the
 leader per 100,000), sorts them newest first and reads the page's lines only.  A
 listing costs in proportion to the tenant's whole log: lines are few (a broadcast,
-a channel made or deleted), and the bucket keeps them all (a tenant's deletion
-does not remove its lines).
+a channel made or deleted), kept ``--audit-keep-days`` (Store.prune_audit; a
+tenant's deletion does not remove its lines).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pinrelay.core.channels import AuditEntry, Broadcast, BroadcastCounts
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.ledger import Ledger
+from pinrelay.core.makegood import MAKEGOOD_CHANNEL
 from pinrelay.store.jetstream.cas import Keyed
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import Bucket
@@ -123,6 +126,24 @@ class Broadcasts:
         ]
         await bounded(calls, IN_FLIGHT)
 
+    async def prune(self, before_ms: int, limit: int) -> int:
+        """Forget done and expired broadcasts (Store.prune_broadcasts): every record
+        is read (one listing, and the records in parallel: hourly, a few thousand)."""
+        self.api.check_open()
+        keys = await self.kv.keys(self.bucket, "b.*")
+        old = [
+            b.id
+            for b in await self.records.many(keys)
+            if b is not None
+            and b.done_ms is not None
+            and max(b.done_ms, b.expires_ms) < before_ms
+            and b.channel != MAKEGOOD_CHANNEL
+        ][:limit]
+        for bid in old:  # the counts first: a record never outlives its counts' removal
+            await self.kv.remove(self.bucket, f"n.{bid}.*")
+            await self.kv.remove(self.bucket, f"b.{bid}")
+        return len(old)
+
     async def counts(self, broadcast_id: str) -> BroadcastCounts:
         """Every relay's counts of the broadcast, summed."""
         self.api.check_open()
@@ -149,6 +170,18 @@ class Audit:
             raise PinrelayError(f"audit line of tenant {entry.tenant!r}", ErrorCode.INVALID)
         key = f"a.{entry.tenant}.{entry.at_ms:013d}.{uuid.uuid4().hex[:16]}"
         await self.kv.put(self.bucket, key, json_enc.encode(entry), 0)
+
+    async def prune(self, before_ms: int, limit: int) -> int:
+        """Forget lines older than ``before_ms`` (their keys say when: no reads)."""
+        self.api.check_open()
+        old = sorted(
+            (int(key.split(".")[2]), key)
+            for key in await self.kv.keys(self.bucket, "a.>")
+            if int(key.split(".")[2]) < before_ms
+        )[:limit]
+        for _, key in old:
+            await self.kv.remove(self.bucket, key)
+        return len(old)
 
     async def page(self, tenant: str | None, before_ms: int | None, limit: int) -> list[AuditEntry]:
         """Up to ``limit`` lines older than ``before_ms``, newest first."""

@@ -672,6 +672,12 @@ class JetStreamStore:
     async def ledgers(self) -> dict[str, Ledger]:
         return await self.ledger_records.all()
 
+    async def prune_broadcasts(self, before_ms: int, limit: int) -> int:
+        return await self.broadcasts.prune(before_ms, limit)
+
+    async def prune_audit(self, before_ms: int, limit: int) -> int:
+        return await self.audit_log.prune(before_ms, limit)
+
     async def append_audit(self, entry: AuditEntry) -> None:
         await self.audit_log.append(entry)
 
