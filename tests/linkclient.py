@@ -110,3 +110,11 @@ class RawLink:
 
     def close(self) -> None:
         self.sock.close()
+
+
+async def ack_all(ws: ClientConnection) -> None:
+    """Acknowledge every message the link gets, until cancelled (run as a task)."""
+    while True:
+        frame = await recv(ws, 60)
+        if isinstance(frame, frames.Msg) and frame.cursor is not None:
+            await send(ws, frames.Ack(cursor=frame.cursor))

@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 
-from pinrelay.core import frames
 from pinrelay.core.timefmt import parse_rfc3339
 from pinrelay.testing.relayproc import RelayProc
 from pinrelay.testing.wait import wait_until, wait_until_async
@@ -27,7 +26,7 @@ from tests.api.test_tenants import Tenant
 from tests.api.test_webhooks import FAST, check_signature, deliveries, subscribe
 from tests.conftest import RelayFactory
 from tests.link.test_system_messages import system_until
-from tests.linkclient import link, recv, send
+from tests.linkclient import ack_all, link
 from tests.store.test_sqlite_writer import children
 from tests.webhooks.receiver import receiving
 
@@ -201,13 +200,7 @@ def test_messages_that_wait_for_a_linked_device_open_a_delivery_incident(
         ws, _ = await link(relay, device)
         url = f"{relay.url}/v1/devices/{device['pin']}/messages"
 
-        async def ack_all() -> None:
-            while True:
-                frame = await recv(ws, 60)
-                if isinstance(frame, frames.Msg) and frame.cursor is not None:
-                    await send(ws, frames.Ack(cursor=frame.cursor))
-
-        acker = asyncio.get_running_loop().create_task(ack_all())
+        acker = asyncio.get_running_loop().create_task(ack_all(ws))
         with httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin:
 
             def pushed_until_open() -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from pinrelay.testing.wait import wait_until
 from tests.api.test_api import assert_problem
 from tests.api.test_tenants import Tenant
 from tests.conftest import RelayFactory
-from tests.linkclient import link, recv, send
+from tests.linkclient import ack_all, link, recv, send
 from tests.relayproc import RelayProc
 
 #: Writes incidents and readings into the relay's store (the relay may be stopped
@@ -363,13 +363,7 @@ async def test_a_tenants_deliveries_are_counted_for_its_delay_target(
         delays = readings.get("tenant_delays", {})
         return sum(delays.get(tenant.id, ()))
 
-    async def ack_all() -> None:
-        while True:
-            frame = await recv(ws, 60)
-            if isinstance(frame, frames.Msg) and frame.cursor is not None:
-                await send(ws, frames.Ack(cursor=frame.cursor))
-
-    acker = asyncio.get_running_loop().create_task(ack_all())
+    acker = asyncio.get_running_loop().create_task(ack_all(ws))
     try:
         assert await asyncio.to_thread(wait_until, counted, 20, 0.05, "counted") >= 1
     finally:
