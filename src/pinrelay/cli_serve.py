@@ -251,6 +251,15 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    status_refresh: Annotated[
+        int | None,
+        typer.Option(
+            min=5,
+            max=3600,
+            help="Seconds between two refreshes of the /status page. (default: 60)",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run a relay on the embedded SQLite store, or on a NATS JetStream cluster (--store)."""
@@ -356,6 +365,7 @@ def serve(
             watch_every_s=watch_every,
             webhook_retry_cap_s=webhook_retry_cap,
             webhook_lease_s=webhook_lease,
+            status_refresh_s=status_refresh,
         ),
     )
 
