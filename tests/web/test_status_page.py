@@ -28,6 +28,7 @@ from playwright.sync_api import BrowserContext, Locator, Page, expect
 
 from pinrelay.core.incidents import Component, Severity, open_incident, resolve
 from pinrelay.store.sqlite import SqliteStore
+from pinrelay.testing.wait import scaled, wait_until
 from tests.conftest import RelayFactory
 from tests.web.test_messenger import no_horizontal_scroll, serious
 
@@ -200,3 +201,97 @@ def test_the_status_page_with_and_without_an_incident(
     for name in ("calm", "incident"):
         for size in ("375px", "desktop"):
             assert (out / f"{name}-{size}.png").stat().st_size > 10_000
+
+
+#: The refresh period of the relay of the refresh test (--status-refresh: 5 at least).
+EVERY_S = 5
+
+
+def stays_absent(page: Page, target: Locator, seconds: float, what: str) -> None:
+    """``target`` does not show on ``page`` at any poll until ``seconds`` (scaled)
+    have passed: the negative of expect(...).to_be_visible()."""
+    deadline = time.monotonic() + scaled(seconds)
+    while True:
+        assert target.count() == 0, f"{what} showed before the deadline"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        page.wait_for_timeout(min(250.0, left * 1000))
+
+
+def test_the_page_refreshes_itself_and_its_button_pauses_it(
+    relay_factory: RelayFactory, new_context: NewContext
+) -> None:
+    relay = relay_factory("refresh", extra=["--status-refresh", str(EVERY_S)])
+    admin = httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30)
+
+    def open_one(component: str, text: str) -> str:
+        body = {"component": component, "severity": "minor", "text": text}
+        r = admin.post("/v1/incidents", json=body)
+        assert r.status_code == 201, r.text
+        made: str = r.json()["id"]
+        # The relay serves it already: a page that refreshes would show it.
+        wait_until(lambda: made in httpx.get(f"{relay.url}/status").text, 10, message=made)
+        return made
+
+    def heading(page: Page, component: str) -> Locator:
+        return page.get_by_role("heading", name=f"Open: {component}, minor")
+
+    with admin:
+        # With scripts: the content is swapped in, the page is not reloaded (its
+        # marker survives), and the focus stays on the button.
+        page = new_context(viewport=PHONE).new_page()
+        errors = watch_errors(page)
+        page.goto(f"{relay.url}/status")
+        expect(
+            page.get_by_text(f"This page refreshes itself every {EVERY_S} seconds.")
+        ).to_be_visible()
+        page.evaluate("() => { window.loadedOnce = true; }")
+        page.keyboard.press("Tab")
+        expect(pause_button(page)).to_be_focused()
+        open_one("links", "Links drop")
+        expect(heading(page, "links")).to_be_visible()  # 15 s: up to 3 periods
+        assert page.evaluate("() => window.loadedOnce === true"), "the page was reloaded"
+        expect(pause_button(page)).to_be_focused()
+
+        # Paused: an incident opened now does not show within two periods, a reload
+        # shows it, and the page stays paused (the URL keeps it).
+        page.keyboard.press("Enter")
+        expect(page).to_have_url(f"{relay.url}/status?refresh=off")
+        store = open_one("store", "Writes slow")
+        stays_absent(page, heading(page, "store"), 2 * EVERY_S + 1, "a paused page's incident")
+        page.reload()
+        expect(heading(page, "store")).to_be_visible()
+        expect(pause_button(page)).to_have_attribute("aria-pressed", "true")
+
+        # Resumed: it refreshes at once and on; an open details stays open, and the
+        # focus stays where it was.
+        page.evaluate("() => { window.loadedOnce = true; }")
+        pause_button(page).click()
+        expect(page).to_have_url(f"{relay.url}/status")
+        summary = page.locator("#days-links summary")
+        summary.click()
+        expect(summary).to_be_focused()
+        r = admin.post(f"/v1/incidents/{store}/resolve", json={"text": "Fast again"})
+        assert r.status_code == 200, r.text
+        expect(page.get_by_role("heading", name="Resolved: store, minor")).to_be_visible()
+        assert page.evaluate("() => window.loadedOnce === true"), "the page was reloaded"
+        expect(page.locator("#days-links")).to_have_attribute("open", "")
+        expect(page.locator("#days-links summary")).to_be_focused()
+        assert serious(page) == []
+        assert errors == [], errors
+
+        # Without scripts: the meta refresh reloads the page, its link stops that.
+        page = new_context(viewport=PHONE, java_script_enabled=False).new_page()
+        page.goto(f"{relay.url}/status")
+        expect(page.get_by_role("heading", name="Resolved: store, minor")).to_be_visible()
+        open_one("delivery", "Slow deliveries")
+        expect(heading(page, "delivery")).to_be_visible()
+        page.get_by_role("link", name="Stop refreshing").click()
+        expect(page).to_have_url(f"{relay.url}/status?refresh=off")
+        assert page.locator("noscript meta[http-equiv=refresh]").count() == 0
+        open_one("cluster", "Nodes away")
+        stays_absent(page, heading(page, "cluster"), 2 * EVERY_S + 1, "a stopped page's incident")
+        page.reload()
+        expect(heading(page, "cluster")).to_be_visible()
+        expect(page.get_by_role("heading", name="Open: links, minor")).to_be_visible()
