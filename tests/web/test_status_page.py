@@ -144,6 +144,7 @@ def look(
         expect(page.get_by_text("This page refreshes itself every minute.")).to_be_visible()
         assert serious(page) == [], f"{name} at {size}"
         assert no_horizontal_scroll(page), f"{name} at {size} scrolls sideways (script on)"
+        page.screenshot(path=out / f"{name}-{size}-script.png")  # the top, with the button
         page.keyboard.press("Enter")  # pauses
         expect(button).to_have_attribute("aria-pressed", "true")
         expect(page).to_have_url(f"{url}/status?refresh=off")
@@ -201,6 +202,7 @@ def test_the_status_page_with_and_without_an_incident(
     for name in ("calm", "incident"):
         for size in ("375px", "desktop"):
             assert (out / f"{name}-{size}.png").stat().st_size > 10_000
+            assert (out / f"{name}-{size}-script.png").stat().st_size > 10_000
 
 
 #: The refresh period of the relay of the refresh test (--status-refresh: 5 at least).

@@ -72,6 +72,7 @@ svg.days{display:block;width:100%;height:1.75rem;margin:.3rem 0 .1rem}
 details{font-size:.9rem}details ul{margin:.2rem 0;padding-left:1.2rem}
 .key{font-size:.9rem;color:#333}.sw{display:inline-block;width:.7rem;height:.7rem;
 margin:0 .25rem 0 .6rem;vertical-align:-.05rem}
+#pause{font:inherit;padding:.3rem .8rem;margin:.2rem 0}
 .stale{border:2px solid #a30000;background:#fff4f4;padding:.5rem .8rem;border-radius:.3rem}
 article{border:1px solid #bbb;border-radius:.3rem;padding:.5rem 1rem;margin:1rem 0}
 ol{padding-left:1.2rem}time{color:#444;font-size:.9rem}p{overflow-wrap:anywhere;
