@@ -254,9 +254,7 @@ def serve(
     status_refresh: Annotated[
         int | None,
         typer.Option(
-            min=5,
-            max=3600,
-            help="Seconds between two refreshes of the /status page. (default: 60)",
+            help="Seconds between two refreshes of the /status page, 5 to 3600. (default: 60)",
             show_default=False,
         ),
     ] = None,
@@ -288,6 +286,8 @@ def serve(
         fail(f"--http-max-connections {http_max_connections}: use 1 or more")
     if http_max_header_bytes is not None and http_max_header_bytes < 1024:
         fail(f"--http-max-header-bytes {http_max_header_bytes}: use 1024 or more")
+    if status_refresh is not None and not 5 <= status_refresh <= 3600:
+        fail(f"--status-refresh {status_refresh}: use 5 to 3600 seconds")
     for flag, seconds in (
         ("--http-header-timeout", http_header_timeout),
         ("--http-body-timeout", http_body_timeout),

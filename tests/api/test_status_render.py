@@ -1,8 +1,10 @@
 """The status pages' renderers without a relay (api/status.py, api/status_page.py):
 what an operator writes is escaped in the HTML page and the Atom feed, characters
 XML 1.0 cannot hold are replaced; the page has 90 day marks per component with text
-alternatives, links a resolved incident's report, and says when the relay cannot
-reach its store."""
+alternatives, links a resolved incident's report, says when the relay cannot
+reach its store, and refreshes itself (a script allowed by its hash, a pause button;
+without scripts a meta refresh inside ``<noscript>``); ``serve --status-refresh``
+refuses a period out of 5-3600 s."""
 
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ from hashlib import sha256
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
+
 from pinrelay.api.status import HEADERS, render_atom, snapshot, status_of
 from pinrelay.api.status_page import SCRIPT, SCRIPT_HASH, Snapshot, render_html
 from pinrelay.core.incidents import Incident, add_update, component_states, open_incident, resolve
 from pinrelay.core.uptime import DAY_MS, uptimes
 from pinrelay.incident_board import IncidentBoard
 from pinrelay.store.sqlite import SqliteStore
+from tests.test_cli import one_line_error, run
 
 NOW = 1_800_000_000_000
 ATOM = "{http://www.w3.org/2005/Atom}"
@@ -178,3 +183,9 @@ def test_the_page_refreshes_itself_unless_paused_with_or_without_scripts() -> No
     assert refresh(parse(fast)) == ["5"] and 'data-every="5"' in fast
     assert "every 5 seconds." in fast
     assert "every 2 minutes." in render_html(snap([]), every_s=120)
+
+
+@pytest.mark.parametrize("value", ["4", "3601"])
+def test_serve_refuses_a_refresh_period_out_of_bounds(tmp_path: Path, value: str) -> None:
+    r = run("serve", "--data", str(tmp_path / "d"), "--status-refresh", value, timeout=30)
+    one_line_error(r, "--status-refresh")

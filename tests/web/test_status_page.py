@@ -1,17 +1,23 @@
 """The status page (``/status``, issue 16) in Debian's chromium: with and without an
-open incident, at a phone's width and a desktop's.  It renders with JavaScript off
-(it has none and needs none), reloads itself (meta refresh), needs no horizontal
-scroll at 375 px, shows 90 day marks per component with text alternatives and a
-resolved incident's report link, and axe-core finds no serious or critical
-violation but the self-reload, which its first link turns off (WCAG 2.2.1; the page
-without it has none at all).
+open incident, at a phone's width and a desktop's, with JavaScript off and on.
+
+Off, it shows everything, reloads itself (a meta refresh inside ``<noscript>``)
+and its first link stops that; it needs no horizontal scroll at 375 px, shows 90
+day marks per component with text alternatives and a resolved incident's report
+link.  On, its first control is the button that pauses the refresh, and axe-core
+finds no serious or critical violation at all, refreshing or paused (nothing is
+allowed: DECISIONS 60).  On a relay refreshing every 5 s (``--status-refresh``),
+an incident opened after the page loaded shows without a reload (focus and open
+details kept); paused, one opened does not show within two periods, a reload
+shows it; the same without scripts through the meta refresh and its link.
 
 The relay starts on a store seeded with incidents of past days (what an API call
 cannot backdate), so the day marks show outages and degraded days.
 
 Artefacts (the test prints the folder): ``test-artifacts/web/status/`` holds
 ``calm-375px.png``, ``calm-desktop.png``, ``incident-375px.png`` and
-``incident-desktop.png`` (whole pages).
+``incident-desktop.png`` (whole pages, without scripts), and the same names ending
+``-script.png`` (the top of the page with its script: the pause button).
 """
 
 from __future__ import annotations
