@@ -288,6 +288,7 @@ def test_the_page_refreshes_itself_and_its_button_pauses_it(
         expect(page.locator("#days-links summary")).to_be_focused()
         assert serious(page) == []
         assert errors == [], errors
+        live = page
 
         # Without scripts: the meta refresh reloads the page, its link stops that.
         page = new_context(viewport=PHONE, java_script_enabled=False).new_page()
@@ -303,3 +304,9 @@ def test_the_page_refreshes_itself_and_its_button_pauses_it(
         page.reload()
         expect(heading(page, "cluster")).to_be_visible()
         expect(page.get_by_role("heading", name="Open: links, minor")).to_be_visible()
+
+    # The relay gone: the page says its refresh failed and keeps what it showed.
+    relay.stop()
+    expect(live.get_by_text("The last refresh failed; the page tries again")).to_be_visible()
+    expect(live.get_by_role("heading", name="Open: cluster, minor")).to_be_visible()
+    assert live.evaluate("() => window.loadedOnce === true"), "the page was reloaded"

@@ -200,7 +200,7 @@ SCRIPT = """(() => {
     const pause = !paused();
     run++;
     button.setAttribute("aria-pressed", String(pause));
-    history.replaceState(null, "", pause ? "?refresh=off" : location.pathname);
+    history.replaceState(null, "", (pause ? "?refresh=off" : location.pathname) + location.hash);
     show();
     if (pause) clearTimeout(timer);
     else refresh();
