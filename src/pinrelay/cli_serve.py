@@ -263,6 +263,13 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    status_refresh: Annotated[
+        int | None,
+        typer.Option(
+            help="Seconds between two refreshes of the /status page, 5 to 3600. (default: 60)",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run a relay on the embedded SQLite store, or on a NATS JetStream cluster (--store)."""
@@ -291,6 +298,8 @@ def serve(
         fail(f"--http-max-connections {http_max_connections}: use 1 or more")
     if http_max_header_bytes is not None and http_max_header_bytes < 1024:
         fail(f"--http-max-header-bytes {http_max_header_bytes}: use 1024 or more")
+    if status_refresh is not None and not 5 <= status_refresh <= 3600:
+        fail(f"--status-refresh {status_refresh}: use 5 to 3600 seconds")
     for flag, seconds in (
         ("--http-header-timeout", http_header_timeout),
         ("--http-body-timeout", http_body_timeout),
@@ -370,6 +379,7 @@ def serve(
             watch_every_s=watch_every,
             webhook_retry_cap_s=webhook_retry_cap,
             webhook_lease_s=webhook_lease,
+            status_refresh_s=status_refresh,
         ),
     )
 

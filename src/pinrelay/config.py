@@ -109,6 +109,8 @@ class RelayConfig:
     #: subscription's outbox lives without renewal (another relay then takes over).
     webhook_retry_cap_s: float = 300.0
     webhook_lease_s: float = 15.0
+    #: Seconds between two refreshes of the ``/status`` page (DECISIONS 60).
+    status_refresh_s: int = 60
 
     @property
     def nats_urls(self) -> list[str] | None:

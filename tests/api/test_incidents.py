@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from pinrelay.api.status_page import SCRIPT_HASH
 from pinrelay.core.timefmt import parse_rfc3339
 from pinrelay.testing.wait import wait_until
 from tests.api.test_api import assert_problem
@@ -101,12 +102,13 @@ class _Page(HTMLParser):
 def html_page(url: str) -> _Page:
     r = httpx.get(f"{url}/status")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert "script-src" not in r.headers["content-security-policy"]
+    # One script, the page's own refresh, the only one its policy allows (by hash).
+    assert f"script-src '{SCRIPT_HASH}';" in r.headers["content-security-policy"]
     page = _Page()
     page.feed(r.text)
     page.close()
-    assert page.refresh and page.viewport and "script" not in page.tags
-    assert "<script>" not in r.text and "<b>" not in r.text
+    assert page.refresh and page.viewport and page.tags.count("script") == 1
+    assert r.text.count("<script>") == 1 and "<b>" not in r.text
     return page
 
 

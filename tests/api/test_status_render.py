@@ -1,21 +1,28 @@
 """The status pages' renderers without a relay (api/status.py, api/status_page.py):
 what an operator writes is escaped in the HTML page and the Atom feed, characters
 XML 1.0 cannot hold are replaced; the page has 90 day marks per component with text
-alternatives, links a resolved incident's report, and says when the relay cannot
-reach its store."""
+alternatives, links a resolved incident's report, says when the relay cannot
+reach its store, and refreshes itself (a script allowed by its hash, a pause button;
+without scripts a meta refresh inside ``<noscript>``); ``serve --status-refresh``
+refuses a period out of 5-3600 s."""
 
 from __future__ import annotations
 
+import base64
 import xml.etree.ElementTree as ET
+from hashlib import sha256
 from html.parser import HTMLParser
 from pathlib import Path
 
-from pinrelay.api.status import render_atom, snapshot, status_of
-from pinrelay.api.status_page import Snapshot, render_html
+import pytest
+
+from pinrelay.api.status import HEADERS, render_atom, snapshot, status_of
+from pinrelay.api.status_page import SCRIPT, SCRIPT_HASH, Snapshot, render_html
 from pinrelay.core.incidents import Incident, add_update, component_states, open_incident, resolve
 from pinrelay.core.uptime import DAY_MS, uptimes
 from pinrelay.incident_board import IncidentBoard
 from pinrelay.store.sqlite import SqliteStore
+from tests.test_cli import one_line_error, run
 
 NOW = 1_800_000_000_000
 ATOM = "{http://www.w3.org/2005/Atom}"
@@ -61,7 +68,8 @@ def test_texts_are_escaped_and_fit_for_xml() -> None:
     i = add_update(open_incident("I000000000001", "store", "critical", TEXT, NOW), "b", NOW + 1)
     done = resolve(open_incident("I000000000002", "links", "minor", "a", NOW - 5), None, NOW)
     parsed = parse(render_html(snap([i, done])))
-    assert TEXT in "".join(parsed.data) and "i" not in parsed.tags and "script" not in parsed.tags
+    assert TEXT in "".join(parsed.data) and "i" not in parsed.tags
+    assert parsed.tags.count("script") == 1  # the page's own (below)
     feed = ET.fromstring(render_atom([i, done], NOW + 2))  # noqa: S314 (made here)
     entries = feed.findall(f"{ATOM}entry")
     ids = [e.findtext(f"{ATOM}id") for e in entries]
@@ -139,13 +147,45 @@ async def test_the_json_comes_from_the_board_and_is_stale_when_it_is(tmp_path: P
         await store.close()
 
 
-def test_the_page_reloads_itself_unless_asked_not_to() -> None:
+def test_the_page_refreshes_itself_unless_paused_with_or_without_scripts() -> None:
     def refresh(page: _Text) -> list[str | None]:
         return [a.get("content") for t, a in page.attrs if a.get("http-equiv") == "refresh"]
 
     def links(page: _Text) -> list[str | None]:
         return [a.get("href") for t, a in page.attrs if t == "a"]
 
-    on, off = parse(render_html(snap([]))), parse(render_html(snap([]), refresh=False))
+    def button(page: _Text) -> dict[str, str | None]:
+        [found] = [a for t, a in page.attrs if t == "button"]
+        return found
+
+    on_page = render_html(snap([]))
+    on, off = parse(on_page), parse(render_html(snap([]), refresh=False))
+    # Without scripts: a meta refresh, only inside <noscript> (inert text with
+    # scripts on), and a link first that stops it; the paused page links back.
     assert refresh(on) == ["60"] and links(on)[0] == "/status?refresh=off"
+    assert '<noscript><meta http-equiv="refresh" content="60"></noscript>' in on_page
+    assert on_page.count("http-equiv") == 1
     assert refresh(off) == [] and links(off)[0] == "/status"
+    # With scripts: the button (hidden until the script shows it) is the first
+    # control, pressed when paused; the one script is the one the policy allows.
+    assert (button(on)["aria-pressed"], button(off)["aria-pressed"]) == ("false", "true")
+    assert "hidden" in button(on) and button(on)["data-every"] == "60"
+    assert on.tags.index("button") < on.tags.index("a")
+    assert on.tags.count("script") == 1 and f"<script>{SCRIPT}</script>" in on_page
+    digest = base64.b64encode(sha256(SCRIPT.encode()).digest()).decode()
+    policy = dict(d.strip().split(" ", 1) for d in HEADERS["Content-Security-Policy"].split(";"))
+    assert policy["script-src"] == f"'{SCRIPT_HASH}'" == f"'sha256-{digest}'"
+    assert policy["connect-src"] == "'self'" and policy["default-src"] == "'none'"
+    assert "This page refreshes itself every minute." in "".join(on.data)
+    assert "Automatic refresh is paused." in "".join(off.data)
+    # --status-refresh: the period in the meta refresh, the button and the words.
+    fast = render_html(snap([]), every_s=5)
+    assert refresh(parse(fast)) == ["5"] and 'data-every="5"' in fast
+    assert "every 5 seconds." in fast
+    assert "every 2 minutes." in render_html(snap([]), every_s=120)
+
+
+@pytest.mark.parametrize("value", ["4", "3601"])
+def test_serve_refuses_a_refresh_period_out_of_bounds(tmp_path: Path, value: str) -> None:
+    r = run("serve", "--data", str(tmp_path / "d"), "--status-refresh", value, timeout=30)
+    one_line_error(r, "--status-refresh")

@@ -4,10 +4,10 @@
 No key: every relay serves the state of the components (core/incidents.py
 COMPONENTS), their uptime over the last 90 UTC days (core/uptime.py) and the public
 incidents (those that name no tenant) open now or resolved in the last 14 days,
-newest first.  The HTML page (api/status_page.py) needs no script, reloads itself
-every minute (``?refresh=off``: not) and fits a phone's width; every text an
-operator wrote is escaped (HTML and XML), and characters XML 1.0 cannot carry are
-replaced.
+newest first.  The HTML page (api/status_page.py) needs no script, refreshes
+itself every minute (``--status-refresh``; ``?refresh=off``: paused) and fits a
+phone's width; every text an operator wrote is escaped (HTML and XML), and
+characters XML 1.0 cannot carry are replaced.
 
 What the pages show is the relay's incident board (incident_board.py): it reads
 the store every second, so a crowd reloading them costs the store nothing more, and
@@ -31,7 +31,7 @@ from starlette.routing import Route
 from pinrelay.api.common import relay_of
 from pinrelay.api.incidents import status_view
 from pinrelay.api.schemas import Status, StatusComponent, StatusDay
-from pinrelay.api.status_page import Snapshot, day_of, render_html
+from pinrelay.api.status_page import SCRIPT_HASH, Snapshot, day_of, render_html
 from pinrelay.core.incidents import Incident, component_states
 from pinrelay.core.timefmt import rfc3339
 from pinrelay.core.uptime import uptimes
@@ -40,9 +40,10 @@ from pinrelay.incident_board import IncidentBoard
 #: Most incidents shown.
 MAX_SHOWN = 50
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+#: The page's own script only (by its hash), which may fetch the page again.
 _POLICY = (
-    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none';"
-    " frame-ancestors 'none'"
+    f"default-src 'none'; script-src '{SCRIPT_HASH}'; connect-src 'self';"
+    " style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 HEADERS = {
     "Content-Security-Policy": _POLICY,
@@ -130,7 +131,10 @@ async def status_json(request: Request) -> Response:
 
 async def status_html(request: Request) -> Response:
     refresh = request.query_params.get("refresh") != "off"
-    page = _cached(request, f"html-{refresh}", lambda snap: render_html(snap, refresh=refresh))
+    every_s = relay_of(request).config.status_refresh_s
+    page = _cached(
+        request, f"html-{refresh}", lambda snap: render_html(snap, refresh=refresh, every_s=every_s)
+    )
     return Response(page, media_type="text/html; charset=utf-8", headers=HEADERS)
 
 

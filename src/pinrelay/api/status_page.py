@@ -1,17 +1,22 @@
 """The HTML of ``/status`` (PROTOCOL "Incidents and status"), and :class:`Snapshot`,
 what every status view is made of (api/status.py takes it from the board).
 
-The page needs no script (the relay's policy allows none), reloads itself every
-minute unless asked not to (``?refresh=off``, linked first on the page), and fits a
-phone's width.  Each component has a row of 90 day marks, an
-inline SVG whose name (``aria-label``) sums it up, each mark with its ``title``
-(the day, its state, its uptime), and the days that were not operational listed
-as text too.  A relay that cannot read its store says so first.  Every text an
-operator wrote is escaped.
+The page is whole without a script and fits a phone's width.  It refreshes itself
+every minute (``--status-refresh``): with scripts, its one small inline script
+(allowed by its hash in the relay's policy) fetches the page and swaps its content
+in, and a button, the page's first control, pauses and resumes that (``?refresh=off``
+in the URL: the page starts paused); without scripts, a meta refresh inside
+``<noscript>`` reloads it, and a link to ``?refresh=off`` stops that.  Each
+component has a row of 90 day marks, an inline SVG whose name (``aria-label``)
+sums it up, each mark with its ``title`` (the day, its state, its uptime), and the
+days that were not operational listed as text too.  A relay that cannot read its
+store says so first.  Every text an operator wrote is escaped.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 from dataclasses import dataclass
 
@@ -67,6 +72,7 @@ svg.days{display:block;width:100%;height:1.75rem;margin:.3rem 0 .1rem}
 details{font-size:.9rem}details ul{margin:.2rem 0;padding-left:1.2rem}
 .key{font-size:.9rem;color:#333}.sw{display:inline-block;width:.7rem;height:.7rem;
 margin:0 .25rem 0 .6rem;vertical-align:-.05rem}
+#pause{font:inherit;padding:.3rem .8rem;margin:.2rem 0}
 .stale{border:2px solid #a30000;background:#fff4f4;padding:.5rem .8rem;border-radius:.3rem}
 article{border:1px solid #bbb;border-radius:.3rem;padding:.5rem 1rem;margin:1rem 0}
 ol{padding-left:1.2rem}time{color:#444;font-size:.9rem}p{overflow-wrap:anywhere;
@@ -107,7 +113,7 @@ def _uptime(c: Component, state: ComponentState, u: ComponentUptime) -> str:
     )
     bad = [d for d in reversed(u.days) if d.state != "operational"]
     listed = (
-        f"<details><summary>Days with incidents ({len(bad)})</summary><ul>"
+        f'<details id="days-{c}"><summary>Days with incidents ({len(bad)})</summary><ul>'
         + "".join(f"<li>{_day_text(d)}</li>" for d in bad)
         + "</ul></details>"
         if bad
@@ -150,24 +156,97 @@ def _notice(snap: Snapshot) -> str:
     )
 
 
-def _refresh(refresh: bool) -> tuple[str, str]:
-    """The meta refresh, and the link that turns it off or on (WCAG 2.2.1: a person
-    can stop a page that reloads by itself before it does; docs/DECISIONS.md 60)."""
-    if not refresh:
-        return "", (
-            '<p class="key">This page does not reload itself: '
-            '<a href="/status">reload it every minute</a>.</p>'
-        )
-    return '<meta http-equiv="refresh" content="60">', (
-        '<p class="key">This page reloads itself every minute: '
-        '<a href="/status?refresh=off">stop reloading</a>.</p>'
+#: The page's one script (its hash is in the relay's Content-Security-Policy, so no
+#: other script runs): every ``data-every`` seconds it fetches the page and swaps its
+#: ``#content`` in (open ``details``, the focused link and an unchanged stale notice
+#: stay as they were); the button pauses and resumes that, the URL keeps the choice
+#: (``?refresh=off``). Without scripts, ``<noscript>`` holds a meta refresh and a link.
+SCRIPT = """(() => {
+  const button = document.getElementById("pause"), state = document.getElementById("refresh-state");
+  const every = 1000 * Number(button.dataset.every);
+  let timer = 0, run = 0;
+  const paused = () => button.getAttribute("aria-pressed") === "true";
+  const show = () => { state.textContent = paused() ? state.dataset.off : state.dataset.on; };
+  const swap = (page) => {
+    const old = document.getElementById("content"), fresh = page.getElementById("content");
+    if (!old || !fresh) throw new Error("no #content");
+    const open = new Set([...old.querySelectorAll("details[open]")].map((d) => d.id));
+    for (const d of fresh.querySelectorAll("details")) d.open = open.has(d.id);
+    const was = old.querySelector(".stale"), is = fresh.querySelector(".stale");
+    if (was && is && was.textContent === is.textContent) is.replaceWith(was);
+    const at = [...old.querySelectorAll("a, summary")].indexOf(document.activeElement);
+    old.replaceWith(fresh);
+    if (at >= 0) fresh.querySelectorAll("a, summary")[at]?.focus();
+  };
+  const plan = () => {
+    clearTimeout(timer);
+    if (!paused()) timer = setTimeout(refresh, every);
+  };
+  const refresh = async () => {
+    const mine = ++run;
+    try {
+      const answer = await fetch(location.pathname, {cache: "no-store"});
+      if (!answer.ok) throw new Error(String(answer.status));
+      const page = new DOMParser().parseFromString(await answer.text(), "text/html");
+      if (mine !== run || paused()) return;
+      swap(page);
+      show();
+    } catch (e) {
+      if (mine === run) state.textContent = state.dataset.failed;
+    }
+    if (mine === run) plan();
+  };
+  button.addEventListener("click", () => {
+    const pause = !paused();
+    run++;
+    button.setAttribute("aria-pressed", String(pause));
+    history.replaceState(null, "", (pause ? "?refresh=off" : location.pathname) + location.hash);
+    show();
+    if (pause) clearTimeout(timer);
+    else refresh();
+  });
+  button.hidden = false;
+  plan();
+})();"""
+#: For the Content-Security-Policy's ``script-src``.
+SCRIPT_HASH = "sha256-" + base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+
+
+def _period(every_s: int) -> str:
+    if every_s == 60:
+        return "every minute"
+    if every_s % 60 == 0:
+        return f"every {every_s // 60} minutes"
+    return f"every {every_s} seconds"
+
+
+def _refresh(refresh: bool, every_s: int) -> tuple[str, str]:
+    """What the head holds for a browser without scripts (a meta refresh), and the
+    switch: a button for the script, a link without it (WCAG 2.2.1 and 2.2.2: a
+    person can pause a page that refreshes itself before it does; DECISIONS 60)."""
+    period = _period(every_s)
+    on, off = f"This page refreshes itself {period}.", "Automatic refresh is paused."
+    link = (
+        '<a href="/status?refresh=off">Stop refreshing</a>'
+        if refresh
+        else f'<a href="/status">Refresh {period}</a>'
     )
+    switch = (
+        f'<p class="key"><span id="refresh-state" data-on="{on}" data-off="{off}"'
+        f' data-failed="The last refresh failed; the page tries again {period}.">'
+        f"{on if refresh else off}</span> "
+        f'<button type="button" id="pause" aria-pressed="{"false" if refresh else "true"}"'
+        f' data-every="{every_s}" hidden>Pause automatic refresh</button>'
+        f"<noscript> {link}</noscript></p>"
+    )
+    meta = f'<noscript><meta http-equiv="refresh" content="{every_s}"></noscript>'
+    return (meta if refresh else ""), switch
 
 
-def render_html(snap: Snapshot, *, refresh: bool = True) -> str:
-    """The page; ``refresh``: it reloads itself every minute (``/status``), else
-    not (``/status?refresh=off``)."""
-    meta, switch = _refresh(refresh)
+def render_html(snap: Snapshot, *, refresh: bool = True, every_s: int = 60) -> str:
+    """The page; ``refresh``: it refreshes itself every ``every_s`` seconds
+    (``/status``), else it starts paused (``/status?refresh=off``)."""
+    meta, switch = _refresh(refresh, every_s)
     comps = "".join(_uptime(c, s, u) for (c, s), u in zip(snap.states, snap.uptime, strict=True))
     key = "".join(f'<span class="sw sw-{state}"></span>{state}' for state in FILL)
     current = [i for i in snap.incidents if i.state == "open"]
@@ -182,11 +261,12 @@ def render_html(snap: Snapshot, *, refresh: bool = True) -> str:
         f"{meta}"
         '<link rel="alternate" type="application/atom+xml" href="/status.atom">'
         f"<title>pinrelay status</title><style>{_STYLE}{_SWATCHES}</style></head><body>"
-        f"<main><h1>pinrelay status</h1>{switch}{_notice(snap)}<p>As of {_time(as_of)}</p>"
+        f'<main><h1>pinrelay status</h1>{switch}<div id="content">'
+        f"{_notice(snap)}<p>As of {_time(as_of)}</p>"
         f'<h2>Components</h2><ul class="c">{comps}</ul>'
         f'<p class="key">Uptime over the last 90 days (UTC): time in outage counts as'
         f" down, degraded time as up.<br>Each mark is a day:{key}</p>"
         f"<h2>Current incidents</h2>{body}<h2>Recent incidents</h2>{recent}"
         '<p><a href="/status.json">JSON</a> · <a href="/status.atom">Atom feed</a></p>'
-        "</main></body></html>\n"
+        f"</div></main><script>{SCRIPT}</script></body></html>\n"
     )
