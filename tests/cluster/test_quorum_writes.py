@@ -24,6 +24,7 @@ from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.tenants import Tenant
 from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream import JetStreamStore
+from pinrelay.store.jetstream.errors import ApiError
 from pinrelay.testing.wait import wait_until_async
 from tests.natsproc import NatsCluster
 from tests.store.conftest import jetstream_names
@@ -191,3 +192,30 @@ async def test_a_leader_without_its_quorum_stores_nothing_taken_as_stored(
     await retried(store.create_device, PIN, TOKEN, None, now_ms, tenant=None)
     found = await store.get_device(PIN)
     assert found is not None and found.token_hash == TOKEN
+
+
+async def test_what_a_leader_without_its_quorum_answers_a_retried_write(
+    cluster_store: tuple[NatsCluster, JetStreamStore],
+) -> None:
+    """The server's answers DECISIONS 62 rests on (nats-server 2.15): a retried
+    compare-and-set meets "wrong last sequence" for the leader's own proposal, a
+    retried Nats-Msg-Id "in process" (409: StoreClosed), never ``duplicate: true``;
+    a read on the leader shows nothing."""
+    cluster, store = cluster_store
+    api, bucket = store.api, store.broadcasts.bucket
+    await lead(store, bucket.stream, cluster.nodes[0].name)
+    for node in cluster.nodes[1:]:
+        node.kill()
+    cas, once = {"Nats-Expected-Last-Subject-Sequence": "0"}, {"Nats-Msg-Id": "retried"}
+    for subject, headers in ((bucket.subject("z.cas"), cas), (bucket.subject("z.id"), once)):
+        with pytest.raises(TimeoutError):  # the proposal: no quorum commits it
+            await api.publish(subject, b"x", headers)
+    with pytest.raises(ApiError) as refused:
+        await api.publish(bucket.subject("z.cas"), b"x", cas)
+    assert refused.value.wrong_last_sequence and refused.value.err_code == 10164
+    with pytest.raises(ApiError) as in_process:
+        await api.publish(bucket.subject("z.id"), b"x", once)
+    assert in_process.value.code == 409 and not in_process.value.batch_duplicate
+    with pytest.raises(StoreClosed):  # as the store's retry loop sees it
+        await api.call(lambda: api.publish(bucket.subject("z.id"), b"x", once), "publish")
+    assert await store.broadcasts.kv.get(bucket, "z.cas") is None
