@@ -12,6 +12,8 @@ In ``<bucket_prefix>_channels``, beside :mod:`.channels`' keys.
   before the record and removed after the record says done, so
   :meth:`Broadcasts.unfinished` lists these keys (not every broadcast ever made)
   and reads their records; one left by a crash is filtered out and removed then.
+  Its create counts only once a read shows it (``Kv.ensure``, DECISIONS 62): a
+  record whose entry was never committed would never be resumed.
 - Both are removed (with the counts) once the broadcast is done and expired for
   ``--broadcast-keep-days`` (Store.prune_broadcasts), make-goods excepted.
 - ``n.<broadcast id>.<node>``: one relay's totals of the broadcast
@@ -24,7 +26,8 @@ written by that relay only (a compare-and-set all the same); :meth:`Ledgers.all`
 lists and reads them.
 
 **Audit log:** one key per line, ``a.<tenant>.<at_ms, 13 digits>.<random>``, so keys
-sort by time within a tenant;
+sort by time within a tenant; written with ``Kv.ensure`` (DECISIONS 62: a line is
+written once a read shows it, else StoreClosed);
 :meth:`Audit.page` lists the tenant's keys (every key for None: one request on the
 leader per 100,000), sorts them newest first and reads the page's lines only.  A
 listing costs in proportion to the tenant's whole log: lines are few (a broadcast,
@@ -83,7 +86,7 @@ class Broadcasts:
             return broadcast if ok and old != broadcast else None
 
         if broadcast.done_ms is None and await self.records.get(f"b.{bid}") is None:
-            await self.kv.put(self.bucket, f"u.{bid}", b"", 0)  # a new one: indexed first
+            await self.kv.ensure(self.bucket, f"u.{bid}", b"")  # a new one: indexed first
         await self.records.change(f"b.{bid}", change)
         if ok and broadcast.done_ms is not None:
             await self.kv.remove(self.bucket, f"u.{bid}")
@@ -169,7 +172,7 @@ class Audit:
         if not SAFE_TOKEN.match(entry.tenant) or entry.at_ms < 0:
             raise PinrelayError(f"audit line of tenant {entry.tenant!r}", ErrorCode.INVALID)
         key = f"a.{entry.tenant}.{entry.at_ms:013d}.{uuid.uuid4().hex[:16]}"
-        await self.kv.put(self.bucket, key, json_enc.encode(entry), 0)
+        await self.kv.ensure(self.bucket, key, json_enc.encode(entry))
 
     async def prune(self, before_ms: int, limit: int) -> int:
         """Forget lines older than ``before_ms`` (their keys say when: no reads)."""

@@ -67,6 +67,7 @@ import msgspec
 from pinrelay.core.channels import MAX_MEMBERSHIPS, Channel, ChannelClass, is_channel_id
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.tenants import TENANT_ID_RE
+from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream.cas import Keyed
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.kv import Kv
@@ -183,6 +184,8 @@ class Channels:
             return  # ours: written by an attempt whose answer was lost (.api retries)
         if not listed:  # the id was taken meanwhile: give the place back
             await self._unlist(channel.tenant, channel.id)
+        if found is None:  # refused as present, none read: uncommitted (DECISIONS 62)
+            raise StoreClosed(f"channel {channel.id} not committed yet")
         raise PinrelayError(f"channel {channel.id} exists", ErrorCode.CONFLICT)
 
     async def _unlist(self, tenant: str, channel_id: str) -> None:

@@ -105,7 +105,9 @@ class Devices:
         if revision is None:
             # A create retried after a lost acknowledgement finds its own record.
             got = await self.get_fresh(pin)
-            if got is None or got.rec.gen != rec.gen:
+            if got is None:  # refused as present, none read: uncommitted (DECISIONS 62)
+                raise StoreClosed(f"device {pin} not committed yet")
+            if got.rec.gen != rec.gen:
                 return None
             revision = got.revision
         self.cache.put(pin, rec, revision)

@@ -179,6 +179,8 @@ class Groups:
             if revision is None:
                 # A creation retried after a lost answer finds its own record.
                 got = await self._fresh(group.id)
+                if not got.revision:  # refused as present, none read: uncommitted (DECISIONS 62)
+                    raise StoreClosed(f"group {group.id} not committed yet")
                 if got.value != rec:
                     raise PinrelayError(f"group {group.id} exists", ErrorCode.CONFLICT)
                 revision = got.revision

@@ -55,12 +55,16 @@ class Keys:
             raise PinrelayError(f"invalid key id {key.id!r}", ErrorCode.INVALID)
         if not await self.kv.create(b.keys, key.id, json_enc.encode(rec)):
             got = await self.kv.get(b.keys, key.id)
-            if got is None or key_dec.decode(got.value) != rec:
+            if got is None:  # refused as present, none read: uncommitted (DECISIONS 62)
+                raise StoreClosed(f"API key {key.id} not committed yet")
+            if key_dec.decode(got.value) != rec:
                 raise PinrelayError(f"API key {key.id} exists", ErrorCode.CONFLICT)
         hashed = hash_key(key.key_hash)
         if not await self.kv.create(b.keyhash, hashed, key.id.encode()):
             got = await self.kv.get(b.keyhash, hashed)
-            if got is None or got.value != key.id.encode():
+            if got is None:  # refused as present, none read: uncommitted (DECISIONS 62)
+                raise StoreClosed(f"API key {key.id}'s hash not committed yet")
+            if got.value != key.id.encode():
                 raise PinrelayError("an API key with that hash exists", ErrorCode.CONFLICT)
 
     async def get(self, key_id: str) -> FoundKey | None:

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 
+from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream.api import Api, not_found
 from pinrelay.store.jetstream.layout import Bucket
 
@@ -65,6 +66,16 @@ class Kv:
     async def create(self, bucket: Bucket, key: str, value: bytes) -> int | None:
         """Create ``key``: its revision, or None if it exists."""
         return await self.put(bucket, key, value, 0)
+
+    async def ensure(self, bucket: Bucket, key: str, value: bytes) -> None:
+        """Create ``key`` unless a read on the leader shows it there already.
+
+        A create refused as "present" is believed only of such a read: a leader
+        without its quorum refuses a retried create so for its own proposal, which
+        it cannot commit ("wrong last sequence", DECISIONS 62).  StoreClosed then.
+        """
+        if await self.create(bucket, key, value) is None and await self.get(bucket, key) is None:
+            raise StoreClosed(f"{bucket.name} {key}: not committed yet")
 
     async def update(self, bucket: Bucket, key: str, value: bytes, revision: int) -> int | None:
         """Compare-and-set: the new revision, or None if ``key`` moved past ``revision``."""

@@ -6,6 +6,10 @@ with compare-and-set on the revision it read, so of any number of relays trying
 at once exactly one wins; the others find the subject moved on and answer "used".
 The used record keeps a random nonce, so a redemption whose acknowledgement was
 lost (and whose retry then lost the compare-and-set to itself) still knows it won.
+A compare-and-set refused while the leader still reads the code unused is not
+"used": a leader without its quorum refuses so for its own proposal it cannot
+commit (DECISIONS 62); that is StoreClosed (503, retry), as is a create refused
+while the leader reads no record.
 The bucket's max age (an hour past a code's 10 minutes) forgets old records: no
 sweep needed.
 """
@@ -17,7 +21,7 @@ import uuid
 import msgspec
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
-from pinrelay.store.base import PAIRING_KEEP_MS, Redemption
+from pinrelay.store.base import PAIRING_KEEP_MS, Redemption, StoreClosed
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import Bucket
 from pinrelay.store.jetstream.records import SAFE_TOKEN, json_enc
@@ -53,7 +57,9 @@ class Pairings:
         if await self.kv.create(self.bucket, code_hash, json_enc.encode(rec)) is None:
             # A create retried after a lost acknowledgement finds its own record.
             got = await self.kv.get(self.bucket, code_hash)
-            if got is None or _dec.decode(got.value) != rec:
+            if got is None:  # "present" but not committed (module doc)
+                raise StoreClosed(f"pairing code {code_hash[:8]} not committed yet")
+            if _dec.decode(got.value) != rec:
                 raise PinrelayError("that pairing code exists", ErrorCode.CONFLICT)
 
     async def redeem(self, code_hash: str, now_ms: int) -> Redemption:
@@ -75,6 +81,9 @@ class Pairings:
         # Lost the compare-and-set: to another redemption, or to our own first attempt
         # whose answer was lost (Api.call retried the publish).
         again = await self.kv.get(self.bucket, code_hash)
-        if again is not None and _dec.decode(again.value).used_by == nonce:
+        now = None if again is None else _dec.decode(again.value)
+        if now is not None and now.used_by == nonce:
             return Redemption("redeemed", rec.pin)
+        if now is not None and now.used_ms is None:  # refused, yet unused (module doc)
+            raise StoreClosed(f"pairing code {code_hash[:8]}: redemption not committed yet")
         return Redemption("used")

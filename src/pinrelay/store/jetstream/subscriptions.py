@@ -246,7 +246,9 @@ class Subscriptions:
                     written = await self._publish(record)
                     if written is None:  # the id was taken meanwhile, or our answer lost
                         again = await self.kv.get(self.bucket, sub_id)
-                        if again is not None and again.value == raw:
+                        if again is None:  # refused as present, none read (DECISIONS 62)
+                            raise StoreClosed(f"subscription {sub_id} not committed yet")
+                        if again.value == raw:
                             return again.revision
                         await self._unindex(pin, sub_id)
                         raise conflict("that subscription id exists")

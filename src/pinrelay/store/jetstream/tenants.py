@@ -110,6 +110,8 @@ class Tenants:
         revision = await self.kv.create(self.bucket, tenant.id, json_enc.encode(rec))
         if revision is None:
             got = await self._fresh(tenant.id)
+            if not got.revision:  # refused as present, none read: uncommitted (DECISIONS 62)
+                raise StoreClosed(f"tenant {tenant.id} not committed yet")
             if got.value != rec:  # else: our own create, its answer lost
                 raise PinrelayError(f"tenant {tenant.id} exists", ErrorCode.CONFLICT)
             revision = got.revision

@@ -57,8 +57,13 @@ class Webhooks:
             raise PinrelayError(
                 f"at most {max_per_tenant} webhooks: delete one first", ErrorCode.CONFLICT
             )
-        if await self.kv.create(self.bucket, f"wh.{webhook.id}", json_enc.encode(webhook)) is None:
-            raise PinrelayError("webhook id taken: retry", ErrorCode.CONFLICT)
+        raw = json_enc.encode(webhook)
+        if await self.kv.create(self.bucket, f"wh.{webhook.id}", raw) is None:
+            got = await self.kv.get(self.bucket, f"wh.{webhook.id}")
+            if got is None:  # refused as present, none read: uncommitted (DECISIONS 62)
+                raise StoreClosed(f"webhook {webhook.id} not committed yet")
+            if got.value != raw:  # else ours: a create whose answer was lost
+                raise PinrelayError("webhook id taken: retry", ErrorCode.CONFLICT)
 
     async def get(self, webhook_id: str) -> Webhook | None:
         self.api.check_open()
