@@ -6,7 +6,7 @@ imported: fault NAME is on while FILE exists, so a test turns it on and off by
 creating and removing the file while the relay runs.  Without the variable every
 check is one lookup in an empty dict: inert.
 
-- ``read-fail``: a SQLite relay's message reads (Store.read) raise.
+- ``read-fail``: the relay's message reads (Store.read) raise, on either store.
 - ``feed-stall``: a cluster relay's feed (store/jetstream/feed.py) holds each new
   message, handing nothing on, until the fault is off: a stalled consumer.
 """

@@ -24,6 +24,7 @@ from pinrelay.testing.wait import wait_until_async
 from tests.api.test_auto_incidents import auto_incidents, monitors
 from tests.conftest import RelayFactory
 from tests.linkclient import link, send
+from tests.relayproc import RelayProc
 
 FLAGS = ["--incident-after", "2", "--resolve-after", "2", "--monitor", "lag-ms=1500"]
 
@@ -47,9 +48,24 @@ def events(got: list[dict[str, Any]]) -> list[str]:
     return [f["data"]["event"] for f in got if f["type"] == "msg" and f["kind"] == "system"]
 
 
-def delivery_incident(admin: httpx.Client, state: str) -> dict[str, Any] | None:
-    found = [i for i in auto_incidents(admin) if i["component"] == "delivery"]
+def delivery_incident(
+    admin: httpx.Client,
+    state: str,
+    known: frozenset[str] = frozenset(),
+    incident_id: str | None = None,
+) -> dict[str, Any] | None:
+    """An automatic delivery incident in ``state``: not one of ``known`` (a cluster's
+    earlier tests'), or the one of ``incident_id``."""
+    found = [
+        i
+        for i in auto_incidents(admin)
+        if i["component"] == "delivery" and i["id"] not in known and incident_id in (None, i["id"])
+    ]
     return next((i for i in found if i["state"] == state), None)
+
+
+def known_ids(admin: httpx.Client) -> frozenset[str]:
+    return frozenset(i["id"] for i in auto_incidents(admin))
 
 
 async def test_reads_that_fail_while_writes_work_open_a_delivery_incident(
@@ -58,18 +74,30 @@ async def test_reads_that_fail_while_writes_work_open_a_delivery_incident(
     fault = tmp_path / "read-fail"
     monkeypatch.setenv("PINRELAY_FAULTS", f"read-fail={fault}")
     relay = relay_factory("stall", extra=FLAGS)
-    device = relay.create_device()
+    await reads_fail_cycle(relay, relay, fault)
+
+
+async def reads_fail_cycle(relay: RelayProc, pushed_through: RelayProc, fault: Path) -> None:
+    """The cycle on ``relay`` (its reads fail while ``fault`` exists), pushes
+    through ``pushed_through``."""
+    device = pushed_through.create_device()
     url = f"/v1/devices/{device['pin']}/messages"
     got: list[dict[str, Any]] = []
-    with httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin:
+    with (
+        httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin,
+        httpx.Client(
+            base_url=pushed_through.url, headers=pushed_through.admin_headers(), timeout=30
+        ) as pusher,
+    ):
 
         def push(n: int) -> None:
-            r = admin.post(url, json={"data": {"n": n}, "ttl": 600})
+            r = pusher.post(url, json={"data": {"n": n}, "ttl": 600})
             assert r.status_code == 201, r.text
 
         for n in range(3):  # waiting before the device links
             await asyncio.to_thread(push, n)
-        fault.touch()
+        known = known_ids(admin)
+        await asyncio.to_thread(fault.touch)
         ws, _ = await link(relay, device)
         reader = asyncio.create_task(read_all(ws, got))
         try:
@@ -86,14 +114,16 @@ async def test_reads_that_fail_while_writes_work_open_a_delivery_incident(
             # The store itself is fine: the probe passes.
             assert all(f["component"] != "store" for f in monitors(admin)["red"])
             incident = await wait_until_async(
-                lambda: delivery_incident(admin, "open"), 15, 0.1, "a delivery incident"
+                lambda: delivery_incident(admin, "open", known), 15, 0.1, "a delivery incident"
             )
             assert incident["severity"] == "major"
             # The device heard of it, and got none of its messages.
             await wait_until_async(lambda: "opened" in events(got), 10, 0.1, "told")
             assert stored(got) == []
 
-            fault.unlink()  # reads work again: the retrying pump sends them all
+            await asyncio.to_thread(
+                fault.unlink
+            )  # reads work again: the retrying pump sends them all
             await wait_until_async(lambda: len(stored(got)) >= 6, 15, 0.1, "delivered")
             msgs = stored(got)
             assert [m["data"]["n"] for m in msgs] == list(range(6))
@@ -103,7 +133,10 @@ async def test_reads_that_fail_while_writes_work_open_a_delivery_incident(
             await asyncio.to_thread(push, 6)
             await wait_until_async(lambda: len(stored(got)) == 7, 10, 0.05, "the next one")
             done = await wait_until_async(
-                lambda: delivery_incident(admin, "resolved"), 40, 0.2, "the incident resolved"
+                lambda: delivery_incident(admin, "resolved", incident_id=incident["id"]),
+                40,
+                0.2,
+                "the incident resolved",
             )
             assert done["id"] == incident["id"]
             await wait_until_async(lambda: "resolved" in events(got), 10, 0.1, "told again")
