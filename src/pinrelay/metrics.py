@@ -167,6 +167,12 @@ class Metrics:
         #: Waits of messages for linked devices (the delivery monitor and reports).
         self.waits = Waits()
         self.owed = Owed()
+        owed = self.owed
+        Gauge(
+            "pinrelay_delivery_owed",
+            "Linked devices owed a stored message not sent yet (window not full)",
+            registry=r,
+        ).set_function(lambda: len(owed))
         self.webhook_attempts = Counter(
             "pinrelay_webhook_attempts",
             "Webhook deliveries attempted by this relay, by result (ok: answered 2xx)",

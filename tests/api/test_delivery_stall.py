@@ -64,6 +64,10 @@ def delivery_incident(
     return next((i for i in found if i["state"] == state), None)
 
 
+def metrics(admin: httpx.Client) -> list[str]:
+    return admin.get("/metrics").text.splitlines()
+
+
 def known_ids(admin: httpx.Client) -> frozenset[str]:
     return frozenset(i["id"] for i in auto_incidents(admin))
 
@@ -120,6 +124,7 @@ async def reads_fail_cycle(relay: RelayProc, pushed_through: RelayProc, fault: P
             # The device heard of it, and got none of its messages.
             await wait_until_async(lambda: "opened" in events(got), 10, 0.1, "told")
             assert stored(got) == []
+            assert "pinrelay_delivery_owed 1.0" in await asyncio.to_thread(metrics, admin)
 
             await asyncio.to_thread(
                 fault.unlink
@@ -141,6 +146,7 @@ async def reads_fail_cycle(relay: RelayProc, pushed_through: RelayProc, fault: P
             assert done["id"] == incident["id"]
             await wait_until_async(lambda: "resolved" in events(got), 10, 0.1, "told again")
             assert [m["data"]["n"] for m in stored(got)] == list(range(7))
+            assert "pinrelay_delivery_owed 0.0" in await asyncio.to_thread(metrics, admin)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
