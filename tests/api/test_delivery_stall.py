@@ -175,3 +175,35 @@ async def test_without_the_fault_a_linked_device_owes_nothing(
             assert monitors(admin)["readings"]["lag_ms"] < 1500
             assert auto_incidents(admin) == []
         await ws.close()
+
+
+async def test_a_device_owed_messages_that_unlinks_is_owed_nothing_any_more(
+    tmp_path: Path, relay_factory: RelayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads fail, the linked device is owed its message; it unlinks: the relay owes
+    it nothing (time offline is not the relay's lag), and the lag reads low again
+    while the reads still fail."""
+    fault = tmp_path / "read-fail"
+    monkeypatch.setenv("PINRELAY_FAULTS", f"read-fail={fault}")
+    relay = relay_factory("unlinks", extra=["--monitor", "lag-ms=60000"])
+    device = relay.create_device()
+    with httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin:
+        r = await asyncio.to_thread(
+            admin.post, f"/v1/devices/{device['pin']}/messages", json={"data": {}, "ttl": 600}
+        )
+        assert r.status_code == 201, r.text
+        await asyncio.to_thread(fault.touch)
+        ws, _ = await link(relay, device)
+
+        def lag() -> int:
+            return int((monitors(admin)["readings"] or {}).get("lag_ms", 0))
+
+        await wait_until_async(lambda: lag() >= 1500, 15, 0.1, "the lag growing")
+        assert "pinrelay_delivery_owed 1.0" in await asyncio.to_thread(metrics, admin)
+        await ws.close()
+        await wait_until_async(
+            lambda: "pinrelay_delivery_owed 0.0" in metrics(admin), 10, 0.1, "owed nothing"
+        )
+        # The lag the monitors judge is held 10 s (LAG_HOLD_MS); the reading is not.
+        await wait_until_async(lambda: lag() < 1500, 10, 0.1, "the lag low again")
+        assert fault.exists()
