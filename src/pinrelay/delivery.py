@@ -40,6 +40,11 @@ OnGone = Callable[[list[tuple[int, int]]], None]
 #: Messages read per step when an ack covers messages this delivery did not send.
 SETTLE_PAGE = 256
 
+#: The first wait before a pump whose store read failed tries again; it doubles up
+#: to PUMP_RETRY_MAX_S while the link stays open.
+PUMP_RETRY_S = 0.1
+PUMP_RETRY_MAX_S = 5.0
+
 #: How long acks wait to be written together (DECISIONS 28).
 ACK_DELAY_S = 0.01
 
@@ -258,6 +263,9 @@ class Delivery:
         #: Since when the device is linked: a message's wait counts from then at the
         #: earliest (what it waited offline is not the relay's delay).
         self._since_ms = int(clock() * 1000)
+        #: Since when the relay owes this device a message and has not sent it (None:
+        #: it owes nothing, or the window is full); in ``metrics.owed`` meanwhile.
+        self._owed_since: int | None = None
 
     def wake(self, fresh: list[StoredMessage] | None = None) -> None:
         """Messages were stored (``fresh``: just committed, in cursor order, with no
@@ -286,35 +294,80 @@ class Delivery:
         self._caught_up = False
         if self.paused:
             return
+        if fresh and self.window.room:
+            # Stored for it, and room to send: owed from now until a pump sends it.
+            self._owe(int(self._clock() * 1000))
         if self._pump_task is not None:
             self._again = True
             return
         self._pump_task = asyncio.get_running_loop().create_task(self._pump())
 
     async def _pump(self) -> None:
+        # A read that fails (a store briefly away, a leader election) is tried again
+        # while the link is open, after a back-off that doubles up to PUMP_RETRY_MAX_S:
+        # otherwise the device would wait for the next wake-up, which may never come
+        # (nothing more is pushed to it, or, caught up, a hand-off skips the read),
+        # and what it is owed would sit in the store while it stays linked.
+        delay = PUMP_RETRY_S
+        failures = 0
         try:
             while True:
-                self._again = False
-                while not self.closed and not self.paused and self.window.room:
-                    room = self.window.room
-                    batch = await fetch(self.store, self.pin, self.window.sent, room, self._clock())
+                started_ms = int(self._clock() * 1000)
+                try:
+                    await self._pump_rounds()
+                except Exception as exc:
                     if self.closed:
                         return
-                    if batch:
-                        for message in batch:
-                            self.window.sent_one(message.cursor)
-                        self._track(batch)
-                        self._send(batch)  # one write for the whole batch
-                        self._metrics.delivered.inc(len(batch))
-                    if len(batch) < room:
-                        self._caught_up = True  # drained; until the next wake-up
-                        break
-                if not self._again or self.closed:
-                    return
-        except Exception:
-            log.exception("delivery to %s failed", self.pin)
+                    self._owe(started_ms)
+                    failures += 1
+                    if failures == 1:
+                        log.exception("delivery to %s failed; retrying", self.pin)
+                    else:
+                        log.debug("delivery to %s failed again: %r", self.pin, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, PUMP_RETRY_MAX_S)
+                    if self.closed:
+                        return
+                    continue
+                if failures:
+                    log.warning("delivery to %s works again after %d failures", self.pin, failures)
+                return
         finally:
             self._pump_task = None
+
+    async def _pump_rounds(self) -> None:
+        while True:
+            self._again = False
+            while not self.closed and not self.paused and self.window.room:
+                room = self.window.room
+                batch = await fetch(self.store, self.pin, self.window.sent, room, self._clock())
+                if self.closed:
+                    break
+                if batch:
+                    for message in batch:
+                        self.window.sent_one(message.cursor)
+                    self._track(batch)
+                    self._send(batch)  # one write for the whole batch
+                    self._metrics.delivered.inc(len(batch))
+                if len(batch) < room:
+                    self._caught_up = True  # drained; until the next wake-up
+                    break
+            if not self._again or self.closed:
+                # Caught up, or the window full (a device that does not ack holds
+                # itself up: not the relay's lag), paused, or closed: nothing owed.
+                self._paid()
+                return
+
+    def _owe(self, since_ms: int) -> None:
+        """The relay owes this device a message since ``since_ms`` (Metrics.owed)."""
+        if self._owed_since is None and not self.closed:
+            self._owed_since = since_ms
+            self._metrics.owed.start(self, since_ms)
+
+    def _paid(self) -> None:
+        if self._owed_since is not None:
+            self._owed_since = None
+            self._metrics.owed.stop(self)
 
     def _track(self, batch: list[StoredMessage]) -> None:
         now_ms, since, waits = int(self._clock() * 1000), self._since_ms, self._metrics.waits
@@ -400,7 +453,7 @@ class Delivery:
             # (on the next link) and their receipts with them.
             log.exception("storing receipts for %s failed", self.pin)
             self._settling.clear()
-            self.closed = True
+            self.close()
             if self._on_broken is not None:
                 self._on_broken()
         finally:
@@ -408,3 +461,4 @@ class Delivery:
 
     def close(self) -> None:
         self.closed = True
+        self._paid()

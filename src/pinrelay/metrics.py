@@ -70,6 +70,36 @@ class Waits:
         return (tuple(counts) if any(counts) else ()), longest
 
 
+class Owed:
+    """Linked devices the relay owes a message it has not sent (delivery.py), by
+    since when: the delivery monitor's lag of a delivery that stopped.
+
+    Kept in the order owing began: the clock only moves on, so the first is the
+    oldest, and the monitors read it in O(1) however many devices are linked
+    (a wall clock stepped back only makes it read a little young).  Starting and
+    stopping are a dict insert and delete.
+    """
+
+    __slots__ = ("_since",)
+
+    def __init__(self) -> None:
+        self._since: dict[object, int] = {}
+
+    def start(self, who: object, at_ms: int) -> None:
+        if who not in self._since:
+            self._since[who] = at_ms
+
+    def stop(self, who: object) -> None:
+        self._since.pop(who, None)
+
+    def oldest(self) -> int | None:
+        """Since when the longest owing device has been owed (None: none is)."""
+        return next(iter(self._since.values()), None)
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+
 #: Commit observations kept before they are folded into the histograms.
 _COMMITS_KEPT = 1024
 
@@ -136,6 +166,13 @@ class Metrics:
         self.devices = Gauge("pinrelay_devices", "Devices registered", registry=r)
         #: Waits of messages for linked devices (the delivery monitor and reports).
         self.waits = Waits()
+        self.owed = Owed()
+        owed = self.owed
+        Gauge(
+            "pinrelay_delivery_owed",
+            "Linked devices owed a stored message not sent yet (window not full)",
+            registry=r,
+        ).set_function(lambda: len(owed))
         self.webhook_attempts = Counter(
             "pinrelay_webhook_attempts",
             "Webhook deliveries attempted by this relay, by result (ok: answered 2xx)",

@@ -23,7 +23,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 import msgspec
 
@@ -54,6 +54,21 @@ from pinrelay.incident_board import IncidentBoard
 from pinrelay.store.base import Store
 
 log = logging.getLogger("pinrelay.monitors")
+
+
+class FeedLag(Protocol):
+    """A cluster store's feed of new messages, as the monitors judge it
+    (store/jetstream/feed.py)."""
+
+    async def check(self, now_ms: int) -> None:
+        """Compare what the feed handed on with what its streams hold."""
+
+    def lag_ms(self, now_ms: int) -> int:
+        """How long it has been behind without catching up (0: it is not)."""
+
+    async def restart(self, behind_ms: int, now_ms: int) -> list[str]:
+        """Restart what has been behind ``behind_ms`` or more; the streams restarted."""
+
 
 #: How long one store call of the monitors may take before it counts as failed.
 WRITE_TIMEOUT_S = 2.0
@@ -93,10 +108,14 @@ class Monitors:
         report_red: Callable[[frozenset[str]], None] = lambda _: None,
         red_elsewhere: Callable[[], frozenset[str]] = frozenset,
         tenant_waits: Callable[[], dict[str, tuple[int, ...]]] = dict,
+        owed: Callable[[], int | None] = lambda: None,
+        feed: FeedLag | None = None,
     ) -> None:
         """``report_red`` is told the components judged red each tick (a cluster's
         heartbeats carry them); ``red_elsewhere`` gives those the region's other
-        live relays judge red (core/monitors.py rule 3)."""
+        live relays judge red (core/monitors.py rule 3); ``owed``, since when the
+        longest waiting linked device has been owed a message (Metrics.owed);
+        ``feed``, a cluster store's feed of new messages (DECISIONS 63)."""
         self.store = store
         self.board = board
         self.clock = clock
@@ -113,6 +132,10 @@ class Monitors:
         self._alive = alive
         self._report_red = report_red
         self._red_elsewhere = red_elsewhere
+        self._owed = owed
+        self.feed = feed
+        #: How long the feed has been behind the streams, as last checked (ms).
+        self.feed_lag_ms = 0
         self.thresholds = thresholds
         self.every_s = every_s
         self.probe_s = probe_s
@@ -155,6 +178,13 @@ class Monitors:
         expired = self._expired()
         expired_delta, self._expired_seen = max(0, expired - self._expired_seen), expired
         counts, longest = self._waits()
+        # A delivery that stopped delivers nothing to measure: what is owed and not
+        # sent (delivery.py), and the feed that brings new messages (cluster), count
+        # by how long they have waited so far.
+        owed_since = self._owed()
+        if owed_since is not None:
+            longest = max(longest, now_ms - owed_since)
+        longest = max(longest, self.feed_lag_ms)
         free: int | None = None
         if self.data is not None:
             with contextlib.suppress(OSError):
@@ -245,6 +275,8 @@ class Monitors:
         applied (on what the store holds: another relay may have written first)."""
         if self.unpublished and self._store_ok():
             await self._publish()
+        if self.feed is not None:
+            await self._check_feed()
         r = self.read()
         self.findings = findings = judge(
             msgspec.structs.replace(r, lag_ms=self.lag.add(r.at_ms, r.lag_ms)),
@@ -279,6 +311,38 @@ class Monitors:
                 raise
             except Exception:  # one incident's failure does not stop the others
                 log.exception("monitors: %s failed", type(action).__name__)
+
+    async def _check_feed(self) -> None:
+        """The feed's lag (Feed.check: one request per stream); a feed red for it is
+        restarted from the last message it handed on (no message skipped or handed
+        twice), at most once per ``lag_ms`` for each stream."""
+        feed = self.feed
+        assert feed is not None
+        now_ms = int(self.clock() * 1000)
+        try:
+            await asyncio.wait_for(feed.check(now_ms), WRITE_TIMEOUT_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store away: the probe says so; the lag stands
+            log.debug("checking the feed failed: %r", exc)
+        self.feed_lag_ms = feed.lag_ms(now_ms)
+        if self.feed_lag_ms < self.thresholds.lag_ms:
+            return
+        try:
+            restarted = await asyncio.wait_for(
+                feed.restart(self.thresholds.lag_ms, now_ms), WRITE_TIMEOUT_S
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("restarting the feed failed: %r", exc)
+            return
+        if restarted:
+            log.warning(
+                "the feed of new messages was %d ms behind: restarted it on %s",
+                self.feed_lag_ms,
+                ", ".join(restarted),
+            )
 
     # --- acting -------------------------------------------------------------
     async def _apply(self, action: Action, now_ms: int) -> None:

@@ -32,7 +32,7 @@ from pinrelay.lockfile import FOLDER_LOCK, Lock
 from pinrelay.lockfile import acquire as acquire_lock
 from pinrelay.matrix import MatrixGateway
 from pinrelay.metrics import Metrics
-from pinrelay.monitors import Monitors
+from pinrelay.monitors import FeedLag, Monitors
 from pinrelay.router.base import Router
 from pinrelay.router.local import LocalRouter
 from pinrelay.store.base import Store
@@ -68,6 +68,8 @@ class Relay:
         self.router: Router
         #: Cluster mode: JetStream expires messages itself and the store can go away.
         self.clustered = config.nats_urls is not None
+        #: A cluster store's feed of new messages (its lag is a monitor's; DECISIONS 63).
+        feed: FeedLag | None = None
         if config.nats_urls is None:
             db = Path(config.data) / "pinrelay.db"
             self.store = SqliteStore(db, observer=self.metrics.observe_commit)
@@ -86,6 +88,7 @@ class Relay:
                 purge_acked=config.purge_acked,
             )
             self.store = js
+            feed = js.feed
             self.router = NatsRouter(
                 node=config.node,
                 region=config.region,
@@ -187,6 +190,8 @@ class Relay:
             expired=lambda: self._count("pinrelay_messages_expired_total"),
             waits=self.metrics.waits.take,
             tenant_waits=self.metrics.waits.take_tenants,
+            owed=self.metrics.owed.oldest,
+            feed=feed,
             # A cluster's NATS connection; on SQLite, healthy() says the writer
             # process lives, which the store probe judges (component store).
             connected=self.store.healthy if self.clustered else lambda: True,

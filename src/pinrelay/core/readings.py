@@ -54,7 +54,9 @@ class Readings(Struct, frozen=True, kw_only=True):
     backlog: int | None = None
     #: The delivery lag: the longest a message written to a link since the previous
     #: reading waited for it while the device was linked (from its acceptance, or
-    #: the link's start if later: time offline is not the relay's delay); 0: none.
+    #: the link's start if later: time offline is not the relay's delay), or, if
+    #: longer, how long a linked device has been owed a message not sent yet, or the
+    #: feed of new messages behind its streams (a cluster; DECISIONS 63); 0: none.
     lag_ms: int = 0
     #: Messages written to links since the previous reading.
     delivered: int = 0

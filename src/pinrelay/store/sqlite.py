@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import msgspec
 
-from pinrelay import lockfile
+from pinrelay import faults, lockfile
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, Scope, StoredMessage
 from pinrelay.core.social import Action, State, Transition
@@ -620,6 +620,8 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
         return to_results(msgspec.convert(raw, list[AppendResult])), bool(replay)
 
     async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
+        if faults.active("read-fail"):
+            raise sqlite3.OperationalError("injected fault: read-fail")
         rows = self._read().execute(_READ_SQL, (pin, after, now_ms, limit)).fetchall()
         return [_row_to_message(r) for r in rows]
 

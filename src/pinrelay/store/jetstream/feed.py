@@ -29,10 +29,12 @@ import logging
 import time
 from collections.abc import Callable
 
+import nats.js.errors
 from nats.aio.msg import Msg as NatsMsg
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from pinrelay import faults
 from pinrelay.core.model import StoredMessage
 from pinrelay.store.jetstream.layout import Layout
 from pinrelay.store.jetstream.records import DeviceRec, decode_msg, stored
@@ -86,38 +88,114 @@ class Feed:
         self._fed: dict[str, int] = {}
         self._pending: dict[str, list[StoredMessage] | None] = {}
         self._scheduled = False
+        #: One ordered consumer per stream (partition), and its stream's last
+        #: sequence the feed saw (any device's message: all of them reach it).
         self._subs: list[JetStreamContext.PushSubscription] = []
+        self._seen: list[int] = []
+        self._js: JetStreamContext | None = None
+        #: Partition → (since when it is behind, the newest sequence seen then).
+        self._behind: dict[int, tuple[int, int]] = {}
+        #: Partition → when its consumer was last restarted (ms).
+        self._restarted: dict[int, int] = {}
+        #: Consumers restarted (metrics, tests).
+        self.restarts = 0
         #: Messages received, and of those for devices followed here (metrics, tests).
         self.received = 0
         self.handed = 0
 
     async def start(self, js: JetStreamContext) -> None:
+        self._js = js
         for part in range(self.layout.partitions):
             stream = self.layout.stream_name(part)
             # nats-py re-creates an ordered consumer that has delivered nothing yet
             # from sequence 1: what was stored before we started is skipped here, by
             # sequence, rather than handed over again.
-            floor = (await js.stream_info(stream)).state.last_seq + 1
+            self._seen.append((await js.stream_info(stream)).state.last_seq)
+            self._subs.append(await self._subscribe(js, part, None))
 
-            async def on_msg(msg: NatsMsg, floor: int = floor) -> None:
-                await self._on_msg(msg, floor)
+    async def _subscribe(
+        self, js: JetStreamContext, part: int, start: int | None
+    ) -> JetStreamContext.PushSubscription:
+        """An ordered consumer of partition ``part``'s messages: new ones, or those
+        from sequence ``start`` on."""
 
-            self._subs.append(
-                await js.subscribe(
-                    f"{self.layout.part_prefix(part)}.>",
-                    stream=stream,
-                    cb=on_msg,
-                    ordered_consumer=True,
-                    deliver_policy=DeliverPolicy.NEW,
-                    idle_heartbeat=FEED_HEARTBEAT_S,
-                )
+        async def on_msg(msg: NatsMsg) -> None:
+            await self._on_msg(msg, part)
+
+        config = None
+        if start is not None:
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
             )
+        return await js.subscribe(
+            f"{self.layout.part_prefix(part)}.>",
+            stream=self.layout.stream_name(part),
+            cb=on_msg,
+            config=config,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW if start is None else None,
+            idle_heartbeat=FEED_HEARTBEAT_S,
+        )
 
     async def stop(self) -> None:
         subs, self._subs = self._subs, []
+        self._js = None
         for sub in subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    # --- lag (DECISIONS 63) ------------------------------------------------------------
+    async def check(self, now_ms: int) -> None:
+        """Compare each stream's newest device message with the last the feed saw:
+        one request per stream (the last message on its device subjects: the expiry
+        schedules beside them never reach the feed).  Behind, the feed counts as
+        late from the first check that saw it behind until it reaches the newest
+        message of that check; one that keeps up with a busy stream reaches it by
+        the next check, and counts from then."""
+        js = self._js
+        if js is None:
+            return
+        heads = await asyncio.gather(*(self._head(js, p) for p in range(len(self._seen))))
+        for part, head in enumerate(heads):
+            seen = self._seen[part]
+            behind = self._behind.get(part)
+            if head <= seen:
+                self._behind.pop(part, None)
+            elif behind is None or seen >= behind[1]:
+                self._behind[part] = (now_ms, head)
+
+    async def _head(self, js: JetStreamContext, part: int) -> int:
+        subject = f"{self.layout.part_prefix(part)}.>"
+        try:
+            return (await js.get_last_msg(self.layout.stream_name(part), subject)).seq or 0
+        except nats.js.errors.NotFoundError:
+            return 0
+
+    def lag_ms(self, now_ms: int) -> int:
+        """How long the feed has been behind a stream without catching up (0: not)."""
+        return max((now_ms - since for since, _ in self._behind.values()), default=0)
+
+    async def restart(self, behind_ms: int, now_ms: int) -> list[str]:
+        """Re-create the consumer of each stream the feed has been behind for
+        ``behind_ms`` or more (and not restarted in the last ``behind_ms``), from the
+        message after the last it saw: a consumer that stopped delivering (deleted,
+        stuck, its re-creation failed) resumes where it stopped, none skipped.  The
+        streams restarted."""
+        js = self._js
+        if js is None:
+            return []
+        done: list[str] = []
+        for part, (since, _) in list(self._behind.items()):
+            if now_ms - since < behind_ms or now_ms - self._restarted.get(part, 0) < behind_ms:
+                continue
+            self._restarted[part] = now_ms
+            old = self._subs[part]
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+            self._subs[part] = await self._subscribe(js, part, self._seen[part] + 1)
+            self.restarts += 1
+            done.append(self.layout.stream_name(part))
+        return done
 
     # --- interest ------------------------------------------------------------------
     def follow(self, pin: str) -> None:
@@ -155,7 +233,15 @@ class Feed:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _on_msg(self, msg: NatsMsg, floor: int = 0) -> None:
+    async def _on_msg(self, msg: NatsMsg, part: int = 0) -> None:
+        if faults.active("feed-stall"):
+            await faults.hold("feed-stall")
+        seq = stream_sequence(msg)
+        if seq <= self._seen[part]:
+            # Seen already: stored before the feed began (a consumer re-created from
+            # 1), or handed on before a restart from an earlier sequence.
+            return
+        self._seen[part] = seq
         self.received += 1
         try:
             pin = self.layout.pin_of(msg.subject)
@@ -163,9 +249,6 @@ class Feed:
             return  # not a device subject
         if pin not in self._follows:
             return
-        seq = stream_sequence(msg)
-        if seq < floor:
-            return  # stored before the feed began (a consumer re-created from 1)
         m = decode_msg(seq, msg.data)
         if m is None:
             return

@@ -17,7 +17,9 @@ import base64
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
+from pinrelay import faults
 from pinrelay.core.model import StoredMessage
+from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream.api import Api, not_found
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.layout import Layout
@@ -62,6 +64,8 @@ class Reader:
 
     async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
         """See :meth:`pinrelay.store.base.Store.read`."""
+        if faults.active("read-fail"):
+            raise StoreClosed("injected fault: read-fail")
         got = await self.devices.get(pin)
         if got is None or limit <= 0:
             return []
