@@ -44,7 +44,9 @@ def test_each_monitor_turns_its_component_red() -> None:
     assert fell == [Finding("links", "major", "Linked devices fell from 40000 to about 12000")]
     assert judge(reading(store_ms=5, links=10), T, peak_links=40) == []  # below links_min
     late = judge(reading(store_ms=5, lag_ms=95_000), T, peak_links=0)
-    assert late == [Finding("delivery", "major", "Deliveries are late by over 2 min")]
+    assert late == [Finding("delivery", "major", "Deliveries are late by over 1 min")]
+    soon = judge(reading(store_ms=5, lag_ms=T.lag_ms), T, peak_links=0)
+    assert soon == [Finding("delivery", "major", "Deliveries are late by up to a minute")]
     # Shedding (minor) and lag (major) on one component: the worst is kept.
     both = judge(reading(store_ms=5, lag_ms=95_000, shed=500), T, peak_links=0)
     assert [f.severity for f in both] == ["major"]

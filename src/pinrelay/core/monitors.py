@@ -101,7 +101,12 @@ def judge(
         fell = f"Linked devices fell from {peak_links} to about {_round(r.links)}"
         found.append(Finding("links", "major", fell))
     if r.lag_ms >= t.lag_ms:
-        late = f"Deliveries are late by over {r.lag_ms // 60_000 + 1} min"
+        # In whole minutes (the text changing each second would be an update each time).
+        late = (
+            f"Deliveries are late by over {r.lag_ms // 60_000} min"
+            if r.lag_ms >= 60_000
+            else "Deliveries are late by up to a minute"
+        )
         found.append(Finding("delivery", "major", late))
     if r.shed / max(interval_s, 1e-3) > t.shed_per_s:
         found.append(Finding("delivery", "minor", "The relay is shedding load"))
