@@ -216,6 +216,8 @@ class Monitors:
             loop.create_task(self._forever()),
             loop.create_task(self._count_forever()),
         ]
+        if self.feed is not None:  # its own loop: a store away stalls no tick
+            self._tasks.append(loop.create_task(self._feed_forever()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -275,8 +277,6 @@ class Monitors:
         applied (on what the store holds: another relay may have written first)."""
         if self.unpublished and self._store_ok():
             await self._publish()
-        if self.feed is not None:
-            await self._check_feed()
         r = self.read()
         self.findings = findings = judge(
             msgspec.structs.replace(r, lag_ms=self.lag.add(r.at_ms, r.lag_ms)),
@@ -311,6 +311,17 @@ class Monitors:
                 raise
             except Exception:  # one incident's failure does not stop the others
                 log.exception("monitors: %s failed", type(action).__name__)
+
+    async def _feed_forever(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self._check_feed()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("checking the feed failed")
+            await asyncio.sleep(max(0.0, self.every_s - (time.monotonic() - started)))
 
     async def _check_feed(self) -> None:
         """The feed's lag (Feed.check: one request per stream); a feed red for it is
