@@ -212,7 +212,10 @@ async def test_what_a_leader_without_its_quorum_answers_a_retried_write(
             await api.publish(subject, b"x", headers)
     with pytest.raises(ApiError) as refused:
         await api.publish(bucket.subject("z.cas"), b"x", cas)
-    assert refused.value.wrong_last_sequence and refused.value.err_code == 10164
+    assert refused.value.err_code == 10164 and refused.value.transient
+    assert not refused.value.wrong_last_sequence  # not "moved on": retried, then 503
+    with pytest.raises(StoreClosed):
+        await api.unless_moved(lambda: api.publish(bucket.subject("z.cas"), b"x", cas), "cas")
     with pytest.raises(ApiError) as in_process:
         await api.publish(bucket.subject("z.id"), b"x", once)
     assert in_process.value.code == 409 and not in_process.value.batch_duplicate

@@ -33,7 +33,7 @@ class TestApiError:
         ("code", "err_code", "name"),
         [
             (400, 10071, "wrong_last_sequence"),
-            (400, 10164, "wrong_last_sequence"),
+            (400, 10164, "transient"),  # a write to the subject still in flight
             (400, 10201, "batch_duplicate"),
             (503, 0, "transient"),
             (504, 0, "transient"),

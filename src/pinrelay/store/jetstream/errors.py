@@ -26,7 +26,10 @@ from pinrelay.store.base import StoreClosed
 
 #: JetStream API error codes met here (``err_code``).
 NO_MESSAGE = 10037
-WRONG_LAST_SEQUENCE = (10071, 10164)
+WRONG_LAST_SEQUENCE = 10071
+#: "Wrong last sequence" without a sequence: the leader holds a proposal for the
+#: subject it has not applied (committed or not: it cannot know yet), DECISIONS 62.
+SUBJECT_IN_FLIGHT = 10164
 BATCH_DUPLICATE_ID = 10201
 STREAM_NAME_IN_USE = 10058
 NO_PEERS = 10005
@@ -75,8 +78,9 @@ class ApiError(Exception):
 
     @property
     def transient(self) -> bool:
-        """The cluster cannot answer now (no leader, or it is busy): try again."""
-        return self.code in (503, 504)
+        """The cluster cannot answer now (no leader, or it is busy, or a write to
+        the subject is still in flight): try again."""
+        return self.code in (503, 504) or self.err_code == SUBJECT_IN_FLIGHT
 
     @property
     def server_side(self) -> bool:
@@ -90,8 +94,9 @@ class ApiError(Exception):
 
     @property
     def wrong_last_sequence(self) -> bool:
-        """A compare-and-set lost: the subject moved past the expected sequence."""
-        return self.err_code in WRONG_LAST_SEQUENCE
+        """A compare-and-set lost: the subject moved past the expected sequence
+        (a committed write; one in flight is :attr:`transient`)."""
+        return self.err_code == WRONG_LAST_SEQUENCE
 
     @property
     def batch_duplicate(self) -> bool:
