@@ -37,6 +37,7 @@ from bench.common import (
     run_main,
     wait_if_asked,
 )
+from bench.prosody import pin_cpus
 from bench.rawhttp import Connection
 
 MODULE = "bench.noisy_neighbour"
@@ -106,6 +107,7 @@ def flood_phase(
 async def measure(args: argparse.Namespace) -> dict[str, object]:
     logs = run_dir("noisy_neighbour")
     relay = RelayProcess(logs)
+    # The flood's process starts at the first call, after the pinning: it inherits it.
     pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
     try:
         await relay.start()
@@ -116,6 +118,9 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
             noisy_key, noisy_pin = tenant(admin, "noisy", {"rate": args.rate})
         quiet = await Connection(LOOPBACK, relay.port, quiet_key).open()
         quiet_req = quiet.request_bytes("POST", f"/v1/devices/{quiet_pin}/messages", PUSH)
+        if args.pin:  # the relay on one CPU, every client (and the flood) on the other
+            pinned = pin_cpus(relay.pid)
+            console.print(f"pinned: relay / clients on {pinned}")
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(pool, ready)  # the child started and imported this
         latency: dict[str, list[float]] = {"alone": [], "flood": []}
@@ -164,6 +169,9 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
         relay.remove_data()
 
 
+PINNED = " (its main process pinned to the first CPU, the clients and the flood to the rest)"
+
+
 def report(args: argparse.Namespace, got: dict[str, object]) -> str:
     latency: dict[str, list[float]] = got["latency"]  # type: ignore[assignment]
     flood: dict[int, int] = got["flood"]  # type: ignore[assignment]
@@ -194,7 +202,8 @@ def report(args: argparse.Namespace, got: dict[str, object]) -> str:
     )
     console.print(summary)
     return (
-        f"One SQLite relay. Tenant quiet (no quota) pushes {args.quiet_rate:g}/s, one request"
+        f"One SQLite relay{PINNED if args.pin else ''}. Tenant quiet (no quota) pushes"
+        f" {args.quiet_rate:g}/s, one request"
         f" at a time; tenant noisy (rate quota {args.rate:g}/s) pushes at {args.factor:g}x that"
         f" from {args.conns} connections in every other phase; {2 * args.rounds} phases of"
         f" {args.phase:g} s, alternating (client-side answer times, bench/rawhttp.py).\n\n"
@@ -216,6 +225,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--phase", type=float, default=5.0, help="seconds per phase")
     parser.add_argument("--rounds", type=int, default=3, help="alone/flood pairs")
     parser.add_argument("--note", default="", help="a line to add beside the figures")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin the relay's main process to the first CPU and the clients to the rest, "
+        "so the flood's generator does not take the relay's CPU (what is measured is the "
+        "relay's own isolation)",
+    )
     add_common_args(parser)
     return parser.parse_args(argv)
 
