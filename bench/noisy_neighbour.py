@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import json
 import multiprocessing as mp
+import os
 import time
 
 import httpx
@@ -109,6 +110,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
     relay = RelayProcess(logs)
     # The flood's process starts at the first call, after the pinning: it inherits it.
     pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+    every_cpu = os.sched_getaffinity(0)
     try:
         await relay.start()
         with httpx.Client(
@@ -167,6 +169,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
         pool.shutdown(cancel_futures=True)
         relay.stop()
         relay.remove_data()
+        os.sched_setaffinity(0, every_cpu)  # the report names the machine's CPUs
 
 
 PINNED = " (its main process pinned to the first CPU, the clients and the flood to the rest)"
