@@ -44,6 +44,14 @@ def stored(got: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [f for f in got if f["type"] == "msg" and f["kind"] != "system"]
 
 
+def in_order(got: list[dict[str, Any]], n: int) -> None:
+    """The messages stored and handed over are pushes 0..n-1, once each, in order."""
+    msgs = stored(got)
+    assert [m["data"]["n"] for m in msgs] == list(range(n))
+    cursors = [m["cursor"] for m in msgs]
+    assert cursors == sorted(cursors) and len(set(cursors)) == n
+
+
 def events(got: list[dict[str, Any]]) -> list[str]:
     return [f["data"]["event"] for f in got if f["type"] == "msg" and f["kind"] == "system"]
 
@@ -130,10 +138,7 @@ async def reads_fail_cycle(relay: RelayProc, pushed_through: RelayProc, fault: P
                 fault.unlink
             )  # reads work again: the retrying pump sends them all
             await wait_until_async(lambda: len(stored(got)) >= 6, 15, 0.1, "delivered")
-            msgs = stored(got)
-            assert [m["data"]["n"] for m in msgs] == list(range(6))
-            cursors = [m["cursor"] for m in msgs]
-            assert cursors == sorted(cursors) and len(set(cursors)) == 6
+            in_order(got, 6)
             # Delivered again: a push now goes out at once.
             await asyncio.to_thread(push, 6)
             await wait_until_async(lambda: len(stored(got)) == 7, 10, 0.05, "the next one")
