@@ -53,6 +53,10 @@ def publish_answer(msg: NatsMsg) -> dict[str, Any]:
     return ApiError.check(_dec(msg.data))
 
 
+#: How long a compare-and-set waits before trying again when another write to its
+#: key is in flight (a commit on loopback takes a few milliseconds).
+IN_FLIGHT_WAIT_S = 0.002
+
 class Api:
     """One store's JetStream API calls on its NATS connection."""
 
@@ -176,14 +180,23 @@ class Api:
         retried: the sequence the server answered, or None if a key had moved on
         (then it stored none of it).  ``send`` is called anew for each attempt."""
 
+        deadline = time.monotonic() + self.retry_for
+
         async def op() -> int | None:
-            try:
-                resp = await send()
-            except ApiError as err:
-                if err.wrong_last_sequence:
-                    return None
-                raise
-            return int(resp["seq"])
+            while True:
+                try:
+                    resp = await send()
+                except ApiError as err:
+                    if err.wrong_last_sequence:
+                        return None
+                    # Another write to the key is in flight: it commits within a few
+                    # ms (then this one meets "moved on"), or never (a leader without
+                    # its quorum: StoreClosed once retry_for is spent).
+                    if err.in_flight and time.monotonic() < deadline:
+                        await asyncio.sleep(IN_FLIGHT_WAIT_S)
+                        continue
+                    raise
+                return int(resp["seq"])
 
         return await self.call(op, what)
 

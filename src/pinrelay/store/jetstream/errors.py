@@ -93,6 +93,11 @@ class ApiError(Exception):
         return self.err_code == NO_MESSAGE or self.code == 404
 
     @property
+    def in_flight(self) -> bool:
+        """A write to the subject is in flight (not applied yet): try again soon."""
+        return self.err_code == SUBJECT_IN_FLIGHT
+
+    @property
     def wrong_last_sequence(self) -> bool:
         """A compare-and-set lost: the subject moved past the expected sequence
         (a committed write; one in flight is :attr:`transient`)."""
