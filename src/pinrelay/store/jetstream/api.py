@@ -57,6 +57,7 @@ def publish_answer(msg: NatsMsg) -> dict[str, Any]:
 #: key is in flight (a commit on loopback takes a few milliseconds).
 IN_FLIGHT_WAIT_S = 0.002
 
+
 class Api:
     """One store's JetStream API calls on its NATS connection."""
 
