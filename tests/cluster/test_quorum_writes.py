@@ -204,6 +204,7 @@ async def test_what_a_leader_without_its_quorum_answers_a_retried_write(
     cluster, store = cluster_store
     api, bucket = store.api, store.broadcasts.bucket
     await lead(store, bucket.stream, cluster.nodes[0].name)
+    await lead(store, store.incidents.bucket.stream, cluster.nodes[0].name)
     for node in cluster.nodes[1:]:
         node.kill()
     cas, once = {"Nats-Expected-Last-Subject-Sequence": "0"}, {"Nats-Msg-Id": "retried"}
@@ -222,3 +223,5 @@ async def test_what_a_leader_without_its_quorum_answers_a_retried_write(
     with pytest.raises(StoreClosed):  # as the store's retry loop sees it
         await api.call(lambda: api.publish(bucket.subject("z.id"), b"x", once), "publish")
     assert await store.broadcasts.kv.get(bucket, "z.cas") is None
+    with pytest.raises(StoreClosed):  # the monitors' probe: StoreClosed, not nats-py's own
+        await store.probe("quorum-test", 0)

@@ -567,7 +567,7 @@ class Store(Protocol):
 
     async def probe(self, node: str, now_ms: int) -> None:
         """One small durable write, as replicated as messages are (the monitors'
-        probe, core/monitors.py): returns once stored, raises if it cannot be."""
+        probe, core/monitors.py): returns once stored, raises StoreClosed if it cannot be."""
         ...
 
     async def list_incidents(self, since_ms: int, limit: int) -> list[Incident]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.incidents import Incident, follows, is_incident_id
 from pinrelay.store.jetstream.cas import Keyed
+from pinrelay.store.jetstream.errors import nats_errors
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import Bucket
 
@@ -51,9 +52,12 @@ class Incidents:
 
     async def probe(self, node: str, now_ms: int) -> None:
         """A write to ``p.<node>`` (Store.probe): it needs the bucket's stream leader
-        and a quorum of its replicas, as every message does."""
+        and a quorum of its replicas, as every message does.  One attempt, not
+        retried (the monitor times it); a failure is StoreClosed, as the contract
+        says, not nats-py's own TimeoutError."""
         self.api.check_open()
-        await self.api.publish(self.bucket.subject(f"p.{node}"), str(now_ms).encode(), {})
+        with nats_errors("probe"):
+            await self.api.publish(self.bucket.subject(f"p.{node}"), str(now_ms).encode(), {})
 
     async def get(self, incident_id: str) -> Incident | None:
         self.api.check_open()
