@@ -13,6 +13,7 @@ import time
 import httpx
 
 from pinrelay.core.readings import Readings
+from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.testing.natsproc import NatsCluster
 from pinrelay.testing.wait import wait_until
@@ -77,7 +78,10 @@ def test_readings_of_every_relay_and_of_an_outage_reach_the_report(
         check_png(admin.get(f"/v1/incidents/{iid}/report.png").content)
 
     def covered() -> dict[str, list[Readings]] | None:
-        found = asyncio.run(recorded(nats_cluster, began))
+        try:
+            found = asyncio.run(recorded(nats_cluster, began))
+        except StoreClosed:  # the cluster is still settling: opening a store timed out
+            return None
         done = all(n in found and found[n][-1].at_ms > up_ms for n in ("first", "second"))
         return found if done else None
 
