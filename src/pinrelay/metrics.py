@@ -179,6 +179,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.long_polls = Gauge(
+            "pinrelay_inbox_long_polls",
+            "Inbox requests waiting for a message (GET .../inbox?wait=)",
+            registry=r,
+        )
         self.webhooks_known = Gauge(
             "pinrelay_webhooks_known",
             "Webhook subscriptions this relay has read (it delivers them while the store is away)",

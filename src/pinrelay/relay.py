@@ -144,6 +144,7 @@ class Relay:
         )
         self.incidents.on_event.append(self.webhooks.heard)
         self.metrics.webhooks_known.set_function(lambda: self.webhooks.known)
+        self.metrics.long_polls.set_function(lambda: len(self.long_polls))
         self.metrics.webhooks_in_memory.set_function(lambda: self.webhooks.in_memory)
         self.auth = Authenticator(
             self.store,
@@ -217,6 +218,10 @@ class Relay:
             every_s=config.incident_notify_every_s,
         )
         self.ready = False
+        #: Set by :meth:`stop`; the wake-ups of the inbox's long polls (api/inbox.py),
+        #: which stop answers at once instead of letting them hold the shutdown.
+        self.stopping = False
+        self.long_polls: set[asyncio.Event] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._expirer: asyncio.Task[None] | None = None
@@ -328,6 +333,9 @@ class Relay:
     async def stop(self) -> None:
         """Graceful: drain links (clients come back later, spread), then close."""
         self.ready = False
+        self.stopping = True
+        for woken in self.long_polls:
+            woken.set()
         for task in (self._sweeper, self._watchdog, self._expirer):
             if task is not None:
                 task.cancel()

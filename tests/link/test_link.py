@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -253,6 +254,28 @@ class TestShutdownAndCapacity:
             assert drain.retry_after_ms >= 1000
             assert await closed_with(ws) == 1001
         assert await stopping == 0
+
+    async def test_sigterm_answers_a_waiting_inbox_long_poll(self, relay: RelayProc) -> None:
+        """A long poll is answered "nothing yet" at once, not held for its minute or
+        cut by the server's 5 s shutdown limit; the relay then exits by itself."""
+        device = relay.create_device()
+        headers = {"Authorization": f"Bearer {device['token']}"}
+        async with httpx.AsyncClient(base_url=relay.url, timeout=90) as c:
+            poll = asyncio.create_task(
+                c.get(f"/v1/devices/{device['pin']}/inbox", params={"wait": 60}, headers=headers)
+            )
+
+            async def waiting() -> bool:
+                text = (await c.get("/metrics", headers=relay.admin_headers())).text
+                return "pinrelay_inbox_long_polls 1.0" in text.splitlines()
+
+            await wait_until_async(waiting, 10, 0.05, "the long poll waiting")
+            assert relay.proc is not None
+            relay.proc.send_signal(signal.SIGTERM)
+            answer = await asyncio.wait_for(poll, 30)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["messages"] == []
+            assert await asyncio.to_thread(relay.proc.wait, 30) == 0
 
     async def test_links_beyond_capacity_get_503(self, relay_factory: RelayFactory) -> None:
         relay = relay_factory(extra=["--max-links", "2"])

@@ -33,9 +33,10 @@ async def inbox(request: Request) -> Response:
     wait = query_int(request, "wait", 0, 0, MAX_WAIT_S)
     limit = query_int(request, "limit", 100, 1, MAX_LIMIT)
     messages = await delivery.fetch(relay.store, device.pin, after, limit, relay.clock())
-    if not messages and wait > 0:
+    if not messages and wait > 0 and not relay.stopping:
         arrived = asyncio.Event()
         relay.router.add_waiter(device.pin, arrived.set)
+        relay.long_polls.add(arrived)
         try:
             await relay.router.waiter_ready(device.pin)
             # Re-read after registering: a push between the read and here is not missed.
@@ -47,12 +48,15 @@ async def inbox(request: Request) -> Response:
             while not messages and (left := deadline - time.monotonic()) > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(arrived.wait(), timeout=min(left, step))
+                if relay.stopping:  # answered now (nothing yet), not when the wait ends
+                    break
                 arrived.clear()  # before the read: a wake-up during it is kept
                 messages = await delivery.fetch(
                     relay.store, device.pin, after, limit, relay.clock()
                 )
         finally:
             relay.router.remove_waiter(device.pin, arrived.set)
+            relay.long_polls.discard(arrived)
     relay.metrics.delivered.inc(len(messages))
     cursor = messages[-1].cursor if messages else after
     news = relay.link.system
