@@ -10,6 +10,9 @@ DATA   ?= data
 # More flags for `make run`'s `pinrelay serve`, e.g. ARGS="--port 7790 --link-port 7791".
 ARGS   ?=
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`: the suite mostly waits on timers and processes
+# (DECISIONS 65); a module's tests stay on one worker (its shared relay, its cluster).
+TEST_WORKERS ?= 2
 
 .PHONY: install browser run test lint types pytest bench soak chaos fuzz format clean lock
 
@@ -33,7 +36,7 @@ types: install
 	$(VENV)/bin/mypy
 
 pytest: install browser
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The browser tests (tests/web) drive Debian's chromium with Playwright, which cannot
 # download its own browsers here; installed when missing, as bench does mosquitto.

@@ -90,6 +90,18 @@ def test_free_port_is_below_the_ephemeral_range_and_not_repeated() -> None:
     assert len(set(picked)) == len(picked)
     assert all(1024 <= p < low for p in picked)
     assert all(port_free("127.0.0.1", p) for p in picked)
+    # Two pytest-xdist workers pick from slices of their own.
+    script = (
+        "from pinrelay.testing.ports import free_port as f; print(min(f() for _ in range(200)))"
+    )
+    lows = []
+    for worker in ("gw0", "gw1"):
+        env = {**os.environ, "PYTEST_XDIST_WORKER": worker, "PYTEST_XDIST_WORKER_COUNT": "2"}
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True)
+        assert out.returncode == 0, out.stderr
+        lows.append(int(out.stdout))
+    middle = max(1024, low - 12_000) + (low - max(1024, low - 12_000)) // 2
+    assert lows[0] < middle <= lows[1], lows
     with pytest.raises(OSError):
         free_port("192.0.2.1")  # not an address of this machine: an error, not a loop
 

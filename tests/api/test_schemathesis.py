@@ -129,7 +129,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "404", "410", "429"]
 """
     )
     st = Path(sys.executable).parent / "st"
-    examples = os.environ.get("PINRELAY_SCHEMATHESIS_EXAMPLES", "40")
+    examples = os.environ.get("PINRELAY_SCHEMATHESIS_EXAMPLES", "25")
     result = subprocess.run(
         [
             str(st),

@@ -429,7 +429,16 @@ class TestOpen:
                 metadata={"pinrelay.partitions": "1"},
             )
             await js.add_stream(old)
-            await js.publish(f"{prefix}.{A}.m", b"not ours", headers={"Nats-TTL": "60"})
+
+            async def published() -> bool:
+                try:  # a new R3 stream may not have its leader yet: no responders
+                    headers = {"Nats-TTL": "60", "Nats-Msg-Id": "old-1"}  # a retry: once
+                    await js.publish(f"{prefix}.{A}.m", b"not ours", headers=headers)
+                except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
+                    return False
+                return True
+
+            await wait_until_async(published, 10, 0.1, "the new stream accepting a publish")
             store = await open_store()
             config = (await js.stream_info(names["stream"])).config
             assert config.subjects == [f"{prefix}.>", f"{prefix}-expiry.>"]
