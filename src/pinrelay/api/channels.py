@@ -158,7 +158,7 @@ async def broadcast(request: Request) -> Response:
     channel = await _channel(relay, tenant, channel_id, False)
     fields = decode(await read_body(request, limit=64 * 1024), BroadcastCreate)
     check_push(fields, relay.config.limits)
-    take_quotas(call_of(request), principal, 1, len(fields.data))
+    await take_quotas(call_of(request), principal, 1, len(fields.data))
     now = relay.clock()
     now_ms = int(now * 1000)
     record = Broadcast(

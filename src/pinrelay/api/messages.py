@@ -24,7 +24,13 @@ from pinrelay.api.common import (
 )
 from pinrelay.api.schemas import BatchItemResult, BatchResult, PushResult
 from pinrelay.auth import KeyPrincipal
-from pinrelay.core.errors import ErrorCode, LimitExceeded, PinrelayError, RemoteProtocolError
+from pinrelay.core.errors import (
+    ErrorCode,
+    LimitExceeded,
+    PinrelayError,
+    RateLimited,
+    RemoteProtocolError,
+)
 from pinrelay.core.model import (
     Accepted,
     Batch,
@@ -77,27 +83,37 @@ def _idempotency(call: Call, key_id: str, body: bytes) -> IdempotencyKey | None:
     )
 
 
-def take_quotas(call: Call, principal: KeyPrincipal, n: int, nbytes: int) -> None:
+#: How long a quota refusal (429) is held before it is answered.  HTTP/1.1 clients
+#: send one request at a time per connection, so a tenant that sends again as soon as
+#: it is refused gets ~10 refusals a second per connection instead of thousands: a
+#: flood far past its rate costs the relay little, and other tenants nothing they can
+#: measure (DECISIONS 66).  A client that honours Retry-After (1 s at least) never
+#: notices it.
+REFUSAL_HOLD_S = 0.1
+
+
+async def take_quotas(call: Call, principal: KeyPrincipal, n: int, nbytes: int) -> None:
     """Count ``n`` messages of ``nbytes`` of data against the tenant's rate and
     stored_bytes quotas, or raise 429 with nothing stored (core/quotas.py,
-    core/ledger.py).  No store read: the quotas came with the principal."""
+    core/ledger.py), after :data:`REFUSAL_HOLD_S`.  No store read: the quotas came
+    with the principal."""
     quotas = principal.quotas
     if principal.tenant is None:
         return
     relay = call.relay
+    quota = "stored_bytes"
     try:
         relay.stored_bytes.check(principal.tenant, quotas, nbytes)
-    except PinrelayError:
-        relay.metrics.quota_refusals.labels("stored_bytes").inc(n)
-        raise
-    if quotas.rate is None:
-        return
-    # On a cluster each live relay holds its share of the rate (PROTOCOL "Quotas").
-    share = len(relay.router.link_urls) if relay.clustered else 1
-    try:
+        if quotas.rate is None:
+            return
+        quota = "rate"
+        # On a cluster each live relay holds its share of the rate (PROTOCOL "Quotas").
+        share = len(relay.router.link_urls) if relay.clustered else 1
         relay.rates.take(principal.tenant, quotas, n, relay.clock(), share)
-    except PinrelayError:
-        relay.metrics.quota_refusals.labels("rate").inc(n)
+    except PinrelayError as exc:
+        relay.metrics.quota_refusals.labels(quota).inc(n)
+        if isinstance(exc, RateLimited):  # not a batch larger than the burst (413)
+            await asyncio.sleep(REFUSAL_HOLD_S)
         raise
 
 
@@ -133,7 +149,7 @@ async def push_one_call(call: Call, pin: str, read: Callable[[], Awaitable[bytes
     body = await read()
     fields = decode(body, PushFields)
     check_push(fields, relay.config.limits)
-    take_quotas(call, principal, 1, len(fields.data))
+    await take_quotas(call, principal, 1, len(fields.data))
     # No read of the device first: the append refuses an unknown PIN by itself, so a
     # push costs the loop no extra query.
     [result] = await relay.ingest.accept(
@@ -219,7 +235,9 @@ async def push_batch(request: Request) -> Response:
             check_push(item, limits)
         except PinrelayError as exc:
             raise type(exc)(f"messages[{n}]: {exc.detail}", exc.code) from None
-    take_quotas(call, principal, len(batch.messages), sum(len(m.data) for m in batch.messages))
+    await take_quotas(
+        call, principal, len(batch.messages), sum(len(m.data) for m in batch.messages)
+    )
     drafts = [_draft(m.to, m) for m in batch.messages]
     results = await relay.ingest.accept(
         drafts, _idempotency(call, principal.key_id, body), principal.tenant
