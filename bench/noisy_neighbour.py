@@ -41,6 +41,7 @@ from bench.common import (
 )
 from bench.prosody import pin_cpus
 from bench.rawhttp import Connection
+from pinrelay.api.messages import REFUSAL_HOLD_S
 
 MODULE = "bench.noisy_neighbour"
 TITLE = "Noisy neighbour: tenant rate quotas (bench.noisy_neighbour)"
@@ -231,9 +232,12 @@ def report(args: argparse.Namespace, got: dict[str, object]) -> str:
     summary = (
         f"Quiet tenant's p99 with the flood / with the noisy tenant within its quota:"
         f" **{excess:.2f}** (target ≤ 1.20: {verdict(excess)}); with the flood / with the"
-        f" noisy tenant silent: **{total:.2f}** ({verdict(total)}). Flood: offered"
-        f" {args.factor * args.rate:,.0f}/s against a rate quota of {args.rate:g}/s;"
-        f" answers {dict(sorted(noisy['flood'].items()))}. Quiet tenant's answers:"
+        f" noisy tenant silent: **{total:.2f}** ({verdict(total)}). Flood: paced at"
+        f" {args.factor * args.rate:,.0f}/s against a rate quota of {args.rate:g}/s, one"
+        f" request at a time per connection, answered"
+        f" {sum(noisy['flood'].values()) / phase_s:,.0f}/s (429s are held"
+        f" {REFUSAL_HOLD_S * 1000:g} ms); answers {dict(sorted(noisy['flood'].items()))}."
+        " Quiet tenant's answers:"
         f" {dict(sorted(quiet.items()))}."
     )
     console.print(summary)
