@@ -268,6 +268,28 @@ class TestIdempotentRetry:
         ]
         assert await read_all(store, A) == []  # nothing stored twice
 
+    async def test_a_key_neither_created_nor_readable_is_503_not_a_spin(
+        self, open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A create refused while the key reads as absent (a write the cluster cannot
+        commit, DECISIONS 62): retried with a growing pause for the lease, then
+        StoreClosed; nothing published."""
+        store = await open_store(idem_lease_s=1.0)
+        await add_devices(store, A)
+        creates: list[float] = []
+
+        async def refused(*_: object) -> bool:
+            creates.append(time.monotonic())
+            return False
+
+        monkeypatch.setattr(store.leases.kv, "create", refused)
+        with pytest.raises(StoreClosed, match="neither created nor readable"):
+            await store.append([msg(A, 1)], IdempotencyKey("absent-1", "fp", NOW))
+        assert creates[-1] - creates[0] >= max(store.leases.lease_s, 1.0)
+        assert len(creates) < 100, len(creates)  # a pause that grows, not every 10 ms
+        monkeypatch.undo()
+        assert await read_all(store, A) == []
+
 
 class TestHeaders:
     async def test_topic_rollup_touches_only_its_subject(self, open_store: OpenStore) -> None:

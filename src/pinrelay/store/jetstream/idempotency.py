@@ -22,7 +22,7 @@ import msgspec
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import NewMessage
-from pinrelay.store.base import AppendResult, IdempotencyKey, Rejected
+from pinrelay.store.base import AppendResult, IdempotencyKey, Rejected, StoreClosed
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import Bucket
 from pinrelay.store.jetstream.records import IdemRec, as_planned, hash_key, idem_dec, json_enc, plan
@@ -53,14 +53,25 @@ class Leases:
         key = hash_key(idem.key)
         mine = IdemRec(idem.fingerprint, uuid.uuid4().hex, time.time(), planned=plan(messages))
         delay = 0.01
+        # Bounded: a key that reads as absent after a refused create (the winner's
+        # write not applied yet, or a write of ours the cluster cannot commit) is asked
+        # again with a growing pause, then answered 503, not spun on forever.
+        absent_until: float | None = None
         while True:
             if await kv.create(bucket, key, json_enc.encode(mine)):
                 owned = mine
                 break
             got = await kv.get(bucket, key)
             if got is None:  # the winner's write is not applied yet, or it expired
+                now = time.monotonic()
+                if absent_until is None:
+                    absent_until = now + max(self.lease_s, 1.0)
+                elif now > absent_until:
+                    raise StoreClosed(f"idempotency key {key}: neither created nor readable")
                 await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
                 continue
+            absent_until = None
             rec, revision = idem_dec.decode(got.value), got.revision
             if rec.nonce == mine.nonce:  # our create, retried after a lost acknowledgement
                 owned = mine
