@@ -79,6 +79,30 @@ class TestReadYourWrite:
         assert await store.backlog(A, NOW) == 200
         print(f"direct_reads={direct_reads}: {store.direct_fallbacks} reads went to the leader")
 
+    async def test_a_lagging_followers_batch_never_brings_back_a_replaced_message(
+        self, open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A follower that has not applied a topic's rollup still holds the message it
+        replaced: its answer (taken before the rollup, as such a follower gives it)
+        is not used; the leader reads the range (a failure under two test workers)."""
+        store = await open_store(direct_reads=True)
+        await add_devices(store, A)
+        await store.append([msg(A, 1, topic="score")])
+        reader = store.reader
+        stream, subject = store.layout.stream_of(A), store.layout.filter(A)
+        stale = await reader._direct_batch(stream, subject, 1, 10)  # the follower's view
+        assert [seq for seq, _ in stale[0]] == [1] and stale[1]
+        await store.append([msg(A, 2, topic="score")])  # replaces the first
+        real = reader._direct_batch
+
+        async def lagging(*args: Any) -> tuple[list[tuple[int, Any]], bool]:
+            return stale if args[2] == 1 else await real(*args)
+
+        monkeypatch.setattr(reader, "_direct_batch", lagging)
+        fallbacks = reader.direct_fallbacks
+        assert [data_n(m) for m in await store.read(A, 0, 10, NOW)] == [2]
+        assert reader.direct_fallbacks == fallbacks + 1
+
     async def test_direct_reads_pass_a_backlog_page_by_page(self, open_store: OpenStore) -> None:
         store = await open_store(direct_reads=True)
         await add_devices(store, A)

@@ -7,8 +7,10 @@ publish (issue 5).  Without ``direct_reads`` every read goes to the stream leade
 Get and trusts a follower's "no more messages" only when it has reached the
 device's newest message as known when the read began: what this relay's feed
 delivered for a device it follows (:mod:`.feed`), else one leader lookup
-(``last_by_subj``); a follower that has not reached it sends the rest of the read
-to the leader (counted in ``direct_fallbacks``).
+(``last_by_subj``); a follower that has not reached it sends the rest of the read,
+from its last batch's start, to the leader (counted in ``direct_fallbacks``): that
+batch may hold a message a later rollup replaced.  A read longer than one batch
+(1,000 messages) may still take an earlier batch from a lagging follower.
 """
 
 from __future__ import annotations
@@ -108,17 +110,22 @@ class Reader:
                 items, exhausted = await self._direct_batch(
                     stream, subject, start, min(max(hint, 1), MAX_DIRECT_BATCH)
                 )
+                if exhausted:
+                    # A follower's "no more" is only trusted once it has reached the
+                    # device's newest message as known now (see the module doc).
+                    # One that lags may also still hold messages a newer write
+                    # removed (a topic's rollup): its last batch is not used at all,
+                    # the leader reads that range instead.
+                    last = items[-1][0] if items else start - 1
+                    if last >= await guard():
+                        for seq, m in items:
+                            yield seq, m
+                        return
+                    self.direct_fallbacks += 1
+                    break
                 for seq, m in items:
                     yield seq, m
                     start = seq + 1
-                if not exhausted:
-                    continue
-                # A follower's "no more" is only trusted once it has reached the
-                # device's newest message as known now (see the module doc).
-                if start - 1 >= await guard():
-                    return
-                self.direct_fallbacks += 1
-                break  # it lags: ask the leader for the rest
         scan = self.scan_leader(stream, subject, start)
         async with contextlib.aclosing(scan):
             async for item in scan:
