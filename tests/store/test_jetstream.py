@@ -474,7 +474,17 @@ class TestOpen:
                 duplicate_window=120.0,
                 metadata={"pinrelay.partitions": "1"},
             )
-            await js.add_stream(old)
+
+            async def added() -> bool:
+                try:  # a busy cluster may fail to create it (10049): as a relay would, again
+                    await js.add_stream(old)
+                except nats.js.errors.ServerError as exc:
+                    if exc.err_code != 10049:
+                        raise
+                    return False
+                return True
+
+            await wait_until_async(added, 20, 0.5, "the older relay's stream created")
 
             async def published() -> bool:
                 try:  # a new R3 stream may not have its leader yet: no responders
