@@ -179,7 +179,15 @@ class NatsRouter:
         if self.feed is not None:
             self.feed.deliver = self.local.wake
         self._subs = [await nc.subscribe(self.subject(self.node, "kick"), cb=self._on_kick)]
-        await self._beat()
+        while True:  # the buckets' streams may have no leader yet on a fresh cluster
+            try:
+                await self._beat()
+                break
+            except (TimeoutError, nats.errors.Error) as exc:
+                if not setup_may_retry(exc) or time.monotonic() > deadline:
+                    raise StoreClosed(f"cannot write this relay's record: {exc!r}") from exc
+                log.info("writing this relay's record: %r; retrying", exc)
+                await asyncio.sleep(0.5)
         loop = asyncio.get_running_loop()
         self._heartbeat = loop.create_task(self._heartbeat_forever())
         self._watcher = loop.create_task(self._watch_routes())
