@@ -69,11 +69,13 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from bench.chat_stages import STAGES, LoopLag, StageRecorder, breakdown, sleeps
 from bench.common import (
     LOOPBACK,
     OtherLoad,
     RelayProcess,
     add_common_args,
+    child_pids,
     console,
     cpu_seconds,
     create_devices,
@@ -136,7 +138,15 @@ class Run:
     #: Of server_cpu_s: pinrelay's SQLite writer process (0 for Prosody).
     writer_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
+    #: Voluntary context switches of the server's threads and child processes.
+    server_sleeps: int = 0
     other_cores: float = float("nan")
+    #: pinrelay: median ms of each stage (bench.chat_stages) over all round trips
+    #: ("all") and over the slowest 1 % ("slowest"); "dominant": share of the slowest
+    #: in which each stage was the largest.
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The clients' event loop: p99 lateness of a 1 ms timer, ms.
+    client_lag_p99_ms: float = float("nan")
     pinned: str = ""
     #: Why the run has no figures (pinrelay's chat not there yet, say).
     skipped: str = ""
@@ -234,12 +244,14 @@ async def measure_chat(
     tally.measuring = True
     other = OtherLoad([server_pid])
     cpu0, client0 = server_cpu(), cpu_seconds(os.getpid())
+    sleeps0 = sleeps(server_pid)
     writer0 = cpu0 - cpu_seconds(server_pid)
     started = time.perf_counter()
     pacing = await paced(send, args.rate, args.seconds, f"{run.system} #{run.round}")
     await wait_receipts(tally, args.drain_timeout, failed)
     await wait_quiet(server_pid, timeout=10.0)
     cpu1 = server_cpu()
+    run.server_sleeps = sleeps(server_pid) - sleeps0
     run.server_cpu_s = cpu1 - cpu0
     run.writer_cpu_s = cpu1 - cpu_seconds(server_pid) - writer0
     run.client_cpu_s = cpu_seconds(os.getpid()) - client0
@@ -265,6 +277,19 @@ def pinned(server_pid: int, enabled: bool, run: Run) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, saved)
+
+
+def pin_writer(relay_pid: int, where: str, run: Run) -> None:
+    """Pin the relay's SQLite writer process to the server's CPU or the clients'
+    (``--writer-cpu``); "float" leaves it to the scheduler."""
+    if where == "float" or not run.pinned:
+        return
+    cpus = sorted(os.sched_getaffinity(0))  # the clients' CPUs, once pinned
+    server = sorted(set(range(os.cpu_count() or 1)) - set(cpus))
+    target = set(server if where == "server" else cpus)
+    for child in child_pids(relay_pid):
+        os.sched_setaffinity(child, target)
+    run.pinned += f" (writer with the {where})"
 
 
 # --- Prosody ------------------------------------------------------------------------
@@ -363,6 +388,8 @@ class PinrelayChat:
         self.pairs = len(devices) // 2
         self.window = window
         self.tally = ChatTally()
+        self.stages = StageRecorder()
+        self.lag = LoopLag()
         self.links: list[ClientConnection | None] = []
         self._readers: list[asyncio.Task[None]] = []
         self._writes: set[asyncio.Task[None]] = set()
@@ -414,8 +441,11 @@ class PinrelayChat:
                 frame = _decode(raw)
                 if frame.type == "sent":
                     self.tally.accepted(frame.client_id)
+                    self.stages.sent(frame.client_id, at)
                     if frame.id in self._early:
-                        self.tally.done(frame.client_id, self._early.pop(frame.id))
+                        early = self._early.pop(frame.id)
+                        self.tally.done(frame.client_id, early)
+                        self.stages.receipt(frame.client_id, early)
                     else:
                         self._by_id[frame.id] = frame.client_id
                 elif frame.type == "msg":
@@ -427,6 +457,7 @@ class PinrelayChat:
                             self._early[chat_id] = at
                         else:
                             self.tally.done(client_id, at)
+                            self.stages.receipt(client_id, at)
                     await ws.send(ack_frame(frame.cursor), text=True)
                 elif frame.type == "error":
                     self._fail(frame)
@@ -434,11 +465,17 @@ class PinrelayChat:
     async def _recipient(self, ws: ClientConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for raw in ws:
+                at = time.perf_counter()
                 frame = _decode(raw)
                 if frame.type == "msg":
+                    # "chat message N" was sent with client_id "cN".
+                    text = frame.data.get("text", "") if isinstance(frame.data, dict) else ""
+                    key = "c" + text.rpartition(" ")[2]
+                    self.stages.msg(key, at)
                     # The application has the message (kind "chat"): its ack is what
                     # makes the relay store the delivered receipt for the sender.
                     await ws.send(ack_frame(frame.cursor), text=True)
+                    self.stages.acked(key)
                 elif frame.type == "error":
                     self._fail(frame)
 
@@ -449,6 +486,8 @@ class PinrelayChat:
         client_id = f"c{self._next}"
         frame = send_frame(self.devices[2 * pair + 1][0], f"chat message {self._next}", client_id)
         self.tally.start(client_id)
+        if self.tally.measuring:
+            self.stages.start(client_id)
         link = self.links[2 * pair]
         assert link is not None
         task = asyncio.get_running_loop().create_task(link.send(frame, text=True))
@@ -491,15 +530,22 @@ async def run_pinrelay_chat(args: argparse.Namespace, logs: Path, round_no: int)
         await chat.connect()
         run.disk_ms = summary_ms(await asyncio.to_thread(disk_probe, relay.data, args.disk_probes))
         with pinned(relay.pid, args.pin, run):
-            await measure_chat(
-                run,
-                args,
-                chat.tally,
-                chat.send,
-                relay.pid,
-                relay.cpu,
-                lambda: chat.failure if chat is not None else "",
-            )
+            pin_writer(relay.pid, args.writer_cpu, run)
+            chat.lag.start()
+            try:
+                await measure_chat(
+                    run,
+                    args,
+                    chat.tally,
+                    chat.send,
+                    relay.pid,
+                    relay.cpu,
+                    lambda: chat.failure if chat is not None else "",
+                )
+            finally:
+                await chat.lag.stop()
+        run.stages = breakdown(chat.stages, chat.lag)
+        run.client_lag_p99_ms = chat.lag.p99() * 1000
     finally:
         if chat is not None:
             await chat.close()
@@ -532,6 +578,7 @@ HEADERS = [
     "server µs/chat msg",
     "of which writer",
     "clients µs/msg",
+    "server sleeps/msg",
     "disk fdatasync p50/p99 ms",
     "other cores",
 ]
@@ -567,6 +614,7 @@ def row(run: Run) -> list[str]:
         if run.completed and run.system == PINRELAY
         else "-",
         f"{run.client_us:.0f}",
+        f"{run.server_sleeps / run.completed:.1f}" if run.completed else "n/a",
         f"{ms(run.disk_ms, 'p50')} / {ms(run.disk_ms, 'p99')}",
         f"{run.other_cores:.2f}",
     ]
@@ -613,6 +661,16 @@ def findings(runs: Sequence[Run]) -> list[str]:
             lines.append(
                 f"- {run.system} #{run.round}: send → `sent` (stored and fsynced) p50 "
                 f"{run.accept_ms['p50']:.2f} ms, p99 {run.accept_ms['p99']:.2f} ms."
+            )
+        if run.stages:
+            every, slow, dom = run.stages["all"], run.stages["slowest"], run.stages["dominant"]
+            parts = ", ".join(f"{k} {every[k]:.2f} / {slow[k]:.2f}" for k in STAGES)
+            lines.append(
+                f"- {run.system} #{run.round}: stages, median of all / of the slowest 1 % "
+                f"({slow['n']:.0f}) ms: {parts} (bench.chat_stages); the slowest 1 % had "
+                f"msg, turn, back largest in {dom['msg']:.0%}, {dom['turn']:.0%}, "
+                f"{dom['back']:.0%}; the clients' loop lag p99 {run.client_lag_p99_ms:.2f} ms, "
+                f"worst during a slow round trip (median) {slow.get('client_lag', 0):.2f} ms."
             )
         if run.late:
             lines.append(
@@ -729,6 +787,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         dest="pin",
         action="store_false",
         help="leave the server's main thread and the clients unpinned",
+    )
+    parser.add_argument(
+        "--writer-cpu",
+        choices=("float", "server", "clients"),
+        default="float",
+        help="pinrelay's SQLite writer process: left to the scheduler, or pinned with "
+        "the server's main thread or with the clients",
     )
     parser.add_argument(
         "--json", action="store_true", help="print every figure as JSON instead of tables"
