@@ -123,6 +123,14 @@ def serve(
         float,
         typer.Option(min=1.0, help="Days the audit log's lines are kept."),
     ] = 400.0,
+    inline_commits: Annotated[
+        bool,
+        typer.Option(
+            help="SQLite: while the writer process is idle, commit small writes (a chat "
+            "message, a receipt, an ack) on the relay's loop, with the same fsync, "
+            "instead of handing them over.",
+        ),
+    ] = True,
     incident_notify_every: Annotated[
         float,
         typer.Option(
@@ -351,6 +359,7 @@ def serve(
         broadcast_takeover_s=broadcast_takeover,
         broadcast_keep_days=broadcast_keep_days,
         audit_keep_days=audit_keep_days,
+        inline_commits=inline_commits,
         broadcast_page=broadcast_page,
         incident_after_s=incident_after,
         resolve_after_s=resolve_after,

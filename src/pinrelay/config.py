@@ -36,6 +36,8 @@ class RelayConfig:
     #: 0: as many as the open-file limit allows.
     max_links: int = 0
     sweep_interval_s: float = 5.0
+    #: SQLite: a quiet relay commits small writes on its loop (store/sqlite.py).
+    inline_commits: bool = True
     #: Marketing broadcasts a device gets a (UTC) day (core/channels.py).
     marketing_cap: int = DEFAULT_MARKETING_CAP
     #: How long an unfinished broadcast's fan-out may stand still before another

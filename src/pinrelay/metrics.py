@@ -152,6 +152,12 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
+        self.inline_commits = Gauge(
+            "pinrelay_store_inline_commits",
+            "SQLite group commits made on the relay's loop, not by its writer process, "
+            "since the relay started",
+            registry=r,
+        )
         self.commit_batch = Histogram(
             "pinrelay_store_commit_batch",
             "Writes per group commit",

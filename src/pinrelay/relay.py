@@ -72,7 +72,11 @@ class Relay:
         feed: FeedLag | None = None
         if config.nats_urls is None:
             db = Path(config.data) / "pinrelay.db"
-            self.store = SqliteStore(db, observer=self.metrics.observe_commit)
+            sqlite = SqliteStore(
+                db, observer=self.metrics.observe_commit, inline_commits=config.inline_commits
+            )
+            self.metrics.inline_commits.set_function(lambda: sqlite.inline_committed)
+            self.store = sqlite
             self.router = LocalRouter(config.link_url)
         else:
             # Imported here: nats-py and the aiohttp it imports take as long to import

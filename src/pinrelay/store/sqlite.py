@@ -6,6 +6,11 @@ transaction and commits it with one fsync (``synchronous=FULL``: a commit surviv
 power loss, not just a crash).  Each awaiting caller is answered only after that
 commit (DESIGN, "Durable acceptance").
 
+When the writer has nothing in hand, the few small writes of one turn of the loop
+(a chat message, its receipt, an ack) are committed on the loop instead, on a
+connection of the relay's own, the same way and with the same fsync: a quiet relay's
+write then costs no hop to another process and back (docs/DECISIONS.md, entry 67).
+
 Reads run on the event-loop thread on their own connection: in WAL mode they
 never wait for the writer, and a read of one window of messages takes tens of
 microseconds, less than a thread hop (docs/DECISIONS.md, "Inline reads").
@@ -56,7 +61,7 @@ from pinrelay.store.sqlite_figure_ops import SqliteFigures
 from pinrelay.store.sqlite_incident_ops import SqliteIncidents
 from pinrelay.store.sqlite_schema import MIGRATIONS
 from pinrelay.store.sqlite_webhook_ops import SqliteWebhooks
-from pinrelay.store.sqlite_writer import frame, frames
+from pinrelay.store.sqlite_writer import CHECKPOINT_PAGES, Writer, frame, frames
 
 log = logging.getLogger(__name__)
 
@@ -174,11 +179,29 @@ def _error(value: Any) -> Exception:
     return StoreClosed(detail)
 
 
+#: A turn's writes are committed on the loop (see _WriterLink._commit_inline) only if
+#: they are this few and this small: a chat message, a receipt, an ack; never a
+#: batch of pushes, whose commit would hold the loop.
+INLINE_MAX_OPS = 8
+INLINE_MAX_BYTES = 16 * 1024
+#: An inline commit longer than this (the disk stalled: this VM's fdatasync does for
+#: 20-200 ms now and then) sends every write to the writer process for
+#: INLINE_PAUSE_S, so that a stalling disk holds the loop once, not at every write.
+INLINE_SLOW_S = 0.005
+INLINE_PAUSE_S = 2.0
+_reply_value = msgspec.msgpack.Decoder().decode
+
+
 class _WriterLink(asyncio.Protocol):
     """The relay's end of the socket to its writer process."""
 
-    def __init__(self, observer: CommitObserver | None) -> None:
+    def __init__(self, observer: CommitObserver | None, inline: Writer | None = None) -> None:
         self.observer = observer
+        #: The relay's own write connection, for inline commits (None: never).
+        self.inline = inline
+        self.inline_paused_until = 0.0
+        #: Groups committed on the loop (tests and benchmarks read it).
+        self.inline_commits = 0
         self.transport: asyncio.Transport | None = None
         # Kept: asyncio.get_running_loop() costs a getpid() syscall each call.
         self.loop = asyncio.get_running_loop()
@@ -203,13 +226,54 @@ class _WriterLink(asyncio.Protocol):
         # One socket write per turn of the loop for everything asked in that turn.
         if not self.out:
             self.loop.call_soon(self._flush)
-        self.out.append(frame(wire.encoder.encode(wire.Request(self.seq, op))))
+        self.out.append(wire.encoder.encode(wire.Request(self.seq, op)))
         return fut
 
     def _flush(self) -> None:
         out, self.out = self.out, []
+        if self._commit_inline(out):
+            return
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(out))
+            self.transport.write(b"".join(frame(r) for r in out))
+
+    def _commit_inline(self, out: list[bytes]) -> bool:
+        """Commit ``out`` here, on the loop, when the writer process has nothing in
+        hand (so writes keep their order) and the group is small: the same commit,
+        fsync included, without the hop to the writer and back, each the wake-up of
+        another process (docs/DECISIONS.md, entry 67).  False: the writer's to do."""
+        writer = self.inline
+        if (
+            writer is None
+            or len(out) > INLINE_MAX_OPS
+            or len(self.pending) != len(out)
+            or sum(map(len, out)) > INLINE_MAX_BYTES
+            or self.loop.time() < self.inline_paused_until
+        ):
+            return False
+        # The ops as the writer would read them: the same decoding, the same types.
+        requests = [wire.request_decoder.decode(r) for r in out]
+        if any(isinstance(r.op, ops.Stop) for r in requests):
+            return False
+        done = writer.try_commit([r.op for r in requests])
+        if done is None:  # the write lock is held elsewhere: the writer waits for it
+            return False
+        seconds, outcomes = done
+        if seconds > INLINE_SLOW_S:
+            self.inline_paused_until = self.loop.time() + INLINE_PAUSE_S
+        self.inline_commits += 1
+        self.last_synced = writer.synced
+        if self.observer is not None:
+            self.observer(seconds, len(requests))
+        for request, (ok, value) in zip(requests, outcomes, strict=True):
+            fut = self.pending.pop(request.seq, None)
+            if fut is None or fut.done():
+                continue
+            value = _reply_value(wire.encoder.encode(value))  # as an answer brings it
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(_error(value))
+        return True
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -263,12 +327,16 @@ def lock_path(path: Path) -> Path:
 class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures, SqliteWebhooks):
     """The embedded default engine: one file, ``<data>/pinrelay.db``."""
 
-    def __init__(self, path: Path, observer: CommitObserver | None = None) -> None:
+    def __init__(
+        self, path: Path, observer: CommitObserver | None = None, *, inline_commits: bool = True
+    ) -> None:
         self.path = path
+        self.inline_commits = inline_commits
         self._observer = observer
         self._proc: subprocess.Popen[bytes] | None = None
         self._link: _WriterLink | None = None
         self._reader: sqlite3.Connection | None = None
+        self._inline: Writer | None = None
         self._lock: lockfile.Lock | None = None
 
     # --- lifecycle -----------------------------------------------------------
@@ -297,6 +365,13 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
         finally:
             conn.close()
         self._reader = connect(self.path)
+        if self.inline_commits:
+            conn = connect(self.path)
+            # Never wait on the loop for the lock: while the writer process has it,
+            # writes are its to commit.
+            conn.execute("PRAGMA busy_timeout=0")
+            conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+            self._inline = Writer(conn)
         for suffix in ("", "-wal", "-shm"):
             p = Path(str(self.path) + suffix)
             if p.exists():
@@ -313,7 +388,7 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
             theirs.close()
         loop = asyncio.get_running_loop()
         _, self._link = await loop.create_unix_connection(
-            lambda: _WriterLink(self._observer), sock=ours
+            lambda: _WriterLink(self._observer, self._inline), sock=ours
         )
         try:
             await asyncio.wait_for(asyncio.shield(self._link.ready), WRITER_START_S)
@@ -339,9 +414,17 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._inline is not None:
+            self._inline.conn.close()
+            self._inline = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    @property
+    def inline_committed(self) -> int:
+        """Groups committed on the loop so far (metrics: pinrelay_store_inline_commits)."""
+        return 0 if self._link is None else self._link.inline_commits
 
     @property
     def writer_pid(self) -> int | None:

@@ -107,17 +107,34 @@ class Writer:
 
     def commit(self, ops: list[Op]) -> tuple[float, list[tuple[bool, Any]]]:
         """Run ``ops`` in one transaction; (seconds, one (ok, value) per op)."""
+        return self._commit(ops, begun=False)
+
+    def try_commit(self, ops: list[Op]) -> tuple[float, list[tuple[bool, Any]]] | None:
+        """As :meth:`commit`, or None, nothing done, when another connection holds
+        the write lock (the relay's inline connection, whose busy timeout is 0)."""
+        try:
+            self._synchronous(ops)
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return None
+        return self._commit(ops, begun=True)
+
+    def _synchronous(self, ops: list[Op]) -> None:
+        # A group with nothing that must survive a crash commits without fsync: in
+        # WAL mode it stays ordered and consistent, and the next durable commit's
+        # fsync covers it (docs/DECISIONS.md, "Acks without fsync").
+        durable = any(op.durable for op in ops)
+        if durable is not self.synced:
+            self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self.synced = durable
+
+    def _commit(self, ops: list[Op], begun: bool) -> tuple[float, list[tuple[bool, Any]]]:
         conn = self.conn
         started = time.perf_counter()
         try:
-            # A group with nothing that must survive a crash commits without fsync:
-            # in WAL mode it stays ordered and consistent, and the next durable
-            # commit's fsync covers it (docs/DECISIONS.md, "Acks without fsync").
-            durable = any(op.durable for op in ops)
-            if durable is not self.synced:
-                conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-                self.synced = durable
-            conn.execute("BEGIN IMMEDIATE")
+            if not begun:
+                self._synchronous(ops)
+                conn.execute("BEGIN IMMEDIATE")
             try:
                 # Optimistic: writes rarely fail, and a SAVEPOINT each costs statements.
                 outcomes: list[tuple[bool, Any]] = [(True, op.run(conn)) for op in ops]
