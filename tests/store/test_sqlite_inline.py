@@ -8,6 +8,7 @@ import asyncio
 import os
 import random
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -38,11 +39,11 @@ async def stored_ids(path: Path) -> list[str]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> SqliteStore:
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     s = SqliteStore(tmp_path / "data" / "pinrelay.db")
     await s.open()
     assert await s.create_device(PIN, "h", None, NOW) is not None
-    yield s  # type: ignore[misc]
+    yield s
     await s.close()
 
 
