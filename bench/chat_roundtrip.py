@@ -98,6 +98,7 @@ from bench.prosody import (
     ProsodyMissing,
     ProsodyProcess,
     SlixmppChat,
+    disk_irq_cpu,
     pin_cpus,
     prosody_version,
 )
@@ -267,16 +268,28 @@ async def measure_chat(
 
 
 @contextlib.contextmanager
-def pinned(server_pid: int, enabled: bool, run: Run) -> Iterator[None]:
+def pinned(
+    server_pid: int, enabled: bool, run: Run, server_cpu: int | None = None
+) -> Iterator[None]:
     """Pin the server's main thread and this process (see :func:`pin_cpus`); restore
     this process's CPUs afterwards."""
     saved = os.sched_getaffinity(0)
     try:
         if enabled:
-            run.pinned = pin_cpus(server_pid)
+            run.pinned = pin_cpus(server_pid, server_cpu)
         yield
     finally:
         os.sched_setaffinity(0, saved)
+
+
+def server_cpu(args: argparse.Namespace) -> int | None:
+    """``--server-cpu``: a number, "first", or "disk" (the CPU that takes the block
+    device's interrupts, where a server that fsyncs is woken when a sync is done)."""
+    if args.server_cpu == "first":
+        return None
+    if args.server_cpu == "disk":
+        return disk_irq_cpu()
+    return int(args.server_cpu)
 
 
 def pin_writer(relay_pid: int, where: str, run: Run) -> None:
@@ -307,7 +320,7 @@ async def run_prosody_chat(
         chat = SlixmppChat(server.port, args.pairs)
         await chat.connect()
         run.disk_ms = summary_ms(await asyncio.to_thread(disk_probe, server.data, args.disk_probes))
-        with pinned(server.pid, args.pin, run):
+        with pinned(server.pid, args.pin, run, server_cpu(args)):
             await measure_chat(run, args, chat.tally, chat.send, server.pid, server.cpu)
     finally:
         if chat is not None:
@@ -529,7 +542,7 @@ async def run_pinrelay_chat(args: argparse.Namespace, logs: Path, round_no: int)
         )
         await chat.connect()
         run.disk_ms = summary_ms(await asyncio.to_thread(disk_probe, relay.data, args.disk_probes))
-        with pinned(relay.pid, args.pin, run):
+        with pinned(relay.pid, args.pin, run, server_cpu(args)):
             pin_writer(relay.pid, args.writer_cpu, run)
             chat.lag.start()
             try:
@@ -787,6 +800,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         dest="pin",
         action="store_false",
         help="leave the server's main thread and the clients unpinned",
+    )
+    parser.add_argument(
+        "--server-cpu",
+        default="first",
+        help='the CPU for the server\'s main thread: a number, "first", or "disk" (the '
+        "one that takes the disk's interrupts)",
     )
     parser.add_argument(
         "--writer-cpu",

@@ -425,14 +425,35 @@ class SlixmppChat:
         await asyncio.gather(*late, *self._tasks, return_exceptions=True)
 
 
-def pin_cpus(server_pid: int) -> str:
-    """The server's main thread on the first CPU, this process (the clients) on the
-    others (as bench.latency pins the relay's loop and its load generators)."""
+def disk_irq_cpu() -> int | None:
+    """The CPU that takes most of the block devices' interrupts (virtio ``req``
+    queues, NVMe, SCSI), from /proc/interrupts; None if none is named."""
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/interrupts").read_text().splitlines()
+        ncpu = len(lines[0].split())
+        counts = [0] * ncpu
+        for line in lines[1:]:
+            if not any(tag in line for tag in ("-req.", "nvme", "ahci", "virtio_blk")):
+                continue
+            fields = line.split()[1 : 1 + ncpu]
+            for i, value in enumerate(fields):
+                if value.isdigit():
+                    counts[i] += int(value)
+        if any(counts):
+            return max(range(ncpu), key=counts.__getitem__)
+    return None
+
+
+def pin_cpus(server_pid: int, server_cpu: int | None = None) -> str:
+    """The server's main thread on one CPU (``server_cpu``, default the first), this
+    process (the clients) on the others (as bench.latency pins the relay's loop and
+    its load generators)."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return ""
-    first, others = {cpus[0]}, set(cpus[1:])
+    chosen = cpus[0] if server_cpu is None or server_cpu not in cpus else server_cpu
+    first, others = {chosen}, set(cpus) - {chosen}
     os.sched_setaffinity(server_pid, first)
     os.sched_setaffinity(0, others)
     rest = ",".join(map(str, sorted(others)))
-    return f"CPU {cpus[0]} / CPU{'s' if len(others) > 1 else ''} {rest}"
+    return f"CPU {chosen} / CPU{'s' if len(others) > 1 else ''} {rest}"
