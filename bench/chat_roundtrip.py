@@ -623,7 +623,7 @@ def row(run: Run) -> list[str]:
         f"{run.completed:,}",
         *(ms(run.rtt_ms, k) for k in ("p50", "p90", "p99", "p99.9", "max")),
         f"{run.cpu_us:.0f}",
-        f"{run.writer_cpu_s / run.completed * 1e6:.0f}"
+        f"{max(0.0, run.writer_cpu_s) / run.completed * 1e6:.0f}"
         if run.completed and run.system == PINRELAY
         else "-",
         f"{run.client_us:.0f}",
