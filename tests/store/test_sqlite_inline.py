@@ -95,6 +95,28 @@ async def test_a_slow_inline_commit_sends_writes_to_the_writer_for_a_while(
     assert await stored_ids(store.path) == [message(i).id for i in range(5)]
 
 
+async def test_a_probe_is_always_the_writer_processs(store: SqliteStore) -> None:
+    """The store monitor's write check judges the writer process: it never commits
+    inline, and while the writer holds it, nothing else does either."""
+    before = store.inline_committed
+    await store.probe("node-1", NOW)
+    assert store.inline_committed == before
+    writer = store.writer_pid
+    assert writer is not None
+    os.kill(writer, signal.SIGSTOP)
+    try:
+        probe = asyncio.ensure_future(store.probe("node-1", NOW + 1))
+        await asyncio.sleep(0)  # the probe is with the (stopped) writer
+        push = asyncio.ensure_future(store.append([message(0)]))
+        done, _ = await asyncio.wait([probe, push], timeout=0.3)
+        assert not done  # both wait for the writer
+        assert store.inline_committed == before
+    finally:
+        os.kill(writer, signal.SIGCONT)
+    await asyncio.wait_for(asyncio.gather(probe, push), 10)
+    assert store.inline_committed == before
+
+
 async def test_inline_commits_can_be_turned_off(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "pinrelay.db", inline_commits=False)
     await store.open()

@@ -58,7 +58,7 @@ from pinrelay.store.base import (
 from pinrelay.store.sqlite_channels import SqliteChannels
 from pinrelay.store.sqlite_credit_ops import SqliteCredits
 from pinrelay.store.sqlite_figure_ops import SqliteFigures
-from pinrelay.store.sqlite_incident_ops import SqliteIncidents
+from pinrelay.store.sqlite_incident_ops import Probe, SqliteIncidents
 from pinrelay.store.sqlite_schema import MIGRATIONS
 from pinrelay.store.sqlite_webhook_ops import SqliteWebhooks
 from pinrelay.store.sqlite_writer import CHECKPOINT_PAGES, Writer, frame, frames
@@ -254,7 +254,10 @@ class _WriterLink(asyncio.Protocol):
             return False
         # The ops as the writer would read them: the same decoding, the same types.
         requests = [wire.request_decoder.decode(r) for r in out]
-        if any(isinstance(r.op, ops.Stop) for r in requests):
+        # A probe (the store monitor's write check) is the writer process's: it is
+        # that process's health the monitor judges, and a probe stuck there keeps
+        # every later write behind it, as without inline commits.
+        if any(isinstance(r.op, ops.Stop | Probe) for r in requests):
             return False
         done = writer.try_commit([r.op for r in requests])
         if done is None:  # the write lock is held elsewhere: the writer waits for it
