@@ -827,6 +827,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in args.systems if s not in SYSTEMS]
     if unknown or not args.systems:
         parser.error(f"--systems: unknown {', '.join(unknown) or '(none)'}")
+    if args.server_cpu not in ("first", "disk") and not str(args.server_cpu).isdigit():
+        parser.error(f'--server-cpu: a CPU number, "first" or "disk", not {args.server_cpu!r}')
     if args.pairs < 1 or args.rate <= 0 or args.seconds <= 0:
         parser.error("--pairs, --rate and --seconds must be positive")
     return args
