@@ -8,6 +8,7 @@ import asyncio
 import os
 import random
 import signal
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -115,6 +116,51 @@ async def test_a_probe_is_always_the_writer_processs(store: SqliteStore) -> None
         os.kill(writer, signal.SIGCONT)
     await asyncio.wait_for(asyncio.gather(probe, push), 10)
     assert store.inline_committed == before
+
+
+async def test_only_the_small_writes_of_chat_and_pushes_commit_inline(store: SqliteStore) -> None:
+    before = store.inline_committed
+    await store.touch_device(PIN, NOW)
+    assert store.inline_committed == before + 1
+    # A device's creation, a sweep: the writer's (not on the chat path; a sweep may
+    # delete a thousand rows).
+    assert await store.create_device("0D0D0D0D", "h", None, NOW) is not None
+    await store.sweep(NOW, 1000)
+    assert store.inline_committed == before + 1
+
+
+async def test_the_writer_commits_now_and_then_so_that_it_checkpoints(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inline connection never checkpoints; after INLINE_WRITER_EVERY inline
+    commits in a row a group goes to the writer, whose commits do."""
+    monkeypatch.setattr(sqlite_module, "INLINE_WRITER_EVERY", 3)
+    before = store.inline_committed
+    counts = []
+    for i in range(8):
+        await store.append([message(i)])
+        counts.append(store.inline_committed - before)
+    assert counts == [1, 2, 3, 3, 4, 5, 6, 6]
+    await store.close()
+    assert await stored_ids(store.path) == [message(i).id for i in range(8)]
+
+
+async def test_an_inline_commit_that_raises_hands_its_writes_to_the_writer(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    link = store._link
+    assert link is not None and link.inline is not None
+
+    def broken(*_: object) -> None:
+        raise sqlite3.DatabaseError("file is not a database")
+
+    monkeypatch.setattr(link.inline, "try_commit", broken)
+    before = store.inline_committed
+    await asyncio.wait_for(store.append([message(0)]), 10)  # answered, by the writer
+    assert link.inline is None and store.inline_committed == before
+    await store.append([message(1)])
+    await store.close()
+    assert await stored_ids(store.path) == [message(0).id, message(1).id]
 
 
 async def test_inline_commits_can_be_turned_off(tmp_path: Path) -> None:

@@ -58,10 +58,10 @@ from pinrelay.store.base import (
 from pinrelay.store.sqlite_channels import SqliteChannels
 from pinrelay.store.sqlite_credit_ops import SqliteCredits
 from pinrelay.store.sqlite_figure_ops import SqliteFigures
-from pinrelay.store.sqlite_incident_ops import Probe, SqliteIncidents
+from pinrelay.store.sqlite_incident_ops import SqliteIncidents
 from pinrelay.store.sqlite_schema import MIGRATIONS
 from pinrelay.store.sqlite_webhook_ops import SqliteWebhooks
-from pinrelay.store.sqlite_writer import CHECKPOINT_PAGES, Writer, frame, frames
+from pinrelay.store.sqlite_writer import Writer, frame, frames
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,19 @@ def _error(value: Any) -> Exception:
 #: batch of pushes, whose commit would hold the loop.
 INLINE_MAX_OPS = 8
 INLINE_MAX_BYTES = 16 * 1024
+#: The writes that may be committed inline: small and quick by construction.
+INLINE_OPS = (
+    ops.Append,
+    ops.AckMany,
+    ops.PutUnread,
+    ops.DropUnread,
+    ops.TouchDevice,
+    ops.ContactAction,
+)
+#: After this many inline commits in a row, the next group goes to the writer
+#: process: the inline connection never checkpoints (wal_autocheckpoint=0, so a
+#: checkpoint never holds the loop), the writer's commits do.
+INLINE_WRITER_EVERY = 1000
 #: An inline commit longer than this (the disk stalled: this VM's fdatasync does for
 #: 20-200 ms now and then) sends every write to the writer process for
 #: INLINE_PAUSE_S, so that a stalling disk holds the loop once, not at every write.
@@ -202,6 +215,8 @@ class _WriterLink(asyncio.Protocol):
         #: The relay's own write connection, for inline commits (None: never).
         self.inline = inline
         self.inline_paused_until = 0.0
+        #: Inline commits since the writer process last committed.
+        self.inline_since_writer = 0
         #: Groups committed on the loop (tests and benchmarks read it).
         self.inline_commits = 0
         self.transport: asyncio.Transport | None = None
@@ -250,25 +265,39 @@ class _WriterLink(asyncio.Protocol):
             or len(self.pending) != len(out)
             or sum(map(len, out)) > INLINE_MAX_BYTES
             or self.loop.time() < self.inline_paused_until
+            or self.inline_since_writer >= INLINE_WRITER_EVERY
         ):
             return False
-        # The ops as the writer would read them: the same decoding, the same types.
-        requests = [wire.request_decoder.decode(r) for r in out]
-        # A probe (the store monitor's write check) is the writer process's: it is
-        # that process's health the monitor judges, and a probe stuck there keeps
-        # every later write behind it, as without inline commits.
-        if any(isinstance(r.op, ops.Stop | Probe) for r in requests):
+        try:
+            # The ops as the writer would read them: the same decoding, the same types.
+            requests = [wire.request_decoder.decode(r) for r in out]
+        except msgspec.DecodeError:
+            return False  # the writer refuses it as it always did
+        # Only the small writes of the chat and push paths: others may be long
+        # (sweeps, prunes, a device's deletion); a probe (the store monitor's write
+        # check) judges the writer process, and one stuck there keeps every later
+        # write behind it, as without inline commits.
+        if not all(isinstance(r.op, INLINE_OPS) for r in requests):
             return False
-        done = writer.try_commit([r.op for r in requests])
+        try:
+            done = writer.try_commit([r.op for r in requests])
+        except Exception:
+            # Nothing was committed (a COMMIT that fails commits nothing): the writer
+            # takes these, and inline commits stop for the life of this store.
+            log.exception("inline commit failed; every write goes to the writer now")
+            self.inline = None
+            with contextlib.suppress(sqlite3.Error):
+                if writer.conn.in_transaction:
+                    writer.conn.execute("ROLLBACK")
+            return False
         if done is None:  # the write lock is held elsewhere: the writer waits for it
             return False
         seconds, outcomes = done
         if seconds > INLINE_SLOW_S:
             self.inline_paused_until = self.loop.time() + INLINE_PAUSE_S
         self.inline_commits += 1
+        self.inline_since_writer += 1
         self.last_synced = writer.synced
-        if self.observer is not None:
-            self.observer(seconds, len(requests))
         for request, (ok, value) in zip(requests, outcomes, strict=True):
             fut = self.pending.pop(request.seq, None)
             if fut is None or fut.done():
@@ -278,6 +307,8 @@ class _WriterLink(asyncio.Protocol):
                 fut.set_result(value)
             else:
                 fut.set_exception(_error(value))
+        if self.observer is not None:
+            self.observer(seconds, len(requests))
         return True
 
     def data_received(self, data: bytes) -> None:
@@ -288,6 +319,7 @@ class _WriterLink(asyncio.Protocol):
                 self.ready.set_result(None)
                 continue
             if reply.writes:
+                self.inline_since_writer = 0
                 self.last_synced = reply.synced
                 if self.observer is not None:
                     self.observer(reply.commit_s, reply.writes)
@@ -375,7 +407,7 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
             # Never wait on the loop for the lock: while the writer process has it,
             # writes are its to commit.
             conn.execute("PRAGMA busy_timeout=0")
-            conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             self._inline = Writer(conn)
         for suffix in ("", "-wal", "-shm"):
             p = Path(str(self.path) + suffix)

@@ -110,12 +110,15 @@ class Writer:
         return self._commit(ops, begun=False)
 
     def try_commit(self, ops: list[Op]) -> tuple[float, list[tuple[bool, Any]]] | None:
-        """As :meth:`commit`, or None, nothing done, when another connection holds
-        the write lock (the relay's inline connection, whose busy timeout is 0)."""
+        """As :meth:`commit`, or None, nothing done, when the write lock is held by
+        another connection (for a connection whose busy timeout is 0: the relay's
+        own, for inline commits)."""
         try:
             self._synchronous(ops)
             self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
             return None
         return self._commit(ops, begun=True)
 
