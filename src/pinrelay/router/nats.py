@@ -52,7 +52,7 @@ from pinrelay.core.model import StoredMessage
 from pinrelay.router.base import Linked
 from pinrelay.router.local import LocalRouter
 from pinrelay.store.base import StoreClosed
-from pinrelay.store.jetstream import ensure_bucket, setup_may_retry, together
+from pinrelay.store.jetstream import ApiError, ensure_bucket, settling, together
 from pinrelay.store.jetstream.feed import Feed
 
 log = logging.getLogger(__name__)
@@ -163,31 +163,25 @@ class NatsRouter:
         nc, js = self._connection()
         self._nc, self._js = nc, js
         deadline = time.monotonic() + setup_timeout
-        while True:
-            try:
-                self._routes, self._relays = await together(
-                    ensure_bucket(js, f"{self.bucket_prefix}_routes", self.replicas, None),
-                    ensure_bucket(js, f"{self.bucket_prefix}_relays", self.replicas, self.ttl_s),
-                )
-                await self._check_unique(self._relays)
-                break
-            except (TimeoutError, nats.errors.Error) as exc:
-                if not setup_may_retry(exc) or time.monotonic() > deadline:
-                    raise StoreClosed(f"cannot set up the route buckets: {exc!r}") from exc
-                log.info("setting up the route buckets: %r; retrying", exc)
-                await asyncio.sleep(0.5)
+
+        async def buckets() -> None:
+            self._routes, self._relays = await together(
+                ensure_bucket(js, f"{self.bucket_prefix}_routes", self.replicas, None),
+                ensure_bucket(js, f"{self.bucket_prefix}_relays", self.replicas, self.ttl_s),
+            )
+            await self._check_unique(self._relays)
+
+        try:
+            await settling(buckets, deadline, "setting up the route buckets")
+        except (TimeoutError, nats.errors.Error, ApiError) as exc:
+            raise StoreClosed(f"cannot set up the route buckets: {exc!r}") from exc
         if self.feed is not None:
             self.feed.deliver = self.local.wake
         self._subs = [await nc.subscribe(self.subject(self.node, "kick"), cb=self._on_kick)]
-        while True:  # the buckets' streams may have no leader yet on a fresh cluster
-            try:
-                await self._beat()
-                break
-            except (TimeoutError, nats.errors.Error) as exc:
-                if not setup_may_retry(exc) or time.monotonic() > deadline:
-                    raise StoreClosed(f"cannot write this relay's record: {exc!r}") from exc
-                log.info("writing this relay's record: %r; retrying", exc)
-                await asyncio.sleep(0.5)
+        try:  # the buckets' streams may have no leader yet on a fresh cluster
+            await settling(self._beat, deadline, "writing this relay's record")
+        except (TimeoutError, nats.errors.Error, ApiError) as exc:
+            raise StoreClosed(f"cannot write this relay's record: {exc!r}") from exc
         loop = asyncio.get_running_loop()
         self._heartbeat = loop.create_task(self._heartbeat_forever())
         self._watcher = loop.create_task(self._watch_routes())

@@ -32,10 +32,10 @@ SQLite's per-device 1, 2, 3 (the contract promises only "increasing").
 """
 
 from pinrelay.store.jetstream.appends import MAX_ATOMIC_BATCH, ttl_seconds
-from pinrelay.store.jetstream.errors import setup_may_retry
+from pinrelay.store.jetstream.errors import ApiError, setup_may_retry
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_LEASE_S, IDEMPOTENCY_TTL_S
 from pinrelay.store.jetstream.layout import MAX_PARTITIONS, PARTITIONS_META
-from pinrelay.store.jetstream.setup import ensure_bucket, together
+from pinrelay.store.jetstream.setup import ensure_bucket, settling, together
 from pinrelay.store.jetstream.store import JetStreamStore
 
 __all__ = [
@@ -44,8 +44,10 @@ __all__ = [
     "MAX_ATOMIC_BATCH",
     "MAX_PARTITIONS",
     "PARTITIONS_META",
+    "ApiError",
     "JetStreamStore",
     "ensure_bucket",
+    "settling",
     "setup_may_retry",
     "together",
     "ttl_seconds",

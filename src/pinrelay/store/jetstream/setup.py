@@ -146,6 +146,20 @@ async def together(*steps: Awaitable[Any]) -> tuple[Any, ...]:
     return tuple(task.result() for task in tasks)
 
 
+async def settling(op: Callable[[], Awaitable[T]], deadline: float, what: str) -> T:
+    """``op()``, tried again every 0.5 s while it fails as a settling cluster does
+    (:func:`~.errors.setup_may_retry`) until ``deadline`` (monotonic); then its
+    error is raised."""
+    while True:
+        try:
+            return await op()
+        except (TimeoutError, nats.errors.Error, ApiError) as exc:
+            if not setup_may_retry(exc) or time.monotonic() > deadline:
+                raise
+            log.info("%s: %r; retrying", what, exc)
+            await asyncio.sleep(0.5)
+
+
 async def _awaited(step: Awaitable[T]) -> T:
     return await step
 
@@ -208,16 +222,8 @@ class Setup:
 
     async def _retrying(self, op: Callable[[], Awaitable[T]], timeout: float) -> T:
         """``op()``, retried while the cluster is settling; StoreClosed if it fails."""
-        deadline = time.monotonic() + timeout
         try:
-            while True:
-                try:
-                    return await op()
-                except (TimeoutError, nats.errors.Error, ApiError) as exc:
-                    if not setup_may_retry(exc) or time.monotonic() > deadline:
-                        raise
-                    log.info("setting up JetStream: %r; retrying", exc)
-                    await asyncio.sleep(0.5)
+            return await settling(op, time.monotonic() + timeout, "setting up JetStream")
         except (TimeoutError, nats.errors.Error, ApiError) as exc:
             if isinstance(exc, nats.js.errors.APIError):
                 exc = ApiError.of(exc)
