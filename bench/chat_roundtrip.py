@@ -32,14 +32,14 @@ Each run: a fresh server process and data folder; users registered (Prosody) or
 devices created and made contacts (pinrelay); all clients logged in; the server's
 main thread pinned to the first CPU and this process (every client) to the others
 (``--no-pin``: neither); 2,000 fdatasyncs of a 4 KiB overwrite in the server's data
-folder (the disk's own figure, as bench.latency measures it: a durable round trip
-cannot beat the disk); a warm-up (``--warmup`` s, not counted); then messages at
-``--rate`` a second in total for ``--seconds``, round-robin over the pairs, at fixed
-intervals (open loop: a late receipt does not delay the next message).  After the
-last receipt (or ``--drain-timeout``), once the server has gone quiet, its CPU
-(utime+stime; pinrelay's with its SQLite writer process) is divided by the round
-trips completed: CPU per chat message, i.e. the message, its receipt and (pinrelay)
-the acks of both.
+folder, from the CPU the server's main thread is then pinned to (the disk's own
+figure, as bench.latency measures it: a durable round trip cannot beat the disk); a
+warm-up (``--warmup`` s, not counted); then messages at ``--rate`` a second in total
+for ``--seconds``, round-robin over the pairs, at fixed intervals (open loop: a late
+receipt does not delay the next message).  After the last receipt (or
+``--drain-timeout``), once the server has gone quiet, its CPU (utime+stime; pinrelay's
+with its SQLite writer process) is divided by the round trips completed: CPU per chat
+message, i.e. the message, its receipt and (pinrelay) the acks of both.
 
 Runs alternate (``--rounds``: prosody, prosody-mam, pinrelay, then the next round
 starting one further along); medians are compared.  Target (issue 13): pinrelay's
@@ -59,7 +59,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,7 @@ from bench.prosody import (
     ProsodyMissing,
     ProsodyProcess,
     SlixmppChat,
+    chosen_cpu,
     disk_irq_cpu,
     pin_cpus,
     prosody_version,
@@ -135,6 +136,9 @@ class Run:
     accept_ms: dict[str, float] = field(default_factory=dict)
     #: fdatasync of a 4 KiB overwrite in the server's data folder just before, ms.
     disk_ms: dict[str, float] = field(default_factory=dict)
+    #: pinrelay: its store's commits while measured (/metrics): "count", "seconds",
+    #: "over_1ms" (commits), "inline" (of them, committed on the relay's loop).
+    commits: dict[str, float] = field(default_factory=dict)
     server_cpu_s: float = 0.0
     #: Of server_cpu_s: pinrelay's SQLite writer process (0 for Prosody).
     writer_cpu_s: float = 0.0
@@ -229,8 +233,10 @@ async def measure_chat(
     server_pid: int,
     server_cpu: Callable[[], float],
     failed: Callable[[], str] = lambda: "",
+    commit_figures: Callable[[], Awaitable[dict[str, float]]] | None = None,
 ) -> None:
-    """Warm up, then the measured phase; fills ``run`` from ``tally`` and /proc."""
+    """Warm up, then the measured phase; fills ``run`` from ``tally`` and /proc
+    (and ``run.commits`` from ``commit_figures``, read around the measured phase)."""
     if args.warmup > 0:
         tally.measuring = False
         await paced(send, args.rate, args.warmup, "warm-up", show=False)
@@ -243,6 +249,7 @@ async def measure_chat(
     tally.reset()
     tally.pending.clear()
     tally.measuring = True
+    commits0 = await commit_figures() if commit_figures is not None else {}
     other = OtherLoad([server_pid])
     cpu0, client0 = server_cpu(), cpu_seconds(os.getpid())
     sleeps0 = sleeps(server_pid)
@@ -257,6 +264,8 @@ async def measure_chat(
     run.writer_cpu_s = cpu1 - cpu_seconds(server_pid) - writer0
     run.client_cpu_s = cpu_seconds(os.getpid()) - client0
     run.other_cores = other.cores()
+    if commit_figures is not None:
+        run.commits = commits_between(commits0, await commit_figures())
     run.seconds, run.late, run.max_lag_ms = pacing.seconds, pacing.late, pacing.max_lag_ms
     run.span_s = max(0.0, tally.last_done - started)
     run.sent, run.completed = tally.sent, tally.completed
@@ -292,6 +301,46 @@ def server_cpu(args: argparse.Namespace) -> int | None:
     return int(args.server_cpu)
 
 
+_COMMIT_FIGURES = {
+    "pinrelay_store_commit_seconds_count": "count",
+    "pinrelay_store_commit_seconds_sum": "seconds",
+    'pinrelay_store_commit_seconds_bucket{le="0.001"}': "within_1ms",
+    "pinrelay_store_inline_commits": "inline",
+}
+
+
+async def commit_figures(relay: RelayProcess) -> dict[str, float]:
+    """The relay's store commits so far, from its /metrics (the admin key's)."""
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        got = await client.get(
+            f"{relay.url}/metrics", headers={"Authorization": f"Bearer {relay.admin_key}"}
+        )
+    got.raise_for_status()
+    out: dict[str, float] = {}
+    for line in got.text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in _COMMIT_FIGURES:
+            out[_COMMIT_FIGURES[name]] = float(value)
+    return out
+
+
+def commits_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in _COMMIT_FIGURES.values()}
+    return {
+        "count": d["count"],
+        "seconds": d["seconds"],
+        "over_1ms": d["count"] - d["within_1ms"],
+        "inline": d["inline"],
+    }
+
+
+async def probe_disk(run: Run, args: argparse.Namespace, data: Path) -> None:
+    """The disk's own fdatasync, from the CPU the server's main thread is about to be
+    pinned to (unpinned: from wherever this thread runs)."""
+    cpu = chosen_cpu(server_cpu(args)) if args.pin else None
+    run.disk_ms = summary_ms(await asyncio.to_thread(disk_probe, data, args.disk_probes, cpu=cpu))
+
+
 def pin_writer(relay_pid: int, where: str, run: Run) -> None:
     """Pin the relay's SQLite writer process to the server's CPU or the clients'
     (``--writer-cpu``); "float" leaves it to the scheduler."""
@@ -319,7 +368,7 @@ async def run_prosody_chat(
         await server.start()
         chat = SlixmppChat(server.port, args.pairs)
         await chat.connect()
-        run.disk_ms = summary_ms(await asyncio.to_thread(disk_probe, server.data, args.disk_probes))
+        await probe_disk(run, args, server.data)
         with pinned(server.pid, args.pin, run, server_cpu(args)):
             await measure_chat(run, args, chat.tally, chat.send, server.pid, server.cpu)
     finally:
@@ -541,7 +590,7 @@ async def run_pinrelay_chat(args: argparse.Namespace, logs: Path, round_no: int)
             f"ws://{LOOPBACK}:{relay.link_port}/v1/link", devices, window=args.window
         )
         await chat.connect()
-        run.disk_ms = summary_ms(await asyncio.to_thread(disk_probe, relay.data, args.disk_probes))
+        await probe_disk(run, args, relay.data)
         with pinned(relay.pid, args.pin, run, server_cpu(args)):
             pin_writer(relay.pid, args.writer_cpu, run)
             chat.lag.start()
@@ -554,6 +603,7 @@ async def run_pinrelay_chat(args: argparse.Namespace, logs: Path, round_no: int)
                     relay.pid,
                     relay.cpu,
                     lambda: chat.failure if chat is not None else "",
+                    lambda: commit_figures(relay),
                 )
             finally:
                 await chat.lag.stop()
@@ -675,6 +725,15 @@ def findings(runs: Sequence[Run]) -> list[str]:
                 f"- {run.system} #{run.round}: send → `sent` (stored and fsynced) p50 "
                 f"{run.accept_ms['p50']:.2f} ms, p99 {run.accept_ms['p99']:.2f} ms."
             )
+        c = run.commits
+        if c.get("count") and run.completed and run.span_s:
+            lines.append(
+                f"- {run.system} #{run.round}: store commits {c['count'] / run.completed:.2f} "
+                f"per chat message ({c['inline'] / c['count']:.0%} on the relay's loop, which "
+                f"waits for them), mean {c['seconds'] / c['count'] * 1000:.2f} ms, "
+                f"{c['over_1ms'] / c['count']:.1%} over 1 ms; in all "
+                f"{c['seconds'] / run.span_s:.0%} of the run's time."
+            )
         if run.stages:
             every, slow, dom = run.stages["all"], run.stages["slowest"], run.stages["dominant"]
             parts = ", ".join(f"{k} {every[k]:.2f} / {slow[k]:.2f}" for k in STAGES)
@@ -751,7 +810,8 @@ def report(args: argparse.Namespace, runs: list[Run], logs: Path) -> dict[str, A
             "delivered receipt (same process, same clock). Server CPU: utime+stime from the "
             "first measured message until the server went quiet after the last receipt "
             "(pinrelay with its SQLite writer process), per round trip. Disk: 2,000 "
-            "fdatasyncs of a 4 KiB overwrite in the server's data folder just before. "
+            "fdatasyncs of a 4 KiB overwrite in the server's data folder just before, from "
+            "the CPU the server's main thread is pinned to. "
             f"{machine()['nproc']} CPUs shared by the server and the clients"
             + (
                 f"; the server's main thread pinned to {pinned_to.split(' / ')[0]}, the "

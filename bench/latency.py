@@ -109,12 +109,23 @@ class Result:
     pinned: str = ""
 
 
-def disk_probe(directory: Path, count: int = 2000, block: int = 4096) -> list[float]:
-    """fdatasync latency after overwriting one block, ``count`` times (sorted, seconds)."""
+def disk_probe(
+    directory: Path, count: int = 2000, block: int = 4096, cpu: int | None = None
+) -> list[float]:
+    """fdatasync latency after overwriting one block, ``count`` times (sorted, seconds).
+
+    ``cpu``: measured from that CPU (this thread pinned there meanwhile).  A sync takes
+    two or three of the disk's interrupts (the data, then the flush); on a VM whose
+    idle CPUs halt, a thread on another CPU than the one that takes them is woken
+    across CPUs for each, and the sync takes longer (bench/RESULTS.md, "Where the
+    chat round trip's fsyncs go")."""
     path = directory / "disk-probe.bin"
     span = 1024 * block
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    saved = os.sched_getaffinity(0)
     try:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})  # this thread only
         os.write(fd, b"\0" * span)
         os.fsync(fd)
         data = b"x" * block
@@ -125,6 +136,8 @@ def disk_probe(directory: Path, count: int = 2000, block: int = 4096) -> list[fl
             os.fdatasync(fd)
             out.append(time.perf_counter() - t0)
     finally:
+        if cpu is not None:
+            os.sched_setaffinity(0, saved)
         os.close(fd)
         path.unlink(missing_ok=True)
     return sorted(out)

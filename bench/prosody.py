@@ -444,14 +444,22 @@ def disk_irq_cpu() -> int | None:
     return None
 
 
+def chosen_cpu(server_cpu: int | None = None) -> int | None:
+    """The CPU :func:`pin_cpus` puts the server on (None: one CPU, no pinning)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return cpus[0] if server_cpu is None or server_cpu not in cpus else server_cpu
+
+
 def pin_cpus(server_pid: int, server_cpu: int | None = None) -> str:
     """The server's main thread on one CPU (``server_cpu``, default the first), this
     process (the clients) on the others (as bench.latency pins the relay's loop and
     its load generators)."""
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
+    chosen = chosen_cpu(server_cpu)
+    if chosen is None:
         return ""
-    chosen = cpus[0] if server_cpu is None or server_cpu not in cpus else server_cpu
     first, others = {chosen}, set(cpus) - {chosen}
     os.sched_setaffinity(server_pid, first)
     os.sched_setaffinity(0, others)
