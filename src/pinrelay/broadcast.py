@@ -27,11 +27,13 @@ import contextlib
 import hashlib
 import logging
 import math
+import secrets
 from collections import Counter
 from collections.abc import Callable
 
 import msgspec
 
+from pinrelay import faults
 from pinrelay.core.channels import (
     FANOUT_PAGE,
     Broadcast,
@@ -44,7 +46,7 @@ from pinrelay.core.makegood import MAKEGOOD_CHANNEL
 from pinrelay.core.model import Accepted
 from pinrelay.ingest import Draft, Ingest
 from pinrelay.makegood import makegood_drafts
-from pinrelay.store.base import IdempotencyKey, Rejected, Store
+from pinrelay.store.base import IdempotencyKey, Rejected, Store, StoreClosed
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,9 @@ class Broadcaster:
         self._scanner: asyncio.Task[None] | None = None
         self._delivered: Counter[str] = Counter()
         self._acked: Counter[str] = Counter()
+        #: A batch of counts whose write failed: (its name, the counts), sent again as
+        #: it was before any other (its answer may have been lost after it was stored).
+        self._unsent: tuple[str, dict[str, BroadcastCounts]] | None = None
 
     # --- lifecycle --------------------------------------------------------------
     def start(self) -> None:
@@ -265,6 +270,12 @@ class Broadcaster:
         self._acked.update(broadcast_ids)
 
     async def _flush_counts(self) -> None:
+        """Write the counts since the last flush as one named batch.  A batch that
+        failed goes again first, under its name: the store adds a batch once, so an
+        answer lost after the write does not count it twice (DECISIONS 62)."""
+        if self._unsent is not None:
+            await self._count(*self._unsent)
+            self._unsent = None
         if not self._delivered and not self._acked:
             return
         delivered, acked = self._delivered, self._acked
@@ -272,9 +283,11 @@ class Broadcaster:
         counts = {
             bid: BroadcastCounts(delivered[bid], acked[bid]) for bid in delivered.keys() | acked
         }
-        try:
-            await self.store.count_broadcasts(self.node, counts)
-        except Exception:
-            self._delivered.update(delivered)  # again next time
-            self._acked.update(acked)
-            raise
+        self._unsent = (secrets.token_hex(8), counts)
+        await self._count(*self._unsent)
+        self._unsent = None
+
+    async def _count(self, batch: str, counts: dict[str, BroadcastCounts]) -> None:
+        await self.store.count_broadcasts(self.node, counts, batch)
+        if faults.active("count-answer-lost"):
+            raise StoreClosed("injected fault count-answer-lost: stored, but no answer came")

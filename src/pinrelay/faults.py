@@ -9,6 +9,8 @@ check is one lookup in an empty dict: inert.
 - ``read-fail``: the relay's message reads (Store.read) raise, on either store.
 - ``feed-stall``: a cluster relay's feed (store/jetstream/feed.py) holds each new
   message, handing nothing on, until the fault is off: a stalled consumer.
+- ``count-answer-lost``: a relay's broadcast counts are stored, then their write
+  raises StoreClosed as if the answer had been lost (broadcast.py): they go again.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 from pathlib import Path
 
 ENV = "PINRELAY_FAULTS"
-NAMES = ("read-fail", "feed-stall")
+NAMES = ("read-fail", "feed-stall", "count-answer-lost")
 #: How often a held fault looks at its file again.
 POLL_S = 0.05
 

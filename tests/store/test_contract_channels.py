@@ -197,6 +197,27 @@ async def test_counts_of_every_relay_add_up(store: Store, reopen: Reopen) -> Non
     assert await other.broadcast_counts("B2") == BroadcastCounts(1, 0)
 
 
+async def test_a_batch_of_counts_sent_again_adds_nothing(store: Store, reopen: Reopen) -> None:
+    """A relay whose count write failed (its answer lost: it may be stored) sends the
+    same batch again before any other; where it landed, it adds nothing."""
+    first = {"B1": BroadcastCounts(3, 1), "B2": BroadcastCounts(1, 0)}
+    await store.count_broadcasts("n1", first, batch="b-1")
+    await store.count_broadcasts("n1", first, batch="b-1")  # the answer was lost
+    await store.count_broadcasts("n2", {"B1": BroadcastCounts(1, 1)}, batch="b-1")  # n2's own
+    await store.count_broadcasts("n1", {"B1": BroadcastCounts(2, 2)}, batch="b-2")
+    # Landed for B1 only, then sent again whole: B2 takes it now.
+    await store.count_broadcasts("n1", {"B1": BroadcastCounts(1, 0)}, batch="b-3")
+    await store.count_broadcasts(
+        "n1", {"B1": BroadcastCounts(1, 0), "B2": BroadcastCounts(0, 1)}, batch="b-3"
+    )
+    # Unnamed calls always add.
+    await store.count_broadcasts("n1", {"B2": BroadcastCounts(1, 0)})
+    await store.count_broadcasts("n1", {"B2": BroadcastCounts(1, 0)})
+    other = await elsewhere(store, reopen)
+    assert await other.broadcast_counts("B1") == BroadcastCounts(7, 4)
+    assert await other.broadcast_counts("B2") == BroadcastCounts(3, 1)
+
+
 async def test_the_audit_log_pages_newest_first_per_tenant(store: Store, reopen: Reopen) -> None:
     entries = [
         AuditEntry(

@@ -513,8 +513,14 @@ class Store(Protocol):
         """Broadcasts whose fan-out has not ended (``done_ms`` None), oldest first."""
         ...
 
-    async def count_broadcasts(self, node: str, counts: Mapping[str, BroadcastCounts]) -> None:
-        """Add what relay ``node`` counted since it last called (by broadcast id)."""
+    async def count_broadcasts(
+        self, node: str, counts: Mapping[str, BroadcastCounts], batch: str = ""
+    ) -> None:
+        """Add what relay ``node`` counted since it last called (by broadcast id).
+
+        ``batch`` names the call: a broadcast whose last batch from ``node`` was this
+        one adds nothing, so a call whose answer was lost (it may have been stored)
+        can be made again as it was, before any other ("": no such check)."""
         ...
 
     async def broadcast_counts(self, broadcast_id: str) -> BroadcastCounts:

@@ -308,13 +308,17 @@ class CountBroadcasts(Op, tag="cbc"):
     node: str
     #: (broadcast id, delivered, acked)
     counts: list[tuple[str, int, int]]
+    #: Names the call; the batch a row last took adds nothing again ("": always adds).
+    batch: str = ""
 
     def run(self, c: sqlite3.Connection) -> None:
         c.executemany(
-            "INSERT INTO broadcast_counts (id, node, delivered, acked) VALUES (?1, ?4, ?2, ?3)"
+            "INSERT INTO broadcast_counts (id, node, delivered, acked, batch)"
+            " VALUES (?1, ?4, ?2, ?3, ?5)"
             " ON CONFLICT (id, node) DO UPDATE SET delivered = delivered + excluded.delivered,"
-            " acked = acked + excluded.acked",
-            [(bid, delivered, acked, self.node) for bid, delivered, acked in self.counts],
+            " acked = acked + excluded.acked, batch = excluded.batch"
+            " WHERE excluded.batch = '' OR broadcast_counts.batch != excluded.batch",
+            [(bid, d, a, self.node, self.batch) for bid, d, a in self.counts],
         )
 
 

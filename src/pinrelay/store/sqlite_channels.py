@@ -178,10 +178,12 @@ class SqliteChannels:
         sql = _BROADCAST_SQL + " WHERE done_ms IS NULL ORDER BY created_ms, id"
         return [_broadcast(r) for r in self._read().execute(sql).fetchall()]
 
-    async def count_broadcasts(self, node: str, counts: Mapping[str, BroadcastCounts]) -> None:
+    async def count_broadcasts(
+        self, node: str, counts: Mapping[str, BroadcastCounts], batch: str = ""
+    ) -> None:
         rows = [(bid, c.delivered, c.acked) for bid, c in counts.items() if c.delivered or c.acked]
         if rows:
-            await self._write(ops.CountBroadcasts(node, rows))
+            await self._write(ops.CountBroadcasts(node, rows, batch))
 
     async def broadcast_counts(self, broadcast_id: str) -> BroadcastCounts:
         sql = "SELECT sum(delivered), sum(acked) FROM broadcast_counts WHERE id = ?"

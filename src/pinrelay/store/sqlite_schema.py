@@ -151,4 +151,6 @@ MIGRATIONS: list[str] = [
     webhook_ops.SCHEMA,
     # Delays per tenant and day, for service levels' delay targets (delay_days.py).
     DELAY_DAYS_SCHEMA,
+    # The batch of counts a relay last added to a broadcast (Store.count_broadcasts).
+    "ALTER TABLE broadcast_counts ADD COLUMN batch TEXT NOT NULL DEFAULT '';",
 ]

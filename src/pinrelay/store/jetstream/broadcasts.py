@@ -16,9 +16,11 @@ In ``<bucket_prefix>_channels``, beside :mod:`.channels`' keys.
   record whose entry was never committed would never be resumed.
 - Both are removed (with the counts) once the broadcast is done and expired for
   ``--broadcast-keep-days`` (Store.prune_broadcasts), make-goods excepted.
-- ``n.<broadcast id>.<node>``: one relay's totals of the broadcast
-  (:class:`~pinrelay.core.channels.BroadcastCounts`), changed by that relay only (a
-  compare-and-set all the same); :meth:`Broadcasts.counts` lists and sums them.
+- ``n.<broadcast id>.<node>``: one relay's totals of the broadcast and the batch of
+  counts it last added (:class:`NodeCounts`), changed by that relay only (a
+  compare-and-set all the same); :meth:`Broadcasts.counts` lists and sums them. A
+  batch whose answer was lost is sent again as it was, and adds nothing where it
+  landed (DECISIONS 62).
   A node name unfit for a key is hashed.
 
 **Stored-bytes ledgers** (core/ledger.py): ``l.<node>``, each relay's last ledger,
@@ -40,6 +42,8 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+
+from msgspec import Struct
 
 from pinrelay.core.channels import AuditEntry, Broadcast, BroadcastCounts
 from pinrelay.core.errors import ErrorCode, PinrelayError
@@ -63,6 +67,14 @@ def _forward(old: Broadcast | None, new: Broadcast) -> bool:
     return new.after >= old.after and not (old.done_ms is not None and new.done_ms is None)
 
 
+class NodeCounts(Struct, frozen=True):
+    """One relay's totals of a broadcast, and the batch of counts it last added."""
+
+    delivered: int = 0
+    acked: int = 0
+    batch: str = ""
+
+
 class Broadcasts:
     """Broadcast records, their unfinished index and the relays' counts."""
 
@@ -71,7 +83,7 @@ class Broadcasts:
         self.api = kv.api
         self.bucket = bucket
         self.records = Keyed(kv, bucket, Broadcast)
-        self.counters = Keyed(kv, bucket, BroadcastCounts)
+        self.counters = Keyed(kv, bucket, NodeCounts)
 
     async def put(self, broadcast: Broadcast) -> bool:
         self.api.check_open()
@@ -110,15 +122,20 @@ class Broadcasts:
         left = [b for b in found if b is not None and b.done_ms is None]
         return sorted(left, key=lambda b: (b.created_ms, b.id))
 
-    async def count(self, node: str, counts: Mapping[str, BroadcastCounts]) -> None:
-        """Add ``node``'s counts to its key of each broadcast."""
+    async def count(
+        self, node: str, counts: Mapping[str, BroadcastCounts], batch: str = ""
+    ) -> None:
+        """Add ``node``'s counts to its key of each broadcast, unless that key's last
+        batch was ``batch`` (Store.count_broadcasts)."""
         self.api.check_open()
         token = _node_token(node)
 
         def add(bid: str, more: BroadcastCounts) -> Callable[[], Awaitable[object]]:
-            def change(old: BroadcastCounts | None) -> BroadcastCounts | None:
-                was = old or BroadcastCounts()
-                return BroadcastCounts(was.delivered + more.delivered, was.acked + more.acked)
+            def change(old: NodeCounts | None) -> NodeCounts | None:
+                was = old or NodeCounts()
+                if batch and was.batch == batch:
+                    return None  # stored already: its answer was lost
+                return NodeCounts(was.delivered + more.delivered, was.acked + more.acked, batch)
 
             return lambda: self.counters.change(f"n.{bid}.{token}", change)
 

@@ -660,8 +660,10 @@ class JetStreamStore:
     async def unfinished_broadcasts(self) -> list[Broadcast]:
         return await self.broadcasts.unfinished()
 
-    async def count_broadcasts(self, node: str, counts: Mapping[str, BroadcastCounts]) -> None:
-        await self.broadcasts.count(node, counts)
+    async def count_broadcasts(
+        self, node: str, counts: Mapping[str, BroadcastCounts], batch: str = ""
+    ) -> None:
+        await self.broadcasts.count(node, counts, batch)
 
     async def broadcast_counts(self, broadcast_id: str) -> BroadcastCounts:
         return await self.broadcasts.counts(broadcast_id)
