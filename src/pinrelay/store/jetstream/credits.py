@@ -10,8 +10,10 @@ core/makegood.py), in ``<bucket_prefix>_channels`` beside :mod:`.channels`' keys
 - ``dd.<day start ms>``: a UTC day's delay counts per tenant (delay_days.py),
   written whole (any relay sums a day alike, so the first write stands); a key a
   day, never pruned (about 400 bytes each);
-- ``code.<code>``: the code's record (:class:`~pinrelay.core.makegood.Code`); its
-  redemption is a compare-and-set that sets ``redeemed_ms`` only if unset.
+- ``code.<code>``: the code's record (:class:`CodeRecord`); its redemption is a
+  compare-and-set that sets ``redeemed_ms`` only if unset, with a random nonce of the
+  redemption, so one whose answer was lost, and that finds the code redeemed when it
+  reads again, knows it was its own (DECISIONS 62).
 
 :meth:`Credits.tenant_devices` has no index to read: it lists every device's key
 (the devices bucket, one request on the leader per 100,000) and reads records
@@ -21,7 +23,9 @@ per page: rare, and bounded by the fleet's size.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import msgspec
 
@@ -35,14 +39,29 @@ from pinrelay.store.jetstream.layout import Bucket
 from pinrelay.store.jetstream.records import SAFE_TOKEN
 from pinrelay.store.jetstream.unread import IN_FLIGHT, bounded
 
+C = TypeVar("C", bound=Code)
+
 
 class Claim(msgspec.Struct, frozen=True):
     broadcast: str
 
 
-def _unless(code: Code) -> Callable[[Code | None], Code | None]:
+def _unless(code: C) -> Callable[[C | None], C | None]:
     """A change that writes ``code`` where there is none."""
     return lambda old: code if old is None else None
+
+
+class CodeRecord(Code, frozen=True, kw_only=True):
+    """A code as the cluster keeps it: with the nonce of the redemption that used it."""
+
+    redeemed_by: str | None = None
+
+
+def _plain(record: CodeRecord | None) -> Code | None:
+    """The code as the Store contract gives it (without the nonce)."""
+    if record is None:
+        return None
+    return Code(**{f: getattr(record, f) for f in Code.__struct_fields__})
 
 
 class Credits:
@@ -56,6 +75,7 @@ class Credits:
         self.levels = Keyed(kv, bucket, ServiceLevel)
         self.claims = Keyed(kv, bucket, Claim)
         self.codes = Keyed(kv, bucket, Code)
+        self.records = Keyed(kv, bucket, CodeRecord)
 
     def _token(self, value: str, what: str) -> str:
         if not SAFE_TOKEN.match(value):
@@ -110,10 +130,11 @@ class Credits:
             key = f"cg.{self._token(code.broadcast, 'broadcast')}.{self._token(code.pin, 'PIN')}"
             held, wrote = await self.codes.change(key, _unless(code))
             assert held is not None
-            if wrote or await self.codes.get(f"code.{held.code}") is None:
+            if wrote or await self.records.get(f"code.{held.code}") is None:
                 # The index first, then the record: a crash between them leaves an
                 # index whose record the next issue (the page done again) writes.
-                await self.codes.change(f"code.{held.code}", _unless(held))
+                record = CodeRecord(**msgspec.structs.asdict(held))
+                await self.records.change(f"code.{held.code}", _unless(record))
             out.append(msgspec.structs.replace(held, redeemed_ms=None))
         return out
 
@@ -121,21 +142,23 @@ class Credits:
         self.api.check_open()
         if not is_code(code):
             return None
-        return await self.codes.get(f"code.{code}")
+        return _plain(await self.records.get(f"code.{code}"))
 
     async def redeem(self, code: str, now_ms: int) -> tuple[Code | None, bool]:
         self.api.check_open()
         if not is_code(code):
             return None, False
-        after, wrote = await self.codes.change(
+        nonce = uuid.uuid4().hex
+        after, wrote = await self.records.change(
             f"code.{code}",
             lambda old: (
                 None
                 if old is None or old.redeemed_ms is not None
-                else msgspec.structs.replace(old, redeemed_ms=now_ms)
+                else msgspec.structs.replace(old, redeemed_ms=now_ms, redeemed_by=nonce)
             ),
         )
-        return after, wrote
+        # Found redeemed by this very call: its write landed, and its answer was lost.
+        return _plain(after), wrote or (after is not None and after.redeemed_by == nonce)
 
     async def put_delay_day(self, day_ms: int, delays: dict[str, tuple[int, ...]]) -> None:
         self.api.check_open()
