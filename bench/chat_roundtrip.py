@@ -134,7 +134,8 @@ class Run:
     rtt_ms: dict[str, float] = field(default_factory=dict)
     #: pinrelay: send → ``sent`` (stored and fsynced), ms.
     accept_ms: dict[str, float] = field(default_factory=dict)
-    #: fdatasync of a 4 KiB overwrite in the server's data folder just before, ms.
+    #: fdatasync of a 4 KiB overwrite in the server's data folder just before, from
+    #: the server's CPU (pinned runs), ms.
     disk_ms: dict[str, float] = field(default_factory=dict)
     #: pinrelay: its store's commits while measured (/metrics): "count", "seconds",
     #: "over_1ms" (commits), "inline" (of them, committed on the relay's loop).
@@ -233,10 +234,10 @@ async def measure_chat(
     server_pid: int,
     server_cpu: Callable[[], float],
     failed: Callable[[], str] = lambda: "",
-    commit_figures: Callable[[], Awaitable[dict[str, float]]] | None = None,
+    read_commits: Callable[[], Awaitable[dict[str, float]]] | None = None,
 ) -> None:
     """Warm up, then the measured phase; fills ``run`` from ``tally`` and /proc
-    (and ``run.commits`` from ``commit_figures``, read around the measured phase)."""
+    (and ``run.commits`` from ``read_commits``, read around the measured phase)."""
     if args.warmup > 0:
         tally.measuring = False
         await paced(send, args.rate, args.warmup, "warm-up", show=False)
@@ -249,7 +250,7 @@ async def measure_chat(
     tally.reset()
     tally.pending.clear()
     tally.measuring = True
-    commits0 = await commit_figures() if commit_figures is not None else {}
+    commits0 = await read_commits() if read_commits is not None else {}
     other = OtherLoad([server_pid])
     cpu0, client0 = server_cpu(), cpu_seconds(os.getpid())
     sleeps0 = sleeps(server_pid)
@@ -264,8 +265,8 @@ async def measure_chat(
     run.writer_cpu_s = cpu1 - cpu_seconds(server_pid) - writer0
     run.client_cpu_s = cpu_seconds(os.getpid()) - client0
     run.other_cores = other.cores()
-    if commit_figures is not None:
-        run.commits = commits_between(commits0, await commit_figures())
+    if read_commits is not None:
+        run.commits = commits_between(commits0, await read_commits())
     run.seconds, run.late, run.max_lag_ms = pacing.seconds, pacing.late, pacing.max_lag_ms
     run.span_s = max(0.0, tally.last_done - started)
     run.sent, run.completed = tally.sent, tally.completed
