@@ -275,7 +275,12 @@ class ContactLists:
                     self._fresh(actor), self._fresh(other, other=True)
                 )
                 if tried is not None and _landed(tried[1], mine, theirs):
-                    return tried[0], told  # a retried write found its own acknowledged one
+                    # A retried write found its own, whose answer was lost: the cache
+                    # takes it now, as from an answered write (the watch may lag).
+                    for w in tried[1]:
+                        side = mine if w.pin == mine.pin else theirs
+                        self.cache.put(w.pin, w.rec, side.revision)
+                    return tried[0], told
                 if mine.gen is None:
                     raise PinrelayError(f"no device {actor}", ErrorCode.NOT_FOUND)
                 step, writes = plan(action, mine, theirs, now_ms)
