@@ -11,9 +11,6 @@ check is one lookup in an empty dict: inert.
   message, handing nothing on, until the fault is off: a stalled consumer.
 - ``count-answer-lost``: a relay's broadcast counts are stored, then their write
   raises StoreClosed as if the answer had been lost (broadcast.py): they go again.
-- ``publish-answer-lost`` (once: the file is removed when it fires): a cluster
-  relay's next publish is stored, then times out as if its answer had been lost
-  (store/jetstream/api.py), so the write is sent again.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ import os
 from pathlib import Path
 
 ENV = "PINRELAY_FAULTS"
-NAMES = ("read-fail", "feed-stall", "count-answer-lost", "publish-answer-lost")
+NAMES = ("read-fail", "feed-stall", "count-answer-lost")
 #: How often a held fault looks at its file again.
 POLL_S = 0.05
 
@@ -46,18 +43,6 @@ def active(name: str) -> bool:
     """Fault ``name`` is on now."""
     file = _FAULTS.get(name)
     return file is not None and file.exists()
-
-
-def take(name: str) -> bool:
-    """Fault ``name`` is on now; it is then off (its file removed): a one-shot."""
-    file = _FAULTS.get(name)
-    if file is None:
-        return False
-    try:
-        file.unlink()
-    except FileNotFoundError:
-        return False
-    return True
 
 
 async def hold(name: str) -> None:

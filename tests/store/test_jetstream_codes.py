@@ -2,17 +2,16 @@
 (store/jetstream/credits.py, DECISIONS 62): the write landed, the store sent it again
 and met the code redeemed; the redemption's nonce tells it the code was its own.
 
-The ``publish-answer-lost`` fault (faults.py) stores the next publish, then times
-it out as a lost answer would, on a real 3-node cluster.
+The redemption's publish is stored by the real 3-node cluster, and its answer
+dropped, as tests/store/test_jetstream_social.py drops a contact write's.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
+import nats.errors
 import pytest
-
-from pinrelay import faults
 
 from .test_contract import NOW
 from .test_contract_credits import code
@@ -22,15 +21,24 @@ __all__ = ["open_store"]
 
 
 async def test_a_redemption_whose_answer_was_lost_is_still_this_callers(
-    open_store: OpenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = await open_store()
     await store.issue_codes([code("AAAAAAAAAAAA", "0000000A"), code("BBBBBBBBBBBB", "0000000B")])
-    lost = tmp_path / "publish-answer-lost"
-    monkeypatch.setitem(faults._FAULTS, "publish-answer-lost", lost)
-    lost.touch()
+    publish = store.api.publish
+    record = store.layout.buckets.channels.subject("code.AAAAAAAAAAAA")
+    lost: list[str] = []
+
+    async def answer_lost(subject: str, payload: bytes, headers: dict[str, str]) -> Any:
+        answer = await publish(subject, payload, headers)
+        if subject == record and not lost:  # stored; its answer never arrives
+            lost.append(subject)
+            raise nats.errors.TimeoutError
+        return answer
+
+    monkeypatch.setattr(store.api, "publish", answer_lost)
     got, first = await store.redeem_code("AAAAAAAAAAAA", NOW + 5)
-    assert not lost.exists(), "the fault did not fire: no answer was lost"
+    assert lost, "no answer was lost"
     assert first and got is not None and got.redeemed_ms == NOW + 5
     # Anyone after that finds it used, as before.
     got, first = await store.redeem_code("AAAAAAAAAAAA", NOW + 9)

@@ -25,7 +25,6 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg as NatsMsg
 
-from pinrelay import faults
 from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream.errors import ApiError, Unavailable, nats_errors
 
@@ -112,8 +111,6 @@ class Api:
         msg = await self.nc.request(
             subject, payload, timeout=self.request_timeout, headers=dict(headers)
         )
-        if faults.take("publish-answer-lost"):  # tests: stored, but the answer is lost
-            raise nats.errors.TimeoutError
         return publish_answer(msg)
 
     async def send(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
