@@ -242,6 +242,24 @@ def fail_after_publish(store: JetStreamStore, monkeypatch: pytest.MonkeyPatch, w
     monkeypatch.setattr(store.appender, "append", fails)
 
 
+def drop_answer(store: JetStreamStore, monkeypatch: pytest.MonkeyPatch, subject: str) -> list[str]:
+    """The next publish to ``subject`` is stored and its answer lost (a timeout, as a
+    lost acknowledgement is): the list gets ``subject`` when it happens; clear it to
+    lose the next one's too."""
+    publish = store.api.publish
+    lost: list[str] = []
+
+    async def answer_lost(to: str, payload: bytes, headers: dict[str, str]) -> Any:
+        answer = await publish(to, payload, headers)
+        if to == subject and not lost:  # stored; its answer never arrives
+            lost.append(to)
+            raise nats.errors.TimeoutError
+        return answer
+
+    monkeypatch.setattr(store.api, "publish", answer_lost)
+    return lost
+
+
 class TestIdempotentRetry:
     @pytest.mark.parametrize("size", [1, 3], ids=["single", "atomic-batch"])
     async def test_retry_after_a_failure_past_the_publish_stores_nothing_twice(

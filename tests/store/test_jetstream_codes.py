@@ -8,14 +8,11 @@ dropped, as tests/store/test_jetstream_social.py drops a contact write's.
 
 from __future__ import annotations
 
-from typing import Any
-
-import nats.errors
 import pytest
 
 from .test_contract import NOW
 from .test_contract_credits import code
-from .test_jetstream import OpenStore, open_store
+from .test_jetstream import OpenStore, drop_answer, open_store
 
 __all__ = ["open_store"]
 
@@ -25,18 +22,8 @@ async def test_a_redemption_whose_answer_was_lost_is_still_this_callers(
 ) -> None:
     store = await open_store()
     await store.issue_codes([code("AAAAAAAAAAAA", "0000000A"), code("BBBBBBBBBBBB", "0000000B")])
-    publish = store.api.publish
     record = store.layout.buckets.channels.subject("code.AAAAAAAAAAAA")
-    lost: list[str] = []
-
-    async def answer_lost(subject: str, payload: bytes, headers: dict[str, str]) -> Any:
-        answer = await publish(subject, payload, headers)
-        if subject == record and not lost:  # stored; its answer never arrives
-            lost.append(subject)
-            raise nats.errors.TimeoutError
-        return answer
-
-    monkeypatch.setattr(store.api, "publish", answer_lost)
+    lost = drop_answer(store, monkeypatch, record)
     got, first = await store.redeem_code("AAAAAAAAAAAA", NOW + 5)
     assert lost, "no answer was lost"
     assert first and got is not None and got.redeemed_ms == NOW + 5

@@ -5,9 +5,7 @@ NATS requests per call), on real nats-server processes (see conftest.nats_cluste
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-import nats.errors
 import pytest
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
@@ -17,6 +15,7 @@ from pinrelay.store.jetstream.groups import index_key
 from pinrelay.testing.wait import wait_until_async
 
 from .test_contract import NOW, A, B, C, add_devices
+from .test_jetstream import drop_answer
 from .test_jetstream_social import ATOMIC, OpenStore, Requests, open_store
 
 __all__ = ["open_store"]  # the fixture, shared with the contacts tests
@@ -137,18 +136,7 @@ class TestLostAcknowledgement:
         self, open_store: OpenStore, monkeypatch: pytest.MonkeyPatch, atomic: bool
     ) -> None:
         store = await open_store(atomic=atomic)
-        publish = store.api.publish
-        record = store.layout.buckets.groups.subject(G1)
-        lost: list[str] = []
-
-        async def answer_lost(subject: str, payload: bytes, headers: dict[str, str]) -> Any:
-            answer = await publish(subject, payload, headers)
-            if subject == record and not lost:  # stored; its answer never arrives
-                lost.append(subject)
-                raise nats.errors.TimeoutError
-            return answer
-
-        monkeypatch.setattr(store.api, "publish", answer_lost)
+        lost = drop_answer(store, monkeypatch, store.layout.buckets.groups.subject(G1))
         await store.create_group(Group(G1, "team", A, [A, B], NOW))
         assert lost
         lost.clear()

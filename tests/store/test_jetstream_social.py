@@ -10,7 +10,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import nats.errors
 import pytest
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
@@ -23,7 +22,7 @@ from pinrelay.testing.wait import wait_until_async
 
 from .test_contract import HOUR, NOW, UNKNOWN, A, B, C, add_devices, read_all
 from .test_contract_social import act
-from .test_jetstream import OpenStore, open_store, subject_counts
+from .test_jetstream import OpenStore, drop_answer, open_store, subject_counts
 
 __all__ = ["OpenStore", "open_store"]  # test_jetstream's fixture, shared on
 
@@ -142,18 +141,8 @@ class TestLostAcknowledgement:
         await add_devices(store, A, B)
         await act(store, A, B, Action.INVITE, NOW)
         await act(store, B, A, Action.ACCEPT, NOW)
-        publish = store.api.publish
         last_write = store.layout.buckets.contacts.subject(A)  # A's record: written last
-        lost: list[str] = []
-
-        async def answer_lost(subject: str, payload: bytes, headers: dict[str, str]) -> Any:
-            answer = await publish(subject, payload, headers)
-            if subject == last_write and not lost:  # stored; its answer never arrives
-                lost.append(subject)
-                raise nats.errors.TimeoutError
-            return answer
-
-        monkeypatch.setattr(store.api, "publish", answer_lost)
+        lost = drop_answer(store, monkeypatch, last_write)
         # The watch lags (as under load): what the cache holds after the action is
         # what the action put there.
         monkeypatch.setattr(store.contact_lists.cache, "changed", lambda *_: None)

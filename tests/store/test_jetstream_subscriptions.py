@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import msgspec
-import nats.errors
 import pytest
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
@@ -21,6 +20,7 @@ from pinrelay.store.jetstream.subscriptions import IndexRec, index_key
 from pinrelay.testing.wait import scaled, wait_until_async
 
 from .test_contract import A, add_devices
+from .test_jetstream import drop_answer
 from .test_jetstream_social import ATOMIC, OpenStore, Requests, open_store
 
 __all__ = ["open_store"]
@@ -212,18 +212,8 @@ class TestLostAcknowledgement:
     ) -> None:
         store = await open_store(atomic=atomic)
         await add_devices(store, A)
-        publish = store.api.publish
         record = store.layout.buckets.subscriptions.subject(sub(1).id)
-        lost: list[str] = []
-
-        async def answer_lost(subject: str, payload: bytes, headers: dict[str, str]) -> Any:
-            answer = await publish(subject, payload, headers)
-            if subject == record and not lost:  # stored; its answer never arrives
-                lost.append(subject)
-                raise nats.errors.TimeoutError
-            return answer
-
-        monkeypatch.setattr(store.api, "publish", answer_lost)
+        lost = drop_answer(store, monkeypatch, record)
         await store.create_subscription(sub(1))
         assert lost and await store.subscriptions_of(A) == [sub(1)]
         lost.clear()
