@@ -13,6 +13,7 @@ import msgspec
 import pytest
 import websockets
 from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from pinrelay.core import frames
 from pinrelay.link.server import REFUSAL_SLACK
@@ -412,18 +413,27 @@ class TestApplicationPing:
         self, relay_factory: RelayFactory
     ) -> None:
         """A client that never answers WebSocket pings but sends ping frames stays
-        linked past 2 x heartbeat_s."""
-        relay = relay_factory(extra=["--heartbeat", "0.3"])
+        linked past 2 x heartbeat_s.
+
+        The heartbeat is 1 s, not less: the relay rightly drops a client silent for
+        two heartbeats, and a loaded CI host once held this test's process that long
+        between two pings 0.1 s apart when the heartbeat was 0.3 s.
+        """
+        heartbeat = 1.0
+        relay = relay_factory(extra=["--heartbeat", str(heartbeat)])
         device = relay.create_device()
         raw = RawLink(relay)
         try:
             raw.send_texts(frames.encode(frames.Hello(pin=device["pin"], token=device["token"])))
             texts: list[frames.ServerFrame] = []
             loop = asyncio.get_running_loop()
-            end = loop.time() + 1.5
+            end = loop.time() + 2 * heartbeat + 0.5
             n = 0
             while loop.time() < end:
                 n += 1
+                # What the relay said if it closed the link (an error frame), not
+                # websockets' InvalidState.
+                assert raw.proto.state is State.OPEN, texts
                 raw.send_texts(frames.encode(frames.Ping(id=str(n))))
                 texts += await asyncio.to_thread(_texts, raw)
                 await asyncio.sleep(0.1)  # pacing the pings
