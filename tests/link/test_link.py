@@ -374,12 +374,14 @@ class TestTimers:
             sock.close()
 
     async def test_answering_pings_keeps_the_link(self, relay_factory: RelayFactory) -> None:
-        relay = relay_factory(extra=["--heartbeat", "0.3"])
+        # 1 s, not less: a loaded CI host can hold this process a few tenths of a
+        # second, and the relay rightly drops a link whose pong is a heartbeat late.
+        relay = relay_factory(extra=["--heartbeat", "1"])
         device = relay.create_device()
         ws, _ = await link(relay, device)
-        # Waits out several heartbeats (what the test is about); the client library
-        # answers the pings by itself.
-        await asyncio.sleep(1.5)
+        # Waits out two heartbeats and a half (what the test is about); the client
+        # library answers the pings by itself.
+        await asyncio.sleep(2.5)
         push(relay, device["pin"], "still here")
         m = await recv(ws)
         assert isinstance(m, frames.Msg)
