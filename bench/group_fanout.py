@@ -1,7 +1,10 @@
 """Group fan-out: member-deliveries per second for a 1,000-member group (issue 13).
 
-One relay (SQLite, fsync on every commit); a creator and ``--members`` devices made
-contacts over the API; one group of them all; every member linked with a raw
+One relay per run, on each store of ``--stores`` in turn, round by round: ``sqlite``
+(fsync on every commit) or ``cluster`` (a fresh 3-node JetStream cluster of
+nats-server processes, R3 file streams, nats-server's default sync).  A creator and
+``--members`` devices made contacts over the API; one group of them all; every
+member linked with a raw
 ``websockets`` client in this process that acks each chat message as it reads it.
 The creator then sends ``--messages`` group messages on its own link, pipelined.
 Each is stored for every member in one commit, delivered to every member, and each
@@ -12,7 +15,8 @@ Reported, per run (``--rounds`` runs, each on a fresh relay; medians compared):
   to the last member's copy read;
 - **receipts/s**: the same for the creator's delivered receipts (each one stored, on
   disk, before the ack that caused it);
-- relay CPU (with its SQLite writer) per member-delivery, receipt included;
+- relay CPU (with its SQLite writer) per member-delivery, receipt included, and on
+  the cluster the three nats-servers' CPU likewise;
 - the ``send`` → ``sent`` time of a group message (its fan-out commit).
 
 There is no peer in this script: Prosody's MUC keeps no per-member durable copy to
@@ -33,6 +37,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.chat_roundtrip import ack_frame, make_contacts, send_frame
+from bench.cluster_systems import ClusterRelay, NatsCluster
 from bench.common import (
     LOOPBACK,
     RelayProcess,
@@ -51,6 +56,7 @@ from bench.common import (
 )
 
 MODULE = "bench.group_fanout"
+SQLITE, CLUSTER = "sqlite", "cluster"
 
 
 class _Frame(msgspec.Struct):
@@ -66,12 +72,15 @@ _decode = msgspec.json.Decoder(_Frame).decode
 
 @dataclass
 class Run:
+    store: str
     round_no: int
     members: int
     messages: int
     deliveries_per_s: float = 0.0
     receipts_per_s: float = 0.0
     cpu_us_per_delivery: float = 0.0
+    #: The cluster's three nats-servers together (0 on SQLite).
+    nats_us_per_delivery: float = 0.0
     sent_ms: list[float] = field(default_factory=list)
 
 
@@ -95,18 +104,25 @@ async def _link(url: str, pin: str, token: str) -> ClientConnection:
     return ws
 
 
-async def one_run(args: argparse.Namespace, round_no: int, logs: Any) -> Run:
-    run = Run(round_no, args.members, args.messages)
-    relay = RelayProcess(
-        logs,
-        name=f"relay-{round_no}",
-        max_links=args.members + 200,
-        extra=["--invites-per-hour", "10000000", "--sends-per-minute", "10000000"],
-    )
+async def one_run(args: argparse.Namespace, store: str, round_no: int, logs: Any) -> Run:
+    run = Run(store, round_no, args.members, args.messages)
+    options: dict[str, Any] = {
+        "max_links": args.members + 200,
+        "extra": ["--invites-per-hour", "10000000", "--sends-per-minute", "10000000"],
+    }
+    nats: NatsCluster | None = None
+    relay: RelayProcess
+    if store == CLUSTER:
+        nats = NatsCluster(logs, f"group{round_no}", None)
+        relay = ClusterRelay(logs, nats.urls, f"relay-{store}-{round_no}", **options)
+    else:
+        relay = RelayProcess(logs, name=f"relay-{store}-{round_no}", **options)
     links: list[ClientConnection] = []
     readers: list[asyncio.Task[None]] = []
     try:
-        await relay.start()
+        if nats is not None:
+            await nats.start()
+        await relay.start(timeout=120)
         with progress() as bar:
             devices = await create_devices(relay, args.members + 1, progress=bar)
             creator, members = devices[0], devices[1:]
@@ -157,6 +173,7 @@ async def one_run(args: argparse.Namespace, round_no: int, logs: Any) -> Run:
 
         readers.append(asyncio.create_task(creator_reader()))
         cpu0 = tree_cpu_seconds(relay.pid)
+        nats0 = sum(nats.cpu()) if nats is not None else 0.0
         t0 = time.perf_counter()
         for n in range(args.messages):
             sent_at[f"g{n}"] = time.perf_counter()
@@ -166,6 +183,8 @@ async def one_run(args: argparse.Namespace, round_no: int, logs: Any) -> Run:
         t_deliveries = max(got) - t0
         await asyncio.sleep(1.0)  # the acks' own writes
         cpu = tree_cpu_seconds(relay.pid) - cpu0
+        if nats is not None:
+            run.nats_us_per_delivery = (sum(nats.cpu()) - nats0) / expected * 1e6
         run.deliveries_per_s = expected / t_deliveries
         run.receipts_per_s = expected / t_receipts
         run.cpu_us_per_delivery = cpu / expected * 1e6
@@ -176,6 +195,8 @@ async def one_run(args: argparse.Namespace, round_no: int, logs: Any) -> Run:
         await asyncio.gather(*(ws.close() for ws in links), return_exceptions=True)
         relay.stop()
         relay.remove_data()
+        if nats is not None:
+            nats.stop()
     return run
 
 
@@ -184,6 +205,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--members", type=int, default=1000, help="group members (max 999)")
     parser.add_argument("--messages", type=int, default=20, help="group messages sent")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--stores", default=SQLITE, help="comma-separated, of sqlite and cluster (run in turn)"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="s for one run to finish")
     parser.add_argument("--quick", action="store_true", help="100 members, 5 messages, 1 round")
     add_common_args(parser)
@@ -191,38 +215,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.members, args.messages, args.rounds = 100, 5, 1
     args.members = min(args.members, 999)  # and the creator: 1,000
+    args.stores = [s for s in str(args.stores).split(",") if s]
+    if not args.stores or any(s not in (SQLITE, CLUSTER) for s in args.stores):
+        parser.error(f"--stores: {','.join(args.stores) or '(none)'}: sqlite, cluster")
     return args
 
 
 async def main(argv: list[str] | None = None) -> list[Run]:
     args = parse_args(argv)
-    if args.wait_quiet:
-        await wait_machine_quiet(args.wait_quiet)
     logs = run_dir("group_fanout")
-    runs = [await one_run(args, n + 1, logs) for n in range(args.rounds)]
-    headers = ["run", "member-deliveries/s", "receipts/s", "relay µs/delivery", "sent p50 ms"]
+    runs: list[Run] = []
+    for n in range(args.rounds):
+        for store in args.stores:
+            if args.wait_quiet:
+                await wait_machine_quiet(args.wait_quiet)
+            run = await one_run(args, store, n + 1, logs)
+            console.print(
+                f"{store} #{run.round_no}: {fmt(run.deliveries_per_s, 0)} member-deliveries/s"
+            )
+            runs.append(run)
+    headers = [
+        "run",
+        "member-deliveries/s",
+        "receipts/s",
+        "relay µs/delivery",
+        "nats-servers µs/delivery",
+        "sent p50 ms",
+    ]
     rows = [
         [
-            f"#{r.round_no}",
+            f"{r.store} #{r.round_no}",
             fmt(r.deliveries_per_s, 0),
             fmt(r.receipts_per_s, 0),
             fmt(r.cpu_us_per_delivery),
+            fmt(r.nats_us_per_delivery) if r.store == CLUSTER else "-",
             fmt(statistics.median(r.sent_ms), 2) if r.sent_ms else "n/a",
         ]
         for r in runs
     ]
     print_table("Group fan-out", headers, rows)
-    med = statistics.median(r.deliveries_per_s for r in runs)
-    line = (
-        f"- {args.members + 1}-member group, {args.messages} messages, median of {len(runs)}:"
-        f" **{fmt(med, 0)} member-deliveries/s**, receipts"
-        f" {fmt(statistics.median(r.receipts_per_s for r in runs), 0)}/s, relay"
-        f" {fmt(statistics.median(r.cpu_us_per_delivery for r in runs))} µs per delivery"
-        " (its receipt included)."
-    )
-    console.print(line)
+    lines = []
+    for store in args.stores:
+        mine = [r for r in runs if r.store == store]
+        nats = statistics.median(r.nats_us_per_delivery for r in mine)
+        lines.append(
+            f"- {store}: {args.members + 1}-member group, {args.messages} messages, median of"
+            f" {len(mine)}: **{fmt(statistics.median(r.deliveries_per_s for r in mine), 0)}"
+            " member-deliveries/s**, receipts"
+            f" {fmt(statistics.median(r.receipts_per_s for r in mine), 0)}/s, relay"
+            f" {fmt(statistics.median(r.cpu_us_per_delivery for r in mine))} µs per delivery"
+            " (its receipt included)"
+            + (f", the nats-servers {fmt(nats)} µs" if store == CLUSTER else "")
+            + "."
+        )
+    for line in lines:
+        console.print(line)
     if not args.no_results:
-        write_section(MODULE, "Group fan-out", md_table(headers, rows) + "\n\n" + line)
+        text = md_table(headers, rows) + "\n\n" + "\n".join(lines)
+        write_section(MODULE, "Group fan-out", text)
     return runs
 
 
