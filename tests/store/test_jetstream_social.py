@@ -240,6 +240,20 @@ class TestUnread:
             only_later_left, 10, message="the expired entry and the marker to go"
         )
 
+    async def test_concurrent_puts_share_atomic_batches(
+        self, open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A group's members each ack on their own: 50 puts of one entry at once cost
+        a batch or two, not 50 requests, and every entry is there."""
+        store = await open_store()
+        entries = [Unread(f"{n:08X}", f"01ID{n:03d}", A, NOW + HOUR) for n in range(0xC0, 0xF2)]
+        requests = Requests(store, monkeypatch)
+        await asyncio.gather(*(store.put_unread([e]) for e in entries))
+        assert requests.taken["requests"] <= 2
+        assert store.unread.shared is not None and store.unread.shared.grouped >= 49
+        found = await asyncio.gather(*(store.find_unread(e.reader, [e.id], NOW) for e in entries))
+        assert found == [[e] for e in entries]
+
     async def test_delete_device_removes_its_entries_only(self, open_store: OpenStore) -> None:
         store = await open_store()
         await add_devices(store, A, B)

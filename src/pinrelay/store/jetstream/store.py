@@ -154,6 +154,8 @@ class JetStreamStore:
         #: Concurrent appends share atomic batches (:mod:`.group`); off: each alone.
         self.group = GroupCommit(self.api, self.appender.publish_part) if group_commit else None
         self.appender.grouped = None if self.group is None else self.group.publish
+        if group_commit:
+            self.unread.share_batches()
         self.acker = Acker(
             self.api, self.layout, self.devices, self.reader, sweep_scan, purge_acked=purge_acked
         )

@@ -8,7 +8,11 @@ a client names that is not (``*``, ``>``, dots) is never looked up.
 - :meth:`Unreads.put`: the entries of one call in one atomic batch (up to 1,000 a
   batch; nats-server 2.12+, else publishes in flight together), answered once a
   quorum stored them: durable when it returns.  Putting the same (reader, id)
-  again writes the same value: idempotent.
+  again writes the same value: idempotent.  Concurrent calls share atomic batches
+  (:attr:`Unreads.shared`, the appends' :class:`~.group.GroupCommit`): each member of
+  a group acks its copy on its own, so a 1,000-member group's delivered receipts
+  would otherwise cost a thousand single publishes, each its own request and
+  replicated write.
 - Expiry: each entry carries a ``Nats-TTL``, so JetStream removes it by itself
   after its message expired; there is nothing to sweep.  TTLs are whole seconds
   counted from now, and an :class:`~pinrelay.store.base.Unread` has no send time,
@@ -41,6 +45,7 @@ from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.store.base import Unread
 from pinrelay.store.jetstream.appends import MAX_ATOMIC_BATCH, Outgoing, send_batch
 from pinrelay.store.jetstream.errors import ApiError
+from pinrelay.store.jetstream.group import GroupCommit
 from pinrelay.store.jetstream.kv import Kv
 from pinrelay.store.jetstream.layout import Bucket
 from pinrelay.store.jetstream.records import SAFE_TOKEN, UnreadRec, json_enc, unread_dec
@@ -96,6 +101,12 @@ class Unreads:
         self.clock = clock
         #: Many writes in one atomic batch (set by the store's open).
         self.atomic = False
+        #: Concurrent puts share atomic batches (None: each call alone).
+        self.shared: GroupCommit | None = None
+
+    def share_batches(self) -> None:
+        """Let concurrent puts share atomic batches (the store's ``group_commit``)."""
+        self.shared = GroupCommit(self.api, self._alone)
 
     async def put(self, entries: Sequence[Unread]) -> None:
         self.api.check_open()
@@ -111,7 +122,19 @@ class Unreads:
                 items[key] = Outgoing(
                     len(items), self.bucket.subject(key), payload, {"Nats-TTL": str(ttl)}
                 )
-        await self._publish(list(items.values()), f"write {self.bucket.name}")
+        if self.atomic and self.shared is not None and items:
+            # One queue: the bucket is one stream.  Entries carry no message id, and
+            # writing one twice (a retried batch) writes the same value.
+            await self.shared.publish(0, list(items.values()), "", {})
+        else:
+            await self._publish(list(items.values()), f"write {self.bucket.name}")
+
+    async def _alone(
+        self, _part: int, items: list[Outgoing], _nonce: str, _devices: object
+    ) -> list[int]:
+        """One call's entries by themselves (a group refused, or a call alone)."""
+        await self._publish(items, f"write {self.bucket.name}")
+        return []
 
     async def find(self, reader: str, ids: Sequence[str], now_ms: int) -> list[Unread]:
         self.api.check_open()
