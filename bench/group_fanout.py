@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.chat_roundtrip import ack_frame, make_contacts, send_frame
-from bench.cluster_systems import ClusterRelay, NatsCluster
+from bench.cluster_systems import ClusterRelay, NatsCluster, before_tree
 from bench.common import (
     LOOPBACK,
     RelayProcess,
@@ -72,6 +73,7 @@ _decode = msgspec.json.Decoder(_Frame).decode
 
 @dataclass
 class Run:
+    #: The store, and "@<commit>" for a relay run from ``--before``'s tree.
     store: str
     round_no: int
     members: int
@@ -104,8 +106,12 @@ async def _link(url: str, pin: str, token: str) -> ClientConnection:
     return ws
 
 
-async def one_run(args: argparse.Namespace, store: str, round_no: int, logs: Any) -> Run:
-    run = Run(store, round_no, args.members, args.messages)
+async def one_run(
+    args: argparse.Namespace, store: str, round_no: int, logs: Any, before: Any = None
+) -> Run:
+    """One run on a fresh relay (``before``: (src folder, commit) to run it from)."""
+    label = store if before is None else f"{store}@{before[1]}"
+    run = Run(label, round_no, args.members, args.messages)
     options: dict[str, Any] = {
         "max_links": args.members + 200,
         "extra": ["--invites-per-hour", "10000000", "--sends-per-minute", "10000000"],
@@ -114,9 +120,11 @@ async def one_run(args: argparse.Namespace, store: str, round_no: int, logs: Any
     relay: RelayProcess
     if store == CLUSTER:
         nats = NatsCluster(logs, f"group{round_no}", None)
-        relay = ClusterRelay(logs, nats.urls, f"relay-{store}-{round_no}", **options)
+        relay = ClusterRelay(logs, nats.urls, f"relay-{label}-{round_no}", **options)
     else:
-        relay = RelayProcess(logs, name=f"relay-{store}-{round_no}", **options)
+        relay = RelayProcess(logs, name=f"relay-{label}-{round_no}", **options)
+    if before is not None:
+        relay.src = before[0]
     links: list[ClientConnection] = []
     readers: list[asyncio.Task[None]] = []
     try:
@@ -208,6 +216,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--stores", default=SQLITE, help="comma-separated, of sqlite and cluster (run in turn)"
     )
+    parser.add_argument(
+        "--before", help="a commit: each store also with a relay of that commit, interleaved"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="s for one run to finish")
     parser.add_argument("--quick", action="store_true", help="100 members, 5 messages, 1 round")
     add_common_args(parser)
@@ -221,19 +232,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def main(argv: list[str] | None = None) -> list[Run]:
-    args = parse_args(argv)
-    logs = run_dir("group_fanout")
+async def all_runs(args: argparse.Namespace, logs: Any, before: Any) -> list[Run]:
+    """Every store (and its ``before`` variant) in turn, round by round."""
     runs: list[Run] = []
     for n in range(args.rounds):
         for store in args.stores:
-            if args.wait_quiet:
-                await wait_machine_quiet(args.wait_quiet)
-            run = await one_run(args, store, n + 1, logs)
-            console.print(
-                f"{store} #{run.round_no}: {fmt(run.deliveries_per_s, 0)} member-deliveries/s"
-            )
-            runs.append(run)
+            for tree in [None, before] if before is not None else [None]:
+                if args.wait_quiet:
+                    await wait_machine_quiet(args.wait_quiet)
+                run = await one_run(args, store, n + 1, logs, tree)
+                console.print(
+                    f"{run.store} #{run.round_no}: {fmt(run.deliveries_per_s, 0)}"
+                    " member-deliveries/s"
+                )
+                runs.append(run)
+    return runs
+
+
+async def main(argv: list[str] | None = None) -> list[Run]:
+    args = parse_args(argv)
+    logs = run_dir("group_fanout")
+    with contextlib.ExitStack() as stack:
+        before = stack.enter_context(before_tree(args.before)) if args.before else None
+        runs = await all_runs(args, logs, before)
     headers = [
         "run",
         "member-deliveries/s",
@@ -248,14 +269,14 @@ async def main(argv: list[str] | None = None) -> list[Run]:
             fmt(r.deliveries_per_s, 0),
             fmt(r.receipts_per_s, 0),
             fmt(r.cpu_us_per_delivery),
-            fmt(r.nats_us_per_delivery) if r.store == CLUSTER else "-",
+            fmt(r.nats_us_per_delivery) if r.store.startswith(CLUSTER) else "-",
             fmt(statistics.median(r.sent_ms), 2) if r.sent_ms else "n/a",
         ]
         for r in runs
     ]
     print_table("Group fan-out", headers, rows)
     lines = []
-    for store in args.stores:
+    for store in dict.fromkeys(r.store for r in runs):
         mine = [r for r in runs if r.store == store]
         nats = statistics.median(r.nats_us_per_delivery for r in mine)
         lines.append(
@@ -265,7 +286,7 @@ async def main(argv: list[str] | None = None) -> list[Run]:
             f" {fmt(statistics.median(r.receipts_per_s for r in mine), 0)}/s, relay"
             f" {fmt(statistics.median(r.cpu_us_per_delivery for r in mine))} µs per delivery"
             " (its receipt included)"
-            + (f", the nats-servers {fmt(nats)} µs" if store == CLUSTER else "")
+            + (f", the nats-servers {fmt(nats)} µs" if store.startswith(CLUSTER) else "")
             + "."
         )
     for line in lines:
