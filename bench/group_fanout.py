@@ -120,9 +120,10 @@ async def one_run(
     relay: RelayProcess
     if store == CLUSTER:
         nats = NatsCluster(logs, f"group{round_no}", None)
-        relay = ClusterRelay(logs, nats.urls, f"relay-{label}-{round_no}", **options)
+        node = f"relay-{store}-{round_no}" + ("" if before is None else f"-before-{before[1]}")
+        relay = ClusterRelay(logs, nats.urls, node, **options)
     else:
-        relay = RelayProcess(logs, name=f"relay-{label}-{round_no}", **options)
+        relay = RelayProcess(logs, name=label.replace("@", "-before-") + f"-{round_no}", **options)
     if before is not None:
         relay.src = before[0]
     links: list[ClientConnection] = []
