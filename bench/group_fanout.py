@@ -215,7 +215,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=20, help="group messages sent")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--stores", default=SQLITE, help="comma-separated, of sqlite and cluster (run in turn)"
+        "--stores",
+        default=f"{SQLITE},{CLUSTER}",
+        help="comma-separated, of sqlite and cluster (run in turn; default both)",
     )
     parser.add_argument(
         "--before", help="a commit: each store also with a relay of that commit, interleaved"
