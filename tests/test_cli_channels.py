@@ -37,6 +37,7 @@ def test_a_channel_from_creation_to_broadcast_and_audit(relay: RelayProc) -> Non
 
     sent = run("channel", "send", channel, '{"text": "hail"}', "--wait", *as_tenant, "--json")
     assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.startswith("{"), sent.stdout  # the progress bar is on stderr
     view = json.loads(sent.stdout)
     assert (view["members"], view["stored"]) == (1, 1) and view["done_at"]
     status = run("channel", "status", view["id"], *as_tenant, "--json")

@@ -23,6 +23,7 @@ from pinrelay.cli_common import (
     UrlOpt,
     admin_key,
     call,
+    err,
     fail,
     out,
     print_json,
@@ -118,7 +119,8 @@ def channel_send(
 def _wait_done(c: Any, broadcast: str) -> dict[str, Any]:
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    # On stderr: stdout holds only the result (a JSON document with --json).
+    with Progress(transient=True, console=err) as bar:
         task = bar.add_task("fanning out", total=None)
         while True:
             view: dict[str, Any] = call(c.request, "GET", f"/v1/broadcasts/{broadcast}")
