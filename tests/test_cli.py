@@ -115,6 +115,7 @@ def test_serve_on_a_busy_port_fails_cleanly(tmp_path: Path) -> None:
             timeout=30,
         )
     one_line_error(r, "cannot start")
+    assert "--port and --link-port" in r.stderr  # what to do about it
 
 
 def test_serve_prints_where_things_are(relay_factory: RelayFactory) -> None:

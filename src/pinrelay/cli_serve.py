@@ -3,6 +3,7 @@ cluster, from its flags (config.py holds the defaults)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -423,7 +424,10 @@ def serve(
 
         uvloop.run(run_relay(config, on_ready=ready, lock=lock))
     except OSError as exc:
-        fail(f"cannot start: {exc}")
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = " (another process has that port: choose others with --port and --link-port)"
+        fail(f"cannot start: {exc}{hint}")
     except PinrelayError as exc:  # the store cannot be reached or set up
         fail(f"cannot start: {exc.detail}")
     finally:
