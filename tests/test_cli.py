@@ -99,6 +99,22 @@ def test_no_key_anywhere(tmp_path: Path, relay: RelayProc) -> None:
     one_line_error(r, "no API key")
 
 
+def test_a_refused_key_from_data_admin_key_names_the_file(tmp_path: Path, relay: RelayProc) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "admin.key").write_text("pra_another_relays_key\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PINRELAY_")}
+    r = subprocess.run(
+        [sys.executable, "-m", "pinrelay.cli", "device", "create", "--url", relay.url],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    one_line_error(r, "401")
+    assert "data/admin.key" in r.stderr and "PINRELAY_KEY" in r.stderr
+
+
 def test_serve_on_a_busy_port_fails_cleanly(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -54,6 +54,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+#: Where the key came from when :func:`admin_key` read it from a file (a refusal
+#: names the file: another relay's data folder has a key of its own).
+_key_file: Path | None = None
+
+
 def admin_key(key: str | None) -> str:
     """The key a command uses: ``--key``/$PINRELAY_KEY, $PINRELAY_ADMIN_KEY, or the
     one ``pinrelay serve`` wrote to ./data/admin.key."""
@@ -64,6 +69,8 @@ def admin_key(key: str | None) -> str:
         return env
     path = Path("data") / "admin.key"
     if path.exists():
+        global _key_file
+        _key_file = path
         return path.read_text().strip()
     fail("no API key: pass --key, set PINRELAY_KEY, or run where data/admin.key is")
 
@@ -105,6 +112,11 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if exc.status == 404 and exc.detail == "Not Found" and where:
             # No route at all (Starlette's own 404), not a missing device or group.
             fail(f"404 the relay has no {where}: is it older than this pinrelay?")
+        if exc.status == 401 and _key_file is not None:
+            fail(
+                f"401 {exc.detail} (the key in {_key_file}: a relay with another data"
+                " folder has its own; pass --key or set PINRELAY_KEY)"
+            )
         fail(exc.detail if exc.status == 0 else f"{exc.status} {exc.detail}")
 
 
