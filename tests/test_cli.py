@@ -86,31 +86,28 @@ def test_errors_are_one_readable_line(relay: RelayProc) -> None:
     one_line_error(run("info", url=f"http://127.0.0.1:{free_port()}"), "cannot reach")
 
 
-def test_no_key_anywhere(tmp_path: Path, relay: RelayProc) -> None:
+def create_device_in(folder: Path, relay: RelayProc) -> subprocess.CompletedProcess[str]:
+    """``pinrelay device create`` run in ``folder``, with no PINRELAY_* variables: the
+    key, if any, is the folder's data/admin.key."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PINRELAY_")}
-    r = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "pinrelay.cli", "device", "create", "--url", relay.url],
         env=env,
-        cwd=tmp_path,
+        cwd=folder,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    one_line_error(r, "no API key")
+
+
+def test_no_key_anywhere(tmp_path: Path, relay: RelayProc) -> None:
+    one_line_error(create_device_in(tmp_path, relay), "no API key")
 
 
 def test_a_refused_key_from_data_admin_key_names_the_file(tmp_path: Path, relay: RelayProc) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "admin.key").write_text("pra_another_relays_key\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PINRELAY_")}
-    r = subprocess.run(
-        [sys.executable, "-m", "pinrelay.cli", "device", "create", "--url", relay.url],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = create_device_in(tmp_path, relay)
     one_line_error(r, "401")
     assert "data/admin.key" in r.stderr and "PINRELAY_KEY" in r.stderr
 
