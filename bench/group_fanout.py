@@ -31,6 +31,7 @@ import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -106,12 +107,18 @@ async def _link(url: str, pin: str, token: str) -> ClientConnection:
     return ws
 
 
+#: A tree to run the relay from: (its src folder, its short commit).
+Tree = tuple[Path, str]
+
+
 async def one_run(
-    args: argparse.Namespace, store: str, round_no: int, logs: Any, before: Any = None
+    args: argparse.Namespace, store: str, round_no: int, logs: Path, before: Tree | None = None
 ) -> Run:
-    """One run on a fresh relay (``before``: (src folder, commit) to run it from)."""
+    """One run on a fresh relay (``before``: the tree to run it from)."""
     label = store if before is None else f"{store}@{before[1]}"
     run = Run(label, round_no, args.members, args.messages)
+    # The relay's name (its log, and on the cluster its --node-id).
+    name = f"relay-{store}-{round_no}" + ("" if before is None else f"-before-{before[1]}")
     options: dict[str, Any] = {
         "max_links": args.members + 200,
         "extra": ["--invites-per-hour", "10000000", "--sends-per-minute", "10000000"],
@@ -120,10 +127,9 @@ async def one_run(
     relay: RelayProcess
     if store == CLUSTER:
         nats = NatsCluster(logs, f"group{round_no}", None)
-        node = f"relay-{store}-{round_no}" + ("" if before is None else f"-before-{before[1]}")
-        relay = ClusterRelay(logs, nats.urls, node, **options)
+        relay = ClusterRelay(logs, nats.urls, name, **options)
     else:
-        relay = RelayProcess(logs, name=label.replace("@", "-before-") + f"-{round_no}", **options)
+        relay = RelayProcess(logs, name=name, **options)
     if before is not None:
         relay.src = before[0]
     links: list[ClientConnection] = []
@@ -235,7 +241,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def all_runs(args: argparse.Namespace, logs: Any, before: Any) -> list[Run]:
+async def all_runs(args: argparse.Namespace, logs: Path, before: Tree | None) -> list[Run]:
     """Every store (and its ``before`` variant) in turn, round by round."""
     runs: list[Run] = []
     for n in range(args.rounds):
