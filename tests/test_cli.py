@@ -15,9 +15,15 @@ from tests.relayproc import RelayProc, free_port
 
 
 def run(
-    *args: str, key: str | None = None, url: str | None = None, timeout: float = 60
+    *args: str,
+    key: str | None = None,
+    url: str | None = None,
+    timeout: float = 60,
+    columns: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PINRELAY_")}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     if key is not None:
         env["PINRELAY_KEY"] = key
     if url is not None:
@@ -181,3 +187,36 @@ def test_records_and_tables_show_data_not_markup(relay: RelayProc) -> None:
     r = run("key", "list", key=relay.admin_key, url=relay.url)
     assert r.returncode == 0, r.stderr
     assert "[/]odd" in r.stdout
+
+
+def test_tables_keep_ids_whole_and_every_header_at_80_columns(relay: RelayProc) -> None:
+    """One table style: ids (what other commands take) whole, long values folded,
+    no column name cut."""
+    long_name = "a key with a name much longer than its column in an 80-column table"
+    created = ok_json(relay, "key", "create", "--name", long_name, "--scope", "push")
+    r = run("key", "list", key=relay.admin_key, url=relay.url, columns=80)
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stdout
+    assert created["id"] in r.stdout.split()
+    header = r.stdout.splitlines()[0].split()
+    assert header == ["id", "name", "scope", "tenant", "created", "revoked"]
+    assert max(map(len, r.stdout.splitlines())) <= 80
+
+
+def test_help_wraps_at_the_terminals_width_not_the_sources() -> None:
+    """A docstring's paragraphs are joined: a narrow terminal does not break them
+    mid-sentence where the source's lines end."""
+    from pinrelay.cli import app
+
+    def paragraphs(a: Any) -> list[str]:
+        found = [p for i in a.registered_commands for p in (i.help or "").split("\n\n")]
+        for group in a.registered_groups:
+            found += paragraphs(group.typer_instance)
+        return found
+
+    texts = paragraphs(app)
+    assert len(texts) > 50
+    assert [p for p in texts if "\n" in p] == []
+    r = run("listen", "--help", columns=80)
+    assert r.returncode == 0, r.stderr
+    assert "(--keys); one it cannot decrypt" in r.stdout

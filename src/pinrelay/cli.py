@@ -35,10 +35,12 @@ from pinrelay.cli_common import (
     PinArg,
     UrlOpt,
     admin_key,
+    data_table,
     err,
     fail,
     link_reporter,
     out,
+    reflow_help,
     relay_client,
 )
 from pinrelay.cli_common import call as _call
@@ -162,9 +164,7 @@ def key_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = F
     if as_json:
         _print_json(keys)
         return
-    from rich.table import Table
-
-    table = Table("id", "name", "scope", "tenant", "created", "revoked")
+    table = data_table("id", "name", "scope", "tenant", "created", "revoked")
     for k in keys:
         table.add_row(
             k["id"], escape(k["name"]), k["scope"], k["tenant"], k["created_at"], str(k["revoked"])
@@ -377,10 +377,8 @@ def _node_table(rows: list[dict[str, Any]], *, state: bool) -> Table:
     Ports, not URLs: every node listens on the one host the heading names, and the
     table fits 80 columns (a node's folder is ``<data>/<node>``: --json has it).
     """
-    from rich.table import Table
-
     extra = ["state", "links"] if state else []
-    table = Table("node", "pid", *extra, "ports", box=None, pad_edge=False)
+    table = data_table("node", "pid", *extra, "ports")
     colors = {"alive": "green", "dead": "red"}
     for r in rows:
         cells = [r["name"], str(r["pid"] or "-")]
@@ -469,9 +467,7 @@ def cluster_status(data: ClusterDataOpt = DEFAULT_CLUSTER_DATA, as_json: JsonOpt
     out.print(f"every node on {result['host']}", highlight=False)
     out.print(_node_table([*result["nats"], *result["relays"]], state=True))
     if result["streams"]:
-        from rich.table import Table
-
-        table = Table("stream", "leader", "messages", "replicas (lag)")
+        table = data_table("stream", "leader", "messages", "replicas (lag)")
         for s in result["streams"]:
             reps = ", ".join(
                 f"{p['name']}{'' if p['current'] else ' (behind)'} {p['lag']}"
@@ -528,6 +524,8 @@ cli_credits.register(app)
 cli_webhooks.register(app)
 # --- portability: device export|move, tenant accept (cli_portability.py) --------
 cli_portability.register(device_app)
+# Help texts wrap at the terminal's width, not at the source's line breaks.
+reflow_help(app)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from pinrelay.cli_common import (
     UrlOpt,
     admin_key,
     call,
+    data_table,
     err,
     fail,
     out,
@@ -70,9 +71,7 @@ def channel_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt
     if as_json:
         print_json(channels)
         return
-    from rich.table import Table
-
-    table = Table("id", "name", "class", "tenant", "created")
+    table = data_table("id", "name", "class", "tenant", "created")
     for ch in channels:
         table.add_row(ch["id"], escape(ch["name"]), ch["class"], ch["tenant"], ch["created_at"])
     out.print(table)
@@ -160,9 +159,7 @@ def audit(
     if as_json:
         print_json(lines)
         return
-    from rich.table import Table
-
-    table = Table("at", "tenant", "key", "action", "channel", "broadcast", "stored")
+    table = data_table("at", "tenant", "key", "action", "channel", "broadcast", "stored")
     for x in lines:
         stored = "-" if x.get("stored") is None else f"{x['stored']}{'' if x['done'] else '…'}"
         table.add_row(
@@ -201,9 +198,7 @@ def device_channels(
     if as_json:
         print_json({"pin": pin, **result})
         return
-    from rich.table import Table
-
-    table = Table("id", "name", "class", "joined")
+    table = data_table("id", "name", "class", "joined")
     for ch in result["channels"]:
         table.add_row(ch["id"], escape(ch["name"]), ch["class"], "yes" if ch["joined"] else "no")
     out.print(table)

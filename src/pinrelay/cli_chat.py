@@ -22,6 +22,7 @@ from pinrelay.cli_common import (
     JsonOpt,
     UrlOpt,
     call,
+    data_table,
     err,
     fail,
     link_reporter,
@@ -310,9 +311,7 @@ def contacts_list(
     if not contacts:
         out.print("no contacts yet: invite one with `pinrelay contacts invite PIN`")
         return
-    from rich.table import Table
-
-    table = Table("pin", "state", "since", "next", box=None, pad_edge=False)
+    table = data_table("pin", "state", "since", "next")
     for x in contacts:
         color = _STATE_STYLE.get(x.state, "")
         hint = _NEXT.get(x.state, "").format(pin=x.pin)
@@ -500,9 +499,7 @@ def group_list(
     if not groups:
         out.print("no groups: create one with `pinrelay group create NAME PIN...`")
         return
-    from rich.table import Table
-
-    table = Table("group", "name", "creator", "members", box=None, pad_edge=False)
+    table = data_table("group", "name", "creator", "members")
     for g in groups:
         table.add_row(g.group, escape(g.name), g.creator, " ".join(g.members))
     out.print(table)

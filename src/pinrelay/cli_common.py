@@ -8,6 +8,7 @@ stderr and a non-zero exit (:func:`fail`).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -24,6 +25,8 @@ from rich.markup import escape
 from pinrelay.core.ids import is_pin
 
 if TYPE_CHECKING:
+    from rich.table import Column, Table
+
     from pinrelay.client.device import LinkEvent, Listening
     from pinrelay.client.http import RelayClient
 
@@ -47,6 +50,30 @@ KeyOpt = Annotated[
 ]
 
 T = TypeVar("T")
+
+
+def reflow_help(app: typer.Typer) -> None:
+    """Join the lines of each paragraph of every command's help, here and in its
+    sub-apps.  Typer (rich mode) keeps the line breaks of a docstring after its first
+    paragraph, so text wrapped at the source's width broke mid-sentence in a narrower
+    terminal; joined, the terminal's width wraps it.  A line that starts a list item
+    or is indented keeps its break."""
+    for info in app.registered_commands:
+        doc = info.help or (inspect.getdoc(info.callback) if info.callback else None)
+        if doc:
+            info.help = "\n\n".join(_joined(p) for p in doc.split("\n\n"))
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)
+
+
+def _joined(paragraph: str) -> str:
+    lines = paragraph.split("\n")
+    out = lines[:1]
+    for line in lines[1:]:
+        keep = line.startswith(("- ", "* ", " ", "\b", "\f"))
+        out[-1:] = [out[-1], line] if keep else [f"{out[-1]} {line.strip()}"]
+    return "\n".join(out)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -123,6 +150,21 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value) + "\n")
     sys.stdout.flush()
+
+
+def data_table(*columns: str | Column, title: str | None = None) -> Table:
+    """The one style of the CLI's tables: plain columns (no box, so no width goes to
+    borders and rows paste as they are), bold headers.  A column given by name folds
+    a long value onto the next line rather than cut it with "…", never its name;
+    the first is what other commands take (an id, a PIN, a node) and is kept whole
+    at any width.  A :class:`Column` is taken as it is."""
+    from rich.table import Column, Table
+
+    named = [
+        Column(c, no_wrap=i == 0, overflow="fold", min_width=len(c)) if isinstance(c, str) else c
+        for i, c in enumerate(columns)
+    ]
+    return Table(*named, box=None, pad_edge=False, title=title, title_justify="left")
 
 
 def print_record(value: dict[str, Any], title: str | None = None) -> None:

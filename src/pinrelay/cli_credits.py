@@ -23,6 +23,7 @@ from pinrelay.cli_common import (
     UrlOpt,
     admin_key,
     call,
+    data_table,
     fail,
     out,
     print_json,
@@ -51,9 +52,7 @@ def credits(
     if as_json:
         print_json({"month": body["month"], "credits": owed})
         return
-    from rich.table import Table
-
-    table = Table(
+    table = data_table(
         "tenant", "availability", "down (min)", "delay ok", "credit", "amount", title=body["month"]
     )
     for x in owed:

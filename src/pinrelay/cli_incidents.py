@@ -21,6 +21,7 @@ from pinrelay.cli_common import (
     UrlOpt,
     admin_key,
     call,
+    data_table,
     fail,
     out,
     print_json,
@@ -133,10 +134,7 @@ def incident_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOp
     if as_json:
         print_json(found)
         return
-    from rich.table import Column, Table
-
-    id_column = Column("id", no_wrap=True)
-    table = Table(id_column, "state", "component", "severity", "started", "last update")
+    table = data_table("id", "state", "component", "severity", "started", "last update")
     for i in found:
         table.add_row(
             i["id"],

@@ -20,6 +20,7 @@ from pinrelay.cli_common import (
     UrlOpt,
     admin_key,
     call,
+    data_table,
     fail,
     out,
     print_json,
@@ -100,9 +101,7 @@ def tenant_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt 
     if as_json:
         print_json(tenants)
         return
-    from rich.table import Table
-
-    table = Table("id", "name", "created", "suspended", "deleted", "quotas")
+    table = data_table("id", "name", "created", "suspended", "deleted", "quotas")
     for t in tenants:
         quotas = " ".join(f"{k}={v}" for k, v in t["quotas"].items()) or "-"
         table.add_row(

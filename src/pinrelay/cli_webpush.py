@@ -27,6 +27,7 @@ from pinrelay.cli_common import (
     JsonOpt,
     UrlOpt,
     call,
+    data_table,
     err,
     fail,
     out,
@@ -139,7 +140,7 @@ def webpush_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List this device's subscriptions, and whether the key file can open their pushes."""
-    from rich.table import Table
+    from rich.table import Column
 
     from pinrelay.client.contacts import DeviceClient
     from pinrelay.client.webpush import SubscriptionRoutes
@@ -154,12 +155,7 @@ def webpush_list(
         out.print("no subscriptions")
         return
     # Ids whole whatever the width (they are what delete takes); endpoints fold.
-    table = Table(box=None, pad_edge=False)
-    table.add_column("id", no_wrap=True)
-    table.add_column("vapid")
-    table.add_column("keys here")
-    table.add_column("created", no_wrap=True)
-    table.add_column("endpoint", overflow="fold")
+    table = data_table("id", "vapid", "keys here", Column("created", no_wrap=True), "endpoint")
     for s in subs:
         vapid = "yes" if s.application_server_key else "-"
         created = (s.created_at or "")[:19].replace("T", " ")
