@@ -220,3 +220,9 @@ def test_help_wraps_at_the_terminals_width_not_the_sources() -> None:
     r = run("listen", "--help", columns=80)
     assert r.returncode == 0, r.stderr
     assert "(--keys); one it cannot decrypt" in r.stdout
+    # serve's 47 options in panels of their own widths: one long name or range does
+    # not squeeze every help text into a narrow column.
+    r = run("serve", "--help", columns=80)
+    assert r.returncode == 0, r.stderr
+    assert "Folder for the database and admin key." in r.stdout
+    assert "Cluster store (--store)" in r.stdout

@@ -29,6 +29,18 @@ def _origin(url: str | None) -> str | None:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+# `serve --help` in panels: each panel is a table of its own, so one long option
+# name or range does not squeeze every help text to a narrow column.
+_WHERE = "Where it runs"
+_CLUSTER = "Cluster store (--store)"
+_SQLITE = "SQLite store"
+_LINKS = "Device links"
+_LIMITS = "Limits"
+_HTTP = "HTTP API"
+_BROADCASTS = "Broadcasts and audit"
+_INCIDENTS = "Incidents, monitors, webhooks"
+
+
 # --- serve ----------------------------------------------------------------------
 def _given(**options: Any) -> dict[str, Any]:
     """The options given on the command line (not None): the rest keep their defaults."""
@@ -36,44 +48,54 @@ def _given(**options: Any) -> dict[str, Any]:
 
 
 def serve(
-    data: Annotated[Path, typer.Option(help="Folder for the database and admin key.")] = Path(
-        "data"
-    ),
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP API port.")] = 7780,
-    link_port: Annotated[int, typer.Option(help="Device link (WebSocket) port.")] = 7781,
+    data: Annotated[
+        Path, typer.Option(rich_help_panel=_WHERE, help="Folder for the database and admin key.")
+    ] = Path("data"),
+    host: Annotated[
+        str, typer.Option(rich_help_panel=_WHERE, help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(rich_help_panel=_WHERE, help="HTTP API port.")] = 7780,
+    link_port: Annotated[
+        int, typer.Option(rich_help_panel=_WHERE, help="Device link (WebSocket) port.")
+    ] = 7781,
     public_host: Annotated[
-        str | None, typer.Option(help="Host name devices use in link URLs.")
+        str | None, typer.Option(rich_help_panel=_WHERE, help="Host name devices use in link URLs.")
     ] = None,
     node: Annotated[
         str,
         typer.Option(
             "--node-id",
             "--node",
+            rich_help_panel=_WHERE,
             help="This relay's name, unique in a cluster (letters, digits, - and _).",
         ),
     ] = "node-1",
     store: Annotated[
         str | None,
         typer.Option(
+            rich_help_panel=_CLUSTER,
             help="nats://h1:4222,nats://h2:4222,...: run on that NATS JetStream cluster "
             "(several relays share it); default: the embedded SQLite store under --data.",
             show_default=False,
         ),
     ] = None,
-    region: Annotated[str, typer.Option(help="This relay's region.")] = "local",
+    region: Annotated[
+        str, typer.Option(rich_help_panel=_WHERE, help="This relay's region.")
+    ] = "local",
     partitions: Annotated[
         int,
         typer.Option(
+            rich_help_panel=_CLUSTER,
             help="With --store: spread devices over this many streams (1-64), so more "
             "than one NATS node leads message traffic. Every relay of a cluster must use "
-            "the same count, and it cannot change once messages are stored."
+            "the same count, and it cannot change once messages are stored.",
         ),
     ] = 1,
     leader_reads: Annotated[
         bool,
         typer.Option(
             "--leader-reads",
+            rich_help_panel=_CLUSTER,
             help="With --store: read backlogs from each stream's leader, one request per "
             "message, instead of batched Direct Get from any replica.",
         ),
@@ -82,32 +104,44 @@ def serve(
         bool,
         typer.Option(
             "--purge-acked",
+            rich_help_panel=_CLUSTER,
             help="With --store: delete a device's acknowledged messages when its ack is "
             "written, at about 130 µs of NATS CPU a message, instead of leaving them, "
             "unreadable, until their TTL expires.",
         ),
     ] = False,
-    heartbeat: Annotated[float, typer.Option(help="Seconds of silence before a ping.")] = 30.0,
+    heartbeat: Annotated[
+        float, typer.Option(rich_help_panel=_LINKS, help="Seconds of silence before a ping.")
+    ] = 30.0,
     hello_timeout: Annotated[
-        float, typer.Option(help="Seconds a new link has to say hello.")
+        float, typer.Option(rich_help_panel=_LINKS, help="Seconds a new link has to say hello.")
     ] = 10.0,
     max_links: Annotated[
-        int, typer.Option(help="Most links to hold (0: the open-file limit allows).")
+        int,
+        typer.Option(
+            rich_help_panel=_LINKS, help="Most links to hold (0: the open-file limit allows)."
+        ),
     ] = 0,
     sweep_interval: Annotated[
         float,
         typer.Option(
-            help="Seconds between sweeps of expired messages (SQLite; JetStream uses TTLs)."
+            rich_help_panel=_SQLITE,
+            help="Seconds between sweeps of expired messages (SQLite; JetStream uses TTLs).",
         ),
     ] = 5.0,
     marketing_cap: Annotated[
         int,
-        typer.Option(min=0, help="Marketing broadcasts a device gets a (UTC) day."),
+        typer.Option(
+            min=0,
+            rich_help_panel=_BROADCASTS,
+            help="Marketing broadcasts a device gets a (UTC) day.",
+        ),
     ] = DEFAULT_MARKETING_CAP,
     broadcast_takeover: Annotated[
         float,
         typer.Option(
             min=1.0,
+            rich_help_panel=_BROADCASTS,
             help="Seconds an unfinished broadcast's fan-out may stand still before "
             "a relay resumes it.",
         ),
@@ -116,17 +150,21 @@ def serve(
         float,
         typer.Option(
             min=1.0,
+            rich_help_panel=_BROADCASTS,
             help="Days a broadcast's record and counts are kept once it is done and "
             "its messages expired (make-goods: always).",
         ),
     ] = 90.0,
     audit_keep_days: Annotated[
         float,
-        typer.Option(min=1.0, help="Days the audit log's lines are kept."),
+        typer.Option(
+            min=1.0, rich_help_panel=_BROADCASTS, help="Days the audit log's lines are kept."
+        ),
     ] = 400.0,
     inline_commits: Annotated[
         bool,
         typer.Option(
+            rich_help_panel=_SQLITE,
             help="SQLite: while the writer process is idle, commit small writes (a chat "
             "message, a receipt, an ack) on the relay's loop, with the same fsync, "
             "instead of handing them over.",
@@ -136,39 +174,67 @@ def serve(
         float,
         typer.Option(
             min=0.0,
+            rich_help_panel=_INCIDENTS,
             help="Least seconds between two system messages updating the same incident "
             "(opened and resolved always go out at once).",
         ),
     ] = 300.0,
     broadcast_page: Annotated[
         int,
-        typer.Option(min=1, max=1000, help="Members a broadcast's fan-out stores per write."),
+        typer.Option(
+            min=1,
+            max=1000,
+            rich_help_panel=_BROADCASTS,
+            help="Members a broadcast's fan-out stores per write.",
+        ),
     ] = FANOUT_PAGE,
-    max_data: Annotated[int, typer.Option(help="Largest message data, bytes.")] = 4096,
+    max_data: Annotated[
+        int, typer.Option(rich_help_panel=_LIMITS, help="Largest message data, bytes.")
+    ] = 4096,
     auth_failure_limit: Annotated[
         int,
-        typer.Option(help="Failed authentications per source and PIN per minute (source: 10x)."),
+        typer.Option(
+            rich_help_panel=_LIMITS,
+            help="Failed authentications per source and PIN per minute (source: 10x).",
+        ),
     ] = 10,
-    max_ttl: Annotated[int, typer.Option(help="Largest ttl, seconds.")] = 30 * 24 * 3600,
+    max_ttl: Annotated[
+        int, typer.Option(rich_help_panel=_LIMITS, help="Largest ttl, seconds.")
+    ] = 30 * 24 * 3600,
     invites_per_hour: Annotated[
-        int, typer.Option(help="Contact invitations a device may send per hour.")
+        int,
+        typer.Option(
+            rich_help_panel=_LIMITS, help="Contact invitations a device may send per hour."
+        ),
     ] = 20,
     sends_per_minute: Annotated[
-        int, typer.Option(help="Chat messages a device may send per minute.")
+        int,
+        typer.Option(rich_help_panel=_LIMITS, help="Chat messages a device may send per minute."),
     ] = 600,
     public_url: Annotated[
         str | None,
-        typer.Option(help="Origin of Web Push endpoints, e.g. https://relay.example (a proxy)."),
+        typer.Option(
+            rich_help_panel=_WHERE,
+            help="Origin of Web Push endpoints, e.g. https://relay.example (a proxy).",
+        ),
     ] = None,
     webpush_per_minute: Annotated[
-        int, typer.Option(help="Web Push requests a minute to one subscription.")
+        int,
+        typer.Option(
+            rich_help_panel=_LIMITS, help="Web Push requests a minute to one subscription."
+        ),
     ] = 600,
     webpush_sender_per_minute: Annotated[
-        int, typer.Option(help="Web Push requests a minute from one sender (VAPID key or address).")
+        int,
+        typer.Option(
+            rich_help_panel=_LIMITS,
+            help="Web Push requests a minute from one sender (VAPID key or address).",
+        ),
     ] = 6000,
     http_max_connections: Annotated[
         int | None,
         typer.Option(
+            rich_help_panel=_HTTP,
             help="HTTP API connections held at once; more get 503 + Retry-After. They "
             "come out of the open-file limit apart from the links. (default: 1024)",
             show_default=False,
@@ -177,6 +243,7 @@ def serve(
     http_header_timeout: Annotated[
         float | None,
         typer.Option(
+            rich_help_panel=_HTTP,
             help="Seconds a request has for its request line and headers. (default: 5)",
             show_default=False,
         ),
@@ -184,6 +251,7 @@ def serve(
     http_body_timeout: Annotated[
         float | None,
         typer.Option(
+            rich_help_panel=_HTTP,
             help="Seconds a request has for its body, once its headers are in. (default: 10)",
             show_default=False,
         ),
@@ -191,6 +259,7 @@ def serve(
     http_keepalive_timeout: Annotated[
         float | None,
         typer.Option(
+            rich_help_panel=_HTTP,
             help="Seconds an idle kept-alive HTTP connection is held. (default: 5)",
             show_default=False,
         ),
@@ -198,6 +267,7 @@ def serve(
     http_max_header_bytes: Annotated[
         int | None,
         typer.Option(
+            rich_help_panel=_HTTP,
             help="Largest request line and headers together, bytes; more get 431. (default: 16384)",
             show_default=False,
         ),
@@ -205,6 +275,7 @@ def serve(
     forwarded_allow_ips: Annotated[
         str | None,
         typer.Option(
+            rich_help_panel=_HTTP,
             help="Proxies (addresses or networks, comma-separated; * for any) whose "
             "X-Forwarded-For and X-Forwarded-Proto are believed. (default: none)",
             show_default=False,
@@ -215,16 +286,22 @@ def serve(
         typer.Option(
             min=1.0,
             max=30.0,
+            rich_help_panel=_INCIDENTS,
             help="Seconds a monitor stays red before it opens an incident.",
         ),
     ] = 20.0,
     resolve_after: Annotated[
         float,
-        typer.Option(min=1.0, help="Seconds the monitors stay green before it resolves."),
+        typer.Option(
+            min=1.0,
+            rich_help_panel=_INCIDENTS,
+            help="Seconds the monitors stay green before it resolves.",
+        ),
     ] = 60.0,
     monitor: Annotated[
         list[str] | None,
         typer.Option(
+            rich_help_panel=_INCIDENTS,
             help="A monitor's threshold, NAME=VALUE, repeatable: store-slow-ms, "
             "store-fail-ms, links-drop, links-min, lag-ms, shed-per-s, disk-free-mib.",
             show_default=False,
@@ -234,6 +311,7 @@ def serve(
         bool,
         typer.Option(
             "--metrics-public",
+            rich_help_panel=_HTTP,
             help="Serve /metrics to anyone; without it, /metrics needs the admin key.",
             show_default=False,
         ),
@@ -242,6 +320,7 @@ def serve(
         float | None,
         typer.Option(
             min=0.1,
+            rich_help_panel=_INCIDENTS,
             help="Seconds between two store probes and monitor checks, and two reads of"
             " the incidents and webhooks. (default: 1)",
             show_default=False,
@@ -251,6 +330,7 @@ def serve(
         float | None,
         typer.Option(
             min=0.1,
+            rich_help_panel=_INCIDENTS,
             help="Seconds between two readings of this relay's figures kept in the store "
             "for incident reports (90 days). (default: 10)",
             show_default=False,
@@ -259,6 +339,7 @@ def serve(
     webhook_retry_cap: Annotated[
         float | None,
         typer.Option(
+            rich_help_panel=_INCIDENTS,
             help="Longest wait, seconds, between two attempts of one webhook delivery."
             " (default: 300)",
             show_default=False,
@@ -267,6 +348,7 @@ def serve(
     webhook_lease: Annotated[
         float | None,
         typer.Option(
+            rich_help_panel=_INCIDENTS,
             help="Seconds a relay's lease on a webhook's outbox lives unrenewed; then"
             " another relay delivers it. (default: 15)",
             show_default=False,
@@ -275,11 +357,14 @@ def serve(
     status_refresh: Annotated[
         int | None,
         typer.Option(
+            rich_help_panel=_INCIDENTS,
             help="Seconds between two refreshes of the /status page, 5 to 3600. (default: 60)",
             show_default=False,
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    log_level: Annotated[
+        str, typer.Option(rich_help_panel=_WHERE, help="debug, info, warning, error.")
+    ] = "info",
 ) -> None:
     """Run a relay on the embedded SQLite store, or on a NATS JetStream cluster (--store)."""
     from pinrelay.config import (
