@@ -327,10 +327,11 @@ class TestTimers:
         assert (error.code, code) == ("hello_timeout", 4408)
 
     async def test_hello_timeout_is_what_it_says(self, relay_factory: RelayFactory) -> None:
-        """Counted from the TCP connect, to within 0.6 s (it fired with the heartbeat
+        """Counted from the TCP connect, to within 0.9 s (it fired with the heartbeat
         walk, every 2 s at the default heartbeat: 10 s came out as 10-12 s).  Two
         links a second apart: on a 2 s walk at most one of them can be on time within
-        any window under 1 s; 0.6 s leaves a loaded CI host room to be late."""
+        any window under 1 s (the other is 1 s late or more); 0.9 s leaves a loaded CI
+        host room to be late (0.6 s left it a stall of about half a second)."""
         relay = relay_factory(extra=["--hello-timeout", "1"])
 
         async def timed() -> tuple[float, str, int | None]:
@@ -346,7 +347,7 @@ class TestTimers:
 
         for elapsed, error, code in await asyncio.gather(timed(), later()):
             assert (error, code) == ("hello_timeout", 4408)
-            assert 1.0 <= elapsed < 1.0 + 0.6 * TIMEOUT_FACTOR, elapsed
+            assert 1.0 <= elapsed < 1.0 + 0.9 * TIMEOUT_FACTOR, elapsed
 
     async def test_silent_link_is_dropped(self, relay_factory: RelayFactory) -> None:
         relay = relay_factory(extra=["--heartbeat", "0.5"])

@@ -188,6 +188,9 @@ async def test_updates_are_held_back_to_one_per_interval(relay_factory: RelayFac
     device = relay.create_device()
     ws, _ = await link(relay, device)
     with httpx.Client(base_url=relay.url, headers=relay.admin_headers(), timeout=30) as admin:
+        # The interval starts when the relay sends "opened": after asking_at, and
+        # before opened_at (which a stalled test reads late).
+        asking_at = time.monotonic()
         made = open_incident(admin)
         [opened] = await system_until(ws, 1)
         opened_at = time.monotonic()
@@ -198,7 +201,7 @@ async def test_updates_are_held_back_to_one_per_interval(relay_factory: RelayFac
         assert await next_frames(ws) == []  # inside the interval: held back
         # When the interval allows, the newest text, once.
         [held] = await system_until(ws, 1, timeout=10)
-        assert time.monotonic() - opened_at >= 1.5
+        assert time.monotonic() - asking_at >= 1.5
         check_system(held, made, "updated", "third")
         assert held["id"] == f"{made['id']}.4"
         # Resolved at once, though within the interval.

@@ -80,14 +80,17 @@ class TestAcrossRelays:
         deleted = now_ms()
         started = time.monotonic()
         assert await one.delete_subscription(A, first.id, deleted)
-        answered_ms = (time.monotonic() - started) * 1000
+        answered = time.monotonic()
+        answered_ms = (answered - started) * 1000
         polls = 0
         while True:  # the watch, not a read, brings the tombstone
             got = await other.get_subscription(first.id)
             polls += 1
             if got is not None and got.deleted_ms == deleted:
                 break
-            assert time.monotonic() - started < scaled(1.0), "still live on the other relay"
+            # Counted from the answer, not from the three-node write a loaded host may
+            # slow: without the watch the cache would hold the live record for good.
+            assert time.monotonic() - answered < scaled(2.0), "still live on the other relay"
             await asyncio.sleep(0.002)
         lag_ms = (time.monotonic() - started) * 1000
         print(
