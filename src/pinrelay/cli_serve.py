@@ -3,6 +3,7 @@ cluster, from its flags (config.py holds the defaults)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -16,6 +17,7 @@ from rich.markup import escape
 
 from pinrelay import __version__
 from pinrelay.cli_common import fail, out
+from pinrelay.config import RelayConfig
 from pinrelay.core.channels import DEFAULT_MARKETING_CAP, FANOUT_PAGE
 
 
@@ -42,6 +44,11 @@ _INCIDENTS = "Incidents, monitors, webhooks"
 
 
 # --- serve ----------------------------------------------------------------------
+def _default(field: str) -> Any:
+    """A setting's default, from config.py: one place for it, shown by ``--help``."""
+    return next(f.default for f in dataclasses.fields(RelayConfig) if f.name == field)
+
+
 def _given(**options: Any) -> dict[str, Any]:
     """The options given on the command line (not None): the rest keep their defaults."""
     return {name: value for name, value in options.items() if value is not None}
@@ -236,51 +243,45 @@ def serve(
         typer.Option(
             rich_help_panel=_HTTP,
             help="HTTP API connections held at once; more get 503 + Retry-After. They "
-            "come out of the open-file limit apart from the links. (default: 1024)",
-            show_default=False,
+            "come out of the open-file limit apart from the links.",
         ),
-    ] = None,
+    ] = _default("http_max_connections"),
     http_header_timeout: Annotated[
         float | None,
         typer.Option(
             rich_help_panel=_HTTP,
-            help="Seconds a request has for its request line and headers. (default: 5)",
-            show_default=False,
+            help="Seconds a request has for its request line and headers.",
         ),
-    ] = None,
+    ] = _default("http_header_timeout_s"),
     http_body_timeout: Annotated[
         float | None,
         typer.Option(
             rich_help_panel=_HTTP,
-            help="Seconds a request has for its body, once its headers are in. (default: 10)",
-            show_default=False,
+            help="Seconds a request has for its body, once its headers are in.",
         ),
-    ] = None,
+    ] = _default("http_body_timeout_s"),
     http_keepalive_timeout: Annotated[
         float | None,
         typer.Option(
             rich_help_panel=_HTTP,
-            help="Seconds an idle kept-alive HTTP connection is held. (default: 5)",
-            show_default=False,
+            help="Seconds an idle kept-alive HTTP connection is held.",
         ),
-    ] = None,
+    ] = _default("http_keepalive_timeout_s"),
     http_max_header_bytes: Annotated[
         int | None,
         typer.Option(
             rich_help_panel=_HTTP,
-            help="Largest request line and headers together, bytes; more get 431. (default: 16384)",
-            show_default=False,
+            help="Largest request line and headers together, bytes; more get 431.",
         ),
-    ] = None,
+    ] = _default("http_max_header_bytes"),
     forwarded_allow_ips: Annotated[
         str | None,
         typer.Option(
             rich_help_panel=_HTTP,
             help="Proxies (addresses or networks, comma-separated; * for any) whose "
-            "X-Forwarded-For and X-Forwarded-Proto are believed. (default: none)",
-            show_default=False,
+            "X-Forwarded-For and X-Forwarded-Proto are believed.",
         ),
-    ] = None,
+    ] = _default("forwarded_allow_ips"),
     incident_after: Annotated[
         float,
         typer.Option(
@@ -322,46 +323,40 @@ def serve(
             min=0.1,
             rich_help_panel=_INCIDENTS,
             help="Seconds between two store probes and monitor checks, and two reads of"
-            " the incidents and webhooks. (default: 1)",
-            show_default=False,
+            " the incidents and webhooks.",
         ),
-    ] = None,
+    ] = _default("watch_every_s"),
     figures_every: Annotated[
         float | None,
         typer.Option(
             min=0.1,
             rich_help_panel=_INCIDENTS,
             help="Seconds between two readings of this relay's figures kept in the store "
-            "for incident reports (90 days). (default: 10)",
-            show_default=False,
+            "for incident reports (90 days).",
         ),
-    ] = None,
+    ] = _default("figures_every_s"),
     webhook_retry_cap: Annotated[
         float | None,
         typer.Option(
             rich_help_panel=_INCIDENTS,
-            help="Longest wait, seconds, between two attempts of one webhook delivery."
-            " (default: 300)",
-            show_default=False,
+            help="Longest wait, seconds, between two attempts of one webhook delivery.",
         ),
-    ] = None,
+    ] = _default("webhook_retry_cap_s"),
     webhook_lease: Annotated[
         float | None,
         typer.Option(
             rich_help_panel=_INCIDENTS,
             help="Seconds a relay's lease on a webhook's outbox lives unrenewed; then"
-            " another relay delivers it. (default: 15)",
-            show_default=False,
+            " another relay delivers it.",
         ),
-    ] = None,
+    ] = _default("webhook_lease_s"),
     status_refresh: Annotated[
         int | None,
         typer.Option(
             rich_help_panel=_INCIDENTS,
-            help="Seconds between two refreshes of the /status page, 5 to 3600. (default: 60)",
-            show_default=False,
+            help="Seconds between two refreshes of the /status page, 5 to 3600.",
         ),
-    ] = None,
+    ] = _default("status_refresh_s"),
     log_level: Annotated[
         str, typer.Option(rich_help_panel=_WHERE, help="debug, info, warning, error.")
     ] = "info",
@@ -369,7 +364,6 @@ def serve(
     """Run a relay on the embedded SQLite store, or on a NATS JetStream cluster (--store)."""
     from pinrelay.config import (
         NODE_ID_RE,
-        RelayConfig,
         admin_key_from,
         monitor_thresholds,
         nats_urls,
