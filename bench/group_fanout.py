@@ -123,6 +123,8 @@ async def one_run(
         "max_links": args.members + 200,
         "extra": ["--invites-per-hour", "10000000", "--sends-per-minute", "10000000"],
     }
+    if before is None:  # older trees have no byte budget (nor its flag)
+        options["extra"] += ["--chat-bytes-per-minute", str(2**40)]
     nats: NatsCluster | None = None
     relay: RelayProcess
     if store == CLUSTER:

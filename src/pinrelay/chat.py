@@ -62,6 +62,7 @@ class Chat:
         self.limits = limits or ChatLimits()
         self._invites = FailureLimiter(limit=self.limits.invites_per_hour, period=3600.0)
         self._sends = FailureLimiter(limit=self.limits.sends_per_minute, period=60.0)
+        self._bytes = FailureLimiter(limit=self.limits.bytes_per_minute, period=60.0)
 
     # --- contacts ------------------------------------------------------------
     async def contact(self, actor: str, other: str, action: Action) -> Transition:
@@ -103,6 +104,15 @@ class Chat:
             if to == sender or not may_send(await self.store.contact_state(to, sender)):
                 raise Refused("not_contact", f"{to} is not a contact that accepted you")
             recipients, data = [to], wire.chat_data(text)
+        size = wire.stored_bytes(text, len(recipients))
+        wait = self._bytes.retry_after(sender, now, cost=size)
+        if wait > 0:
+            raise Refused(
+                "rate_limited",
+                f"this message would store {size} bytes for its recipients, more than is"
+                f" left of this device's {self.limits.bytes_per_minute} a minute",
+                wait,
+            )
         idem = IdempotencyKey(f"chat {sender} {client_id}", _SEND_FINGERPRINT, int(now * 1000))
         message_id = new_message_id(now, _ids_random)
         drafts = [
@@ -116,6 +126,7 @@ class Chat:
             raise Refused("not_contact", f"{to} is not a contact that accepted you")
         if not replay:
             self._sends.failed(sender, now)
+            self._bytes.failed(sender, now, cost=size)
         return SentMessage(stored[0].id if stored else message_id, to, replay)
 
     # --- groups --------------------------------------------------------------

@@ -19,6 +19,7 @@ from pinrelay import __version__
 from pinrelay.cli_common import fail, out
 from pinrelay.config import RelayConfig
 from pinrelay.core.channels import DEFAULT_MARKETING_CAP, FANOUT_PAGE
+from pinrelay.core.chat import ChatLimits
 
 
 def _origin(url: str | None) -> str | None:
@@ -218,6 +219,14 @@ def serve(
         int,
         typer.Option(rich_help_panel=_LIMITS, help="Chat messages a device may send per minute."),
     ] = 600,
+    chat_bytes_per_minute: Annotated[
+        int,
+        typer.Option(
+            rich_help_panel=_LIMITS,
+            help="Bytes a device's chat messages may store per minute, counted per copy "
+            "(a group message: one per member), each its text and 256.",
+        ),
+    ] = ChatLimits().bytes_per_minute,
     public_url: Annotated[
         str | None,
         typer.Option(
@@ -368,7 +377,6 @@ def serve(
         monitor_thresholds,
         nats_urls,
     )
-    from pinrelay.core.chat import ChatLimits
     from pinrelay.core.errors import PinrelayError
     from pinrelay.core.model import Limits
     from pinrelay.core.webpush import WebPushLimits
@@ -401,6 +409,7 @@ def serve(
         ("--auth-failure-limit", auth_failure_limit),
         ("--invites-per-hour", invites_per_hour),
         ("--sends-per-minute", sends_per_minute),
+        ("--chat-bytes-per-minute", chat_bytes_per_minute),
         ("--webpush-per-minute", webpush_per_minute),
         ("--webpush-sender-per-minute", webpush_sender_per_minute),
     ):
@@ -448,7 +457,11 @@ def serve(
         auth_failure_limit=auth_failure_limit,
         max_links=max_links,
         limits=Limits(max_data_bytes=max_data, max_ttl_s=max_ttl),
-        chat=ChatLimits(invites_per_hour=invites_per_hour, sends_per_minute=sends_per_minute),
+        chat=ChatLimits(
+            invites_per_hour=invites_per_hour,
+            sends_per_minute=sends_per_minute,
+            bytes_per_minute=chat_bytes_per_minute,
+        ),
         webpush=WebPushLimits(webpush_per_minute, webpush_sender_per_minute),
         public_url=_origin(public_url),
         admin_key=admin_key,

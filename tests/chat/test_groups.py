@@ -183,3 +183,47 @@ async def test_fan_out_to_500_members_through_a_sigkill(relay_factory: RelayFact
         for t in runners:
             t.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
+
+
+async def test_a_senders_bytes_are_budgeted_per_stored_copy(
+    relay_factory: RelayFactory, links: Links
+) -> None:
+    """A group message is one send but a copy per member: the byte budget
+    (--chat-bytes-per-minute) counts copies, so a device cannot fill the store through
+    a large group at the sends' rate.  A refusal stores nothing, on the link and over
+    HTTP; a 1:1 message that fits the rest still goes."""
+    relay = relay_factory(extra=["--chat-bytes-per-minute", "3000"])
+    a, b, c, d = (relay.create_device() for _ in range(4))
+    for other in (b, c, d):
+        befriend(relay, a, other)
+    r = create_group(relay, a, "three", [b["pin"], c["pin"], d["pin"]])
+    assert r.status_code == 201, r.text
+    gid = r.json()["group"]
+
+    def backlogs() -> list[int]:
+        with relay.client() as admin:
+            return [admin.show_device(m["pin"])["backlog"] for m in (b, c, d)]
+
+    before = backlogs()  # the contact and group notices
+    text = "x" * 500  # 3 copies x (500 + 256) = 2,268 of the 3,000
+    ws_a, _ = await links(relay, a)
+    await send(ws_a, chat_send(gid, text, "g1"))
+    assert isinstance(await answer(ws_a), frames.Sent)
+    await send(ws_a, chat_send(gid, text, "g2"))
+    refused = await answer(ws_a)
+    assert isinstance(refused, frames.Unsent), refused
+    assert (refused.client_id, refused.code) == ("g2", "rate_limited")
+    with http(relay) as h:
+        r = h.post(
+            f"/v1/devices/{a['pin']}/chat",
+            json={"to": gid, "text": text, "client_id": "g3"},
+            headers=bearer(a),
+        )
+        assert r.status_code == 429, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert int(r.headers["retry-after"]) >= 1
+    # One copy of a short text: 266 bytes, within what is left.
+    await send(ws_a, chat_send(b["pin"], "hi", "one"))
+    assert isinstance(await answer(ws_a), frames.Sent)
+    # Each member: the first group message; b also the 1:1 one.
+    assert [n - m for n, m in zip(backlogs(), before, strict=True)] == [2, 1, 1]

@@ -35,6 +35,23 @@ def test_a_key_may_have_its_own_limit() -> None:
     assert lim.retry_after("source", T0, 100) == pytest.approx(0.6)
 
 
+def test_a_try_may_cost_more_than_one_and_never_more_than_the_limit() -> None:
+    """The chat's byte budget: a try counts for its bytes; the budget refills evenly."""
+    lim = FailureLimiter(limit=1000, period=60.0)
+    assert lim.retry_after("k", T0, cost=600) == 0.0
+    lim.failed("k", T0, cost=600)
+    assert lim.retry_after("k", T0, cost=400) == 0.0  # 1,000 in a burst
+    assert lim.retry_after("k", T0, cost=500) == pytest.approx(6.0)  # 100 more: 6 s
+    lim.failed("k", T0, cost=400)
+    assert lim.retry_after("k", T0, cost=1) == pytest.approx(0.06)
+    assert lim.retry_after("k", T0 + 30, cost=500) == 0.0  # half refilled
+    # A try larger than the whole budget costs the whole budget: possible once empty.
+    assert lim.retry_after("k", T0 + 60, cost=10**6) == 0.0
+    lim.failed("k", T0 + 60, cost=10**6)
+    assert lim.retry_after("k", T0 + 60, cost=1) == pytest.approx(0.06)
+    assert lim.retry_after("k", T0 + 120, cost=10**6) == 0.0
+
+
 def test_success_clears_a_key_and_quiet_keys_are_forgotten() -> None:
     lim = FailureLimiter(limit=2, period=10.0)
     lim.failed("a", T0)

@@ -48,7 +48,8 @@ _ERRORS = {
     403: "The key lacks the scope, or its tenant is suspended; a chat to a PIN that is not"
     " an accepted contact",
     422: "Body failed validation",
-    429: "Too many failed authentications, invitations, chat messages or pairing codes;"
+    429: "Too many failed authentications, invitations, chat messages (or chat bytes: a"
+    " group message counts a copy per member) or pairing codes;"
     " or the key's tenant is over a quota (rate on pushes, devices on device creation),"
     " named in the detail; Retry-After says when to try again",
     431: "Request line and headers longer than the relay's limit (16 KiB by default)",

@@ -52,8 +52,23 @@ class ChatLimits:
     invites_per_hour: int = 20
     #: Chat messages a device may send per minute (a burst, then evenly).
     sends_per_minute: int = 600
+    #: Bytes a device's chat messages may add to the store per minute (a burst, then
+    #: evenly), counted per stored copy (:func:`stored_bytes`): a group message is
+    #: one send but a copy per member, so sends alone bound nothing (600 sends of
+    #: 32 KiB to 999 members would be 19 GB a minute).
+    bytes_per_minute: int = 8 * 1024 * 1024
     #: How long a contact notice or a receipt waits for its device.
     notice_ttl_s: int = 30 * 24 * 3600
+
+
+#: What a stored copy costs besides its text, for the byte budget: its row or stream
+#: message, the receipts and unread entry it brings, rounded.
+COPY_OVERHEAD = 256
+
+
+def stored_bytes(text: str, copies: int) -> int:
+    """What a chat message counts against :attr:`ChatLimits.bytes_per_minute`."""
+    return copies * (len(text.encode("utf-8", errors="surrogatepass")) + COPY_OVERHEAD)
 
 
 class Refused(PinrelayError):

@@ -56,28 +56,34 @@ class FailureLimiter:
         """What the keys cost, as counted against ``max_bytes``."""
         return self._bytes
 
-    def retry_after(self, key: str, now: float, limit: int | None = None) -> float:
+    def retry_after(
+        self, key: str, now: float, limit: int | None = None, cost: float = 1.0
+    ) -> float:
         """Seconds until ``key`` may try again (0: it may now).
 
         ``limit``: this key's allowance, if not the limiter's; pass the same one to
-        :meth:`failed` for the same key.
+        :meth:`failed` for the same key.  ``cost``: what this try counts for, in
+        tries (the chat's byte budget counts bytes); never more than ``limit``, so
+        that one try is always possible once the bucket is empty.
         """
         empty_at = self._empty_at.get(_bounded(key))
         if empty_at is None:
             return 0.0
-        step = self.period / (limit or self.limit)
+        allowance = limit or self.limit
+        step = self.period / allowance
         # Full after ``limit`` failures: the bucket then empties ``period`` from now.
-        wait = empty_at - now - (self.period - step)
+        wait = max(empty_at, now) + min(cost, allowance) * step - now - self.period
         return wait if wait > 1e-6 else 0.0  # not a rounding error's worth
 
-    def failed(self, key: str, now: float, limit: int | None = None) -> None:
+    def failed(self, key: str, now: float, limit: int | None = None, cost: float = 1.0) -> None:
         key = _bounded(key)
-        step = self.period / (limit or self.limit)
+        allowance = limit or self.limit
+        step = self.period / allowance
         empty_at = self._empty_at.pop(key, None)
         if empty_at is None:
             self._bytes += len(key) + ENTRY_OVERHEAD
             empty_at = now
-        self._empty_at[key] = max(empty_at, now) + step
+        self._empty_at[key] = max(empty_at, now) + min(cost, allowance) * step
         self._forget(now)
 
     def succeeded(self, key: str) -> None:
