@@ -105,14 +105,7 @@ class Chat:
                 raise Refused("not_contact", f"{to} is not a contact that accepted you")
             recipients, data = [to], wire.chat_data(text)
         size = wire.stored_bytes(text, len(recipients))
-        wait = self._bytes.retry_after(sender, now, cost=size)
-        if wait > 0:
-            raise Refused(
-                "rate_limited",
-                f"this message would store {size} bytes for its recipients, more than is"
-                f" left of this device's {self.limits.bytes_per_minute} a minute",
-                wait,
-            )
+        self._within_bytes(sender, size, now)
         idem = IdempotencyKey(f"chat {sender} {client_id}", _SEND_FINGERPRINT, int(now * 1000))
         message_id = new_message_id(now, _ids_random)
         drafts = [
@@ -129,6 +122,18 @@ class Chat:
             self._bytes.failed(sender, now, cost=size)
         return SentMessage(stored[0].id if stored else message_id, to, replay)
 
+    def _within_bytes(self, device: str, size: int, now: float) -> None:
+        """Refuse what would store more than is left of ``device``'s byte budget
+        (ChatLimits.bytes_per_minute; counted by the caller once stored)."""
+        wait = self._bytes.retry_after(device, now, cost=size)
+        if wait > 0:
+            raise Refused(
+                "rate_limited",
+                f"this would store {size} bytes for its recipients, more than is left of"
+                f" this device's {self.limits.bytes_per_minute} a minute",
+                wait,
+            )
+
     # --- groups --------------------------------------------------------------
     async def create_group(
         self, creator: str, name: str, members: Sequence[str]
@@ -143,7 +148,11 @@ class Chat:
         group = Group(
             new_group_id(os.urandom), name, creator, sorted([creator, *added]), int(now * 1000)
         )
+        # Its notices are a stored copy per member, as a group message's are.
+        size = wire.stored_bytes(name, len(added))
+        self._within_bytes(creator, size, now)
         await self.store.create_group(group)
+        self._bytes.failed(creator, now, cost=size)
         await self._tell_added(group, added)
         return group, ignored
 
@@ -153,9 +162,13 @@ class Chat:
         group = await self._own_group(actor, group_id)
         wanted = [m for m in dict.fromkeys(members) if m not in group.members]
         added, ignored = await self._contacts_of(actor, wanted)
+        now = self.clock()
+        size = wire.stored_bytes(group.name, len(added))
+        self._within_bytes(actor, size, now)
         changed = await self.store.change_members(group_id, added, [])
         if changed is None:
             raise _no_group()
+        self._bytes.failed(actor, now, cost=size)
         await self._tell_added(changed, added)
         return changed, ignored
 

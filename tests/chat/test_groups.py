@@ -190,12 +190,15 @@ async def test_a_senders_bytes_are_budgeted_per_stored_copy(
 ) -> None:
     """A group message is one send but a copy per member: the byte budget
     (--chat-bytes-per-minute) counts copies, so a device cannot fill the store through
-    a large group at the sends' rate.  A refusal stores nothing, on the link and over
-    HTTP; a 1:1 message that fits the rest still goes."""
+    a large group at the sends' rate; a group's notices count too.  A refusal stores
+    nothing, on the link and over HTTP; a 1:1 message that fits the rest still goes.
+    (Each refusal overshoots by a third of the budget or more: 20 s of refill, so a
+    stalled host does not turn it into a pass.)"""
     relay = relay_factory(extra=["--chat-bytes-per-minute", "3000"])
     a, b, c, d = (relay.create_device() for _ in range(4))
     for other in (b, c, d):
         befriend(relay, a, other)
+    # Three notices: 3 x (5 + 256) = 783 of the 3,000.
     r = create_group(relay, a, "three", [b["pin"], c["pin"], d["pin"]])
     assert r.status_code == 201, r.text
     gid = r.json()["group"]
@@ -205,11 +208,11 @@ async def test_a_senders_bytes_are_budgeted_per_stored_copy(
             return [admin.show_device(m["pin"])["backlog"] for m in (b, c, d)]
 
     before = backlogs()  # the contact and group notices
-    text = "x" * 500  # 3 copies x (500 + 256) = 2,268 of the 3,000
+    text = "x" * 300  # 3 copies x (300 + 256) = 1,668: 2,451 in all
     ws_a, _ = await links(relay, a)
     await send(ws_a, chat_send(gid, text, "g1"))
     assert isinstance(await answer(ws_a), frames.Sent)
-    await send(ws_a, chat_send(gid, text, "g2"))
+    await send(ws_a, chat_send(gid, text, "g2"))  # 4,119
     refused = await answer(ws_a)
     assert isinstance(refused, frames.Unsent), refused
     assert (refused.client_id, refused.code) == ("g2", "rate_limited")
@@ -222,8 +225,15 @@ async def test_a_senders_bytes_are_budgeted_per_stored_copy(
         assert r.status_code == 429, r.text
         assert r.headers["content-type"] == "application/problem+json"
         assert int(r.headers["retry-after"]) >= 1
-    # One copy of a short text: 266 bytes, within what is left.
-    await send(ws_a, chat_send(b["pin"], "hi", "one"))
+    # One copy: 200 + 256, within what is left (2,907).
+    await send(ws_a, chat_send(b["pin"], "y" * 200, "one"))
     assert isinstance(await answer(ws_a), frames.Sent)
     # Each member: the first group message; b also the 1:1 one.
     assert [n - m for n, m in zip(backlogs(), before, strict=True)] == [2, 1, 1]
+    # A new group's notices: 3 x (100 + 256) = 1,068 more; refused, no group made.
+    r = create_group(relay, a, "z" * 100, [b["pin"], c["pin"], d["pin"]])
+    assert r.status_code == 429, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    with http(relay) as h:
+        listed = h.get(f"/v1/devices/{a['pin']}/groups", headers=bearer(a)).json()["groups"]
+    assert [g["group"] for g in listed] == [gid]
