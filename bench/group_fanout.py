@@ -87,6 +87,16 @@ class Run:
     sent_ms: list[float] = field(default_factory=list)
 
 
+#: This tree's src folder (a --before tree has its own).
+HERE_SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def has_byte_budget(src: Path) -> bool:
+    """Whether the relay of ``src`` has the chat byte budget (trees since 45ce4db),
+    which the bench lifts: it measures the store."""
+    return "chat-bytes-per-minute" in (src / "pinrelay" / "cli_serve.py").read_text()
+
+
 async def _member(ws: ClientConnection, got: list[float]) -> None:
     async for raw in ws:
         frame = _decode(raw)
@@ -123,7 +133,7 @@ async def one_run(
         "max_links": args.members + 200,
         "extra": ["--invites-per-hour", "10000000", "--sends-per-minute", "10000000"],
     }
-    if before is None:  # older trees have no byte budget (nor its flag)
+    if has_byte_budget(HERE_SRC if before is None else before[0]):
         options["extra"] += ["--chat-bytes-per-minute", str(2**40)]
     nats: NatsCluster | None = None
     relay: RelayProcess

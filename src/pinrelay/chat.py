@@ -15,8 +15,9 @@ states only move forward).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pinrelay.core import chat as wire
@@ -50,6 +51,23 @@ class SentMessage:
 
 def _no_group() -> PinrelayError:
     return PinrelayError("no such group (or you are not in it)", ErrorCode.NOT_FOUND)
+
+
+def _added_notice(group: Group) -> bytes:
+    return wire.contact_data("group_added", group.id, group.name)
+
+
+@dataclass(slots=True)
+class _Reserved:
+    """Bytes counted against a device's budget, until given back (once)."""
+
+    limiter: FailureLimiter
+    device: str
+    size: int
+
+    def refund(self) -> None:
+        self.limiter.refund(self.device, cost=self.size)
+        self.size = 0
 
 
 class Chat:
@@ -104,27 +122,31 @@ class Chat:
             if to == sender or not may_send(await self.store.contact_state(to, sender)):
                 raise Refused("not_contact", f"{to} is not a contact that accepted you")
             recipients, data = [to], wire.chat_data(text)
-        size = wire.stored_bytes(text, len(recipients))
-        self._within_bytes(sender, size, now)
+        size = wire.stored_bytes(data, len(recipients))
         idem = IdempotencyKey(f"chat {sender} {client_id}", _SEND_FINGERPRINT, int(now * 1000))
         message_id = new_message_id(now, _ids_random)
         drafts = [
             Draft(to=r, data=data, ttl=ttl, kind="chat", sender=sender, id=message_id)
             for r in recipients
         ]
-        results, replay = await self.ingest.accept_once(drafts, idem)
-        stored = [r for r in results if not isinstance(r, Rejected)]
-        if not stored and not wire.is_group_id(to):
-            # The recipient's device was deleted since it accepted.
-            raise Refused("not_contact", f"{to} is not a contact that accepted you")
-        if not replay:
-            self._sends.failed(sender, now)
-            self._bytes.failed(sender, now, cost=size)
+        with self._bytes_reserved(sender, size, now) as reserved:
+            results, replay = await self.ingest.accept_once(drafts, idem)
+            stored = [r for r in results if not isinstance(r, Rejected)]
+            if not stored and not wire.is_group_id(to):
+                # The recipient's device was deleted since it accepted.
+                raise Refused("not_contact", f"{to} is not a contact that accepted you")
+            if replay:
+                reserved.refund()  # the first send paid
+            else:
+                self._sends.failed(sender, now)
         return SentMessage(stored[0].id if stored else message_id, to, replay)
 
-    def _within_bytes(self, device: str, size: int, now: float) -> None:
-        """Refuse what would store more than is left of ``device``'s byte budget
-        (ChatLimits.bytes_per_minute; counted by the caller once stored)."""
+    @contextlib.contextmanager
+    def _bytes_reserved(self, device: str, size: int, now: float) -> Iterator[_Reserved]:
+        """Count ``size`` against ``device``'s byte budget (ChatLimits.bytes_per_minute)
+        before the store is awaited, so that a device's concurrent requests (HTTP
+        has nothing ordering them) see each other; refuse it if over; give it back if
+        the block raises (nothing was stored)."""
         wait = self._bytes.retry_after(device, now, cost=size)
         if wait > 0:
             raise Refused(
@@ -133,6 +155,13 @@ class Chat:
                 f" this device's {self.limits.bytes_per_minute} a minute",
                 wait,
             )
+        self._bytes.failed(device, now, cost=size)
+        reserved = _Reserved(self._bytes, device, size)
+        try:
+            yield reserved
+        except BaseException:
+            reserved.refund()
+            raise
 
     # --- groups --------------------------------------------------------------
     async def create_group(
@@ -149,10 +178,9 @@ class Chat:
             new_group_id(os.urandom), name, creator, sorted([creator, *added]), int(now * 1000)
         )
         # Its notices are a stored copy per member, as a group message's are.
-        size = wire.stored_bytes(name, len(added))
-        self._within_bytes(creator, size, now)
-        await self.store.create_group(group)
-        self._bytes.failed(creator, now, cost=size)
+        size = wire.stored_bytes(_added_notice(group), len(added))
+        with self._bytes_reserved(creator, size, now):
+            await self.store.create_group(group)
         await self._tell_added(group, added)
         return group, ignored
 
@@ -162,13 +190,11 @@ class Chat:
         group = await self._own_group(actor, group_id)
         wanted = [m for m in dict.fromkeys(members) if m not in group.members]
         added, ignored = await self._contacts_of(actor, wanted)
-        now = self.clock()
-        size = wire.stored_bytes(group.name, len(added))
-        self._within_bytes(actor, size, now)
-        changed = await self.store.change_members(group_id, added, [])
-        if changed is None:
-            raise _no_group()
-        self._bytes.failed(actor, now, cost=size)
+        size = wire.stored_bytes(_added_notice(group), len(added))
+        with self._bytes_reserved(actor, size, self.clock()):
+            changed = await self.store.change_members(group_id, added, [])
+            if changed is None:
+                raise _no_group()
         await self._tell_added(changed, added)
         return changed, ignored
 
@@ -199,7 +225,7 @@ class Chat:
     async def _tell_added(self, group: Group, added: Sequence[str]) -> None:
         if not added:
             return
-        data = wire.contact_data("group_added", group.id, group.name)
+        data = _added_notice(group)
         await self.ingest.accept(
             [
                 Draft(

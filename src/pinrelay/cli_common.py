@@ -68,6 +68,8 @@ def reflow_help(app: typer.Typer) -> None:
 
 
 def _joined(paragraph: str) -> str:
+    if paragraph.startswith("\b"):  # Click's "keep these lines as they are"
+        return paragraph
     lines = paragraph.split("\n")
     out = lines[:1]
     for line in lines[1:]:
@@ -155,9 +157,10 @@ def print_json(value: Any) -> None:
 def data_table(*columns: str | Column, title: str | None = None) -> Table:
     """The one style of the CLI's tables: plain columns (no box, so no width goes to
     borders and rows paste as they are), bold headers.  A column given by name folds
-    a long value onto the next line rather than cut it with "…", never its name;
-    the first is what other commands take (an id, a PIN, a node) and is kept whole
-    at any width.  A :class:`Column` is taken as it is."""
+    a long value onto the next line rather than cut it with "…", and keeps its
+    name whole; the first is what other commands take (an id, a PIN, a node) and
+    is never wrapped.  At 80 columns every table of the CLI fits; far narrower,
+    rich crops the rightmost columns.  A :class:`Column` is taken as it is."""
     from rich.table import Column, Table
 
     named = [

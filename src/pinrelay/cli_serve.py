@@ -248,7 +248,7 @@ def serve(
         ),
     ] = 6000,
     http_max_connections: Annotated[
-        int | None,
+        int,
         typer.Option(
             rich_help_panel=_HTTP,
             help="HTTP API connections held at once; more get 503 + Retry-After. They "
@@ -256,39 +256,41 @@ def serve(
         ),
     ] = _default("http_max_connections"),
     http_header_timeout: Annotated[
-        float | None,
+        float,
         typer.Option(
             rich_help_panel=_HTTP,
             help="Seconds a request has for its request line and headers.",
         ),
     ] = _default("http_header_timeout_s"),
     http_body_timeout: Annotated[
-        float | None,
+        float,
         typer.Option(
             rich_help_panel=_HTTP,
             help="Seconds a request has for its body, once its headers are in.",
         ),
     ] = _default("http_body_timeout_s"),
     http_keepalive_timeout: Annotated[
-        float | None,
+        float,
         typer.Option(
             rich_help_panel=_HTTP,
             help="Seconds an idle kept-alive HTTP connection is held.",
         ),
     ] = _default("http_keepalive_timeout_s"),
     http_max_header_bytes: Annotated[
-        int | None,
+        int,
         typer.Option(
             rich_help_panel=_HTTP,
             help="Largest request line and headers together, bytes; more get 431.",
         ),
     ] = _default("http_max_header_bytes"),
     forwarded_allow_ips: Annotated[
-        str | None,
+        str,
         typer.Option(
             rich_help_panel=_HTTP,
             help="Proxies (addresses or networks, comma-separated; * for any) whose "
-            "X-Forwarded-For and X-Forwarded-Proto are believed.",
+            "X-Forwarded-For and X-Forwarded-Proto are believed. Empty (the default):"
+            " none; the peer is the client.",
+            show_default=False,
         ),
     ] = _default("forwarded_allow_ips"),
     incident_after: Annotated[
@@ -327,7 +329,7 @@ def serve(
         ),
     ] = False,
     watch_every: Annotated[
-        float | None,
+        float,
         typer.Option(
             min=0.1,
             rich_help_panel=_INCIDENTS,
@@ -336,7 +338,7 @@ def serve(
         ),
     ] = _default("watch_every_s"),
     figures_every: Annotated[
-        float | None,
+        float,
         typer.Option(
             min=0.1,
             rich_help_panel=_INCIDENTS,
@@ -345,14 +347,14 @@ def serve(
         ),
     ] = _default("figures_every_s"),
     webhook_retry_cap: Annotated[
-        float | None,
+        float,
         typer.Option(
             rich_help_panel=_INCIDENTS,
             help="Longest wait, seconds, between two attempts of one webhook delivery.",
         ),
     ] = _default("webhook_retry_cap_s"),
     webhook_lease: Annotated[
-        float | None,
+        float,
         typer.Option(
             rich_help_panel=_INCIDENTS,
             help="Seconds a relay's lease on a webhook's outbox lives unrenewed; then"
@@ -360,7 +362,7 @@ def serve(
         ),
     ] = _default("webhook_lease_s"),
     status_refresh: Annotated[
-        int | None,
+        int,
         typer.Option(
             rich_help_panel=_INCIDENTS,
             help="Seconds between two refreshes of the /status page, 5 to 3600.",
@@ -390,11 +392,11 @@ def serve(
         fail(f"--node-id {node!r}: use 1 to 64 letters, digits, '-' or '_'")
     if not 1 <= partitions <= 64:
         fail(f"--partitions {partitions}: use 1 to 64")
-    if http_max_connections is not None and http_max_connections < 1:
+    if http_max_connections < 1:
         fail(f"--http-max-connections {http_max_connections}: use 1 or more")
-    if http_max_header_bytes is not None and http_max_header_bytes < 1024:
+    if http_max_header_bytes < 1024:
         fail(f"--http-max-header-bytes {http_max_header_bytes}: use 1024 or more")
-    if status_refresh is not None and not 5 <= status_refresh <= 3600:
+    if not 5 <= status_refresh <= 3600:
         fail(f"--status-refresh {status_refresh}: use 5 to 3600 seconds")
     for flag, seconds in (
         ("--http-header-timeout", http_header_timeout),
@@ -403,7 +405,7 @@ def serve(
         ("--webhook-retry-cap", webhook_retry_cap),
         ("--webhook-lease", webhook_lease),
     ):
-        if seconds is not None and not seconds > 0:
+        if not seconds > 0:
             fail(f"{flag} {seconds:g}: use more than 0 seconds")
     for flag, count in (
         ("--auth-failure-limit", auth_failure_limit),

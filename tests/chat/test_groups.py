@@ -189,16 +189,17 @@ async def test_a_senders_bytes_are_budgeted_per_stored_copy(
     relay_factory: RelayFactory, links: Links
 ) -> None:
     """A group message is one send but a copy per member: the byte budget
-    (--chat-bytes-per-minute) counts copies, so a device cannot fill the store through
-    a large group at the sends' rate; a group's notices count too.  A refusal stores
-    nothing, on the link and over HTTP; a 1:1 message that fits the rest still goes.
-    (Each refusal overshoots by a third of the budget or more: 20 s of refill, so a
-    stalled host does not turn it into a pass.)"""
-    relay = relay_factory(extra=["--chat-bytes-per-minute", "3000"])
+    (--chat-bytes-per-minute) counts copies (each its stored JSON and 256), so a
+    device cannot fill the store through a large group at the sends' rate; a group's
+    notices count too.  Concurrent HTTP sends see each other's bytes.  A refusal
+    stores nothing; a 1:1 message that fits the rest still goes.  (Each refusal
+    overshoots by 900 bytes or more, 16 s of refill: a stalled host does not turn it
+    into a pass.)"""
+    relay = relay_factory(extra=["--chat-bytes-per-minute", "3300"])
     a, b, c, d = (relay.create_device() for _ in range(4))
     for other in (b, c, d):
         befriend(relay, a, other)
-    # Three notices: 3 x (5 + 256) = 783 of the 3,000.
+    # Three notices of 62 bytes: 3 x (62 + 256) = 954 of the 3,300.
     r = create_group(relay, a, "three", [b["pin"], c["pin"], d["pin"]])
     assert r.status_code == 201, r.text
     gid = r.json()["group"]
@@ -208,32 +209,34 @@ async def test_a_senders_bytes_are_budgeted_per_stored_copy(
             return [admin.show_device(m["pin"])["backlog"] for m in (b, c, d)]
 
     before = backlogs()  # the contact and group notices
-    text = "x" * 300  # 3 copies x (300 + 256) = 1,668: 2,451 in all
+    # A group message of 335 bytes: 3 x (335 + 256) = 1,773; one fits (2,727), two do
+    # not (4,500), even when all three are asked at once.
+    body = {"to": gid, "text": "x" * 300}
+    async with httpx.AsyncClient(base_url=relay.url, headers=bearer(a), timeout=30) as h:
+        answers = await asyncio.gather(
+            *(
+                h.post(f"/v1/devices/{a['pin']}/chat", json={**body, "client_id": f"h{i}"})
+                for i in range(3)
+            )
+        )
+    assert sorted(r.status_code for r in answers) == [201, 429, 429], [r.text for r in answers]
+    for refused_http in (r for r in answers if r.status_code == 429):
+        assert refused_http.headers["content-type"] == "application/problem+json"
+        assert int(refused_http.headers["retry-after"]) >= 1
     ws_a, _ = await links(relay, a)
-    await send(ws_a, chat_send(gid, text, "g1"))
-    assert isinstance(await answer(ws_a), frames.Sent)
-    await send(ws_a, chat_send(gid, text, "g2"))  # 4,119
+    await send(ws_a, chat_send(gid, body["text"], "g2"))
     refused = await answer(ws_a)
     assert isinstance(refused, frames.Unsent), refused
     assert (refused.client_id, refused.code) == ("g2", "rate_limited")
-    with http(relay) as h:
-        r = h.post(
-            f"/v1/devices/{a['pin']}/chat",
-            json={"to": gid, "text": text, "client_id": "g3"},
-            headers=bearer(a),
-        )
-        assert r.status_code == 429, r.text
-        assert r.headers["content-type"] == "application/problem+json"
-        assert int(r.headers["retry-after"]) >= 1
-    # One copy: 200 + 256, within what is left (2,907).
-    await send(ws_a, chat_send(b["pin"], "y" * 200, "one"))
+    # One copy of 26 bytes: 282, within what is left.
+    await send(ws_a, chat_send(b["pin"], "hi", "one"))
     assert isinstance(await answer(ws_a), frames.Sent)
-    # Each member: the first group message; b also the 1:1 one.
+    # Each member: the one group message stored; b also the 1:1 one.
     assert [n - m for n, m in zip(backlogs(), before, strict=True)] == [2, 1, 1]
-    # A new group's notices: 3 x (100 + 256) = 1,068 more; refused, no group made.
+    # A new group's notices: 3 x (157 + 256) = 1,239 more; refused, no group made.
     r = create_group(relay, a, "z" * 100, [b["pin"], c["pin"], d["pin"]])
     assert r.status_code == 429, r.text
     assert r.headers["content-type"] == "application/problem+json"
-    with http(relay) as h:
-        listed = h.get(f"/v1/devices/{a['pin']}/groups", headers=bearer(a)).json()["groups"]
+    with http(relay) as h2:
+        listed = h2.get(f"/v1/devices/{a['pin']}/groups", headers=bearer(a)).json()["groups"]
     assert [g["group"] for g in listed] == [gid]

@@ -35,7 +35,7 @@ def test_a_key_may_have_its_own_limit() -> None:
     assert lim.retry_after("source", T0, 100) == pytest.approx(0.6)
 
 
-def test_a_try_may_cost_more_than_one_and_never_more_than_the_limit() -> None:
+def test_a_try_may_cost_more_than_one() -> None:
     """The chat's byte budget: a try counts for its bytes; the budget refills evenly."""
     lim = FailureLimiter(limit=1000, period=60.0)
     assert lim.retry_after("k", T0, cost=600) == 0.0
@@ -45,11 +45,24 @@ def test_a_try_may_cost_more_than_one_and_never_more_than_the_limit() -> None:
     lim.failed("k", T0, cost=400)
     assert lim.retry_after("k", T0, cost=1) == pytest.approx(0.06)
     assert lim.retry_after("k", T0 + 30, cost=500) == 0.0  # half refilled
-    # A try larger than the whole budget costs the whole budget: possible once empty.
-    assert lim.retry_after("k", T0 + 60, cost=10**6) == 0.0
-    lim.failed("k", T0 + 60, cost=10**6)
-    assert lim.retry_after("k", T0 + 60, cost=1) == pytest.approx(0.06)
-    assert lim.retry_after("k", T0 + 120, cost=10**6) == 0.0
+    # A try larger than the whole budget may go once the bucket is empty, and is
+    # counted whole: 4,000 is four minutes' worth, so three minutes' wait after it.
+    assert lim.retry_after("k", T0 + 60, cost=4000) == 0.0
+    lim.failed("k", T0 + 60, cost=4000)
+    assert lim.retry_after("k", T0 + 60, cost=1) == pytest.approx(180.06)
+    assert lim.retry_after("k", T0 + 240, cost=1000) == pytest.approx(60.0)
+    assert lim.retry_after("k", T0 + 300, cost=1000) == 0.0
+
+
+def test_a_refund_gives_back_what_a_try_counted() -> None:
+    lim = FailureLimiter(limit=1000, period=60.0)
+    lim.failed("k", T0, cost=1000)
+    assert lim.retry_after("k", T0, cost=300) > 0
+    lim.refund("k", cost=400)
+    assert lim.retry_after("k", T0, cost=400) == 0.0
+    assert lim.retry_after("k", T0, cost=401) > 0
+    lim.refund("absent", cost=5)  # nothing to give back: nothing happens
+    assert len(lim) == 1
 
 
 def test_success_clears_a_key_and_quiet_keys_are_forgotten() -> None:

@@ -61,14 +61,15 @@ class ChatLimits:
     notice_ttl_s: int = 30 * 24 * 3600
 
 
-#: What a stored copy costs besides its text, for the byte budget: its row or stream
+#: What a stored copy costs besides its data, for the byte budget: its row or stream
 #: message, the receipts and unread entry it brings, rounded.
 COPY_OVERHEAD = 256
 
 
-def stored_bytes(text: str, copies: int) -> int:
-    """What a chat message counts against :attr:`ChatLimits.bytes_per_minute`."""
-    return copies * (len(text.encode("utf-8", errors="surrogatepass")) + COPY_OVERHEAD)
+def stored_bytes(data: bytes, copies: int) -> int:
+    """What storing ``data`` (a chat message's or a notice's JSON, as stored) for
+    ``copies`` recipients counts against :attr:`ChatLimits.bytes_per_minute`."""
+    return copies * (len(data) + COPY_OVERHEAD)
 
 
 class Refused(PinrelayError):

@@ -63,8 +63,9 @@ class FailureLimiter:
 
         ``limit``: this key's allowance, if not the limiter's; pass the same one to
         :meth:`failed` for the same key.  ``cost``: what this try counts for, in
-        tries (the chat's byte budget counts bytes); never more than ``limit``, so
-        that one try is always possible once the bucket is empty.
+        tries (the chat's byte budget counts bytes).  A try larger than the whole
+        allowance may go once the bucket is empty; :meth:`failed` then counts all of
+        it, and the key waits until it has paid it off.
         """
         empty_at = self._empty_at.get(_bounded(key))
         if empty_at is None:
@@ -83,8 +84,16 @@ class FailureLimiter:
         if empty_at is None:
             self._bytes += len(key) + ENTRY_OVERHEAD
             empty_at = now
-        self._empty_at[key] = max(empty_at, now) + min(cost, allowance) * step
+        self._empty_at[key] = max(empty_at, now) + cost * step
         self._forget(now)
+
+    def refund(self, key: str, cost: float = 1.0, limit: int | None = None) -> None:
+        """Take back what :meth:`failed` counted for a try that did not happen (a
+        budget counted before an await, so that concurrent tries see each other)."""
+        key = _bounded(key)
+        empty_at = self._empty_at.get(key)
+        if empty_at is not None:
+            self._empty_at[key] = empty_at - cost * self.period / (limit or self.limit)
 
     def succeeded(self, key: str) -> None:
         key = _bounded(key)
