@@ -12,6 +12,7 @@ ARGS   ?=
 PYTEST_ARGS ?=
 # pytest-xdist workers for `make test`: the suite mostly waits on timers and processes
 # (DECISIONS 65); a module's tests stay on one worker (its shared relay, its cluster).
+# Each run lists its 20 slowest tests: the suite is kept under 20 minutes here.
 TEST_WORKERS ?= 2
 
 .PHONY: install browser run test lint types pytest bench soak chaos fuzz format clean lock
@@ -36,7 +37,7 @@ types: install
 	$(VENV)/bin/mypy
 
 pytest: install browser
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 $(PYTEST_ARGS)
 
 # The browser tests (tests/web) drive Debian's chromium with Playwright, which cannot
 # download its own browsers here; installed when missing, as bench does mosquitto.
