@@ -6,6 +6,8 @@ cannot be written is kept on the relay's board (its links hear of it at once,
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from pinrelay.core.monitors import Thresholds
 from pinrelay.incident_board import Event, IncidentBoard
 from pinrelay.monitors import Monitors
 from pinrelay.store.sqlite import SqliteStore
+from pinrelay.testing.wait import wait_until_async
 
 NOW = 1_800_000_000.0
 
@@ -23,15 +26,17 @@ NOW = 1_800_000_000.0
 def make(
     store: SqliteStore,
     board: IncidentBoard,
-    clock: list[float],
+    clock: list[float] | None,
     *,
     connected: Callable[[], bool] = lambda: True,
     waits: Callable[[], tuple[tuple[int, ...], int]] = lambda: ((), 0),
+    every_s: float = 1.0,
 ) -> Monitors:
+    """Monitors on ``clock`` (None: the wall clock)."""
     return Monitors(
         store,
         board,
-        lambda: clock[0],
+        time.time if clock is None else lambda: clock[0],
         node="n1",
         region="eu",
         data=None,
@@ -45,6 +50,7 @@ def make(
         thresholds=Thresholds(),
         incident_after_s=2,
         resolve_after_s=2,
+        every_s=every_s,
     )
 
 
@@ -220,3 +226,36 @@ async def test_what_the_store_holds_is_read_before_acting_on_a_kept_incident(
         assert stored == theirs
     finally:
         await again.close()
+
+
+async def test_readings_go_on_while_a_tick_waits_on_the_store(tmp_path: Path) -> None:
+    """An incident write that hangs (a store coming back can take WRITE_TIMEOUT_S)
+    holds the tick, not the readings: the figures of that time have no hole (a
+    fresh-clone run once found 14 s without a reading after a quorum loss)."""
+    store = SqliteStore(tmp_path / "pinrelay.db")
+    await store.open()
+    board = IncidentBoard(store, time.time)
+    await board.refresh()
+    asked: list[str] = []
+    released = asyncio.Event()
+
+    async def hanging_put(incident: Incident) -> bool:
+        asked.append(incident.id)
+        await released.wait()
+        return False
+
+    # Deliveries waiting 10,000 s: the delivery monitor red, an incident to open.
+    monitors = make(store, board, None, waits=lambda: ((), 10**7), every_s=0.05)
+    readings: list[int] = []
+    monitors.on_reading.append(lambda r: readings.append(r.at_ms))
+    setattr(store, "put_incident", hanging_put)  # noqa: B010 (this instance's method)
+    monitors.start()
+    try:
+        await wait_until_async(lambda: bool(asked), 20, 0.01, "an incident's write under way")
+        held = len(readings)
+        await wait_until_async(lambda: len(readings) >= held + 10, 10, 0.01, "readings go on")
+        assert len(asked) == 1  # one tick at a time: the write still hangs
+    finally:
+        released.set()
+        await monitors.stop()
+        await store.close()

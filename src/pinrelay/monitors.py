@@ -265,12 +265,33 @@ class Monitors:
     async def _forever(self) -> None:
         while True:
             await asyncio.sleep(self.every_s)
+            tick = asyncio.get_running_loop().create_task(self._tick_logged())
             try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("monitors failed")
+                while not (await asyncio.wait([tick], timeout=self.every_s))[0]:
+                    # The tick still waits on the store (an incident written, a
+                    # revision published, up to WRITE_TIMEOUT_S each, as a store coming
+                    # back can take): readings go on all the same, so that the figures
+                    # of that time have no hole; the next tick judges.
+                    self._read_logged()
+            finally:
+                if not tick.done():
+                    tick.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await tick
+
+    async def _tick_logged(self) -> None:
+        try:
+            await self.tick()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("monitors failed")
+
+    def _read_logged(self) -> None:
+        try:
+            self.read()
+        except Exception:
+            log.exception("monitors: a reading failed")
 
     async def tick(self) -> None:
         """Unpublished revisions written, then one reading judged and its actions
