@@ -50,11 +50,6 @@ def _default(field: str) -> Any:
     return next(f.default for f in dataclasses.fields(RelayConfig) if f.name == field)
 
 
-def _given(**options: Any) -> dict[str, Any]:
-    """The options given on the command line (not None): the rest keep their defaults."""
-    return {name: value for name, value in options.items() if value is not None}
-
-
 def serve(
     data: Annotated[
         Path, typer.Option(rich_help_panel=_WHERE, help="Folder for the database and admin key.")
@@ -471,20 +466,18 @@ def serve(
         partitions=partitions,
         direct_reads=not leader_reads,
         purge_acked=purge_acked,
-        **_given(  # the defaults live in RelayConfig
-            http_max_connections=http_max_connections,
-            http_header_timeout_s=http_header_timeout,
-            http_body_timeout_s=http_body_timeout,
-            http_keepalive_timeout_s=http_keepalive_timeout,
-            http_max_header_bytes=http_max_header_bytes,
-            forwarded_allow_ips=forwarded_allow_ips,
-            metrics_public=metrics_public or None,
-            figures_every_s=figures_every,
-            watch_every_s=watch_every,
-            webhook_retry_cap_s=webhook_retry_cap,
-            webhook_lease_s=webhook_lease,
-            status_refresh_s=status_refresh,
-        ),
+        http_max_connections=http_max_connections,
+        http_header_timeout_s=http_header_timeout,
+        http_body_timeout_s=http_body_timeout,
+        http_keepalive_timeout_s=http_keepalive_timeout,
+        http_max_header_bytes=http_max_header_bytes,
+        forwarded_allow_ips=forwarded_allow_ips,
+        metrics_public=metrics_public,
+        figures_every_s=figures_every,
+        watch_every_s=watch_every,
+        webhook_retry_cap_s=webhook_retry_cap,
+        webhook_lease_s=webhook_lease,
+        status_refresh_s=status_refresh,
     )
 
     def ready(relay: Relay) -> None:
