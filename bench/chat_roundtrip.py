@@ -42,8 +42,11 @@ with its SQLite writer process) is divided by the round trips completed: CPU per
 message, i.e. the message, its receipt and (pinrelay) the acks of both.
 
 Runs alternate (``--rounds``: prosody, prosody-mam, pinrelay, then the next round
-starting one further along); medians are compared.  Target (issue 13): pinrelay's
-p99 round trip below Prosody's, while every message and receipt is fsync-durable.
+starting one further along); medians are compared.  ``--before COMMIT`` adds a
+relay run from that commit's tree (``pinrelay@<commit>``) after each pinrelay run,
+to compare two versions of the relay in one run (RESULTS.md is then left alone).
+Target (issue 13): pinrelay's p99 round trip below Prosody's, while every message
+and receipt is fsync-durable.
 Every figure also goes to ``results.json`` in the run's log folder; ``--json``
 prints that document instead of the tables.
 """
@@ -70,6 +73,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bench.chat_stages import STAGES, LoopLag, StageRecorder, breakdown, sleeps
+from bench.cluster_systems import before_tree
 from bench.common import (
     LOOPBACK,
     OtherLoad,
@@ -573,14 +577,21 @@ class PinrelayChat:
         await asyncio.gather(*self._readers, *self._writes, return_exceptions=True)
 
 
-async def run_pinrelay_chat(args: argparse.Namespace, logs: Path, round_no: int) -> Run:
-    """One pinrelay run: fresh relay, 2N devices made contacts, raw links, measure.
+async def run_pinrelay_chat(
+    args: argparse.Namespace, logs: Path, round_no: int, tree: Tree | None = None
+) -> Run:
+    """One pinrelay run: fresh relay, 2N devices made contacts, raw links, measure
+    (``tree``: a relay run from that source tree, ``--before``).
 
     Raises :class:`ChatUnavailable` while the relay has no chat (contacts → 404, or
     the ``send`` frame refused).
     """
-    run = Run(PINRELAY, round_no, args.rate, args.pairs)
-    relay = RelayProcess(logs, name=f"relay-{round_no}", max_links=2 * args.pairs + 100)
+    system = PINRELAY if tree is None else f"{PINRELAY}@{tree[1]}"
+    run = Run(system, round_no, args.rate, args.pairs)
+    name = f"relay-{round_no}" + ("" if tree is None else f"-{tree[1]}")
+    relay = RelayProcess(logs, name=name, max_links=2 * args.pairs + 100)
+    if tree is not None:
+        relay.src = tree[0]
     chat: PinrelayChat | None = None
     try:
         await relay.start()
@@ -619,9 +630,17 @@ async def run_pinrelay_chat(args: argparse.Namespace, logs: Path, round_no: int)
 
 
 # --- rounds and the report ----------------------------------------------------------
-async def run_one(args: argparse.Namespace, logs: Path, system: str, round_no: int) -> Run:
+#: A relay's source tree for ``--before``: (its src folder, the short commit).
+Tree = tuple[Path, str]
+
+
+async def run_one(
+    args: argparse.Namespace, logs: Path, system: str, round_no: int, before: Tree | None
+) -> Run:
     if system == PINRELAY:
         return await run_pinrelay_chat(args, logs, round_no)
+    if system.startswith(f"{PINRELAY}@") and before is not None:
+        return await run_pinrelay_chat(args, logs, round_no, before)
     return await run_prosody_chat(args, logs, round_no, archive=system == PROSODY_MAM)
 
 
@@ -675,7 +694,7 @@ def row(run: Run) -> list[str]:
         *(ms(run.rtt_ms, k) for k in ("p50", "p90", "p99", "p99.9", "max")),
         f"{run.cpu_us:.0f}",
         f"{max(0.0, run.writer_cpu_s) / run.completed * 1e6:.0f}"
-        if run.completed and run.system == PINRELAY
+        if run.completed and run.system.startswith(PINRELAY)
         else "-",
         f"{run.client_us:.0f}",
         f"{run.server_sleeps / run.completed:.1f}" if run.completed else "n/a",
@@ -697,10 +716,14 @@ def medians(runs: Sequence[Run]) -> dict[str, float]:
     }
 
 
+def systems_of(runs: Sequence[Run]) -> list[str]:
+    """The systems measured, in the order first run."""
+    return list(dict.fromkeys(r.system for r in runs))
+
+
 def findings(runs: Sequence[Run]) -> list[str]:
     lines: list[str] = []
-    by_system = {s: [r for r in runs if r.system == s] for s in SYSTEMS}
-    med = {s: medians(rs) for s, rs in by_system.items()}
+    med = {s: medians([r for r in runs if r.system == s]) for s in systems_of(runs)}
     for system, m in med.items():
         if m:
             lines.append(
@@ -762,6 +785,14 @@ def findings(runs: Sequence[Run]) -> list[str]:
                 f"every message and receipt fsynced); CPU per chat message "
                 f"{ours['cpu_us'] / theirs['cpu_us']:.2f}x {peer}'s."
             )
+    for before in (s for s in med if s.startswith(f"{PINRELAY}@")):
+        theirs = med[before]
+        if ours and theirs:
+            lines.append(
+                f"- **pinrelay / {before}: p99 {ours['p99_ms']:.2f} / {theirs['p99_ms']:.2f} "
+                f"ms, CPU per chat message {ours['cpu_us']:.0f} / {theirs['cpu_us']:.0f} µs** "
+                f"({ours['cpu_us'] / theirs['cpu_us']:.2f}x)."
+            )
     skipped = sorted({r.skipped for r in runs if r.skipped})
     lines.extend(f"- pinrelay not measured: {why}." for why in skipped)
     return lines
@@ -775,7 +806,7 @@ def report(args: argparse.Namespace, runs: list[Run], logs: Path) -> dict[str, A
         "prosody": prosody_version(),
         "durability": {PROSODY: DURABILITY, PROSODY_MAM: DURABILITY_ARCHIVE},
         "runs": [dataclasses.asdict(r) | {"cpu_us": r.cpu_us} for r in runs],
-        "medians": {s: medians([r for r in runs if r.system == s]) for s in SYSTEMS},
+        "medians": {s: medians([r for r in runs if r.system == s]) for s in systems_of(runs)},
         "findings": findings(runs),
     }
     text = json.dumps(finite(document), indent=1, default=str)
@@ -798,7 +829,7 @@ def report(args: argparse.Namespace, runs: list[Run], logs: Path) -> dict[str, A
         for line in [*lines, *notes]:
             console.print(line)
         console.print(f"figures in {logs / 'results.json'}")
-    if args.no_results or not any(r.completed for r in runs):
+    if args.no_results or args.before or not any(r.completed for r in runs):
         return document
     pinned_to = next((r.pinned for r in runs if r.pinned), "")
     body = "\n".join(
@@ -876,6 +907,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the server's main thread or with the clients",
     )
     parser.add_argument(
+        "--before",
+        help="a commit: a relay of that commit's tree runs after each pinrelay run "
+        "(results.json only, RESULTS.md left alone)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print every figure as JSON instead of tables"
     )
     add_common_args(parser)
@@ -888,6 +924,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in args.systems if s not in SYSTEMS]
     if unknown or not args.systems:
         parser.error(f"--systems: unknown {', '.join(unknown) or '(none)'}")
+    if args.before and PINRELAY not in args.systems:
+        parser.error("--before compares relays: --systems must include pinrelay")
     if args.server_cpu not in ("first", "disk") and not str(args.server_cpu).isdigit():
         parser.error(f'--server-cpu: a CPU number, "first" or "disk", not {args.server_cpu!r}')
     if args.pairs < 1 or args.rate <= 0 or args.seconds <= 0:
@@ -904,16 +942,28 @@ async def main(argv: list[str] | None = None) -> list[Run]:
         f"[bold]bench.chat_roundtrip[/]: {args.pairs} pairs at {args.rate:g} msgs/s for "
         f"{args.seconds:g} s, {args.rounds} round(s) of {', '.join(args.systems)}; logs in {logs}"
     )
+    with contextlib.ExitStack() as stack:
+        before = stack.enter_context(before_tree(args.before)) if args.before else None
+        runs = await all_runs(args, logs, before)
+    report(args, runs, logs)
+    return runs
+
+
+async def all_runs(args: argparse.Namespace, logs: Path, before: Tree | None) -> list[Run]:
+    """Every system in turn, round by round (``before``'s relay after each pinrelay)."""
+    systems = list(args.systems)
+    if before is not None:
+        systems.insert(systems.index(PINRELAY) + 1, f"{PINRELAY}@{before[1]}")
     runs: list[Run] = []
     skip_pinrelay = ""
     for round_no in range(1, args.rounds + 1):
-        for system in rotated(args.systems, round_no):
-            if system == PINRELAY and skip_pinrelay:
+        for system in rotated(systems, round_no):
+            if system.startswith(PINRELAY) and skip_pinrelay:
                 continue
             if args.wait_quiet > 0:
                 await wait_machine_quiet(args.wait_quiet)
             try:
-                run = await run_one(args, logs, system, round_no)
+                run = await run_one(args, logs, system, round_no, before)
             except ChatUnavailable as exc:
                 skip_pinrelay = str(exc)
                 console.print(f"[yellow]pinrelay #{round_no}: not measured: {exc}[/]")
@@ -928,7 +978,6 @@ async def main(argv: list[str] | None = None) -> list[Run]:
                 f"{ms(run.rtt_ms, 'p50')} ms, p99 {ms(run.rtt_ms, 'p99')} ms, "
                 f"{run.cpu_us:.0f} µs server CPU per chat message"
             )
-    report(args, runs, logs)
     return runs
 
 
