@@ -12,7 +12,7 @@ import contextlib
 import json
 import sys
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -31,7 +31,7 @@ from pinrelay.cli_common import (
     print_json,
     print_record,
 )
-from pinrelay.core.chat import is_group_id
+from pinrelay.core.chat import MAX_TEXT, is_group_id
 from pinrelay.core.ids import is_pin
 
 if TYPE_CHECKING:  # imported by the commands that use them (cli_common.py says why)
@@ -153,6 +153,8 @@ def send(
     """
     if wait not in WAITS:
         fail(f"--wait must be sent, delivered or read, not {wait!r}")
+    if not text:
+        fail(f"the text is empty: a chat message is 1 to {MAX_TEXT} bytes of UTF-8")
     with _device(url, pin, token) as c:
         sent = call(c.send, to, text, ttl=ttl)
     if wait == "sent":
@@ -186,6 +188,8 @@ def _wait_for_receipt(
     from pinrelay.client.device import Device, LinkRefused
 
     found: dict[str, Any] = {}
+    #: The furthest receipt so far: what --json prints if the wait ends without one.
+    reached: dict[str, Any] = {"id": message_id, "to": to, "state": "sent", "by": None}
     done = asyncio.Event()
     whom = f"group {to}" if is_group_id(to) else to
     verb = "to receive" if wait == "delivered" else "to read"
@@ -204,6 +208,8 @@ def _wait_for_receipt(
                 print_json_err({"event": "receipt", "id": receipt_id, "state": state, "by": by})
             else:
                 err.print(f"{state} by {by}; waiting for it to be read…", highlight=False)
+            if RANK[state] > RANK[reached["state"]]:
+                reached.update(state=state, by=by)
             return
         if receipt_id != message_id:
             _show_meanwhile(as_json, {"kind": "receipt", "id": receipt_id, "state": state})
@@ -234,20 +240,28 @@ def _wait_for_receipt(
             else:
                 runner.cancel()
 
+    def give_up(message: str, code: int = 1) -> NoReturn:
+        if as_json:  # a script still gets the id, and how far the message got
+            print_json(reached)
+        fail(message, code)
+
     timed_out: list[bool] = []
     try:
         asyncio.run(main())
     except LinkRefused as exc:
-        fail(f"the relay refused the link: {exc} (the message is stored: {message_id})")
+        give_up(f"the relay refused the link: {exc} (the message is stored: {message_id})")
     except KeyboardInterrupt:
-        fail(f"stopped before the {wait} receipt (the message is stored: {message_id})", 130)
+        give_up(f"stopped before the {wait} receipt (the message is stored: {message_id})", 130)
     if not found:
         stored = f"(the message is stored: {message_id})"
         if timed_out and timed_out[0]:
-            fail(f"no {wait} receipt within {timeout:g} s {stored}")
-        fail(f"the link ended before the {wait} receipt: another link of {pin} took over {stored}")
+            give_up(f"no {wait} receipt within {timeout:g} s {stored}")
+        give_up(
+            f"the link ended before the {wait} receipt: another link of {pin} took over {stored}"
+        )
     if found["state"] == "failed":
-        fail(f"message {message_id} failed: it expired undelivered")
+        reached.update(found)
+        give_up(f"message {message_id} failed: it expired undelivered")
     return found
 
 
@@ -436,6 +450,8 @@ def group_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a group of your contacts; prints its id (send to it as to a PIN)."""
+    if not name:
+        fail("the group's name is empty")
     with _device(url, pin, token) as c:
         group = call(c.create_group, name, members)
     _show_group(group, as_json, "group created")
@@ -453,7 +469,9 @@ def group_add(
     """Add contacts to a group you created."""
     with _device(url, pin, token) as c:
         result = call(c.add_members, group, members)
-    _show_group(result, as_json, "members added")
+    left_out = set(result.ignored)
+    title = "members added" if any(m not in left_out for m in members) else "no member added"
+    _show_group(result, as_json, title)
 
 
 @group_app.command("remove")

@@ -403,6 +403,8 @@ class TestHttpChat:
         [
             ({"to": "STRANGER", "text": "hi", "client_id": "s"}, 403),
             ({"to": "PEER", "text": "x" * 40_000, "client_id": "big"}, 413),
+            # Past the body's own limit: the answer still names the text's.
+            ({"to": "PEER", "text": "x" * 70_000, "client_id": "huge"}, 413),
             ({"to": "PEER", "text": "hi", "client_id": ""}, 422),
             ({"to": "GABCDEFGHJKMN", "text": "hi", "client_id": "g"}, 404),
             ({"to": "PEER", "text": "hi"}, 422),
@@ -421,6 +423,9 @@ class TestHttpChat:
             r = c.post(f"/v1/devices/{a['pin']}/chat", json=body, headers=bearer(a))
         assert r.status_code == status, r.text
         assert r.headers["content-type"] == "application/problem+json"
+        if status == 413:
+            detail = r.json()["detail"]  # the text's limit, whatever the body's size
+            assert "text" in detail and "32768" in detail, r.text
         with relay.client() as c:
             assert c.show_device(b["pin"])["backlog"] == 1
             assert c.show_device(stranger["pin"])["backlog"] == 0

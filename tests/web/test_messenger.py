@@ -5,8 +5,9 @@ and started again on the same data and ports; receipts move ✓ → D → R; not
 shown twice; axe-core finds no serious violation; a phone's width needs no
 horizontal scroll.
 
-Artefacts: ``test-artifacts/web/conversation.png`` (a conversation, desktop) and
-``conversation-375px.png`` (the same at a phone's width).
+Artefacts: ``test-artifacts/web/conversation.png`` (a conversation, desktop),
+``conversation-375px.png`` (the same at a phone's width) and ``group.png`` (a
+group's conversation).
 """
 
 from __future__ import annotations
@@ -240,6 +241,74 @@ def test_two_browsers_and_an_sdk_device_chat_through_a_restart(
     assert serious(app_a.page) == []
     assert serious(app_b.page) == []
     assert app_a.errors == [] and app_b.errors == []
+
+
+def befriend(relay: RelayProc, inviter: dict[str, Any], invitee: dict[str, Any]) -> None:
+    """``inviter`` invites ``invitee``, who accepts (over HTTP)."""
+    url = f"{relay.url}/v1/devices"
+    r = httpx.post(
+        f"{url}/{inviter['pin']}/contacts",
+        json={"pin": invitee["pin"]},
+        headers=device_token(relay, inviter),
+    )
+    assert r.status_code == 202, r.text
+    r = httpx.post(
+        f"{url}/{invitee['pin']}/contacts/{inviter['pin']}/accept",
+        headers=device_token(relay, invitee),
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_a_groups_messages_have_the_groups_conversation(
+    relay: RelayProc, new_context: NewContext, sdk_devices: StartSdk, artifacts: Path
+) -> None:
+    """A group message is shown in the group's conversation (never as a one-to-one
+    message of its sender), named, with its sender; a reply goes to the group, and
+    counts each member's receipts."""
+    a, c, d = relay.create_device("web"), relay.create_device("sdk"), relay.create_device("d")
+    befriend(relay, c, a)
+    befriend(relay, c, d)
+    app = App(new_context(viewport={"width": 1100, "height": 760}), relay)
+    app.link_with_token(a["pin"], a["token"])
+    expect(app.contact(c["pin"])).to_be_visible()
+    r = httpx.post(
+        f"{relay.url}/v1/devices/{c['pin']}/groups",
+        json={"name": "crew", "members": [a["pin"], d["pin"]]},
+        headers=device_token(relay, c),
+    )
+    assert r.status_code == 201, r.text
+    group = r.json()["group"]
+    # The group_added notice names it at once.
+    entry = app.page.locator(f'#contacts button[data-group="{group}"]')
+    expect(entry).to_contain_text("crew")
+
+    sdk = sdk_devices(relay, c)
+    sdk.send(group, "hi crew")
+    expect(entry.locator(".badge")).to_have_attribute("data-unread", "1")
+    expect(app.unread(c["pin"])).to_have_count(0)
+    entry.click()
+    expect(app.page.locator("#conversation-title")).to_have_text("Group crew")
+    expect(app.bubble("hi crew").locator(".from")).to_have_text(c["pin"])
+    app.say("hi all")
+    # C's SDK acks it (delivered), D is offline: one member of two.
+    expect(app.state_of("hi all")).to_have_attribute("aria-label", "delivered")
+    expect(app.bubble("hi all").locator(".counts")).to_have_text("delivered to 1, read by 0")
+    got = next(m for m in sdk.chats() if m.data["text"] == "hi all")
+    assert got.data["group"] == group and got.sender == a["pin"]
+    sdk.read(got.id)
+    expect(app.state_of("hi all")).to_have_attribute("aria-label", "read")
+    expect(app.bubble("hi all").locator(".counts")).to_have_text("delivered to 1, read by 1")
+    app.page.screenshot(path=artifacts / "group.png")
+    # Nothing of the group in the one-to-one conversation with its sender.
+    app.open(c["pin"])
+    assert app.texts() == []
+    # A reload keeps the group, its name and its history.
+    app.page.reload()
+    app.expect_linked()
+    entry.click()
+    assert app.texts() == ["hi crew", "hi all"]
+    assert serious(app.page) == []
+    assert app.errors == []
 
 
 def test_login_page(relay: RelayProc, new_context: NewContext) -> None:

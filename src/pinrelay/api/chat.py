@@ -42,6 +42,7 @@ from pinrelay.store.base import Group
 #: A send's body: the largest text with every character escaped, and the rest.
 CHAT_BODY_LIMIT = 2 * MAX_TEXT + 4096
 SMALL_BODY = 4096
+_TEXT_LIMIT = f"a chat message's text is at most {MAX_TEXT} bytes of UTF-8"
 
 
 def _other(request: Request) -> str:
@@ -98,7 +99,7 @@ async def list_contacts(request: Request) -> Response:
 
 async def send(request: Request) -> Response:
     device = (await require_device(request)).device
-    body = decode(await read_body(request, limit=CHAT_BODY_LIMIT), ChatSend)
+    body = decode(await read_body(request, CHAT_BODY_LIMIT, why=_TEXT_LIMIT), ChatSend)
     sent = await relay_of(request).chat.send(
         device.pin, body.to, body.text, body.client_id, body.ttl
     )

@@ -143,25 +143,28 @@ async def require_device(request: Request) -> DevicePrincipal:
     return await relay_of(request).auth.device(pin, token, _source(client and client.host))
 
 
-async def read_body(request: Request, limit: int = MAX_BODY, optional: bool = False) -> bytes:
-    """The request body, bounded; ``optional``: an absent body is b"" (no content type needed)."""
+async def read_body(
+    request: Request, limit: int = MAX_BODY, optional: bool = False, why: str = ""
+) -> bytes:
+    """The request body, bounded; ``optional``: an absent body is b"" (no content type
+    needed); ``why``: what sets the limit, said in a 413 (the caller's own words)."""
     headers = request.headers
     absent = headers.get("content-length", "0") == "0"
     no_type = not headers.get("content-type")
     if optional and no_type and absent and "transfer-encoding" not in headers:
         return b""
-    check_body_headers(headers, limit)
+    check_body_headers(headers, limit, why)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large(limit)
+            raise too_large(limit, why)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def check_body_headers(headers: Mapping[str, str], limit: int) -> None:
+def check_body_headers(headers: Mapping[str, str], limit: int, why: str = "") -> None:
     """A JSON body no longer than ``limit`` as far as the headers tell, before it is read."""
     media, _, params = headers.get("content-type", "").partition(";")
     media = media.strip().lower()
@@ -171,7 +174,7 @@ def check_body_headers(headers: Mapping[str, str], limit: int) -> None:
         _check_charset(params)
     length = headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise LimitExceeded(f"body is {length} bytes; the limit is {limit}")
+        raise LimitExceeded(f"body is {length} bytes; the limit is {limit}{_why(why)}")
 
 
 def _check_charset(params: str) -> None:
@@ -187,8 +190,12 @@ def _check_charset(params: str) -> None:
                 )
 
 
-def too_large(limit: int) -> LimitExceeded:
-    return LimitExceeded(f"body exceeds the limit of {limit} bytes")
+def too_large(limit: int, why: str = "") -> LimitExceeded:
+    return LimitExceeded(f"body exceeds the limit of {limit} bytes{_why(why)}")
+
+
+def _why(why: str) -> str:
+    return f" ({why})" if why else ""
 
 
 def strict(body: bytes, where: str = "") -> None:

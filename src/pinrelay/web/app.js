@@ -15,7 +15,10 @@
  *    and full jitter, honouring drain and retry_after_ms, rotating link URLs.
  * 4. Receipts: opening a conversation sends ``read`` for what it shows; outgoing
  *    messages move sending -> sent (✓) -> delivered (D) -> read (R), never back;
- *    refused ones show ✗.
+ *    refused ones show ✗.  A group message takes the first member's receipt (as
+ *    the SDK's handle does) and counts each member's.
+ * 5. Conversations are keyed by the peer's PIN or, for a group's messages (``data.
+ *    group``), by the group id: a group message is never shown as a one-to-one one.
  *
  * No framework, no build step, no inline script (the page's CSP forbids it).
  */
@@ -37,6 +40,7 @@
   const BACKOFF_BASE_MS = 500;
   const BACKOFF_MAX_MS = 8000;
   const PIN_RE = /^[0-9A-F]{8}$/;
+  const GROUP_RE = /^G[0-9A-HJKMNP-TV-Z]{12}$/; // G and 12 Crockford base32 digits
 
   const $ = (id) => document.getElementById(id);
   const root = $("app");
@@ -55,7 +59,7 @@
   let pingTimer = null;
   let pongTimer = null;
   let pingSeq = 0;
-  const orphanReceipts = new Map(); // a receipt that came before our "sent"
+  const orphanReceipts = new Map(); // id -> [[state, by], ...] that came before our "sent"
 
   // --- state ----------------------------------------------------------------------
   function parseUrls(text) {
@@ -68,7 +72,7 @@
   }
 
   function fresh(pin, token) {
-    return { pin, token, cursor: 0, convs: {}, contacts: {}, reads: [], open: null };
+    return { pin, token, cursor: 0, convs: {}, contacts: {}, groups: {}, reads: [], open: null };
   }
 
   function load() {
@@ -113,6 +117,15 @@
     const bytes = new Uint8Array(12);
     crypto.getRandomValues(bytes);
     return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function isGroup(peer) {
+    return GROUP_RE.test(peer);
+  }
+
+  function groupName(id) {
+    const g = state.groups[id];
+    return g && g.name ? g.name : id;
   }
 
   function unread(peer) {
@@ -261,6 +274,7 @@
     for (const m of waiting) wsSend({ type: "send", to: m.to, text: m.text, client_id: m.client_id });
     flushReads();
     refreshContacts();
+    refreshGroups();
   }
 
   function onMsg(f) {
@@ -271,35 +285,57 @@
     }
     const data = f.data && typeof f.data === "object" ? f.data : {};
     let readNow = false;
+    let peer = null;
     if (f.kind === "chat" && typeof f.from === "string") {
-      const list = conv(f.from);
+      // Rule 5: a group's message belongs to the group's conversation.
+      const group = typeof data.group === "string" && isGroup(data.group) ? data.group : null;
+      peer = group || f.from;
+      if (group && !state.groups[group]) {
+        state.groups[group] = { name: null };
+        refreshGroups();
+      }
+      const list = conv(peer);
       if (!list.some((m) => m.id === f.id)) {
-        list.push({ dir: "in", id: f.id, text: String(data.text ?? ""), at: f.sent_at, read: false });
+        list.push({ dir: "in", id: f.id, from: f.from, text: String(data.text ?? ""), at: f.sent_at, read: false });
         trim(list);
-        readNow = f.from === state.open && document.visibilityState === "visible";
-        if (!readNow) announce(`New message from ${f.from}`);
+        readNow = peer === state.open && document.visibilityState === "visible";
+        if (!readNow) announce(`New message from ${f.from}` + (group ? ` in ${groupName(group)}` : ""));
       }
     } else if (f.kind === "receipt") {
-      receipt(String(data.id), String(data.state));
+      receipt(String(data.id), String(data.state), f.from);
     } else if (f.kind === "contact" && typeof f.from === "string") {
-      const what = data.event === "accepted" ? "accepted your invitation" : "invited you";
-      announce(`${f.from} ${what}`);
-      refreshContacts();
+      contactNotice(f.from, data);
     }
     state.cursor = f.cursor;
     save(); // Rule 2: stored before it is acked
     wsSend({ type: "ack", cursor: f.cursor });
-    if (readNow) markRead(f.from);
+    if (readNow) markRead(peer);
     render();
   }
 
-  function receipt(id, to) {
+  function contactNotice(from, data) {
+    if (data.event === "group_added" && typeof data.group === "string" && isGroup(data.group)) {
+      state.groups[data.group] = { name: typeof data.name === "string" ? data.name : null };
+      announce(`${from} added you to the group ${groupName(data.group)}`);
+      refreshGroups();
+    } else if (data.event === "accepted" || data.event === "invited") {
+      announce(`${from} ${data.event === "accepted" ? "accepted your invitation" : "invited you"}`);
+      refreshContacts();
+    }
+  }
+
+  function receipt(id, to, by) {
     const m = findOut((o) => o.id === id);
     if (m) {
       move(m, to);
+      if (isGroup(m.to) && typeof by === "string" && to in RANK) {
+        // Each member's furthest state, for the group message's counts.
+        m.members = m.members || {};
+        if (!(by in m.members) || RANK[to] > RANK[m.members[by]]) m.members[by] = to;
+      }
     } else if (to in RANK) {
-      const had = orphanReceipts.get(id);
-      if (!had || RANK[to] > RANK[had]) orphanReceipts.set(id, to);
+      if (!orphanReceipts.has(id)) orphanReceipts.set(id, []);
+      orphanReceipts.get(id).push([to, by]);
     }
   }
 
@@ -309,10 +345,8 @@
     m.id = f.id;
     move(m, "sent");
     const early = orphanReceipts.get(f.id);
-    if (early) {
-      move(m, early);
-      orphanReceipts.delete(f.id);
-    }
+    orphanReceipts.delete(f.id);
+    for (const [to, by] of early || []) receipt(f.id, to, by);
     save();
     render();
   }
@@ -400,6 +434,24 @@
     }
   }
 
+  async function refreshGroups() {
+    if (!state) return;
+    try {
+      const answer = await api("GET", `/v1/devices/${state.pin}/groups`);
+      const groups = {};
+      for (const g of answer.groups) groups[g.group] = { name: g.name, members: g.members };
+      // A group left or lost keeps its conversation (and its name) for reading.
+      for (const [id, g] of Object.entries(state.groups)) {
+        if (!(id in groups) && state.convs[id]) groups[id] = { name: g.name, left: true };
+      }
+      state.groups = groups;
+      save();
+      render();
+    } catch (e) {
+      /* the relay is away: the next welcome asks again */
+    }
+  }
+
   async function refreshLinkUrls() {
     try {
       const r = await fetch("/v1/info", { cache: "no-store" });
@@ -448,6 +500,7 @@
   function peers() {
     const all = new Set(Object.keys(state.convs));
     for (const [pin, s] of Object.entries(state.contacts)) if (s === "accepted") all.add(pin);
+    for (const id of Object.keys(state.groups)) all.add(id);
     const last = (p) => {
       const list = state.convs[p] || [];
       return list.length ? list[list.length - 1].at : "";
@@ -494,11 +547,14 @@
         ? el("span", { className: "badge", "data-unread": String(n) }, String(n),
             el("span", { className: "sr-only", text: " unread" }))
         : null;
-      const who = el("span", { className: "who", text: pin });
+      const group = isGroup(pin);
+      const who = group
+        ? el("span", { className: "who group" }, el("span", { className: "tag", text: "group" }), " " + groupName(pin))
+        : el("span", { className: "who", text: pin });
       list.append(el("li", {},
         el("button", {
-          type: "button", className: "contact", "data-pin": pin, "data-focus": "contact " + pin,
-          "aria-current": pin === state.open ? "true" : "false",
+          type: "button", className: "contact", "data-peer": pin, [group ? "data-group" : "data-pin"]: pin,
+          "data-focus": "contact " + pin, "aria-current": pin === state.open ? "true" : "false",
         }, who, badge)));
     }
     $("no-contacts").hidden = list.children.length > 0;
@@ -513,13 +569,21 @@
     const peer = state.open;
     $("messenger").classList.toggle("reading", Boolean(peer));
     $("composer").hidden = !peer;
-    $("conversation-title").textContent = peer ? `Conversation with ${peer}` : "Choose a conversation";
+    $("conversation-title").textContent = !peer
+      ? "Choose a conversation"
+      : isGroup(peer) ? `Group ${groupName(peer)}` : `Conversation with ${peer}`;
     const box = $("messages");
     const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
     box.replaceChildren();
     for (const m of peer ? state.convs[peer] || [] : []) {
       const meta = el("p", { className: "meta" }, el("time", { dateTime: m.at, text: time(m.at) }));
-      const item = el("li", { className: "msg " + m.dir }, el("p", { className: "text", text: m.text }), meta);
+      const from = m.dir === "in" && isGroup(peer) ? el("p", { className: "from", text: m.from }) : null;
+      const item = el("li", { className: "msg " + m.dir }, from, el("p", { className: "text", text: m.text }), meta);
+      if (m.dir === "out" && m.members) {
+        const states = Object.values(m.members);
+        const got = (s) => states.filter((x) => RANK[x] >= RANK[s] && RANK[x] < RANK.failed).length;
+        meta.append(el("span", { className: "counts", text: `delivered to ${got("delivered")}, read by ${got("read")}` }));
+      }
       if (m.dir === "out") {
         item.dataset.clientId = m.client_id;
         meta.append(el("span", {
@@ -564,6 +628,7 @@
     showMessenger();
     connect();
     refreshContacts();
+    refreshGroups();
   }
 
   function unlink(message) {
@@ -651,8 +716,8 @@
   });
 
   $("contacts").addEventListener("click", (e) => {
-    const button = e.target.closest("button[data-pin]");
-    if (button) openConversation(button.dataset.pin);
+    const button = e.target.closest("button[data-peer]");
+    if (button) openConversation(button.dataset.peer);
   });
 
   $("back").addEventListener("click", () => {
