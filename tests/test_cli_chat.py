@@ -87,6 +87,10 @@ def test_contacts_and_send_speak_json(relay: RelayProc) -> None:
     assert [(m["id"], m["from"], m["data"]["text"]) for m in inbox_chats(relay, b)] == [
         (sent["id"], a["pin"], "hello over the CLI")
     ]
+    # listen says what each message is and whose: the invitation, then the chat.
+    invited, chat = ok(relay, b, "listen", "--count", "2").splitlines()
+    assert f"#1 contact from {a['pin']} " in invited and '"invited"' in invited
+    assert f"#2 chat from {a['pin']} " in chat and "hello over the CLI" in chat
     # c invites a; a declines; a blocks and unblocks c; a removes b.
     ok_json(relay, c, "contacts", "invite", a["pin"])
     assert ok_json(relay, a, "contacts", "decline", c["pin"]) == {

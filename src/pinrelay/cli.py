@@ -269,6 +269,7 @@ def listen(
                         "id": m.id,
                         "cursor": m.cursor,
                         "kind": m.kind,
+                        "from": m.sender,
                         "data": m.data,
                         "topic": m.topic,
                         "urgency": m.urgency,
@@ -290,6 +291,9 @@ def listen(
                     else escape(json.dumps(m.data))
                     + (f" [cyan]topic={escape(m.topic)}[/]" if m.topic else "")
                 )
+                if m.kind not in ("push", "webpush"):  # a chat, a receipt, a notice: whose
+                    sender = f" from {escape(m.sender)}" if m.sender else ""
+                    line = f"[magenta]{escape(m.kind)}{sender}[/] {line}"
                 out.print(
                     f"[dim]{m.sent_at}[/] [bold]#{m.cursor}[/] {line}",
                     highlight=False,

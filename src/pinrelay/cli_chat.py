@@ -536,7 +536,9 @@ def chat(
     Your messages show ✓ once stored, D once delivered, R once read, ✗ if refused
     or expired undelivered; the bar shows the link (connecting, retrying, linked).
     Incoming messages of the chat are marked read as they show; everything else the
-    device receives meanwhile shows as a note.  Enter sends, Ctrl-D quits; the
+    device receives meanwhile shows once as a note, and is acknowledged like the
+    rest (the relay will not hand it over again: not to a later `chat` either).
+    Enter sends, Ctrl-D quits; the
     conversation is printed when you quit (--json: as JSON).  It holds the device's
     link: another link of the same device (a `listen`) is replaced.
     """

@@ -104,6 +104,12 @@ def test_a_group_view_shows_the_groups_chats_with_each_sender() -> None:
         f"{OTHER}: one",
         f"· {PEER} (another chat): two",
     ]
+    # The bar names the group once its name is known.
+    updates: list[None] = []
+    v.on_update = lambda: updates.append(None)
+    v.named("crew")
+    status = "".join(text for _style, text in v.status_fragments())
+    assert f"{ME} ⇄ crew ({GROUP})" in status and updates
 
 
 def test_the_link_state_follows_the_sdks_events() -> None:

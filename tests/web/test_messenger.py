@@ -344,10 +344,15 @@ def test_page_headers(relay: RelayProc) -> None:
     assert "script-src 'self';" in policy and "'unsafe-inline'" not in policy
     assert f"connect-src 'self' ws://127.0.0.1:{relay.link_port};" in policy
     assert "<script>" not in page.text and " style=" not in page.text
-    for name, media in (("app.js", "text/javascript"), ("app.css", "text/css")):
+    assert '<link rel="icon" href="/app/icon.svg"' in page.text
+    for name, media in (
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("app.css", "text/css; charset=utf-8"),
+        ("icon.svg", "image/svg+xml"),
+    ):
         r = httpx.get(f"{relay.url}/app/{name}")
         assert r.status_code == 200
-        assert r.headers["content-type"] == f"{media}; charset=utf-8"
+        assert r.headers["content-type"] == media
         assert r.headers["x-content-type-options"] == "nosniff"
         again = httpx.get(f"{relay.url}/app/{name}", headers={"If-None-Match": r.headers["etag"]})
         assert again.status_code == 304

@@ -45,6 +45,7 @@ def asset(name: str) -> Asset:
         ".js": "text/javascript; charset=utf-8",
         ".css": "text/css; charset=utf-8",
         ".html": "text/html; charset=utf-8",
+        ".svg": "image/svg+xml",
     }
     body = resources.files("pinrelay").joinpath("web", name).read_bytes()
     etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
@@ -106,4 +107,9 @@ def _static(name: str) -> Route:
     return Route(f"/app/{name}", serve, methods=["GET"])
 
 
-routes = [Route("/app", page, methods=["GET"]), _static("app.js"), _static("app.css")]
+routes = [
+    Route("/app", page, methods=["GET"]),
+    _static("app.js"),
+    _static("app.css"),
+    _static("icon.svg"),  # else a browser asks for /favicon.ico, a 404 in its console
+]

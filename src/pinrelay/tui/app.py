@@ -202,8 +202,11 @@ class ChatSession:
         try:
             if self.view.is_group:
                 groups = await self.device.groups.list()
-                if not any(g.group == self.peer for g in groups):
+                mine = next((g for g in groups if g.group == self.peer), None)
+                if mine is None:
                     self.view.note(f"you are not in group {self.peer}: messages will be refused")
+                else:
+                    self.view.named(mine.name)
                 return
             contacts = await self.device.contacts.list()
         except ApiError as exc:

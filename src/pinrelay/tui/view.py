@@ -104,6 +104,8 @@ class ChatView:
         self.me = me
         self.peer = peer
         self.is_group = is_group_id(peer)
+        #: A group's name, once known (the status bar shows it).
+        self.peer_name: str | None = None
         self.lines: list[Line] = []
         self.link_state: LinkState = "connecting"
         #: The link's state in a few words: "connecting to …", "linked on node-1 (eu)".
@@ -184,7 +186,7 @@ class ChatView:
             "connecting": "class:status.connecting",
         }[self.link_state]
         return [
-            ("class:status", f" {self.me} ⇄ {self.peer}  "),
+            ("class:status", f" {self.me} ⇄ {self._peer_label()}  "),
             (style, f" {self.link_detail} "),
             ("class:status", "  Enter: send · Ctrl-D: quit "),
         ]
@@ -204,6 +206,14 @@ class ChatView:
         ]
 
     # --- inside ----------------------------------------------------------------
+    def named(self, name: str) -> None:
+        """The group's name is known: the status bar shows it."""
+        self.peer_name = name
+        self._updated()
+
+    def _peer_label(self) -> str:
+        return f"{self.peer_name} ({self.peer})" if self.peer_name else self.peer
+
     def _ours(self, sender: str | None, group: object) -> bool:
         if self.is_group:
             return group == self.peer
