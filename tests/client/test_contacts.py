@@ -1,15 +1,11 @@
-"""A device's own routes from the client side: the calls Routes builds, DeviceClient
-and the SDK's device.contacts / device.groups against a real relay, and the group
-calls against an httpx MockTransport that answers as the group API is specified
-(the relay's group routes are being built on main)."""
+"""A device's own routes from the client side: the calls Routes builds, and
+DeviceClient and the SDK's device.contacts / device.groups against a real relay."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
-import httpx
 import pytest
 
 from pinrelay.client.contacts import (
@@ -17,13 +13,12 @@ from pinrelay.client.contacts import (
     Contact,
     ContactAnswer,
     DeviceClient,
-    Group,
     Groups,
     Routes,
 )
 from pinrelay.client.device import Device, Message
 from pinrelay.client.http import ApiError
-from tests.relayproc import RelayProc
+from tests.relayproc import RelayProc, free_port
 
 # Every test here on the `relay` fixture makes devices of its own: one relay for the
 # module (tests/conftest.py).
@@ -73,84 +68,51 @@ class TestRoutes:
         )
 
 
-class FakeGroups:
-    """The group API as specified, for A's contacts B and C (not D)."""
-
-    def __init__(self) -> None:
-        self.groups: dict[str, dict[str, Any]] = {}
-        self.contacts = {A: {B, C}}
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        parts = request.url.path.strip("/").split("/")  # v1 devices PIN groups [G [members [M]]]
-        pin = parts[2]
-        assert request.headers["authorization"] == f"Bearer token-{pin}"
-        body = json.loads(request.content) if request.content else {}
-        if parts[3:] == ["groups"] and request.method == "POST":
-            friends = self.contacts.get(pin, set())
-            gid = f"G{len(self.groups):012d}"
-            members = [pin] + [p for p in body["members"] if p in friends]
-            ignored = [p for p in body["members"] if p not in friends]
-            self.groups[gid] = {
-                "group": gid,
-                "name": body["name"],
-                "creator": pin,
-                "members": members,
-            }
-            return httpx.Response(201, json={**self.groups[gid], "ignored": ignored})
-        if parts[3:] == ["groups"]:
-            mine = [g for g in self.groups.values() if pin in g["members"]]
-            return httpx.Response(200, json={"groups": mine})
-        group = self.groups.get(parts[4])
-        if group is None:
-            return httpx.Response(404, json={"status": 404, "detail": "no such group"})
-        if len(parts) == 5:  # leave
-            group["members"].remove(pin)
-            return httpx.Response(204)
-        if group["creator"] != pin:
-            return httpx.Response(403, json={"status": 403, "detail": "only its creator may"})
-        if request.method == "POST":
-            friends = self.contacts.get(pin, set())
-            group["members"] += [p for p in body["pins"] if p in friends]
-            ignored = [p for p in body["pins"] if p not in friends]
-            return httpx.Response(200, json={**group, "ignored": ignored})
-        group["members"].remove(parts[6])
-        return httpx.Response(204)
+def befriend(relay: RelayProc, creator: dict[str, Any], *others: dict[str, Any]) -> None:
+    """``creator`` and each of ``others`` become accepted contacts."""
+    with DeviceClient(relay.url, creator["pin"], creator["token"]) as c:
+        for other in others:
+            c.invite(other["pin"])
+    for other in others:
+        with DeviceClient(relay.url, other["pin"], other["token"]) as o:
+            o.accept(creator["pin"])
 
 
-def test_device_client_groups_against_the_specified_api() -> None:
-    fake = FakeGroups()
-    transport = httpx.MockTransport(fake)
-    with DeviceClient("http://relay", A, f"token-{A}", transport=transport) as a:
-        made = a.create_group("friends", [B, "0D0D0D0D"])
-        assert made == Group(
-            group="G000000000000",
-            name="friends",
-            creator=A,
-            members=[A, B],
-            ignored=["0D0D0D0D"],
-        )
-        assert a.add_members(made.group, [C]).members == [A, B, C]
-        a.remove_member(made.group, C)
-        assert a.groups() == [Group(group=made.group, name="friends", creator=A, members=[A, B])]
-    with DeviceClient("http://relay", B, f"token-{B}", transport=transport) as b:
+def test_device_client_groups_against_a_relay(relay: RelayProc) -> None:
+    a, b, c, stranger = (relay.create_device() for _ in range(4))
+    befriend(relay, a, b, c)
+    with DeviceClient(relay.url, a["pin"], a["token"]) as ca:
+        made = ca.create_group("friends", [b["pin"], stranger["pin"]])
+        assert (made.name, made.creator, made.ignored) == ("friends", a["pin"], [stranger["pin"]])
+        assert sorted(made.members) == sorted([a["pin"], b["pin"]])
+        added = ca.add_members(made.group, [c["pin"]])
+        assert sorted(added.members) == sorted([a["pin"], b["pin"], c["pin"]])
+        ca.remove_member(made.group, c["pin"])
+        [mine] = ca.groups()
+        assert (mine.group, mine.name, mine.creator) == (made.group, "friends", a["pin"])
+        assert sorted(mine.members) == sorted([a["pin"], b["pin"]])
+    with DeviceClient(relay.url, b["pin"], b["token"]) as cb:
         with pytest.raises(ApiError) as refused:
-            b.add_members(made.group, [C])
-        assert (refused.value.status, refused.value.detail) == (403, "only its creator may")
-        b.leave(made.group)
-        assert b.groups() == []
+            cb.add_members(made.group, [c["pin"]])
+        assert refused.value.status == 403
+        cb.leave(made.group)
+        assert cb.groups() == []
 
 
-async def test_device_groups_against_the_specified_api() -> None:
-    transport = httpx.MockTransport(FakeGroups())
-    groups = Groups(AsyncRunner("http://relay", A, f"token-{A}", transport=transport))
-    made = await groups.create("g", [B])
-    assert (await groups.add(made.group, [C])).members == [A, B, C]
-    await groups.remove(made.group, B)
-    assert [g.members for g in await groups.list()] == [[A, C]]
+async def test_device_groups_against_a_relay(relay: RelayProc) -> None:
+    a, b, c = (relay.create_device() for _ in range(3))
+    befriend(relay, a, b, c)
+    groups = Groups(AsyncRunner(relay.url, a["pin"], a["token"]))
+    made = await groups.create("g", [b["pin"]])
+    added = await groups.add(made.group, [c["pin"]])
+    assert sorted(added.members) == sorted([a["pin"], b["pin"], c["pin"]])
+    await groups.remove(made.group, b["pin"])
+    assert [sorted(g.members) for g in await groups.list()] == [sorted([a["pin"], c["pin"]])]
     await groups.leave(made.group)
     assert await groups.list() == []
-    with pytest.raises(ApiError, match="no such group"):
-        await groups.leave("G999999999999")
+    with pytest.raises(ApiError) as missing:
+        await groups.leave("G0123456789AB")
+    assert missing.value.status == 404
 
 
 async def test_device_contacts_against_a_relay(relay: RelayProc) -> None:
@@ -209,11 +171,8 @@ async def test_contacts_need_the_http_url() -> None:
 
 
 def test_unreachable_is_status_0() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
-
-    client = DeviceClient("http://relay", A, "t", transport=httpx.MockTransport(refuse))
-    with client, pytest.raises(ApiError) as unreachable:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with DeviceClient(url, A, "t") as client, pytest.raises(ApiError) as unreachable:
         client.contacts()
     assert unreachable.value.status == 0
-    assert "cannot reach the relay at http://relay" in unreachable.value.detail
+    assert f"cannot reach the relay at {url}" in unreachable.value.detail
