@@ -264,6 +264,7 @@ def test_group_commands(relay: RelayProc) -> None:
     assert "no member added" in none and f"not your contacts): {stranger['pin']}" in none
     listed = ok_json(relay, b, "group", "list")
     assert [g["group"] for g in listed] == [gid]
+    assert set(listed[0]) == {"group", "name", "creator", "members"}
     assert gid in ok(relay, b, "group", "list")
     one_line_error(as_device(relay, b, "group", "remove", gid, c["pin"]), "403")
     sent = ok_json(relay, a, "send", gid, "hello group")

@@ -512,7 +512,8 @@ def group_list(
     with _device(url, pin, token) as c:
         groups = call(c.groups)
     if as_json:
-        print_json([_as_dict(g) for g in groups])
+        # "ignored" belongs to a create's or an add's answer, not to a list.
+        print_json([{k: v for k, v in _as_dict(g).items() if k != "ignored"} for g in groups])
         return
     if not groups:
         out.print("no groups: create one with `pinrelay group create NAME PIN...`")
