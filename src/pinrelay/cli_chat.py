@@ -539,9 +539,9 @@ def chat(
     Incoming messages of the chat are marked read as they show; everything else the
     device receives meanwhile shows once as a note, and is acknowledged like the
     rest (the relay will not hand it over again: not to a later `chat` either).
-    Enter sends, Ctrl-D quits; the
-    conversation is printed when you quit (--json: as JSON).  It holds the device's
-    link: another link of the same device (a `listen`) is replaced.
+    Enter sends, Ctrl-D quits; the conversation is printed when you quit (--json:
+    as JSON).  It holds the device's link: another link of the same device (a
+    `listen`) is replaced.
     """
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         fail("pinrelay chat needs a terminal; in scripts use `pinrelay send` and `listen`")

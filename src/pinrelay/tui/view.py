@@ -161,6 +161,11 @@ class ChatView:
         """A line of the app's own, or of something that is not this conversation."""
         self._add(Line("note", at or _local(self._clock()), text, sender=sender))
 
+    def named(self, name: str) -> None:
+        """The group's name is known: the status bar shows it."""
+        self.peer_name = name
+        self._updated()
+
     # --- what the app draws --------------------------------------------------
     def text_lines(self) -> list[str]:
         """The conversation as plain text, one string per line (the transcript)."""
@@ -206,11 +211,6 @@ class ChatView:
         ]
 
     # --- inside ----------------------------------------------------------------
-    def named(self, name: str) -> None:
-        """The group's name is known: the status bar shows it."""
-        self.peer_name = name
-        self._updated()
-
     def _peer_label(self) -> str:
         return f"{self.peer_name} ({self.peer})" if self.peer_name else self.peer
 
