@@ -351,6 +351,16 @@ class TestSend:
         assert welcome.max_frame >= len(json.dumps(chat_send(b["pin"], text, "x" * 64)))
         delivered = await next_msg(ws_b, "chat")
         assert msgspec.json.decode(delivered.data)["text"] == text
+        # So does the largest text of 2-byte characters, each escaped as \uXXXX
+        # (6 bytes of JSON for 2 of UTF-8: json.dumps's default).
+        wide = "é" * (16 * 1024)
+        frame = chat_send(b["pin"], wide, "wide")
+        assert len(json.dumps(frame)) > 3 * 32 * 1024
+        await send(ws_a, frame)
+        sent = await answer(ws_a)
+        assert isinstance(sent, frames.Sent), sent
+        delivered = await next_msg(ws_b, "chat")
+        assert msgspec.json.decode(delivered.data)["text"] == wide
 
     async def test_repeated_keys_in_a_send_fail_the_link(
         self, links: Links, relay: RelayProc, pair: tuple[Dev, Dev]
@@ -398,13 +408,29 @@ class TestHttpChat:
                 {"id": sent["id"], "state": "read"},
             ]
 
+    def test_the_largest_text_fits_however_it_is_escaped(
+        self, relay: RelayProc, pair: tuple[Dev, Dev]
+    ) -> None:
+        a, b = pair
+        # 32 KiB of 4-byte characters, each escaped as two \uXXXX (json.dumps's
+        # default): 12 bytes of JSON for 4 of UTF-8.
+        text = "\U0001f600" * (8 * 1024)
+        body = json.dumps({"to": b["pin"], "text": text, "client_id": "emoji"})
+        assert len(body) > 3 * 32 * 1024
+        headers = {**bearer(a), "Content-Type": "application/json"}
+        with http(relay) as c:
+            r = c.post(f"/v1/devices/{a['pin']}/chat", content=body, headers=headers)
+            assert r.status_code == 201, r.text
+            inbox = c.get(f"/v1/devices/{b['pin']}/inbox", headers=bearer(b)).json()
+        assert [m["data"]["text"] for m in inbox["messages"] if m["kind"] == "chat"] == [text]
+
     @pytest.mark.parametrize(
         ("body", "status"),
         [
             ({"to": "STRANGER", "text": "hi", "client_id": "s"}, 403),
             ({"to": "PEER", "text": "x" * 40_000, "client_id": "big"}, 413),
             # Past the body's own limit: the answer still names the text's.
-            ({"to": "PEER", "text": "x" * 70_000, "client_id": "huge"}, 413),
+            ({"to": "PEER", "text": "x" * 110_000, "client_id": "huge"}, 413),
             ({"to": "PEER", "text": "hi", "client_id": ""}, 422),
             ({"to": "GABCDEFGHJKMN", "text": "hi", "client_id": "g"}, 404),
             ({"to": "PEER", "text": "hi"}, 422),

@@ -16,6 +16,7 @@ from websockets.frames import Opcode
 
 from pinrelay.client.device import Device, Message
 from pinrelay.core import frames
+from pinrelay.link.server import LinkConfig
 from pinrelay.testing.wait import scaled, wait_until_async
 from tests.conftest import RelayFactory
 from tests.linkclient import RawLink, closed_with, error_then_close, link, raw_link, recv, send
@@ -55,7 +56,8 @@ async def test_failed_hello_does_not_replace_a_healthy_link(relay: RelayProc) ->
 @pytest.mark.shared_relay
 async def test_oversized_frame_gets_an_error_frame(relay: RelayProc) -> None:
     ws = await raw_link(relay)
-    await ws.send(json.dumps({"type": "hello", "pin": "x" * 100_000, "token": "t"}))
+    over = LinkConfig().max_frame + 1  # over the limit, under 4x it: an error frame
+    await ws.send(json.dumps({"type": "hello", "pin": "x" * over, "token": "t"}))
     error, code = await error_then_close(ws)
     assert (error.code, code) == ("too_large", 4413)
 

@@ -39,8 +39,9 @@ from pinrelay.core.social import Action
 from pinrelay.core.timefmt import rfc3339
 from pinrelay.store.base import Group
 
-#: A send's body: the largest text with every character escaped, and the rest.
-CHAT_BODY_LIMIT = 2 * MAX_TEXT + 4096
+#: A send's body: the largest text with every character escaped as \uXXXX (3 bytes
+#: of JSON per byte of UTF-8 at worst: link/server.py's max_frame), and the rest.
+CHAT_BODY_LIMIT = 3 * MAX_TEXT + 4096
 SMALL_BODY = 4096
 _TEXT_LIMIT = f"a chat message's text is at most {MAX_TEXT} bytes of UTF-8"
 

@@ -88,10 +88,11 @@ class LinkConfig:
     hello_timeout_s: float = 10.0
     default_window: int = 64
     max_window: int = 1024
-    #: Largest frame either side sends: a ``send`` with a 32 KiB text, each of its
-    #: characters escaped in two bytes at worst (core/chat.py), and the ``msg`` that
-    #: carries it, fit (PROTOCOL "Frames").
-    max_frame: int = 72 * 1024
+    #: Largest frame either side sends: a ``send`` with a 32 KiB text and the ``msg``
+    #: that carries it fit, even with every character escaped as ``\uXXXX`` (as
+    #: Python's json.dumps does by default): 3 bytes of JSON per byte of UTF-8 at
+    #: worst (``é`` is 2 bytes and 6 escaped; control characters are refused).
+    max_frame: int = 100 * 1024
     max_links: int = 10_000
     node: str = "node-1"
     region: str = "local"
