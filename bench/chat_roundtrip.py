@@ -43,8 +43,9 @@ message, i.e. the message, its receipt and (pinrelay) the acks of both.
 
 Runs alternate (``--rounds``: prosody, prosody-mam, pinrelay, then the next round
 starting one further along); medians are compared.  ``--before COMMIT`` adds a
-relay run from that commit's tree (``pinrelay@<commit>``) after each pinrelay run,
-to compare two versions of the relay in one run (RESULTS.md is then left alone).
+relay run from that commit's tree (``pinrelay@<commit>``), alternated with this
+tree's (copied at the start, so an edit meanwhile changes neither), to compare two
+versions of the relay in one run (RESULTS.md is then left alone).
 Target (issue 13): pinrelay's p99 round trip below Prosody's, while every message
 and receipt is fsync-durable.
 Every figure also goes to ``results.json`` in the run's log folder; ``--json``
@@ -60,6 +61,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -73,7 +75,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bench.chat_stages import STAGES, LoopLag, StageRecorder, breakdown, sleeps
-from bench.cluster_systems import before_tree
+from bench.cluster_systems import before_tree, pin_source
 from bench.common import (
     LOOPBACK,
     OtherLoad,
@@ -89,6 +91,7 @@ from bench.common import (
     print_table,
     run_dir,
     run_main,
+    source_state,
     timed_phase,
     wait_machine_quiet,
     wait_quiet,
@@ -793,8 +796,8 @@ def findings(runs: Sequence[Run]) -> list[str]:
                 f"ms, CPU per chat message {ours['cpu_us']:.0f} / {theirs['cpu_us']:.0f} µs** "
                 f"({ours['cpu_us'] / theirs['cpu_us']:.2f}x)."
             )
-    skipped = sorted({r.skipped for r in runs if r.skipped})
-    lines.extend(f"- pinrelay not measured: {why}." for why in skipped)
+    skipped = {(r.system, r.skipped): None for r in runs if r.skipped}
+    lines.extend(f"- {system} not measured: {why}." for system, why in skipped)
     return lines
 
 
@@ -908,7 +911,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--before",
-        help="a commit: a relay of that commit's tree runs after each pinrelay run "
+        help="a commit: a relay of that commit's tree, alternated with this tree's "
         "(results.json only, RESULTS.md left alone)",
     )
     parser.add_argument(
@@ -943,30 +946,35 @@ async def main(argv: list[str] | None = None) -> list[Run]:
         f"{args.seconds:g} s, {args.rounds} round(s) of {', '.join(args.systems)}; logs in {logs}"
     )
     with contextlib.ExitStack() as stack:
-        before = stack.enter_context(before_tree(args.before)) if args.before else None
+        before = None
+        if args.before:
+            source = source_state()  # before pin_source's copy is on PYTHONPATH
+            stack.callback(shutil.rmtree, pin_source(), ignore_errors=True)
+            before = stack.enter_context(before_tree(args.before))
+            args.source, args.before_commit = source, before[1]
         runs = await all_runs(args, logs, before)
     report(args, runs, logs)
     return runs
 
 
 async def all_runs(args: argparse.Namespace, logs: Path, before: Tree | None) -> list[Run]:
-    """Every system in turn, round by round (``before``'s relay after each pinrelay)."""
+    """Every system in turn, round by round (``before``'s relay beside pinrelay)."""
     systems = list(args.systems)
     if before is not None:
         systems.insert(systems.index(PINRELAY) + 1, f"{PINRELAY}@{before[1]}")
     runs: list[Run] = []
-    skip_pinrelay = ""
+    unavailable: set[str] = set()  # relays without chat: not tried again
     for round_no in range(1, args.rounds + 1):
         for system in rotated(systems, round_no):
-            if system.startswith(PINRELAY) and skip_pinrelay:
+            if system in unavailable:
                 continue
             if args.wait_quiet > 0:
                 await wait_machine_quiet(args.wait_quiet)
             try:
                 run = await run_one(args, logs, system, round_no, before)
             except ChatUnavailable as exc:
-                skip_pinrelay = str(exc)
-                console.print(f"[yellow]pinrelay #{round_no}: not measured: {exc}[/]")
+                unavailable.add(system)
+                console.print(f"[yellow]{system} #{round_no}: not measured: {exc}[/]")
                 runs.append(Run(system, round_no, args.rate, args.pairs, skipped=str(exc)))
                 continue
             except ProsodyMissing as exc:

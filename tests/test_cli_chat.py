@@ -262,6 +262,7 @@ def test_group_commands(relay: RelayProc) -> None:
     assert "members added" in added and " ".join(sorted([a["pin"], b["pin"], c["pin"]])) in added
     none = ok(relay, a, "group", "add", gid, stranger["pin"])
     assert "no member added" in none and f"not your contacts): {stranger['pin']}" in none
+    assert "no member added" in ok(relay, a, "group", "add", gid, b["pin"])  # in it already
     listed = ok_json(relay, b, "group", "list")
     assert [g["group"] for g in listed] == [gid]
     assert set(listed[0]) == {"group", "name", "creator", "members"}

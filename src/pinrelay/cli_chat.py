@@ -468,10 +468,12 @@ def group_add(
 ) -> None:
     """Add contacts to a group you created."""
     with _device(url, pin, token) as c:
+        # The answer lists who is in the group and who was left out, not who was
+        # added: a member already in it is neither.
+        before = next((g.members for g in call(c.groups) if g.group == group), [])
         result = call(c.add_members, group, members)
-    left_out = set(result.ignored)
-    title = "members added" if any(m not in left_out for m in members) else "no member added"
-    _show_group(result, as_json, title)
+    added = [m for m in result.members if m not in before]
+    _show_group(result, as_json, "members added" if added else "no member added")
 
 
 @group_app.command("remove")

@@ -302,11 +302,14 @@ def test_a_groups_messages_have_the_groups_conversation(
     # Nothing of the group in the one-to-one conversation with its sender.
     app.open(c["pin"])
     assert app.texts() == []
-    # A reload keeps the group, its name and its history.
+    # A reload keeps the group, its name, its history and the counts.
     app.page.reload()
     app.expect_linked()
+    expect(entry).to_contain_text("crew")
     entry.click()
+    expect(app.page.locator("#conversation-title")).to_have_text("Group crew")
     assert app.texts() == ["hi crew", "hi all"]
+    expect(app.bubble("hi all").locator(".counts")).to_have_text("delivered to 1, read by 1")
     assert serious(app.page) == []
     assert app.errors == []
 

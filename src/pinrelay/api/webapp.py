@@ -4,7 +4,8 @@ The page is rendered here from ``web/app.html`` (the relay's name, version and l
 URLs filled in); its script ``web/app.js`` speaks the link protocol from the browser
 (PROTOCOL.md) and the contacts routes over HTTP with the device's token, and keeps
 the conversations, the cursor and the token in the browser's localStorage.  No
-third-party code, no build step: the three files ship in the package.
+third-party code, no build step: its files (page, script, stylesheet, icon) ship
+in the package.
 
 Every answer carries a strict Content-Security-Policy: scripts and styles only from
 this origin (no inline script or style), connections only to this origin and the

@@ -15,8 +15,9 @@
  *    and full jitter, honouring drain and retry_after_ms, rotating link URLs.
  * 4. Receipts: opening a conversation sends ``read`` for what it shows; outgoing
  *    messages move sending -> sent (✓) -> delivered (D) -> read (R), never back;
- *    refused ones show ✗.  A group message takes the first member's receipt (as
- *    the SDK's handle does) and counts each member's.
+ *    refused ones show ✗.  A group message shows D and R at the first member's
+ *    receipt and counts the members' receipts (each comes once); one member's
+ *    ``failed`` is counted, not shown as ✗ for the whole message.
  * 5. Conversations are keyed by the peer's PIN or, for a group's messages (``data.
  *    group``), by the group id: a group message is never shown as a one-to-one one.
  *
@@ -60,6 +61,8 @@
   let pongTimer = null;
   let pingSeq = 0;
   const orphanReceipts = new Map(); // id -> [[state, by], ...] that came before our "sent"
+  const ORPHANS_KEPT = 10000; // ids: receipts of messages this page never sent are dropped
+  let groupsAsked = 0; // the newest groups request: an older answer is stale
 
   // --- state ----------------------------------------------------------------------
   function parseUrls(text) {
@@ -88,7 +91,15 @@
   }
 
   function save() {
-    if (state) localStorage.setItem(STORE_KEY, JSON.stringify(state));
+    if (!state) return true;
+    try {
+      localStorage.setItem(STORE_KEY, JSON.stringify(state));
+      return true;
+    } catch (e) {
+      // Full (the quota): nothing more may be acked, or it would be lost (rule 2).
+      setStatus("This browser's storage for the page is full: unlink to start again, or free some.", "bad");
+      return false;
+    }
   }
 
   function conv(peer) {
@@ -306,8 +317,13 @@
     } else if (f.kind === "contact" && typeof f.from === "string") {
       contactNotice(f.from, data);
     }
+    const before = state.cursor;
     state.cursor = f.cursor;
-    save(); // Rule 2: stored before it is acked
+    if (!save()) { // Rule 2: stored before it is acked, or not acked
+      state.cursor = before;
+      render();
+      return;
+    }
     wsSend({ type: "ack", cursor: f.cursor });
     if (readNow) markRead(peer);
     render();
@@ -326,15 +342,19 @@
 
   function receipt(id, to, by) {
     const m = findOut((o) => o.id === id);
-    if (m) {
+    if (m && isGroup(m.to)) {
+      // Counts, not a map per member: a 1,000-member group stays small in storage.
+      if (!(to in RANK) || to === "unsent") return;
+      m.counts = m.counts || { delivered: 0, read: 0, failed: 0 };
+      m.counts[to] += 1;
+      if (to !== "failed") move(m, to);
+    } else if (m) {
       move(m, to);
-      if (isGroup(m.to) && typeof by === "string" && to in RANK) {
-        // Each member's furthest state, for the group message's counts.
-        m.members = m.members || {};
-        if (!(by in m.members) || RANK[to] > RANK[m.members[by]]) m.members[by] = to;
-      }
     } else if (to in RANK) {
-      if (!orphanReceipts.has(id)) orphanReceipts.set(id, []);
+      if (!orphanReceipts.has(id)) {
+        if (orphanReceipts.size >= ORPHANS_KEPT) orphanReceipts.delete(orphanReceipts.keys().next().value);
+        orphanReceipts.set(id, []);
+      }
       orphanReceipts.get(id).push([to, by]);
     }
   }
@@ -436,10 +456,12 @@
 
   async function refreshGroups() {
     if (!state) return;
+    const asked = ++groupsAsked;
     try {
       const answer = await api("GET", `/v1/devices/${state.pin}/groups`);
+      if (asked !== groupsAsked || !state) return; // a newer request was made since
       const groups = {};
-      for (const g of answer.groups) groups[g.group] = { name: g.name, members: g.members };
+      for (const g of answer.groups) groups[g.group] = { name: g.name };
       // A group left or lost keeps its conversation (and its name) for reading.
       for (const [id, g] of Object.entries(state.groups)) {
         if (!(id in groups) && state.convs[id]) groups[id] = { name: g.name, left: true };
@@ -579,10 +601,10 @@
       const meta = el("p", { className: "meta" }, el("time", { dateTime: m.at, text: time(m.at) }));
       const from = m.dir === "in" && isGroup(peer) ? el("p", { className: "from", text: m.from }) : null;
       const item = el("li", { className: "msg " + m.dir }, from, el("p", { className: "text", text: m.text }), meta);
-      if (m.dir === "out" && m.members) {
-        const states = Object.values(m.members);
-        const got = (s) => states.filter((x) => RANK[x] >= RANK[s] && RANK[x] < RANK.failed).length;
-        meta.append(el("span", { className: "counts", text: `delivered to ${got("delivered")}, read by ${got("read")}` }));
+      if (m.dir === "out" && m.counts) {
+        const c = m.counts;
+        const failed = c.failed ? `, failed for ${c.failed}` : "";
+        meta.append(el("span", { className: "counts", text: `delivered to ${c.delivered}, read by ${c.read}${failed}` }));
       }
       if (m.dir === "out") {
         item.dataset.clientId = m.client_id;
@@ -740,7 +762,10 @@
     const list = conv(state.open);
     list.push(m);
     trim(list);
-    save(); // kept before it goes out: a reload sends it again
+    if (!save()) { // kept before it goes out (a reload sends it again), or not sent
+      list.pop();
+      return;
+    }
     if (linked) wsSend({ type: "send", to: m.to, text: m.text, client_id: m.client_id });
     box.value = "";
     render();
