@@ -21,6 +21,7 @@ import httpx
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import BrowserContext, Locator, Page, expect
 
+from tests.conftest import RelayFactory
 from tests.relayproc import RelayProc
 from tests.web.conftest import SdkDevice
 
@@ -311,6 +312,38 @@ def test_a_groups_messages_have_the_groups_conversation(
     assert app.texts() == ["hi crew", "hi all"]
     expect(app.bubble("hi all").locator(".counts")).to_have_text("delivered to 1, read by 1")
     assert serious(app.page) == []
+    assert app.errors == []
+
+
+def test_one_members_expiry_is_counted_not_shown_as_a_failed_group_message(
+    relay_factory: RelayFactory, new_context: NewContext, sdk_devices: StartSdk
+) -> None:
+    """A group message that expires for one member (offline past its ttl) keeps its D
+    from the member who got it, and says it failed for one."""
+    # The largest ttl is the default one: a chat from the page lives 6 s, time
+    # enough for C's SDK to get it on a busy host, and not for the page to give up.
+    relay = relay_factory(extra=["--max-ttl", "6", "--sweep-interval", "0.2"])
+    a, c, d = relay.create_device("web"), relay.create_device("sdk"), relay.create_device("d")
+    befriend(relay, c, a)
+    befriend(relay, c, d)
+    r = httpx.post(
+        f"{relay.url}/v1/devices/{c['pin']}/groups",
+        json={"name": "crew", "members": [a["pin"], d["pin"]]},
+        headers=device_token(relay, c),
+    )
+    assert r.status_code == 201, r.text
+    group = r.json()["group"]
+    sdk_devices(relay, c)
+    app = App(new_context(viewport={"width": 1100, "height": 760}), relay)
+    app.link_with_token(a["pin"], a["token"])
+    entry = app.page.locator(f'#contacts button[data-group="{group}"]')
+    entry.click()
+    app.say("anyone?")
+    expect(app.state_of("anyone?")).to_have_attribute("aria-label", "delivered")
+    # D never links: its copy expires, and its failed receipt is counted.
+    counts = app.bubble("anyone?").locator(".counts")
+    expect(counts).to_have_text("delivered to 1, read by 0, failed for 1")
+    expect(app.state_of("anyone?")).to_have_attribute("aria-label", "delivered")
     assert app.errors == []
 
 
