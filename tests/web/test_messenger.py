@@ -260,6 +260,20 @@ def befriend(relay: RelayProc, inviter: dict[str, Any], invitee: dict[str, Any])
     assert r.status_code == 200, r.text
 
 
+def make_group(
+    relay: RelayProc, creator: dict[str, Any], name: str, *members: dict[str, Any]
+) -> str:
+    """``creator``'s new group of ``members`` (its contacts); the group's id."""
+    r = httpx.post(
+        f"{relay.url}/v1/devices/{creator['pin']}/groups",
+        json={"name": name, "members": [m["pin"] for m in members]},
+        headers=device_token(relay, creator),
+    )
+    assert r.status_code == 201, r.text
+    group: str = r.json()["group"]
+    return group
+
+
 def test_a_groups_messages_have_the_groups_conversation(
     relay: RelayProc, new_context: NewContext, sdk_devices: StartSdk, artifacts: Path
 ) -> None:
@@ -272,13 +286,7 @@ def test_a_groups_messages_have_the_groups_conversation(
     app = App(new_context(viewport={"width": 1100, "height": 760}), relay)
     app.link_with_token(a["pin"], a["token"])
     expect(app.contact(c["pin"])).to_be_visible()
-    r = httpx.post(
-        f"{relay.url}/v1/devices/{c['pin']}/groups",
-        json={"name": "crew", "members": [a["pin"], d["pin"]]},
-        headers=device_token(relay, c),
-    )
-    assert r.status_code == 201, r.text
-    group = r.json()["group"]
+    group = make_group(relay, c, "crew", a, d)
     # The group_added notice names it at once.
     entry = app.page.locator(f'#contacts button[data-group="{group}"]')
     expect(entry).to_contain_text("crew")
@@ -326,13 +334,7 @@ def test_one_members_expiry_is_counted_not_shown_as_a_failed_group_message(
     a, c, d = relay.create_device("web"), relay.create_device("sdk"), relay.create_device("d")
     befriend(relay, c, a)
     befriend(relay, c, d)
-    r = httpx.post(
-        f"{relay.url}/v1/devices/{c['pin']}/groups",
-        json={"name": "crew", "members": [a["pin"], d["pin"]]},
-        headers=device_token(relay, c),
-    )
-    assert r.status_code == 201, r.text
-    group = r.json()["group"]
+    group = make_group(relay, c, "crew", a, d)
     sdk_devices(relay, c)
     app = App(new_context(viewport={"width": 1100, "height": 760}), relay)
     app.link_with_token(a["pin"], a["token"])
