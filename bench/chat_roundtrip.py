@@ -33,7 +33,9 @@ devices created and made contacts (pinrelay); all clients logged in; the server'
 main thread pinned to the first CPU and this process (every client) to the others
 (``--no-pin``: neither); 2,000 fdatasyncs of a 4 KiB overwrite in the server's data
 folder, from the CPU the server's main thread is then pinned to (the disk's own
-figure, as bench.latency measures it: a durable round trip cannot beat the disk); a
+figure, as bench.latency measures it: a durable round trip cannot beat the disk),
+then 500 more one every 1/(2 x rate) s, as far apart as a relay's durable commits
+come (on this VM a sync after a quiet gap costs several times one back to back); a
 warm-up (``--warmup`` s, not counted); then messages at ``--rate`` a second in total
 for ``--seconds``, round-robin over the pairs, at fixed intervals (open loop: a late
 receipt does not delay the next message).  After the last receipt (or
@@ -142,8 +144,11 @@ class Run:
     #: pinrelay: send → ``sent`` (stored and fsynced), ms.
     accept_ms: dict[str, float] = field(default_factory=dict)
     #: fdatasync of a 4 KiB overwrite in the server's data folder just before, from
-    #: the server's CPU (pinned runs), ms.
+    #: the server's CPU (pinned runs), back to back, ms.
     disk_ms: dict[str, float] = field(default_factory=dict)
+    #: The same, one sync every :func:`paced_gap` s (as a relay's durable commits
+    #: come at the run's rate), ms.
+    disk_paced_ms: dict[str, float] = field(default_factory=dict)
     #: pinrelay: its store's commits while measured (/metrics): "count", "seconds",
     #: "over_1ms" (commits), "inline" (of them, committed on the relay's loop).
     commits: dict[str, float] = field(default_factory=dict)
@@ -347,6 +352,16 @@ async def probe_disk(run: Run, args: argparse.Namespace, data: Path) -> None:
     pinned to (unpinned: from wherever this thread runs)."""
     cpu = chosen_cpu(server_cpu(args)) if args.pin else None
     run.disk_ms = summary_ms(await asyncio.to_thread(disk_probe, data, args.disk_probes, cpu=cpu))
+    paced = await asyncio.to_thread(
+        disk_probe, data, max(1, args.disk_probes // 4), cpu=cpu, gap=paced_gap(args.rate)
+    )
+    run.disk_paced_ms = summary_ms(paced)
+
+
+def paced_gap(rate: float) -> float:
+    """Seconds between a relay's durable commits at ``rate`` chat messages a second:
+    two each (the message, its receipt), evenly spread."""
+    return 1.0 / (2.0 * rate)
 
 
 def pin_writer(relay_pid: int, where: str, run: Run) -> None:
@@ -666,6 +681,7 @@ HEADERS = [
     "clients µs/msg",
     "server sleeps/msg",
     "disk fdatasync p50/p99 ms",
+    "paced fdatasync p50/p99 ms",
     "other cores",
 ]
 
@@ -702,6 +718,7 @@ def row(run: Run) -> list[str]:
         f"{run.client_us:.0f}",
         f"{run.server_sleeps / run.completed:.1f}" if run.completed else "n/a",
         f"{ms(run.disk_ms, 'p50')} / {ms(run.disk_ms, 'p99')}",
+        f"{ms(run.disk_paced_ms, 'p50')} / {ms(run.disk_paced_ms, 'p99')}",
         f"{run.other_cores:.2f}",
     ]
 
@@ -715,6 +732,8 @@ def medians(runs: Sequence[Run]) -> dict[str, float]:
         "p99_ms": statistics.median(r.rtt_ms["p99"] for r in done),
         "cpu_us": statistics.median(r.cpu_us for r in done),
         "disk_p99_ms": statistics.median(r.disk_ms.get("p99", float("nan")) for r in done),
+        "paced_p50_ms": statistics.median(r.disk_paced_ms.get("p50", float("nan")) for r in done),
+        "paced_p99_ms": statistics.median(r.disk_paced_ms.get("p99", float("nan")) for r in done),
         "rounds": float(len(done)),
     }
 
@@ -732,7 +751,9 @@ def findings(runs: Sequence[Run]) -> list[str]:
             lines.append(
                 f"- {system}, median over {m['rounds']:.0f} run(s): p50 {m['p50_ms']:.2f} ms, "
                 f"**p99 {m['p99_ms']:.2f} ms**, {m['cpu_us']:.0f} µs of server CPU per chat "
-                f"message; the disk's own fdatasync p99 {m['disk_p99_ms']:.2f} ms."
+                f"message; the disk's own fdatasync p99 {m['disk_p99_ms']:.2f} ms back to "
+                f"back, p50 {m['paced_p50_ms']:.2f} / p99 {m['paced_p99_ms']:.2f} ms one "
+                f"every {paced_gap(runs[0].rate) * 1000:.1f} ms."
             )
     for run in runs:
         if run.completed < run.sent and not run.skipped:

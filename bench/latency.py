@@ -110,9 +110,18 @@ class Result:
 
 
 def disk_probe(
-    directory: Path, count: int = 2000, block: int = 4096, cpu: int | None = None
+    directory: Path,
+    count: int = 2000,
+    block: int = 4096,
+    cpu: int | None = None,
+    gap: float = 0.0,
 ) -> list[float]:
     """fdatasync latency after overwriting one block, ``count`` times (sorted, seconds).
+
+    ``gap``: seconds slept after each sync.  Back to back (0) the disk stays busy and
+    a sync is at its fastest; a relay's commits come apart, and on this VM a sync
+    after 2.5 ms of quiet takes about 3.5 times as long (bench/RESULTS.md, "What a
+    spaced fdatasync costs").
 
     ``cpu``: measured from that CPU (this thread pinned there meanwhile).  A sync takes
     two or three of the disk's interrupts (the data, then the flush); on a VM whose
@@ -135,6 +144,8 @@ def disk_probe(
             t0 = time.perf_counter()
             os.fdatasync(fd)
             out.append(time.perf_counter() - t0)
+            if gap:
+                time.sleep(gap)
     finally:
         if cpu is not None:
             os.sched_setaffinity(0, saved)
