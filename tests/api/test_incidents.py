@@ -104,6 +104,12 @@ def html_page(url: str) -> _Page:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     # One script, the page's own refresh, the only one its policy allows (by hash).
     assert f"script-src '{SCRIPT_HASH}';" in r.headers["content-security-policy"]
+    # Its icon is named, allowed and served: else a browser asks for /favicon.ico (a
+    # 404) or is refused it by the policy, and says so in its console.
+    assert " img-src 'self';" in r.headers["content-security-policy"]
+    assert '<link rel="icon" href="/app/icon.svg" type="image/svg+xml">' in r.text
+    icon = httpx.get(f"{url}/app/icon.svg")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
     page = _Page()
     page.feed(r.text)
     page.close()

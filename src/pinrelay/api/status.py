@@ -40,9 +40,10 @@ from pinrelay.incident_board import IncidentBoard
 #: Most incidents shown.
 MAX_SHOWN = 50
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-#: The page's own script only (by its hash), which may fetch the page again.
+#: The page's own script only (by its hash), which may fetch the page again; its icon
+#: is the messenger's (/app/icon.svg).
 _POLICY = (
-    f"default-src 'none'; script-src '{SCRIPT_HASH}'; connect-src 'self';"
+    f"default-src 'none'; script-src '{SCRIPT_HASH}'; connect-src 'self'; img-src 'self';"
     " style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 HEADERS = {

@@ -260,6 +260,7 @@ def render_html(snap: Snapshot, *, refresh: bool = True, every_s: int = 60) -> s
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"{meta}"
         '<link rel="alternate" type="application/atom+xml" href="/status.atom">'
+        '<link rel="icon" href="/app/icon.svg" type="image/svg+xml">'
         f"<title>pinrelay status</title><style>{_STYLE}{_SWATCHES}</style></head><body>"
         f'<main><h1>pinrelay status</h1>{switch}<div id="content">'
         f"{_notice(snap)}<p>As of {_time(as_of)}</p>"

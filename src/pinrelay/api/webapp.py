@@ -112,5 +112,5 @@ routes = [
     Route("/app", page, methods=["GET"]),
     _static("app.js"),
     _static("app.css"),
-    _static("icon.svg"),  # else a browser asks for /favicon.ico, a 404 in its console
+    _static("icon.svg"),  # /app and /status name it: else a browser asks for /favicon.ico
 ]
