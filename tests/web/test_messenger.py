@@ -6,8 +6,9 @@ shown twice; axe-core finds no serious violation; a phone's width needs no
 horizontal scroll.
 
 Artefacts: ``test-artifacts/web/conversation.png`` (a conversation, desktop),
-``conversation-375px.png`` (the same at a phone's width) and ``group.png`` (a
-group's conversation).
+``conversation-375px.png`` (the same at a phone's width), ``group.png`` (a
+group's conversation, as a member) and ``group-creator.png`` (its creator's, with
+the new-group form).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import httpx
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import BrowserContext, Locator, Page, expect
 
+from pinrelay.api.webapp import SCRIPTS
 from tests.conftest import RelayFactory
 from tests.relayproc import RelayProc
 from tests.web.conftest import SdkDevice
@@ -298,6 +300,14 @@ def test_a_groups_messages_have_the_groups_conversation(
     entry.click()
     expect(app.page.locator("#conversation-title")).to_have_text("Group crew")
     expect(app.bubble("hi crew").locator(".from")).to_have_text(c["pin"])
+    # A member sees who is in it, and can neither add nor remove.
+    app.page.locator("#group-summary").click()
+    expect(app.page.locator("#group-members li")).to_have_count(3)
+    expect(app.page.locator("#group-members li").filter(has_text=c["pin"])).to_contain_text(
+        "(creator)"
+    )
+    expect(app.page.locator("#group-members button")).to_have_count(0)
+    expect(app.page.locator("#group-add")).to_be_hidden()
     app.say("hi all")
     # C's SDK acks it (delivered), D is offline: one member of two.
     expect(app.state_of("hi all")).to_have_attribute("aria-label", "delivered")
@@ -320,6 +330,86 @@ def test_a_groups_messages_have_the_groups_conversation(
     assert app.texts() == ["hi crew", "hi all"]
     expect(app.bubble("hi all").locator(".counts")).to_have_text("delivered to 1, read by 1")
     assert serious(app.page) == []
+    assert app.errors == []
+
+
+def groups_of(relay: RelayProc, device: dict[str, Any]) -> dict[str, list[str]]:
+    """``device``'s groups as the relay has them: id -> members."""
+    r = httpx.get(
+        f"{relay.url}/v1/devices/{device['pin']}/groups", headers=device_token(relay, device)
+    )
+    assert r.status_code == 200, r.text
+    return {g["group"]: g["members"] for g in r.json()["groups"]}
+
+
+def test_a_group_is_made_changed_and_left_in_the_page(
+    relay: RelayProc, new_context: NewContext, artifacts: Path
+) -> None:
+    """The page makes a group of accepted contacts only, its creator adds and removes
+    members, and leaving keeps the conversation to read but not to write; the relay
+    has each change."""
+    a, c, d, e = (relay.create_device(n) for n in ("web", "c", "d", "e"))
+    befriend(relay, a, c)
+    befriend(relay, a, d)
+    r = httpx.post(  # E is invited, not accepted: not a candidate
+        f"{relay.url}/v1/devices/{a['pin']}/contacts",
+        json={"pin": e["pin"]},
+        headers=device_token(relay, a),
+    )
+    assert r.status_code == 202
+    app = App(new_context(viewport={"width": 1100, "height": 760}), relay)
+    page = app.page
+    app.link_with_token(a["pin"], a["token"])
+    expect(app.contact(d["pin"])).to_be_visible()
+
+    page.get_by_text("New group").click()
+    candidates = page.locator("#group-candidates input")
+    expect(candidates).to_have_count(2)
+    assert sorted(candidates.evaluate_all("bs => bs.map(b => b.value)")) == sorted(
+        [c["pin"], d["pin"]]
+    )
+    page.get_by_label("Group name").fill("crew")
+    page.get_by_role("button", name="Create the group").click()
+    expect(page.locator("#status")).to_have_text("A group needs a name and at least one member.")
+    assert groups_of(relay, a) == {}
+    page.get_by_label(c["pin"]).check()
+    page.get_by_role("button", name="Create the group").click()
+    expect(page.locator("#conversation-title")).to_have_text("Group crew")
+    (group,) = groups_of(relay, a)
+    assert groups_of(relay, c) == {group: sorted([a["pin"], c["pin"]])}
+    assert groups_of(relay, d) == {}
+
+    summary = page.locator("#group-summary")
+    expect(summary).to_have_text("Members (2)")
+    summary.click()
+    members = page.locator("#group-members li")
+    expect(members.filter(has_text=a["pin"])).to_contain_text("(you, creator)")
+    # The creator adds D (the only accepted contact left to add), then removes C.
+    page.get_by_label("Add a contact to the group").select_option(d["pin"])
+    page.get_by_role("button", name="Add", exact=True).click()
+    expect(summary).to_have_text("Members (3)")
+    expect(page.locator("#group-add")).to_be_hidden()
+    assert groups_of(relay, d) == {group: sorted([a["pin"], c["pin"], d["pin"]])}
+    page.get_by_role("button", name=f"Remove {c['pin']} from the group").click()
+    expect(summary).to_have_text("Members (2)")
+    expect(members.filter(has_text=c["pin"])).to_have_count(0)
+    assert groups_of(relay, c) == {}
+    app.say("just us")
+    expect(app.state_of("just us")).to_have_attribute("aria-label", "sent")
+    page.get_by_text("New group").click()
+    page.screenshot(path=artifacts / "group-creator.png")
+    page.set_viewport_size({"width": 375, "height": 740})
+    assert no_horizontal_scroll(page)
+    assert serious(page) == []
+
+    # Leaving asks first; afterwards the conversation is there to read, not to write.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Leave the group").click()
+    expect(page.locator("#group-left")).to_be_visible()
+    expect(page.locator("#composer")).to_be_hidden()
+    assert app.texts() == ["just us"]
+    assert groups_of(relay, a) == {}
+    assert groups_of(relay, d) == {group: [d["pin"]]}
     assert app.errors == []
 
 
@@ -384,7 +474,7 @@ def test_page_headers(relay: RelayProc) -> None:
     assert "<script>" not in page.text and " style=" not in page.text
     assert '<link rel="icon" href="/app/icon.svg"' in page.text
     for name, media in (
-        ("app.js", "text/javascript; charset=utf-8"),
+        *((name, "text/javascript; charset=utf-8") for name in SCRIPTS),
         ("app.css", "text/css; charset=utf-8"),
         ("icon.svg", "image/svg+xml"),
     ):

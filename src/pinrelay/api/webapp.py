@@ -1,7 +1,8 @@
 """The web messenger at ``/app`` (issue 13; OPERATIONS "Web messenger").
 
 The page is rendered here from ``web/app.html`` (the relay's name, version and link
-URLs filled in); its script ``web/app.js`` speaks the link protocol from the browser
+URLs filled in); its script ``web/app.js`` (an ES module, with ``link.js``,
+``groups.js`` and ``dom.js``) speaks the link protocol from the browser
 (PROTOCOL.md) and the contacts routes over HTTP with the device's token, and keeps
 the conversations, the cursor and the token in the browser's localStorage.  No
 third-party code, no build step: its files (page, script, stylesheet, icon) ship
@@ -37,6 +38,10 @@ class Asset:
     media_type: str
     #: A strong validator: a hash of the body.
     etag: str
+
+
+#: The page's ES modules: app.js imports the others.
+SCRIPTS = ("app.js", "link.js", "groups.js", "dom.js")
 
 
 @functools.cache
@@ -88,10 +93,17 @@ async def page(request: Request) -> Response:
         region=html.escape(relay.config.region),
         link_urls=html.escape(json.dumps(urls), quote=True),
         css=asset("app.css").etag.strip('"'),
-        js=asset("app.js").etag.strip('"'),
+        js=scripts_version(),
     )
     headers = security_headers(urls) | {"Cache-Control": "no-cache"}
     return Response(text, media_type="text/html; charset=utf-8", headers=headers)
+
+
+@functools.cache
+def scripts_version() -> str:
+    """One validator for all the modules: the page's ``?v=`` changes with any."""
+    joined = "".join(asset(name).etag for name in SCRIPTS).encode()
+    return hashlib.sha256(joined).hexdigest()[:20]
 
 
 def _static(name: str) -> Route:
@@ -110,7 +122,7 @@ def _static(name: str) -> Route:
 
 routes = [
     Route("/app", page, methods=["GET"]),
-    _static("app.js"),
+    *(_static(name) for name in SCRIPTS),
     _static("app.css"),
     _static("icon.svg"),  # /app and /status name it: else a browser asks for /favicon.ico
 ]

@@ -10,9 +10,8 @@
  * 2. Nothing lost: a message is stored (localStorage) before it is acked; a send
  *    not answered when the link drops goes again on the next link with the same
  *    client_id, which the relay stores once.
- * 3. A dead link is noticed: browsers hide WebSocket pings, so ``ping`` frames go
- *    out and an unanswered one drops the link; then it reconnects with back-off
- *    and full jitter, honouring drain and retry_after_ms, rotating link URLs.
+ * 3. A dead link is noticed and comes back (link.js): ``ping`` frames, back-off with
+ *    full jitter, drain and retry_after_ms honoured, link URLs rotated.
  * 4. Receipts: opening a conversation sends ``read`` for what it shows; outgoing
  *    messages move sending -> sent (✓) -> delivered (D) -> read (R), never back;
  *    refused ones show ✗.  A group message shows D and R at the first member's
@@ -21,788 +20,638 @@
  * 5. Conversations are keyed by the peer's PIN or, for a group's messages (``data.
  *    group``), by the group id: a group message is never shown as a one-to-one one.
  *
- * No framework, no build step, no inline script (the page's CSP forbids it).
+ * ES modules (dom.js, link.js, groups.js) with no framework, no build step and no
+ * inline script (the page's CSP forbids it).
  */
-(function () {
-  "use strict";
+import { $, el, focusKey, restoreFocus, time } from "./dom.js";
+import { groupScreens } from "./groups.js";
+import { Link } from "./link.js";
 
-  const STORE_KEY = "pinrelay.messenger.v1";
-  const RANK = { sending: 0, sent: 1, delivered: 2, read: 3, failed: 4, unsent: 4 };
-  const GLYPH = { sending: "…", sent: "✓", delivered: "D", read: "R", failed: "✗", unsent: "✗" };
-  const LABEL = {
-    sending: "sending", sent: "sent", delivered: "delivered", read: "read",
-    failed: "failed", unsent: "not sent",
-  };
-  // Retrying cannot help after these (PROTOCOL "Errors").
-  const FATAL = new Set([400, 401, 403, 404, 422]);
-  const KEEP = 500; // messages kept per conversation
-  const PING_EVERY_MS = 15000;
-  const PONG_WITHIN_MS = 10000;
-  const BACKOFF_BASE_MS = 500;
-  const BACKOFF_MAX_MS = 8000;
-  const PIN_RE = /^[0-9A-F]{8}$/;
-  const GROUP_RE = /^G[0-9A-HJKMNP-TV-Z]{12}$/; // G and 12 Crockford base32 digits
+const STORE_KEY = "pinrelay.messenger.v1";
+const RANK = { sending: 0, sent: 1, delivered: 2, read: 3, failed: 4, unsent: 4 };
+const GLYPH = { sending: "…", sent: "✓", delivered: "D", read: "R", failed: "✗", unsent: "✗" };
+const LABEL = {
+  sending: "sending", sent: "sent", delivered: "delivered", read: "read",
+  failed: "failed", unsent: "not sent",
+};
+// Retrying cannot help after these (PROTOCOL "Errors").
+const FATAL = new Set([400, 401, 403, 404, 422]);
+const KEEP = 500; // messages kept per conversation
+const PIN_RE = /^[0-9A-F]{8}$/;
+const GROUP_RE = /^G[0-9A-HJKMNP-TV-Z]{12}$/; // G and 12 Crockford base32 digits
 
-  const $ = (id) => document.getElementById(id);
-  const root = $("app");
-  const version = root.dataset.version || "";
-  let linkUrls = parseUrls(root.dataset.linkUrls);
+const root = $("app");
+const version = root.dataset.version || "";
 
-  let state = load();
-  let ws = null;
-  let linked = false;
-  let stopped = true;
-  let fatal = false;
-  let attempt = 0;
-  let urlIndex = 0;
-  let nextDelay = null;
-  let retryTimer = null;
-  let pingTimer = null;
-  let pongTimer = null;
-  let pingSeq = 0;
-  const orphanReceipts = new Map(); // id -> [[state, by], ...] that came before our "sent"
-  const ORPHANS_KEPT = 10000; // ids: receipts of messages this page never sent are dropped
-  let groupsAsked = 0; // the newest groups request: an older answer is stale
+let state = load();
+const orphanReceipts = new Map(); // id -> [[state, by], ...] that came before our "sent"
+const ORPHANS_KEPT = 10000; // ids: receipts of messages this page never sent are dropped
+let groupsAsked = 0; // the newest groups request: an older answer is stale
 
-  // --- state ----------------------------------------------------------------------
-  function parseUrls(text) {
-    try {
-      const urls = JSON.parse(text || "[]");
-      return Array.isArray(urls) ? urls.filter((u) => typeof u === "string") : [];
-    } catch (e) {
-      return [];
+// --- state ----------------------------------------------------------------------
+function parseUrls(text) {
+  try {
+    const urls = JSON.parse(text || "[]");
+    return Array.isArray(urls) ? urls.filter((u) => typeof u === "string") : [];
+  } catch (e) {
+    return [];
+  }
+}
+
+function fresh(pin, token) {
+  return { pin, token, cursor: 0, convs: {}, contacts: {}, groups: {}, reads: [], open: null };
+}
+
+function load() {
+  try {
+    const s = JSON.parse(localStorage.getItem(STORE_KEY) || "null");
+    if (s && typeof s.pin === "string" && typeof s.token === "string") {
+      return Object.assign(fresh(s.pin, s.token), s, { open: null });
     }
+  } catch (e) {
+    /* unreadable: start again */
   }
+  return null;
+}
 
-  function fresh(pin, token) {
-    return { pin, token, cursor: 0, convs: {}, contacts: {}, groups: {}, reads: [], open: null };
-  }
-
-  function load() {
-    try {
-      const s = JSON.parse(localStorage.getItem(STORE_KEY) || "null");
-      if (s && typeof s.pin === "string" && typeof s.token === "string") {
-        return Object.assign(fresh(s.pin, s.token), s, { open: null });
-      }
-    } catch (e) {
-      /* unreadable: start again */
-    }
-    return null;
-  }
-
-  function save() {
-    if (!state) return true;
-    try {
-      localStorage.setItem(STORE_KEY, JSON.stringify(state));
-      return true;
-    } catch (e) {
-      // Full (the quota): nothing more may be acked, or it would be lost (rule 2).
-      setStatus("This browser's storage for the page is full: unlink to start again, or free some.", "bad");
-      return false;
-    }
-  }
-
-  function conv(peer) {
-    if (!state.convs[peer]) state.convs[peer] = [];
-    return state.convs[peer];
-  }
-
-  function trim(list) {
-    if (list.length > KEEP) list.splice(0, list.length - KEEP);
-  }
-
-  function findOut(test) {
-    for (const list of Object.values(state.convs)) {
-      for (const m of list) if (m.dir === "out" && test(m)) return m;
-    }
-    return null;
-  }
-
-  function move(m, to) {
-    if (!(to in RANK) || RANK[to] <= RANK[m.state]) return false;
-    m.state = to;
+function save() {
+  if (!state) return true;
+  try {
+    localStorage.setItem(STORE_KEY, JSON.stringify(state));
     return true;
+  } catch (e) {
+    // Full (the quota): nothing more may be acked, or it would be lost (rule 2).
+    setStatus("This browser's storage for the page is full: unlink to start again, or free some.", "bad");
+    return false;
   }
+}
 
-  function newClientId() {
-    const bytes = new Uint8Array(12);
-    crypto.getRandomValues(bytes);
-    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+function conv(peer) {
+  if (!state.convs[peer]) state.convs[peer] = [];
+  return state.convs[peer];
+}
+
+function trim(list) {
+  if (list.length > KEEP) list.splice(0, list.length - KEEP);
+}
+
+function findOut(test) {
+  for (const list of Object.values(state.convs)) {
+    for (const m of list) if (m.dir === "out" && test(m)) return m;
   }
+  return null;
+}
 
-  function isGroup(peer) {
-    return GROUP_RE.test(peer);
+function move(m, to) {
+  if (!(to in RANK) || RANK[to] <= RANK[m.state]) return false;
+  m.state = to;
+  return true;
+}
+
+function newClientId() {
+  const bytes = new Uint8Array(12);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function isGroup(peer) {
+  return GROUP_RE.test(peer);
+}
+
+function groupName(id) {
+  const g = state.groups[id];
+  return g && g.name ? g.name : id;
+}
+
+function unread(peer) {
+  return (state.convs[peer] || []).filter((m) => m.dir === "in" && !m.read).length;
+}
+
+// --- status line ------------------------------------------------------------------
+function setStatus(text, tone) {
+  const el = $("status");
+  el.textContent = text;
+  el.className = "status" + (tone ? " " + tone : "");
+}
+
+function announce(text) {
+  $("announce").textContent = text;
+}
+
+// --- the link ---------------------------------------------------------------------
+const link = new Link({
+  urls: parseUrls(root.dataset.linkUrls),
+  hello: () => ({
+    type: "hello", pin: state.pin, token: state.token, cursor: state.cursor,
+    window: 64, client: "pinrelay-web/" + version,
+  }),
+  onFrame,
+  onStatus: setStatus,
+});
+
+const groups = groupScreens({
+  state: () => state, api, setStatus, announce, refreshGroups, open: openConversation,
+  render, save, groupName,
+});
+
+// Frames of the open session only (PROTOCOL "OPEN"): none before welcome.
+function wsSend(frame) {
+  if (link.linked) link.send(frame);
+}
+
+function onFrame(f) {
+  switch (f.type) {
+    case "welcome": return onWelcome(f);
+    case "msg": return onMsg(f);
+    case "sent": return onSent(f);
+    case "unsent": return onUnsent(f);
+    case "error": return onError(f);
+    default:
+      return; // PROTOCOL "Evolution": ignore frame types we do not know
   }
+}
 
-  function groupName(id) {
-    const g = state.groups[id];
-    return g && g.name ? g.name : id;
+function onWelcome(f) {
+  if (f.cursor > state.cursor) state.cursor = f.cursor; // done elsewhere
+  save();
+  setStatus(`Linked to ${f.node} (${f.region})`, "ok");
+  // Rule 2: sends not answered on the last link go again, in order, same client_id.
+  const waiting = [];
+  for (const list of Object.values(state.convs)) {
+    for (const m of list) if (m.dir === "out" && m.state === "sending") waiting.push(m);
   }
+  waiting.sort((a, b) => a.seq - b.seq);
+  for (const m of waiting) wsSend({ type: "send", to: m.to, text: m.text, client_id: m.client_id });
+  flushReads();
+  refreshContacts();
+  refreshGroups();
+}
 
-  function unread(peer) {
-    return (state.convs[peer] || []).filter((m) => m.dir === "in" && !m.read).length;
+function onMsg(f) {
+  if (typeof f.cursor !== "number") return;
+  if (f.cursor <= state.cursor) {
+    wsSend({ type: "ack", cursor: f.cursor }); // a redelivery: done already
+    return;
   }
-
-  // --- status line ------------------------------------------------------------------
-  function setStatus(text, tone) {
-    const el = $("status");
-    el.textContent = text;
-    el.className = "status" + (tone ? " " + tone : "");
-  }
-
-  function announce(text) {
-    $("announce").textContent = text;
-  }
-
-  // --- the link ---------------------------------------------------------------------
-  function wsSend(frame) {
-    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
-  }
-
-  function connect() {
-    clearTimeout(retryTimer);
-    retryTimer = null;
-    if (!state || stopped || ws) return;
-    if (!linkUrls.length) {
-      scheduleRetry("no link URL known");
-      return;
-    }
-    const url = linkUrls[urlIndex % linkUrls.length];
-    setStatus(attempt ? "Reconnecting…" : "Linking…");
-    nextDelay = null;
-    let sock;
-    try {
-      sock = new WebSocket(url);
-    } catch (e) {
-      scheduleRetry("cannot open " + url);
-      return;
-    }
-    ws = sock;
-    sock.onopen = () => {
-      sock.send(JSON.stringify({
-        type: "hello", pin: state.pin, token: state.token, cursor: state.cursor,
-        window: 64, client: "pinrelay-web/" + version,
-      }));
-    };
-    sock.onmessage = (ev) => {
-      if (sock !== ws) return;
-      let frame;
-      try {
-        frame = JSON.parse(ev.data);
-      } catch (e) {
-        return;
-      }
-      if (frame && typeof frame.type === "string") onFrame(frame);
-    };
-    sock.onclose = (ev) => {
-      if (sock !== ws) return;
-      dropped("closed " + ev.code);
-    };
-  }
-
-  function dropped(reason) {
-    const wasLinked = linked;
-    ws = null;
-    linked = false;
-    stopPing();
-    if (stopped || fatal) return;
-    if (!wasLinked) urlIndex += 1; // this URL failed: try the next one
-    scheduleRetry(reason);
-  }
-
-  function scheduleRetry(reason) {
-    attempt += 1;
-    const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt);
-    // Full jitter spreads a reconnect storm; a drain or an error says how long itself.
-    const delay = nextDelay !== null ? nextDelay : Math.random() * cap;
-    setStatus(`Link lost (${reason}); retrying in ${Math.max(1, Math.round(delay / 1000))} s…`, "bad");
-    clearTimeout(retryTimer);
-    retryTimer = setTimeout(connect, delay);
-    if (attempt % 3 === 0) refreshLinkUrls();
-  }
-
-  function reconnectNow() {
-    if (state && !stopped && !fatal && !ws) connect();
-  }
-
-  function startPing() {
-    stopPing();
-    pingTimer = setInterval(() => {
-      if (!linked || pongTimer) return;
-      wsSend({ type: "ping", id: String(++pingSeq) });
-      pongTimer = setTimeout(() => {
-        // No pong: the link is dead even if the browser has not noticed.
-        pongTimer = null;
-        const dead = ws;
-        if (dead) {
-          dead.onclose = null;
-          try { dead.close(); } catch (e) { /* already gone */ }
-        }
-        dropped("no answer to ping");
-      }, PONG_WITHIN_MS);
-    }, PING_EVERY_MS);
-  }
-
-  function stopPing() {
-    clearInterval(pingTimer);
-    clearTimeout(pongTimer);
-    pingTimer = pongTimer = null;
-  }
-
-  function onFrame(f) {
-    switch (f.type) {
-      case "welcome": return onWelcome(f);
-      case "msg": return onMsg(f);
-      case "sent": return onSent(f);
-      case "unsent": return onUnsent(f);
-      case "pong":
-        clearTimeout(pongTimer);
-        pongTimer = null;
-        return;
-      case "error": return onError(f);
-      case "drain":
-        nextDelay = f.retry_after_ms;
-        setStatus("The relay is going away; reconnecting soon…");
-        return;
-      default:
-        return; // PROTOCOL "Evolution": ignore frame types we do not know
-    }
-  }
-
-  function onWelcome(f) {
-    linked = true;
-    attempt = 0;
-    if (f.cursor > state.cursor) state.cursor = f.cursor; // done elsewhere
-    save();
-    setStatus(`Linked to ${f.node} (${f.region})`, "ok");
-    startPing();
-    // Rule 2: sends not answered on the last link go again, in order, same client_id.
-    const waiting = [];
-    for (const list of Object.values(state.convs)) {
-      for (const m of list) if (m.dir === "out" && m.state === "sending") waiting.push(m);
-    }
-    waiting.sort((a, b) => a.seq - b.seq);
-    for (const m of waiting) wsSend({ type: "send", to: m.to, text: m.text, client_id: m.client_id });
-    flushReads();
-    refreshContacts();
-    refreshGroups();
-  }
-
-  function onMsg(f) {
-    if (typeof f.cursor !== "number") return;
-    if (f.cursor <= state.cursor) {
-      wsSend({ type: "ack", cursor: f.cursor }); // a redelivery: done already
-      return;
-    }
-    const data = f.data && typeof f.data === "object" ? f.data : {};
-    let readNow = false;
-    let peer = null;
-    if (f.kind === "chat" && typeof f.from === "string") {
-      // Rule 5: a group's message belongs to the group's conversation.
-      const group = typeof data.group === "string" && isGroup(data.group) ? data.group : null;
-      peer = group || f.from;
-      if (group && !state.groups[group]) {
-        state.groups[group] = { name: null };
-        refreshGroups();
-      }
-      const list = conv(peer);
-      if (!list.some((m) => m.id === f.id)) {
-        list.push({ dir: "in", id: f.id, from: f.from, text: String(data.text ?? ""), at: f.sent_at, read: false });
-        trim(list);
-        readNow = peer === state.open && document.visibilityState === "visible";
-        if (!readNow) announce(`New message from ${f.from}` + (group ? ` in ${groupName(group)}` : ""));
-      }
-    } else if (f.kind === "receipt") {
-      receipt(String(data.id), String(data.state), f.from);
-    } else if (f.kind === "contact" && typeof f.from === "string") {
-      contactNotice(f.from, data);
-    }
-    const before = state.cursor;
-    state.cursor = f.cursor;
-    if (!save()) { // Rule 2: stored before it is acked, or not acked
-      state.cursor = before;
-      render();
-      return;
-    }
-    wsSend({ type: "ack", cursor: f.cursor });
-    if (readNow) markRead(peer);
-    render();
-  }
-
-  function contactNotice(from, data) {
-    if (data.event === "group_added" && typeof data.group === "string" && isGroup(data.group)) {
-      state.groups[data.group] = { name: typeof data.name === "string" ? data.name : null };
-      announce(`${from} added you to the group ${groupName(data.group)}`);
+  const data = f.data && typeof f.data === "object" ? f.data : {};
+  let readNow = false;
+  let peer = null;
+  if (f.kind === "chat" && typeof f.from === "string") {
+    // Rule 5: a group's message belongs to the group's conversation.
+    const group = typeof data.group === "string" && isGroup(data.group) ? data.group : null;
+    peer = group || f.from;
+    if (group && !state.groups[group]) {
+      state.groups[group] = { name: null };
       refreshGroups();
-    } else if (data.event === "accepted" || data.event === "invited") {
-      announce(`${from} ${data.event === "accepted" ? "accepted your invitation" : "invited you"}`);
-      refreshContacts();
     }
-  }
-
-  function receipt(id, to, by) {
-    const m = findOut((o) => o.id === id);
-    if (m && isGroup(m.to)) {
-      // Counts, not a map per member: a 1,000-member group stays small in storage.
-      if (!(to in RANK) || to === "unsent") return;
-      m.counts = m.counts || { delivered: 0, read: 0, failed: 0 };
-      m.counts[to] += 1;
-      if (to !== "failed") move(m, to);
-    } else if (m) {
-      move(m, to);
-    } else if (to in RANK) {
-      if (!orphanReceipts.has(id)) {
-        if (orphanReceipts.size >= ORPHANS_KEPT) orphanReceipts.delete(orphanReceipts.keys().next().value);
-        orphanReceipts.set(id, []);
-      }
-      orphanReceipts.get(id).push([to, by]);
+    const list = conv(peer);
+    if (!list.some((m) => m.id === f.id)) {
+      list.push({ dir: "in", id: f.id, from: f.from, text: String(data.text ?? ""), at: f.sent_at, read: false });
+      trim(list);
+      readNow = peer === state.open && document.visibilityState === "visible";
+      if (!readNow) announce(`New message from ${f.from}` + (group ? ` in ${groupName(group)}` : ""));
     }
+  } else if (f.kind === "receipt") {
+    receipt(String(data.id), String(data.state), f.from);
+  } else if (f.kind === "contact" && typeof f.from === "string") {
+    contactNotice(f.from, data);
   }
-
-  function onSent(f) {
-    const m = findOut((o) => o.client_id === f.client_id);
-    if (!m) return;
-    m.id = f.id;
-    move(m, "sent");
-    const early = orphanReceipts.get(f.id);
-    orphanReceipts.delete(f.id);
-    for (const [to, by] of early || []) receipt(f.id, to, by);
-    save();
+  const before = state.cursor;
+  state.cursor = f.cursor;
+  if (!save()) { // Rule 2: stored before it is acked, or not acked
+    state.cursor = before;
     render();
+    return;
   }
+  wsSend({ type: "ack", cursor: f.cursor });
+  if (readNow) markRead(peer);
+  render();
+}
 
-  function onUnsent(f) {
-    const m = findOut((o) => o.client_id === f.client_id);
-    if (!m) return;
-    if (f.code === "rate_limited") {
-      // Not refused for good: once more after the relay's delay.
-      setTimeout(() => {
-        if (linked && m.state === "sending") {
-          wsSend({ type: "send", to: m.to, text: m.text, client_id: m.client_id });
-        }
-      }, f.retry_after_ms || 1000);
-      return;
-    }
-    move(m, "unsent");
-    m.reason = String(f.message || f.code);
-    save();
-    render();
-  }
-
-  function onError(f) {
-    if (f.code === "replaced") {
-      fatal = true;
-      setStatus("This device was opened in another window or app.", "bad");
-      $("reconnect").hidden = false;
-    } else if (f.status === 401 || f.status === 404) {
-      fatal = true;
-      unlink("The relay no longer knows this device or its token (rotated or deleted): link again.");
-    } else if (FATAL.has(f.status)) {
-      fatal = true;
-      setStatus(`The relay refused the link: ${f.message}`, "bad");
-    } else if (typeof f.retry_after_ms === "number") {
-      nextDelay = f.retry_after_ms;
-    }
-  }
-
-  // --- reading ----------------------------------------------------------------------
-  function markRead(peer) {
-    const ids = [];
-    for (const m of state.convs[peer] || []) {
-      if (m.dir === "in" && !m.read) {
-        m.read = true;
-        ids.push(m.id);
-      }
-    }
-    if (!ids.length) return;
-    state.reads.push(...ids);
-    save();
-    flushReads();
-  }
-
-  function flushReads() {
-    if (!linked) return;
-    while (state.reads.length) wsSend({ type: "read", ids: state.reads.splice(0, 256) });
-    save();
-  }
-
-  // --- HTTP ---------------------------------------------------------------------------
-  async function api(method, path, body) {
-    const init = { method, cache: "no-store", headers: { Authorization: "Bearer " + state.token } };
-    if (body !== undefined) {
-      init.headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
-    }
-    const r = await fetch(path, init);
-    if (r.status === 204) return null;
-    const answer = await r.json().catch(() => ({}));
-    if (!r.ok) throw new Error(answer.detail || answer.title || `HTTP ${r.status}`);
-    return answer;
-  }
-
-  async function refreshContacts() {
-    if (!state) return;
-    try {
-      const answer = await api("GET", `/v1/devices/${state.pin}/contacts`);
-      const contacts = {};
-      for (const c of answer.contacts) contacts[c.pin] = c.state;
-      state.contacts = contacts;
-      save();
-      render();
-    } catch (e) {
-      /* the relay is away: the next welcome asks again */
-    }
-  }
-
-  async function refreshGroups() {
-    if (!state) return;
-    const asked = ++groupsAsked;
-    try {
-      const answer = await api("GET", `/v1/devices/${state.pin}/groups`);
-      if (asked !== groupsAsked || !state) return; // a newer request was made since
-      const groups = {};
-      for (const g of answer.groups) groups[g.group] = { name: g.name };
-      // A group left or lost keeps its conversation (and its name) for reading.
-      for (const [id, g] of Object.entries(state.groups)) {
-        if (!(id in groups) && state.convs[id]) groups[id] = { name: g.name, left: true };
-      }
-      state.groups = groups;
-      save();
-      render();
-    } catch (e) {
-      /* the relay is away: the next welcome asks again */
-    }
-  }
-
-  async function refreshLinkUrls() {
-    try {
-      const r = await fetch("/v1/info", { cache: "no-store" });
-      const info = await r.json();
-      if (Array.isArray(info.link_urls) && info.link_urls.length) linkUrls = info.link_urls;
-    } catch (e) {
-      /* keep the ones we have */
-    }
-  }
-
-  async function contactAction(method, path, body, done) {
-    try {
-      await api(method, path, body);
-      if (done) setStatus(done, linked ? "ok" : "");
-    } catch (e) {
-      setStatus(String(e.message), "bad");
-    }
-    await refreshContacts();
-  }
-
-  // --- rendering ----------------------------------------------------------------------
-  function el(tag, props, ...children) {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(props || {})) {
-      if (k === "className") node.className = v;
-      else if (k === "text") node.textContent = v;
-      else if (k.startsWith("data-") || k.startsWith("aria-") || k === "role" || k === "type") {
-        node.setAttribute(k, v);
-      } else node[k] = v;
-    }
-    for (const c of children) if (c !== null && c !== undefined) node.append(c);
-    return node;
-  }
-
-  function focusKey() {
-    const a = document.activeElement;
-    return a && a.dataset ? a.dataset.focus : undefined;
-  }
-
-  function restoreFocus(key) {
-    if (!key) return;
-    const again = document.querySelector(`[data-focus="${CSS.escape(key)}"]`);
-    if (again) again.focus();
-  }
-
-  function peers() {
-    const all = new Set(Object.keys(state.convs));
-    for (const [pin, s] of Object.entries(state.contacts)) if (s === "accepted") all.add(pin);
-    for (const id of Object.keys(state.groups)) all.add(id);
-    const last = (p) => {
-      const list = state.convs[p] || [];
-      return list.length ? list[list.length - 1].at : "";
-    };
-    return [...all].sort((a, b) => (last(b) > last(a) ? 1 : last(b) < last(a) ? -1 : a < b ? -1 : 1));
-  }
-
-  function render() {
-    if (!state) return;
-    const keep = focusKey();
-    $("me").textContent = `Device ${state.pin}`;
-    renderInvitations();
-    renderContacts();
-    renderConversation();
-    restoreFocus(keep);
-  }
-
-  function renderInvitations() {
-    const list = $("invitations");
-    list.replaceChildren();
-    for (const [pin, s] of Object.entries(state.contacts).sort()) {
-      if (s === "pending") {
-        list.append(el("li", { className: "invitation" },
-          el("p", { text: `${pin} invited you.` }),
-          el("div", { className: "row" },
-            el("button", { type: "button", "data-act": "accept", "data-pin": pin, "data-focus": "accept " + pin },
-              "Accept", el("span", { className: "sr-only", text: ` invitation from ${pin}` })),
-            el("button", { type: "button", className: "quiet", "data-act": "decline", "data-pin": pin, "data-focus": "decline " + pin },
-              "Decline", el("span", { className: "sr-only", text: ` invitation from ${pin}` })))));
-      } else if (s === "invited") {
-        list.append(el("li", { className: "invitation" },
-          el("p", { text: `Invitation sent to ${pin}; waiting for an answer.` })));
-      }
-    }
-    $("invitations-box").hidden = list.children.length === 0;
-  }
-
-  function renderContacts() {
-    const list = $("contacts");
-    list.replaceChildren();
-    for (const pin of peers()) {
-      const n = unread(pin);
-      const badge = n
-        ? el("span", { className: "badge", "data-unread": String(n) }, String(n),
-            el("span", { className: "sr-only", text: " unread" }))
-        : null;
-      const group = isGroup(pin);
-      const who = group
-        ? el("span", { className: "who group" }, el("span", { className: "tag", text: "group" }), " " + groupName(pin))
-        : el("span", { className: "who", text: pin });
-      list.append(el("li", {},
-        el("button", {
-          type: "button", className: "contact", "data-peer": pin, [group ? "data-group" : "data-pin"]: pin,
-          "data-focus": "contact " + pin, "aria-current": pin === state.open ? "true" : "false",
-        }, who, badge)));
-    }
-    $("no-contacts").hidden = list.children.length > 0;
-  }
-
-  function time(iso) {
-    const d = new Date(iso);
-    return isNaN(d) ? "" : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  }
-
-  function renderConversation() {
-    const peer = state.open;
-    $("messenger").classList.toggle("reading", Boolean(peer));
-    $("composer").hidden = !peer;
-    $("conversation-title").textContent = !peer
-      ? "Choose a conversation"
-      : isGroup(peer) ? `Group ${groupName(peer)}` : `Conversation with ${peer}`;
-    const box = $("messages");
-    const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
-    box.replaceChildren();
-    for (const m of peer ? state.convs[peer] || [] : []) {
-      const meta = el("p", { className: "meta" }, el("time", { dateTime: m.at, text: time(m.at) }));
-      const from = m.dir === "in" && isGroup(peer) ? el("p", { className: "from", text: m.from }) : null;
-      const item = el("li", { className: "msg " + m.dir }, from, el("p", { className: "text", text: m.text }), meta);
-      if (m.dir === "out" && m.counts) {
-        const c = m.counts;
-        const failed = c.failed ? `, failed for ${c.failed}` : "";
-        meta.append(el("span", { className: "counts", text: `delivered to ${c.delivered}, read by ${c.read}${failed}` }));
-      }
-      if (m.dir === "out") {
-        item.dataset.clientId = m.client_id;
-        meta.append(el("span", {
-          className: "state", role: "img", "aria-label": LABEL[m.state],
-          "data-state": m.state, title: LABEL[m.state], text: GLYPH[m.state],
-        }));
-        if (m.reason) item.append(el("p", { className: "reason", text: "Not sent: " + m.reason }));
-      }
-      if (m.id) item.dataset.id = m.id;
-      box.append(item);
-    }
-    if (atEnd) box.scrollTop = box.scrollHeight;
-  }
-
-  // --- screens ---------------------------------------------------------------------------
-  function showMessenger() {
-    $("login").hidden = true;
-    $("messenger").hidden = false;
-    $("me").hidden = false;
-    $("unlink").hidden = false;
-    render();
-  }
-
-  function showLogin(message) {
-    $("messenger").hidden = true;
-    $("me").hidden = true;
-    $("unlink").hidden = true;
-    $("reconnect").hidden = true;
-    $("login").hidden = false;
-    $("login-error").textContent = message || "";
-    setStatus("Not linked");
-  }
-
-  function start(pin, token, urls) {
-    if (urls && urls.length) linkUrls = urls;
-    if (state && state.pin === pin) state.token = token; // same device: keep its history
-    else state = fresh(pin, token);
-    save();
-    stopped = false;
-    fatal = false;
-    attempt = 0;
-    showMessenger();
-    connect();
-    refreshContacts();
+function contactNotice(from, data) {
+  if (data.event === "group_added" && typeof data.group === "string" && isGroup(data.group)) {
+    state.groups[data.group] = { name: typeof data.name === "string" ? data.name : null };
+    announce(`${from} added you to the group ${groupName(data.group)}`);
     refreshGroups();
+  } else if (data.event === "accepted" || data.event === "invited") {
+    announce(`${from} ${data.event === "accepted" ? "accepted your invitation" : "invited you"}`);
+    refreshContacts();
   }
+}
 
-  function unlink(message) {
-    stopped = true;
-    clearTimeout(retryTimer);
-    stopPing();
-    const old = ws;
-    ws = null;
-    linked = false;
-    if (old) {
-      old.onclose = null;
-      old.close();
+function receipt(id, to, by) {
+  const m = findOut((o) => o.id === id);
+  if (m && isGroup(m.to)) {
+    // Counts, not a map per member: a 1,000-member group stays small in storage.
+    if (!(to in RANK) || to === "unsent") return;
+    m.counts = m.counts || { delivered: 0, read: 0, failed: 0 };
+    m.counts[to] += 1;
+    if (to !== "failed") move(m, to);
+  } else if (m) {
+    move(m, to);
+  } else if (to in RANK) {
+    if (!orphanReceipts.has(id)) {
+      if (orphanReceipts.size >= ORPHANS_KEPT) orphanReceipts.delete(orphanReceipts.keys().next().value);
+      orphanReceipts.set(id, []);
     }
-    localStorage.removeItem(STORE_KEY);
-    state = null;
-    showLogin(message);
+    orphanReceipts.get(id).push([to, by]);
   }
+}
 
-  function openConversation(peer) {
-    state.open = peer;
-    markRead(peer);
-    render();
-    $("compose-text").focus();
+function onSent(f) {
+  const m = findOut((o) => o.client_id === f.client_id);
+  if (!m) return;
+  m.id = f.id;
+  move(m, "sent");
+  const early = orphanReceipts.get(f.id);
+  orphanReceipts.delete(f.id);
+  for (const [to, by] of early || []) receipt(f.id, to, by);
+  save();
+  render();
+}
+
+function onUnsent(f) {
+  const m = findOut((o) => o.client_id === f.client_id);
+  if (!m) return;
+  if (f.code === "rate_limited") {
+    // Not refused for good: once more after the relay's delay.
+    setTimeout(() => {
+      if (link.linked && m.state === "sending") {
+        wsSend({ type: "send", to: m.to, text: m.text, client_id: m.client_id });
+      }
+    }, f.retry_after_ms || 1000);
+    return;
   }
+  move(m, "unsent");
+  m.reason = String(f.message || f.code);
+  if (f.code === "unknown_group") refreshGroups(); // removed from it meanwhile
+  save();
+  render();
+}
 
-  // --- events ------------------------------------------------------------------------------
-  $("pair-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    $("login-error").textContent = "";
-    try {
-      const r = await fetch("/v1/pairing", {
-        method: "POST", cache: "no-store",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ code: $("pair-code").value }),
-      });
-      const answer = await r.json().catch(() => ({}));
-      if (!r.ok) throw new Error(answer.detail || `HTTP ${r.status}`);
-      $("pair-code").value = "";
-      start(answer.pin, answer.token, answer.link_urls);
-    } catch (err) {
-      $("login-error").textContent = "Could not link: " + err.message;
-    }
-  });
-
-  $("token-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    $("login-error").textContent = "";
-    const pin = $("login-pin").value.trim().toUpperCase();
-    const token = $("login-token").value.trim();
-    if (!PIN_RE.test(pin)) {
-      $("login-error").textContent = "A PIN is 8 hexadecimal digits, e.g. 2A0B6EE0.";
-      return;
-    }
-    try {
-      const r = await fetch(`/v1/devices/${pin}/contacts`, {
-        cache: "no-store", headers: { Authorization: "Bearer " + token },
-      });
-      if (r.status === 401) throw new Error("unknown PIN or wrong token");
-      if (!r.ok) throw new Error(`HTTP ${r.status}`);
-      $("login-token").value = "";
-      start(pin, token);
-    } catch (err) {
-      $("login-error").textContent = "Could not link: " + err.message;
-    }
-  });
-
-  $("invite-form").addEventListener("submit", (e) => {
-    e.preventDefault();
-    const pin = $("invite-pin").value.trim().toUpperCase();
-    if (!PIN_RE.test(pin)) {
-      setStatus("A PIN is 8 hexadecimal digits, e.g. 2A0B6EE0.", "bad");
-      return;
-    }
-    $("invite-pin").value = "";
-    contactAction("POST", `/v1/devices/${state.pin}/contacts`, { pin }, `Invitation sent to ${pin}.`);
-  });
-
-  $("invitations").addEventListener("click", (e) => {
-    const button = e.target.closest("button[data-act]");
-    if (!button) return;
-    const pin = button.dataset.pin;
-    const act = button.dataset.act;
-    const done = act === "accept" ? `${pin} is a contact now.` : `Declined ${pin}.`;
-    contactAction("POST", `/v1/devices/${state.pin}/contacts/${pin}/${act}`, undefined, done);
-  });
-
-  $("contacts").addEventListener("click", (e) => {
-    const button = e.target.closest("button[data-peer]");
-    if (button) openConversation(button.dataset.peer);
-  });
-
-  $("back").addEventListener("click", () => {
-    const peer = state.open;
-    state.open = null;
-    render();
-    const again = document.querySelector(`[data-focus="${CSS.escape("contact " + peer)}"]`);
-    if (again) again.focus();
-  });
-
-  $("composer").addEventListener("submit", (e) => {
-    e.preventDefault();
-    const box = $("compose-text");
-    const text = box.value;
-    if (!text.trim() || !state.open) return;
-    const m = {
-      dir: "out", client_id: newClientId(), to: state.open, text,
-      at: new Date().toISOString(), state: "sending", id: null, seq: (state.seq = (state.seq || 0) + 1),
-    };
-    const list = conv(state.open);
-    list.push(m);
-    trim(list);
-    if (!save()) { // kept before it goes out (a reload sends it again), or not sent
-      list.pop();
-      return;
-    }
-    if (linked) wsSend({ type: "send", to: m.to, text: m.text, client_id: m.client_id });
-    box.value = "";
-    render();
-  });
-
-  $("compose-text").addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
-      e.preventDefault();
-      $("composer").requestSubmit();
-    }
-  });
-
-  $("unlink").addEventListener("click", () => unlink("Unlinked: this browser forgot the device's token and its conversations."));
-
-  $("reconnect").addEventListener("click", () => {
-    $("reconnect").hidden = true;
-    fatal = false;
-    attempt = 0;
-    reconnectNow();
-  });
-
-  document.addEventListener("visibilitychange", () => {
-    if (!state || document.visibilityState !== "visible") return;
-    if (state.open) {
-      markRead(state.open);
-      render();
-    }
-    reconnectNow();
-  });
-  window.addEventListener("online", reconnectNow);
-
-  // --- start -------------------------------------------------------------------------------
-  if (state) {
-    stopped = false;
-    showMessenger();
-    connect();
+function onError(f) {
+  if (f.code === "replaced") {
+    link.halt();
+    setStatus("This device was opened in another window or app.", "bad");
+    $("reconnect").hidden = false;
+  } else if (f.status === 401 || f.status === 404) {
+    unlink("The relay no longer knows this device or its token (rotated or deleted): link again.");
+  } else if (FATAL.has(f.status)) {
+    link.halt();
+    setStatus(`The relay refused the link: ${f.message}`, "bad");
   } else {
-    showLogin();
+    link.retryAfter(f.retry_after_ms);
   }
-})();
+}
+
+// --- reading ----------------------------------------------------------------------
+function markRead(peer) {
+  const ids = [];
+  for (const m of state.convs[peer] || []) {
+    if (m.dir === "in" && !m.read) {
+      m.read = true;
+      ids.push(m.id);
+    }
+  }
+  if (!ids.length) return;
+  state.reads.push(...ids);
+  save();
+  flushReads();
+}
+
+function flushReads() {
+  if (!link.linked) return;
+  while (state.reads.length) wsSend({ type: "read", ids: state.reads.splice(0, 256) });
+  save();
+}
+
+// --- HTTP ---------------------------------------------------------------------------
+async function api(method, path, body) {
+  const init = { method, cache: "no-store", headers: { Authorization: "Bearer " + state.token } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, init);
+  if (r.status === 204) return null;
+  const answer = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(answer.detail || answer.title || `HTTP ${r.status}`);
+  return answer;
+}
+
+async function refreshContacts() {
+  if (!state) return;
+  try {
+    const answer = await api("GET", `/v1/devices/${state.pin}/contacts`);
+    const contacts = {};
+    for (const c of answer.contacts) contacts[c.pin] = c.state;
+    state.contacts = contacts;
+    save();
+    render();
+  } catch (e) {
+    /* the relay is away: the next welcome asks again */
+  }
+}
+
+async function refreshGroups() {
+  if (!state) return;
+  const asked = ++groupsAsked;
+  try {
+    const answer = await api("GET", `/v1/devices/${state.pin}/groups`);
+    if (asked !== groupsAsked || !state) return; // a newer request was made since
+    const groups = {};
+    for (const g of answer.groups) {
+      groups[g.group] = { name: g.name, creator: g.creator, members: g.members };
+    }
+    // A group left or lost keeps its conversation (and its name) for reading.
+    for (const [id, g] of Object.entries(state.groups)) {
+      if (!(id in groups) && state.convs[id]) groups[id] = { name: g.name, left: true };
+    }
+    state.groups = groups;
+    if (isGroup(state.open) && !(state.open in groups)) state.open = null; // left, no history
+    save();
+    render();
+  } catch (e) {
+    /* the relay is away: the next welcome asks again */
+  }
+}
+
+async function contactAction(method, path, body, done) {
+  try {
+    await api(method, path, body);
+    if (done) setStatus(done, link.linked ? "ok" : "");
+  } catch (e) {
+    setStatus(String(e.message), "bad");
+  }
+  await refreshContacts();
+}
+
+// --- rendering ----------------------------------------------------------------------
+function peers() {
+  const all = new Set(Object.keys(state.convs));
+  for (const [pin, s] of Object.entries(state.contacts)) if (s === "accepted") all.add(pin);
+  for (const id of Object.keys(state.groups)) all.add(id);
+  const last = (p) => {
+    const list = state.convs[p] || [];
+    return list.length ? list[list.length - 1].at : "";
+  };
+  return [...all].sort((a, b) => (last(b) > last(a) ? 1 : last(b) < last(a) ? -1 : a < b ? -1 : 1));
+}
+
+function render() {
+  if (!state) return;
+  const keep = focusKey();
+  $("me").textContent = `Device ${state.pin}`;
+  renderInvitations();
+  renderContacts();
+  renderConversation();
+  groups.render();
+  restoreFocus(keep);
+}
+
+function renderInvitations() {
+  const list = $("invitations");
+  list.replaceChildren();
+  for (const [pin, s] of Object.entries(state.contacts).sort()) {
+    if (s === "pending") {
+      list.append(el("li", { className: "invitation" },
+        el("p", { text: `${pin} invited you.` }),
+        el("div", { className: "row" },
+          el("button", { type: "button", "data-act": "accept", "data-pin": pin, "data-focus": "accept " + pin },
+            "Accept", el("span", { className: "sr-only", text: ` invitation from ${pin}` })),
+          el("button", { type: "button", className: "quiet", "data-act": "decline", "data-pin": pin, "data-focus": "decline " + pin },
+            "Decline", el("span", { className: "sr-only", text: ` invitation from ${pin}` })))));
+    } else if (s === "invited") {
+      list.append(el("li", { className: "invitation" },
+        el("p", { text: `Invitation sent to ${pin}; waiting for an answer.` })));
+    }
+  }
+  $("invitations-box").hidden = list.children.length === 0;
+}
+
+function renderContacts() {
+  const list = $("contacts");
+  list.replaceChildren();
+  for (const pin of peers()) {
+    const n = unread(pin);
+    const badge = n
+      ? el("span", { className: "badge", "data-unread": String(n) }, String(n),
+          el("span", { className: "sr-only", text: " unread" }))
+      : null;
+    const group = isGroup(pin);
+    const who = group
+      ? el("span", { className: "who group" }, el("span", { className: "tag", text: "group" }), " " + groupName(pin))
+      : el("span", { className: "who", text: pin });
+    list.append(el("li", {},
+      el("button", {
+        type: "button", className: "contact", "data-peer": pin, [group ? "data-group" : "data-pin"]: pin,
+        "data-focus": "contact " + pin, "aria-current": pin === state.open ? "true" : "false",
+      }, who, badge)));
+  }
+  $("no-contacts").hidden = list.children.length > 0;
+}
+
+function renderConversation() {
+  const peer = state.open;
+  $("messenger").classList.toggle("reading", Boolean(peer));
+  const left = Boolean(peer && state.groups[peer] && state.groups[peer].left);
+  $("composer").hidden = !peer || left;
+  $("conversation-title").textContent = !peer
+    ? "Choose a conversation"
+    : isGroup(peer) ? `Group ${groupName(peer)}` : `Conversation with ${peer}`;
+  const box = $("messages");
+  const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  box.replaceChildren();
+  for (const m of peer ? state.convs[peer] || [] : []) {
+    const meta = el("p", { className: "meta" }, el("time", { dateTime: m.at, text: time(m.at) }));
+    const from = m.dir === "in" && isGroup(peer) ? el("p", { className: "from", text: m.from }) : null;
+    const item = el("li", { className: "msg " + m.dir }, from, el("p", { className: "text", text: m.text }), meta);
+    if (m.dir === "out" && m.counts) {
+      const c = m.counts;
+      const failed = c.failed ? `, failed for ${c.failed}` : "";
+      meta.append(el("span", { className: "counts", text: `delivered to ${c.delivered}, read by ${c.read}${failed}` }));
+    }
+    if (m.dir === "out") {
+      item.dataset.clientId = m.client_id;
+      meta.append(el("span", {
+        className: "state", role: "img", "aria-label": LABEL[m.state],
+        "data-state": m.state, title: LABEL[m.state], text: GLYPH[m.state],
+      }));
+      if (m.reason) item.append(el("p", { className: "reason", text: "Not sent: " + m.reason }));
+    }
+    if (m.id) item.dataset.id = m.id;
+    box.append(item);
+  }
+  if (atEnd) box.scrollTop = box.scrollHeight;
+}
+
+// --- screens ---------------------------------------------------------------------------
+function showMessenger() {
+  $("login").hidden = true;
+  $("messenger").hidden = false;
+  $("me").hidden = false;
+  $("unlink").hidden = false;
+  render();
+}
+
+function showLogin(message) {
+  $("messenger").hidden = true;
+  $("me").hidden = true;
+  $("unlink").hidden = true;
+  $("reconnect").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  setStatus("Not linked");
+}
+
+function start(pin, token, urls) {
+  if (urls && urls.length) link.urls = urls;
+  if (state && state.pin === pin) state.token = token; // same device: keep its history
+  else state = fresh(pin, token);
+  save();
+  showMessenger();
+  link.start();
+  refreshContacts();
+  refreshGroups();
+}
+
+function unlink(message) {
+  link.stop();
+  localStorage.removeItem(STORE_KEY);
+  state = null;
+  showLogin(message);
+}
+
+function openConversation(peer) {
+  state.open = peer;
+  markRead(peer);
+  render();
+  $("compose-text").focus();
+}
+
+// --- events ------------------------------------------------------------------------------
+$("pair-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  $("login-error").textContent = "";
+  try {
+    const r = await fetch("/v1/pairing", {
+      method: "POST", cache: "no-store",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ code: $("pair-code").value }),
+    });
+    const answer = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(answer.detail || `HTTP ${r.status}`);
+    $("pair-code").value = "";
+    start(answer.pin, answer.token, answer.link_urls);
+  } catch (err) {
+    $("login-error").textContent = "Could not link: " + err.message;
+  }
+});
+
+$("token-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  $("login-error").textContent = "";
+  const pin = $("login-pin").value.trim().toUpperCase();
+  const token = $("login-token").value.trim();
+  if (!PIN_RE.test(pin)) {
+    $("login-error").textContent = "A PIN is 8 hexadecimal digits, e.g. 2A0B6EE0.";
+    return;
+  }
+  try {
+    const r = await fetch(`/v1/devices/${pin}/contacts`, {
+      cache: "no-store", headers: { Authorization: "Bearer " + token },
+    });
+    if (r.status === 401) throw new Error("unknown PIN or wrong token");
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    $("login-token").value = "";
+    start(pin, token);
+  } catch (err) {
+    $("login-error").textContent = "Could not link: " + err.message;
+  }
+});
+
+$("invite-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const pin = $("invite-pin").value.trim().toUpperCase();
+  if (!PIN_RE.test(pin)) {
+    setStatus("A PIN is 8 hexadecimal digits, e.g. 2A0B6EE0.", "bad");
+    return;
+  }
+  $("invite-pin").value = "";
+  contactAction("POST", `/v1/devices/${state.pin}/contacts`, { pin }, `Invitation sent to ${pin}.`);
+});
+
+$("invitations").addEventListener("click", (e) => {
+  const button = e.target.closest("button[data-act]");
+  if (!button) return;
+  const pin = button.dataset.pin;
+  const act = button.dataset.act;
+  const done = act === "accept" ? `${pin} is a contact now.` : `Declined ${pin}.`;
+  contactAction("POST", `/v1/devices/${state.pin}/contacts/${pin}/${act}`, undefined, done);
+});
+
+$("contacts").addEventListener("click", (e) => {
+  const button = e.target.closest("button[data-peer]");
+  if (button) openConversation(button.dataset.peer);
+});
+
+$("back").addEventListener("click", () => {
+  const peer = state.open;
+  state.open = null;
+  render();
+  const again = document.querySelector(`[data-focus="${CSS.escape("contact " + peer)}"]`);
+  if (again) again.focus();
+});
+
+$("composer").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const box = $("compose-text");
+  const text = box.value;
+  if (!text.trim() || !state.open) return;
+  const m = {
+    dir: "out", client_id: newClientId(), to: state.open, text,
+    at: new Date().toISOString(), state: "sending", id: null, seq: (state.seq = (state.seq || 0) + 1),
+  };
+  const list = conv(state.open);
+  list.push(m);
+  trim(list);
+  if (!save()) { // kept before it goes out (a reload sends it again), or not sent
+    list.pop();
+    return;
+  }
+  wsSend({ type: "send", to: m.to, text: m.text, client_id: m.client_id });
+  box.value = "";
+  render();
+});
+
+$("compose-text").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+
+$("unlink").addEventListener("click", () => unlink("Unlinked: this browser forgot the device's token and its conversations."));
+
+$("reconnect").addEventListener("click", () => {
+  $("reconnect").hidden = true;
+  link.resume();
+});
+
+document.addEventListener("visibilitychange", () => {
+  if (!state || document.visibilityState !== "visible") return;
+  if (state.open) {
+    markRead(state.open);
+    render();
+  }
+  link.wake();
+});
+window.addEventListener("online", () => link.wake());
+
+// --- start -------------------------------------------------------------------------------
+if (state) {
+  showMessenger();
+  link.start();
+} else {
+  showLogin();
+}

@@ -1,0 +1,36 @@
+/*
+ * pinrelay web messenger: small DOM helpers shared by its modules.
+ */
+
+export const $ = (id) => document.getElementById(id);
+
+/** An element with properties, attributes (data-, aria-, role, type) and children. */
+export function el(tag, props, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (k === "className") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("data-") || k.startsWith("aria-") || k === "role" || k === "type") {
+      node.setAttribute(k, v);
+    } else node[k] = v;
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+// A render replaces lists: the focused control is found again by its data-focus key.
+export function focusKey() {
+  const a = document.activeElement;
+  return a && a.dataset ? a.dataset.focus : undefined;
+}
+
+export function restoreFocus(key) {
+  if (!key) return;
+  const again = document.querySelector(`[data-focus="${CSS.escape(key)}"]`);
+  if (again) again.focus();
+}
+
+export function time(iso) {
+  const d = new Date(iso);
+  return isNaN(d) ? "" : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
