@@ -30,6 +30,7 @@ SOURCE_FACTOR = 10
 _PAIRING_GONE = {
     "used": "this pairing code was used already",
     "expired": "this pairing code expired",
+    "replaced": "a newer pairing code was made for this device: use that one",
 }
 
 

@@ -129,7 +129,8 @@ def device_rotate(
 def device_pair(
     pin: PinArg, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, as_json: JsonOpt = False
 ) -> None:
-    """One-time code for <url>/app (10 minutes, once); redeemed, the old token stops working."""
+    """One-time code for <url>/app (10 minutes, once; replaces earlier codes); redeemed, the
+    old token stops working."""
     with _client(url, key) as c:
         result = _call(c.create_pairing, pin)
     _print_json(result) if as_json else _print_record(result, f"enter the code at {url}/app")

@@ -70,6 +70,21 @@ async def test_a_code_gives_a_new_token_once(relay: RelayProc) -> None:
     assert again.json()["type"] == "https://pinrelay.dev/problems/gone"
 
 
+def test_a_newer_code_replaces_an_earlier_one(relay: RelayProc) -> None:
+    """An operator who makes a second code (the first misread, say) leaves only that
+    one usable; the earlier one is 410 and changes nothing."""
+    device = relay.create_device()
+    pin = device["pin"]
+    first, second = (pair(relay, pin).json()["code"] for _ in range(2))
+    r = redeem(relay, first)
+    assert r.status_code == 410, r.text
+    assert r.json()["detail"] == "a newer pairing code was made for this device: use that one"
+    assert inbox_status(relay, pin, device["token"]) == 200
+    r = redeem(relay, second)
+    assert r.status_code == 200, r.text
+    assert inbox_status(relay, pin, r.json()["token"]) == 200
+
+
 def test_unknown_codes_are_404_and_limited(relay_factory: RelayFactory) -> None:
     relay = relay_factory(extra=["--auth-failure-limit", "3"])
     for code in ("00000-00000", "not a code", "x" * 64):

@@ -1,4 +1,5 @@
-"""The Store contract for pairing codes (api/pairing.py): kept by hash, used once.
+"""The Store contract for pairing codes (api/pairing.py): kept by hash, used once,
+and only a device's newest one.
 
 Runs on every engine (tests/store/conftest.py, ``store``): a code is redeemed at
 most once however many redemptions race, on one store or on two opened on the same
@@ -55,6 +56,29 @@ async def test_a_hash_taken_by_another_code_is_a_conflict(store: Store) -> None:
         await store.create_pairing(CODE, B, NOW + TEN_MIN)
     assert info.value.code is ErrorCode.CONFLICT
     assert await store.redeem_pairing(CODE, NOW) == Redemption("redeemed", A)
+
+
+async def test_a_newer_code_replaces_the_devices_earlier_ones(
+    store: Store, reopen: Reopen, request: pytest.FixtureRequest
+) -> None:
+    """Only a device's newest code can be used: the order they were made in decides,
+    not their expiry (a relay whose clock is behind makes a later code with an
+    earlier one).  Another device's codes and a used code are not touched."""
+    await add_devices(store, A, B)
+    second, third = hash_secret("22222-22222"), hash_secret("33333-33333")
+    other_relay = store
+    if request.node.stash[ENGINE] != "sqlite":
+        other_relay = await reopen()  # made on another relay of the cluster
+    await store.create_pairing(CODE, A, NOW + TEN_MIN)
+    await store.create_pairing(OTHER, B, NOW + TEN_MIN)
+    await other_relay.create_pairing(second, A, NOW + TEN_MIN - 5_000)
+    assert await store.redeem_pairing(CODE, NOW + 1) == Redemption("replaced")
+    assert await store.redeem_pairing(CODE, NOW + 2) == Redemption("replaced")
+    assert await other_relay.redeem_pairing(second, NOW + 3) == Redemption("redeemed", A)
+    assert await store.redeem_pairing(OTHER, NOW + 4) == Redemption("redeemed", B)
+    await store.create_pairing(third, A, NOW + TEN_MIN)
+    assert await store.redeem_pairing(second, NOW + 5) == Redemption("used")
+    assert await other_relay.redeem_pairing(third, NOW + 6) == Redemption("redeemed", A)
 
 
 async def test_racing_redemptions_one_wins(

@@ -41,7 +41,7 @@ _ERRORS = {
     " the same answer)",
     409: "Conflicts with the current state (an Idempotency-Key reused with another body;"
     " an ack beyond the device's last message)",
-    410: "The pairing code was used already, or expired",
+    410: "The pairing code was used already, expired, or replaced by a newer one",
     413: "Payload or body too large",
     414: "Request line longer than 8 KiB",
     415: "Body is not application/json, or declares a charset other than UTF-8",
@@ -260,7 +260,8 @@ def build(limits: Limits) -> dict[str, Any]:
         },
         "/v1/devices/{pin}/pairing": {
             "post": _op(
-                "Make a one-time pairing code for the device (valid 10 minutes)",
+                "Make a one-time pairing code for the device (valid 10 minutes; it"
+                " replaces the device's earlier codes)",
                 (201, "The code (shown once)", "PairingCreated"),
                 (*AUTH_ERRORS, 404),
                 params=[_PIN],

@@ -7,7 +7,8 @@ device has one token, so redeeming rotates it: the old token stops working and l
 opened with it close, as ``POST /v1/devices/{pin}/token`` does.
 
 A code is valid for :data:`PAIRING_TTL_S` and used once, on any relay of a cluster
-(the store keeps its hash: Store.redeem_pairing).  Wrong codes count against the
+(the store keeps its hash: Store.redeem_pairing); a new code replaces the device's
+earlier ones (Store.create_pairing).  Wrong codes count against the
 caller's address like failed logins (Authenticator.pairing_code).
 """
 

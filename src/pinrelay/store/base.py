@@ -134,11 +134,12 @@ class Redemption(msgspec.Struct, frozen=True):
     """What redeeming a pairing code found (Store.redeem_pairing).
 
     ``redeemed``: this call used the code, for ``pin``; ``used``: an earlier call
-    did; ``expired``: it was not used in time; ``unknown``: no such code (never made,
-    or forgotten an hour after it expired).
+    did; ``expired``: it was not used in time; ``replaced``: a newer code was made for
+    the device before this one was used; ``unknown``: no such code (never made, or
+    forgotten an hour after it expired).
     """
 
-    outcome: Literal["redeemed", "used", "expired", "unknown"]
+    outcome: Literal["redeemed", "used", "expired", "replaced", "unknown"]
     pin: str | None = None
 
 
@@ -399,8 +400,10 @@ class Store(Protocol):
     # --- pairing codes (api/pairing.py) ----------------------------------------
     async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:
         """Remember a pairing code for ``pin``, by its hash, until ``expires_ms``
-        (durable; every relay of a cluster can redeem it).  CONFLICT if the hash is
-        taken by another code."""
+        (durable; every relay of a cluster can redeem it).  It replaces the device's
+        earlier codes not used yet: redeeming one of those answers ``replaced``
+        (the newest code made wins, whatever the relays' clocks say).  CONFLICT if
+        the hash is taken by another code."""
         ...
 
     async def redeem_pairing(self, code_hash: str, now_ms: int) -> Redemption:

@@ -442,6 +442,11 @@ class CreatePairing(Op, tag="cp"):
             )
         except sqlite3.IntegrityError:
             raise PinrelayError("that pairing code exists", ErrorCode.CONFLICT) from None
+        # In the same transaction: of a device's codes, only the newest can be used.
+        c.execute(
+            "UPDATE pairing SET replaced = 1 WHERE pin = ? AND used_ms IS NULL AND code_hash != ?",
+            (self.pin, self.code_hash),
+        )
 
 
 class RedeemPairing(Op, tag="rp"):
@@ -452,15 +457,18 @@ class RedeemPairing(Op, tag="rp"):
 
     def run(self, c: sqlite3.Connection) -> tuple[str, str | None]:
         row = c.execute(
-            "SELECT pin, expires_ms, used_ms FROM pairing WHERE code_hash = ?", (self.code_hash,)
+            "SELECT pin, expires_ms, used_ms, replaced FROM pairing WHERE code_hash = ?",
+            (self.code_hash,),
         ).fetchone()
         if row is None:
             return "unknown", None
-        pin, expires_ms, used_ms = row
+        pin, expires_ms, used_ms, replaced = row
         if used_ms is not None:
             return "used", None
         if expires_ms <= self.now_ms:
             return "expired", None
+        if replaced:
+            return "replaced", None
         c.execute(
             "UPDATE pairing SET used_ms = ? WHERE code_hash = ?", (self.now_ms, self.code_hash)
         )

@@ -153,4 +153,9 @@ MIGRATIONS: list[str] = [
     DELAY_DAYS_SCHEMA,
     # The batch of counts a relay last added to a broadcast (Store.count_broadcasts).
     "ALTER TABLE broadcast_counts ADD COLUMN batch TEXT NOT NULL DEFAULT '';",
+    # A device's newest pairing code replaces its earlier ones (Store.create_pairing).
+    """
+    ALTER TABLE pairing ADD COLUMN replaced INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX pairing_pin ON pairing (pin);
+    """,
 ]

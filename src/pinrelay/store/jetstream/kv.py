@@ -63,6 +63,14 @@ class Kv:
             lambda: self.api.publish(bucket.subject(key), value, headers), f"write {bucket.name}"
         )
 
+    async def set(self, bucket: Bucket, key: str, value: bytes) -> int:
+        """Write ``key`` whatever its revision (the last write in the stream wins)."""
+        subject = bucket.subject(key)
+        resp = await self.api.call(
+            lambda: self.api.publish(subject, value, {}), f"write {bucket.name}"
+        )
+        return int(resp["seq"])
+
     async def create(self, bucket: Bucket, key: str, value: bytes) -> int | None:
         """Create ``key``: its revision, or None if it exists."""
         return await self.put(bucket, key, value, 0)

@@ -12,6 +12,13 @@ commit (DECISIONS 62); that is StoreClosed (503, retry), as is a create refused
 while the leader reads no record.
 The bucket's max age (an hour past a code's 10 minutes) forgets old records: no
 sweep needed.
+
+A device's newest code replaces its earlier ones: once a code's record is written,
+the key ``pin_<PIN>`` is set to its hash (a plain write: of codes made at once, the
+last write in the stream wins, so no relay's clock decides).  Redeeming a code that
+key does not name answers "replaced".  A code whose ``pin_`` write failed (its maker
+got an error, not the code) is thus replaced from the start if the device had an
+earlier one; a key forgotten by the max age named a code expired long ago.
 """
 
 from __future__ import annotations
@@ -42,6 +49,11 @@ class PairingRec(msgspec.Struct, omit_defaults=True):
 _dec = msgspec.json.Decoder(PairingRec)
 
 
+def _newest_key(pin: str) -> str:
+    """The key naming the device's newest code (a code's key is a hex hash)."""
+    return f"pin_{pin}"
+
+
 class Pairings:
     """Create and redeem pairing codes."""
 
@@ -50,6 +62,10 @@ class Pairings:
         self.bucket = bucket
 
     async def create(self, code_hash: str, pin: str, expires_ms: int) -> None:
+        await self._create(code_hash, pin, expires_ms)
+        await self.kv.set(self.bucket, _newest_key(pin), code_hash.encode())
+
+    async def _create(self, code_hash: str, pin: str, expires_ms: int) -> None:
         self.kv.api.check_open()
         if not SAFE_TOKEN.match(code_hash):
             raise PinrelayError("a pairing code's hash must be a KV key", ErrorCode.INVALID)
@@ -74,6 +90,9 @@ class Pairings:
             return Redemption("used")
         if rec.expires_ms <= now_ms:
             return Redemption("expired")
+        newest = await self.kv.get(self.bucket, _newest_key(rec.pin))
+        if newest is not None and newest.value != code_hash.encode():
+            return Redemption("replaced")
         nonce = uuid.uuid4().hex
         used = msgspec.structs.replace(rec, used_ms=now_ms, used_by=nonce)
         if await self.kv.update(self.bucket, code_hash, json_enc.encode(used), got.revision):
