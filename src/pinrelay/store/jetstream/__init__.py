@@ -20,7 +20,7 @@ to the Store protocol:
 - ``contacts``: each device's contacts, one record per device (core/social.py);
 - ``unread``: read-receipt bookkeeping, an entry per unread chat message;
 - ``groups``: chat groups, a record per group and an index entry per member;
-- ``pairing``: pairing codes, used once;
+- ``pairing``: pairing codes, used once, the newest per device;
 - ``subscriptions``: Web Push subscriptions, a record per id and an index per device;
 - ``expiry``: failed receipts, a JetStream schedule per chat message;
 - ``tenants``: tenants, a cached record per tenant (the default one made at open);
