@@ -413,6 +413,67 @@ def test_a_group_is_made_changed_and_left_in_the_page(
     assert app.errors == []
 
 
+def contacts_of(relay: RelayProc, device: dict[str, Any]) -> dict[str, str]:
+    """``device``'s contacts as the relay has them: PIN -> state."""
+    r = httpx.get(
+        f"{relay.url}/v1/devices/{device['pin']}/contacts", headers=device_token(relay, device)
+    )
+    assert r.status_code == 200, r.text
+    return {c["pin"]: c["state"] for c in r.json()["contacts"]}
+
+
+def test_the_page_blocks_unblocks_and_removes_contacts(
+    relay: RelayProc, new_context: NewContext
+) -> None:
+    """An unwanted invitation is blocked from the page (the sender's chat is then
+    refused as a stranger's), unblocked; a contact is removed from its conversation
+    (on both sides), invited again and blocked; each asks first, and the relay has
+    each change."""
+    a, b, c = (relay.create_device(n) for n in ("web", "b", "c"))
+    app = App(new_context(viewport={"width": 1100, "height": 760}), relay)
+    page = app.page
+    page.on("dialog", lambda dialog: dialog.accept())
+    app.link_with_token(a["pin"], a["token"])
+    r = httpx.post(
+        f"{relay.url}/v1/devices/{b['pin']}/contacts",
+        json={"pin": a["pin"]},
+        headers=device_token(relay, b),
+    )
+    assert r.status_code == 202
+    page.get_by_role("button", name=f"Block {b['pin']}").click()
+    blocked = page.locator("#blocked")
+    expect(blocked).to_contain_text(b["pin"])
+    assert contacts_of(relay, a) == {b["pin"]: "blocked"}
+    r = httpx.post(
+        f"{relay.url}/v1/devices/{b['pin']}/chat",
+        json={"to": a["pin"], "text": "hello?", "client_id": "b1"},
+        headers=device_token(relay, b),
+    )
+    assert r.status_code == 403 and "is not a contact" in r.json()["detail"], r.text
+    page.get_by_role("button", name=f"Unblock {b['pin']}").click()
+    expect(page.locator("#blocked-box")).to_be_hidden()
+    assert contacts_of(relay, a) == {}
+
+    befriend(relay, c, a)
+    expect(app.contact(c["pin"])).to_be_visible()
+    app.open(c["pin"])
+    panel_state = page.locator("#contact-state")
+    page.locator("#contact-summary").click()
+    expect(panel_state).to_have_text(f"{c['pin']} and you are contacts.")
+    page.get_by_role("button", name="Remove the contact").click()
+    expect(panel_state).to_have_text(f"{c['pin']} is not a contact: messages to them are refused.")
+    assert contacts_of(relay, a) == {} and contacts_of(relay, c) == {}
+    page.get_by_role("button", name="Invite again").click()
+    expect(panel_state).to_have_text(f"You invited {c['pin']}; no answer yet.")
+    assert contacts_of(relay, c) == {a["pin"]: "pending"}
+    page.locator("#contact-block").click()
+    expect(page.locator("#contact-summary")).to_have_text("Contact (blocked)")
+    expect(page.locator("#contact-unblock")).to_be_visible()
+    assert contacts_of(relay, a) == {c["pin"]: "blocked"}
+    assert serious(page) == []
+    assert app.errors == []
+
+
 def test_one_members_expiry_is_counted_not_shown_as_a_failed_group_message(
     relay_factory: RelayFactory, new_context: NewContext, sdk_devices: StartSdk
 ) -> None:

@@ -20,9 +20,10 @@
  * 5. Conversations are keyed by the peer's PIN or, for a group's messages (``data.
  *    group``), by the group id: a group message is never shown as a one-to-one one.
  *
- * ES modules (dom.js, link.js, groups.js) with no framework, no build step and no
+ * ES modules (dom.js, link.js, contacts.js, groups.js) with no framework, no build step and no
  * inline script (the page's CSP forbids it).
  */
+import { PIN_RE, contactScreens } from "./contacts.js";
 import { $, el, focusKey, restoreFocus, time } from "./dom.js";
 import { groupScreens } from "./groups.js";
 import { Link } from "./link.js";
@@ -37,7 +38,6 @@ const LABEL = {
 // Retrying cannot help after these (PROTOCOL "Errors").
 const FATAL = new Set([400, 401, 403, 404, 422]);
 const KEEP = 500; // messages kept per conversation
-const PIN_RE = /^[0-9A-F]{8}$/;
 const GROUP_RE = /^G[0-9A-HJKMNP-TV-Z]{12}$/; // G and 12 Crockford base32 digits
 
 const root = $("app");
@@ -149,6 +149,9 @@ const link = new Link({
   onStatus: setStatus,
 });
 
+const contacts = contactScreens({
+  state: () => state, api, setStatus, refreshContacts, isGroup, linked: () => link.linked,
+});
 const groups = groupScreens({
   state: () => state, api, setStatus, announce, refreshGroups, open: openConversation,
   render, save, groupName,
@@ -376,16 +379,6 @@ async function refreshGroups() {
   }
 }
 
-async function contactAction(method, path, body, done) {
-  try {
-    await api(method, path, body);
-    if (done) setStatus(done, link.linked ? "ok" : "");
-  } catch (e) {
-    setStatus(String(e.message), "bad");
-  }
-  await refreshContacts();
-}
-
 // --- rendering ----------------------------------------------------------------------
 function peers() {
   const all = new Set(Object.keys(state.convs));
@@ -402,31 +395,11 @@ function render() {
   if (!state) return;
   const keep = focusKey();
   $("me").textContent = `Device ${state.pin}`;
-  renderInvitations();
+  contacts.render();
   renderContacts();
   renderConversation();
   groups.render();
   restoreFocus(keep);
-}
-
-function renderInvitations() {
-  const list = $("invitations");
-  list.replaceChildren();
-  for (const [pin, s] of Object.entries(state.contacts).sort()) {
-    if (s === "pending") {
-      list.append(el("li", { className: "invitation" },
-        el("p", { text: `${pin} invited you.` }),
-        el("div", { className: "row" },
-          el("button", { type: "button", "data-act": "accept", "data-pin": pin, "data-focus": "accept " + pin },
-            "Accept", el("span", { className: "sr-only", text: ` invitation from ${pin}` })),
-          el("button", { type: "button", className: "quiet", "data-act": "decline", "data-pin": pin, "data-focus": "decline " + pin },
-            "Decline", el("span", { className: "sr-only", text: ` invitation from ${pin}` })))));
-    } else if (s === "invited") {
-      list.append(el("li", { className: "invitation" },
-        el("p", { text: `Invitation sent to ${pin}; waiting for an answer.` })));
-    }
-  }
-  $("invitations-box").hidden = list.children.length === 0;
 }
 
 function renderContacts() {
@@ -568,26 +541,6 @@ $("token-form").addEventListener("submit", async (e) => {
   } catch (err) {
     $("login-error").textContent = "Could not link: " + err.message;
   }
-});
-
-$("invite-form").addEventListener("submit", (e) => {
-  e.preventDefault();
-  const pin = $("invite-pin").value.trim().toUpperCase();
-  if (!PIN_RE.test(pin)) {
-    setStatus("A PIN is 8 hexadecimal digits, e.g. 2A0B6EE0.", "bad");
-    return;
-  }
-  $("invite-pin").value = "";
-  contactAction("POST", `/v1/devices/${state.pin}/contacts`, { pin }, `Invitation sent to ${pin}.`);
-});
-
-$("invitations").addEventListener("click", (e) => {
-  const button = e.target.closest("button[data-act]");
-  if (!button) return;
-  const pin = button.dataset.pin;
-  const act = button.dataset.act;
-  const done = act === "accept" ? `${pin} is a contact now.` : `Declined ${pin}.`;
-  contactAction("POST", `/v1/devices/${state.pin}/contacts/${pin}/${act}`, undefined, done);
 });
 
 $("contacts").addEventListener("click", (e) => {
