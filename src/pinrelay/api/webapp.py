@@ -2,11 +2,11 @@
 
 The page is rendered here from ``web/app.html`` (the relay's name, version and link
 URLs filled in); its script ``web/app.js`` (an ES module, with ``link.js``,
-``contacts.js``, ``groups.js`` and ``dom.js``) speaks the link protocol from the browser
-(PROTOCOL.md) and the contacts routes over HTTP with the device's token, and keeps
-the conversations, the cursor and the token in the browser's localStorage.  No
-third-party code, no build step: its files (page, script, stylesheet, icon) ship
-in the package.
+``contacts.js``, ``groups.js``, ``notices.js`` and ``dom.js``) speaks the link
+protocol from the browser (PROTOCOL.md) and the contacts and groups routes over
+HTTP with the device's token, and keeps the conversations, the cursor and the token
+in the browser's localStorage.  No third-party code, no build step: its files (page,
+scripts, stylesheet, icon) ship in the package.
 
 Every answer carries a strict Content-Security-Policy: scripts and styles only from
 this origin (no inline script or style), connections only to this origin and the
@@ -41,7 +41,7 @@ class Asset:
 
 
 #: The page's ES modules: app.js imports the others.
-SCRIPTS = ("app.js", "link.js", "contacts.js", "groups.js", "dom.js")
+SCRIPTS = ("app.js", "link.js", "contacts.js", "groups.js", "notices.js", "dom.js")
 
 
 @functools.cache

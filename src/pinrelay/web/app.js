@@ -20,13 +20,14 @@
  * 5. Conversations are keyed by the peer's PIN or, for a group's messages (``data.
  *    group``), by the group id: a group message is never shown as a one-to-one one.
  *
- * ES modules (dom.js, link.js, contacts.js, groups.js) with no framework, no build step and no
+ * ES modules (dom.js, link.js, contacts.js, groups.js, notices.js) with no framework, no build step and no
  * inline script (the page's CSP forbids it).
  */
 import { PIN_RE, contactScreens } from "./contacts.js";
 import { $, el, focusKey, restoreFocus, time } from "./dom.js";
 import { groupScreens } from "./groups.js";
 import { Link } from "./link.js";
+import { NOTICES, NOTICE_KINDS, noticeScreens, noticeText } from "./notices.js";
 
 const STORE_KEY = "pinrelay.messenger.v1";
 const RANK = { sending: 0, sent: 1, delivered: 2, read: 3, failed: 4, unsent: 4 };
@@ -59,7 +60,9 @@ function parseUrls(text) {
 }
 
 function fresh(pin, token) {
-  return { pin, token, cursor: 0, convs: {}, contacts: {}, groups: {}, reads: [], open: null };
+  return {
+    pin, token, cursor: 0, convs: {}, contacts: {}, groups: {}, reads: [], dismissed: [], open: null,
+  };
 }
 
 function load() {
@@ -150,8 +153,9 @@ const link = new Link({
 });
 
 const contacts = contactScreens({
-  state: () => state, api, setStatus, refreshContacts, isGroup, linked: () => link.linked,
+  state: () => state, api, setStatus, refreshContacts, linked: () => link.linked,
 });
+const notices = noticeScreens({ state: () => state, save, announce });
 const groups = groupScreens({
   state: () => state, api, setStatus, announce, refreshGroups, open: openConversation,
   render, save, groupName,
@@ -175,6 +179,7 @@ function onFrame(f) {
 }
 
 function onWelcome(f) {
+  notices.welcome();
   if (f.cursor > state.cursor) state.cursor = f.cursor; // done elsewhere
   save();
   setStatus(`Linked to ${f.node} (${f.region})`, "ok");
@@ -191,6 +196,7 @@ function onWelcome(f) {
 }
 
 function onMsg(f) {
+  if (f.kind === "system" && f.cursor === null) return notices.system(f); // never acked
   if (typeof f.cursor !== "number") return;
   if (f.cursor <= state.cursor) {
     wsSend({ type: "ack", cursor: f.cursor }); // a redelivery: done already
@@ -213,6 +219,16 @@ function onMsg(f) {
       trim(list);
       readNow = peer === state.open && document.visibilityState === "visible";
       if (!readNow) announce(`New message from ${f.from}` + (group ? ` in ${groupName(group)}` : ""));
+    }
+  } else if (Object.hasOwn(NOTICE_KINDS, f.kind)) {
+    peer = NOTICES;
+    const list = conv(peer);
+    if (!list.some((m) => m.id === f.id)) {
+      const text = noticeText(f.kind, f.data);
+      list.push({ dir: "in", id: f.id, from: NOTICE_KINDS[f.kind], text, at: f.sent_at, read: false });
+      trim(list);
+      readNow = peer === state.open && document.visibilityState === "visible";
+      if (!readNow) announce(`New notification: ${text}`);
     }
   } else if (f.kind === "receipt") {
     receipt(String(data.id), String(data.state), f.from);
@@ -317,7 +333,7 @@ function markRead(peer) {
     }
   }
   if (!ids.length) return;
-  state.reads.push(...ids);
+  if (peer !== NOTICES) state.reads.push(...ids); // read receipts are for chat only
   save();
   flushReads();
 }
@@ -396,6 +412,7 @@ function render() {
   const keep = focusKey();
   $("me").textContent = `Device ${state.pin}`;
   contacts.render();
+  notices.render();
   renderContacts();
   renderConversation();
   groups.render();
@@ -412,12 +429,15 @@ function renderContacts() {
           el("span", { className: "sr-only", text: " unread" }))
       : null;
     const group = isGroup(pin);
-    const who = group
-      ? el("span", { className: "who group" }, el("span", { className: "tag", text: "group" }), " " + groupName(pin))
-      : el("span", { className: "who", text: pin });
+    const who = pin === NOTICES
+      ? el("span", { className: "who group", text: "Notifications" })
+      : group
+        ? el("span", { className: "who group" }, el("span", { className: "tag", text: "group" }), " " + groupName(pin))
+        : el("span", { className: "who", text: pin });
+    const key = pin === NOTICES ? "data-notices" : group ? "data-group" : "data-pin";
     list.append(el("li", {},
       el("button", {
-        type: "button", className: "contact", "data-peer": pin, [group ? "data-group" : "data-pin"]: pin,
+        type: "button", className: "contact", "data-peer": pin, [key]: pin,
         "data-focus": "contact " + pin, "aria-current": pin === state.open ? "true" : "false",
       }, who, badge)));
   }
@@ -428,16 +448,18 @@ function renderConversation() {
   const peer = state.open;
   $("messenger").classList.toggle("reading", Boolean(peer));
   const left = Boolean(peer && state.groups[peer] && state.groups[peer].left);
-  $("composer").hidden = !peer || left;
+  $("composer").hidden = !peer || left || peer === NOTICES;
   $("conversation-title").textContent = !peer
     ? "Choose a conversation"
-    : isGroup(peer) ? `Group ${groupName(peer)}` : `Conversation with ${peer}`;
+    : peer === NOTICES ? "Notifications"
+      : isGroup(peer) ? `Group ${groupName(peer)}` : `Conversation with ${peer}`;
   const box = $("messages");
   const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   box.replaceChildren();
   for (const m of peer ? state.convs[peer] || [] : []) {
     const meta = el("p", { className: "meta" }, el("time", { dateTime: m.at, text: time(m.at) }));
-    const from = m.dir === "in" && isGroup(peer) ? el("p", { className: "from", text: m.from }) : null;
+    const from = m.dir === "in" && (isGroup(peer) || peer === NOTICES)
+      ? el("p", { className: "from", text: m.from }) : null;
     const item = el("li", { className: "msg " + m.dir }, from, el("p", { className: "text", text: m.text }), meta);
     if (m.dir === "out" && m.counts) {
       const c = m.counts;
@@ -492,6 +514,7 @@ function unlink(message) {
   link.stop();
   localStorage.removeItem(STORE_KEY);
   state = null;
+  notices.welcome(); // no device, no banners
   showLogin(message);
 }
 

@@ -12,7 +12,7 @@ export const PIN_RE = /^[0-9A-F]{8}$/;
 
 /**
  * @param {object} app what app.js lends: state() (the device's, or null), api(method,
- *   path, body), setStatus(text, tone), refreshContacts(), isGroup(peer), linked()
+ *   path, body), setStatus(text, tone), refreshContacts(), linked()
  * @returns {{render: () => void}} drawn on each of app.js's renders
  */
 export function contactScreens(app) {
@@ -72,7 +72,7 @@ export function contactScreens(app) {
 
   function renderPanel(state) {
     const pin = state.open;
-    const shown = Boolean(pin) && !app.isGroup(pin);
+    const shown = Boolean(pin) && PIN_RE.test(pin); // not a group, not Notifications
     $("contact-panel").hidden = !shown;
     if (!shown) return;
     const s = state.contacts[pin] || "none";
