@@ -454,7 +454,8 @@ def test_the_page_blocks_unblocks_and_removes_contacts(
     expect(page.locator("#blocked-box")).to_be_hidden()
     assert contacts_of(relay, a) == {}
 
-    befriend(relay, c, a)
+    # C accepts an invitation of A's: the page hears of it (an accepted notice).
+    befriend(relay, a, c)
     expect(app.contact(c["pin"])).to_be_visible()
     app.open(c["pin"])
     panel_state = page.locator("#contact-state")

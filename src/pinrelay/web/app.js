@@ -304,6 +304,7 @@ function onUnsent(f) {
   move(m, "unsent");
   m.reason = String(f.message || f.code);
   if (f.code === "unknown_group") refreshGroups(); // removed from it meanwhile
+  if (f.code === "not_contact") refreshContacts(); // removed or blocked meanwhile
   save();
   render();
 }

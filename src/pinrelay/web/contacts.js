@@ -6,7 +6,7 @@
  * refreshes it from the relay; every action here asks for it again afterwards, so
  * the relay's word is what shows.  Removing and blocking ask first.
  */
-import { $, el } from "./dom.js";
+import { $, el, refocus } from "./dom.js";
 
 export const PIN_RE = /^[0-9A-F]{8}$/;
 
@@ -16,7 +16,7 @@ export const PIN_RE = /^[0-9A-F]{8}$/;
  * @returns {{render: () => void}} drawn on each of app.js's renders
  */
 export function contactScreens(app) {
-  async function act(method, path, body, done) {
+  async function act(pin, method, path, body, done) {
     try {
       await app.api(method, path, body);
       if (done) app.setStatus(done, app.linked() ? "ok" : "");
@@ -24,10 +24,13 @@ export function contactScreens(app) {
       app.setStatus(String(e.message), "bad");
     }
     await app.refreshContacts();
+    // The control may be gone (an answered invitation, Block become Unblock).
+    refocus(`[data-focus="contact ${pin}"]`, "#contact-summary", "#invite-pin");
   }
 
   const mine = () => `/v1/devices/${app.state().pin}`;
-  // Each button's name says whose PIN it acts on: "Block 2A0B6EE0", never just "Block".
+  // A listed button's name says whose PIN it acts on: "Block 2A0B6EE0", not just
+  // "Block" (the panel's act on the open conversation's PIN, named in its title).
   function button(act, pin, label, what, quiet = true) {
     return el("button", {
       type: "button", className: quiet ? "quiet" : "", "data-act": act, "data-pin": pin,
@@ -95,24 +98,24 @@ export function contactScreens(app) {
   // --- acting -------------------------------------------------------------------------
   function run(action, pin) {
     if (action === "accept") {
-      return act("POST", `${mine()}/contacts/${pin}/accept`, undefined, `${pin} is a contact now.`);
+      return act(pin, "POST", `${mine()}/contacts/${pin}/accept`, undefined, `${pin} is a contact now.`);
     }
     if (action === "decline") {
-      return act("POST", `${mine()}/contacts/${pin}/decline`, undefined, `Declined ${pin}.`);
+      return act(pin, "POST", `${mine()}/contacts/${pin}/decline`, undefined, `Declined ${pin}.`);
     }
     if (action === "invite") {
-      return act("POST", `${mine()}/contacts`, { pin }, `Invitation sent to ${pin}.`);
+      return act(pin, "POST", `${mine()}/contacts`, { pin }, `Invitation sent to ${pin}.`);
     }
     if (action === "unblock") {
-      return act("DELETE", `${mine()}/blocks/${pin}`, undefined, `${pin} is unblocked (not a contact).`);
+      return act(pin, "DELETE", `${mine()}/blocks/${pin}`, undefined, `${pin} is unblocked (not a contact).`);
     }
     if (action === "remove") {
       if (!window.confirm(`Remove ${pin} from your contacts? Neither of you can then message the other.`)) return null;
-      return act("DELETE", `${mine()}/contacts/${pin}`, undefined, `${pin} is no longer a contact.`);
+      return act(pin, "DELETE", `${mine()}/contacts/${pin}`, undefined, `${pin} is no longer a contact.`);
     }
     if (action === "block") {
       if (!window.confirm(`Block ${pin}? They will not be able to message or invite you, and are not told.`)) return null;
-      return act("POST", `${mine()}/blocks`, { pin }, `Blocked ${pin}.`);
+      return act(pin, "POST", `${mine()}/blocks`, { pin }, `Blocked ${pin}.`);
     }
     return null;
   }

@@ -30,6 +30,23 @@ export function restoreFocus(key) {
   if (again) again.focus();
 }
 
+/**
+ * After an action that may have hidden the focused control (a button that acted on
+ * itself, a form that is no longer needed): the first visible of ``selectors`` gets
+ * the focus, so a keyboard user is not sent back to the top of the page.
+ */
+export function refocus(...selectors) {
+  const a = document.activeElement;
+  if (a && a !== document.body && a.getClientRects().length > 0) return;
+  for (const s of selectors) {
+    const found = document.querySelector(s);
+    if (found && found.getClientRects().length > 0) {
+      found.focus();
+      return;
+    }
+  }
+}
+
 export function time(iso) {
   const d = new Date(iso);
   return isNaN(d) ? "" : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });

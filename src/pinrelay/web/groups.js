@@ -6,7 +6,7 @@
  * left}) and refreshes them from the relay; these forms change them through the
  * same routes, then ask again, so a change made elsewhere (the CLI) shows as well.
  */
-import { $, el } from "./dom.js";
+import { $, el, refocus } from "./dom.js";
 
 /**
  * @param {object} app what app.js lends: state() (the device's, or null), api(method,
@@ -17,6 +17,7 @@ import { $, el } from "./dom.js";
 export function groupScreens(app) {
   let drawnCandidates = null; // what the lists were drawn from: redrawn only on change
   let drawnMembers = null;
+  let drawnAddable = null;
 
   function accepted(state) {
     return Object.entries(state.contacts)
@@ -85,6 +86,8 @@ export function groupScreens(app) {
     }
     const addable = accepted(state).filter((pin) => !g.members.includes(pin));
     $("group-add").hidden = !mine || addable.length === 0;
+    if (addable.join(" ") === drawnAddable) return; // an open picker stays as it is
+    drawnAddable = addable.join(" ");
     const select = $("group-add-pin");
     const chosen = select.value;
     select.replaceChildren(...addable.map((pin) => el("option", { value: pin, text: pin })));
@@ -107,6 +110,7 @@ export function groupScreens(app) {
     }
     app.render();
     await app.refreshGroups();
+    refocus("#group-summary", "#group-left", "#messages"); // its control may be gone
   }
 
   $("group-form").addEventListener("submit", (e) => {
@@ -158,7 +162,6 @@ export function groupScreens(app) {
       g.members = g.members.filter((m) => m !== pin);
       app.save();
       app.setStatus(`${pin} removed from ${app.groupName(id)}.`, "ok");
-      $("group-summary").focus(); // its button is gone
     });
   });
 
