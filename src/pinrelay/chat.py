@@ -39,6 +39,8 @@ _SEND_FINGERPRINT = "send"
 _FAILED_FINGERPRINT = "failed"
 #: Message ids, as ingest's: one getrandom per ~400 sends, not one per send.
 _ids_random = RandomPool(os.urandom)
+#: The invitation budget's period (ChatLimits.invites_per_hour).
+_HOUR_MS = 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,6 @@ class Chat:
         self.store = ingest.store
         self.clock = clock
         self.limits = limits or ChatLimits()
-        self._invites = FailureLimiter(limit=self.limits.invites_per_hour, period=3600.0)
         self._sends = FailureLimiter(limit=self.limits.sends_per_minute, period=60.0)
         self._bytes = FailureLimiter(limit=self.limits.bytes_per_minute, period=60.0)
 
@@ -94,10 +95,13 @@ class Chat:
             raise PinrelayError("a device cannot be its own contact", ErrorCode.INVALID)
         now = self.clock()
         if action is Action.INVITE:
-            wait = self._invites.retry_after(actor, now)
-            if wait > 0:
-                raise Refused("rate_limited", "too many invitations; try later", wait)
-            self._invites.failed(actor, now)  # counted: every invitation, not failures
+            # In the store, not in memory: every relay of a cluster counts against the
+            # same budget, and a restart forgets none of it.  Every invitation counts.
+            wait_ms = await self.store.take_budget(
+                f"invites_{actor}", self.limits.invites_per_hour, _HOUR_MS, int(now * 1000)
+            )
+            if wait_ms > 0:
+                raise Refused("rate_limited", "too many invitations; try later", wait_ms / 1000)
         return await self.ingest.contact(actor, other, action, self.limits.notice_ttl_s)
 
     # --- sending -------------------------------------------------------------

@@ -182,6 +182,12 @@ class TestContacts:
         assert r.status_code == 429
         assert int(r.headers["retry-after"]) > 0
         assert pins[3] not in contacts(relay, a)
+        # The budget is in the store: a relay killed and started again keeps it (on a
+        # cluster every relay shares it: tests/store/test_contract_budgets.py).
+        relay.kill()
+        relay.start()
+        assert invite(relay, a, pins[3]).status_code == 429
+        assert pins[3] not in contacts(relay, a)
 
 
 @pytest.mark.shared_relay

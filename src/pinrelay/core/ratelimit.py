@@ -115,3 +115,19 @@ class FailureLimiter:
     def _drop_first(self) -> None:
         key, _ = self._empty_at.popitem(last=False)
         self._bytes -= len(key) + ENTRY_OVERHEAD
+
+
+def take(empty_at: int | None, now: int, limit: int, period: int) -> tuple[int, int | None]:
+    """One try against a budget kept as one number (a store's record; the same leaky
+    bucket as :class:`FailureLimiter`, in integer milliseconds): ``limit`` tries in a
+    burst, then one every ``period / limit``.
+
+    Returns (wait, new ``empty_at``): wait 0 and the number to store if the try fits;
+    else the time until it would, and None (nothing to store: a refusal counts not).
+    """
+    start = now if empty_at is None else max(empty_at, now)
+    step = -(-period // limit)  # rounded up: never more than ``limit`` a period
+    wait = start + step - now - period
+    if wait > 0:
+        return wait, None
+    return 0, start + step

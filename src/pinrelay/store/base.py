@@ -143,6 +143,18 @@ class Redemption(msgspec.Struct, frozen=True):
     pin: str | None = None
 
 
+#: The longest period a budget (Store.take_budget) may have: the cluster's bucket of
+#: budgets forgets a key this long after its last try.
+BUDGET_PERIOD_MAX_MS = 3600 * 1000
+
+
+def check_budget(key: str, limit: int, period_ms: int) -> None:
+    """INVALID unless Store.take_budget's arguments are within its contract."""
+    ok_key = 0 < len(key) <= 64 and all(c.isascii() and (c.isalnum() or c in "_-") for c in key)
+    if not ok_key or limit < 1 or not 0 < period_ms <= BUDGET_PERIOD_MAX_MS:
+        raise PinrelayError(f"budget {key[:64]!r}: bad key, limit or period", ErrorCode.INVALID)
+
+
 #: How long a used or expired pairing code is remembered after its expiry, so that
 #: trying it again says "used" or "expired" rather than "unknown".
 PAIRING_KEEP_MS = 3600 * 1000
@@ -395,6 +407,15 @@ class Store(Protocol):
 
     async def drop_unread(self, reader: str, ids: Sequence[str]) -> None:
         """Forget ``ids`` as unread (their read receipts are stored)."""
+        ...
+
+    # --- budgets (chat.py: invitations) ------------------------------------------
+    async def take_budget(self, key: str, limit: int, period_ms: int, now_ms: int) -> int:
+        """Count one try against ``key``'s budget, ``limit`` tries in a burst and then
+        one every ``period_ms / limit`` (core/ratelimit.take), shared by every relay of
+        a cluster and kept across restarts.  0 if the try fits (it is counted), else
+        the ms until one would (nothing counted).  ``period_ms`` at most
+        BUDGET_PERIOD_MAX_MS; a key is 1-64 characters of ``A-Z a-z 0-9 _ -``."""
         ...
 
     # --- pairing codes (api/pairing.py) ----------------------------------------

@@ -53,6 +53,7 @@ from pinrelay.store.base import (
     StoreStats,
     Subscription,
     Unread,
+    check_budget,
     to_results,
 )
 from pinrelay.store.sqlite_channels import SqliteChannels
@@ -678,6 +679,12 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
     async def drop_unread(self, reader: str, ids: Sequence[str]) -> None:
         if ids:
             await self._write(ops.DropUnread(reader, list(ids)))
+
+    # --- budgets -------------------------------------------------------------------
+    async def take_budget(self, key: str, limit: int, period_ms: int, now_ms: int) -> int:
+        check_budget(key, limit, period_ms)
+        wait: int = await self._write(ops.TakeBudget(key, limit, period_ms, now_ms))
+        return wait
 
     # --- pairing codes -------------------------------------------------------------
     async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from pinrelay.core import chat, social
+from pinrelay.core import chat, ratelimit, social
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.quotas import over
 from pinrelay.store.base import (
@@ -286,6 +286,7 @@ class Sweep(Op, tag="sw"):
         )
         c.execute("DELETE FROM unread WHERE expires_ms <= ?", (self.now_ms,))
         c.execute("DELETE FROM pairing WHERE expires_ms <= ?", (self.now_ms - PAIRING_KEEP_MS,))
+        c.execute("DELETE FROM budgets WHERE empty_at_ms <= ?", (self.now_ms,))
         c.execute(
             "DELETE FROM subscriptions WHERE deleted_ms <= ?",
             (self.now_ms - SUBSCRIPTION_GONE_KEEP_MS,),
@@ -447,6 +448,29 @@ class CreatePairing(Op, tag="cp"):
             "UPDATE pairing SET replaced = 1 WHERE pin = ? AND used_ms IS NULL AND code_hash != ?",
             (self.pin, self.code_hash),
         )
+
+
+class TakeBudget(Op, tag="tb"):
+    """One try against a budget (Store.take_budget): read and counted in one
+    transaction, so tries from anywhere see each other."""
+
+    key: str
+    limit: int
+    period_ms: int
+    now_ms: int
+
+    def run(self, c: sqlite3.Connection) -> int:
+        row = c.execute("SELECT empty_at_ms FROM budgets WHERE key = ?", (self.key,)).fetchone()
+        wait, empty_at = ratelimit.take(
+            None if row is None else int(row[0]), self.now_ms, self.limit, self.period_ms
+        )
+        if empty_at is not None:
+            c.execute(
+                "INSERT INTO budgets (key, empty_at_ms) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET empty_at_ms = excluded.empty_at_ms",
+                (self.key, empty_at),
+            )
+        return wait
 
 
 class RedeemPairing(Op, tag="rp"):

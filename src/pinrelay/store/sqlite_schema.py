@@ -158,4 +158,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE pairing ADD COLUMN replaced INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX pairing_pin ON pairing (pin);
     """,
+    # Budgets shared by every relay and kept across restarts (Store.take_budget).
+    """
+    CREATE TABLE budgets (
+        key TEXT PRIMARY KEY,
+        empty_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]

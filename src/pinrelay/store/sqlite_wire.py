@@ -43,6 +43,7 @@ AnyOp = (
     | ops.RequestMove
     | ops.AcceptMove
     | ops.RedeemPairing
+    | ops.TakeBudget
     | ops.CreateSubscription
     | ops.DeleteSubscription
     | ops.PutPushReceipts

@@ -6,7 +6,7 @@ partitions, devices are spread over K streams ``<stream>_<p>`` on
 ``<prefix>.<p>.>``, p = crc32(PIN) mod K.  The KV buckets are
 ``<bucket_prefix>_devices``, ``_keys``, ``_keyhash``, ``_idem``, ``_contacts``,
 ``_unread``, ``_groups``, ``_subscriptions``, ``_tenants`` and ``_channels`` (and
-``_pairing`` and ``_receipts``, with a max age).  Every name is configurable, so
+``_pairing``, ``_receipts`` and ``_budgets``, with a max age).  Every name is configurable, so
 several relays or tests can share a cluster.
 
 Each stream also holds its chat messages' expiry schedules and notices
@@ -161,6 +161,11 @@ class Layout:
     def pairing(self) -> Bucket:
         """Pairing codes (:mod:`.pairing`): a bucket with a max age, beside the others."""
         return Bucket(f"{self.bucket_prefix}_pairing")
+
+    @property
+    def budgets(self) -> Bucket:
+        """Budgets shared by the relays (:mod:`.budgets`): a bucket with a max age."""
+        return Bucket(f"{self.bucket_prefix}_budgets")
 
     @property
     def push_receipts(self) -> Bucket:

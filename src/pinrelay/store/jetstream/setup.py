@@ -46,6 +46,7 @@ from nats.js.kv import KeyValue
 
 from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream import api, expiry
+from pinrelay.store.jetstream.budgets import BUDGETS_BUCKET_TTL_S
 from pinrelay.store.jetstream.errors import ApiError, name_in_use, setup_may_retry
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_TTL_S
 from pinrelay.store.jetstream.layout import (
@@ -60,6 +61,7 @@ from pinrelay.store.jetstream.pushreceipts import PUSH_RECEIPTS_BUCKET_TTL_S
 
 PAIRING_TTL = float(PAIRING_BUCKET_TTL_S)
 RECEIPTS_TTL = float(PUSH_RECEIPTS_BUCKET_TTL_S)
+BUDGETS_TTL = float(BUDGETS_BUCKET_TTL_S)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -242,6 +244,7 @@ class Setup:
         plain = [
             (self.layout.pairing.name, PAIRING_TTL),
             (self.layout.push_receipts.name, RECEIPTS_TTL),
+            (self.layout.budgets.name, BUDGETS_TTL),
             *(
                 (b, float(IDEMPOTENCY_TTL_S) if b == buckets.idem.name else None)
                 for b in self.layout.bucket_names()

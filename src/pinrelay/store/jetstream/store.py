@@ -61,6 +61,7 @@ from pinrelay.store.jetstream.acks import Acker
 from pinrelay.store.jetstream.api import Api, refused
 from pinrelay.store.jetstream.appends import Appender
 from pinrelay.store.jetstream.broadcasts import Audit, Broadcasts, Ledgers
+from pinrelay.store.jetstream.budgets import Budgets
 from pinrelay.store.jetstream.channels import Channels
 from pinrelay.store.jetstream.contacts import ContactLists, Side
 from pinrelay.store.jetstream.credits import Credits
@@ -138,6 +139,7 @@ class JetStreamStore:
         self.groups = Groups(kv, buckets.groups)
         self.leases = Leases(kv, buckets.idem, idem_lease_s)
         self.pairings = Pairings(kv, self.layout.pairing)
+        self.budgets = Budgets(kv, self.layout.budgets)
         self.push_receipts = PushReceipts(kv, self.layout.push_receipts)
         self.subscriptions = Subscriptions(kv, buckets.subscriptions, self.devices)
         self.tenants = Tenants(kv, buckets.tenants)
@@ -185,6 +187,7 @@ class JetStreamStore:
             *self.layout.bucket_names(),
             self.layout.pairing.name,
             self.layout.push_receipts.name,
+            self.layout.budgets.name,
         ]
 
     @property
@@ -765,6 +768,10 @@ class JetStreamStore:
 
     async def prune_webhooks(self, before_ms: int) -> int:
         return await self.webhooks.prune(before_ms)
+
+    # --- budgets (.budgets) ----------------------------------------------------------------
+    async def take_budget(self, key: str, limit: int, period_ms: int, now_ms: int) -> int:
+        return await self.budgets.take(key, limit, period_ms, now_ms)
 
     # --- pairing codes (.pairing) -------------------------------------------------------
     async def create_pairing(self, code_hash: str, pin: str, expires_ms: int) -> None:
