@@ -207,7 +207,8 @@ def serve(
     invites_per_hour: Annotated[
         int,
         typer.Option(
-            rich_help_panel=_LIMITS, help="Contact invitations a device may send per hour."
+            rich_help_panel=_LIMITS,
+            help="Contact invitations a device may send per hour (on all relays together).",
         ),
     ] = 20,
     sends_per_minute: Annotated[
