@@ -18,8 +18,10 @@ import json
 from pathlib import Path
 
 import nats
+import nats.js.errors
 import pytest
 from nats.js.api import StorageType, StreamConfig
+from nats.js.client import JetStreamContext
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.model import Accepted
@@ -55,6 +57,17 @@ def tenant(tenant_id: str, *, suspended: bool = False, deleted_ms: int | None = 
     )
 
 
+async def publish_when_ready(js: JetStreamContext, subject: str, payload: bytes) -> None:
+    """Publish to a bucket just made: until its stream's interest reaches the node
+    this connection is on, a publish meets no responders (it raced in one run)."""
+    await wait_until_async(
+        lambda: js.publish(subject, payload),
+        10,
+        message=f"a publish to {subject}",
+        ignore=(nats.js.errors.NoStreamResponseError,),
+    )
+
+
 async def make_layout_1(servers: list[str], tmp_path: Path, partitions: int) -> Layout:
     """A cluster as the relay before tenants left it: its streams (no layout in their
     metadata), its device, key and key-hash buckets (no tenants bucket), and records
@@ -84,7 +97,7 @@ async def make_layout_1(servers: list[str], tmp_path: Path, partitions: int) -> 
         for bucket in (buckets.devices, buckets.keys, buckets.keyhash):
             await ensure_bucket(js, bucket.name, 3, None)
         device = {"token_hash": "hash-A", "created_ms": NOW, "gen": "0123abcd"}
-        await js.publish(buckets.devices.subject(A), json.dumps(device).encode())
+        await publish_when_ready(js, buckets.devices.subject(A), json.dumps(device).encode())
         key = {
             "id": "k1",
             "name": "old key",
@@ -93,9 +106,9 @@ async def make_layout_1(servers: list[str], tmp_path: Path, partitions: int) -> 
             "created_ms": NOW,
             "revoked": False,
         }
-        await js.publish(buckets.keys.subject("k1"), json.dumps(key).encode())
+        await publish_when_ready(js, buckets.keys.subject("k1"), json.dumps(key).encode())
         hashed = hashlib.sha256(b"hash-k1").hexdigest()
-        await js.publish(buckets.keyhash.subject(hashed), b"k1")
+        await publish_when_ready(js, buckets.keyhash.subject(hashed), b"k1")
     finally:
         await nc.close()
     return layout
