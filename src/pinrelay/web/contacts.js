@@ -31,10 +31,10 @@ export function contactScreens(app) {
   const mine = () => `/v1/devices/${app.state().pin}`;
   // A listed button's name says whose PIN it acts on: "Block 2A0B6EE0", not just
   // "Block" (the panel's act on the open conversation's PIN, named in its title).
-  function button(act, pin, label, what, quiet = true) {
+  function button(action, pin, label, what, quiet = true) {
     return el("button", {
-      type: "button", className: quiet ? "quiet" : "", "data-act": act, "data-pin": pin,
-      "data-focus": `${act} ${pin}`,
+      type: "button", className: quiet ? "quiet" : "", "data-act": action, "data-pin": pin,
+      "data-focus": `${action} ${pin}`,
     }, label, el("span", { className: "sr-only", text: what ? ` ${what} ${pin}` : ` ${pin}` }));
   }
 

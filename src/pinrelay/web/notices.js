@@ -41,6 +41,7 @@ export function noticeText(kind, data) {
  */
 export function noticeScreens(app) {
   const incidents = new Map(); // incident id -> {n, data}: the newest message of each
+  const announced = new Map(); // incident id -> n: a reconnect's repeat is not said again
 
   // Right after welcome the relay sends every incident that concerns the device: the
   // banners are those, not what an earlier link heard.
@@ -62,7 +63,9 @@ export function noticeScreens(app) {
       // Reopened or updated after a dismissal: shown again.
       state.dismissed = (state.dismissed || []).filter((d) => d !== id);
     }
-    if (!state || !(state.dismissed || []).includes(id)) {
+    const fresh = (announced.get(id) ?? -1) < n;
+    announced.set(id, n);
+    if (fresh && !(state && (state.dismissed || []).includes(id))) {
       const what = data.event === "resolved" ? "Resolved" : "Service notice";
       app.announce(`${what}: ${String(data.text ?? "")}`);
     }
