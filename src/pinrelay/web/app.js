@@ -132,9 +132,9 @@ function unread(peer) {
 
 // --- status line ------------------------------------------------------------------
 function setStatus(text, tone) {
-  const el = $("status");
-  el.textContent = text;
-  el.className = "status" + (tone ? " " + tone : "");
+  const line = $("status");
+  line.textContent = text;
+  line.className = "status" + (tone ? " " + tone : "");
 }
 
 function announce(text) {

@@ -30,7 +30,7 @@ export function noticeText(kind, data) {
       return words.join(": ") + code;
     }
   }
-  const raw = JSON.stringify(data);
+  const raw = JSON.stringify(data) ?? ""; // a frame without data: nothing to show
   return raw.length > 2000 ? raw.slice(0, 2000) + "…" : raw;
 }
 
