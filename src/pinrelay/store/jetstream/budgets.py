@@ -14,12 +14,9 @@ budget period, forgets a key once its bucket must be empty: no sweep needed.
 
 from __future__ import annotations
 
-import asyncio
-import random
-
 from pinrelay.core import ratelimit
 from pinrelay.store.base import BUDGET_PERIOD_MAX_MS, StoreClosed, check_budget
-from pinrelay.store.jetstream.kv import Kv
+from pinrelay.store.jetstream.kv import Kv, cas_pause
 from pinrelay.store.jetstream.layout import Bucket
 
 #: The bucket's max age, in seconds.
@@ -45,5 +42,5 @@ class Budgets:
             revision = 0 if got is None else got.revision
             if await self.kv.put(self.bucket, key, str(new).encode(), revision) is not None:
                 return 0
-            await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
+            await cas_pause(attempt)
         raise StoreClosed(f"budget {key}: too many concurrent tries")

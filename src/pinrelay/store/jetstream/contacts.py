@@ -79,7 +79,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -91,7 +90,7 @@ from pinrelay.core.social import Action, State, Transition
 from pinrelay.store.base import MAX_CONTACTS, Contact, StoreClosed
 from pinrelay.store.jetstream.appends import Outgoing, send_batch
 from pinrelay.store.jetstream.devices import Devices
-from pinrelay.store.jetstream.kv import Entry, KeyedLocks, Kv
+from pinrelay.store.jetstream.kv import Entry, KeyedLocks, Kv, cas_pause
 from pinrelay.store.jetstream.layout import Bucket
 from pinrelay.store.jetstream.records import (
     SAFE_TOKEN,
@@ -291,7 +290,7 @@ class ContactLists:
                 if written:
                     return step, told
                 tried = (step, writes)
-                await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
+                await cas_pause(attempt)
         raise StoreClosed(f"contacts of {actor} and {other}: too many concurrent changes")
 
     async def _write(self, writes: list[Write]) -> bool:

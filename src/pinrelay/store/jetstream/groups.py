@@ -72,15 +72,13 @@ read per group not cached.
 
 from __future__ import annotations
 
-import asyncio
-import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.store.base import MAX_GROUP, Group, StoreClosed
 from pinrelay.store.jetstream.appends import MAX_ATOMIC_BATCH, Outgoing, send_batch
-from pinrelay.store.jetstream.kv import KeyedLocks, Kv
+from pinrelay.store.jetstream.kv import KeyedLocks, Kv, cas_pause
 from pinrelay.store.jetstream.layout import Bucket
 from pinrelay.store.jetstream.records import SAFE_TOKEN, GroupRec, group_dec, json_enc
 from pinrelay.store.jetstream.unread import IN_FLIGHT, MARKER_TTL_S, bounded
@@ -214,7 +212,7 @@ class Groups:
                     new = GroupRec(rec.name, rec.creator, members, rec.created_ms)
                     self.cache.put(group_id, new if members else ABSENT, written)
                     return to_group(group_id, new) if members else None
-                await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
+                await cas_pause(attempt)
         raise StoreClosed(f"group {group_id}: too many concurrent changes")
 
     async def _replace(

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import random
 from collections.abc import AsyncIterator
 
 from pinrelay.store.base import StoreClosed
@@ -119,6 +120,12 @@ class Kv:
     async def count(self, bucket: Bucket) -> int:
         resp = await self.api.request(f"STREAM.INFO.{bucket.stream}", {}, f"count {bucket.name}")
         return int(resp.get("state", {}).get("num_subjects", 0))
+
+
+async def cas_pause(attempt: int) -> None:
+    """Wait before retrying a lost compare-and-set: a random, growing pause (at most
+    0.1 s), so that racing writers through several relays spread out."""
+    await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
 
 
 class KeyedLocks:

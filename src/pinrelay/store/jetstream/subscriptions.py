@@ -54,8 +54,6 @@ tombstone itself.
 
 from __future__ import annotations
 
-import asyncio
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -72,7 +70,7 @@ from pinrelay.store.base import (
 )
 from pinrelay.store.jetstream.appends import Outgoing, send_batch
 from pinrelay.store.jetstream.devices import Devices
-from pinrelay.store.jetstream.kv import KeyedLocks, Kv
+from pinrelay.store.jetstream.kv import KeyedLocks, Kv, cas_pause
 from pinrelay.store.jetstream.layout import Bucket
 from pinrelay.store.jetstream.records import SAFE_TOKEN, json_enc
 from pinrelay.store.jetstream.unread import IN_FLIGHT, bounded
@@ -128,10 +126,6 @@ def to_subscription(sub_id: str, rec: SubRec) -> Subscription:
 
 def conflict(detail: str) -> PinrelayError:
     return PinrelayError(detail, ErrorCode.CONFLICT)
-
-
-async def _pause(attempt: int) -> None:
-    await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
 
 
 class Subscriptions:
@@ -254,7 +248,7 @@ class Subscriptions:
                         raise conflict("that subscription id exists")
             if written is not None:
                 return written
-            await _pause(attempt)
+            await cas_pause(attempt)
         raise StoreClosed(f"subscriptions of {pin}: too many concurrent changes")
 
     async def _prune(self, pin: str, ids: list[str]) -> list[str]:
@@ -282,7 +276,7 @@ class Subscriptions:
             if revision is not None:
                 self.cache.put(sub_id, tomb, revision)
                 return tomb
-            await _pause(attempt)
+            await cas_pause(attempt)
         raise StoreClosed(f"subscription {sub_id}: too many concurrent changes")
 
     async def delete(self, pin: str, sub_id: str, now_ms: int) -> bool:
@@ -315,7 +309,7 @@ class Subscriptions:
                 if written is not None:
                     self.cache.put(sub_id, tomb, written)
                     return True
-                await _pause(attempt)
+                await cas_pause(attempt)
         raise StoreClosed(f"subscriptions of {pin}: too many concurrent changes")
 
     async def end_all(self, pin: str) -> None:
@@ -353,7 +347,7 @@ class Subscriptions:
             if written is not None:
                 self.cache.put(sub_id, tomb, written)
                 return
-            await _pause(attempt)
+            await cas_pause(attempt)
         raise StoreClosed(f"subscription {sub_id}: too many concurrent changes")
 
     async def _unindex(self, pin: str, sub_id: str) -> None:
@@ -365,7 +359,7 @@ class Subscriptions:
             ids = [i for i in index.ids if i != sub_id]
             if await self._publish(self._index_item(pin, ids, index.revision)) is not None:
                 return
-            await _pause(attempt)
+            await cas_pause(attempt)
         raise StoreClosed(f"subscriptions of {pin}: too many concurrent changes")
 
     # --- publishing ----------------------------------------------------------------
