@@ -24,7 +24,7 @@ from pinrelay.core import chat as wire
 from pinrelay.core.chat import ChatLimits, Delivered, Refused, new_group_id
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.ids import RandomPool, new_message_id
-from pinrelay.core.model import StoredMessage
+from pinrelay.core.model import Accepted, StoredMessage
 from pinrelay.core.ratelimit import FailureLimiter
 from pinrelay.core.social import Action, Transition, may_send
 from pinrelay.ingest import Draft, Ingest
@@ -32,8 +32,9 @@ from pinrelay.store.base import MAX_GROUP, Group, IdempotencyKey, Rejected, Unre
 
 #: How long a client_id is remembered (as an Idempotency-Key is).
 CLIENT_ID_TTL_MS = 24 * 3600 * 1000
-#: The fingerprint of every send: a client_id used again answers the first ``sent``
-#: whatever the text (PROTOCOL "Chat").
+#: A send's fingerprint is this and its ``to``: a client_id used again answers the
+#: first ``sent`` whatever the text, and with the first ``to`` (PROTOCOL "Chat").
+#: Records written before the ``to`` was added (gone 24 h after) hold this alone.
 _SEND_FINGERPRINT = "send"
 #: The fingerprint of a failed receipt's Idempotency-Key.
 _FAILED_FINGERPRINT = "failed"
@@ -94,14 +95,21 @@ class Chat:
         if actor == other:
             raise PinrelayError("a device cannot be its own contact", ErrorCode.INVALID)
         now = self.clock()
-        if action is Action.INVITE:
+        # An accept of an accepted contact tells ``other`` again (a retry must: on the
+        # cluster the notice may be what a crash lost), so repeats are counted with
+        # invitations, or one device could fill another's queue with notices.
+        repeat = action is Action.ACCEPT and (
+            await self.store.contact_state(actor, other) == "accepted"
+        )
+        if action is Action.INVITE or repeat:
             # In the store, not in memory: every relay of a cluster counts against the
             # same budget, and a restart forgets none of it.  Every invitation counts.
             wait_ms = await self.store.take_budget(
                 f"invites_{actor}", self.limits.invites_per_hour, _HOUR_MS, int(now * 1000)
             )
             if wait_ms > 0:
-                raise Refused("rate_limited", "too many invitations; try later", wait_ms / 1000)
+                what = "accepts of an accepted contact" if repeat else "invitations"
+                raise Refused("rate_limited", f"too many {what}; try later", wait_ms / 1000)
         return await self.ingest.contact(actor, other, action, self.limits.notice_ttl_s)
 
     # --- sending -------------------------------------------------------------
@@ -112,6 +120,49 @@ class Chat:
         group in one write with one id; raises :class:`Refused`."""
         ttl = wire.check_send(to, text, client_id, ttl, self.ingest.limits.max_ttl_s)
         now = self.clock()
+        idem = IdempotencyKey(
+            f"chat {sender} {client_id}", f"{_SEND_FINGERPRINT} {to}", int(now * 1000)
+        )
+        try:
+            return await self._send(sender, to, text, ttl, idem, now)
+        except Refused as exc:
+            # A retry of a message that was stored (its answer lost) is answered as the
+            # first send was, even where the send would be refused now: the contact
+            # removed, the group left.  A refusal that says "later" stands: the retry
+            # after it gets the first answer.
+            if exc.reason not in ("not_contact", "unknown_group"):
+                raise
+            earlier = await self._earlier(idem, to)
+            if earlier is None:
+                raise
+            return earlier
+        except PinrelayError as exc:
+            if exc.code is not ErrorCode.CONFLICT:
+                raise
+            # The client_id was used for a message to another ``to``.
+            earlier = await self._earlier(idem, to)
+            if earlier is None:
+                raise
+            return earlier
+
+    async def _earlier(self, idem: IdempotencyKey, to: str) -> SentMessage | None:
+        """The first answer to the send stored under ``idem``'s key, if any."""
+        found = await self.store.earlier_append(idem.key, idem.created_ms)
+        if found is None:
+            return None
+        fingerprint, results = found
+        head, _, first_to = fingerprint.partition(" ")
+        stored = [r for r in results if isinstance(r, Accepted)]
+        if head != _SEND_FINGERPRINT or not stored:
+            return None
+        # An older record names no ``to``: its one recipient, or this send's for a group.
+        if not first_to:
+            first_to = stored[0].pin if len(results) == 1 else to
+        return SentMessage(stored[0].id, first_to, replay=True)
+
+    async def _send(
+        self, sender: str, to: str, text: str, ttl: float, idem: IdempotencyKey, now: float
+    ) -> SentMessage:
         wait = self._sends.retry_after(sender, now)
         if wait > 0:
             raise Refused("rate_limited", "sending too fast; slow down", wait)
@@ -127,7 +178,6 @@ class Chat:
                 raise Refused("not_contact", f"{to} is not a contact that accepted you")
             recipients, data = [to], wire.chat_data(text)
         size = wire.stored_bytes(data, len(recipients))
-        idem = IdempotencyKey(f"chat {sender} {client_id}", _SEND_FINGERPRINT, int(now * 1000))
         message_id = new_message_id(now, _ids_random)
         drafts = [
             Draft(to=r, data=data, ttl=ttl, kind="chat", sender=sender, id=message_id)

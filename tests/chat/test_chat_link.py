@@ -80,6 +80,12 @@ async def answer(ws: ClientConnection) -> frames.Sent | frames.Unsent:
             return frame
 
 
+def backlog_of(relay: RelayProc, device: Dev) -> int:
+    with relay.client() as c:
+        n: int = c.show_device(device["pin"])["backlog"]
+    return n
+
+
 def chat_send(to: str, text: str, client_id: str, **extra: Any) -> dict[str, Any]:
     return {"type": "send", "to": to, "text": text, "client_id": client_id, **extra}
 
@@ -188,6 +194,13 @@ class TestContacts:
         relay.start()
         assert invite(relay, a, pins[3]).status_code == 429
         assert pins[3] not in contacts(relay, a)
+        # Accepting an accepted contact tells the inviter again: it counts as an
+        # invitation does, so a device cannot fill another's queue with notices.
+        d, e = relay.create_device(), relay.create_device()
+        befriend(relay, d, e)  # e's first accept is free
+        assert [accept(relay, e, d).status_code for _ in range(4)] == [200, 200, 200, 429]
+        assert backlog_of(relay, d) == 1 + 3  # the first "accepted", then the repeats
+        assert contacts(relay, e) == {d["pin"]: "accepted"}
 
 
 @pytest.mark.shared_relay
@@ -312,6 +325,51 @@ class TestSend:
                 chats.append(msgspec.json.decode(m.data)["text"])
         assert chats == ["once"]
 
+    async def test_a_retry_is_answered_as_the_first_send_after_the_contact_went(
+        self, links: Links, relay: RelayProc, pair: tuple[Dev, Dev]
+    ) -> None:
+        # The first answer lost, the client sends again; meanwhile b removed a.  The
+        # message was stored: the retry must not say otherwise.
+        a, b = pair
+        ws_a, _ = await links(relay, a)
+        await send(ws_a, chat_send(b["pin"], "stored", "r1"))
+        first = await answer(ws_a)
+        assert isinstance(first, frames.Sent), first
+        with http(relay) as c:
+            r = c.delete(f"/v1/devices/{b['pin']}/contacts/{a['pin']}", headers=bearer(b))
+            assert r.status_code == 204, r.text
+            backlog = backlog_of(relay, b)
+            await send(ws_a, chat_send(b["pin"], "stored", "r1"))
+            again = await answer(ws_a)
+            assert isinstance(again, frames.Sent), again
+            assert (again.id, again.to) == (first.id, b["pin"])
+            body = {"to": b["pin"], "text": "stored", "client_id": "r1"}
+            r = c.post(f"/v1/devices/{a['pin']}/chat", json=body, headers=bearer(a))
+            assert (r.status_code, r.json()) == (201, {"id": first.id, "to": b["pin"]}), r.text
+            # A new message is refused, and nothing was stored by any of these.
+            await send(ws_a, chat_send(b["pin"], "new", "r2"))
+            refused = await answer(ws_a)
+            assert isinstance(refused, frames.Unsent) and refused.code == "not_contact"
+            assert backlog_of(relay, b) == backlog
+
+    async def test_a_client_id_used_again_for_another_recipient_answers_the_first(
+        self, links: Links, relay: RelayProc, pair: tuple[Dev, Dev]
+    ) -> None:
+        a, b = pair
+        c = relay.create_device()
+        befriend(relay, a, c)
+        ws_a, _ = await links(relay, a)
+        await send(ws_a, chat_send(b["pin"], "to b", "z1"))
+        first = await answer(ws_a)
+        assert isinstance(first, frames.Sent), first
+        backlog = backlog_of(relay, c)
+        await send(ws_a, chat_send(c["pin"], "to c", "z1"))
+        again = await answer(ws_a)
+        assert isinstance(again, frames.Sent), again
+        # The first answer, whose ``to`` is b: c got nothing.
+        assert (again.id, again.to) == (first.id, b["pin"])
+        assert backlog_of(relay, c) == backlog
+
     async def test_pipelined_sends_are_stored_in_send_order(
         self, links: Links, relay: RelayProc, pair: tuple[Dev, Dev]
     ) -> None:
@@ -338,6 +396,7 @@ class TestSend:
             (chat_send(b["pin"], "x" * (32 * 1024 + 1), "big"), "too_large"),
             (chat_send(b["pin"], "", "empty"), "invalid"),
             (chat_send(b["pin"], "bell \x07", "ctl"), "invalid"),
+            (chat_send(b["pin"], "next line \x85", "c1"), "invalid"),
             (chat_send("not-a-pin", "hi", "to"), "invalid"),
             (chat_send(b["pin"], "hi", "t" * 65), "invalid"),
             (chat_send(b["pin"], "hi", "ttl", ttl=0), "invalid"),
@@ -431,19 +490,21 @@ class TestHttpChat:
         assert [m["data"]["text"] for m in inbox["messages"] if m["kind"] == "chat"] == [text]
 
     @pytest.mark.parametrize(
-        ("body", "status"),
+        ("body", "status", "code"),
         [
-            ({"to": "STRANGER", "text": "hi", "client_id": "s"}, 403),
-            ({"to": "PEER", "text": "x" * 40_000, "client_id": "big"}, 413),
+            # The problem's type ends in the code an ``unsent`` would carry.
+            ({"to": "STRANGER", "text": "hi", "client_id": "s"}, 403, "not_contact"),
+            ({"to": "PEER", "text": "x" * 40_000, "client_id": "big"}, 413, "too_large"),
             # Past the body's own limit: the answer still names the text's.
-            ({"to": "PEER", "text": "x" * 110_000, "client_id": "huge"}, 413),
-            ({"to": "PEER", "text": "hi", "client_id": ""}, 422),
-            ({"to": "GABCDEFGHJKMN", "text": "hi", "client_id": "g"}, 404),
-            ({"to": "PEER", "text": "hi"}, 422),
+            ({"to": "PEER", "text": "x" * 110_000, "client_id": "huge"}, 413, "too_large"),
+            ({"to": "PEER", "text": "hi", "client_id": ""}, 422, "invalid"),
+            ({"to": "PEER", "text": "a C1 control \x85", "client_id": "c1"}, 422, "invalid"),
+            ({"to": "GABCDEFGHJKMN", "text": "hi", "client_id": "g"}, 404, "unknown_group"),
+            ({"to": "PEER", "text": "hi"}, 422, "invalid"),
         ],
     )
     def test_refusals_are_problems(
-        self, relay: RelayProc, pair: tuple[Dev, Dev], body: dict[str, Any], status: int
+        self, relay: RelayProc, pair: tuple[Dev, Dev], body: dict[str, Any], status: int, code: str
     ) -> None:
         a, b = pair
         stranger = relay.create_device()
@@ -455,6 +516,7 @@ class TestHttpChat:
             r = c.post(f"/v1/devices/{a['pin']}/chat", json=body, headers=bearer(a))
         assert r.status_code == status, r.text
         assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["type"] == f"https://pinrelay.dev/problems/{code}", r.text
         if status == 413:
             detail = r.json()["detail"]  # the text's limit, whatever the body's size
             assert "text" in detail and "32768" in detail, r.text

@@ -45,6 +45,9 @@ async def test_group_life(relay: RelayProc, links: Links) -> None:
     a, b, c, stranger = (relay.create_device() for _ in range(4))
     befriend(relay, a, b)
     befriend(relay, a, c)
+    # A name with a control character is refused, and no group is made.
+    r = create_group(relay, a, "te\x00am", [b["pin"]])
+    assert (r.status_code, r.headers["content-type"]) == (422, "application/problem+json")
     r = create_group(relay, a, "team", [b["pin"], c["pin"], stranger["pin"]])
     assert r.status_code == 201, r.text
     group = r.json()

@@ -112,7 +112,7 @@ def paths(op: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
         "/v1/devices/{pin}/chat": {
             "post": device_op(
                 "Send a chat message to a contact or a group; 201 once stored for every"
-                " recipient (a client_id used again in 24 h answers the first send)",
+                " recipient (a client_id used again in 24 h answers the first send: its id and to)",
                 (201, "Stored", "ChatSent"),
                 (*BODY_ERRORS, 403, 404),
                 body="ChatSend",

@@ -9,10 +9,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from pinrelay.core.chat import Refused
 from pinrelay.core.errors import ErrorCode, PinrelayError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://pinrelay.dev/problems/"
 
 _STATUS_CODES = {e.status: e for e in ErrorCode if e is not ErrorCode.REPLACED}
 
@@ -28,13 +30,19 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 def problem_parts(
-    code: ErrorCode, detail: str, *, instance: str | None = None, retry_after: float | None = None
+    code: ErrorCode,
+    detail: str,
+    *,
+    instance: str | None = None,
+    retry_after: float | None = None,
+    kind: tuple[str, str] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """A problem's body and the headers that go with it."""
+    """A problem's body and the headers that go with it; ``kind``: a ``type`` code
+    and title other than ``code``'s (a chat refusal's, core/chat.py)."""
     body = msgspec.json.encode(
         Problem(
-            type=code.problem_type,
-            title=code.title,
+            type=code.problem_type if kind is None else f"{PROBLEM_BASE}{kind[0]}",
+            title=code.title if kind is None else kind[1],
             status=code.status,
             detail=detail,
             instance=instance,
@@ -60,7 +68,8 @@ def error_parts(exc: PinrelayError, path: str) -> tuple[bytes, dict[str, str]]:
     retry: float | None = getattr(exc, "retry_after", None)
     if retry is None and exc.code in (ErrorCode.OVERLOADED, ErrorCode.RATE_LIMITED):
         retry = 1.0  # 429 and 503 always say when to come back (RFC 9110 §10.2.3)
-    return problem_parts(exc.code, exc.detail, instance=path, retry_after=retry)
+    kind = exc.problem if isinstance(exc, Refused) else None
+    return problem_parts(exc.code, exc.detail, instance=path, retry_after=retry, kind=kind)
 
 
 async def on_pinrelay_error(request: Request, exc: Exception) -> Response:
@@ -74,7 +83,7 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         body = msgspec.json.encode(
             Problem(
-                type="https://pinrelay.dev/problems/method_not_allowed",
+                type=f"{PROBLEM_BASE}method_not_allowed",
                 title="Method not allowed",
                 status=405,
                 detail=f"{request.method} is not allowed on {request.url.path}",

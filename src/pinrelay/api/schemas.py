@@ -180,12 +180,13 @@ class ContactList(Struct, kw_only=True):
 
 
 #: A chat text: 1 to 32 KiB of UTF-8 (the byte bound is checked apart: 413), without
-#: control characters but tab, line feed and carriage return (core/chat.py).
+#: control characters (C0, DEL, C1) but tab, line feed and carriage return
+#: (core/chat.py).
 ChatText = Annotated[
     str,
     Meta(
         min_length=1,
-        pattern="^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$",
+        pattern="^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*$",
         description="1 B to 32 KiB of UTF-8 (more: 413)",
     ),
 ]
@@ -214,7 +215,10 @@ class ReadDone(Struct, kw_only=True):
     receipts: int
 
 
-GroupName = Annotated[str, Meta(min_length=1, max_length=100)]
+#: A group's name: 1 to 100 characters, no control character at all (C0, DEL, C1).
+GroupName = Annotated[
+    str, Meta(min_length=1, max_length=100, pattern="^[^\\x00-\\x1f\\x7f-\\x9f]*$")
+]
 
 
 class GroupCreate(Struct, kw_only=True, forbid_unknown_fields=True):

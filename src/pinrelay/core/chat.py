@@ -24,10 +24,10 @@ MAX_TEXT = 32 * 1024
 MAX_CLIENT_ID = 64
 #: A chat's ttl when a send names none: a week.
 DEFAULT_TTL_S = 7 * 24 * 3600
-#: Control characters a text may not hold (all but tab, line feed and carriage
-#: return): they have no place in a message, and JSON escapes each in six bytes,
+#: Control characters a text may not hold (C0 but tab, line feed and carriage
+#: return; DEL; C1): they have no place in a message, and JSON escapes each in six bytes,
 #: which would let a 32 KiB text grow past the link's frame limit.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 Code = Literal["not_contact", "blocked", "unknown_group", "too_large", "rate_limited", "invalid"]
 ReceiptState = Literal["delivered", "read", "failed"]
@@ -72,6 +72,15 @@ def stored_bytes(data: bytes, copies: int) -> int:
     return copies * (len(data) + COPY_OVERHEAD)
 
 
+#: Titles of the problems whose ``type`` is a chat code that is no error code (PROTOCOL
+#: "Chat": over HTTP the ``type`` ends in the code an ``unsent`` would carry).
+_TITLES: dict[Code, str] = {
+    "not_contact": "Not a contact that accepted you",
+    "blocked": "Not a contact that accepted you",
+    "unknown_group": "No such group, or not a member of it",
+}
+
+
 class Refused(PinrelayError):
     """A send answered with ``unsent`` on the link, a problem over HTTP; nothing is
     stored.  ``reason`` is the ``unsent`` frame's ``code``."""
@@ -80,6 +89,12 @@ class Refused(PinrelayError):
         super().__init__(message, _ERRORS[reason])
         self.reason: Code = reason
         self.retry_after = retry_after
+
+    @property
+    def problem(self) -> tuple[str, str]:
+        """The problem+json ``type`` code and title: the ``unsent`` code, and its own
+        title where that code is no error code."""
+        return self.reason, _TITLES.get(self.reason, self.code.title)
 
 
 def check_send(to: str, text: str, client_id: str, ttl: float | None, max_ttl_s: int) -> float:
@@ -92,7 +107,9 @@ def check_send(to: str, text: str, client_id: str, ttl: float | None, max_ttl_s:
     if size > MAX_TEXT:
         raise Refused("too_large", f"text is {size} bytes of UTF-8; the limit is {MAX_TEXT}")
     if _CONTROL.search(text):
-        raise Refused("invalid", "text holds a control character other than tab or newline")
+        raise Refused(
+            "invalid", "text holds a control character other than tab, line feed or carriage return"
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

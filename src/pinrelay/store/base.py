@@ -726,6 +726,15 @@ class Store(Protocol):
         """
         ...
 
+    async def earlier_append(
+        self, key: str, now_ms: int
+    ) -> tuple[str, list[Accepted | Rejected]] | None:
+        """The fingerprint and results of a finished :meth:`append` under the
+        idempotency key ``key`` within its 24 h, else None.  A read, for an edge that
+        refuses a request before it would append and must still answer a retry of
+        one it stored as it answered the first (Chat.send)."""
+        ...
+
     async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
         """Up to ``limit`` unexpired messages with cursor > ``after``, in order."""
         ...

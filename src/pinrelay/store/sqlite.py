@@ -746,6 +746,19 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
         raw, replay = await self._write(ops.Append(items, key, tenant, _unread_rows(unread)))
         return to_results(msgspec.convert(raw, list[AppendResult])), bool(replay)
 
+    async def earlier_append(
+        self, key: str, now_ms: int
+    ) -> tuple[str, list[Accepted | Rejected]] | None:
+        row = (
+            self._read()
+            .execute(
+                "SELECT fingerprint, result FROM idempotency WHERE key = ? AND created_ms > ?",
+                (key, now_ms - ops.IDEMPOTENCY_TTL_MS),
+            )
+            .fetchone()
+        )
+        return None if row is None else (row[0], to_results(ops.results_dec.decode(row[1])))
+
     async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
         if faults.active("read-fail"):
             raise sqlite3.OperationalError("injected fault: read-fail")

@@ -40,7 +40,7 @@ _INSERT_SQL = (
 
 
 _results_enc = msgspec.msgpack.Encoder()
-_results_dec = msgspec.msgpack.Decoder(list[AppendResult])
+results_dec = msgspec.msgpack.Decoder(list[AppendResult])
 
 
 class Op(msgspec.Struct, array_like=True, tag=True):
@@ -583,7 +583,7 @@ class Append(Op, tag="ap"):
                     raise PinrelayError(
                         "Idempotency-Key was used with a different request", ErrorCode.CONFLICT
                     )
-                return _results_dec.decode(row[1]), True
+                return results_dec.decode(row[1]), True
         results = _append_all(c, self.items, self.tenant)
         if self.unread:
             c.executemany(_PUT_UNREAD_SQL, self.unread)

@@ -45,6 +45,15 @@ class Leases:
         self.bucket = bucket
         self.lease_s = lease_s
 
+    async def finished(self, key: str) -> tuple[str, list[AppendResult]] | None:
+        """The fingerprint and results of the finished request under ``key`` (the
+        bucket's max age is the 24 h), else None: a read, takes no lease."""
+        got = await self.kv.get(self.bucket, hash_key(key))
+        if got is None:
+            return None
+        rec = idem_dec.decode(got.value)
+        return (rec.fingerprint, rec.results) if rec.done else None
+
     async def run(
         self, messages: Sequence[NewMessage | Rejected], idem: IdempotencyKey, publish: Publish
     ) -> tuple[list[AppendResult], bool]:

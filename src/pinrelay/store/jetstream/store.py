@@ -513,6 +513,12 @@ class JetStreamStore:
         results, replay = await self.leases.run(messages, idem, publish)
         return to_results(results), replay
 
+    async def earlier_append(
+        self, key: str, now_ms: int
+    ) -> tuple[str, list[Accepted | Rejected]] | None:
+        found = await self.leases.finished(key)
+        return None if found is None else (found[0], to_results(found[1]))
+
     # --- contacts (.contacts) and read receipts (.unread) -------------------------------
     async def contact_action(
         self, actor: str, other: str, action: Action, now_ms: int, notice: NewMessage
