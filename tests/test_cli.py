@@ -90,6 +90,15 @@ def test_errors_are_one_readable_line(relay: RelayProc) -> None:
         run("listen", "--pin", device["pin"], "--token", "bad", url=relay.url), "unauthorized"
     )
     one_line_error(run("info", url=f"http://127.0.0.1:{free_port()}"), "cannot reach")
+    # Usage errors, which the command line's parser finds: one line too, status 2.
+    for args, contains in [
+        (["send", device["pin"], "hi", "--ttl", "soon"], "--ttl"),
+        (["send", device["pin"]], "Missing argument"),
+        (["device", "show", "--bogus"], "No such option: --bogus"),
+    ]:
+        r = run(*args, url=relay.url)
+        one_line_error(r, contains)
+        assert r.returncode == 2, r.stderr
 
 
 def create_device_in(folder: Path, relay: RelayProc) -> subprocess.CompletedProcess[str]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from pinrelay import (
     __version__,
@@ -534,7 +535,26 @@ reflow_help(app)
 
 
 def main() -> None:
-    app()
+    """Run the CLI.  A usage error (an unknown option, a value of the wrong type, a
+    missing argument) is one line on stderr and exit status 2, as every other error
+    of this CLI is one line; click's own is a box of several."""
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()  # the help, as without arguments it always was
+        sys.exit(exc.exit_code)
+    except UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "pinrelay"
+        message = " ".join(exc.format_message().split())
+        print(f"error: {message} (see {where} --help)", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
