@@ -83,6 +83,20 @@ async def test_group_life(relay: RelayProc, links: Links) -> None:
         receipts.add(m.sender)
         await send(ws_a, frames.Ack(cursor=m.cursor))
     assert receipts == {b["pin"], c["pin"]}
+    with http(relay) as h:
+        # A member that blocked another gets none of its group messages; the sender is
+        # not told (``sent``, for the others).  b's next chat is a's below, not this.
+        r = h.post(f"/v1/devices/{b['pin']}/blocks", json={"pin": c["pin"]}, headers=bearer(b))
+        assert r.status_code == 200, r.text
+        r = h.post(
+            f"/v1/devices/{c['pin']}/chat",
+            json={"to": gid, "text": "from c", "client_id": "c1"},
+            headers=bearer(c),
+        )
+        assert r.status_code == 201, r.text
+    m = await next_msg(ws_a, "chat")
+    # Not acked: its receipt would wait for c, whose backlog is checked at the end.
+    assert (m.sender, msgspec.json.decode(m.data)["text"]) == (c["pin"], "from c")
     # Only the creator adds or removes; a member leaves; a stranger cannot send.
     with http(relay) as h:
         r = h.post(
