@@ -176,3 +176,36 @@ def test_unreachable_is_status_0() -> None:
         client.contacts()
     assert unreachable.value.status == 0
     assert f"cannot reach the relay at {url}" in unreachable.value.detail
+
+
+async def test_a_message_read_in_on_message_gets_its_read_receipt_once(
+    relay: RelayProc,
+) -> None:
+    # The SDK acknowledges a message after on_message returns; a read sent from inside
+    # it must not reach the relay before that ack (it would be ignored: undelivered).
+    a, b = relay.create_device(), relay.create_device()
+    receipts: list[tuple[str, str]] = []
+    da = Device(
+        a["pin"],
+        a["token"],
+        nothing,
+        url=relay.url,
+        on_receipt=lambda mid, state, _by: receipts.append((mid, state)),
+    )
+
+    async def read_it(m: Message) -> None:
+        if m.kind == "chat":
+            await db.read(m.id)
+
+    db = Device(b["pin"], b["token"], read_it, url=relay.url)
+    await da.contacts.invite(b["pin"])
+    await db.contacts.accept(a["pin"])
+    runners = [asyncio.create_task(d.run()) for d in (da, db)]
+    try:
+        handle = await da.send(b["pin"], "read me at once")
+        await handle.wait_for("read", timeout=10)
+        assert receipts == [(handle.id, "delivered"), (handle.id, "read")]
+    finally:
+        for d in (da, db):
+            await d.stop()
+        await asyncio.gather(*runners, return_exceptions=True)

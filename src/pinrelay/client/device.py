@@ -220,6 +220,11 @@ class Device:
         self._on_event = on_event
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._remember = remember_ids
+        #: The message being handed to ``on_message``: (id, cursor), else None.
+        self._handing: tuple[str, int] | None = None
+        #: Receipts told to ``on_receipt``, (id, state, from): a relay may store one
+        #: twice after a crash (PROTOCOL "Receipts"); the application hears it once.
+        self._receipts_seen: OrderedDict[tuple[str, str, str | None], None] = OrderedDict()
         self._stopping = asyncio.Event()
         self._attempt = 0
         self._next_url = 0
@@ -277,6 +282,10 @@ class Device:
         """Tell the senders these messages were read (a ``read`` frame; kept for the
         next link if none is up)."""
         self._reads.extend(ids)
+        if self._handing is not None and self._handing[0] in ids:
+            # Read in on_message: the application has it, so it is acknowledged
+            # first, or the relay would find it undelivered and send no receipt.
+            self.cursor = max(self.cursor, self._handing[1])
         ws = self._ws
         if ws is not None and self._linked:
             await self._flush_reads(ws)
@@ -330,7 +339,11 @@ class Device:
                 handle.move(state, message.sender)  # type: ignore[arg-type]
             else:  # its ``sent`` may still come (Outbox.early)
                 self.outbox.hold(message_id, state, message.sender)  # type: ignore[arg-type]
-        if self._on_receipt is not None:
+        key = (message_id, state, message.sender)
+        if self._on_receipt is not None and key not in self._receipts_seen:
+            self._receipts_seen[key] = None
+            if len(self._receipts_seen) > self._remember:
+                self._receipts_seen.popitem(last=False)
             self._on_receipt(message_id, state, message.sender)
 
     # --- public --------------------------------------------------------------
@@ -429,9 +442,13 @@ class Device:
         if message.kind == "receipt":
             self._receipt(message)
         else:
-            result = self._on_message(message)
-            if inspect.isawaitable(result):
-                await result
+            self._handing = (f.id, f.cursor)
+            try:
+                result = self._on_message(message)
+                if inspect.isawaitable(result):
+                    await result
+            finally:
+                self._handing = None
         self.cursor = f.cursor
         self._seen[f.id] = None
         if len(self._seen) > self._remember:
