@@ -535,6 +535,9 @@ def test_page_headers(relay: RelayProc) -> None:
     assert f"connect-src 'self' ws://127.0.0.1:{relay.link_port};" in policy
     assert "<script>" not in page.text and " style=" not in page.text
     assert '<link rel="icon" href="/app/icon.svg"' in page.text
+    # /app/, as typed: to the page.
+    slash = httpx.get(f"{relay.url}/app/")
+    assert (slash.status_code, slash.headers["location"]) == (308, "/app")
     for name, media in (
         *((name, "text/javascript; charset=utf-8") for name in SCRIPTS),
         ("app.css", "text/css; charset=utf-8"),

@@ -60,7 +60,7 @@ def paths(op: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "post": device_op(
                 "Invite a PIN to be a contact; the same answer whether it is a device or not",
                 (202, "Invited (or accepted: they had invited you)", "ContactAnswer"),
-                BODY_ERRORS,
+                (*BODY_ERRORS, 409),
                 body="ContactInvite",
                 params=[_PIN],
             ),
@@ -73,9 +73,10 @@ def paths(op: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
         },
         "/v1/devices/{pin}/contacts/{other}/accept": {
             "post": device_op(
-                "Accept the invitation from {other}",
+                "Accept the invitation from {other} (again: it is told again, and that"
+                " counts as an invitation)",
                 (200, "Accepted", "ContactAnswer"),
-                (404,),
+                (404, 409, 429),
                 params=[_PIN, _OTHER],
             )
         },
@@ -99,7 +100,7 @@ def paths(op: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "post": device_op(
                 "Block a PIN: it can no longer message or invite this device",
                 (200, "Blocked", "ContactAnswer"),
-                BODY_ERRORS,
+                (*BODY_ERRORS, 409),
                 body="ContactInvite",
                 params=[_PIN],
             )

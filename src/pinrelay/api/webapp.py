@@ -120,8 +120,15 @@ def _static(name: str) -> Route:
     return Route(f"/app/{name}", serve, methods=["GET"])
 
 
+async def _to_page(_request: Request) -> Response:
+    """``/app/``, as a person may type it: the page is ``/app`` (its scripts are
+    beside it, under ``/app/``)."""
+    return Response(status_code=308, headers={"Location": "/app"})
+
+
 routes = [
     Route("/app", page, methods=["GET"]),
+    Route("/app/", _to_page, methods=["GET"]),
     *(_static(name) for name in SCRIPTS),
     _static("app.css"),
     _static("icon.svg"),  # /app and /status name it: else a browser asks for /favicon.ico
