@@ -295,7 +295,10 @@ class Device:
             # Ack first: a message is read receipted once its delivery is stored.
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self._ack(ws)
-        while self._reads:
+        # Only while ``ws`` is still the link: if it ended during an await above, its
+        # session already put back what it had out, and ids taken now would be sent
+        # on a dead link and waited for forever; left here, the next link sends them.
+        while self._reads and self._ws is ws and self._linked:
             batch, self._reads = self._reads[:256], self._reads[256:]
             self._read_seq += 1
             client_id = f"r{self._read_seq}"
@@ -512,12 +515,15 @@ class Device:
         try:
             await self._session(ws, url)
         finally:
-            self._ws = None
-            self._linked = False
-            # Reads the relay did not confirm go out again on the next link.
-            self._reads[:0] = [i for batch in self._reads_out.values() for i in batch]
-            self._reads_out.clear()
+            self._link_ended()
             await ws.close()
+
+    def _link_ended(self) -> None:
+        self._ws = None
+        self._linked = False
+        # Reads the relay did not confirm go out again on the next link.
+        self._reads[:0] = [i for batch in self._reads_out.values() for i in batch]
+        self._reads_out.clear()
 
     async def _session(self, ws: ClientConnection, url: str) -> None:
         hello = frames.Hello(pin=self.pin, token=self.token, cursor=self.cursor, window=self.window)
