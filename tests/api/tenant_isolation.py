@@ -36,6 +36,8 @@ PATTERNS = {
     "^(service|marketing)$": "service",
     "^[A-Za-z0-9_-]{1,32}$": "topic1",
     "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$": "hello",
+    "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*$": "hello",
+    "^[^\\x00-\\x1f\\x7f-\\x9f]*$": "team",
     "^B[A-Za-z0-9_-]{86}=?$": P256,
     "^[A-Za-z0-9_-]{22}(==)?$": AUTH,
     "^I[0-9A-HJKMNP-TV-Z]{12}$": "I000000000000",

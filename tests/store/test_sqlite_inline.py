@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from pinrelay.core.model import NewMessage
-from pinrelay.store import sqlite as sqlite_module
-from pinrelay.store.sqlite import INLINE_MAX_BYTES, SqliteStore
+from pinrelay.store import sqlite_link as sqlite_module
+from pinrelay.store.sqlite import SqliteStore
+from pinrelay.store.sqlite_link import INLINE_MAX_BYTES
 from tests.relayproc import RelayProc
 
 PIN = "0C0C0C0C"

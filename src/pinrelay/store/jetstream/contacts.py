@@ -84,11 +84,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
+import msgspec
+
 from pinrelay.core import social
+from pinrelay.core.chat import contact_data
 from pinrelay.core.errors import ErrorCode, PinrelayError
-from pinrelay.core.social import Action, State, Transition
-from pinrelay.store.base import MAX_CONTACTS, Contact, StoreClosed
-from pinrelay.store.jetstream.appends import Outgoing, send_batch
+from pinrelay.core.ids import next_message_id
+from pinrelay.core.model import Accepted, NewMessage
+from pinrelay.core.social import Action, Event, State, Transition
+from pinrelay.store.base import MAX_CONTACTS, AppendResult, Contact, StoreClosed, to_results
+from pinrelay.store.jetstream.appends import Appender, Outgoing, send_batch
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.kv import Entry, KeyedLocks, Kv, cas_pause
 from pinrelay.store.jetstream.layout import Bucket
@@ -292,6 +297,46 @@ class ContactLists:
                 tried = (step, writes)
                 await cas_pause(attempt)
         raise StoreClosed(f"contacts of {actor} and {other}: too many concurrent changes")
+
+    async def act_telling(
+        self,
+        actor: str,
+        other: str,
+        action: Action,
+        now_ms: int,
+        notice: NewMessage,
+        appender: Appender,
+    ) -> tuple[Transition, Accepted | None]:
+        """Store.contact_action: :meth:`act`, and at the same time ``notice`` for
+        ``other`` if the transition tells it something; an invitation that tells
+        nothing publishes a decoy instead, so that it costs the same ("Same cost"
+        above).  Two streams, so not in one write: a crash after the
+        records loses the notice until the actor retries, which tells ``other`` again
+        (core/social.py: notices are recomputed from the resulting state)."""
+        #: What attempts published, in order: an event, or None for a decoy.
+        published: list[Event | None] = []
+
+        def tell(step: Transition, theirs: Side) -> Awaitable[list[AppendResult]] | None:
+            device = theirs.device
+            event = step.notify if device is not None else None
+            if event is None and action is not Action.INVITE:
+                return None
+            if published and published[-1] == event:
+                return None  # a retry after a lost compare-and-set: told already
+            told = sum(e is not None for e in published)
+            published.append(event)
+            nonce = uuid.uuid4().hex
+            if event is None or device is None:
+                return appender.decoy(notice, nonce)
+            message_id = notice.id
+            for _ in range(told):  # a notice that differs from one stored: its own id
+                message_id = next_message_id(message_id)
+            message = msgspec.structs.replace(notice, id=message_id, data=contact_data(event))
+            return appender.append_known([message], nonce, {other: device})
+
+        step, results = await self.act(actor, other, action, now_ms, tell)
+        accepted = [r for r in to_results(results or []) if isinstance(r, Accepted)]
+        return step, accepted[0] if accepted else None
 
     async def _write(self, writes: list[Write]) -> bool:
         """Compare-and-set ``writes`` (in order); False if a record moved on."""

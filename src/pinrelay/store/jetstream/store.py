@@ -29,16 +29,14 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from pinrelay.core.channels import AuditEntry, Broadcast, BroadcastCounts, Channel, ChannelClass
-from pinrelay.core.chat import contact_data
 from pinrelay.core.credits import ServiceLevel
-from pinrelay.core.ids import next_message_id
 from pinrelay.core.incidents import Incident
 from pinrelay.core.ledger import Ledger
 from pinrelay.core.makegood import Code
 from pinrelay.core.model import Accepted, ApiKey, Device, NewMessage, StoredMessage
 from pinrelay.core.quotas import over
 from pinrelay.core.readings import Readings
-from pinrelay.core.social import Action, Event, State, Transition
+from pinrelay.core.social import Action, State, Transition
 from pinrelay.core.tenants import DEFAULT_TENANT, Tenant
 from pinrelay.core.webhooks import OutboxEntry, Webhook
 from pinrelay.store.base import (
@@ -63,7 +61,7 @@ from pinrelay.store.jetstream.appends import Appender
 from pinrelay.store.jetstream.broadcasts import Audit, Broadcasts, Ledgers
 from pinrelay.store.jetstream.budgets import Budgets
 from pinrelay.store.jetstream.channels import Channels
-from pinrelay.store.jetstream.contacts import ContactLists, Side
+from pinrelay.store.jetstream.contacts import ContactLists
 from pinrelay.store.jetstream.credits import Credits
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.expiry import Expiries
@@ -523,36 +521,9 @@ class JetStreamStore:
     async def contact_action(
         self, actor: str, other: str, action: Action, now_ms: int, notice: NewMessage
     ) -> tuple[Transition, Accepted | None]:
-        """Both records (:mod:`.contacts`) and, at the same time, ``notice`` for
-        ``other`` if the transition tells it something; an invitation that tells
-        nothing publishes a decoy instead, so that it costs the same ("Same cost" in
-        :mod:`.contacts`).  Two streams, so not in one write: a crash after the
-        records loses the notice until the actor retries, which tells ``other`` again
-        (core/social.py: notices are recomputed from the resulting state)."""
-        #: What attempts published, in order: an event, or None for a decoy.
-        published: list[Event | None] = []
-
-        def tell(step: Transition, theirs: Side) -> Awaitable[list[AppendResult]] | None:
-            device = theirs.device
-            event = step.notify if device is not None else None
-            if event is None and action is not Action.INVITE:
-                return None
-            if published and published[-1] == event:
-                return None  # a retry after a lost compare-and-set: told already
-            told = sum(e is not None for e in published)
-            published.append(event)
-            nonce = uuid.uuid4().hex
-            if event is None or device is None:
-                return self.appender.decoy(notice, nonce)
-            message_id = notice.id
-            for _ in range(told):  # a notice that differs from one stored: its own id
-                message_id = next_message_id(message_id)
-            message = msgspec.structs.replace(notice, id=message_id, data=contact_data(event))
-            return self.appender.append_known([message], nonce, {other: device})
-
-        step, results = await self.contact_lists.act(actor, other, action, now_ms, tell)
-        accepted = [r for r in to_results(results or []) if isinstance(r, Accepted)]
-        return step, accepted[0] if accepted else None
+        return await self.contact_lists.act_telling(
+            actor, other, action, now_ms, notice, self.appender
+        )
 
     async def contacts(self, owner: str) -> list[Contact]:
         return await self.contact_lists.listing(owner)
