@@ -30,6 +30,11 @@ from tests.web.conftest import SdkDevice
 NewContext = Callable[..., BrowserContext]
 StartSdk = Callable[[RelayProc, dict[str, Any]], SdkDevice]
 
+#: Every read the page sent was confirmed by a ``read_done`` (none left to send again).
+READS_CONFIRMED = """() => {
+  const s = JSON.parse(localStorage.getItem("pinrelay.messenger.v1") || "{}");
+  return s.readsOut !== undefined && Object.keys(s.readsOut).length === 0 && s.readSeq > 0;
+}"""
 #: Records every state each outgoing message shows, in order (by its text).
 WATCH_STATES = """() => {
   window.__seen = {};
@@ -174,6 +179,8 @@ def test_two_browsers_and_an_sdk_device_chat_through_a_restart(
     expect(app_b.unread(a["pin"])).to_have_count(0)
     expect(app_a.state_of("hello B")).to_have_attribute("aria-label", "read")
     assert app_a.seen_states("hello B") == ["sending", "sent", "delivered", "read"]
+    # B's read was confirmed (read_done): nothing is left to send again on a new link.
+    app_b.page.wait_for_function(READS_CONFIRMED)
     # B answers while A looks at the conversation: read at once.
     app_b.say("hello A")
     expect(app_a.bubble("hello A")).to_have_count(1)

@@ -62,6 +62,7 @@ function parseUrls(text) {
 function fresh(pin, token) {
   return {
     pin, token, cursor: 0, convs: {}, contacts: {}, groups: {}, reads: [], dismissed: [], open: null,
+    readsOut: {}, readSeq: 0, // reads sent and not yet confirmed by read_done, by client_id
   };
 }
 
@@ -172,6 +173,7 @@ function onFrame(f) {
     case "msg": return onMsg(f);
     case "sent": return onSent(f);
     case "unsent": return onUnsent(f);
+    case "read_done": return onReadDone(f);
     case "error": return onError(f);
     default:
       return; // PROTOCOL "Evolution": ignore frame types we do not know
@@ -190,6 +192,10 @@ function onWelcome(f) {
   }
   waiting.sort((a, b) => a.seq - b.seq);
   for (const m of waiting) wsSend({ type: "send", to: m.to, text: m.text, client_id: m.client_id });
+  // Reads the last link did not confirm go again (the relay sends one receipt each).
+  const out = Object.values(state.readsOut).flat();
+  state.readsOut = {};
+  state.reads.unshift(...out);
   flushReads();
   refreshContacts();
   refreshGroups();
@@ -341,8 +347,20 @@ function markRead(peer) {
 
 function flushReads() {
   if (!link.linked) return;
-  while (state.reads.length) wsSend({ type: "read", ids: state.reads.splice(0, 256) });
+  while (state.reads.length) {
+    const ids = state.reads.splice(0, 256);
+    const clientId = "r" + ++state.readSeq;
+    state.readsOut[clientId] = ids;
+    wsSend({ type: "read", ids, client_id: clientId });
+  }
   save();
+}
+
+function onReadDone(f) {
+  if (typeof f.client_id === "string" && Object.hasOwn(state.readsOut, f.client_id)) {
+    delete state.readsOut[f.client_id];
+    save();
+  }
 }
 
 // --- HTTP ---------------------------------------------------------------------------
