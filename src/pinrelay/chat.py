@@ -141,8 +141,9 @@ class Chat:
                 raise
             # The client_id was used for a message to another ``to``.
             earlier = await self._earlier(idem, to)
-            if earlier is None:
-                raise
+            if earlier is None:  # that one stored nothing: nothing to answer again
+                detail = f"client_id {client_id!r} was used for another message today"
+                raise Refused("invalid", detail) from None
             return earlier
 
     async def _earlier(self, idem: IdempotencyKey, to: str) -> SentMessage | None:
