@@ -8,8 +8,11 @@ delivery reports (:meth:`Chat.delivered`) and from ``read`` frames.
 
 Order of writes, so that a crash repeats rather than loses: a delivered receipt and
 its unread entry are stored before the ack that caused them; a read receipt before
-its unread entry is dropped.  A repeated receipt is dropped by clients (the SDK's
-states only move forward).
+(SQLite: with) its entry is marked read.  On SQLite the entry also says the receipt
+is stored: a delivered receipt whose entry exists, or a read one whose entry is
+read, is not stored again (Store.append), so no receipt repeats there.  On the
+cluster a repeated receipt is dropped by clients (the SDK's states only move
+forward).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+
+from msgspec.structs import replace
 
 from pinrelay.core import chat as wire
 from pinrelay.core.chat import ChatLimits, Delivered, Refused, new_group_id
@@ -36,6 +41,9 @@ CLIENT_ID_TTL_MS = 24 * 3600 * 1000
 #: first ``sent`` whatever the text, and with the first ``to`` (PROTOCOL "Chat").
 #: Records written before the ``to`` was added (gone 24 h after) hold this alone.
 _SEND_FINGERPRINT = "send"
+#: How long SQLite remembers a message read once its read receipt is stored (a
+#: delivered receipt repeated after a crash is known for that long: Store.append).
+READ_KEEP_MS = 24 * 3600 * 1000
 #: The fingerprint of a failed receipt's Idempotency-Key.
 _FAILED_FINGERPRINT = "failed"
 #: Message ids, as ingest's: one getrandom per ~400 sends, not one per send.
@@ -322,9 +330,12 @@ class Chat:
         )
         if not found:
             return 0
-        await self.ingest.accept([self._receipt(reader, u.sender, u.id, "read") for u in found])
-        await self.store.drop_unread(reader, [u.id for u in found])
-        return len(found)
+        keep_ms = int(self.clock() * 1000) + READ_KEEP_MS
+        read = [replace(u, expires_ms=min(u.expires_ms, keep_ms)) for u in found]
+        results = await self.ingest.accept(
+            [self._receipt(reader, u.sender, u.id, "read") for u in found], read=read
+        )
+        return sum(isinstance(r, Accepted) for r in results)
 
     async def expire(self, limit: int = 500) -> int:
         """Chat messages that expired undelivered: a ``failed`` receipt to each sender,

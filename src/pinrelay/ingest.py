@@ -102,17 +102,18 @@ class Ingest:
         idem: IdempotencyKey | None = None,
         tenant: str | None = None,
         unread: Sequence[Unread] = (),
+        read: Sequence[Unread] = (),
     ) -> list[Accepted | Rejected]:
         """Store the drafts atomically; one result per draft, in order.
 
         A ttl=0 message for an offline device is dropped, not stored (PROTOCOL,
         "ttl"); the drop goes to the store as a Rejected so an idempotent replay
         repeats it.  ``tenant``: the sender's (an API key's); a device it may not
-        reach is an unknown device (Store.append).  ``unread``: stored in the same
-        write (Store.append).  Raises what the store raises (StoreClosed: nothing
-        stored).
+        reach is an unknown device (Store.append).  ``unread``, ``read``: stored
+        with them (Store.append: receipts).  Raises what the store raises
+        (StoreClosed: nothing stored).
         """
-        results, _ = await self.accept_once(drafts, idem, tenant, unread)
+        results, _ = await self.accept_once(drafts, idem, tenant, unread, read)
         return results
 
     async def _reachable(self, pin: str, tenant: str | None) -> bool:
@@ -131,6 +132,7 @@ class Ingest:
         idem: IdempotencyKey | None = None,
         tenant: str | None = None,
         unread: Sequence[Unread] = (),
+        read: Sequence[Unread] = (),
     ) -> tuple[list[Accepted | Rejected], bool]:
         """:meth:`accept`, and whether ``idem`` named an earlier call (a replay:
         nothing was stored, the first call's results came back).  A Rejected the
@@ -152,7 +154,7 @@ class Ingest:
             else:
                 batch.append(message)
                 built[message.pin, message.id] = message
-        results, replay = await self.store.append(batch, idem, tenant, unread)
+        results, replay = await self.store.append(batch, idem, tenant, unread, read)
         if not replay:
             self._wake(results, built)
             if tenant is not None and self.on_stored is not None:

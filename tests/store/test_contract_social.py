@@ -16,8 +16,17 @@ from msgspec.structs import replace
 from pinrelay.core.chat import contact_data, receipt_data
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.ids import next_message_id
+from pinrelay.core.model import Accepted, NewMessage
 from pinrelay.core.social import Action, Transition
-from pinrelay.store.base import MAX_GROUP, Contact, Group, Store, Unread
+from pinrelay.store.base import (
+    MAX_GROUP,
+    RECEIPT_STORED,
+    Contact,
+    Group,
+    Rejected,
+    Store,
+    Unread,
+)
 
 from .conftest import Reopen
 from .test_contract import HOUR, NOW, UNKNOWN, A, B, C, add_devices, msg, read_all
@@ -35,6 +44,20 @@ async def act(store: Store, actor: str, other: str, action: Action, now_ms: int)
             ids.append(next_message_id(ids[-1]))
         assert accepted.pin == other and accepted.id in ids, (accepted, notice.id)
     return step
+
+
+def delivered_receipt(chat_id: str) -> NewMessage:
+    receipt = msg(A, 0, kind="receipt", sender=B)
+    return replace(receipt, data=receipt_data(chat_id, "delivered"))
+
+
+def read_receipt(chat_id: str) -> NewMessage:
+    receipt = msg(A, 0, kind="receipt", sender=B)
+    return replace(receipt, data=receipt_data(chat_id, "read"))
+
+
+def by_id(entry: Unread) -> str:
+    return entry.id
 
 
 async def states(store: Store, owner: str) -> dict[str, str]:
@@ -174,6 +197,45 @@ class TestUnread:
         assert await store.find_unread(A, ["01ID1"], NOW) == []
         await store.drop_unread(B, ["01ID1"])
         assert await store.find_unread(B, ["01ID1", "01ID2"], NOW) == [two]
+
+    async def test_a_receipt_is_stored_once_per_entry(self, store: Store, reopen: Reopen) -> None:
+        """Chat.delivered's and Chat.read's writes, repeated as after a crash: where
+        receipts are atomic, the entry says the receipt is stored; elsewhere it
+        is stored again (and clients drop the repeat)."""
+        await add_devices(store, A, B)
+        entries = [Unread(B, f"01ID{n}", A, NOW + HOUR) for n in (1, 2)]
+        told = [delivered_receipt(e.id) for e in entries]
+        results, _ = await store.append(told, unread=entries)
+        assert all(isinstance(r, Accepted) for r in results), results
+        assert sorted(await store.find_unread(B, ["01ID1", "01ID2"], NOW), key=by_id) == entries
+        read = [read_receipt(entries[0].id)]
+        results, _ = await store.append(read, read=entries[:1])
+        assert all(isinstance(r, Accepted) for r in results), results
+        assert await store.find_unread(B, ["01ID1", "01ID2"], NOW) == entries[1:]
+        await store.close()
+        store = await reopen()
+        # The ack and the read again: an ack lost in a crash, a read resent, or two
+        # reads at once that both found the entry.
+        again = [delivered_receipt(e.id) for e in entries] + [read_receipt(entries[0].id)]
+        results, _ = await store.append(again[:2], unread=entries)
+        results += (await store.append(again[2:], read=entries[:1]))[0]
+        stored = [m.id for m in await read_all(store, A)]
+        assert await store.find_unread(B, ["01ID1", "01ID2"], NOW) == entries[1:]
+        if store.atomic_receipts:
+            assert results == [Rejected(A, RECEIPT_STORED, m.id) for m in again]
+            assert stored == [m.id for m in told + read]
+            # A read entry is remembered until the expiry the read gave it, if sooner.
+            shorter = replace(entries[1], expires_ms=NOW + 10)
+            results, _ = await store.append([read_receipt(shorter.id)], read=[shorter])
+            assert isinstance(results[0], Accepted), results
+            await store.sweep(NOW + 11)
+            later = [delivered_receipt(e.id) for e in entries]
+            results, _ = await store.append(later, unread=entries)
+            assert results[0] == Rejected(A, RECEIPT_STORED, later[0].id)
+            assert isinstance(results[1], Accepted), results
+        else:
+            assert all(isinstance(r, Accepted) for r in results), results
+            assert len(stored) == 6
 
     async def test_expired_are_not_found(self, store: Store) -> None:
         await add_devices(store, B)

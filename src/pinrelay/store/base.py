@@ -53,6 +53,9 @@ DELAY_DAYS_KEEP_MS = 400 * 86_400_000
 
 #: The reason of a message for a PIN that has no device.
 UNKNOWN_DEVICE = "unknown device"
+#: The reason of a receipt not stored because it was before (Store.append's
+#: ``unread`` and ``read`` where receipts are atomic).
+RECEIPT_STORED = "receipt stored before"
 #: The reason of a ttl=0 message that was not stored because its device was offline.
 DROPPED_OFFLINE = "dropped: ttl is 0 and the device is offline"
 
@@ -222,6 +225,10 @@ CommitObserver = Callable[[float, int], None]
 
 
 class Store(Protocol):
+    #: Whether :meth:`append` stores its ``unread`` and ``read`` in the messages' own
+    #: transaction, each receipt only once (SQLite); the cluster's are other streams.
+    atomic_receipts: bool
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -704,6 +711,7 @@ class Store(Protocol):
         idem: IdempotencyKey | None = None,
         tenant: str | None = None,
         unread: Sequence[Unread] = (),
+        read: Sequence[Unread] = (),
     ) -> tuple[list[Accepted | Rejected], bool]:
         """Store messages atomically, each after the last of its device.
 
@@ -719,10 +727,18 @@ class Store(Protocol):
         fingerprint raises CONFLICT).  A message
         with a topic replaces its device's stored message with that topic.
 
-        ``unread``: entries remembered as :meth:`put_unread` does, stored before this
-        returns (SQLite: in the same transaction; the cluster: at the same time), so
-        that delivered receipts and their unread entries cost one write
-        (Chat.delivered).  With ``idem``, a replay may leave them out.
+        ``unread``: entries remembered as :meth:`put_unread` does, the first
+        ``len(unread)`` messages their delivered receipts, one each in order
+        (Chat.delivered).  ``read``: entries these messages are the read receipts
+        of, the same way, then no longer found (:meth:`drop_unread`; SQLite
+        remembers them read until their ``expires_ms``, if sooner).  Where
+        :attr:`atomic_receipts` (SQLite) both are in the messages' transaction, and
+        a receipt whose entry was there already (``unread``) or read already
+        (``read``) is not stored (Rejected RECEIPT_STORED): each receipt is stored
+        once while its entry lives, whatever crashes or repeats.  Otherwise the
+        entries go at the same time (``unread``) or after (``read``): a crash in
+        between repeats a receipt, never loses one.  With ``idem``, a replay may
+        leave them out.
         """
         ...
 

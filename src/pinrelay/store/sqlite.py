@@ -111,6 +111,12 @@ def _unread_rows(entries: Sequence[Unread]) -> list[ops.UnreadRow]:
     return [(e.reader, e.id, e.sender, e.expires_ms, e.group) for e in entries]
 
 
+def _read_rows(read: Sequence[Unread], count: int) -> list[tuple[int, str, str]]:
+    if len(read) > count:
+        raise ValueError("read: at most one entry per message")
+    return [(e.expires_ms, e.reader, e.id) for e in read]
+
+
 def _row_to_device(row: tuple[Any, ...]) -> Device:
     return Device(*row)
 
@@ -192,6 +198,8 @@ def lock_path(path: Path) -> Path:
 
 class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures, SqliteWebhooks):
     """The embedded default engine: one file, ``<data>/pinrelay.db``."""
+
+    atomic_receipts = True
 
     def __init__(
         self, path: Path, observer: CommitObserver | None = None, *, inline_commits: bool = True
@@ -497,7 +505,7 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
             self._read()
             .execute(
                 "SELECT reader, id, sender, expires_ms, grp FROM unread WHERE reader = ?"
-                " AND id IN (SELECT value FROM json_each(?)) AND expires_ms > ?",
+                " AND id IN (SELECT value FROM json_each(?)) AND expires_ms > ? AND NOT is_read",
                 (reader, msgspec.json.encode(list(ids)).decode(), now_ms),
             )
             .fetchall()
@@ -565,13 +573,17 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
         idem: IdempotencyKey | None = None,
         tenant: str | None = None,
         unread: Sequence[Unread] = (),
+        read: Sequence[Unread] = (),
     ) -> tuple[list[Accepted | Rejected], bool]:
         items = [
             ops.Item(m.pin, m.id, m.reason) if isinstance(m, Rejected) else _item(m)
             for m in messages
         ]
         key = None if idem is None else (idem.key, idem.fingerprint, idem.created_ms)
-        raw, replay = await self._write(ops.Append(items, key, tenant, _unread_rows(unread)))
+        if len(unread) > len(items):
+            raise ValueError("unread: at most one entry per message")
+        op = ops.Append(items, key, tenant, _unread_rows(unread), _read_rows(read, len(items)))
+        raw, replay = await self._write(op)
         return to_results(msgspec.convert(raw, list[AppendResult])), bool(replay)
 
     async def earlier_append(

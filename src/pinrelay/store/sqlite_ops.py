@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import msgspec
@@ -23,6 +24,7 @@ from pinrelay.store.base import (
     MAX_GROUP,
     MAX_SUBSCRIPTIONS,
     PAIRING_KEEP_MS,
+    RECEIPT_STORED,
     SUBSCRIPTION_GONE_KEEP_MS,
     UNKNOWN_DEVICE,
     AppendResult,
@@ -404,6 +406,8 @@ class ChangeMembers(Op, tag="cm"):
         return True
 
 
+#: An expiry no entry reaches (the year 2286).
+_FOREVER_MS = 10**13
 #: An unread entry: (reader, id, sender, expires_ms, group).
 UnreadRow = tuple[str, str, str, int, str | None]
 _PUT_UNREAD_SQL = (
@@ -418,6 +422,14 @@ class PutUnread(Op, tag="pu"):
         c.executemany(_PUT_UNREAD_SQL, self.entries)
 
 
+#: An entry read is kept until it expires (a delivered receipt repeated later is
+#: known), its expiry brought forward to the one given: (expires_ms, reader, id).
+_MARK_READ_SQL = (
+    "UPDATE unread SET is_read = 1, expires_ms = min(expires_ms, ?)"
+    " WHERE reader = ? AND id = ? AND NOT is_read"
+)
+
+
 class DropUnread(Op, tag="du"):
     # A read receipt repeated after a crash is dropped by clients: no fsync.
     durable: ClassVar[bool] = False
@@ -425,9 +437,7 @@ class DropUnread(Op, tag="du"):
     ids: list[str]
 
     def run(self, c: sqlite3.Connection) -> None:
-        c.executemany(
-            "DELETE FROM unread WHERE reader = ? AND id = ?", [(self.reader, i) for i in self.ids]
-        )
+        c.executemany(_MARK_READ_SQL, [(_FOREVER_MS, self.reader, i) for i in self.ids])
 
 
 class CreatePairing(Op, tag="cp"):
@@ -569,8 +579,12 @@ class Append(Op, tag="ap"):
     idem: tuple[str, str, int] | None = None
     #: Only devices of this tenant, or that granted it (None: any device).
     tenant: str | None = None
-    #: Unread entries stored with the messages (delivered receipts': Chat.delivered).
+    #: Unread entries: the first len(unread) items are their delivered receipts,
+    #: each stored only if its entry is new (Chat.delivered).
     unread: list[UnreadRow] = []
+    #: Entries read, (expires_ms, reader, id): the first len(read) items are their
+    #: read receipts, each stored only if its entry is still unread (marked here).
+    read: list[tuple[int, str, str]] = []
 
     def run(self, c: sqlite3.Connection) -> tuple[list[AppendResult], bool]:
         idem = self.idem
@@ -584,9 +598,12 @@ class Append(Op, tag="ap"):
                         "Idempotency-Key was used with a different request", ErrorCode.CONFLICT
                     )
                 return results_dec.decode(row[1]), True
-        results = _append_all(c, self.items, self.tenant)
+        items = self.items
         if self.unread:
-            c.executemany(_PUT_UNREAD_SQL, self.unread)
+            items = _first_telling(c, items, _PUT_UNREAD_SQL, self.unread)
+        if self.read:
+            items = _first_telling(c, items, _MARK_READ_SQL, self.read)
+        results = _append_all(c, items, self.tenant)
         if idem is not None:
             c.execute(
                 "INSERT INTO idempotency (key, fingerprint, result, created_ms)"
@@ -594,6 +611,19 @@ class Append(Op, tag="ap"):
                 (idem[0], idem[1], _results_enc.encode(results), idem[2]),
             )
         return results, False
+
+
+def _first_telling(
+    c: sqlite3.Connection, items: list[Item], sql: str, args: Sequence[tuple[Any, ...]]
+) -> list[Item]:
+    """Run ``sql`` once per ``args``; ``items[i]``, the receipt that ``args[i]``'s
+    change tells of, becomes a Rejected where nothing changed: that receipt is
+    stored already (a repeated ack or read, or two reads at once)."""
+    kept = list(items)
+    for i, arg in enumerate(args):
+        if not c.execute(sql, arg).rowcount:
+            kept[i] = Item(items[i].pin, items[i].id, RECEIPT_STORED)
+    return kept
 
 
 class Stop(Op, tag="stop"):

@@ -165,4 +165,7 @@ MIGRATIONS: list[str] = [
         empty_at_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # An entry read is kept until it expires: its receipts are known to be stored
+    # (Store.append's ``unread`` and ``read``).
+    "ALTER TABLE unread ADD COLUMN is_read INTEGER NOT NULL DEFAULT 0;",
 ]

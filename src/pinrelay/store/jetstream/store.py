@@ -89,6 +89,8 @@ log = logging.getLogger(__name__)
 class JetStreamStore:
     """The cluster engine: one JetStream stream (or one per partition) plus twelve KV buckets."""
 
+    atomic_receipts = False
+
     def __init__(
         self,
         servers: str | Sequence[str],
@@ -487,10 +489,17 @@ class JetStreamStore:
         idem: IdempotencyKey | None = None,
         tenant: str | None = None,
         unread: Sequence[Unread] = (),
+        read: Sequence[Unread] = (),
     ) -> tuple[list[Accepted | Rejected], bool]:
         """Store ``messages``; see :meth:`pinrelay.store.base.Store.append` and
         :mod:`.appends` (atomicity, tenants) and :mod:`.idempotency` (a retried request).
-        ``unread`` goes to its bucket at the same time (both in flight)."""
+        ``unread`` goes to its bucket at the same time (both in flight); ``read``
+        after the messages are stored (another stream: a crash between repeats)."""
+        if read:
+            stored = await self.append(messages, idem, tenant, unread)
+            for reader in dict.fromkeys(e.reader for e in read):
+                await self.unread.drop(reader, [e.id for e in read if e.reader == reader])
+            return stored
         if unread:
             stored, _ = await asyncio.gather(
                 self.append(messages, idem, tenant), self.unread.put(unread)
