@@ -191,8 +191,14 @@ class Chat:
             if to == sender or not may_send(await self.store.contact_state(to, sender)):
                 raise Refused("not_contact", f"{to} is not a contact that accepted you")
             recipients, data = [to], wire.chat_data(text)
-        size = wire.stored_bytes(data, len(recipients))
         message_id = new_message_id(now, _ids_random)
+        if not recipients:
+            # A group whose other members all blocked the sender (or left): ``sent``,
+            # stored for nobody, and no write (on either store, so no record of the
+            # client_id either: a retry is answered the same way).
+            self._sends.failed(sender, now)
+            return SentMessage(message_id, to)
+        size = wire.stored_bytes(data, len(recipients))
         drafts = [
             Draft(to=r, data=data, ttl=ttl, kind="chat", sender=sender, id=message_id)
             for r in recipients

@@ -119,10 +119,25 @@ async def test_group_life(relay: RelayProc, links: Links) -> None:
     assert isinstance(await answer(ws_a), frames.Sent)
     got = await next_msg(ws_b, "chat")
     assert msgspec.json.decode(got.data)["text"] == "after c left"
+    await send(ws_b, frames.Ack(cursor=got.cursor))
     with relay.client() as admin:
         # c acked what it got (acks are stored up to 10 ms later, more under load);
         # nothing sent after it left reaches it.
         await wait_until_async(lambda: admin.show_device(c["pin"])["backlog"] == 0, 10, 0.05)
+        await wait_until_async(lambda: admin.show_device(b["pin"])["backlog"] == 0, 10, 0.05)
+    # Its one other member blocked the sender: ``sent``, stored for nobody, and the
+    # same answer again for the same client_id.
+    with http(relay) as h:
+        r = h.post(f"/v1/devices/{b['pin']}/blocks", json={"pin": a["pin"]}, headers=bearer(b))
+        assert r.status_code == 200, r.text
+    for _ in range(2):
+        await send(ws_a, chat_send(gid, "nobody hears", "g3"))
+        nobody = await answer(ws_a)
+        assert isinstance(nobody, frames.Sent) and nobody.to == gid, nobody
+    await send(ws_a, chat_send(gid, "nobody still", "g4"))
+    assert isinstance(await answer(ws_a), frames.Sent)
+    with relay.client() as admin:
+        assert admin.show_device(b["pin"])["backlog"] == 0
 
 
 async def test_fan_out_to_500_members_through_a_sigkill(relay_factory: RelayFactory) -> None:
