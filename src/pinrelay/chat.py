@@ -195,7 +195,10 @@ class Chat:
         if not recipients:
             # A group whose other members all blocked the sender (or left): ``sent``,
             # stored for nobody, and no write (on either store, so no record of the
-            # client_id either: a retry is answered the same way).
+            # client_id either), unless it is the retry of a send that was stored.
+            earlier = await self._earlier(idem, to)
+            if earlier is not None:
+                return earlier
             self._sends.failed(sender, now)
             return SentMessage(message_id, to)
         size = wire.stored_bytes(data, len(recipients))

@@ -125,19 +125,30 @@ async def test_group_life(relay: RelayProc, links: Links) -> None:
         # nothing sent after it left reaches it.
         await wait_until_async(lambda: admin.show_device(c["pin"])["backlog"] == 0, 10, 0.05)
         await wait_until_async(lambda: admin.show_device(b["pin"])["backlog"] == 0, 10, 0.05)
-    # Its one other member blocked the sender: ``sent``, stored for nobody, and the
-    # same answer again for the same client_id.
+    # Its one other member blocked the sender: a send is ``sent``, stored for nobody;
+    # the retry of one stored before the block is answered as it was (its id).
+    await send(ws_a, chat_send(gid, "before the block", "g3"))
+    stored = await answer(ws_a)
+    assert isinstance(stored, frames.Sent), stored
+    got = await next_msg(ws_b, "chat")
+    assert got.id == stored.id
+    await send(ws_b, frames.Ack(cursor=got.cursor))
     with http(relay) as h:
         r = h.post(f"/v1/devices/{b['pin']}/blocks", json={"pin": a["pin"]}, headers=bearer(b))
         assert r.status_code == 200, r.text
+    await send(ws_a, chat_send(gid, "before the block", "g3"))
+    again = await answer(ws_a)
+    assert isinstance(again, frames.Sent) and (again.id, again.to) == (stored.id, gid), again
     for _ in range(2):
-        await send(ws_a, chat_send(gid, "nobody hears", "g3"))
+        await send(ws_a, chat_send(gid, "nobody hears", "g4"))
         nobody = await answer(ws_a)
         assert isinstance(nobody, frames.Sent) and nobody.to == gid, nobody
-    await send(ws_a, chat_send(gid, "nobody still", "g4"))
+    with relay.client() as admin:
+        await wait_until_async(lambda: admin.show_device(b["pin"])["backlog"] == 0, 10, 0.05)
+    await send(ws_a, chat_send(gid, "nobody still", "g5"))
     assert isinstance(await answer(ws_a), frames.Sent)
     with relay.client() as admin:
-        assert admin.show_device(b["pin"])["backlog"] == 0
+        assert admin.show_device(b["pin"])["backlog"] == 0  # stored before ``sent``: none
 
 
 async def test_fan_out_to_500_members_through_a_sigkill(relay_factory: RelayFactory) -> None:

@@ -20,15 +20,16 @@ import pytest
 from pinrelay.core.channels import Channel
 from pinrelay.core.errors import ErrorCode, PinrelayError
 from pinrelay.core.incidents import open_incident
-from pinrelay.core.model import Device, NewMessage, StoredMessage
+from pinrelay.core.model import Accepted, Device, NewMessage, StoredMessage
 from pinrelay.core.webhooks import Webhook
 from pinrelay.store import sqlite_credit_ops as credit_ops
 from pinrelay.store import sqlite_webhook_ops as webhook_ops
-from pinrelay.store.base import IdempotencyKey
+from pinrelay.store.base import IdempotencyKey, Unread
 from pinrelay.store.sqlite import MIGRATIONS, SqliteStore, connect, migrate
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PIN = "0A0A0A0A"
+OTHER = "0B0B0B0B"
 NOW = 1_700_000_000_000
 FAR = NOW + 365 * 24 * 3_600_000
 
@@ -151,6 +152,45 @@ class TestSchema:
             made = open_incident("I000000000001", "store", "minor", "slow", NOW)
             assert await s.put_incident(made)
             assert await s.list_incidents(0, 10) == [made]
+        finally:
+            await s.close()
+        assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS)
+
+    async def test_unread_entries_from_before_read_marks_migrate(self, db_path: Path) -> None:
+        """An unread entry stored before entries were marked read (17) is found
+        unread after the upgrade, and its read receipt is stored once."""
+        before = len(MIGRATIONS) - 1
+        migrated_until(db_path, before)
+        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+            for pin in (PIN, OTHER):
+                conn.execute(
+                    "INSERT INTO devices (pin, token_hash, label, created_ms)"
+                    " VALUES (?, 'h', NULL, ?)",
+                    (pin, NOW),
+                )
+            conn.execute(
+                "INSERT INTO unread (reader, id, sender, expires_ms) VALUES (?, '01OLD', ?, ?)",
+                (PIN, OTHER, NOW + 3_600_000),
+            )
+        s = await open_store(db_path)
+        try:
+            entry = Unread(PIN, "01OLD", OTHER, NOW + 3_600_000)
+            assert await s.find_unread(PIN, ["01OLD"], NOW) == [entry]
+            receipt = NewMessage(
+                pin=OTHER,
+                id="01RCPT",
+                data=b"{}",
+                topic=None,
+                urgency="normal",
+                sent_at_ms=NOW,
+                expires_at_ms=NOW + 60_000,
+                kind="receipt",
+                sender=PIN,
+            )
+            for stored in (True, False):
+                results, _ = await s.append([receipt], read=[entry])
+                assert isinstance(results[0], Accepted) is stored, results
+            assert await s.find_unread(PIN, ["01OLD"], NOW) == []
         finally:
             await s.close()
         assert query(db_path, "PRAGMA user_version") == len(MIGRATIONS)

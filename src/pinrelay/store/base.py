@@ -406,14 +406,13 @@ class Store(Protocol):
         ...
 
     async def find_unread(self, reader: str, ids: Sequence[str], now_ms: int) -> list[Unread]:
-        """Those of ``ids`` delivered to ``reader`` and not read yet (unexpired).
-
-        They stay until :meth:`drop_unread`: the caller stores the read receipts
-        first, so a crash in between repeats a receipt rather than loses it."""
+        """Those of ``ids`` delivered to ``reader`` and not read yet (unexpired):
+        until :meth:`drop_unread`, or an :meth:`append` whose ``read`` names them."""
         ...
 
     async def drop_unread(self, reader: str, ids: Sequence[str]) -> None:
-        """Forget ``ids`` as unread (their read receipts are stored)."""
+        """Forget ``ids`` as unread (their read receipts are stored apart; Chat.read
+        uses :meth:`append`'s ``read``)."""
         ...
 
     # --- budgets (chat.py: invitations) ------------------------------------------

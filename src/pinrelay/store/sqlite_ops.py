@@ -431,7 +431,8 @@ _MARK_READ_SQL = (
 
 
 class DropUnread(Op, tag="du"):
-    # A read receipt repeated after a crash is dropped by clients: no fsync.
+    # Store.drop_unread: marks the entries read, kept to their own expiry (Chat.read
+    # marks them in its Append instead).  Lost in a crash, they are found unread: no fsync.
     durable: ClassVar[bool] = False
     reader: str
     ids: list[str]
