@@ -13,6 +13,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 import msgspec
 
@@ -102,7 +103,7 @@ async def settle(
     while after < upto:
         page = await fetch(store, pin, after, SETTLE_PAGE, now)
         covered = [m for m in page if m.cursor <= upto]
-        chats = [c for m in covered if (c := tracked(m)) is not None]
+        chats = [replace(c, again=True) for m in covered if (c := tracked(m)) is not None]
         if chats:
             await on_acked(pin, chats)
         if len(covered) < SETTLE_PAGE:

@@ -191,6 +191,9 @@ class Delivered:
     subscription: str | None = None
     #: A broadcast's message (``id``: the broadcast's): counted, nothing sent back.
     broadcast: bool = False
+    #: Acknowledged by a hello's cursor or the inbox, not on the link it was sent
+    #: on: an earlier ack of it may have stored its receipt (Chat.delivered).
+    again: bool = False
 
 
 def delivered(message_id: str, sender: str | None, data: bytes, cursor: int) -> Delivered | None:
