@@ -338,7 +338,8 @@ class Chat:
         # a crash between them repeats a receipt, never loses one.
         again = [c.id for c in chats if c.again]
         if again:
-            told = {u.id for u in await self.store.find_unread(reader, again, now_ms)}
+            known = await self.store.find_unread(reader, again, now_ms, with_read=True)
+            told = {u.id for u in known}
             chats = [c for c in chats if not (c.again and c.id in told)]
             if not chats:
                 return

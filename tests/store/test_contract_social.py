@@ -212,6 +212,9 @@ class TestUnread:
         results, _ = await store.append(read, read=entries[:1])
         assert all(isinstance(r, Accepted) for r in results), results
         assert await store.find_unread(B, ["01ID1", "01ID2"], NOW) == entries[1:]
+        # A read entry is still known (Chat.delivered asks, on the cluster).
+        both = await store.find_unread(B, ["01ID1", "01ID2"], NOW, with_read=True)
+        assert sorted(both, key=by_id) == entries
         await store.close()
         store = await reopen()
         # The ack and the read again: an ack lost in a crash, a read resent, or two

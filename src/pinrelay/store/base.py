@@ -405,9 +405,12 @@ class Store(Protocol):
         """Remember delivered chat messages until they are read (durable)."""
         ...
 
-    async def find_unread(self, reader: str, ids: Sequence[str], now_ms: int) -> list[Unread]:
+    async def find_unread(
+        self, reader: str, ids: Sequence[str], now_ms: int, with_read: bool = False
+    ) -> list[Unread]:
         """Those of ``ids`` delivered to ``reader`` and not read yet (unexpired):
-        until :meth:`drop_unread`, or an :meth:`append` whose ``read`` names them."""
+        until :meth:`drop_unread`, or an :meth:`append` whose ``read`` names them
+        (``with_read``: those too, until the expiry that read gave them)."""
         ...
 
     async def drop_unread(self, reader: str, ids: Sequence[str]) -> None:

@@ -498,15 +498,18 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
         if entries:
             await self._write(ops.PutUnread(_unread_rows(entries)))
 
-    async def find_unread(self, reader: str, ids: Sequence[str], now_ms: int) -> list[Unread]:
+    async def find_unread(
+        self, reader: str, ids: Sequence[str], now_ms: int, with_read: bool = False
+    ) -> list[Unread]:
         if not ids:
             return []
         rows = (
             self._read()
             .execute(
                 "SELECT reader, id, sender, expires_ms, grp FROM unread WHERE reader = ?"
-                " AND id IN (SELECT value FROM json_each(?)) AND expires_ms > ? AND NOT is_read",
-                (reader, msgspec.json.encode(list(ids)).decode(), now_ms),
+                " AND id IN (SELECT value FROM json_each(?)) AND expires_ms > ?"
+                " AND (? OR NOT is_read)",
+                (reader, msgspec.json.encode(list(ids)).decode(), now_ms, with_read),
             )
             .fetchall()
         )

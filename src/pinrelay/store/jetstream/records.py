@@ -115,6 +115,9 @@ class UnreadRec(msgspec.Struct, omit_defaults=True):
     sender: str
     expires_ms: int
     group: str | None = None
+    #: Read: its read receipt is stored; kept until ``expires_ms`` so that a receipt
+    #: asked for again is known (Chat.delivered), never found by ``find``.
+    read: bool = False
 
 
 class Planned(msgspec.Struct, array_like=True):

@@ -494,11 +494,11 @@ class JetStreamStore:
         """Store ``messages``; see :meth:`pinrelay.store.base.Store.append` and
         :mod:`.appends` (atomicity, tenants) and :mod:`.idempotency` (a retried request).
         ``unread`` goes to its bucket at the same time (both in flight); ``read``
-        after the messages are stored (another stream: a crash between repeats)."""
+        marked read after the messages are stored (another stream: a crash between
+        repeats)."""
         if read:
             stored = await self.append(messages, idem, tenant, unread)
-            for reader in dict.fromkeys(e.reader for e in read):
-                await self.unread.drop(reader, [e.id for e in read if e.reader == reader])
+            await self.unread.put(read, read=True)
             return stored
         if unread:
             stored, _ = await asyncio.gather(
@@ -543,8 +543,10 @@ class JetStreamStore:
     async def put_unread(self, entries: Sequence[Unread]) -> None:
         await self.unread.put(entries)
 
-    async def find_unread(self, reader: str, ids: Sequence[str], now_ms: int) -> list[Unread]:
-        return await self.unread.find(reader, ids, now_ms)
+    async def find_unread(
+        self, reader: str, ids: Sequence[str], now_ms: int, with_read: bool = False
+    ) -> list[Unread]:
+        return await self.unread.find(reader, ids, now_ms, with_read)
 
     async def drop_unread(self, reader: str, ids: Sequence[str]) -> None:
         await self.unread.drop(reader, ids)

@@ -25,6 +25,9 @@ a client names that is not (``*``, ``>``, dots) is never looked up.
 - :meth:`Unreads.find`: one read per id on the bucket's leader, at most
   :data:`IN_FLIGHT` at once.  A ``read`` follows its delivery by milliseconds, and
   a replica's Direct Get may not have the put yet (DECISIONS 22).
+- A read entry (``Store.append``'s ``read``) is put again marked read, with the
+  TTL of the expiry the read gave it (24 h at most): ``find`` skips it unless asked
+  ``with_read`` (Chat.delivered: a receipt asked for again is known).
 - :meth:`Unreads.drop`: delete markers in one atomic batch, each with a 1 s TTL:
   the marker replaces the entry (history 1) and then goes by itself.  A purge per
   id would be a request and a replicated purge each; removing is what JetStream
@@ -108,7 +111,8 @@ class Unreads:
         """Let concurrent puts share atomic batches (the store's ``group_commit``)."""
         self.shared = GroupCommit(self.api, self._alone)
 
-    async def put(self, entries: Sequence[Unread]) -> None:
+    async def put(self, entries: Sequence[Unread], *, read: bool = False) -> None:
+        """Store ``entries`` (``read``: marked read, each kept to its expiry)."""
         self.api.check_open()
         now_ms = int(self.clock() * 1000)
         items: dict[str, Outgoing] = {}
@@ -117,7 +121,7 @@ class Unreads:
             if key is None:
                 raise PinrelayError(f"unread entry {e.reader}/{e.id!r}", ErrorCode.INVALID)
             if key not in items:
-                payload = json_enc.encode(UnreadRec(e.sender, e.expires_ms, e.group))
+                payload = json_enc.encode(UnreadRec(e.sender, e.expires_ms, e.group, read))
                 ttl = unread_ttl_s(e.expires_ms, now_ms, self.grace_s)
                 items[key] = Outgoing(
                     len(items), self.bucket.subject(key), payload, {"Nats-TTL": str(ttl)}
@@ -136,7 +140,9 @@ class Unreads:
         await self._publish(items, f"write {self.bucket.name}")
         return []
 
-    async def find(self, reader: str, ids: Sequence[str], now_ms: int) -> list[Unread]:
+    async def find(
+        self, reader: str, ids: Sequence[str], now_ms: int, with_read: bool = False
+    ) -> list[Unread]:
         self.api.check_open()
         keys = {i: key for i in ids if (key := unread_key(reader, i)) is not None}
 
@@ -151,7 +157,7 @@ class Unreads:
         return [
             Unread(reader, i, rec.sender, rec.expires_ms, rec.group)
             for i, rec in zip(keys, found, strict=True)
-            if rec is not None and rec.expires_ms > now_ms
+            if rec is not None and rec.expires_ms > now_ms and (with_read or not rec.read)
         ]
 
     async def drop(self, reader: str, ids: Sequence[str]) -> None:
