@@ -8,11 +8,13 @@ delivery reports (:meth:`Chat.delivered`) and from ``read`` frames.
 
 Order of writes, so that a crash repeats rather than loses: a delivered receipt and
 its unread entry are stored before the ack that caused them; a read receipt before
-(SQLite: with) its entry is marked read.  On SQLite the entry also says the receipt
-is stored: a delivered receipt whose entry exists, or a read one whose entry is
-read, is not stored again (Store.append), so no receipt repeats there.  On the
-cluster a repeated receipt is dropped by clients (the SDK's states only move
-forward).
+(SQLite: with) its entry is marked read.  The entry also says that the receipt is
+stored.  On SQLite a delivered receipt whose entry exists, or a read one whose entry
+is read, is not stored again (Store.append: one transaction), so no receipt repeats
+there.  On the cluster the entry goes after its receipt, and an ack of chats that
+were not sent on its link (a hello's cursor) stores no receipt for those that have
+one (:meth:`Chat.delivered`): a receipt repeats only if a relay died between the
+two, and clients drop the repeat (the SDK's states only move forward).
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ CLIENT_ID_TTL_MS = 24 * 3600 * 1000
 #: first ``sent`` whatever the text, and with the first ``to`` (PROTOCOL "Chat").
 #: Records written before the ``to`` was added (gone 24 h after) hold this alone.
 _SEND_FINGERPRINT = "send"
-#: How long SQLite remembers a message read once its read receipt is stored (a
-#: delivered receipt repeated after a crash is known for that long: Store.append).
+#: How long the store remembers a message read once its read receipt is stored (a
+#: delivered receipt asked for again after a crash is known for that long).
 READ_KEEP_MS = 24 * 3600 * 1000
 #: The fingerprint of a failed receipt's Idempotency-Key.
 _FAILED_FINGERPRINT = "failed"
