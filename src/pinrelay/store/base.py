@@ -738,9 +738,9 @@ class Store(Protocol):
         a receipt whose entry was there already (``unread``) or read already
         (``read``) is not stored (Rejected RECEIPT_STORED): each receipt is stored
         once while its entry lives, whatever crashes or repeats.  Otherwise the
-        entries go at the same time (``unread``) or after (``read``): a crash in
-        between repeats a receipt, never loses one.  With ``idem``, a replay may
-        leave them out.
+        entries are stored after the messages, so an entry is proof that its
+        receipt is stored: a crash in between repeats a receipt, never loses one.
+        With ``idem``, a replay may leave them out.
         """
         ...
 

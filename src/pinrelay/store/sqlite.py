@@ -111,9 +111,7 @@ def _unread_rows(entries: Sequence[Unread]) -> list[ops.UnreadRow]:
     return [(e.reader, e.id, e.sender, e.expires_ms, e.group) for e in entries]
 
 
-def _read_rows(read: Sequence[Unread], count: int) -> list[tuple[int, str, str]]:
-    if len(read) > count:
-        raise ValueError("read: at most one entry per message")
+def _read_rows(read: Sequence[Unread]) -> list[tuple[int, str, str]]:
     return [(e.expires_ms, e.reader, e.id) for e in read]
 
 
@@ -583,9 +581,9 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
             for m in messages
         ]
         key = None if idem is None else (idem.key, idem.fingerprint, idem.created_ms)
-        if len(unread) > len(items):
-            raise ValueError("unread: at most one entry per message")
-        op = ops.Append(items, key, tenant, _unread_rows(unread), _read_rows(read, len(items)))
+        if max(len(unread), len(read)) > len(items):
+            raise ValueError("unread, read: at most one entry per message")
+        op = ops.Append(items, key, tenant, _unread_rows(unread), _read_rows(read))
         raw, replay = await self._write(op)
         return to_results(msgspec.convert(raw, list[AppendResult])), bool(replay)
 

@@ -17,7 +17,6 @@ each protocol call to the part that owns it: :class:`~.devices.Devices` and
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import uuid
@@ -493,17 +492,15 @@ class JetStreamStore:
     ) -> tuple[list[Accepted | Rejected], bool]:
         """Store ``messages``; see :meth:`pinrelay.store.base.Store.append` and
         :mod:`.appends` (atomicity, tenants) and :mod:`.idempotency` (a retried request).
-        ``unread`` goes to its bucket at the same time (both in flight); ``read``
-        marked read after the messages are stored (another stream: a crash between
-        repeats)."""
-        if read:
-            stored = await self.append(messages, idem, tenant, unread)
-            await self.unread.put(read, read=True)
-            return stored
-        if unread:
-            stored, _ = await asyncio.gather(
-                self.append(messages, idem, tenant), self.unread.put(unread)
-            )
+        ``unread`` and ``read`` go to their bucket after the messages are stored
+        (another stream): an entry is then proof that its receipt is stored, which
+        Chat.delivered relies on, and a crash between repeats a receipt."""
+        if unread or read:
+            stored = await self.append(messages, idem, tenant)
+            if unread:
+                await self.unread.put(unread)
+            if read:
+                await self.unread.put(read, read=True)
             return stored
         self.api.check_open()
         if not messages:
