@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # Each run lists its 20 slowest tests: the suite is kept under 20 minutes here.
 TEST_WORKERS ?= 2
 
-.PHONY: install browser run test lint types pytest bench soak chaos fuzz format clean lock
+.PHONY: install browser run test lint types pytest bench bench-peers soak chaos fuzz format clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,15 +51,17 @@ format: install
 	$(VENV)/bin/ruff format src tests bench
 
 # Benchmarks install their peers (Mosquitto, Prosody with its SQLite driver) from
-# Debian's packages when missing.
-bench: install
+# Debian's packages when missing; `make bench-peers` alone before one benchmark.
+bench: bench-peers
+	$(PY) -m bench.run_all
+
+bench-peers: install
 	@command -v mosquitto >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	  mosquitto mosquitto-clients >/dev/null; }
 	@{ command -v prosody >/dev/null 2>&1 && dpkg -s lua-dbi-sqlite3 >/dev/null 2>&1; } || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	  --no-install-recommends prosody lua-dbi-sqlite3 >/dev/null; }
-	$(PY) -m bench.run_all
 
 # Long soaks and storms, kept out of `make test`.
 soak: install

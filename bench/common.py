@@ -395,7 +395,7 @@ class MosquittoProcess:
         )
         if found is None:
             raise RuntimeError(
-                "mosquitto is not installed: apt-get install -y mosquitto (make bench does)"
+                "mosquitto is not installed: apt-get install -y mosquitto (make bench-peers does)"
             )
         return found
 

@@ -86,7 +86,7 @@ def _find(name: str) -> str:
     if not found:
         raise ProsodyMissing(
             f"{name} is not installed: apt-get install -y --no-install-recommends "
-            "prosody lua-dbi-sqlite3 (make bench does)"
+            "prosody lua-dbi-sqlite3 (make bench-peers does)"
         )
     return found
 
