@@ -138,20 +138,33 @@ async def test_only_the_small_writes_of_chat_and_pushes_commit_inline(store: Sql
     assert store.inline_committed == before + 1
 
 
-async def test_the_writer_commits_now_and_then_so_that_it_checkpoints(
-    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+def wal_generation(store: SqliteStore) -> int:
+    """The WAL header's checkpoint sequence number: it grows each time the WAL
+    starts over at its beginning (after a checkpoint copied all of it)."""
+    with open(f"{store.path}-wal", "rb") as f:
+        return int.from_bytes(f.read(16)[12:16], "big")
+
+
+async def test_the_writer_checkpoints_beside_inline_commits_and_the_wal_starts_over(
+    store: SqliteStore,
 ) -> None:
-    """The inline connection never checkpoints; after INLINE_WRITER_EVERY inline
-    commits in a row a group goes to the writer, whose commits do."""
-    monkeypatch.setattr(sqlite_module, "INLINE_WRITER_EVERY", 3)
+    """The inline connection never checkpoints and every write here is committed
+    inline: the writer process copies the WAL on its own, without a write of its own
+    to commit, and the next inline commit starts the WAL over."""
+    await store.append([message(0)])
+    first = wal_generation(store)
     before = store.inline_committed
-    counts = []
-    for i in range(8):
-        await store.append([message(i)])
-        counts.append(store.inline_committed - before)
-    assert counts == [1, 2, 3, 3, 4, 5, 6, 6]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    sent = 1
+    while wal_generation(store) == first:
+        assert loop.time() < deadline, "the WAL never started over"
+        await asyncio.sleep(0.05)
+        await store.append([message(sent)])
+        sent += 1
+    assert store.inline_committed == before + sent - 1
     await store.close()
-    assert await stored_ids(store.path) == [message(i).id for i in range(8)]
+    assert await stored_ids(store.path) == [message(i).id for i in range(sent)]
 
 
 async def test_an_inline_commit_that_raises_hands_its_writes_to_the_writer(

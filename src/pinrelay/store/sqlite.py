@@ -242,6 +242,8 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
             # Never wait on the loop for the lock: while the writer process has it,
             # writes are its to commit.
             conn.execute("PRAGMA busy_timeout=0")
+            # Nor checkpoint there: the writer process does, beside these commits
+            # (sqlite_writer.CHECKPOINT_EVERY_S).
             conn.execute("PRAGMA wal_autocheckpoint=0")
             self._inline = Writer(conn)
         for suffix in ("", "-wal", "-shm"):

@@ -27,6 +27,7 @@ import ctypes
 import gc
 import logging
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -52,6 +53,16 @@ MAX_GROUP = 512
 #: version of each page once, and a busy relay rewrites the same few pages), and the
 #: WAL still restarts at 16 MB instead of growing (docs/DECISIONS.md, entry 42).
 CHECKPOINT_PAGES = 4000
+#: While the relay commits inline (DECISIONS 67) the writer sees no write for long
+#: stretches, and the inline connection never checkpoints.  So the writer, every
+#: CHECKPOINT_EVERY_S in which no request is waiting, copies the WAL into the
+#: database beside the relay's commits (PASSIVE: no write lock is taken, no write
+#: waits), again while the relay's latest frames are left, up to CHECKPOINT_PASSES
+#: times: once every frame is copied, the next commit starts the WAL over.  A
+#: checkpoint inside one of its commits held every write queued behind it for 5-15
+#: ms (docs/DECISIONS.md, entry 77).
+CHECKPOINT_EVERY_S = 0.5
+CHECKPOINT_PASSES = 4
 #: As the relay's (relay.py): what the writer imported lives as long as it does, so
 #: it is frozen out of collections, and young objects are collected less often.
 #: CPython's defaults (700, 10, 10) had collections take ~3 % of the writer's CPU
@@ -104,6 +115,22 @@ class Writer:
             result = (False, error_value(exc))
         conn.execute("RELEASE w")
         return result
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database without the write lock (see
+        CHECKPOINT_EVERY_S); whether every frame was copied."""
+        for _ in range(CHECKPOINT_PASSES):
+            try:
+                _busy, frames_in_wal, copied = self.conn.execute(
+                    "PRAGMA wal_checkpoint(PASSIVE)"
+                ).fetchone()
+            except sqlite3.OperationalError:
+                # Not the writer's to fail for: the WAL waits for the next try.
+                log.warning("checkpoint failed", exc_info=True)
+                return False
+            if copied == frames_in_wal:
+                return True
+        return False
 
     def commit(self, ops: list[Op]) -> tuple[float, list[tuple[bool, Any]]]:
         """Run ``ops`` in one transaction; (seconds, one (ok, value) per op)."""
@@ -162,7 +189,15 @@ def serve(sock: socket.socket, writer: Writer) -> None:
     # recv_into one buffer: recv(n) allocates (mmap) n bytes each call, then shrinks.
     chunk = bytearray(1 << 20)
     view = memoryview(chunk)
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    checkpointed = time.monotonic()
     while True:
+        wait = checkpointed + CHECKPOINT_EVERY_S - time.monotonic()
+        if not poller.poll(max(0, int(wait * 1000) + 1)):
+            writer.checkpoint()
+            checkpointed = time.monotonic()
+            continue
         n = sock.recv_into(chunk)
         if not n:
             return
