@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import httpx
@@ -202,6 +203,53 @@ def ack_all(relay: RelayProc, device: Dev) -> list[dict[str, Any]]:
         http.post(f"/v1/devices/{device['pin']}/ack", json={"cursor": inbox["cursor"]})
     messages: list[dict[str, Any]] = inbox["messages"]
     return messages
+
+
+def test_listen_prints_receipts_once_and_does_not_count_them(relay: RelayProc) -> None:
+    a, b = relay.create_device(), relay.create_device()
+    befriend_cli(relay, a, b)
+    sent = ok_json(relay, a, "send", b["pin"], "did you get it?")
+    [chat] = [m for m in ack_all(relay, b) if m["kind"] == "chat"]  # delivered
+    with DeviceClient(relay.url, b["pin"], b["token"]) as bc:
+        assert bc.read(chat["id"]) == 1
+    # a holds b's acceptance notice, then the two receipts: --count 1 is the notice
+    # alone, so listen runs until the receipts are seen and is stopped.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pinrelay.cli", "listen", "--json"],
+        env=env_for(a, relay.url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: list[dict[str, Any]] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(json.loads(line) for line in proc.stdout or []),
+        daemon=True,
+    )
+    try:
+        reader.start()
+        wait_until(lambda: len(lines) >= 3, 30, 0.1, "the notice and two receipts")
+    finally:
+        proc.terminate()
+        proc.wait(10 * TIMEOUT_FACTOR)
+        reader.join(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert [m["kind"] for m in lines] == ["contact", "receipt", "receipt"], lines
+    assert lines[1:] == [
+        {"kind": "receipt", "id": sent["id"], "state": state, "from": b["pin"]}
+        for state in ("delivered", "read")
+    ]
+    # Without --json: one line each; --count 1 counts b's answer, not the receipt
+    # stored before it.
+    again = ok_json(relay, a, "send", b["pin"], "and this?")
+    ack_all(relay, b)
+    ok_json(relay, b, "send", a["pin"], "yes")
+    r = as_device(relay, a, "listen", "--count", "1")
+    assert r.returncode == 0, r.stderr
+    receipt, answer = r.stdout.splitlines()
+    assert receipt == f"receipt {again['id']} delivered by {b['pin']}"
+    assert f"chat from {b['pin']}" in answer and '"text": "yes"' in answer, answer
 
 
 def test_send_wait_times_out_in_one_line_then_json(relay: RelayProc) -> None:

@@ -242,6 +242,10 @@ def listen(
     Web Push messages are decrypted with the keys `pinrelay subscribe` kept (--keys);
     one it cannot decrypt is shown as undecryptable, and acknowledged all the same.
 
+    Receipts for the messages this device sent are printed as one line each
+    ("receipt ID delivered by PIN"; with --json, kind "receipt"), not counted by
+    --count.
+
     On stderr it says what the link does: connecting, each failed attempt with its
     reason and the time of the next one, and "listening" once the relay accepted the
     device (with --json: one object per line).  Messages go to stdout.
@@ -327,6 +331,19 @@ def listen(
                     soft_wrap=True,
                 )
 
+        def on_receipt(message_id: str, state: str, sender: str | None) -> None:
+            # What became of a message this device sent: shown, not counted (the
+            # SDK tells each once, and --count counts what the application gets).
+            if as_json:
+                _print_json({"kind": "receipt", "id": message_id, "state": state, "from": sender})
+            else:
+                by = f" by {escape(sender)}" if sender else ""
+                out.print(
+                    f"[magenta]receipt[/] {escape(message_id)} {escape(state)}{by}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+
         device = Device(
             pin,
             token,
@@ -335,6 +352,7 @@ def listen(
             cursor=cursor,
             inbox=inbox,
             on_event=on_event,
+            on_receipt=on_receipt,
             keys=keys,
             on_system=on_system,
         )
