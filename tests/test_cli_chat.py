@@ -58,14 +58,20 @@ def ok_json(relay: RelayProc, device: Dev, *args: str) -> Any:
     return json.loads(ok(relay, device, *args, "--json"))
 
 
-def inbox_chats(relay: RelayProc, device: Dev) -> list[dict[str, Any]]:
+def inbox(relay: RelayProc, device: Dev) -> list[dict[str, Any]]:
+    """What ``device`` has not acknowledged (nothing is acknowledged here)."""
     with httpx.Client(base_url=relay.url, timeout=10) as c:
         r = c.get(
             f"/v1/devices/{device['pin']}/inbox",
             headers={"Authorization": f"Bearer {device['token']}"},
         )
     r.raise_for_status()
-    return [m for m in r.json()["messages"] if m["kind"] == "chat"]
+    messages: list[dict[str, Any]] = r.json()["messages"]
+    return messages
+
+
+def inbox_chats(relay: RelayProc, device: Dev) -> list[dict[str, Any]]:
+    return [m for m in inbox(relay, device) if m["kind"] == "chat"]
 
 
 def test_contacts_and_send_speak_json(relay: RelayProc) -> None:
@@ -229,6 +235,8 @@ def test_listen_prints_receipts_once_and_does_not_count_them(relay: RelayProc) -
     try:
         reader.start()
         wait_until(lambda: len(lines) >= 3, 30, 0.1, "the notice and two receipts")
+        # Printed, then acknowledged: stopped once the relay has the ack.
+        wait_until(lambda: not inbox(relay, a), 30, 0.1, "a's acks reach the relay")
     finally:
         proc.terminate()
         proc.wait(10 * TIMEOUT_FACTOR)

@@ -11,14 +11,18 @@ import signal
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
 
 from pinrelay.core.model import NewMessage
 from pinrelay.store import sqlite_link as sqlite_module
-from pinrelay.store.sqlite import SqliteStore
+from pinrelay.store import sqlite_writer
+from pinrelay.store.sqlite import SqliteStore, connect, migrate
 from pinrelay.store.sqlite_link import INLINE_MAX_BYTES
+from pinrelay.store.sqlite_writer import Writer
+from pinrelay.testing.wait import wait_until_async
 from tests.relayproc import RelayProc
 
 PIN = "0C0C0C0C"
@@ -154,17 +158,57 @@ async def test_the_writer_checkpoints_beside_inline_commits_and_the_wal_starts_o
     await store.append([message(0)])
     first = wal_generation(store)
     before = store.inline_committed
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
     sent = 1
-    while wal_generation(store) == first:
-        assert loop.time() < deadline, "the WAL never started over"
-        await asyncio.sleep(0.05)
+
+    async def started_over() -> bool:
+        nonlocal sent
         await store.append([message(sent)])
         sent += 1
+        return wal_generation(store) != first
+
+    await wait_until_async(started_over, 10, 0.05, "the WAL started over")
     assert store.inline_committed == before + sent - 1
     await store.close()
     assert await stored_ids(store.path) == [message(i).id for i in range(sent)]
+
+
+class Recorded:
+    """A connection that notes the statements it runs."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn, self.statements = conn, list[str]()
+
+    def execute(self, sql: str) -> sqlite3.Cursor:
+        self.statements.append(sql)
+        return self.conn.execute(sql)
+
+
+def test_a_checkpoint_that_passive_passes_cannot_finish_ends_with_full(
+    tmp_path: Path,
+) -> None:
+    """PASSIVE passes that leave frames (here a reader holds an older snapshot; in a
+    relay, its commits outrun them) are followed by FULL, which waits for the
+    others and copies all, so that the WAL cannot grow for want of a pause."""
+    path = tmp_path / "pinrelay.db"
+    conn, reader = connect(path), connect(path)
+    try:
+        migrate(conn)
+        conn.execute("PRAGMA busy_timeout=100")  # FULL's wait for the reader, here
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM devices").fetchone()  # a snapshot, held
+        conn.execute("CREATE TABLE t (x)")  # frames it does not see
+        recorded = Recorded(conn)
+        writer = Writer(cast(sqlite3.Connection, recorded))
+        assert not writer.checkpoint()
+        modes = [sql.split("(")[1].rstrip(")") for sql in recorded.statements]
+        assert modes == ["PASSIVE"] * sqlite_writer.CHECKPOINT_PASSES + ["FULL"]
+        reader.execute("COMMIT")
+        assert writer.checkpoint()
+        _busy, in_wal, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert in_wal > 0 and copied == in_wal
+    finally:
+        reader.close()
+        conn.close()
 
 
 async def test_an_inline_commit_that_raises_hands_its_writes_to_the_writer(

@@ -63,7 +63,7 @@ from pinrelay.store.sqlite_incident_ops import SqliteIncidents
 from pinrelay.store.sqlite_link import WriterLink
 from pinrelay.store.sqlite_schema import MIGRATIONS
 from pinrelay.store.sqlite_webhook_ops import SqliteWebhooks
-from pinrelay.store.sqlite_writer import Writer
+from pinrelay.store.sqlite_writer import CHECKPOINT_EVERY_S, Writer
 
 log = logging.getLogger(__name__)
 
@@ -176,14 +176,16 @@ def migrate(conn: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
-def _spawn_writer(path: Path, fd: int, lock_fd: int) -> subprocess.Popen[bytes]:
+def _spawn_writer(
+    path: Path, fd: int, lock_fd: int, checkpoint_every_s: float
+) -> subprocess.Popen[bytes]:
     """The writer gets the socket and, without using it, the store's lock: the lock
     lasts until both processes have ended (lockfile, rule 1)."""
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     argv = [sys.executable, "-m", "pinrelay.store.sqlite_writer", str(fd), str(path)]
-    argv.append(str(os.getpid()))
+    argv += [str(os.getpid()), repr(checkpoint_every_s)]
     return subprocess.Popen(argv, pass_fds=(fd, lock_fd), stdin=subprocess.DEVNULL, env=env)
 
 
@@ -200,10 +202,17 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
     atomic_receipts = True
 
     def __init__(
-        self, path: Path, observer: CommitObserver | None = None, *, inline_commits: bool = True
+        self,
+        path: Path,
+        observer: CommitObserver | None = None,
+        *,
+        inline_commits: bool = True,
+        checkpoint_every_s: float = CHECKPOINT_EVERY_S,
     ) -> None:
         self.path = path
         self.inline_commits = inline_commits
+        #: How often the writer checkpoints while it has no request (DECISIONS 77).
+        self.checkpoint_every_s = checkpoint_every_s
         self._observer = observer
         self._proc: subprocess.Popen[bytes] | None = None
         self._link: WriterLink | None = None
@@ -257,7 +266,9 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
             # Forked from the loop's thread, on purpose: it lives as long as the relay,
             # and PR_SET_PDEATHSIG fires when the thread that forked the child ends.
             assert self._lock is not None
-            self._proc = _spawn_writer(self.path, theirs.fileno(), self._lock.fileno())
+            self._proc = _spawn_writer(
+                self.path, theirs.fileno(), self._lock.fileno(), self.checkpoint_every_s
+            )
         finally:
             theirs.close()
         loop = asyncio.get_running_loop()

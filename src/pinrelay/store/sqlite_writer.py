@@ -53,16 +53,14 @@ MAX_GROUP = 512
 #: version of each page once, and a busy relay rewrites the same few pages), and the
 #: WAL still restarts at 16 MB instead of growing (docs/DECISIONS.md, entry 42).
 CHECKPOINT_PAGES = 4000
-#: While the relay commits inline (DECISIONS 67) the writer sees no write for long
-#: stretches, and the inline connection never checkpoints.  So the writer, every
-#: CHECKPOINT_EVERY_S in which no request is waiting, copies the WAL into the
-#: database beside the relay's commits (PASSIVE: no write lock is taken, no write
-#: waits), again while the relay's latest frames are left, up to CHECKPOINT_PASSES
-#: times: once every frame is copied, the next commit starts the WAL over.  A
-#: checkpoint inside one of its commits held every write queued behind it for 5-15
-#: ms (docs/DECISIONS.md, entry 77).
+#: While the relay commits inline (67) its writer sees few writes, and the inline
+#: connection never checkpoints: so every CHECKPOINT_EVERY_S in which no request
+#: waits, the writer copies the WAL beside the relay's commits (PASSIVE: no write
+#: waits), up to CHECKPOINT_PASSES times while the relay adds frames, then the few
+#: left with writes held (FULL), so that the next commit starts the WAL over
+#: (docs/DECISIONS.md, entry 77).
 CHECKPOINT_EVERY_S = 0.5
-CHECKPOINT_PASSES = 4
+CHECKPOINT_PASSES = 3
 #: As the relay's (relay.py): what the writer imported lives as long as it does, so
 #: it is frozen out of collections, and young objects are collected less often.
 #: CPython's defaults (700, 10, 10) had collections take ~3 % of the writer's CPU
@@ -104,6 +102,8 @@ class Writer:
         self.conn = conn
         #: Whether the connection's synchronous setting is FULL (connect() sets it).
         self.synced = True
+        #: Whether the last checkpoint failed with an error (logged once).
+        self.checkpoint_failing = False
 
     @staticmethod
     def _isolated(conn: sqlite3.Connection, op: Op) -> tuple[bool, Any]:
@@ -117,19 +117,22 @@ class Writer:
         return result
 
     def checkpoint(self) -> bool:
-        """Copy the WAL into the database without the write lock (see
-        CHECKPOINT_EVERY_S); whether every frame was copied."""
-        for _ in range(CHECKPOINT_PASSES):
-            try:
-                _busy, frames_in_wal, copied = self.conn.execute(
-                    "PRAGMA wal_checkpoint(PASSIVE)"
+        """Copy the WAL into the database (see CHECKPOINT_EVERY_S); whether all of
+        it was copied."""
+        try:
+            for mode in ["PASSIVE"] * CHECKPOINT_PASSES + ["FULL"]:
+                busy, in_wal, copied = self.conn.execute(
+                    f"PRAGMA wal_checkpoint({mode})"
                 ).fetchone()
-            except sqlite3.OperationalError:
-                # Not the writer's to fail for: the WAL waits for the next try.
+                if not busy and copied == in_wal:
+                    self.checkpoint_failing = False
+                    return True
+        except sqlite3.OperationalError:
+            # Not the writer's to fail for (a full disk fails its commits): the WAL
+            # waits for the next try.  Said once, not twice a second.
+            if not self.checkpoint_failing:
                 log.warning("checkpoint failed", exc_info=True)
-                return False
-            if copied == frames_in_wal:
-                return True
+            self.checkpoint_failing = True
         return False
 
     def commit(self, ops: list[Op]) -> tuple[float, list[tuple[bool, Any]]]:
@@ -182,7 +185,9 @@ class Writer:
         return time.perf_counter() - started, outcomes
 
 
-def serve(sock: socket.socket, writer: Writer) -> None:
+def serve(
+    sock: socket.socket, writer: Writer, checkpoint_every_s: float = CHECKPOINT_EVERY_S
+) -> None:
     """Answer groups of writes until Stop or until the relay's end closes."""
     sock.sendall(frame(encoder.encode(Reply(0.0, 0, True, []))))  # ready
     buf = bytearray()
@@ -193,7 +198,7 @@ def serve(sock: socket.socket, writer: Writer) -> None:
     poller.register(sock, select.POLLIN)
     checkpointed = time.monotonic()
     while True:
-        wait = checkpointed + CHECKPOINT_EVERY_S - time.monotonic()
+        wait = checkpointed + checkpoint_every_s - time.monotonic()
         if not poller.poll(max(0, int(wait * 1000) + 1)):
             writer.checkpoint()
             checkpointed = time.monotonic()
@@ -231,7 +236,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    fd, path, parent = int(argv[0]), Path(argv[1]), int(argv[2])
+    fd, path, parent, every_s = int(argv[0]), Path(argv[1]), int(argv[2]), float(argv[3])
     _die_with_parent(parent)
     # Ctrl-C in a terminal reaches the whole process group: the relay decides when
     # its writer stops, after the last write it accepted.
@@ -249,7 +254,7 @@ def main(argv: list[str]) -> int:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     try:
-        serve(sock, Writer(conn))
+        serve(sock, Writer(conn), every_s)
     except (BrokenPipeError, ConnectionResetError):
         pass
     except msgspec.DecodeError:
