@@ -11,17 +11,14 @@ import signal
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import cast
 
 import httpx
 import pytest
 
 from pinrelay.core.model import NewMessage
 from pinrelay.store import sqlite_link as sqlite_module
-from pinrelay.store import sqlite_writer
-from pinrelay.store.sqlite import SqliteStore, connect, migrate
+from pinrelay.store.sqlite import SqliteStore
 from pinrelay.store.sqlite_link import INLINE_MAX_BYTES
-from pinrelay.store.sqlite_writer import Writer
 from pinrelay.testing.wait import wait_until_async
 from tests.relayproc import RelayProc
 
@@ -150,11 +147,12 @@ def wal_generation(store: SqliteStore) -> int:
 
 
 async def test_the_writer_checkpoints_beside_inline_commits_and_the_wal_starts_over(
-    store: SqliteStore,
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The inline connection never checkpoints and every write here is committed
     inline: the writer process copies the WAL on its own, without a write of its own
     to commit, and the next inline commit starts the WAL over."""
+    monkeypatch.setattr(sqlite_module, "INLINE_WRITER_EVERY", 10**9)
     await store.append([message(0)])
     first = wal_generation(store)
     before = store.inline_committed
@@ -172,43 +170,21 @@ async def test_the_writer_checkpoints_beside_inline_commits_and_the_wal_starts_o
     assert await stored_ids(store.path) == [message(i).id for i in range(sent)]
 
 
-class Recorded:
-    """A connection that notes the statements it runs."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn, self.statements = conn, list[str]()
-
-    def execute(self, sql: str) -> sqlite3.Cursor:
-        self.statements.append(sql)
-        return self.conn.execute(sql)
-
-
-def test_a_checkpoint_that_passive_passes_cannot_finish_ends_with_full(
-    tmp_path: Path,
+async def test_the_writer_commits_now_and_then_so_that_it_checkpoints(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PASSIVE passes that leave frames (here a reader holds an older snapshot; in a
-    relay, its commits outrun them) are followed by FULL, which waits for the
-    others and copies all, so that the WAL cannot grow for want of a pause."""
-    path = tmp_path / "pinrelay.db"
-    conn, reader = connect(path), connect(path)
-    try:
-        migrate(conn)
-        conn.execute("PRAGMA busy_timeout=100")  # FULL's wait for the reader, here
-        reader.execute("BEGIN")
-        reader.execute("SELECT count(*) FROM devices").fetchone()  # a snapshot, held
-        conn.execute("CREATE TABLE t (x)")  # frames it does not see
-        recorded = Recorded(conn)
-        writer = Writer(cast(sqlite3.Connection, recorded))
-        assert not writer.checkpoint()
-        modes = [sql.split("(")[1].rstrip(")") for sql in recorded.statements]
-        assert modes == ["PASSIVE"] * sqlite_writer.CHECKPOINT_PASSES + ["FULL"]
-        reader.execute("COMMIT")
-        assert writer.checkpoint()
-        _busy, in_wal, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        assert in_wal > 0 and copied == in_wal
-    finally:
-        reader.close()
-        conn.close()
+    """The inline connection never checkpoints; after INLINE_WRITER_EVERY inline
+    commits in a row a group goes to the writer, whose commits do (a safety net:
+    the writer also checkpoints on its own, below)."""
+    monkeypatch.setattr(sqlite_module, "INLINE_WRITER_EVERY", 3)
+    before = store.inline_committed
+    counts = []
+    for i in range(8):
+        await store.append([message(i)])
+        counts.append(store.inline_committed - before)
+    assert counts == [1, 2, 3, 3, 4, 5, 6, 6]
+    await store.close()
+    assert await stored_ids(store.path) == [message(i).id for i in range(8)]
 
 
 async def test_an_inline_commit_that_raises_hands_its_writes_to_the_writer(

@@ -44,6 +44,12 @@ INLINE_OPS = (
     ops.TouchDevice,
     ops.ContactAction,
 )
+#: After this many inline commits in a row, the next group goes to the writer
+#: process: the inline connection never checkpoints (wal_autocheckpoint=0, so a
+#: checkpoint never holds the loop).  The writer copies the WAL on its own while it
+#: has no request (sqlite_writer.CHECKPOINT_EVERY_S); should that fall behind, this
+#: commit checkpoints the rest, over 4,000 pages.
+INLINE_WRITER_EVERY = 1000
 #: An inline commit longer than this (the disk stalled: this VM's fdatasync does for
 #: 20-200 ms now and then) sends every write to the writer process for
 #: INLINE_PAUSE_S, so that a stalling disk holds the loop once, not at every write.
@@ -62,6 +68,8 @@ class WriterLink(asyncio.Protocol):
         #: The relay's own write connection, for inline commits (None: never).
         self.inline = inline
         self.inline_paused_until = 0.0
+        #: Inline commits since the writer process last committed.
+        self.inline_since_writer = 0
         #: Groups committed on the loop (tests and benchmarks read it).
         self.inline_commits = 0
         self.transport: asyncio.Transport | None = None
@@ -110,6 +118,7 @@ class WriterLink(asyncio.Protocol):
             or len(self.pending) != len(out)
             or sum(map(len, out)) > INLINE_MAX_BYTES
             or self.loop.time() < self.inline_paused_until
+            or self.inline_since_writer >= INLINE_WRITER_EVERY
         ):
             return False
         try:
@@ -140,6 +149,7 @@ class WriterLink(asyncio.Protocol):
         if seconds > INLINE_SLOW_S:
             self.inline_paused_until = self.loop.time() + INLINE_PAUSE_S
         self.inline_commits += 1
+        self.inline_since_writer += 1
         self.last_synced = writer.synced
         for request, (ok, value) in zip(requests, outcomes, strict=True):
             fut = self.pending.pop(request.seq, None)
@@ -162,6 +172,7 @@ class WriterLink(asyncio.Protocol):
                 self.ready.set_result(None)
                 continue
             if reply.writes:
+                self.inline_since_writer = 0
                 self.last_synced = reply.synced
                 if self.observer is not None:
                     self.observer(reply.commit_s, reply.writes)

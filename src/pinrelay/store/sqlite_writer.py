@@ -56,11 +56,12 @@ CHECKPOINT_PAGES = 4000
 #: While the relay commits inline (67) its writer sees few writes, and the inline
 #: connection never checkpoints: so every CHECKPOINT_EVERY_S in which no request
 #: waits, the writer copies the WAL beside the relay's commits (PASSIVE: no write
-#: waits), up to CHECKPOINT_PASSES times while the relay adds frames, then the few
-#: left with writes held (FULL), so that the next commit starts the WAL over
-#: (docs/DECISIONS.md, entry 77).
+#: waits), up to CHECKPOINT_PASSES times while the relay adds frames; once all is
+#: copied, the next commit starts the WAL over.  Should the relay never leave it a
+#: pause, its groups sent here now and then checkpoint in the commit, over 4,000
+#: pages (sqlite_link.INLINE_WRITER_EVERY; docs/DECISIONS.md, entry 77).
 CHECKPOINT_EVERY_S = 0.5
-CHECKPOINT_PASSES = 3
+CHECKPOINT_PASSES = 4
 #: As the relay's (relay.py): what the writer imported lives as long as it does, so
 #: it is frozen out of collections, and young objects are collected less often.
 #: CPython's defaults (700, 10, 10) had collections take ~3 % of the writer's CPU
@@ -120,9 +121,9 @@ class Writer:
         """Copy the WAL into the database (see CHECKPOINT_EVERY_S); whether all of
         it was copied."""
         try:
-            for mode in ["PASSIVE"] * CHECKPOINT_PASSES + ["FULL"]:
+            for _ in range(CHECKPOINT_PASSES):
                 busy, in_wal, copied = self.conn.execute(
-                    f"PRAGMA wal_checkpoint({mode})"
+                    "PRAGMA wal_checkpoint(PASSIVE)"
                 ).fetchone()
                 if not busy and copied == in_wal:
                     self.checkpoint_failing = False
