@@ -175,7 +175,7 @@ async def test_the_writer_commits_now_and_then_so_that_it_checkpoints(
 ) -> None:
     """The inline connection never checkpoints; after INLINE_WRITER_EVERY inline
     commits in a row a group goes to the writer, whose commits do (a safety net:
-    the writer also checkpoints on its own, below)."""
+    the writer also checkpoints on its own, above)."""
     monkeypatch.setattr(sqlite_module, "INLINE_WRITER_EVERY", 3)
     before = store.inline_committed
     counts = []
