@@ -13,8 +13,10 @@ stored.  On SQLite a delivered receipt whose entry exists, or a read one whose e
 is read, is not stored again (Store.append: one transaction), so no receipt repeats
 there.  On the cluster the entry goes after its receipt, and an ack of chats that
 were not sent on its link (a hello's cursor) stores no receipt for those that have
-one (:meth:`Chat.delivered`): a receipt repeats only if a relay died between the
-two, and clients drop the repeat (the SDK's states only move forward).
+one (:meth:`Chat.delivered`).  Each receipt is named (reader, message, state,
+``Draft.dedup``), and the cluster stores a name once in 2 minutes: a relay that died
+between the receipt and its entry leaves one receipt if the ack comes again within
+that time; later, clients drop the repeat (the SDK's states only move forward).
 """
 
 from __future__ import annotations
@@ -337,7 +339,8 @@ class Chat:
         # The cluster: a chat acknowledged again (a hello's cursor after its relay
         # died, with up to 5 s of acks held there) whose entry exists has its
         # receipt stored.  The entries go after the receipts, so an entry is proof:
-        # a crash between them repeats a receipt, never loses one.
+        # a crash between them repeats a receipt (dropped by its name, if within
+        # the stream's duplicate window), never loses one.
         again = [c.id for c in chats if c.again]
         if again:
             known = await self.store.find_unread(reader, again, now_ms, with_read=True)
@@ -399,4 +402,7 @@ class Chat:
             ttl=self.limits.notice_ttl_s,
             kind="receipt",
             sender=reader,
+            # One receipt per reader, message and state: a repeat of it is dropped
+            # by a store that cannot tell by the unread entry (the cluster).
+            dedup=f"receipt.{reader}.{message_id}.{state}",
         )

@@ -55,6 +55,8 @@ class Draft(Struct, frozen=True, kw_only=True):
     #: The message id, when the edge gives one (a group message: the same for every
     #: member's copy, so each member's receipts name what the sender was told).
     id: str | None = None
+    #: The message's name for de-duplication (``Message.dedup``: receipts).
+    dedup: str | None = None
 
 
 def expiry_ms(now_ms: int, ttl: float, ttl0_grace_s: float) -> int:
@@ -94,6 +96,7 @@ class Ingest:
             expires_at_ms=expiry_ms(now_ms, draft.ttl, self.limits.ttl0_grace_s),
             kind=draft.kind,
             sender=draft.sender,
+            dedup=draft.dedup,
         )
 
     async def accept(

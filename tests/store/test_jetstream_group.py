@@ -11,15 +11,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats.errors
 import pytest
+from msgspec.structs import replace
 
-from pinrelay.core.model import Accepted, NewMessage
-from pinrelay.store.base import UNKNOWN_DEVICE, IdempotencyKey, Rejected, StoreClosed
+from pinrelay.chat import Chat
+from pinrelay.core.chat import Delivered, receipt_data
+from pinrelay.core.model import Accepted, Limits, NewMessage
+from pinrelay.ingest import Ingest
+from pinrelay.metrics import Metrics
+from pinrelay.router.local import LocalRouter
+from pinrelay.store.base import (
+    RECEIPT_STORED,
+    UNKNOWN_DEVICE,
+    IdempotencyKey,
+    Rejected,
+    StoreClosed,
+    Unread,
+)
 from pinrelay.store.jetstream import JetStreamStore
 from pinrelay.store.jetstream.group import GroupCommit
 from tests.natsproc import NatsCluster, running_cluster
@@ -306,6 +320,105 @@ class TestFailures:
             await tasks[1]
         assert [data_n(m) for m in await read_all(store, A)] == [1, 3, 1, 3]
         assert [data_n(m) for m in await read_all(store, B)] == [2]  # it went out
+
+
+def receipt(chat_id: str, n: int = 0) -> NewMessage:
+    """B's delivered receipt to A for ``chat_id``, named as Chat makes it."""
+    m = msg(A, n, kind="receipt", sender=B)
+    data = receipt_data(chat_id, "delivered")
+    return replace(m, data=data, dedup=f"receipt.{B}.{chat_id}.delivered")
+
+
+class TestNamed:
+    """A message with a ``dedup`` name (a receipt) is stored once per name: a relay
+    that died between a receipt and its unread entry stores it again (chat.py)."""
+
+    async def test_appended_again_it_is_stored_before_alone_or_beside_new_ones(
+        self, js_store: JetStreamStore
+    ) -> None:
+        store = js_store
+        await add_devices(store, A, B)
+        (first,), _ = await store.append([receipt("01CHAT1")])
+        assert isinstance(first, Accepted)
+        # Again alone (one publish), then beside a new one (one atomic batch, refused
+        # for the name it holds, then each alone).
+        (alone,), _ = await store.append([receipt("01CHAT1")])
+        again = [receipt("01CHAT1"), receipt("01CHAT2")]
+        results, _ = await store.append(again)
+        assert alone == Rejected(A, RECEIPT_STORED, alone.id)
+        assert results[0] == Rejected(A, RECEIPT_STORED, again[0].id)
+        assert isinstance(results[1], Accepted), results
+        stored = await read_all(store, A)
+        assert [m.id for m in stored] == [first.id, again[1].id]
+
+    async def test_one_in_a_group_leaves_the_others_stored(
+        self, js_store: JetStreamStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = js_store
+        await add_devices(store, A, B, C)
+        await store.append([receipt("01CHAT1")])
+        gate = Gate(store, monkeypatch)
+        batches = [[msg(B, 1)], [receipt("01CHAT1")], [msg(B, 2), receipt("01CHAT3")]]
+        first, tasks = await queued_behind_one(store, gate, batches)
+        gate.open()
+        await first
+        (b1,), (again,), (b2, new) = [results for results, _ in await asyncio.gather(*tasks)]
+        assert isinstance(again, Rejected) and again.reason == RECEIPT_STORED, again
+        assert all(isinstance(r, Accepted) for r in (b1, b2, new))
+        assert group_of(store).fallbacks == 1
+        assert [data_n(m) for m in await read_all(store, B)] == [1, 2]
+        assert len(await read_all(store, A)) == 2
+
+    async def test_its_own_lost_acknowledgement_stores_it_once(
+        self, js_store: JetStreamStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Its own batch committed, the answer lost: the retry finds each name stored
+        # (answered as stored before: stored, and the feed tells the device).
+        store = js_store
+        await add_devices(store, A, B, C)
+        gate = Gate(store, monkeypatch)
+        batches = [[receipt("01CHAT1")], [receipt("01CHAT2"), receipt("01CHAT3")]]
+        first, tasks = await queued_behind_one(store, gate, batches)
+        gate.lose = True
+        gate.open()
+        await first
+        for results, _ in await asyncio.gather(*tasks):
+            assert all(isinstance(r, Rejected) and r.reason == RECEIPT_STORED for r in results)
+        assert gate.lost == 1
+        names = [receipt_id(m) for m in await read_all(store, A)]
+        assert names == ["01CHAT1", "01CHAT2", "01CHAT3"]
+
+    async def test_a_relay_that_died_before_the_entry_leaves_one_receipt(
+        self, js_store: JetStreamStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Chat.delivered stores the receipt, then its unread entry; the relay dies
+        # between the two, and the reader's next hello acknowledges the chat again.
+        store = js_store
+        await add_devices(store, A, B)
+
+        def now() -> float:
+            return NOW / 1000
+
+        chat = Chat(Ingest(store, LocalRouter(), now, Limits(), Metrics()), now)
+        acked = [Delivered("01CHAT1", A, None, 1, again=True)]
+        real_put = store.put_unread
+
+        async def died(entries: Sequence[Unread]) -> None:
+            raise StoreClosed("the relay died here")
+
+        monkeypatch.setattr(store, "put_unread", died)
+        with pytest.raises(StoreClosed):
+            await chat.delivered(B, acked)
+        monkeypatch.setattr(store, "put_unread", real_put)
+        await chat.delivered(B, acked)
+        assert [receipt_id(m) for m in await read_all(store, A)] == ["01CHAT1"]
+        assert [u.id for u in await store.find_unread(B, ["01CHAT1"], NOW)] == ["01CHAT1"]
+
+
+def receipt_id(m: NewMessage) -> str:
+    chat_id = msgspec.json.decode(m.data)["id"]
+    assert isinstance(chat_id, str)
+    return chat_id
 
 
 class TestLeaderLoss:

@@ -104,6 +104,11 @@ class Message(Struct, frozen=True):
     sender: str | None = None
     #: The device's cursor of this message (0: not stored yet).
     cursor: int = 0
+    #: A name the message keeps for good (a receipt's: its reader, message and
+    #: state), so that a store that cannot tell otherwise stores it once: the
+    #: cluster keeps one message per name for its duplicate window (2 min).  None:
+    #: each append is a message of its own.  Not stored, not read back.
+    dedup: str | None = None
 
     def with_cursor(self, cursor: int) -> Message:
         """The message as stored once the store gave it ``cursor``."""

@@ -739,8 +739,11 @@ class Store(Protocol):
         (``read``) is not stored (Rejected RECEIPT_STORED): each receipt is stored
         once while its entry lives, whatever crashes or repeats.  Otherwise the
         entries are stored after the messages, so an entry is proof that its
-        receipt is stored: a crash in between repeats a receipt, never loses one.
-        With ``idem``, a replay may leave them out.
+        receipt is stored: a crash in between repeats a receipt, never loses one;
+        there a message with a ``dedup`` name appended within the store's duplicate
+        window (the cluster: 2 min) after one of that name was stored is not
+        stored again either (Rejected RECEIPT_STORED).  With ``idem``, a replay
+        may leave them out.
         """
         ...
 

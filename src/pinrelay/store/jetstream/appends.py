@@ -7,6 +7,10 @@ never forwarded (``Nats-Rollup: all`` from anyone would wipe the stream).
   append retries its own publishes safely (JetStream answers a duplicate with the
   first sequence), an idempotent retry reuses the first attempt's nonce, and two
   separate appends of the same message are two messages, as the contract says.
+  A message with a ``dedup`` name (a receipt) has that name as its id instead: a
+  second append of it within the stream's duplicate window (2 min) stores nothing
+  and answers it as :data:`~pinrelay.store.base.RECEIPT_STORED` (a relay that died
+  between a receipt and its unread entry, chat.py).
 - ``Nats-TTL`` (whole seconds, at least 1) only lets JetStream collect a message;
   the reader decides expiry by the payload's ``expires_ms``.
 - With ``allow_atomic`` (nats-server 2.12+) up to 1,000 messages go in one atomic
@@ -39,7 +43,13 @@ from typing import Any, NamedTuple
 
 from pinrelay.core.model import TOPIC_RE, NewMessage
 from pinrelay.core.tenants import may_reach
-from pinrelay.store.base import UNKNOWN_DEVICE, AppendResult, Rejected, StoreClosed
+from pinrelay.store.base import (
+    RECEIPT_STORED,
+    UNKNOWN_DEVICE,
+    AppendResult,
+    Rejected,
+    StoreClosed,
+)
 from pinrelay.store.jetstream import expiry
 from pinrelay.store.jetstream.api import Api
 from pinrelay.store.jetstream.devices import Devices
@@ -54,6 +64,8 @@ log = logging.getLogger(__name__)
 MAX_ATOMIC_BATCH = 1000
 #: The position of an item that is not a message of the append (:mod:`.expiry`).
 AUX = -1
+#: The "sequence" of a named message (``dedup``) stored by an earlier append.
+STORED_BEFORE = 0
 
 
 class Outgoing(NamedTuple):
@@ -65,6 +77,8 @@ class Outgoing(NamedTuple):
     payload: bytes
     headers: dict[str, str]
     part: int = 0
+    #: Its id is a message's ``dedup`` name (or derived from one), not the append's.
+    named: bool = False
 
 
 #: Publishes one partition's messages of an append: (partition, messages, nonce,
@@ -185,7 +199,12 @@ class Appender:
                 continue
             m = messages[i]
             assert isinstance(m, NewMessage)
-            results[i] = AppendResult(pin=m.pin, id=m.id, cursor=seq, expires_ms=m.expires_at_ms)
+            if seq == STORED_BEFORE:
+                results[i] = AppendResult(pin=m.pin, id=m.id, reason=RECEIPT_STORED)
+            else:
+                results[i] = AppendResult(
+                    pin=m.pin, id=m.id, cursor=seq, expires_ms=m.expires_at_ms
+                )
         return [r for r in results if r is not None]
 
     async def publish(
@@ -251,7 +270,8 @@ class Appender:
 
     def _outgoing(self, i: int, m: NewMessage, rec: DeviceRec, nonce: str) -> list[Outgoing]:
         """The message's publish, and its expiry schedule or cancel (.expiry)."""
-        origin = f"{nonce}.{i}"
+        named = m.dedup is not None
+        origin = m.dedup or f"{nonce}.{i}"
         payload = _payload(m, rec.gen, origin)
         # Built here, never from a caller: see the module docstring.
         ttl = str(ttl_seconds(m, self.ttl_grace_s))
@@ -260,7 +280,7 @@ class Appender:
             headers["Nats-Rollup"] = "sub"
         subject = self.layout.subject(m.pin, m.topic)
         part = self.layout.partition(m.pin)
-        items = [Outgoing(i, subject, payload, headers, part)]
+        items = [Outgoing(i, subject, payload, headers, part, named)]
         if not self.expiry:
             return items
         if m.kind == "chat" and m.sender is not None:
@@ -269,12 +289,12 @@ class Appender:
             except ValueError:
                 log.warning("chat %r for %s gets no expiry schedule", m.id, m.pin)
             else:
-                items.append(Outgoing(AUX, sched, data, hdrs, part))
+                items.append(Outgoing(AUX, sched, data, hdrs, part, named))
         elif (stop := expiry.cancel(self.layout, m)) is not None:
             sched, hdrs = stop
             hdrs["Nats-Msg-Id"] = f"{origin}.x"
             assert m.sender is not None  # expiry.cancel checked
-            items.append(Outgoing(AUX, sched, b"", hdrs, self.layout.partition(m.sender)))
+            items.append(Outgoing(AUX, sched, b"", hdrs, self.layout.partition(m.sender), named))
         return items
 
     async def _publish_one(self, item: Outgoing, *, expect_duplicate: bool = False) -> int:
@@ -284,6 +304,10 @@ class Appender:
             # original sequence: stored once, and we learn where.
             if expect_duplicate and not resp.get("duplicate"):
                 log.error("a batch thought stored was stored again at %s", resp["seq"])
+            if item.named and resp.get("duplicate"):
+                # Stored before under its name, maybe by this very append whose
+                # answer was lost: either way it is stored, and the feed tells.
+                return STORED_BEFORE
             return int(resp["seq"])
 
         return await self.api.call(op, "publish")
@@ -298,6 +322,10 @@ class Appender:
                 resp = await send_batch(self.api, chunk, batch_id)
             except ApiError as err:
                 if err.batch_duplicate:
+                    if any(item.named for item in chunk):
+                        # Some named message was stored before, maybe not all:
+                        # one by one, each stored or answered as stored before.
+                        return [await self._publish_one(item) for item in chunk]
                     # An earlier attempt was committed, its acknowledgement lost.
                     return await self._find_batch(chunk, devices)
                 raise

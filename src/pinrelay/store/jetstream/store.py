@@ -494,7 +494,8 @@ class JetStreamStore:
         :mod:`.appends` (atomicity, tenants) and :mod:`.idempotency` (a retried request).
         ``unread`` and ``read`` go to their bucket after the messages are stored
         (another stream): an entry is then proof that its receipt is stored, which
-        Chat.delivered relies on, and a crash between repeats a receipt."""
+        Chat.delivered relies on, and a crash between repeats a receipt (dropped
+        by its name within the duplicate window, :mod:`.appends`)."""
         if unread or read:
             stored = await self.append(messages, idem, tenant)
             if unread:
