@@ -342,14 +342,38 @@ class TestNamed:
         assert isinstance(first, Accepted)
         # Again alone (one publish), then beside a new one (one atomic batch, refused
         # for the name it holds, then each alone).
-        (alone,), _ = await store.append([receipt("01CHAT1")])
+        repeat = receipt("01CHAT1")
+        (alone,), _ = await store.append([repeat])
         again = [receipt("01CHAT1"), receipt("01CHAT2")]
         results, _ = await store.append(again)
-        assert alone == Rejected(A, RECEIPT_STORED, alone.id)
+        assert alone == Rejected(A, RECEIPT_STORED, repeat.id)
         assert results[0] == Rejected(A, RECEIPT_STORED, again[0].id)
         assert isinstance(results[1], Accepted), results
         stored = await read_all(store, A)
         assert [m.id for m in stored] == [first.id, again[1].id]
+
+    async def test_redone_one_by_one_each_cancel_goes_before_the_receipts(
+        self, js_store: JetStreamStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A delivered receipt's batch holds the cancel of its chat's expiry schedule.
+        # Redone one by one, a crash between the two must cost a delivered receipt
+        # (the ack comes again), never leave a delivered chat to be told "failed".
+        store = js_store
+        await add_devices(store, A, B)
+        await store.append([receipt("01CHAT1")])
+        alone: list[str] = []
+        real = store.api.publish
+
+        async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> Any:
+            if "Nats-Batch-Id" not in headers:
+                alone.append(headers["Nats-Msg-Id"])
+            return await real(subject, payload, headers)
+
+        monkeypatch.setattr(store.api, "publish", publish)
+        results, _ = await store.append([receipt("01CHAT1"), receipt("01CHAT2")])
+        assert [type(r) for r in results] == [Rejected, Accepted], results
+        one, two = (f"receipt.{B}.01CHAT{n}.delivered" for n in (1, 2))
+        assert alone == [f"{one}.x", f"{two}.x", one, two]
 
     async def test_one_in_a_group_leaves_the_others_stored(
         self, js_store: JetStreamStore, monkeypatch: pytest.MonkeyPatch

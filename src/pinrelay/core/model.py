@@ -107,7 +107,7 @@ class Message(Struct, frozen=True):
     #: A name the message keeps for good (a receipt's: its reader, message and
     #: state), so that a store that cannot tell otherwise stores it once: the
     #: cluster keeps one message per name for its duplicate window (2 min).  None:
-    #: each append is a message of its own.  Not stored, not read back.
+    #: each append is a message of its own.  Not read back (SQLite does not keep it).
     dedup: str | None = None
 
     def with_cursor(self, cursor: int) -> Message:

@@ -82,7 +82,8 @@ class Outgoing(NamedTuple):
 
 
 #: Publishes one partition's messages of an append: (partition, messages, nonce,
-#: their devices) -> one sequence per message.
+#: their devices) -> one sequence per message (:data:`STORED_BEFORE` for a named
+#: message stored by an earlier append).
 PublishPart = Callable[[int, list[Outgoing], str, dict[str, DeviceRec]], Awaitable[list[int]]]
 
 
@@ -211,7 +212,8 @@ class Appender:
         self, outgoing: list[Outgoing], nonce: str, devices: dict[str, DeviceRec]
     ) -> dict[int, int]:
         """Publish an append's messages: {position: sequence} (:data:`AUX` items
-        share one key, to be ignored)."""
+        share one key, to be ignored; :data:`STORED_BEFORE` for a named message stored
+        by an earlier append)."""
         seq_of: dict[int, int] = {}
         if not self.atomic:
             for item in outgoing:
@@ -323,9 +325,7 @@ class Appender:
             except ApiError as err:
                 if err.batch_duplicate:
                     if any(item.named for item in chunk):
-                        # Some named message was stored before, maybe not all:
-                        # one by one, each stored or answered as stored before.
-                        return [await self._publish_one(item) for item in chunk]
+                        return await self._publish_named(chunk)
                     # An earlier attempt was committed, its acknowledgement lost.
                     return await self._find_batch(chunk, devices)
                 raise
@@ -335,6 +335,18 @@ class Appender:
             return list(range(top - last + 1, top + 1))
 
         return await self.api.call(op, "atomic publish")
+
+    async def _publish_named(self, chunk: list[Outgoing]) -> list[int]:
+        """A batch refused for a named message stored before (maybe not all of them):
+        one by one, each stored or answered :data:`STORED_BEFORE`.  Receipts'
+        cancels go first, as across partitions (:mod:`.expiry`): a crash in between
+        then costs a delivered receipt (the ack comes again), never a failed one for
+        a delivered chat.  Anything else keeps its order (a schedule after its chat)."""
+        first = sorted(range(len(chunk)), key=lambda k: not _is_cancel(chunk[k]))
+        seqs = [STORED_BEFORE] * len(chunk)
+        for k in first:
+            seqs[k] = await self._publish_one(chunk[k])
+        return seqs
 
     async def _find_batch(self, chunk: list[Outgoing], devices: dict[str, DeviceRec]) -> list[int]:
         """Sequences of a batch already committed: an atomic batch is contiguous."""
@@ -356,6 +368,11 @@ class Appender:
         # was registered under its Nats-Msg-Id, and a lone publish with that id is
         # answered duplicate=true with its sequence and stores nothing.
         return [await self._publish_one(item, expect_duplicate=True) for item in chunk]
+
+
+def _is_cancel(item: Outgoing) -> bool:
+    """A named message's aux item: a receipt's cancel of its chat's schedule."""
+    return item.named and item.position == AUX
 
 
 def _payload(m: NewMessage, gen: str, origin: str) -> bytes:

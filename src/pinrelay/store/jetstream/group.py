@@ -8,8 +8,9 @@ sequences.  The SQLite writer does the same with its transactions.
 
 What stays as it was:
 
-- Each message keeps its own ``Nats-Msg-Id`` (``<nonce>.<index>``), so JetStream's
-  de-duplication and idempotent takeovers work as for an append alone.
+- Each message keeps its own ``Nats-Msg-Id`` (``<nonce>.<index>``, or a receipt's
+  name), so JetStream's de-duplication and idempotent takeovers work as for an
+  append alone.
 - An append's messages to one partition are never split over two batches unless
   they would be alone (:func:`~.appends.atomic_chunks`); such an append, or one
   alone in its group, is published by :meth:`~.appends.Appender.publish_part`,
@@ -23,7 +24,8 @@ messages, a topic subject rolled up twice), and a group the server refuses anywa
 is published again caller by caller, alone, so only the faulty one fails: a
 message stored before (a takeover's, or this very group's after a lost commit
 acknowledgement: "batch contains duplicate message id") then finds its sequence as
-an append alone does.  A caller cancelled before its batch is sent is left out;
+an append alone does, and a receipt whose name was stored before is answered as
+stored before (:mod:`.appends`).  A caller cancelled before its batch is sent is left out;
 once sent, its messages are stored as those of a caller whose answer was lost.
 """
 
