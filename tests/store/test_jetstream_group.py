@@ -330,8 +330,9 @@ def receipt(chat_id: str, n: int = 0) -> NewMessage:
 
 
 class TestNamed:
-    """A message with a ``dedup`` name (a receipt) is stored once per name: a relay
-    that died between a receipt and its unread entry stores it again (chat.py)."""
+    """A message with a ``dedup`` name (a receipt) is stored once per name, so the
+    ack that comes again after a relay died between a receipt and its unread entry
+    stores no second receipt (chat.py)."""
 
     async def test_appended_again_it_is_stored_before_alone_or_beside_new_ones(
         self, js_store: JetStreamStore
