@@ -13,6 +13,7 @@ from typing import Any
 import nats
 import pytest
 from nats.js.api import StorageType, StreamConfig
+from nats.js.manager import JetStreamManager
 
 from pinrelay.core.model import Accepted, NewMessage
 from pinrelay.store.base import AppendResult, IdempotencyKey, Rejected, StoreClosed
@@ -333,6 +334,36 @@ class TestIdempotentRetry:
         assert await read_all(store, A) == []
 
 
+def lose_consumer_creates(monkeypatch: pytest.MonkeyPatch, stream: str, times: int) -> list[str]:
+    """The next ``times`` creates of a push consumer (a watch's, the feed's) on
+    ``stream`` are made and their answers lost (a timeout, as on a cluster too busy to
+    answer in time); the list gets the stream's name at each, lost or not."""
+    add_consumer = JetStreamManager.add_consumer
+    creates: list[str] = []
+
+    async def answer_lost(self: JetStreamManager, name: str, *args: Any, **kw: Any) -> Any:
+        info = await add_consumer(self, name, *args, **kw)
+        config = kw.get("config") or (args[0] if args else None)
+        if name == stream and config is not None and config.deliver_subject:
+            creates.append(name)
+            if len(creates) <= times:
+                raise nats.errors.TimeoutError
+        return info
+
+    monkeypatch.setattr(JetStreamManager, "add_consumer", answer_lost)
+    return creates
+
+
+async def push_consumers(servers: list[str], stream: str) -> int:
+    """How many push consumers ``stream`` has (relays' feeds and watches)."""
+    nc = await nats.connect(servers)
+    try:
+        found = await nc.jetstream().consumers_info(stream)
+        return sum(1 for c in found if c.config.deliver_subject)
+    finally:
+        await nc.close()
+
+
 class TestHeaders:
     async def test_topic_rollup_touches_only_its_subject(self, open_store: OpenStore) -> None:
         store = await open_store()
@@ -555,6 +586,67 @@ class TestOpen:
         assert chat_id == chat.id
         # The schedule fires on whole seconds: allow that and the poll's turnaround.
         assert at_ms - accepted.expires_at_ms < 3000, (at_ms, accepted.expires_at_ms)
+
+    async def test_a_lost_consumer_create_answer_is_tried_again(
+        self,
+        open_store: OpenStore,
+        nats_cluster: NatsCluster,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # The CI run of 973ddae: a watch's consumer create timed out on a busy cluster
+        # and the store's open failed.  Now the follow step starts over.  Lost here:
+        # the feed's consumer of the second partition, after every watch and the
+        # first partition's consumer were made (all stopped, then made again).
+        second = f"{jetstream_names(tmp_path)['stream']}_1"
+        other = await open_store(partitions=3)
+        e = "0E0E0E0E"  # in the third partition (A is in the first)
+        await add_devices(other, A, B, e)
+        await append_ok(other, msg(e, 1), msg(e, 2))  # so the partitions' heads differ
+        creates = lose_consumer_creates(monkeypatch, second, times=1)
+        one = await open_store(partitions=3)
+        assert creates == [second, second]  # lost, then made again
+        assert await one.get_device(B) is not None  # cached in one
+        assert await other.delete_device(B)
+
+        async def gone() -> bool:  # one's watches follow
+            return await one.get_device(B) is None
+
+        await wait_until_async(gone, 10, message="the deletion to reach the retried store")
+        # One's feed follows each partition from its own head once: not behind later.
+        t0 = int(time.time() * 1000)
+        await one.feed.check(t0)
+        await one.feed.check(t0 + 5_000)
+        assert one.feed.lag_ms(t0 + 5_000) == 0
+        one.feed.follow(A)
+        one.feed.follow(e)
+        [to_a, to_e] = await append_ok(other, msg(A, 1), msg(e, 3))
+        await wait_until_async(
+            lambda: (one.feed.known(A), one.feed.known(e)) == (to_a.cursor, to_e.cursor), 10, 0.02
+        )
+
+        # The consumer whose answer was lost has no subscriber: the server drops it,
+        # leaving one per store.
+        async def orphan_gone() -> bool:
+            return await push_consumers(nats_cluster.urls, second) == 2
+
+        await wait_until_async(orphan_gone, 30, message="the orphan consumer to go")
+
+    async def test_a_consumer_never_created_is_store_closed_and_disconnected(
+        self,
+        open_store: OpenStore,
+        nats_cluster: NatsCluster,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        contacts = f"KV_{jetstream_names(tmp_path)['bucket_prefix']}_contacts"
+        creates = lose_consumer_creates(monkeypatch, contacts, times=1000)
+        store = JetStreamStore(nats_cluster.urls, connect_timeout=1.0, **jetstream_names(tmp_path))
+        with pytest.raises(StoreClosed, match="cannot follow the streams and buckets"):
+            await store.open()
+        assert len(creates) >= 2  # tried again until the deadline
+        assert not store.healthy()
+        # (open_store: its namespace, made by this open, is deleted at the end.)
 
     async def test_unreachable_cluster_is_store_closed(self) -> None:
         store = JetStreamStore("nats://127.0.0.1:1", connect_timeout=1.0)

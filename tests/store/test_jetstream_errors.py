@@ -1,7 +1,10 @@
-"""The JetStream engine's error boundary (store/jetstream/errors.py), without a server."""
+"""The JetStream engine's error boundary (store/jetstream/errors.py) and its set-up
+retries (setup.settling), without a server."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import nats.errors
@@ -12,6 +15,7 @@ from pinrelay.core.errors import ErrorCode
 from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream.api import Api
 from pinrelay.store.jetstream.errors import ApiError, Unavailable, nats_errors, setup_may_retry
+from pinrelay.store.jetstream.setup import settling
 
 
 def answer(code: int, err_code: int, description: str = "nope") -> dict[str, Any]:
@@ -140,3 +144,46 @@ class TestCall:
 
         with pytest.raises(StoreClosed, match="closed"):
             await api.call(op, "read")
+
+
+class TestSettling:
+    """``settling``: set-up steps retried while a cluster settles (setup.py)."""
+
+    async def test_an_attempt_sent_in_time_that_times_out_late_is_tried_once_more(self) -> None:
+        deadline = time.monotonic() + 0.05
+        attempts = 0
+
+        async def op() -> int:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:
+                await asyncio.sleep(0.1)  # a request whose timeout ends past the deadline
+                raise nats.errors.TimeoutError
+            return 7
+
+        assert await settling(op, deadline, "test") == 7
+        assert attempts == 2
+
+    async def test_an_attempt_begun_after_the_deadline_is_the_last(self) -> None:
+        attempts = 0
+
+        async def op() -> int:
+            nonlocal attempts
+            attempts += 1
+            raise nats.errors.TimeoutError
+
+        with pytest.raises(nats.errors.TimeoutError):
+            await settling(op, time.monotonic() - 1, "test")
+        assert attempts == 1
+
+    async def test_a_refusal_is_not_tried_again(self) -> None:
+        attempts = 0
+
+        async def op() -> int:
+            nonlocal attempts
+            attempts += 1
+            raise nats.js.errors.BadRequestError(code=400, err_code=10058)
+
+        with pytest.raises(nats.js.errors.BadRequestError):
+            await settling(op, time.monotonic() + 60, "test")
+        assert attempts == 1

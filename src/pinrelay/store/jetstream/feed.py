@@ -105,6 +105,7 @@ class Feed:
 
     async def start(self, js: JetStreamContext) -> None:
         self._js = js
+        self._seen = []  # a start after a failed one begins again
         for part in range(self.layout.partitions):
             stream = self.layout.stream_name(part)
             # nats-py re-creates an ordered consumer that has delivered nothing yet

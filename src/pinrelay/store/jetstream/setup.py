@@ -150,13 +150,18 @@ async def together(*steps: Awaitable[Any]) -> tuple[Any, ...]:
 
 async def settling(op: Callable[[], Awaitable[T]], deadline: float, what: str) -> T:
     """``op()``, tried again every 0.5 s while it fails as a settling cluster does
-    (:func:`~.errors.setup_may_retry`) until ``deadline`` (monotonic); then its
-    error is raised."""
+    (:func:`~.errors.setup_may_retry`); an attempt begun after ``deadline``
+    (monotonic) is the last, and its error is raised.
+
+    So a request that times out (10 s, as long as the deadline often is) after being
+    sent in time is always tried once more.
+    """
     while True:
+        began = time.monotonic()
         try:
             return await op()
         except (TimeoutError, nats.errors.Error, ApiError) as exc:
-            if not setup_may_retry(exc) or time.monotonic() > deadline:
+            if not setup_may_retry(exc) or began > deadline:
                 raise
             log.info("%s: %r; retrying", what, exc)
             await asyncio.sleep(0.5)

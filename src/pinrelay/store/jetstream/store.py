@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 
@@ -80,6 +81,7 @@ from pinrelay.store.jetstream.records import to_device
 from pinrelay.store.jetstream.subscriptions import Subscriptions
 from pinrelay.store.jetstream.tenants import Tenants
 from pinrelay.store.jetstream.unread import Unreads
+from pinrelay.store.jetstream.watch import Watch
 from pinrelay.store.jetstream.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
@@ -225,18 +227,45 @@ class JetStreamStore:
         except BaseException:
             await self.close()
             raise
+        # A consumer's create can time out on a busy cluster (its meta layer queues it
+        # behind others' stream creates): tried again, as the set-up is.
+        deadline = time.monotonic() + self.connect_timeout
         try:
-            await self.tenants.watch.start(nc, js)
-            await self.devices.watch.start(nc, js)
-            await self.keys.watch.start(nc, js)
-            await self.contact_lists.watch.start(nc, js)
-            await self.groups.watch.start(nc, js)
-            await self.subscriptions.watch.start(nc, js)
-            await self.feed.start(js)
-            await self.expiries.start(js)
+            await setup.settling(
+                lambda: self._follow(nc, js), deadline, "following the streams and buckets"
+            )
         except Exception as exc:
             await self.close()
             raise StoreClosed(f"cannot follow the streams and buckets: {exc!r}") from exc
+
+    @property
+    def _watches(self) -> tuple[Watch, ...]:
+        return (
+            self.tenants.watch,
+            self.devices.watch,
+            self.keys.watch,
+            self.contact_lists.watch,
+            self.groups.watch,
+            self.subscriptions.watch,
+        )
+
+    async def _follow(self, nc: NATS, js: JetStreamContext) -> None:
+        """Start the buckets' watches, the feed and the expiry consumers; on a failure,
+        stop those started, so that the next attempt starts clean."""
+        try:
+            for watch in self._watches:
+                await watch.start(nc, js)
+            await self.feed.start(js)
+            await self.expiries.start(js)
+        except BaseException:
+            await self._unfollow()
+            raise
+
+    async def _unfollow(self) -> None:
+        await self.feed.stop()
+        await self.expiries.stop()
+        for watch in self._watches:
+            await watch.stop()
 
     async def _migrate(self, layout: setup.Setup, js: JetStreamContext, found: int) -> None:
         """Bring data of layout ``found`` to :data:`~.layout.LAYOUT_VERSION` (:mod:`.setup`,
@@ -283,14 +312,7 @@ class JetStreamStore:
             await self.acker.close(flush=connected)
         except Exception as exc:  # a lost ack is a redelivery, not a loss
             log.warning("writing held acks at close failed: %r", exc)
-        await self.feed.stop()
-        await self.expiries.stop()
-        await self.tenants.watch.stop()
-        await self.devices.watch.stop()
-        await self.keys.watch.stop()
-        await self.contact_lists.watch.stop()
-        await self.groups.watch.stop()
-        await self.subscriptions.watch.stop()
+        await self._unfollow()
         nc, self._nc, self._js = self._nc, None, None
         self.api.attach(None)
         if nc is not None and not nc.is_closed:
