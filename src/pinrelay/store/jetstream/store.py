@@ -12,7 +12,8 @@ each protocol call to the part that owns it: :class:`~.devices.Devices` and
 (channels, memberships, consent) and :class:`~.broadcasts.Broadcasts` with
 :class:`~.broadcasts.Audit`.  They share one
 :class:`~.api.Api` (the connection, retries and the error boundary) and one
-:class:`~.layout.Layout` (names).
+:class:`~.layout.Layout` (names).  :class:`~.following.Following` starts and stops
+what an open store follows (the KV watches, the feed, the expiry consumers).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.expiry import Expiries
 from pinrelay.store.jetstream.feed import Feed
 from pinrelay.store.jetstream.figures import Figures
+from pinrelay.store.jetstream.following import Following
 from pinrelay.store.jetstream.group import GroupCommit
 from pinrelay.store.jetstream.groups import Groups
 from pinrelay.store.jetstream.idempotency import IDEMPOTENCY_LEASE_S, Leases
@@ -81,7 +83,6 @@ from pinrelay.store.jetstream.records import to_device
 from pinrelay.store.jetstream.subscriptions import Subscriptions
 from pinrelay.store.jetstream.tenants import Tenants
 from pinrelay.store.jetstream.unread import Unreads
-from pinrelay.store.jetstream.watch import Watch
 from pinrelay.store.jetstream.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,19 @@ class JetStreamStore:
         self.reader.known = self.feed.known
         self.acker.followed = self.feed.followed
         self.feed.on_unfollow = self.acker.settle
+        #: Started by open, stopped by close: what this store follows.
+        self.following = Following(
+            [
+                self.tenants.watch,
+                self.devices.watch,
+                self.keys.watch,
+                self.contact_lists.watch,
+                self.groups.watch,
+                self.subscriptions.watch,
+            ],
+            self.feed,
+            self.expiries,
+        )
 
     # --- names -----------------------------------------------------------------
     @property
@@ -227,45 +241,11 @@ class JetStreamStore:
         except BaseException:
             await self.close()
             raise
-        # A consumer's create can time out on a busy cluster (its meta layer queues it
-        # behind others' stream creates): tried again, as the set-up is.
-        deadline = time.monotonic() + self.connect_timeout
         try:
-            await setup.settling(
-                lambda: self._follow(nc, js), deadline, "following the streams and buckets"
-            )
+            await self.following.start(nc, js, time.monotonic() + self.connect_timeout)
         except Exception as exc:
             await self.close()
             raise StoreClosed(f"cannot follow the streams and buckets: {exc!r}") from exc
-
-    @property
-    def _watches(self) -> tuple[Watch, ...]:
-        return (
-            self.tenants.watch,
-            self.devices.watch,
-            self.keys.watch,
-            self.contact_lists.watch,
-            self.groups.watch,
-            self.subscriptions.watch,
-        )
-
-    async def _follow(self, nc: NATS, js: JetStreamContext) -> None:
-        """Start the buckets' watches, the feed and the expiry consumers; on a failure,
-        stop those started, so that the next attempt starts clean."""
-        try:
-            for watch in self._watches:
-                await watch.start(nc, js)
-            await self.feed.start(js)
-            await self.expiries.start(js)
-        except BaseException:
-            await self._unfollow()
-            raise
-
-    async def _unfollow(self) -> None:
-        await self.feed.stop()
-        await self.expiries.stop()
-        for watch in self._watches:
-            await watch.stop()
 
     async def _migrate(self, layout: setup.Setup, js: JetStreamContext, found: int) -> None:
         """Bring data of layout ``found`` to :data:`~.layout.LAYOUT_VERSION` (:mod:`.setup`,
@@ -312,7 +292,7 @@ class JetStreamStore:
             await self.acker.close(flush=connected)
         except Exception as exc:  # a lost ack is a redelivery, not a loss
             log.warning("writing held acks at close failed: %r", exc)
-        await self._unfollow()
+        await self.following.stop()
         nc, self._nc, self._js = self._nc, None, None
         self.api.attach(None)
         if nc is not None and not nc.is_closed:
