@@ -15,7 +15,7 @@ from pinrelay.core.errors import ErrorCode
 from pinrelay.store.base import StoreClosed
 from pinrelay.store.jetstream.api import Api
 from pinrelay.store.jetstream.errors import ApiError, Unavailable, nats_errors, setup_may_retry
-from pinrelay.store.jetstream.setup import settling
+from pinrelay.store.jetstream.setup import delete_streams, settling
 
 
 def answer(code: int, err_code: int, description: str = "nope") -> dict[str, Any]:
@@ -187,3 +187,27 @@ class TestSettling:
         with pytest.raises(nats.js.errors.BadRequestError):
             await settling(op, time.monotonic() + 60, "test")
         assert attempts == 1
+
+
+class _Streams:
+    """Deletes answered as a busy cluster may: the first times out, done or not."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+        self.calls: list[str] = []
+
+    async def delete_stream(self, name: str) -> bool:
+        self.calls.append(name)
+        if name not in self.names:
+            raise nats.js.errors.NotFoundError
+        self.names.discard(name)  # done, and its answer lost the first time
+        if self.calls.count(name) == 1:
+            raise nats.errors.TimeoutError
+        return True
+
+
+async def test_a_delete_whose_answer_timed_out_is_tried_again_and_found_done() -> None:
+    streams = _Streams({"A", "B"})
+    await delete_streams(streams, ["A", "B", "C"])  # type: ignore[arg-type]
+    assert streams.names == set()
+    assert sorted(streams.calls) == ["A", "A", "B", "B", "C"]  # C: missing, not retried

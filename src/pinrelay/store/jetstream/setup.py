@@ -178,12 +178,18 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
-async def delete_streams(js: JetStreamContext, names: Sequence[str]) -> None:
-    """Delete the streams ``names`` at once (those missing are gone already)."""
+async def delete_streams(js: JetStreamContext, names: Sequence[str], timeout: float = 30) -> None:
+    """Delete the streams ``names`` at once (those missing are gone already), each
+    tried again for ``timeout`` s while the cluster settles (a delete whose answer
+    timed out may have been done: then the next finds it gone)."""
+    deadline = time.monotonic() + timeout
 
     async def delete(name: str) -> None:
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await js.delete_stream(name)
+        async def once() -> None:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(name)
+
+        await settling(once, deadline, f"deleting {name}")
 
     await together(*(delete(name) for name in names))
 
