@@ -269,7 +269,10 @@ class WebPush:
             sub, message_id, cursor, int(self.clock() * 1000)
         ):
             raise PinrelayError("no such undelivered message", ErrorCode.NOT_FOUND)
-        await self.store.forget([(sub.pin, cursor)])
+        # The read above may come from a follower that has not seen an earlier
+        # delete yet (cluster): the delete's own answer decides.
+        if not await self.store.forget([(sub.pin, cursor)]):
+            raise PinrelayError("no such undelivered message", ErrorCode.NOT_FOUND)
 
     # --- receipts (RFC 8030 §6) ---------------------------------------------------
     async def delivered(self, items: Sequence[Delivered]) -> None:

@@ -402,6 +402,20 @@ class TestRead:
         assert [m.cursor for m in await store.read(A, 0, 2, NOW + 5)] == [c[2].cursor, c[3].cursor]
 
 
+class TestForget:
+    async def test_forget_deletes_and_says_how_many_were_there(self, store: Store) -> None:
+        await add_devices(store, A)
+        c = [r.cursor for r in await append_ok(store, *(msg(A, i) for i in range(1, 4)))]
+        assert await store.forget([(A, c[0]), (A, c[2])]) == 2
+        assert [m.cursor for m in await read_all(store, A)] == [c[1]]
+        # Forgotten before: none of these is there (two DELETEs of one Web Push
+        # message: the second is 404, whatever a lagging follower still shows).
+        assert await store.forget([(A, c[0]), (A, c[2])]) == 0
+        assert await store.forget([]) == 0
+        assert await store.forget([(A, c[1]), (A, c[0])]) == 1
+        assert await read_all(store, A) == []
+
+
 class TestAck:
     async def test_ack_forgets_up_to_cursor(self, store: Store) -> None:
         await add_devices(store, A, B)

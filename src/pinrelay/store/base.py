@@ -784,10 +784,12 @@ class Store(Protocol):
         hands it to one caller at a time, and may wait a moment for the first."""
         ...
 
-    async def forget(self, keys: Sequence[tuple[str, int]]) -> None:
-        """Delete the messages at these (pin, cursor) keys.  For the keys of
-        ``expired_chats`` (their failed receipts are stored): SQLite deletes the
-        messages; the cluster acknowledges their notices (the messages go by their TTL)."""
+    async def forget(self, keys: Sequence[tuple[str, int]]) -> int:
+        """Delete the messages at these (pin, cursor) keys; how many were there (a
+        key deleted before counts 0, so of two callers that forget one key, one
+        learns it deleted it).  For the keys of ``expired_chats`` (their failed
+        receipts are stored): SQLite deletes the messages; the cluster acknowledges
+        their notices (the messages go by their TTL)."""
         ...
 
     async def stats(self) -> StoreStats:

@@ -641,9 +641,10 @@ class SqliteStore(SqliteChannels, SqliteIncidents, SqliteCredits, SqliteFigures,
         )
         return [_row_to_message(r) for r in rows]
 
-    async def forget(self, keys: Sequence[tuple[str, int]]) -> None:
-        if keys:
-            await self._write(ops.Forget([(pin, cursor) for pin, cursor in keys]))
+    async def forget(self, keys: Sequence[tuple[str, int]]) -> int:
+        if not keys:
+            return 0
+        return int(await self._write(ops.Forget([(pin, cursor) for pin, cursor in keys])))
 
     async def stats(self) -> StoreStats:
         self._read()  # raises when closed

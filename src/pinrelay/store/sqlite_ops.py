@@ -322,8 +322,9 @@ def _set_entry(
 class Forget(Op, tag="fg"):
     keys: list[tuple[str, int]]
 
-    def run(self, c: sqlite3.Connection) -> None:
-        c.executemany("DELETE FROM messages WHERE pin = ? AND cursor = ?", self.keys)
+    def run(self, c: sqlite3.Connection) -> int:
+        cur = c.executemany("DELETE FROM messages WHERE pin = ? AND cursor = ?", self.keys)
+        return cur.rowcount
 
 
 class ContactAction(Op, tag="ca"):

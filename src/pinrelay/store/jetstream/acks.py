@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 
 from pinrelay.store.base import StoreClosed
-from pinrelay.store.jetstream.api import Api, refused
+from pinrelay.store.jetstream.api import Api, gone, refused
 from pinrelay.store.jetstream.devices import Devices
 from pinrelay.store.jetstream.layout import Layout
 from pinrelay.store.jetstream.reads import Reader
@@ -227,12 +227,17 @@ class Acker:
             deleted += await self._sweep_stream(part, now_ms, limit - deleted)
         return deleted
 
-    async def delete(self, keys: Sequence[tuple[str, int]]) -> None:
-        """Delete the messages at (pin, cursor): a cursor is its stream's sequence."""
+    async def delete(self, keys: Sequence[tuple[str, int]]) -> int:
+        """Delete the messages at (pin, cursor): a cursor is its stream's sequence.
+        How many were there: the leader's answer, so never a follower's stale view."""
+        deleted = 0
         for pin, seq in keys:
             stream = self.layout.stream_of(pin)
             body = {"seq": seq, "no_erase": True}
-            await self.api.request_unless(f"STREAM.MSG.DELETE.{stream}", body, "delete", refused)
+            subject = f"STREAM.MSG.DELETE.{stream}"
+            if await self.api.request_unless(subject, body, "delete", gone) is not None:
+                deleted += 1
+        return deleted
 
     async def _sweep_stream(self, part: int, now_ms: int, limit: int) -> int:
         stream = self.layout.stream_name(part)
@@ -251,7 +256,7 @@ class Acker:
                 if m.expires_ms <= now_ms:
                     body = {"seq": seq, "no_erase": True}
                     subject = f"STREAM.MSG.DELETE.{stream}"
-                    if await self.api.request_unless(subject, body, "delete", refused) is not None:
+                    if await self.api.request_unless(subject, body, "delete", gone) is not None:
                         deleted += 1
                 if deleted >= limit or scanned >= self.sweep_scan:
                     break

@@ -210,3 +210,9 @@ def not_found(err: ApiError) -> bool:
 def refused(err: ApiError) -> bool:
     """For :meth:`Api.request_unless`: any answer but a server failure (5xx)."""
     return not err.server_side
+
+
+def gone(err: ApiError) -> bool:
+    """For :meth:`Api.request_unless` of a delete: the message was not there, or
+    any other answer but a server failure."""
+    return err.not_found or refused(err)

@@ -26,6 +26,8 @@ from pinrelay.store.base import StoreClosed
 
 #: JetStream API error codes met here (``err_code``).
 NO_MESSAGE = 10037
+#: A delete of a message not there (nats-server answers it with a 500).
+DELETE_NO_MESSAGE = 10057
 WRONG_LAST_SEQUENCE = 10071
 #: "Wrong last sequence" without a sequence: the leader holds a proposal for the
 #: subject it has not applied (committed or not: it cannot know yet), DECISIONS 62.
@@ -89,8 +91,9 @@ class ApiError(Exception):
 
     @property
     def not_found(self) -> bool:
-        """No such message (a read past the end, a key never written)."""
-        return self.err_code == NO_MESSAGE or self.code == 404
+        """No such message (a read past the end, a key never written, a delete of a
+        message deleted before)."""
+        return self.err_code in (NO_MESSAGE, DELETE_NO_MESSAGE) or self.code == 404
 
     @property
     def in_flight(self) -> bool:

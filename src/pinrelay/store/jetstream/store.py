@@ -573,12 +573,13 @@ class JetStreamStore:
         self.api.check_open()
         return await self.expiries.due(now_ms, limit, self.expiry_wait_s)
 
-    async def forget(self, keys: Sequence[tuple[str, int]]) -> None:
+    async def forget(self, keys: Sequence[tuple[str, int]]) -> int:
         """Delete the messages at these keys; a key :meth:`expired_chats` handed out
         names its notice instead, acknowledged (the chat itself goes by its TTL).  A
         notice's sequence is in the same stream as its PIN's messages, so never
         one of theirs."""
-        await self.acker.delete(await self.expiries.done(list(keys)))
+        rest = await self.expiries.done(list(keys))
+        return len(keys) - len(rest) + await self.acker.delete(rest)
 
     async def read(self, pin: str, after: int, limit: int, now_ms: int) -> list[StoredMessage]:
         return await self.reader.read(pin, after, limit, now_ms)
